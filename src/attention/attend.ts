@@ -1,0 +1,67 @@
+// Attention of one query head over the KV cache: every token up to a position (dense), or a given
+// ascending list of tokens (sparse policies). Softmax over exactly the attended tokens.
+import { dot } from '../backend/cpu/kernels.js';
+import type { LayerKV } from '../kv/paged-cache.js';
+
+/**
+ * out[oo..oo+hd) = softmax(q·Kᵀ·scale) · V over the tokens attended by query head q (KV head g).
+ * tokens === null: tokens 0..count-1, read page by page. Leaves the probabilities in probs[0..n).
+ * Returns n, the number of tokens attended.
+ */
+export function attendHead(q: Float32Array, qo: number, kv: LayerKV, g: number, tokens: Int32Array | null, count: number,
+                           scale: number, out: Float32Array, oo: number, probs: Float32Array): number {
+  const hd = kv.headDim, K = kv.k, V = kv.v;
+  const n = tokens ? tokens.length : count;
+  let max = -Infinity;
+  if (tokens) {
+    for (let i = 0; i < n; i++) {
+      const s = dot(q, qo, K, kv.offset(tokens[i], g), hd) * scale;
+      probs[i] = s; if (s > max) max = s;
+    }
+  } else {
+    const P = kv.pageSize;
+    for (let base = 0; base < n; base += P) {
+      const o = kv.offset(base, g), m = Math.min(P, n - base);
+      for (let j = 0; j < m; j++) {
+        const s = dot(q, qo, K, o + j * hd, hd) * scale;
+        probs[base + j] = s; if (s > max) max = s;
+      }
+    }
+  }
+  let sum = 0;
+  for (let i = 0; i < n; i++) { const e = Math.exp(probs[i] - max); probs[i] = e; sum += e; }
+  const inv = 1 / sum;
+  for (let d = 0; d < hd; d++) out[oo + d] = 0;
+  for (let i = 0; i < n; i++) {
+    const p = (probs[i] *= inv);
+    const o = kv.offset(tokens ? tokens[i] : i, g);
+    for (let d = 0; d < hd; d++) out[oo + d] += p * V[o + d];
+  }
+  return n;
+}
+
+/** Exact attention scores q·k·scale of one query head against tokens 0..count-1 (into `scores`). */
+export function headScores(q: Float32Array, qo: number, kv: LayerKV, g: number, count: number, scale: number, scores: Float32Array): void {
+  const hd = kv.headDim;
+  for (let t = 0; t < count; t++) scores[t] = dot(q, qo, kv.k, kv.offset(t, g), hd) * scale;
+}
+
+/** Tokens of the given pages (ascending page ids), clipped to `length` tokens. */
+export function pagesToTokens(pages: number[] | Int32Array, pageSize: number, length: number): Int32Array {
+  let n = 0;
+  for (const p of pages) n += Math.min(pageSize, length - p * pageSize);
+  const out = new Int32Array(n);
+  let i = 0;
+  for (const p of pages) for (let t = p * pageSize, e = Math.min(length, t + pageSize); t < e; t++) out[i++] = t;
+  return out;
+}
+
+/** Indices of the k largest values (ties broken by lower index), returned in ascending index order. */
+export function topKIndices(values: ArrayLike<number>, k: number, force: number[] = []): number[] {
+  const n = values.length;
+  if (k >= n) return Array.from({ length: n }, (_, i) => i);
+  const chosen = new Set<number>(force.filter((i) => i >= 0 && i < n));
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => values[b] - values[a] || a - b);
+  for (const i of order) { if (chosen.size >= k) break; chosen.add(i); }
+  return [...chosen].sort((a, b) => a - b);
+}

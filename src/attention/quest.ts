@@ -1,0 +1,69 @@
+// Quest (Tang et al., ICML 2024): score every page by an upper bound of q·k inside it, computed from the
+// page's per-channel key min and max, and attend only to the top pages that fit the token budget.
+import type { LayerKV } from '../kv/paged-cache.js';
+import { pagesToTokens, topKIndices } from './attend.js';
+import type { AttentionPolicy, GqaMode, Selection, StepContext } from './policy.js';
+
+/** The reference implementation keeps at least this many pages whatever the budget. */
+export const MIN_PAGES = 3;
+
+/** score_p = Σ_i max(q_i·max_i, q_i·min_i) for every page p of KV head g (into `out`). */
+export function pageScores(q: Float32Array, qo: number, kv: LayerKV, g: number, out: Float32Array): void {
+  const hd = kv.headDim, np = kv.numPages, mn = kv.kmin, mx = kv.kmax;
+  for (let p = 0; p < np; p++) {
+    const mo = kv.metaOffset(p, g);
+    let s = 0;
+    for (let i = 0; i < hd; i++) {
+      const qi = q[qo + i];
+      const a = qi * mx[mo + i], b = qi * mn[mo + i];
+      s += a > b ? a : b;
+    }
+    out[p] = s;
+  }
+}
+
+export class QuestPolicy implements AttentionPolicy {
+  readonly name = 'quest' as const;
+  private scores = new Float32Array(0);
+  private pooled = new Float32Array(0);
+
+  /**
+   * gqa: 'head' selects pages for every query head on its own (the paper's code, heads repeated);
+   * 'group-max' / 'group-sum' pool the heads' page scores over a KV group and select once per group,
+   * so each selected KV page is read once for the whole group. Default 'group-max': it keeps the page
+   * that any head of the group needs most, and on the test model it keeps nearly all the attention mass
+   * that per-head selection keeps (see docs/recall.md; `npm run eval:recall` measures it).
+   */
+  constructor(readonly budget: number, readonly gqa: GqaMode = 'group-max') {}
+
+  pagesToKeep(pageSize: number): number { return Math.max(MIN_PAGES, Math.ceil(this.budget / pageSize)); }
+
+  select(ctx: StepContext): Selection | null {
+    const { kv, q, nHeads, groupSize, pos } = ctx;
+    const np = kv.numPages, k = this.pagesToKeep(kv.pageSize);
+    if (k >= np) return null; // the budget covers the context: exactly dense
+    if (this.scores.length < np) { this.scores = new Float32Array(np * 2); this.pooled = new Float32Array(np * 2); }
+    const scores = this.scores.subarray(0, np), pooled = this.pooled.subarray(0, np);
+    const current = Math.floor(pos / kv.pageSize);
+    const sel: Selection = new Array(nHeads);
+    const hd = kv.headDim;
+    for (let g = 0; g < nHeads / groupSize; g++) {
+      if (this.gqa === 'head') {
+        for (let j = 0; j < groupSize; j++) {
+          const h = g * groupSize + j;
+          pageScores(q, h * hd, kv, g, scores);
+          sel[h] = pagesToTokens(topKIndices(scores, k, [current]), kv.pageSize, pos + 1);
+        }
+        continue;
+      }
+      pooled.fill(this.gqa === 'group-max' ? -Infinity : 0);
+      for (let j = 0; j < groupSize; j++) {
+        pageScores(q, (g * groupSize + j) * hd, kv, g, scores);
+        for (let p = 0; p < np; p++) pooled[p] = this.gqa === 'group-max' ? Math.max(pooled[p], scores[p]) : pooled[p] + scores[p];
+      }
+      const tokens = pagesToTokens(topKIndices(pooled, k, [current]), kv.pageSize, pos + 1);
+      for (let j = 0; j < groupSize; j++) sel[g * groupSize + j] = tokens;
+    }
+    return sel;
+  }
+}

@@ -1,0 +1,180 @@
+// The library's front door: load a model, generate text as a stream of tokens, chat.
+import { loadModelFiles, type LoadProgress } from '../model/load.js';
+import type { ModelConfig } from '../model/config.js';
+import { TextTokenizer, StreamDecoder, type ChatMessage } from '../tokenizer/tokenizer.js';
+import type { AttentionOptions } from '../attention/policy.js';
+import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy.js';
+import { makeModel, Session, type Model } from './session.js';
+import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
+
+export interface LoadOptions {
+  device?: 'cpu';
+  attention?: Partial<AttentionOptions>;
+  /** llama2.c checkpoints: path of tokenizer.bin (default: beside the model) */
+  tokenizer?: string;
+  onProgress?: LoadProgress;
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  maxTokens?: number;
+  stop?: string[];
+  signal?: AbortSignal;
+  /** per-request attention settings (policy, budget, ...) over the model's defaults */
+  attention?: Partial<AttentionOptions>;
+  /** feed the last N prompt tokens as decode steps (so the sparse policy decides what they see) */
+  decodeTail?: number;
+  /** collect attention-mass recall of the sparse steps */
+  stats?: boolean;
+  /** prompt as token ids instead of text (models without a tokenizer) */
+  promptIds?: number[];
+  onPrefillProgress?: (done: number, total: number) => void;
+}
+
+export interface TokenEvent { token: number; text: string }
+
+export interface GenerationResult {
+  text: string;
+  tokens: number[];
+  promptTokens: number;
+  finishReason: 'stop' | 'length' | 'abort';
+  prefillMs: number;
+  decodeMs: number;
+  prefillTokensPerSecond: number;
+  decodeTokensPerSecond: number;
+  /** mean attention-mass recall of sparse steps, per layer (null where the layer stayed dense) */
+  recall?: { mean: number | null; perLayer: (number | null)[]; meanAttendedTokens: number | null };
+}
+
+export interface Generation extends AsyncIterable<TokenEvent> { result: Promise<GenerationResult> }
+
+export class LLM {
+  readonly model: Model;
+  readonly tokenizer: TextTokenizer | null;
+  readonly attention: AttentionOptions;
+  private disposed = false;
+
+  constructor(readonly config: ModelConfig, model: Model, tokenizer: TextTokenizer | null, attention: AttentionOptions, readonly path: string) {
+    this.model = model;
+    this.tokenizer = tokenizer;
+    this.attention = attention;
+  }
+
+  /** A fresh sequence (KV cache + attention policy state). */
+  session(attention: Partial<AttentionOptions> = {}): Session {
+    this.checkAlive();
+    return new Session(this.model, { ...this.attention, ...attention });
+  }
+
+  encode(text: string): number[] {
+    if (!this.tokenizer) throw new Error(`the model ${this.path} has no tokenizer: pass token ids (promptIds)`);
+    return this.tokenizer.encode(text);
+  }
+
+  generate(prompt: string, options: GenerateOptions = {}): Generation {
+    const events: TokenEvent[] = [];
+    let wake: (() => void) | null = null, done = false, failure: unknown = null;
+    const result = this.run(prompt, options, (e) => { events.push(e); wake?.(); })
+      .catch((e) => { failure = e; throw e; })
+      .finally(() => { done = true; wake?.(); });
+    result.catch(() => {}); // surfaced through iteration or `result`
+    return {
+      result,
+      async *[Symbol.asyncIterator]() {
+        for (;;) {
+          while (events.length) yield events.shift()!;
+          if (failure) throw failure;
+          if (done) return;
+          await new Promise<void>((r) => { wake = r; });
+          wake = null;
+        }
+      },
+    };
+  }
+
+  /** Generates the whole reply and returns it (no streaming). */
+  async complete(prompt: string, options: GenerateOptions = {}): Promise<GenerationResult> {
+    return this.generate(prompt, options).result;
+  }
+
+  chat(messages: ChatMessage[], options: GenerateOptions = {}): Generation {
+    if (!this.tokenizer) throw new Error(`the model ${this.path} has no tokenizer: chat needs one`);
+    return this.generate(this.tokenizer.applyChatTemplate(messages), options);
+  }
+
+  dispose(): void { this.disposed = true; }
+
+  private checkAlive(): void { if (this.disposed) throw new Error('this model was disposed'); }
+
+  private async run(prompt: string, o: GenerateOptions, emit: (e: TokenEvent) => void): Promise<GenerationResult> {
+    this.checkAlive();
+    validateSampling(o);
+    const maxTokens = o.maxTokens ?? 256;
+    if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new Error(`maxTokens must be an integer >= 0, got ${maxTokens}`);
+    const ids = o.promptIds ?? this.encode(prompt);
+    if (ids.length === 0) throw new Error('the prompt is empty');
+    const ctx = this.config.maxSeqLen;
+    if (ids.length >= ctx) throw new Error(`the prompt has ${ids.length} tokens, over the model's context length of ${ctx}`);
+    const attention = { ...this.attention, ...o.attention };
+    validateAttentionOptions(attention);
+    const session = new Session(this.model, attention);
+    if (o.stats) session.collectStats();
+    const sampler = new Sampler(o);
+    const decoder = this.tokenizer ? new StreamDecoder(this.tokenizer) : null;
+    const stops = (o.stop ?? []).filter((s) => s.length > 0);
+    const eos = new Set(this.config.eosIds);
+
+    const tail = Math.min(Math.max(0, o.decodeTail ?? 0), ids.length - 1);
+    const t0 = performance.now();
+    let logits = session.forward(ids.slice(0, ids.length - tail), { onProgress: o.onPrefillProgress });
+    const prefillMs = performance.now() - t0;
+    const t1 = performance.now();
+    for (const t of ids.slice(ids.length - tail)) logits = session.forward([t]);
+
+    const out: number[] = [];
+    let text = '', pending = '', finishReason: GenerationResult['finishReason'] = 'length';
+    for (let i = 0; i < maxTokens; i++) {
+      if (o.signal?.aborted) { finishReason = 'abort'; break; }
+      const tok = sampler.sample(logits);
+      if (eos.has(tok)) { finishReason = 'stop'; break; }
+      out.push(tok);
+      pending += decoder ? decoder.push(tok) : '';
+      // stop strings: cut at the first one; hold back text that may be the start of one
+      const hit = stops.map((s) => pending.indexOf(s)).filter((x) => x >= 0);
+      if (hit.length) {
+        const piece = pending.slice(0, Math.min(...hit));
+        text += piece; emit({ token: tok, text: piece }); pending = '';
+        finishReason = 'stop'; break;
+      }
+      let safe = pending.length;
+      for (const s of stops) for (let k = Math.min(s.length - 1, pending.length); k > 0; k--) {
+        if (pending.endsWith(s.slice(0, k))) { safe = Math.min(safe, pending.length - k); break; }
+      }
+      const piece = pending.slice(0, safe);
+      pending = pending.slice(safe);
+      text += piece;
+      emit({ token: tok, text: piece });
+      if (i + 1 < maxTokens && session.length < ctx) logits = session.forward([tok]);
+      else if (session.length >= ctx) { finishReason = 'length'; break; }
+      await new Promise<void>((r) => setImmediate(r)); // keep the event loop (servers, progress) alive
+    }
+    if (finishReason !== 'stop') { text += pending + (decoder?.flush() ?? ''); }
+    const decodeMs = performance.now() - t1;
+    const decoded = tail + out.length;
+    return {
+      text, tokens: out, promptTokens: ids.length, finishReason, prefillMs, decodeMs,
+      prefillTokensPerSecond: (ids.length - tail) / (prefillMs / 1000),
+      decodeTokensPerSecond: decoded ? decoded / (decodeMs / 1000) : 0,
+      recall: session.stats ? { mean: session.stats.mean(), perLayer: session.stats.perLayer(), meanAttendedTokens: session.stats.meanAttended() } : undefined,
+    };
+  }
+}
+
+/** Loads a GGUF file, a Hugging Face folder or a llama2.c checkpoint. */
+export async function loadModel(path: string, options: LoadOptions = {}): Promise<LLM> {
+  if (options.device && options.device !== 'cpu') throw new Error(`device "${options.device}" is not available yet (cpu only)`);
+  const attention = { ...DEFAULT_ATTENTION, ...options.attention };
+  validateAttentionOptions(attention);
+  const loaded = loadModelFiles(path, { tokenizerPath: options.tokenizer, onProgress: options.onProgress });
+  const tokenizer = loaded.tokenizer ? new TextTokenizer(loaded.tokenizer) : null;
+  return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, path);
+}

@@ -1,0 +1,177 @@
+// One sequence being run through a model: its paged KV cache, its attention policy, and the forward
+// pass (llama2.c style: one obvious loop over layers). Prefill (several tokens) is always dense;
+// single-token decode steps use the policy in every layer from `denseLayers` on.
+import { addInPlace, matmul, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
+import { attendHead, headScores } from '../attention/attend.js';
+import { createPolicy } from '../attention/create.js';
+import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Selection, type StepContext } from '../attention/policy.js';
+import { PagedKVCache } from '../kv/paged-cache.js';
+import type { ModelConfig, ModelWeights } from '../model/config.js';
+import { Rope } from '../model/rope.js';
+
+export interface Model { config: ModelConfig; weights: ModelWeights; rope: Rope }
+
+export function makeModel(config: ModelConfig, weights: ModelWeights): Model {
+  return { config, weights, rope: Rope.forConfig(config) };
+}
+
+/** Attention-mass recall of sparse decode steps: per layer, the sum over steps and heads. */
+export class RecallStats {
+  sum: Float64Array; count: Float64Array; tokens: Float64Array;
+  constructor(nLayers: number) { this.sum = new Float64Array(nLayers); this.count = new Float64Array(nLayers); this.tokens = new Float64Array(nLayers); }
+  add(layer: number, recall: number, attended: number): void { this.sum[layer] += recall; this.count[layer] += 1; this.tokens[layer] += attended; }
+  perLayer(): (number | null)[] { return Array.from(this.sum, (s, l) => (this.count[l] ? s / this.count[l] : null)); }
+  /** mean over the layers that ran sparse (null: no sparse step yet) */
+  mean(): number | null {
+    let s = 0, c = 0;
+    this.sum.forEach((v, l) => { if (this.count[l]) { s += v; c += this.count[l]; } });
+    return c ? s / c : null;
+  }
+  meanAttended(): number | null {
+    let s = 0, c = 0;
+    this.tokens.forEach((v, l) => { if (this.count[l]) { s += v; c += this.count[l]; } });
+    return c ? s / c : null;
+  }
+}
+
+export interface ForwardOptions {
+  /** which positions' logits to return: the last token's, every token's, or none */
+  logits?: 'last' | 'all' | 'none';
+  /** prefill chunk size (bounds activation memory; progress is reported per chunk) */
+  chunk?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export class Session {
+  readonly cache: PagedKVCache;
+  readonly attention: AttentionOptions;
+  readonly policy: AttentionPolicy | null;
+  /** set to collect attention-mass recall (costs a dense attention pass per sparse step) */
+  stats: RecallStats | null = null;
+  private probs = new Float32Array(0);
+  private full = new Float32Array(0);
+
+  constructor(readonly model: Model, attention: Partial<AttentionOptions> = {}) {
+    const c = model.config;
+    this.attention = { ...DEFAULT_ATTENTION, ...attention };
+    this.policy = createPolicy(this.attention);
+    this.cache = new PagedKVCache(c.nLayers, c.nKVHeads, c.headDim, this.attention.pageSize);
+  }
+
+  get length(): number { return this.cache.length; }
+
+  collectStats(on = true): void { this.stats = on ? new RecallStats(this.model.config.nLayers) : null; }
+
+  /** Runs `tokens` after what the session already holds; returns logits ([vocab] or [n x vocab]). */
+  forward(tokens: number[], opts: ForwardOptions = {}): Float32Array {
+    const c = this.model.config;
+    if (tokens.length === 0) throw new Error('forward needs at least one token');
+    if (this.length + tokens.length > c.maxSeqLen) {
+      throw new Error(`sequence of ${this.length + tokens.length} tokens exceeds the model's context length of ${c.maxSeqLen}`);
+    }
+    for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
+    const mode = opts.logits ?? 'last';
+    const chunk = Math.max(1, opts.chunk ?? 256);
+    const parts: Float32Array[] = [];
+    for (let s = 0; s < tokens.length; s += chunk) {
+      const piece = tokens.slice(s, s + chunk);
+      const last = s + chunk >= tokens.length;
+      const logits = this.forwardChunk(piece, mode === 'all' ? 'all' : mode === 'last' && last ? 'last' : 'none');
+      if (logits) parts.push(logits);
+      opts.onProgress?.(Math.min(tokens.length, s + chunk), tokens.length);
+    }
+    if (mode === 'none') return new Float32Array(0);
+    if (parts.length === 1) return parts[0];
+    const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+    let o = 0; for (const p of parts) { out.set(p, o); o += p.length; }
+    return out;
+  }
+
+  private forwardChunk(tokens: number[], logitsMode: 'last' | 'all' | 'none'): Float32Array | null {
+    const { config: c, weights: w, rope } = this.model;
+    const n = tokens.length, dim = c.dim, hd = c.headDim, nH = c.nHeads, nKV = c.nKVHeads;
+    const qDim = nH * hd, kvDim = nKV * hd, start = this.length;
+    const x = new Float32Array(n * dim), xb = new Float32Array(n * dim), xb2 = new Float32Array(n * dim);
+    const q = new Float32Array(n * qDim), k = new Float32Array(n * kvDim), v = new Float32Array(n * kvDim);
+    const att = new Float32Array(n * qDim);
+    const gate = new Float32Array(n * c.hiddenDim), up = new Float32Array(n * c.hiddenDim);
+    const row = new Float32Array(dim);
+    tokens.forEach((t, i) => x.set(w.embed.row(t, row), i * dim));
+    if (this.probs.length < start + n) this.probs = new Float32Array(Math.max(start + n, this.probs.length * 2));
+    const scale = 1 / Math.sqrt(hd), group = nH / nKV;
+
+    for (let l = 0; l < c.nLayers; l++) {
+      const L = w.layers[l], kv = this.cache.layers[l];
+      rmsnorm(xb, x, L.attnNorm, n, dim, c.normEps);
+      matmul(L.wq, xb, n, q, L.bq); matmul(L.wk, xb, n, k, L.bk); matmul(L.wv, xb, n, v, L.bv);
+      for (let i = 0; i < n; i++) {
+        rope.apply(q, i * qDim, nH, start + i);
+        rope.apply(k, i * kvDim, nKV, start + i);
+        kv.append(k, i * kvDim, v, i * kvDim);
+      }
+      const sparse = n === 1 && this.policy !== null && l >= this.attention.denseLayers;
+      if (sparse) this.sparseStep(l, q, att, scale);
+      else this.denseAttention(l, q, att, n, start, scale);
+      matmul(L.wo, att, n, xb2);
+      addInPlace(x, xb2, n * dim);
+      rmsnorm(xb, x, L.ffnNorm, n, dim, c.normEps);
+      matmul(L.wGate, xb, n, gate); matmul(L.wUp, xb, n, up);
+      swiglu(gate, up, n * c.hiddenDim);
+      matmul(L.wDown, gate, n, xb2);
+      addInPlace(x, xb2, n * dim);
+    }
+    if (logitsMode === 'none') return null;
+    const first = logitsMode === 'last' ? n - 1 : 0, rows = n - first;
+    const h = x.subarray(first * dim), hn = new Float32Array(rows * dim);
+    rmsnorm(hn, h, w.finalNorm, rows, dim, c.normEps);
+    const logits = new Float32Array(rows * c.vocabSize);
+    matmul(w.output, hn, rows, logits);
+    return logits;
+  }
+
+  /** Causal dense attention of n new tokens (positions start..start+n-1) over the cache. */
+  private denseAttention(l: number, q: Float32Array, att: Float32Array, n: number, start: number, scale: number): void {
+    const c = this.model.config, hd = c.headDim, nH = c.nHeads, group = nH / c.nKVHeads, kv = this.cache.layers[l];
+    const probs = this.probs, report = this.policy?.wantsPrefillScores === true;
+    const received = report ? new Float32Array(start + n) : null;
+    for (let h = 0; h < nH; h++) {
+      received?.fill(0);
+      for (let i = 0; i < n; i++) {
+        const count = start + i + 1;
+        attendHead(q, (i * nH + h) * hd, kv, Math.floor(h / group), null, count, scale, att, (i * nH + h) * hd, probs);
+        if (received) for (let t = 0; t < count; t++) received[t] += probs[t];
+      }
+      if (received) this.policy!.observePrefill!(l, h, received, start + n);
+    }
+  }
+
+  /** One decode step of a sparse layer: the policy selects, attention runs over the selection. */
+  private sparseStep(l: number, q: Float32Array, att: Float32Array, scale: number): void {
+    const c = this.model.config, hd = c.headDim, nH = c.nHeads, group = nH / c.nKVHeads, kv = this.cache.layers[l];
+    const pos = this.length - 1;
+    const ctx: StepContext = { layer: l, pos, q, kv, nHeads: nH, groupSize: group, scale };
+    const sel: Selection | null = this.policy!.select(ctx);
+    const keep = this.policy!.observe ? new Array<Float32Array>(nH) : null;
+    let recall = 0, attended = 0;
+    for (let h = 0; h < nH; h++) {
+      const tokens = sel?.[h] ?? null;
+      const n = attendHead(q, h * hd, kv, Math.floor(h / group), tokens, pos + 1, scale, att, h * hd, this.probs);
+      if (keep) keep[h] = this.probs.slice(0, n);
+      if (this.stats) { recall += tokens ? this.recall(q, h, kv, tokens, scale) : 1; attended += n; }
+    }
+    this.stats?.add(l, recall / nH, attended / nH);
+    if (sel && keep) this.policy!.observe!(ctx, sel, keep);
+  }
+
+  /** Fraction of head h's true (dense) softmax mass that the selected tokens carry. */
+  private recall(q: Float32Array, h: number, kv: PagedKVCache['layers'][number], tokens: Int32Array, scale: number): number {
+    const c = this.model.config, n = kv.length;
+    if (this.full.length < n) this.full = new Float32Array(n * 2);
+    const s = this.full;
+    headScores(q, h * c.headDim, kv, Math.floor(h / (c.nHeads / c.nKVHeads)), n, scale, s);
+    let max = -Infinity; for (let t = 0; t < n; t++) if (s[t] > max) max = s[t];
+    let total = 0; for (let t = 0; t < n; t++) total += Math.exp(s[t] - max);
+    let kept = 0; for (const t of tokens) kept += Math.exp(s[t] - max);
+    return kept / total;
+  }
+}

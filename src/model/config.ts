@@ -1,0 +1,58 @@
+import type { Matrix } from './tensor.js';
+
+/** Rotary embedding variant. 'interleaved' rotates pairs (2i, 2i+1) (llama2.c, GGUF llama);
+ *  'neox' rotates (i, i + d/2) (Hugging Face checkpoints, GGUF qwen2). */
+export type RopeStyle = 'interleaved' | 'neox';
+
+export type RopeScaling =
+  | { type: 'none' }
+  | { type: 'linear'; factor: number }
+  | { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositions: number }
+  | { type: 'freq-factors'; factors: Float32Array }; // GGUF's rope_freqs tensor (Llama 3.1 GGUFs)
+
+export interface ModelConfig {
+  arch: 'llama' | 'qwen2' | 'mistral';
+  vocabSize: number;
+  dim: number;
+  hiddenDim: number;
+  nLayers: number;
+  nHeads: number;
+  nKVHeads: number;
+  headDim: number;
+  normEps: number;
+  ropeTheta: number;
+  ropeStyle: RopeStyle;
+  ropeScaling: RopeScaling;
+  maxSeqLen: number;
+  bosId: number | null;
+  eosIds: number[];
+}
+
+export interface LayerWeights {
+  attnNorm: Float32Array;
+  wq: Matrix; wk: Matrix; wv: Matrix; wo: Matrix;
+  bq: Float32Array | null; bk: Float32Array | null; bv: Float32Array | null;
+  ffnNorm: Float32Array;
+  wGate: Matrix; wUp: Matrix; wDown: Matrix;
+}
+
+export interface ModelWeights {
+  embed: Matrix; // [vocab x dim]
+  layers: LayerWeights[];
+  finalNorm: Float32Array;
+  output: Matrix; // [vocab x dim], the embedding itself when tied
+}
+
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'mistral'] as const;
+
+/** Checks the numbers that the forward pass relies on; a clear error beats a wrong answer. */
+export function validateConfig(c: ModelConfig): void {
+  const bad = (msg: string) => { throw new Error(`invalid model config: ${msg}`); };
+  for (const k of ['vocabSize', 'dim', 'hiddenDim', 'nLayers', 'nHeads', 'nKVHeads', 'headDim', 'maxSeqLen'] as const) {
+    if (!Number.isInteger(c[k]) || c[k] <= 0) bad(`${k} must be a positive integer, got ${c[k]}`);
+  }
+  if (c.nHeads % c.nKVHeads !== 0) bad(`nHeads (${c.nHeads}) must be a multiple of nKVHeads (${c.nKVHeads})`);
+  if (c.headDim % 2 !== 0) bad(`headDim must be even for RoPE, got ${c.headDim}`);
+  if (!(c.normEps > 0)) bad(`normEps must be > 0`);
+  if (!(c.ropeTheta > 0)) bad(`ropeTheta must be > 0`);
+}

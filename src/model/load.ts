@@ -1,0 +1,231 @@
+// Loads a model from disk: a GGUF file, a Hugging Face folder (config.json + safetensors +
+// tokenizer.json) or a llama2.c checkpoint. Every hyperparameter comes from the file.
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { readModelFile } from './file-bytes.js';
+import { parseGGUF, type GGUFFile } from './gguf.js';
+import { parseSafetensors, type SafeTensorInfo } from './safetensors.js';
+import { Matrix } from './tensor.js';
+import { validateConfig, SUPPORTED_ARCHS, type LayerWeights, type ModelConfig, type ModelWeights, type RopeScaling } from './config.js';
+import type { TokenizerSpec } from '../tokenizer/tokenizer.js';
+import { tokenizerFromGGUF, tokenizerFromLlama2c } from '../tokenizer/from-vocab.js';
+
+export interface LoadedModel {
+  config: ModelConfig;
+  weights: ModelWeights;
+  tokenizer: TokenizerSpec | null; // null: the model has no vocabulary (use token ids)
+  format: 'gguf' | 'hf' | 'llama2c';
+  path: string;
+}
+
+export type LoadProgress = (done: number, total: number) => void;
+
+export function loadModelFiles(path: string, opts: { tokenizerPath?: string; onProgress?: LoadProgress } = {}): LoadedModel {
+  if (!existsSync(path)) throw new Error(`model not found: ${path}`);
+  if (statSync(path).isDirectory()) return loadHF(path, opts.onProgress);
+  const head = readFileSync(path, { flag: 'r' }).subarray(0, 4);
+  if (head.length === 4 && head.toString('latin1') === 'GGUF') return loadGGUF(path, opts.onProgress);
+  if (path.endsWith('.gguf')) parseGGUF(head, path); // throws the bad-magic error
+  if (path.endsWith('.bin')) return loadLlama2c(path, opts.tokenizerPath, opts.onProgress);
+  throw new Error(`unrecognised model file ${path}: expected a .gguf file, a llama2.c .bin checkpoint or a Hugging Face folder`);
+}
+
+function f32(m: Matrix): Float32Array { return m.toF32(); }
+
+// --------------------------------------------------------------------------------------------- GGUF
+export function loadGGUF(path: string, onProgress?: LoadProgress): LoadedModel {
+  const g = parseGGUF(readModelFile(path, onProgress), path);
+  return { ...fromGGUF(g, path), path };
+}
+
+export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
+  const m = g.metadata;
+  const arch = String(m.get('general.architecture') ?? '');
+  if (!(SUPPORTED_ARCHS as readonly string[]).includes(arch)) {
+    throw new Error(`${what}: unsupported architecture "${arch}" (supported: ${SUPPORTED_ARCHS.join(', ')})`);
+  }
+  const key = (k: string, def?: number) => {
+    const v = m.get(`${arch}.${k}`);
+    if (v === undefined) { if (def === undefined) throw new Error(`${what}: missing metadata ${arch}.${k}`); return def; }
+    return Number(v);
+  };
+  const tensor = (name: string, optional = false): Matrix | null => {
+    const t = g.tensors.get(name);
+    if (!t) { if (optional) return null; throw new Error(`${what}: missing tensor ${name}`); }
+    const cols = t.dims[0], rows = t.dims.slice(1).reduce((a, b) => a * b, 1);
+    return new Matrix(rows, cols, t.dtype, g.bytes.subarray(t.offset, t.offset + t.byteLength));
+  };
+  const req = (name: string) => tensor(name)!;
+  const dim = key('embedding_length'), nHeads = key('attention.head_count');
+  const embed = req('token_embd.weight');
+  let ropeScaling: RopeScaling = { type: 'none' };
+  const freqs = tensor('rope_freqs.weight', true);
+  const scalingType = m.get(`${arch}.rope.scaling.type`);
+  if (freqs) ropeScaling = { type: 'freq-factors', factors: f32(freqs) };
+  else if (scalingType === 'linear') ropeScaling = { type: 'linear', factor: key('rope.scaling.factor') };
+  else if (scalingType !== undefined && scalingType !== 'none') throw new Error(`${what}: unsupported RoPE scaling "${scalingType}"`);
+  const tok = m.has('tokenizer.ggml.tokens') || m.has('tokenizer.huggingface.json') ? tokenizerFromGGUF(m) : null;
+  const config: ModelConfig = {
+    arch: arch as ModelConfig['arch'], vocabSize: embed.rows, dim, hiddenDim: key('feed_forward_length'),
+    nLayers: key('block_count'), nHeads, nKVHeads: key('attention.head_count_kv', nHeads),
+    headDim: key('attention.key_length', dim / nHeads), normEps: key('attention.layer_norm_rms_epsilon', 1e-5),
+    ropeTheta: key('rope.freq_base', 10000), ropeStyle: arch === 'qwen2' ? 'neox' : 'interleaved', ropeScaling,
+    maxSeqLen: key('context_length', 2048), bosId: tok?.bosId ?? null, eosIds: tok?.eosIds ?? [],
+  };
+  validateConfig(config);
+  const layers: LayerWeights[] = [];
+  for (let l = 0; l < config.nLayers; l++) {
+    const p = `blk.${l}.`;
+    const bias = (n: string) => { const t = tensor(p + n, true); return t ? f32(t) : null; };
+    layers.push({
+      attnNorm: f32(req(p + 'attn_norm.weight')), ffnNorm: f32(req(p + 'ffn_norm.weight')),
+      wq: req(p + 'attn_q.weight'), wk: req(p + 'attn_k.weight'), wv: req(p + 'attn_v.weight'), wo: req(p + 'attn_output.weight'),
+      bq: bias('attn_q.bias'), bk: bias('attn_k.bias'), bv: bias('attn_v.bias'),
+      wGate: req(p + 'ffn_gate.weight'), wUp: req(p + 'ffn_up.weight'), wDown: req(p + 'ffn_down.weight'),
+    });
+  }
+  const weights: ModelWeights = { embed, layers, finalNorm: f32(req('output_norm.weight')), output: tensor('output.weight', true) ?? embed };
+  checkShapes(config, weights, what);
+  return { config, weights, tokenizer: tok, format: 'gguf' };
+}
+
+// --------------------------------------------------------------------------------- Hugging Face dir
+function readJson(path: string, what: string): Record<string, any> {
+  try { return JSON.parse(readFileSync(path, 'utf8')); } catch (e) { throw new Error(`cannot read ${what} ${path}: ${(e as Error).message}`); }
+}
+
+export function loadHF(dir: string, onProgress?: LoadProgress): LoadedModel {
+  const cfgPath = join(dir, 'config.json');
+  if (!existsSync(cfgPath)) throw new Error(`${dir} has no config.json: not a Hugging Face model folder`);
+  const c = readJson(cfgPath, 'model config');
+  const arch = String(c.model_type ?? '');
+  if (!(SUPPORTED_ARCHS as readonly string[]).includes(arch)) {
+    throw new Error(`${dir}: unsupported architecture "${arch}" (${(c.architectures ?? []).join(', ')}); supported: ${SUPPORTED_ARCHS.join(', ')}`);
+  }
+  // tensors: one file, or shards listed by the index
+  const files: string[] = [];
+  const index = join(dir, 'model.safetensors.index.json');
+  if (existsSync(index)) files.push(...new Set(Object.values(readJson(index, 'safetensors index').weight_map as Record<string, string>)));
+  else if (existsSync(join(dir, 'model.safetensors'))) files.push('model.safetensors');
+  else throw new Error(`${dir} has no model.safetensors or model.safetensors.index.json`);
+  const all = new Map<string, SafeTensorInfo>();
+  const sizes = files.map((f) => statSync(join(dir, f)).size), total = sizes.reduce((a, b) => a + b, 0);
+  let before = 0;
+  files.forEach((f, i) => {
+    const bytes = readModelFile(join(dir, f), (d) => onProgress?.(before + d, total));
+    before += sizes[i];
+    for (const [k, v] of parseSafetensors(bytes, join(dir, f))) all.set(k, v);
+  });
+  const tensor = (name: string, optional = false): Matrix | null => {
+    const t = all.get(name);
+    if (!t) { if (optional) return null; throw new Error(`${dir}: missing tensor ${name}`); }
+    const cols = t.shape[t.shape.length - 1], rows = t.shape.slice(0, -1).reduce((a, b) => a * b, 1);
+    return new Matrix(rows, cols, t.dtype, t.data);
+  };
+  const req = (n: string) => tensor(n)!;
+
+  const tokPath = join(dir, 'tokenizer.json');
+  if (!existsSync(tokPath)) throw new Error(`${dir} has no tokenizer.json: the tokenizer is missing`);
+  const tokCfgPath = join(dir, 'tokenizer_config.json');
+  const tokCfg = existsSync(tokCfgPath) ? readJson(tokCfgPath, 'tokenizer config') : {};
+  const gen = existsSync(join(dir, 'generation_config.json')) ? readJson(join(dir, 'generation_config.json'), 'generation config') : {};
+  const tokJson = readJson(tokPath, 'tokenizer');
+  const idOf = (t: unknown): number | null => {
+    const s = typeof t === 'string' ? t : (t as { content?: string } | undefined)?.content;
+    if (!s) return null;
+    const added = (tokJson.added_tokens ?? []).find((a: { content: string }) => a.content === s);
+    return added ? added.id : (tokJson.model?.vocab?.[s] ?? null);
+  };
+  const list = (v: unknown) => (v === undefined || v === null ? [] : Array.isArray(v) ? v.map(Number) : [Number(v)]);
+  const bosId = gen.bos_token_id ?? c.bos_token_id ?? idOf(tokCfg.bos_token);
+  const eosIds = [...new Set([...list(gen.eos_token_id), ...list(c.eos_token_id), ...(idOf(tokCfg.eos_token) !== null ? [idOf(tokCfg.eos_token)!] : [])])];
+  const tokenizer: TokenizerSpec = {
+    json: tokJson, config: tokCfg, bosId: bosId ?? null, eosIds,
+    addBos: tokCfg.add_bos_token ?? (arch === 'llama' && bosId !== null && bosId !== undefined && !tokJson.post_processor),
+    chatTemplate: typeof tokCfg.chat_template === 'string' ? tokCfg.chat_template : null,
+  };
+
+  const nHeads = c.num_attention_heads;
+  const rs = c.rope_scaling;
+  let ropeScaling: RopeScaling = { type: 'none' };
+  const rsType = rs ? (rs.rope_type ?? rs.type) : undefined;
+  if (rsType === 'llama3') {
+    ropeScaling = { type: 'llama3', factor: rs.factor, lowFreqFactor: rs.low_freq_factor, highFreqFactor: rs.high_freq_factor, originalMaxPositions: rs.original_max_position_embeddings };
+  } else if (rsType === 'linear') ropeScaling = { type: 'linear', factor: rs.factor };
+  else if (rsType !== undefined && rsType !== 'default') throw new Error(`${dir}: unsupported rope_scaling type "${rsType}"`);
+  const embed = req('model.embed_tokens.weight');
+  const config: ModelConfig = {
+    arch: arch as ModelConfig['arch'], vocabSize: embed.rows, dim: c.hidden_size, hiddenDim: c.intermediate_size,
+    nLayers: c.num_hidden_layers, nHeads, nKVHeads: c.num_key_value_heads ?? nHeads, headDim: c.head_dim ?? c.hidden_size / nHeads,
+    normEps: c.rms_norm_eps ?? 1e-6, ropeTheta: c.rope_theta ?? 10000, ropeStyle: 'neox', ropeScaling,
+    maxSeqLen: c.max_position_embeddings ?? 2048, bosId: tokenizer.bosId, eosIds,
+  };
+  validateConfig(config);
+  const layers: LayerWeights[] = [];
+  for (let l = 0; l < config.nLayers; l++) {
+    const p = `model.layers.${l}.`;
+    const bias = (n: string) => { const t = tensor(p + n, true); return t ? f32(t) : null; };
+    layers.push({
+      attnNorm: f32(req(p + 'input_layernorm.weight')), ffnNorm: f32(req(p + 'post_attention_layernorm.weight')),
+      wq: req(p + 'self_attn.q_proj.weight'), wk: req(p + 'self_attn.k_proj.weight'), wv: req(p + 'self_attn.v_proj.weight'), wo: req(p + 'self_attn.o_proj.weight'),
+      bq: bias('self_attn.q_proj.bias'), bk: bias('self_attn.k_proj.bias'), bv: bias('self_attn.v_proj.bias'),
+      wGate: req(p + 'mlp.gate_proj.weight'), wUp: req(p + 'mlp.up_proj.weight'), wDown: req(p + 'mlp.down_proj.weight'),
+    });
+  }
+  const weights: ModelWeights = { embed, layers, finalNorm: f32(req('model.norm.weight')), output: tensor('lm_head.weight', true) ?? embed };
+  checkShapes(config, weights, dir);
+  return { config, weights, tokenizer, format: 'hf', path: dir };
+}
+
+// -------------------------------------------------------------------------------------------- llama2.c
+export function loadLlama2c(path: string, tokenizerPath?: string, onProgress?: LoadProgress): LoadedModel {
+  const bytes = readModelFile(path, onProgress);
+  if (bytes.byteLength < 28) throw new Error(`${path} is truncated: too short for a llama2.c header`);
+  const h = new Int32Array(bytes.buffer, bytes.byteOffset, 7);
+  const [dim, hiddenDim, nLayers, nHeads, nKVHeads, vocabRaw, seqLen] = Array.from(h);
+  const vocabSize = Math.abs(vocabRaw);
+  const config: ModelConfig = {
+    arch: 'llama', vocabSize, dim, hiddenDim, nLayers, nHeads, nKVHeads, headDim: dim / nHeads, normEps: 1e-5,
+    ropeTheta: 10000, ropeStyle: 'interleaved', ropeScaling: { type: 'none' }, maxSeqLen: seqLen, bosId: 1, eosIds: [2],
+  };
+  try { validateConfig(config); } catch (e) { throw new Error(`${path} is not a llama2.c checkpoint: ${(e as Error).message}`); }
+  const kvDim = (dim / nHeads) * nKVHeads;
+  let off = 28;
+  const take = (rows: number, cols: number) => {
+    const n = rows * cols * 4;
+    if (off + n > bytes.byteLength) throw new Error(`${path} is truncated: weights need more than its ${bytes.byteLength} bytes`);
+    const m = new Matrix(rows, cols, 'f32', bytes.subarray(off, off + n)); off += n; return m;
+  };
+  const perLayer = (rows: number, cols: number) => Array.from({ length: nLayers }, () => take(rows, cols));
+  const embed = take(vocabSize, dim);
+  const attnNorm = perLayer(1, dim), wq = perLayer(dim, dim), wk = perLayer(kvDim, dim), wv = perLayer(kvDim, dim), wo = perLayer(dim, dim);
+  const ffnNorm = perLayer(1, dim), w1 = perLayer(hiddenDim, dim), w2 = perLayer(dim, hiddenDim), w3 = perLayer(hiddenDim, dim);
+  const finalNorm = take(1, dim);
+  off += seqLen * (dim / nHeads) * 4; // freq_cis_real + freq_cis_imag (legacy, unused)
+  const output = vocabRaw > 0 ? embed : take(vocabSize, dim);
+  const layers: LayerWeights[] = Array.from({ length: nLayers }, (_, l) => ({
+    attnNorm: f32(attnNorm[l]), ffnNorm: f32(ffnNorm[l]), wq: wq[l], wk: wk[l], wv: wv[l], wo: wo[l],
+    bq: null, bk: null, bv: null, wGate: w1[l], wUp: w3[l], wDown: w2[l],
+  }));
+  const tp = tokenizerPath ?? join(dirname(path), 'tokenizer.bin');
+  const tokenizer = existsSync(tp) ? tokenizerFromLlama2c(new Uint8Array(readFileSync(tp)), vocabSize, tp) : null;
+  if (tokenizerPath && !tokenizer) throw new Error(`tokenizer not found: ${tokenizerPath}`);
+  return { config, weights: { embed, layers, finalNorm: f32(finalNorm), output }, tokenizer, format: 'llama2c', path };
+}
+
+function checkShapes(c: ModelConfig, w: ModelWeights, what: string): void {
+  const expect = (name: string, m: Matrix, rows: number, cols: number) => {
+    if (m.rows !== rows || m.cols !== cols) throw new Error(`${what}: tensor ${name} is ${m.rows}x${m.cols}, expected ${rows}x${cols}`);
+  };
+  expect('embedding', w.embed, c.vocabSize, c.dim);
+  expect('output', w.output, c.vocabSize, c.dim);
+  w.layers.forEach((l, i) => {
+    expect(`layer ${i} q`, l.wq, c.nHeads * c.headDim, c.dim);
+    expect(`layer ${i} k`, l.wk, c.nKVHeads * c.headDim, c.dim);
+    expect(`layer ${i} v`, l.wv, c.nKVHeads * c.headDim, c.dim);
+    expect(`layer ${i} o`, l.wo, c.dim, c.nHeads * c.headDim);
+    expect(`layer ${i} gate`, l.wGate, c.hiddenDim, c.dim);
+    expect(`layer ${i} up`, l.wUp, c.hiddenDim, c.dim);
+    expect(`layer ${i} down`, l.wDown, c.dim, c.hiddenDim);
+  });
+}

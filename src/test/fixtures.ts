@@ -1,0 +1,67 @@
+// Small random-weight models written by our own GGUF / safetensors writers, for tests and benchmarks.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeGGUF, type GGUFWriteTensor, type GGUFWriteValue } from '../model/gguf.js';
+import { encodeTensor, type DType } from '../model/tensor.js';
+import { rng } from '../engine/sampler.js';
+
+export interface RandomModelShape {
+  arch?: 'llama' | 'qwen2';
+  vocab: number; dim: number; hidden: number; layers: number; heads: number; kvHeads: number;
+  ctx?: number; dtype?: DType; seed?: number; tied?: boolean; ropeTheta?: number;
+}
+
+export function gaussian(seed: number): () => number {
+  const r = rng(seed);
+  return () => Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r());
+}
+
+export function randomArray(n: number, scale: number, g: () => number): Float32Array {
+  const a = new Float32Array(n); for (let i = 0; i < n; i++) a[i] = g() * scale; return a;
+}
+
+/** A random-weight GGUF model (llama.cpp's tensor names and metadata), written with our GGUF writer. */
+export function randomGGUF(s: RandomModelShape): Uint8Array {
+  const g = gaussian(s.seed ?? 1);
+  const dt = s.dtype ?? 'f32', arch = s.arch ?? 'llama', hd = s.dim / s.heads;
+  const tensors: GGUFWriteTensor[] = [];
+  const mat = (name: string, rows: number, cols: number, scale: number, dtype: DType = dt) =>
+    tensors.push({ name, dims: [cols, rows], dtype, data: encodeTensor(randomArray(rows * cols, scale, g), dtype) });
+  const vec = (name: string, n: number, base: number, scale: number) => {
+    const a = randomArray(n, scale, g); for (let i = 0; i < n; i++) a[i] += base;
+    tensors.push({ name, dims: [n], dtype: 'f32', data: encodeTensor(a, 'f32') });
+  };
+  mat('token_embd.weight', s.vocab, s.dim, 1.0);
+  for (let l = 0; l < s.layers; l++) {
+    const p = `blk.${l}.`, w = 1 / Math.sqrt(s.dim);
+    vec(p + 'attn_norm.weight', s.dim, 1, 0.1);
+    mat(p + 'attn_q.weight', s.heads * hd, s.dim, w); mat(p + 'attn_k.weight', s.kvHeads * hd, s.dim, w);
+    mat(p + 'attn_v.weight', s.kvHeads * hd, s.dim, w); mat(p + 'attn_output.weight', s.dim, s.heads * hd, w);
+    if (arch === 'qwen2') { vec(p + 'attn_q.bias', s.heads * hd, 0, 0.1); vec(p + 'attn_k.bias', s.kvHeads * hd, 0, 0.1); vec(p + 'attn_v.bias', s.kvHeads * hd, 0, 0.1); }
+    vec(p + 'ffn_norm.weight', s.dim, 1, 0.1);
+    mat(p + 'ffn_gate.weight', s.hidden, s.dim, w); mat(p + 'ffn_up.weight', s.hidden, s.dim, w);
+    mat(p + 'ffn_down.weight', s.dim, s.hidden, 1 / Math.sqrt(s.hidden));
+  }
+  vec('output_norm.weight', s.dim, 1, 0.1);
+  if (!s.tied) mat('output.weight', s.vocab, s.dim, 1 / Math.sqrt(s.dim));
+  const u32 = (value: number): GGUFWriteValue => ({ type: 'u32', value });
+  const meta: [string, GGUFWriteValue][] = [
+    ['general.architecture', { type: 'string', value: arch }],
+    ['general.name', { type: 'string', value: 'random test model' }],
+    [`${arch}.context_length`, u32(s.ctx ?? 2048)], [`${arch}.embedding_length`, u32(s.dim)],
+    [`${arch}.block_count`, u32(s.layers)], [`${arch}.feed_forward_length`, u32(s.hidden)],
+    [`${arch}.attention.head_count`, u32(s.heads)], [`${arch}.attention.head_count_kv`, u32(s.kvHeads)],
+    [`${arch}.attention.layer_norm_rms_epsilon`, { type: 'f32', value: 1e-5 }],
+    [`${arch}.rope.freq_base`, { type: 'f32', value: s.ropeTheta ?? 10000 }],
+    [`${arch}.rope.dimension_count`, u32(hd)],
+  ];
+  return writeGGUF(meta, tensors);
+}
+
+export function tempFile(name: string, bytes: Uint8Array | string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'quest-test-'));
+  const p = join(dir, name);
+  writeFileSync(p, bytes);
+  return p;
+}

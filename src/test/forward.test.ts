@@ -1,0 +1,74 @@
+// The engine's logits against the independent float64 forward pass, for every model the repo ships or
+// the tests make: random-weight GGUF files in each tensor type (incl. GQA and Qwen2 biases), the
+// default model (Hugging Face format), and the real llama2.c checkpoint in ../shared when present.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { loadModelFiles, type LoadedModel } from '../model/load.js';
+import { makeModel, Session } from '../engine/session.js';
+import { argmax } from '../engine/sampler.js';
+import { refForward, refWeights, argmax64 } from './reference.js';
+import { randomGGUF, tempFile } from './fixtures.js';
+import { DEFAULT_MODEL } from '../cli/default-model.js';
+import { rng } from '../engine/sampler.js';
+
+const STORIES = new URL('../../../shared/models/stories260K/model.bin', import.meta.url).pathname;
+
+function promptOf(n: number, vocab: number, seed = 7): number[] {
+  const r = rng(seed); return Array.from({ length: n }, () => Math.floor(r() * vocab));
+}
+
+/** Top-1 equal at every position and max |Δlogit| under `tol`; greedy continuation equal. */
+function checkAgainstReference(m: LoadedModel, tokens: number[], tol: number, greedySteps: number): void {
+  const model = makeModel(m.config, m.weights);
+  const V = m.config.vocabSize;
+  const ours = new Session(model).forward(tokens, { logits: 'all', chunk: 17 }); // odd chunk: exercises chunked prefill
+  const ref = refForward(m.config, refWeights(m.weights), tokens);
+  let maxDiff = 0;
+  tokens.forEach((_, i) => {
+    for (let j = 0; j < V; j++) maxDiff = Math.max(maxDiff, Math.abs(ours[i * V + j] - ref[i][j]));
+    assert.equal(argmax(ours, i * V, V), argmax64(ref[i]), `top-1 differs at position ${i}`);
+  });
+  assert.ok(maxDiff < tol, `max |Δlogit| ${maxDiff} over the stated bound ${tol}`);
+  if (greedySteps > 0) {
+    const s = new Session(model);
+    let logits = s.forward(tokens);
+    const seq = [...tokens], mine: number[] = [];
+    for (let i = 0; i < greedySteps; i++) { const t = argmax(logits); mine.push(t); seq.push(t); logits = s.forward([t]); }
+    const refLogits = refForward(m.config, refWeights(m.weights), seq.slice(0, -1));
+    const refGreedy = refLogits.slice(tokens.length - 1).map((l) => argmax64(l));
+    assert.deepEqual(mine, refGreedy, 'greedy continuation differs from the float64 reference');
+  }
+}
+
+for (const dtype of ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'] as const) {
+  test(`random GGUF (${dtype}, GQA 8/2) matches the float64 reference`, () => {
+    const path = tempFile('m.gguf', randomGGUF({ vocab: 96, dim: 64, hidden: 128, layers: 2, heads: 8, kvHeads: 2, dtype, seed: 3 }));
+    const m = loadModelFiles(path);
+    assert.equal(m.config.nKVHeads, 2);
+    // the reference uses the same dequantised weights, so only arithmetic differs: f32 rounding
+    checkAgainstReference(m, promptOf(64, 96), 1e-3, 32);
+  });
+}
+
+test('random Qwen2 GGUF (q/k/v biases, neox RoPE, untied) matches the float64 reference', () => {
+  const path = tempFile('q.gguf', randomGGUF({ arch: 'qwen2', vocab: 80, dim: 64, hidden: 96, layers: 2, heads: 4, kvHeads: 1, seed: 5 }));
+  const m = loadModelFiles(path);
+  assert.equal(m.config.ropeStyle, 'neox');
+  assert.ok(m.weights.layers[0].bq);
+  checkAgainstReference(m, promptOf(64, 80), 1e-3, 8);
+});
+
+test('the default model (quest-tiny-8k, Hugging Face folder, f16) matches the float64 reference', () => {
+  const m = loadModelFiles(DEFAULT_MODEL);
+  assert.equal(m.format, 'hf');
+  assert.ok(m.config.nKVHeads < m.config.nHeads, 'the default model uses grouped-query attention');
+  checkAgainstReference(m, promptOf(64, m.config.vocabSize, 11), 2e-3, 32);
+});
+
+test('llama2.c stories260K matches the float64 reference', { skip: existsSync(STORIES) ? false : 'no ../shared/models/stories260K (fresh clone without ../shared)' }, () => {
+  const m = loadModelFiles(STORIES);
+  assert.equal(m.format, 'llama2c');
+  assert.equal(m.config.nKVHeads, 4);
+  checkAgainstReference(m, [1, ...promptOf(63, 512, 3)], 1e-3, 32);
+});

@@ -1,0 +1,91 @@
+// An independent float64 Llama forward pass for tests: no paging, no shared kernels, the textbook
+// formulas written out again. The engine is checked against it.
+import type { ModelConfig, ModelWeights } from '../model/config.js';
+import { ropeInvFreq } from '../model/rope.js';
+
+type Mat = Float64Array; // row-major
+
+function toF64(m: { toF32(): Float32Array }): Float64Array { return Float64Array.from(m.toF32()); }
+
+export interface RefWeights {
+  embed: Mat; output: Mat; finalNorm: Float64Array;
+  layers: { attnNorm: Float64Array; ffnNorm: Float64Array; wq: Mat; wk: Mat; wv: Mat; wo: Mat; bq: Float64Array | null; bk: Float64Array | null; bv: Float64Array | null; gate: Mat; up: Mat; down: Mat }[];
+}
+
+export function refWeights(w: ModelWeights): RefWeights {
+  const f = (a: Float32Array | null) => (a ? Float64Array.from(a) : null);
+  return {
+    embed: toF64(w.embed), output: toF64(w.output), finalNorm: Float64Array.from(w.finalNorm),
+    layers: w.layers.map((l) => ({
+      attnNorm: Float64Array.from(l.attnNorm), ffnNorm: Float64Array.from(l.ffnNorm),
+      wq: toF64(l.wq), wk: toF64(l.wk), wv: toF64(l.wv), wo: toF64(l.wo), bq: f(l.bq), bk: f(l.bk), bv: f(l.bv),
+      gate: toF64(l.wGate), up: toF64(l.wUp), down: toF64(l.wDown),
+    })),
+  };
+}
+
+function linear(W: Mat, x: Float64Array, rows: number, cols: number, b: Float64Array | null = null): Float64Array {
+  const y = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) { let s = b ? b[r] : 0; for (let c = 0; c < cols; c++) s += W[r * cols + c] * x[c]; y[r] = s; }
+  return y;
+}
+
+export function refRmsnorm(x: Float64Array, w: Float64Array, eps: number): Float64Array {
+  let ss = 0; for (const v of x) ss += v * v;
+  const s = 1 / Math.sqrt(ss / x.length + eps);
+  return x.map((v, i) => v * s * w[i]);
+}
+
+/** Rotates one head (length hd) at position pos. */
+export function refRope(x: Float64Array, pos: number, c: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeStyle' | 'ropeScaling'>): Float64Array {
+  const hd = c.headDim, half = hd / 2, inv = ropeScalingFreqs(c);
+  const y = new Float64Array(hd);
+  for (let i = 0; i < half; i++) {
+    const a = pos * inv[i], cs = Math.cos(a), sn = Math.sin(a);
+    const [i0, i1] = c.ropeStyle === 'interleaved' ? [2 * i, 2 * i + 1] : [i, i + half];
+    y[i0] = x[i0] * cs - x[i1] * sn; y[i1] = x[i0] * sn + x[i1] * cs;
+  }
+  return y;
+}
+
+function ropeScalingFreqs(c: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeScaling'>): Float64Array {
+  return ropeInvFreq(c.headDim, c.ropeTheta, c.ropeScaling);
+}
+
+/** Logits of every position of `tokens`, all in float64. */
+export function refForward(c: ModelConfig, W: RefWeights, tokens: number[]): Float64Array[] {
+  const { dim, headDim: hd, nHeads: nH, nKVHeads: nKV, hiddenDim } = c;
+  const Ks: Float64Array[][] = W.layers.map(() => []), Vs: Float64Array[][] = W.layers.map(() => []);
+  const out: Float64Array[] = [];
+  tokens.forEach((tok, pos) => {
+    let x = W.embed.slice(tok * dim, tok * dim + dim);
+    W.layers.forEach((L, l) => {
+      const h = refRmsnorm(x, L.attnNorm, c.normEps);
+      const q = linear(L.wq, h, nH * hd, dim, L.bq), k = linear(L.wk, h, nKV * hd, dim, L.bk), v = linear(L.wv, h, nKV * hd, dim, L.bv);
+      const heads = (a: Float64Array, n: number) => Array.from({ length: n }, (_, i) => a.slice(i * hd, i * hd + hd));
+      const qh = heads(q, nH).map((z) => refRope(z, pos, c)), kh = heads(k, nKV).map((z) => refRope(z, pos, c)), vh = heads(v, nKV);
+      Ks[l].push(Float64Array.from(kh.flatMap((z) => Array.from(z)))); Vs[l].push(v);
+      const att = new Float64Array(nH * hd);
+      for (let hq = 0; hq < nH; hq++) {
+        const g = Math.floor(hq / (nH / nKV));
+        const s = Ks[l].map((K) => { let d = 0; for (let i = 0; i < hd; i++) d += qh[hq][i] * K[g * hd + i]; return d / Math.sqrt(hd); });
+        const m = Math.max(...s), e = s.map((z) => Math.exp(z - m)), sum = e.reduce((a, b) => a + b, 0);
+        for (let t = 0; t < s.length; t++) for (let i = 0; i < hd; i++) att[hq * hd + i] += (e[t] / sum) * Vs[l][t][g * hd + i];
+      }
+      void vh;
+      const o = linear(L.wo, att, dim, nH * hd);
+      x = x.map((z, i) => z + o[i]);
+      const h2 = refRmsnorm(x, L.ffnNorm, c.normEps);
+      const gt = linear(L.gate, h2, hiddenDim, dim), u = linear(L.up, h2, hiddenDim, dim);
+      const act = gt.map((z, i) => (z / (1 + Math.exp(-z))) * u[i]);
+      const d = linear(L.down, act, dim, hiddenDim);
+      x = x.map((z, i) => z + d[i]);
+    });
+    out.push(linear(W.output, refRmsnorm(x, W.finalNorm, c.normEps), c.vocabSize, dim));
+  });
+  return out;
+}
+
+export function argmax64(v: ArrayLike<number>, o = 0, n = v.length - o): number {
+  let b = 0; for (let i = 1; i < n; i++) if (v[o + i] > v[o + b]) b = i; return b;
+}
