@@ -60,6 +60,21 @@ export class Session {
 
   get length(): number { return this.cache.length; }
 
+  /** Prefill attention received per `layer:head`, kept so that forks can hand it to H2O-like policies. */
+  private prefillScores: Map<string, Float32Array> | null = null;
+  recordPrefillScores(): void { this.prefillScores = new Map(); }
+
+  /** A copy of this sequence (KV cache included) under another attention policy: evaluations prefill once. */
+  fork(attention: Partial<AttentionOptions> = {}): Session {
+    const s = new Session(this.model, { ...this.attention, ...attention });
+    s.cache.layers.forEach((l, i) => l.copyFrom(this.cache.layers[i]));
+    if (s.policy?.wantsPrefillScores) {
+      if (!this.prefillScores) throw new Error('fork to a policy that needs prefill scores: call recordPrefillScores() before the prefill');
+      for (const [key, v] of this.prefillScores) { const [l, h] = key.split(':').map(Number); s.policy.observePrefill!(l, h, v, v.length); }
+    }
+    return s;
+  }
+
   collectStats(on = true): void { this.stats = on ? new RecallStats(this.model.config.nLayers) : null; }
 
   /** Runs `tokens` after what the session already holds; returns logits ([vocab] or [n x vocab]). */
@@ -132,7 +147,7 @@ export class Session {
   /** Causal dense attention of n new tokens (positions start..start+n-1) over the cache. */
   private denseAttention(l: number, q: Float32Array, att: Float32Array, n: number, start: number, scale: number): void {
     const c = this.model.config, hd = c.headDim, nH = c.nHeads, group = nH / c.nKVHeads, kv = this.cache.layers[l];
-    const probs = this.probs, report = this.policy?.wantsPrefillScores === true;
+    const probs = this.probs, report = this.policy?.wantsPrefillScores === true || this.prefillScores !== null;
     const received = report ? new Float32Array(start + n) : null;
     for (let h = 0; h < nH; h++) {
       received?.fill(0);
@@ -141,7 +156,13 @@ export class Session {
         attendHead(q, (i * nH + h) * hd, kv, Math.floor(h / group), null, count, scale, att, (i * nH + h) * hd, probs);
         if (received) for (let t = 0; t < count; t++) received[t] += probs[t];
       }
-      if (received) this.policy!.observePrefill!(l, h, received, start + n);
+      if (received && this.policy?.wantsPrefillScores) this.policy.observePrefill!(l, h, received, start + n);
+      if (received && this.prefillScores) {
+        const key = `${l}:${h}`, old = this.prefillScores.get(key), acc = new Float32Array(start + n);
+        if (old) acc.set(old);
+        for (let t = 0; t < start + n; t++) acc[t] += received[t];
+        this.prefillScores.set(key, acc);
+      }
     }
   }
 

@@ -58,6 +58,12 @@ export class LayerKV {
     this.length = t + 1;
   }
 
+  /** Makes this layer a copy of `o` (same shape). */
+  copyFrom(o: LayerKV): void {
+    this.k = o.k.slice(); this.v = o.v.slice(); this.kmin = o.kmin.slice(); this.kmax = o.kmax.slice();
+    this.length = o.length; this.capacityPages = o.capacityPages;
+  }
+
   /** Drops tokens from `length` on (used to rewind a sequence); page metadata is rebuilt. */
   truncate(length: number): void {
     if (length >= this.length) return;

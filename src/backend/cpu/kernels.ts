@@ -16,12 +16,29 @@ export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n:
   return s0 + s1 + s2 + s3;
 }
 
-/** out[t, r] = W[r] · x[t] (+ bias[r]) for tokens t < n and rows r in [r0, r1). */
+/** out[t, r] = W[r] · x[t] (+ bias[r]) for tokens t < n and rows r in [r0, r1).
+ *  Four weight rows at a time: each activation value loaded once serves four products (~1.5x). */
 export function matmulRows(W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null,
                            r0: number, r1: number, scratch: Float32Array): void {
   const cols = W.cols, rows = W.rows;
-  for (let r = r0; r < r1; r++) {
-    const w = W.row(r, scratch);
+  let r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const w0 = W.row(r, scratch.subarray(0, cols)), w1 = W.row(r + 1, scratch.subarray(cols, 2 * cols));
+    const w2 = W.row(r + 2, scratch.subarray(2 * cols, 3 * cols)), w3 = W.row(r + 3, scratch.subarray(3 * cols, 4 * cols));
+    const b0 = bias ? bias[r] : 0, b1 = bias ? bias[r + 1] : 0, b2 = bias ? bias[r + 2] : 0, b3 = bias ? bias[r + 3] : 0;
+    for (let t = 0; t < n; t++) {
+      const xo = t * cols;
+      let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (let i = 0; i < cols; i++) {
+        const xv = x[xo + i];
+        s0 += w0[i] * xv; s1 += w1[i] * xv; s2 += w2[i] * xv; s3 += w3[i] * xv;
+      }
+      const o = t * rows + r;
+      out[o] = s0 + b0; out[o + 1] = s1 + b1; out[o + 2] = s2 + b2; out[o + 3] = s3 + b3;
+    }
+  }
+  for (; r < r1; r++) {
+    const w = W.row(r, scratch.subarray(0, cols));
     const b = bias ? bias[r] : 0;
     for (let t = 0; t < n; t++) out[t * rows + r] = dot(w, 0, x, t * cols, cols) + b;
   }
@@ -30,7 +47,7 @@ export function matmulRows(W: Matrix, x: Float32Array, n: number, out: Float32Ar
 const scratchByCols = new Map<number, Float32Array>();
 function scratchFor(cols: number): Float32Array {
   let s = scratchByCols.get(cols);
-  if (!s) { s = new Float32Array(cols); scratchByCols.set(cols, s); }
+  if (!s) { s = new Float32Array(4 * cols); scratchByCols.set(cols, s); }
   return s;
 }
 

@@ -1,0 +1,113 @@
+#!/usr/bin/env node
+// The `quest` command line.
+import { Command, Option, InvalidArgumentError } from 'commander';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { loadModel } from '../engine/llm.js';
+import { POLICY_NAMES, DEFAULT_ATTENTION, type AttentionOptions } from '../attention/policy.js';
+import { convertHFToGGUF } from '../model/convert.js';
+import { DEFAULT_MODEL } from './default-model.js';
+import { progressBar } from './progress.js';
+import { runRecallEval } from '../eval/recall.js';
+
+const int = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError(`${name} must be an integer`);
+  return n;
+};
+const num = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number`);
+  return n;
+};
+const collect = (v: string, acc: string[]) => [...acc, v];
+
+function attentionOptions(o: Record<string, unknown>): Partial<AttentionOptions> {
+  return { policy: o.attention as AttentionOptions['policy'], budget: o.budget as number, pageSize: o.pageSize as number, denseLayers: o.denseLayers as number, gqa: o.gqa as AttentionOptions['gqa'] };
+}
+
+function addAttentionFlags(c: Command): Command {
+  return c
+    .addOption(new Option('--attention <policy>', 'attention policy').choices([...POLICY_NAMES]).default(DEFAULT_ATTENTION.policy))
+    .option('--budget <tokens>', 'token budget of the sparse policies', int('budget'), DEFAULT_ATTENTION.budget)
+    .option('--page-size <n>', 'KV page size in tokens', int('page size'), DEFAULT_ATTENTION.pageSize)
+    .option('--dense-layers <n>', 'first layers that stay dense', int('dense layers'), DEFAULT_ATTENTION.denseLayers)
+    .addOption(new Option('--gqa <mode>', 'Quest page selection under grouped-query attention').choices(['head', 'group-max', 'group-sum']).default(DEFAULT_ATTENTION.gqa));
+}
+
+const program = new Command('quest').description('Long-context LLM inference with Quest query-aware sparse attention').showHelpAfterError();
+
+addAttentionFlags(program.command('generate').description('generate text from a prompt')
+  .option('--model <path>', 'GGUF file, Hugging Face folder or llama2.c .bin', DEFAULT_MODEL)
+  .option('--tokenizer <path>', 'tokenizer.bin for llama2.c checkpoints')
+  .option('--prompt <text>', 'the prompt')
+  .option('--prompt-file <file>', 'read the prompt from a file')
+  .option('--prompt-ids <ids>', 'the prompt as comma-separated token ids (models without a tokenizer)')
+  .option('--chat', 'wrap the prompt in the model\'s chat template as a user message')
+  .option('--max-tokens <n>', 'tokens to generate', int('max tokens'), 128)
+  .option('--temperature <t>', '0 = greedy', num('temperature'), 0.8)
+  .option('--top-k <k>', '0 = off', int('top-k'), 40)
+  .option('--top-p <p>', '1 = off', num('top-p'), 0.95)
+  .option('--seed <n>', 'random seed', int('seed'))
+  .option('--stop <text>', 'stop string (repeatable)', collect, [])
+  .option('--decode-tail <n>', 'feed the last N prompt tokens as decode steps (the sparse policy then sees them)', int('decode tail'), 0)
+  .option('--stats', 'report attention-mass recall of the sparse steps'))
+  .action(async (o) => {
+    if ([o.prompt, o.promptFile, o.promptIds].filter((x) => x !== undefined).length !== 1) {
+      throw new Error('give exactly one of --prompt, --prompt-file or --prompt-ids');
+    }
+    const load = progressBar('loading', 'MB');
+    const llm = await loadModel(o.model, { attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20) });
+    load.stop();
+    let prompt: string = o.prompt ?? (o.promptFile ? readFileSync(o.promptFile, 'utf8') : '');
+    if (o.chat) prompt = llm.tokenizer ? llm.tokenizer.applyChatTemplate([{ role: 'user', content: prompt }]) : prompt;
+    const promptIds = o.promptIds ? String(o.promptIds).split(',').map((s: string) => Number(s.trim())) : undefined;
+    const prefill = progressBar('prefill', 'tokens');
+    const gen = llm.generate(prompt, {
+      maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, stop: o.stop,
+      decodeTail: o.decodeTail, stats: o.stats, promptIds, onPrefillProgress: (d, t) => prefill.update(d, t),
+    });
+    let first = true;
+    for await (const ev of gen) {
+      if (first) { prefill.stop(); first = false; }
+      process.stdout.write(llm.tokenizer ? ev.text : `${ev.token} `);
+    }
+    const r = await gen.result;
+    prefill.stop();
+    const peak = process.resourceUsage().maxRSS / 1024;
+    process.stdout.write('\n');
+    process.stderr.write(`[${r.promptTokens} prompt tokens | prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s | ` +
+      `decode ${r.decodeTokensPerSecond.toFixed(1)} tok/s (${r.tokens.length} tokens, ${r.finishReason}) | ` +
+      `attention ${llm.attention.policy}${llm.attention.policy === 'dense' ? '' : ` budget ${llm.attention.budget}`} | peak memory ${peak.toFixed(0)} MB]\n`);
+    if (o.stats && r.recall) {
+      const pl = r.recall.perLayer.map((x, i) => `L${i}:${x === null ? 'dense' : x.toFixed(3)}`).join(' ');
+      process.stderr.write(`[attention-mass recall: mean ${r.recall.mean === null ? 'n/a (no sparse step)' : r.recall.mean.toFixed(4)}, ` +
+        `${r.recall.meanAttendedTokens?.toFixed(0) ?? '-'} tokens attended per head | ${pl}]\n`);
+    }
+  });
+
+program.command('convert').description('convert a Hugging Face Llama/Qwen2 folder to GGUF')
+  .requiredOption('--model <dir>', 'Hugging Face folder')
+  .requiredOption('--out <file>', 'GGUF file to write')
+  .addOption(new Option('--type <dtype>', 'weight type').choices(['f32', 'f16', 'q8_0', 'q4_0']).default('f16'))
+  .action((o) => {
+    const bytes = convertHFToGGUF(o.model, o.type);
+    writeFileSync(o.out, bytes);
+    process.stderr.write(`wrote ${o.out} (${(bytes.byteLength / 2 ** 20).toFixed(1)} MB, ${o.type})\n`);
+  });
+
+const evalCmd = program.command('eval').description('evaluations');
+evalCmd.command('recall').description('attention-mass recall of each policy vs budget on a long text')
+  .option('--model <path>', 'model', DEFAULT_MODEL)
+  .option('--text <file>', 'long text (default: a held-out Gutenberg book from ../shared/corpus)')
+  .option('--context <n>', 'prompt tokens prefilled densely', int('context'), 4096)
+  .option('--steps <n>', 'tokens decoded one by one after it', int('steps'), 32)
+  .option('--budgets <list>', 'comma-separated budgets', '64,128,256,512,1024')
+  .option('--policies <list>', 'comma-separated policies', 'quest,oracle,oracle-page,streaming,h2o,tova')
+  .option('--gqa <list>', 'Quest GQA modes to compare', 'group-max,group-sum,head')
+  .option('--out <file>', 'write the results as JSON')
+  .action(async (o) => { await runRecallEval(o); });
+
+program.parseAsync().catch((e: Error) => {
+  process.stderr.write(`\nerror: ${e.message}\n`);
+  process.exit(1);
+});
