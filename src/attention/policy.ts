@@ -18,7 +18,7 @@ export interface AttentionOptions {
   gqa: GqaMode;
 }
 
-export const DEFAULT_ATTENTION: AttentionOptions = { policy: 'dense', budget: 2048, pageSize: 16, denseLayers: 2, gqa: 'group-max' };
+export const DEFAULT_ATTENTION: AttentionOptions = { policy: 'dense', budget: 2048, pageSize: 16, denseLayers: 2, gqa: 'group-sum' };
 
 export interface StepContext {
   layer: number;

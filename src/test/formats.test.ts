@@ -1,0 +1,110 @@
+// File formats: dequantisation of each tensor type against float64 decoders written from the format
+// specs, and the errors bad files must give.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, copyFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encodeTensor, f32ToF16, F16_TABLE, Matrix } from '../model/tensor.js';
+import { loadModelFiles } from '../model/load.js';
+import { writeSafetensors } from '../model/safetensors.js';
+import { writeGGUF } from '../model/gguf.js';
+import { gaussian, randomArray, randomGGUF, tempFile } from './fixtures.js';
+import { DEFAULT_MODEL } from '../cli/default-model.js';
+
+/** IEEE half from its bits, by the formula. */
+function half(bits: number): number {
+  const s = bits >> 15 ? -1 : 1, e = (bits >> 10) & 31, m = bits & 1023;
+  return e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+test('f16 conversion: known values and round-to-nearest', () => {
+  assert.equal(f32ToF16(1), 0x3c00); assert.equal(f32ToF16(-2), 0xc000); assert.equal(f32ToF16(65504), 0x7bff);
+  assert.equal(f32ToF16(2 ** -24), 0x0001); assert.equal(f32ToF16(1e6), 0x7c00); assert.equal(F16_TABLE[0x3555], half(0x3555));
+  const g = gaussian(3);
+  for (let i = 0; i < 1000; i++) { const v = g() * 10; assert.ok(Math.abs(half(f32ToF16(v)) - v) <= Math.abs(v) * 2 ** -11 + 1e-7); }
+});
+
+test('dequantisation of F32, F16, BF16, Q8_0 and Q4_0 rows matches float64 decoders of the raw bytes', () => {
+  const cols = 96, rows = 5, vals = randomArray(rows * cols, 2, gaussian(9));
+  for (const dtype of ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'] as const) {
+    const bytes = encodeTensor(vals, dtype), dv = new DataView(bytes.buffer);
+    const m = new Matrix(rows, cols, dtype, bytes), out = new Float32Array(cols);
+    for (let r = 0; r < rows; r++) {
+      const got = m.row(r, out);
+      for (let c = 0; c < cols; c++) {
+        let ref: number;
+        const i = r * cols + c;
+        if (dtype === 'f32') ref = dv.getFloat32(i * 4, true);
+        else if (dtype === 'f16') ref = half(dv.getUint16(i * 2, true));
+        else if (dtype === 'bf16') ref = new Float32Array(new Uint32Array([dv.getUint16(i * 2, true) << 16]).buffer)[0];
+        else {
+          const blockBytes = dtype === 'q8_0' ? 34 : 18, b = Math.floor(i / 32), j = i % 32, base = b * blockBytes;
+          const d = half(dv.getUint16(base, true));
+          if (dtype === 'q8_0') ref = d * dv.getInt8(base + 2 + j);
+          else { const byte = dv.getUint8(base + 2 + (j % 16)); ref = d * ((j < 16 ? byte & 15 : byte >> 4) - 8); }
+        }
+        assert.ok(Math.abs(got[c] - ref) <= 1e-6 * Math.max(1, Math.abs(ref)), `${dtype} [${r},${c}] ${got[c]} vs ${ref}`);
+        // and the quantisation error against the original value is what the format allows
+        const tol = { f32: 0, f16: 2e-3, bf16: 1.6e-2, q8_0: 0.03, q4_0: 0.6 }[dtype];
+        assert.ok(Math.abs(got[c] - vals[i]) <= tol * Math.max(1, Math.abs(vals[i])) + 1e-7, `${dtype} error too large`);
+      }
+    }
+  }
+});
+
+const small = { vocab: 32, dim: 32, hidden: 64, layers: 1, heads: 4, kvHeads: 2 };
+
+test('a truncated GGUF file is a clear error', () => {
+  const good = randomGGUF(small);
+  assert.throws(() => loadModelFiles(tempFile('t.gguf', good.subarray(0, good.length - 100))), /truncated/);
+  assert.throws(() => loadModelFiles(tempFile('t.gguf', good.subarray(0, 20))), /truncated/);
+});
+
+test('a GGUF file with a bad magic is a clear error', () => {
+  const bad = randomGGUF(small); bad[0] = 0x58;
+  assert.throws(() => loadModelFiles(tempFile('bad.gguf', bad)), /not a GGUF file: bad magic/);
+});
+
+test('an unsupported architecture or tensor type is a clear error', () => {
+  const f = writeGGUF([['general.architecture', { type: 'string', value: 'mamba' }]], []);
+  assert.throws(() => loadModelFiles(tempFile('a.gguf', f)), /unsupported architecture "mamba"/);
+  const q4k = randomGGUF(small);
+  // retag the first tensor as Q4_K (type 12): the type field sits after its name, dims and count
+  const dv = new DataView(q4k.buffer), name = new TextEncoder().encode('token_embd.weight');
+  const at = Buffer.from(q4k).indexOf(Buffer.from(name)) + name.length + 4 + 2 * 8;
+  dv.setUint32(at, 12, true);
+  assert.throws(() => loadModelFiles(tempFile('k.gguf', q4k)), /Q4_K, not supported/);
+});
+
+function hfCopy(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'quest-hf-'));
+  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors']) copyFileSync(join(DEFAULT_MODEL, f), join(dir, f));
+  return dir;
+}
+
+test('a safetensors file whose header lies about sizes is a clear error', () => {
+  const dir = hfCopy();
+  const data = new Uint8Array(new Float32Array([1, 2, 3, 4]).buffer);
+  const st = writeSafetensors([{ name: 'model.embed_tokens.weight', dtype: 'F32', shape: [4, 4], data }]); // 16 values claimed, 4 given
+  writeFileSync(join(dir, 'model.safetensors'), st);
+  assert.throws(() => loadModelFiles(dir), /lies about its size/);
+});
+
+test('a missing tokenizer is a clear error', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'quest-hf-'));
+  mkdirSync(dir, { recursive: true });
+  for (const f of ['config.json', 'model.safetensors']) copyFileSync(join(DEFAULT_MODEL, f), join(dir, f));
+  assert.throws(() => loadModelFiles(dir), /no tokenizer\.json: the tokenizer is missing/);
+});
+
+test('an unsupported Hugging Face architecture is a clear error', () => {
+  const dir = hfCopy();
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ model_type: 'gpt_neox', architectures: ['GPTNeoXForCausalLM'] }));
+  assert.throws(() => loadModelFiles(dir), /unsupported architecture "gpt_neox"/);
+});
+
+test('a missing model path and an unknown file are clear errors', () => {
+  assert.throws(() => loadModelFiles('/nonexistent/model.gguf'), /model not found/);
+  assert.throws(() => loadModelFiles(tempFile('x.txt', 'hello')), /unrecognised model file/);
+});

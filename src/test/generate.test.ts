@@ -1,0 +1,80 @@
+// Generation through the library API on the default model: tokenizer, greedy determinism, sampling
+// seeds, stop strings, streaming, limits and errors.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadModel, type LLM } from '../engine/llm.js';
+import { DEFAULT_MODEL } from '../cli/default-model.js';
+import { makeModel, Session } from '../engine/session.js';
+import { argmax } from '../engine/sampler.js';
+
+let llm: LLM;
+const get = async () => (llm ??= await loadModel(DEFAULT_MODEL));
+
+test('the tokenizer round-trips text and splits digits one by one', async () => {
+  const m = await get();
+  const text = 'The pass key is 48213. "Well, Prince," said Anna Pávlovna.\n';
+  const ids = m.tokenizer!.encode(text);
+  assert.equal(m.tokenizer!.decode(ids), text);
+  const digits = m.tokenizer!.encode(' 48213').map((i) => m.tokenizer!.tokenText(i));
+  assert.deepEqual(digits.slice(-5), ['4', '8', '2', '1', '3']);
+});
+
+test('greedy generation equals step-by-step argmax and streams the same text', async () => {
+  const m = await get();
+  const prompt = '"Well, Prince, so Genoa and Lucca are now';
+  const gen = m.generate(prompt, { maxTokens: 20, temperature: 0 });
+  let streamed = '';
+  for await (const e of gen) streamed += e.text;
+  const r = await gen.result;
+  assert.equal(streamed, r.text);
+  const s = new Session(makeModel(m.config, m.model.weights));
+  let logits = s.forward(m.encode(prompt));
+  const mine: number[] = [];
+  for (let i = 0; i < 20; i++) { const t = argmax(logits); mine.push(t); logits = s.forward([t]); }
+  assert.deepEqual(r.tokens, mine);
+});
+
+test('the model retrieves a passkey with dense attention and with Quest (question decoded token by token)', async () => {
+  const m = await get();
+  const filler = ' The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.';
+  const prompt = 'There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information there.' +
+    filler.repeat(12) + ' The pass key is 58301. Remember it. 58301 is the pass key.' + filler.repeat(12) + ' What is the pass key? The pass key is';
+  for (const attention of [{ policy: 'dense' as const }, { policy: 'quest' as const, budget: 64, pageSize: 16 }]) {
+    const r = await m.complete(prompt, { maxTokens: 6, temperature: 0, attention, decodeTail: 12 });
+    assert.match(r.text, /^ 58301/, `${attention.policy}: ${JSON.stringify(r.text)}`);
+  }
+});
+
+test('sampling with a seed is reproducible; stop strings cut the text', async () => {
+  const m = await get();
+  const a = await m.complete('It was', { maxTokens: 15, temperature: 0.9, topK: 40, topP: 0.9, seed: 42 });
+  const b = await m.complete('It was', { maxTokens: 15, temperature: 0.9, topK: 40, topP: 0.9, seed: 42 });
+  assert.equal(a.text, b.text);
+  const full = await m.complete('"Well, Prince, so Genoa', { maxTokens: 30, temperature: 0 });
+  const stop = full.text.slice(8, 11);
+  const cut = await m.complete('"Well, Prince, so Genoa', { maxTokens: 30, temperature: 0, stop: [stop] });
+  assert.equal(cut.finishReason, 'stop');
+  assert.equal(cut.text, full.text.slice(0, full.text.indexOf(stop)));
+});
+
+test('bad requests are clear errors: prompt over the context, bad budget, bad sampling values', async () => {
+  const m = await get();
+  await assert.rejects(m.complete('', { promptIds: new Array(9000).fill(5) }), /over the model's context length of 8192/);
+  await assert.rejects(m.complete('hi', { attention: { policy: 'quest', budget: 0 } }), /budget must be a positive integer/);
+  await assert.rejects(m.complete('hi', { temperature: -1 }), /temperature must be >= 0/);
+  await assert.rejects(m.complete('hi', { maxTokens: -3 }), /maxTokens must be an integer >= 0/);
+  await assert.rejects(m.complete('hi', { attention: { policy: 'nope' as never } }), /unknown attention policy "nope"/);
+});
+
+test('an AbortSignal stops generation', async () => {
+  const m = await get();
+  const ac = new AbortController();
+  const gen = m.generate('Once', { maxTokens: 200, temperature: 0 });
+  let n = 0;
+  const gen2 = m.generate('Once', { maxTokens: 200, temperature: 0, signal: ac.signal });
+  for await (const _ of gen2) { if (++n === 3) ac.abort(); }
+  const r = await gen2.result;
+  assert.equal(r.finishReason, 'abort');
+  assert.ok(r.tokens.length <= 4);
+  await gen.result;
+});

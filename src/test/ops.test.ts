@@ -1,0 +1,95 @@
+// Layer ops against straightforward float64 formulas on random inputs.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { matmul, rmsnorm, swiglu, softmax } from '../backend/cpu/kernels.js';
+import { Rope, ropeInvFreq } from '../model/rope.js';
+import { encodeTensor, Matrix } from '../model/tensor.js';
+import { LayerKV } from '../kv/paged-cache.js';
+import { attendHead } from '../attention/attend.js';
+import { gaussian, randomArray } from './fixtures.js';
+import { refRmsnorm, refRope } from './reference.js';
+
+const close = (a: number, b: number, tol: number, what: string) => assert.ok(Math.abs(a - b) <= tol * Math.max(1, Math.abs(b)), `${what}: ${a} vs ${b}`);
+
+test('matmul (odd sizes, several tokens, bias) matches float64', () => {
+  const g = gaussian(1);
+  for (const [rows, cols, n] of [[7, 64, 1], [33, 96, 5], [4, 32, 3]]) {
+    const W = randomArray(rows * cols, 1, g), x = randomArray(n * cols, 1, g), bias = randomArray(rows, 1, g);
+    const m = new Matrix(rows, cols, 'f32', encodeTensor(W, 'f32'));
+    const out = new Float32Array(n * rows);
+    matmul(m, x, n, out, bias);
+    for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) {
+      let s = bias[r]; for (let c = 0; c < cols; c++) s += W[r * cols + c] * x[t * cols + c];
+      close(out[t * rows + r], s, 1e-5, `[${t},${r}]`);
+    }
+  }
+});
+
+test('RMSNorm matches float64', () => {
+  const g = gaussian(2), d = 37, x = randomArray(3 * d, 3, g), w = randomArray(d, 1, g), out = new Float32Array(3 * d);
+  rmsnorm(out, x, w, 3, d, 1e-5);
+  for (let t = 0; t < 3; t++) {
+    const ref = refRmsnorm(Float64Array.from(x.subarray(t * d, t * d + d)), Float64Array.from(w), 1e-5);
+    ref.forEach((v, i) => close(out[t * d + i], v, 1e-5, 'rmsnorm'));
+  }
+});
+
+test('RoPE (interleaved and neox, with and without scaling) matches float64 rotation', () => {
+  const g = gaussian(3);
+  const scalings = [
+    { type: 'none' as const },
+    { type: 'linear' as const, factor: 4 },
+    { type: 'llama3' as const, factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192 },
+  ];
+  for (const style of ['interleaved', 'neox'] as const) for (const ropeScaling of scalings) {
+    const hd = 64, rope = new Rope(hd, style, 500000, ropeScaling);
+    for (const pos of [0, 1, 17, 5000, 30000]) {
+      const x = randomArray(2 * hd, 1, g), y = x.slice();
+      rope.apply(y, 0, 2, pos);
+      for (let h = 0; h < 2; h++) {
+        const ref = refRope(Float64Array.from(x.subarray(h * hd, h * hd + hd)), pos, { headDim: hd, ropeTheta: 500000, ropeStyle: style, ropeScaling });
+        ref.forEach((v, i) => close(y[h * hd + i], v, 2e-5, `${style}/${ropeScaling.type} pos ${pos}`));
+      }
+    }
+  }
+});
+
+test('Llama 3 RoPE scaling follows the published formula', () => {
+  const hd = 128, theta = 500000, factor = 8, low = 1, high = 4, orig = 8192;
+  const f = ropeInvFreq(hd, theta, { type: 'llama3', factor, lowFreqFactor: low, highFreqFactor: high, originalMaxPositions: orig });
+  for (let i = 0; i < hd / 2; i++) {
+    const base = 1 / theta ** ((2 * i) / hd), wl = (2 * Math.PI) / base;
+    let want: number;
+    if (wl < orig / high) want = base;
+    else if (wl > orig / low) want = base / factor;
+    else { const s = (orig / wl - low) / (high - low); want = (1 - s) * base / factor + s * base; }
+    close(f[i], want, 1e-12, `freq ${i}`);
+  }
+});
+
+test('SwiGLU and softmax match float64', () => {
+  const g = gaussian(4), a = randomArray(50, 3, g), b = randomArray(50, 1, g), x = a.slice();
+  swiglu(x, b, 50);
+  for (let i = 0; i < 50; i++) close(x[i], (a[i] / (1 + Math.exp(-a[i]))) * b[i], 1e-5, 'swiglu');
+  const s = randomArray(20, 5, g), p = s.slice();
+  softmax(p, 0, 20);
+  const m = Math.max(...s), e = Array.from(s, (v) => Math.exp(v - m)), z = e.reduce((u, v) => u + v, 0);
+  e.forEach((v, i) => close(p[i], v / z, 1e-6, 'softmax'));
+});
+
+test('GQA attention over the paged cache matches brute force (group ratios 1, 4, 8)', () => {
+  for (const [nH, nKV] of [[4, 4], [8, 2], [8, 1]]) {
+    const hd = 16, n = 45, P = 16, g = gaussian(nH * 10 + nKV);
+    const kv = new LayerKV(nKV, hd, P, 8);
+    const K: Float32Array[] = [], V: Float32Array[] = [];
+    for (let t = 0; t < n; t++) { const k = randomArray(nKV * hd, 1, g), v = randomArray(nKV * hd, 1, g); K.push(k); V.push(v); kv.append(k, 0, v, 0); }
+    const q = randomArray(nH * hd, 1, g), out = new Float32Array(nH * hd), probs = new Float32Array(n);
+    for (let h = 0; h < nH; h++) {
+      const grp = Math.floor(h / (nH / nKV));
+      attendHead(q, h * hd, kv, grp, null, n, 0.25, out, h * hd, probs);
+      const s = K.map((k) => { let d = 0; for (let i = 0; i < hd; i++) d += q[h * hd + i] * k[grp * hd + i]; return d * 0.25; });
+      const m = Math.max(...s), e = s.map((v) => Math.exp(v - m)), z = e.reduce((a, b) => a + b, 0);
+      for (let i = 0; i < hd; i++) close(out[h * hd + i], e.reduce((a, w, t) => a + (w / z) * V[t][grp * hd + i], 0), 1e-5, `head ${h}`);
+    }
+  }
+});
