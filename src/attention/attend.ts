@@ -2,6 +2,7 @@
 // ascending list of tokens (sparse policies). Softmax over exactly the attended tokens.
 import { dot } from '../backend/cpu/kernels.js';
 import type { LayerKV } from '../kv/paged-cache.js';
+import { wasm } from '../backend/wasm/runtime.js';
 
 /**
  * out[oo..oo+hd) = softmax(q·Kᵀ·scale) · V over the tokens attended by query head q (KV head g).
@@ -9,9 +10,23 @@ import type { LayerKV } from '../kv/paged-cache.js';
  * Returns n, the number of tokens attended.
  */
 export function attendHead(q: Float32Array, qo: number, kv: LayerKV, g: number, tokens: Int32Array | null, count: number,
-                           scale: number, out: Float32Array, oo: number, probs: Float32Array): number {
+                           scale: number, out: Float32Array, oo: number, probs: Float32Array | null): number {
   const hd = kv.headDim, K = kv.k, V = kv.v;
   const n = tokens ? tokens.length : count;
+  const rt = wasm();
+  if (rt && kv.inWasm && hd % 4 === 0) {
+    // SIMD kernel over the cache in place; q, the token list and the results go through scratch
+    const qp = rt.scratchPtr('att.q', hd * 4), op = rt.scratchPtr('att.o', hd * 4), pp = rt.scratchPtr('att.p', (n + 4) * 4);
+    const tp = tokens ? rt.scratchPtr('att.t', n * 4) : 0;
+    rt.f32(qp, hd).set(q.subarray(qo, qo + hd));
+    if (tokens) rt.i32(tp, n).set(tokens);
+    const headOff = g * kv.pageSize * hd * 4, pageStride = kv.pageFloats * 4;
+    rt.k.attend(qp, kv.kPtr + headOff, kv.vPtr + headOff, pageStride, kv.pageSize, hd, tp, n, scale, pp, op);
+    out.set(rt.f32(op, hd), oo);
+    if (probs) probs.set(rt.f32(pp, n));
+    return n;
+  }
+  if (!probs) probs = new Float32Array(n);
   let max = -Infinity;
   if (tokens) {
     for (let i = 0; i < n; i++) {

@@ -119,10 +119,19 @@ export class LLM {
     const session = new Session(this.model, attention);
     if (o.stats) session.collectStats();
     const sampler = new Sampler(o);
+
+    try {
+      return await this.decodeLoop(session, ids, o, sampler, emit, ctx);
+    } finally {
+      session.dispose();
+    }
+  }
+
+  private async decodeLoop(session: Session, ids: number[], o: GenerateOptions, sampler: Sampler, emit: (e: TokenEvent) => void, ctx: number): Promise<GenerationResult> {
+    const maxTokens = o.maxTokens ?? 256;
     const decoder = this.tokenizer ? new StreamDecoder(this.tokenizer) : null;
     const stops = (o.stop ?? []).filter((s) => s.length > 0);
     const eos = new Set(this.config.eosIds);
-
     const tail = Math.min(Math.max(0, o.decodeTail ?? 0), ids.length - 1);
     const t0 = performance.now();
     let logits = session.forward(ids.slice(0, ids.length - tail), { onProgress: o.onPrefillProgress });

@@ -75,6 +75,9 @@ export class Session {
     return s;
   }
 
+  /** Frees the KV cache now (it is also reclaimed when the session is garbage-collected). */
+  dispose(): void { this.cache.dispose(); }
+
   collectStats(on = true): void { this.stats = on ? new RecallStats(this.model.config.nLayers) : null; }
 
   /** Runs `tokens` after what the session already holds; returns logits ([vocab] or [n x vocab]). */
@@ -153,7 +156,7 @@ export class Session {
       received?.fill(0);
       for (let i = 0; i < n; i++) {
         const count = start + i + 1;
-        attendHead(q, (i * nH + h) * hd, kv, Math.floor(h / group), null, count, scale, att, (i * nH + h) * hd, probs);
+        attendHead(q, (i * nH + h) * hd, kv, Math.floor(h / group), null, count, scale, att, (i * nH + h) * hd, received ? probs : null);
         if (received) for (let t = 0; t < count; t++) received[t] += probs[t];
       }
       if (received && this.policy?.wantsPrefillScores) this.policy.observePrefill!(l, h, received, start + n);
@@ -176,7 +179,7 @@ export class Session {
     let recall = 0, attended = 0;
     for (let h = 0; h < nH; h++) {
       const tokens = sel?.[h] ?? null;
-      const n = attendHead(q, h * hd, kv, Math.floor(h / group), tokens, pos + 1, scale, att, h * hd, this.probs);
+      const n = attendHead(q, h * hd, kv, Math.floor(h / group), tokens, pos + 1, scale, att, h * hd, keep ? this.probs : null);
       if (keep) keep[h] = this.probs.slice(0, n);
       if (this.stats) { recall += tokens ? this.recall(q, h, kv, tokens, scale) : 1; attended += n; }
     }

@@ -51,11 +51,13 @@ export async function runRecallEval(o: RecallOptions): Promise<RecallRow[]> {
       const t0 = performance.now();
       for (let i = 0; i < o.steps; i++) s.forward([ids[o.context + i]], { logits: 'none' });
       const ms = (performance.now() - t0) / o.steps;
+      s.dispose();
       rows.push({ policy: cfg.label, budget, recall: s.stats!.mean() ?? 1, attended: s.stats!.meanAttended() ?? o.context, decodeMsPerToken: ms });
       cells.update(rows.length, total);
     }
   }
   cells.stop();
+  base.dispose();
   printTable(rows, budgets, o);
   if (o.out) writeFileSync(o.out, JSON.stringify({ model: o.model, text: textPath, context: o.context, steps: o.steps, denseLayers: llm.attention.denseLayers, pageSize: llm.attention.pageSize, rows }, null, 2));
   return rows;

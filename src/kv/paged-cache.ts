@@ -1,22 +1,62 @@
+import { wasm } from '../backend/wasm/runtime.js';
 // Paged KV cache. Tokens live in pages of `pageSize`; within a layer the storage is laid out
 // [page][kvHead][slot][headDim], so one KV head's page is contiguous (what a page-sparse kernel reads).
 // Each page also keeps, per KV head and channel, the element-wise min and max of its keys (after RoPE):
 // Quest's page metadata, updated as tokens are appended, the partly filled last page included.
 
+// K and V live in the WebAssembly memory when there is one, so the SIMD attention kernel reads them in
+// place; a finalizer returns the space when a cache is dropped without dispose().
+const reclaim = typeof FinalizationRegistry !== 'undefined'
+  ? new FinalizationRegistry<{ ptr: number; bytes: number }[]>((blocks) => { for (const b of blocks) wasm()?.release(b.ptr, b.bytes); })
+  : null;
+
+function allocF32(n: number, owned: { ptr: number; bytes: number }[]): Float32Array {
+  const rt = wasm();
+  const ptr = rt ? rt.alloc(n * 4) : -1;
+  if (ptr < 0) return new Float32Array(n);
+  owned.push({ ptr, bytes: n * 4 });
+  const a = rt!.f32(ptr, n); a.fill(0);
+  return a;
+}
+
 export class LayerKV {
-  k: Float32Array;
-  v: Float32Array;
-  kmin: Float32Array; // [page][kvHead][headDim]
-  kmax: Float32Array;
+  k!: Float32Array;
+  v!: Float32Array;
+  kmin!: Float32Array; // [page][kvHead][headDim]
+  kmax!: Float32Array;
   length = 0;
   private capacityPages: number;
+  private owned: { ptr: number; bytes: number }[] = [];
 
   constructor(readonly nKV: number, readonly headDim: number, readonly pageSize: number, initialTokens: number) {
     this.capacityPages = Math.max(1, Math.ceil(initialTokens / pageSize));
-    this.k = new Float32Array(this.capacityPages * this.pageFloats);
-    this.v = new Float32Array(this.capacityPages * this.pageFloats);
-    this.kmin = new Float32Array(this.capacityPages * nKV * headDim);
-    this.kmax = new Float32Array(this.capacityPages * nKV * headDim);
+    this.allocate(this.capacityPages);
+  }
+
+  private allocate(pages: number): void {
+    const old = this.owned, prev = this.k ? [this.k, this.v, this.kmin, this.kmax] : null;
+    if (prev) reclaim?.unregister(this);
+    this.owned = [];
+    this.k = allocF32(pages * this.pageFloats, this.owned); this.v = allocF32(pages * this.pageFloats, this.owned);
+    this.kmin = allocF32(pages * this.nKV * this.headDim, this.owned); this.kmax = allocF32(pages * this.nKV * this.headDim, this.owned);
+    if (prev) { this.k.set(prev[0].subarray(0, this.k.length)); this.v.set(prev[1].subarray(0, this.v.length)); this.kmin.set(prev[2].subarray(0, this.kmin.length)); this.kmax.set(prev[3].subarray(0, this.kmax.length)); }
+    for (const b of old) wasm()?.release(b.ptr, b.bytes);
+    this.capacityPages = pages;
+    if (this.owned.length) reclaim?.register(this, this.owned, this);
+  }
+
+  /** Whether K/V are in the WebAssembly memory (byte offsets kPtr / vPtr). */
+  get inWasm(): boolean { return this.owned.length > 0; }
+  get kPtr(): number { return this.k.byteOffset; }
+  get vPtr(): number { return this.v.byteOffset; }
+
+  /** Frees the storage now (instead of when the cache is garbage-collected). */
+  dispose(): void {
+    reclaim?.unregister(this);
+    for (const b of this.owned) wasm()?.release(b.ptr, b.bytes);
+    this.owned = [];
+    this.k = this.v = this.kmin = this.kmax = new Float32Array(0);
+    this.length = 0; this.capacityPages = 0;
   }
 
   get pageFloats(): number { return this.nKV * this.pageSize * this.headDim; }
@@ -33,11 +73,7 @@ export class LayerKV {
 
   private grow(pages: number): void {
     if (pages <= this.capacityPages) return;
-    const cap = Math.max(pages, this.capacityPages * 2);
-    const resize = (a: Float32Array, per: number) => { const b = new Float32Array(cap * per); b.set(a); return b; };
-    this.k = resize(this.k, this.pageFloats); this.v = resize(this.v, this.pageFloats);
-    this.kmin = resize(this.kmin, this.nKV * this.headDim); this.kmax = resize(this.kmax, this.nKV * this.headDim);
-    this.capacityPages = cap;
+    this.allocate(Math.max(pages, this.capacityPages * 2));
   }
 
   /** Appends one token: k and v hold nKV*headDim values from ko / vo. */
@@ -60,8 +96,9 @@ export class LayerKV {
 
   /** Makes this layer a copy of `o` (same shape). */
   copyFrom(o: LayerKV): void {
-    this.k = o.k.slice(); this.v = o.v.slice(); this.kmin = o.kmin.slice(); this.kmax = o.kmax.slice();
-    this.length = o.length; this.capacityPages = o.capacityPages;
+    this.allocate(o.capacityPages);
+    this.k.set(o.k); this.v.set(o.v); this.kmin.set(o.kmin); this.kmax.set(o.kmax);
+    this.length = o.length;
   }
 
   /** Drops tokens from `length` on (used to rewind a sequence); page metadata is rebuilt. */
@@ -94,6 +131,7 @@ export class PagedKVCache {
   }
   get length(): number { return this.layers[0]?.length ?? 0; }
   truncate(length: number): void { for (const l of this.layers) l.truncate(length); }
+  dispose(): void { for (const l of this.layers) l.dispose(); }
   /** Bytes of K and V held (what a dense decode step reads). */
   get bytes(): number { return this.layers.reduce((a, l) => a + (l.k.byteLength + l.v.byteLength), 0); }
 }

@@ -1,7 +1,9 @@
 import { openSync, readSync, fstatSync, closeSync } from 'node:fs';
+import { wasm } from '../backend/wasm/runtime.js';
 
-/** Reads a whole model file once into shared memory: tensors are views into it (no second copy), and
- *  worker threads can read the same bytes without copying. */
+/** Reads a whole model file once into the WebAssembly memory (so the SIMD kernels read the weights in
+ *  place) or, when it does not fit there, into a SharedArrayBuffer: tensors are views into it, never a
+ *  second copy. */
 export function readModelFile(path: string, onProgress?: (done: number, total: number) => void): Uint8Array {
   let fd: number;
   try {
@@ -11,7 +13,7 @@ export function readModelFile(path: string, onProgress?: (done: number, total: n
   }
   try {
     const size = fstatSync(fd).size;
-    const bytes = new Uint8Array(new SharedArrayBuffer(size));
+    const bytes = wasm()?.allocWeights(size) ?? new Uint8Array(new SharedArrayBuffer(size));
     const chunk = 64 << 20;
     for (let off = 0; off < size;) {
       const n = readSync(fd, bytes, off, Math.min(chunk, size - off), off);

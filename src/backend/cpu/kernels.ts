@@ -1,6 +1,7 @@
 // CPU kernels of the forward pass, on Float32Array. The weight products work on any Matrix dtype by
 // dequantising one weight row at a time and reusing it for every token of the batch.
 import type { Matrix } from '../../model/tensor.js';
+import { wasm, type WasmRuntime } from '../wasm/runtime.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -53,7 +54,31 @@ function scratchFor(cols: number): Float32Array {
 
 /** out[n x W.rows] = x[n x W.cols] · Wᵀ (+ bias) */
 export function matmul(W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null = null): void {
-  matmulRows(W, x, n, out, bias, 0, W.rows, scratchFor(W.cols));
+  const rt = wasm();
+  if (rt && W.cols % 32 === 0 && rt.owns(W.bytes)) matmulWasm(rt, W, x, n, out, bias);
+  else matmulRows(W, x, n, out, bias, 0, W.rows, scratchFor(W.cols));
+}
+
+/** The SIMD path: weights read in place from the wasm memory; non-f32 rows are converted to f32 a block
+ *  at a time (a block stays in cache while every token of the batch uses it). */
+function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null): void {
+  const { rows, cols } = W;
+  const block = W.dtype === 'f32' ? rows : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
+  const xp = rt.scratchPtr('mm.x', n * cols * 4), op = rt.scratchPtr('mm.out', n * rows * 4);
+  const wp = W.dtype === 'f32' ? 0 : rt.scratchPtr('mm.w', block * cols * 4);
+  rt.f32(xp, n * cols).set(x.subarray(0, n * cols));
+  const base = W.bytes.byteOffset;
+  if (W.dtype === 'f32') rt.k.gemm_f32(base, rows, cols, xp, n, op, rows);
+  else {
+    const convert = W.dtype === 'f16' ? rt.k.f16_to_f32 : W.dtype === 'bf16' ? rt.k.bf16_to_f32 : W.dtype === 'q8_0' ? rt.k.q8_0_to_f32 : rt.k.q4_0_to_f32;
+    for (let r0 = 0; r0 < rows; r0 += block) {
+      const nb = Math.min(block, rows - r0);
+      convert(base + r0 * W.rowBytes, wp, nb * cols);
+      rt.k.gemm_f32(wp, nb, cols, xp, n, op + r0 * 4, rows);
+    }
+  }
+  out.set(rt.f32(op, n * rows));
+  if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += bias[r];
 }
 
 /** RMSNorm of n rows of length d. */

@@ -1,0 +1,255 @@
+;; SIMD kernels of the CPU backend (WebAssembly 128-bit SIMD). Pointers are byte offsets into the shared
+;; memory that holds the model weights, the KV cache and the activations. Compiled at build time by
+;; tools/build-wasm.mjs into src/backend/wasm/kernels-wasm.ts.
+(module
+  (import "env" "memory" (memory 1 65536 shared))
+
+  ;; horizontal sum of an f32x4
+  (func $hsum (param $v v128) (result f32)
+    (f32.add
+      (f32.add (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
+      (f32.add (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))
+
+  ;; 4 halfs (u32 lanes holding f16 bits) -> f32x4, exact for normal and subnormal values
+  (func $h2f (param $h v128) (result v128)
+    (v128.or
+      (f32x4.mul
+        (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff)) (i32.const 13))
+        (v128.const i32x4 0x77800000 0x77800000 0x77800000 0x77800000)) ;; 2^112
+      (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)) (i32.const 16))))
+
+  ;; dot of two f32 vectors of n (multiple of 4) elements
+  (func $dot (param $a i32) (param $b i32) (param $n i32) (result f32)
+    (local $acc v128) (local $acc2 v128) (local $end i32)
+    (local.set $end (i32.add (local.get $a) (i32.shl (local.get $n) (i32.const 2))))
+    (block $done
+      (loop $l
+        (br_if $done (i32.ge_u (i32.add (local.get $a) (i32.const 16)) (local.get $end)))
+        (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (v128.load (local.get $a)) (v128.load (local.get $b)))))
+        (local.set $acc2 (f32x4.add (local.get $acc2) (f32x4.mul (v128.load offset=16 (local.get $a)) (v128.load offset=16 (local.get $b)))))
+        (local.set $a (i32.add (local.get $a) (i32.const 32)))
+        (local.set $b (i32.add (local.get $b) (i32.const 32)))
+        (br_if $l (i32.lt_u (local.get $a) (local.get $end)))))
+    (if (i32.lt_u (local.get $a) (local.get $end))
+      (then (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (v128.load (local.get $a)) (v128.load (local.get $b)))))))
+    (call $hsum (f32x4.add (local.get $acc) (local.get $acc2))))
+
+  ;; out[t*outStride + r] = W[r] . x[t] for r < rows, t < n; W f32 [rows x cols], cols % 4 == 0
+  (func (export "gemm_f32") (param $w i32) (param $rows i32) (param $cols i32) (param $x i32) (param $n i32) (param $out i32) (param $outStride i32)
+    (local $r i32) (local $t i32) (local $i i32) (local $rb i32) (local $w0 i32) (local $w1 i32) (local $w2 i32) (local $w3 i32)
+    (local $xo i32) (local $xv v128) (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $o i32)
+    (local.set $rb (i32.shl (local.get $cols) (i32.const 2)))
+    (local.set $r (i32.const 0))
+    (block $rdone (loop $rl
+      (br_if $rdone (i32.gt_s (i32.add (local.get $r) (i32.const 4)) (local.get $rows)))
+      (local.set $w0 (i32.add (local.get $w) (i32.mul (local.get $r) (local.get $rb))))
+      (local.set $w1 (i32.add (local.get $w0) (local.get $rb)))
+      (local.set $w2 (i32.add (local.get $w1) (local.get $rb)))
+      (local.set $w3 (i32.add (local.get $w2) (local.get $rb)))
+      (local.set $t (i32.const 0))
+      (block $tdone (loop $tl
+        (br_if $tdone (i32.ge_s (local.get $t) (local.get $n)))
+        (local.set $xo (i32.add (local.get $x) (i32.mul (local.get $t) (local.get $rb))))
+        (local.set $a0 (v128.const i32x4 0 0 0 0)) (local.set $a1 (v128.const i32x4 0 0 0 0))
+        (local.set $a2 (v128.const i32x4 0 0 0 0)) (local.set $a3 (v128.const i32x4 0 0 0 0))
+        (local.set $i (i32.const 0))
+        (block $idone (loop $il
+          (br_if $idone (i32.ge_s (local.get $i) (local.get $rb)))
+          (local.set $xv (v128.load (i32.add (local.get $xo) (local.get $i))))
+          (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $xv) (v128.load (i32.add (local.get $w0) (local.get $i))))))
+          (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $xv) (v128.load (i32.add (local.get $w1) (local.get $i))))))
+          (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $xv) (v128.load (i32.add (local.get $w2) (local.get $i))))))
+          (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $xv) (v128.load (i32.add (local.get $w3) (local.get $i))))))
+          (local.set $i (i32.add (local.get $i) (i32.const 16)))
+          (br $il)))
+        (local.set $o (i32.add (local.get $out) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $outStride)) (local.get $r)) (i32.const 2))))
+        (f32.store (local.get $o) (call $hsum (local.get $a0)))
+        (f32.store offset=4 (local.get $o) (call $hsum (local.get $a1)))
+        (f32.store offset=8 (local.get $o) (call $hsum (local.get $a2)))
+        (f32.store offset=12 (local.get $o) (call $hsum (local.get $a3)))
+        (local.set $t (i32.add (local.get $t) (i32.const 1)))
+        (br $tl)))
+      (local.set $r (i32.add (local.get $r) (i32.const 4)))
+      (br $rl)))
+    ;; remaining rows one at a time
+    (block $rdone2 (loop $rl2
+      (br_if $rdone2 (i32.ge_s (local.get $r) (local.get $rows)))
+      (local.set $t (i32.const 0))
+      (block $tdone2 (loop $tl2
+        (br_if $tdone2 (i32.ge_s (local.get $t) (local.get $n)))
+        (f32.store
+          (i32.add (local.get $out) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $outStride)) (local.get $r)) (i32.const 2)))
+          (call $dot (i32.add (local.get $w) (i32.mul (local.get $r) (local.get $rb)))
+                     (i32.add (local.get $x) (i32.mul (local.get $t) (local.get $rb))) (local.get $cols)))
+        (local.set $t (i32.add (local.get $t) (i32.const 1)))
+        (br $tl2)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rl2))))
+
+  ;; f16 rows -> f32: dst[i] = f16(src[i]) for i < n (n % 8 == 0)
+  (func (export "f16_to_f32") (param $src i32) (param $dst i32) (param $n i32)
+    (local $end i32) (local $h v128)
+    (local.set $end (i32.add (local.get $src) (i32.shl (local.get $n) (i32.const 1))))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
+      (local.set $h (v128.load (local.get $src)))
+      (v128.store (local.get $dst) (call $h2f (i32x4.extend_low_i16x8_u (local.get $h))))
+      (v128.store offset=16 (local.get $dst) (call $h2f (i32x4.extend_high_i16x8_u (local.get $h))))
+      (local.set $src (i32.add (local.get $src) (i32.const 16)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 32)))
+      (br $l))))
+
+  ;; bf16 rows -> f32 (n % 8 == 0)
+  (func (export "bf16_to_f32") (param $src i32) (param $dst i32) (param $n i32)
+    (local $end i32) (local $h v128)
+    (local.set $end (i32.add (local.get $src) (i32.shl (local.get $n) (i32.const 1))))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
+      (local.set $h (v128.load (local.get $src)))
+      (v128.store (local.get $dst) (i32x4.shl (i32x4.extend_low_i16x8_u (local.get $h)) (i32.const 16)))
+      (v128.store offset=16 (local.get $dst) (i32x4.shl (i32x4.extend_high_i16x8_u (local.get $h)) (i32.const 16)))
+      (local.set $src (i32.add (local.get $src) (i32.const 16)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 32)))
+      (br $l))))
+
+  ;; Q8_0 rows -> f32: blocks of 34 bytes (f16 scale, 32 int8), n % 32 == 0
+  (func (export "q8_0_to_f32") (param $src i32) (param $dst i32) (param $n i32)
+    (local $end i32) (local $d v128) (local $q v128) (local $q16 v128)
+    (local.set $end (i32.add (local.get $dst) (i32.shl (local.get $n) (i32.const 2))))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $dst) (local.get $end)))
+      (local.set $d (call $h2f (i32x4.splat (i32.load16_u (local.get $src)))))
+      (local.set $q (v128.load offset=2 (local.get $src)))
+      (local.set $q16 (i16x8.extend_low_i8x16_s (local.get $q)))
+      (v128.store (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $q16)))))
+      (v128.store offset=16 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $q16)))))
+      (local.set $q16 (i16x8.extend_high_i8x16_s (local.get $q)))
+      (v128.store offset=32 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $q16)))))
+      (v128.store offset=48 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $q16)))))
+      (local.set $q (v128.load offset=18 (local.get $src)))
+      (local.set $q16 (i16x8.extend_low_i8x16_s (local.get $q)))
+      (v128.store offset=64 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $q16)))))
+      (v128.store offset=80 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $q16)))))
+      (local.set $q16 (i16x8.extend_high_i8x16_s (local.get $q)))
+      (v128.store offset=96 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $q16)))))
+      (v128.store offset=112 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $q16)))))
+      (local.set $src (i32.add (local.get $src) (i32.const 34)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 128)))
+      (br $l))))
+
+  ;; Q4_0 rows -> f32: blocks of 18 bytes (f16 scale, 16 bytes of nibbles: low = j, high = j + 16)
+  (func (export "q4_0_to_f32") (param $src i32) (param $dst i32) (param $n i32)
+    (local $end i32) (local $d v128) (local $q v128) (local $lo v128) (local $hi v128) (local $x16 v128)
+    (local.set $end (i32.add (local.get $dst) (i32.shl (local.get $n) (i32.const 2))))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $dst) (local.get $end)))
+      (local.set $d (call $h2f (i32x4.splat (i32.load16_u (local.get $src)))))
+      (local.set $q (v128.load offset=2 (local.get $src)))
+      (local.set $lo (i8x16.sub (v128.and (local.get $q) (i8x16.splat (i32.const 15))) (i8x16.splat (i32.const 8))))
+      (local.set $hi (i8x16.sub (i8x16.shr_u (local.get $q) (i32.const 4)) (i8x16.splat (i32.const 8))))
+      (local.set $x16 (i16x8.extend_low_i8x16_s (local.get $lo)))
+      (v128.store (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $x16)))))
+      (v128.store offset=16 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $x16)))))
+      (local.set $x16 (i16x8.extend_high_i8x16_s (local.get $lo)))
+      (v128.store offset=32 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $x16)))))
+      (v128.store offset=48 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $x16)))))
+      (local.set $x16 (i16x8.extend_low_i8x16_s (local.get $hi)))
+      (v128.store offset=64 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $x16)))))
+      (v128.store offset=80 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $x16)))))
+      (local.set $x16 (i16x8.extend_high_i8x16_s (local.get $hi)))
+      (v128.store offset=96 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $x16)))))
+      (v128.store offset=112 (local.get $dst) (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $x16)))))
+      (local.set $src (i32.add (local.get $src) (i32.const 18)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 128)))
+      (br $l))))
+
+  ;; exp of 4 lanes (Cephes expf: x = k ln2 + r, polynomial for e^r, 2^k through the exponent bits)
+  (func $exp4 (param $x v128) (result v128)
+    (local $k v128) (local $r v128) (local $p v128)
+    (local.set $x (f32x4.max (f32x4.min (local.get $x) (f32x4.splat (f32.const 88.3762626647949))) (f32x4.splat (f32.const -87.3))))
+    (local.set $k (f32x4.nearest (f32x4.mul (local.get $x) (f32x4.splat (f32.const 1.44269504088896341)))))
+    (local.set $r (f32x4.sub (f32x4.sub (local.get $x) (f32x4.mul (local.get $k) (f32x4.splat (f32.const 0.693359375))))
+                             (f32x4.mul (local.get $k) (f32x4.splat (f32.const -2.12194440e-4)))))
+    (local.set $p (f32x4.splat (f32.const 1.9875691500E-4)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 1.3981999507E-3))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 8.3334519073E-3))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 4.1665795894E-2))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 1.6666665459E-1))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 5.0000001201E-1))))
+    (local.set $p (f32x4.add (f32x4.add (f32x4.mul (f32x4.mul (local.get $p) (local.get $r)) (local.get $r)) (local.get $r)) (f32x4.splat (f32.const 1))))
+    (f32x4.mul (local.get $p)
+      (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $k)) (i32x4.splat (i32.const 127))) (i32.const 23))))
+
+  ;; Attention of one query head over n tokens of a paged cache:
+  ;;   tokens: pointer to n i32 token ids, or 0 for tokens 0..n-1
+  ;;   token t's key is at kBase + (t / P) * pageStride + (t % P) * hd * 4 (likewise vBase)
+  ;;   probs (n f32, padded to a multiple of 4) receives the softmax weights; out (hd f32) the result.
+  (func (export "attend") (param $q i32) (param $kBase i32) (param $vBase i32) (param $pageStride i32) (param $P i32) (param $hd i32)
+                          (param $tokens i32) (param $n i32) (param $scale f32) (param $probs i32) (param $out i32)
+    (local $i i32) (local $t i32) (local $off i32) (local $s f32) (local $max f32) (local $sum v128) (local $m4 v128)
+    (local $e v128) (local $inv f32) (local $d i32) (local $p v128) (local $hb i32) (local $n4 i32) (local $vo i32)
+    (local.set $hb (i32.shl (local.get $hd) (i32.const 2)))
+    (local.set $max (f32.const -inf))
+    ;; scores
+    (local.set $i (i32.const 0))
+    (block $sd (loop $sl
+      (br_if $sd (i32.ge_s (local.get $i) (local.get $n)))
+      (local.set $t (if (result i32) (i32.eqz (local.get $tokens)) (then (local.get $i))
+                      (else (i32.load (i32.add (local.get $tokens) (i32.shl (local.get $i) (i32.const 2)))))))
+      (local.set $off (i32.add (i32.mul (i32.div_u (local.get $t) (local.get $P)) (local.get $pageStride))
+                               (i32.mul (i32.rem_u (local.get $t) (local.get $P)) (local.get $hb))))
+      (local.set $s (f32.mul (call $dot (local.get $q) (i32.add (local.get $kBase) (local.get $off)) (local.get $hd)) (local.get $scale)))
+      (f32.store (i32.add (local.get $probs) (i32.shl (local.get $i) (i32.const 2))) (local.get $s))
+      (local.set $max (f32.max (local.get $max) (local.get $s)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $sl)))
+    ;; pad to a multiple of 4 with -inf so the vector exp adds nothing
+    (local.set $n4 (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)))
+    (block $pd (loop $pl
+      (br_if $pd (i32.ge_s (local.get $i) (local.get $n4)))
+      (f32.store (i32.add (local.get $probs) (i32.shl (local.get $i) (i32.const 2))) (f32.const -inf))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $pl)))
+    ;; exp and sum
+    (local.set $m4 (f32x4.splat (local.get $max)))
+    (local.set $i (i32.const 0))
+    (block $ed (loop $el
+      (br_if $ed (i32.ge_s (local.get $i) (local.get $n4)))
+      (local.set $off (i32.add (local.get $probs) (i32.shl (local.get $i) (i32.const 2))))
+      (local.set $e (call $exp4 (f32x4.sub (v128.load (local.get $off)) (local.get $m4))))
+      ;; lanes that were -inf (padding) must give 0: exp4 clamps, so mask them
+      (local.set $e (v128.and (local.get $e) (f32x4.gt (v128.load (local.get $off)) (f32x4.splat (f32.const -inf)))))
+      (v128.store (local.get $off) (local.get $e))
+      (local.set $sum (f32x4.add (local.get $sum) (local.get $e)))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $el)))
+    (local.set $inv (f32.div (f32.const 1) (call $hsum (local.get $sum))))
+    ;; out = sum_i p_i v_i
+    (local.set $d (i32.const 0))
+    (block $zd (loop $zl
+      (br_if $zd (i32.ge_s (local.get $d) (local.get $hb)))
+      (v128.store (i32.add (local.get $out) (local.get $d)) (v128.const i32x4 0 0 0 0))
+      (local.set $d (i32.add (local.get $d) (i32.const 16)))
+      (br $zl)))
+    (local.set $i (i32.const 0))
+    (block $ad (loop $al
+      (br_if $ad (i32.ge_s (local.get $i) (local.get $n)))
+      (local.set $t (if (result i32) (i32.eqz (local.get $tokens)) (then (local.get $i))
+                      (else (i32.load (i32.add (local.get $tokens) (i32.shl (local.get $i) (i32.const 2)))))))
+      (local.set $vo (i32.add (local.get $vBase) (i32.add (i32.mul (i32.div_u (local.get $t) (local.get $P)) (local.get $pageStride))
+                                                           (i32.mul (i32.rem_u (local.get $t) (local.get $P)) (local.get $hb)))))
+      (local.set $off (i32.add (local.get $probs) (i32.shl (local.get $i) (i32.const 2))))
+      (local.set $s (f32.mul (f32.load (local.get $off)) (local.get $inv)))
+      (f32.store (local.get $off) (local.get $s))
+      (local.set $p (f32x4.splat (local.get $s)))
+      (local.set $d (i32.const 0))
+      (block $vd (loop $vl
+        (br_if $vd (i32.ge_s (local.get $d) (local.get $hb)))
+        (v128.store (i32.add (local.get $out) (local.get $d))
+          (f32x4.add (v128.load (i32.add (local.get $out) (local.get $d)))
+                     (f32x4.mul (local.get $p) (v128.load (i32.add (local.get $vo) (local.get $d))))))
+        (local.set $d (i32.add (local.get $d) (i32.const 16)))
+        (br $vl)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $al))))
+)

@@ -1,0 +1,123 @@
+// The WebAssembly SIMD runtime of the CPU backend: one shared linear memory holding the model weights,
+// the KV caches and the activations, a small allocator over it, and the compiled kernels.
+// Where WebAssembly SIMD is missing, or data does not fit in the 4 GiB a wasm32 memory can address,
+// callers fall back to the plain TypeScript kernels.
+import { KERNELS_WASM_BASE64 } from './kernels-wasm.js';
+
+export interface KernelExports {
+  gemm_f32(w: number, rows: number, cols: number, x: number, n: number, out: number, outStride: number): void;
+  f16_to_f32(src: number, dst: number, n: number): void;
+  bf16_to_f32(src: number, dst: number, n: number): void;
+  q8_0_to_f32(src: number, dst: number, n: number): void;
+  q4_0_to_f32(src: number, dst: number, n: number): void;
+  attend(q: number, kBase: number, vBase: number, pageStride: number, P: number, hd: number,
+         tokens: number, n: number, scale: number, probs: number, out: number): void;
+}
+
+const PAGE = 65536;
+const MAX_PAGES = 65536; // 4 GiB
+const ALIGN = 64;
+/** Leave headroom under 4 GiB so activations and caches still fit next to the weights. */
+const WEIGHT_LIMIT = 3 * 2 ** 30;
+
+function decodeBase64(s: string): Uint8Array<ArrayBuffer> {
+  if (typeof Buffer !== "undefined") return new Uint8Array(Buffer.from(s, "base64"));
+  const bin = atob(s); const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+export class WasmRuntime {
+  readonly memory: WebAssembly.Memory;
+  readonly k: KernelExports;
+  private top = 1024; // address 0 stays unused: it means "none" to the kernels
+  private free: { ptr: number; size: number }[] = [];
+  private buffers = new WeakSet<ArrayBufferLike>();
+  private weightBytes = 0;
+  private scratch = new Map<string, { ptr: number; size: number }>();
+
+  constructor() {
+    this.memory = new WebAssembly.Memory({ initial: 16, maximum: MAX_PAGES, shared: true });
+    const module = new WebAssembly.Module(decodeBase64(KERNELS_WASM_BASE64));
+    this.k = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as unknown as KernelExports;
+    this.buffers.add(this.memory.buffer);
+  }
+
+  /** Whether a typed array's buffer is this memory (so the kernels can read it in place). */
+  owns(a: ArrayBufferView): boolean { return this.buffers.has(a.buffer); }
+
+  get buffer(): ArrayBufferLike { return this.memory.buffer; }
+
+  /** Allocates `bytes` (64-byte aligned); -1 when the 4 GiB address space is exhausted. */
+  alloc(bytes: number): number {
+    const size = Math.ceil(Math.max(bytes, 1) / ALIGN) * ALIGN;
+    for (let i = 0; i < this.free.length; i++) {
+      const b = this.free[i];
+      if (b.size >= size) {
+        if (b.size - size >= ALIGN) { this.free[i] = { ptr: b.ptr + size, size: b.size - size }; } else this.free.splice(i, 1);
+        return b.ptr;
+      }
+    }
+    const end = this.top + size;
+    if (end > MAX_PAGES * PAGE) return -1;
+    const have = this.memory.buffer.byteLength;
+    if (end > have) {
+      try { this.memory.grow(Math.ceil((end - have) / PAGE)); } catch { return -1; }
+      this.buffers.add(this.memory.buffer);
+    }
+    const ptr = this.top;
+    this.top = end;
+    return ptr;
+  }
+
+  release(ptr: number, bytes: number): void {
+    if (ptr <= 0) return;
+    const size = Math.ceil(Math.max(bytes, 1) / ALIGN) * ALIGN;
+    this.free.push({ ptr, size });
+    // merge neighbours so freed KV caches can be reused by larger ones
+    this.free.sort((a, b) => a.ptr - b.ptr);
+    const merged: { ptr: number; size: number }[] = [];
+    for (const b of this.free) {
+      const last = merged[merged.length - 1];
+      if (last && last.ptr + last.size === b.ptr) last.size += b.size; else merged.push({ ...b });
+    }
+    const tail = merged[merged.length - 1];
+    if (tail && tail.ptr + tail.size === this.top) { this.top = tail.ptr; merged.pop(); }
+    this.free = merged;
+  }
+
+  /** Room for model weights, or null when they should stay in ordinary memory. */
+  allocWeights(bytes: number): Uint8Array | null {
+    if (this.weightBytes + bytes > WEIGHT_LIMIT) return null;
+    const ptr = this.alloc(bytes);
+    if (ptr < 0) return null;
+    this.weightBytes += bytes;
+    return new Uint8Array(this.memory.buffer, ptr, bytes);
+  }
+
+  f32(ptr: number, n: number): Float32Array { return new Float32Array(this.memory.buffer, ptr, n); }
+  i32(ptr: number, n: number): Int32Array { return new Int32Array(this.memory.buffer, ptr, n); }
+
+  /** A named scratch area of at least `bytes`, reused across calls (single-threaded use). */
+  scratchPtr(name: string, bytes: number): number {
+    const s = this.scratch.get(name);
+    if (s && s.size >= bytes) return s.ptr;
+    if (s) this.release(s.ptr, s.size);
+    const size = Math.max(bytes, (s?.size ?? 0) * 2, 4096);
+    const ptr = this.alloc(size);
+    if (ptr < 0) throw new Error('out of WebAssembly memory for activations');
+    this.scratch.set(name, { ptr, size });
+    return ptr;
+  }
+}
+
+let runtime: WasmRuntime | null | undefined;
+
+/** The process-wide runtime, or null where WebAssembly SIMD / shared memory are unavailable
+ *  (or QUEST_NO_WASM=1 asks for the TypeScript kernels). */
+export function wasm(): WasmRuntime | null {
+  if (runtime !== undefined) return runtime;
+  const off = typeof process !== 'undefined' && process.env?.QUEST_NO_WASM === '1';
+  try { runtime = off ? null : new WasmRuntime(); } catch { runtime = null; }
+  return runtime;
+}
