@@ -8,6 +8,7 @@ import { convertHFToGGUF } from '../model/convert.js';
 import { DEFAULT_MODEL } from './default-model.js';
 import { progressBar } from './progress.js';
 import { runRecallEval } from '../eval/recall.js';
+import { runPasskeyEval } from '../eval/passkey.js';
 
 const int = (name: string) => (v: string) => {
   const n = Number(v);
@@ -106,6 +107,18 @@ evalCmd.command('recall').description('attention-mass recall of each policy vs b
   .option('--gqa <list>', 'Quest GQA modes to compare', 'group-max,group-sum,head')
   .option('--out <file>', 'write the results as JSON')
   .action(async (o) => { await runRecallEval(o); });
+
+evalCmd.command('passkey').description('passkey retrieval: key hidden at a depth in filler, question decoded token by token')
+  .option('--model <path>', 'model', DEFAULT_MODEL)
+  .option('--lengths <list>', 'prompt lengths in tokens', '2048,8000')
+  .option('--depths <list>', 'needle depths in percent', '0,25,50,75,100')
+  .option('--samples <n>', 'samples per length and depth', int('samples'), 20)
+  .option('--attention <list>', 'policies', 'dense,quest,streaming,h2o,tova')
+  .option('--budget <list>', 'budgets of the sparse policies', '64,256,1024')
+  .addOption(new Option('--filler <kind>', 'the paper\'s repeated sentences, or held-out book text').choices(['repeat', 'book']).default('repeat'))
+  .option('--seed <n>', 'random seed of the keys', int('seed'), 1)
+  .option('--out <dir>', 'JSON, table and SVG plots go here (re-running resumes)', 'results/passkey')
+  .action(async (o) => { await runPasskeyEval(o); });
 
 program.parseAsync().catch((e: Error) => {
   process.stderr.write(`\nerror: ${e.message}\n`);

@@ -68,6 +68,7 @@ export class Session {
   fork(attention: Partial<AttentionOptions> = {}): Session {
     const s = new Session(this.model, { ...this.attention, ...attention });
     s.cache.layers.forEach((l, i) => l.copyFrom(this.cache.layers[i]));
+    if (this.prefillScores) s.prefillScores = new Map([...this.prefillScores].map(([k, v]) => [k, v.slice()]));
     if (s.policy?.wantsPrefillScores) {
       if (!this.prefillScores) throw new Error('fork to a policy that needs prefill scores: call recordPrefillScores() before the prefill');
       for (const [key, v] of this.prefillScores) { const [l, h] = key.split(':').map(Number); s.policy.observePrefill!(l, h, v, v.length); }

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 test('forward-pass and op tests pass on the TypeScript fallback kernels (QUEST_NO_WASM=1)', () => {
   const dir = fileURLToPath(new URL('.', import.meta.url));
   const r = spawnSync(process.execPath, ['--test', `${dir}forward.test.js`, `${dir}ops.test.js`, `${dir}attention.test.js`], {
-    env: { ...process.env, QUEST_NO_WASM: '1' }, encoding: 'utf8',
+    env: { ...process.env, NODE_TEST_CONTEXT: undefined, QUEST_NO_WASM: '1' }, encoding: 'utf8',
   });
   const summary = (r.stdout.match(/^# (pass|fail) \d+$/gm) ?? []).join(', ');
   assert.equal(r.status, 0, `fallback run failed (${summary}):\n${r.stdout.slice(-3000)}`);

@@ -78,3 +78,20 @@ test('an AbortSignal stops generation', async () => {
   assert.ok(r.tokens.length <= 4);
   await gen.result;
 });
+
+test('the passkey prompt builder places the needle at the requested depth (within one token) at the exact length', async () => {
+  const { buildPasskeyPrompt, PASSKEY_FILLER, passkeyNeedle } = await import('../eval/passkey.js');
+  const m = await get();
+  const enc = (s: string) => m.encode(s);
+  const filler = enc(PASSKEY_FILLER), needle = enc(passkeyNeedle('12345'));
+  for (const depth of [0, 0.25, 0.5, 0.75, 1]) {
+    const p = buildPasskeyPrompt(enc, 1000, depth, '12345', filler);
+    assert.equal(p.tokens.length, 1000);
+    assert.deepEqual(p.tokens.slice(p.needleAt, p.needleAt + needle.length), needle);
+    const intro = p.tokens.length - 0; void intro;
+    const body = 1000 - enc((await import('../eval/passkey.js')).PASSKEY_INTRO).length - needle.length - p.questionTokens;
+    const introLen = enc((await import('../eval/passkey.js')).PASSKEY_INTRO).length;
+    assert.ok(Math.abs(p.needleAt - introLen - depth * body) <= 1, `depth ${depth}: needle at ${p.needleAt}`);
+    assert.ok(m.tokenizer!.decode(p.tokens).endsWith('What is the pass key? The pass key is'));
+  }
+});

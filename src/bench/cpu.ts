@@ -1,0 +1,97 @@
+// `npm run bench:cpu`: prefill and decode tokens/s at 512 and 4096 tokens of context, for the default
+// model and a random-weight model of SmolLM2-135M's shape (Q8_0), next to llama.cpp (node-llama-cpp)
+// on the same GGUF in the same run, and our SIMD kernels next to our plain TypeScript kernels.
+import { existsSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { loadModelFiles } from '../model/load.js';
+import { makeModel, Session } from '../engine/session.js';
+import { argmax } from '../engine/sampler.js';
+import { convertHFToGGUF } from '../model/convert.js';
+import { randomGGUF } from '../test/fixtures.js';
+import { DEFAULT_MODEL } from '../cli/default-model.js';
+
+interface Result { prefill: number; decode: number }
+const DECODE_STEPS = 16;
+
+function tokens(n: number, vocab: number): number[] { return Array.from({ length: n }, (_, i) => (i * 7919 + 13) % vocab); }
+
+/** ours: prefill tok/s of the whole context, then decode tok/s of DECODE_STEPS greedy steps after it */
+function benchOurs(path: string, ctx: number): Result & { vocab: number } {
+  const m = loadModelFiles(path);
+  const s = new Session(makeModel(m.config, m.weights));
+  const t0 = performance.now();
+  let logits = s.forward(tokens(ctx, m.config.vocabSize), { chunk: 256 });
+  const prefill = ctx / ((performance.now() - t0) / 1000);
+  const t1 = performance.now();
+  for (let i = 0; i < DECODE_STEPS; i++) logits = s.forward([argmax(logits)]);
+  const decode = DECODE_STEPS / ((performance.now() - t1) / 1000);
+  s.dispose();
+  return { prefill, decode, vocab: m.config.vocabSize };
+}
+
+async function benchLlamaCpp(path: string, ctx: number, vocab: number): Promise<Result | string> {
+  let lib: typeof import('node-llama-cpp');
+  try { lib = await import('node-llama-cpp'); } catch { return 'node-llama-cpp not installed'; }
+  const llama = await lib.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
+  const model = await llama.loadModel({ modelPath: path });
+  const context = await model.createContext({ contextSize: ctx + DECODE_STEPS + 8, batchSize: 512 });
+  try {
+    const seq = context.getSequence();
+    const ids = tokens(ctx, vocab);
+    const t0 = performance.now();
+    const out = await seq.controlledEvaluate([...ids.slice(0, -1), [ids[ids.length - 1], { generateNext: { token: true } }]] as never);
+    const prefill = ctx / ((performance.now() - t0) / 1000);
+    let next = (out[ctx - 1] as { next: { token: number } }).next.token;
+    const t1 = performance.now();
+    for (let i = 0; i < DECODE_STEPS; i++) {
+      const r = await seq.controlledEvaluate([[next, { generateNext: { token: true } }]] as never);
+      next = (r[0] as { next: { token: number } }).next.token;
+    }
+    return { prefill, decode: DECODE_STEPS / ((performance.now() - t1) / 1000) };
+  } finally {
+    await context.dispose(); await model.dispose(); await llama.dispose();
+  }
+}
+
+/** Our plain TypeScript kernels, in a child process (the switch is read once per process). */
+function benchOursNoWasm(path: string, ctx: number): Result {
+  const me = fileURLToPath(import.meta.url);
+  const r = spawnSync(process.execPath, [me, '--child', path, String(ctx)], { env: { ...process.env, QUEST_NO_WASM: '1' }, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(r.stderr);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!);
+}
+
+async function main() {
+  if (process.argv[2] === '--child') { console.log(JSON.stringify(benchOurs(process.argv[3], Number(process.argv[4])))); return; }
+  const dir = join(tmpdir(), 'quest-bench'); mkdirSync(dir, { recursive: true });
+  const tiny = join(dir, 'quest-tiny-8k-f16.gguf');
+  if (!existsSync(tiny)) writeFileSync(tiny, convertHFToGGUF(DEFAULT_MODEL, 'f16'));
+  const smol = join(dir, 'smollm2-135m-shape-q8_0.gguf');
+  if (!existsSync(smol)) {
+    console.error('writing a random-weight SmolLM2-135M-shaped Q8_0 GGUF (weights do not change speed)...');
+    writeFileSync(smol, randomGGUF({ vocab: 49152, dim: 576, hidden: 1536, layers: 30, heads: 9, kvHeads: 3, dtype: 'q8_0', ctx: 8192, tied: true, seed: 1 }));
+  }
+  const models = [['quest-tiny-8k (HF f16 folder / same as f16 GGUF)', DEFAULT_MODEL, tiny], ['SmolLM2-135M shape, random, Q8_0', smol, smol]];
+  const rows: string[] = [];
+  const f = (x: number | undefined) => (x === undefined ? '-' : x.toFixed(1));
+  for (const [name, ours, gguf] of models) {
+    for (const ctx of [512, 4096]) {
+      console.error(`${name}, context ${ctx}...`);
+      const a = benchOurs(ours, ctx);
+      const b = ctx <= 512 ? benchOursNoWasm(ours, ctx) : undefined; // the TS kernels at 4096 take minutes
+      const c = await benchLlamaCpp(gguf, ctx, a.vocab);
+      const lc = typeof c === 'string' ? undefined : c;
+      rows.push(`| ${name} | ${ctx} | ${f(a.prefill)} | ${f(a.decode)} | ${f(b?.prefill)} | ${f(b?.decode)} | ${f(lc?.prefill)} | ${f(lc?.decode)} | ` +
+        `${lc ? (a.prefill / lc.prefill).toFixed(2) : '-'} | ${lc ? (a.decode / lc.decode).toFixed(2) : '-'} |`);
+    }
+  }
+  console.log(`CPU benchmark (tokens/s; prefill of the whole context, then ${DECODE_STEPS} decode steps after it; ours single-threaded, llama.cpp with its default threads)`);
+  console.log('| model | context | ours prefill | ours decode | ours TS-only prefill | ours TS-only decode | llama.cpp prefill | llama.cpp decode | prefill ratio (ours/llama.cpp) | decode ratio |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const r of rows) console.log(r);
+}
+
+main().catch((e) => { console.error(`error: ${e.message}`); process.exit(1); });
