@@ -69,10 +69,10 @@ async function main() {
   const dir = join(tmpdir(), 'quest-bench'); mkdirSync(dir, { recursive: true });
   const tiny = join(dir, 'quest-tiny-8k-f16.gguf');
   if (!existsSync(tiny)) writeFileSync(tiny, convertHFToGGUF(DEFAULT_MODEL, 'f16'));
-  const smol = join(dir, 'smollm2-135m-shape-q8_0.gguf');
+  const smol = join(dir, 'smollm2-135m-shape-q8_0-v2.gguf');
   if (!existsSync(smol)) {
     console.error('writing a random-weight SmolLM2-135M-shaped Q8_0 GGUF (weights do not change speed)...');
-    writeFileSync(smol, randomGGUF({ vocab: 49152, dim: 576, hidden: 1536, layers: 30, heads: 9, kvHeads: 3, dtype: 'q8_0', ctx: 8192, tied: true, seed: 1 }));
+    writeFileSync(smol, randomGGUF({ vocab: 49152, dim: 576, hidden: 1536, layers: 30, heads: 9, kvHeads: 3, dtype: 'q8_0', ctx: 8192, tied: true, seed: 1, vocabulary: true }));
   }
   const models = [['quest-tiny-8k (HF f16 folder / same as f16 GGUF)', DEFAULT_MODEL, tiny], ['SmolLM2-135M shape, random, Q8_0', smol, smol]];
   const rows: string[] = [];

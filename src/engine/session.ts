@@ -3,6 +3,9 @@
 // single-token decode steps use the policy in every layer from `denseLayers` on.
 import { addInPlace, matmul, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
 import { attendHead, headScores } from '../attention/attend.js';
+import { wasm } from '../backend/wasm/runtime.js';
+import { workerPool, split, OP_ATTEND } from '../backend/wasm/pool.js';
+import { attendHeads } from '../backend/wasm/shared-ops.js';
 import { createPolicy } from '../attention/create.js';
 import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Selection, type StepContext } from '../attention/policy.js';
 import { PagedKVCache } from '../kv/paged-cache.js';
@@ -152,6 +155,19 @@ export class Session {
   private denseAttention(l: number, q: Float32Array, att: Float32Array, n: number, start: number, scale: number): void {
     const c = this.model.config, hd = c.headDim, nH = c.nHeads, group = nH / c.nKVHeads, kv = this.cache.layers[l];
     const probs = this.probs, report = this.policy?.wantsPrefillScores === true || this.prefillScores !== null;
+    const rt = wasm();
+    if (!report && rt && kv.inWasm && hd % 4 === 0) {
+      // SIMD kernel over all heads and queries, split by heads across the worker threads
+      const qDim = nH * hd, pool = n * (start + n) >= 4096 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1;
+      const qp = rt.scratchPtr('pf.q', n * qDim * 4), op = rt.scratchPtr('pf.o', n * qDim * 4);
+      const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (start + n + 4) * 4));
+      rt.f32(qp, n * qDim).set(q.subarray(0, n * qDim));
+      const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, kv.pageFloats * 4, kv.pageSize, pp[share]];
+      const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], scale); };
+      if (pool) pool.run(OP_ATTEND, args, () => scale, local); else local();
+      att.set(rt.f32(op, n * qDim));
+      return;
+    }
     const received = report ? new Float32Array(start + n) : null;
     for (let h = 0; h < nH; h++) {
       received?.fill(0);

@@ -10,6 +10,8 @@ export interface RandomModelShape {
   arch?: 'llama' | 'qwen2';
   vocab: number; dim: number; hidden: number; layers: number; heads: number; kvHeads: number;
   ctx?: number; dtype?: DType; seed?: number; tied?: boolean; ropeTheta?: number;
+  /** add a SentencePiece-style vocabulary (llama.cpp refuses a GGUF without one) */
+  vocabulary?: boolean;
 }
 
 export function gaussian(seed: number): () => number {
@@ -56,6 +58,17 @@ export function randomGGUF(s: RandomModelShape): Uint8Array {
     [`${arch}.rope.freq_base`, { type: 'f32', value: s.ropeTheta ?? 10000 }],
     [`${arch}.rope.dimension_count`, u32(hd)],
   ];
+  if (s.vocabulary) {
+    // <unk> <s> </s>, the 256 byte pieces, then made-up word pieces
+    const tokens = ['<unk>', '<s>', '</s>', ...Array.from({ length: 256 }, (_, i) => `<0x${i.toString(16).toUpperCase().padStart(2, '0')}>`)];
+    for (let i = tokens.length; i < s.vocab; i++) tokens.push(`▁w${i}`);
+    const types = tokens.map((_, i) => (i < 3 ? 3 : i < 259 ? 6 : 1));
+    meta.push(['tokenizer.ggml.model', { type: 'string', value: 'llama' }],
+      ['tokenizer.ggml.tokens', { type: 'array', of: 'string', value: tokens.slice(0, s.vocab) }],
+      ['tokenizer.ggml.scores', { type: 'array', of: 'f32', value: tokens.slice(0, s.vocab).map((_, i) => -i) }],
+      ['tokenizer.ggml.token_type', { type: 'array', of: 'i32', value: types.slice(0, s.vocab) }],
+      ['tokenizer.ggml.bos_token_id', u32(1)], ['tokenizer.ggml.eos_token_id', u32(2)]);
+  }
   return writeGGUF(meta, tensors);
 }
 

@@ -2,6 +2,8 @@
 // dequantising one weight row at a time and reusing it for every token of the batch.
 import type { Matrix } from '../../model/tensor.js';
 import { wasm, type WasmRuntime } from '../wasm/runtime.js';
+import { workerPool, split, OP_GEMM, DTYPE_CODE } from '../wasm/pool.js';
+import { gemmRange } from '../wasm/shared-ops.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -63,20 +65,16 @@ export function matmul(W: Matrix, x: Float32Array, n: number, out: Float32Array,
  *  at a time (a block stays in cache while every token of the batch uses it). */
 function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null): void {
   const { rows, cols } = W;
-  const block = W.dtype === 'f32' ? rows : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
+  const block = Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
+  const pool = n * rows * cols >= 1 << 18 ? workerPool(rt) : null; // small products: dispatch costs more than it saves
+  const parts = pool ? pool.size + 1 : 1;
   const xp = rt.scratchPtr('mm.x', n * cols * 4), op = rt.scratchPtr('mm.out', n * rows * 4);
-  const wp = W.dtype === 'f32' ? 0 : rt.scratchPtr('mm.w', block * cols * 4);
+  const scratch = Array.from({ length: parts }, (_, i) => (W.dtype === 'f32' ? 0 : rt.scratchPtr(`mm.w${i}`, block * cols * 4)));
   rt.f32(xp, n * cols).set(x.subarray(0, n * cols));
-  const base = W.bytes.byteOffset;
-  if (W.dtype === 'f32') rt.k.gemm_f32(base, rows, cols, xp, n, op, rows);
-  else {
-    const convert = W.dtype === 'f16' ? rt.k.f16_to_f32 : W.dtype === 'bf16' ? rt.k.bf16_to_f32 : W.dtype === 'q8_0' ? rt.k.q8_0_to_f32 : rt.k.q4_0_to_f32;
-    for (let r0 = 0; r0 < rows; r0 += block) {
-      const nb = Math.min(block, rows - r0);
-      convert(base + r0 * W.rowBytes, wp, nb * cols);
-      rt.k.gemm_f32(wp, nb, cols, xp, n, op + r0 * 4, rows);
-    }
-  }
+  const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
+  const args = (share: number) => [code, base, W.rowBytes, ...split(rows, parts, share, 4), cols, xp, n, op, rows, scratch[share], block];
+  const local = () => { const a = args(0); gemmRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11]); };
+  if (pool) pool.run(OP_GEMM, args, null, local); else local();
   out.set(rt.f32(op, n * rows));
   if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += bias[r];
 }

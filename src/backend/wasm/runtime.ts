@@ -30,6 +30,8 @@ function decodeBase64(s: string): Uint8Array<ArrayBuffer> {
 export class WasmRuntime {
   readonly memory: WebAssembly.Memory;
   readonly k: KernelExports;
+  /** the compiled kernels' bytes, for workers to instantiate on the same memory */
+  readonly moduleBytes: Uint8Array<ArrayBuffer>;
   private top = 1024; // address 0 stays unused: it means "none" to the kernels
   private free: { ptr: number; size: number }[] = [];
   private buffers = new WeakSet<ArrayBufferLike>();
@@ -38,7 +40,9 @@ export class WasmRuntime {
 
   constructor() {
     this.memory = new WebAssembly.Memory({ initial: 16, maximum: MAX_PAGES, shared: true });
-    const module = new WebAssembly.Module(decodeBase64(KERNELS_WASM_BASE64));
+    const bytes = decodeBase64(KERNELS_WASM_BASE64);
+    this.moduleBytes = bytes;
+    const module = new WebAssembly.Module(bytes);
     this.k = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as unknown as KernelExports;
     this.buffers.add(this.memory.buffer);
   }

@@ -1,0 +1,29 @@
+// Kernel loops that run identically on the calling thread and on the workers (one share each).
+import type { KernelExports } from './runtime.js';
+
+/** out[t*stride + r] = W[r] · x[t] for rows r in [r0, r1); non-f32 rows converted a block at a time into
+ *  this thread's own scratch. dtype codes: 0 f32, 1 f16, 2 bf16, 3 q8_0, 4 q4_0. */
+export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowBytes: number, r0: number, r1: number, cols: number,
+                          x: number, n: number, out: number, stride: number, scratch: number, block: number): void {
+  if (r1 <= r0) return;
+  if (dtype === 0) { k.gemm_f32(wBase + r0 * rowBytes, r1 - r0, cols, x, n, out + r0 * 4, stride); return; }
+  const convert = dtype === 1 ? k.f16_to_f32 : dtype === 2 ? k.bf16_to_f32 : dtype === 3 ? k.q8_0_to_f32 : k.q4_0_to_f32;
+  for (let r = r0; r < r1; r += block) {
+    const nb = Math.min(block, r1 - r);
+    convert(wBase + r * rowBytes, scratch, nb * cols);
+    k.gemm_f32(scratch, nb, cols, x, n, out + r * 4, stride);
+  }
+}
+
+/** Causal dense attention of n new tokens (positions start..start+n-1) for query heads [h0, h1).
+ *  q and out are [n][nH][hd] f32 in the shared memory; probs is this thread's scratch. */
+export function attendHeads(k: KernelExports, h0: number, h1: number, n: number, start: number, nH: number, group: number, hd: number,
+                            q: number, out: number, kPtr: number, vPtr: number, pageStride: number, P: number, probs: number, scale: number): void {
+  for (let h = h0; h < h1; h++) {
+    const headOff = Math.floor(h / group) * P * hd * 4;
+    for (let i = 0; i < n; i++) {
+      const o = ((i * nH + h) * hd) * 4;
+      k.attend(q + o, kPtr + headOff, vPtr + headOff, pageStride, P, hd, 0, start + i + 1, scale, probs, out + o);
+    }
+  }
+}

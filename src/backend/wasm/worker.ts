@@ -1,0 +1,25 @@
+// A compute worker: the same kernels on the same shared memory, woken through its control block.
+import { workerData } from 'node:worker_threads';
+import type { KernelExports } from './runtime.js';
+import { ARG, DONE, OP, OP_ATTEND, OP_GEMM, SEQ, SLOTS } from './pool.js';
+import { gemmRange, attendHeads } from './shared-ops.js';
+
+const { memory, ctrl: ctrlPtr, wasm } = workerData as { memory: WebAssembly.Memory; ctrl: number; wasm: Uint8Array<ArrayBuffer> };
+const k = new WebAssembly.Instance(new WebAssembly.Module(wasm), { env: { memory } }).exports as unknown as KernelExports;
+const ctrl = new Int32Array(memory.buffer, ctrlPtr, SLOTS);
+const ctrlF = new Float32Array(memory.buffer, ctrlPtr, SLOTS);
+
+let seen = 0;
+for (;;) {
+  Atomics.wait(ctrl, SEQ, seen);
+  seen = Atomics.load(ctrl, SEQ);
+  const a = Array.from(ctrl.subarray(ARG, SLOTS - 1));
+  try {
+    if (ctrl[OP] === OP_GEMM) gemmRange(k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11]);
+    else if (ctrl[OP] === OP_ATTEND) attendHeads(k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], ctrlF[SLOTS - 1]);
+  } catch {
+    ctrl[SLOTS - 2] = -1;
+  }
+  Atomics.store(ctrl, DONE, seen);
+  Atomics.notify(ctrl, DONE);
+}
