@@ -55,3 +55,10 @@ export function validateAttentionOptions(o: AttentionOptions): void {
   if (!Number.isInteger(o.denseLayers) || o.denseLayers < 0) throw new Error(`dense layers must be an integer >= 0, got ${o.denseLayers}`);
   if (!['head', 'group-max', 'group-sum'].includes(o.gqa)) throw new Error(`GQA mode must be head, group-max or group-sum, got ${o.gqa}`);
 }
+
+/** The (policy, budget) grid of an evaluation: dense once, every other policy at every budget. */
+export function policyGrid(policies: string, budgets: string): { policy: PolicyName; budget: number }[] {
+  const bs = budgets.split(',').map(Number);
+  return (policies.split(',') as PolicyName[]).flatMap((p): { policy: PolicyName; budget: number }[] =>
+    (p === 'dense' ? [{ policy: p, budget: 0 }] : bs.map((b) => ({ policy: p, budget: b }))));
+}

@@ -9,6 +9,7 @@ import { DEFAULT_MODEL } from './default-model.js';
 import { progressBar } from './progress.js';
 import { runRecallEval } from '../eval/recall.js';
 import { runPasskeyEval } from '../eval/passkey.js';
+import { runPplEval } from '../eval/ppl.js';
 
 const int = (name: string) => (v: string) => {
   const n = Number(v);
@@ -119,6 +120,16 @@ evalCmd.command('passkey').description('passkey retrieval: key hidden at a depth
   .option('--seed <n>', 'random seed of the keys', int('seed'), 1)
   .option('--out <dir>', 'JSON, table and SVG plots go here (re-running resumes)', 'results/passkey')
   .action(async (o) => { await runPasskeyEval(o); });
+
+evalCmd.command('ppl').description('perplexity of a long text, every token scored as a decode step')
+  .option('--model <path>', 'model', DEFAULT_MODEL)
+  .option('--text <file>', 'the text (default: the held-out book in ../shared/corpus)')
+  .option('--tokens <n>', 'tokens of the text to score', int('tokens'), 4096)
+  .option('--bucket <n>', 'position bucket size for the per-position report', int('bucket'), 1024)
+  .option('--attention <list>', 'policies', 'dense,quest,streaming,h2o,tova')
+  .option('--budget <list>', 'budgets of the sparse policies', '64,256,1024')
+  .option('--out <dir>', 'JSON, table and SVG plot go here (re-running resumes)', 'results/ppl')
+  .action(async (o) => { await runPplEval(o); });
 
 program.parseAsync().catch((e: Error) => {
   process.stderr.write(`\nerror: ${e.message}\n`);

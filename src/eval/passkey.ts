@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadModel, type LLM } from '../engine/llm.js';
 import type { Session } from '../engine/session.js';
-import type { PolicyName } from '../attention/policy.js';
+import { policyGrid, type PolicyName } from '../attention/policy.js';
 import { argmax, rng } from '../engine/sampler.js';
 import { progressBar } from '../cli/progress.js';
 import { heatmap, lineChart } from './plot.js';
@@ -45,14 +45,13 @@ function randomKey(r: () => number): string { return String(10000 + Math.floor(r
 export async function runPasskeyEval(o: PasskeyOptions): Promise<Cell[]> {
   const llm = await loadModel(o.model);
   const lengths = o.lengths.split(',').map(Number), depths = o.depths.split(',').map(Number);
-  const policies = o.attention.split(',') as PolicyName[], budgets = o.budget.split(',').map(Number);
   for (const L of lengths) if (!(L > 0 && L + 8 <= llm.config.maxSeqLen)) throw new Error(`length ${L} does not fit the model's context of ${llm.config.maxSeqLen} (leave 8 tokens for the answer)`);
   for (const d of depths) if (!(d >= 0 && d <= 100)) throw new Error(`depth ${d} must be a percentage 0..100`);
   if (!Number.isInteger(o.samples) || o.samples < 1) throw new Error('samples must be a positive integer');
   mkdirSync(o.out, { recursive: true });
   const jsonPath = join(o.out, 'passkey.json');
   const cells: Cell[] = existsSync(jsonPath) ? JSON.parse(readFileSync(jsonPath, 'utf8')).cells : [];
-  const configs: { policy: PolicyName; budget: number }[] = policies.flatMap((p): { policy: PolicyName; budget: number }[] => (p === "dense" ? [{ policy: p, budget: 0 }] : budgets.map((b) => ({ policy: p, budget: b }))));
+  const configs = policyGrid(o.attention, o.budget);
   const cellOf = (c: { policy: string; budget: number }, L: number, d: number) => {
     let cell = cells.find((x) => x.policy === c.policy && x.budget === c.budget && x.length === L && x.depth === d);
     if (!cell) { cell = { policy: c.policy, budget: c.budget, length: L, depth: d, correct: 0, total: 0, answers: [] }; cells.push(cell); }

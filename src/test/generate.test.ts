@@ -95,3 +95,26 @@ test('the passkey prompt builder places the needle at the requested depth (withi
     assert.ok(m.tokenizer!.decode(p.tokens).endsWith('What is the pass key? The pass key is'));
   }
 });
+
+test('perplexity scoring: a perfect prediction costs nothing, a uniform one costs log V', async () => {
+  const { tokenNll, perplexity } = await import('../eval/ppl.js');
+  const sure = new Float32Array(10).fill(-1e4); sure[3] = 0;
+  assert.ok(tokenNll(sure, 3) < 1e-6);
+  const flat = new Float32Array(10);
+  assert.ok(Math.abs(tokenNll(flat, 7) - Math.log(10)) < 1e-6);
+  assert.ok(Math.abs(perplexity(5 * Math.log(10), 5) - 10) < 1e-9);
+  // a wrong confident answer is expensive
+  assert.ok(tokenNll(sure, 4) > 1000);
+});
+
+test('dense perplexity by decode steps equals the one from a causal prefill', async () => {
+  const { tokenNll } = await import('../eval/ppl.js');
+  const m = await get();
+  const ids = m.encode('It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.');
+  const V = m.config.vocabSize;
+  const all = m.session().forward(ids, { logits: 'all' });
+  const s = m.session();
+  let a = 0, b = 0;
+  for (let t = 0; t < ids.length - 1; t++) { a += tokenNll(s.forward([ids[t]]), ids[t + 1]); b += tokenNll(all, ids[t + 1], t * V, V); }
+  assert.ok(Math.abs(a - b) < 1e-3 * ids.length, `${a} vs ${b}`);
+});
