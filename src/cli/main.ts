@@ -10,6 +10,8 @@ import { progressBar } from './progress.js';
 import { runRecallEval } from '../eval/recall.js';
 import { runPasskeyEval } from '../eval/passkey.js';
 import { runPplEval } from '../eval/ppl.js';
+import { createServer } from '../server/server.js';
+import { basename } from 'node:path';
 
 const int = (name: string) => (v: string) => {
   const n = Number(v);
@@ -95,6 +97,23 @@ program.command('convert').description('convert a Hugging Face Llama/Qwen2 folde
     const bytes = convertHFToGGUF(o.model, o.type);
     writeFileSync(o.out, bytes);
     process.stderr.write(`wrote ${o.out} (${(bytes.byteLength / 2 ** 20).toFixed(1)} MB, ${o.type})\n`);
+  });
+
+addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health)')
+  .option('--model <path>', 'model', DEFAULT_MODEL)
+  .option('--model-id <id>', 'the model name clients use (default: the folder or file name)')
+  .option('--host <host>', 'address to listen on', '127.0.0.1')
+  .option('--port <n>', 'port', int('port'), 8080)
+  .option('--concurrency <n>', 'generations running at once (interleaved token by token)', int('concurrency'), 4)
+  .option('--queue <n>', 'requests allowed to wait beyond those; more are refused with 429', int('queue'), 256))
+  .action(async (o) => {
+    const load = progressBar('loading', 'MB');
+    const llm = await loadModel(o.model, { attention: attentionOptions(o), onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20) });
+    load.stop();
+    const modelId = o.modelId ?? basename(o.model).replace(/\.gguf$/, '');
+    const app = createServer(llm, { modelId, concurrency: o.concurrency, queueLimit: o.queue });
+    const url = await app.listen({ host: o.host, port: o.port });
+    process.stderr.write(`quest serving ${modelId} at ${url}/v1 (attention ${llm.attention.policy}, budget ${llm.attention.budget})\n`);
   });
 
 const evalCmd = program.command('eval').description('evaluations');
