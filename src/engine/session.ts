@@ -156,16 +156,20 @@ export class Session {
     const c = this.model.config, hd = c.headDim, nH = c.nHeads, group = nH / c.nKVHeads, kv = this.cache.layers[l];
     const probs = this.probs, report = this.policy?.wantsPrefillScores === true || this.prefillScores !== null;
     const rt = wasm();
-    if (!report && rt && kv.inWasm && hd % 4 === 0) {
+    if (rt && kv.inWasm && hd % 4 === 0) {
       // SIMD kernel over all heads and queries, split by heads across the worker threads
       const qDim = nH * hd, pool = n * (start + n) >= 4096 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1;
+      const stride = (start + n + 3) & ~3; // received[h] rows, padded for the vector add
       const qp = rt.scratchPtr('pf.q', n * qDim * 4), op = rt.scratchPtr('pf.o', n * qDim * 4);
+      const rp = report ? rt.scratchPtr('pf.r', nH * stride * 4) : 0;
       const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (start + n + 4) * 4));
       rt.f32(qp, n * qDim).set(q.subarray(0, n * qDim));
-      const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, kv.pageFloats * 4, kv.pageSize, pp[share]];
-      const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], scale); };
+      if (report) rt.f32(rp, nH * stride).fill(0);
+      const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, kv.pageFloats * 4, kv.pageSize, pp[share], rp, stride];
+      const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], scale, a[14], a[15]); };
       if (pool) pool.run(OP_ATTEND, args, () => scale, local); else local();
       att.set(rt.f32(op, n * qDim));
+      if (report) for (let h = 0; h < nH; h++) this.reportReceived(l, h, rt.f32(rp + h * stride * 4, start + n), start + n);
       return;
     }
     const received = report ? new Float32Array(start + n) : null;
@@ -176,13 +180,18 @@ export class Session {
         attendHead(q, (i * nH + h) * hd, kv, Math.floor(h / group), null, count, scale, att, (i * nH + h) * hd, received ? probs : null);
         if (received) for (let t = 0; t < count; t++) received[t] += probs[t];
       }
-      if (received && this.policy?.wantsPrefillScores) this.policy.observePrefill!(l, h, received, start + n);
-      if (received && this.prefillScores) {
-        const key = `${l}:${h}`, old = this.prefillScores.get(key), acc = new Float32Array(start + n);
-        if (old) acc.set(old);
-        for (let t = 0; t < start + n; t++) acc[t] += received[t];
-        this.prefillScores.set(key, acc);
-      }
+      if (received) this.reportReceived(l, h, received, start + n);
+    }
+  }
+
+  /** Hands the attention each token received in a prefill chunk to the policy and/or the record. */
+  private reportReceived(l: number, h: number, received: Float32Array, length: number): void {
+    if (this.policy?.wantsPrefillScores) this.policy.observePrefill!(l, h, received, length);
+    if (this.prefillScores) {
+      const key = `${l}:${h}`, old = this.prefillScores.get(key), acc = new Float32Array(length);
+      if (old) acc.set(old);
+      for (let t = 0; t < length; t++) acc[t] += received[t];
+      this.prefillScores.set(key, acc);
     }
   }
 

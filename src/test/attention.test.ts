@@ -171,3 +171,15 @@ test('topKIndices forces the current page and breaks ties by position', () => {
   assert.deepEqual(topKIndices([5, 1, 5, 0, 3], 2, [3]), [0, 3]);
   assert.deepEqual(topKIndices([5, 1, 5, 0, 3], 3), [0, 2, 4]);
 });
+
+test('prefill reports the attention each token received (what H2O starts from): every query row sums to 1', () => {
+  const m = loadModelFiles(tempFile('m.gguf', randomGGUF({ vocab: 64, dim: 32, hidden: 64, layers: 2, heads: 4, kvHeads: 2, seed: 6 })));
+  const s = new Session(makeModel(m.config, m.weights));
+  s.recordPrefillScores();
+  s.forward(Array.from({ length: 70 }, (_, i) => (i * 5) % 64), { chunk: 32 }); // chunks: received accumulates across them
+  const h2o = s.fork({ policy: 'h2o', budget: 8 });
+  const got: number[] = [];
+  (h2o.policy as unknown as { acc: Map<string, Float32Array> }).acc.forEach((a) => got.push(a.subarray(0, 70).reduce((x, y) => x + y, 0)));
+  assert.equal(got.length, 2 * 4);
+  for (const g of got) assert.ok(Math.abs(g - 70) < 1e-3, `received sums to ${g}, expected 70 (one per query)`);
+});

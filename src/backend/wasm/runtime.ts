@@ -10,6 +10,7 @@ export interface KernelExports {
   bf16_to_f32(src: number, dst: number, n: number): void;
   q8_0_to_f32(src: number, dst: number, n: number): void;
   q4_0_to_f32(src: number, dst: number, n: number): void;
+  accumulate(dst: number, src: number, n: number): void;
   attend(q: number, kBase: number, vBase: number, pageStride: number, P: number, hd: number,
          tokens: number, n: number, scale: number, probs: number, out: number): void;
 }
