@@ -71,12 +71,32 @@ export function pagesToTokens(pages: number[] | Int32Array, pageSize: number, le
   return out;
 }
 
-/** Indices of the k largest values (ties broken by lower index), returned in ascending index order. */
+/** Indices of the k largest values (ties broken by lower index), returned in ascending index order.
+ *  `force` indices are always kept and count towards k. A size-k min-heap: O(n log k). */
 export function topKIndices(values: ArrayLike<number>, k: number, force: number[] = []): number[] {
   const n = values.length;
   if (k >= n) return Array.from({ length: n }, (_, i) => i);
-  const chosen = new Set<number>(force.filter((i) => i >= 0 && i < n));
-  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => values[b] - values[a] || a - b);
-  for (const i of order) { if (chosen.size >= k) break; chosen.add(i); }
-  return [...chosen].sort((a, b) => a - b);
+  const forced = force.filter((i, j) => i >= 0 && i < n && force.indexOf(i) === j);
+  const m = Math.max(0, k - forced.length);
+  const heap = new Int32Array(m); // indices; heap[0] is the worst kept
+  let size = 0;
+  const worse = (a: number, b: number) => values[a] < values[b] || (values[a] === values[b] && a > b);
+  const down = (i: number) => {
+    for (;;) {
+      const l = 2 * i + 1, r = l + 1;
+      let w = i;
+      if (l < size && worse(heap[l], heap[w])) w = l;
+      if (r < size && worse(heap[r], heap[w])) w = r;
+      if (w === i) return;
+      const t = heap[i]; heap[i] = heap[w]; heap[w] = t; i = w;
+    }
+  };
+  for (let i = 0; i < n && m > 0; i++) {
+    if (forced.includes(i)) continue;
+    if (size < m) {
+      let c = size++; heap[c] = i;
+      while (c > 0) { const p = (c - 1) >> 1; if (!worse(heap[c], heap[p])) break; const t = heap[c]; heap[c] = heap[p]; heap[p] = t; c = p; }
+    } else if (worse(heap[0], i)) { heap[0] = i; down(0); }
+  }
+  return [...forced, ...Array.from(heap.subarray(0, size))].sort((a, b) => a - b);
 }

@@ -1,6 +1,7 @@
 // Quest (Tang et al., ICML 2024): score every page by an upper bound of q·k inside it, computed from the
 // page's per-channel key min and max, and attend only to the top pages that fit the token budget.
 import type { LayerKV } from '../kv/paged-cache.js';
+import { wasm } from '../backend/wasm/runtime.js';
 import { pagesToTokens, topKIndices } from './attend.js';
 import type { AttentionPolicy, GqaMode, Selection, StepContext } from './policy.js';
 
@@ -10,6 +11,15 @@ export const MIN_PAGES = 3;
 /** score_p = Σ_i max(q_i·max_i, q_i·min_i) for every page p of KV head g (into `out`). */
 export function pageScores(q: Float32Array, qo: number, kv: LayerKV, g: number, out: Float32Array): void {
   const hd = kv.headDim, np = kv.numPages, mn = kv.kmin, mx = kv.kmax;
+  const rt = wasm();
+  if (rt && kv.inWasm && hd % 4 === 0) {
+    const qp = rt.scratchPtr('ps.q', hd * 4), op = rt.scratchPtr('ps.o', np * 4);
+    rt.f32(qp, hd).set(q.subarray(qo, qo + hd));
+    const off = kv.metaOffset(0, g) * 4;
+    rt.k.page_scores(qp, mn.byteOffset + off, mx.byteOffset + off, hd, np, kv.nKV * hd * 4, op);
+    out.set(rt.f32(op, np));
+    return;
+  }
   for (let p = 0; p < np; p++) {
     const mo = kv.metaOffset(p, g);
     let s = 0;

@@ -183,3 +183,18 @@ test('prefill reports the attention each token received (what H2O starts from): 
   assert.equal(got.length, 2 * 4);
   for (const g of got) assert.ok(Math.abs(g - 70) < 1e-3, `received sums to ${g}, expected 70 (one per query)`);
 });
+
+test('topKIndices equals a full sort on random values with ties', () => {
+  const g = gaussian(77);
+  for (let trial = 0; trial < 200; trial++) {
+    const n = 1 + (trial % 60), k = 1 + ((trial * 7) % (n + 2));
+    const v = Array.from({ length: n }, () => Math.round(g() * 3)); // many ties
+    const force = trial % 3 === 0 ? [n - 1] : [];
+    const want = (() => {
+      if (k >= n) return Array.from({ length: n }, (_, i) => i);
+      const rest = Array.from({ length: n }, (_, i) => i).filter((i) => !force.includes(i)).sort((a, b) => v[b] - v[a] || a - b);
+      return [...force, ...rest.slice(0, k - force.length)].sort((a, b) => a - b);
+    })();
+    assert.deepEqual(topKIndices(v, k, force), want, `n ${n} k ${k}`);
+  }
+});

@@ -66,7 +66,7 @@ export function matmul(W: Matrix, x: Float32Array, n: number, out: Float32Array,
 function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null): void {
   const { rows, cols } = W;
   const block = Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
-  const pool = n * rows * cols >= 1 << 18 ? workerPool(rt) : null; // small products: dispatch costs more than it saves
+  const pool = n * rows * cols >= 1 << 16 ? workerPool(rt) : null; // small products: dispatch costs more than it saves
   const parts = pool ? pool.size + 1 : 1;
   const xp = rt.scratchPtr('mm.x', n * cols * 4), op = rt.scratchPtr('mm.out', n * rows * 4);
   const scratch = Array.from({ length: parts }, (_, i) => (W.dtype === 'f32' ? 0 : rt.scratchPtr(`mm.w${i}`, block * cols * 4)));

@@ -7,6 +7,8 @@ export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowByt
                           x: number, n: number, out: number, stride: number, scratch: number, block: number): void {
   if (r1 <= r0) return;
   if (dtype === 0) { k.gemm_f32(wBase + r0 * rowBytes, r1 - r0, cols, x, n, out + r0 * 4, stride); return; }
+  // few tokens (decode): f16 converted in registers; more tokens: a converted block is reused by all of them
+  if (dtype === 1 && n <= 4) { k.gemm_f16(wBase + r0 * rowBytes, r1 - r0, cols, x, n, out + r0 * 4, stride); return; }
   const convert = dtype === 1 ? k.f16_to_f32 : dtype === 2 ? k.bf16_to_f32 : dtype === 3 ? k.q8_0_to_f32 : k.q4_0_to_f32;
   for (let r = r0; r < r1; r += block) {
     const nb = Math.min(block, r1 - r);
