@@ -1,0 +1,16 @@
+import { writeSync, readFileSync } from 'node:fs';
+const log = (s) => writeSync(2, s + '\n');
+const { getGpu } = await import('./dist/backend/webgpu/device.js');
+const g = await getGpu(); const device = g.device;
+const code = readFileSync(process.argv[2], 'utf8');
+const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+const prm = device.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+device.queue.writeBuffer(prm, 0, new Uint32Array([1, 1, 1, 0, 0, 1, 0, 0]));
+const bufs = []; for (let i = 0; i < Number(process.argv[3]); i++) bufs.push(device.createBuffer({ size: 65536, usage: GPUBufferUsage.STORAGE }));
+const bg = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [prm, ...bufs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
+const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+pass.setPipeline(pipe); pass.setBindGroup(0, bg); pass.dispatchWorkgroups(1, 1); pass.end();
+device.queue.submit([enc.finish()]);
+await device.queue.onSubmittedWorkDone();
+log('ok');
+device.destroy();

@@ -1,0 +1,102 @@
+// `npm run bench:kernels` (on a GPU): dense vs Quest decode attention for a Llama-2-7B attention shape
+// (32 query / 32 KV heads, head dim 128, f16 KV) and a GQA shape (32 / 8), sequence lengths 4K..128K,
+// budgets 64..4096: time per call (median of repeated batches of many calls in one compute pass),
+// achieved GB/s against a copy-bandwidth measurement taken in the same run, and the speedup; SVG plot.
+import { writeFileSync, mkdirSync } from 'node:fs';
+import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
+import { DecodeAttention, type AttnShape } from '../backend/webgpu/decode-attention.js';
+import { f32ToF16 } from '../model/tensor.js';
+import { lineChart } from '../eval/plot.js';
+
+const P = 16;
+const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
+const LENGTHS = arg('lengths', '4096,8192,16384,32768,65536,131072').split(',').map(Number);
+const BUDGETS = arg('budgets', '64,256,1024,2048,4096').split(',').map(Number);
+
+async function main() {
+  const gpu = await getGpu();
+  if (!gpu) { console.log(`no WebGPU adapter: ${lastGpuError}`); return; }
+  const { device } = gpu;
+  const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+  const timeIt = async (encode: (pass: GPUComputePassEncoder) => void, calls: number, reps = 5): Promise<number> => {
+    const times: number[] = [];
+    for (let r = 0; r < reps + 1; r++) {
+      const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+      for (let i = 0; i < calls; i++) encode(pass);
+      pass.end();
+      const cmd = enc.finish();
+      await device.queue.onSubmittedWorkDone();
+      const t0 = performance.now();
+      device.queue.submit([cmd]);
+      await device.queue.onSubmittedWorkDone();
+      if (r > 0) times.push((performance.now() - t0) / calls); // the first batch warms up
+    }
+    return median(times) / 1000;
+  };
+
+  // copy bandwidth: 1 GiB buffer to buffer, bytes read + written
+  const size = 1 << 30;
+  const a = device.createBuffer({ size, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  const b = device.createBuffer({ size, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  const copyTimes: number[] = [];
+  for (let r = 0; r < 6; r++) {
+    const enc = device.createCommandEncoder(); for (let i = 0; i < 4; i++) enc.copyBufferToBuffer(a, 0, b, 0, size);
+    const t0 = performance.now(); device.queue.submit([enc.finish()]); await device.queue.onSubmittedWorkDone();
+    if (r > 0) copyTimes.push((performance.now() - t0) / 4);
+  }
+  const copyGBs = (2 * size) / (median(copyTimes) / 1000) / 1e9;
+  a.destroy(); b.destroy();
+  console.log(`device: ${gpu.adapterName}; copy bandwidth (read+write) ${copyGBs.toFixed(0)} GB/s`);
+
+  const rows: string[] = [];
+  const plotSeries: { name: string; points: { x: number; y: number }[] }[] = [];
+  for (const [nH, nKV] of [[32, 32], [32, 8]]) {
+    const maxPages = Math.ceil(Math.max(...LENGTHS) / P);
+    const shape: AttnShape = { nHeads: nH, nKV, headDim: 128, pageSize: P, maxPages };
+    const att = new DecodeAttention(device, shape, Math.max(...BUDGETS) / P);
+    const bytes = DecodeAttention.layerBytes(shape, maxPages);
+    // random f16 data (values do not change speed): a 64 MiB pattern tiled over the buffers
+    const pattern = new Uint16Array(32 << 20); for (let i = 0; i < pattern.length; i++) pattern[i] = f32ToF16((Math.random() - 0.5) * 4);
+    const fill = (n: number) => {
+      const buf = device.createBuffer({ size: n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+      for (let o = 0; o < n; o += pattern.byteLength) device.queue.writeBuffer(buf, o, pattern.buffer, 0, Math.min(pattern.byteLength, n - o));
+      return buf;
+    };
+    const layer = { k: fill(bytes.kv), v: fill(bytes.kv), meta: fill(bytes.meta) };
+    device.queue.writeBuffer(att.q, 0, new Float32Array(nH * 128).map(() => Math.random() - 0.5));
+    await device.queue.onSubmittedWorkDone();
+    const label = `${nH}q/${nKV}kv heads`;
+    const denseSeries = { name: `${label} dense`, points: [] as { x: number; y: number }[] };
+    for (const L of LENGTHS) {
+      const np = Math.ceil(L / P);
+      const calls = L >= 65536 ? 50 : 200;
+      att.resetBatch();
+      const dense = await timeIt((pass) => att.encode(pass, layer, L, 0), calls);
+      const denseBytes = 2 * L * nKV * 128 * 2;
+      rows.push(`| ${label} | ${L} | dense | ${(dense * 1e6).toFixed(1)} | ${(denseBytes / dense / 1e9).toFixed(0)} | ${((denseBytes / dense / 1e9) / copyGBs * 100).toFixed(0)}% | 1.00 |`);
+      denseSeries.points.push({ x: L, y: dense * 1e6 });
+      for (const budget of BUDGETS) {
+        const k = Math.max(3, Math.ceil(budget / P));
+        if (k >= np) continue;
+        att.resetBatch();
+        const t = await timeIt((pass) => att.encode(pass, layer, L, k), calls);
+        const qBytes = np * nKV * 128 * 2 * 2 + 2 * k * P * nKV * 128 * 2; // metadata pass + selected K/V
+        rows.push(`| ${label} | ${L} | quest ${budget} | ${(t * 1e6).toFixed(1)} | ${(qBytes / t / 1e9).toFixed(0)} | ${((qBytes / t / 1e9) / copyGBs * 100).toFixed(0)}% | ${(dense / t).toFixed(2)} |`);
+        let s = plotSeries.find((x) => x.name === `${label} quest ${budget}`);
+        if (!s) { s = { name: `${label} quest ${budget}`, points: [] }; plotSeries.push(s); }
+        s.points.push({ x: L, y: t * 1e6 });
+      }
+    }
+    plotSeries.push(denseSeries);
+    for (const buf of Object.values(layer)) buf.destroy();
+  }
+  console.log('| shape | sequence | attention | µs / call | GB/s | of copy bandwidth | speedup vs dense |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const r of rows) console.log(r);
+  mkdirSync(arg('out', 'results'), { recursive: true });
+  const ys = plotSeries.flatMap((s) => s.points.map((p) => p.y));
+  writeFileSync(`${arg('out', 'results')}/bench-kernels.svg`, lineChart('Decode attention latency (WebGPU)', 'sequence length (tokens)', 'µs per call', plotSeries.filter((s) => s.name.startsWith('32q/8kv')), 0, Math.max(...ys) * 1.05));
+  device.destroy();
+}
+
+main().catch((e) => { console.error(`error: ${e.message}`); process.exit(1); });

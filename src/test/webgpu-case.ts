@@ -1,0 +1,116 @@
+// One WebGPU kernel check per process: `node webgpu-case.js N` runs case N against its float64 CPU
+// reference and prints PASS, or MISMATCH with the assertion (exit 1). Run by webgpu.test.js, which
+// retries a process that Dawn/SwiftShader itself aborted (a flaky futex failure of some sandboxes).
+import assert from 'node:assert/strict';
+import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
+import { DecodeAttention, readBuffer, type AttnShape } from '../backend/webgpu/decode-attention.js';
+import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
+import { topKIndices } from '../attention/attend.js';
+import { gaussian } from './fixtures.js';
+
+const gpu = await getGpu();
+
+export interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number }
+
+function build(c: Case, seed: number) {
+  const g = gaussian(seed), pages = Math.ceil(c.seq / c.P), hd2 = c.hd / 2;
+  const k16 = new Uint16Array(pages * c.nKV * c.P * c.hd), v16 = new Uint16Array(k16.length);
+  const K: Float64Array[][] = [], V: Float64Array[][] = []; // [g][t]
+  for (let h = 0; h < c.nKV; h++) { K.push([]); V.push([]); }
+  for (let t = 0; t < c.seq; t++) for (let h = 0; h < c.nKV; h++) {
+    const p = Math.floor(t / c.P), base = ((p * c.nKV + h) * c.P + (t % c.P)) * c.hd;
+    const kr = new Float64Array(c.hd), vr = new Float64Array(c.hd);
+    for (let i = 0; i < c.hd; i++) {
+      k16[base + i] = f32ToF16(g()); v16[base + i] = f32ToF16(g());
+      kr[i] = F16_TABLE[k16[base + i]]; vr[i] = F16_TABLE[v16[base + i]];
+    }
+    K[h].push(kr); V[h].push(vr);
+  }
+  const meta16 = new Uint16Array(pages * c.nKV * 2 * c.hd);
+  for (let p = 0; p < pages; p++) for (let h = 0; h < c.nKV; h++) for (let i = 0; i < c.hd; i++) {
+    let mn = Infinity, mx = -Infinity;
+    for (let t = p * c.P; t < Math.min(c.seq, (p + 1) * c.P); t++) { mn = Math.min(mn, K[h][t][i]); mx = Math.max(mx, K[h][t][i]); }
+    const mb = (p * c.nKV + h) * 2 * c.hd;
+    meta16[mb + i] = f32ToF16(mn); meta16[mb + c.hd + i] = f32ToF16(mx);
+  }
+  void hd2;
+  const q = new Float32Array(c.nH * c.hd); for (let i = 0; i < q.length; i++) q[i] = g();
+  return { k16, v16, meta16, K, V, q, pages };
+}
+
+function refAttention(q: Float32Array, h: number, hd: number, K: Float64Array[], V: Float64Array[], tokens: number[]): Float64Array {
+  const s = tokens.map((t) => { let d = 0; for (let i = 0; i < hd; i++) d += q[h * hd + i] * K[t][i]; return d / Math.sqrt(hd); });
+  const m = Math.max(...s), e = s.map((x) => Math.exp(x - m)), z = e.reduce((a, b) => a + b, 0);
+  const o = new Float64Array(hd);
+  tokens.forEach((t, j) => { for (let i = 0; i < hd; i++) o[i] += (e[j] / z) * V[t][i]; });
+  return o;
+}
+
+async function runCase(c: Case, seed: number) {
+  const { device } = gpu!;
+  const shape: AttnShape = { nHeads: c.nH, nKV: c.nKV, headDim: c.hd, pageSize: c.P, maxPages: Math.ceil(c.seq / c.P) + 3 };
+  const att = new DecodeAttention(device, shape, Math.max(1, c.budgetPages));
+  const d = build(c, seed);
+  const mk = (data: Uint16Array) => {
+    const b = device.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+    device.queue.writeBuffer(b, 0, data.buffer, 0, Math.ceil(data.byteLength / 4) * 4);
+    return b;
+  };
+  const layer = { k: mk(d.k16), v: mk(d.v16), meta: mk(d.meta16) };
+  device.queue.writeBuffer(att.q, 0, d.q);
+  const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+  att.resetBatch();
+  att.encode(pass, layer, c.seq, c.budgetPages);
+  pass.end(); device.queue.submit([enc.finish()]);
+  const out = new Float32Array(await readBuffer(device, att.out, c.nH * c.hd * 4));
+  const sparse = c.budgetPages > 0 && c.budgetPages < d.pages;
+  const group = c.nH / c.nKV;
+  const gpuSel = sparse ? await att.readSelection(c.budgetPages) : null;
+  for (let g = 0; g < c.nKV; g++) {
+    let tokens = Array.from({ length: c.seq }, (_, t) => t);
+    if (sparse) {
+      // CPU selection: page scores from the f16 metadata, summed over the group's heads, last page forced
+      const scores = new Float64Array(d.pages);
+      for (let p = 0; p < d.pages; p++) for (let j = 0; j < group; j++) for (let i = 0; i < c.hd; i++) {
+        const h = g * group + j, mb = (p * c.nKV + g) * 2 * c.hd, qi = d.q[h * c.hd + i];
+        scores[p] += Math.max(qi * F16_TABLE[d.meta16[mb + i]], qi * F16_TABLE[d.meta16[mb + c.hd + i]]);
+      }
+      const want = topKIndices(scores, c.budgetPages, [d.pages - 1]);
+      const got = Array.from(gpuSel!.subarray(g * c.budgetPages, (g + 1) * c.budgetPages)).sort((a, b) => a - b);
+      assert.deepEqual(got, want, `group ${g}: GPU top-k pages differ from the CPU's`);
+      tokens = tokens.filter((t) => want.includes(Math.floor(t / c.P)));
+    }
+    for (let j = 0; j < group; j++) {
+      const h = g * group + j, ref = refAttention(d.q, h, c.hd, d.K[g], d.V[g], tokens);
+      for (let i = 0; i < c.hd; i++) {
+        assert.ok(Math.abs(out[h * c.hd + i] - ref[i]) < 2e-4 * Math.max(1, Math.abs(ref[i])), `head ${h} dim ${i}: ${out[h * c.hd + i]} vs ${ref[i]} (${JSON.stringify(c)})`);
+      }
+    }
+  }
+  for (const b of Object.values(layer)) b.destroy();
+}
+
+export const CASES: Case[] = [
+  // dense: one token, lengths off the page size, GQA ratios 1, 4, 8, head dims 32/64/128
+  { nH: 4, nKV: 4, hd: 32, P: 16, seq: 1, budgetPages: 0 },
+  { nH: 8, nKV: 2, hd: 32, P: 16, seq: 37, budgetPages: 0 },
+  { nH: 8, nKV: 1, hd: 64, P: 16, seq: 300, budgetPages: 0 },
+  { nH: 4, nKV: 1, hd: 128, P: 8, seq: 203, budgetPages: 0 },
+  // Quest: GPU top-k pages must equal the CPU selection, then sparse attention must match float64
+  { nH: 8, nKV: 2, hd: 32, P: 16, seq: 333, budgetPages: 5 },
+  { nH: 4, nKV: 4, hd: 32, P: 16, seq: 160, budgetPages: 3 },
+  { nH: 8, nKV: 1, hd: 64, P: 16, seq: 1000, budgetPages: 17 },
+  { nH: 8, nKV: 2, hd: 32, P: 16, seq: 100, budgetPages: 64 }, // budget over the context: dense
+];
+
+if (process.argv[2] !== undefined) {
+  if (!gpu) { console.log(`NOGPU ${lastGpuError}`); process.exit(0); }
+  try {
+    await runCase(CASES[Number(process.argv[2])], 100 + Number(process.argv[2]));
+    console.log('PASS');
+  } catch (e) {
+    console.log(`MISMATCH ${(e as Error).message}`);
+    process.exitCode = 1;
+  }
+  gpu.device.destroy(); // Dawn must be torn down before exit (it aborts otherwise under SwiftShader)
+}
