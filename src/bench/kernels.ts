@@ -97,6 +97,7 @@ async function main() {
   const ys = plotSeries.flatMap((s) => s.points.map((p) => p.y));
   writeFileSync(`${arg('out', 'results')}/bench-kernels.svg`, lineChart('Decode attention latency (WebGPU)', 'sequence length (tokens)', 'µs per call', plotSeries.filter((s) => s.name.startsWith('32q/8kv')), 0, Math.max(...ys) * 1.05));
   device.destroy();
+  process.exit(0); // some drivers keep the process alive after the device is gone
 }
 
 main().catch((e) => { console.error(`error: ${e.message}`); process.exit(1); });

@@ -2,6 +2,7 @@
 // reference and prints PASS, or MISMATCH with the assertion (exit 1). Run by webgpu.test.js, which
 // retries a process that Dawn/SwiftShader itself aborted (a flaky futex failure of some sandboxes).
 import assert from 'node:assert/strict';
+import { writeSync } from 'node:fs';
 import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
 import { DecodeAttention, readBuffer, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
@@ -46,26 +47,35 @@ function refAttention(q: Float32Array, h: number, hd: number, K: Float64Array[],
   return o;
 }
 
-async function runCase(c: Case, seed: number) {
+const trace = (s: string) => { if (process.env.QUEST_TRACE) writeSync(2, `trace: ${s}\n`); };
+
+export async function runCase(c: Case, seed: number) {
   const { device } = gpu!;
+  trace('start');
   const shape: AttnShape = { nHeads: c.nH, nKV: c.nKV, headDim: c.hd, pageSize: c.P, maxPages: Math.ceil(c.seq / c.P) + 3 };
   const att = new DecodeAttention(device, shape, Math.max(1, c.budgetPages));
+  trace('pipelines');
   const d = build(c, seed);
+  trace('data');
   const mk = (data: Uint16Array) => {
     const b = device.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
     device.queue.writeBuffer(b, 0, data.buffer, 0, Math.ceil(data.byteLength / 4) * 4);
     return b;
   };
   const layer = { k: mk(d.k16), v: mk(d.v16), meta: mk(d.meta16) };
+  trace('buffers');
   device.queue.writeBuffer(att.q, 0, d.q);
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
   att.resetBatch();
   att.encode(pass, layer, c.seq, c.budgetPages);
   pass.end(); device.queue.submit([enc.finish()]);
+  trace('submitted');
   const out = new Float32Array(await readBuffer(device, att.out, c.nH * c.hd * 4));
   const sparse = c.budgetPages > 0 && c.budgetPages < d.pages;
   const group = c.nH / c.nKV;
+  trace('read out');
   const gpuSel = sparse ? await att.readSelection(c.budgetPages) : null;
+  trace('read selection');
   for (let g = 0; g < c.nKV; g++) {
     let tokens = Array.from({ length: c.seq }, (_, t) => t);
     if (sparse) {
@@ -113,4 +123,5 @@ if (process.argv[2] !== undefined) {
     process.exitCode = 1;
   }
   gpu.device.destroy(); // Dawn must be torn down before exit (it aborts otherwise under SwiftShader)
+  process.exit(process.exitCode ?? 0); // and some drivers keep the process alive after it
 }

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { CASES } from './webgpu-case.js';
 
 const script = fileURLToPath(new URL('./webgpu-case.js', import.meta.url));
-const run = (i: number) => spawnSync(process.execPath, [script, String(i)], { encoding: 'utf8', env: { ...process.env, NODE_TEST_CONTEXT: undefined }, timeout: 240_000 });
+const run = (i: number) => spawnSync(process.execPath, [script, String(i)], { encoding: 'utf8', env: { ...process.env, NODE_TEST_CONTEXT: undefined }, timeout: 90_000 });
 const probe = run(0);
 const noGpu = /^NOGPU (.*)$/m.exec(probe.stdout ?? '');
 const skip = noGpu ? `no WebGPU adapter: ${noGpu[1]}` : false;

@@ -194,6 +194,11 @@ export class DecodeAttention {
   private readonly scores: GPUBuffer; private readonly sel: GPUBuffer; private readonly part: GPUBuffer;
   private readonly params: GPUBuffer[] = [];
   private paramIndex = 0;
+  // Bind groups are cached per (uniform slot, layer, kernel) and never dropped: dawn.node has been seen
+  // to crash when the garbage collector finalises GPU objects while work is in flight.
+  private readonly groups = new Map<string, GPUBindGroup>();
+  private readonly layerIds = new WeakMap<LayerBuffers, number>();
+  private layerCount = 0;
 
   constructor(readonly device: GPUDevice, readonly s: AttnShape, maxSelectedPages: number) {
     if (s.nHeads % s.nKV !== 0 || s.headDim % 2 !== 0) throw new Error('bad attention shape');
@@ -233,10 +238,19 @@ export class DecodeAttention {
     if (nPages > s.maxPages) throw new Error(`sequence of ${seqLen} tokens exceeds the ${s.maxPages} pages allocated`);
     const sparse = budgetPages > 0 && budgetPages < nPages;
     const k = sparse ? budgetPages : nPages;
+    const slot = this.paramIndex;
     const prm = this.paramsFor(seqLen, k, sparse, 1 / Math.sqrt(s.headDim));
-    const bind = (pipe: GPUComputePipeline, bufs: GPUBuffer[]) => this.device.createBindGroup({
-      layout: pipe.getBindGroupLayout(0), entries: [prm, ...bufs].map((buffer, binding) => ({ binding, resource: { buffer } })),
-    });
+    if (!this.layerIds.has(layer)) this.layerIds.set(layer, ++this.layerCount);
+    const lid = this.layerIds.get(layer)!;
+    const bind = (pipe: GPUComputePipeline, bufs: GPUBuffer[]) => {
+      const key = `${slot}:${lid}:${pipe === this.pipes.scores ? 's' : pipe === this.pipes.topk ? 't' : pipe === this.pipes.partial ? 'p' : 'r'}`;
+      let g = this.groups.get(key);
+      if (!g) {
+        g = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [prm, ...bufs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
+        this.groups.set(key, g);
+      }
+      return g;
+    };
     if (sparse) {
       pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, [this.q, layer.meta, this.scores]));
       pass.dispatchWorkgroups(Math.ceil(nPages / 64), s.nKV);
