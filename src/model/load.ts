@@ -57,7 +57,7 @@ export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
   };
   const req = (name: string) => tensor(name)!;
   const dim = key('embedding_length'), nHeads = key('attention.head_count');
-  const embed = req('token_embd.weight');
+  const embed = req(GGUF_NAMES.embed);
   let ropeScaling: RopeScaling = { type: 'none' };
   const freqs = tensor('rope_freqs.weight', true);
   const scalingType = m.get(`${arch}.rope.scaling.type`);
@@ -73,19 +73,7 @@ export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
     maxSeqLen: key('context_length', 2048), bosId: tok?.bosId ?? null, eosIds: tok?.eosIds ?? [],
   };
   validateConfig(config);
-  const layers: LayerWeights[] = [];
-  for (let l = 0; l < config.nLayers; l++) {
-    const p = `blk.${l}.`;
-    const bias = (n: string) => { const t = tensor(p + n, true); return t ? f32(t) : null; };
-    layers.push({
-      attnNorm: f32(req(p + 'attn_norm.weight')), ffnNorm: f32(req(p + 'ffn_norm.weight')),
-      wq: req(p + 'attn_q.weight'), wk: req(p + 'attn_k.weight'), wv: req(p + 'attn_v.weight'), wo: req(p + 'attn_output.weight'),
-      bq: bias('attn_q.bias'), bk: bias('attn_k.bias'), bv: bias('attn_v.bias'),
-      wGate: req(p + 'ffn_gate.weight'), wUp: req(p + 'ffn_up.weight'), wDown: req(p + 'ffn_down.weight'),
-    });
-  }
-  const weights: ModelWeights = { embed, layers, finalNorm: f32(req('output_norm.weight')), output: tensor('output.weight', true) ?? embed };
-  checkShapes(config, weights, what);
+  const weights = assembleWeights(config, tensor, GGUF_NAMES, what);
   return { config, weights, tokenizer: tok, format: 'gguf' };
 }
 
@@ -153,7 +141,7 @@ export function loadHF(dir: string, onProgress?: LoadProgress): LoadedModel {
     ropeScaling = { type: 'llama3', factor: rs.factor, lowFreqFactor: rs.low_freq_factor, highFreqFactor: rs.high_freq_factor, originalMaxPositions: rs.original_max_position_embeddings };
   } else if (rsType === 'linear') ropeScaling = { type: 'linear', factor: rs.factor };
   else if (rsType !== undefined && rsType !== 'default') throw new Error(`${dir}: unsupported rope_scaling type "${rsType}"`);
-  const embed = req('model.embed_tokens.weight');
+  const embed = req(HF_NAMES.embed);
   const config: ModelConfig = {
     arch: arch as ModelConfig['arch'], vocabSize: embed.rows, dim: c.hidden_size, hiddenDim: c.intermediate_size,
     nLayers: c.num_hidden_layers, nHeads, nKVHeads: c.num_key_value_heads ?? nHeads, headDim: c.head_dim ?? c.hidden_size / nHeads,
@@ -161,19 +149,7 @@ export function loadHF(dir: string, onProgress?: LoadProgress): LoadedModel {
     maxSeqLen: c.max_position_embeddings ?? 2048, bosId: tokenizer.bosId, eosIds,
   };
   validateConfig(config);
-  const layers: LayerWeights[] = [];
-  for (let l = 0; l < config.nLayers; l++) {
-    const p = `model.layers.${l}.`;
-    const bias = (n: string) => { const t = tensor(p + n, true); return t ? f32(t) : null; };
-    layers.push({
-      attnNorm: f32(req(p + 'input_layernorm.weight')), ffnNorm: f32(req(p + 'post_attention_layernorm.weight')),
-      wq: req(p + 'self_attn.q_proj.weight'), wk: req(p + 'self_attn.k_proj.weight'), wv: req(p + 'self_attn.v_proj.weight'), wo: req(p + 'self_attn.o_proj.weight'),
-      bq: bias('self_attn.q_proj.bias'), bk: bias('self_attn.k_proj.bias'), bv: bias('self_attn.v_proj.bias'),
-      wGate: req(p + 'mlp.gate_proj.weight'), wUp: req(p + 'mlp.up_proj.weight'), wDown: req(p + 'mlp.down_proj.weight'),
-    });
-  }
-  const weights: ModelWeights = { embed, layers, finalNorm: f32(req('model.norm.weight')), output: tensor('lm_head.weight', true) ?? embed };
-  checkShapes(config, weights, dir);
+  const weights = assembleWeights(config, tensor, HF_NAMES, dir);
   return { config, weights, tokenizer, format: 'hf', path: dir };
 }
 
@@ -211,6 +187,49 @@ export function loadLlama2c(path: string, tokenizerPath?: string, onProgress?: L
   const tokenizer = existsSync(tp) ? tokenizerFromLlama2c(new Uint8Array(readFileSync(tp)), vocabSize, tp) : null;
   if (tokenizerPath && !tokenizer) throw new Error(`tokenizer not found: ${tokenizerPath}`);
   return { config, weights: { embed, layers, finalNorm: f32(finalNorm), output }, tokenizer, format: 'llama2c', path };
+}
+
+/** Where each weight lives in a file format's tensor names. */
+interface TensorNames {
+  layer(l: number): string;
+  attnNorm: string; ffnNorm: string; wq: string; wk: string; wv: string; wo: string;
+  bq: string; bk: string; bv: string; gate: string; up: string; down: string;
+  embed: string; finalNorm: string; output: string;
+}
+
+const GGUF_NAMES: TensorNames = {
+  layer: (l) => `blk.${l}.`, attnNorm: 'attn_norm.weight', ffnNorm: 'ffn_norm.weight',
+  wq: 'attn_q.weight', wk: 'attn_k.weight', wv: 'attn_v.weight', wo: 'attn_output.weight',
+  bq: 'attn_q.bias', bk: 'attn_k.bias', bv: 'attn_v.bias', gate: 'ffn_gate.weight', up: 'ffn_up.weight', down: 'ffn_down.weight',
+  embed: 'token_embd.weight', finalNorm: 'output_norm.weight', output: 'output.weight',
+};
+
+const HF_NAMES: TensorNames = {
+  layer: (l) => `model.layers.${l}.`, attnNorm: 'input_layernorm.weight', ffnNorm: 'post_attention_layernorm.weight',
+  wq: 'self_attn.q_proj.weight', wk: 'self_attn.k_proj.weight', wv: 'self_attn.v_proj.weight', wo: 'self_attn.o_proj.weight',
+  bq: 'self_attn.q_proj.bias', bk: 'self_attn.k_proj.bias', bv: 'self_attn.v_proj.bias',
+  gate: 'mlp.gate_proj.weight', up: 'mlp.up_proj.weight', down: 'mlp.down_proj.weight',
+  embed: 'model.embed_tokens.weight', finalNorm: 'model.norm.weight', output: 'lm_head.weight',
+};
+
+/** The model's weights from a format's tensors (biases optional; output tied to the embedding if absent). */
+function assembleWeights(c: ModelConfig, tensor: (name: string, optional?: boolean) => Matrix | null, n: TensorNames, what: string): ModelWeights {
+  const req = (name: string) => tensor(name)!;
+  const layers: LayerWeights[] = [];
+  for (let l = 0; l < c.nLayers; l++) {
+    const p = n.layer(l);
+    const bias = (name: string) => { const t = tensor(p + name, true); return t ? f32(t) : null; };
+    layers.push({
+      attnNorm: f32(req(p + n.attnNorm)), ffnNorm: f32(req(p + n.ffnNorm)),
+      wq: req(p + n.wq), wk: req(p + n.wk), wv: req(p + n.wv), wo: req(p + n.wo),
+      bq: bias(n.bq), bk: bias(n.bk), bv: bias(n.bv),
+      wGate: req(p + n.gate), wUp: req(p + n.up), wDown: req(p + n.down),
+    });
+  }
+  const embed = req(n.embed);
+  const weights: ModelWeights = { embed, layers, finalNorm: f32(req(n.finalNorm)), output: tensor(n.output, true) ?? embed };
+  checkShapes(c, weights, what);
+  return weights;
 }
 
 function checkShapes(c: ModelConfig, w: ModelWeights, what: string): void {
