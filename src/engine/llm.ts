@@ -5,6 +5,7 @@ import { TextTokenizer, StreamDecoder, type ChatMessage } from '../tokenizer/tok
 import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy.js';
 import { makeModel, Session, type Model } from './session.js';
+import { wasm } from '../backend/wasm/runtime.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
 
 export interface LoadOptions {
@@ -53,7 +54,8 @@ export class LLM {
   readonly attention: AttentionOptions;
   private disposed = false;
 
-  constructor(readonly config: ModelConfig, model: Model, tokenizer: TextTokenizer | null, attention: AttentionOptions, readonly path: string) {
+  constructor(readonly config: ModelConfig, model: Model, tokenizer: TextTokenizer | null, attention: AttentionOptions, readonly path: string,
+              private readonly files: Uint8Array[] = []) {
     this.model = model;
     this.tokenizer = tokenizer;
     this.attention = attention;
@@ -101,7 +103,13 @@ export class LLM {
     return this.generate(this.tokenizer.applyChatTemplate(messages), options);
   }
 
-  dispose(): void { this.disposed = true; }
+  /** Frees the weights' memory; the model cannot be used afterwards. Sessions free their KV caches
+   *  themselves (generate does; a Session from session() on dispose() or when collected). */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const f of this.files.splice(0)) wasm()?.releaseWeights(f);
+  }
 
   private checkAlive(): void { if (this.disposed) throw new Error('this model was disposed'); }
 
@@ -185,5 +193,5 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
   validateAttentionOptions(attention);
   const loaded = loadModelFiles(path, { tokenizerPath: options.tokenizer, onProgress: options.onProgress });
   const tokenizer = loaded.tokenizer ? new TextTokenizer(loaded.tokenizer) : null;
-  return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, path);
+  return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, path, loaded.files);
 }

@@ -21,11 +21,17 @@ export function readModelFile(path: string, onProgress?: (done: number, total: n
       off += n;
       onProgress?.(off, size);
     }
+    loadedFiles.push(bytes);
     return bytes;
   } finally {
     closeSync(fd);
   }
 }
+
+/** Every model file read since the last `takeLoadedFiles()`: the loader hands them to the model, which
+ *  returns their memory when disposed. */
+const loadedFiles: Uint8Array[] = [];
+export function takeLoadedFiles(): Uint8Array[] { return loadedFiles.splice(0); }
 
 /** Bounds-checked little-endian reader over a byte array. */
 export class ByteReader {

@@ -2,13 +2,14 @@
 // tokenizer.json) or a llama2.c checkpoint. Every hyperparameter comes from the file.
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { readModelFile } from './file-bytes.js';
+import { readModelFile, takeLoadedFiles } from './file-bytes.js';
 import { parseGGUF, type GGUFFile } from './gguf.js';
 import { parseSafetensors, type SafeTensorInfo } from './safetensors.js';
 import { Matrix } from './tensor.js';
 import { validateConfig, SUPPORTED_ARCHS, type LayerWeights, type ModelConfig, type ModelWeights, type RopeScaling } from './config.js';
 import type { TokenizerSpec } from '../tokenizer/tokenizer.js';
 import { tokenizerFromGGUF, tokenizerFromLlama2c } from '../tokenizer/from-vocab.js';
+import { wasm } from '../backend/wasm/runtime.js';
 
 export interface LoadedModel {
   config: ModelConfig;
@@ -16,11 +17,23 @@ export interface LoadedModel {
   tokenizer: TokenizerSpec | null; // null: the model has no vocabulary (use token ids)
   format: 'gguf' | 'hf' | 'llama2c';
   path: string;
+  /** the file bytes the weights are views into (freed by LLM.dispose) */
+  files?: Uint8Array[];
 }
 
 export type LoadProgress = (done: number, total: number) => void;
 
 export function loadModelFiles(path: string, opts: { tokenizerPath?: string; onProgress?: LoadProgress } = {}): LoadedModel {
+  takeLoadedFiles();
+  try {
+    return { ...loadAny(path, opts), files: takeLoadedFiles() };
+  } catch (e) {
+    for (const f of takeLoadedFiles()) wasm()?.releaseWeights(f); // a bad file leaves nothing behind
+    throw e;
+  }
+}
+
+function loadAny(path: string, opts: { tokenizerPath?: string; onProgress?: LoadProgress }): LoadedModel {
   if (!existsSync(path)) throw new Error(`model not found: ${path}`);
   if (statSync(path).isDirectory()) return loadHF(path, opts.onProgress);
   const head = readFileSync(path, { flag: 'r' }).subarray(0, 4);

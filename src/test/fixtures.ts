@@ -61,6 +61,7 @@ export function randomGGUF(s: RandomModelShape): Uint8Array {
   if (s.vocabulary) {
     // <unk> <s> </s>, the 256 byte pieces, then made-up word pieces
     const tokens = ['<unk>', '<s>', '</s>', ...Array.from({ length: 256 }, (_, i) => `<0x${i.toString(16).toUpperCase().padStart(2, '0')}>`)];
+    tokens.push('▁'); // as in real SentencePiece vocabularies
     for (let i = tokens.length; i < s.vocab; i++) tokens.push(`▁w${i}`);
     const types = tokens.map((_, i) => (i < 3 ? 3 : i < 259 ? 6 : 1));
     meta.push(['tokenizer.ggml.model', { type: 'string', value: 'llama' }],

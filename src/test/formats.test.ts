@@ -108,3 +108,44 @@ test('a missing model path and an unknown file are clear errors', () => {
   assert.throws(() => loadModelFiles('/nonexistent/model.gguf'), /model not found/);
   assert.throws(() => loadModelFiles(tempFile('x.txt', 'hello')), /unrecognised model file/);
 });
+
+test('a sharded Hugging Face checkpoint (index + two safetensors files) loads the same weights', async () => {
+  const { parseSafetensors } = await import('../model/safetensors.js');
+  const { readFileSync } = await import('node:fs');
+  const dir = mkdtempSync(join(tmpdir(), 'quest-shards-'));
+  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(DEFAULT_MODEL, f), join(dir, f));
+  const all = [...parseSafetensors(new Uint8Array(readFileSync(join(DEFAULT_MODEL, 'model.safetensors'))), 'x').values()];
+  const half = Math.ceil(all.length / 2), weightMap: Record<string, string> = {};
+  [all.slice(0, half), all.slice(half)].forEach((part, i) => {
+    const name = `model-0000${i + 1}-of-00002.safetensors`;
+    writeFileSync(join(dir, name), writeSafetensors(part.map((t) => ({ name: t.name, dtype: 'F16', shape: t.shape, data: t.data }))));
+    for (const t of part) weightMap[t.name] = name;
+  });
+  writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  const a = loadModelFiles(dir), b = loadModelFiles(DEFAULT_MODEL);
+  assert.deepEqual(a.weights.layers[7].wDown.toF32(), b.weights.layers[7].wDown.toF32());
+  assert.deepEqual(a.weights.embed.toF32(), b.weights.embed.toF32());
+});
+
+test('a GGUF SentencePiece vocabulary (tokenizer.ggml.model = llama) round-trips text through byte fallback', async () => {
+  const { TextTokenizer } = await import('../tokenizer/tokenizer.js');
+  const m = loadModelFiles(tempFile('spm.gguf', randomGGUF({ ...small, vocab: 300, vocabulary: true })));
+  const tok = new TextTokenizer(m.tokenizer!);
+  const text = 'Hello, wörld! 123';
+  const ids = tok.encode(text);
+  assert.equal(ids[0], 1, 'SentencePiece models start with BOS');
+  assert.equal(tok.decode(ids), text);
+});
+
+test('dispose returns the weights memory: loading again reuses it', async () => {
+  const { loadModel } = await import('../engine/llm.js');
+  const path = tempFile('d.gguf', randomGGUF({ ...small, seed: 9 }));
+  const a = await loadModel(path);
+  const ptr = (a as unknown as { files: Uint8Array[] }).files[0]?.byteOffset;
+  a.dispose();
+  await assert.rejects(a.complete('x', { promptIds: [1, 2] }), /disposed/);
+  const b = await loadModel(path);
+  const ptr2 = (b as unknown as { files: Uint8Array[] }).files[0]?.byteOffset;
+  if (ptr !== undefined) assert.equal(ptr2, ptr);
+  b.dispose();
+});

@@ -102,6 +102,13 @@ export class WasmRuntime {
     return new Uint8Array(this.memory.buffer, ptr, bytes);
   }
 
+  /** Returns a model file's space (LLM.dispose). */
+  releaseWeights(bytes: Uint8Array): void {
+    if (!this.owns(bytes)) return;
+    this.release(bytes.byteOffset, bytes.byteLength);
+    this.weightBytes -= bytes.byteLength;
+  }
+
   f32(ptr: number, n: number): Float32Array { return new Float32Array(this.memory.buffer, ptr, n); }
   i32(ptr: number, n: number): Int32Array { return new Int32Array(this.memory.buffer, ptr, n); }
 
