@@ -34,7 +34,7 @@ export function lineChart(title: string, xLabel: string, yLabel: string, series:
 /** cells[row][col] in [0, 1]; rows are depths, columns lengths. */
 export function heatmap(title: string, rowLabels: string[], colLabels: string[], cells: (number | null)[][], rowName: string, colName: string): string {
   const cw = 70, ch = 28, L = 90, T = 50;
-  const W = L + cw * colLabels.length + 20, H = T + ch * rowLabels.length + 50;
+  const W = Math.max(320, L + cw * colLabels.length + 20), H = T + ch * rowLabels.length + 50;
   const color = (v: number) => `rgb(${Math.round(215 - 180 * v)},${Math.round(48 + 150 * v)},${Math.round(39 + 60 * v)})`;
   const out = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`, `<text x="${W / 2}" y="20" text-anchor="middle" font-size="13">${esc(title)}</text>`];
