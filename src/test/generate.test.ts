@@ -118,3 +118,15 @@ test('dense perplexity by decode steps equals the one from a causal prefill', as
   for (let t = 0; t < ids.length - 1; t++) { a += tokenNll(s.forward([ids[t]]), ids[t + 1]); b += tokenNll(all, ids[t + 1], t * V, V); }
   assert.ok(Math.abs(a - b) < 1e-3 * ids.length, `${a} vs ${b}`);
 });
+
+test('streamed pieces concatenate to the decoded text (multi-byte characters, long outputs)', async () => {
+  const { StreamDecoder } = await import('../tokenizer/tokenizer.js');
+  const m = await get();
+  const text = 'Anna Pávlovna Schérer — “Well, Prince,” so Genoa… ' + 'and then, again, '.repeat(40) + 'ünïcödé ✓';
+  const ids = m.tokenizer!.encode(text, { bos: false });
+  const d = new StreamDecoder(m.tokenizer!);
+  let out = '';
+  for (const id of ids) out += d.push(id);
+  out += d.flush();
+  assert.equal(out, m.tokenizer!.decode(ids));
+});

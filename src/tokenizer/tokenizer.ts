@@ -45,6 +45,7 @@ export class TextTokenizer {
   }
 
   decode(ids: number[], opts: { skipSpecial?: boolean } = {}): string {
+    if (ids.length === 0) return '';
     return this.hf.decode(ids, { skip_special_tokens: opts.skipSpecial ?? true, clean_up_tokenization_spaces: false });
   }
 
@@ -65,23 +66,27 @@ export class TextTokenizer {
   }
 }
 
-/** Turns a growing list of generated ids into text pieces, holding back incomplete UTF-8 sequences. */
+/** Turns generated ids into text pieces as they come, holding back incomplete UTF-8 sequences. Each step
+ *  decodes only a few tokens of context plus the new ones (constant work per token), and takes the text
+ *  the new ones add, so decoders that treat the first token specially (SentencePiece's leading space) agree. */
 export class StreamDecoder {
-  private ids: number[] = [];
-  private emitted = 0;
-  constructor(private readonly tok: TextTokenizer) {}
+  private context: number[] = [];
+  private pending: number[] = [];
+  constructor(private readonly tok: TextTokenizer, private readonly contextTokens = 4) {}
   push(id: number): string {
-    this.ids.push(id);
-    const text = this.tok.decode(this.ids);
-    if (text.endsWith('\uFFFD')) return ''; // wait for the rest of the character
-    const piece = text.slice(this.emitted);
-    this.emitted = text.length;
+    this.pending.push(id);
+    const base = this.tok.decode(this.context);
+    const text = this.tok.decode([...this.context, ...this.pending]);
+    if (text.endsWith('\uFFFD') && this.pending.length < 8) return ''; // wait for the rest of the character
+    const piece = text.startsWith(base) ? text.slice(base.length) : text;
+    this.context = [...this.context, ...this.pending].slice(-this.contextTokens);
+    this.pending = [];
     return piece;
   }
   flush(): string {
-    const text = this.tok.decode(this.ids);
-    const piece = text.slice(this.emitted);
-    this.emitted = text.length;
-    return piece;
+    if (!this.pending.length) return '';
+    const base = this.tok.decode(this.context), text = this.tok.decode([...this.context, ...this.pending]);
+    this.pending = [];
+    return text.startsWith(base) ? text.slice(base.length) : text;
   }
 }
