@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { availableParallelism } from 'node:os';
 import { loadModelFiles } from '../model/load.js';
 import { makeModel, Session } from '../engine/session.js';
 import { argmax } from '../engine/sampler.js';
@@ -32,12 +33,12 @@ function benchOurs(path: string, ctx: number): Result & { vocab: number } {
   return { prefill, decode, vocab: m.config.vocabSize };
 }
 
-async function benchLlamaCpp(path: string, ctx: number, vocab: number): Promise<Result | string> {
+async function benchLlamaCpp(path: string, ctx: number, vocab: number, threads: number): Promise<Result | string> {
   let lib: typeof import('node-llama-cpp');
   try { lib = await import('node-llama-cpp'); } catch { return 'node-llama-cpp not installed'; }
   const llama = await lib.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
   const model = await llama.loadModel({ modelPath: path });
-  const context = await model.createContext({ contextSize: ctx + DECODE_STEPS + 8, batchSize: 512 });
+  const context = await model.createContext({ contextSize: ctx + DECODE_STEPS + 8, batchSize: 512, threads });
   try {
     const seq = context.getSequence();
     const ids = tokens(ctx, vocab);
@@ -81,17 +82,18 @@ async function main() {
       console.error(`${name}, context ${ctx}...`);
       const a = benchOurs(ours, ctx);
       const b = ctx <= 512 ? benchOursNoWasm(ours, ctx) : undefined; // the TS kernels at 4096 take minutes
-      const c = await benchLlamaCpp(gguf, ctx, a.vocab);
-      const lc = typeof c === 'string' ? undefined : c;
+      // llama.cpp's default thread count oversubscribes this VM (~1 s per decode step): take the best of 1 and all cores
+      const runs = [await benchLlamaCpp(gguf, ctx, a.vocab, 1), await benchLlamaCpp(gguf, ctx, a.vocab, availableParallelism())];
+      const ok = runs.filter((r): r is Result => typeof r !== 'string');
+      const lc = ok.length ? { prefill: Math.max(...ok.map((r) => r.prefill)), decode: Math.max(...ok.map((r) => r.decode)) } : undefined;
       rows.push(`| ${name} | ${ctx} | ${f(a.prefill)} | ${f(a.decode)} | ${f(b?.prefill)} | ${f(b?.decode)} | ${f(lc?.prefill)} | ${f(lc?.decode)} | ` +
         `${lc ? (a.prefill / lc.prefill).toFixed(2) : '-'} | ${lc ? (a.decode / lc.decode).toFixed(2) : '-'} |`);
     }
   }
-  console.log(`CPU benchmark (tokens/s; prefill of the whole context, then ${DECODE_STEPS} decode steps after it; ours: WebAssembly SIMD + worker threads on all cores; TS-only: our plain TypeScript kernels, one thread; llama.cpp with its default threads)`);
+  console.log(`CPU benchmark (tokens/s; prefill of the whole context, then ${DECODE_STEPS} decode steps after it; ours: WebAssembly SIMD + worker threads on all cores; TS-only: our plain TypeScript kernels, one thread; llama.cpp: best of 1 thread and all cores)`);
   console.log('| model | context | ours prefill | ours decode | ours TS-only prefill | ours TS-only decode | llama.cpp prefill | llama.cpp decode | prefill ratio (ours/llama.cpp) | decode ratio |');
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) console.log(r);
-  console.log('note: llama.cpp decode goes through node-llama-cpp\'s per-token evaluate(), whose overhead dominates here (about 1 s per token even for the 7M model), so the decode ratio compares APIs more than engines; the prefill columns compare compute.');
 }
 
 main().catch((e) => { console.error(`error: ${e.message}`); process.exit(1); });
