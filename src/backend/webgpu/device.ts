@@ -3,20 +3,42 @@
 export interface GpuContext { device: GPUDevice; adapterName: string; hasTimestamps: boolean }
 
 let cached: Promise<GpuContext | null> | null = null;
+// dawn.node tears its instance down when the GPU object is garbage-collected, crashing the device's
+// work in flight (a segfault some time after submit). Keep the instance and adapter alive for good.
+const keepAlive: unknown[] = [];
+
+/** Debian's chromium package ships SwiftShader, a Vulkan driver that runs on the CPU. */
+export const SWIFTSHADER_ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
+
+export interface GpuOptions {
+  /** where no hardware adapter exists, fall back to SwiftShader if installed (tests; QUEST_WEBGPU_SOFTWARE=1) */
+  software?: boolean;
+}
 
 /** A device, or null (with the reason in `lastGpuError`) where no adapter exists. */
-export function getGpu(): Promise<GpuContext | null> {
+export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
+  const env = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env ?? {};
+  const software = options.software ?? env.QUEST_WEBGPU_SOFTWARE === '1';
   cached ??= (async () => {
-    let gpu: GPU | undefined = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
-    if (!gpu) {
+    const browserGpu: GPU | undefined = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
+    let create: ((o: string[]) => GPU) | null = null;
+    if (!browserGpu) {
       try {
         const mod = await import('webgpu') as unknown as { create: (o: string[]) => GPU; globals: Record<string, unknown> };
         Object.assign(globalThis, mod.globals);
-        gpu = mod.create([]);
+        create = mod.create;
       } catch (e) { lastGpuError = `the webgpu package could not load: ${(e as Error).message}`; return null; }
     }
-    const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
-    if (!adapter) { lastGpuError = 'no WebGPU adapter (no GPU driver; for a software one: apt-get install chromium libvulkan1, then source ../shared/gpu/swiftshader.sh)'; return null; }
+    const adapterFrom = async (gpu: GPU) => { keepAlive.push(gpu); const a = await gpu.requestAdapter({ powerPreference: 'high-performance' }); keepAlive.push(a); return a; };
+    let adapter = await adapterFrom(browserGpu ?? create!([]));
+    // (node:fs is imported here only: browsers never reach this branch)
+    if (!adapter && create && software && !env.VK_DRIVER_FILES && (await import('node:fs')).existsSync(SWIFTSHADER_ICD)) {
+      // the Vulkan loader reads these when an instance is created, so a second instance picks them up
+      env.VK_DRIVER_FILES = SWIFTSHADER_ICD;
+      env.XDG_RUNTIME_DIR ??= (await import('node:os')).tmpdir();
+      adapter = await adapterFrom(create([]));
+    }
+    if (!adapter) { lastGpuError = `no WebGPU adapter (no GPU driver; for a software one: apt-get install chromium libvulkan1, then QUEST_WEBGPU_SOFTWARE=1)`; return null; }
     const hasTimestamps = adapter.features.has('timestamp-query');
     const device = await adapter.requestDevice({
       requiredFeatures: hasTimestamps ? ['timestamp-query'] : [],

@@ -1,17 +1,15 @@
-// One WebGPU kernel check per process: `node webgpu-case.js N` runs case N against its float64 CPU
-// reference and prints PASS, or MISMATCH with the assertion (exit 1). Run by webgpu.test.js, which
-// retries a process that Dawn/SwiftShader itself aborted (a flaky futex failure of some sandboxes).
+// WebGPU decode-attention kernels against float64 CPU references on random inputs of awkward sizes
+// (lengths that are not multiples of the page size, a single token, GQA ratios 1, 4, 8): dense
+// flash-decoding, Quest page scores + GPU top-k + sparse attention.
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeSync } from 'node:fs';
-import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
+import { gpu, skipGpu } from './gpu.js';
 import { DecodeAttention, readBuffer, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
 import { gaussian } from './fixtures.js';
 
-const gpu = await getGpu();
-
-export interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number }
+interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number }
 
 function build(c: Case, seed: number) {
   const g = gaussian(seed), pages = Math.ceil(c.seq / c.P), hd2 = c.hd / 2;
@@ -47,35 +45,26 @@ function refAttention(q: Float32Array, h: number, hd: number, K: Float64Array[],
   return o;
 }
 
-const trace = (s: string) => { if (process.env.QUEST_TRACE) writeSync(2, `trace: ${s}\n`); };
-
-export async function runCase(c: Case, seed: number) {
+async function runCase(c: Case, seed: number) {
   const { device } = gpu!;
-  trace('start');
   const shape: AttnShape = { nHeads: c.nH, nKV: c.nKV, headDim: c.hd, pageSize: c.P, maxPages: Math.ceil(c.seq / c.P) + 3 };
   const att = new DecodeAttention(device, shape, Math.max(1, c.budgetPages));
-  trace('pipelines');
   const d = build(c, seed);
-  trace('data');
   const mk = (data: Uint16Array) => {
     const b = device.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
     device.queue.writeBuffer(b, 0, data.buffer, 0, Math.ceil(data.byteLength / 4) * 4);
     return b;
   };
   const layer = { k: mk(d.k16), v: mk(d.v16), meta: mk(d.meta16) };
-  trace('buffers');
   device.queue.writeBuffer(att.q, 0, d.q);
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
   att.resetBatch();
   att.encode(pass, layer, c.seq, c.budgetPages);
   pass.end(); device.queue.submit([enc.finish()]);
-  trace('submitted');
   const out = new Float32Array(await readBuffer(device, att.out, c.nH * c.hd * 4));
   const sparse = c.budgetPages > 0 && c.budgetPages < d.pages;
   const group = c.nH / c.nKV;
-  trace('read out');
   const gpuSel = sparse ? await att.readSelection(c.budgetPages) : null;
-  trace('read selection');
   for (let g = 0; g < c.nKV; g++) {
     let tokens = Array.from({ length: c.seq }, (_, t) => t);
     if (sparse) {
@@ -100,7 +89,7 @@ export async function runCase(c: Case, seed: number) {
   for (const b of Object.values(layer)) b.destroy();
 }
 
-export const CASES: Case[] = [
+const CASES: Case[] = [
   // dense: one token, lengths off the page size, GQA ratios 1, 4, 8, head dims 32/64/128
   { nH: 4, nKV: 4, hd: 32, P: 16, seq: 1, budgetPages: 0 },
   { nH: 8, nKV: 2, hd: 32, P: 16, seq: 37, budgetPages: 0 },
@@ -113,15 +102,9 @@ export const CASES: Case[] = [
   { nH: 8, nKV: 2, hd: 32, P: 16, seq: 100, budgetPages: 64 }, // budget over the context: dense
 ];
 
-if (process.argv[2] !== undefined) {
-  if (!gpu) { console.log(`NOGPU ${lastGpuError}`); process.exit(0); }
-  try {
-    await runCase(CASES[Number(process.argv[2])], 100 + Number(process.argv[2]));
-    console.log('PASS');
-  } catch (e) {
-    console.log(`MISMATCH ${(e as Error).message}`);
-    process.exitCode = 1;
-  }
-  gpu.device.destroy(); // Dawn must be torn down before exit (it aborts otherwise under SwiftShader)
-  process.exit(process.exitCode ?? 0); // and some drivers keep the process alive after it
-}
+CASES.forEach((c, i) => {
+  const label = c.budgetPages > 0 ? `Quest top-${c.budgetPages} pages` : 'dense';
+  test(`WebGPU decode attention (${label}, ${c.nH}/${c.nKV} heads, head dim ${c.hd}, ${c.seq} tokens) matches float64`, { skip: skipGpu }, async () => {
+    await runCase(c, 100 + i);
+  });
+});

@@ -1,0 +1,18 @@
+import { create, globals } from 'webgpu';
+Object.assign(globalThis, globals);
+const W = await import('./dist/backend/webgpu/decode-attention.js');
+const gpu = create([]);
+const a = await gpu.requestAdapter(); const d = await a.requestDevice();
+const s = { nHeads: 4, nKV: 4, headDim: 32, pageSize: 16, maxPages: 4 };
+const [name, nb] = [process.argv[2], { scoresWgsl: 3, topkWgsl: 2, partialWgsl: 5, reduceWgsl: 2 }[process.argv[2]]];
+const code = W[name](s);
+const p = d.createComputePipeline({ layout: 'auto', compute: { module: d.createShaderModule({ code }), entryPoint: 'main' } });
+console.log('pipeline');
+const prm = d.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+d.queue.writeBuffer(prm, 0, new Uint32Array([1, 1, 1, 0, 0x3e000000, 1, 0, 0]));
+const bufs = []; for (let i = 0; i < nb; i++) bufs.push(d.createBuffer({ size: 65536, usage: GPUBufferUsage.STORAGE }));
+const bg = d.createBindGroup({ layout: p.getBindGroupLayout(0), entries: [prm, ...bufs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
+const e = d.createCommandEncoder(); const ps = e.beginComputePass(); ps.setPipeline(p); ps.setBindGroup(0, bg); ps.dispatchWorkgroups(1, 1); ps.end();
+d.queue.submit([e.finish()]);
+await d.queue.onSubmittedWorkDone(); console.log('done');
+d.destroy(); process.exit(0);
