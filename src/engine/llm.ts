@@ -7,13 +7,24 @@ import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy
 import { makeModel, Session, type Model } from './session.js';
 import { wasm } from '../backend/wasm/runtime.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
+import { GpuRunner, GpuSession } from './gpu-session.js';
+import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
+import { GpuModel } from '../backend/webgpu/model.js';
+
+export type Device = 'cpu' | 'webgpu';
+export const DEVICES: readonly Device[] = ['cpu', 'webgpu'];
+/** A sequence on either device (their forward passes agree; the GPU's is asynchronous). */
+export type AnySession = Session | GpuSession;
 
 export interface LoadOptions {
-  device?: 'cpu';
+  /** 'cpu' (default, anywhere) or 'webgpu' (Dawn in Node, navigator.gpu in browsers) */
+  device?: Device;
   attention?: Partial<AttentionOptions>;
   /** llama2.c checkpoints: path of tokenizer.bin (default: beside the model) */
   tokenizer?: string;
   onProgress?: LoadProgress;
+  /** progress of the weights' upload to the GPU (layers) */
+  onGpuUpload?: (done: number, total: number) => void;
 }
 
 export interface GenerateOptions extends SamplingOptions {
@@ -53,18 +64,30 @@ export class LLM {
   readonly tokenizer: TextTokenizer | null;
   readonly attention: AttentionOptions;
   private disposed = false;
+  /** the GPU side where device is 'webgpu' (weights and shared activations on the GPU) */
+  readonly gpu: GpuRunner | null;
 
   constructor(readonly config: ModelConfig, model: Model, tokenizer: TextTokenizer | null, attention: AttentionOptions, readonly path: string,
-              private readonly files: Uint8Array[] = []) {
+              private readonly files: Uint8Array[] = [], gpu: GpuRunner | null = null) {
+    this.gpu = gpu;
     this.model = model;
     this.tokenizer = tokenizer;
     this.attention = attention;
   }
 
-  /** A fresh sequence (KV cache + attention policy state). */
-  session(attention: Partial<AttentionOptions> = {}): Session {
+  /** A sequence on the CPU whatever the device (evaluations that need the CPU's policies or statistics). */
+  cpuSession(attention: Partial<AttentionOptions> = {}): Session {
     this.checkAlive();
     return new Session(this.model, { ...this.attention, ...attention });
+  }
+
+  get device(): Device { return this.gpu ? 'webgpu' : 'cpu'; }
+
+  /** A fresh sequence (KV cache + attention policy state) on the model's device. */
+  session(attention: Partial<AttentionOptions> = {}): AnySession {
+    this.checkAlive();
+    const a = { ...this.attention, ...attention };
+    return this.gpu ? new GpuSession(this.gpu, a) : new Session(this.model, a);
   }
 
   encode(text: string): number[] {
@@ -109,6 +132,7 @@ export class LLM {
     if (this.disposed) return;
     this.disposed = true;
     for (const f of this.files.splice(0)) wasm()?.releaseWeights(f);
+    if (this.gpu) { this.gpu.dispose(); this.gpu.m.dispose(); }
   }
 
   private checkAlive(): void { if (this.disposed) throw new Error('this model was disposed'); }
@@ -124,8 +148,11 @@ export class LLM {
     if (ids.length >= ctx) throw new Error(`the prompt has ${ids.length} tokens, over the model's context length of ${ctx}`);
     const attention = { ...this.attention, ...o.attention };
     validateAttentionOptions(attention);
-    const session = new Session(this.model, attention);
-    if (o.stats) session.collectStats();
+    const session = this.session(attention);
+    if (o.stats) {
+      if (!(session instanceof Session)) throw new Error('attention-mass recall (stats) is measured on the CPU only');
+      session.collectStats();
+    }
     const sampler = new Sampler(o);
 
     try {
@@ -135,23 +162,26 @@ export class LLM {
     }
   }
 
-  private async decodeLoop(session: Session, ids: number[], o: GenerateOptions, sampler: Sampler, emit: (e: TokenEvent) => void, ctx: number): Promise<GenerationResult> {
+  private async decodeLoop(session: AnySession, ids: number[], o: GenerateOptions, sampler: Sampler, emit: (e: TokenEvent) => void, ctx: number): Promise<GenerationResult> {
     const maxTokens = o.maxTokens ?? 256;
     const decoder = this.tokenizer ? new StreamDecoder(this.tokenizer) : null;
     const stops = (o.stop ?? []).filter((s) => s.length > 0);
     const eos = new Set(this.config.eosIds);
     const tail = Math.min(Math.max(0, o.decodeTail ?? 0), ids.length - 1);
     const t0 = performance.now();
-    let logits = session.forward(ids.slice(0, ids.length - tail), { onProgress: o.onPrefillProgress });
+    // greedy decoding on the GPU reads back the argmax instead of the logits
+    const argmax = session instanceof GpuSession && (o.temperature ?? 1) === 0;
+    const step = (t: number[], progress?: GenerateOptions['onPrefillProgress']) => session.forward(t, { onProgress: progress, argmax } as object);
+    let logits = await step(ids.slice(0, ids.length - tail), o.onPrefillProgress);
     const prefillMs = performance.now() - t0;
     const t1 = performance.now();
-    for (const t of ids.slice(ids.length - tail)) logits = session.forward([t]);
+    for (const t of ids.slice(ids.length - tail)) logits = await step([t]);
 
     const out: number[] = [];
     let text = '', pending = '', finishReason: GenerationResult['finishReason'] = 'length';
     for (let i = 0; i < maxTokens; i++) {
       if (o.signal?.aborted) { finishReason = 'abort'; break; }
-      const tok = sampler.sample(logits);
+      const tok = argmax ? logits[0] : sampler.sample(logits);
       if (eos.has(tok)) { finishReason = 'stop'; break; }
       out.push(tok);
       pending += decoder ? decoder.push(tok) : '';
@@ -170,7 +200,7 @@ export class LLM {
       pending = pending.slice(safe);
       text += piece;
       emit({ token: tok, text: piece });
-      if (i + 1 < maxTokens && session.length < ctx) logits = session.forward([tok]);
+      if (i + 1 < maxTokens && session.length < ctx) logits = await step([tok]);
       else if (session.length >= ctx) { finishReason = 'length'; break; }
       await new Promise<void>((r) => setImmediate(r)); // keep the event loop (servers, progress) alive
     }
@@ -181,17 +211,26 @@ export class LLM {
       text, tokens: out, promptTokens: ids.length, finishReason, prefillMs, decodeMs,
       prefillTokensPerSecond: (ids.length - tail) / (prefillMs / 1000),
       decodeTokensPerSecond: decoded ? decoded / (decodeMs / 1000) : 0,
-      recall: session.stats ? { mean: session.stats.mean(), perLayer: session.stats.perLayer(), meanAttendedTokens: session.stats.meanAttended() } : undefined,
+      recall: session instanceof Session && session.stats ? { mean: session.stats.mean(), perLayer: session.stats.perLayer(), meanAttendedTokens: session.stats.meanAttended() } : undefined,
     };
   }
 }
 
 /** Loads a GGUF file, a Hugging Face folder or a llama2.c checkpoint. */
 export async function loadModel(path: string, options: LoadOptions = {}): Promise<LLM> {
-  if (options.device && options.device !== 'cpu') throw new Error(`device "${options.device}" is not available yet (cpu only)`);
+  const device = options.device ?? 'cpu';
+  if (!DEVICES.includes(device)) throw new Error(`unknown device "${device}" (choose cpu or webgpu)`);
   const attention = { ...DEFAULT_ATTENTION, ...options.attention };
   validateAttentionOptions(attention);
   const loaded = loadModelFiles(path, { tokenizerPath: options.tokenizer, onProgress: options.onProgress });
   const tokenizer = loaded.tokenizer ? new TextTokenizer(loaded.tokenizer) : null;
-  return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, path, loaded.files);
+  let runner: GpuRunner | null = null;
+  if (device === 'webgpu') {
+    const gpu = await getGpu();
+    if (!gpu) throw new Error(`--device webgpu: ${lastGpuError}`);
+    const m = GpuModel.upload(gpu.device, loaded.config, loaded.weights, options.onGpuUpload);
+    runner = new GpuRunner(m, attention.pageSize);
+    await gpu.device.queue.onSubmittedWorkDone();
+  }
+  return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, path, loaded.files, runner);
 }

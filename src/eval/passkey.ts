@@ -6,7 +6,8 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadModel, type LLM } from '../engine/llm.js';
-import type { Session } from '../engine/session.js';
+import { Session } from '../engine/session.js';
+import type { AnySession } from '../engine/llm.js';
 import { policyGrid, type PolicyName } from '../attention/policy.js';
 import { argmax, rng } from '../engine/sampler.js';
 import { progressBar } from '../cli/progress.js';
@@ -68,17 +69,17 @@ export async function runPasskeyEval(o: PasskeyOptions): Promise<Cell[]> {
     // shared prefix: everything before the needle is the same for all samples of this cell
     const probe = buildPasskeyPrompt((s) => llm.encode(s), L, d / 100, '00000', filler);
     const base = llm.session({ policy: 'dense' });
-    base.recordPrefillScores();
-    if (probe.needleAt > 0) base.forward(probe.tokens.slice(0, probe.needleAt), { logits: 'none' });
+    if (base instanceof Session) base.recordPrefillScores(); // H2O forks start from the prefill's scores
+    if (probe.needleAt > 0) await base.forward(probe.tokens.slice(0, probe.needleAt), { logits: 'none' });
     for (let s = 0; s < o.samples; s++) {
       const key = randomKey(r);
       const need = todo.filter((c) => cellOf(c, L, d).total <= s);
       if (need.length) {
         const p = buildPasskeyPrompt((x) => llm.encode(x), L, d / 100, key, filler);
         const ctx = base.fork({ policy: 'dense' });
-        ctx.forward(p.tokens.slice(p.needleAt, p.tokens.length - p.questionTokens), { logits: 'none' });
+        await ctx.forward(p.tokens.slice(p.needleAt, p.tokens.length - p.questionTokens), { logits: 'none' });
         for (const c of need) {
-          const answer = answerWith(llm, ctx, p, c.policy as PolicyName, c.budget);
+          const answer = await answerWith(llm, ctx, p, c.policy as PolicyName, c.budget);
           const cell = cellOf(c, L, d);
           cell.total++; cell.answers.push(answer);
           if (answer.trim().startsWith(key)) cell.correct++;
@@ -102,10 +103,10 @@ function bookFiller(llm: LLM): number[] {
 }
 
 /** The question decoded token by token under the policy, then a greedy answer of up to 8 tokens. */
-function answerWith(llm: LLM, ctx: Session, p: PasskeyPrompt, policy: PolicyName, budget: number): string {
+async function answerWith(llm: LLM, ctx: AnySession, p: PasskeyPrompt, policy: PolicyName, budget: number): Promise<string> {
   const s = ctx.fork({ policy, budget: budget || llm.attention.budget });
   let logits: Float32Array = new Float32Array(0);
-  for (const t of p.tokens.slice(p.tokens.length - p.questionTokens)) logits = s.forward([t]);
+  for (const t of p.tokens.slice(p.tokens.length - p.questionTokens)) logits = await s.forward([t]);
   const out: number[] = [];
   for (let i = 0; i < 8; i++) {
     const t = argmax(logits);
@@ -113,7 +114,7 @@ function answerWith(llm: LLM, ctx: Session, p: PasskeyPrompt, policy: PolicyName
     out.push(t);
     const text = llm.tokenizer!.decode(out);
     if (/^\s*\d+\D/.test(text)) break; // the number is complete
-    logits = s.forward([t]);
+    logits = await s.forward([t]);
   }
   s.dispose();
   return llm.tokenizer!.decode(out);

@@ -43,7 +43,7 @@ export async function runPplEval(o: PplOptions): Promise<PplRow[]> {
     const s = llm.session({ policy: c.policy, budget: c.budget || llm.attention.budget });
     const nll = new Float64Array(n - 1);
     for (let t = 0; t < n - 1; t++) {
-      nll[t] = tokenNll(s.forward([ids[t]]), ids[t + 1]);
+      nll[t] = tokenNll(await s.forward([ids[t]]), ids[t + 1]);
       if (++done % 64 === 0) bar.update(done, total);
     }
     s.dispose();

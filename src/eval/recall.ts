@@ -29,7 +29,7 @@ export async function runRecallEval(o: RecallOptions): Promise<RecallRow[]> {
   const policies = o.policies.split(',') as PolicyName[];
   const gqaModes = o.gqa.split(',') as GqaMode[];
 
-  const base = llm.session({ policy: 'dense' });
+  const base = llm.cpuSession({ policy: 'dense' });
   base.recordPrefillScores();
   const bar = progressBar('prefill', 'tokens');
   base.forward(ids.slice(0, o.context), { logits: 'none', onProgress: (d, t) => bar.update(d, t) });

@@ -112,10 +112,10 @@ test('dense perplexity by decode steps equals the one from a causal prefill', as
   const m = await get();
   const ids = m.encode('It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.');
   const V = m.config.vocabSize;
-  const all = m.session().forward(ids, { logits: 'all' });
+  const all = await m.session().forward(ids, { logits: 'all' });
   const s = m.session();
   let a = 0, b = 0;
-  for (let t = 0; t < ids.length - 1; t++) { a += tokenNll(s.forward([ids[t]]), ids[t + 1]); b += tokenNll(all, ids[t + 1], t * V, V); }
+  for (let t = 0; t < ids.length - 1; t++) { a += tokenNll(await s.forward([ids[t]]), ids[t + 1]); b += tokenNll(all, ids[t + 1], t * V, V); }
   assert.ok(Math.abs(a - b) < 1e-3 * ids.length, `${a} vs ${b}`);
 });
 

@@ -200,12 +200,13 @@ export class DecodeAttention {
   private readonly layerIds = new WeakMap<LayerBuffers, number>();
   private layerCount = 0;
 
-  constructor(readonly device: GPUDevice, readonly s: AttnShape, maxSelectedPages: number) {
+  /** `io`: the q and out buffers to use (the decoder's activations) instead of own ones. */
+  constructor(readonly device: GPUDevice, readonly s: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }) {
     if (s.nHeads % s.nKV !== 0 || s.headDim % 2 !== 0) throw new Error('bad attention shape');
     const mk = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
     this.pipes = { scores: mk(scoresWgsl(s)), topk: mk(topkWgsl(s)), partial: mk(partialWgsl(s)), reduce: mk(reduceWgsl(s)) };
     const buf = (size: number, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST) => device.createBuffer({ size: Math.max(16, size), usage });
-    this.q = buf(s.nHeads * s.headDim * 4); this.out = buf(s.nHeads * s.headDim * 4);
+    this.q = io?.q ?? buf(s.nHeads * s.headDim * 4); this.out = io?.out ?? buf(s.nHeads * s.headDim * 4);
     this.scores = buf(s.nKV * s.maxPages * 4); this.sel = buf(s.nKV * Math.max(1, maxSelectedPages) * 4);
     const maxChunks = Math.ceil(s.maxPages / CHUNK_PAGES);
     this.part = buf(s.nHeads * maxChunks * (2 + s.headDim) * 4);
@@ -218,7 +219,12 @@ export class DecodeAttention {
   }
 
   /** Uniforms are written ahead of a batch of encodes (each encode uses its own buffer). */
+  private last = '';
   private paramsFor(seqLen: number, k: number, sparse: boolean, scale: number): GPUBuffer {
+    // the layers of one decode step share their parameters: reuse the slot just written
+    const key = `${seqLen}:${k}:${sparse}`;
+    if (this.paramIndex > 0 && key === this.last) return this.params[this.paramIndex - 1];
+    this.last = key;
     const nPages = Math.ceil(seqLen / this.s.pageSize);
     const nChunks = Math.ceil((sparse ? k : nPages) / CHUNK_PAGES);
     if (this.paramIndex >= this.params.length) this.params.push(this.device.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }));
@@ -230,7 +236,7 @@ export class DecodeAttention {
   }
 
   /** Starts a new batch of encodes (uniform buffers are reused from the start). */
-  resetBatch(): void { this.paramIndex = 0; }
+  resetBatch(): void { this.paramIndex = 0; this.last = ''; }
 
   /** Records one decode-attention call. budgetPages = 0 (or >= the page count): dense. */
   encode(pass: GPUComputePassEncoder, layer: LayerBuffers, seqLen: number, budgetPages: number): void {
@@ -238,8 +244,8 @@ export class DecodeAttention {
     if (nPages > s.maxPages) throw new Error(`sequence of ${seqLen} tokens exceeds the ${s.maxPages} pages allocated`);
     const sparse = budgetPages > 0 && budgetPages < nPages;
     const k = sparse ? budgetPages : nPages;
-    const slot = this.paramIndex;
     const prm = this.paramsFor(seqLen, k, sparse, 1 / Math.sqrt(s.headDim));
+    const slot = this.params.indexOf(prm);
     if (!this.layerIds.has(layer)) this.layerIds.set(layer, ++this.layerCount);
     const lid = this.layerIds.get(layer)!;
     const bind = (pipe: GPUComputePipeline, bufs: GPUBuffer[]) => {

@@ -48,6 +48,10 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
         maxComputeWorkgroupStorageSize: adapter.limits.maxComputeWorkgroupStorageSize,
       },
     });
+    // errors that WebGPU reports asynchronously (invalid shaders, out-of-memory) are kept and thrown
+    // by the next call that checks (takeDeviceError), instead of only being printed
+    device.addEventListener('uncapturederror', (e) => { deviceErrors.push((e as GPUUncapturedErrorEvent).error.message); });
+    device.lost.then((l) => { if (l.reason !== 'destroyed') deviceErrors.push(`the GPU device was lost: ${l.message}`); });
     const info = (adapter as { info?: GPUAdapterInfo }).info;
     return { device, adapterName: info ? `${info.vendor} ${info.description || info.device || info.architecture}`.trim() : 'WebGPU adapter', hasTimestamps };
   })();
@@ -55,3 +59,9 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
 }
 
 export let lastGpuError = '';
+
+const deviceErrors: string[] = [];
+/** Throws the first WebGPU error reported since the last call, if any. */
+export function throwDeviceError(): void {
+  if (deviceErrors.length) { const m = deviceErrors.splice(0); throw new Error(`WebGPU error: ${m[0].split('\n')[0]}${m.length > 1 ? ` (and ${m.length - 1} more)` : ''}`); }
+}

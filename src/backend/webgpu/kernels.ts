@@ -1,0 +1,296 @@
+// WGSL kernels of the decoder on WebGPU, one generator per kernel. Sizes that do not change within a
+// model are baked in as constants (pipelines are specialised per shape); what changes per forward call
+// (start position, token count) comes from one small `Step` uniform, so bind groups never change.
+//
+// Weights are stored as packed u32 (no shader-f16 needed):
+//   f16  : [rows][cols] halves, two per u32
+//   q8_0 : int8 values, four per u32, plus one f32 scale per 32 values
+//   q4_0 : 4-bit values (stored value + 8), eight per u32 in column order, plus one f32 scale per 32
+
+export type GpuWeightType = 'f16' | 'q8_0' | 'q4_0';
+
+export const STEP_WGSL = /* wgsl */ `
+struct Step { start: u32, n: u32, total: u32, pad: u32 }
+`;
+
+/** `w8(r, k)`: weights r, k..k+7 as f32 (k % 8 == 0). Bindings `wd` (data) and `ws` (scales). */
+export function weightAccess(t: GpuWeightType, K: number, binding: number): string {
+  // (auto layouts hold only the bindings a shader uses, so the f16 variant declares no scales)
+  const scales = t === 'f16' ? '' : `@group(0) @binding(${binding + 1}) var<storage, read> ws: array<f32>;`;
+  const head = `struct W8 { a: vec4<f32>, b: vec4<f32> }\nconst K: u32 = ${K}u;\n`;
+  switch (t) {
+    case 'f16': return head + `@group(0) @binding(${binding}) var<storage, read> wd: array<vec4<u32>>;\n${scales}
+fn w8(r: u32, k: u32) -> W8 {
+  let u = wd[(r * K + k) / 8u];
+  return W8(vec4<f32>(unpack2x16float(u.x), unpack2x16float(u.y)), vec4<f32>(unpack2x16float(u.z), unpack2x16float(u.w)));
+}`;
+    case 'q8_0': return head + `@group(0) @binding(${binding}) var<storage, read> wd: array<vec2<u32>>;\n${scales}
+fn i8x4(u: u32) -> vec4<f32> { return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u << 24u, u << 16u, u << 8u, u)) >> vec4<u32>(24u)); }
+fn w8(r: u32, k: u32) -> W8 {
+  let i = r * K + k; let u = wd[i / 8u]; let s = ws[i / 32u];
+  return W8(i8x4(u.x) * s, i8x4(u.y) * s);
+}`;
+    case 'q4_0': return head + `@group(0) @binding(${binding}) var<storage, read> wd: array<u32>;\n${scales}
+fn nib4(u: u32) -> vec4<f32> { return vec4<f32>(vec4<u32>(u, u >> 4u, u >> 8u, u >> 12u) & vec4<u32>(15u)) - 8.0; }
+fn w8(r: u32, k: u32) -> W8 {
+  let i = r * K + k; let u = wd[i / 8u]; let s = ws[i / 32u];
+  return W8(nib4(u) * s, nib4(u >> 16u) * s);
+}`;
+  }
+}
+
+export interface LinearSpec { type: GpuWeightType; N: number; K: number; add: boolean; bias: boolean }
+
+const linearOut = (s: LinearSpec, idx: string, row: string, v: string) =>
+  `{ let o = ${idx}; let val = ${v}${s.bias ? ` + bias[${row}]` : ''}; y[o] = ${s.add ? 'y[o] + val' : 'val'}; }`;
+
+/** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias), for a few tokens t (wid.y): 8 rows per workgroup, a
+ *  32-thread slice per row striding over K with 16-byte loads, reduced in workgroup memory. */
+export const linearVecWgsl = (s: LinearSpec) => weightAccess(s.type, s.K, 2) + /* wgsl */ `
+const N: u32 = ${s.N}u;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let r = wid.x * 8u + lid.x / 32u; let lane = lid.x % 32u; let xb = wid.y * (K / 4u);
+  var acc = 0.0;
+  if (r < N) {
+    for (var u = lane; u < K / 8u; u += 32u) {
+      let w = w8(r, u * 8u);
+      acc += dot(w.a, x[xb + 2u * u]) + dot(w.b, x[xb + 2u * u + 1u]);
+    }
+  }
+  red[lid.x] = acc;
+  workgroupBarrier();
+  for (var s = 16u; s > 0u; s >>= 1u) { if (lane < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
+  if (lane == 0u && r < N) ${linearOut(s, 'wid.y * N + r', 'r', 'red[lid.x]')}
+}`;
+
+/** The same product for many tokens (prefill): 64 x 64 output tiles, 16-wide K steps through
+ *  workgroup memory, 4 x 4 outputs per thread. Rows past the chunk's tokens compute garbage that
+ *  nobody reads (activation buffers are padded to 64 rows). */
+export const linearMatWgsl = (s: LinearSpec) => weightAccess(s.type, s.K, 2) + /* wgsl */ `
+const N: u32 = ${s.N}u;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+var<workgroup> xs: array<f32, 1024>; // [64 tokens][16]
+var<workgroup> wt: array<f32, 1024>; // [64 outputs][16]
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let t0 = wid.y * 64u; let o0 = wid.x * 64u; let tx = lid.x % 16u; let ty = lid.x / 16u;
+  var acc: array<f32, 16>;
+  for (var k0 = 0u; k0 < K; k0 += 16u) {
+    let xr = lid.x / 4u; let xc = lid.x % 4u;
+    let xv = x[((t0 + xr) * K + k0) / 4u + xc];
+    xs[xr * 16u + xc * 4u] = xv.x; xs[xr * 16u + xc * 4u + 1u] = xv.y; xs[xr * 16u + xc * 4u + 2u] = xv.z; xs[xr * 16u + xc * 4u + 3u] = xv.w;
+    if (lid.x < 128u) {
+      let o = lid.x / 2u; let half = lid.x % 2u;
+      var w = W8(vec4<f32>(0.0), vec4<f32>(0.0));
+      if (o0 + o < N) { w = w8(o0 + o, k0 + half * 8u); }
+      let b = o * 16u + half * 8u;
+      wt[b] = w.a.x; wt[b + 1u] = w.a.y; wt[b + 2u] = w.a.z; wt[b + 3u] = w.a.w;
+      wt[b + 4u] = w.b.x; wt[b + 5u] = w.b.y; wt[b + 6u] = w.b.z; wt[b + 7u] = w.b.w;
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < 16u; kk++) {
+      var a: array<f32, 4>; var bb: array<f32, 4>;
+      for (var i = 0u; i < 4u; i++) { a[i] = xs[(ty * 4u + i) * 16u + kk]; bb[i] = wt[(tx * 4u + i) * 16u + kk]; }
+      for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] += a[i] * bb[j]; } }
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < 4u; i++) {
+    for (var j = 0u; j < 4u; j++) {
+      let col = o0 + tx * 4u + j; let row = t0 + ty * 4u + i;
+      if (col < N) ${linearOut(s, 'row * N + col', 'col', 'acc[i * 4u + j]')}
+    }
+  }
+}`;
+
+/** Embedding rows of the chunk's tokens (dequantised like any weight). */
+export const embedWgsl = (type: GpuWeightType, dim: number) => weightAccess(type, dim, 2) + STEP_WGSL + /* wgsl */ `
+@group(0) @binding(0) var<storage, read> tokens: array<u32>;
+@group(0) @binding(1) var<storage, read_write> x: array<vec4<f32>>;
+@group(0) @binding(4) var<uniform> step: Step;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let units = K / 8u; let i = gid.x / units; let u = gid.x % units;
+  if (i >= step.n) { return; }
+  let w = w8(tokens[i], u * 8u);
+  x[(i * K) / 4u + 2u * u] = w.a; x[(i * K) / 4u + 2u * u + 1u] = w.b;
+}`;
+
+/** RMSNorm of each row (or, with `last`, of the chunk's last row only, written as row 0). */
+export const rmsnormWgsl = (dim: number, eps: number, last: boolean) => STEP_WGSL + /* wgsl */ `
+const D: u32 = ${dim}u;
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+${last ? '@group(0) @binding(3) var<uniform> step: Step;' : ''}
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let row = ${last ? 'step.n - 1u' : 'wid.x'}; let orow = ${last ? '0u' : 'wid.x'};
+  var ss = 0.0;
+  for (var i = lid.x; i < D; i += 256u) { let v = x[row * D + i]; ss += v * v; }
+  red[lid.x] = ss;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
+  let inv = inverseSqrt(red[0] / f32(D) + ${eps.toExponential()});
+  for (var i = lid.x; i < D; i += 256u) { out[orow * D + i] = x[row * D + i] * inv * w[i]; }
+}`;
+
+export interface HeadsSpec { nHeads: number; nKV: number; headDim: number; pageSize: number }
+const heads = (s: HeadsSpec) => `
+const NH: u32 = ${s.nHeads}u; const NKV: u32 = ${s.nKV}u; const G: u32 = ${s.nHeads / s.nKV}u;
+const HD: u32 = ${s.headDim}u; const HD2: u32 = ${s.headDim / 2}u; const P: u32 = ${s.pageSize}u;
+const QKV: u32 = ${(s.nHeads + 2 * s.nKV) * s.headDim}u;
+`;
+
+/** RoPE on the q and k heads of each token's fused qkv row, in place; cos/sin from a table that the CPU
+ *  filled in float64 (every scaling variant is in the table). */
+export const ropeWgsl = (s: HeadsSpec, neox: boolean) => STEP_WGSL + heads(s) + /* wgsl */ `
+@group(0) @binding(0) var<storage, read_write> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> rope: array<vec2<f32>>; // [pos][HD2] (cos, sin)
+@group(0) @binding(2) var<uniform> step: Step;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let per = (NH + NKV) * HD2; let i = gid.x / per; let r = gid.x % per; let h = r / HD2; let p = r % HD2;
+  if (i >= step.n) { return; }
+  let cs = rope[(step.start + i) * HD2 + p];
+  let b = i * QKV + h * HD;
+  let a = b + ${neox ? 'p' : '2u * p'}; let c = b + ${neox ? 'p + HD2' : '2u * p + 1u'};
+  let x0 = qkv[a]; let x1 = qkv[c];
+  qkv[a] = x0 * cs.x - x1 * cs.y; qkv[c] = x0 * cs.y + x1 * cs.x;
+}`;
+
+/** Appends the chunk's k and v (f16) to the paged cache. */
+export const kvAppendWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ `
+@group(0) @binding(0) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read_write> kc: array<u32>;
+@group(0) @binding(2) var<storage, read_write> vc: array<u32>;
+@group(0) @binding(3) var<uniform> step: Step;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let per = NKV * HD2; let i = gid.x / per; let r = gid.x % per; let g = r / HD2; let j = r % HD2;
+  if (i >= step.n) { return; }
+  let pos = step.start + i;
+  let dst = (((pos / P) * NKV + g) * P + pos % P) * HD2 + j;
+  let kb = i * QKV + NH * HD + g * HD + 2u * j; let vb = kb + NKV * HD;
+  kc[dst] = pack2x16float(vec2<f32>(qkv[kb], qkv[kb + 1u]));
+  vc[dst] = pack2x16float(vec2<f32>(qkv[vb], qkv[vb + 1u]));
+}`;
+
+/** Recomputes the key min/max of the pages the chunk touched (over their filled slots). */
+export const kvMetaWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ `
+@group(0) @binding(0) var<storage, read> kc: array<u32>;
+@group(0) @binding(1) var<storage, read_write> pmeta: array<u32>; // [page][kvHead][min, max][HD2]
+@group(0) @binding(2) var<uniform> step: Step;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let per = NKV * HD2; let page = step.start / P + gid.x / per; let r = gid.x % per; let g = r / HD2; let j = r % HD2;
+  if (page * P >= step.total) { return; }
+  let filled = min(P, step.total - page * P);
+  var mn = vec2<f32>(3.0e38); var mx = vec2<f32>(-3.0e38);
+  for (var t = 0u; t < filled; t++) {
+    let k2 = unpack2x16float(kc[((page * NKV + g) * P + t) * HD2 + j]);
+    mn = min(mn, k2); mx = max(mx, k2);
+  }
+  let mb = (page * NKV + g) * 2u * HD2;
+  pmeta[mb + j] = pack2x16float(mn); pmeta[mb + HD2 + j] = pack2x16float(mx);
+}`;
+
+/** Causal prefill attention over the paged cache (which already holds the chunk): a thread per query
+ *  row and head, K/V tiles of 16 tokens shared through workgroup memory, online softmax (flash style). */
+export const prefillAttentionWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ `
+const BK: u32 = 16u;
+@group(0) @binding(0) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> kc: array<u32>;
+@group(0) @binding(2) var<storage, read> vc: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<uniform> step: Step;
+var<workgroup> ks: array<u32, ${16 * s.headDim / 2}>;
+var<workgroup> vs: array<u32, ${16 * s.headDim / 2}>;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let h = wid.y; let g = h / G; let i = wid.x * 64u + lid.x; let valid = i < step.n; let pos = step.start + i;
+  let lastPos = step.start + min(step.n, wid.x * 64u + 64u) - 1u;
+  var q: array<f32, ${s.headDim}>; var o: array<f32, ${s.headDim}>;
+  let scale = ${(1 / Math.sqrt(s.headDim)).toPrecision(9)};
+  if (valid) { for (var d = 0u; d < HD; d++) { q[d] = qkv[i * QKV + h * HD + d] * scale; } }
+  var m = -3.0e38; var l = 0.0;
+  for (var t0 = 0u; t0 <= lastPos; t0 += BK) {
+    workgroupBarrier();
+    for (var e = lid.x; e < BK * HD2; e += 64u) {
+      let t = t0 + e / HD2;
+      if (t <= lastPos) { let src = (((t / P) * NKV + g) * P + t % P) * HD2 + e % HD2; ks[e] = kc[src]; vs[e] = vc[src]; }
+    }
+    workgroupBarrier();
+    if (valid) {
+      for (var kk = 0u; kk < BK; kk++) {
+        if (t0 + kk > pos) { break; }
+        var sc = 0.0;
+        for (var j = 0u; j < HD2; j++) { let k2 = unpack2x16float(ks[kk * HD2 + j]); sc += q[2u * j] * k2.x + q[2u * j + 1u] * k2.y; }
+        if (sc > m) { let c = exp(m - sc); l *= c; for (var d = 0u; d < HD; d++) { o[d] *= c; } m = sc; }
+        let p = exp(sc - m); l += p;
+        for (var j = 0u; j < HD2; j++) { let v2 = unpack2x16float(vs[kk * HD2 + j]); o[2u * j] += p * v2.x; o[2u * j + 1u] += p * v2.y; }
+      }
+    }
+  }
+  if (valid) { for (var d = 0u; d < HD; d++) { out[(i * NH + h) * HD + d] = o[d] / l; } }
+}`;
+
+/** h = silu(gate) * up from the fused [gate | up] rows. */
+export const swigluWgsl = (hidden: number) => STEP_WGSL + /* wgsl */ `
+const H: u32 = ${hidden}u;
+@group(0) @binding(0) var<storage, read> gu: array<f32>;
+@group(0) @binding(1) var<storage, read_write> h: array<f32>;
+@group(0) @binding(2) var<uniform> step: Step;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x / H; let j = gid.x % H;
+  if (i >= step.n) { return; }
+  let g = gu[i * 2u * H + j];
+  h[i * H + j] = g / (1.0 + exp(-g)) * gu[i * 2u * H + H + j];
+}`;
+
+/** Index of the largest logit (lowest index on ties): greedy sampling without reading the logits back. */
+export const argmaxWgsl = (vocab: number) => /* wgsl */ `
+const V: u32 = ${vocab}u;
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> best: array<u32>;
+var<workgroup> bv: array<f32, 256>;
+var<workgroup> bi: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
+  var v = -3.4e38; var idx = 0u;
+  for (var i = lid.x; i < V; i += 256u) { let x = logits[i]; if (x > v) { v = x; idx = i; } }
+  bv[lid.x] = v; bi[lid.x] = idx;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (lid.x < s) {
+      let ov = bv[lid.x + s]; let oi = bi[lid.x + s];
+      if (ov > bv[lid.x] || (ov == bv[lid.x] && oi < bi[lid.x])) { bv[lid.x] = ov; bi[lid.x] = oi; }
+    }
+    workgroupBarrier();
+  }
+  if (lid.x == 0u) { best[0] = bi[0]; }
+}`;
+
+/** Fills a buffer with pseudo-random f16 pairs in [-scale, scale] (benchmarks: random weights and KV). */
+export const fillRandomWgsl = /* wgsl */ `
+struct Fill { count: u32, seed: u32, scale: f32, pad: u32 }
+@group(0) @binding(0) var<storage, read_write> data: array<u32>;
+@group(0) @binding(1) var<uniform> prm: Fill;
+fn hash(x: u32) -> u32 { var h = x * 747796405u + 2891336453u; h = ((h >> ((h >> 28u) + 4u)) ^ h) * 277803737u; return (h >> 22u) ^ h; }
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * nwg.x * 256u;
+  if (i >= prm.count) { return; }
+  let a = f32(hash(i ^ prm.seed) & 0xffffu) / 32767.5 - 1.0;
+  let b = f32(hash((i ^ prm.seed) + 0x9e3779b9u) & 0xffffu) / 32767.5 - 1.0;
+  data[i] = pack2x16float(vec2<f32>(a, b) * prm.scale);
+}`;

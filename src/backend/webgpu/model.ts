@@ -1,0 +1,200 @@
+// A model's weights on the GPU and the pipelines of its forward pass. Weights are uploaded once, in
+// the GPU formats of kernels.ts: f16 and Q8_0/Q4_0 as they are (Q8_0/Q4_0 repacked into aligned words
+// plus f32 scales); f32 and BF16 tensors become f16. q/k/v and gate/up are fused into one matrix each
+// (one product instead of three or two per layer).
+import type { ModelConfig, ModelWeights } from '../../model/config.js';
+import { Matrix, f32ToF16, QK } from '../../model/tensor.js';
+import { Rope } from '../../model/rope.js';
+import { F16_TABLE } from '../../model/tensor.js';
+import * as K from './kernels.js';
+import type { GpuWeightType, LinearSpec } from './kernels.js';
+
+export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
+
+export interface GpuLayer { attnNorm: GPUBuffer; qkv: GpuLinear; wo: GpuLinear; ffnNorm: GPUBuffer; gateUp: GpuLinear; down: GpuLinear }
+
+// (a function: the GPUBufferUsage global exists only once the webgpu package has loaded)
+export const storageUsage = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+
+/** Checks the shape rules of the GPU kernels; a clear error instead of a wrong answer. */
+export function checkGpuShape(c: ModelConfig): void {
+  const bad = (m: string) => { throw new Error(`the WebGPU backend cannot run this model: ${m}`); };
+  if (c.dim % 16 !== 0) bad(`hidden size ${c.dim} is not a multiple of 16`);
+  if (c.hiddenDim % 16 !== 0) bad(`intermediate size ${c.hiddenDim} is not a multiple of 16`);
+  if (c.headDim % 4 !== 0 || c.headDim > 256) bad(`head dim ${c.headDim} must be a multiple of 4 and at most 256`);
+}
+
+export class GpuModel {
+  readonly layers: GpuLayer[] = [];
+  embed!: GpuLinear;
+  output!: GpuLinear;
+  finalNorm!: GPUBuffer;
+  /** (cos, sin) per position and rotated pair, computed in float64 like the CPU's */
+  ropeTable!: GPUBuffer;
+  private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly empty: GPUBuffer;
+  private disposed = false;
+
+  private constructor(readonly device: GPUDevice, readonly config: ModelConfig) {
+    checkGpuShape(config);
+    this.empty = device.createBuffer({ size: 16, usage: storageUsage() });
+  }
+
+  /** Uploads CPU-side weights (any dtype the loader reads). */
+  static upload(device: GPUDevice, config: ModelConfig, w: ModelWeights, onProgress?: (done: number, total: number) => void): GpuModel {
+    const m = new GpuModel(device, config);
+    const total = w.layers.length + 2;
+    m.embed = m.linear([w.embed]);
+    m.output = w.output === w.embed ? m.embed : m.linear([w.output]);
+    m.finalNorm = m.f32(w.finalNorm);
+    onProgress?.(1, total);
+    w.layers.forEach((L, i) => {
+      const bias = L.bq ? concatF32([L.bq, L.bk!, L.bv!]) : null;
+      m.layers.push({
+        attnNorm: m.f32(L.attnNorm), qkv: m.linear([L.wq, L.wk, L.wv], bias), wo: m.linear([L.wo]),
+        ffnNorm: m.f32(L.ffnNorm), gateUp: m.linear([L.wGate, L.wUp]), down: m.linear([L.wDown]),
+      });
+      onProgress?.(i + 2, total);
+    });
+    m.ropeTable = m.makeRopeTable();
+    onProgress?.(total, total);
+    return m;
+  }
+
+  /** Random f16 weights generated on the GPU (benchmarks: speed does not depend on the values). */
+  static random(device: GPUDevice, config: ModelConfig, seed = 1): GpuModel {
+    const m = new GpuModel(device, config), c = config;
+    const qkvN = (c.nHeads + 2 * c.nKVHeads) * c.headDim;
+    const rnd = (N: number, Kd: number, scale: number): GpuLinear => {
+      const data = device.createBuffer({ size: N * Kd * 2, usage: storageUsage() });
+      m.fillRandom(data, (N * Kd) / 2, seed++, scale);
+      return { type: 'f16', N, K: Kd, data, scales: m.empty, bias: null };
+    };
+    const ones = () => m.f32(new Float32Array(c.dim).fill(1));
+    m.embed = rnd(c.vocabSize, c.dim, 1);
+    m.output = rnd(c.vocabSize, c.dim, 1 / Math.sqrt(c.dim));
+    m.finalNorm = ones();
+    for (let l = 0; l < c.nLayers; l++) {
+      m.layers.push({
+        attnNorm: ones(), qkv: rnd(qkvN, c.dim, 1 / Math.sqrt(c.dim)), wo: rnd(c.dim, c.nHeads * c.headDim, 0.1 / Math.sqrt(c.dim)),
+        ffnNorm: ones(), gateUp: rnd(2 * c.hiddenDim, c.dim, 1 / Math.sqrt(c.dim)), down: rnd(c.dim, c.hiddenDim, 0.1 / Math.sqrt(c.hiddenDim)),
+      });
+    }
+    m.ropeTable = m.makeRopeTable();
+    return m;
+  }
+
+  /** Bytes of weights on the GPU. */
+  get weightBytes(): number {
+    const lin = (l: GpuLinear) => l.data.size + (l.scales === this.empty ? 0 : l.scales.size);
+    let b = lin(this.embed) + (this.output === this.embed ? 0 : lin(this.output));
+    for (const L of this.layers) b += lin(L.qkv) + lin(L.wo) + lin(L.gateUp) + lin(L.down);
+    return b;
+  }
+
+  pipeline(key: string, code: () => string): GPUComputePipeline {
+    let p = this.pipelines.get(key);
+    if (!p) {
+      p = this.device.createComputePipeline({ layout: 'auto', compute: { module: this.device.createShaderModule({ code: code() }), entryPoint: 'main' } });
+      this.pipelines.set(key, p);
+    }
+    return p;
+  }
+
+  linearPipeline(l: GpuLinear, add: boolean, many: boolean): GPUComputePipeline {
+    const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null };
+    return this.pipeline(`lin:${many}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec) : K.linearVecWgsl(spec)));
+  }
+
+
+  fillRandom(buf: GPUBuffer, words: number, seed: number, scale: number): void {
+    const pipe = this.pipeline('fill', () => K.fillRandomWgsl), d = this.device;
+    const prm = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+    const u = new Uint32Array(4); u[0] = words; u[1] = seed * 0x9e3779b1; new Float32Array(u.buffer)[2] = scale;
+    d.queue.writeBuffer(prm, 0, u);
+    const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, d.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: buf } }, { binding: 1, resource: { buffer: prm } }] }));
+    const groups = Math.ceil(words / 256), x = Math.min(groups, 65535);
+    pass.dispatchWorkgroups(x, Math.ceil(groups / x));
+    pass.end();
+    d.queue.submit([enc.finish()]);
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    const seen = new Set<GPUBuffer>();
+    const free = (b: GPUBuffer | null) => { if (b && !seen.has(b)) { seen.add(b); b.destroy(); } };
+    const lin = (l: GpuLinear) => { free(l.data); free(l.scales); free(l.bias); };
+    lin(this.embed); lin(this.output); free(this.finalNorm); free(this.ropeTable); free(this.empty);
+    for (const L of this.layers) { free(L.attnNorm); free(L.ffnNorm); lin(L.qkv); lin(L.wo); lin(L.gateUp); lin(L.down); }
+  }
+
+  private f32(a: Float32Array): GPUBuffer {
+    const b = this.device.createBuffer({ size: Math.max(16, a.byteLength), usage: storageUsage() });
+    this.device.queue.writeBuffer(b, 0, a);
+    return b;
+  }
+
+  private bytes(a: Uint8Array): GPUBuffer {
+    const size = Math.max(16, Math.ceil(a.byteLength / 4) * 4);
+    const b = this.device.createBuffer({ size, usage: storageUsage(), mappedAtCreation: true });
+    new Uint8Array(b.getMappedRange()).set(a);
+    b.unmap();
+    return b;
+  }
+
+  /** Several matrices with the same column count stacked into one GPU matrix (rows appended). */
+  private linear(ms: Matrix[], bias: Float32Array | null = null): GpuLinear {
+    const Kd = ms[0].cols, N = ms.reduce((a, m) => a + m.rows, 0);
+    if (ms.some((m) => m.cols !== Kd)) throw new Error('fused matrices must have the same column count');
+    const same = ms.every((m) => m.dtype === ms[0].dtype);
+    const type: GpuWeightType = same && (ms[0].dtype === 'q8_0' || ms[0].dtype === 'q4_0') ? ms[0].dtype : 'f16';
+    const scales = type === 'f16' ? null : new Float32Array((N * Kd) / QK);
+    const data = new Uint8Array(type === 'f16' ? N * Kd * 2 : type === 'q8_0' ? N * Kd : (N * Kd) / 2);
+    let row0 = 0;
+    for (const m of ms) {
+      if (type === 'f16') {
+        if (m.dtype === 'f16') data.set(m.bytes.subarray(0, m.rows * m.rowBytes), row0 * Kd * 2);
+        else {
+          const h = new Uint16Array(data.buffer, row0 * Kd * 2, m.rows * Kd), row = new Float32Array(Kd);
+          for (let r = 0; r < m.rows; r++) { const v = m.row(r, row); for (let i = 0; i < Kd; i++) h[r * Kd + i] = f32ToF16(v[i]); }
+        }
+      } else repackBlocks(m, type, data, scales!, row0);
+      row0 += m.rows;
+    }
+    return { type, N, K: Kd, data: this.bytes(data), scales: scales ? this.f32(scales) : this.empty, bias: bias ? this.f32(bias) : null };
+  }
+
+  private makeRopeTable(): GPUBuffer {
+    const c = this.config, half = c.headDim / 2, inv = Rope.forConfig(c).invFreq;
+    const t = new Float32Array(c.maxSeqLen * half * 2);
+    for (let p = 0; p < c.maxSeqLen; p++) for (let i = 0; i < half; i++) {
+      const a = p * inv[i];
+      t[(p * half + i) * 2] = Math.cos(a); t[(p * half + i) * 2 + 1] = Math.sin(a);
+    }
+    return this.f32(t);
+  }
+}
+
+function concatF32(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let o = 0; for (const p of parts) { out.set(p, o); o += p.length; }
+  return out;
+}
+
+/** Q8_0 blocks (f16 scale + 32 int8) and Q4_0 blocks (f16 scale + 16 bytes: element j in the low
+ *  nibble of byte j, element j+16 in the high one) into aligned values + f32 scales, column order. */
+function repackBlocks(m: Matrix, type: 'q8_0' | 'q4_0', data: Uint8Array, scales: Float32Array, row0: number): void {
+  const blocks = m.cols / QK, bb = type === 'q8_0' ? 34 : 18;
+  for (let r = 0; r < m.rows; r++) for (let b = 0; b < blocks; b++) {
+    const src = r * m.rowBytes + b * bb, blk = (row0 + r) * blocks + b;
+    scales[blk] = F16_TABLE[m.bytes[src] | (m.bytes[src + 1] << 8)];
+    if (type === 'q8_0') data.set(m.bytes.subarray(src + 2, src + 34), blk * 32);
+    else for (let e = 0; e < 32; e += 2) {
+      const nib = (x: number) => (x < 16 ? m.bytes[src + 2 + x] & 15 : m.bytes[src + 2 + x - 16] >> 4);
+      data[blk * 16 + e / 2] = nib(e) | (nib(e + 1) << 4);
+    }
+  }
+}

@@ -1,0 +1,240 @@
+// One sequence on WebGPU: its paged KV cache in GPU buffers and the forward pass as one command buffer
+// per chunk (every kernel of every layer in one compute pass; one readback of the logits, or of the
+// argmax for greedy decoding). Same semantics as the CPU Session: prefill dense, decode steps use
+// Quest from `denseLayers` on (the page selection happens on the GPU, nothing is read back).
+import { DEFAULT_ATTENTION, validateAttentionOptions, type AttentionOptions } from '../attention/policy.js';
+import { MIN_PAGES } from '../attention/quest.js';
+import { DecodeAttention } from '../backend/webgpu/decode-attention.js';
+import { throwDeviceError } from '../backend/webgpu/device.js';
+import * as K from '../backend/webgpu/kernels.js';
+import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
+import type { ForwardOptions } from './session.js';
+
+const MAX_CHUNK = 256; // tokens per prefill command buffer (activations are sized for it)
+const ROWS = MAX_CHUNK; // a multiple of 64: the tiled product reads whole 64-row tiles
+
+interface LayerKV { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
+
+/** Activation buffers and pipelines shared by all sessions of a model (forwards run one at a time on
+ *  the queue, and each reads its results back within its own submission). */
+export class GpuRunner {
+  readonly x: GPUBuffer; readonly xb: GPUBuffer; readonly qkv: GPUBuffer; readonly att: GPUBuffer;
+  readonly gu: GPUBuffer; readonly h: GPUBuffer; readonly xl: GPUBuffer; readonly logits1: GPUBuffer;
+  readonly tokens: GPUBuffer; readonly step: GPUBuffer; readonly best: GPUBuffer;
+  private logitsAll: GPUBuffer | null = null;
+  readonly decode: DecodeAttention;
+  readonly maxPages: number;
+
+  constructor(readonly m: GpuModel, readonly pageSize: number) {
+    const c = m.config, d = m.device;
+    const buf = (floats: number) => d.createBuffer({ size: Math.max(16, floats * 4), usage: storageUsage() });
+    const qkvN = (c.nHeads + 2 * c.nKVHeads) * c.headDim;
+    this.x = buf(ROWS * c.dim); this.xb = buf(ROWS * c.dim); this.qkv = buf(ROWS * qkvN);
+    this.att = buf(ROWS * c.nHeads * c.headDim); this.gu = buf(ROWS * 2 * c.hiddenDim); this.h = buf(ROWS * c.hiddenDim);
+    this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
+    this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+    this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
+    this.decode = new DecodeAttention(d, { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize, maxPages: this.maxPages },
+      this.maxPages, { q: this.qkv, out: this.att });
+  }
+
+  logitsRows(): GPUBuffer {
+    this.logitsAll ??= this.m.device.createBuffer({ size: ROWS * this.m.config.vocabSize * 4, usage: storageUsage() });
+    return this.logitsAll;
+  }
+
+  dispose(): void {
+    for (const b of [this.x, this.xb, this.qkv, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.logitsAll]) b?.destroy();
+  }
+}
+
+export interface GpuForwardOptions extends ForwardOptions {
+  /** return only the argmax of the last logits (greedy decoding; 4 bytes read back instead of the vocabulary) */
+  argmax?: boolean;
+}
+
+export class GpuSession {
+  readonly attention: AttentionOptions;
+  private kv: LayerKV[] = [];
+  private capPages = 0;
+  private len = 0;
+  private groups = new Map<string, GPUBindGroup>();
+  private ids = new WeakMap<object, number>();
+  private nextId = 0;
+  private staging: GPUBuffer | null = null;
+
+  constructor(readonly runner: GpuRunner, attention: Partial<AttentionOptions> = {}) {
+    this.attention = { ...DEFAULT_ATTENTION, ...attention };
+    validateAttentionOptions(this.attention);
+    const a = this.attention;
+    if (a.policy !== 'dense' && a.policy !== 'quest') throw new Error(`the "${a.policy}" policy runs on the CPU only (WebGPU has dense and quest)`);
+    if (a.policy === 'quest' && a.gqa !== 'group-sum') throw new Error(`WebGPU Quest selects pages per KV group by summed scores (gqa group-sum), not "${a.gqa}"`);
+    if (a.pageSize !== runner.pageSize) throw new Error(`page size ${a.pageSize} differs from the model's GPU page size ${runner.pageSize}`);
+  }
+
+  get length(): number { return this.len; }
+  get model() { return this.runner.m; }
+
+  /** A copy of this sequence (its KV cache copied on the GPU) under another attention policy. */
+  fork(attention: Partial<AttentionOptions> = {}): GpuSession {
+    const s = new GpuSession(this.runner, { ...this.attention, ...attention });
+    s.ensurePages(this.capPages);
+    const enc = this.model.device.createCommandEncoder();
+    this.kv.forEach((l, i) => { for (const k of ['k', 'v', 'meta'] as const) enc.copyBufferToBuffer(l[k], 0, s.kv[i][k], 0, l[k].size); });
+    this.model.device.queue.submit([enc.finish()]);
+    s.len = this.len;
+    return s;
+  }
+
+  dispose(): void {
+    for (const l of this.kv) { l.k.destroy(); l.v.destroy(); l.meta.destroy(); }
+    this.kv = []; this.capPages = 0; this.groups.clear();
+    this.staging?.destroy(); this.staging = null;
+  }
+
+  /** Runs `tokens` after what the session holds; resolves to logits ([vocab] or [n x vocab]), or with
+   *  `argmax` to a one-element array holding the greedy token. */
+  async forward(tokens: number[], opts: GpuForwardOptions = {}): Promise<Float32Array> {
+    const c = this.model.config;
+    if (tokens.length === 0) throw new Error('forward needs at least one token');
+    if (this.len + tokens.length > c.maxSeqLen) throw new Error(`sequence of ${this.len + tokens.length} tokens exceeds the model's context length of ${c.maxSeqLen}`);
+    for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
+    const mode = opts.logits ?? 'last';
+    const chunk = Math.min(MAX_CHUNK, Math.max(1, opts.chunk ?? MAX_CHUNK));
+    const parts: Float32Array[] = [];
+    for (let s = 0; s < tokens.length; s += chunk) {
+      const piece = tokens.slice(s, s + chunk), last = s + chunk >= tokens.length;
+      const want = mode === 'all' ? 'all' : mode === 'last' && last ? (opts.argmax ? 'argmax' : 'last') : 'none';
+      const out = await this.runChunk(piece, want);
+      if (out) parts.push(out);
+      opts.onProgress?.(Math.min(tokens.length, s + chunk), tokens.length);
+    }
+    if (mode === 'none') return new Float32Array(0);
+    if (parts.length === 1) return parts[0];
+    const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+    let o = 0; for (const p of parts) { out.set(p, o); o += p.length; }
+    return out;
+  }
+
+  /** Encodes one chunk's forward pass into `pass` (benchmarks call this to batch many steps). */
+  encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none'): void {
+    const m = this.model, c = m.config, r = this.runner;
+    const start = this.len, total = start + n;
+    let current: GPUComputePipeline | null = null;
+    const run = (pipe: GPUComputePipeline, key: string, bufs: (GPUBuffer | null)[], x: number, y = 1) => {
+      if (pipe !== current) { pass.setPipeline(pipe); current = pipe; }
+      pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
+    };
+    const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean) => {
+      const many = rows > 4, pipe = m.linearPipeline(l, add, many);
+      run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias], many ? Math.ceil(l.N / 64) : Math.ceil(l.N / 8), many ? Math.ceil(rows / 64) : rows);
+    };
+    const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
+    const wt = m.embed.type;
+    run(m.pipeline(`embed:${wt}`, () => K.embedWgsl(wt, c.dim)), 'embed', [r.tokens, r.x, m.embed.data, wt === 'f16' ? null : m.embed.scales, r.step], Math.ceil((n * c.dim) / 8 / 64));
+    const rms = m.pipeline('rms', () => K.rmsnormWgsl(c.dim, c.normEps, false));
+    const rope = m.pipeline('rope', () => K.ropeWgsl(hs, c.ropeStyle === 'neox'));
+    const append = m.pipeline('kvappend', () => K.kvAppendWgsl(hs)), meta = m.pipeline('kvmeta', () => K.kvMetaWgsl(hs));
+    const prefill = m.pipeline('prefill', () => K.prefillAttentionWgsl(hs)), swiglu = m.pipeline('swiglu', () => K.swigluWgsl(c.hiddenDim));
+    const nPages = Math.ceil(total / r.pageSize), touched = nPages - Math.floor(start / r.pageSize);
+    const a = this.attention, keep = Math.max(MIN_PAGES, Math.ceil(a.budget / r.pageSize));
+    r.decode.resetBatch();
+    m.layers.forEach((L, l) => {
+      const kv = this.kv[l];
+      run(rms, 'rms', [r.x, L.attnNorm, r.xb], n);
+      linear(L.qkv, r.xb, r.qkv, n, false);
+      run(rope, 'rope', [r.qkv, m.ropeTable, r.step], Math.ceil((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2 / 64));
+      run(append, 'append', [r.qkv, kv.k, kv.v, r.step], Math.ceil((n * c.nKVHeads * c.headDim) / 2 / 64));
+      run(meta, 'meta', [kv.k, kv.meta, r.step], Math.ceil((touched * c.nKVHeads * c.headDim) / 2 / 64));
+      if (n === 1) {
+        const sparse = a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
+        r.decode.encode(pass, kv, total, sparse ? keep : 0);
+        current = null;
+      } else {
+        run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step], Math.ceil(n / 64), c.nHeads);
+      }
+      linear(L.wo, r.att, r.x, n, true);
+      run(rms, 'rms', [r.x, L.ffnNorm, r.xb], n);
+      linear(L.gateUp, r.xb, r.gu, n, false);
+      run(swiglu, 'swiglu', [r.gu, r.h, r.step], Math.ceil((n * c.hiddenDim) / 64));
+      linear(L.down, r.h, r.x, n, true);
+    });
+    if (want === 'all') {
+      run(rms, 'rms', [r.x, m.finalNorm, r.xb], n);
+      linear(m.output, r.xb, r.logitsRows(), n, false);
+    } else if (want !== 'none') {
+      run(m.pipeline('rmslast', () => K.rmsnormWgsl(c.dim, c.normEps, true)), 'rmslast', [r.x, m.finalNorm, r.xl, r.step], 1);
+      linear(m.output, r.xl, r.logits1, 1, false);
+      if (want === 'argmax') run(m.pipeline('argmax', () => K.argmaxWgsl(c.vocabSize)), 'argmax', [r.logits1, r.best], 1);
+    }
+  }
+
+  /** Writes the step uniform and tokens for a chunk of n tokens at the current position; grows the cache. */
+  prepareChunk(tokens: number[] | null, n: number): void {
+    const r = this.runner, d = this.model.device;
+    this.ensurePages(Math.ceil((this.len + n) / r.pageSize));
+    d.queue.writeBuffer(r.step, 0, new Uint32Array([this.len, n, this.len + n, 0]));
+    if (tokens) d.queue.writeBuffer(r.tokens, 0, new Uint32Array(tokens));
+  }
+
+  /** Advances the position after an encoded chunk (benchmarks that encode steps themselves). */
+  advance(n: number): void { this.len += n; }
+
+  private async runChunk(tokens: number[], want: 'all' | 'last' | 'argmax' | 'none'): Promise<Float32Array | null> {
+    const d = this.model.device, c = this.model.config, n = tokens.length, r = this.runner;
+    this.prepareChunk(tokens, n);
+    const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
+    this.encodeChunk(pass, n, want);
+    pass.end();
+    const bytes = want === 'all' ? n * c.vocabSize * 4 : want === 'last' ? c.vocabSize * 4 : want === 'argmax' ? 4 : 0;
+    let staging: GPUBuffer | null = null;
+    if (bytes) {
+      if (!this.staging || this.staging.size < bytes) {
+        this.staging?.destroy();
+        this.staging = d.createBuffer({ size: Math.max(bytes, c.vocabSize * 4), usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
+      }
+      staging = this.staging;
+      enc.copyBufferToBuffer(want === 'all' ? r.logitsRows() : want === 'argmax' ? r.best : r.logits1, 0, staging, 0, bytes);
+    }
+    d.queue.submit([enc.finish()]);
+    this.len += n;
+    if (!staging) { await d.queue.onSubmittedWorkDone(); throwDeviceError(); return null; }
+    await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    const out = want === 'argmax' ? Float32Array.of(new Uint32Array(staging.getMappedRange(0, 4))[0]) : new Float32Array(staging.getMappedRange(0, bytes).slice(0));
+    staging.unmap();
+    throwDeviceError();
+    return out;
+  }
+
+  /** Makes room for `pages` pages: doubles the buffers (copying what they hold) when they are full. */
+  private ensurePages(pages: number): void {
+    if (pages <= this.capPages) return;
+    const c = this.model.config, d = this.model.device, P = this.runner.pageSize;
+    const cap = Math.min(this.runner.maxPages, Math.max(pages, this.capPages * 2, 64));
+    const kvBytes = (p: number) => p * c.nKVHeads * P * c.headDim * 2, metaBytes = (p: number) => p * c.nKVHeads * c.headDim * 4;
+    const enc = d.createCommandEncoder();
+    const next = Array.from({ length: c.nLayers }, (_, l) => {
+      const mk = (size: number) => d.createBuffer({ size, usage: storageUsage() });
+      const nl = { k: mk(kvBytes(cap)), v: mk(kvBytes(cap)), meta: mk(metaBytes(cap)) };
+      const old = this.kv[l];
+      if (old) for (const k of ['k', 'v', 'meta'] as const) enc.copyBufferToBuffer(old[k], 0, nl[k], 0, old[k].size);
+      return nl;
+    });
+    d.queue.submit([enc.finish()]);
+    for (const l of this.kv) { l.k.destroy(); l.v.destroy(); l.meta.destroy(); }
+    this.kv = next; this.capPages = cap; this.groups.clear();
+  }
+
+  /** A cached bind group: buffer i at binding i, null for a binding the shader does not declare. */
+  private bind(pipe: GPUComputePipeline, key: string, bufs: (GPUBuffer | null)[]): GPUBindGroup {
+    const id = (b: object | null) => { if (!b) return '-'; let i = this.ids.get(b); if (i === undefined) { i = this.nextId++; this.ids.set(b, i); } return i; };
+    const k = `${key}:${id(pipe)}:${bufs.map(id).join(',')}`;
+    let g = this.groups.get(k);
+    if (!g) {
+      const entries = bufs.flatMap((buffer, binding) => (buffer ? [{ binding, resource: { buffer } }] : []));
+      g = this.model.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries });
+      this.groups.set(k, g);
+    }
+    return g;
+  }
+}

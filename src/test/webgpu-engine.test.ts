@@ -1,0 +1,108 @@
+// The whole decoder on WebGPU against the float64 reference forward pass (random GGUF models in each
+// weight type the GPU reads, GQA, a Qwen2 model with biases and neox RoPE) and against the CPU engine
+// on the default model (prefill, decode steps, greedy generation, Quest). Covers every kernel: embedding,
+// RMSNorm, RoPE, fused q/k/v and gate/up products (matrix-vector and tiled), KV append + page min/max,
+// prefill and decode attention, SwiGLU, residual adds, argmax. Skips where no adapter exists.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { gpu, skipGpu } from './gpu.js';
+import { loadModelFiles, type LoadedModel } from '../model/load.js';
+import { GpuModel } from '../backend/webgpu/model.js';
+import { GpuRunner, GpuSession } from '../engine/gpu-session.js';
+import { makeModel, Session } from '../engine/session.js';
+import { argmax, rng } from '../engine/sampler.js';
+import { loadModel } from '../engine/llm.js';
+import { refForward, refWeights, argmax64 } from './reference.js';
+import { randomGGUF, tempFile } from './fixtures.js';
+import { DEFAULT_MODEL } from '../cli/default-model.js';
+
+const promptOf = (n: number, vocab: number, seed = 7) => { const r = rng(seed); return Array.from({ length: n }, () => Math.floor(r() * vocab)); };
+
+function runnerFor(m: LoadedModel): GpuRunner {
+  return new GpuRunner(GpuModel.upload(gpu!.device, m.config, m.weights), 16);
+}
+
+/** Max |Δ| over all logits; top-1 must agree wherever the reference's top two are further apart than tol. */
+function compare(got: Float32Array, ref: Float64Array[], V: number, tol: number, what: string): number {
+  let maxDiff = 0;
+  ref.forEach((r, i) => {
+    for (let j = 0; j < V; j++) maxDiff = Math.max(maxDiff, Math.abs(got[i * V + j] - r[j]));
+    const sorted = Array.from(r).sort((a, b) => b - a);
+    if (sorted[0] - sorted[1] > 2 * tol) assert.equal(argmax(got, i * V, V), argmax64(r), `${what}: top-1 differs at position ${i}`);
+  });
+  assert.ok(maxDiff < tol, `${what}: max |Δlogit| ${maxDiff} over ${tol}`);
+  return maxDiff;
+}
+
+for (const dtype of ['f16', 'q8_0', 'q4_0', 'f32'] as const) {
+  test(`WebGPU decoder on a random ${dtype} GGUF (GQA 8/2, vocab 100) matches float64: prefill chunks and decode steps`, { skip: skipGpu }, async (t) => {
+    const m = loadModelFiles(tempFile('m.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 2, heads: 8, kvHeads: 2, dtype, seed: 3 })));
+    const runner = runnerFor(m), V = m.config.vocabSize;
+    const tokens = promptOf(45, V);
+    const ref = refForward(m.config, refWeights(m.weights), tokens);
+    // prefill in chunks of 17, 17, 11 tokens (tiled products, prefill attention across chunk borders)
+    const all = await new GpuSession(runner).forward(tokens.slice(0, 40), { logits: 'all', chunk: 17 });
+    // f16 KV cache (and f16 weights for the f32 model) on the GPU: a few 1e-3 of drift
+    const tol = dtype === 'f32' ? 3e-2 : 1e-2;
+    const d1 = compare(all, ref.slice(0, 40), V, tol, 'prefill');
+    // decode steps: matrix-vector products and decode attention
+    const s = new GpuSession(runner);
+    await s.forward(tokens.slice(0, 40), { logits: 'none' });
+    const steps: Float32Array[] = [];
+    for (const tok of tokens.slice(40)) steps.push(await s.forward([tok]));
+    const d2 = compare(Float32Array.from(steps.flatMap((x) => Array.from(x))), ref.slice(40), V, tol, 'decode');
+    // greedy by argmax on the GPU equals argmax of the read-back logits
+    const s2 = s.fork();
+    const best = await s2.forward([tokens[0]], { argmax: true });
+    const full = await s.forward([tokens[0]]);
+    assert.equal(best[0], argmax(full));
+    t.diagnostic(`max |Δlogit| prefill ${d1.toExponential(2)}, decode ${d2.toExponential(2)}`);
+    runner.dispose(); runner.m.dispose();
+  });
+}
+
+test('WebGPU decoder on a random Qwen2 GGUF (q/k/v biases, neox RoPE, 4/1 heads) matches float64', { skip: skipGpu }, async () => {
+  const m = loadModelFiles(tempFile('q.gguf', randomGGUF({ arch: 'qwen2', vocab: 80, dim: 64, hidden: 96, layers: 2, heads: 4, kvHeads: 1, seed: 5, dtype: 'f16' })));
+  const runner = runnerFor(m), V = m.config.vocabSize, tokens = promptOf(30, V);
+  const ref = refForward(m.config, refWeights(m.weights), tokens);
+  const s = new GpuSession(runner);
+  const pre = await s.forward(tokens.slice(0, 27), { logits: 'all' });
+  compare(pre, ref.slice(0, 27), V, 1e-2, 'prefill');
+  for (let i = 27; i < 30; i++) compare(await s.forward([tokens[i]]), [ref[i]], V, 1e-2, `decode ${i}`);
+  runner.dispose(); runner.m.dispose();
+});
+
+test('WebGPU engine agrees with the CPU engine on the default model (dense and Quest), greedy text equal', { skip: skipGpu }, async (t) => {
+  const cpu = await loadModel(DEFAULT_MODEL);
+  const gpuLlm = await loadModel(DEFAULT_MODEL, { device: 'webgpu' });
+  assert.equal(gpuLlm.device, 'webgpu');
+  const text = 'It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. '.repeat(6);
+  const ids = cpu.encode(text), V = cpu.config.vocabSize;
+  // dense: last logits after the prefill and after 8 decode steps
+  const c = new Session(cpu.model), g = gpuLlm.session() as GpuSession;
+  let lc = c.forward(ids), lg = await g.forward(ids);
+  let maxDiff = 0;
+  for (let i = 0; i < 8; i++) {
+    for (let j = 0; j < V; j++) maxDiff = Math.max(maxDiff, Math.abs(lc[j] - lg[j]));
+    assert.equal(argmax(lg), argmax(lc), `top-1 differs at step ${i}`);
+    const tok = argmax(lc);
+    lc = c.forward([tok]); lg = await g.forward([tok]);
+  }
+  assert.ok(maxDiff < 5e-2, `max |Δlogit| ${maxDiff}`);
+  // greedy generation through the library on both devices
+  const prompt = 'The pass key is 51422. Remember it. 51422 is the pass key. The grass is green. The sky is blue. '.repeat(10) + 'What is the pass key? The pass key is';
+  const want = await cpu.complete(prompt, { temperature: 0, maxTokens: 12 });
+  const got = await gpuLlm.complete(prompt, { temperature: 0, maxTokens: 12 });
+  assert.equal(got.text, want.text);
+  // Quest with a small budget, question decoded token by token (so the GPU page selection decides)
+  const q = { policy: 'quest' as const, budget: 48 };
+  const wantQ = await cpu.complete(prompt, { temperature: 0, maxTokens: 8, decodeTail: 12, attention: q });
+  const gotQ = await gpuLlm.complete(prompt, { temperature: 0, maxTokens: 8, decodeTail: 12, attention: q });
+  assert.equal(gotQ.text, wantQ.text);
+  assert.match(gotQ.text, /51422/);
+  t.diagnostic(`dense max |Δlogit| ${maxDiff.toExponential(2)}; quest answer ${JSON.stringify(gotQ.text)}`);
+  // clear errors for what the GPU does not run
+  assert.throws(() => gpuLlm.session({ policy: 'h2o' }), /CPU only/);
+  await assert.rejects(gpuLlm.complete('x', { stats: true }), /CPU only/);
+  gpuLlm.dispose(); cpu.dispose();
+});
