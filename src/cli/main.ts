@@ -2,7 +2,7 @@
 // The `quest` command line.
 import { Command, Option, InvalidArgumentError } from 'commander';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { loadModel } from '../engine/llm.js';
+import { loadModel, DEVICES } from '../engine/llm.js';
 import { POLICY_NAMES, DEFAULT_ATTENTION, type AttentionOptions } from '../attention/policy.js';
 import { convertHFToGGUF } from '../model/convert.js';
 import { DEFAULT_MODEL } from './default-model.js';
@@ -29,12 +29,15 @@ function attentionOptions(o: Record<string, unknown>): Partial<AttentionOptions>
   return { policy: o.attention as AttentionOptions['policy'], budget: o.budget as number, pageSize: o.pageSize as number, denseLayers: o.denseLayers as number, gqa: o.gqa as AttentionOptions['gqa'] };
 }
 
+const deviceOption = () => new Option('--device <device>', 'cpu, or webgpu (a GPU through Dawn)').choices([...DEVICES]).default('cpu');
+
 function addAttentionFlags(c: Command): Command {
   return c
     .addOption(new Option('--attention <policy>', 'attention policy').choices([...POLICY_NAMES]).default(DEFAULT_ATTENTION.policy))
     .option('--budget <tokens>', 'token budget of the sparse policies', int('budget'), DEFAULT_ATTENTION.budget)
     .option('--page-size <n>', 'KV page size in tokens', int('page size'), DEFAULT_ATTENTION.pageSize)
     .option('--dense-layers <n>', 'first layers that stay dense', int('dense layers'), DEFAULT_ATTENTION.denseLayers)
+    .addOption(deviceOption())
     .addOption(new Option('--gqa <mode>', 'Quest page selection under grouped-query attention').choices(['head', 'group-max', 'group-sum']).default(DEFAULT_ATTENTION.gqa));
 }
 
@@ -60,7 +63,7 @@ addAttentionFlags(program.command('generate').description('generate text from a 
       throw new Error('give exactly one of --prompt, --prompt-file or --prompt-ids');
     }
     const load = progressBar('loading', 'MB');
-    const llm = await loadModel(o.model, { attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20) });
+    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20) });
     load.stop();
     let prompt: string = o.prompt ?? (o.promptFile ? readFileSync(o.promptFile, 'utf8') : '');
     if (o.chat) prompt = llm.tokenizer ? llm.tokenizer.applyChatTemplate([{ role: 'user', content: prompt }]) : prompt;
@@ -81,7 +84,7 @@ addAttentionFlags(program.command('generate').description('generate text from a 
     process.stdout.write('\n');
     process.stderr.write(`[${r.promptTokens} prompt tokens | prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s | ` +
       `decode ${r.decodeTokensPerSecond.toFixed(1)} tok/s (${r.tokens.length} tokens, ${r.finishReason}) | ` +
-      `attention ${llm.attention.policy}${llm.attention.policy === 'dense' ? '' : ` budget ${llm.attention.budget}`} | peak memory ${peak.toFixed(0)} MB]\n`);
+      `attention ${llm.attention.policy}${llm.attention.policy === 'dense' ? '' : ` budget ${llm.attention.budget}`} | ${llm.device} | peak memory ${peak.toFixed(0)} MB]\n`);
     if (o.stats && r.recall) {
       const pl = r.recall.perLayer.map((x, i) => `L${i}:${x === null ? 'dense' : x.toFixed(3)}`).join(' ');
       process.stderr.write(`[attention-mass recall: mean ${r.recall.mean === null ? 'n/a (no sparse step)' : r.recall.mean.toFixed(4)}, ` +
@@ -108,7 +111,7 @@ addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP s
   .option('--queue <n>', 'requests allowed to wait beyond those; more are refused with 429', int('queue'), 256))
   .action(async (o) => {
     const load = progressBar('loading', 'MB');
-    const llm = await loadModel(o.model, { attention: attentionOptions(o), onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20) });
+    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20) });
     load.stop();
     const modelId = o.modelId ?? basename(o.model).replace(/\.gguf$/, '');
     const app = createServer(llm, { modelId, concurrency: o.concurrency, queueLimit: o.queue });
@@ -138,6 +141,7 @@ evalCmd.command('passkey').description('passkey retrieval: key hidden at a depth
   .addOption(new Option('--filler <kind>', 'the paper\'s repeated sentences, or held-out book text').choices(['repeat', 'book']).default('repeat'))
   .option('--seed <n>', 'random seed of the keys', int('seed'), 1)
   .option('--out <dir>', 'JSON, table and SVG plots go here (re-running resumes)', 'results/passkey')
+  .addOption(deviceOption())
   .action(async (o) => { await runPasskeyEval(o); });
 
 evalCmd.command('ppl').description('perplexity of a long text, every token scored as a decode step')
@@ -148,6 +152,7 @@ evalCmd.command('ppl').description('perplexity of a long text, every token score
   .option('--attention <list>', 'policies', 'dense,quest,streaming,h2o,tova')
   .option('--budget <list>', 'budgets of the sparse policies', '64,256,1024')
   .option('--out <dir>', 'JSON, table and SVG plot go here (re-running resumes)', 'results/ppl')
+  .addOption(deviceOption())
   .action(async (o) => { await runPplEval(o); });
 
 program.parseAsync().catch((e: Error) => {

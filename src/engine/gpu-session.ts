@@ -121,7 +121,8 @@ export class GpuSession {
     const m = this.model, c = m.config, r = this.runner;
     const start = this.len, total = start + n;
     let current: GPUComputePipeline | null = null;
-    const run = (pipe: GPUComputePipeline, key: string, bufs: (GPUBuffer | null)[], x: number, y = 1) => {
+    const run = (pipe: GPUComputePipeline, key: string, bufs: (GPUBuffer | null)[], x: number | [number, number], y = 1) => {
+      if (Array.isArray(x)) [x, y] = x;
       if (pipe !== current) { pass.setPipeline(pipe); current = pipe; }
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
@@ -131,7 +132,7 @@ export class GpuSession {
     };
     const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
     const wt = m.embed.type;
-    run(m.pipeline(`embed:${wt}`, () => K.embedWgsl(wt, c.dim)), 'embed', [r.tokens, r.x, m.embed.data, wt === 'f16' ? null : m.embed.scales, r.step], Math.ceil((n * c.dim) / 8 / 64));
+    run(m.pipeline(`embed:${wt}`, () => K.embedWgsl(wt, c.dim)), 'embed', [r.tokens, r.x, m.embed.data, wt === 'f16' ? null : m.embed.scales, r.step], K.grid64((n * c.dim) / 8));
     const rms = m.pipeline('rms', () => K.rmsnormWgsl(c.dim, c.normEps, false));
     const rope = m.pipeline('rope', () => K.ropeWgsl(hs, c.ropeStyle === 'neox'));
     const append = m.pipeline('kvappend', () => K.kvAppendWgsl(hs)), meta = m.pipeline('kvmeta', () => K.kvMetaWgsl(hs));
@@ -143,9 +144,9 @@ export class GpuSession {
       const kv = this.kv[l];
       run(rms, 'rms', [r.x, L.attnNorm, r.xb], n);
       linear(L.qkv, r.xb, r.qkv, n, false);
-      run(rope, 'rope', [r.qkv, m.ropeTable, r.step], Math.ceil((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2 / 64));
-      run(append, 'append', [r.qkv, kv.k, kv.v, r.step], Math.ceil((n * c.nKVHeads * c.headDim) / 2 / 64));
-      run(meta, 'meta', [kv.k, kv.meta, r.step], Math.ceil((touched * c.nKVHeads * c.headDim) / 2 / 64));
+      run(rope, 'rope', [r.qkv, m.ropeTable, r.step], K.grid64((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2));
+      run(append, 'append', [r.qkv, kv.k, kv.v, r.step], K.grid64((n * c.nKVHeads * c.headDim) / 2));
+      run(meta, 'meta', [kv.k, kv.meta, r.step], K.grid64((touched * c.nKVHeads * c.headDim) / 2));
       if (n === 1) {
         const sparse = a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
         r.decode.encode(pass, kv, total, sparse ? keep : 0);
@@ -156,7 +157,7 @@ export class GpuSession {
       linear(L.wo, r.att, r.x, n, true);
       run(rms, 'rms', [r.x, L.ffnNorm, r.xb], n);
       linear(L.gateUp, r.xb, r.gu, n, false);
-      run(swiglu, 'swiglu', [r.gu, r.h, r.step], Math.ceil((n * c.hiddenDim) / 64));
+      run(swiglu, 'swiglu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim));
       linear(L.down, r.h, r.x, n, true);
     });
     if (want === 'all') {
@@ -177,8 +178,28 @@ export class GpuSession {
     if (tokens) d.queue.writeBuffer(r.tokens, 0, new Uint32Array(tokens));
   }
 
-  /** Advances the position after an encoded chunk (benchmarks that encode steps themselves). */
-  advance(n: number): void { this.len += n; }
+  /** Benchmarks: a context of n tokens with random keys and values (and their page min/max) without a
+   *  prefill; decode speed does not depend on the values. */
+  async fillRandomContext(n: number, seed = 7): Promise<void> {
+    if (this.len !== 0) throw new Error('fillRandomContext needs an empty session');
+    const m = this.model, c = m.config, r = this.runner, d = m.device;
+    this.ensurePages(Math.ceil(n / r.pageSize));
+    for (const l of this.kv) { m.fillRandom(l.k, l.k.size / 4, seed++, 1); m.fillRandom(l.v, l.v.size / 4, seed++, 1); }
+    d.queue.writeBuffer(r.step, 0, new Uint32Array([0, n, n, 0]));
+    const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
+    const meta = m.pipeline('kvmeta', () => K.kvMetaWgsl(hs));
+    const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
+    pass.setPipeline(meta);
+    for (const l of this.kv) {
+      pass.setBindGroup(0, this.bind(meta, 'meta', [l.k, l.meta, r.step]));
+      pass.dispatchWorkgroups(...K.grid64((Math.ceil(n / r.pageSize) * c.nKVHeads * c.headDim) / 2));
+    }
+    pass.end();
+    d.queue.submit([enc.finish()]);
+    await d.queue.onSubmittedWorkDone();
+    throwDeviceError();
+    this.len = n;
+  }
 
   private async runChunk(tokens: number[], want: 'all' | 'last' | 'argmax' | 'none'): Promise<Float32Array | null> {
     const d = this.model.device, c = this.model.config, n = tokens.length, r = this.runner;

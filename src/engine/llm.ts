@@ -216,6 +216,12 @@ export class LLM {
   }
 }
 
+/** Evaluations on the GPU: only the policies it runs (a clear error before any work). */
+export function checkDevicePolicies(llm: LLM, policies: string): void {
+  const cpuOnly = policies.split(',').map((p) => p.trim()).filter((p) => p && p !== 'dense' && p !== 'quest');
+  if (llm.device === 'webgpu' && cpuOnly.length) throw new Error(`${cpuOnly.join(', ')} run on the CPU only: use --device cpu for them (WebGPU runs dense and quest)`);
+}
+
 /** Loads a GGUF file, a Hugging Face folder or a llama2.c checkpoint. */
 export async function loadModel(path: string, options: LoadOptions = {}): Promise<LLM> {
   const device = options.device ?? 'cpu';

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadModel, type LLM } from '../engine/llm.js';
 import { Session } from '../engine/session.js';
-import type { AnySession } from '../engine/llm.js';
+import { checkDevicePolicies, type AnySession, type Device } from '../engine/llm.js';
 import { policyGrid, type PolicyName } from '../attention/policy.js';
 import { argmax, rng } from '../engine/sampler.js';
 import { progressBar } from '../cli/progress.js';
@@ -37,6 +37,7 @@ export function buildPasskeyPrompt(encode: (s: string) => number[], length: numb
 export interface PasskeyOptions {
   model: string; lengths: string; depths: string; samples: number; attention: string; budget: string;
   filler: 'repeat' | 'book'; out: string; seed: number;
+  device?: Device;
 }
 
 interface Cell { policy: string; budget: number; length: number; depth: number; correct: number; total: number; answers: string[] }
@@ -44,7 +45,8 @@ interface Cell { policy: string; budget: number; length: number; depth: number; 
 function randomKey(r: () => number): string { return String(10000 + Math.floor(r() * 90000)); }
 
 export async function runPasskeyEval(o: PasskeyOptions): Promise<Cell[]> {
-  const llm = await loadModel(o.model);
+  const llm = await loadModel(o.model, { device: o.device });
+  checkDevicePolicies(llm, o.attention);
   const lengths = o.lengths.split(',').map(Number), depths = o.depths.split(',').map(Number);
   for (const L of lengths) if (!(L > 0 && L + 8 <= llm.config.maxSeqLen)) throw new Error(`length ${L} does not fit the model's context of ${llm.config.maxSeqLen} (leave 8 tokens for the answer)`);
   for (const d of depths) if (!(d >= 0 && d <= 100)) throw new Error(`depth ${d} must be a percentage 0..100`);

@@ -3,13 +3,13 @@
 // same way (a dense decode step equals a row of a causal prefill). Reported overall and per position bucket.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadModel } from '../engine/llm.js';
+import { loadModel, checkDevicePolicies, type Device } from '../engine/llm.js';
 import { policyGrid } from '../attention/policy.js';
 import { progressBar } from '../cli/progress.js';
 import { lineChart } from './plot.js';
 import { HELD_OUT_BOOK, SHARED_CORPUS } from './recall.js';
 
-export interface PplOptions { model: string; text?: string; tokens: number; bucket: number; attention: string; budget: string; out: string }
+export interface PplOptions { model: string; text?: string; tokens: number; bucket: number; attention: string; budget: string; out: string; device?: Device }
 
 interface PplRow { policy: string; budget: number; tokens: number; ppl: number; buckets: number[] }
 
@@ -26,7 +26,8 @@ export function tokenNll(logits: Float32Array, target: number, o = 0, V = logits
 export async function runPplEval(o: PplOptions): Promise<PplRow[]> {
   const path = o.text ?? SHARED_CORPUS + HELD_OUT_BOOK;
   if (!existsSync(path)) throw new Error(`no text at ${path}: pass --text FILE`);
-  const llm = await loadModel(o.model);
+  const llm = await loadModel(o.model, { device: o.device });
+  checkDevicePolicies(llm, o.attention);
   const all = llm.encode(readFileSync(path, 'utf8').replace(/\r\n/g, '\n'));
   const n = Math.min(o.tokens, all.length, llm.config.maxSeqLen);
   const ids = all.slice(0, n);

@@ -1,0 +1,95 @@
+// `npm run bench:e2e` (on a GPU): decode latency per token of a whole Llama-2-7B-shaped model on
+// WebGPU (random f16 weights generated on the GPU: values do not change the speed) at contexts 4K..32K,
+// dense vs Quest. The context's keys and values are random too (no prefill; decode speed does not depend
+// on them). Each step is one submission: all layers' kernels, then a readback of the greedy token
+// (argmax on the GPU) or, for comparison, of the whole logits. With --peer FILE, the numbers of
+// bench/peers/hf_decode.py (Hugging Face transformers + PyTorch SDPA on the same GPU) join the table
+// and the plot.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
+import { GpuModel } from '../backend/webgpu/model.js';
+import { GpuRunner, GpuSession } from '../engine/gpu-session.js';
+import type { ModelConfig } from '../model/config.js';
+import { lineChart } from '../eval/plot.js';
+import { measureBandwidth } from './gpu-bandwidth.js';
+
+const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
+const CONTEXTS = arg('contexts', '4096,8192,16384,32768').split(',').map(Number);
+const BUDGET = Number(arg('budget', '2048'));
+const STEPS = Number(arg('steps', '24'));
+const OUT = arg('out', 'results');
+
+const LLAMA2_7B: ModelConfig = {
+  arch: 'llama', vocabSize: 32000, dim: 4096, hiddenDim: 11008, nLayers: 32, nHeads: 32, nKVHeads: 32, headDim: 128,
+  normEps: 1e-5, ropeTheta: 10000, ropeStyle: 'neox', ropeScaling: { type: 'none' }, maxSeqLen: Math.max(...CONTEXTS) + 256,
+  bosId: 1, eosIds: [2],
+};
+
+// --shape small: a quick check of the benchmark itself (e.g. on a software adapter)
+const SMALL: ModelConfig = { ...LLAMA2_7B, vocabSize: 1000, dim: 256, hiddenDim: 512, nLayers: 4, nHeads: 4, nKVHeads: 4, headDim: 64 };
+
+const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+
+async function decodeMs(s: GpuSession, argmax: boolean): Promise<number> {
+  const times: number[] = [];
+  let tok = 1;
+  for (let i = 0; i < STEPS + 2; i++) {
+    const t0 = performance.now();
+    const out = await s.forward([tok], { argmax });
+    if (i >= 2) times.push(performance.now() - t0); // two warm-up steps (pipelines, bind groups)
+    tok = argmax ? out[0] : 1 + (i % 100);
+  }
+  return median(times);
+}
+
+async function main() {
+  const gpu = await getGpu();
+  if (!gpu) { console.log(`no WebGPU adapter: ${lastGpuError}`); return; }
+  const bw = await measureBandwidth(gpu.device, arg('shape', '7b') === 'small' ? 1 << 24 : 1 << 30);
+  console.log(`device: ${gpu.adapterName}; shader read bandwidth ${bw.shaderReadGBs.toFixed(0)} GB/s`);
+  const c = arg('shape', '7b') === 'small' ? SMALL : LLAMA2_7B;
+  const m = GpuModel.random(gpu.device, c);
+  const runner = new GpuRunner(m, 16);
+  await gpu.device.queue.onSubmittedWorkDone();
+  console.log(`${c === SMALL ? 'small test shape' : 'Llama-2-7B shape (32 layers, 4096 hidden, 32/32 heads, head dim 128)'}, random f16 weights (${(m.weightBytes / 1e9).toFixed(2)} GB): weights' values do not change speed`);
+  console.log(`decode: one token per step, median of ${STEPS} steps; Quest budget ${BUDGET} tokens (page 16, first 2 layers dense)`);
+  const rows: { context: number; dense: number; quest: number; denseLogits: number }[] = [];
+  for (const L of CONTEXTS) {
+    const dense = new GpuSession(runner, { policy: 'dense' });
+    await dense.fillRandomContext(L);
+    const d = await decodeMs(dense, true);
+    const dl = await decodeMs(dense, false);
+    const quest = dense.fork({ policy: 'quest', budget: BUDGET });
+    dense.dispose();
+    const q = await decodeMs(quest, true);
+    quest.dispose();
+    rows.push({ context: L, dense: d, quest: q, denseLogits: dl });
+    console.error(`context ${L}: dense ${d.toFixed(2)} ms, quest ${q.toFixed(2)} ms`);
+  }
+  const peerFile = arg('peer', '');
+  const peer: { context: number; ms: number }[] = peerFile && existsSync(peerFile) ? JSON.parse(readFileSync(peerFile, 'utf8')).results : [];
+  const peerInfo = peerFile && existsSync(peerFile) ? JSON.parse(readFileSync(peerFile, 'utf8')).info : '';
+  if (peerInfo) console.log(`peer: ${peerInfo}`);
+  const kvGB = (L: number) => (2 * L * c.nLayers * c.nKVHeads * c.headDim * 2) / 1e9;
+  console.log('| context | dense ms/token | quest ms/token | quest speedup | dense GB/s (weights + KV) | dense, logits read back | PyTorch SDPA ms/token | quest vs PyTorch |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const r of rows) {
+    const p = peer.find((x) => x.context === r.context);
+    const gbs = (m.weightBytes / 1e9 + kvGB(r.context)) / (r.dense / 1000);
+    console.log(`| ${r.context} | ${r.dense.toFixed(2)} | ${r.quest.toFixed(2)} | ${(r.dense / r.quest).toFixed(2)}x | ${gbs.toFixed(0)} | ${r.denseLogits.toFixed(2)} | ${p ? p.ms.toFixed(2) : '-'} | ${p ? `${(p.ms / r.quest).toFixed(2)}x` : '-'} |`);
+  }
+  mkdirSync(OUT, { recursive: true });
+  const series = [
+    { name: 'ours dense (WebGPU)', points: rows.map((r) => ({ x: r.context, y: r.dense })) },
+    { name: `ours Quest ${BUDGET} (WebGPU)`, points: rows.map((r) => ({ x: r.context, y: r.quest })) },
+  ];
+  if (peer.length) series.push({ name: 'transformers + PyTorch SDPA', points: peer.filter((p) => CONTEXTS.includes(p.context)).map((p) => ({ x: p.context, y: p.ms })) });
+  const ys = series.flatMap((s) => s.points.map((p) => p.y));
+  writeFileSync(`${OUT}/bench-e2e.svg`, lineChart('Decode latency per token, Llama-2-7B shape (f16)', 'context (tokens)', 'ms per token', series, 0, Math.max(...ys) * 1.1));
+  writeFileSync(`${OUT}/bench-e2e.json`, JSON.stringify({ device: gpu.adapterName, budget: BUDGET, rows, peer, peerInfo }, null, 1));
+  runner.dispose(); m.dispose();
+  gpu.device.destroy();
+  process.exit(0);
+}
+
+main().catch((e) => { console.error(`error: ${e.message}`); process.exit(1); });
