@@ -89,21 +89,28 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 }`;
 
 /** Kernel 3: partial attention of one KV group over a chunk of pages (all pages, or the selected ones):
- *  per query head of the group, the chunk's max score, sum of exp and exp-weighted V. */
+ *  per query head of the group, the chunk's max score, sum of exp and exp-weighted V. K and V rows are
+ *  read as 16-byte words; every query head of the group uses each read. */
 export const partialWgsl = (s: AttnShape) => common(s) + /* wgsl */ `
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kc: array<u32>;
-@group(0) @binding(3) var<storage, read> vc: array<u32>;
+const HD8: u32 = HD / 8u;     // 16-byte words per K/V row
+const SL: u32 = WG / HD8;     // token slices of the weighted-V phase
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> vc: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> sel: array<u32>;
 @group(0) @binding(5) var<storage, read_write> part: array<f32>; // [nH][nChunks][2 + HD]
-var<workgroup> qs: array<f32, ${(s.nHeads / s.nKV) * s.headDim}>;
+var<workgroup> qs: array<vec4<f32>, ${(s.nHeads / s.nKV) * s.headDim / 4}>;
 var<workgroup> sc: array<f32, ${(s.nHeads / s.nKV) * CHUNK_PAGES * s.pageSize}>;
 var<workgroup> pages: array<u32, ${CHUNK_PAGES}>;
 var<workgroup> red: array<f32, ${WG}>;
+var<workgroup> vred: array<vec4<f32>, ${WG * 2}>; // [slice][HD / 4]
+fn unpack8(w: vec4<u32>) -> array<vec4<f32>, 2> {
+  return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
+}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let c = wid.x; let g = wid.y; let tid = lid.x;
-  for (var i = tid; i < G * HD; i += WG) { qs[i] = q[g * G * HD + i]; }
+  for (var i = tid; i < G * HD / 4u; i += WG) { qs[i] = q[g * G * HD / 4u + i]; }
   if (tid < CHUNK) {
     let idx = c * CHUNK + tid;
     var p = 0xffffffffu;
@@ -118,10 +125,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let valid = p != 0xffffffffu && tok < prm.seqLen;
     var acc: array<f32, G>;
     if (valid) {
-      let kb = ((p * NKV + g) * P + (t % P)) * HD2;
-      for (var i = 0u; i < HD2; i++) {
-        let k2 = unpack2x16float(kc[kb + i]);
-        for (var j = 0u; j < G; j++) { acc[j] += qs[j * HD + 2u * i] * k2.x + qs[j * HD + 2u * i + 1u] * k2.y; }
+      let kb = ((p * NKV + g) * P + (t % P)) * HD8;
+      for (var i = 0u; i < HD8; i++) {
+        let k8 = unpack8(kc[kb + i]);
+        for (var j = 0u; j < G; j++) { acc[j] += dot(qs[(j * HD) / 4u + 2u * i], k8[0]) + dot(qs[(j * HD) / 4u + 2u * i + 1u], k8[1]); }
       }
     }
     for (var j = 0u; j < G; j++) { sc[j * CHUNK * P + t] = select(-3.0e38, acc[j] * prm.scale, valid); }
@@ -149,19 +156,25 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     if (tid == 0u) { part[pb] = m; part[pb + 1u] = red[0]; }
     workgroupBarrier();
   }
-  // weighted V: thread i owns channel pair i (coalesced along the row), all heads of the group at once
-  for (var i = tid; i < HD2; i += WG) {
-    var acc: array<vec2<f32>, G>;
-    for (var t = 0u; t < CHUNK * P; t++) {
-      let p = pages[t / P];
-      if (p == 0xffffffffu) { continue; }
-      let v2 = unpack2x16float(vc[((p * NKV + g) * P + (t % P)) * HD2 + i]);
-      for (var j = 0u; j < G; j++) { acc[j] += sc[j * CHUNK * P + t] * v2; }
+  // weighted V: HD8 threads cover a row (one 16-byte word each), SL slices of the tokens run side by side
+  let w8i = tid % HD8; let sl = tid / HD8;
+  var accA: array<vec4<f32>, G>; var accB: array<vec4<f32>, G>;
+  for (var t = sl; t < CHUNK * P; t += SL) {
+    let p = pages[t / P];
+    if (p == 0xffffffffu) { continue; }
+    let v8 = unpack8(vc[((p * NKV + g) * P + (t % P)) * HD8 + w8i]);
+    for (var j = 0u; j < G; j++) { let e = sc[j * CHUNK * P + t]; accA[j] += e * v8[0]; accB[j] += e * v8[1]; }
+  }
+  for (var j = 0u; j < G; j++) {
+    vred[sl * (HD / 4u) + 2u * w8i] = accA[j]; vred[sl * (HD / 4u) + 2u * w8i + 1u] = accB[j];
+    workgroupBarrier();
+    let pb = ((g * G + j) * prm.nChunks + c) * (2u + HD);
+    for (var d = tid; d < HD / 4u; d += WG) {
+      var sum = vec4<f32>(0.0);
+      for (var k = 0u; k < SL; k++) { sum += vred[k * (HD / 4u) + d]; }
+      part[pb + 2u + 4u * d] = sum.x; part[pb + 3u + 4u * d] = sum.y; part[pb + 4u + 4u * d] = sum.z; part[pb + 5u + 4u * d] = sum.w;
     }
-    for (var j = 0u; j < G; j++) {
-      let pb = ((g * G + j) * prm.nChunks + c) * (2u + HD);
-      part[pb + 2u + 2u * i] = acc[j].x; part[pb + 3u + 2u * i] = acc[j].y;
-    }
+    workgroupBarrier();
   }
 }`;
 
@@ -202,7 +215,7 @@ export class DecodeAttention {
 
   /** `io`: the q and out buffers to use (the decoder's activations) instead of own ones. */
   constructor(readonly device: GPUDevice, readonly s: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }) {
-    if (s.nHeads % s.nKV !== 0 || s.headDim % 2 !== 0) throw new Error('bad attention shape');
+    if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
     const mk = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
     this.pipes = { scores: mk(scoresWgsl(s)), topk: mk(topkWgsl(s)), partial: mk(partialWgsl(s)), reduce: mk(reduceWgsl(s)) };
     const buf = (size: number, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST) => device.createBuffer({ size: Math.max(16, size), usage });

@@ -40,8 +40,12 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     }
     if (!adapter) { lastGpuError = `no WebGPU adapter (no GPU driver; for a software one: apt-get install chromium libvulkan1, then QUEST_WEBGPU_SOFTWARE=1)`; return null; }
     const hasTimestamps = adapter.features.has('timestamp-query');
+    // subgroup reductions where every subgroup has 32 lanes (NVIDIA): the kernels assume that width
+    const ai = (adapter as { info?: GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number } }).info;
+    const sub32 = adapter.features.has('subgroups' as GPUFeatureName) && ai?.subgroupMinSize === 32 && ai?.subgroupMaxSize === 32
+      && env.QUEST_NO_SUBGROUPS !== '1';
     const device = await adapter.requestDevice({
-      requiredFeatures: hasTimestamps ? ['timestamp-query'] : [],
+      requiredFeatures: [...(hasTimestamps ? ['timestamp-query' as GPUFeatureName] : []), ...(sub32 ? ['subgroups' as GPUFeatureName] : [])],
       requiredLimits: {
         maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
         maxBufferSize: adapter.limits.maxBufferSize,
@@ -50,6 +54,7 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     });
     // errors that WebGPU reports asynchronously (invalid shaders, out-of-memory) are kept and thrown
     // by the next call that checks (takeDeviceError), instead of only being printed
+    if (sub32) subgroup32Devices.add(device);
     device.addEventListener('uncapturederror', (e) => { deviceErrors.push((e as GPUUncapturedErrorEvent).error.message); });
     device.lost.then((l) => { if (l.reason !== 'destroyed') deviceErrors.push(`the GPU device was lost: ${l.message}`); });
     const info = (adapter as { info?: GPUAdapterInfo }).info;
@@ -65,3 +70,7 @@ const deviceErrors: string[] = [];
 export function throwDeviceError(): void {
   if (deviceErrors.length) { const m = deviceErrors.splice(0); throw new Error(`WebGPU error: ${m[0].split('\n')[0]}${m.length > 1 ? ` (and ${m.length - 1} more)` : ''}`); }
 }
+
+const subgroup32Devices = new WeakSet<GPUDevice>();
+/** Whether kernels may use 32-lane subgroup operations on this device. */
+export function hasSubgroups32(device: GPUDevice): boolean { return subgroup32Devices.has(device); }

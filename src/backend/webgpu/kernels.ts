@@ -51,27 +51,30 @@ const linearOut = (s: LinearSpec, idx: string, row: string, v: string) =>
   `{ let o = ${idx}; let val = ${v}${s.bias ? ` + bias[${row}]` : ''}; y[o] = ${s.add ? 'y[o] + val' : 'val'}; }`;
 
 /** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias), for a few tokens t (wid.y): 8 rows per workgroup, a
- *  32-thread slice per row striding over K with 16-byte loads, reduced in workgroup memory. */
-export const linearVecWgsl = (s: LinearSpec) => weightAccess(s.type, s.K, 2) + /* wgsl */ `
+ *  32-thread slice per row striding over K with 16-byte loads (four in flight per thread), reduced by a
+ *  subgroup sum where subgroups are 32 wide, else in workgroup memory. */
+export const linearVecWgsl = (s: LinearSpec, subgroups = false) => (subgroups ? 'enable subgroups;\n' : '') + weightAccess(s.type, s.K, 2) + /* wgsl */ `
 const N: u32 = ${s.N}u;
+const U: u32 = K / 8u; // 8-weight units per row
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
-var<workgroup> red: array<f32, 256>;
+${subgroups ? '' : 'var<workgroup> red: array<f32, 256>;'}
+fn unit(r: u32, u: u32, xb: u32) -> f32 { let w = w8(r, u * 8u); return dot(w.a, x[xb + 2u * u]) + dot(w.b, x[xb + 2u * u + 1u]); }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let r = wid.x * 8u + lid.x / 32u; let lane = lid.x % 32u; let xb = wid.y * (K / 4u);
   var acc = 0.0;
   if (r < N) {
-    for (var u = lane; u < K / 8u; u += 32u) {
-      let w = w8(r, u * 8u);
-      acc += dot(w.a, x[xb + 2u * u]) + dot(w.b, x[xb + 2u * u + 1u]);
-    }
+    var u = lane;
+    for (; u + 96u < U; u += 128u) { acc += unit(r, u, xb) + unit(r, u + 32u, xb) + unit(r, u + 64u, xb) + unit(r, u + 96u, xb); }
+    for (; u < U; u += 32u) { acc += unit(r, u, xb); }
   }
-  red[lid.x] = acc;
+${subgroups ? `  acc = subgroupAdd(acc);
+  if (lane == 0u && r < N) ${linearOut(s, 'wid.y * N + r', 'r', 'acc')}` : `  red[lid.x] = acc;
   workgroupBarrier();
   for (var s = 16u; s > 0u; s >>= 1u) { if (lane < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
-  if (lane == 0u && r < N) ${linearOut(s, 'wid.y * N + r', 'r', 'red[lid.x]')}
+  if (lane == 0u && r < N) ${linearOut(s, 'wid.y * N + r', 'r', 'red[lid.x]')}`}
 }`;
 
 /** The same product for many tokens (prefill): 64 x 64 output tiles, 16-wide K steps through

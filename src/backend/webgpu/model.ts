@@ -7,6 +7,7 @@ import { Matrix, f32ToF16, QK } from '../../model/tensor.js';
 import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
+import { hasSubgroups32 } from './device.js';
 import type { GpuWeightType, LinearSpec } from './kernels.js';
 
 export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
@@ -21,7 +22,7 @@ export function checkGpuShape(c: ModelConfig): void {
   const bad = (m: string) => { throw new Error(`the WebGPU backend cannot run this model: ${m}`); };
   if (c.dim % 16 !== 0) bad(`hidden size ${c.dim} is not a multiple of 16`);
   if (c.hiddenDim % 16 !== 0) bad(`intermediate size ${c.hiddenDim} is not a multiple of 16`);
-  if (c.headDim % 4 !== 0 || c.headDim > 256) bad(`head dim ${c.headDim} must be a multiple of 4 and at most 256`);
+  if (c.headDim % 8 !== 0 || c.headDim > 256) bad(`head dim ${c.headDim} must be a multiple of 8 and at most 256`);
 }
 
 export class GpuModel {
@@ -103,7 +104,8 @@ export class GpuModel {
 
   linearPipeline(l: GpuLinear, add: boolean, many: boolean): GPUComputePipeline {
     const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null };
-    return this.pipeline(`lin:${many}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec) : K.linearVecWgsl(spec)));
+    const sub = hasSubgroups32(this.device);
+    return this.pipeline(`lin:${many}:${sub}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec) : K.linearVecWgsl(spec, sub)));
   }
 
 
