@@ -3,6 +3,7 @@
 import { Command, Option, InvalidArgumentError } from 'commander';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { loadModel, DEVICES } from '../engine/llm.js';
+import { runQaEval } from '../eval/qa.js';
 import { POLICY_NAMES, DEFAULT_ATTENTION, type AttentionOptions } from '../attention/policy.js';
 import { convertHFToGGUF } from '../model/convert.js';
 import { DEFAULT_MODEL } from './default-model.js';
@@ -154,6 +155,19 @@ evalCmd.command('ppl').description('perplexity of a long text, every token score
   .option('--out <dir>', 'JSON, table and SVG plot go here (re-running resumes)', 'results/ppl')
   .addOption(deviceOption())
   .action(async (o) => { await runPplEval(o); });
+
+evalCmd.command('qa').description('long-context QA (LongBench form, F1 / EM) on tasks built from a Gutenberg book; question decoded token by token')
+  .option('--model <path>', 'model', DEFAULT_MODEL)
+  .option('--text <file>', 'the book (default: the held-out book in ../shared/corpus)')
+  .option('--context <n>', 'context length in tokens', int('context'), 4096)
+  .option('--samples <n>', 'samples per task', int('samples'), 20)
+  .option('--tasks <list>', 'tasks: quote (continue a sentence quoted from far back), facts (recall one of several facts)', 'quote,facts')
+  .option('--attention <list>', 'policies', 'dense,quest,streaming,h2o,tova')
+  .option('--budget <list>', 'budgets of the sparse policies', '64,256,1024')
+  .option('--seed <n>', 'seed of the task set', int('seed'), 1)
+  .option('--out <dir>', 'JSON, table and SVG plot go here (re-running resumes)', 'results/qa')
+  .addOption(deviceOption())
+  .action(async (o) => { await runQaEval(o); });
 
 program.parseAsync().catch((e: Error) => {
   process.stderr.write(`\nerror: ${e.message}\n`);
