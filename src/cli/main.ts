@@ -153,6 +153,8 @@ evalCmd.command('ppl').description('perplexity of a long text, every token score
   .option('--attention <list>', 'policies', 'dense,quest,streaming,h2o,tova')
   .option('--budget <list>', 'budgets of the sparse policies', '64,256,1024')
   .option('--out <dir>', 'JSON, table and SVG plot go here (re-running resumes)', 'results/ppl')
+  .option('--self-generated <n>', 'score n tokens the model samples itself instead of a text (models without a tokenizer)', int('self-generated'))
+  .option('--seed <n>', 'seed of --self-generated', int('seed'), 1)
   .addOption(deviceOption())
   .action(async (o) => { await runPplEval(o); });
 

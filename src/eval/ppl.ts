@@ -5,11 +5,14 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadModel, checkDevicePolicies, type Device } from '../engine/llm.js';
 import { policyGrid } from '../attention/policy.js';
+import { Sampler } from '../engine/sampler.js';
 import { progressBar } from '../cli/progress.js';
 import { lineChart } from './plot.js';
 import { HELD_OUT_BOOK, SHARED_CORPUS } from './recall.js';
 
-export interface PplOptions { model: string; text?: string; tokens: number; bucket: number; attention: string; budget: string; out: string; device?: Device }
+export interface PplOptions { model: string; text?: string; tokens: number; bucket: number; attention: string; budget: string; out: string; device?: Device;
+  /** score N tokens that the model samples itself (models without a tokenizer), seeded */
+  selfGenerated?: number; seed?: number }
 
 interface PplRow { policy: string; budget: number; tokens: number; ppl: number; buckets: number[] }
 
@@ -24,11 +27,22 @@ export function tokenNll(logits: Float32Array, target: number, o = 0, V = logits
 }
 
 export async function runPplEval(o: PplOptions): Promise<PplRow[]> {
-  const path = o.text ?? SHARED_CORPUS + HELD_OUT_BOOK;
-  if (!existsSync(path)) throw new Error(`no text at ${path}: pass --text FILE`);
+  const self = o.selfGenerated ?? 0;
+  const path = self ? `${self} tokens sampled by the model (seed ${o.seed ?? 1})` : o.text ?? SHARED_CORPUS + HELD_OUT_BOOK;
+  if (!self && !existsSync(path)) throw new Error(`no text at ${path}: pass --text FILE`);
   const llm = await loadModel(o.model, { device: o.device });
   checkDevicePolicies(llm, o.attention);
-  const all = llm.encode(readFileSync(path, 'utf8').replace(/\r\n/g, '\n'));
+  let all: number[];
+  if (self) {
+    // the model's own text (temperature 1): perplexity then says how far each policy moves the model from itself
+    // sampled in one sequence, end-of-text tokens included, so that every token is the model's own choice
+    const want = Math.min(self, llm.config.maxSeqLen), sampler = new Sampler({ temperature: 1, topK: 0, topP: 1, seed: o.seed ?? 1 });
+    const gen = llm.session();
+    all = [llm.config.bosId ?? 0];
+    let logits = await gen.forward(all);
+    while (all.length < want) { all.push(sampler.sample(logits)); if (all.length < want) logits = await gen.forward([all[all.length - 1]]); }
+    gen.dispose();
+  } else all = llm.encode(readFileSync(path, 'utf8').replace(/\r\n/g, '\n'));
   const n = Math.min(o.tokens, all.length, llm.config.maxSeqLen);
   const ids = all.slice(0, n);
   const budgets = o.budget.split(',').map(Number);

@@ -11,6 +11,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadModel, checkDevicePolicies, type AnySession, type Device, type LLM } from '../engine/llm.js';
 import { policyGrid, type PolicyName } from '../attention/policy.js';
+import { Session } from '../engine/session.js';
 import { argmax, rng } from '../engine/sampler.js';
 import { progressBar } from '../cli/progress.js';
 import { lineChart } from './plot.js';
@@ -151,6 +152,7 @@ export async function runQaEval(o: QaOptions): Promise<QaResult[]> {
     const todo = configs.filter((c) => !done(sample.id, c));
     if (todo.length) {
       const base = llm.session({ policy: 'dense' });
+      if (base instanceof Session) base.recordPrefillScores(); // H2O forks start from the prefill's scores
       const ctxIds = llm.encode(sample.context).slice(0, o.context), q = llm.encode(sample.question);
       await base.forward(ctxIds, { logits: 'none' });
       for (const c of todo) {

@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
+import { throwDeviceError } from '../backend/webgpu/device.js';
 import { DecodeAttention, readBuffer, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
@@ -62,6 +63,7 @@ async function runCase(c: Case, seed: number) {
   att.encode(pass, layer, c.seq, c.budgetPages);
   pass.end(); device.queue.submit([enc.finish()]);
   const out = new Float32Array(await readBuffer(device, att.out, c.nH * c.hd * 4));
+  throwDeviceError(); // an invalid shader or pipeline fails the case with its message
   const sparse = c.budgetPages > 0 && c.budgetPages < d.pages;
   const group = c.nH / c.nKV;
   const gpuSel = sparse ? await att.readSelection(c.budgetPages) : null;
@@ -100,6 +102,7 @@ const CASES: Case[] = [
   { nH: 4, nKV: 4, hd: 32, P: 16, seq: 160, budgetPages: 3 },
   { nH: 8, nKV: 1, hd: 64, P: 16, seq: 1000, budgetPages: 17 },
   { nH: 8, nKV: 2, hd: 32, P: 16, seq: 100, budgetPages: 64 }, // budget over the context: dense
+  { nH: 32, nKV: 8, hd: 128, P: 16, seq: 5000, budgetPages: 40 }, // a Llama-3-8B layer: 313 pages, ties-free top-40
 ];
 
 CASES.forEach((c, i) => {

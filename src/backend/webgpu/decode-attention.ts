@@ -26,54 +26,78 @@ struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChun
 @group(0) @binding(0) var<uniform> prm: Params;
 `;
 
-/** Kernel 1: Quest page scores, summed over the query heads of each KV group; current page forced. */
+/** Kernel 1: Quest page scores, summed over the query heads of each KV group; current page forced.
+ *  8 threads per page read its min/max rows as 16-byte words (coalesced) and reduce in workgroup memory. */
 export const scoresWgsl = (s: AttnShape) => common(s) + /* wgsl */ `
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> pmeta: array<u32>;
+@group(0) @binding(2) var<storage, read> pmeta: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> scores: array<f32>;
+var<workgroup> red: array<f32, 64>;
+const W4: u32 = HD2 / 4u; // 16-byte words per min (or max) row
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let p = gid.x; let g = gid.y;
-  if (p >= prm.nPages) { return; }
-  let mb = (p * NKV + g) * 2u * HD2;
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let p = wid.x * 8u + lid.x / 8u; let lane = lid.x % 8u; let g = wid.y;
   var s = 0.0;
-  for (var i = 0u; i < HD2; i++) {
-    let mn = unpack2x16float(pmeta[mb + i]);
-    let mx = unpack2x16float(pmeta[mb + HD2 + i]);
-    for (var j = 0u; j < G; j++) {
-      let qb = (g * G + j) * HD + 2u * i;
-      let q2 = vec2<f32>(q[qb], q[qb + 1u]);
-      let m = max(q2 * mx, q2 * mn);
-      s += m.x + m.y;
+  if (p < prm.nPages) {
+    let mb = (p * NKV + g) * 2u * W4;
+    for (var i = lane; i < W4; i += 8u) {
+      let mn4 = pmeta[mb + i]; let mx4 = pmeta[mb + W4 + i];
+      for (var w = 0u; w < 4u; w++) {
+        let mn = unpack2x16float(mn4[w]); let mx = unpack2x16float(mx4[w]); let ch = 2u * (4u * i + w);
+        for (var j = 0u; j < G; j++) {
+          let qb = (g * G + j) * HD + ch;
+          let q2 = vec2<f32>(q[qb], q[qb + 1u]);
+          let m = max(q2 * mx, q2 * mn);
+          s += m.x + m.y;
+        }
+      }
     }
   }
-  if (p == prm.nPages - 1u) { s = 3.0e38; } // the page of the current token is always kept
-  scores[g * prm.nPages + p] = s;
+  red[lid.x] = s;
+  workgroupBarrier();
+  for (var w = 4u; w > 0u; w >>= 1u) { if (lane < w) { red[lid.x] += red[lid.x + w]; } workgroupBarrier(); }
+  if (lane == 0u && p < prm.nPages) {
+    // the page of the current token is always kept
+    scores[g * prm.nPages + p] = select(red[lid.x], 3.0e38, p == prm.nPages - 1u);
+  }
 }`;
 
-/** Kernel 2: top-k pages per KV group by radix select on order-preserving u32 keys; no readback. */
+/** Kernel 2: top-k pages per KV group by radix select (four 8-bit digits, a 256-bin histogram in
+ *  workgroup memory per digit) on order-preserving u32 keys; no readback. */
 export const topkWgsl = (s: AttnShape) => common(s) + /* wgsl */ `
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sel: array<u32>;
-var<workgroup> cnt: atomic<u32>;
+var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> prefix: u32;
+var<workgroup> need: u32;
 var<workgroup> taken: atomic<u32>;
 var<workgroup> ties: atomic<u32>;
 fn key(x: f32) -> u32 { let b = bitcast<u32>(x); return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u); }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let g = wid.x; let n = prm.nPages; let base = g * n; let k = prm.k;
-  if (lid.x == 0u) { prefix = 0u; atomicStore(&taken, 0u); atomicStore(&ties, 0u); }
-  workgroupBarrier();
-  for (var bit = 31i; bit >= 0i; bit--) {
-    if (lid.x == 0u) { atomicStore(&cnt, 0u); }
+  if (lid.x == 0u) { prefix = 0u; need = k; atomicStore(&taken, 0u); atomicStore(&ties, 0u); }
+  var mask = 0u;
+  for (var digit = 0u; digit < 4u; digit++) {
+    let shift = 24u - 8u * digit;
+    atomicStore(&hist[lid.x], 0u);
     workgroupBarrier();
-    let cand = prefix | (1u << u32(bit));
-    var c = 0u;
-    for (var i = lid.x; i < n; i += 256u) { if (key(scores[base + i]) >= cand) { c++; } }
-    atomicAdd(&cnt, c);
+    let pre = prefix;
+    for (var i = lid.x; i < n; i += 256u) {
+      let kk = key(scores[base + i]);
+      if ((kk & mask) == pre) { atomicAdd(&hist[(kk >> shift) & 255u], 1u); }
+    }
     workgroupBarrier();
-    if (lid.x == 0u && atomicLoad(&cnt) >= k) { prefix = cand; }
+    if (lid.x == 0u) {
+      // the digit where the count from the top reaches the k still needed
+      var cum = 0u;
+      for (var b = 255i; b >= 0i; b--) {
+        let c = atomicLoad(&hist[u32(b)]);
+        if (cum + c >= need) { prefix = pre | (u32(b) << shift); need = need - cum; break; }
+        cum += c;
+      }
+    }
+    mask |= 255u << shift;
     workgroupBarrier();
   }
   // prefix is now the k-th largest key: take everything above it, then ties up to k
@@ -94,6 +118,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 export const partialWgsl = (s: AttnShape) => common(s) + /* wgsl */ `
 const HD8: u32 = HD / 8u;     // 16-byte words per K/V row
 const SL: u32 = WG / HD8;     // token slices of the weighted-V phase
+const NV: u32 = ${Math.ceil((CHUNK_PAGES * s.pageSize) / (WG / (s.headDim / 8)))}u; // V rows per thread
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> vc: array<vec4<u32>>;
@@ -133,6 +158,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
     for (var j = 0u; j < G; j++) { sc[j * CHUNK * P + t] = select(-3.0e38, acc[j] * prm.scale, valid); }
   }
+  // the weighted-V phase's rows are requested now, so that their latency hides behind the softmax
+  let w8i = tid % HD8; let sl = tid / HD8;
+  var vv: array<vec4<u32>, NV>;
+  for (var r = 0u; r < NV; r++) {
+    let t = sl + r * SL;
+    if (t < CHUNK * P) { let p = pages[t / P]; if (p != 0xffffffffu) { vv[r] = vc[((p * NKV + g) * P + (t % P)) * HD8 + w8i]; } }
+  }
   workgroupBarrier();
   for (var j = 0u; j < G; j++) {
     // max over the chunk, then exp and sum
@@ -157,12 +189,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     workgroupBarrier();
   }
   // weighted V: HD8 threads cover a row (one 16-byte word each), SL slices of the tokens run side by side
-  let w8i = tid % HD8; let sl = tid / HD8;
   var accA: array<vec4<f32>, G>; var accB: array<vec4<f32>, G>;
-  for (var t = sl; t < CHUNK * P; t += SL) {
-    let p = pages[t / P];
-    if (p == 0xffffffffu) { continue; }
-    let v8 = unpack8(vc[((p * NKV + g) * P + (t % P)) * HD8 + w8i]);
+  for (var r = 0u; r < NV; r++) {
+    let t = sl + r * SL;
+    if (t >= CHUNK * P) { break; }
+    let v8 = unpack8(vv[r]); // rows of missing pages are zero, and so are their weights
     for (var j = 0u; j < G; j++) { let e = sc[j * CHUNK * P + t]; accA[j] += e * v8[0]; accB[j] += e * v8[1]; }
   }
   for (var j = 0u; j < G; j++) {
@@ -272,7 +303,7 @@ export class DecodeAttention {
     };
     if (sparse) {
       pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, [this.q, layer.meta, this.scores]));
-      pass.dispatchWorkgroups(Math.ceil(nPages / 64), s.nKV);
+      pass.dispatchWorkgroups(Math.ceil(nPages / 8), s.nKV);
       pass.setPipeline(this.pipes.topk); pass.setBindGroup(0, bind(this.pipes.topk, [this.scores, this.sel]));
       pass.dispatchWorkgroups(s.nKV);
     }

@@ -29,13 +29,13 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
         create = mod.create;
       } catch (e) { lastGpuError = `the webgpu package could not load: ${(e as Error).message}`; return null; }
     }
+    if (create && !env.XDG_RUNTIME_DIR) env.XDG_RUNTIME_DIR = (await import('node:os')).tmpdir(); // Vulkan loaders complain without it
     const adapterFrom = async (gpu: GPU) => { keepAlive.push(gpu); const a = await gpu.requestAdapter({ powerPreference: 'high-performance' }); keepAlive.push(a); return a; };
     let adapter = await adapterFrom(browserGpu ?? create!([]));
     // (node:fs is imported here only: browsers never reach this branch)
     if (!adapter && create && software && !env.VK_DRIVER_FILES && (await import('node:fs')).existsSync(SWIFTSHADER_ICD)) {
       // the Vulkan loader reads these when an instance is created, so a second instance picks them up
       env.VK_DRIVER_FILES = SWIFTSHADER_ICD;
-      env.XDG_RUNTIME_DIR ??= (await import('node:os')).tmpdir();
       adapter = await adapterFrom(create([]));
     }
     if (!adapter) { lastGpuError = `no WebGPU adapter (no GPU driver; for a software one: apt-get install chromium libvulkan1, then QUEST_WEBGPU_SOFTWARE=1)`; return null; }
