@@ -54,6 +54,13 @@ async function main() {
   console.log(`${c === SMALL ? 'small test shape' : 'Llama-2-7B shape (32 layers, 4096 hidden, 32/32 heads, head dim 128)'}, random f16 weights (${(m.weightBytes / 1e9).toFixed(2)} GB): weights' values do not change speed`);
   console.log(`decode: one token per step, median of ${STEPS} steps; Quest budget ${BUDGET} tokens (page 16, first 2 layers dense)`);
   const rows: { context: number; dense: number; quest: number; denseLogits: number }[] = [];
+  {
+    // warm-up: the GPU's clocks ramp up under load; a few seconds of decode steps before any timing
+    const w = new GpuSession(runner, { policy: 'dense' });
+    await w.fillRandomContext(CONTEXTS[0]);
+    for (const t0 = performance.now(); performance.now() - t0 < 3000;) await w.forward([1], { argmax: true });
+    w.dispose();
+  }
   for (const L of CONTEXTS) {
     const dense = new GpuSession(runner, { policy: 'dense' });
     await dense.fillRandomContext(L);

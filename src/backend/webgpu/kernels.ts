@@ -51,7 +51,7 @@ const linearOut = (s: LinearSpec, idx: string, row: string, v: string) =>
   `{ let o = ${idx}; let val = ${v}${s.bias ? ` + bias[${row}]` : ''}; y[o] = ${s.add ? 'y[o] + val' : 'val'}; }`;
 
 /** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias), for a few tokens t (wid.y): 8 rows per workgroup, a
- *  32-thread slice per row striding over K with 16-byte loads (four in flight per thread), reduced by a
+ *  32-thread slice per row striding over K with 16-byte loads (up to eight in flight per thread), reduced by a
  *  subgroup sum where subgroups are 32 wide, else in workgroup memory. */
 export const linearVecWgsl = (s: LinearSpec, subgroups = false) => (subgroups ? 'enable subgroups;\n' : '') + weightAccess(s.type, s.K, 2) + /* wgsl */ `
 const N: u32 = ${s.N}u;
@@ -67,6 +67,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   var acc = 0.0;
   if (r < N) {
     var u = lane;
+    for (; u + 224u < U; u += 256u) {
+      let a0 = unit(r, u, xb); let a1 = unit(r, u + 32u, xb); let a2 = unit(r, u + 64u, xb); let a3 = unit(r, u + 96u, xb);
+      let a4 = unit(r, u + 128u, xb); let a5 = unit(r, u + 160u, xb); let a6 = unit(r, u + 192u, xb); let a7 = unit(r, u + 224u, xb);
+      acc += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+    }
     for (; u + 96u < U; u += 128u) { acc += unit(r, u, xb) + unit(r, u + 32u, xb) + unit(r, u + 64u, xb) + unit(r, u + 96u, xb); }
     for (; u < U; u += 32u) { acc += unit(r, u, xb); }
   }
