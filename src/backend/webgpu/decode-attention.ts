@@ -127,7 +127,7 @@ const NV: u32 = ${Math.ceil((CHUNK_PAGES * s.pageSize) / (WG / (s.headDim / 8)))
 var<workgroup> qs: array<vec4<f32>, ${(s.nHeads / s.nKV) * s.headDim / 4}>;
 var<workgroup> sc: array<f32, ${(s.nHeads / s.nKV) * CHUNK_PAGES * s.pageSize}>;
 var<workgroup> pages: array<u32, ${CHUNK_PAGES}>;
-var<workgroup> red: array<f32, ${WG}>;
+var<workgroup> red: array<f32, ${WG * (s.nHeads / s.nKV)}>;
 var<workgroup> vred: array<vec4<f32>, ${WG * 2}>; // [slice][HD / 4]
 fn unpack8(w: vec4<u32>) -> array<vec4<f32>, 2> {
   return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
@@ -166,28 +166,36 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     if (t < CHUNK * P) { let p = pages[t / P]; if (p != 0xffffffffu) { vv[r] = vc[((p * NKV + g) * P + (t % P)) * HD8 + w8i]; } }
   }
   workgroupBarrier();
+  // softmax statistics of all heads of the group at once: one tree reduction for the maxima, one for the sums
+  var mj: array<f32, G>;
   for (var j = 0u; j < G; j++) {
-    // max over the chunk, then exp and sum
-    var m = -3.0e38;
-    for (var t = tid; t < CHUNK * P; t += WG) { m = max(m, sc[j * CHUNK * P + t]); }
-    red[tid] = m;
+    mj[j] = -3.0e38;
+    for (var t = tid; t < CHUNK * P; t += WG) { mj[j] = max(mj[j], sc[j * CHUNK * P + t]); }
+    red[tid * G + j] = mj[j];
+  }
+  workgroupBarrier();
+  for (var w = WG / 2u; w > 0u; w /= 2u) {
+    if (tid < w) { for (var j = 0u; j < G; j++) { red[tid * G + j] = max(red[tid * G + j], red[(tid + w) * G + j]); } }
     workgroupBarrier();
-    for (var w = WG / 2u; w > 0u; w /= 2u) { if (tid < w) { red[tid] = max(red[tid], red[tid + w]); } workgroupBarrier(); }
-    m = red[0];
-    workgroupBarrier();
+  }
+  for (var j = 0u; j < G; j++) { mj[j] = red[j]; }
+  workgroupBarrier();
+  for (var j = 0u; j < G; j++) {
     var l = 0.0;
     for (var t = tid; t < CHUNK * P; t += WG) {
       let s = sc[j * CHUNK * P + t];
-      let e = select(0.0, exp(s - m), s > -1.0e38);
+      let e = select(0.0, exp(s - mj[j]), s > -1.0e38);
       sc[j * CHUNK * P + t] = e; l += e;
     }
-    red[tid] = l;
-    workgroupBarrier();
-    for (var w = WG / 2u; w > 0u; w /= 2u) { if (tid < w) { red[tid] = red[tid] + red[tid + w]; } workgroupBarrier(); }
-    let pb = ((g * G + j) * prm.nChunks + c) * (2u + HD);
-    if (tid == 0u) { part[pb] = m; part[pb + 1u] = red[0]; }
+    red[tid * G + j] = l;
+  }
+  workgroupBarrier();
+  for (var w = WG / 2u; w > 0u; w /= 2u) {
+    if (tid < w) { for (var j = 0u; j < G; j++) { red[tid * G + j] += red[(tid + w) * G + j]; } }
     workgroupBarrier();
   }
+  if (tid == 0u) { for (var j = 0u; j < G; j++) { let pb = ((g * G + j) * prm.nChunks + c) * (2u + HD); part[pb] = mj[j]; part[pb + 1u] = red[j]; } }
+  workgroupBarrier();
   // weighted V: HD8 threads cover a row (one 16-byte word each), SL slices of the tokens run side by side
   var accA: array<vec4<f32>, G>; var accB: array<vec4<f32>, G>;
   for (var r = 0u; r < NV; r++) {
