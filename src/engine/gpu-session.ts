@@ -9,6 +9,7 @@ import { throwDeviceError } from '../backend/webgpu/device.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
 import type { ForwardOptions } from './session.js';
+import { concatF32 } from '../model/tensor.js';
 
 const MAX_CHUNK = 256; // tokens per prefill command buffer (activations are sized for it)
 const ROWS = MAX_CHUNK; // a multiple of 64: the tiled product reads whole 64-row tiles
@@ -109,11 +110,7 @@ export class GpuSession {
       if (out) parts.push(out);
       opts.onProgress?.(Math.min(tokens.length, s + chunk), tokens.length);
     }
-    if (mode === 'none') return new Float32Array(0);
-    if (parts.length === 1) return parts[0];
-    const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-    let o = 0; for (const p of parts) { out.set(p, o); o += p.length; }
-    return out;
+    return mode === 'none' ? new Float32Array(0) : concatF32(parts);
   }
 
   /** Encodes one chunk's forward pass into `pass` (benchmarks call this to batch many steps). */

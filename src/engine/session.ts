@@ -11,6 +11,7 @@ import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Se
 import { PagedKVCache } from '../kv/paged-cache.js';
 import type { ModelConfig, ModelWeights } from '../model/config.js';
 import { Rope } from '../model/rope.js';
+import { concatF32 } from '../model/tensor.js';
 
 export interface Model { config: ModelConfig; weights: ModelWeights; rope: Rope }
 
@@ -102,11 +103,7 @@ export class Session {
       if (logits) parts.push(logits);
       opts.onProgress?.(Math.min(tokens.length, s + chunk), tokens.length);
     }
-    if (mode === 'none') return new Float32Array(0);
-    if (parts.length === 1) return parts[0];
-    const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-    let o = 0; for (const p of parts) { out.set(p, o); o += p.length; }
-    return out;
+    return mode === 'none' ? new Float32Array(0) : concatF32(parts);
   }
 
   private forwardChunk(tokens: number[], logitsMode: 'last' | 'all' | 'none'): Float32Array | null {

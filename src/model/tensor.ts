@@ -188,3 +188,11 @@ export function encodeTensor(values: Float32Array, dtype: DType): Uint8Array {
     }
   }
 }
+
+/** The arrays one after another in one array (a single one is returned as is). */
+export function concatF32(parts: Float32Array[]): Float32Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let o = 0; for (const p of parts) { out.set(p, o); o += p.length; }
+  return out;
+}

@@ -3,7 +3,7 @@
 // plus f32 scales); f32 and BF16 tensors become f16. q/k/v and gate/up are fused into one matrix each
 // (one product instead of three or two per layer).
 import type { ModelConfig, ModelWeights } from '../../model/config.js';
-import { Matrix, f32ToF16, QK } from '../../model/tensor.js';
+import { Matrix, f32ToF16, QK, concatF32 } from '../../model/tensor.js';
 import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
@@ -178,12 +178,6 @@ export class GpuModel {
     }
     return this.f32(t);
   }
-}
-
-function concatF32(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-  let o = 0; for (const p of parts) { out.set(p, o); o += p.length; }
-  return out;
 }
 
 /** Q8_0 blocks (f16 scale + 32 int8) and Q4_0 blocks (f16 scale + 16 bytes: element j in the low
