@@ -15,6 +15,7 @@ import { loadModel } from '../engine/llm.js';
 import { refForward, refWeights, argmax64 } from './reference.js';
 import { randomGGUF, tempFile } from './fixtures.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
+import { createServer } from '../server/server.js';
 
 const promptOf = (n: number, vocab: number, seed = 7) => { const r = rng(seed); return Array.from({ length: n }, () => Math.floor(r() * vocab)); };
 
@@ -104,5 +105,14 @@ test('WebGPU engine agrees with the CPU engine on the default model (dense and Q
   // clear errors for what the GPU does not run
   assert.throws(() => gpuLlm.session({ policy: 'h2o' }), /CPU only/);
   await assert.rejects(gpuLlm.complete('x', { stats: true }), /CPU only/);
+  // the server on a WebGPU model: a CPU-only policy is a 400, a Quest request is answered
+  const app = createServer(gpuLlm, { modelId: 'm', concurrency: 1, queueLimit: 4 });
+  const bad = await app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'm', prompt: 'x', quest: { policy: 'h2o' } } });
+  assert.equal(bad.statusCode, 400);
+  assert.match(bad.json().error.message, /CPU only/);
+  const good = await app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'm', prompt, max_tokens: 8, temperature: 0, quest: { policy: 'quest', budget: 48 } } });
+  assert.equal(good.statusCode, 200);
+  assert.match(good.json().choices[0].text, /51422/);
+  await app.close();
   gpuLlm.dispose(); cpu.dispose();
 });
