@@ -121,6 +121,16 @@ addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP s
   });
 
 const evalCmd = program.command('eval').description('evaluations');
+
+/** An evaluation command with the flags every evaluation has: model, policies, budgets, output, device. */
+function evalCommand(name: string, description: string, out: string): Command {
+  return evalCmd.command(name).description(description)
+    .option('--model <path>', 'model', DEFAULT_MODEL)
+    .option('--attention <list>', 'policies', 'dense,quest,streaming,h2o,tova')
+    .option('--budget <list>', 'budgets of the sparse policies', '64,256,1024')
+    .option('--out <dir>', 'JSON, table and SVG plots go here (re-running resumes)', out)
+    .addOption(deviceOption());
+}
 evalCmd.command('recall').description('attention-mass recall of each policy vs budget on a long text')
   .option('--model <path>', 'model', DEFAULT_MODEL)
   .option('--text <file>', 'long text (default: a held-out Gutenberg book from ../shared/corpus)')
@@ -132,43 +142,28 @@ evalCmd.command('recall').description('attention-mass recall of each policy vs b
   .option('--out <file>', 'write the results as JSON')
   .action(async (o) => { await runRecallEval(o); });
 
-evalCmd.command('passkey').description('passkey retrieval: key hidden at a depth in filler, question decoded token by token')
-  .option('--model <path>', 'model', DEFAULT_MODEL)
+evalCommand('passkey', 'passkey retrieval: key hidden at a depth in filler, question decoded token by token', 'results/passkey')
   .option('--lengths <list>', 'prompt lengths in tokens', '2048,8000')
   .option('--depths <list>', 'needle depths in percent', '0,25,50,75,100')
   .option('--samples <n>', 'samples per length and depth', int('samples'), 20)
-  .option('--attention <list>', 'policies', 'dense,quest,streaming,h2o,tova')
-  .option('--budget <list>', 'budgets of the sparse policies', '64,256,1024')
   .addOption(new Option('--filler <kind>', 'the paper\'s repeated sentences, or held-out book text').choices(['repeat', 'book']).default('repeat'))
   .option('--seed <n>', 'random seed of the keys', int('seed'), 1)
-  .option('--out <dir>', 'JSON, table and SVG plots go here (re-running resumes)', 'results/passkey')
-  .addOption(deviceOption())
   .action(async (o) => { await runPasskeyEval(o); });
 
-evalCmd.command('ppl').description('perplexity of a long text, every token scored as a decode step')
-  .option('--model <path>', 'model', DEFAULT_MODEL)
+evalCommand('ppl', 'perplexity of a long text, every token scored as a decode step', 'results/ppl')
   .option('--text <file>', 'the text (default: the held-out book in ../shared/corpus)')
   .option('--tokens <n>', 'tokens of the text to score', int('tokens'), 4096)
   .option('--bucket <n>', 'position bucket size for the per-position report', int('bucket'), 1024)
-  .option('--attention <list>', 'policies', 'dense,quest,streaming,h2o,tova')
-  .option('--budget <list>', 'budgets of the sparse policies', '64,256,1024')
-  .option('--out <dir>', 'JSON, table and SVG plot go here (re-running resumes)', 'results/ppl')
   .option('--self-generated <n>', 'score n tokens the model samples itself instead of a text (models without a tokenizer)', int('self-generated'))
   .option('--seed <n>', 'seed of --self-generated', int('seed'), 1)
-  .addOption(deviceOption())
   .action(async (o) => { await runPplEval(o); });
 
-evalCmd.command('qa').description('long-context QA (LongBench form, F1 / EM) on tasks built from a Gutenberg book; question decoded token by token')
-  .option('--model <path>', 'model', DEFAULT_MODEL)
+evalCommand('qa', 'long-context QA (LongBench form, F1 / EM) on tasks built from a Gutenberg book; question decoded token by token', 'results/qa')
   .option('--text <file>', 'the book (default: the held-out book in ../shared/corpus)')
   .option('--context <n>', 'context length in tokens', int('context'), 4096)
   .option('--samples <n>', 'samples per task', int('samples'), 20)
   .option('--tasks <list>', 'tasks: quote (continue a sentence quoted from far back), facts (recall one of several facts)', 'quote,facts')
-  .option('--attention <list>', 'policies', 'dense,quest,streaming,h2o,tova')
-  .option('--budget <list>', 'budgets of the sparse policies', '64,256,1024')
   .option('--seed <n>', 'seed of the task set', int('seed'), 1)
-  .option('--out <dir>', 'JSON, table and SVG plot go here (re-running resumes)', 'results/qa')
-  .addOption(deviceOption())
   .action(async (o) => { await runQaEval(o); });
 
 program.parseAsync().catch((e: Error) => {

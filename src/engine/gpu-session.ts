@@ -113,8 +113,8 @@ export class GpuSession {
     return mode === 'none' ? new Float32Array(0) : concatF32(parts);
   }
 
-  /** Encodes one chunk's forward pass into `pass` (benchmarks call this to batch many steps). */
-  encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none'): void {
+  /** Encodes one chunk's forward pass into `pass`. */
+  private encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none'): void {
     const m = this.model, c = m.config, r = this.runner;
     const start = this.len, total = start + n;
     let current: GPUComputePipeline | null = null;
@@ -168,7 +168,7 @@ export class GpuSession {
   }
 
   /** Writes the step uniform and tokens for a chunk of n tokens at the current position; grows the cache. */
-  prepareChunk(tokens: number[] | null, n: number): void {
+  private prepareChunk(tokens: number[] | null, n: number): void {
     const r = this.runner, d = this.model.device;
     this.ensurePages(Math.ceil((this.len + n) / r.pageSize));
     d.queue.writeBuffer(r.step, 0, new Uint32Array([this.len, n, this.len + n, 0]));

@@ -171,7 +171,8 @@ export class LLM {
     const t0 = performance.now();
     // greedy decoding on the GPU reads back the argmax instead of the logits
     const argmax = session instanceof GpuSession && (o.temperature ?? 1) === 0;
-    const step = (t: number[], progress?: GenerateOptions['onPrefillProgress']) => session.forward(t, { onProgress: progress, argmax } as object);
+    const step = (t: number[], progress?: GenerateOptions['onPrefillProgress']) =>
+      session instanceof GpuSession ? session.forward(t, { onProgress: progress, argmax }) : session.forward(t, { onProgress: progress });
     let logits = await step(ids.slice(0, ids.length - tail), o.onPrefillProgress);
     const prefillMs = performance.now() - t0;
     const t1 = performance.now();

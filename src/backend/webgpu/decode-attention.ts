@@ -272,10 +272,10 @@ export class DecodeAttention {
 
   /** Uniforms are written ahead of a batch of encodes (each encode uses its own buffer). */
   private last = '';
-  private paramsFor(seqLen: number, k: number, sparse: boolean, scale: number): GPUBuffer {
+  private paramsFor(seqLen: number, k: number, sparse: boolean, scale: number): { buf: GPUBuffer; slot: number } {
     // the layers of one decode step share their parameters: reuse the slot just written
     const key = `${seqLen}:${k}:${sparse}`;
-    if (this.paramIndex > 0 && key === this.last) return this.params[this.paramIndex - 1];
+    if (this.paramIndex > 0 && key === this.last) return { buf: this.params[this.paramIndex - 1], slot: this.paramIndex - 1 };
     this.last = key;
     const nPages = Math.ceil(seqLen / this.s.pageSize);
     const nChunks = Math.ceil((sparse ? k : nPages) / CHUNK_PAGES);
@@ -284,7 +284,7 @@ export class DecodeAttention {
     const data = new ArrayBuffer(32), u = new Uint32Array(data), f = new Float32Array(data);
     u[0] = seqLen; u[1] = nPages; u[2] = k; u[3] = sparse ? 1 : 0; f[4] = scale; u[5] = nChunks;
     this.device.queue.writeBuffer(b, 0, data);
-    return b;
+    return { buf: b, slot: this.paramIndex - 1 };
   }
 
   /** Starts a new batch of encodes (uniform buffers are reused from the start). */
@@ -296,8 +296,7 @@ export class DecodeAttention {
     if (nPages > s.maxPages) throw new Error(`sequence of ${seqLen} tokens exceeds the ${s.maxPages} pages allocated`);
     const sparse = budgetPages > 0 && budgetPages < nPages;
     const k = sparse ? budgetPages : nPages;
-    const prm = this.paramsFor(seqLen, k, sparse, 1 / Math.sqrt(s.headDim));
-    const slot = this.params.indexOf(prm);
+    const { buf: prm, slot } = this.paramsFor(seqLen, k, sparse, 1 / Math.sqrt(s.headDim));
     if (!this.layerIds.has(layer)) this.layerIds.set(layer, ++this.layerCount);
     const lid = this.layerIds.get(layer)!;
     const bind = (pipe: GPUComputePipeline, bufs: GPUBuffer[]) => {

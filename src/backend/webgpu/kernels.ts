@@ -15,6 +15,11 @@ export function grid64(threads: number): [number, number] {
   return [x, Math.ceil(groups / x)];
 }
 
+/** Entry point of the 64-wide 1-D kernels: `gid.x` is the thread index over a grid64() dispatch. */
+const MAIN_1D = `@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let gid = vec3<u32>(g3.x + g3.y * nwg.x * 64u, 0u, 0u); // 2-D grids past 65535 workgroups`;
+
 export const STEP_WGSL = /* wgsl */ `
 struct Step { start: u32, n: u32, total: u32, pad: u32 }
 `;
@@ -129,9 +134,7 @@ export const embedWgsl = (type: GpuWeightType, dim: number) => weightAccess(type
 @group(0) @binding(0) var<storage, read> tokens: array<u32>;
 @group(0) @binding(1) var<storage, read_write> x: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> step: Step;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let gid = vec3<u32>(g3.x + g3.y * nwg.x * 64u, 0u, 0u); // 2-D grids past 65535 workgroups
+${MAIN_1D}
   let units = K / 8u; let i = gid.x / units; let u = gid.x % units;
   if (i >= step.n) { return; }
   let w = w8(tokens[i], u * 8u);
@@ -171,9 +174,7 @@ export const ropeWgsl = (s: HeadsSpec, neox: boolean) => STEP_WGSL + heads(s) + 
 @group(0) @binding(0) var<storage, read_write> qkv: array<f32>;
 @group(0) @binding(1) var<storage, read> rope: array<vec2<f32>>; // [pos][HD2] (cos, sin)
 @group(0) @binding(2) var<uniform> step: Step;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let gid = vec3<u32>(g3.x + g3.y * nwg.x * 64u, 0u, 0u); // 2-D grids past 65535 workgroups
+${MAIN_1D}
   let per = (NH + NKV) * HD2; let i = gid.x / per; let r = gid.x % per; let h = r / HD2; let p = r % HD2;
   if (i >= step.n) { return; }
   let cs = rope[(step.start + i) * HD2 + p];
@@ -189,9 +190,7 @@ export const kvAppendWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ 
 @group(0) @binding(1) var<storage, read_write> kc: array<u32>;
 @group(0) @binding(2) var<storage, read_write> vc: array<u32>;
 @group(0) @binding(3) var<uniform> step: Step;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let gid = vec3<u32>(g3.x + g3.y * nwg.x * 64u, 0u, 0u); // 2-D grids past 65535 workgroups
+${MAIN_1D}
   let per = NKV * HD2; let i = gid.x / per; let r = gid.x % per; let g = r / HD2; let j = r % HD2;
   if (i >= step.n) { return; }
   let pos = step.start + i;
@@ -206,9 +205,7 @@ export const kvMetaWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ `
 @group(0) @binding(0) var<storage, read> kc: array<u32>;
 @group(0) @binding(1) var<storage, read_write> pmeta: array<u32>; // [page][kvHead][min, max][HD2]
 @group(0) @binding(2) var<uniform> step: Step;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let gid = vec3<u32>(g3.x + g3.y * nwg.x * 64u, 0u, 0u); // 2-D grids past 65535 workgroups
+${MAIN_1D}
   let per = NKV * HD2; let page = step.start / P + gid.x / per; let r = gid.x % per; let g = r / HD2; let j = r % HD2;
   if (page * P >= step.total) { return; }
   let filled = min(P, step.total - page * P);
@@ -267,9 +264,7 @@ const H: u32 = ${hidden}u;
 @group(0) @binding(0) var<storage, read> gu: array<f32>;
 @group(0) @binding(1) var<storage, read_write> h: array<f32>;
 @group(0) @binding(2) var<uniform> step: Step;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let gid = vec3<u32>(g3.x + g3.y * nwg.x * 64u, 0u, 0u); // 2-D grids past 65535 workgroups
+${MAIN_1D}
   let i = gid.x / H; let j = gid.x % H;
   if (i >= step.n) { return; }
   let g = gu[i * 2u * H + j];
