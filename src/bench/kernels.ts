@@ -8,11 +8,14 @@ import { DecodeAttention, type AttnShape } from '../backend/webgpu/decode-attent
 import { f32ToF16 } from '../model/tensor.js';
 import { lineChart } from '../eval/plot.js';
 import { measureBandwidth } from './gpu-bandwidth.js';
+import { hasSubgroups32 } from '../backend/webgpu/device.js';
+import * as K from '../backend/webgpu/kernels.js';
 
 const P = 16;
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
 const LENGTHS = arg('lengths', '4096,8192,16384,32768,65536,131072').split(',').map(Number);
 const BUDGETS = arg('budgets', '64,256,1024,2048,4096').split(',').map(Number);
+const ONLY = arg('only', 'all'); // attention | matvec | all
 
 async function main() {
   const gpu = await getGpu();
@@ -39,7 +42,10 @@ async function main() {
   const readGBs = bw.shaderReadGBs;
   console.log(`device: ${gpu.adapterName}`);
   console.log(`bandwidth: shader read ${bw.shaderReadGBs.toFixed(0)} GB/s, shader copy ${bw.shaderCopyGBs.toFixed(0)} GB/s, copy engine ${bw.copyEngineGBs.toFixed(0)} GB/s (read + written)`);
+  if (ONLY !== 'attention') await benchMatvec(device, timeIt, readGBs);
+  if (ONLY === 'matvec') { device.destroy(); process.exit(0); }
   const rows: string[] = [];
+  const breakdown: string[] = [];
   const plotSeries: { name: string; points: { x: number; y: number }[] }[] = [];
   for (const [nH, nKV] of [[32, 32], [32, 8]]) {
     const maxPages = Math.ceil(Math.max(...LENGTHS) / P);
@@ -59,7 +65,8 @@ async function main() {
       const np = Math.ceil(L / P);
       // several layers' caches, used in turn, so that short sequences are read from memory, not the L2 cache
       const bytes = DecodeAttention.layerBytes(shape, np);
-      const copies = Math.min(8, Math.max(1, Math.ceil((512 << 20) / (2 * bytes.kv))));
+      // (at least two, so that repeated Quest calls do not find their pages in the L2 cache either)
+      const copies = Math.min(8, Math.max(2, Math.ceil((512 << 20) / (2 * bytes.kv))));
       const layers = Array.from({ length: copies }, () => ({ k: fill(bytes.kv), v: fill(bytes.kv), meta: fill(bytes.meta) }));
       await device.queue.onSubmittedWorkDone();
       let turn = 0;
@@ -77,6 +84,13 @@ async function main() {
         const t = await timeIt((pass) => att.encode(pass, next(), L, k), calls);
         const qBytes = np * nKV * 128 * 2 * 2 + 2 * k * P * nKV * 128 * 2; // metadata pass + selected K/V
         rows.push(`| ${label} | ${L} | quest ${budget} | ${(t * 1e6).toFixed(1)} | ${(qBytes / t / 1e9).toFixed(0)} | ${((qBytes / t / 1e9) / readGBs * 100).toFixed(0)}% | ${(dense / t).toFixed(2)} |`);
+        if (L === 32768 && budget === 2048) {
+          // where the time of a Quest call goes: each stage timed alone
+          const stage = async (st: 'scores' | 'topk' | 'partial' | 'reduce') => { att.resetBatch(); return timeIt((pass) => att.encode(pass, next(), L, k, st), calls); };
+          const parts = { scores: await stage('scores'), topk: await stage('topk'), partial: await stage('partial'), reduce: await stage('reduce') };
+          const metaBytes = np * nKV * 128 * 2 * 2, kvBytes = 2 * k * P * nKV * 128 * 2;
+          breakdown.push(`| ${label} | ${(parts.scores * 1e6).toFixed(1)} (${(metaBytes / parts.scores / 1e9).toFixed(0)} GB/s) | ${(parts.topk * 1e6).toFixed(1)} | ${(parts.partial * 1e6).toFixed(1)} (${(kvBytes / parts.partial / 1e9).toFixed(0)} GB/s) | ${(parts.reduce * 1e6).toFixed(1)} | ${(t * 1e6).toFixed(1)} |`);
+        }
         let s = plotSeries.find((x) => x.name === `${label} quest ${budget}`);
         if (!s) { s = { name: `${label} quest ${budget}`, points: [] }; plotSeries.push(s); }
         s.points.push({ x: L, y: t * 1e6 });
@@ -89,11 +103,60 @@ async function main() {
   console.log('| shape | sequence | attention | µs / call | GB/s | of read bandwidth | speedup vs dense |');
   console.log('| --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) console.log(r);
+  console.log('\nQuest at 32K, budget 2048: µs per stage, each timed alone (the sum exceeds the call: stages overlap their ramps)');
+  console.log('| shape | page scores | top-k | sparse attention | reduction | whole call |');
+  console.log('| --- | --- | --- | --- | --- | --- |');
+  for (const r of breakdown) console.log(r);
   mkdirSync(arg('out', 'results'), { recursive: true });
   const ys = plotSeries.flatMap((s) => s.points.map((p) => p.y));
   writeFileSync(`${arg('out', 'results')}/bench-kernels.svg`, lineChart('Decode attention latency (WebGPU)', 'sequence length (tokens)', 'µs per call', plotSeries.filter((s) => s.name.startsWith('32q/8kv')), 0, Math.max(...ys) * 1.05));
   device.destroy();
   process.exit(0); // some drivers keep the process alive after the device is gone
+}
+
+type TimeIt = (encode: (pass: GPUComputePassEncoder) => void, calls: number, reps?: number) => Promise<number>;
+
+/** Matrix-vector products of a Llama-2-7B decode step (one token), every kernel variant: µs and GB/s. */
+async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
+  const sub = hasSubgroups32(device);
+  const shapes: [string, K.GpuWeightType, number, number][] = [
+    ['qkv', 'f16', 12288, 4096], ['wo', 'f16', 4096, 4096], ['gate+up', 'f16', 22016, 4096], ['down', 'f16', 4096, 11008],
+    ['output', 'f16', 32000, 4096], ['gate+up', 'q8_0', 22016, 4096], ['gate+up', 'q4_0', 22016, 4096],
+  ];
+  const variants: { name: string; code: (s: K.LinearSpec) => string; rowsPerGroup: (k: number) => number }[] = [
+    { name: 'warp per row', code: (s) => K.linearVecWgsl(s, sub), rowsPerGroup: () => 8 },
+    ...[2, 4, 8].map((R) => ({ name: `x-stationary R=${R}`, code: (s: K.LinearSpec) => K.linearRowsWgsl(s, sub, R), rowsPerGroup: (k: number) => K.rowsLayout(k, R).rowsPerGroup })),
+  ];
+  console.log(`\nmatrix-vector products (decode, one token), subgroups: ${sub}`);
+  console.log(`| matrix | type | N x K | ${variants.map((v) => v.name).join(' | ')} |`);
+  console.log(`| --- | --- | --- | ${variants.map(() => '---').join(' | ')} |`);
+  const shrink = Number(arg('shrink', '1')); // (divides N: a quick run on a software adapter)
+  for (const [name, type, N0, Kd] of shapes) {
+    const N = Math.ceil(N0 / shrink);
+    const bytesPerWeight = type === 'f16' ? 2 : type === 'q8_0' ? 1 + 4 / 32 : 0.5 + 4 / 32;
+    const bytes = N * Kd * bytesPerWeight;
+    const copies = Math.max(2, Math.ceil((512 << 20) / bytes)); // rotate past the L2 cache
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+    const mats = Array.from({ length: copies }, () => ({
+      data: device.createBuffer({ size: Math.ceil((N * Kd * (type === 'f16' ? 2 : type === 'q8_0' ? 1 : 0.5)) / 16) * 16, usage }),
+      scales: device.createBuffer({ size: Math.max(16, (N * Kd) / 32 * 4), usage }),
+    }));
+    const x = device.createBuffer({ size: Kd * 4, usage }), y = device.createBuffer({ size: N * 4, usage: usage | GPUBufferUsage.COPY_SRC });
+    device.queue.writeBuffer(x, 0, new Float32Array(Kd).map(() => Math.random() - 0.5));
+    const cells: string[] = [];
+    for (const v of variants) {
+      const spec: K.LinearSpec = { type, N, K: Kd, add: false, bias: false };
+      const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: v.code(spec) }), entryPoint: 'main' } });
+      const groups = mats.map((m) => device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [x, y, m.data, ...(type === 'f16' ? [] : [m.scales])].map((buffer, i) => ({ binding: i, resource: { buffer } })) }));
+      let turn = 0;
+      const t = await timeIt((pass) => { pass.setPipeline(pipe); pass.setBindGroup(0, groups[turn++ % copies]); pass.dispatchWorkgroups(Math.ceil(N / v.rowsPerGroup(Kd))); }, 100);
+      cells.push(`${(t * 1e6).toFixed(1)} µs ${(bytes / t / 1e9).toFixed(0)} GB/s (${((bytes / t / 1e9) / readGBs * 100).toFixed(0)}%)`);
+    }
+    console.log(`| ${name} | ${type} | ${N} x ${Kd} | ${cells.join(' | ')} |`);
+    for (const m of mats) { m.data.destroy(); m.scales.destroy(); }
+    x.destroy(); y.destroy();
+  }
+  console.log('');
 }
 
 main().catch((e) => { console.error(`error: ${e.message}`); process.exit(1); });

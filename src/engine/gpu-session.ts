@@ -125,7 +125,7 @@ export class GpuSession {
     };
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean) => {
       const many = rows > 4, pipe = m.linearPipeline(l, add, many);
-      run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias], many ? Math.ceil(l.N / 64) : Math.ceil(l.N / 8), many ? Math.ceil(rows / 64) : rows);
+      run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias], many ? Math.ceil(l.N / 64) : Math.ceil(l.N / m.vecRowsPerGroup(l.K)), many ? Math.ceil(rows / 64) : rows);
     };
     const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
     const wt = m.embed.type;

@@ -103,6 +103,9 @@ const CASES: Case[] = [
   { nH: 8, nKV: 1, hd: 64, P: 16, seq: 1000, budgetPages: 17 },
   { nH: 8, nKV: 2, hd: 32, P: 16, seq: 100, budgetPages: 64 }, // budget over the context: dense
   { nH: 32, nKV: 8, hd: 128, P: 16, seq: 5000, budgetPages: 40 }, // a Llama-3-8B layer: 313 pages, ties-free top-40
+  { nH: 4, nKV: 2, hd: 256, P: 16, seq: 777, budgetPages: 0 }, // head dim 256: 32 lanes per row
+  { nH: 6, nKV: 2, hd: 80, P: 16, seq: 530, budgetPages: 9 }, // head dim 80: 10 lanes per row, GQA 3
+  { nH: 8, nKV: 8, hd: 64, P: 16, seq: 20000, budgetPages: 0 }, // many chunks per head
 ];
 
 CASES.forEach((c, i) => {

@@ -4,238 +4,280 @@
 // GQA-aware: a workgroup reads each KV page once for all query heads of its group, and Quest selects
 // one page set per KV group (scores summed over the group's heads, as on the CPU).
 //
+// Thread layout of the streaming kernels (scores, partial): a "lane group" of HD/8 threads covers one
+// K/V (or min/max) row, each lane one 16-byte word = 8 channels, so a warp reads whole rows of
+// consecutive tokens; each lane keeps its 8 channels of q (every head of the group) in registers, and
+// a row's dot product is summed across its lane group (subgroup shuffles where subgroups are 32 wide,
+// else workgroup memory). The partial kernel runs an online softmax per lane group over its tokens and
+// merges the lane groups once at the end.
+//
 // Layouts (per layer):
 //   k, v   : [page][kvHead][slot][hd/2] u32     meta: [page][kvHead][2][hd/2] u32 (min then max)
 //   q      : [nH][hd] f32                       out : [nH][hd] f32
 
+import { hasSubgroups32 } from './device.js';
+
 export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageSize: number; maxPages: number }
 
-const CHUNK_PAGES = 8; // pages per workgroup of the partial-attention kernel
-const WG = 128;
+const MAX_CHUNK_PAGES = 32; // pages per workgroup of the partial-attention kernel, at most
+const MIN_CHUNK_PAGES = 2;
+const TARGET_WORKGROUPS = 1024; // enough partial-attention workgroups to fill a large GPU
+const TB = 4; // rows a lane group loads per step (loads in flight per thread: 2 x TB)
+const LOG2E = 1.4426950408889634;
 
-const common = (s: AttnShape) => /* wgsl */ `
+/** Lanes per row, lane groups per workgroup, workgroup size, and whether rows reduce by subgroup shuffles. */
+function lanes(s: AttnShape, subgroups: boolean) {
+  const LG = s.headDim / 8, NG = Math.max(1, Math.floor(128 / LG));
+  return { LG, NG, WG: LG * NG, shuffle: subgroups && (LG & (LG - 1)) === 0 && LG <= 32 };
+}
+
+const common = (s: AttnShape, subgroups: boolean) => {
+  const { LG, NG, WG, shuffle } = lanes(s, subgroups);
+  return (shuffle ? 'enable subgroups;\n' : '') + /* wgsl */ `
 const NH: u32 = ${s.nHeads}u;
 const NKV: u32 = ${s.nKV}u;
 const G: u32 = ${s.nHeads / s.nKV}u;
 const HD: u32 = ${s.headDim}u;
-const HD2: u32 = ${s.headDim / 2}u;
 const P: u32 = ${s.pageSize}u;
-const CHUNK: u32 = ${CHUNK_PAGES}u;
+const LG: u32 = ${LG}u;   // lanes per row
+const NG: u32 = ${NG}u;   // lane groups per workgroup
 const WG: u32 = ${WG}u;
-struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, pad0: u32, pad1: u32 }
+const TB: u32 = ${TB}u;
+const NONE: u32 = 0xffffffffu;
+struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, pad: u32 }
 @group(0) @binding(0) var<uniform> prm: Params;
+fn unpack8(w: vec4<u32>) -> array<vec4<f32>, 2> {
+  return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
+}
+${shuffle ? `// sum over the LG lanes of a row (a lane group lies inside one subgroup)
+fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
+  var s = v;
+  for (var o = LG / 2u; o > 0u; o >>= 1u) { s += subgroupShuffleXor(s, o); }
+  return s;
+}` : `var<workgroup> rowRed: array<vec4<f32>, WG>;
+// sum over the LG lanes of a row, through workgroup memory (callers are in uniform control flow)
+fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
+  rowRed[tid] = v;
+  workgroupBarrier();
+  let b = tid - tid % LG; var s = vec4<f32>(0.0);
+  for (var i = 0u; i < LG; i++) { s += rowRed[b + i]; }
+  workgroupBarrier();
+  return s;
+}`}
 `;
+};
 
 /** Kernel 1: Quest page scores, summed over the query heads of each KV group; current page forced.
- *  8 threads per page read its min/max rows as 16-byte words (coalesced) and reduce in workgroup memory. */
-export const scoresWgsl = (s: AttnShape) => common(s) + /* wgsl */ `
-@group(0) @binding(1) var<storage, read> q: array<f32>;
+ *  A lane group scores TB pages per step from their min/max rows. */
+export const scoresWgsl = (s: AttnShape, subgroups = false) => common(s, subgroups) + /* wgsl */ `
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> pmeta: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> scores: array<f32>;
-var<workgroup> red: array<f32, 64>;
-const W4: u32 = HD2 / 4u; // 16-byte words per min (or max) row
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let p = wid.x * 8u + lid.x / 8u; let lane = lid.x % 8u; let g = wid.y;
-  var s = 0.0;
-  if (p < prm.nPages) {
-    let mb = (p * NKV + g) * 2u * W4;
-    for (var i = lane; i < W4; i += 8u) {
-      let mn4 = pmeta[mb + i]; let mx4 = pmeta[mb + W4 + i];
-      for (var w = 0u; w < 4u; w++) {
-        let mn = unpack2x16float(mn4[w]); let mx = unpack2x16float(mx4[w]); let ch = 2u * (4u * i + w);
-        for (var j = 0u; j < G; j++) {
-          let qb = (g * G + j) * HD + ch;
-          let q2 = vec2<f32>(q[qb], q[qb + 1u]);
-          let m = max(q2 * mx, q2 * mn);
-          s += m.x + m.y;
-        }
-      }
+  let tid = lid.x; let lane = tid % LG; let grp = tid / LG; let g = wid.y;
+  var qa: array<vec4<f32>, G>; var qb: array<vec4<f32>, G>;
+  for (var j = 0u; j < G; j++) { let b = ((g * G + j) * HD) / 4u + 2u * lane; qa[j] = q[b]; qb[j] = q[b + 1u]; }
+  var mn: array<vec4<u32>, TB>; var mx: array<vec4<u32>, TB>;
+  for (var i = 0u; i < TB; i++) {
+    let p = (wid.x * TB + i) * NG + grp;
+    if (p < prm.nPages) { let b = (p * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG]; }
+  }
+  var s = vec4<f32>(0.0);
+  for (var i = 0u; i < TB; i++) {
+    let a = unpack8(mn[i]); let b = unpack8(mx[i]);
+    for (var j = 0u; j < G; j++) {
+      let v = max(qa[j] * a[0], qa[j] * b[0]) + max(qb[j] * a[1], qb[j] * b[1]);
+      s[i] += v.x + v.y + v.z + v.w;
     }
   }
-  red[lid.x] = s;
-  workgroupBarrier();
-  for (var w = 4u; w > 0u; w >>= 1u) { if (lane < w) { red[lid.x] += red[lid.x + w]; } workgroupBarrier(); }
-  if (lane == 0u && p < prm.nPages) {
-    // the page of the current token is always kept
-    scores[g * prm.nPages + p] = select(red[lid.x], 3.0e38, p == prm.nPages - 1u);
+  s = rowSum(s, tid);
+  if (lane == 0u) {
+    for (var i = 0u; i < TB; i++) {
+      let p = (wid.x * TB + i) * NG + grp;
+      // the page of the current token is always kept
+      if (p < prm.nPages) { scores[g * prm.nPages + p] = select(s[i], 3.0e38, p == prm.nPages - 1u); }
+    }
   }
 }`;
 
-/** Kernel 2: top-k pages per KV group by radix select (four 8-bit digits, a 256-bin histogram in
- *  workgroup memory per digit) on order-preserving u32 keys; no readback. */
-export const topkWgsl = (s: AttnShape) => common(s) + /* wgsl */ `
+/** Kernel 2: top-k pages per KV group by radix select (four 8-bit digits; per digit a 256-bin histogram
+ *  in workgroup memory and a parallel scan of it) on order-preserving u32 keys; no readback. */
+export const topkWgsl = (s: AttnShape) => /* wgsl */ `
+struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> prm: Params;
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sel: array<u32>;
 var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> cum: array<u32, 256>;
 var<workgroup> prefix: u32;
 var<workgroup> need: u32;
+var<workgroup> nextPrefix: u32;
+var<workgroup> nextNeed: u32;
 var<workgroup> taken: atomic<u32>;
 var<workgroup> ties: atomic<u32>;
 fn key(x: f32) -> u32 { let b = bitcast<u32>(x); return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u); }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let g = wid.x; let n = prm.nPages; let base = g * n; let k = prm.k;
-  if (lid.x == 0u) { prefix = 0u; need = k; atomicStore(&taken, 0u); atomicStore(&ties, 0u); }
+  let tid = lid.x; let g = wid.x; let n = prm.nPages; let base = g * n; let k = prm.k;
+  if (tid == 0u) { prefix = 0u; need = k; atomicStore(&taken, 0u); atomicStore(&ties, 0u); }
   var mask = 0u;
   for (var digit = 0u; digit < 4u; digit++) {
     let shift = 24u - 8u * digit;
-    atomicStore(&hist[lid.x], 0u);
+    atomicStore(&hist[tid], 0u);
     workgroupBarrier();
-    let pre = prefix;
-    for (var i = lid.x; i < n; i += 256u) {
+    let pre = prefix; let nd = need;
+    for (var i = tid; i < n; i += 256u) {
       let kk = key(scores[base + i]);
       if ((kk & mask) == pre) { atomicAdd(&hist[(kk >> shift) & 255u], 1u); }
     }
     workgroupBarrier();
-    if (lid.x == 0u) {
-      // the digit where the count from the top reaches the k still needed
-      var cum = 0u;
-      for (var b = 255i; b >= 0i; b--) {
-        let c = atomicLoad(&hist[u32(b)]);
-        if (cum + c >= need) { prefix = pre | (u32(b) << shift); need = need - cum; break; }
-        cum += c;
-      }
+    // cum[t] = number of candidates in bins 255 - t .. 255 (inclusive scan from the top)
+    let own = atomicLoad(&hist[255u - tid]);
+    cum[tid] = own;
+    workgroupBarrier();
+    for (var off = 1u; off < 256u; off <<= 1u) {
+      let v = select(0u, cum[tid - off], tid >= off);
+      workgroupBarrier();
+      cum[tid] += v;
+      workgroupBarrier();
     }
+    // exactly one bin holds the k-th largest of the candidates
+    let incl = cum[tid]; let excl = incl - own;
+    if (excl < nd && incl >= nd) { nextPrefix = pre | ((255u - tid) << shift); nextNeed = nd - excl; }
+    workgroupBarrier();
+    if (tid == 0u) { prefix = nextPrefix; need = nextNeed; }
     mask |= 255u << shift;
     workgroupBarrier();
   }
   // prefix is now the k-th largest key: take everything above it, then ties up to k
   let t = prefix;
-  for (var i = lid.x; i < n; i += 256u) {
+  for (var i = tid; i < n; i += 256u) {
     if (key(scores[base + i]) > t) { let o = atomicAdd(&taken, 1u); sel[g * k + o] = i; }
   }
   workgroupBarrier();
   let above = atomicLoad(&taken);
-  for (var i = lid.x; i < n; i += 256u) {
+  for (var i = tid; i < n; i += 256u) {
     if (key(scores[base + i]) == t) { let o = atomicAdd(&ties, 1u); if (above + o < k) { sel[g * k + above + o] = i; } }
   }
 }`;
 
 /** Kernel 3: partial attention of one KV group over a chunk of pages (all pages, or the selected ones):
- *  per query head of the group, the chunk's max score, sum of exp and exp-weighted V. K and V rows are
- *  read as 16-byte words; every query head of the group uses each read. */
-export const partialWgsl = (s: AttnShape) => common(s) + /* wgsl */ `
-const HD8: u32 = HD / 8u;     // 16-byte words per K/V row
-const SL: u32 = WG / HD8;     // token slices of the weighted-V phase
-const NV: u32 = ${Math.ceil((CHUNK_PAGES * s.pageSize) / (WG / (s.headDim / 8)))}u; // V rows per thread
+ *  per query head of the group, the chunk's max score (log2 units), sum of exp2 and exp2-weighted V.
+ *  Each lane group streams its rows with an online softmax; the lane groups merge at the end. */
+export const partialWgsl = (s: AttnShape, subgroups = false) => common(s, subgroups) + /* wgsl */ `
+const MAXCP: u32 = ${MAX_CHUNK_PAGES}u;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> vc: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> sel: array<u32>;
 @group(0) @binding(5) var<storage, read_write> part: array<f32>; // [nH][nChunks][2 + HD]
-var<workgroup> qs: array<vec4<f32>, ${(s.nHeads / s.nKV) * s.headDim / 4}>;
-var<workgroup> sc: array<f32, ${(s.nHeads / s.nKV) * CHUNK_PAGES * s.pageSize}>;
-var<workgroup> pages: array<u32, ${CHUNK_PAGES}>;
-var<workgroup> red: array<f32, ${WG * (s.nHeads / s.nKV)}>;
-var<workgroup> vred: array<vec4<f32>, ${WG * 2}>; // [slice][HD / 4]
-fn unpack8(w: vec4<u32>) -> array<vec4<f32>, 2> {
-  return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
-}
-@compute @workgroup_size(${WG})
+var<workgroup> pages: array<u32, MAXCP>;
+var<workgroup> gm: array<f32, ${lanes(s, subgroups).NG * (s.nHeads / s.nKV)}>; // [group][head] maxima, then sums
+var<workgroup> gacc: array<vec4<f32>, ${lanes(s, subgroups).NG * s.headDim / 4}>; // [group][HD / 4]
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let c = wid.x; let g = wid.y; let tid = lid.x;
-  for (var i = tid; i < G * HD / 4u; i += WG) { qs[i] = q[g * G * HD / 4u + i]; }
-  if (tid < CHUNK) {
-    let idx = c * CHUNK + tid;
-    var p = 0xffffffffu;
+  let c = wid.x; let g = wid.y; let tid = lid.x; let lane = tid % LG; let grp = tid / LG;
+  let cp = prm.chunkPages;
+  if (tid < cp) {
+    let idx = c * cp + tid;
+    var p = NONE;
     if (prm.sparse == 1u) { if (idx < prm.k) { p = sel[g * prm.k + idx]; } }
     else if (idx < prm.nPages) { p = idx; }
     pages[tid] = p;
   }
+  // this lane's 8 channels of q for every head of the group, scaled so that exp2 gives the softmax
+  var qa: array<vec4<f32>, G>; var qb: array<vec4<f32>, G>;
+  for (var j = 0u; j < G; j++) { let b = ((g * G + j) * HD) / 4u + 2u * lane; qa[j] = q[b] * prm.scale; qb[j] = q[b + 1u] * prm.scale; }
+  var m: array<f32, G>; var l: array<f32, G>; var accA: array<vec4<f32>, G>; var accB: array<vec4<f32>, G>;
+  for (var j = 0u; j < G; j++) { m[j] = -3.0e38; }
   workgroupBarrier();
-  // scores: one token per thread per step, every query head of the group from one read of the key
-  for (var t = tid; t < CHUNK * P; t += WG) {
-    let p = pages[t / P]; let tok = p * P + (t % P);
-    let valid = p != 0xffffffffu && tok < prm.seqLen;
-    var acc: array<f32, G>;
-    if (valid) {
-      let kb = ((p * NKV + g) * P + (t % P)) * HD8;
-      for (var i = 0u; i < HD8; i++) {
-        let k8 = unpack8(kc[kb + i]);
-        for (var j = 0u; j < G; j++) { acc[j] += dot(qs[(j * HD) / 4u + 2u * i], k8[0]) + dot(qs[(j * HD) / 4u + 2u * i + 1u], k8[1]); }
+  let rows = cp * P;
+  for (var t0 = 0u; t0 < rows; t0 += NG * TB) {
+    // TB rows per lane group, consecutive groups on consecutive tokens (a warp reads contiguous rows)
+    var kw: array<vec4<u32>, TB>; var vw: array<vec4<u32>, TB>; var ok = vec4<bool>(false);
+    for (var i = 0u; i < TB; i++) {
+      let t = t0 + i * NG + grp;
+      if (t < rows) {
+        let p = pages[t / P]; let slot = t % P;
+        if (p != NONE && p * P + slot < prm.seqLen) {
+          ok[i] = true;
+          let b = ((p * NKV + g) * P + slot) * LG + lane;
+          kw[i] = kc[b]; vw[i] = vc[b];
+        }
       }
     }
-    for (var j = 0u; j < G; j++) { sc[j * CHUNK * P + t] = select(-3.0e38, acc[j] * prm.scale, valid); }
-  }
-  // the weighted-V phase's rows are requested now, so that their latency hides behind the softmax
-  let w8i = tid % HD8; let sl = tid / HD8;
-  var vv: array<vec4<u32>, NV>;
-  for (var r = 0u; r < NV; r++) {
-    let t = sl + r * SL;
-    if (t < CHUNK * P) { let p = pages[t / P]; if (p != 0xffffffffu) { vv[r] = vc[((p * NKV + g) * P + (t % P)) * HD8 + w8i]; } }
-  }
-  workgroupBarrier();
-  // softmax statistics of all heads of the group at once: one tree reduction for the maxima, one for the sums
-  var mj: array<f32, G>;
-  for (var j = 0u; j < G; j++) {
-    mj[j] = -3.0e38;
-    for (var t = tid; t < CHUNK * P; t += WG) { mj[j] = max(mj[j], sc[j * CHUNK * P + t]); }
-    red[tid * G + j] = mj[j];
-  }
-  workgroupBarrier();
-  for (var w = WG / 2u; w > 0u; w /= 2u) {
-    if (tid < w) { for (var j = 0u; j < G; j++) { red[tid * G + j] = max(red[tid * G + j], red[(tid + w) * G + j]); } }
-    workgroupBarrier();
-  }
-  for (var j = 0u; j < G; j++) { mj[j] = red[j]; }
-  workgroupBarrier();
-  for (var j = 0u; j < G; j++) {
-    var l = 0.0;
-    for (var t = tid; t < CHUNK * P; t += WG) {
-      let s = sc[j * CHUNK * P + t];
-      let e = select(0.0, exp(s - mj[j]), s > -1.0e38);
-      sc[j * CHUNK * P + t] = e; l += e;
+    var kf: array<array<vec4<f32>, 2>, TB>;
+    for (var i = 0u; i < TB; i++) { kf[i] = unpack8(kw[i]); }
+    for (var j = 0u; j < G; j++) {
+      var sc = vec4<f32>(0.0);
+      for (var i = 0u; i < TB; i++) { sc[i] = dot(qa[j], kf[i][0]) + dot(qb[j], kf[i][1]); }
+      sc = select(vec4<f32>(-3.0e38), rowSum(sc, tid), ok);
+      let mNew = max(m[j], max(max(sc.x, sc.y), max(sc.z, sc.w)));
+      let corr = exp2(m[j] - mNew);
+      let e = select(vec4<f32>(0.0), exp2(sc - mNew), ok);
+      l[j] = l[j] * corr + (e.x + e.y) + (e.z + e.w);
+      accA[j] *= corr; accB[j] *= corr;
+      m[j] = mNew;
+      for (var i = 0u; i < TB; i++) {
+        let v8 = unpack8(vw[i]);
+        accA[j] += e[i] * v8[0]; accB[j] += e[i] * v8[1];
+      }
     }
-    red[tid * G + j] = l;
   }
+  // merge the lane groups: common maximum per head, then sums of the rescaled partial results
+  if (lane == 0u) { for (var j = 0u; j < G; j++) { gm[grp * G + j] = m[j]; } }
   workgroupBarrier();
-  for (var w = WG / 2u; w > 0u; w /= 2u) {
-    if (tid < w) { for (var j = 0u; j < G; j++) { red[tid * G + j] += red[(tid + w) * G + j]; } }
-    workgroupBarrier();
-  }
-  if (tid == 0u) { for (var j = 0u; j < G; j++) { let pb = ((g * G + j) * prm.nChunks + c) * (2u + HD); part[pb] = mj[j]; part[pb + 1u] = red[j]; } }
-  workgroupBarrier();
-  // weighted V: HD8 threads cover a row (one 16-byte word each), SL slices of the tokens run side by side
-  var accA: array<vec4<f32>, G>; var accB: array<vec4<f32>, G>;
-  for (var r = 0u; r < NV; r++) {
-    let t = sl + r * SL;
-    if (t >= CHUNK * P) { break; }
-    let v8 = unpack8(vv[r]); // rows of missing pages are zero, and so are their weights
-    for (var j = 0u; j < G; j++) { let e = sc[j * CHUNK * P + t]; accA[j] += e * v8[0]; accB[j] += e * v8[1]; }
-  }
+  var f: array<f32, G>; var M: array<f32, G>;
   for (var j = 0u; j < G; j++) {
-    vred[sl * (HD / 4u) + 2u * w8i] = accA[j]; vred[sl * (HD / 4u) + 2u * w8i + 1u] = accB[j];
+    var mm = -3.0e38;
+    for (var r = 0u; r < NG; r++) { mm = max(mm, gm[r * G + j]); }
+    M[j] = mm; f[j] = select(0.0, exp2(m[j] - mm), m[j] > -1.0e38);
+  }
+  workgroupBarrier();
+  if (lane == 0u) { for (var j = 0u; j < G; j++) { gm[grp * G + j] = l[j] * f[j]; } }
+  for (var j = 0u; j < G; j++) {
+    gacc[grp * (HD / 4u) + 2u * lane] = accA[j] * f[j]; gacc[grp * (HD / 4u) + 2u * lane + 1u] = accB[j] * f[j];
     workgroupBarrier();
     let pb = ((g * G + j) * prm.nChunks + c) * (2u + HD);
     for (var d = tid; d < HD / 4u; d += WG) {
       var sum = vec4<f32>(0.0);
-      for (var k = 0u; k < SL; k++) { sum += vred[k * (HD / 4u) + d]; }
+      for (var r = 0u; r < NG; r++) { sum += gacc[r * (HD / 4u) + d]; }
       part[pb + 2u + 4u * d] = sum.x; part[pb + 3u + 4u * d] = sum.y; part[pb + 4u + 4u * d] = sum.z; part[pb + 5u + 4u * d] = sum.w;
+    }
+    if (tid == 0u) {
+      var L = 0.0;
+      for (var r = 0u; r < NG; r++) { L += gm[r * G + j]; }
+      part[pb] = M[j]; part[pb + 1u] = L;
     }
     workgroupBarrier();
   }
 }`;
 
-/** Kernel 4: combine the chunks' partial softmax (flash-decoding reduction). */
-export const reduceWgsl = (s: AttnShape) => common(s) + /* wgsl */ `
+/** Kernel 4: combine the chunks' partial softmax (flash-decoding reduction; maxima in log2 units). */
+export const reduceWgsl = (s: AttnShape) => /* wgsl */ `
+const HD: u32 = ${s.headDim}u;
+struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> prm: Params;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @compute @workgroup_size(${Math.min(256, s.headDim)})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let h = wid.x;
+  var M = -3.0e38;
+  for (var c = 0u; c < prm.nChunks; c++) { M = max(M, part[(h * prm.nChunks + c) * (2u + HD)]); }
   for (var d = lid.x; d < HD; d += ${Math.min(256, s.headDim)}u) {
-    var M = -3.0e38;
-    for (var c = 0u; c < prm.nChunks; c++) { M = max(M, part[(h * prm.nChunks + c) * (2u + HD)]); }
     var L = 0.0; var o = 0.0;
     for (var c = 0u; c < prm.nChunks; c++) {
       let pb = (h * prm.nChunks + c) * (2u + HD);
-      let w = select(0.0, exp(part[pb] - M), part[pb + 1u] > 0.0);
+      let w = select(0.0, exp2(part[pb] - M), part[pb + 1u] > 0.0);
       L += part[pb + 1u] * w; o += part[pb + 2u + d] * w;
     }
     out[h * HD + d] = o / L;
   }
 }`;
+
+export type Stage = 'scores' | 'topk' | 'partial' | 'reduce';
 
 export interface LayerBuffers { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
 
@@ -245,6 +287,7 @@ export class DecodeAttention {
   readonly q: GPUBuffer; readonly out: GPUBuffer;
   private readonly scores: GPUBuffer; private readonly sel: GPUBuffer; private readonly part: GPUBuffer;
   private readonly params: GPUBuffer[] = [];
+  private readonly lanes: ReturnType<typeof lanes>;
   private paramIndex = 0;
   // Bind groups are cached per (uniform slot, layer, kernel) and never dropped: dawn.node has been seen
   // to crash when the garbage collector finalises GPU objects while work is in flight.
@@ -256,11 +299,13 @@ export class DecodeAttention {
   constructor(readonly device: GPUDevice, readonly s: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }) {
     if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
     const mk = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
-    this.pipes = { scores: mk(scoresWgsl(s)), topk: mk(topkWgsl(s)), partial: mk(partialWgsl(s)), reduce: mk(reduceWgsl(s)) };
+    const sub = hasSubgroups32(device);
+    this.lanes = lanes(s, sub);
+    this.pipes = { scores: mk(scoresWgsl(s, sub)), topk: mk(topkWgsl(s)), partial: mk(partialWgsl(s, sub)), reduce: mk(reduceWgsl(s)) };
     const buf = (size: number, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST) => device.createBuffer({ size: Math.max(16, size), usage });
     this.q = io?.q ?? buf(s.nHeads * s.headDim * 4); this.out = io?.out ?? buf(s.nHeads * s.headDim * 4);
     this.scores = buf(s.nKV * s.maxPages * 4); this.sel = buf(s.nKV * Math.max(1, maxSelectedPages) * 4);
-    const maxChunks = Math.ceil(s.maxPages / CHUNK_PAGES);
+    const maxChunks = Math.ceil(s.maxPages / MIN_CHUNK_PAGES);
     this.part = buf(s.nHeads * maxChunks * (2 + s.headDim) * 4);
   }
 
@@ -278,20 +323,29 @@ export class DecodeAttention {
     if (this.paramIndex > 0 && key === this.last) return { buf: this.params[this.paramIndex - 1], slot: this.paramIndex - 1 };
     this.last = key;
     const nPages = Math.ceil(seqLen / this.s.pageSize);
-    const nChunks = Math.ceil((sparse ? k : nPages) / CHUNK_PAGES);
+    const { chunkPages, nChunks } = this.chunking(sparse ? k : nPages);
     if (this.paramIndex >= this.params.length) this.params.push(this.device.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }));
     const b = this.params[this.paramIndex++];
     const data = new ArrayBuffer(32), u = new Uint32Array(data), f = new Float32Array(data);
-    u[0] = seqLen; u[1] = nPages; u[2] = k; u[3] = sparse ? 1 : 0; f[4] = scale; u[5] = nChunks;
+    u[0] = seqLen; u[1] = nPages; u[2] = k; u[3] = sparse ? 1 : 0; f[4] = scale * LOG2E; u[5] = nChunks; u[6] = chunkPages;
     this.device.queue.writeBuffer(b, 0, data);
     return { buf: b, slot: this.paramIndex - 1 };
+  }
+
+  /** Pages per partial-attention workgroup: few enough that the workgroups fill the GPU, many enough
+   *  that each streams a good run of rows. */
+  private chunking(pages: number): { chunkPages: number; nChunks: number } {
+    const want = Math.floor((pages * this.s.nKV) / TARGET_WORKGROUPS);
+    const chunkPages = Math.min(MAX_CHUNK_PAGES, Math.max(MIN_CHUNK_PAGES, want));
+    return { chunkPages, nChunks: Math.ceil(pages / chunkPages) };
   }
 
   /** Starts a new batch of encodes (uniform buffers are reused from the start). */
   resetBatch(): void { this.paramIndex = 0; this.last = ''; }
 
-  /** Records one decode-attention call. budgetPages = 0 (or >= the page count): dense. */
-  encode(pass: GPUComputePassEncoder, layer: LayerBuffers, seqLen: number, budgetPages: number): void {
+  /** Records one decode-attention call. budgetPages = 0 (or >= the page count): dense. `only`: record
+   *  just that stage (benchmarks time the stages one by one). */
+  encode(pass: GPUComputePassEncoder, layer: LayerBuffers, seqLen: number, budgetPages: number, only?: Stage): void {
     const s = this.s, nPages = Math.ceil(seqLen / s.pageSize);
     if (nPages > s.maxPages) throw new Error(`sequence of ${seqLen} tokens exceeds the ${s.maxPages} pages allocated`);
     const sparse = budgetPages > 0 && budgetPages < nPages;
@@ -308,17 +362,24 @@ export class DecodeAttention {
       }
       return g;
     };
-    if (sparse) {
+    const want = (st: Stage) => only === undefined || only === st;
+    if (sparse && want('scores')) {
       pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, [this.q, layer.meta, this.scores]));
-      pass.dispatchWorkgroups(Math.ceil(nPages / 8), s.nKV);
+      pass.dispatchWorkgroups(Math.ceil(nPages / (TB * this.lanes.NG)), s.nKV);
+    }
+    if (sparse && want('topk')) {
       pass.setPipeline(this.pipes.topk); pass.setBindGroup(0, bind(this.pipes.topk, [this.scores, this.sel]));
       pass.dispatchWorkgroups(s.nKV);
     }
-    const nChunks = Math.ceil(k / CHUNK_PAGES);
-    pass.setPipeline(this.pipes.partial); pass.setBindGroup(0, bind(this.pipes.partial, [this.q, layer.k, layer.v, this.sel, this.part]));
-    pass.dispatchWorkgroups(nChunks, s.nKV);
-    pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, [this.part, this.out]));
-    pass.dispatchWorkgroups(s.nHeads);
+    const { nChunks } = this.chunking(k);
+    if (want('partial')) {
+      pass.setPipeline(this.pipes.partial); pass.setBindGroup(0, bind(this.pipes.partial, [this.q, layer.k, layer.v, this.sel, this.part]));
+      pass.dispatchWorkgroups(nChunks, s.nKV);
+    }
+    if (want('reduce')) {
+      pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, [this.part, this.out]));
+      pass.dispatchWorkgroups(s.nHeads);
+    }
   }
 
   /** Reads the selected page ids of the last sparse call (tests). */

@@ -50,7 +50,12 @@ fn w8(r: u32, k: u32) -> W8 {
   }
 }
 
-export interface LinearSpec { type: GpuWeightType; N: number; K: number; add: boolean; bias: boolean }
+export interface LinearSpec {
+  type: GpuWeightType; N: number; K: number; add: boolean; bias: boolean;
+  /** computed on the input as it is loaded (x-stationary kernel only): RMSNorm with weight `nw`
+   *  (binding 5) and `eps`, or SwiGLU of a [gate | up] input of 2K values per token */
+  prologue?: { kind: 'rmsnorm'; eps: number } | { kind: 'swiglu' };
+}
 
 const linearOut = (s: LinearSpec, idx: string, row: string, v: string) =>
   `{ let o = ${idx}; let val = ${v}${s.bias ? ` + bias[${row}]` : ''}; y[o] = ${s.add ? 'y[o] + val' : 'val'}; }`;
@@ -86,6 +91,97 @@ ${subgroups ? `  acc = subgroupAdd(acc);
   for (var s = 16u; s > 0u; s >>= 1u) { if (lane < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
   if (lane == 0u && r < N) ${linearOut(s, 'wid.y * N + r', 'r', 'red[lid.x]')}`}
 }`;
+
+/** Rows per thread set of linearRowsWgsl. */
+export const LINEAR_ROWS = 8;
+
+/** Threads that split one row's K in linearRowsWgsl (a power of two, 32..256) and row sets per workgroup. */
+export function rowsLayout(K: number, R = LINEAR_ROWS) {
+  const U = K / 8;
+  const TPR = Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(U))));
+  return { U, TPR, S: 256 / TPR, UPT: Math.ceil(U / TPR), rowsPerGroup: (256 / TPR) * R };
+}
+
+/** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias) for a few tokens t (wid.y), "x-stationary": a set of TPR
+ *  threads splits K, each loads its slice of x into registers once and then streams the same columns
+ *  of R rows (R x UPT independent 16-byte loads per thread, TPR x 16 bytes contiguous per row and
+ *  step); the R sums are reduced across the set at the end. 256 / TPR sets per workgroup. */
+export const linearRowsWgsl = (s: LinearSpec, subgroups = false, R = LINEAR_ROWS) => {
+  if (R > 8) throw new Error(`linearRowsWgsl: at most 8 rows per thread set (got ${R})`);
+  const { U, TPR, S, UPT } = rowsLayout(s.K, R), full = U % TPR === 0, pro = s.prologue;
+  return (subgroups ? 'enable subgroups;\n' : '') + weightAccess(s.type, s.K, 2) + /* wgsl */ `
+const N: u32 = ${s.N}u;
+const U: u32 = K / 8u; // 8-weight units per row
+const TPR: u32 = ${TPR}u; // threads per row set
+const S: u32 = ${S}u;     // row sets per workgroup
+const UPT: u32 = ${UPT}u; // units per thread
+const R: u32 = ${R}u;     // rows per set
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+${subgroups ? 'var<workgroup> red: array<f32, 8u * R>;' : 'var<workgroup> red: array<f32, 256u * R>;\nvar<workgroup> red2: array<f32, 32u * R>;'}
+${pro?.kind === 'rmsnorm' ? `@group(0) @binding(5) var<storage, read> nw: array<vec4<f32>>;\nvar<workgroup> nred: array<f32, ${subgroups ? 8 : 256}>;` : ''}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let tid = lid.x; let rs = tid / TPR; let t = tid % TPR;
+  let r0 = (wid.x * S + rs) * R; let xb = wid.y * (${pro?.kind === 'swiglu' ? '2u * ' : ''}K / 4u);
+  var xa: array<vec4<f32>, UPT>; var xc: array<vec4<f32>, UPT>;
+  for (var i = 0u; i < UPT; i++) {
+    let u = t + i * TPR;
+    ${full ? '' : 'if (u < U) '}{ ${pro?.kind === 'swiglu' ? `let ga = x[xb + 2u * u]; let gb = x[xb + 2u * u + 1u];
+      xa[i] = ga / (1.0 + exp(-ga)) * x[xb + K / 4u + 2u * u]; xc[i] = gb / (1.0 + exp(-gb)) * x[xb + K / 4u + 2u * u + 1u];`
+      : 'xa[i] = x[xb + 2u * u]; xc[i] = x[xb + 2u * u + 1u];'} }
+  }
+${pro?.kind === 'rmsnorm' ? `  // RMSNorm of the token's x: sum of squares over the thread set, then scale the slice in registers
+  var ss = 0.0;
+  for (var i = 0u; i < UPT; i++) { ss += dot(xa[i], xa[i]) + dot(xc[i], xc[i]); }
+${subgroups ? `  ss = subgroupAdd(ss);
+  if (tid % 32u == 0u) { nred[tid / 32u] = ss; }
+  workgroupBarrier();
+  var tot = 0.0;
+  for (var w = 0u; w < TPR / 32u; w++) { tot += nred[rs * (TPR / 32u) + w]; }` : `  nred[tid] = ss;
+  workgroupBarrier();
+  for (var w = TPR / 2u; w > 0u; w >>= 1u) { if (t < w) { nred[tid] += nred[tid + w]; } workgroupBarrier(); }
+  let tot = nred[rs * TPR];`}
+  let inv = inverseSqrt(tot / f32(K) + ${pro.eps.toExponential()});
+  for (var i = 0u; i < UPT; i++) {
+    let u = t + i * TPR;
+    ${full ? '' : 'if (u < U) '}{ xa[i] *= inv * nw[2u * u]; xc[i] *= inv * nw[2u * u + 1u]; }
+  }
+` : ''}  var acc: array<f32, R>;
+  for (var r = 0u; r < R; r++) {
+    let row = min(r0 + r, N - 1u); // rows past N repeat the last one; they are not written
+    for (var i = 0u; i < UPT; i++) {
+      let u = t + i * TPR;
+      ${full ? '' : 'if (u < U) '}{ let w = w8(row, u * 8u); acc[r] += dot(w.a, xa[i]) + dot(w.b, xc[i]); }
+    }
+  }
+${subgroups ? `  // warp sums, then the TPR / 32 warps of a set
+  for (var r = 0u; r < R; r++) { acc[r] = subgroupAdd(acc[r]); }
+  if (tid % 32u == 0u) { for (var r = 0u; r < R; r++) { red[(tid / 32u) * R + r] = acc[r]; } }
+  workgroupBarrier();
+  if (tid < S * R) {
+    let st = tid / R; let r = tid % R; let row = (wid.x * S + st) * R + r;
+    var sum = 0.0;
+    for (var w = 0u; w < TPR / 32u; w++) { sum += red[(st * (TPR / 32u) + w) * R + r]; }
+    if (row < N) ${linearOut(s, 'wid.y * N + row', 'row', 'sum')}
+  }` : `  // red[r][set][t] -> sums of 8 -> one sum per (row, set)
+  for (var r = 0u; r < R; r++) { red[r * 256u + tid] = acc[r]; }
+  workgroupBarrier();
+  if (tid < 32u * R) {
+    var v = 0.0;
+    for (var i = 0u; i < 8u; i++) { v += red[tid * 8u + i]; }
+    red2[tid] = v;
+  }
+  workgroupBarrier();
+  if (tid < S * R) {
+    let r = tid / S; let st = tid % S; let row = (wid.x * S + st) * R + r;
+    var sum = 0.0;
+    for (var i = 0u; i < TPR / 8u; i++) { sum += red2[(r * S + st) * (TPR / 8u) + i]; }
+    if (row < N) ${linearOut(s, 'wid.y * N + row', 'row', 'sum')}
+  }`}
+}`;
+};
 
 /** The same product for many tokens (prefill): 64 x 64 output tiles, 16-wide K steps through
  *  workgroup memory, 4 x 4 outputs per thread. Rows past the chunk's tokens compute garbage that
@@ -182,6 +278,41 @@ ${MAIN_1D}
   let a = b + ${neox ? 'p' : '2u * p'}; let c = b + ${neox ? 'p + HD2' : '2u * p + 1u'};
   let x0 = qkv[a]; let x1 = qkv[c];
   qkv[a] = x0 * cs.x - x1 * cs.y; qkv[c] = x0 * cs.y + x1 * cs.x;
+}`;
+
+/** Decode step (one token), in one pass: RoPE of q (into `qr`) and k, the token's k and v (f16) into
+ *  the paged cache, and its page's key min/max updated (set at the page's first slot). A thread owns
+ *  one channel pair (2j, 2j + 1) of one head, so every u32 it writes is its own. */
+export const ropeAppendWgsl = (s: HeadsSpec, neox: boolean) => STEP_WGSL + heads(s) + /* wgsl */ `
+@group(0) @binding(0) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> rope: array<vec2<f32>>; // [pos][HD2] (cos, sin)
+@group(0) @binding(2) var<storage, read_write> qr: array<f32>;
+@group(0) @binding(3) var<storage, read_write> kc: array<u32>;
+@group(0) @binding(4) var<storage, read_write> vc: array<u32>;
+@group(0) @binding(5) var<storage, read_write> pmeta: array<u32>; // [page][kvHead][min, max][HD2]
+@group(0) @binding(6) var<uniform> step: Step;
+// channel c of the rotated head that starts at b
+fn rot(b: u32, c: u32, pos: u32) -> f32 {
+${neox ? `  let p = c % HD2; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + p]; let x1 = qkv[b + p + HD2];
+  return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, c >= HD2);`
+  : `  let p = c / 2u; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + 2u * p]; let x1 = qkv[b + 2u * p + 1u];
+  return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, (c & 1u) == 1u);`}
+}
+${MAIN_1D}
+  let h = gid.x / HD2; let j = gid.x % HD2; let pos = step.start;
+  if (h >= NH + 2u * NKV) { return; }
+  let b = h * HD;
+  if (h < NH) { qr[b + 2u * j] = rot(b, 2u * j, pos); qr[b + 2u * j + 1u] = rot(b, 2u * j + 1u, pos); return; }
+  let g = (h - NH) % NKV; let page = pos / P; let slot = pos % P;
+  let dst = ((page * NKV + g) * P + slot) * HD2 + j;
+  if (h >= NH + NKV) { vc[dst] = pack2x16float(vec2<f32>(qkv[b + 2u * j], qkv[b + 2u * j + 1u])); return; }
+  let k = pack2x16float(vec2<f32>(rot(b, 2u * j, pos), rot(b, 2u * j + 1u, pos)));
+  kc[dst] = k;
+  // min/max of the stored (f16) keys
+  let k2 = unpack2x16float(k); let mb = (page * NKV + g) * 2u * HD2;
+  var mn = k2; var mx = k2;
+  if (slot > 0u) { mn = min(mn, unpack2x16float(pmeta[mb + j])); mx = max(mx, unpack2x16float(pmeta[mb + HD2 + j])); }
+  pmeta[mb + j] = pack2x16float(mn); pmeta[mb + HD2 + j] = pack2x16float(mx);
 }`;
 
 /** Appends the chunk's k and v (f16) to the paged cache. */

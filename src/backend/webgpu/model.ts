@@ -25,6 +25,14 @@ export function checkGpuShape(c: ModelConfig): void {
   if (c.headDim % 8 !== 0 || c.headDim > 256) bad(`head dim ${c.headDim} must be a multiple of 8 and at most 256`);
 }
 
+const envVar = (name: string) => (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env[name];
+
+function parseMatvec(v: string | undefined): GpuModel['matvec'] {
+  if (v === 'warp') return { kind: 'warp' };
+  const m = /^rows(\d+)$/.exec(v ?? '');
+  return { kind: 'rows', rows: m ? Number(m[1]) : K.LINEAR_ROWS };
+}
+
 export class GpuModel {
   readonly layers: GpuLayer[] = [];
   embed!: GpuLinear;
@@ -102,10 +110,18 @@ export class GpuModel {
     return p;
   }
 
+  /** Matrix-vector kernel of decode steps: x-stationary with R rows per workgroup (default), or the
+   *  older warp-per-row one (QUEST_MATVEC=warp or rows<R> to compare in benchmarks). */
+  readonly matvec: { kind: 'rows'; rows: number } | { kind: 'warp' } = parseMatvec(envVar('QUEST_MATVEC'));
+
+  /** Output rows per workgroup of the matrix-vector kernel. */
+  vecRowsPerGroup(cols: number): number { return this.matvec.kind === 'rows' ? K.rowsLayout(cols, this.matvec.rows).rowsPerGroup : 8; }
+
   linearPipeline(l: GpuLinear, add: boolean, many: boolean): GPUComputePipeline {
     const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null };
-    const sub = hasSubgroups32(this.device);
-    return this.pipeline(`lin:${many}:${sub}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec) : K.linearVecWgsl(spec, sub)));
+    const sub = hasSubgroups32(this.device), mv = this.matvec;
+    return this.pipeline(`lin:${many}:${sub}:${JSON.stringify(mv)}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec)
+      : mv.kind === 'rows' ? K.linearRowsWgsl(spec, sub, mv.rows) : K.linearVecWgsl(spec, sub)));
   }
 
 
