@@ -15,12 +15,13 @@ const MAX_CHUNK = 256; // tokens per prefill command buffer (activations are siz
 const ROWS = MAX_CHUNK; // a multiple of 64: the tiled product reads whole 64-row tiles
 
 interface LayerKV { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
+type Prologue = { kind: 'rmsnorm'; weight: GPUBuffer } | { kind: 'swiglu' };
 
 /** Activation buffers and pipelines shared by all sessions of a model (forwards run one at a time on
  *  the queue, and each reads its results back within its own submission). */
 export class GpuRunner {
   readonly x: GPUBuffer; readonly xb: GPUBuffer; readonly qkv: GPUBuffer; readonly att: GPUBuffer;
-  readonly gu: GPUBuffer; readonly h: GPUBuffer; readonly xl: GPUBuffer; readonly logits1: GPUBuffer;
+  readonly gu: GPUBuffer; readonly h: GPUBuffer; readonly qrot: GPUBuffer; readonly xl: GPUBuffer; readonly logits1: GPUBuffer;
   readonly tokens: GPUBuffer; readonly step: GPUBuffer; readonly best: GPUBuffer;
   private logitsAll: GPUBuffer | null = null;
   readonly decode: DecodeAttention;
@@ -31,12 +32,12 @@ export class GpuRunner {
     const buf = (floats: number) => d.createBuffer({ size: Math.max(16, floats * 4), usage: storageUsage() });
     const qkvN = (c.nHeads + 2 * c.nKVHeads) * c.headDim;
     this.x = buf(ROWS * c.dim); this.xb = buf(ROWS * c.dim); this.qkv = buf(ROWS * qkvN);
-    this.att = buf(ROWS * c.nHeads * c.headDim); this.gu = buf(ROWS * 2 * c.hiddenDim); this.h = buf(ROWS * c.hiddenDim);
+    this.att = buf(ROWS * c.nHeads * c.headDim); this.qrot = buf(c.nHeads * c.headDim); this.gu = buf(ROWS * 2 * c.hiddenDim); this.h = buf(ROWS * c.hiddenDim);
     this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
     this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
     this.decode = new DecodeAttention(d, { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize, maxPages: this.maxPages },
-      this.maxPages, { q: this.qkv, out: this.att });
+      this.maxPages, { q: this.qrot, out: this.att });
   }
 
   logitsRows(): GPUBuffer {
@@ -45,7 +46,7 @@ export class GpuRunner {
   }
 
   dispose(): void {
-    for (const b of [this.x, this.xb, this.qkv, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.logitsAll]) b?.destroy();
+    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.logitsAll]) b?.destroy();
   }
 }
 
@@ -123,43 +124,52 @@ export class GpuSession {
       if (pipe !== current) { pass.setPipeline(pipe); current = pipe; }
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
-    const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean) => {
-      const many = rows > 4, pipe = m.linearPipeline(l, add, many);
-      run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias], many ? Math.ceil(l.N / 64) : Math.ceil(l.N / m.vecRowsPerGroup(l.K)), many ? Math.ceil(rows / 64) : rows);
+    const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
+      const many = rows > 4, pipe = m.linearPipeline(l, add, many, pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm', eps: c.normEps } : pro);
+      run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, pro?.kind === 'rmsnorm' ? pro.weight : null],
+        many ? Math.ceil(l.N / 64) : Math.ceil(l.N / m.vecRowsPerGroup(l.K)), many ? Math.ceil(rows / 64) : rows);
     };
+    // decode steps and short chunks: RMSNorm and SwiGLU run inside the products that read their output,
+    // and (one token) RoPE, the KV append and the page min/max are one kernel
+    const fuse = n <= 4 && m.fusesPrologues, oneStep = n === 1;
     const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
     const wt = m.embed.type;
     run(m.pipeline(`embed:${wt}`, () => K.embedWgsl(wt, c.dim)), 'embed', [r.tokens, r.x, m.embed.data, wt === 'f16' ? null : m.embed.scales, r.step], K.grid64((n * c.dim) / 8));
     const rms = m.pipeline('rms', () => K.rmsnormWgsl(c.dim, c.normEps, false));
     const rope = m.pipeline('rope', () => K.ropeWgsl(hs, c.ropeStyle === 'neox'));
     const append = m.pipeline('kvappend', () => K.kvAppendWgsl(hs)), meta = m.pipeline('kvmeta', () => K.kvMetaWgsl(hs));
+    const ropeAppend = m.pipeline('ropeappend', () => K.ropeAppendWgsl(hs, c.ropeStyle === 'neox'));
     const prefill = m.pipeline('prefill', () => K.prefillAttentionWgsl(hs)), swiglu = m.pipeline('swiglu', () => K.swigluWgsl(c.hiddenDim));
     const nPages = Math.ceil(total / r.pageSize), touched = nPages - Math.floor(start / r.pageSize);
     const a = this.attention, keep = Math.max(MIN_PAGES, Math.ceil(a.budget / r.pageSize));
     r.decode.resetBatch();
     m.layers.forEach((L, l) => {
       const kv = this.kv[l];
-      run(rms, 'rms', [r.x, L.attnNorm, r.xb], n);
-      linear(L.qkv, r.xb, r.qkv, n, false);
-      run(rope, 'rope', [r.qkv, m.ropeTable, r.step], K.grid64((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2));
-      run(append, 'append', [r.qkv, kv.k, kv.v, r.step], K.grid64((n * c.nKVHeads * c.headDim) / 2));
-      run(meta, 'meta', [kv.k, kv.meta, r.step], K.grid64((touched * c.nKVHeads * c.headDim) / 2));
-      if (n === 1) {
+      if (fuse) linear(L.qkv, r.x, r.qkv, n, false, { kind: 'rmsnorm', weight: L.attnNorm });
+      else { run(rms, 'rms', [r.x, L.attnNorm, r.xb], n); linear(L.qkv, r.xb, r.qkv, n, false); }
+      if (oneStep) {
+        run(ropeAppend, 'ropeAppend', [r.qkv, m.ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
         const sparse = a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
         r.decode.encode(pass, kv, total, sparse ? keep : 0);
         current = null;
       } else {
+        run(rope, 'rope', [r.qkv, m.ropeTable, r.step], K.grid64((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2));
+        run(append, 'append', [r.qkv, kv.k, kv.v, r.step], K.grid64((n * c.nKVHeads * c.headDim) / 2));
+        run(meta, 'meta', [kv.k, kv.meta, r.step], K.grid64((touched * c.nKVHeads * c.headDim) / 2));
         run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step], Math.ceil(n / 64), c.nHeads);
       }
       linear(L.wo, r.att, r.x, n, true);
-      run(rms, 'rms', [r.x, L.ffnNorm, r.xb], n);
-      linear(L.gateUp, r.xb, r.gu, n, false);
-      run(swiglu, 'swiglu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim));
-      linear(L.down, r.h, r.x, n, true);
+      if (fuse) linear(L.gateUp, r.x, r.gu, n, false, { kind: 'rmsnorm', weight: L.ffnNorm });
+      else { run(rms, 'rms', [r.x, L.ffnNorm, r.xb], n); linear(L.gateUp, r.xb, r.gu, n, false); }
+      if (fuse) linear(L.down, r.gu, r.x, n, true, { kind: 'swiglu' });
+      else { run(swiglu, 'swiglu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); linear(L.down, r.h, r.x, n, true); }
     });
     if (want === 'all') {
       run(rms, 'rms', [r.x, m.finalNorm, r.xb], n);
       linear(m.output, r.xb, r.logitsRows(), n, false);
+    } else if (want !== 'none' && oneStep && fuse) {
+      linear(m.output, r.x, r.logits1, 1, false, { kind: 'rmsnorm', weight: m.finalNorm });
+      if (want === 'argmax') run(m.pipeline('argmax', () => K.argmaxWgsl(c.vocabSize)), 'argmax', [r.logits1, r.best], 1);
     } else if (want !== 'none') {
       run(m.pipeline('rmslast', () => K.rmsnormWgsl(c.dim, c.normEps, true)), 'rmslast', [r.x, m.finalNorm, r.xl, r.step], 1);
       linear(m.output, r.xl, r.logits1, 1, false);

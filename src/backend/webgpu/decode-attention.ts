@@ -19,11 +19,20 @@ import { hasSubgroups32 } from './device.js';
 
 export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageSize: number; maxPages: number }
 
-const MAX_CHUNK_PAGES = 32; // pages per workgroup of the partial-attention kernel, at most
+const MAX_CHUNK_PAGES = 32; // pages per workgroup of the partial-attention kernel (unless more are needed to stay under MAX_CHUNKS)
 const MIN_CHUNK_PAGES = 2;
+const MAX_CHUNKS = 512; // chunks per head, at most (the reduction keeps their weights in workgroup memory)
 const TARGET_WORKGROUPS = 1024; // enough partial-attention workgroups to fill a large GPU
-const TB = 4; // rows a lane group loads per step (loads in flight per thread: 2 x TB)
+const TB = 4; // rows a lane group loads per step in the scores kernel (loads in flight per thread: 2 x TB)
+/** Rows per lane group and step of the partial-attention kernel (a multiple of 4; QUEST_ATTN_TB to compare). */
+const PARTIAL_TB = Number((globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.QUEST_ATTN_TB ?? 4);
 const LOG2E = 1.4426950408889634;
+
+/** The per-call values every kernel reads (one uniform buffer per distinct call). */
+const PARAMS_WGSL = /* wgsl */ `
+struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> prm: Params;
+`;
 
 /** Lanes per row, lane groups per workgroup, workgroup size, and whether rows reduce by subgroup shuffles. */
 function lanes(s: AttnShape, subgroups: boolean) {
@@ -31,7 +40,7 @@ function lanes(s: AttnShape, subgroups: boolean) {
   return { LG, NG, WG: LG * NG, shuffle: subgroups && (LG & (LG - 1)) === 0 && LG <= 32 };
 }
 
-const common = (s: AttnShape, subgroups: boolean) => {
+const common = (s: AttnShape, subgroups: boolean, tb = TB) => {
   const { LG, NG, WG, shuffle } = lanes(s, subgroups);
   return (shuffle ? 'enable subgroups;\n' : '') + /* wgsl */ `
 const NH: u32 = ${s.nHeads}u;
@@ -42,11 +51,10 @@ const P: u32 = ${s.pageSize}u;
 const LG: u32 = ${LG}u;   // lanes per row
 const NG: u32 = ${NG}u;   // lane groups per workgroup
 const WG: u32 = ${WG}u;
-const TB: u32 = ${TB}u;
+const TB: u32 = ${tb}u;      // rows per lane group and step
+const TB4: u32 = ${tb / 4}u;
 const NONE: u32 = 0xffffffffu;
-struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, pad: u32 }
-@group(0) @binding(0) var<uniform> prm: Params;
-fn unpack8(w: vec4<u32>) -> array<vec4<f32>, 2> {
+${PARAMS_WGSL}fn unpack8(w: vec4<u32>) -> array<vec4<f32>, 2> {
   return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
 }
 ${shuffle ? `// sum over the LG lanes of a row (a lane group lies inside one subgroup)
@@ -101,77 +109,64 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   }
 }`;
 
-/** Kernel 2: top-k pages per KV group by radix select (four 8-bit digits; per digit a 256-bin histogram
- *  in workgroup memory and a parallel scan of it) on order-preserving u32 keys; no readback. */
-export const topkWgsl = (s: AttnShape) => /* wgsl */ `
-struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, pad: u32 }
-@group(0) @binding(0) var<uniform> prm: Params;
+/** Kernel 2: top-k pages per KV group, no readback. The scores become order-preserving u32 keys held
+ *  in registers (KPT per thread); a bisection over the key range finds the k-th largest key T (32
+ *  rounds of a workgroup-wide count of keys >= a threshold); then the keys above T and ties up to k
+ *  are written out. No histogram, so no atomic contention when many scores are alike. */
+export const topkWgsl = (s: AttnShape, subgroups = false) => (subgroups ? 'enable subgroups;\n' : '') + PARAMS_WGSL + /* wgsl */ `
+const KPT: u32 = ${Math.max(1, Math.ceil(s.maxPages / 256))}u;
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sel: array<u32>;
-var<workgroup> hist: array<atomic<u32>, 256>;
-var<workgroup> cum: array<u32, 256>;
-var<workgroup> prefix: u32;
-var<workgroup> need: u32;
-var<workgroup> nextPrefix: u32;
-var<workgroup> nextNeed: u32;
+var<workgroup> cnt: atomic<u32>;
+var<workgroup> total: u32;
 var<workgroup> taken: atomic<u32>;
 var<workgroup> ties: atomic<u32>;
 fn key(x: f32) -> u32 { let b = bitcast<u32>(x); return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u); }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = lid.x; let g = wid.x; let n = prm.nPages; let base = g * n; let k = prm.k;
-  if (tid == 0u) { prefix = 0u; need = k; atomicStore(&taken, 0u); atomicStore(&ties, 0u); }
-  var mask = 0u;
-  for (var digit = 0u; digit < 4u; digit++) {
-    let shift = 24u - 8u * digit;
-    atomicStore(&hist[tid], 0u);
+  var keys: array<u32, KPT>;
+  for (var i = 0u; i < KPT; i++) { let idx = tid + i * 256u; if (idx < n) { keys[i] = key(scores[base + idx]); } }
+  if (tid == 0u) { atomicStore(&cnt, 0u); atomicStore(&taken, 0u); atomicStore(&ties, 0u); }
+  // largest T with #(keys >= T) >= k; invariant: #(keys >= lo) >= k
+  var lo = 0u; var hi = 0xffffffffu;
+  workgroupBarrier();
+  for (var round = 0u; round < 32u; round++) {
+    if (lo == hi) { break; }
+    let mid = lo + ((hi - lo) >> 1u) + ((hi - lo) & 1u);
+    var c = 0u;
+    for (var i = 0u; i < KPT; i++) { if (tid + i * 256u < n && keys[i] >= mid) { c++; } }
+${subgroups ? `    c = subgroupAdd(c);
+    if (tid % 32u == 0u) { atomicAdd(&cnt, c); }` : `    atomicAdd(&cnt, c);`}
     workgroupBarrier();
-    let pre = prefix; let nd = need;
-    for (var i = tid; i < n; i += 256u) {
-      let kk = key(scores[base + i]);
-      if ((kk & mask) == pre) { atomicAdd(&hist[(kk >> shift) & 255u], 1u); }
-    }
-    workgroupBarrier();
-    // cum[t] = number of candidates in bins 255 - t .. 255 (inclusive scan from the top)
-    let own = atomicLoad(&hist[255u - tid]);
-    cum[tid] = own;
-    workgroupBarrier();
-    for (var off = 1u; off < 256u; off <<= 1u) {
-      let v = select(0u, cum[tid - off], tid >= off);
-      workgroupBarrier();
-      cum[tid] += v;
-      workgroupBarrier();
-    }
-    // exactly one bin holds the k-th largest of the candidates
-    let incl = cum[tid]; let excl = incl - own;
-    if (excl < nd && incl >= nd) { nextPrefix = pre | ((255u - tid) << shift); nextNeed = nd - excl; }
-    workgroupBarrier();
-    if (tid == 0u) { prefix = nextPrefix; need = nextNeed; }
-    mask |= 255u << shift;
-    workgroupBarrier();
+    if (tid == 0u) { total = atomicLoad(&cnt); atomicStore(&cnt, 0u); }
+    let count = workgroupUniformLoad(&total);
+    if (count >= k) { lo = mid; } else { hi = mid - 1u; }
   }
-  // prefix is now the k-th largest key: take everything above it, then ties up to k
-  let t = prefix;
-  for (var i = tid; i < n; i += 256u) {
-    if (key(scores[base + i]) > t) { let o = atomicAdd(&taken, 1u); sel[g * k + o] = i; }
+  // keys above T, then ties up to k
+  for (var i = 0u; i < KPT; i++) {
+    let idx = tid + i * 256u;
+    if (idx < n && keys[i] > lo) { let o = atomicAdd(&taken, 1u); sel[g * k + o] = idx; }
   }
   workgroupBarrier();
   let above = atomicLoad(&taken);
-  for (var i = tid; i < n; i += 256u) {
-    if (key(scores[base + i]) == t) { let o = atomicAdd(&ties, 1u); if (above + o < k) { sel[g * k + above + o] = i; } }
+  for (var i = 0u; i < KPT; i++) {
+    let idx = tid + i * 256u;
+    if (idx < n && keys[i] == lo) { let o = atomicAdd(&ties, 1u); if (above + o < k) { sel[g * k + above + o] = idx; } }
   }
 }`;
 
 /** Kernel 3: partial attention of one KV group over a chunk of pages (all pages, or the selected ones):
  *  per query head of the group, the chunk's max score (log2 units), sum of exp2 and exp2-weighted V.
  *  Each lane group streams its rows with an online softmax; the lane groups merge at the end. */
-export const partialWgsl = (s: AttnShape, subgroups = false) => common(s, subgroups) + /* wgsl */ `
-const MAXCP: u32 = ${MAX_CHUNK_PAGES}u;
+export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB) => common(s, subgroups, tb) + /* wgsl */ `
+const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS))}u;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> vc: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> sel: array<u32>;
-@group(0) @binding(5) var<storage, read_write> part: array<f32>; // [nH][nChunks][2 + HD]
+@group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [nH][nChunks][HD / 4]
+@group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;   // [nH][nChunks] (max, sum)
 var<workgroup> pages: array<u32, MAXCP>;
 var<workgroup> gm: array<f32, ${lanes(s, subgroups).NG * (s.nHeads / s.nKV)}>; // [group][head] maxima, then sums
 var<workgroup> gacc: array<vec4<f32>, ${lanes(s, subgroups).NG * s.headDim / 4}>; // [group][HD / 4]
@@ -195,33 +190,36 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let rows = cp * P;
   for (var t0 = 0u; t0 < rows; t0 += NG * TB) {
     // TB rows per lane group, consecutive groups on consecutive tokens (a warp reads contiguous rows)
-    var kw: array<vec4<u32>, TB>; var vw: array<vec4<u32>, TB>; var ok = vec4<bool>(false);
+    var kw: array<vec4<u32>, TB>; var vw: array<vec4<u32>, TB>; var ok: array<vec4<bool>, TB4>;
     for (var i = 0u; i < TB; i++) {
       let t = t0 + i * NG + grp;
       if (t < rows) {
         let p = pages[t / P]; let slot = t % P;
         if (p != NONE && p * P + slot < prm.seqLen) {
-          ok[i] = true;
+          ok[i / 4u][i % 4u] = true;
           let b = ((p * NKV + g) * P + slot) * LG + lane;
           kw[i] = kc[b]; vw[i] = vc[b];
         }
       }
     }
-    var kf: array<array<vec4<f32>, 2>, TB>;
-    for (var i = 0u; i < TB; i++) { kf[i] = unpack8(kw[i]); }
     for (var j = 0u; j < G; j++) {
-      var sc = vec4<f32>(0.0);
-      for (var i = 0u; i < TB; i++) { sc[i] = dot(qa[j], kf[i][0]) + dot(qb[j], kf[i][1]); }
-      sc = select(vec4<f32>(-3.0e38), rowSum(sc, tid), ok);
-      let mNew = max(m[j], max(max(sc.x, sc.y), max(sc.z, sc.w)));
+      // scores of the TB rows (4 per vec4), summed across the lane group
+      var sc: array<vec4<f32>, TB4>;
+      for (var i = 0u; i < TB; i++) { let k8 = unpack8(kw[i]); sc[i / 4u][i % 4u] = dot(qa[j], k8[0]) + dot(qb[j], k8[1]); }
+      var mNew = m[j];
+      for (var b = 0u; b < TB4; b++) {
+        sc[b] = select(vec4<f32>(-3.0e38), rowSum(sc[b], tid), ok[b]);
+        mNew = max(mNew, max(max(sc[b].x, sc[b].y), max(sc[b].z, sc[b].w)));
+      }
       let corr = exp2(m[j] - mNew);
-      let e = select(vec4<f32>(0.0), exp2(sc - mNew), ok);
-      l[j] = l[j] * corr + (e.x + e.y) + (e.z + e.w);
+      var e: array<vec4<f32>, TB4>; var es = 0.0;
+      for (var b = 0u; b < TB4; b++) { e[b] = select(vec4<f32>(0.0), exp2(sc[b] - mNew), ok[b]); es += (e[b].x + e[b].y) + (e[b].z + e[b].w); }
+      l[j] = l[j] * corr + es;
       accA[j] *= corr; accB[j] *= corr;
       m[j] = mNew;
       for (var i = 0u; i < TB; i++) {
-        let v8 = unpack8(vw[i]);
-        accA[j] += e[i] * v8[0]; accB[j] += e[i] * v8[1];
+        let v8 = unpack8(vw[i]); let w = e[i / 4u][i % 4u];
+        accA[j] += w * v8[0]; accB[j] += w * v8[1];
       }
     }
   }
@@ -239,43 +237,67 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   for (var j = 0u; j < G; j++) {
     gacc[grp * (HD / 4u) + 2u * lane] = accA[j] * f[j]; gacc[grp * (HD / 4u) + 2u * lane + 1u] = accB[j] * f[j];
     workgroupBarrier();
-    let pb = ((g * G + j) * prm.nChunks + c) * (2u + HD);
+    let pc = (g * G + j) * prm.nChunks + c;
     for (var d = tid; d < HD / 4u; d += WG) {
       var sum = vec4<f32>(0.0);
       for (var r = 0u; r < NG; r++) { sum += gacc[r * (HD / 4u) + d]; }
-      part[pb + 2u + 4u * d] = sum.x; part[pb + 3u + 4u * d] = sum.y; part[pb + 4u + 4u * d] = sum.z; part[pb + 5u + 4u * d] = sum.w;
+      part[pc * (HD / 4u) + d] = sum;
     }
     if (tid == 0u) {
       var L = 0.0;
       for (var r = 0u; r < NG; r++) { L += gm[r * G + j]; }
-      part[pb] = M[j]; part[pb + 1u] = L;
+      ml[pc] = vec2<f32>(M[j], L);
     }
     workgroupBarrier();
   }
 }`;
 
-/** Kernel 4: combine the chunks' partial softmax (flash-decoding reduction; maxima in log2 units). */
-export const reduceWgsl = (s: AttnShape) => /* wgsl */ `
+/** Kernel 4: combine the chunks' partial softmax (flash-decoding reduction; maxima in log2 units).
+ *  A workgroup per query head: chunk weights in workgroup memory, then CL chunk lanes x HD/4 channel
+ *  lanes sum the weighted partial outputs with independent 16-byte loads. */
+export const reduceWgsl = (s: AttnShape) => {
+  const V4 = s.headDim / 4, CL = Math.floor(256 / V4);
+  return /* wgsl */ `
 const HD: u32 = ${s.headDim}u;
-struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, pad: u32 }
-@group(0) @binding(0) var<uniform> prm: Params;
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(${Math.min(256, s.headDim)})
+const V4: u32 = ${V4}u;  // channel lanes (vec4 each)
+const CL: u32 = ${CL}u;  // chunk lanes
+const MAXC: u32 = ${MAX_CHUNKS}u;
+${PARAMS_WGSL}@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>; // [nH][nChunks][HD / 4]
+@group(0) @binding(2) var<storage, read> ml: array<vec2<f32>>;   // [nH][nChunks] (max, sum)
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+var<workgroup> w: array<f32, MAXC>;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> ored: array<vec4<f32>, ${CL * V4}>;
+@compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let h = wid.x;
-  var M = -3.0e38;
-  for (var c = 0u; c < prm.nChunks; c++) { M = max(M, part[(h * prm.nChunks + c) * (2u + HD)]); }
-  for (var d = lid.x; d < HD; d += ${Math.min(256, s.headDim)}u) {
-    var L = 0.0; var o = 0.0;
-    for (var c = 0u; c < prm.nChunks; c++) {
-      let pb = (h * prm.nChunks + c) * (2u + HD);
-      let w = select(0.0, exp2(part[pb] - M), part[pb + 1u] > 0.0);
-      L += part[pb + 1u] * w; o += part[pb + 2u + d] * w;
-    }
-    out[h * HD + d] = o / L;
+  let h = wid.x; let tid = lid.x; let nc = prm.nChunks;
+  var mx = -3.0e38;
+  for (var c = tid; c < nc; c += 256u) { mx = max(mx, ml[h * nc + c].x); }
+  red[tid] = mx;
+  workgroupBarrier();
+  for (var o = 128u; o > 0u; o >>= 1u) { if (tid < o) { red[tid] = max(red[tid], red[tid + o]); } workgroupBarrier(); }
+  let M = red[0];
+  workgroupBarrier();
+  var L = 0.0;
+  for (var c = tid; c < nc; c += 256u) {
+    let e = ml[h * nc + c]; let wc = select(0.0, exp2(e.x - M), e.y > 0.0);
+    w[c] = wc; L += e.y * wc;
+  }
+  red[tid] = L;
+  workgroupBarrier();
+  for (var o = 128u; o > 0u; o >>= 1u) { if (tid < o) { red[tid] += red[tid + o]; } workgroupBarrier(); }
+  let lane = tid % V4; let cl = tid / V4;
+  var acc = vec4<f32>(0.0);
+  if (cl < CL) { for (var c = cl; c < nc; c += CL) { acc += w[c] * part[(h * nc + c) * V4 + lane]; } }
+  if (cl < CL) { ored[cl * V4 + lane] = acc; }
+  workgroupBarrier();
+  if (tid < V4) {
+    var sum = vec4<f32>(0.0);
+    for (var r = 0u; r < CL; r++) { sum += ored[r * V4 + tid]; }
+    out[h * V4 + tid] = sum / red[0];
   }
 }`;
+};
 
 export type Stage = 'scores' | 'topk' | 'partial' | 'reduce';
 
@@ -285,7 +307,7 @@ export interface LayerBuffers { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
 export class DecodeAttention {
   private readonly pipes: Record<'scores' | 'topk' | 'partial' | 'reduce', GPUComputePipeline>;
   readonly q: GPUBuffer; readonly out: GPUBuffer;
-  private readonly scores: GPUBuffer; private readonly sel: GPUBuffer; private readonly part: GPUBuffer;
+  private readonly scores: GPUBuffer; private readonly sel: GPUBuffer; private readonly part: GPUBuffer; private readonly ml: GPUBuffer;
   private readonly params: GPUBuffer[] = [];
   private readonly lanes: ReturnType<typeof lanes>;
   private paramIndex = 0;
@@ -301,12 +323,12 @@ export class DecodeAttention {
     const mk = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
     const sub = hasSubgroups32(device);
     this.lanes = lanes(s, sub);
-    this.pipes = { scores: mk(scoresWgsl(s, sub)), topk: mk(topkWgsl(s)), partial: mk(partialWgsl(s, sub)), reduce: mk(reduceWgsl(s)) };
+    this.pipes = { scores: mk(scoresWgsl(s, sub)), topk: mk(topkWgsl(s, sub)), partial: mk(partialWgsl(s, sub, PARTIAL_TB)), reduce: mk(reduceWgsl(s)) };
     const buf = (size: number, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST) => device.createBuffer({ size: Math.max(16, size), usage });
     this.q = io?.q ?? buf(s.nHeads * s.headDim * 4); this.out = io?.out ?? buf(s.nHeads * s.headDim * 4);
     this.scores = buf(s.nKV * s.maxPages * 4); this.sel = buf(s.nKV * Math.max(1, maxSelectedPages) * 4);
-    const maxChunks = Math.ceil(s.maxPages / MIN_CHUNK_PAGES);
-    this.part = buf(s.nHeads * maxChunks * (2 + s.headDim) * 4);
+    const maxChunks = Math.min(MAX_CHUNKS, Math.ceil(s.maxPages / MIN_CHUNK_PAGES));
+    this.part = buf(s.nHeads * maxChunks * s.headDim * 4); this.ml = buf(s.nHeads * maxChunks * 8);
   }
 
   /** Bytes of one layer's K, V and metadata buffers for `pages` pages. */
@@ -336,7 +358,7 @@ export class DecodeAttention {
    *  that each streams a good run of rows. */
   private chunking(pages: number): { chunkPages: number; nChunks: number } {
     const want = Math.floor((pages * this.s.nKV) / TARGET_WORKGROUPS);
-    const chunkPages = Math.min(MAX_CHUNK_PAGES, Math.max(MIN_CHUNK_PAGES, want));
+    const chunkPages = Math.max(Math.ceil(pages / MAX_CHUNKS), Math.min(MAX_CHUNK_PAGES, Math.max(MIN_CHUNK_PAGES, want)));
     return { chunkPages, nChunks: Math.ceil(pages / chunkPages) };
   }
 
@@ -373,11 +395,11 @@ export class DecodeAttention {
     }
     const { nChunks } = this.chunking(k);
     if (want('partial')) {
-      pass.setPipeline(this.pipes.partial); pass.setBindGroup(0, bind(this.pipes.partial, [this.q, layer.k, layer.v, this.sel, this.part]));
+      pass.setPipeline(this.pipes.partial); pass.setBindGroup(0, bind(this.pipes.partial, [this.q, layer.k, layer.v, this.sel, this.part, this.ml]));
       pass.dispatchWorkgroups(nChunks, s.nKV);
     }
     if (want('reduce')) {
-      pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, [this.part, this.out]));
+      pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, [this.part, this.ml, this.out]));
       pass.dispatchWorkgroups(s.nHeads);
     }
   }

@@ -93,7 +93,7 @@ ${subgroups ? `  acc = subgroupAdd(acc);
 }`;
 
 /** Rows per thread set of linearRowsWgsl. */
-export const LINEAR_ROWS = 8;
+export const LINEAR_ROWS = 2;
 
 /** Threads that split one row's K in linearRowsWgsl (a power of two, 32..256) and row sets per workgroup. */
 export function rowsLayout(K: number, R = LINEAR_ROWS) {

@@ -117,8 +117,11 @@ export class GpuModel {
   /** Output rows per workgroup of the matrix-vector kernel. */
   vecRowsPerGroup(cols: number): number { return this.matvec.kind === 'rows' ? K.rowsLayout(cols, this.matvec.rows).rowsPerGroup : 8; }
 
-  linearPipeline(l: GpuLinear, add: boolean, many: boolean): GPUComputePipeline {
-    const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null };
+  /** Whether the matrix-vector kernel can compute RMSNorm / SwiGLU on its input (the x-stationary one can). */
+  get fusesPrologues(): boolean { return this.matvec.kind === 'rows'; }
+
+  linearPipeline(l: GpuLinear, add: boolean, many: boolean, prologue?: LinearSpec['prologue']): GPUComputePipeline {
+    const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null, ...(prologue && !many ? { prologue } : {}) };
     const sub = hasSubgroups32(this.device), mv = this.matvec;
     return this.pipeline(`lin:${many}:${sub}:${JSON.stringify(mv)}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec)
       : mv.kind === 'rows' ? K.linearRowsWgsl(spec, sub, mv.rows) : K.linearVecWgsl(spec, sub)));
