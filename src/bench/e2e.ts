@@ -30,16 +30,18 @@ const SMALL: ModelConfig = { ...LLAMA2_7B, vocabSize: 1000, dim: 256, hiddenDim:
 
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 
-async function decodeMs(s: GpuSession, argmax: boolean): Promise<number> {
-  const times: number[] = [];
+/** Median wall time per decode step (ms); with timestamp queries also the median GPU time of the
+ *  step's compute pass and the CPU time spent encoding it. */
+async function decodeMs(s: GpuSession, argmax: boolean): Promise<{ wall: number; gpu: number; encode: number }> {
+  const wall: number[] = [], gpu: number[] = [], encode: number[] = [];
   let tok = 1;
   for (let i = 0; i < STEPS + 2; i++) {
     const t0 = performance.now();
     const out = await s.forward([tok], { argmax });
-    if (i >= 2) times.push(performance.now() - t0); // two warm-up steps (pipelines, bind groups)
+    if (i >= 2) { wall.push(performance.now() - t0); gpu.push(s.lastGpuMs); encode.push(s.lastEncodeMs); } // two warm-up steps (pipelines, bind groups)
     tok = argmax ? out[0] : 1 + (i % 100);
   }
-  return median(times);
+  return { wall: median(wall), gpu: median(gpu), encode: median(encode) };
 }
 
 async function main() {
@@ -53,7 +55,9 @@ async function main() {
   await gpu.device.queue.onSubmittedWorkDone();
   console.log(`${c === SMALL ? 'small test shape' : 'Llama-2-7B shape (32 layers, 4096 hidden, 32/32 heads, head dim 128)'}, random f16 weights (${(m.weightBytes / 1e9).toFixed(2)} GB): weights' values do not change speed`);
   console.log(`decode: one token per step, median of ${STEPS} steps; Quest budget ${BUDGET} tokens (page 16, first 2 layers dense)`);
-  const rows: { context: number; dense: number; quest: number; denseLogits: number }[] = [];
+  if (gpu.hasTimestamps) runner.enableTiming();
+  type Row = { context: number; dense: number; quest: number; denseLogits: number; denseGpu: number; questGpu: number; denseEncode: number; questEncode: number };
+  const rows: Row[] = [];
   {
     // warm-up: the GPU's clocks ramp up under load; a few seconds of decode steps before any timing
     const w = new GpuSession(runner, { policy: 'dense' });
@@ -70,21 +74,22 @@ async function main() {
     dense.dispose();
     const q = await decodeMs(quest, true);
     quest.dispose();
-    rows.push({ context: L, dense: d, quest: q, denseLogits: dl });
-    console.error(`context ${L}: dense ${d.toFixed(2)} ms, quest ${q.toFixed(2)} ms`);
+    rows.push({ context: L, dense: d.wall, quest: q.wall, denseLogits: dl.wall, denseGpu: d.gpu, questGpu: q.gpu, denseEncode: d.encode, questEncode: q.encode });
+    console.error(`context ${L}: dense ${d.wall.toFixed(2)} ms, quest ${q.wall.toFixed(2)} ms`);
   }
   const peerFile = arg('peer', '');
   const peer: { context: number; ms: number }[] = peerFile && existsSync(peerFile) ? JSON.parse(readFileSync(peerFile, 'utf8')).results : [];
   const peerInfo = peerFile && existsSync(peerFile) ? JSON.parse(readFileSync(peerFile, 'utf8')).info : '';
   if (peerInfo) console.log(`peer: ${peerInfo}`);
   const kvGB = (L: number) => (2 * L * c.nLayers * c.nKVHeads * c.headDim * 2) / 1e9;
-  console.log('| context | dense ms/token | quest ms/token | quest speedup | dense GB/s (weights + KV) | dense, logits read back | PyTorch SDPA ms/token | quest vs PyTorch |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
+  console.log('| context | dense ms/token | quest ms/token | quest speedup | dense GB/s (weights + KV) | dense, logits read back | PyTorch SDPA ms/token | quest vs PyTorch | GPU ms dense / quest | encode ms dense / quest |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) {
     const p = peer.find((x) => x.context === r.context);
     const gbs = (m.weightBytes / 1e9 + kvGB(r.context)) / (r.dense / 1000);
-    console.log(`| ${r.context} | ${r.dense.toFixed(2)} | ${r.quest.toFixed(2)} | ${(r.dense / r.quest).toFixed(2)}x | ${gbs.toFixed(0)} | ${r.denseLogits.toFixed(2)} | ${p ? p.ms.toFixed(2) : '-'} | ${p ? `${(p.ms / r.quest).toFixed(2)}x` : '-'} |`);
+    console.log(`| ${r.context} | ${r.dense.toFixed(2)} | ${r.quest.toFixed(2)} | ${(r.dense / r.quest).toFixed(2)}x | ${gbs.toFixed(0)} | ${r.denseLogits.toFixed(2)} | ${p ? p.ms.toFixed(2) : '-'} | ${p ? `${(p.ms / r.quest).toFixed(2)}x` : '-'} | ${r.denseGpu.toFixed(2)} / ${r.questGpu.toFixed(2)} | ${r.denseEncode.toFixed(2)} / ${r.questEncode.toFixed(2)} |`);
   }
+  console.log('(wall: submit to result on the CPU, one step at a time; GPU: timestamp queries around the step\'s compute pass; encode: CPU time recording the step)');
   mkdirSync(OUT, { recursive: true });
   const series = [
     { name: 'ours dense (WebGPU)', points: rows.map((r) => ({ x: r.context, y: r.dense })) },

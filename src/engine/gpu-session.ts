@@ -40,6 +40,17 @@ export class GpuRunner {
       this.maxPages, { q: this.qrot, out: this.att });
   }
 
+  /** Timestamp queries around each forward's compute pass (benchmarks; needs 'timestamp-query'). */
+  timing: { set: GPUQuerySet; resolve: GPUBuffer; read: GPUBuffer } | null = null;
+  enableTiming(): void {
+    const d = this.m.device;
+    this.timing ??= {
+      set: d.createQuerySet({ type: 'timestamp', count: 2 }),
+      resolve: d.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC }),
+      read: d.createBuffer({ size: 16, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ }),
+    };
+  }
+
   logitsRows(): GPUBuffer {
     this.logitsAll ??= this.m.device.createBuffer({ size: ROWS * this.m.config.vocabSize * 4, usage: storageUsage() });
     return this.logitsAll;
@@ -211,9 +222,13 @@ export class GpuSession {
   private async runChunk(tokens: number[], want: 'all' | 'last' | 'argmax' | 'none'): Promise<Float32Array | null> {
     const d = this.model.device, c = this.model.config, n = tokens.length, r = this.runner;
     this.prepareChunk(tokens, n);
-    const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
+    const enc = d.createCommandEncoder(), t = r.timing;
+    const tEncode = performance.now();
+    const pass = enc.beginComputePass(t ? { timestampWrites: { querySet: t.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : undefined);
     this.encodeChunk(pass, n, want);
     pass.end();
+    this.lastEncodeMs = performance.now() - tEncode;
+    if (t) { enc.resolveQuerySet(t.set, 0, 2, t.resolve, 0); enc.copyBufferToBuffer(t.resolve, 0, t.read, 0, 16); }
     const bytes = want === 'all' ? n * c.vocabSize * 4 : want === 'last' ? c.vocabSize * 4 : want === 'argmax' ? 4 : 0;
     let staging: GPUBuffer | null = null;
     if (bytes) {
@@ -226,12 +241,27 @@ export class GpuSession {
     }
     d.queue.submit([enc.finish()]);
     this.len += n;
-    if (!staging) { await d.queue.onSubmittedWorkDone(); throwDeviceError(); return null; }
+    if (!staging) { await d.queue.onSubmittedWorkDone(); await this.readTiming(); throwDeviceError(); return null; }
     await staging.mapAsync(GPUMapMode.READ, 0, bytes);
     const out = want === 'argmax' ? Float32Array.of(new Uint32Array(staging.getMappedRange(0, 4))[0]) : new Float32Array(staging.getMappedRange(0, bytes).slice(0));
     staging.unmap();
+    await this.readTiming();
     throwDeviceError();
     return out;
+  }
+
+  /** GPU time of the last forward's compute pass (ms; NaN unless the runner has timing on). */
+  lastGpuMs = NaN;
+  /** CPU time spent encoding the last forward's commands (ms). */
+  lastEncodeMs = NaN;
+
+  private async readTiming(): Promise<void> {
+    const t = this.runner.timing;
+    if (!t) return;
+    await t.read.mapAsync(GPUMapMode.READ);
+    const ns = new BigUint64Array(t.read.getMappedRange().slice(0));
+    t.read.unmap();
+    this.lastGpuMs = Number(ns[1] - ns[0]) / 1e6;
   }
 
   /** Makes room for `pages` pages: doubles the buffers (copying what they hold) when they are full. */

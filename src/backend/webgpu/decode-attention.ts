@@ -88,8 +88,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   for (var j = 0u; j < G; j++) { let b = ((g * G + j) * HD) / 4u + 2u * lane; qa[j] = q[b]; qb[j] = q[b + 1u]; }
   var mn: array<vec4<u32>, TB>; var mx: array<vec4<u32>, TB>;
   for (var i = 0u; i < TB; i++) {
-    let p = (wid.x * TB + i) * NG + grp;
-    if (p < prm.nPages) { let b = (p * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG]; }
+    // (pages past the end read the last one, without a branch before the row sums; not written)
+    let p = min((wid.x * TB + i) * NG + grp, prm.nPages - 1u);
+    let b = (p * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG];
   }
   var s = vec4<f32>(0.0);
   for (var i = 0u; i < TB; i++) {
@@ -110,49 +111,64 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 }`;
 
 /** Kernel 2: top-k pages per KV group, no readback. The scores become order-preserving u32 keys held
- *  in registers (KPT per thread); a bisection over the key range finds the k-th largest key T (32
- *  rounds of a workgroup-wide count of keys >= a threshold); then the keys above T and ties up to k
- *  are written out. No histogram, so no atomic contention when many scores are alike. */
+ *  in registers (KPT per thread); the k-th largest key T is found 4 bits at a time (8 rounds, each
+ *  counting the keys at or above 15 candidate thresholds, summed across the workgroup), then the keys
+ *  above T and ties up to k are written out. No histogram: no atomic contention when scores are alike. */
 export const topkWgsl = (s: AttnShape, subgroups = false) => (subgroups ? 'enable subgroups;\n' : '') + PARAMS_WGSL + /* wgsl */ `
 const KPT: u32 = ${Math.max(1, Math.ceil(s.maxPages / 256))}u;
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sel: array<u32>;
-var<workgroup> cnt: atomic<u32>;
-var<workgroup> total: u32;
+var<workgroup> cnt: array<array<atomic<u32>, 16>, 3>; // per round (mod 3): count of keys >= threshold j
 var<workgroup> taken: atomic<u32>;
 var<workgroup> ties: atomic<u32>;
 fn key(x: f32) -> u32 { let b = bitcast<u32>(x); return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u); }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = lid.x; let g = wid.x; let n = prm.nPages; let base = g * n; let k = prm.k;
-  var keys: array<u32, KPT>;
+  var keys: array<u32, KPT>; // 0 where there is no page: below every threshold tried
   for (var i = 0u; i < KPT; i++) { let idx = tid + i * 256u; if (idx < n) { keys[i] = key(scores[base + idx]); } }
-  if (tid == 0u) { atomicStore(&cnt, 0u); atomicStore(&taken, 0u); atomicStore(&ties, 0u); }
-  // largest T with #(keys >= T) >= k; invariant: #(keys >= lo) >= k
-  var lo = 0u; var hi = 0xffffffffu;
+  if (tid < 48u) { atomicStore(&cnt[tid / 16u][tid % 16u], 0u); }
+  if (tid == 0u) { atomicStore(&taken, 0u); atomicStore(&ties, 0u); }
   workgroupBarrier();
-  for (var round = 0u; round < 32u; round++) {
-    if (lo == hi) { break; }
-    let mid = lo + ((hi - lo) >> 1u) + ((hi - lo) & 1u);
-    var c = 0u;
-    for (var i = 0u; i < KPT; i++) { if (tid + i * 256u < n && keys[i] >= mid) { c++; } }
-${subgroups ? `    c = subgroupAdd(c);
-    if (tid % 32u == 0u) { atomicAdd(&cnt, c); }` : `    atomicAdd(&cnt, c);`}
+  // invariant: #(keys >= T) >= k; the bits below the current digit are zero
+  var T = 0u;
+  for (var round = 0u; round < 8u; round++) {
+    let shift = 28u - 4u * round; let buf = round % 3u;
+    // (the buffer of the next round was last read two rounds ago, before the previous barrier)
+    if (tid < 16u) { atomicStore(&cnt[(round + 1u) % 3u][tid], 0u); }
+    let t0 = vec4<u32>(T) | (vec4<u32>(0u, 1u, 2u, 3u) << vec4<u32>(shift));
+    let t1 = vec4<u32>(T) | (vec4<u32>(4u, 5u, 6u, 7u) << vec4<u32>(shift));
+    let t2 = vec4<u32>(T) | (vec4<u32>(8u, 9u, 10u, 11u) << vec4<u32>(shift));
+    let t3 = vec4<u32>(T) | (vec4<u32>(12u, 13u, 14u, 15u) << vec4<u32>(shift));
+    var c0 = vec4<u32>(0u); var c1 = vec4<u32>(0u); var c2 = vec4<u32>(0u); var c3 = vec4<u32>(0u);
+    for (var i = 0u; i < KPT; i++) {
+      let kk = vec4<u32>(keys[i]);
+      c0 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t0); c1 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t1);
+      c2 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t2); c3 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t3);
+    }
+${subgroups ? `    c0 = subgroupAdd(c0); c1 = subgroupAdd(c1); c2 = subgroupAdd(c2); c3 = subgroupAdd(c3);
+    if (tid % 32u == 0u) {` : `    {`}
+      for (var j = 1u; j < 16u; j++) {
+        let c = select(select(c0[j % 4u], c1[j % 4u], j >= 4u), select(c2[j % 4u], c3[j % 4u], j >= 12u), j >= 8u);
+        if (c > 0u) { atomicAdd(&cnt[buf][j], c); }
+      }
+    }
     workgroupBarrier();
-    if (tid == 0u) { total = atomicLoad(&cnt); atomicStore(&cnt, 0u); }
-    let count = workgroupUniformLoad(&total);
-    if (count >= k) { lo = mid; } else { hi = mid - 1u; }
+    // the largest threshold still at or above k keys (j = 0 is T itself)
+    var best = 0u;
+    for (var j = 1u; j < 16u; j++) { if (atomicLoad(&cnt[buf][j]) >= k) { best = j; } }
+    T |= best << shift;
   }
   // keys above T, then ties up to k
   for (var i = 0u; i < KPT; i++) {
     let idx = tid + i * 256u;
-    if (idx < n && keys[i] > lo) { let o = atomicAdd(&taken, 1u); sel[g * k + o] = idx; }
+    if (idx < n && keys[i] > T) { let o = atomicAdd(&taken, 1u); sel[g * k + o] = idx; }
   }
   workgroupBarrier();
   let above = atomicLoad(&taken);
   for (var i = 0u; i < KPT; i++) {
     let idx = tid + i * 256u;
-    if (idx < n && keys[i] == lo) { let o = atomicAdd(&ties, 1u); if (above + o < k) { sel[g * k + above + o] = idx; } }
+    if (idx < n && keys[i] == T) { let o = atomicAdd(&ties, 1u); if (above + o < k) { sel[g * k + above + o] = idx; } }
   }
 }`;
 
@@ -192,15 +208,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     // TB rows per lane group, consecutive groups on consecutive tokens (a warp reads contiguous rows)
     var kw: array<vec4<u32>, TB>; var vw: array<vec4<u32>, TB>; var ok: array<vec4<bool>, TB4>;
     for (var i = 0u; i < TB; i++) {
-      let t = t0 + i * NG + grp;
-      if (t < rows) {
-        let p = pages[t / P]; let slot = t % P;
-        if (p != NONE && p * P + slot < prm.seqLen) {
-          ok[i / 4u][i % 4u] = true;
-          let b = ((p * NKV + g) * P + slot) * LG + lane;
-          kw[i] = kc[b]; vw[i] = vc[b];
-        }
-      }
+      // no branches: a row that is not there reads row 0 of page 0 (always written) and is masked
+      // out, so that the lanes stay converged for the row sums' subgroup shuffles
+      let t = t0 + i * NG + grp; let p = pages[min(t, rows - 1u) / P]; let slot = t % P;
+      let valid = t < rows && p != NONE && p * P + slot < prm.seqLen;
+      ok[i / 4u][i % 4u] = valid;
+      let b = ((select(0u, p, valid) * NKV + g) * P + select(0u, slot, valid)) * LG + lane;
+      kw[i] = kc[b]; vw[i] = vc[b];
     }
     for (var j = 0u; j < G; j++) {
       // scores of the TB rows (4 per vec4), summed across the lane group

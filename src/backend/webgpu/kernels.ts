@@ -127,10 +127,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let r0 = (wid.x * S + rs) * R; let xb = wid.y * (${pro?.kind === 'swiglu' ? '2u * ' : ''}K / 4u);
   var xa: array<vec4<f32>, UPT>; var xc: array<vec4<f32>, UPT>;
   for (var i = 0u; i < UPT; i++) {
-    let u = t + i * TPR;
-    ${full ? '' : 'if (u < U) '}{ ${pro?.kind === 'swiglu' ? `let ga = x[xb + 2u * u]; let gb = x[xb + 2u * u + 1u];
-      xa[i] = ga / (1.0 + exp(-ga)) * x[xb + K / 4u + 2u * u]; xc[i] = gb / (1.0 + exp(-gb)) * x[xb + K / 4u + 2u * u + 1u];`
-      : 'xa[i] = x[xb + 2u * u]; xc[i] = x[xb + 2u * u + 1u];'} }
+    // (no branches: columns past K read the last unit and are zeroed, so lanes stay converged)
+    let u = ${full ? 't + i * TPR' : 'min(t + i * TPR, U - 1u)'};
+    ${pro?.kind === 'swiglu' ? `let ga = x[xb + 2u * u]; let gb = x[xb + 2u * u + 1u];
+    xa[i] = ga / (1.0 + exp(-ga)) * x[xb + K / 4u + 2u * u]; xc[i] = gb / (1.0 + exp(-gb)) * x[xb + K / 4u + 2u * u + 1u];`
+      : 'xa[i] = x[xb + 2u * u]; xc[i] = x[xb + 2u * u + 1u];'}
+    ${full ? '' : 'let keep = t + i * TPR < U; xa[i] = select(vec4<f32>(0.0), xa[i], keep); xc[i] = select(vec4<f32>(0.0), xc[i], keep);'}
   }
 ${pro?.kind === 'rmsnorm' ? `  // RMSNorm of the token's x: sum of squares over the thread set, then scale the slice in registers
   var ss = 0.0;
@@ -145,15 +147,16 @@ ${subgroups ? `  ss = subgroupAdd(ss);
   let tot = nred[rs * TPR];`}
   let inv = inverseSqrt(tot / f32(K) + ${pro.eps.toExponential()});
   for (var i = 0u; i < UPT; i++) {
-    let u = t + i * TPR;
-    ${full ? '' : 'if (u < U) '}{ xa[i] *= inv * nw[2u * u]; xc[i] *= inv * nw[2u * u + 1u]; }
+    let u = ${full ? 't + i * TPR' : 'min(t + i * TPR, U - 1u)'};
+    xa[i] *= inv * nw[2u * u]; xc[i] *= inv * nw[2u * u + 1u];
   }
 ` : ''}  var acc: array<f32, R>;
   for (var r = 0u; r < R; r++) {
     let row = min(r0 + r, N - 1u); // rows past N repeat the last one; they are not written
     for (var i = 0u; i < UPT; i++) {
       let u = t + i * TPR;
-      ${full ? '' : 'if (u < U) '}{ let w = w8(row, u * 8u); acc[r] += dot(w.a, xa[i]) + dot(w.b, xc[i]); }
+      ${full ? `let w = w8(row, u * 8u); acc[r] += dot(w.a, xa[i]) + dot(w.b, xc[i]);`
+        : `let w = w8(row, min(u, U - 1u) * 8u); acc[r] += select(0.0, dot(w.a, xa[i]) + dot(w.b, xc[i]), u < U); // (no branch before the subgroup sums)`}
     }
   }
 ${subgroups ? `  // warp sums, then the TPR / 32 warps of a set
