@@ -126,7 +126,8 @@ fn key(x: f32) -> u32 { let b = bitcast<u32>(x); return select(b | 0x80000000u, 
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = lid.x; let g = wid.x; let n = prm.nPages; let base = g * n; let k = prm.k;
   var keys: array<u32, KPT>; // 0 where there is no page: below every threshold tried
-  for (var i = 0u; i < KPT; i++) { let idx = tid + i * 256u; if (idx < n) { keys[i] = key(scores[base + idx]); } }
+  let nk = min(KPT, (n + 255u) / 256u); // key slots in use (the loops run to the sequence's pages, not the maximum)
+  for (var i = 0u; i < nk; i++) { let idx = tid + i * 256u; if (idx < n) { keys[i] = key(scores[base + idx]); } }
   if (tid < 48u) { atomicStore(&cnt[tid / 16u][tid % 16u], 0u); }
   if (tid == 0u) { atomicStore(&taken, 0u); atomicStore(&ties, 0u); }
   workgroupBarrier();
@@ -141,7 +142,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let t2 = vec4<u32>(T) | (vec4<u32>(8u, 9u, 10u, 11u) << vec4<u32>(shift));
     let t3 = vec4<u32>(T) | (vec4<u32>(12u, 13u, 14u, 15u) << vec4<u32>(shift));
     var c0 = vec4<u32>(0u); var c1 = vec4<u32>(0u); var c2 = vec4<u32>(0u); var c3 = vec4<u32>(0u);
-    for (var i = 0u; i < KPT; i++) {
+    for (var i = 0u; i < nk; i++) {
       let kk = vec4<u32>(keys[i]);
       c0 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t0); c1 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t1);
       c2 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t2); c3 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t3);
@@ -160,13 +161,13 @@ ${subgroups ? `    c0 = subgroupAdd(c0); c1 = subgroupAdd(c1); c2 = subgroupAdd(
     T |= best << shift;
   }
   // keys above T, then ties up to k
-  for (var i = 0u; i < KPT; i++) {
+  for (var i = 0u; i < nk; i++) {
     let idx = tid + i * 256u;
     if (idx < n && keys[i] > T) { let o = atomicAdd(&taken, 1u); sel[g * k + o] = idx; }
   }
   workgroupBarrier();
   let above = atomicLoad(&taken);
-  for (var i = 0u; i < KPT; i++) {
+  for (var i = 0u; i < nk; i++) {
     let idx = tid + i * 256u;
     if (idx < n && keys[i] == T) { let o = atomicAdd(&ties, 1u); if (above + o < k) { sel[g * k + above + o] = idx; } }
   }
