@@ -143,10 +143,15 @@ export class GpuSession {
     // decode steps and short chunks: RMSNorm and SwiGLU run inside the products that read their output,
     // and (one token) RoPE, the KV append and the page min/max are one kernel
     const fuse = n <= 4 && m.fusesPrologues, oneStep = n === 1;
+    const rms = m.pipeline('rms', () => K.rmsnormWgsl(c.dim, c.normEps, false));
+    /** y = W · rmsnorm(x) for the chunk's rows of x */
+    const normed = (weight: GPUBuffer, l: GpuLinear, y: GPUBuffer) => {
+      if (fuse) linear(l, r.x, y, n, false, { kind: 'rmsnorm', weight });
+      else { run(rms, 'rms', [r.x, weight, r.xb], n); linear(l, r.xb, y, n, false); }
+    };
     const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
     const wt = m.embed.type;
     run(m.pipeline(`embed:${wt}`, () => K.embedWgsl(wt, c.dim)), 'embed', [r.tokens, r.x, m.embed.data, wt === 'f16' ? null : m.embed.scales, r.step], K.grid64((n * c.dim) / 8));
-    const rms = m.pipeline('rms', () => K.rmsnormWgsl(c.dim, c.normEps, false));
     const rope = m.pipeline('rope', () => K.ropeWgsl(hs, c.ropeStyle === 'neox'));
     const append = m.pipeline('kvappend', () => K.kvAppendWgsl(hs)), meta = m.pipeline('kvmeta', () => K.kvMetaWgsl(hs));
     const ropeAppend = m.pipeline('ropeappend', () => K.ropeAppendWgsl(hs, c.ropeStyle === 'neox'));
@@ -156,8 +161,7 @@ export class GpuSession {
     r.decode.resetBatch();
     m.layers.forEach((L, l) => {
       const kv = this.kv[l];
-      if (fuse) linear(L.qkv, r.x, r.qkv, n, false, { kind: 'rmsnorm', weight: L.attnNorm });
-      else { run(rms, 'rms', [r.x, L.attnNorm, r.xb], n); linear(L.qkv, r.xb, r.qkv, n, false); }
+      normed(L.attnNorm, L.qkv, r.qkv);
       if (oneStep) {
         run(ropeAppend, 'ropeAppend', [r.qkv, m.ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
         const sparse = a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
@@ -170,20 +174,20 @@ export class GpuSession {
         run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step], Math.ceil(n / 64), c.nHeads);
       }
       linear(L.wo, r.att, r.x, n, true);
-      if (fuse) linear(L.gateUp, r.x, r.gu, n, false, { kind: 'rmsnorm', weight: L.ffnNorm });
-      else { run(rms, 'rms', [r.x, L.ffnNorm, r.xb], n); linear(L.gateUp, r.xb, r.gu, n, false); }
+      normed(L.ffnNorm, L.gateUp, r.gu);
       if (fuse) linear(L.down, r.gu, r.x, n, true, { kind: 'swiglu' });
       else { run(swiglu, 'swiglu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); linear(L.down, r.h, r.x, n, true); }
     });
     if (want === 'all') {
       run(rms, 'rms', [r.x, m.finalNorm, r.xb], n);
       linear(m.output, r.xb, r.logitsRows(), n, false);
-    } else if (want !== 'none' && oneStep && fuse) {
-      linear(m.output, r.x, r.logits1, 1, false, { kind: 'rmsnorm', weight: m.finalNorm });
-      if (want === 'argmax') run(m.pipeline('argmax', () => K.argmaxWgsl(c.vocabSize)), 'argmax', [r.logits1, r.best], 1);
     } else if (want !== 'none') {
-      run(m.pipeline('rmslast', () => K.rmsnormWgsl(c.dim, c.normEps, true)), 'rmslast', [r.x, m.finalNorm, r.xl, r.step], 1);
-      linear(m.output, r.xl, r.logits1, 1, false);
+      // the last row's logits (one token: its row is x itself, normalised inside the product)
+      if (oneStep && fuse) linear(m.output, r.x, r.logits1, 1, false, { kind: 'rmsnorm', weight: m.finalNorm });
+      else {
+        run(m.pipeline('rmslast', () => K.rmsnormWgsl(c.dim, c.normEps, true)), 'rmslast', [r.x, m.finalNorm, r.xl, r.step], 1);
+        linear(m.output, r.xl, r.logits1, 1, false);
+      }
       if (want === 'argmax') run(m.pipeline('argmax', () => K.argmaxWgsl(c.vocabSize)), 'argmax', [r.logits1, r.best], 1);
     }
   }

@@ -15,7 +15,7 @@
 //   k, v   : [page][kvHead][slot][hd/2] u32     meta: [page][kvHead][2][hd/2] u32 (min then max)
 //   q      : [nH][hd] f32                       out : [nH][hd] f32
 
-import { hasSubgroups32 } from './device.js';
+import { hasSubgroups32, processEnv } from './device.js';
 
 export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageSize: number; maxPages: number }
 
@@ -25,7 +25,7 @@ const MAX_CHUNKS = 512; // chunks per head, at most (the reduction keeps their w
 const TARGET_WORKGROUPS = 1024; // enough partial-attention workgroups to fill a large GPU
 const TB = 4; // rows a lane group loads per step in the scores kernel (loads in flight per thread: 2 x TB)
 /** Rows per lane group and step of the partial-attention kernel (a multiple of 4; QUEST_ATTN_TB to compare). */
-const PARTIAL_TB = Number((globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.QUEST_ATTN_TB ?? 4);
+const PARTIAL_TB = Number(processEnv().QUEST_ATTN_TB ?? 4);
 const LOG2E = 1.4426950408889634;
 
 /** The per-call values every kernel reads (one uniform buffer per distinct call). */
@@ -176,7 +176,7 @@ ${subgroups ? `    c0 = subgroupAdd(c0); c1 = subgroupAdd(c1); c2 = subgroupAdd(
 /** Kernel 3: partial attention of one KV group over a chunk of pages (all pages, or the selected ones):
  *  per query head of the group, the chunk's max score (log2 units), sum of exp2 and exp2-weighted V.
  *  Each lane group streams its rows with an online softmax; the lane groups merge at the end. */
-export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB) => common(s, subgroups, tb) + /* wgsl */ `
+export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB) => { const { NG } = lanes(s, subgroups); return common(s, subgroups, tb) + /* wgsl */ `
 const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS))}u;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
@@ -185,8 +185,8 @@ const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [nH][nChunks][HD / 4]
 @group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;   // [nH][nChunks] (max, sum)
 var<workgroup> pages: array<u32, MAXCP>;
-var<workgroup> gm: array<f32, ${lanes(s, subgroups).NG * (s.nHeads / s.nKV)}>; // [group][head] maxima, then sums
-var<workgroup> gacc: array<vec4<f32>, ${lanes(s, subgroups).NG * s.headDim / 4}>; // [group][HD / 4]
+var<workgroup> gm: array<f32, ${NG * (s.nHeads / s.nKV)}>; // [group][head] maxima, then sums
+var<workgroup> gacc: array<vec4<f32>, ${NG * s.headDim / 4}>; // [group][HD / 4]
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let c = wid.x; let g = wid.y; let tid = lid.x; let lane = tid % LG; let grp = tid / LG;
@@ -266,6 +266,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     workgroupBarrier();
   }
 }`;
+};
 
 /** Kernel 4: combine the chunks' partial softmax (flash-decoding reduction; maxima in log2 units).
  *  A workgroup per query head: chunk weights in workgroup memory, then CL chunk lanes x HD/4 channel

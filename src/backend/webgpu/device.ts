@@ -1,5 +1,9 @@
 // Getting a WebGPU device: the browser's navigator.gpu, or Dawn through the `webgpu` package in Node.
 
+/** The process environment in Node (a browser has none: an empty object). */
+export const processEnv = (): Record<string, string | undefined> =>
+  (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env ?? {};
+
 export interface GpuContext { device: GPUDevice; adapterName: string; hasTimestamps: boolean }
 
 let cached: Promise<GpuContext | null> | null = null;
@@ -17,7 +21,7 @@ export interface GpuOptions {
 
 /** A device, or null (with the reason in `lastGpuError`) where no adapter exists. */
 export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
-  const env = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env ?? {};
+  const env = processEnv();
   const software = options.software ?? env.QUEST_WEBGPU_SOFTWARE === '1';
   cached ??= (async () => {
     const browserGpu: GPU | undefined = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;

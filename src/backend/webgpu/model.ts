@@ -7,7 +7,7 @@ import { Matrix, f32ToF16, QK, concatF32 } from '../../model/tensor.js';
 import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
-import { hasSubgroups32 } from './device.js';
+import { hasSubgroups32, processEnv } from './device.js';
 import type { GpuWeightType, LinearSpec } from './kernels.js';
 
 export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
@@ -24,8 +24,6 @@ export function checkGpuShape(c: ModelConfig): void {
   if (c.hiddenDim % 16 !== 0) bad(`intermediate size ${c.hiddenDim} is not a multiple of 16`);
   if (c.headDim % 8 !== 0 || c.headDim > 256) bad(`head dim ${c.headDim} must be a multiple of 8 and at most 256`);
 }
-
-const envVar = (name: string) => (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env[name];
 
 function parseMatvec(v: string | undefined): GpuModel['matvec'] {
   if (v === 'warp') return { kind: 'warp' };
@@ -112,7 +110,7 @@ export class GpuModel {
 
   /** Matrix-vector kernel of decode steps: x-stationary with R rows per workgroup (default), or the
    *  older warp-per-row one (QUEST_MATVEC=warp or rows<R> to compare in benchmarks). */
-  readonly matvec: { kind: 'rows'; rows: number } | { kind: 'warp' } = parseMatvec(envVar('QUEST_MATVEC'));
+  readonly matvec: { kind: 'rows'; rows: number } | { kind: 'warp' } = parseMatvec(processEnv().QUEST_MATVEC);
 
   /** Output rows per workgroup of the matrix-vector kernel. */
   vecRowsPerGroup(cols: number): number { return this.matvec.kind === 'rows' ? K.rowsLayout(cols, this.matvec.rows).rowsPerGroup : 8; }
@@ -120,11 +118,22 @@ export class GpuModel {
   /** Whether the matrix-vector kernel can compute RMSNorm / SwiGLU on its input (the x-stationary one can). */
   get fusesPrologues(): boolean { return this.matvec.kind === 'rows'; }
 
+  // a product's pipelines by variant, looked up per dispatch without building a key from its shape
+  private readonly linearPipes = new WeakMap<GpuLinear, Map<string, GPUComputePipeline>>();
+
   linearPipeline(l: GpuLinear, add: boolean, many: boolean, prologue?: LinearSpec['prologue']): GPUComputePipeline {
-    const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null, ...(prologue && !many ? { prologue } : {}) };
-    const sub = hasSubgroups32(this.device), mv = this.matvec;
-    return this.pipeline(`lin:${many}:${sub}:${JSON.stringify(mv)}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec)
-      : mv.kind === 'rows' ? K.linearRowsWgsl(spec, sub, mv.rows) : K.linearVecWgsl(spec, sub)));
+    let byVariant = this.linearPipes.get(l);
+    if (!byVariant) { byVariant = new Map(); this.linearPipes.set(l, byVariant); }
+    const variant = `${many}:${add}:${many ? '' : prologue?.kind ?? ''}`;
+    let p = byVariant.get(variant);
+    if (!p) {
+      const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null, ...(prologue && !many ? { prologue } : {}) };
+      const sub = hasSubgroups32(this.device), mv = this.matvec;
+      p = this.pipeline(`lin:${many}:${sub}:${JSON.stringify(mv)}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec)
+        : mv.kind === 'rows' ? K.linearRowsWgsl(spec, sub, mv.rows) : K.linearVecWgsl(spec, sub)));
+      byVariant.set(variant, p);
+    }
+    return p;
   }
 
 
