@@ -89,7 +89,14 @@ async function main() {
           const stage = async (st: 'scores' | 'topk' | 'partial' | 'reduce') => { att.resetBatch(); return timeIt((pass) => att.encode(pass, next(), L, k, st), calls); };
           const parts = { scores: await stage('scores'), topk: await stage('topk'), partial: await stage('partial'), reduce: await stage('reduce') };
           const metaBytes = np * nKV * 128 * 2 * 2, kvBytes = 2 * k * P * nKV * 128 * 2;
-          breakdown.push(`| ${label} | ${(parts.scores * 1e6).toFixed(1)} (${(metaBytes / parts.scores / 1e9).toFixed(0)} GB/s) | ${(parts.topk * 1e6).toFixed(1)} | ${(parts.partial * 1e6).toFixed(1)} (${(kvBytes / parts.partial / 1e9).toFixed(0)} GB/s) | ${(parts.reduce * 1e6).toFixed(1)} | ${(t * 1e6).toFixed(1)} |`);
+          // the top-k kernel's workgroup size, and the floor: an empty kernel in the same serial chain
+          const topk: string[] = [];
+          for (const threads of [64, 128, 256]) {
+            const alt = new DecodeAttention(device, shape, Math.max(...BUDGETS) / P, undefined, threads);
+            alt.resetBatch();
+            topk.push(`${threads}: ${(await timeIt((pass) => alt.encode(pass, next(), L, k, 'topk'), calls) * 1e6).toFixed(1)}`);
+          }
+          breakdown.push(`| ${label} | ${(parts.scores * 1e6).toFixed(1)} (${(metaBytes / parts.scores / 1e9).toFixed(0)} GB/s) | ${(parts.topk * 1e6).toFixed(1)} (${topk.join(', ')}) | ${(parts.partial * 1e6).toFixed(1)} (${(kvBytes / parts.partial / 1e9).toFixed(0)} GB/s) | ${(parts.reduce * 1e6).toFixed(1)} | ${(await emptyDispatch(device, timeIt) * 1e6).toFixed(1)} | ${(t * 1e6).toFixed(1)} |`);
         }
         let s = plotSeries.find((x) => x.name === `${label} quest ${budget}`);
         if (!s) { s = { name: `${label} quest ${budget}`, points: [] }; plotSeries.push(s); }
@@ -104,14 +111,27 @@ async function main() {
   console.log('| --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) console.log(r);
   console.log('\nQuest at 32K, budget 2048: µs per stage, each timed alone (the sum exceeds the call: stages overlap their ramps)');
-  console.log('| shape | page scores | top-k | sparse attention | reduction | whole call |');
-  console.log('| --- | --- | --- | --- | --- | --- |');
+  console.log('| shape | page scores | top-k (by threads per workgroup) | sparse attention | reduction | empty kernel | whole call |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
   for (const r of breakdown) console.log(r);
   mkdirSync(arg('out', 'results'), { recursive: true });
   const ys = plotSeries.flatMap((s) => s.points.map((p) => p.y));
   writeFileSync(`${arg('out', 'results')}/bench-kernels.svg`, lineChart('Decode attention latency (WebGPU)', 'sequence length (tokens)', 'µs per call', plotSeries.filter((s) => s.name.startsWith('32q/8kv')), 0, Math.max(...ys) * 1.05));
   device.destroy();
   process.exit(0); // some drivers keep the process alive after the device is gone
+}
+
+/** Time per dispatch of a kernel that does nothing but write one word: the cost of one more kernel in
+ *  a chain of dependent dispatches (launch and the barrier between them). */
+async function emptyDispatch(device: GPUDevice, timeIt: TimeIt): Promise<number> {
+  const pipe = device.createComputePipeline({ layout: 'auto', compute: { entryPoint: 'main', module: device.createShaderModule({ code: `
+@group(0) @binding(0) var<storage, read_write> o: array<u32>;
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3<u32>) { if (id.x == 0u) { o[0] += 1u; } }` }) } });
+  const buf = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
+  const group = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: buf } }] });
+  const t = await timeIt((pass) => { pass.setPipeline(pipe); pass.setBindGroup(0, group); pass.dispatchWorkgroups(32); }, 200);
+  buf.destroy();
+  return t;
 }
 
 type TimeIt = (encode: (pass: GPUComputePassEncoder) => void, calls: number, reps?: number) => Promise<number>;

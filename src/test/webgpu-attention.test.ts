@@ -4,13 +4,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
-import { throwDeviceError } from '../backend/webgpu/device.js';
-import { DecodeAttention, readBuffer, type AttnShape } from '../backend/webgpu/decode-attention.js';
+import { hasSubgroups32, throwDeviceError } from '../backend/webgpu/device.js';
+import { DecodeAttention, readBuffer, topkWgsl, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
 import { gaussian } from './fixtures.js';
 
-interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number }
+interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number; cap?: number }
 
 function build(c: Case, seed: number) {
   const g = gaussian(seed), pages = Math.ceil(c.seq / c.P), hd2 = c.hd / 2;
@@ -48,7 +48,7 @@ function refAttention(q: Float32Array, h: number, hd: number, K: Float64Array[],
 
 async function runCase(c: Case, seed: number) {
   const { device } = gpu!;
-  const shape: AttnShape = { nHeads: c.nH, nKV: c.nKV, headDim: c.hd, pageSize: c.P, maxPages: Math.ceil(c.seq / c.P) + 3 };
+  const shape: AttnShape = { nHeads: c.nH, nKV: c.nKV, headDim: c.hd, pageSize: c.P, maxPages: c.cap ?? Math.ceil(c.seq / c.P) + 3 };
   const att = new DecodeAttention(device, shape, Math.max(1, c.budgetPages));
   const d = build(c, seed);
   const mk = (data: Uint16Array) => {
@@ -106,6 +106,7 @@ const CASES: Case[] = [
   { nH: 4, nKV: 2, hd: 256, P: 16, seq: 777, budgetPages: 0 }, // head dim 256: 32 lanes per row
   { nH: 6, nKV: 2, hd: 80, P: 16, seq: 530, budgetPages: 9 }, // head dim 80: 10 lanes per row, GQA 3
   { nH: 8, nKV: 8, hd: 64, P: 16, seq: 20000, budgetPages: 0 }, // many chunks per head
+  { nH: 8, nKV: 2, hd: 64, P: 16, seq: 3000, budgetPages: 30, cap: 8192 }, // a cache sized for 128K: the top-k kernel for fewer keys per thread
 ];
 
 CASES.forEach((c, i) => {
@@ -114,3 +115,37 @@ CASES.forEach((c, i) => {
     await runCase(c, 100 + i);
   });
 });
+
+// The top-k kernel alone, for every workgroup size: scores with many ties (a few distinct values),
+// negative and positive, more pages than threads; the selection must be k distinct pages whose scores
+// are the k largest (which of the tied pages it takes is free).
+for (const threads of [32, 64, 128, 256]) {
+  test(`WebGPU top-k pages (${threads} threads) picks the k largest scores, ties included`, { skip: skipGpu }, async () => {
+    const { device } = gpu!;
+    const groups = 3, n = 1500, rnd = gaussian(7 + threads);
+    const scores = new Float32Array(groups * n).map(() => Math.round(rnd() * 3) / 2); // 13 or so distinct values
+    for (const k of [3, 100, 517]) {
+      const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: topkWgsl({ nHeads: groups, nKV: groups, headDim: 8, pageSize: 16, maxPages: n }, hasSubgroups32(device), threads) }), entryPoint: 'main' } });
+      const prm = device.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(prm, 0, new Uint32Array([n * 16, n, k, 1, 0, 0, 0, 0]));
+      const sc = device.createBuffer({ size: scores.byteLength, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(sc, 0, scores);
+      const sel = device.createBuffer({ size: groups * k * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC });
+      const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+      pass.setPipeline(pipe);
+      pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [prm, sc, sel].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
+      pass.dispatchWorkgroups(groups); pass.end(); device.queue.submit([enc.finish()]);
+      const got = new Uint32Array(await readBuffer(device, sel, groups * k * 4));
+      throwDeviceError();
+      for (let g = 0; g < groups; g++) {
+        const mine = Array.from(got.subarray(g * k, (g + 1) * k));
+        assert.equal(new Set(mine).size, k, `group ${g}, k ${k}: pages repeat`);
+        assert.ok(mine.every((p) => p < n), `group ${g}, k ${k}: page out of range`);
+        const row = scores.subarray(g * n, (g + 1) * n);
+        const want = Array.from(row).sort((a, b) => b - a).slice(0, k);
+        assert.deepEqual(mine.map((p) => row[p]).sort((a, b) => b - a), want, `group ${g}, k ${k}: not the k largest scores`);
+      }
+      for (const b of [prm, sc, sel]) b.destroy();
+    }
+  });
+}

@@ -27,6 +27,8 @@ const TB = 4; // rows a lane group loads per step in the scores kernel (loads in
 /** Rows per lane group and step of the partial-attention kernel (a multiple of 4; QUEST_ATTN_TB to compare). */
 const PARTIAL_TB = Number(processEnv().QUEST_ATTN_TB ?? 4);
 const LOG2E = 1.4426950408889634;
+/** Threads of the top-k workgroup (one per KV group; QUEST_TOPK_WG to compare 32 / 64 / 128 / 256). */
+const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
 
 /** The per-call values every kernel reads (one uniform buffer per distinct call). */
 const PARAMS_WGSL = /* wgsl */ `
@@ -110,68 +112,118 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   }
 }`;
 
-/** Kernel 2: top-k pages per KV group, no readback. The scores become order-preserving u32 keys held
- *  in registers (KPT per thread); the k-th largest key T is found 4 bits at a time (8 rounds, each
- *  counting the keys at or above 15 candidate thresholds, summed across the workgroup), then the keys
- *  above T and ties up to k are written out. No histogram: no atomic contention when scores are alike. */
-export const topkWgsl = (s: AttnShape, subgroups = false) => (subgroups ? 'enable subgroups;\n' : '') + PARAMS_WGSL + /* wgsl */ `
-const KPT: u32 = ${Math.max(1, Math.ceil(s.maxPages / 256))}u;
+/** Kernel 2: top-k pages per KV group, no readback. The scores become order-preserving u32 keys, held
+ *  in registers (KR per thread, one variable each: a register array indexed in a loop goes to local
+ *  memory, and re-reading the scores each round waits on the cache every time); the k-th largest key T
+ *  is found 4 bits at a time: each of 8 rounds builds a 16-bin histogram of the next digit of the keys
+ *  that still match T's prefix (8-bit bins packed in 4 words per thread, 16-bit pairs once summed),
+ *  sums it across the workgroup and keeps the largest digit with at least k keys at or above it. Then
+ *  the keys above T and ties up to k are written out. The whole kernel is a chain of dependent steps
+ *  run by one workgroup, so its time is latency: no arrays indexed at run time, no loops over bins.
+ *  With 32-wide subgroups sums and output slots come from subgroup reductions and prefix sums;
+ *  elsewhere from workgroup atomics (packed bins add without carries). */
+export const topkWgsl = (s: AttnShape, subgroups = false, threads = TOPK_THREADS, pages = s.maxPages) => {
+  const wg = subgroups ? threads : Math.max(64, threads); // (the atomic path zeroes 3 x 9 counters in one step)
+  if (wg % 32 !== 0 || wg > 256) throw new Error(`top-k workgroup of ${threads} threads: use 32, 64, 128 or 256`);
+  const NW = wg / 32, oneWarp = subgroups && wg === 32;
+  const KR = Math.ceil(pages / wg); // (a kernel per power of two of KR: unused slots cost time even when skipped)
+  if (KR > 255) throw new Error(`top-k over ${pages} pages needs more than 255 keys per thread (8-bit bins)`);
+  const slots = Array.from({ length: KR }, (_, i) => i), warps = Array.from({ length: NW }, (_, i) => i);
+  // slot i holds page tid + i * WG; slots past the sequence are skipped by a branch that is the same for
+  // every thread (n is uniform), so lanes stay converged for the reductions
+  const load = slots.map((i) => `  var k${i} = 0u; if (${i}u * WG < n) { let p = tid + ${i}u * WG; k${i} = select(0u, key(scores[base + min(p, n - 1u)]), p < n); }`).join('\n');
+  const count = slots.map((i) => `    if (${i}u * WG < n) { h = bin(h, k${i}, T, mask, shift); }`).join('\n');
+  const tally = slots.map((i) => `  if (${i}u * WG < n) { let p = tid + ${i}u * WG; if (p < n) { mine += vec2<u32>(select(0u, 1u, k${i} > T), select(0u, 1u, k${i} == T)); } }`).join('\n');
+  const write = slots.map((i) => `  if (${i}u * WG < n) { let p = tid + ${i}u * WG; if (p < n) { if (k${i} > T) { sel[g * k + above] = p; above++; } if (k${i} == T) { if (tie < k) { sel[g * k + tie] = p; } tie++; } } }`).join('\n');
+  const reduce = subgroups ? /* wgsl */ `
+var<workgroup> wsum: array<Hist, ${2 * NW}>;   // [round % 2][subgroup]
+var<workgroup> wscan: array<vec2<u32>, ${NW}>; // per subgroup: keys above T, ties
+fn total(x: Hist, round: u32, tid: u32) -> Hist {
+  let t = Hist(subgroupAdd(x.lo), subgroupAdd(x.hi), subgroupAdd(x.gt));
+${oneWarp ? '  return t;' : `  // (double-buffered: a subgroup writing round r + 2 has passed the barrier that every reader of round r reached)
+  let b = (round % 2u) * NW;
+  if (tid % 32u == 0u) { wsum[b + tid / 32u] = t; }
+  workgroupBarrier();
+${warps.map((w) => `  let w${w} = wsum[b + ${w}u];`).join('\n')}
+  return Hist(${['lo', 'hi', 'gt'].map((f) => warps.map((w) => `w${w}.${f}`).join(' + ')).join(', ')});`}
+}
+// exclusive prefix over the workgroup of (above, ties), and the totals
+fn scan(v: vec2<u32>, tid: u32) -> array<vec2<u32>, 2> {
+  let pre = subgroupExclusiveAdd(v); let tot = subgroupAdd(v);
+${oneWarp ? '  return array<vec2<u32>, 2>(pre, tot);' : `  if (tid % 32u == 0u) { wscan[tid / 32u] = tot; }
+  workgroupBarrier();
+  var before = vec2<u32>(0u); var all = vec2<u32>(0u);
+  for (var w = 0u; w < NW; w++) { let x = wscan[w]; if (w < tid / 32u) { before += x; } all += x; }
+  return array<vec2<u32>, 2>(pre + before, all);`}
+}` : /* wgsl */ `
+var<workgroup> acnt: array<array<atomic<u32>, 9>, 3>; // per round (mod 3): lo[4], hi[4], gt
+var<workgroup> aslot: array<atomic<u32>, 2>;
+fn total(x: Hist, round: u32, tid: u32) -> Hist {
+  let b = round % 3u;
+  // (the buffer of the next round was last read two rounds ago, before the previous barrier)
+  if (tid < 9u) { atomicStore(&acnt[(round + 1u) % 3u][tid], 0u); }
+  for (var j = 0u; j < 4u; j++) { atomicAdd(&acnt[b][j], x.lo[j]); atomicAdd(&acnt[b][4u + j], x.hi[j]); }
+  atomicAdd(&acnt[b][8], x.gt);
+  workgroupBarrier();
+  var t: Hist;
+  for (var j = 0u; j < 4u; j++) { t.lo[j] = atomicLoad(&acnt[b][j]); t.hi[j] = atomicLoad(&acnt[b][4u + j]); }
+  t.gt = atomicLoad(&acnt[b][8]);
+  return t;
+}`;
+  return (subgroups ? 'enable subgroups;\n' : '') + PARAMS_WGSL + /* wgsl */ `
+const WG: u32 = ${wg}u;
+const NW: u32 = ${NW}u;
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sel: array<u32>;
-var<workgroup> cnt: array<array<atomic<u32>, 16>, 3>; // per round (mod 3): count of keys >= threshold j
-var<workgroup> taken: atomic<u32>;
-var<workgroup> ties: atomic<u32>;
+// A digit histogram: per thread lo[w] holds 8-bit bins 4w..4w+3; once summed, 16-bit pairs: lo[w] bins
+// 4w (low half) and 4w+2, hi[w] bins 4w+1 and 4w+3. gt: keys above T's prefix (above every candidate).
+struct Hist { lo: vec4<u32>, hi: vec4<u32>, gt: u32 }
+${reduce}
 fn key(x: f32) -> u32 { let b = bitcast<u32>(x); return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u); }
-@compute @workgroup_size(256)
+// one key into this thread's histogram (its digit's bin if it matches T's prefix)
+fn bin(h: Hist, kk: u32, T: u32, mask: u32, shift: u32) -> Hist {
+  let pre = kk & mask; let d = (kk >> shift) & 15u;
+  let inc = select(0u, 1u << ((d & 3u) * 8u), pre == T);
+  return Hist(h.lo + select(vec4<u32>(0u), vec4<u32>(inc), vec4<u32>(d >> 2u) == vec4<u32>(0u, 1u, 2u, 3u)), h.hi, h.gt + select(0u, 1u, pre > T));
+}
+// the largest digit j with at least k keys at or above it (digit 0, T itself, always has: the invariant)
+fn best(t: Hist, k: u32) -> u32 {
+  let A = t.lo & vec4<u32>(0xffffu); let B = t.hi & vec4<u32>(0xffffu); let C = t.lo >> vec4<u32>(16u); let D = t.hi >> vec4<u32>(16u);
+  let S = A + B + C + D; // keys per group of 4 digits
+  let a3 = vec4<u32>(t.gt) + vec4<u32>(S.y + S.z + S.w, S.z + S.w, S.w, 0u) + D; // at or above digit 4w + 3
+  let a2 = a3 + C; let a1 = a2 + B; let a0 = a1 + A;
+  let kk = vec4<u32>(k); let one = vec4<u32>(1u); let zero = vec4<u32>(0u);
+  let c = select(zero, one, a3 >= kk) + select(zero, one, a2 >= kk) + select(zero, one, a1 >= kk) + select(zero, one, a0 >= kk);
+  return c.x + c.y + c.z + c.w - 1u;
+}
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = lid.x; let g = wid.x; let n = prm.nPages; let base = g * n; let k = prm.k;
-  var keys: array<u32, KPT>; // 0 where there is no page: below every threshold tried
-  let nk = min(KPT, (n + 255u) / 256u); // key slots in use (the loops run to the sequence's pages, not the maximum)
-  for (var i = 0u; i < nk; i++) { let idx = tid + i * 256u; if (idx < n) { keys[i] = key(scores[base + idx]); } }
-  if (tid < 48u) { atomicStore(&cnt[tid / 16u][tid % 16u], 0u); }
-  if (tid == 0u) { atomicStore(&taken, 0u); atomicStore(&ties, 0u); }
+${subgroups ? '' : `  if (tid < 27u) { atomicStore(&acnt[tid / 9u][tid % 9u], 0u); }
+  if (tid < 2u) { atomicStore(&aslot[tid], 0u); }
   workgroupBarrier();
+`}${load}
   // invariant: #(keys >= T) >= k; the bits below the current digit are zero
   var T = 0u;
   for (var round = 0u; round < 8u; round++) {
-    let shift = 28u - 4u * round; let buf = round % 3u;
-    // (the buffer of the next round was last read two rounds ago, before the previous barrier)
-    if (tid < 16u) { atomicStore(&cnt[(round + 1u) % 3u][tid], 0u); }
-    let t0 = vec4<u32>(T) | (vec4<u32>(0u, 1u, 2u, 3u) << vec4<u32>(shift));
-    let t1 = vec4<u32>(T) | (vec4<u32>(4u, 5u, 6u, 7u) << vec4<u32>(shift));
-    let t2 = vec4<u32>(T) | (vec4<u32>(8u, 9u, 10u, 11u) << vec4<u32>(shift));
-    let t3 = vec4<u32>(T) | (vec4<u32>(12u, 13u, 14u, 15u) << vec4<u32>(shift));
-    var c0 = vec4<u32>(0u); var c1 = vec4<u32>(0u); var c2 = vec4<u32>(0u); var c3 = vec4<u32>(0u);
-    for (var i = 0u; i < nk; i++) {
-      let kk = vec4<u32>(keys[i]);
-      c0 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t0); c1 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t1);
-      c2 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t2); c3 += select(vec4<u32>(0u), vec4<u32>(1u), kk >= t3);
-    }
-${subgroups ? `    c0 = subgroupAdd(c0); c1 = subgroupAdd(c1); c2 = subgroupAdd(c2); c3 = subgroupAdd(c3);
-    if (tid % 32u == 0u) {` : `    {`}
-      for (var j = 1u; j < 16u; j++) {
-        let c = select(select(c0[j % 4u], c1[j % 4u], j >= 4u), select(c2[j % 4u], c3[j % 4u], j >= 12u), j >= 8u);
-        if (c > 0u) { atomicAdd(&cnt[buf][j], c); }
-      }
-    }
-    workgroupBarrier();
-    // the largest threshold still at or above k keys (j = 0 is T itself)
-    var best = 0u;
-    for (var j = 1u; j < 16u; j++) { if (atomicLoad(&cnt[buf][j]) >= k) { best = j; } }
-    T |= best << shift;
+    let shift = 28u - 4u * round;
+    let mask = select(0xffffffffu << (shift + 4u), 0u, round == 0u); // T's prefix: the digits already chosen
+    var h = Hist(vec4<u32>(0u), vec4<u32>(0u), 0u);
+${count}
+    // 8-bit bins to 16-bit pairs before summing over up to 8192 keys
+    let t = total(Hist(h.lo & vec4<u32>(0x00ff00ffu), (h.lo >> vec4<u32>(8u)) & vec4<u32>(0x00ff00ffu), h.gt), round, tid);
+    T |= best(t, k) << shift;
   }
   // keys above T, then ties up to k
-  for (var i = 0u; i < nk; i++) {
-    let idx = tid + i * 256u;
-    if (idx < n && keys[i] > T) { let o = atomicAdd(&taken, 1u); sel[g * k + o] = idx; }
-  }
+  var mine = vec2<u32>(0u);
+${tally}
+${subgroups ? `  let sc = scan(mine, tid);
+  var above = sc[0].x; var tie = sc[1].x + sc[0].y; // output slots: above T from 0, ties after all of those` : `  var above = atomicAdd(&aslot[0], mine.x);
   workgroupBarrier();
-  let above = atomicLoad(&taken);
-  for (var i = 0u; i < nk; i++) {
-    let idx = tid + i * 256u;
-    if (idx < n && keys[i] == T) { let o = atomicAdd(&ties, 1u); if (above + o < k) { sel[g * k + above + o] = idx; } }
-  }
+  var tie = atomicLoad(&aslot[0]) + atomicAdd(&aslot[1], mine.y);`}
+${write}
 }`;
+};
 
 /** Kernel 3: partial attention of one KV group over a chunk of pages (all pages, or the selected ones):
  *  per query head of the group, the chunk's max score (log2 units), sum of exp2 and exp2-weighted V.
@@ -321,7 +373,10 @@ export interface LayerBuffers { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
 
 /** Pipelines and scratch for decode attention of one shape; `encode` records one call into a pass. */
 export class DecodeAttention {
-  private readonly pipes: Record<'scores' | 'topk' | 'partial' | 'reduce', GPUComputePipeline>;
+  private readonly pipes: Record<'scores' | 'partial' | 'reduce', GPUComputePipeline>;
+  private readonly topkPipes = new Map<number, GPUComputePipeline>(); // by keys per thread (a power of two)
+  private readonly sub: boolean;
+  private readonly topkThreads: number;
   readonly q: GPUBuffer; readonly out: GPUBuffer;
   private readonly scores: GPUBuffer; private readonly sel: GPUBuffer; private readonly part: GPUBuffer; private readonly ml: GPUBuffer;
   private readonly params: GPUBuffer[] = [];
@@ -333,18 +388,33 @@ export class DecodeAttention {
   private readonly layerIds = new WeakMap<LayerBuffers, number>();
   private layerCount = 0;
 
-  /** `io`: the q and out buffers to use (the decoder's activations) instead of own ones. */
-  constructor(readonly device: GPUDevice, readonly s: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }) {
+  /** `io`: the q and out buffers to use (the decoder's activations) instead of own ones; `topkThreads`:
+   *  the top-k kernel's workgroup size (tests and benchmarks compare them). */
+  constructor(readonly device: GPUDevice, readonly s: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS) {
     if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
     const mk = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
     const sub = hasSubgroups32(device);
     this.lanes = lanes(s, sub);
-    this.pipes = { scores: mk(scoresWgsl(s, sub)), topk: mk(topkWgsl(s, sub)), partial: mk(partialWgsl(s, sub, PARTIAL_TB)), reduce: mk(reduceWgsl(s)) };
+    this.sub = sub; this.topkThreads = topkThreads;
+    this.pipes = { scores: mk(scoresWgsl(s, sub)), partial: mk(partialWgsl(s, sub, PARTIAL_TB)), reduce: mk(reduceWgsl(s)) };
     const buf = (size: number, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST) => device.createBuffer({ size: Math.max(16, size), usage });
     this.q = io?.q ?? buf(s.nHeads * s.headDim * 4); this.out = io?.out ?? buf(s.nHeads * s.headDim * 4);
     this.scores = buf(s.nKV * s.maxPages * 4); this.sel = buf(s.nKV * Math.max(1, maxSelectedPages) * 4);
     const maxChunks = Math.min(MAX_CHUNKS, Math.ceil(s.maxPages / MIN_CHUNK_PAGES));
     this.part = buf(s.nHeads * maxChunks * s.headDim * 4); this.ml = buf(s.nHeads * maxChunks * 8);
+  }
+
+  /** The top-k pipeline for a sequence of nPages pages: keys per thread rounded up to a power of two. */
+  private topkPipe(nPages: number): { pipe: GPUComputePipeline; kr: number } {
+    const wg = this.topkThreads, most = Math.ceil(this.s.maxPages / wg);
+    const kr = Math.min(most, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(nPages / wg)))));
+    let pipe = this.topkPipes.get(kr);
+    if (!pipe) {
+      const code = topkWgsl(this.s, this.sub, wg, kr * wg);
+      pipe = this.device.createComputePipeline({ layout: 'auto', compute: { module: this.device.createShaderModule({ code }), entryPoint: 'main' } });
+      this.topkPipes.set(kr, pipe);
+    }
+    return { pipe, kr };
   }
 
   /** Bytes of one layer's K, V and metadata buffers for `pages` pages. */
@@ -391,8 +461,8 @@ export class DecodeAttention {
     const { buf: prm, slot } = this.paramsFor(seqLen, k, sparse, 1 / Math.sqrt(s.headDim));
     if (!this.layerIds.has(layer)) this.layerIds.set(layer, ++this.layerCount);
     const lid = this.layerIds.get(layer)!;
-    const bind = (pipe: GPUComputePipeline, bufs: GPUBuffer[]) => {
-      const key = `${slot}:${lid}:${pipe === this.pipes.scores ? 's' : pipe === this.pipes.topk ? 't' : pipe === this.pipes.partial ? 'p' : 'r'}`;
+    const bind = (pipe: GPUComputePipeline, name: string, bufs: GPUBuffer[]) => {
+      const key = `${slot}:${lid}:${name}`;
       let g = this.groups.get(key);
       if (!g) {
         g = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [prm, ...bufs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
@@ -402,20 +472,21 @@ export class DecodeAttention {
     };
     const want = (st: Stage) => only === undefined || only === st;
     if (sparse && want('scores')) {
-      pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, [this.q, layer.meta, this.scores]));
+      pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores]));
       pass.dispatchWorkgroups(Math.ceil(nPages / (TB * this.lanes.NG)), s.nKV);
     }
     if (sparse && want('topk')) {
-      pass.setPipeline(this.pipes.topk); pass.setBindGroup(0, bind(this.pipes.topk, [this.scores, this.sel]));
+      const { pipe, kr } = this.topkPipe(nPages);
+      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, `t${kr}`, [this.scores, this.sel]));
       pass.dispatchWorkgroups(s.nKV);
     }
     const { nChunks } = this.chunking(k);
     if (want('partial')) {
-      pass.setPipeline(this.pipes.partial); pass.setBindGroup(0, bind(this.pipes.partial, [this.q, layer.k, layer.v, this.sel, this.part, this.ml]));
+      pass.setPipeline(this.pipes.partial); pass.setBindGroup(0, bind(this.pipes.partial, 'p', [this.q, layer.k, layer.v, this.sel, this.part, this.ml]));
       pass.dispatchWorkgroups(nChunks, s.nKV);
     }
     if (want('reduce')) {
-      pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, [this.part, this.ml, this.out]));
+      pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, 'r', [this.part, this.ml, this.out]));
       pass.dispatchWorkgroups(s.nHeads);
     }
   }
