@@ -141,11 +141,12 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
   const sub = hasSubgroups32(device);
   const shapes: [string, K.GpuWeightType, number, number][] = [
     ['qkv', 'f16', 12288, 4096], ['wo', 'f16', 4096, 4096], ['gate+up', 'f16', 22016, 4096], ['down', 'f16', 4096, 11008],
-    ['output', 'f16', 32000, 4096], ['gate+up', 'q8_0', 22016, 4096], ['gate+up', 'q4_0', 22016, 4096],
+    ['output', 'f16', 32000, 4096], ['gate+up', 'q8_0', 22016, 4096],
+    ['qkv', 'q4_0', 12288, 4096], ['wo', 'q4_0', 4096, 4096], ['gate+up', 'q4_0', 22016, 4096], ['down', 'q4_0', 4096, 11008], ['output', 'q4_0', 32000, 4096],
   ];
-  const variants: { name: string; code: (s: K.LinearSpec) => string; rowsPerGroup: (k: number) => number }[] = [
+  const variants: { name: string; code: (s: K.LinearSpec) => string; rowsPerGroup: (k: number, t: K.GpuWeightType) => number }[] = [
     { name: 'warp per row', code: (s) => K.linearVecWgsl(s, sub), rowsPerGroup: () => 8 },
-    ...[2, 4, 8].map((R) => ({ name: `x-stationary R=${R}`, code: (s: K.LinearSpec) => K.linearRowsWgsl(s, sub, R), rowsPerGroup: (k: number) => K.rowsLayout(k, R).rowsPerGroup })),
+    ...[2, 4, 8].map((R) => ({ name: `x-stationary R=${R}`, code: (s: K.LinearSpec) => K.linearRowsWgsl(s, sub, R), rowsPerGroup: (k: number, t: K.GpuWeightType) => K.rowsLayout(k, R, t).rowsPerGroup })),
   ];
   console.log(`\nmatrix-vector products (decode, one token), subgroups: ${sub}`);
   console.log(`| matrix | type | N x K | ${variants.map((v) => v.name).join(' | ')} |`);
@@ -169,7 +170,7 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
       const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: v.code(spec) }), entryPoint: 'main' } });
       const groups = mats.map((m) => device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [x, y, m.data, ...(type === 'f16' ? [] : [m.scales])].map((buffer, i) => ({ binding: i, resource: { buffer } })) }));
       let turn = 0;
-      const t = await timeIt((pass) => { pass.setPipeline(pipe); pass.setBindGroup(0, groups[turn++ % copies]); pass.dispatchWorkgroups(Math.ceil(N / v.rowsPerGroup(Kd))); }, 100);
+      const t = await timeIt((pass) => { pass.setPipeline(pipe); pass.setBindGroup(0, groups[turn++ % copies]); pass.dispatchWorkgroups(Math.ceil(N / v.rowsPerGroup(Kd, type))); }, 100);
       cells.push(`${(t * 1e6).toFixed(1)} µs ${(bytes / t / 1e9).toFixed(0)} GB/s (${((bytes / t / 1e9) / readGBs * 100).toFixed(0)}%)`);
     }
     console.log(`| ${name} | ${type} | ${N} x ${Kd} | ${cells.join(' | ')} |`);

@@ -13,6 +13,9 @@ import { concatF32 } from '../model/tensor.js';
 
 const MAX_CHUNK = 256; // tokens per prefill command buffer (activations are sized for it)
 const ROWS = MAX_CHUNK; // a multiple of 64: the tiled product reads whole 64-row tiles
+/** Decode steps that may be in flight at once in greedy decoding (the readback buffers form a ring). */
+export const GREEDY_DEPTH = 2;
+const RING = GREEDY_DEPTH + 1;
 
 interface LayerKV { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
 type Prologue = { kind: 'rmsnorm'; weight: GPUBuffer } | { kind: 'swiglu' };
@@ -40,14 +43,15 @@ export class GpuRunner {
       this.maxPages, { q: this.qrot, out: this.att });
   }
 
-  /** Timestamp queries around each forward's compute pass (benchmarks; needs 'timestamp-query'). */
-  timing: { set: GPUQuerySet; resolve: GPUBuffer; read: GPUBuffer } | null = null;
+  /** Timestamp queries around each forward's compute pass (benchmarks; needs 'timestamp-query'); one
+   *  read buffer per step that may be in flight. */
+  timing: { set: GPUQuerySet; resolve: GPUBuffer; reads: GPUBuffer[] } | null = null;
   enableTiming(): void {
     const d = this.m.device;
     this.timing ??= {
       set: d.createQuerySet({ type: 'timestamp', count: 2 }),
       resolve: d.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC }),
-      read: d.createBuffer({ size: 16, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ }),
+      reads: Array.from({ length: RING }, () => d.createBuffer({ size: 16, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ })),
     };
   }
 
@@ -103,6 +107,8 @@ export class GpuSession {
     for (const l of this.kv) { l.k.destroy(); l.v.destroy(); l.meta.destroy(); }
     this.kv = []; this.capPages = 0; this.groups.clear();
     this.staging?.destroy(); this.staging = null;
+    for (const b of this.ring) b.destroy();
+    this.ring = [];
   }
 
   /** Runs `tokens` after what the session holds; resolves to logits ([vocab] or [n x vocab]), or with
@@ -138,7 +144,7 @@ export class GpuSession {
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
       const many = rows > 4, pipe = m.linearPipeline(l, add, many, pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm', eps: c.normEps } : pro);
       run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, pro?.kind === 'rmsnorm' ? pro.weight : null],
-        many ? Math.ceil(l.N / 64) : Math.ceil(l.N / m.vecRowsPerGroup(l.K)), many ? Math.ceil(rows / 64) : rows);
+        many ? Math.ceil(l.N / 64) : Math.ceil(l.N / m.vecRowsPerGroup(l)), many ? Math.ceil(rows / 64) : rows);
     };
     // decode steps and short chunks: RMSNorm and SwiGLU run inside the products that read their output,
     // and (one token) RoPE, the KV append and the page min/max are one kernel
@@ -223,16 +229,23 @@ export class GpuSession {
     this.len = n;
   }
 
-  private async runChunk(tokens: number[], want: 'all' | 'last' | 'argmax' | 'none'): Promise<Float32Array | null> {
-    const d = this.model.device, c = this.model.config, n = tokens.length, r = this.runner;
-    this.prepareChunk(tokens, n);
-    const enc = d.createCommandEncoder(), t = r.timing;
+  /** Records a chunk's forward pass (and, with timing on, the pass's timestamps into read slot `slot`). */
+  private recordChunk(enc: GPUCommandEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', slot: number): void {
+    const t = this.runner.timing;
     const tEncode = performance.now();
     const pass = enc.beginComputePass(t ? { timestampWrites: { querySet: t.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : undefined);
     this.encodeChunk(pass, n, want);
     pass.end();
     this.lastEncodeMs = performance.now() - tEncode;
-    if (t) { enc.resolveQuerySet(t.set, 0, 2, t.resolve, 0); enc.copyBufferToBuffer(t.resolve, 0, t.read, 0, 16); }
+    if (t) { enc.resolveQuerySet(t.set, 0, 2, t.resolve, 0); enc.copyBufferToBuffer(t.resolve, 0, t.reads[slot], 0, 16); }
+  }
+
+  private async runChunk(tokens: number[], want: 'all' | 'last' | 'argmax' | 'none'): Promise<Float32Array | null> {
+    const d = this.model.device, c = this.model.config, n = tokens.length, r = this.runner;
+    await this.drain(); // (a greedy pipeline's steps in flight use the shared buffers)
+    this.prepareChunk(tokens, n);
+    const enc = d.createCommandEncoder();
+    this.recordChunk(enc, n, want, 0);
     const bytes = want === 'all' ? n * c.vocabSize * 4 : want === 'last' ? c.vocabSize * 4 : want === 'argmax' ? 4 : 0;
     let staging: GPUBuffer | null = null;
     if (bytes) {
@@ -245,13 +258,93 @@ export class GpuSession {
     }
     d.queue.submit([enc.finish()]);
     this.len += n;
-    if (!staging) { await d.queue.onSubmittedWorkDone(); await this.readTiming(); throwDeviceError(); return null; }
+    if (!staging) { await d.queue.onSubmittedWorkDone(); await this.readTiming(0); throwDeviceError(); return null; }
     await staging.mapAsync(GPUMapMode.READ, 0, bytes);
     const out = want === 'argmax' ? Float32Array.of(new Uint32Array(staging.getMappedRange(0, 4))[0]) : new Float32Array(staging.getMappedRange(0, bytes).slice(0));
     staging.unmap();
-    await this.readTiming();
+    await this.readTiming(0);
     throwDeviceError();
     return out;
+  }
+
+  // ---- greedy decoding with steps in flight ----
+  private ring: GPUBuffer[] = [];
+  private ringNext = 0;
+  private inflight: Promise<unknown>[] = [];
+
+  /** Greedy decoding that keeps up to `depth` steps in flight: each step takes its input token from the
+   *  previous step's argmax on the GPU, so the CPU records step t + 1 while the GPU runs step t (nothing
+   *  waits on a readback between them). Yields `first` (a token already known, e.g. the prefill's
+   *  argmax), then the token of each step it runs, at most `maxSteps`, ending early at the context
+   *  length. A consumer that stops early (break) gets the steps it did not take undone: they are waited
+   *  for, the sequence is cut back and the last page's key min/max recomputed. */
+  async *greedy(first: number, maxSteps: number, depth = GREEDY_DEPTH): AsyncGenerator<number> {
+    const c = this.model.config;
+    if (!Number.isInteger(first) || first < 0 || first >= c.vocabSize) throw new Error(`token id ${first} is outside the vocabulary (0..${c.vocabSize - 1})`);
+    if (depth < 1 || depth > GREEDY_DEPTH) throw new Error(`greedy depth must be 1..${GREEDY_DEPTH}, got ${depth}`);
+    await this.drain();
+    yield first;
+    const steps: Promise<number>[] = [];
+    let submitted = 0;
+    const more = () => submitted < maxSteps && this.len < c.maxSeqLen;
+    const submit = () => { steps.push(this.submitGreedyStep(submitted === 0 ? first : null)); submitted++; };
+    try {
+      while (steps.length < depth && more()) submit();
+      while (steps.length) {
+        const tok = await steps.shift()!;
+        if (more()) submit(); // keep the GPU busy while the consumer handles tok
+        yield tok;
+      }
+    } finally {
+      if (steps.length) {
+        await Promise.allSettled(steps);
+        this.rollback(steps.length);
+      }
+    }
+  }
+
+  /** Submits one decode step whose token is `token`, or the argmax the previous step left on the GPU. */
+  private submitGreedyStep(token: number | null): Promise<number> {
+    const d = this.model.device, r = this.runner;
+    if (this.ring.length === 0) this.ring = Array.from({ length: RING }, () => d.createBuffer({ size: 16, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ }));
+    const slot = this.ringNext++ % RING, staging = this.ring[slot];
+    this.prepareChunk(token === null ? null : [token], 1);
+    const enc = d.createCommandEncoder();
+    if (token === null) enc.copyBufferToBuffer(r.best, 0, r.tokens, 0, 4);
+    this.recordChunk(enc, 1, 'argmax', slot);
+    enc.copyBufferToBuffer(r.best, 0, staging, 0, 4);
+    d.queue.submit([enc.finish()]);
+    this.len += 1;
+    const done = (async () => {
+      await staging.mapAsync(GPUMapMode.READ, 0, 4);
+      const tok = new Uint32Array(staging.getMappedRange(0, 4))[0];
+      staging.unmap();
+      await this.readTiming(slot);
+      throwDeviceError();
+      return tok;
+    })();
+    const settled = done.catch(() => undefined); // (a failed step rejects for whoever awaits it, once)
+    this.inflight.push(settled);
+    void settled.then(() => { this.inflight = this.inflight.filter((x) => x !== settled); });
+    return done;
+  }
+
+  /** Waits for greedy steps still in flight (another forward must not race them for the shared buffers). */
+  private async drain(): Promise<void> { if (this.inflight.length) await Promise.allSettled(this.inflight); }
+
+  /** Drops the last n tokens: the length goes back and the key min/max of the page now last is
+   *  recomputed from the keys it keeps (the dropped keys had widened it). */
+  private rollback(n: number): void {
+    const m = this.model, c = m.config, r = this.runner, d = m.device;
+    this.len -= n;
+    if (this.len % r.pageSize === 0) return; // the next token starts a page afresh
+    d.queue.writeBuffer(r.step, 0, new Uint32Array([this.len, 0, this.len, 0]));
+    const meta = m.pipeline('kvmeta', () => K.kvMetaWgsl({ nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize }));
+    const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
+    pass.setPipeline(meta);
+    for (const l of this.kv) { pass.setBindGroup(0, this.bind(meta, 'meta', [l.k, l.meta, r.step])); pass.dispatchWorkgroups(...K.grid64((c.nKVHeads * c.headDim) / 2)); }
+    pass.end();
+    d.queue.submit([enc.finish()]);
   }
 
   /** GPU time of the last forward's compute pass (ms; NaN unless the runner has timing on). */
@@ -259,12 +352,13 @@ export class GpuSession {
   /** CPU time spent encoding the last forward's commands (ms). */
   lastEncodeMs = NaN;
 
-  private async readTiming(): Promise<void> {
+  private async readTiming(slot: number): Promise<void> {
     const t = this.runner.timing;
     if (!t) return;
-    await t.read.mapAsync(GPUMapMode.READ);
-    const ns = new BigUint64Array(t.read.getMappedRange().slice(0));
-    t.read.unmap();
+    const b = t.reads[slot];
+    await b.mapAsync(GPUMapMode.READ);
+    const ns = new BigUint64Array(b.getMappedRange().slice(0));
+    b.unmap();
     this.lastGpuMs = Number(ns[1] - ns[0]) / 1e6;
   }
 

@@ -180,9 +180,18 @@ export class LLM {
 
     const out: number[] = [];
     let text = '', pending = '', finishReason: GenerationResult['finishReason'] = 'length';
-    for (let i = 0; i < maxTokens; i++) {
+    // the tokens: greedy on the GPU keeps steps in flight (the argmax stays on the GPU); otherwise each
+    // token is sampled from the logits and its step runs when the next token is asked for
+    const first = argmax ? logits[0] : sampler.sample(logits);
+    let lastTok = first, i = 0;
+    const tokens = argmax ? (session as GpuSession).greedy(first, maxTokens - 1) : (async function* () {
+      yield first;
+      for (let n = 1; n < maxTokens && session.length < ctx; n++) yield sampler.sample(await step([lastTok]));
+    })();
+    for await (const tok of tokens) {
       if (o.signal?.aborted) { finishReason = 'abort'; break; }
-      const tok = argmax ? logits[0] : sampler.sample(logits);
+      if (i++ >= maxTokens) break;
+      lastTok = tok;
       if (eos.has(tok)) { finishReason = 'stop'; break; }
       out.push(tok);
       pending += decoder ? decoder.push(tok) : '';
@@ -201,8 +210,6 @@ export class LLM {
       pending = pending.slice(safe);
       text += piece;
       emit({ token: tok, text: piece });
-      if (i + 1 < maxTokens && session.length < ctx) logits = await step([tok]);
-      else if (session.length >= ctx) { finishReason = 'length'; break; }
       await new Promise<void>((r) => setImmediate(r)); // keep the event loop (servers, progress) alive
     }
     if (finishReason !== 'stop') { text += pending + (decoder?.flush() ?? ''); }

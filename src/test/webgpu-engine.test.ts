@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
 import { loadModelFiles, type LoadedModel } from '../model/load.js';
 import { GpuModel } from '../backend/webgpu/model.js';
+import { readBuffer } from '../backend/webgpu/decode-attention.js';
 import { GpuRunner, GpuSession } from '../engine/gpu-session.js';
 import { makeModel, Session } from '../engine/session.js';
 import { argmax, rng } from '../engine/sampler.js';
@@ -58,6 +59,20 @@ for (const dtype of ['f16', 'q8_0', 'q4_0', 'f32'] as const) {
     const full = await s.forward([tokens[0]]);
     assert.equal(best[0], argmax(full));
     t.diagnostic(`max |Δlogit| prefill ${d1.toExponential(2)}, decode ${d2.toExponential(2)}`);
+    runner.dispose(); runner.m.dispose();
+  });
+}
+
+// Products whose K splits evenly over the thread sets of the x-stationary kernel (16-byte units: 8 f16,
+// 16 int8, 32 nibbles), the other branch of that kernel than the small models above take
+for (const dtype of ['f16', 'q8_0', 'q4_0'] as const) {
+  test(`WebGPU decode steps on a wide random ${dtype} GGUF (hidden 1024, intermediate 2048) match float64`, { skip: skipGpu }, async () => {
+    const m = loadModelFiles(tempFile('w.gguf', randomGGUF({ vocab: 64, dim: 1024, hidden: 2048, layers: 1, heads: 8, kvHeads: 2, dtype, seed: 9 })));
+    const runner = runnerFor(m), V = m.config.vocabSize, tokens = promptOf(6, V);
+    const ref = refForward(m.config, refWeights(m.weights), tokens);
+    const s = new GpuSession(runner);
+    await s.forward(tokens.slice(0, 3), { logits: 'none' });
+    for (let i = 3; i < 6; i++) compare(await s.forward([tokens[i]]), [ref[i]], V, 1e-2, `decode ${i}`);
     runner.dispose(); runner.m.dispose();
   });
 }
@@ -115,4 +130,34 @@ test('WebGPU engine agrees with the CPU engine on the default model (dense and Q
   assert.match(good.json().choices[0].text, /51422/);
   await app.close();
   gpuLlm.dispose(); cpu.dispose();
+});
+
+test('WebGPU greedy decoding with steps in flight: same tokens as one step at a time; an early stop undoes the steps in flight', { skip: skipGpu }, async () => {
+  const m = loadModelFiles(tempFile('g.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 2, heads: 8, kvHeads: 2, dtype: 'f16', seed: 11 })));
+  const runner = runnerFor(m);
+  // Quest in every layer with 3 of 6+ pages: the page min/max decide what each step sees
+  const a = new GpuSession(runner, { policy: 'quest', budget: 48, denseLayers: 0 });
+  const first = (await a.forward(promptOf(90, 100, 3), { argmax: true }))[0];
+  const serial = [first], b = a.fork();
+  for (let i = 0; i < 20; i++) serial.push((await b.forward([serial[i]], { argmax: true }))[0]);
+  const piped: number[] = [];
+  for await (const tok of a.fork().greedy(first, 20)) piped.push(tok);
+  assert.deepEqual(piped, serial);
+  // stop after 5 tokens (4 steps) while 2 more are in flight: the session must be exactly as if those
+  // 4 steps had run one at a time (length, keys, page min/max), so the next steps' logits are equal
+  const d = a.fork(), e = a.fork(), taken: number[] = [];
+  for await (const tok of d.greedy(first, 20)) { taken.push(tok); if (taken.length === 5) break; }
+  assert.deepEqual(taken, serial.slice(0, 5));
+  assert.equal(d.length, a.length + 4);
+  for (let i = 0; i < 4; i++) await e.forward([serial[i]]);
+  const meta = async (s: GpuSession) => {
+    const kv = (s as unknown as { kv: { meta: GPUBuffer }[] }).kv; // (white box: the page key min/max of every layer)
+    return Promise.all(kv.map(async (l) => new Uint32Array(await readBuffer(gpu!.device, l.meta, l.meta.size))));
+  };
+  assert.deepEqual(await meta(d), await meta(e), 'page min/max after the early stop differ from serial decoding');
+  for (let i = 4; i < 24; i++) {
+    const tok = i < serial.length ? serial[i] : 7;
+    assert.deepEqual(await d.forward([tok]), await e.forward([tok]), `logits differ ${i - 4} steps after the early stop`);
+  }
+  runner.dispose(); runner.m.dispose();
 });

@@ -92,51 +92,88 @@ ${subgroups ? `  acc = subgroupAdd(acc);
   if (lane == 0u && r < N) ${linearOut(s, 'wid.y * N + r', 'r', 'red[lid.x]')}`}
 }`;
 
-/** Rows per thread set of linearRowsWgsl. */
+/** Rows per thread set of linearRowsWgsl (Q4_0: 4; its 32 weights per load hold 32 floats of x in
+ *  registers, and more rows per thread set read that x fewer times; measured on an H100). */
 export const LINEAR_ROWS = 2;
+export const linearRowsFor = (t: GpuWeightType) => (t === 'q4_0' ? 4 : LINEAR_ROWS);
+
+/** Weights per 16-byte load of the x-stationary kernel: 8 f16, 16 int8 (half a Q8_0 block, plus its
+ *  scale), 32 nibbles (a whole Q4_0 block, plus its scale). Wide loads are what reach the bandwidth. */
+export const unitWeights = (t: GpuWeightType) => (t === 'f16' ? 8 : t === 'q8_0' ? 16 : 32);
 
 /** Threads that split one row's K in linearRowsWgsl (a power of two, 32..256) and row sets per workgroup. */
-export function rowsLayout(K: number, R = LINEAR_ROWS) {
-  const U = K / 8;
+export function rowsLayout(K: number, R = LINEAR_ROWS, type: GpuWeightType = 'f16') {
+  const U = K / unitWeights(type);
   const TPR = Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(U))));
   return { U, TPR, S: 256 / TPR, UPT: Math.ceil(U / TPR), rowsPerGroup: (256 / TPR) * R };
 }
 
+/** The dot product of one 16-byte unit of row \`row\` (unit u) with x registers xr[i * V ..]. */
+function unitDot(t: GpuWeightType): string {
+  const x = (j: number) => `xr[i * V + ${j}u]`;
+  switch (t) {
+    case 'f16': return `let w = wd[row * U + u];
+      let d = dot(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), ${x(0)}) + dot(vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)), ${x(1)});`;
+    case 'q8_0': return `let w = wd[row * U + u]; let sc = ws[(row * U + u) / 2u];
+      let d = sc * (dot(i8x4(w.x), ${x(0)}) + dot(i8x4(w.y), ${x(1)}) + dot(i8x4(w.z), ${x(2)}) + dot(i8x4(w.w), ${x(3)}));`;
+    case 'q4_0': return `let w = wd[row * U + u]; let sc = ws[row * U + u];
+      let d = sc * (q4dot(w.x, ${x(0)}, ${x(1)}) + q4dot(w.y, ${x(2)}, ${x(3)}) + q4dot(w.z, ${x(4)}, ${x(5)}) + q4dot(w.w, ${x(6)}, ${x(7)}) - 8.0 * xs[i]);`;
+  }
+}
+
 /** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias) for a few tokens t (wid.y), "x-stationary": a set of TPR
- *  threads splits K, each loads its slice of x into registers once and then streams the same columns
- *  of R rows (R x UPT independent 16-byte loads per thread, TPR x 16 bytes contiguous per row and
- *  step); the R sums are reduced across the set at the end. 256 / TPR sets per workgroup. */
+ *  threads splits K into 16-byte units of weights, each thread loads its units' slice of x into
+ *  registers once and then streams the same columns of R rows (R x UPT independent 16-byte loads per
+ *  thread, TPR x 16 bytes contiguous per row and step); the R sums are reduced across the set at the
+ *  end. 256 / TPR sets per workgroup. */
 export const linearRowsWgsl = (s: LinearSpec, subgroups = false, R = LINEAR_ROWS) => {
   if (R > 8) throw new Error(`linearRowsWgsl: at most 8 rows per thread set (got ${R})`);
-  const { U, TPR, S, UPT } = rowsLayout(s.K, R), full = U % TPR === 0, pro = s.prologue;
-  return (subgroups ? 'enable subgroups;\n' : '') + weightAccess(s.type, s.K, 2) + /* wgsl */ `
+  const { U, TPR, S, UPT } = rowsLayout(s.K, R, s.type), full = U % TPR === 0, pro = s.prologue;
+  const V = unitWeights(s.type) / 4;
+  const unit = full ? 't + i * TPR' : 'min(t + i * TPR, U - 1u)';
+  return (subgroups ? 'enable subgroups;\n' : '') + /* wgsl */ `
 const N: u32 = ${s.N}u;
-const U: u32 = K / 8u; // 8-weight units per row
+const K: u32 = ${s.K}u;
+const U: u32 = ${U}u;     // 16-byte units of weights per row
+const V: u32 = ${V}u;     // vec4s of x per unit
 const TPR: u32 = ${TPR}u; // threads per row set
 const S: u32 = ${S}u;     // row sets per workgroup
 const UPT: u32 = ${UPT}u; // units per thread
 const R: u32 = ${R}u;     // rows per set
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
+${s.type === 'f16' ? '' : '@group(0) @binding(3) var<storage, read> ws: array<f32>;'}
+${s.type === 'q8_0' ? 'fn i8x4(u: u32) -> vec4<f32> { return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u << 24u, u << 16u, u << 8u, u)) >> vec4<u32>(24u)); }' : ''}
+${s.type === 'q4_0' ? `// 8 nibbles times x, without integer-to-float conversions (a quarter-rate instruction, and 32 of them per
+// 16 bytes made this product compute-bound): each nibble is masked in place (n * 16^j) and made a float
+// by the 2^23 trick; x was scaled by 16^-j to match, and the -8 offset is -8 * (sum of the block's x).
+const NIB = vec4<u32>(0xfu, 0xf0u, 0xf00u, 0xf000u);
+fn q4dot(u: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+  let lo = bitcast<vec4<f32>>((vec4<u32>(u) & NIB) | vec4<u32>(0x4b000000u)) - 8388608.0;
+  let hi = bitcast<vec4<f32>>((vec4<u32>(u >> 16u) & NIB) | vec4<u32>(0x4b000000u)) - 8388608.0;
+  return dot(lo, a) + dot(hi, b);
+}` : ''}
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
 ${subgroups ? 'var<workgroup> red: array<f32, 8u * R>;' : 'var<workgroup> red: array<f32, 256u * R>;\nvar<workgroup> red2: array<f32, 32u * R>;'}
 ${pro?.kind === 'rmsnorm' ? `@group(0) @binding(5) var<storage, read> nw: array<vec4<f32>>;\nvar<workgroup> nred: array<f32, ${subgroups ? 8 : 256}>;` : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = lid.x; let rs = tid / TPR; let t = tid % TPR;
-  let r0 = (wid.x * S + rs) * R; let xb = wid.y * (${pro?.kind === 'swiglu' ? '2u * ' : ''}K / 4u);
-  var xa: array<vec4<f32>, UPT>; var xc: array<vec4<f32>, UPT>;
+  let xb = wid.y * (${pro?.kind === 'swiglu' ? '2u * ' : ''}K / 4u);
+  var xr: array<vec4<f32>, ${UPT * V}>;
   for (var i = 0u; i < UPT; i++) {
     // (no branches: columns past K read the last unit and are zeroed, so lanes stay converged)
-    let u = ${full ? 't + i * TPR' : 'min(t + i * TPR, U - 1u)'};
-    ${pro?.kind === 'swiglu' ? `let ga = x[xb + 2u * u]; let gb = x[xb + 2u * u + 1u];
-    xa[i] = ga / (1.0 + exp(-ga)) * x[xb + K / 4u + 2u * u]; xc[i] = gb / (1.0 + exp(-gb)) * x[xb + K / 4u + 2u * u + 1u];`
-      : 'xa[i] = x[xb + 2u * u]; xc[i] = x[xb + 2u * u + 1u];'}
-    ${full ? '' : 'let keep = t + i * TPR < U; xa[i] = select(vec4<f32>(0.0), xa[i], keep); xc[i] = select(vec4<f32>(0.0), xc[i], keep);'}
+    let u = ${unit};
+    for (var j = 0u; j < V; j++) {
+      ${pro?.kind === 'swiglu' ? `let gt = x[xb + V * u + j]; xr[i * V + j] = gt / (1.0 + exp(-gt)) * x[xb + K / 4u + V * u + j];`
+        : 'xr[i * V + j] = x[xb + V * u + j];'}
+      ${full ? '' : 'xr[i * V + j] = select(vec4<f32>(0.0), xr[i * V + j], t + i * TPR < U);'}
+    }
   }
 ${pro?.kind === 'rmsnorm' ? `  // RMSNorm of the token's x: sum of squares over the thread set, then scale the slice in registers
   var ss = 0.0;
-  for (var i = 0u; i < UPT; i++) { ss += dot(xa[i], xa[i]) + dot(xc[i], xc[i]); }
+  for (var i = 0u; i < UPT * V; i++) { ss += dot(xr[i], xr[i]); }
 ${subgroups ? `  ss = subgroupAdd(ss);
   if (tid % 32u == 0u) { nred[tid / 32u] = ss; }
   workgroupBarrier();
@@ -147,16 +184,22 @@ ${subgroups ? `  ss = subgroupAdd(ss);
   let tot = nred[rs * TPR];`}
   let inv = inverseSqrt(tot / f32(K) + ${pro.eps.toExponential()});
   for (var i = 0u; i < UPT; i++) {
-    let u = ${full ? 't + i * TPR' : 'min(t + i * TPR, U - 1u)'};
-    xa[i] *= inv * nw[2u * u]; xc[i] *= inv * nw[2u * u + 1u];
+    let u = ${unit};
+    for (var j = 0u; j < V; j++) { xr[i * V + j] *= inv * nw[V * u + j]; }
   }
-` : ''}  var acc: array<f32, R>;
+` : ''}${s.type === 'q4_0' ? `  // per unit: the sum of its x (the nibbles' offset), then x scaled by 16^-j for the in-place nibbles
+  var xs: array<f32, UPT>;
+  for (var i = 0u; i < UPT; i++) {
+    for (var j = 0u; j < V; j++) { xs[i] += dot(xr[i * V + j], vec4<f32>(1.0)); xr[i * V + j] *= vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625); }
+  }
+` : ''}  let r0 = (wid.x * S + rs) * R;
+  var acc: array<f32, R>;
   for (var r = 0u; r < R; r++) {
     let row = min(r0 + r, N - 1u); // rows past N repeat the last one; they are not written
     for (var i = 0u; i < UPT; i++) {
-      let u = t + i * TPR;
-      ${full ? `let w = w8(row, u * 8u); acc[r] += dot(w.a, xa[i]) + dot(w.b, xc[i]);`
-        : `let w = w8(row, min(u, U - 1u) * 8u); acc[r] += select(0.0, dot(w.a, xa[i]) + dot(w.b, xc[i]), u < U); // (no branch before the subgroup sums)`}
+      let u = ${unit};
+      ${unitDot(s.type)}
+      acc[r] += ${full ? 'd' : 'select(0.0, d, t + i * TPR < U)'};
     }
   }
 ${subgroups ? `  // warp sums, then the TPR / 32 warps of a set
@@ -430,7 +473,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
 
 /** Fills a buffer with pseudo-random f16 pairs in [-scale, scale] (benchmarks: random weights and KV). */
 export const fillRandomWgsl = /* wgsl */ `
-struct Fill { count: u32, seed: u32, scale: f32, pad: u32 }
+struct Fill { count: u32, seed: u32, scale: f32, f32s: u32 } // f32s = 1: one f32 per word, else two f16
 @group(0) @binding(0) var<storage, read_write> data: array<u32>;
 @group(0) @binding(1) var<uniform> prm: Fill;
 fn hash(x: u32) -> u32 { var h = x * 747796405u + 2891336453u; h = ((h >> ((h >> 28u) + 4u)) ^ h) * 277803737u; return (h >> 22u) ^ h; }
@@ -440,5 +483,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   if (i >= prm.count) { return; }
   let a = f32(hash(i ^ prm.seed) & 0xffffu) / 32767.5 - 1.0;
   let b = f32(hash((i ^ prm.seed) + 0x9e3779b9u) & 0xffffu) / 32767.5 - 1.0;
-  data[i] = pack2x16float(vec2<f32>(a, b) * prm.scale);
+  data[i] = select(pack2x16float(vec2<f32>(a, b) * prm.scale), bitcast<u32>(a * prm.scale), prm.f32s == 1u);
 }`;

@@ -28,7 +28,7 @@ export function checkGpuShape(c: ModelConfig): void {
 function parseMatvec(v: string | undefined): GpuModel['matvec'] {
   if (v === 'warp') return { kind: 'warp' };
   const m = /^rows(\d+)$/.exec(v ?? '');
-  return { kind: 'rows', rows: m ? Number(m[1]) : K.LINEAR_ROWS };
+  return { kind: 'rows', rows: m ? Number(m[1]) : null }; // null: the kernel's rows per weight type
 }
 
 export class GpuModel {
@@ -69,16 +69,21 @@ export class GpuModel {
   }
 
   /** Random f16 weights generated on the GPU (benchmarks: speed does not depend on the values). */
-  static random(device: GPUDevice, config: ModelConfig, seed = 1): GpuModel {
+  static random(device: GPUDevice, config: ModelConfig, seed = 1, type: GpuWeightType = 'f16'): GpuModel {
     const m = new GpuModel(device, config), c = config;
     const qkvN = (c.nHeads + 2 * c.nKVHeads) * c.headDim;
-    const rnd = (N: number, Kd: number, scale: number): GpuLinear => {
-      const data = device.createBuffer({ size: N * Kd * 2, usage: storageUsage() });
-      m.fillRandom(data, (N * Kd) / 2, seed++, scale);
-      return { type: 'f16', N, K: Kd, data, scales: m.empty, bias: null };
+    // (quantised: random codes, and random block scales of the size that gives the weights ~scale)
+    const rnd = (N: number, Kd: number, scale: number, t = type): GpuLinear => {
+      const bytes = t === 'f16' ? 2 : t === 'q8_0' ? 1 : 0.5;
+      const data = device.createBuffer({ size: N * Kd * bytes, usage: storageUsage() });
+      m.fillRandom(data, (N * Kd * bytes) / 4, seed++, scale);
+      if (t === 'f16') return { type: t, N, K: Kd, data, scales: m.empty, bias: null };
+      const scales = device.createBuffer({ size: (N * Kd) / 32 * 4, usage: storageUsage() });
+      m.fillRandom(scales, (N * Kd) / 32, seed++, scale / (t === 'q8_0' ? 64 : 4), true);
+      return { type: t, N, K: Kd, data, scales, bias: null };
     };
     const ones = () => m.f32(new Float32Array(c.dim).fill(1));
-    m.embed = rnd(c.vocabSize, c.dim, 1);
+    m.embed = rnd(c.vocabSize, c.dim, 1, 'f16');
     m.output = rnd(c.vocabSize, c.dim, 1 / Math.sqrt(c.dim));
     m.finalNorm = ones();
     for (let l = 0; l < c.nLayers; l++) {
@@ -110,10 +115,12 @@ export class GpuModel {
 
   /** Matrix-vector kernel of decode steps: x-stationary with R rows per workgroup (default), or the
    *  older warp-per-row one (QUEST_MATVEC=warp or rows<R> to compare in benchmarks). */
-  readonly matvec: { kind: 'rows'; rows: number } | { kind: 'warp' } = parseMatvec(processEnv().QUEST_MATVEC);
+  readonly matvec: { kind: 'rows'; rows: number | null } | { kind: 'warp' } = parseMatvec(processEnv().QUEST_MATVEC);
 
   /** Output rows per workgroup of the matrix-vector kernel. */
-  vecRowsPerGroup(cols: number): number { return this.matvec.kind === 'rows' ? K.rowsLayout(cols, this.matvec.rows).rowsPerGroup : 8; }
+  vecRowsPerGroup(l: GpuLinear): number { return this.matvec.kind === 'rows' ? K.rowsLayout(l.K, this.rowsOf(l), l.type).rowsPerGroup : 8; }
+
+  private rowsOf(l: GpuLinear): number { return (this.matvec.kind === 'rows' && this.matvec.rows) || K.linearRowsFor(l.type); }
 
   /** Whether the matrix-vector kernel can compute RMSNorm / SwiGLU on its input (the x-stationary one can). */
   get fusesPrologues(): boolean { return this.matvec.kind === 'rows'; }
@@ -130,17 +137,17 @@ export class GpuModel {
       const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null, ...(prologue && !many ? { prologue } : {}) };
       const sub = hasSubgroups32(this.device), mv = this.matvec;
       p = this.pipeline(`lin:${many}:${sub}:${JSON.stringify(mv)}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec)
-        : mv.kind === 'rows' ? K.linearRowsWgsl(spec, sub, mv.rows) : K.linearVecWgsl(spec, sub)));
+        : mv.kind === 'rows' ? K.linearRowsWgsl(spec, sub, this.rowsOf(l)) : K.linearVecWgsl(spec, sub)));
       byVariant.set(variant, p);
     }
     return p;
   }
 
 
-  fillRandom(buf: GPUBuffer, words: number, seed: number, scale: number): void {
+  fillRandom(buf: GPUBuffer, words: number, seed: number, scale: number, f32s = false): void {
     const pipe = this.pipeline('fill', () => K.fillRandomWgsl), d = this.device;
     const prm = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-    const u = new Uint32Array(4); u[0] = words; u[1] = seed * 0x9e3779b1; new Float32Array(u.buffer)[2] = scale;
+    const u = new Uint32Array(4); u[0] = words; u[1] = seed * 0x9e3779b1; new Float32Array(u.buffer)[2] = scale; u[3] = f32s ? 1 : 0;
     d.queue.writeBuffer(prm, 0, u);
     const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
     pass.setPipeline(pipe);
