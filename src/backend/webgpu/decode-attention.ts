@@ -24,8 +24,10 @@ const MIN_CHUNK_PAGES = 2;
 const MAX_CHUNKS = 512; // chunks per head, at most (the reduction keeps their weights in workgroup memory)
 const TARGET_WORKGROUPS = 1024; // enough partial-attention workgroups to fill a large GPU
 const TB = 4; // rows a lane group loads per step in the scores kernel (loads in flight per thread: 2 x TB)
-/** Rows per lane group and step of the partial-attention kernel (a multiple of 4; QUEST_ATTN_TB to compare). */
-const PARTIAL_TB = Number(processEnv().QUEST_ATTN_TB ?? 4);
+/** Rows per lane group and step of the partial-attention kernel, dense and sparse (multiples of 4;
+ *  QUEST_ATTN_TB sets both, to compare). On an H100 8 was faster for dense (most for GQA: 109 -> 88 µs at
+ *  32K) and 4 for Quest's few pages per workgroup. */
+const PARTIAL_TB = { dense: Number(processEnv().QUEST_ATTN_TB ?? 8), sparse: Number(processEnv().QUEST_ATTN_TB ?? 4) };
 const LOG2E = 1.4426950408889634;
 /** Threads of the top-k workgroup (one per KV group; QUEST_TOPK_WG to compare 32 / 64 / 128 / 256). */
 const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
@@ -79,15 +81,16 @@ fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
 
 /** Kernel 1: Quest page scores, summed over the query heads of each KV group; current page forced.
  *  A lane group scores TB pages per step from their min/max rows. */
-export const scoresWgsl = (s: AttnShape, subgroups = false) => common(s, subgroups) + /* wgsl */ `
+export const scoresWgsl = (s: AttnShape, subgroups = false) => {
+  const heads = Array.from({ length: s.nHeads / s.nKV }, (_, j) => j); // (per-head variables, not an array: see partialWgsl)
+  return common(s, subgroups) + /* wgsl */ `
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> pmeta: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> scores: array<f32>;
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = lid.x; let lane = tid % LG; let grp = tid / LG; let g = wid.y;
-  var qa: array<vec4<f32>, G>; var qb: array<vec4<f32>, G>;
-  for (var j = 0u; j < G; j++) { let b = ((g * G + j) * HD) / 4u + 2u * lane; qa[j] = q[b]; qb[j] = q[b + 1u]; }
+${heads.map((j) => `  let b${j} = ((g * G + ${j}u) * HD) / 4u + 2u * lane; let qa${j} = q[b${j}]; let qb${j} = q[b${j} + 1u];`).join('\n')}
   var mn: array<vec4<u32>, TB>; var mx: array<vec4<u32>, TB>;
   for (var i = 0u; i < TB; i++) {
     // (pages past the end read the last one, without a branch before the row sums; not written)
@@ -97,10 +100,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   var s = vec4<f32>(0.0);
   for (var i = 0u; i < TB; i++) {
     let a = unpack8(mn[i]); let b = unpack8(mx[i]);
-    for (var j = 0u; j < G; j++) {
-      let v = max(qa[j] * a[0], qa[j] * b[0]) + max(qb[j] * a[1], qb[j] * b[1]);
-      s[i] += v.x + v.y + v.z + v.w;
-    }
+    var v = vec4<f32>(0.0);
+${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * b[0]) + max(qb${j} * a[1], qb${j} * b[1]);`).join('\n')}
+    s[i] = v.x + v.y + v.z + v.w;
   }
   s = rowSum(s, tid);
   if (lane == 0u) {
@@ -111,6 +113,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
   }
 }`;
+};
 
 /** Kernel 2: top-k pages per KV group, no readback. The scores become order-preserving u32 keys, held
  *  in registers (KR per thread, one variable each: a register array indexed in a loop goes to local
@@ -227,8 +230,14 @@ ${write}
 
 /** Kernel 3: partial attention of one KV group over a chunk of pages (all pages, or the selected ones):
  *  per query head of the group, the chunk's max score (log2 units), sum of exp2 and exp2-weighted V.
- *  Each lane group streams its rows with an online softmax; the lane groups merge at the end. */
-export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB) => { const { NG } = lanes(s, subgroups); return common(s, subgroups, tb) + /* wgsl */ `
+ *  Each lane group streams its rows with an online softmax; the lane groups merge at the end. The
+ *  per-head state (q, max, sum, accumulators) is one set of variables per head, generated here: arrays
+ *  indexed by a head loop went to local memory, which made the GQA shape 5x slower than its bytes. */
+export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB) => {
+  const { NG } = lanes(s, subgroups), G = s.nHeads / s.nKV;
+  const heads = Array.from({ length: G }, (_, j) => j);
+  const each = (f: (j: number) => string) => heads.map(f).join('\n');
+  return common(s, subgroups, tb) + /* wgsl */ `
 const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS))}u;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
@@ -237,8 +246,25 @@ const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [nH][nChunks][HD / 4]
 @group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;   // [nH][nChunks] (max, sum)
 var<workgroup> pages: array<u32, MAXCP>;
-var<workgroup> gm: array<f32, ${NG * (s.nHeads / s.nKV)}>; // [group][head] maxima, then sums
+var<workgroup> gm: array<f32, ${NG * G}>; // [group][head] maxima, then sums
 var<workgroup> gacc: array<vec4<f32>, ${NG * s.headDim / 4}>; // [group][HD / 4]
+// one head's online softmax over TB rows: scores summed across the lane group, new max, rescale, add V
+struct Head { qa: vec4<f32>, qb: vec4<f32>, m: f32, l: f32, accA: vec4<f32>, accB: vec4<f32> }
+fn step(h: Head, k8: array<array<vec4<f32>, 2>, TB>, v8: array<array<vec4<f32>, 2>, TB>, ok: array<vec4<bool>, TB4>, tid: u32) -> Head {
+  var sc: array<vec4<f32>, TB4>;
+  for (var i = 0u; i < TB; i++) { sc[i / 4u][i % 4u] = dot(h.qa, k8[i][0]) + dot(h.qb, k8[i][1]); }
+  var mNew = h.m;
+  for (var b = 0u; b < TB4; b++) {
+    sc[b] = select(vec4<f32>(-3.0e38), rowSum(sc[b], tid), ok[b]);
+    mNew = max(mNew, max(max(sc[b].x, sc[b].y), max(sc[b].z, sc[b].w)));
+  }
+  let corr = exp2(h.m - mNew);
+  var e: array<vec4<f32>, TB4>; var es = 0.0;
+  for (var b = 0u; b < TB4; b++) { e[b] = select(vec4<f32>(0.0), exp2(sc[b] - mNew), ok[b]); es += (e[b].x + e[b].y) + (e[b].z + e[b].w); }
+  var r = Head(h.qa, h.qb, mNew, h.l * corr + es, h.accA * corr, h.accB * corr);
+  for (var i = 0u; i < TB; i++) { let w = e[i / 4u][i % 4u]; r.accA += w * v8[i][0]; r.accB += w * v8[i][1]; }
+  return r;
+}
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let c = wid.x; let g = wid.y; let tid = lid.x; let lane = tid % LG; let grp = tid / LG;
@@ -251,15 +277,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     pages[tid] = p;
   }
   // this lane's 8 channels of q for every head of the group, scaled so that exp2 gives the softmax
-  var qa: array<vec4<f32>, G>; var qb: array<vec4<f32>, G>;
-  for (var j = 0u; j < G; j++) { let b = ((g * G + j) * HD) / 4u + 2u * lane; qa[j] = q[b] * prm.scale; qb[j] = q[b + 1u] * prm.scale; }
-  var m: array<f32, G>; var l: array<f32, G>; var accA: array<vec4<f32>, G>; var accB: array<vec4<f32>, G>;
-  for (var j = 0u; j < G; j++) { m[j] = -3.0e38; }
+${each((j) => `  let b${j} = ((g * G + ${j}u) * HD) / 4u + 2u * lane;
+  var h${j} = Head(q[b${j}] * prm.scale, q[b${j} + 1u] * prm.scale, -3.0e38, 0.0, vec4<f32>(0.0), vec4<f32>(0.0));`)}
   workgroupBarrier();
   let rows = cp * P;
   for (var t0 = 0u; t0 < rows; t0 += NG * TB) {
     // TB rows per lane group, consecutive groups on consecutive tokens (a warp reads contiguous rows)
-    var kw: array<vec4<u32>, TB>; var vw: array<vec4<u32>, TB>; var ok: array<vec4<bool>, TB4>;
+    var k8: array<array<vec4<f32>, 2>, TB>; var v8: array<array<vec4<f32>, 2>, TB>; var ok: array<vec4<bool>, TB4>;
     for (var i = 0u; i < TB; i++) {
       // no branches: a row that is not there reads row 0 of page 0 (always written) and is masked
       // out, so that the lanes stay converged for the row sums' subgroup shuffles
@@ -267,55 +291,38 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
       let valid = t < rows && p != NONE && p * P + slot < prm.seqLen;
       ok[i / 4u][i % 4u] = valid;
       let b = ((select(0u, p, valid) * NKV + g) * P + select(0u, slot, valid)) * LG + lane;
-      kw[i] = kc[b]; vw[i] = vc[b];
+      k8[i] = unpack8(kc[b]); v8[i] = unpack8(vc[b]);
     }
-    for (var j = 0u; j < G; j++) {
-      // scores of the TB rows (4 per vec4), summed across the lane group
-      var sc: array<vec4<f32>, TB4>;
-      for (var i = 0u; i < TB; i++) { let k8 = unpack8(kw[i]); sc[i / 4u][i % 4u] = dot(qa[j], k8[0]) + dot(qb[j], k8[1]); }
-      var mNew = m[j];
-      for (var b = 0u; b < TB4; b++) {
-        sc[b] = select(vec4<f32>(-3.0e38), rowSum(sc[b], tid), ok[b]);
-        mNew = max(mNew, max(max(sc[b].x, sc[b].y), max(sc[b].z, sc[b].w)));
-      }
-      let corr = exp2(m[j] - mNew);
-      var e: array<vec4<f32>, TB4>; var es = 0.0;
-      for (var b = 0u; b < TB4; b++) { e[b] = select(vec4<f32>(0.0), exp2(sc[b] - mNew), ok[b]); es += (e[b].x + e[b].y) + (e[b].z + e[b].w); }
-      l[j] = l[j] * corr + es;
-      accA[j] *= corr; accB[j] *= corr;
-      m[j] = mNew;
-      for (var i = 0u; i < TB; i++) {
-        let v8 = unpack8(vw[i]); let w = e[i / 4u][i % 4u];
-        accA[j] += w * v8[0]; accB[j] += w * v8[1];
-      }
-    }
+${each((j) => `    h${j} = step(h${j}, k8, v8, ok, tid);`)}
   }
   // merge the lane groups: common maximum per head, then sums of the rescaled partial results
-  if (lane == 0u) { for (var j = 0u; j < G; j++) { gm[grp * G + j] = m[j]; } }
-  workgroupBarrier();
-  var f: array<f32, G>; var M: array<f32, G>;
-  for (var j = 0u; j < G; j++) {
-    var mm = -3.0e38;
-    for (var r = 0u; r < NG; r++) { mm = max(mm, gm[r * G + j]); }
-    M[j] = mm; f[j] = select(0.0, exp2(m[j] - mm), m[j] > -1.0e38);
+  if (lane == 0u) {
+${each((j) => `    gm[grp * G + ${j}u] = h${j}.m;`)}
   }
   workgroupBarrier();
-  if (lane == 0u) { for (var j = 0u; j < G; j++) { gm[grp * G + j] = l[j] * f[j]; } }
-  for (var j = 0u; j < G; j++) {
-    gacc[grp * (HD / 4u) + 2u * lane] = accA[j] * f[j]; gacc[grp * (HD / 4u) + 2u * lane + 1u] = accB[j] * f[j];
-    workgroupBarrier();
-    let pc = (g * G + j) * prm.nChunks + c;
-    for (var d = tid; d < HD / 4u; d += WG) {
-      var sum = vec4<f32>(0.0);
-      for (var r = 0u; r < NG; r++) { sum += gacc[r * (HD / 4u) + d]; }
-      part[pc * (HD / 4u) + d] = sum;
-    }
-    if (tid == 0u) {
-      var L = 0.0;
-      for (var r = 0u; r < NG; r++) { L += gm[r * G + j]; }
-      ml[pc] = vec2<f32>(M[j], L);
-    }
-    workgroupBarrier();
+  var M: array<f32, G>; var f: array<f32, G>; // (indexed by constants only)
+${each((j) => `  { var mm = -3.0e38; for (var r = 0u; r < NG; r++) { mm = max(mm, gm[r * G + ${j}u]); } M[${j}] = mm; f[${j}] = select(0.0, exp2(h${j}.m - mm), h${j}.m > -1.0e38); }`)}
+  workgroupBarrier();
+  if (lane == 0u) {
+${each((j) => `    gm[grp * G + ${j}u] = h${j}.l * f[${j}];`)}
+  }
+${each((j) => `  gacc[grp * (HD / 4u) + 2u * lane] = h${j}.accA * f[${j}]; gacc[grp * (HD / 4u) + 2u * lane + 1u] = h${j}.accB * f[${j}];
+  workgroupBarrier();
+  merge(g * G + ${j}u, c, M[${j}], tid);
+  workgroupBarrier();`)}
+}
+// writes one head's chunk result from the lane groups' rescaled sums in workgroup memory
+fn merge(h: u32, c: u32, M: f32, tid: u32) {
+  let pc = h * prm.nChunks + c;
+  for (var d = tid; d < HD / 4u; d += WG) {
+    var sum = vec4<f32>(0.0);
+    for (var r = 0u; r < NG; r++) { sum += gacc[r * (HD / 4u) + d]; }
+    part[pc * (HD / 4u) + d] = sum;
+  }
+  if (tid == 0u) {
+    var L = 0.0;
+    for (var r = 0u; r < NG; r++) { L += gm[r * G + h % G]; }
+    ml[pc] = vec2<f32>(M, L);
   }
 }`;
 };
@@ -373,7 +380,7 @@ export interface LayerBuffers { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
 
 /** Pipelines and scratch for decode attention of one shape; `encode` records one call into a pass. */
 export class DecodeAttention {
-  private readonly pipes: Record<'scores' | 'partial' | 'reduce', GPUComputePipeline>;
+  private readonly pipes: Record<'scores' | 'dense' | 'sparse' | 'reduce', GPUComputePipeline>;
   private readonly topkPipes = new Map<number, GPUComputePipeline>(); // by keys per thread (a power of two)
   private readonly sub: boolean;
   private readonly topkThreads: number;
@@ -396,7 +403,10 @@ export class DecodeAttention {
     const sub = hasSubgroups32(device);
     this.lanes = lanes(s, sub);
     this.sub = sub; this.topkThreads = topkThreads;
-    this.pipes = { scores: mk(scoresWgsl(s, sub)), partial: mk(partialWgsl(s, sub, PARTIAL_TB)), reduce: mk(reduceWgsl(s)) };
+    this.pipes = {
+      scores: mk(scoresWgsl(s, sub)), reduce: mk(reduceWgsl(s)),
+      dense: mk(partialWgsl(s, sub, PARTIAL_TB.dense)), sparse: mk(partialWgsl(s, sub, PARTIAL_TB.sparse)),
+    };
     const buf = (size: number, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST) => device.createBuffer({ size: Math.max(16, size), usage });
     this.q = io?.q ?? buf(s.nHeads * s.headDim * 4); this.out = io?.out ?? buf(s.nHeads * s.headDim * 4);
     this.scores = buf(s.nKV * s.maxPages * 4); this.sel = buf(s.nKV * Math.max(1, maxSelectedPages) * 4);
@@ -482,7 +492,8 @@ export class DecodeAttention {
     }
     const { nChunks } = this.chunking(k);
     if (want('partial')) {
-      pass.setPipeline(this.pipes.partial); pass.setBindGroup(0, bind(this.pipes.partial, 'p', [this.q, layer.k, layer.v, this.sel, this.part, this.ml]));
+      const pipe = sparse ? this.pipes.sparse : this.pipes.dense;
+      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, sparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, this.ml]));
       pass.dispatchWorkgroups(nChunks, s.nKV);
     }
     if (want('reduce')) {
