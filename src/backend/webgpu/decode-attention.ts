@@ -22,7 +22,8 @@ export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageS
 const MAX_CHUNK_PAGES = 32; // pages per workgroup of the partial-attention kernel (unless more are needed to stay under MAX_CHUNKS)
 const MIN_CHUNK_PAGES = 2;
 const MAX_CHUNKS = 512; // chunks per head, at most (the reduction keeps their weights in workgroup memory)
-const TARGET_WORKGROUPS = 1024; // enough partial-attention workgroups to fill a large GPU
+/** Partial-attention workgroups to aim for: enough to fill a large GPU (QUEST_ATTN_WORKGROUPS to compare). */
+const TARGET_WORKGROUPS = Number(processEnv().QUEST_ATTN_WORKGROUPS ?? 1024);
 const TB = 4; // rows a lane group loads per step in the scores kernel (loads in flight per thread: 2 x TB)
 /** Rows per lane group and step of the partial-attention kernel, dense and sparse (multiples of 4;
  *  QUEST_ATTN_TB sets both, to compare). On an H100 8 was faster for dense (most for GQA: 109 -> 88 µs at
