@@ -20,8 +20,9 @@ const RING = GREEDY_DEPTH + 1;
 interface LayerKV { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
 type Prologue = { kind: 'rmsnorm'; weight: GPUBuffer } | { kind: 'swiglu' };
 
-/** Activation buffers and pipelines shared by all sessions of a model (forwards run one at a time on
- *  the queue, and each reads its results back within its own submission). */
+/** Activation buffers and pipelines shared by all sessions of a model: every submission is a whole
+ *  forward that leaves nothing in them for a later one (greedy steps in flight pass their token through
+ *  a buffer of their own session), so sessions may interleave on the queue. */
 export class GpuRunner {
   readonly x: GPUBuffer; readonly xb: GPUBuffer; readonly qkv: GPUBuffer; readonly att: GPUBuffer;
   readonly gu: GPUBuffer; readonly h: GPUBuffer; readonly qrot: GPUBuffer; readonly xl: GPUBuffer; readonly logits1: GPUBuffer;
@@ -43,8 +44,8 @@ export class GpuRunner {
       this.maxPages, { q: this.qrot, out: this.att });
   }
 
-  /** Timestamp queries around each forward's compute pass (benchmarks; needs 'timestamp-query'); one
-   *  read buffer per step that may be in flight. */
+  /** Timestamp queries around each forward's compute pass (benchmarks, one session at a time; needs
+   *  'timestamp-query'); one read buffer per step that may be in flight. */
   timing: { set: GPUQuerySet; resolve: GPUBuffer; reads: GPUBuffer[] } | null = null;
   enableTiming(): void {
     const d = this.m.device;
@@ -109,6 +110,7 @@ export class GpuSession {
     this.staging?.destroy(); this.staging = null;
     for (const b of this.ring) b.destroy();
     this.ring = [];
+    this.nextToken?.destroy(); this.nextToken = null;
   }
 
   /** Runs `tokens` after what the session holds; resolves to logits ([vocab] or [n x vocab]), or with
@@ -270,6 +272,7 @@ export class GpuSession {
   // ---- greedy decoding with steps in flight ----
   private ring: GPUBuffer[] = [];
   private ringNext = 0;
+  private nextToken: GPUBuffer | null = null;
   private inflight: Promise<unknown>[] = [];
 
   /** Greedy decoding that keeps up to `depth` steps in flight: each step takes its input token from the
@@ -307,11 +310,15 @@ export class GpuSession {
   private submitGreedyStep(token: number | null): Promise<number> {
     const d = this.model.device, r = this.runner;
     if (this.ring.length === 0) this.ring = Array.from({ length: RING }, () => d.createBuffer({ size: 16, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ }));
+    this.nextToken ??= d.createBuffer({ size: 16, usage: storageUsage() });
     const slot = this.ringNext++ % RING, staging = this.ring[slot];
     this.prepareChunk(token === null ? null : [token], 1);
     const enc = d.createCommandEncoder();
-    if (token === null) enc.copyBufferToBuffer(r.best, 0, r.tokens, 0, 4);
+    // the chain's token lives in this session's own buffer: other sessions' forwards may run between two
+    // steps and overwrite the runner's shared argmax and token buffers
+    if (token === null) enc.copyBufferToBuffer(this.nextToken, 0, r.tokens, 0, 4);
     this.recordChunk(enc, 1, 'argmax', slot);
+    enc.copyBufferToBuffer(r.best, 0, this.nextToken, 0, 4);
     enc.copyBufferToBuffer(r.best, 0, staging, 0, 4);
     d.queue.submit([enc.finish()]);
     this.len += 1;

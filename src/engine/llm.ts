@@ -190,7 +190,7 @@ export class LLM {
     })();
     for await (const tok of tokens) {
       if (o.signal?.aborted) { finishReason = 'abort'; break; }
-      if (i++ >= maxTokens) break;
+      if (i++ >= maxTokens) break; // (maxTokens 0: the first token is not taken either)
       lastTok = tok;
       if (eos.has(tok)) { finishReason = 'stop'; break; }
       out.push(tok);

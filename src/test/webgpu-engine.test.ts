@@ -140,8 +140,9 @@ test('WebGPU greedy decoding with steps in flight: same tokens as one step at a 
   const first = (await a.forward(promptOf(90, 100, 3), { argmax: true }))[0];
   const serial = [first], b = a.fork();
   for (let i = 0; i < 20; i++) serial.push((await b.forward([serial[i]], { argmax: true }))[0]);
-  const piped: number[] = [];
-  for await (const tok of a.fork().greedy(first, 20)) piped.push(tok);
+  // (another session of the same model runs a forward between the steps: it shares the runner's buffers)
+  const piped: number[] = [], other = a.fork();
+  for await (const tok of a.fork().greedy(first, 20)) { piped.push(tok); await other.forward([(tok + 1) % 100], { argmax: true }); }
   assert.deepEqual(piped, serial);
   // stop after 5 tokens (4 steps) while 2 more are in flight: the session must be exactly as if those
   // 4 steps had run one at a time (length, keys, page min/max), so the next steps' logits are equal

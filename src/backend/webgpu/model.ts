@@ -68,7 +68,7 @@ export class GpuModel {
     return m;
   }
 
-  /** Random f16 weights generated on the GPU (benchmarks: speed does not depend on the values). */
+  /** Random weights generated on the GPU, f16 or quantised (benchmarks: speed does not depend on the values). */
   static random(device: GPUDevice, config: ModelConfig, seed = 1, type: GpuWeightType = 'f16'): GpuModel {
     const m = new GpuModel(device, config), c = config;
     const qkvN = (c.nHeads + 2 * c.nKVHeads) * c.headDim;
