@@ -261,10 +261,16 @@ export class GpuSession {
     d.queue.submit([enc.finish()]);
     this.len += n;
     if (!staging) { await d.queue.onSubmittedWorkDone(); await this.readTiming(0); throwDeviceError(); return null; }
+    const out = await this.readBack(staging, bytes, 0);
+    return want === 'argmax' ? Float32Array.of(new Uint32Array(out)[0]) : new Float32Array(out);
+  }
+
+  /** The first `bytes` of a staging buffer once the GPU is done (and the timing of read slot `slot`). */
+  private async readBack(staging: GPUBuffer, bytes: number, slot: number): Promise<ArrayBuffer> {
     await staging.mapAsync(GPUMapMode.READ, 0, bytes);
-    const out = want === 'argmax' ? Float32Array.of(new Uint32Array(staging.getMappedRange(0, 4))[0]) : new Float32Array(staging.getMappedRange(0, bytes).slice(0));
+    const out = staging.getMappedRange(0, bytes).slice(0);
     staging.unmap();
-    await this.readTiming(0);
+    await this.readTiming(slot);
     throwDeviceError();
     return out;
   }
@@ -273,7 +279,7 @@ export class GpuSession {
   private ring: GPUBuffer[] = [];
   private ringNext = 0;
   private nextToken: GPUBuffer | null = null;
-  private inflight: Promise<unknown>[] = [];
+  private lastStep: Promise<unknown> = Promise.resolve();
 
   /** Greedy decoding that keeps up to `depth` steps in flight: each step takes its input token from the
    *  previous step's argmax on the GPU, so the CPU records step t + 1 while the GPU runs step t (nothing
@@ -322,22 +328,13 @@ export class GpuSession {
     enc.copyBufferToBuffer(r.best, 0, staging, 0, 4);
     d.queue.submit([enc.finish()]);
     this.len += 1;
-    const done = (async () => {
-      await staging.mapAsync(GPUMapMode.READ, 0, 4);
-      const tok = new Uint32Array(staging.getMappedRange(0, 4))[0];
-      staging.unmap();
-      await this.readTiming(slot);
-      throwDeviceError();
-      return tok;
-    })();
-    const settled = done.catch(() => undefined); // (a failed step rejects for whoever awaits it, once)
-    this.inflight.push(settled);
-    void settled.then(() => { this.inflight = this.inflight.filter((x) => x !== settled); });
+    const done = this.readBack(staging, 4, slot).then((b) => new Uint32Array(b)[0]);
+    this.lastStep = done.catch(() => undefined); // (a failed step rejects for whoever awaits it, once)
     return done;
   }
 
-  /** Waits for greedy steps still in flight (another forward must not race them for the shared buffers). */
-  private async drain(): Promise<void> { if (this.inflight.length) await Promise.allSettled(this.inflight); }
+  /** Waits for greedy steps still in flight (the queue runs them in order: the last one is enough). */
+  private async drain(): Promise<void> { await this.lastStep; }
 
   /** Drops the last n tokens: the length goes back and the key min/max of the page now last is
    *  recomputed from the keys it keeps (the dropped keys had widened it). */

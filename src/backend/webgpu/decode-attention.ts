@@ -400,7 +400,7 @@ export class DecodeAttention {
    *  the top-k kernel's workgroup size (tests and benchmarks compare them). */
   constructor(readonly device: GPUDevice, readonly s: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS) {
     if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
-    const mk = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+    const mk = (code: string) => this.pipeline(code);
     const sub = hasSubgroups32(device);
     this.lanes = lanes(s, sub);
     this.sub = sub; this.topkThreads = topkThreads;
@@ -420,12 +420,12 @@ export class DecodeAttention {
     const wg = this.topkThreads, most = Math.ceil(this.s.maxPages / wg);
     const kr = Math.min(most, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(nPages / wg)))));
     let pipe = this.topkPipes.get(kr);
-    if (!pipe) {
-      const code = topkWgsl(this.s, this.sub, wg, kr * wg);
-      pipe = this.device.createComputePipeline({ layout: 'auto', compute: { module: this.device.createShaderModule({ code }), entryPoint: 'main' } });
-      this.topkPipes.set(kr, pipe);
-    }
+    if (!pipe) { pipe = this.pipeline(topkWgsl(this.s, this.sub, wg, kr * wg)); this.topkPipes.set(kr, pipe); }
     return { pipe, kr };
+  }
+
+  private pipeline(code: string): GPUComputePipeline {
+    return this.device.createComputePipeline({ layout: 'auto', compute: { module: this.device.createShaderModule({ code }), entryPoint: 'main' } });
   }
 
   /** Bytes of one layer's K, V and metadata buffers for `pages` pages. */
