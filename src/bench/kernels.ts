@@ -8,7 +8,7 @@ import { DecodeAttention, type AttnShape } from '../backend/webgpu/decode-attent
 import { f32ToF16 } from '../model/tensor.js';
 import { lineChart } from '../eval/plot.js';
 import { measureBandwidth } from './gpu-bandwidth.js';
-import { hasSubgroups32 } from '../backend/webgpu/device.js';
+import { hasIntDot4, hasSubgroups32 } from '../backend/webgpu/device.js';
 import * as K from '../backend/webgpu/kernels.js';
 
 const P = 16;
@@ -144,9 +144,16 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
     ['output', 'f16', 32000, 4096], ['gate+up', 'q8_0', 22016, 4096],
     ['qkv', 'q4_0', 12288, 4096], ['wo', 'q4_0', 4096, 4096], ['gate+up', 'q4_0', 22016, 4096], ['down', 'q4_0', 4096, 11008], ['output', 'q4_0', 32000, 4096],
   ];
-  const variants: { name: string; code: (s: K.LinearSpec) => string; rowsPerGroup: (k: number, t: K.GpuWeightType) => number }[] = [
+  const dot4 = hasIntDot4(device);
+  const rowsVariant = (name: string, o: K.RowsOptions, only?: K.GpuWeightType) => ({
+    name, only, quantise: o.xq, code: (s: K.LinearSpec) => K.linearRowsWgsl(s, { subgroups: sub, ...o }), rowsPerGroup: (k: number, t: K.GpuWeightType) => K.rowsLayout(k, o.rows, t).rowsPerGroup,
+  });
+  const variants: { name: string; code: (s: K.LinearSpec) => string; rowsPerGroup: (k: number, t: K.GpuWeightType) => number; only?: K.GpuWeightType; quantise?: boolean }[] = [
     { name: 'warp per row', code: (s) => K.linearVecWgsl(s, sub), rowsPerGroup: () => 8 },
-    ...[2, 4, 8].map((R) => ({ name: `x-stationary R=${R}`, code: (s: K.LinearSpec) => K.linearRowsWgsl(s, sub, R), rowsPerGroup: (k: number, t: K.GpuWeightType) => K.rowsLayout(k, R, t).rowsPerGroup })),
+    ...[2, 4, 8].map((R) => rowsVariant(`x-stationary R=${R}`, { rows: R })),
+    // Q4_0 with x quantised to int8 by a kernel of its own (timed with the product) and integer dot
+    // products: the default where the adapter has them
+    ...(dot4 ? [4, 8].map((R) => rowsVariant(`int8 x R=${R}`, { rows: R, xq: true }, 'q4_0')) : []),
   ];
   console.log(`\nmatrix-vector products (decode, one token), subgroups: ${sub}`);
   console.log(`| matrix | type | N x K | ${variants.map((v) => v.name).join(' | ')} |`);
@@ -163,19 +170,27 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
       scales: device.createBuffer({ size: Math.max(16, (N * Kd) / 32 * 4), usage }),
     }));
     const x = device.createBuffer({ size: Kd * 4, usage }), y = device.createBuffer({ size: N * 4, usage: usage | GPUBufferUsage.COPY_SRC });
+    const xq = device.createBuffer({ size: K.quantisedXWords(Kd) * 16, usage: usage | GPUBufferUsage.STORAGE });
     device.queue.writeBuffer(x, 0, new Float32Array(Kd).map(() => Math.random() - 0.5));
     const cells: string[] = [];
     for (const v of variants) {
+      if (v.only && v.only !== type) { cells.push('—'); continue; }
       const spec: K.LinearSpec = { type, N, K: Kd, add: false, bias: false };
       const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: v.code(spec) }), entryPoint: 'main' } });
-      const groups = mats.map((m) => device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [x, y, m.data, ...(type === 'f16' ? [] : [m.scales])].map((buffer, i) => ({ binding: i, resource: { buffer } })) }));
+      const xin = v.quantise ? xq : x;
+      const groups = mats.map((m) => device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [xin, y, m.data, ...(type === 'f16' ? [] : [m.scales])].map((buffer, i) => ({ binding: i, resource: { buffer } })) }));
+      const quant = v.quantise ? device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: K.quantiseXWgsl(Kd) }), entryPoint: 'main' } }) : null;
+      const quantGroup = quant && device.createBindGroup({ layout: quant.getBindGroupLayout(0), entries: [x, xq].map((buffer, i) => ({ binding: i, resource: { buffer } })) });
       let turn = 0;
-      const t = await timeIt((pass) => { pass.setPipeline(pipe); pass.setBindGroup(0, groups[turn++ % copies]); pass.dispatchWorkgroups(Math.ceil(N / v.rowsPerGroup(Kd, type))); }, 100);
+      const t = await timeIt((pass) => {
+        if (quant) { pass.setPipeline(quant); pass.setBindGroup(0, quantGroup!); pass.dispatchWorkgroups(Math.ceil(Kd / 32 / 64)); }
+        pass.setPipeline(pipe); pass.setBindGroup(0, groups[turn++ % copies]); pass.dispatchWorkgroups(Math.ceil(N / v.rowsPerGroup(Kd, type)));
+      }, 100);
       cells.push(`${(t * 1e6).toFixed(1)} µs ${(bytes / t / 1e9).toFixed(0)} GB/s (${((bytes / t / 1e9) / readGBs * 100).toFixed(0)}%)`);
     }
     console.log(`| ${name} | ${type} | ${N} x ${Kd} | ${cells.join(' | ')} |`);
     for (const m of mats) { m.data.destroy(); m.scales.destroy(); }
-    x.destroy(); y.destroy();
+    x.destroy(); y.destroy(); xq.destroy();
   }
   console.log('');
 }

@@ -27,6 +27,8 @@ export class GpuRunner {
   readonly x: GPUBuffer; readonly xb: GPUBuffer; readonly qkv: GPUBuffer; readonly att: GPUBuffer;
   readonly gu: GPUBuffer; readonly h: GPUBuffer; readonly qrot: GPUBuffer; readonly xl: GPUBuffer; readonly logits1: GPUBuffer;
   readonly tokens: GPUBuffer; readonly step: GPUBuffer; readonly best: GPUBuffer;
+  /** a product's input quantised to int8 (Q4_0 products with integer dot products) */
+  readonly xq: GPUBuffer;
   private logitsAll: GPUBuffer | null = null;
   readonly decode: DecodeAttention;
   readonly maxPages: number;
@@ -38,6 +40,7 @@ export class GpuRunner {
     this.x = buf(ROWS * c.dim); this.xb = buf(ROWS * c.dim); this.qkv = buf(ROWS * qkvN);
     this.att = buf(ROWS * c.nHeads * c.headDim); this.qrot = buf(c.nHeads * c.headDim); this.gu = buf(ROWS * 2 * c.hiddenDim); this.h = buf(ROWS * c.hiddenDim);
     this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
+    this.xq = buf(ROWS * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
     this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
     this.decode = new DecodeAttention(d, { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize, maxPages: this.maxPages },
@@ -62,7 +65,7 @@ export class GpuRunner {
   }
 
   dispose(): void {
-    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.logitsAll]) b?.destroy();
+    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.logitsAll]) b?.destroy();
   }
 }
 
@@ -144,7 +147,15 @@ export class GpuSession {
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
-      const many = rows > 4, pipe = m.linearPipeline(l, add, many, pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm', eps: c.normEps } : pro);
+      const many = rows > 4;
+      if (!many && m.quantisesX(l)) {
+        // x (with the prologue) quantised to int8 first, then the product by integer dot products
+        const spec = pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm' as const, eps: c.normEps } : pro;
+        const q = m.pipeline(`quantx:${l.K}:${pro?.kind ?? ''}`, () => K.quantiseXWgsl(l.K, spec));
+        run(q, 'quantx', [x, r.xq, pro?.kind === 'rmsnorm' ? pro.weight : null], Math.ceil(l.K / 32 / 64), rows);
+        x = r.xq; pro = undefined;
+      }
+      const pipe = m.linearPipeline(l, add, many, pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm', eps: c.normEps } : pro);
       run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, pro?.kind === 'rmsnorm' ? pro.weight : null],
         many ? Math.ceil(l.N / 64) : Math.ceil(l.N / m.vecRowsPerGroup(l)), many ? Math.ceil(rows / 64) : rows);
     };

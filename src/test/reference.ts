@@ -24,7 +24,7 @@ export function refWeights(w: ModelWeights): RefWeights {
   };
 }
 
-function linear(W: Mat, x: Float64Array, rows: number, cols: number, b: Float64Array | null = null): Float64Array {
+function linearF64(W: Mat, x: Float64Array, rows: number, cols: number, b: Float64Array | null = null): Float64Array {
   const y = new Float64Array(rows);
   for (let r = 0; r < rows; r++) { let s = b ? b[r] : 0; for (let c = 0; c < cols; c++) s += W[r * cols + c] * x[c]; y[r] = s; }
   return y;
@@ -52,16 +52,41 @@ function ropeScalingFreqs(c: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeSc
   return ropeInvFreq(c.headDim, c.ropeTheta, c.ropeScaling);
 }
 
+/** Round half to even, like WGSL's round(). */
+function roundEven(v: number): number {
+  const r = Math.round(v);
+  return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** x as the GPU's Q4_0 products see it with integer dot products: int8 per block of 32, scale max|x| / 127. */
+export function refQuantiseX(x: Float64Array): Float64Array {
+  const y = new Float64Array(x.length);
+  for (let b = 0; b < x.length; b += 32) {
+    let m = 0; for (let i = b; i < Math.min(b + 32, x.length); i++) m = Math.max(m, Math.abs(x[i]));
+    if (m === 0) continue;
+    for (let i = b; i < Math.min(b + 32, x.length); i++) y[i] = roundEven(x[i] * (127 / m)) * (m / 127);
+  }
+  return y;
+}
+
+export interface RefOptions {
+  /** positions whose products take their input quantised to int8 per block (refQuantiseX) */
+  quantiseX?: (pos: number, product: 'qkv' | 'wo' | 'gateUp' | 'down' | 'output') => boolean;
+}
+
 /** Logits of every position of `tokens`, all in float64. */
-export function refForward(c: ModelConfig, W: RefWeights, tokens: number[]): Float64Array[] {
+export function refForward(c: ModelConfig, W: RefWeights, tokens: number[], opts: RefOptions = {}): Float64Array[] {
   const { dim, headDim: hd, nHeads: nH, nKVHeads: nKV, hiddenDim } = c;
   const Ks: Float64Array[][] = W.layers.map(() => []), Vs: Float64Array[][] = W.layers.map(() => []);
   const out: Float64Array[] = [];
   tokens.forEach((tok, pos) => {
+    type Product = Parameters<NonNullable<RefOptions['quantiseX']>>[1];
+    const linear = (Wm: Mat, v: Float64Array, rows: number, cols: number, b: Float64Array | null, p: Product) =>
+      linearF64(Wm, opts.quantiseX?.(pos, p) ? refQuantiseX(v) : v, rows, cols, b);
     let x = W.embed.slice(tok * dim, tok * dim + dim);
     W.layers.forEach((L, l) => {
       const h = refRmsnorm(x, L.attnNorm, c.normEps);
-      const q = linear(L.wq, h, nH * hd, dim, L.bq), k = linear(L.wk, h, nKV * hd, dim, L.bk), v = linear(L.wv, h, nKV * hd, dim, L.bv);
+      const q = linear(L.wq, h, nH * hd, dim, L.bq, 'qkv'), k = linear(L.wk, h, nKV * hd, dim, L.bk, 'qkv'), v = linear(L.wv, h, nKV * hd, dim, L.bv, 'qkv');
       const heads = (a: Float64Array, n: number) => Array.from({ length: n }, (_, i) => a.slice(i * hd, i * hd + hd));
       const qh = heads(q, nH).map((z) => refRope(z, pos, c)), kh = heads(k, nKV).map((z) => refRope(z, pos, c)), vh = heads(v, nKV);
       Ks[l].push(Float64Array.from(kh.flatMap((z) => Array.from(z)))); Vs[l].push(v);
@@ -73,15 +98,15 @@ export function refForward(c: ModelConfig, W: RefWeights, tokens: number[]): Flo
         for (let t = 0; t < s.length; t++) for (let i = 0; i < hd; i++) att[hq * hd + i] += (e[t] / sum) * Vs[l][t][g * hd + i];
       }
       void vh;
-      const o = linear(L.wo, att, dim, nH * hd);
+      const o = linear(L.wo, att, dim, nH * hd, null, 'wo');
       x = x.map((z, i) => z + o[i]);
       const h2 = refRmsnorm(x, L.ffnNorm, c.normEps);
-      const gt = linear(L.gate, h2, hiddenDim, dim), u = linear(L.up, h2, hiddenDim, dim);
+      const gt = linear(L.gate, h2, hiddenDim, dim, null, 'gateUp'), u = linear(L.up, h2, hiddenDim, dim, null, 'gateUp');
       const act = gt.map((z, i) => (z / (1 + Math.exp(-z))) * u[i]);
-      const d = linear(L.down, act, dim, hiddenDim);
+      const d = linear(L.down, act, dim, hiddenDim, null, 'down');
       x = x.map((z, i) => z + d[i]);
     });
-    out.push(linear(W.output, refRmsnorm(x, W.finalNorm, c.normEps), c.vocabSize, dim));
+    out.push(linear(W.output, refRmsnorm(x, W.finalNorm, c.normEps), c.vocabSize, dim, null, 'output'));
   });
   return out;
 }

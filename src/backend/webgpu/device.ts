@@ -34,7 +34,8 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
       } catch (e) { lastGpuError = `the webgpu package could not load: ${(e as Error).message}`; return null; }
     }
     if (create && !env.XDG_RUNTIME_DIR) env.XDG_RUNTIME_DIR = (await import('node:os')).tmpdir(); // Vulkan loaders complain without it
-    const adapterFrom = async (gpu: GPU) => { keepAlive.push(gpu); const a = await gpu.requestAdapter({ powerPreference: 'high-performance' }); keepAlive.push(a); return a; };
+    let gpuObj: GPU | null = null;
+    const adapterFrom = async (gpu: GPU) => { keepAlive.push(gpu); gpuObj = gpu; const a = await gpu.requestAdapter({ powerPreference: 'high-performance' }); keepAlive.push(a); return a; };
     let adapter = await adapterFrom(browserGpu ?? create!([]));
     // (node:fs is imported here only: browsers never reach this branch)
     if (!adapter && create && software && !env.VK_DRIVER_FILES && (await import('node:fs')).existsSync(SWIFTSHADER_ICD)) {
@@ -59,6 +60,9 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     // errors that WebGPU reports asynchronously (invalid shaders, out-of-memory) are kept and thrown
     // by the next call that checks (takeDeviceError), instead of only being printed
     if (sub32) subgroup32Devices.add(device);
+    // int8 4-way dot products in WGSL (dot4I8Packed; DP4A on GPUs that have it): Q4_0 products use them
+    const langs = (gpuObj as GPU | null)?.wgslLanguageFeatures as ReadonlySet<string> | undefined;
+    if (langs?.has('packed_4x8_integer_dot_product') && env.QUEST_Q4_DOT !== 'float') intDot4Devices.add(device);
     device.addEventListener('uncapturederror', (e) => { deviceErrors.push((e as GPUUncapturedErrorEvent).error.message); });
     device.lost.then((l) => { if (l.reason !== 'destroyed') deviceErrors.push(`the GPU device was lost: ${l.message}`); });
     const info = (adapter as { info?: GPUAdapterInfo }).info;
@@ -78,3 +82,7 @@ export function throwDeviceError(): void {
 const subgroup32Devices = new WeakSet<GPUDevice>();
 /** Whether kernels may use 32-lane subgroup operations on this device. */
 export function hasSubgroups32(device: GPUDevice): boolean { return subgroup32Devices.has(device); }
+
+const intDot4Devices = new WeakSet<GPUDevice>();
+/** Whether kernels may use WGSL's packed 4x8-bit integer dot products on this device. */
+export function hasIntDot4(device: GPUDevice): boolean { return intDot4Devices.has(device); }

@@ -101,10 +101,13 @@ export const linearRowsFor = (t: GpuWeightType) => (t === 'q4_0' ? 4 : LINEAR_RO
  *  scale), 32 nibbles (a whole Q4_0 block, plus its scale). Wide loads are what reach the bandwidth. */
 export const unitWeights = (t: GpuWeightType) => (t === 'f16' ? 8 : t === 'q8_0' ? 16 : 32);
 
-/** Threads that split one row's K in linearRowsWgsl (a power of two, 32..256) and row sets per workgroup. */
+/** Threads that split one row's K in linearRowsWgsl (a power of two, 32..256) and row sets per workgroup.
+ *  Fewer threads per row where the last round of units would leave many idle (Q4_0 K = 11008: 344 units
+ *  fill 67% of 2 x 256 threads, 90% of 3 x 128). */
 export function rowsLayout(K: number, R = LINEAR_ROWS, type: GpuWeightType = 'f16') {
-  const U = K / unitWeights(type);
-  const TPR = Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(U))));
+  const U = K / unitWeights(type), use = (tpr: number) => U / (tpr * Math.ceil(U / tpr));
+  let TPR = Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(U))));
+  while (TPR > 32 && use(TPR) < 0.85 && use(TPR / 2) > use(TPR)) TPR /= 2;
   return { U, TPR, S: 256 / TPR, UPT: Math.ceil(U / TPR), rowsPerGroup: (256 / TPR) * R };
 }
 
@@ -121,47 +124,92 @@ function unitDot(t: GpuWeightType): string {
   }
 }
 
+/** Q4_0 block times the int8-quantised x of the same 32 columns (xe/xo: even/odd columns of each word):
+ *  8 integer 4-way dot products instead of 32 nibble conversions and float multiply-adds. */
+const Q4_INT_DOT = `let w = wd[row * U + u]; let sc = ws[row * U + u];
+      let lo = w & vec4<u32>(0x0f0f0f0fu); let hi = (w >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+      let e = xe[i]; let o = xo[i];
+      let id = (dot4I8Packed(lo.x, e.x) + dot4I8Packed(hi.x, o.x)) + (dot4I8Packed(lo.y, e.y) + dot4I8Packed(hi.y, o.y))
+             + (dot4I8Packed(lo.z, e.z) + dot4I8Packed(hi.z, o.z)) + (dot4I8Packed(lo.w, e.w) + dot4I8Packed(hi.w, o.w));
+      let d = sc * xd[i] * f32(id - xs8[i]);`;
+
+/** The thread's units of a quantised x (quantiseXWgsl's layout) into registers. */
+const q4LoadXq = (unit: string) => `  var xe: array<vec4<u32>, UPT>; var xo: array<vec4<u32>, UPT>; var xd: array<f32, UPT>; var xs8: array<i32, UPT>;
+  for (var i = 0u; i < UPT; i++) {
+    let u = wid.y * U * 3u + 3u * (${unit});
+    xe[i] = x[u]; xo[i] = x[u + 1u]; let m = x[u + 2u]; xd[i] = bitcast<f32>(m.x); xs8[i] = bitcast<i32>(m.y);
+  }
+`;
+
+/** Vec4<u32> words per token of a quantised x of K columns (quantiseXWgsl). */
+export const quantisedXWords = (K: number) => (K / 32) * 3;
+
+/** x (after RMSNorm or SwiGLU, as the product's prologue would compute it) quantised to int8 per block of
+ *  32 columns with one scale each, as llama.cpp does for its quantised products; read by Q4_0 products
+ *  with integer dot products (linearRowsWgsl's xq). Per block three vec4<u32>: the even columns of each
+ *  8-column word as bytes, the odd ones (the order of a Q4_0 word's low and high nibbles), then (scale
+ *  as f32 bits, 8 x the sum of the int8 values: the nibbles' +8 offset, 0, 0). A thread per block; for
+ *  RMSNorm each workgroup sums the squares of the whole row itself (no second pass). */
+export const quantiseXWgsl = (K: number, prologue?: LinearSpec['prologue']) => /* wgsl */ `
+const K: u32 = ${K}u;
+const NB: u32 = K / 32u;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> xq: array<vec4<u32>>;
+${prologue?.kind === 'rmsnorm' ? `@group(0) @binding(2) var<storage, read> nw: array<vec4<f32>>;
+var<workgroup> red: array<f32, 64>;` : ''}
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let b = wid.x * 64u + lid.x; let tok = wid.y;
+  let xb = tok * ${prologue?.kind === 'swiglu' ? '2u * ' : ''}(K / 4u);
+${prologue?.kind === 'rmsnorm' ? `  var ss = 0.0;
+  for (var i = lid.x; i < K / 4u; i += 64u) { let v = x[xb + i]; ss += dot(v, v); }
+  red[lid.x] = ss;
+  workgroupBarrier();
+  for (var w = 32u; w > 0u; w >>= 1u) { if (lid.x < w) { red[lid.x] += red[lid.x + w]; } workgroupBarrier(); }
+  let inv = inverseSqrt(red[0] / f32(K) + ${prologue.eps.toExponential()});` : ''}
+  if (b >= NB) { return; }
+  var v: array<vec4<f32>, 8>;
+  var amax = vec4<f32>(0.0);
+  for (var j = 0u; j < 8u; j++) {
+    ${prologue?.kind === 'swiglu' ? `let g = x[xb + 8u * b + j]; v[j] = g / (1.0 + exp(-g)) * x[xb + K / 4u + 8u * b + j];`
+      : prologue?.kind === 'rmsnorm' ? 'v[j] = x[xb + 8u * b + j] * inv * nw[8u * b + j];' : 'v[j] = x[xb + 8u * b + j];'}
+    amax = max(amax, abs(v[j]));
+  }
+  let m = max(max(amax.x, amax.y), max(amax.z, amax.w));
+  let sc = select(127.0 / m, 0.0, m == 0.0);
+  var e: array<u32, 4>; var o: array<u32, 4>; var qs = vec4<i32>(0);
+  for (var w = 0u; w < 4u; w++) {
+    let p = vec4<i32>(round(v[2u * w] * sc)); let q = vec4<i32>(round(v[2u * w + 1u] * sc));
+    e[w] = pack4xI8(vec4<i32>(p.x, p.z, q.x, q.z)); o[w] = pack4xI8(vec4<i32>(p.y, p.w, q.y, q.w));
+    qs += p + q;
+  }
+  let dst = (tok * NB + b) * 3u;
+  xq[dst] = vec4<u32>(e[0], e[1], e[2], e[3]); xq[dst + 1u] = vec4<u32>(o[0], o[1], o[2], o[3]);
+  xq[dst + 2u] = vec4<u32>(bitcast<u32>(m / 127.0), bitcast<u32>(8 * (qs.x + qs.y + qs.z + qs.w)), 0u, 0u);
+}`;
+
+export interface RowsOptions {
+  subgroups?: boolean;
+  /** rows per thread set */
+  rows?: number;
+  /** (Q4_0) x comes quantised to int8 (quantiseXWgsl) and blocks are integer dot products */
+  xq?: boolean;
+}
+
 /** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias) for a few tokens t (wid.y), "x-stationary": a set of TPR
  *  threads splits K into 16-byte units of weights, each thread loads its units' slice of x into
  *  registers once and then streams the same columns of R rows (R x UPT independent 16-byte loads per
  *  thread, TPR x 16 bytes contiguous per row and step); the R sums are reduced across the set at the
  *  end. 256 / TPR sets per workgroup. */
-export const linearRowsWgsl = (s: LinearSpec, subgroups = false, R = LINEAR_ROWS) => {
+export const linearRowsWgsl = (s: LinearSpec, o: RowsOptions = {}) => {
+  const { subgroups = false, rows: R = LINEAR_ROWS, xq = false } = o;
+  if (xq && (s.type !== 'q4_0' || s.prologue)) throw new Error('linearRowsWgsl: a quantised x is for Q4_0 products without a prologue');
   if (R > 8) throw new Error(`linearRowsWgsl: at most 8 rows per thread set (got ${R})`);
   const { U, TPR, S, UPT } = rowsLayout(s.K, R, s.type), full = U % TPR === 0, pro = s.prologue;
   const V = unitWeights(s.type) / 4;
   const unit = full ? 't + i * TPR' : 'min(t + i * TPR, U - 1u)';
-  return (subgroups ? 'enable subgroups;\n' : '') + /* wgsl */ `
-const N: u32 = ${s.N}u;
-const K: u32 = ${s.K}u;
-const U: u32 = ${U}u;     // 16-byte units of weights per row
-const V: u32 = ${V}u;     // vec4s of x per unit
-const TPR: u32 = ${TPR}u; // threads per row set
-const S: u32 = ${S}u;     // row sets per workgroup
-const UPT: u32 = ${UPT}u; // units per thread
-const R: u32 = ${R}u;     // rows per set
-@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
-@group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
-${s.type === 'f16' ? '' : '@group(0) @binding(3) var<storage, read> ws: array<f32>;'}
-${s.type === 'q8_0' ? 'fn i8x4(u: u32) -> vec4<f32> { return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u << 24u, u << 16u, u << 8u, u)) >> vec4<u32>(24u)); }' : ''}
-${s.type === 'q4_0' ? `// 8 nibbles times x, without integer-to-float conversions (a quarter-rate instruction, and 32 of them per
-// 16 bytes made this product compute-bound): each nibble is masked in place (n * 16^j) and made a float
-// by the 2^23 trick; x was scaled by 16^-j to match, and the -8 offset is -8 * (sum of the block's x).
-const NIB = vec4<u32>(0xfu, 0xf0u, 0xf00u, 0xf000u);
-fn q4dot(u: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
-  let lo = bitcast<vec4<f32>>((vec4<u32>(u) & NIB) | vec4<u32>(0x4b000000u)) - 8388608.0;
-  let hi = bitcast<vec4<f32>>((vec4<u32>(u >> 16u) & NIB) | vec4<u32>(0x4b000000u)) - 8388608.0;
-  return dot(lo, a) + dot(hi, b);
-}` : ''}
-${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
-${subgroups ? 'var<workgroup> red: array<f32, 8u * R>;' : 'var<workgroup> red: array<f32, 256u * R>;\nvar<workgroup> red2: array<f32, 32u * R>;'}
-${pro?.kind === 'rmsnorm' ? `@group(0) @binding(5) var<storage, read> nw: array<vec4<f32>>;\nvar<workgroup> nred: array<f32, ${subgroups ? 8 : 256}>;` : ''}
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let tid = lid.x; let rs = tid / TPR; let t = tid % TPR;
-  let xb = wid.y * (${pro?.kind === 'swiglu' ? '2u * ' : ''}K / 4u);
-  var xr: array<vec4<f32>, ${UPT * V}>;
+  // x into registers, with the prologue (without xq)
+  const xSection = () => `  var xr: array<vec4<f32>, ${UPT * V}>;
   for (var i = 0u; i < UPT; i++) {
     // (no branches: columns past K read the last unit and are zeroed, so lanes stay converged)
     let u = ${unit};
@@ -192,13 +240,45 @@ ${subgroups ? `  ss = subgroupAdd(ss);
   for (var i = 0u; i < UPT; i++) {
     for (var j = 0u; j < V; j++) { xs[i] += dot(xr[i * V + j], vec4<f32>(1.0)); xr[i * V + j] *= vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625); }
   }
-` : ''}  let r0 = (wid.x * S + rs) * R;
-  var acc: array<f32, R>;
+` : ''}`;
+  return (subgroups ? 'enable subgroups;\n' : '') + /* wgsl */ `
+const N: u32 = ${s.N}u;
+const K: u32 = ${s.K}u;
+const U: u32 = ${U}u;     // 16-byte units of weights per row
+const V: u32 = ${V}u;     // vec4s of x per unit
+const TPR: u32 = ${TPR}u; // threads per row set
+const S: u32 = ${S}u;     // row sets per workgroup
+const UPT: u32 = ${UPT}u; // units per thread
+const R: u32 = ${R}u;     // rows per set
+@group(0) @binding(0) var<storage, read> x: array<vec4<${xq ? 'u32' : 'f32'}>>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
+${s.type === 'f16' ? '' : '@group(0) @binding(3) var<storage, read> ws: array<f32>;'}
+${s.type === 'q8_0' ? 'fn i8x4(u: u32) -> vec4<f32> { return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u << 24u, u << 16u, u << 8u, u)) >> vec4<u32>(24u)); }' : ''}
+${s.type === 'q4_0' && !xq ? `// 8 nibbles times x, without integer-to-float conversions (a quarter-rate instruction, and 32 of them per
+// 16 bytes made this product compute-bound): each nibble is masked in place (n * 16^j) and made a float
+// by the 2^23 trick; x was scaled by 16^-j to match, and the -8 offset is -8 * (sum of the block's x).
+const NIB = vec4<u32>(0xfu, 0xf0u, 0xf00u, 0xf000u);
+fn q4dot(u: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+  let lo = bitcast<vec4<f32>>((vec4<u32>(u) & NIB) | vec4<u32>(0x4b000000u)) - 8388608.0;
+  let hi = bitcast<vec4<f32>>((vec4<u32>(u >> 16u) & NIB) | vec4<u32>(0x4b000000u)) - 8388608.0;
+  return dot(lo, a) + dot(hi, b);
+}` : ''}
+${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+${subgroups ? 'var<workgroup> red: array<f32, 8u * R>;' : 'var<workgroup> red: array<f32, 256u * R>;\nvar<workgroup> red2: array<f32, 32u * R>;'}
+${pro?.kind === 'rmsnorm' ? `@group(0) @binding(5) var<storage, read> nw: array<vec4<f32>>;\nvar<workgroup> nred: array<f32, ${subgroups ? 8 : 256}>;` : ''}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let tid = lid.x; let rs = tid / TPR; let t = tid % TPR;
+  let xb = wid.y * (${pro?.kind === 'swiglu' ? '2u * ' : ''}K / 4u);
+  let r0 = (wid.x * S + rs) * R;
+
+${xq ? q4LoadXq(unit) : xSection()}  var acc: array<f32, R>;
   for (var r = 0u; r < R; r++) {
     let row = min(r0 + r, N - 1u); // rows past N repeat the last one; they are not written
     for (var i = 0u; i < UPT; i++) {
       let u = ${unit};
-      ${unitDot(s.type)}
+      ${xq ? Q4_INT_DOT : unitDot(s.type)}
       acc[r] += ${full ? 'd' : 'select(0.0, d, t + i * TPR < U)'};
     }
   }

@@ -7,7 +7,7 @@ import { Matrix, f32ToF16, QK, concatF32 } from '../../model/tensor.js';
 import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
-import { hasSubgroups32, processEnv } from './device.js';
+import { hasIntDot4, hasSubgroups32, processEnv } from './device.js';
 import type { GpuWeightType, LinearSpec } from './kernels.js';
 
 export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
@@ -122,6 +122,10 @@ export class GpuModel {
 
   private rowsOf(l: GpuLinear): number { return (this.matvec.kind === 'rows' && this.matvec.rows) || K.linearRowsFor(l.type); }
 
+  /** Whether decode steps quantise this product's input to int8 first (quantiseXWgsl) and use integer
+   *  dot products: Q4_0 weights where WGSL has packed 4x8-bit dot products (QUEST_Q4_DOT=float: not). */
+  quantisesX(l: GpuLinear): boolean { return l.type === 'q4_0' && this.matvec.kind === 'rows' && hasIntDot4(this.device); }
+
   /** Whether the matrix-vector kernel can compute RMSNorm / SwiGLU on its input (the x-stationary one can). */
   get fusesPrologues(): boolean { return this.matvec.kind === 'rows'; }
 
@@ -135,9 +139,10 @@ export class GpuModel {
     let p = byVariant.get(variant);
     if (!p) {
       const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null, ...(prologue && !many ? { prologue } : {}) };
-      const sub = hasSubgroups32(this.device), mv = this.matvec;
-      p = this.pipeline(`lin:${many}:${sub}:${JSON.stringify(mv)}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec)
-        : mv.kind === 'rows' ? K.linearRowsWgsl(spec, sub, this.rowsOf(l)) : K.linearVecWgsl(spec, sub)));
+      const sub = hasSubgroups32(this.device), xq = !many && this.quantisesX(l), mv = this.matvec;
+      if (xq) delete spec.prologue; // (computed by the quantising kernel)
+      p = this.pipeline(`lin:${many}:${sub}:${xq}:${JSON.stringify(mv)}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec)
+        : mv.kind === 'rows' ? K.linearRowsWgsl(spec, { subgroups: sub, rows: this.rowsOf(l), xq }) : K.linearVecWgsl(spec, sub)));
       byVariant.set(variant, p);
     }
     return p;

@@ -1,0 +1,84 @@
+// The WebGPU matrix-vector product of decode steps for Q4_0 weights, alone, against float64: the float
+// kernel against the exact product; the int8 path (a kernel quantises x, after the prologue, to int8 per
+// 32-column block as llama.cpp does, then the product by integer dot products) against the product with
+// x quantised the same way in float64. Awkward shapes: K
+// that does not split evenly over the thread sets (96, 11008 = Llama-2-7B's down projection, two units
+// per thread), rows past a workgroup's, and the RMSNorm / SwiGLU prologues.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { gpu, skipGpu } from './gpu.js';
+import { hasIntDot4, hasSubgroups32, throwDeviceError } from '../backend/webgpu/device.js';
+import { readBuffer } from '../backend/webgpu/decode-attention.js';
+import * as K from '../backend/webgpu/kernels.js';
+import { refQuantiseX } from './reference.js';
+import { gaussian } from './fixtures.js';
+import { rng } from '../engine/sampler.js';
+
+interface Case { N: number; K: number; prologue?: 'rmsnorm' | 'swiglu' }
+
+async function product(c: Case, intDot: boolean, seed: number) {
+  const { device } = gpu!, g = gaussian(seed), u = rng(seed), eps = 1e-5;
+  // weights: random codes 0..15 (value = code - 8) and block scales, in the GPU layout of kernels.ts
+  const codes = Uint8Array.from({ length: c.N * c.K }, () => Math.floor(u() * 16));
+  const packed = new Uint32Array((c.N * c.K) / 8);
+  codes.forEach((v, i) => { packed[i >> 3] |= v << (4 * (i & 7)); });
+  const scales = Float32Array.from({ length: (c.N * c.K) / 32 }, () => 0.01 + Math.abs(g()) * 0.05);
+  const x = Float32Array.from({ length: c.prologue === 'swiglu' ? 2 * c.K : c.K }, () => g() * 2);
+  const nw = Float32Array.from({ length: c.K }, () => 0.5 + Math.abs(g()));
+  // the product's input after the prologue, in float64
+  let xin: Float64Array = Float64Array.from(x.subarray(0, c.K));
+  if (c.prologue === 'rmsnorm') { let ss = 0; for (const v of xin) ss += v * v; const s = 1 / Math.sqrt(ss / c.K + eps); xin = xin.map((v, i) => v * s * nw[i]); }
+  if (c.prologue === 'swiglu') xin = xin.map((v, i) => (v / (1 + Math.exp(-v))) * x[c.K + i]);
+  if (intDot) xin = refQuantiseX(xin);
+  const want = Float64Array.from({ length: c.N }, (_, r) => {
+    let s = 0; for (let k = 0; k < c.K; k++) s += (codes[r * c.K + k] - 8) * scales[(r * c.K + k) >> 5] * xin[k]; return s;
+  });
+
+  const pro: K.LinearSpec['prologue'] = c.prologue === 'rmsnorm' ? { kind: 'rmsnorm', eps } : c.prologue === 'swiglu' ? { kind: 'swiglu' } : undefined;
+  // float x: the prologue inside the product; int8 x: the quantising kernel computes it, then the product
+  const spec: K.LinearSpec = { type: 'q4_0', N: c.N, K: c.K, add: false, bias: false, ...(pro && !intDot ? { prologue: pro } : {}) };
+  const R = K.linearRowsFor('q4_0');
+  const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+  const buf = (a: ArrayBufferView & { byteLength: number }) => {
+    const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
+    return b;
+  };
+  const dispatch = (pass: GPUComputePassEncoder, pipe: GPUComputePipeline, bufs: [number, GPUBuffer][], groups: number) => {
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: bufs.map(([binding, buffer]) => ({ binding, resource: { buffer } })) }));
+    pass.dispatchWorkgroups(groups);
+  };
+  const y = buf(new Float32Array(c.N)), xBuf = buf(x), nwBuf = buf(nw), xq = buf(new Uint32Array(K.quantisedXWords(c.K) * 4));
+  const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+  if (intDot) dispatch(pass, pipeOf(K.quantiseXWgsl(c.K, pro)), [[0, xBuf], [1, xq], ...(c.prologue === 'rmsnorm' ? [[2, nwBuf] as [number, GPUBuffer]] : [])], Math.ceil(c.K / 32 / 64));
+  dispatch(pass, pipeOf(K.linearRowsWgsl(spec, { subgroups: hasSubgroups32(device), rows: R, xq: intDot })),
+    [[0, intDot ? xq : xBuf], [1, y], [2, buf(packed)], [3, buf(scales)], ...(c.prologue === 'rmsnorm' && !intDot ? [[5, nwBuf] as [number, GPUBuffer]] : [])],
+    Math.ceil(c.N / K.rowsLayout(c.K, R, 'q4_0').rowsPerGroup));
+  pass.end();
+  device.queue.submit([enc.finish()]);
+  const got = new Float32Array(await readBuffer(device, y, c.N * 4));
+  throwDeviceError();
+  return { got, want };
+}
+
+const cases: Case[] = [
+  { N: 37, K: 96 }, { N: 20, K: 1024, prologue: 'rmsnorm' }, { N: 9, K: 11008, prologue: 'swiglu' }, { N: 70, K: 4096 },
+];
+for (const c of cases) {
+  for (const intDot of [false, true]) {
+    test(`WebGPU Q4_0 product (${intDot ? 'int8 x, integer dot products' : 'float x'}; ${c.N} × ${c.K}${c.prologue ? `, ${c.prologue}` : ''}) matches float64`, {
+      skip: skipGpu || (intDot && !hasIntDot4(gpu!.device) ? 'no packed 4x8 integer dot products on this adapter' : false),
+    }, async () => {
+      const { got, want } = await product(c, intDot, 11 + c.K);
+      let scale = 0; for (const v of want) scale = Math.max(scale, Math.abs(v));
+      want.forEach((w, r) => assert.ok(Math.abs(got[r] - w) <= 1e-5 * scale + 1e-6, `row ${r}: ${got[r]} vs ${w} (scale ${scale})`));
+      if (intDot) {
+        // and the quantisation is real: the exact product differs by more than the tolerance above
+        const exact = await product(c, false, 11 + c.K);
+        const diff = Math.max(...Array.from(exact.got, (v, r) => Math.abs(v - got[r])));
+        assert.ok(diff > 1e-4 * scale, `int8 x changed nothing (${diff})`);
+      }
+    });
+  }
+}
