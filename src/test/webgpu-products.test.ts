@@ -37,7 +37,7 @@ async function product(c: Case, intDot: boolean, seed: number) {
   const pro: K.LinearSpec['prologue'] = c.prologue === 'rmsnorm' ? { kind: 'rmsnorm', eps } : c.prologue === 'swiglu' ? { kind: 'swiglu' } : undefined;
   // float x: the prologue inside the product; int8 x: the quantising kernel computes it, then the product
   const spec: K.LinearSpec = { type: 'q4_0', N: c.N, K: c.K, add: false, bias: false, ...(pro && !intDot ? { prologue: pro } : {}) };
-  const R = K.linearRowsFor('q4_0');
+  const R = K.linearRowsFor('q4_0', intDot);
   const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
   const buf = (a: ArrayBufferView & { byteLength: number }) => {
     const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });

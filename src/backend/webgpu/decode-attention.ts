@@ -229,13 +229,72 @@ ${write}
 }`;
 };
 
+/** Row sums of GQA by reduce-scatter (QUEST_ATTN_SCATTER=0 to compare with one all-reduce per head). */
+const SCATTER = processEnv().QUEST_ATTN_SCATTER !== '0';
+
+/** One online-softmax step of all G heads of a KV group over TB rows, for 16-lane rows (head dim 128)
+ *  and G a power of two: each lane's partial scores of every head (4 rows at a time) are summed across
+ *  the 16 lanes by a reduce-scatter — each round a lane keeps half of the heads and adds its partner's
+ *  half — so that after log2(G) rounds a lane holds one head's rows (head = lane >> (4 - log2 G)), and the
+ *  last rounds finish that head's sums. That lane's head alone gets its new maximum and exp2 weights;
+ *  then every lane takes each head's weights from a lane of that head (subgroupShuffle) to update its
+ *  accumulators. For G = 4 and 8 rows: 76 shuffles and 12 exp2 per lane instead of 128 and 36. */
+function groupStep(G: number, tb: number): string {
+  const g = Math.log2(G), SH = 4 - g, TB4 = tb / 4;
+  const heads = Array.from({ length: G }, (_, j) => j), rows = [0, 1, 2, 3];
+  const lines: string[] = [];
+  lines.push(`    let sl = tid % 32u; let gb = sl & 16u; let mine = (sl & 15u) >> ${SH}u;`);
+  lines.push(`    var s: array<vec4<f32>, TB4>;`);
+  for (let b = 0; b < TB4; b++) {
+    lines.push(`    {`);
+    for (const j of heads) {
+      lines.push(`      var x${j} = vec4<f32>(${rows.map((r) => `dot(h${j}.qa, k8[${4 * b + r}][0]) + dot(h${j}.qb, k8[${4 * b + r}][1])`).join(', ')});`);
+    }
+    let count = G;
+    for (const m of [8, 4, 2, 1]) {
+      if (count > 1) {
+        const half = count / 2;
+        lines.push(`      { let up = (sl & ${m}u) != 0u;`);
+        for (let i = 0; i < half; i++) {
+          lines.push(`        let r${i} = subgroupShuffleXor(select(x${half + i}, x${i}, up), ${m}u); x${i} = select(x${i}, x${half + i}, up) + r${i};`);
+        }
+        lines.push(`      }`);
+        count = half;
+      } else lines.push(`      x0 += subgroupShuffleXor(x0, ${m}u);`);
+    }
+    lines.push(`      s[${b}] = select(vec4<f32>(-3.0e38), x0, ok[${b}]);`);
+    lines.push(`    }`);
+  }
+  // this lane's head: running max, new max, weights
+  lines.push(`    var mo = h0.m;`);
+  for (const j of heads.slice(1)) lines.push(`    mo = select(mo, h${j}.m, mine == ${j}u);`);
+  lines.push(`    var mNew = mo;`);
+  lines.push(`    for (var b = 0u; b < TB4; b++) { mNew = max(mNew, max(max(s[b].x, s[b].y), max(s[b].z, s[b].w))); }`);
+  lines.push(`    var pw: array<vec4<f32>, TB4>;`);
+  lines.push(`    for (var b = 0u; b < TB4; b++) { pw[b] = select(vec4<f32>(0.0), exp2(s[b] - mNew), ok[b]); }`);
+  for (const j of heads) {
+    lines.push(`    {`);
+    lines.push(`      let src = gb + ${j << SH}u; let mj = subgroupShuffle(mNew, src); let cj = exp2(h${j}.m - mj);`);
+    lines.push(`      var es = 0.0; h${j}.accA *= cj; h${j}.accB *= cj;`);
+    for (let b = 0; b < TB4; b++) {
+      lines.push(`      { let w = subgroupShuffle(pw[${b}], src); es += (w.x + w.y) + (w.z + w.w);`);
+      lines.push(`        ${rows.map((r) => `h${j}.accA += w[${r}] * v8[${4 * b + r}][0]; h${j}.accB += w[${r}] * v8[${4 * b + r}][1];`).join(' ')} }`);
+    }
+    lines.push(`      h${j}.l = h${j}.l * cj + es; h${j}.m = mj;`);
+    lines.push(`    }`);
+  }
+  return lines.join('\n');
+}
+
 /** Kernel 3: partial attention of one KV group over a chunk of pages (all pages, or the selected ones):
  *  per query head of the group, the chunk's max score (log2 units), sum of exp2 and exp2-weighted V.
  *  Each lane group streams its rows with an online softmax; the lane groups merge at the end. The
  *  per-head state (q, max, sum, accumulators) is one set of variables per head, generated here: arrays
  *  indexed by a head loop went to local memory, which made the GQA shape 5x slower than its bytes. */
 export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB) => {
-  const { NG } = lanes(s, subgroups), G = s.nHeads / s.nKV;
+  const { NG, LG, shuffle } = lanes(s, subgroups), G = s.nHeads / s.nKV;
+  // GQA with 16-lane rows: row sums by reduce-scatter over the group's heads (groupStep)
+  const scatter = shuffle && LG === 16 && G > 1 && G <= 16 && (G & (G - 1)) === 0 && SCATTER;
   const heads = Array.from({ length: G }, (_, j) => j);
   const each = (f: (j: number) => string) => heads.map(f).join('\n');
   return common(s, subgroups, tb) + /* wgsl */ `
@@ -294,7 +353,7 @@ ${each((j) => `  let b${j} = ((g * G + ${j}u) * HD) / 4u + 2u * lane;
       let b = ((select(0u, p, valid) * NKV + g) * P + select(0u, slot, valid)) * LG + lane;
       k8[i] = unpack8(kc[b]); v8[i] = unpack8(vc[b]);
     }
-${each((j) => `    h${j} = step(h${j}, k8, v8, ok, tid);`)}
+${scatter ? groupStep(G, tb) : each((j) => `    h${j} = step(h${j}, k8, v8, ok, tid);`)}
   }
   // merge the lane groups: common maximum per head, then sums of the rescaled partial results
   if (lane == 0u) {

@@ -92,10 +92,11 @@ ${subgroups ? `  acc = subgroupAdd(acc);
   if (lane == 0u && r < N) ${linearOut(s, 'wid.y * N + r', 'r', 'red[lid.x]')}`}
 }`;
 
-/** Rows per thread set of linearRowsWgsl (Q4_0: 4; its 32 weights per load hold 32 floats of x in
- *  registers, and more rows per thread set read that x fewer times; measured on an H100). */
+/** Rows per thread set of linearRowsWgsl (Q4_0 with float x: 4; its 32 weights per load hold 32 floats
+ *  of x in registers, and more rows per thread set read that x fewer times; with int8 x, 2; measured on
+ *  an H100). */
 export const LINEAR_ROWS = 2;
-export const linearRowsFor = (t: GpuWeightType) => (t === 'q4_0' ? 4 : LINEAR_ROWS);
+export const linearRowsFor = (t: GpuWeightType, xq = false) => (t === 'q4_0' && !xq ? 4 : LINEAR_ROWS);
 
 /** Weights per 16-byte load of the x-stationary kernel: 8 f16, 16 int8 (half a Q8_0 block, plus its
  *  scale), 32 nibbles (a whole Q4_0 block, plus its scale). Wide loads are what reach the bandwidth. */

@@ -120,7 +120,7 @@ export class GpuModel {
   /** Output rows per workgroup of the matrix-vector kernel. */
   vecRowsPerGroup(l: GpuLinear): number { return this.matvec.kind === 'rows' ? K.rowsLayout(l.K, this.rowsOf(l), l.type).rowsPerGroup : 8; }
 
-  private rowsOf(l: GpuLinear): number { return (this.matvec.kind === 'rows' && this.matvec.rows) || K.linearRowsFor(l.type); }
+  private rowsOf(l: GpuLinear): number { return (this.matvec.kind === 'rows' && this.matvec.rows) || K.linearRowsFor(l.type, this.quantisesX(l)); }
 
   /** Whether decode steps quantise this product's input to int8 first (quantiseXWgsl) and use integer
    *  dot products: Q4_0 weights where WGSL has packed 4x8-bit dot products (QUEST_Q4_DOT=float: not). */
