@@ -22,13 +22,14 @@ export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageS
 const MAX_CHUNK_PAGES = 32; // pages per workgroup of the partial-attention kernel (unless more are needed to stay under MAX_CHUNKS)
 const MIN_CHUNK_PAGES = 2;
 const MAX_CHUNKS = 512; // chunks per head, at most (the reduction keeps their weights in workgroup memory)
-/** Partial-attention workgroups to aim for: enough to fill a large GPU (QUEST_ATTN_WORKGROUPS to compare). */
-const TARGET_WORKGROUPS = Number(processEnv().QUEST_ATTN_WORKGROUPS ?? 1024);
+/** Partial-attention workgroups to aim for: enough to fill a large GPU; half as many for GQA, whose
+ *  workgroups merge G heads at the end and gain from longer chunks (QUEST_ATTN_WORKGROUPS to compare). */
+const targetWorkgroups = (G: number) => Number(processEnv().QUEST_ATTN_WORKGROUPS ?? (G > 1 ? 512 : 1024));
 const TB = 4; // rows a lane group loads per step in the scores kernel (loads in flight per thread: 2 x TB)
 /** Rows per lane group and step of the partial-attention kernel, dense and sparse (multiples of 4;
- *  QUEST_ATTN_TB sets both, to compare). On an H100 8 was faster for dense (most for GQA: 109 -> 88 µs at
- *  32K) and 4 for Quest's few pages per workgroup. */
-const PARTIAL_TB = { dense: Number(processEnv().QUEST_ATTN_TB ?? 8), sparse: Number(processEnv().QUEST_ATTN_TB ?? 4) };
+ *  QUEST_ATTN_TB sets both, to compare). Measured on an H100: 8 for MHA dense, 4 for GQA dense (with
+ *  its reduce-scatter row sums) and for Quest's few pages per workgroup. */
+const partialTB = (G: number) => ({ dense: Number(processEnv().QUEST_ATTN_TB ?? (G > 1 ? 4 : 8)), sparse: Number(processEnv().QUEST_ATTN_TB ?? 4) });
 const LOG2E = 1.4426950408889634;
 /** Threads of the top-k workgroup (one per KV group; QUEST_TOPK_WG to compare 32 / 64 / 128 / 256). */
 const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
@@ -465,7 +466,7 @@ export class DecodeAttention {
     this.sub = sub; this.topkThreads = topkThreads;
     this.pipes = {
       scores: mk(scoresWgsl(s, sub)), reduce: mk(reduceWgsl(s)),
-      dense: mk(partialWgsl(s, sub, PARTIAL_TB.dense)), sparse: mk(partialWgsl(s, sub, PARTIAL_TB.sparse)),
+      dense: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense)), sparse: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).sparse)),
     };
     const buf = (size: number, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST) => device.createBuffer({ size: Math.max(16, size), usage });
     this.q = io?.q ?? buf(s.nHeads * s.headDim * 4); this.out = io?.out ?? buf(s.nHeads * s.headDim * 4);
@@ -513,7 +514,7 @@ export class DecodeAttention {
   /** Pages per partial-attention workgroup: few enough that the workgroups fill the GPU, many enough
    *  that each streams a good run of rows. */
   private chunking(pages: number): { chunkPages: number; nChunks: number } {
-    const want = Math.floor((pages * this.s.nKV) / TARGET_WORKGROUPS);
+    const want = Math.floor((pages * this.s.nKV) / targetWorkgroups(this.s.nHeads / this.s.nKV));
     const chunkPages = Math.max(Math.ceil(pages / MAX_CHUNKS), Math.min(MAX_CHUNK_PAGES, Math.max(MIN_CHUNK_PAGES, want)));
     return { chunkPages, nChunks: Math.ceil(pages / chunkPages) };
   }
