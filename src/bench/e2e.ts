@@ -3,7 +3,7 @@
 // dense vs Quest. The context's keys and values are random too (no prefill; decode speed does not depend
 // on them). Each step is one submission: all layers' kernels, then a readback of the greedy token
 // (argmax on the GPU) or, for comparison, of the whole logits. The headline numbers are greedy decoding
-// as `generate` runs it, with two steps in flight (the CPU records step t + 1 while the GPU runs step t);
+// as `generate` runs it, with up to three steps in flight (the CPU records the next steps while the GPU runs this one);
 // one step at a time (submit, wait, read back) is shown beside it. With --peer FILE, the numbers of
 // bench/peers/hf_decode.py (Hugging Face transformers + PyTorch SDPA on the same GPU) join the table
 // and the plot.
@@ -107,7 +107,7 @@ async function main() {
     const gbs = (m.weightBytes / 1e9 + kvGB(r.context)) / (r.dense / 1000);
     console.log(`| ${r.context} | ${r.dense.toFixed(2)} | ${r.quest.toFixed(2)} | ${(r.dense / r.quest).toFixed(2)}x | ${gbs.toFixed(0)} | ${r.denseSerial.toFixed(2)} / ${r.questSerial.toFixed(2)} (${(r.denseSerial / r.questSerial).toFixed(2)}x) | ${r.denseLogits.toFixed(2)} | ${p ? p.ms.toFixed(2) : '-'} | ${p ? `${(p.ms / r.quest).toFixed(2)}x` : '-'} | ${r.denseGpu.toFixed(2)} / ${r.questGpu.toFixed(2)} | ${r.denseEncode.toFixed(2)} / ${r.questEncode.toFixed(2)} |`);
   }
-  console.log('(ms/token: greedy decoding with two steps in flight, wall time per token; one step at a time: submit, wait, read back; GPU: timestamp queries around a step\'s compute pass; encode: CPU time recording a step)');
+  console.log('(ms/token: greedy decoding with three steps in flight, wall time per token; one step at a time: submit, wait, read back; GPU: timestamp queries around a step\'s compute pass; encode: CPU time recording a step)');
   mkdirSync(OUT, { recursive: true });
   const series = [
     { name: 'ours dense (WebGPU)', points: rows.map((r) => ({ x: r.context, y: r.dense })) },

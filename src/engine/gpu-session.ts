@@ -14,7 +14,7 @@ import { concatF32 } from '../model/tensor.js';
 const MAX_CHUNK = 256; // tokens per prefill command buffer (activations are sized for it)
 const ROWS = MAX_CHUNK; // a multiple of 64: the tiled product reads whole 64-row tiles
 /** Decode steps that may be in flight at once in greedy decoding (the readback buffers form a ring). */
-export const GREEDY_DEPTH = 2;
+export const GREEDY_DEPTH = 3;
 const RING = GREEDY_DEPTH + 1;
 
 interface LayerKV { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
@@ -351,14 +351,22 @@ export class GpuSession {
    *  recomputed from the keys it keeps (the dropped keys had widened it). */
   private rollback(n: number): void {
     const m = this.model, c = m.config, r = this.runner, d = m.device;
+    const undone = this.len;
     this.len -= n;
-    if (this.len % r.pageSize === 0) return; // the next token starts a page afresh
-    d.queue.writeBuffer(r.step, 0, new Uint32Array([this.len, 0, this.len, 0]));
-    const meta = m.pipeline('kvmeta', () => K.kvMetaWgsl({ nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize }));
-    const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
-    pass.setPipeline(meta);
-    for (const l of this.kv) { pass.setBindGroup(0, this.bind(meta, 'meta', [l.k, l.meta, r.step])); pass.dispatchWorkgroups(...K.grid64((c.nKVHeads * c.headDim) / 2)); }
-    pass.end();
+    const enc = d.createCommandEncoder();
+    // pages that the undone steps began hold their keys' min/max: cleared, as if never written
+    const firstFree = Math.ceil(this.len / r.pageSize), lastTouched = Math.floor((undone - 1) / r.pageSize);
+    const pageBytes = c.nKVHeads * c.headDim * 4;
+    if (lastTouched >= firstFree) for (const l of this.kv) enc.clearBuffer(l.meta, firstFree * pageBytes, (lastTouched - firstFree + 1) * pageBytes);
+    if (this.len % r.pageSize !== 0) {
+      // the last page's min/max recomputed over the tokens that remain
+      d.queue.writeBuffer(r.step, 0, new Uint32Array([this.len, 0, this.len, 0]));
+      const meta = m.pipeline('kvmeta', () => K.kvMetaWgsl({ nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize }));
+      const pass = enc.beginComputePass();
+      pass.setPipeline(meta);
+      for (const l of this.kv) { pass.setBindGroup(0, this.bind(meta, 'meta', [l.k, l.meta, r.step])); pass.dispatchWorkgroups(...K.grid64((c.nKVHeads * c.headDim) / 2)); }
+      pass.end();
+    }
     d.queue.submit([enc.finish()]);
   }
 

@@ -152,8 +152,9 @@ test('WebGPU greedy decoding with steps in flight: same tokens as one step at a 
   const piped: number[] = [], other = a.fork();
   for await (const tok of a.fork().greedy(first, 20)) { piped.push(tok); await other.forward([(tok + 1) % 100], { argmax: true }); }
   assert.deepEqual(piped, serial);
-  // stop after 5 tokens (4 steps) while 2 more are in flight: the session must be exactly as if those
-  // 4 steps had run one at a time (length, keys, page min/max), so the next steps' logits are equal
+  // stop after 5 tokens (4 steps) while more are in flight (GREEDY_DEPTH 3: tokens 94..96 of pages 5 and
+  // 6): the session must be exactly as if those 4 steps had run one at a time (length, keys, page
+  // min/max, including the page the undone steps began), so the next steps' logits are equal
   const d = a.fork(), e = a.fork(), taken: number[] = [];
   for await (const tok of d.greedy(first, 20)) { taken.push(tok); if (taken.length === 5) break; }
   assert.deepEqual(taken, serial.slice(0, 5));
