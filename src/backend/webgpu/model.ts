@@ -140,7 +140,6 @@ export class GpuModel {
     if (!p) {
       const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null, ...(prologue && !many ? { prologue } : {}) };
       const sub = hasSubgroups32(this.device), xq = !many && this.quantisesX(l), mv = this.matvec;
-      if (xq) delete spec.prologue; // (computed by the quantising kernel)
       p = this.pipeline(`lin:${many}:${sub}:${xq}:${JSON.stringify(mv)}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec)
         : mv.kind === 'rows' ? K.linearRowsWgsl(spec, { subgroups: sub, rows: this.rowsOf(l), xq }) : K.linearVecWgsl(spec, sub)));
       byVariant.set(variant, p);
