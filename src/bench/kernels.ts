@@ -174,7 +174,7 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
       scales: device.createBuffer({ size: Math.max(16, (N * Kd) / 32 * 4), usage }),
     }));
     const x = device.createBuffer({ size: Kd * 4, usage }), y = device.createBuffer({ size: N * 4, usage: usage | GPUBufferUsage.COPY_SRC });
-    const xq = device.createBuffer({ size: K.quantisedXWords(Kd) * 16, usage: usage | GPUBufferUsage.STORAGE });
+    const xq = device.createBuffer({ size: K.quantisedXWords(Kd) * 16, usage });
     device.queue.writeBuffer(x, 0, new Float32Array(Kd).map(() => Math.random() - 0.5));
     const cells: string[] = [];
     for (const v of variants) {

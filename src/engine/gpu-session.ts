@@ -13,6 +13,7 @@ import { concatF32 } from '../model/tensor.js';
 
 const MAX_CHUNK = 256; // tokens per prefill command buffer (activations are sized for it)
 const ROWS = MAX_CHUNK; // a multiple of 64: the tiled product reads whole 64-row tiles
+const VEC_ROWS = 4; // chunks of up to this many tokens run matrix-vector products (and fuse prologues)
 /** Decode steps that may be in flight at once in greedy decoding (the readback buffers form a ring). */
 export const GREEDY_DEPTH = 3;
 const RING = GREEDY_DEPTH + 1;
@@ -40,7 +41,7 @@ export class GpuRunner {
     this.x = buf(ROWS * c.dim); this.xb = buf(ROWS * c.dim); this.qkv = buf(ROWS * qkvN);
     this.att = buf(ROWS * c.nHeads * c.headDim); this.qrot = buf(c.nHeads * c.headDim); this.gu = buf(ROWS * 2 * c.hiddenDim); this.h = buf(ROWS * c.hiddenDim);
     this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
-    this.xq = buf(ROWS * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
+    this.xq = buf(VEC_ROWS * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
     this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
     this.decode = new DecodeAttention(d, { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize, maxPages: this.maxPages },
@@ -147,21 +148,21 @@ export class GpuSession {
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
-      const many = rows > 4;
+      const many = rows > VEC_ROWS, spec = pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm' as const, eps: c.normEps } : pro;
+      const nw = pro?.kind === 'rmsnorm' ? pro.weight : null;
       if (!many && m.quantisesX(l)) {
         // x (with the prologue) quantised to int8 first, then the product by integer dot products
-        const spec = pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm' as const, eps: c.normEps } : pro;
-        const q = m.pipeline(`quantx:${l.K}:${pro?.kind ?? ''}`, () => K.quantiseXWgsl(l.K, spec));
-        run(q, 'quantx', [x, r.xq, pro?.kind === 'rmsnorm' ? pro.weight : null], Math.ceil(l.K / 32 / 64), rows);
-        x = r.xq; pro = undefined;
+        run(m.pipeline(`quantx:${l.K}:${pro?.kind ?? ''}`, () => K.quantiseXWgsl(l.K, spec)), 'quantx', [x, r.xq, nw], Math.ceil(l.K / 32 / 64), rows);
+        run(m.linearPipeline(l, add, false), 'linV', [r.xq, y, l.data, l.scales, l.bias], Math.ceil(l.N / m.vecRowsPerGroup(l)), rows);
+        return;
       }
-      const pipe = m.linearPipeline(l, add, many, pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm', eps: c.normEps } : pro);
-      run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, pro?.kind === 'rmsnorm' ? pro.weight : null],
+      const pipe = m.linearPipeline(l, add, many, spec);
+      run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, nw],
         many ? Math.ceil(l.N / 64) : Math.ceil(l.N / m.vecRowsPerGroup(l)), many ? Math.ceil(rows / 64) : rows);
     };
     // decode steps and short chunks: RMSNorm and SwiGLU run inside the products that read their output,
     // and (one token) RoPE, the KV append and the page min/max are one kernel
-    const fuse = n <= 4 && m.fusesPrologues, oneStep = n === 1;
+    const fuse = n <= VEC_ROWS && m.fusesPrologues, oneStep = n === 1;
     const rms = m.pipeline('rms', () => K.rmsnormWgsl(c.dim, c.normEps, false));
     /** y = W · rmsnorm(x) for the chunk's rows of x */
     const normed = (weight: GPUBuffer, l: GpuLinear, y: GPUBuffer) => {
@@ -297,7 +298,7 @@ export class GpuSession {
    *  waits on a readback between them). Yields `first` (a token already known, e.g. the prefill's
    *  argmax), then the token of each step it runs, at most `maxSteps`, ending early at the context
    *  length. A consumer that stops early (break) gets the steps it did not take undone: they are waited
-   *  for, the sequence is cut back and the last page's key min/max recomputed. */
+   *  for and the sequence is cut back (rollback). */
   async *greedy(first: number, maxSteps: number, depth = GREEDY_DEPTH): AsyncGenerator<number> {
     const c = this.model.config;
     if (!Number.isInteger(first) || first < 0 || first >= c.vocabSize) throw new Error(`token id ${first} is outside the vocabulary (0..${c.vocabSize - 1})`);
@@ -347,8 +348,8 @@ export class GpuSession {
   /** Waits for greedy steps still in flight (the queue runs them in order: the last one is enough). */
   private async drain(): Promise<void> { await this.lastStep; }
 
-  /** Drops the last n tokens: the length goes back and the key min/max of the page now last is
-   *  recomputed from the keys it keeps (the dropped keys had widened it). */
+  /** Drops the last n tokens: the length goes back, the key min/max of the page now last is recomputed
+   *  from the keys it keeps (the dropped keys had widened it) and that of pages they began is cleared. */
   private rollback(n: number): void {
     const m = this.model, c = m.config, r = this.runner, d = m.device;
     const undone = this.len;

@@ -24,7 +24,7 @@ export function refWeights(w: ModelWeights): RefWeights {
   };
 }
 
-function linearF64(W: Mat, x: Float64Array, rows: number, cols: number, b: Float64Array | null = null): Float64Array {
+function linear(W: Mat, x: Float64Array, rows: number, cols: number, b: Float64Array | null = null): Float64Array {
   const y = new Float64Array(rows);
   for (let r = 0; r < rows; r++) { let s = b ? b[r] : 0; for (let c = 0; c < cols; c++) s += W[r * cols + c] * x[c]; y[r] = s; }
   return y;
@@ -71,7 +71,7 @@ export function refQuantiseX(x: Float64Array): Float64Array {
 
 export interface RefOptions {
   /** positions whose products take their input quantised to int8 per block (refQuantiseX) */
-  quantiseX?: (pos: number, product: 'qkv' | 'wo' | 'gateUp' | 'down' | 'output') => boolean;
+  quantiseX?: (pos: number) => boolean;
 }
 
 /** Logits of every position of `tokens`, all in float64. */
@@ -80,13 +80,11 @@ export function refForward(c: ModelConfig, W: RefWeights, tokens: number[], opts
   const Ks: Float64Array[][] = W.layers.map(() => []), Vs: Float64Array[][] = W.layers.map(() => []);
   const out: Float64Array[] = [];
   tokens.forEach((tok, pos) => {
-    type Product = Parameters<NonNullable<RefOptions['quantiseX']>>[1];
-    const linear = (Wm: Mat, v: Float64Array, rows: number, cols: number, b: Float64Array | null, p: Product) =>
-      linearF64(Wm, opts.quantiseX?.(pos, p) ? refQuantiseX(v) : v, rows, cols, b);
+    const qx = opts.quantiseX?.(pos) ? refQuantiseX : (v: Float64Array) => v; // a product's input
     let x = W.embed.slice(tok * dim, tok * dim + dim);
     W.layers.forEach((L, l) => {
-      const h = refRmsnorm(x, L.attnNorm, c.normEps);
-      const q = linear(L.wq, h, nH * hd, dim, L.bq, 'qkv'), k = linear(L.wk, h, nKV * hd, dim, L.bk, 'qkv'), v = linear(L.wv, h, nKV * hd, dim, L.bv, 'qkv');
+      const h = qx(refRmsnorm(x, L.attnNorm, c.normEps));
+      const q = linear(L.wq, h, nH * hd, dim, L.bq), k = linear(L.wk, h, nKV * hd, dim, L.bk), v = linear(L.wv, h, nKV * hd, dim, L.bv);
       const heads = (a: Float64Array, n: number) => Array.from({ length: n }, (_, i) => a.slice(i * hd, i * hd + hd));
       const qh = heads(q, nH).map((z) => refRope(z, pos, c)), kh = heads(k, nKV).map((z) => refRope(z, pos, c)), vh = heads(v, nKV);
       Ks[l].push(Float64Array.from(kh.flatMap((z) => Array.from(z)))); Vs[l].push(v);
@@ -98,15 +96,15 @@ export function refForward(c: ModelConfig, W: RefWeights, tokens: number[], opts
         for (let t = 0; t < s.length; t++) for (let i = 0; i < hd; i++) att[hq * hd + i] += (e[t] / sum) * Vs[l][t][g * hd + i];
       }
       void vh;
-      const o = linear(L.wo, att, dim, nH * hd, null, 'wo');
+      const o = linear(L.wo, qx(att), dim, nH * hd);
       x = x.map((z, i) => z + o[i]);
-      const h2 = refRmsnorm(x, L.ffnNorm, c.normEps);
-      const gt = linear(L.gate, h2, hiddenDim, dim, null, 'gateUp'), u = linear(L.up, h2, hiddenDim, dim, null, 'gateUp');
+      const h2 = qx(refRmsnorm(x, L.ffnNorm, c.normEps));
+      const gt = linear(L.gate, h2, hiddenDim, dim), u = linear(L.up, h2, hiddenDim, dim);
       const act = gt.map((z, i) => (z / (1 + Math.exp(-z))) * u[i]);
-      const d = linear(L.down, act, dim, hiddenDim, null, 'down');
+      const d = linear(L.down, qx(act), dim, hiddenDim);
       x = x.map((z, i) => z + d[i]);
     });
-    out.push(linear(W.output, refRmsnorm(x, W.finalNorm, c.normEps), c.vocabSize, dim, null, 'output'));
+    out.push(linear(W.output, qx(refRmsnorm(x, W.finalNorm, c.normEps)), c.vocabSize, dim));
   });
   return out;
 }
