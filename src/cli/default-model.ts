@@ -1,5 +1,7 @@
 import { fileURLToPath } from 'node:url';
-import { join } from 'node:path';
 
-/** The project's own long-context test model, shipped in the package (models/quest-tiny-8k). */
-export const DEFAULT_MODEL = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..', 'models', 'quest-tiny-8k');
+const url = new URL('../../models/quest-tiny-8k/', import.meta.url);
+
+/** The project's own long-context test model, shipped in the package (models/quest-tiny-8k): a path in
+ *  Node; in the browser bundle (dist/browser/quest.js, as deep in the package) the folder's URL. */
+export const DEFAULT_MODEL = url.protocol === 'file:' ? fileURLToPath(url).replace(/[\\/]$/, '') : url.href;

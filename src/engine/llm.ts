@@ -1,5 +1,7 @@
 // The library's front door: load a model, generate text as a stream of tokens, chat.
 import { loadModelFiles, type LoadProgress } from '../model/load.js';
+import type { ModelFiles } from '../model/model-files.js';
+import { fetchModelFiles, isRemote } from '../model/fetch-files.js';
 import type { ModelConfig } from '../model/config.js';
 import { TextTokenizer, StreamDecoder, type ChatMessage } from '../tokenizer/tokenizer.js';
 import type { AttentionOptions } from '../attention/policy.js';
@@ -10,6 +12,15 @@ import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
 import { GpuRunner, GpuSession } from './gpu-session.js';
 import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
 import { GpuModel } from '../backend/webgpu/model.js';
+
+/** A macrotask turn: setImmediate in Node; in browsers a message (setTimeout clamps to 4 ms once nested). */
+const yieldToEventLoop: () => Promise<void> = typeof setImmediate === 'function'
+  ? () => new Promise((r) => setImmediate(r))
+  : (() => {
+      const ch = new MessageChannel(), waiting: (() => void)[] = [];
+      ch.port1.onmessage = () => waiting.shift()?.();
+      return () => new Promise<void>((r) => { waiting.push(r); ch.port2.postMessage(0); });
+    })();
 
 export type Device = 'cpu' | 'webgpu';
 export const DEVICES: readonly Device[] = ['cpu', 'webgpu'];
@@ -210,7 +221,7 @@ export class LLM {
       pending = pending.slice(safe);
       text += piece;
       emit({ token: tok, text: piece });
-      await new Promise<void>((r) => setImmediate(r)); // keep the event loop (servers, progress) alive
+      await yieldToEventLoop(); // keep the event loop (servers, progress, a page) alive
     }
     if (finishReason !== 'stop') { text += pending + (decoder?.flush() ?? ''); }
     const decodeMs = performance.now() - t1;
@@ -230,21 +241,29 @@ export function checkDevicePolicies(llm: LLM, policies: string): void {
   if (llm.device === 'webgpu' && cpuOnly.length) throw new Error(`${cpuOnly.join(', ')} run on the CPU only: use --device cpu for them (WebGPU runs dense and quest)`);
 }
 
-/** Loads a GGUF file, a Hugging Face folder or a llama2.c checkpoint. */
-export async function loadModel(path: string, options: LoadOptions = {}): Promise<LLM> {
+/** Loads a GGUF file, a Hugging Face folder or a llama2.c checkpoint: a path on disk, a URL or
+ *  hf:org/name (downloaded into memory, not cached), or files already in memory (`fetchModelFiles`,
+ *  `pickedModelFiles`). */
+export async function loadModel(source: string | ModelFiles, options: LoadOptions = {}): Promise<LLM> {
   const device = options.device ?? 'cpu';
   if (!DEVICES.includes(device)) throw new Error(`unknown device "${device}" (choose cpu or webgpu)`);
   const attention = { ...DEFAULT_ATTENTION, ...options.attention };
   validateAttentionOptions(attention);
-  const loaded = loadModelFiles(path, { tokenizerPath: options.tokenizer, onProgress: options.onProgress });
-  const tokenizer = loaded.tokenizer ? new TextTokenizer(loaded.tokenizer) : null;
-  let runner: GpuRunner | null = null;
-  if (device === 'webgpu') {
-    const gpu = await getGpu();
-    if (!gpu) throw new Error(`--device webgpu: ${lastGpuError}`);
-    const m = GpuModel.upload(gpu.device, loaded.config, loaded.weights, options.onGpuUpload);
-    runner = new GpuRunner(m, attention.pageSize);
-    await gpu.device.queue.onSubmittedWorkDone();
+  if (typeof source === 'string' && isRemote(source)) source = await fetchModelFiles(source, { onProgress: options.onProgress });
+  const loaded = loadModelFiles(source, { tokenizerPath: options.tokenizer, onProgress: options.onProgress });
+  try {
+    const tokenizer = loaded.tokenizer ? new TextTokenizer(loaded.tokenizer) : null;
+    let runner: GpuRunner | null = null;
+    if (device === 'webgpu') {
+      const gpu = await getGpu();
+      if (!gpu) throw new Error(`--device webgpu: ${lastGpuError}`);
+      const m = GpuModel.upload(gpu.device, loaded.config, loaded.weights, options.onGpuUpload);
+      runner = new GpuRunner(m, attention.pageSize);
+      await gpu.device.queue.onSubmittedWorkDone();
+    }
+    return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, loaded.path, loaded.files, runner);
+  } catch (e) {
+    for (const f of loaded.files ?? []) wasm()?.releaseWeights(f); // a failed load leaves nothing behind
+    throw e;
   }
-  return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, path, loaded.files, runner);
 }

@@ -1,37 +1,27 @@
-import { openSync, readSync, fstatSync, closeSync } from 'node:fs';
+// Model file bytes wherever they come from (disk, fetch, a picked file): where they are kept, and the
+// bounds-checked reader the format parsers use. Nothing here touches the file system.
 import { wasm } from '../backend/wasm/runtime.js';
 
-/** Reads a whole model file once into the WebAssembly memory (so the SIMD kernels read the weights in
- *  place) or, when it does not fit there, into a SharedArrayBuffer: tensors are views into it, never a
- *  second copy. */
-export function readModelFile(path: string, onProgress?: (done: number, total: number) => void): Uint8Array {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (e) {
-    throw new Error(`cannot open model file ${path}: ${(e as Error).message}`);
-  }
-  try {
-    const size = fstatSync(fd).size;
-    const bytes = wasm()?.allocWeights(size) ?? new Uint8Array(new SharedArrayBuffer(size));
-    const chunk = 64 << 20;
-    for (let off = 0; off < size;) {
-      const n = readSync(fd, bytes, off, Math.min(chunk, size - off), off);
-      if (n <= 0) throw new Error(`unexpected end of ${path} at byte ${off}`);
-      off += n;
-      onProgress?.(off, size);
-    }
-    loadedFiles.push(bytes);
-    return bytes;
-  } finally {
-    closeSync(fd);
-  }
+/** Room for a whole model file: in the WebAssembly memory when it fits there (so the SIMD kernels read
+ *  the weights in place), else a SharedArrayBuffer where there is one (Node; cross-origin isolated
+ *  pages), else a plain buffer. Tensors are views into it, never a second copy. */
+export function allocModelBytes(size: number): Uint8Array {
+  return wasm()?.allocWeights(size)
+    ?? new Uint8Array(typeof SharedArrayBuffer === 'function' ? new SharedArrayBuffer(size) : new ArrayBuffer(size));
 }
 
-/** Every model file read since the last `takeLoadedFiles()`: the loader hands them to the model, which
- *  returns their memory when disposed. */
+/** Every model file a loader took since the last `takeLoadedFiles()`: the loader hands them to the
+ *  model, which returns their memory when disposed. */
 const loadedFiles: Uint8Array[] = [];
 export function takeLoadedFiles(): Uint8Array[] { return loadedFiles.splice(0); }
+export function adoptModelBytes(bytes: Uint8Array): Uint8Array { loadedFiles.push(bytes); return bytes; }
+
+const decoder = new TextDecoder('utf-8');
+/** UTF-8 text of bytes that may lie in shared memory (browsers' TextDecoder refuses those: copy first). */
+export function utf8(bytes: Uint8Array): string {
+  const shared = typeof SharedArrayBuffer === 'function' && bytes.buffer instanceof SharedArrayBuffer;
+  return decoder.decode(shared ? bytes.slice() : bytes);
+}
 
 /** Bounds-checked little-endian reader over a byte array. */
 export class ByteReader {

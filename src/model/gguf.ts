@@ -1,5 +1,5 @@
 // GGUF (llama.cpp's model format): reader and writer. Spec: ggml/docs/gguf.md.
-import { ByteReader } from './file-bytes.js';
+import { ByteReader, utf8 } from './file-bytes.js';
 import { rowBytes, type DType } from './tensor.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" little-endian
@@ -34,7 +34,6 @@ export interface GGUFFile {
   bytes: Uint8Array;
 }
 
-const decoder = new TextDecoder('utf-8');
 
 export function parseGGUF(bytes: Uint8Array, what = 'GGUF file'): GGUFFile {
   const r = new ByteReader(bytes, what);
@@ -46,7 +45,7 @@ export function parseGGUF(bytes: Uint8Array, what = 'GGUF file'): GGUFFile {
   const nTensors = r.u64();
   const nKV = r.u64();
   if (nTensors > 1e6 || nKV > 1e6) throw new Error(`${what}: implausible counts (${nTensors} tensors, ${nKV} keys): corrupt header`);
-  const str = () => { const n = r.u64(); return decoder.decode(r.bytesOf(n)); };
+  const str = () => { const n = r.u64(); return utf8(r.bytesOf(n)); };
   const value = (t: number): GGUFValue => {
     switch (t) {
       case VT.U8: return r.u8(); case VT.I8: return r.i8();

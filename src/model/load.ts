@@ -1,8 +1,9 @@
-// Loads a model from disk: a GGUF file, a Hugging Face folder (config.json + safetensors +
-// tokenizer.json) or a llama2.c checkpoint. Every hyperparameter comes from the file.
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { readModelFile, takeLoadedFiles } from './file-bytes.js';
+// Loads a model: a GGUF file, a Hugging Face folder (config.json + safetensors + tokenizer.json) or a
+// llama2.c checkpoint, from disk or from files in memory (ModelFiles). Every hyperparameter comes from
+// the files.
+import { takeLoadedFiles } from './file-bytes.js';
+import { diskFiles, absolutePath } from './disk-files.js';
+import type { LoadProgress, ModelFiles } from './model-files.js';
 import { parseGGUF, type GGUFFile } from './gguf.js';
 import { parseSafetensors, type SafeTensorInfo } from './safetensors.js';
 import { Matrix } from './tensor.js';
@@ -16,41 +17,40 @@ export interface LoadedModel {
   weights: ModelWeights;
   tokenizer: TokenizerSpec | null; // null: the model has no vocabulary (use token ids)
   format: 'gguf' | 'hf' | 'llama2c';
+  /** the path or URL it came from */
   path: string;
   /** the file bytes the weights are views into (freed by LLM.dispose) */
   files?: Uint8Array[];
 }
 
-export type LoadProgress = (done: number, total: number) => void;
+export type { LoadProgress } from './model-files.js';
 
-export function loadModelFiles(path: string, opts: { tokenizerPath?: string; onProgress?: LoadProgress } = {}): LoadedModel {
+/** `source`: a path on disk (Node) or files in memory (see fetch-files.ts for browsers). */
+export function loadModelFiles(source: string | ModelFiles, opts: { tokenizerPath?: string; onProgress?: LoadProgress } = {}): LoadedModel {
   takeLoadedFiles();
   try {
-    return { ...loadAny(path, opts), files: takeLoadedFiles() };
+    const onDisk = typeof source === 'string', files = onDisk ? diskFiles(source) : source;
+    const tokenizerPath = onDisk && opts.tokenizerPath ? absolutePath(opts.tokenizerPath) : opts.tokenizerPath;
+    return { ...loadAny(files, { ...opts, tokenizerPath }), path: files.label, files: takeLoadedFiles() };
   } catch (e) {
     for (const f of takeLoadedFiles()) wasm()?.releaseWeights(f); // a bad file leaves nothing behind
     throw e;
   }
 }
 
-function loadAny(path: string, opts: { tokenizerPath?: string; onProgress?: LoadProgress }): LoadedModel {
-  if (!existsSync(path)) throw new Error(`model not found: ${path}`);
-  if (statSync(path).isDirectory()) return loadHF(path, opts.onProgress);
-  const head = readFileSync(path, { flag: 'r' }).subarray(0, 4);
-  if (head.length === 4 && head.toString('latin1') === 'GGUF') return loadGGUF(path, opts.onProgress);
-  if (path.endsWith('.gguf')) parseGGUF(head, path); // throws the bad-magic error
-  if (path.endsWith('.bin')) return loadLlama2c(path, opts.tokenizerPath, opts.onProgress);
+function loadAny(files: ModelFiles, opts: { tokenizerPath?: string; onProgress?: LoadProgress }): Omit<LoadedModel, 'path'> {
+  const main = files.main;
+  if (main === null) return loadHF(files, opts.onProgress);
+  const path = files.label, head = files.head(main, 4);
+  if (head.length === 4 && String.fromCharCode(...head) === 'GGUF') return fromGGUF(parseGGUF(files.bytes(main, opts.onProgress), path), path);
+  if (main.endsWith('.gguf')) parseGGUF(head, path); // throws the bad-magic error
+  if (main.endsWith('.bin')) return loadLlama2c(files, opts.tokenizerPath, opts.onProgress);
   throw new Error(`unrecognised model file ${path}: expected a .gguf file, a llama2.c .bin checkpoint or a Hugging Face folder`);
 }
 
 function f32(m: Matrix): Float32Array { return m.toF32(); }
 
 // --------------------------------------------------------------------------------------------- GGUF
-export function loadGGUF(path: string, onProgress?: LoadProgress): LoadedModel {
-  const g = parseGGUF(readModelFile(path, onProgress), path);
-  return { ...fromGGUF(g, path), path };
-}
-
 export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
   const m = g.metadata;
   const arch = String(m.get('general.architecture') ?? '');
@@ -91,31 +91,27 @@ export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
 }
 
 // --------------------------------------------------------------------------------- Hugging Face dir
-function readJson(path: string, what: string): Record<string, any> {
-  try { return JSON.parse(readFileSync(path, 'utf8')); } catch (e) { throw new Error(`cannot read ${what} ${path}: ${(e as Error).message}`); }
+function readJson(files: ModelFiles, name: string, what: string): Record<string, any> {
+  try { return JSON.parse(files.text(name)); } catch (e) { throw new Error(`cannot read ${what} ${files.where(name)}: ${(e as Error).message}`); }
 }
 
-export function loadHF(dir: string, onProgress?: LoadProgress): LoadedModel {
-  const cfgPath = join(dir, 'config.json');
-  if (!existsSync(cfgPath)) throw new Error(`${dir} has no config.json: not a Hugging Face model folder`);
-  const c = readJson(cfgPath, 'model config');
+export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): Omit<LoadedModel, 'path'> {
+  const files = typeof source === 'string' ? diskFiles(source) : source, dir = files.label;
+  if (!files.has('config.json')) throw new Error(`${dir} has no config.json: not a Hugging Face model folder`);
+  const c = readJson(files, 'config.json', 'model config');
   const arch = String(c.model_type ?? '');
   if (!(SUPPORTED_ARCHS as readonly string[]).includes(arch)) {
     throw new Error(`${dir}: unsupported architecture "${arch}" (${(c.architectures ?? []).join(', ')}); supported: ${SUPPORTED_ARCHS.join(', ')}`);
   }
   // tensors: one file, or shards listed by the index
-  const files: string[] = [];
-  const index = join(dir, 'model.safetensors.index.json');
-  if (existsSync(index)) files.push(...new Set(Object.values(readJson(index, 'safetensors index').weight_map as Record<string, string>)));
-  else if (existsSync(join(dir, 'model.safetensors'))) files.push('model.safetensors');
-  else throw new Error(`${dir} has no model.safetensors or model.safetensors.index.json`);
+  const shards = safetensorsShards(files);
   const all = new Map<string, SafeTensorInfo>();
-  const sizes = files.map((f) => statSync(join(dir, f)).size), total = sizes.reduce((a, b) => a + b, 0);
+  const sizes = shards.map((f) => files.size(f)), total = sizes.reduce((a, b) => a + b, 0);
   let before = 0;
-  files.forEach((f, i) => {
-    const bytes = readModelFile(join(dir, f), (d) => onProgress?.(before + d, total));
+  shards.forEach((f, i) => {
+    const bytes = files.bytes(f, (d) => onProgress?.(before + d, total));
     before += sizes[i];
-    for (const [k, v] of parseSafetensors(bytes, join(dir, f))) all.set(k, v);
+    for (const [k, v] of parseSafetensors(bytes, files.where(f))) all.set(k, v);
   });
   const tensor = (name: string, optional = false): Matrix | null => {
     const t = all.get(name);
@@ -125,12 +121,10 @@ export function loadHF(dir: string, onProgress?: LoadProgress): LoadedModel {
   };
   const req = (n: string) => tensor(n)!;
 
-  const tokPath = join(dir, 'tokenizer.json');
-  if (!existsSync(tokPath)) throw new Error(`${dir} has no tokenizer.json: the tokenizer is missing`);
-  const tokCfgPath = join(dir, 'tokenizer_config.json');
-  const tokCfg = existsSync(tokCfgPath) ? readJson(tokCfgPath, 'tokenizer config') : {};
-  const gen = existsSync(join(dir, 'generation_config.json')) ? readJson(join(dir, 'generation_config.json'), 'generation config') : {};
-  const tokJson = readJson(tokPath, 'tokenizer');
+  if (!files.has('tokenizer.json')) throw new Error(`${dir} has no tokenizer.json: the tokenizer is missing`);
+  const tokCfg = files.has('tokenizer_config.json') ? readJson(files, 'tokenizer_config.json', 'tokenizer config') : {};
+  const gen = files.has('generation_config.json') ? readJson(files, 'generation_config.json', 'generation config') : {};
+  const tokJson = readJson(files, 'tokenizer.json', 'tokenizer');
   const idOf = (t: unknown): number | null => {
     const s = typeof t === 'string' ? t : (t as { content?: string } | undefined)?.content;
     if (!s) return null;
@@ -163,12 +157,21 @@ export function loadHF(dir: string, onProgress?: LoadProgress): LoadedModel {
   };
   validateConfig(config);
   const weights = assembleWeights(config, tensor, HF_NAMES, dir);
-  return { config, weights, tokenizer, format: 'hf', path: dir };
+  return { config, weights, tokenizer, format: 'hf' };
+}
+
+/** The safetensors files of a Hugging Face folder: one, or the shards its index lists. */
+export function safetensorsShards(files: ModelFiles): string[] {
+  if (files.has('model.safetensors.index.json')) {
+    return [...new Set(Object.values(readJson(files, 'model.safetensors.index.json', 'safetensors index').weight_map as Record<string, string>))];
+  }
+  if (files.has('model.safetensors')) return ['model.safetensors'];
+  throw new Error(`${files.label} has no model.safetensors or model.safetensors.index.json`);
 }
 
 // -------------------------------------------------------------------------------------------- llama2.c
-export function loadLlama2c(path: string, tokenizerPath?: string, onProgress?: LoadProgress): LoadedModel {
-  const bytes = readModelFile(path, onProgress);
+function loadLlama2c(files: ModelFiles, tokenizerPath?: string, onProgress?: LoadProgress): Omit<LoadedModel, 'path'> {
+  const path = files.label, bytes = files.bytes(files.main!, onProgress);
   if (bytes.byteLength < 28) throw new Error(`${path} is truncated: too short for a llama2.c header`);
   const h = new Int32Array(bytes.buffer, bytes.byteOffset, 7);
   const [dim, hiddenDim, nLayers, nHeads, nKVHeads, vocabRaw, seqLen] = Array.from(h);
@@ -196,10 +199,11 @@ export function loadLlama2c(path: string, tokenizerPath?: string, onProgress?: L
     attnNorm: f32(attnNorm[l]), ffnNorm: f32(ffnNorm[l]), wq: wq[l], wk: wk[l], wv: wv[l], wo: wo[l],
     bq: null, bk: null, bv: null, wGate: w1[l], wUp: w3[l], wDown: w2[l],
   }));
-  const tp = tokenizerPath ?? join(dirname(path), 'tokenizer.bin');
-  const tokenizer = existsSync(tp) ? tokenizerFromLlama2c(new Uint8Array(readFileSync(tp)), vocabSize, tp) : null;
+  // tokenizer.bin beside the checkpoint unless given (a small file: read, not kept)
+  const tp = tokenizerPath ?? 'tokenizer.bin';
+  const tokenizer = files.has(tp) ? tokenizerFromLlama2c(files.head(tp, files.size(tp)), vocabSize, files.where(tp)) : null;
   if (tokenizerPath && !tokenizer) throw new Error(`tokenizer not found: ${tokenizerPath}`);
-  return { config, weights: { embed, layers, finalNorm: f32(finalNorm), output }, tokenizer, format: 'llama2c', path };
+  return { config, weights: { embed, layers, finalNorm: f32(finalNorm), output }, tokenizer, format: 'llama2c' };
 }
 
 /** Where each weight lives in a file format's tensor names. */

@@ -1,5 +1,5 @@
 // Hugging Face safetensors: an 8-byte header length, a JSON header, then raw little-endian tensors.
-import { ByteReader } from './file-bytes.js';
+import { ByteReader, utf8 } from './file-bytes.js';
 import type { DType } from './tensor.js';
 
 export interface SafeTensorInfo { name: string; dtype: DType; shape: number[]; data: Uint8Array }
@@ -16,7 +16,7 @@ export function parseSafetensors(bytes: Uint8Array, what: string): Map<string, S
   }
   let header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] } | Record<string, string>>;
   try {
-    header = JSON.parse(new TextDecoder().decode(r.bytesOf(headerLen)));
+    header = JSON.parse(utf8(r.bytesOf(headerLen)));
   } catch (e) {
     throw new Error(`${what} is not a valid safetensors file: header is not JSON (${(e as Error).message})`);
   }

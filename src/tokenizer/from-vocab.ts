@@ -1,7 +1,7 @@
 // Builds a tokenizer.json (for tokenizers.js) from the vocabularies that GGUF files and llama2.c's
 // tokenizer.bin carry, the same way Hugging Face's converters do.
 import type { GGUFValue } from '../model/gguf.js';
-import { ByteReader } from '../model/file-bytes.js';
+import { ByteReader, utf8 } from '../model/file-bytes.js';
 import type { TokenizerSpec } from './tokenizer.js';
 
 const GPT2_REGEX = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
@@ -102,12 +102,11 @@ export function tokenizerFromLlama2c(bytes: Uint8Array, vocabSize: number, path:
   const r = new ByteReader(bytes, path);
   r.i32();
   const tokens: string[] = [], scores: number[] = [], types: number[] = [];
-  const dec = new TextDecoder();
   for (let i = 0; i < vocabSize; i++) {
     scores.push(r.f32());
     const len = r.i32();
     if (len < 0 || len > 1024) throw new Error(`${path}: token ${i} has length ${len}: not a llama2.c tokenizer.bin`);
-    let piece = dec.decode(r.bytesOf(len));
+    let piece = utf8(r.bytesOf(len));
     // llama2.c stores pieces with '▁' already turned into spaces, and ids 0..2 as <unk>, <s>, </s>
     piece = piece.replace(/ /g, '▁');
     tokens.push(piece);

@@ -26,6 +26,8 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
   cached ??= (async () => {
     const browserGpu: GPU | undefined = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
     let create: ((o: string[]) => GPU) | null = null;
+    const inNode = !!(globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node;
+    if (!browserGpu && !inNode) { lastGpuError = 'this browser has no WebGPU (navigator.gpu is missing: it needs a recent Chrome, Edge or Safari, or Firefox with WebGPU on, and a secure context: https or localhost)'; return null; }
     if (!browserGpu) {
       try {
         const mod = await import('webgpu') as unknown as { create: (o: string[]) => GPU; globals: Record<string, unknown> };
