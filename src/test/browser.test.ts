@@ -118,10 +118,10 @@ const bundle = new URL('../browser/quest.js', import.meta.url).pathname;
 const skipBrowser = !browser ? 'no Chromium to run the browser test (apt-get install -y chromium, or set QUEST_CHROMIUM)'
   : !existsSync(bundle) ? `no browser bundle at ${bundle} (npm run build makes it)` : false;
 
-const PROMPT = 'The pass key is 51422. Remember it. 51422 is the pass key. The grass is green. The sky is blue. '.repeat(10) + 'What is the pass key? The pass key is';
-const TEXT = 'It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. '.repeat(6);
+const PROMPT = 'The pass key is 51422. Remember it. 51422 is the pass key. The grass is green. The sky is blue. '.repeat(5) + 'What is the pass key? The pass key is';
+const TEXT = 'It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. '.repeat(2);
 
-// The page: per device, the logits after prefilling TEXT and 4 greedy steps, then greedy completions
+// The page: per device, the logits after prefilling TEXT and 2 greedy steps, then greedy completions
 // dense and with Quest (question decoded token by token); posts everything back to the test.
 const PAGE = /* html */ `<!doctype html><meta charset="utf-8"><script type="module">
 const post = (x) => fetch('/result', { method: 'POST', body: JSON.stringify(x) });
@@ -130,14 +130,18 @@ try {
   const { prompt, text } = await (await fetch('/case.json')).json();
   const out = { crossOriginIsolated: self.crossOriginIsolated, devices: {} };
   for (const device of ['webgpu', 'cpu']) {
-    let progress = 0;
+    let progress = 0; const t0 = performance.now(), ms = [];
     const llm = await quest.loadModel('/model/', { device, onProgress: (d, t) => { progress = d / t; } });
+    ms.push(performance.now() - t0);
     const s = llm.session();
     const logits = [Array.from(await s.forward(llm.encode(text)))];
-    for (let i = 0; i < 4; i++) { const l = logits[logits.length - 1]; logits.push(Array.from(await s.forward([l.indexOf(Math.max(...l))]))); }
-    const dense = await llm.complete(prompt, { temperature: 0, maxTokens: 12 });
-    const q = await llm.complete(prompt, { temperature: 0, maxTokens: 8, decodeTail: 12, attention: { policy: 'quest', budget: 48 } });
-    out.devices[device] = { device: llm.device, progress, logits, dense: dense.text, quest: q.text };
+    for (let i = 0; i < 2; i++) { const l = logits[logits.length - 1]; logits.push(Array.from(await s.forward([l.indexOf(Math.max(...l))]))); }
+    ms.push(performance.now() - t0);
+    const dense = await llm.complete(prompt, { temperature: 0, maxTokens: 6 });
+    ms.push(performance.now() - t0);
+    const q = await llm.complete(prompt, { temperature: 0, maxTokens: 6, decodeTail: 12, attention: { policy: 'quest', budget: 32 } });
+    ms.push(performance.now() - t0);
+    out.devices[device] = { device: llm.device, progress, logits, dense: dense.text, quest: q.text, ms: ms.map(Math.round) };
     llm.dispose();
   }
   await post(out);
@@ -171,9 +175,9 @@ test('the browser bundle in headless Chromium: the default model from a URL on W
     const cpu = await loadModel(DEFAULT_MODEL);
     const s = new Session(cpu.model);
     const ref = [s.forward(cpu.encode(TEXT))];
-    for (let i = 0; i < 4; i++) ref.push(s.forward([argmax(ref[ref.length - 1])]));
-    const dense = (await cpu.complete(PROMPT, { temperature: 0, maxTokens: 12 })).text;
-    const quest = (await cpu.complete(PROMPT, { temperature: 0, maxTokens: 8, decodeTail: 12, attention: { policy: 'quest', budget: 48 } })).text;
+    for (let i = 0; i < 2; i++) ref.push(s.forward([argmax(ref[ref.length - 1])]));
+    const dense = (await cpu.complete(PROMPT, { temperature: 0, maxTokens: 6 })).text;
+    const quest = (await cpu.complete(PROMPT, { temperature: 0, maxTokens: 6, decodeTail: 12, attention: { policy: 'quest', budget: 32 } })).text;
     cpu.dispose();
     for (const [device, tol] of [['webgpu', 5e-2], ['cpu', 1e-3]] as const) {
       const d = got.devices[device];
@@ -188,7 +192,7 @@ test('the browser bundle in headless Chromium: the default model from a URL on W
       assert.equal(d.dense, dense, `${device}: greedy text differs`);
       assert.equal(d.quest, quest, `${device}: Quest greedy text differs`);
       assert.match(d.quest, /51422/);
-      t.diagnostic(`${device} in the browser: max |Δlogit| ${maxDiff.toExponential(2)}; quest answer ${JSON.stringify(d.quest)}`);
+      t.diagnostic(`${device} in the browser: max |Δlogit| ${maxDiff.toExponential(2)}; quest answer ${JSON.stringify(d.quest)}; ms after load, logits, dense, quest: ${d.ms.join(', ')}`);
     }
     t.diagnostic(`page cross-origin isolated: ${got.crossOriginIsolated}`);
   } finally {
