@@ -10,7 +10,7 @@ import { readFileSync, existsSync, mkdtempSync, writeFileSync, rmSync } from 'no
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { spawn, spawnSync } from 'node:child_process';
-import { fetchModelFiles, modelUrl } from '../model/fetch-files.js';
+import { fetchModelFiles, pickedModelFiles, modelUrl } from '../model/fetch-files.js';
 import { loadModelFiles } from '../model/load.js';
 import { loadModel } from '../engine/llm.js';
 import { Session, makeModel } from '../engine/session.js';
@@ -45,7 +45,7 @@ const folder = (prefix: string, dir: string): Route => (req, res) => {
   return true;
 };
 
-test('fetchModelFiles: a Hugging Face folder, sharded safetensors and a GGUF file from URLs load as from disk; bad URLs and cut-off downloads are clear errors', async () => {
+test('fetchModelFiles / pickedModelFiles: a Hugging Face folder, sharded safetensors and a GGUF file from URLs, and picked files, load as from disk; bad URLs and cut-off downloads are clear errors', async () => {
   // the default model split into two shards with an index, as large Hugging Face models are
   const sharded = mkdtempSync(join(tmpdir(), 'quest-shards-'));
   const st = readFileSync(join(DEFAULT_MODEL, 'model.safetensors'));
@@ -88,6 +88,14 @@ test('fetchModelFiles: a Hugging Face folder, sharded safetensors and a GGUF fil
       assert.deepEqual(Array.from(logitsOf(m)), Array.from(want), `${where}: logits differ from the disk model's`);
       assert.ok(last > st.byteLength * 0.99, `${where}: progress reached ${last} bytes`);
     }
+    // files a user picked (File objects, as from <input type="file">)
+    const picked = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'model.safetensors']
+      .map((f) => new File([readFileSync(join(DEFAULT_MODEL, f))], f));
+    let pickedProgress = 0;
+    const p = loadModelFiles(await pickedModelFiles(picked, { onProgress: (d, t) => { pickedProgress = d / t; } }));
+    assert.deepEqual(Array.from(logitsOf(p)), Array.from(want), 'picked files: logits differ from the disk model\'s');
+    assert.equal(pickedProgress, 1);
+    await assert.rejects(pickedModelFiles([]), /no model files picked/);
     const g = loadModelFiles(await fetchModelFiles(`${url}/file/fetched.gguf`)), gd = loadModelFiles(ggufPath);
     assert.deepEqual(g.config, gd.config);
     assert.deepEqual(Array.from(new Session(makeModelOf(g)).forward([3, 4, 5])), Array.from(new Session(makeModelOf(gd)).forward([3, 4, 5])));
