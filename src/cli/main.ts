@@ -25,6 +25,8 @@ const num = (name: string) => (v: string) => {
   return n;
 };
 const collect = (v: string, acc: string[]) => [...acc, v];
+/** A message beside the output (where a downloaded model was cached). */
+const note = (msg: string) => process.stderr.write(`${msg}\n`);
 
 function attentionOptions(o: Record<string, unknown>): Partial<AttentionOptions> {
   return { policy: o.attention as AttentionOptions['policy'], budget: o.budget as number, pageSize: o.pageSize as number, denseLayers: o.denseLayers as number, gqa: o.gqa as AttentionOptions['gqa'] };
@@ -45,7 +47,7 @@ function addAttentionFlags(c: Command): Command {
 const program = new Command('quest').description('Long-context LLM inference with Quest query-aware sparse attention').showHelpAfterError();
 
 addAttentionFlags(program.command('generate').description('generate text from a prompt')
-  .option('--model <path>', 'GGUF file, Hugging Face folder or llama2.c .bin', DEFAULT_MODEL)
+  .option('--model <path>', 'GGUF file, Hugging Face folder or llama2.c .bin: a path, a URL or hf:org/name (downloads are cached)', DEFAULT_MODEL)
   .option('--tokenizer <path>', 'tokenizer.bin for llama2.c checkpoints')
   .option('--prompt <text>', 'the prompt')
   .option('--prompt-file <file>', 'read the prompt from a file')
@@ -64,7 +66,7 @@ addAttentionFlags(program.command('generate').description('generate text from a 
       throw new Error('give exactly one of --prompt, --prompt-file or --prompt-ids');
     }
     const load = progressBar('loading', 'MB');
-    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20) });
+    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
     load.stop();
     let prompt: string = o.prompt ?? (o.promptFile ? readFileSync(o.promptFile, 'utf8') : '');
     if (o.chat) prompt = llm.tokenizer ? llm.tokenizer.applyChatTemplate([{ role: 'user', content: prompt }]) : prompt;
@@ -104,7 +106,7 @@ program.command('convert').description('convert a Hugging Face Llama/Qwen2 folde
   });
 
 addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health)')
-  .option('--model <path>', 'model', DEFAULT_MODEL)
+  .option('--model <path>', 'model: a path, a URL or hf:org/name', DEFAULT_MODEL)
   .option('--model-id <id>', 'the model name clients use (default: the folder or file name)')
   .option('--host <host>', 'address to listen on', '127.0.0.1')
   .option('--port <n>', 'port', int('port'), 8080)
@@ -112,9 +114,9 @@ addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP s
   .option('--queue <n>', 'requests allowed to wait beyond those; more are refused with 429', int('queue'), 256))
   .action(async (o) => {
     const load = progressBar('loading', 'MB');
-    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20) });
+    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
     load.stop();
-    const modelId = o.modelId ?? basename(o.model).replace(/\.gguf$/, '');
+    const modelId = o.modelId ?? basename(o.model.replace(/\/+$/, '')).replace(/\.gguf$/, '');
     const app = createServer(llm, { modelId, concurrency: o.concurrency, queueLimit: o.queue });
     const url = await app.listen({ host: o.host, port: o.port });
     process.stderr.write(`quest serving ${modelId} at ${url}/v1 (attention ${llm.attention.policy}, budget ${llm.attention.budget})\n`);

@@ -1,7 +1,8 @@
 // The library's front door: load a model, generate text as a stream of tokens, chat.
 import { loadModelFiles, type LoadProgress } from '../model/load.js';
 import type { ModelFiles } from '../model/model-files.js';
-import { fetchModelFiles, isRemote } from '../model/fetch-files.js';
+import { isRemote } from '../model/fetch-files.js';
+import { cachedOrFetched } from '../model/model-cache.js';
 import type { ModelConfig } from '../model/config.js';
 import { TextTokenizer, StreamDecoder, type ChatMessage } from '../tokenizer/tokenizer.js';
 import type { AttentionOptions } from '../attention/policy.js';
@@ -34,6 +35,8 @@ export interface LoadOptions {
   /** llama2.c checkpoints: path of tokenizer.bin (default: beside the model) */
   tokenizer?: string;
   onProgress?: LoadProgress;
+  /** messages worth showing (where a downloaded model was cached) */
+  onNote?: (msg: string) => void;
   /** progress of the weights' upload to the GPU (layers) */
   onGpuUpload?: (done: number, total: number) => void;
 }
@@ -242,14 +245,15 @@ export function checkDevicePolicies(llm: LLM, policies: string): void {
 }
 
 /** Loads a GGUF file, a Hugging Face folder or a llama2.c checkpoint: a path on disk, a URL or
- *  hf:org/name (downloaded into memory, not cached), or files already in memory (`fetchModelFiles`,
+ *  hf:org/name (downloaded once into a disk cache, see model-cache.ts), or files already in memory (`fetchModelFiles`,
  *  `pickedModelFiles`). */
 export async function loadModel(source: string | ModelFiles, options: LoadOptions = {}): Promise<LLM> {
   const device = options.device ?? 'cpu';
   if (!DEVICES.includes(device)) throw new Error(`unknown device "${device}" (choose cpu or webgpu)`);
   const attention = { ...DEFAULT_ATTENTION, ...options.attention };
   validateAttentionOptions(attention);
-  if (typeof source === 'string' && isRemote(source)) source = await fetchModelFiles(source, { onProgress: options.onProgress });
+  // (Node: downloads go to a disk cache, see model-cache.ts; the browser entry fetches before calling this)
+  if (typeof source === 'string' && isRemote(source)) source = await cachedOrFetched(source, { onProgress: options.onProgress, onNote: options.onNote });
   const loaded = loadModelFiles(source, { tokenizerPath: options.tokenizer, onProgress: options.onProgress });
   try {
     const tokenizer = loaded.tokenizer ? new TextTokenizer(loaded.tokenizer) : null;

@@ -19,6 +19,8 @@ export interface ModelFiles {
   bytes(name: string, onProgress?: LoadProgress): Uint8Array;
   /** how to name a file in messages */
   where(name: string): string;
+  /** every file (files in memory: what a cache writes to disk) */
+  names?(): string[];
 }
 
 /** Files already in memory (fetched or picked). `main` names the model file unless it is a folder. */
@@ -36,5 +38,6 @@ export function memoryFiles(label: string, files: Map<string, Uint8Array>, main:
     text: (name) => utf8(get(name)),
     bytes: (name, onProgress) => { const b = get(name); onProgress?.(b.byteLength, b.byteLength); return adoptModelBytes(b); },
     where: (name) => (main === name ? label : `${label.replace(/\/?$/, '/')}${name}`),
+    names: () => [...files.keys()],
   };
 }

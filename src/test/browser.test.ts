@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { spawn, spawnSync } from 'node:child_process';
 import { fetchModelFiles, pickedModelFiles, modelUrl } from '../model/fetch-files.js';
 import { loadModelFiles } from '../model/load.js';
+import { cachePlace } from '../model/model-cache.js';
 import { loadModel } from '../engine/llm.js';
 import { Session, makeModel } from '../engine/session.js';
 import { argmax } from '../engine/sampler.js';
@@ -109,6 +110,36 @@ test('fetchModelFiles / pickedModelFiles: a Hugging Face folder, sharded safeten
     assert.throws(() => modelUrl('hf:nonsense'), /expected hf:org\/name/);
   } finally {
     server.close(); rmSync(sharded, { recursive: true, force: true });
+  }
+});
+
+test('a model from a URL is downloaded once into the disk cache; the next load reads the cache, even with the server gone', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'quest-cache-'));
+  const before = process.env.QUEST_CACHE_DIR;
+  process.env.QUEST_CACHE_DIR = root;
+  let requests = 0;
+  const count: Route = () => { requests++; return false; };
+  const { server, url } = await serve([count, folder('/m/', DEFAULT_MODEL)]);
+  try {
+    const notes: string[] = [];
+    const a = await loadModel(`${url}/m/`, { onNote: (m) => notes.push(m) });
+    const place = cachePlace(root, `${url}/m/`);
+    assert.match(notes.join('\n'), /cached at /);
+    assert.ok(existsSync(join(place, '.complete')) && existsSync(join(place, 'model.safetensors')), `nothing cached at ${place}`);
+    const first = requests;
+    await new Promise<void>((r) => server.close(() => r()));
+    const b = await loadModel(`${url}/m/`);
+    assert.equal(requests, first, 'the second load went to the server');
+    assert.equal(b.path, place);
+    const ids = a.encode('The grass is green.');
+    assert.deepEqual(Array.from(new Session(b.model).forward(ids)), Array.from(new Session(a.model).forward(ids)));
+    a.dispose(); b.dispose();
+    // hf: names get their own place (not fetched: tests never touch the network)
+    assert.equal(cachePlace('/c', 'hf:Qwen/Qwen2.5-0.5B@v1.0'), join('/c', 'hf', 'Qwen', 'Qwen2.5-0.5B', 'v1.0'));
+  } finally {
+    server.close();
+    if (before === undefined) delete process.env.QUEST_CACHE_DIR; else process.env.QUEST_CACHE_DIR = before;
+    rmSync(root, { recursive: true, force: true });
   }
 });
 
