@@ -5,7 +5,7 @@ export { Session, makeModel, RecallStats } from './engine/session.js';
 export { Sampler } from './engine/sampler.js';
 export type { SamplingOptions } from './engine/sampler.js';
 export { loadModelFiles } from './model/load.js';
-export { fetchModelFiles, pickedModelFiles, modelUrl } from './model/fetch-files.js';
+export { fetchModelFiles, pickedModelFiles, modelUrl, clearModelCache } from './model/fetch-files.js';
 export { memoryFiles } from './model/model-files.js';
 export type { ModelFiles } from './model/model-files.js';
 export type { ModelConfig, ModelWeights } from './model/config.js';

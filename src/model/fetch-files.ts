@@ -4,7 +4,21 @@ import { allocModelBytes } from './file-bytes.js';
 import { memoryFiles, type LoadProgress, type ModelFiles } from './model-files.js';
 import { wasm } from '../backend/wasm/runtime.js';
 
-export interface FetchOptions { onProgress?: LoadProgress; signal?: AbortSignal }
+export interface FetchOptions {
+  onProgress?: LoadProgress;
+  signal?: AbortSignal;
+  /** keep the files in the browser's Cache Storage (default where there is one: browsers), so that a
+   *  model downloads once; a cache that is full or refuses only skips caching */
+  cache?: boolean;
+}
+
+/** The Cache Storage of downloaded model files (browsers). */
+export const MODEL_CACHE = 'quest-models';
+
+/** Forgets every model file kept in the browser's Cache Storage. */
+export async function clearModelCache(): Promise<boolean> {
+  return typeof caches === 'undefined' ? false : caches.delete(MODEL_CACHE);
+}
 
 const isModelFile = (name: string) => /\.(gguf|bin)$/i.test(name);
 
@@ -107,11 +121,18 @@ async function fetchWeights(dir: URL, names: string[], opts: FetchOptions): Prom
 }
 
 async function get(url: URL, opts: FetchOptions): Promise<Response> {
+  const store = opts.cache !== false && typeof caches !== 'undefined' ? await caches.open(MODEL_CACHE).catch(() => null) : null;
+  const hit = await store?.match(url.href).catch(() => undefined);
+  if (hit) return hit;
+  let r: Response;
   try {
-    return await fetch(url, { signal: opts.signal });
+    r = await fetch(url, { signal: opts.signal });
   } catch (e) {
     throw new Error(`cannot fetch ${url.href}: ${(e as Error).message}`);
   }
+  // (stored once its copy of the body has arrived whole; a cut-off download is not stored)
+  if (store && r.ok) store.put(url.href, r.clone()).catch(() => {});
+  return r;
 }
 
 /** Reads a stream into `into`, which must be exactly its length. */

@@ -2,7 +2,8 @@
 // the same model as the disk loader (a Hugging Face folder, sharded safetensors, a GGUF file), and bad
 // URLs and cut-off downloads give clear errors. In headless Chromium (where installed): the browser
 // bundle (dist/browser/quest.js) loads the default model from a URL and runs it on WebGPU (SwiftShader
-// here) and on the CPU; its logits and greedy text (dense and Quest) must agree with the Node CPU engine.
+// here) and on the CPU; its logits and greedy text (dense and Quest) must agree with the Node CPU engine,
+// and the second load must take the weights from the browser's Cache Storage.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -166,6 +167,7 @@ const PAGE = /* html */ `<!doctype html><meta charset="utf-8"><script type="modu
 const post = (x) => fetch('/result', { method: 'POST', body: JSON.stringify(x) });
 try {
   const quest = await import('/dist/quest.js');
+  await quest.clearModelCache();
   const { prompt, text } = await (await fetch('/case.json')).json();
   const out = { crossOriginIsolated: self.crossOriginIsolated, devices: {} };
   for (const device of ['webgpu', 'cpu']) {
@@ -201,7 +203,9 @@ test('the browser bundle in headless Chromium: the default model from a URL on W
     }
     return false;
   };
-  const { server, url } = await serve([page, folder('/dist/', join(bundle, '..')), folder('/model/', DEFAULT_MODEL)]);
+  let weightRequests = 0;
+  const countWeights: Route = (req) => { if (req.url === '/model/model.safetensors') weightRequests++; return false; };
+  const { server, url } = await serve([page, countWeights, folder('/dist/', join(bundle, '..')), folder('/model/', DEFAULT_MODEL)]);
   const profile = mkdtempSync(join(tmpdir(), 'quest-chromium-'));
   const proc = spawn(browser!, ['--headless', '--no-sandbox', '--disable-gpu-sandbox', '--enable-unsafe-webgpu', '--enable-features=Vulkan',
     '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader', '--no-first-run', `--user-data-dir=${profile}`, `${url}/test.html`], { stdio: 'ignore', detached: true }); // (its own process group: killed whole)
@@ -233,6 +237,8 @@ test('the browser bundle in headless Chromium: the default model from a URL on W
       assert.match(d.quest, /51422/);
       t.diagnostic(`${device} in the browser: max |Δlogit| ${maxDiff.toExponential(2)}; quest answer ${JSON.stringify(d.quest)}; ms after load, logits, dense, quest: ${d.ms.join(', ')}`);
     }
+    // the second load (the CPU's) took the weights from the browser's Cache Storage
+    assert.equal(weightRequests, 1, `the weights were downloaded ${weightRequests} times`);
     t.diagnostic(`page cross-origin isolated: ${got.crossOriginIsolated}`);
   } finally {
     try { process.kill(-proc.pid!, 'SIGKILL'); } catch { /* already gone */ }
