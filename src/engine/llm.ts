@@ -35,6 +35,9 @@ export interface LoadOptions {
   /** llama2.c checkpoints: path of tokenizer.bin (default: beside the model) */
   tokenizer?: string;
   onProgress?: LoadProgress;
+  /** WebGPU: keep the weights in host memory too, for CPU sessions (default false: once on the GPU,
+   *  the host copy is freed, which halves the memory a GPU model takes) */
+  keepHostWeights?: boolean;
   /** messages worth showing (where a downloaded model was cached) */
   onNote?: (msg: string) => void;
   /** progress of the weights' upload to the GPU (layers) */
@@ -74,19 +77,26 @@ export interface GenerationResult {
 export interface Generation extends AsyncIterable<TokenEvent> { result: Promise<GenerationResult> }
 
 export class LLM {
-  readonly model: Model;
+  private readonly cpuModel: Model | null;
   readonly tokenizer: TextTokenizer | null;
   readonly attention: AttentionOptions;
   private disposed = false;
   /** the GPU side where device is 'webgpu' (weights and shared activations on the GPU) */
   readonly gpu: GpuRunner | null;
 
-  constructor(readonly config: ModelConfig, model: Model, tokenizer: TextTokenizer | null, attention: AttentionOptions, readonly path: string,
+  /** `model` null: the weights live on the GPU only (see LoadOptions.keepHostWeights). */
+  constructor(readonly config: ModelConfig, model: Model | null, tokenizer: TextTokenizer | null, attention: AttentionOptions, readonly path: string,
               private readonly files: Uint8Array[] = [], gpu: GpuRunner | null = null) {
     this.gpu = gpu;
-    this.model = model;
+    this.cpuModel = model;
     this.tokenizer = tokenizer;
     this.attention = attention;
+  }
+
+  /** The CPU side of the model (its weights in host memory). */
+  get model(): Model {
+    if (!this.cpuModel) throw new Error(`the weights of ${this.path} live on the GPU only: load with keepHostWeights: true (or device 'cpu') for CPU sessions`);
+    return this.cpuModel;
   }
 
   /** A sequence on the CPU whatever the device (evaluations that need the CPU's policies or statistics). */
@@ -264,6 +274,11 @@ export async function loadModel(source: string | ModelFiles, options: LoadOption
       const m = GpuModel.upload(gpu.device, loaded.config, loaded.weights, options.onGpuUpload);
       runner = new GpuRunner(m, attention.pageSize);
       await gpu.device.queue.onSubmittedWorkDone();
+      if (!options.keepHostWeights) {
+        // (the upload copied every weight: writeBuffer takes its data when called)
+        for (const f of loaded.files ?? []) wasm()?.releaseWeights(f);
+        return new LLM(loaded.config, null, tokenizer, attention, loaded.path, [], runner);
+      }
     }
     return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, loaded.path, loaded.files, runner);
   } catch (e) {

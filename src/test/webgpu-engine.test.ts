@@ -127,6 +127,11 @@ test('WebGPU engine agrees with the CPU engine on the default model (dense and Q
   t.diagnostic(`dense max |Δlogit| ${maxDiff.toExponential(2)}; quest answer ${JSON.stringify(gotQ.text)}`);
   // clear errors for what the GPU does not run
   assert.throws(() => gpuLlm.session({ policy: 'h2o' }), /CPU only/);
+  // the host copy of the weights was freed after the upload, unless asked to keep it
+  assert.throws(() => gpuLlm.cpuSession(), /live on the GPU only/);
+  const kept = await loadModel(DEFAULT_MODEL, { device: 'webgpu', keepHostWeights: true });
+  assert.deepEqual(Array.from(kept.cpuSession().forward(ids.slice(0, 20))), Array.from(new Session(cpu.model).forward(ids.slice(0, 20))));
+  kept.dispose();
   await assert.rejects(gpuLlm.complete('x', { stats: true }), /CPU only/);
   // the server on a WebGPU model: a CPU-only policy is a 400, a Quest request is answered
   const app = createServer(gpuLlm, { modelId: 'm', concurrency: 1, queueLimit: 4 });
