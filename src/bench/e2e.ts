@@ -24,10 +24,13 @@ const OUT = arg('out', 'results');
 // --weights q4_0 | q8_0: quantised products (the paper's end-to-end figure also reports 4-bit weights)
 const WEIGHTS = arg('weights', 'f16') as GpuWeightType;
 const TAG = WEIGHTS === 'f16' ? '' : `-${WEIGHTS}`;
+// --prefill 4096,32768: also time a dense prefill of that many prompt tokens (as generate runs it: chunks of
+// up to 256 tokens, tiled products and flash-style attention), from an empty cache; 0 to skip
+const PREFILL = arg('prefill', '4096').split(',').map(Number).filter((n) => n > 0);
 
 const LLAMA2_7B: ModelConfig = {
   arch: 'llama', vocabSize: 32000, dim: 4096, hiddenDim: 11008, nLayers: 32, nHeads: 32, nKVHeads: 32, headDim: 128,
-  normEps: 1e-5, ropeTheta: 10000, ropeStyle: 'neox', ropeScaling: { type: 'none' }, maxSeqLen: Math.max(...CONTEXTS) + 256,
+  normEps: 1e-5, ropeTheta: 10000, ropeStyle: 'neox', ropeScaling: { type: 'none' }, maxSeqLen: Math.max(...CONTEXTS, ...PREFILL) + 256,
   bosId: 1, eosIds: [2],
 };
 
@@ -95,6 +98,20 @@ async function main() {
     rows.push({ context: L, dense: dp.wall, quest: qp.wall, denseSerial: d.wall, questSerial: q.wall, denseLogits: dl.wall, denseGpu: dp.gpu, questGpu: qp.gpu, denseEncode: d.encode, questEncode: q.encode });
     console.error(`context ${L}: dense ${dp.wall.toFixed(2)} ms, quest ${qp.wall.toFixed(2)} ms`);
   }
+  // prefill throughput (the wait before the first token of a long prompt)
+  const prefill: { tokens: number; seconds: number }[] = [];
+  for (const n of PREFILL) {
+    const s = new GpuSession(runner, { policy: 'dense' });
+    const ids = Array.from({ length: n }, (_, i) => 1 + (i % 1000));
+    await s.forward(ids.slice(0, 256), { logits: 'none' }); // (pipelines compiled, clocks up)
+    s.dispose();
+    const t = new GpuSession(runner, { policy: 'dense' });
+    const t0 = performance.now();
+    await t.forward(ids, { logits: 'last' });
+    prefill.push({ tokens: n, seconds: (performance.now() - t0) / 1000 });
+    t.dispose();
+    console.error(`prefill ${n}: ${prefill[prefill.length - 1].seconds.toFixed(2)} s`);
+  }
   const peerFile = arg('peer', '');
   const peer: { context: number; ms: number }[] = peerFile && existsSync(peerFile) ? JSON.parse(readFileSync(peerFile, 'utf8')).results : [];
   const peerInfo = peerFile && existsSync(peerFile) ? JSON.parse(readFileSync(peerFile, 'utf8')).info : '';
@@ -107,6 +124,11 @@ async function main() {
     const gbs = (m.weightBytes / 1e9 + kvGB(r.context)) / (r.dense / 1000);
     console.log(`| ${r.context} | ${r.dense.toFixed(2)} | ${r.quest.toFixed(2)} | ${(r.dense / r.quest).toFixed(2)}x | ${gbs.toFixed(0)} | ${r.denseSerial.toFixed(2)} / ${r.questSerial.toFixed(2)} (${(r.denseSerial / r.questSerial).toFixed(2)}x) | ${r.denseLogits.toFixed(2)} | ${p ? p.ms.toFixed(2) : '-'} | ${p ? `${(p.ms / r.quest).toFixed(2)}x` : '-'} | ${r.denseGpu.toFixed(2)} / ${r.questGpu.toFixed(2)} | ${r.denseEncode.toFixed(2)} / ${r.questEncode.toFixed(2)} |`);
   }
+  for (const p of prefill) {
+    // (2 flops per weight per token, plus causal attention: 2 x 2 x L^2 / 2 x heads x head dim per layer)
+    const tflops = (2 * (m.weightBytes / (WEIGHTS === 'f16' ? 2 : WEIGHTS === 'q8_0' ? 34 / 32 : 18 / 32)) * p.tokens + 2 * p.tokens * p.tokens * c.nLayers * c.nHeads * c.headDim) / p.seconds / 1e12;
+    console.log(`prefill of ${p.tokens} tokens (dense, from an empty cache): ${p.seconds.toFixed(2)} s = ${(p.tokens / p.seconds).toFixed(0)} tokens/s (~${tflops.toFixed(1)} TFLOP/s)`);
+  }
   console.log('(ms/token: greedy decoding with three steps in flight, wall time per token; one step at a time: submit, wait, read back; GPU: timestamp queries around a step\'s compute pass; encode: CPU time recording a step)');
   mkdirSync(OUT, { recursive: true });
   const series = [
@@ -116,7 +138,7 @@ async function main() {
   if (peer.length) series.push({ name: 'transformers + PyTorch SDPA', points: peer.filter((p) => CONTEXTS.includes(p.context)).map((p) => ({ x: p.context, y: p.ms })) });
   const ys = series.flatMap((s) => s.points.map((p) => p.y));
   writeFileSync(`${OUT}/bench-e2e${TAG}.svg`, lineChart(`Decode latency per token, Llama-2-7B shape (${WEIGHTS} weights)`, 'context (tokens)', 'ms per token', series, 0, Math.max(...ys) * 1.1));
-  writeFileSync(`${OUT}/bench-e2e${TAG}.json`, JSON.stringify({ device: gpu.adapterName, weights: WEIGHTS, budget: BUDGET, rows, peer, peerInfo }, null, 1));
+  writeFileSync(`${OUT}/bench-e2e${TAG}.json`, JSON.stringify({ device: gpu.adapterName, weights: WEIGHTS, budget: BUDGET, rows, prefill, peer, peerInfo }, null, 1));
   runner.dispose(); m.dispose();
   gpu.device.destroy();
   process.exit(0);

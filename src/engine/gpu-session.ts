@@ -158,7 +158,7 @@ export class GpuSession {
       }
       const pipe = m.linearPipeline(l, add, many, spec);
       run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, nw],
-        many ? Math.ceil(l.N / 64) : Math.ceil(l.N / m.vecRowsPerGroup(l)), many ? Math.ceil(rows / 64) : rows);
+        many ? Math.ceil(l.N / K.MAT_TILE.rows) : Math.ceil(l.N / m.vecRowsPerGroup(l)), many ? Math.ceil(rows / K.MAT_TILE.tokens) : rows);
     };
     // decode steps and short chunks: RMSNorm and SwiGLU run inside the products that read their output,
     // and (one token) RoPE, the KV append and the page min/max are one kernel

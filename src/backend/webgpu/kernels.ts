@@ -310,47 +310,48 @@ ${subgroups ? `  // warp sums, then the TPR / 32 warps of a set
 }`;
 };
 
-/** The same product for many tokens (prefill): 64 x 64 output tiles, 16-wide K steps through
- *  workgroup memory, 4 x 4 outputs per thread. Rows past the chunk's tokens compute garbage that
- *  nobody reads (activation buffers are padded to 64 rows). */
-export const linearMatWgsl = (s: LinearSpec) => weightAccess(s.type, s.K, 2) + /* wgsl */ `
+/** Output tile of the prefill product: tokens x weight rows (the grid is ceil(N / 128) x ceil(rows / 64)). */
+export const MAT_TILE = { tokens: 64, rows: 128 } as const;
+
+/** The same product for many tokens (prefill): 64-token x 128-row output tiles, 16-wide K steps through
+ *  workgroup memory stored k-major as vec4s (a thread's 4 tokens and 2 x 4 rows are three 16-byte reads
+ *  per k), 4 x 8 outputs per thread in named vec4 accumulators (an accumulator array indexed in loops
+ *  would live in local memory). Rows past the chunk's tokens compute garbage that nobody reads
+ *  (activation buffers are padded to 64 rows). */
+export const linearMatWgsl = (s: LinearSpec) => {
+  const acc = [0, 1, 2, 3].flatMap((i) => [0, 1].map((h) => `a${i}${h}`));
+  const comp = ['x', 'y', 'z', 'w'];
+  return weightAccess(s.type, s.K, 2) + /* wgsl */ `
 const N: u32 = ${s.N}u;
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
-var<workgroup> xs: array<f32, 1024>; // [64 tokens][16]
-var<workgroup> wt: array<f32, 1024>; // [64 outputs][16]
+var<workgroup> xs: array<vec4<f32>, 256>; // [16 k][16 quads of tokens]
+var<workgroup> wt: array<vec4<f32>, 512>; // [16 k][32 quads of weight rows]
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let t0 = wid.y * 64u; let o0 = wid.x * 64u; let tx = lid.x % 16u; let ty = lid.x / 16u;
-  var acc: array<f32, 16>;
+  let t0 = wid.y * 64u; let o0 = wid.x * 128u; let tx = lid.x % 16u; let ty = lid.x / 16u;
+${acc.map((v) => `  var ${v} = vec4<f32>(0.0);`).join('\n')}
+  // this thread's share of each K step: 4 k of one token, 8 k of one weight row
+  let xr = lid.x / 4u; let xc = lid.x % 4u; let o = lid.x / 2u; let half = lid.x % 2u;
   for (var k0 = 0u; k0 < K; k0 += 16u) {
-    let xr = lid.x / 4u; let xc = lid.x % 4u;
     let xv = x[((t0 + xr) * K + k0) / 4u + xc];
-    xs[xr * 16u + xc * 4u] = xv.x; xs[xr * 16u + xc * 4u + 1u] = xv.y; xs[xr * 16u + xc * 4u + 2u] = xv.z; xs[xr * 16u + xc * 4u + 3u] = xv.w;
-    if (lid.x < 128u) {
-      let o = lid.x / 2u; let half = lid.x % 2u;
-      var w = W8(vec4<f32>(0.0), vec4<f32>(0.0));
-      if (o0 + o < N) { w = w8(o0 + o, k0 + half * 8u); }
-      let b = o * 16u + half * 8u;
-      wt[b] = w.a.x; wt[b + 1u] = w.a.y; wt[b + 2u] = w.a.z; wt[b + 3u] = w.a.w;
-      wt[b + 4u] = w.b.x; wt[b + 5u] = w.b.y; wt[b + 6u] = w.b.z; wt[b + 7u] = w.b.w;
-    }
+${[0, 1, 2, 3].map((c) => `    xs[(xc * 4u + ${c}u) * 16u + xr / 4u][xr % 4u] = xv.${comp[c]};`).join('\n')}
+    var w = W8(vec4<f32>(0.0), vec4<f32>(0.0));
+    if (o0 + o < N) { w = w8(o0 + o, k0 + half * 8u); }
+${[0, 1, 2, 3, 4, 5, 6, 7].map((c) => `    wt[(half * 8u + ${c}u) * 32u + o / 4u][o % 4u] = w.${c < 4 ? 'a' : 'b'}.${comp[c % 4]};`).join('\n')}
     workgroupBarrier();
     for (var kk = 0u; kk < 16u; kk++) {
-      var a: array<f32, 4>; var bb: array<f32, 4>;
-      for (var i = 0u; i < 4u; i++) { a[i] = xs[(ty * 4u + i) * 16u + kk]; bb[i] = wt[(tx * 4u + i) * 16u + kk]; }
-      for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] += a[i] * bb[j]; } }
+      let t = xs[kk * 16u + ty]; let b0 = wt[kk * 32u + tx]; let b1 = wt[kk * 32u + 16u + tx];
+${[0, 1, 2, 3].map((i) => `      a${i}0 += t.${comp[i]} * b0; a${i}1 += t.${comp[i]} * b1;`).join('\n')}
     }
     workgroupBarrier();
   }
-  for (var i = 0u; i < 4u; i++) {
-    for (var j = 0u; j < 4u; j++) {
-      let col = o0 + tx * 4u + j; let row = t0 + ty * 4u + i;
-      if (col < N) ${linearOut(s, 'row * N + col', 'col', 'acc[i * 4u + j]')}
-    }
-  }
+  // token t0 + 4 ty + i; weight rows o0 + 4 tx + j and o0 + 64 + 4 tx + j
+${[0, 1, 2, 3].flatMap((i) => [0, 1].flatMap((h) => [0, 1, 2, 3].map((j) =>
+    `  { let col = o0 + ${h * 64}u + tx * 4u + ${j}u; let row = t0 + ty * 4u + ${i}u; if (col < N) ${linearOut(s, 'row * N + col', 'col', `a${i}${h}.${comp[j]}`)} }`))).join('\n')}
 }`;
+};
 
 /** Embedding rows of the chunk's tokens (dequantised like any weight). */
 export const embedWgsl = (type: GpuWeightType, dim: number) => weightAccess(type, dim, 2) + STEP_WGSL + /* wgsl */ `
