@@ -5,7 +5,7 @@
 import { DEFAULT_ATTENTION, validateAttentionOptions, type AttentionOptions } from '../attention/policy.js';
 import { MIN_PAGES } from '../attention/quest.js';
 import { DecodeAttention } from '../backend/webgpu/decode-attention.js';
-import { throwDeviceError } from '../backend/webgpu/device.js';
+import { hasSubgroups32, throwDeviceError } from '../backend/webgpu/device.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
 import type { ForwardOptions } from './session.js';
@@ -175,7 +175,7 @@ export class GpuSession {
     const rope = m.pipeline('rope', () => K.ropeWgsl(hs, c.ropeStyle === 'neox'));
     const append = m.pipeline('kvappend', () => K.kvAppendWgsl(hs)), meta = m.pipeline('kvmeta', () => K.kvMetaWgsl(hs));
     const ropeAppend = m.pipeline('ropeappend', () => K.ropeAppendWgsl(hs, c.ropeStyle === 'neox'));
-    const prefill = m.pipeline('prefill', () => K.prefillAttentionWgsl(hs)), swiglu = m.pipeline('swiglu', () => K.swigluWgsl(c.hiddenDim));
+    const prefill = m.pipeline('prefill', () => K.prefillAttentionWgsl(hs, hasSubgroups32(m.device))), swiglu = m.pipeline('swiglu', () => K.swigluWgsl(c.hiddenDim));
     const nPages = Math.ceil(total / r.pageSize), touched = nPages - Math.floor(start / r.pageSize);
     const a = this.attention, keep = Math.max(MIN_PAGES, Math.ceil(a.budget / r.pageSize));
     r.decode.resetBatch();
@@ -191,7 +191,7 @@ export class GpuSession {
         run(rope, 'rope', [r.qkv, m.ropeTable, r.step], K.grid64((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2));
         run(append, 'append', [r.qkv, kv.k, kv.v, r.step], K.grid64((n * c.nKVHeads * c.headDim) / 2));
         run(meta, 'meta', [kv.k, kv.meta, r.step], K.grid64((touched * c.nKVHeads * c.headDim) / 2));
-        run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step], Math.ceil(n / 64), c.nHeads);
+        run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step], Math.ceil(n / K.prefillLayout(c.headDim).queries), c.nHeads);
       }
       linear(L.wo, r.att, r.x, n, true);
       normed(L.ffnNorm, L.gateUp, r.gu);

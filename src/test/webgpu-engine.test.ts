@@ -85,6 +85,20 @@ for (const dtype of ['f16', 'q8_0', 'q4_0'] as const) {
   });
 }
 
+// Prefill attention splits a head's channels over 1, 2, 4 or 8 threads per query row (prefillLayout):
+// head dims 80 (2 threads x 5 units), 128 (8 x 2) and 256 (8 x 4), GQA, chunks that cross 16-token
+// tiles, 64-token tiles of the products and 128-row weight tiles (N = 72, 192, 320: not multiples of 128)
+for (const [dim, heads, kvHeads] of [[160, 2, 1], [256, 2, 1], [512, 2, 1]] as const) {
+  test(`WebGPU prefill at head dim ${dim / heads} (${heads}/${kvHeads} heads) matches float64`, { skip: skipGpu }, async () => {
+    const m = loadModelFiles(tempFile('p.gguf', randomGGUF({ vocab: 72, dim, hidden: 96, layers: 1, heads, kvHeads, dtype: 'f16', seed: 21 })));
+    const runner = runnerFor(m), V = m.config.vocabSize, tokens = promptOf(90, V, 4);
+    const ref = refForward(m.config, refWeights(m.weights), tokens);
+    const all = await new GpuSession(runner).forward(tokens, { logits: 'all', chunk: 70 });
+    compare(all, ref, V, 1e-2, `prefill (head dim ${dim / heads})`);
+    runner.dispose(); runner.m.dispose();
+  });
+}
+
 test('WebGPU decoder on a random Qwen2 GGUF (q/k/v biases, neox RoPE, 4/1 heads) matches float64', { skip: skipGpu }, async () => {
   const m = loadModelFiles(tempFile('q.gguf', randomGGUF({ arch: 'qwen2', vocab: 80, dim: 64, hidden: 96, layers: 2, heads: 4, kvHeads: 1, seed: 5, dtype: 'f16' })));
   const runner = runnerFor(m), V = m.config.vocabSize, tokens = promptOf(30, V);

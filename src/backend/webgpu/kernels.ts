@@ -477,45 +477,104 @@ ${MAIN_1D}
   pmeta[mb + j] = pack2x16float(mn); pmeta[mb + HD2 + j] = pack2x16float(mx);
 }`;
 
-/** Causal prefill attention over the paged cache (which already holds the chunk): a thread per query
- *  row and head, K/V tiles of 16 tokens shared through workgroup memory, online softmax (flash style). */
-export const prefillAttentionWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ `
+/** Threads per query row of the prefill attention (each holds HD / TQ channels of q and of the output):
+ *  up to 8, a power of two that divides the row's 8-channel units. */
+export function prefillLayout(headDim: number): { TQ: number; U: number; queries: number } {
+  const units = headDim / 8;
+  let TQ = 1;
+  while (TQ < 8 && units % (TQ * 2) === 0) TQ *= 2;
+  return { TQ, U: units / TQ, queries: 256 / TQ };
+}
+
+/** Causal prefill attention over the paged cache (which already holds the chunk), flash style: a
+ *  workgroup takes 256 / TQ query rows of one head; TQ threads share a row, each holding U 8-channel
+ *  units of q and of the output in named vec4s (per-thread arrays of a whole head dim spilled to local
+ *  memory); K/V tiles of 16 tokens (f16) go through workgroup memory; a tile's 16 scores are summed
+ *  across the row's threads (subgroup shuffles where subgroups are 32 wide, else workgroup memory), then
+ *  one online-softmax update per tile. */
+export const prefillAttentionWgsl = (s: HeadsSpec, subgroups = false) => {
+  const { TQ, U, queries: QW } = prefillLayout(s.headDim);
+  const units = Array.from({ length: U }, (_, u) => u), blocks = [0, 1, 2, 3];
+  const shuffle = subgroups && TQ > 1;
+  return (shuffle ? 'enable subgroups;\n' : '') + STEP_WGSL + heads(s) + /* wgsl */ `
 const BK: u32 = 16u;
-@group(0) @binding(0) var<storage, read> qkv: array<f32>;
-@group(0) @binding(1) var<storage, read> kc: array<u32>;
-@group(0) @binding(2) var<storage, read> vc: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+const TQ: u32 = ${TQ}u;   // threads per query row
+const QW: u32 = ${QW}u;   // query rows per workgroup
+const UH: u32 = HD / 8u;  // 8-channel units per row
+@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> vc: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> step: Step;
-var<workgroup> ks: array<u32, ${16 * s.headDim / 2}>;
-var<workgroup> vs: array<u32, ${16 * s.headDim / 2}>;
-@compute @workgroup_size(64)
+var<workgroup> ks: array<vec4<u32>, ${16 * s.headDim / 8}>; // [16 tokens][UH]
+var<workgroup> vs: array<vec4<u32>, ${16 * s.headDim / 8}>;
+${shuffle || TQ === 1 ? '' : 'var<workgroup> red: array<vec4<f32>, 256>;'}
+fn unpack8(w: vec4<u32>) -> array<vec4<f32>, 2> {
+  return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
+}
+${shuffle || TQ === 1 ? '' : `// sum of a vec4 over the TQ threads of a row, through workgroup memory (uniform control flow)
+fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
+  red[tid] = v;
+  workgroupBarrier();
+  let b = tid - tid % TQ; var t = vec4<f32>(0.0);
+  for (var i = 0u; i < TQ; i++) { t += red[b + i]; }
+  workgroupBarrier();
+  return t;
+}`}
+@compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let h = wid.y; let g = h / G; let i = wid.x * 64u + lid.x; let valid = i < step.n; let pos = step.start + i;
-  let lastPos = step.start + min(step.n, wid.x * 64u + 64u) - 1u;
-  var q: array<f32, ${s.headDim}>; var o: array<f32, ${s.headDim}>;
+  let tid = lid.x; let h = wid.y; let g = h / G; let part = tid % TQ;
+  let i = wid.x * QW + tid / TQ; let valid = i < step.n; let pos = step.start + i;
+  let lastPos = step.start + min(step.n, wid.x * QW + QW) - 1u;
   let scale = ${(1 / Math.sqrt(s.headDim)).toPrecision(9)};
-  if (valid) { for (var d = 0u; d < HD; d++) { q[d] = qkv[i * QKV + h * HD + d] * scale; } }
+  // this thread's units part * U .. part * U + U - 1 of q (scaled) and of the output
+  let qb = (min(i, step.n - 1u) * QKV + h * HD) / 4u + part * ${U * 2}u;
+${units.map((u) => `  let qa${u} = qkv[qb + ${2 * u}u] * scale; let qc${u} = qkv[qb + ${2 * u + 1}u] * scale; var oa${u} = vec4<f32>(0.0); var oc${u} = vec4<f32>(0.0);`).join('\n')}
   var m = -3.0e38; var l = 0.0;
   for (var t0 = 0u; t0 <= lastPos; t0 += BK) {
     workgroupBarrier();
-    for (var e = lid.x; e < BK * HD2; e += 64u) {
-      let t = t0 + e / HD2;
-      if (t <= lastPos) { let src = (((t / P) * NKV + g) * P + t % P) * HD2 + e % HD2; ks[e] = kc[src]; vs[e] = vc[src]; }
+    for (var e = tid; e < BK * UH; e += 256u) {
+      let t = t0 + e / UH;
+      var kw = vec4<u32>(0u); var vw = vec4<u32>(0u);
+      if (t <= lastPos) { let src = (((t / P) * NKV + g) * P + t % P) * UH + e % UH; kw = kc[src]; vw = vc[src]; }
+      ks[e] = kw; vs[e] = vw;
     }
     workgroupBarrier();
-    if (valid) {
-      for (var kk = 0u; kk < BK; kk++) {
-        if (t0 + kk > pos) { break; }
-        var sc = 0.0;
-        for (var j = 0u; j < HD2; j++) { let k2 = unpack2x16float(ks[kk * HD2 + j]); sc += q[2u * j] * k2.x + q[2u * j + 1u] * k2.y; }
-        if (sc > m) { let c = exp(m - sc); l *= c; for (var d = 0u; d < HD; d++) { o[d] *= c; } m = sc; }
-        let p = exp(sc - m); l += p;
-        for (var j = 0u; j < HD2; j++) { let v2 = unpack2x16float(vs[kk * HD2 + j]); o[2u * j] += p * v2.x; o[2u * j + 1u] += p * v2.y; }
+    // the tile's 16 scores, 4 at a time, summed over the row's threads; keys after pos masked
+    var sc: array<vec4<f32>, 4>;
+    var mt = m;
+    for (var b = 0u; b < 4u; b++) {
+      var v = vec4<f32>(0.0);
+      for (var j = 0u; j < 4u; j++) {
+        let kb = (b * 4u + j) * UH + part * ${U}u; var d = 0.0;
+${units.map((u) => `        { let k = unpack8(ks[kb + ${u}u]); d += dot(qa${u}, k[0]) + dot(qc${u}, k[1]); }`).join('\n')}
+        v[j] = d;
+      }
+${TQ === 1 ? '' : shuffle ? Array.from({ length: Math.log2(TQ) }, (_, r) => `      v += subgroupShuffleXor(v, ${1 << r}u);`).join('\n') : '      v = rowSum(v, tid);'}
+      let tb = t0 + b * 4u;
+      v = select(vec4<f32>(-3.0e38), v, vec4<u32>(tb, tb + 1u, tb + 2u, tb + 3u) <= vec4<u32>(pos));
+      sc[b] = v;
+      mt = max(mt, max(max(v.x, v.y), max(v.z, v.w)));
+    }
+    if (valid && mt > -1.0e38) {
+      let c = exp(m - mt); l *= c; m = mt;
+${units.map((u) => `      oa${u} *= c; oc${u} *= c;`).join('\n')}
+      for (var b = 0u; b < 4u; b++) {
+        let p = select(vec4<f32>(0.0), exp(sc[b] - vec4<f32>(m)), sc[b] > vec4<f32>(-1.0e38));
+        l += (p.x + p.y) + (p.z + p.w);
+        for (var j = 0u; j < 4u; j++) {
+          let vb = (b * 4u + j) * UH + part * ${U}u; let pj = p[j];
+${units.map((u) => `          { let w = unpack8(vs[vb + ${u}u]); oa${u} += pj * w[0]; oc${u} += pj * w[1]; }`).join('\n')}
+        }
       }
     }
   }
-  if (valid) { for (var d = 0u; d < HD; d++) { out[(i * NH + h) * HD + d] = o[d] / l; } }
+  if (valid) {
+    let ob = ((i * NH + h) * HD) / 4u + part * ${U * 2}u; let inv = 1.0 / l;
+${units.map((u) => `    out[ob + ${2 * u}u] = oa${u} * inv; out[ob + ${2 * u + 1}u] = oc${u} * inv;`).join('\n')}
+  }
 }`;
+};
 
 /** h = silu(gate) * up from the fused [gate | up] rows. */
 export const swigluWgsl = (hidden: number) => STEP_WGSL + /* wgsl */ `
