@@ -8,7 +8,7 @@ import { TextTokenizer, StreamDecoder, type ChatMessage } from '../tokenizer/tok
 import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy.js';
 import { makeModel, Session, type Model } from './session.js';
-import { wasm } from '../backend/wasm/runtime.js';
+import { releaseModelBytes } from '../model/file-bytes.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
 import { GpuRunner, GpuSession } from './gpu-session.js';
 import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
@@ -155,7 +155,7 @@ export class LLM {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const f of this.files.splice(0)) wasm()?.releaseWeights(f);
+    releaseModelBytes(this.files.splice(0));
     if (this.gpu) { this.gpu.dispose(); this.gpu.m.dispose(); }
   }
 
@@ -276,13 +276,13 @@ export async function loadModel(source: string | ModelFiles, options: LoadOption
       await gpu.device.queue.onSubmittedWorkDone();
       if (!options.keepHostWeights) {
         // (the upload copied every weight: writeBuffer takes its data when called)
-        for (const f of loaded.files ?? []) wasm()?.releaseWeights(f);
+        releaseModelBytes(loaded.files ?? []);
         return new LLM(loaded.config, null, tokenizer, attention, loaded.path, [], runner);
       }
     }
     return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, loaded.path, loaded.files, runner);
   } catch (e) {
-    for (const f of loaded.files ?? []) wasm()?.releaseWeights(f); // a failed load leaves nothing behind
+    releaseModelBytes(loaded.files ?? []); // a failed load leaves nothing behind
     throw e;
   }
 }

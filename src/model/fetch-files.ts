@@ -1,8 +1,8 @@
 // Models for browsers: from a URL (fetch, streamed into the memory the kernels read) or from files a
 // user picked (<input type="file">). Works in Node too (its fetch), which is how it is tested.
-import { allocModelBytes } from './file-bytes.js';
+import { allocModelBytes, releaseModelBytes, utf8 } from './file-bytes.js';
 import { memoryFiles, type LoadProgress, type ModelFiles } from './model-files.js';
-import { wasm } from '../backend/wasm/runtime.js';
+import { indexShards } from './load.js';
 
 export interface FetchOptions {
   onProgress?: LoadProgress;
@@ -20,13 +20,21 @@ export async function clearModelCache(): Promise<boolean> {
   return typeof caches === 'undefined' ? false : caches.delete(MODEL_CACHE);
 }
 
-const isModelFile = (name: string) => /\.(gguf|bin)$/i.test(name);
+/** A single-file model's name (a GGUF, a llama2.c checkpoint), as opposed to a folder's. */
+export const isModelFile = (name: string) => /\.(gguf|bin)$/i.test(name);
 
-/** `hf:org/name` or `hf:org/name@revision`: the folder of a Hugging Face model repository. */
+/** `hf:org/name[@revision]` as its parts; null for other sources. */
+export function hfRepo(source: string): { org: string; name: string; revision: string } | null {
+  if (!source.startsWith('hf:')) return null;
+  const m = /^hf:([\w.-]+)\/([\w.-]+)(?:@([\w./-]+))?$/.exec(source);
+  if (!m) throw new Error(`bad Hugging Face model "${source}": expected hf:org/name or hf:org/name@revision`);
+  return { org: m[1], name: m[2], revision: m[3] ?? 'main' };
+}
+
+/** The URL of a source: `hf:org/name[@revision]` is the folder of a Hugging Face model repository. */
 export function modelUrl(source: string): string {
-  const m = /^hf:([\w.-]+\/[\w.-]+)(?:@([\w./-]+))?$/.exec(source);
-  if (source.startsWith('hf:') && !m) throw new Error(`bad Hugging Face model "${source}": expected hf:org/name or hf:org/name@revision`);
-  return m ? `https://huggingface.co/${m[1]}/resolve/${encodeURIComponent(m[2] ?? 'main')}/` : source;
+  const hf = hfRepo(source);
+  return hf ? `https://huggingface.co/${hf.org}/${hf.name}/resolve/${encodeURIComponent(hf.revision)}/` : source;
 }
 
 /** Whether a model source names a place on the web rather than a path. */
@@ -51,9 +59,7 @@ export async function fetchModelFiles(url: string, opts: FetchOptions = {}): Pro
   small.set('config.json', config);
   await Promise.all(['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'model.safetensors.index.json'].map((n) => optional(n, dir)));
   const index = small.get('model.safetensors.index.json');
-  const shards = index
-    ? [...new Set(Object.values(JSON.parse(new TextDecoder().decode(index)).weight_map as Record<string, string>))]
-    : ['model.safetensors'];
+  const shards = index ? indexShards(JSON.parse(utf8(index))) : ['model.safetensors'];
   const big = await fetchWeights(dir, shards, opts);
   return memoryFiles(url, new Map([...small, ...big]), null);
 }
@@ -75,7 +81,7 @@ export async function pickedModelFiles(picked: ArrayLike<Blob & { name: string }
       done += f.size;
     }
   } catch (e) {
-    release(files);
+    releaseModelBytes(files.values());
     throw e;
   }
   return memoryFiles(main ?? 'picked files', files, main);
@@ -113,7 +119,7 @@ async function fetchWeights(dir: URL, names: string[], opts: FetchOptions): Prom
       }
     }
   } catch (e) {
-    release(out);
+    releaseModelBytes(out.values());
     for (const x of responses) x.r.body?.cancel().catch(() => {});
     throw e;
   }
@@ -151,4 +157,3 @@ async function readStream(stream: ReadableStream<Uint8Array>, into: Uint8Array, 
   if (off !== into.byteLength) throw new Error(`${what}: download ended at byte ${off} of ${into.byteLength}`);
 }
 
-function release(files: Map<string, Uint8Array>): void { for (const b of files.values()) wasm()?.releaseWeights(b); }

@@ -15,6 +15,8 @@ export function allocModelBytes(size: number): Uint8Array {
 const loadedFiles: Uint8Array[] = [];
 export function takeLoadedFiles(): Uint8Array[] { return loadedFiles.splice(0); }
 export function adoptModelBytes(bytes: Uint8Array): Uint8Array { loadedFiles.push(bytes); return bytes; }
+/** Returns model files' memory (those in the WebAssembly memory; plain buffers are left to the GC). */
+export function releaseModelBytes(files: Iterable<Uint8Array>): void { for (const f of files) wasm()?.releaseWeights(f); }
 
 const decoder = new TextDecoder('utf-8');
 /** UTF-8 text of bytes that may lie in shared memory (browsers' TextDecoder refuses those: copy first). */

@@ -1,7 +1,7 @@
 // Loads a model: a GGUF file, a Hugging Face folder (config.json + safetensors + tokenizer.json) or a
 // llama2.c checkpoint, from disk or from files in memory (ModelFiles). Every hyperparameter comes from
 // the files.
-import { takeLoadedFiles } from './file-bytes.js';
+import { releaseModelBytes, takeLoadedFiles } from './file-bytes.js';
 import { diskFiles, absolutePath } from './disk-files.js';
 import type { LoadProgress, ModelFiles } from './model-files.js';
 import { parseGGUF, type GGUFFile } from './gguf.js';
@@ -10,7 +10,6 @@ import { Matrix } from './tensor.js';
 import { validateConfig, SUPPORTED_ARCHS, type LayerWeights, type ModelConfig, type ModelWeights, type RopeScaling } from './config.js';
 import type { TokenizerSpec } from '../tokenizer/tokenizer.js';
 import { tokenizerFromGGUF, tokenizerFromLlama2c } from '../tokenizer/from-vocab.js';
-import { wasm } from '../backend/wasm/runtime.js';
 
 export interface LoadedModel {
   config: ModelConfig;
@@ -33,7 +32,7 @@ export function loadModelFiles(source: string | ModelFiles, opts: { tokenizerPat
     const tokenizerPath = onDisk && opts.tokenizerPath ? absolutePath(opts.tokenizerPath) : opts.tokenizerPath;
     return { ...loadAny(files, { ...opts, tokenizerPath }), path: files.label, files: takeLoadedFiles() };
   } catch (e) {
-    for (const f of takeLoadedFiles()) wasm()?.releaseWeights(f); // a bad file leaves nothing behind
+    releaseModelBytes(takeLoadedFiles()); // a bad file leaves nothing behind
     throw e;
   }
 }
@@ -160,10 +159,15 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
   return { config, weights, tokenizer, format: 'hf' };
 }
 
+/** The shard files a model.safetensors.index.json lists. */
+export function indexShards(index: Record<string, any>): string[] {
+  return [...new Set(Object.values(index.weight_map as Record<string, string>))];
+}
+
 /** The safetensors files of a Hugging Face folder: one, or the shards its index lists. */
 export function safetensorsShards(files: ModelFiles): string[] {
   if (files.has('model.safetensors.index.json')) {
-    return [...new Set(Object.values(readJson(files, 'model.safetensors.index.json', 'safetensors index').weight_map as Record<string, string>))];
+    return indexShards(readJson(files, 'model.safetensors.index.json', 'safetensors index'));
   }
   if (files.has('model.safetensors')) return ['model.safetensors'];
   throw new Error(`${files.label} has no model.safetensors or model.safetensors.index.json`);

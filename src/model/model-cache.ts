@@ -4,7 +4,7 @@
 import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { fetchModelFiles, modelUrl, type FetchOptions } from './fetch-files.js';
+import { fetchModelFiles, hfRepo, isModelFile, modelUrl, type FetchOptions } from './fetch-files.js';
 import type { ModelFiles } from './model-files.js';
 
 export function cacheRoot(): string | null {
@@ -15,8 +15,8 @@ export function cacheRoot(): string | null {
 
 /** Where a source is cached: hf:org/name@rev -> hf/org/name/rev; a URL -> url/host/path. */
 export function cachePlace(root: string, source: string): string {
-  const hf = /^hf:([\w.-]+)\/([\w.-]+)(?:@([\w./-]+))?$/.exec(source);
-  if (hf) return join(root, 'hf', hf[1], hf[2], (hf[3] ?? 'main').replace(/[/]/g, '--'));
+  const hf = hfRepo(source);
+  if (hf) return join(root, 'hf', hf.org, hf.name, hf.revision.replace(/[/]/g, '--'));
   const u = new URL(modelUrl(source));
   const parts = [u.host, ...u.pathname.split('/').filter(Boolean)].map((p) => p.replace(/[^\w.-]/g, '_').replace(/^\.+/, '_'));
   return join(root, 'url', ...parts);
@@ -25,11 +25,9 @@ export function cachePlace(root: string, source: string): string {
 /** A remote model: its cached copy's path if there is one, else the download (in memory), which is
  *  also written to the cache (a cache that cannot be written only warns). */
 export async function cachedOrFetched(source: string, opts: FetchOptions & { onNote?: (msg: string) => void } = {}): Promise<string | ModelFiles> {
-  const root = cacheRoot();
-  const single = /\.(gguf|bin)$/i.test(new URL(modelUrl(source)).pathname);
-  const place = root ? cachePlace(root, source) : null;
+  const root = cacheRoot(), place = root ? cachePlace(root, source) : null;
   // (a single file is cached in a folder named after it, beside a tokenizer.bin if one came with it)
-  const fileName = single ? new URL(modelUrl(source)).pathname.split('/').pop()! : null;
+  const last = new URL(modelUrl(source)).pathname.split('/').pop() ?? '', fileName = isModelFile(last) ? last : null;
   if (place && existsSync(join(place, '.complete'))) return fileName ? join(place, fileName) : place;
   const files = await fetchModelFiles(source, opts);
   if (place) {

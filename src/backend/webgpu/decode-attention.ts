@@ -16,6 +16,7 @@
 //   q      : [nH][hd] f32                       out : [nH][hd] f32
 
 import { hasSubgroups32, processEnv } from './device.js';
+import { UNPACK8_WGSL, workgroupRowSumWgsl } from './kernels.js';
 
 export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageSize: number; maxPages: number }
 
@@ -60,24 +61,12 @@ const WG: u32 = ${WG}u;
 const TB: u32 = ${tb}u;      // rows per lane group and step
 const TB4: u32 = ${tb / 4}u;
 const NONE: u32 = 0xffffffffu;
-${PARAMS_WGSL}fn unpack8(w: vec4<u32>) -> array<vec4<f32>, 2> {
-  return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
-}
-${shuffle ? `// sum over the LG lanes of a row (a lane group lies inside one subgroup)
+${PARAMS_WGSL}${UNPACK8_WGSL}${shuffle ? `// sum over the LG lanes of a row (a lane group lies inside one subgroup)
 fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
   var s = v;
   for (var o = LG / 2u; o > 0u; o >>= 1u) { s += subgroupShuffleXor(s, o); }
   return s;
-}` : `var<workgroup> rowRed: array<vec4<f32>, WG>;
-// sum over the LG lanes of a row, through workgroup memory (callers are in uniform control flow)
-fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
-  rowRed[tid] = v;
-  workgroupBarrier();
-  let b = tid - tid % LG; var s = vec4<f32>(0.0);
-  for (var i = 0u; i < LG; i++) { s += rowRed[b + i]; }
-  workgroupBarrier();
-  return s;
-}`}
+}` : workgroupRowSumWgsl('LG', 'WG')}
 `;
 };
 

@@ -477,6 +477,24 @@ ${MAIN_1D}
   pmeta[mb + j] = pack2x16float(mn); pmeta[mb + HD2 + j] = pack2x16float(mx);
 }`;
 
+/** 8 f16 channels (one 16-byte word of a packed K/V row) as two vec4s. */
+export const UNPACK8_WGSL = /* wgsl */ `fn unpack8(w: vec4<u32>) -> array<vec4<f32>, 2> {
+  return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
+}
+`;
+
+/** rowSum(v, tid): a vec4 summed over the `lanes` consecutive threads of a row, through workgroup
+ *  memory (`threads`: the workgroup size; callers are in uniform control flow). */
+export const workgroupRowSumWgsl = (lanes: string, threads: string) => /* wgsl */ `var<workgroup> rowRed: array<vec4<f32>, ${threads}>;
+fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
+  rowRed[tid] = v;
+  workgroupBarrier();
+  let b = tid - tid % ${lanes}; var s = vec4<f32>(0.0);
+  for (var i = 0u; i < ${lanes}; i++) { s += rowRed[b + i]; }
+  workgroupBarrier();
+  return s;
+}`;
+
 /** Threads per query row of the prefill attention (each holds HD / TQ channels of q and of the output):
  *  up to 8, a power of two that divides the row's 8-channel units. */
 export function prefillLayout(headDim: number): { TQ: number; U: number; queries: number } {
@@ -508,19 +526,7 @@ const UH: u32 = HD / 8u;  // 8-channel units per row
 @group(0) @binding(4) var<uniform> step: Step;
 var<workgroup> ks: array<vec4<u32>, ${16 * s.headDim / 8}>; // [16 tokens][UH]
 var<workgroup> vs: array<vec4<u32>, ${16 * s.headDim / 8}>;
-${shuffle || TQ === 1 ? '' : 'var<workgroup> red: array<vec4<f32>, 256>;'}
-fn unpack8(w: vec4<u32>) -> array<vec4<f32>, 2> {
-  return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
-}
-${shuffle || TQ === 1 ? '' : `// sum of a vec4 over the TQ threads of a row, through workgroup memory (uniform control flow)
-fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
-  red[tid] = v;
-  workgroupBarrier();
-  let b = tid - tid % TQ; var t = vec4<f32>(0.0);
-  for (var i = 0u; i < TQ; i++) { t += red[b + i]; }
-  workgroupBarrier();
-  return t;
-}`}
+${UNPACK8_WGSL}${shuffle || TQ === 1 ? '' : workgroupRowSumWgsl('TQ', '256')}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = lid.x; let h = wid.y; let g = h / G; let part = tid % TQ;
