@@ -44,7 +44,9 @@ function addAttentionFlags(c: Command): Command {
     .addOption(new Option('--gqa <mode>', 'Quest page selection under grouped-query attention').choices(['head', 'group-max', 'group-sum']).default(DEFAULT_ATTENTION.gqa));
 }
 
-const program = new Command('quest').description('Long-context LLM inference with Quest query-aware sparse attention').showHelpAfterError();
+const program = new Command('quest').description('Long-context LLM inference with Quest query-aware sparse attention').showHelpAfterError()
+  .option('--verbose', "also show the GPU drivers' own messages (--device webgpu)")
+  .hook('preAction', (cmd) => { if (cmd.opts().verbose) process.env.QUEST_VERBOSE = '1'; });
 
 addAttentionFlags(program.command('generate').description('generate text from a prompt')
   .option('--model <path>', 'GGUF file, Hugging Face folder or llama2.c .bin: a path, a URL or hf:org/name (downloads are cached)', DEFAULT_MODEL)

@@ -266,7 +266,7 @@ export async function loadModel(source: string | ModelFiles, options: LoadOption
   if (typeof source === 'string' && isRemote(source)) source = await cachedOrFetched(source, { onProgress: options.onProgress, onNote: options.onNote });
   const loaded = loadModelFiles(source, { tokenizerPath: options.tokenizer, onProgress: options.onProgress });
   try {
-    const tokenizer = loaded.tokenizer ? new TextTokenizer(loaded.tokenizer) : null;
+    const tokenizer = loaded.tokenizer ? new TextTokenizer(loaded.tokenizer, loaded.path) : null;
     let runner: GpuRunner | null = null;
     if (device === 'webgpu') {
       const gpu = await getGpu();

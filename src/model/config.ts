@@ -46,8 +46,9 @@ export interface ModelWeights {
 export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'mistral'] as const;
 
 /** Checks the numbers that the forward pass relies on; a clear error beats a wrong answer. */
-export function validateConfig(c: ModelConfig): void {
-  const bad = (msg: string) => { throw new Error(`invalid model config: ${msg}`); };
+/** `what`: the file or folder the config came from (named in the error). */
+export function validateConfig(c: ModelConfig, what = 'the model'): void {
+  const bad = (msg: string) => { throw new Error(`${what}: invalid model config: ${msg}`); };
   for (const k of ['vocabSize', 'dim', 'hiddenDim', 'nLayers', 'nHeads', 'nKVHeads', 'headDim', 'maxSeqLen'] as const) {
     if (!Number.isInteger(c[k]) || c[k] <= 0) bad(`${k} must be a positive integer, got ${c[k]}`);
   }

@@ -76,7 +76,7 @@ export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
   if (freqs) ropeScaling = { type: 'freq-factors', factors: f32(freqs) };
   else if (scalingType === 'linear') ropeScaling = { type: 'linear', factor: key('rope.scaling.factor') };
   else if (scalingType !== undefined && scalingType !== 'none') throw new Error(`${what}: unsupported RoPE scaling "${scalingType}"`);
-  const tok = m.has('tokenizer.ggml.tokens') || m.has('tokenizer.huggingface.json') ? tokenizerFromGGUF(m) : null;
+  const tok = m.has('tokenizer.ggml.tokens') || m.has('tokenizer.huggingface.json') ? tokenizerFromGGUF(m, what) : null;
   const config: ModelConfig = {
     arch: arch as ModelConfig['arch'], vocabSize: embed.rows, dim, hiddenDim: key('feed_forward_length'),
     nLayers: key('block_count'), nHeads, nKVHeads: key('attention.head_count_kv', nHeads),
@@ -84,7 +84,7 @@ export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
     ropeTheta: key('rope.freq_base', 10000), ropeStyle: arch === 'qwen2' ? 'neox' : 'interleaved', ropeScaling,
     maxSeqLen: key('context_length', 2048), bosId: tok?.bosId ?? null, eosIds: tok?.eosIds ?? [],
   };
-  validateConfig(config);
+  validateConfig(config, what);
   const weights = assembleWeights(config, tensor, GGUF_NAMES, what);
   return { config, weights, tokenizer: tok, format: 'gguf' };
 }
@@ -154,7 +154,7 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
     normEps: c.rms_norm_eps ?? 1e-6, ropeTheta: c.rope_theta ?? 10000, ropeStyle: 'neox', ropeScaling,
     maxSeqLen: c.max_position_embeddings ?? 2048, bosId: tokenizer.bosId, eosIds,
   };
-  validateConfig(config);
+  validateConfig(config, dir);
   const weights = assembleWeights(config, tensor, HF_NAMES, dir);
   return { config, weights, tokenizer, format: 'hf' };
 }
@@ -184,7 +184,7 @@ function loadLlama2c(files: ModelFiles, tokenizerPath?: string, onProgress?: Loa
     arch: 'llama', vocabSize, dim, hiddenDim, nLayers, nHeads, nKVHeads, headDim: dim / nHeads, normEps: 1e-5,
     ropeTheta: 10000, ropeStyle: 'interleaved', ropeScaling: { type: 'none' }, maxSeqLen: seqLen, bosId: 1, eosIds: [2],
   };
-  try { validateConfig(config); } catch (e) { throw new Error(`${path} is not a llama2.c checkpoint: ${(e as Error).message}`); }
+  validateConfig(config, `${path} is not a llama2.c checkpoint`);
   const kvDim = (dim / nHeads) * nKVHeads;
   let off = 28;
   const take = (rows: number, cols: number) => {

@@ -246,3 +246,28 @@ test('the browser bundle in headless Chromium: the default model from a URL on W
     server.close(); rmSync(profile, { recursive: true, force: true, maxRetries: 5 });
   }
 });
+
+test('the browser demo server (npm run demo:browser) starts without arguments and serves the page and the bundle', async () => {
+  const script = new URL('../../tools/serve-browser-demo.mjs', import.meta.url).pathname;
+  const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    let said = '';
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stdout.on('data', (d) => { said += d; const m = /http:\/\/\S+\//.exec(said); if (m) resolve(m[0]); });
+      child.stderr.on('data', (d) => { said += d; });
+      child.on('exit', (code) => reject(new Error(`the demo server exited with ${code}: ${said}`)));
+    });
+    assert.equal(url, 'http://127.0.0.1:8081/');
+    const page = await fetch(url);
+    assert.equal(page.status, 200);
+    assert.match(await page.text(), /<!doctype html>/i);
+    const bundle = await fetch(new URL('dist/browser/quest.js', url));
+    assert.equal(bundle.status, 200);
+    assert.equal(bundle.headers.get('cross-origin-embedder-policy'), 'require-corp');
+    assert.match(await bundle.text(), /loadModel/);
+    assert.equal((await fetch(new URL('package.json', url))).status, 404); // only the demo's folders are served
+  } finally { child.kill(); }
+  const bad = spawnSync(process.execPath, [script, '--port', 'abc'], { encoding: 'utf8' });
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--port: expected a port number/);
+});

@@ -64,7 +64,7 @@ export function spmTokenizerJson(tokens: string[], scores: number[], types: numb
 const asNumbers = (v: GGUFValue | undefined) => (Array.isArray(v) ? (v as number[]) : null);
 
 /** Tokenizer spec from GGUF metadata (tokenizer.ggml.* keys). */
-export function tokenizerFromGGUF(meta: Map<string, GGUFValue>): TokenizerSpec {
+export function tokenizerFromGGUF(meta: Map<string, GGUFValue>, what = 'the GGUF file'): TokenizerSpec {
   const num = (k: string) => (meta.has(k) ? Number(meta.get(k)) : null);
   const bosId = num('tokenizer.ggml.bos_token_id');
   const eosIds = [num('tokenizer.ggml.eos_token_id'), num('tokenizer.ggml.eot_token_id')].filter((x): x is number => x !== null);
@@ -74,9 +74,11 @@ export function tokenizerFromGGUF(meta: Map<string, GGUFValue>): TokenizerSpec {
   const tokens = meta.get('tokenizer.ggml.tokens') as string[] | undefined;
   let json: Record<string, unknown>;
   if (typeof hfJson === 'string') {
-    json = JSON.parse(hfJson);
+    try { json = JSON.parse(hfJson); } catch (e) {
+      throw new Error(`${what}: damaged vocabulary: tokenizer.huggingface.json is not valid JSON (${(e as Error).message.slice(0, 80)})`);
+    }
   } else if (!tokens) {
-    throw new Error('the GGUF file has no tokenizer (no tokenizer.ggml.tokens): pass token ids or a tokenizer.json');
+    throw new Error(`${what} has no tokenizer (no tokenizer.ggml.tokens): pass token ids or a tokenizer.json`);
   } else if (model === 'gpt2') {
     const merges = (meta.get('tokenizer.ggml.merges') as string[] | undefined) ?? [];
     const vocab: Record<string, number> = {};
@@ -90,7 +92,7 @@ export function tokenizerFromGGUF(meta: Map<string, GGUFValue>): TokenizerSpec {
   } else if (model === 'llama') {
     json = spmTokenizerJson(tokens, asNumbers(meta.get('tokenizer.ggml.scores')) ?? [], asNumbers(meta.get('tokenizer.ggml.token_type')));
   } else {
-    throw new Error(`unsupported GGUF tokenizer model "${model}" (supported: gpt2, llama)`);
+    throw new Error(`${what}: unsupported GGUF tokenizer model "${model}" (supported: gpt2, llama)`);
   }
   const addBosMeta = meta.get('tokenizer.ggml.add_bos_token');
   const addBos = typeof addBosMeta === 'boolean' ? addBosMeta : model === 'llama';

@@ -23,11 +23,12 @@ export class TextTokenizer {
   readonly chatTemplate: string | null;
   private template: Template | null = null;
 
-  constructor(spec: TokenizerSpec) {
+  /** `where`: the model file or folder the vocabulary came from (named in errors). */
+  constructor(spec: TokenizerSpec, where = 'the model') {
     try {
       this.hf = new HFTokenizer(spec.json, spec.config);
     } catch (e) {
-      throw new Error(`cannot build the tokenizer: ${(e as Error).message}`);
+      throw new Error(`${where}: cannot build the tokenizer from its vocabulary (damaged or unsupported): ${(e as Error).message}`);
     }
     this.bosId = spec.bosId;
     this.eosIds = spec.eosIds;

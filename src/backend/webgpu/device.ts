@@ -36,6 +36,12 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
       } catch (e) { lastGpuError = `the webgpu package could not load: ${(e as Error).message}`; return null; }
     }
     if (create && !env.XDG_RUNTIME_DIR) env.XDG_RUNTIME_DIR = (await import('node:os')).tmpdir(); // Vulkan loaders complain without it
+    if (create && env.QUEST_VERBOSE !== '1') {
+      // a child process finds the driver first, so Dawn's driver warnings never reach our stderr
+      const driver = await probeDriver(software);
+      if (driver === null) { lastGpuError = `${NO_ADAPTER} (--verbose shows the drivers' messages)`; return null; }
+      if (driver === 'software') env.VK_DRIVER_FILES = SWIFTSHADER_ICD;
+    }
     let gpuObj: GPU | null = null;
     const adapterFrom = async (gpu: GPU) => { keepAlive.push(gpu); gpuObj = gpu; const a = await gpu.requestAdapter({ powerPreference: 'high-performance' }); keepAlive.push(a); return a; };
     let adapter = await adapterFrom(browserGpu ?? create!([]));
@@ -45,7 +51,7 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
       env.VK_DRIVER_FILES = SWIFTSHADER_ICD;
       adapter = await adapterFrom(create([]));
     }
-    if (!adapter) { lastGpuError = `no WebGPU adapter (no GPU driver; for a software one: apt-get install chromium libvulkan1, then QUEST_WEBGPU_SOFTWARE=1)`; return null; }
+    if (!adapter) { lastGpuError = NO_ADAPTER; return null; }
     const hasTimestamps = adapter.features.has('timestamp-query');
     // subgroup reductions where every subgroup has 32 lanes (NVIDIA): the kernels assume that width
     const ai = (adapter as { info?: GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number } }).info;
@@ -74,6 +80,20 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
 }
 
 export let lastGpuError = '';
+const NO_ADAPTER = 'no WebGPU adapter (no GPU driver; for a software one: apt-get install chromium libvulkan1, then QUEST_WEBGPU_SOFTWARE=1)';
+
+/** Node: which driver gives an adapter, asked of adapter-probe.js in a child process (its stderr, where
+ *  Dawn writes, is dropped); undefined where the probe itself failed (then we look in-process). */
+async function probeDriver(software: boolean): Promise<'hardware' | 'software' | null | undefined> {
+  const { execFile } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const script = fileURLToPath(new URL('./adapter-probe.js', import.meta.url));
+  return new Promise((resolve) => {
+    execFile(process.execPath, [script, ...(software ? ['--software'] : [])], { timeout: 120_000 }, (_err, stdout) => {
+      try { resolve(JSON.parse(String(stdout).trim().split('\n').pop()!).driver); } catch { resolve(undefined); }
+    });
+  });
+}
 
 const deviceErrors: string[] = [];
 /** Throws the first WebGPU error reported since the last call, if any. */
