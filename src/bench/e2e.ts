@@ -5,10 +5,11 @@
 // (argmax on the GPU) or, for comparison, of the whole logits. The headline numbers are greedy decoding
 // as `generate` runs it, with up to three steps in flight (the CPU records the next steps while the GPU runs this one);
 // one step at a time (submit, wait, read back) is shown beside it. With --peer FILE, the numbers of
-// bench/peers/hf_decode.py (Hugging Face transformers + PyTorch SDPA on the same GPU) join the table
-// and the plot.
+// bench/peers/torch_static.py (a plain PyTorch decoder: static KV cache, SDPA, decode in a CUDA graph;
+// prefill and decode) or of bench/peers/hf_decode.py (transformers + SDPA, decode) join the table and
+// the plot. --shape 8b: the Llama-3-8B shape (GQA).
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
+import { getGpu, lastGpuError, matrixConfig } from '../backend/webgpu/device.js';
 import { GpuModel } from '../backend/webgpu/model.js';
 import type { GpuWeightType } from '../backend/webgpu/kernels.js';
 import { GpuRunner, GpuSession } from '../engine/gpu-session.js';
@@ -34,8 +35,17 @@ const LLAMA2_7B: ModelConfig = {
   bosId: 1, eosIds: [2],
 };
 
+// --shape 8b: Llama-3-8B (grouped-query attention, 32/8 heads, 14336 hidden, vocab 128256, RoPE base 500000)
+const LLAMA3_8B: ModelConfig = { ...LLAMA2_7B, vocabSize: 128256, hiddenDim: 14336, nKVHeads: 8, ropeTheta: 500000 };
 // --shape small: a quick check of the benchmark itself (e.g. on a software adapter)
 const SMALL: ModelConfig = { ...LLAMA2_7B, vocabSize: 1000, dim: 256, hiddenDim: 512, nLayers: 4, nHeads: 4, nKVHeads: 4, headDim: 64 };
+const SHAPE = arg('shape', '7b');
+const SHAPE_NAMES: Record<string, string> = {
+  '7b': 'Llama-2-7B shape (32 layers, 4096 hidden, 32/32 heads, head dim 128)',
+  '8b': 'Llama-3-8B shape (32 layers, 4096 hidden, 32/8 heads, 14336 intermediate, vocab 128256)', small: 'small test shape',
+};
+// --prefill-runs N: each prefill timed N times (GPU machines differ run to run: the spread is printed)
+const PREFILL_RUNS = Number(arg('prefill-runs', '3'));
 
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 
@@ -66,13 +76,15 @@ async function main() {
   if (!['f16', 'q8_0', 'q4_0'].includes(WEIGHTS)) throw new Error(`--weights must be f16, q8_0 or q4_0, got ${WEIGHTS}`);
   const gpu = await getGpu();
   if (!gpu) { console.log(`no WebGPU adapter: ${lastGpuError}`); return; }
-  const bw = await measureBandwidth(gpu.device, arg('shape', '7b') === 'small' ? 1 << 24 : 1 << 30);
-  console.log(`device: ${gpu.adapterName}; shader read bandwidth ${bw.shaderReadGBs.toFixed(0)} GB/s`);
-  const c = arg('shape', '7b') === 'small' ? SMALL : LLAMA2_7B;
+  if (!SHAPE_NAMES[SHAPE]) throw new Error(`--shape must be 7b, 8b or small, got ${SHAPE}`);
+  const bw = await measureBandwidth(gpu.device, SHAPE === 'small' ? 1 << 24 : 1 << 30);
+  const mc = matrixConfig(gpu.device);
+  console.log(`device: ${gpu.adapterName}; shader read bandwidth ${bw.shaderReadGBs.toFixed(0)} GB/s; prefill products on ${mc ? `tensor cores (subgroup matrices, f16 ${mc.M}x${mc.N}x${mc.K})` : 'the fallback tiled kernel (no subgroup matrices)'}`);
+  const c = SHAPE === 'small' ? SMALL : SHAPE === '8b' ? LLAMA3_8B : LLAMA2_7B;
   const m = GpuModel.random(gpu.device, c, 1, WEIGHTS);
   const runner = new GpuRunner(m, 16);
   await gpu.device.queue.onSubmittedWorkDone();
-  console.log(`${c === SMALL ? 'small test shape' : 'Llama-2-7B shape (32 layers, 4096 hidden, 32/32 heads, head dim 128)'}, random ${WEIGHTS} weights (${(m.weightBytes / 1e9).toFixed(2)} GB${WEIGHTS === 'f16' ? '' : ', f16 embeddings'}): weights' values do not change speed`);
+  console.log(`${SHAPE_NAMES[SHAPE]}, random ${WEIGHTS} weights (${(m.weightBytes / 1e9).toFixed(2)} GB${WEIGHTS === 'f16' ? '' : ', f16 embeddings'}): weights' values do not change speed`);
   console.log(`decode: one token per step, median of ${STEPS} steps; Quest budget ${BUDGET} tokens (page 16, first 2 layers dense)`);
   if (gpu.hasTimestamps) runner.enableTiming();
   type Row = { context: number; dense: number; quest: number; denseSerial: number; questSerial: number; denseLogits: number; denseGpu: number; questGpu: number; denseEncode: number; questEncode: number };
@@ -99,22 +111,30 @@ async function main() {
     console.error(`context ${L}: dense ${dp.wall.toFixed(2)} ms, quest ${qp.wall.toFixed(2)} ms`);
   }
   // prefill throughput (the wait before the first token of a long prompt)
-  const prefill: { tokens: number; seconds: number }[] = [];
+  const prefill: { tokens: number; seconds: number; runs: number[] }[] = [];
   for (const n of PREFILL) {
     const s = new GpuSession(runner, { policy: 'dense' });
     const ids = Array.from({ length: n }, (_, i) => 1 + (i % 1000));
-    await s.forward(ids.slice(0, 256), { logits: 'none' }); // (pipelines compiled, clocks up)
+    await s.forward(ids.slice(0, runner.chunk), { logits: 'none' }); // (pipelines compiled, clocks up)
     s.dispose();
-    const t = new GpuSession(runner, { policy: 'dense' });
-    const t0 = performance.now();
-    await t.forward(ids, { logits: 'last' });
-    prefill.push({ tokens: n, seconds: (performance.now() - t0) / 1000 });
-    t.dispose();
-    console.error(`prefill ${n}: ${prefill[prefill.length - 1].seconds.toFixed(2)} s`);
+    const runs: number[] = [];
+    for (let i = 0; i < PREFILL_RUNS; i++) {
+      const t = new GpuSession(runner, { policy: 'dense' });
+      const t0 = performance.now();
+      await t.forward(ids, { logits: 'last' });
+      runs.push((performance.now() - t0) / 1000);
+      t.dispose();
+    }
+    prefill.push({ tokens: n, seconds: median(runs), runs });
+    console.error(`prefill ${n}: ${runs.map((x) => x.toFixed(2)).join(' / ')} s`);
   }
+  // --peer FILE: bench/peers/torch_static.py's JSON (per shape: prefill and decode) or hf_decode.py's (decode)
   const peerFile = arg('peer', '');
-  const peer: { context: number; ms: number }[] = peerFile && existsSync(peerFile) ? JSON.parse(readFileSync(peerFile, 'utf8')).results : [];
-  const peerInfo = peerFile && existsSync(peerFile) ? JSON.parse(readFileSync(peerFile, 'utf8')).info : '';
+  const peerJson = peerFile && existsSync(peerFile) ? JSON.parse(readFileSync(peerFile, 'utf8')) : null;
+  const peerShape = peerJson?.shapes?.[SHAPE];
+  const peer: { context: number; ms: number }[] = peerShape ? peerShape.decode : peerJson?.results ?? [];
+  const peerPrefill: { tokens: number; seconds: number; runs?: number[] }[] = peerShape?.prefill ?? [];
+  const peerInfo = peerJson?.info ?? '';
   if (peerInfo) console.log(`peer: ${peerInfo}`);
   const kvGB = (L: number) => (2 * L * c.nLayers * c.nKVHeads * c.headDim * 2) / 1e9;
   console.log('| context | dense ms/token | quest ms/token | quest speedup | dense GB/s (weights + KV) | one step at a time: dense / quest (speedup) | dense, logits read back | PyTorch SDPA ms/token | quest vs PyTorch | GPU ms dense / quest | encode ms dense / quest |');
@@ -127,7 +147,10 @@ async function main() {
   for (const p of prefill) {
     // (2 flops per weight per token, plus causal attention: 2 x 2 x L^2 / 2 x heads x head dim per layer)
     const tflops = (2 * (m.weightBytes / (WEIGHTS === 'f16' ? 2 : WEIGHTS === 'q8_0' ? 34 / 32 : 18 / 32)) * p.tokens + 2 * p.tokens * p.tokens * c.nLayers * c.nHeads * c.headDim) / p.seconds / 1e12;
-    console.log(`prefill of ${p.tokens} tokens (dense, from an empty cache): ${p.seconds.toFixed(2)} s = ${(p.tokens / p.seconds).toFixed(0)} tokens/s (~${tflops.toFixed(1)} TFLOP/s)`);
+    const spread = p.runs.length > 1 ? ` (runs ${p.runs.map((x) => x.toFixed(2)).join(' / ')} s)` : '';
+    const pp = peerPrefill.find((x) => x.tokens === p.tokens);
+    const vsPeer = pp ? `; PyTorch peer ${pp.seconds.toFixed(2)} s = ${(p.tokens / pp.seconds).toFixed(0)} tokens/s: ours = ${(100 * pp.seconds / p.seconds).toFixed(0)}% of its tokens/s` : '';
+    console.log(`prefill of ${p.tokens} tokens (dense, from an empty cache, chunks of ${runner.chunk}): ${p.seconds.toFixed(2)} s${spread} = ${(p.tokens / p.seconds).toFixed(0)} tokens/s (~${tflops.toFixed(1)} TFLOP/s)${vsPeer}`);
   }
   console.log('(ms/token: greedy decoding with three steps in flight, wall time per token; one step at a time: submit, wait, read back; GPU: timestamp queries around a step\'s compute pass; encode: CPU time recording a step)');
   mkdirSync(OUT, { recursive: true });
@@ -135,10 +158,10 @@ async function main() {
     { name: 'ours dense (WebGPU)', points: rows.map((r) => ({ x: r.context, y: r.dense })) },
     { name: `ours Quest ${BUDGET} (WebGPU)`, points: rows.map((r) => ({ x: r.context, y: r.quest })) },
   ];
-  if (peer.length) series.push({ name: 'transformers + PyTorch SDPA', points: peer.filter((p) => CONTEXTS.includes(p.context)).map((p) => ({ x: p.context, y: p.ms })) });
+  if (peer.length) series.push({ name: peerShape ? 'PyTorch static cache + CUDA graph' : 'transformers + PyTorch SDPA', points: peer.filter((p) => CONTEXTS.includes(p.context)).map((p) => ({ x: p.context, y: p.ms })) });
   const ys = series.flatMap((s) => s.points.map((p) => p.y));
-  writeFileSync(`${OUT}/bench-e2e${TAG}.svg`, lineChart(`Decode latency per token, Llama-2-7B shape (${WEIGHTS} weights)`, 'context (tokens)', 'ms per token', series, 0, Math.max(...ys) * 1.1));
-  writeFileSync(`${OUT}/bench-e2e${TAG}.json`, JSON.stringify({ device: gpu.adapterName, weights: WEIGHTS, budget: BUDGET, rows, prefill, peer, peerInfo }, null, 1));
+  writeFileSync(`${OUT}/bench-e2e${SHAPE === '7b' ? '' : `-${SHAPE}`}${TAG}.svg`, lineChart(`Decode latency per token, ${SHAPE_NAMES[SHAPE].split(' (')[0]} (${WEIGHTS} weights)`, 'context (tokens)', 'ms per token', series, 0, Math.max(...ys) * 1.1));
+  writeFileSync(`${OUT}/bench-e2e${SHAPE === '7b' ? '' : `-${SHAPE}`}${TAG}.json`, JSON.stringify({ device: gpu.adapterName, shape: SHAPE, weights: WEIGHTS, budget: BUDGET, rows, prefill, peerPrefill, peer, peerInfo }, null, 1));
   runner.dispose(); m.dispose();
   gpu.device.destroy();
   process.exit(0);

@@ -10,12 +10,14 @@ import { lineChart } from '../eval/plot.js';
 import { measureBandwidth } from './gpu-bandwidth.js';
 import { hasIntDot4, hasSubgroups32 } from '../backend/webgpu/device.js';
 import * as K from '../backend/webgpu/kernels.js';
+import { matrixConfig } from '../backend/webgpu/device.js';
+import { linearMmaWgsl, mmaTileFor, MMA_TILES } from '../backend/webgpu/mma-kernels.js';
 
 const P = 16;
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
 const LENGTHS = arg('lengths', '4096,8192,16384,32768,65536,131072').split(',').map(Number);
 const BUDGETS = arg('budgets', '64,256,1024,2048,4096').split(',').map(Number);
-const ONLY = arg('only', 'all'); // attention | matvec | all
+const ONLY = arg('only', 'all'); // attention | matvec | prefill | all
 const SHAPES = arg('shapes', '32/32,32/8').split(',').map((x) => x.split('/').map(Number)); // query/KV heads
 
 async function main() {
@@ -43,6 +45,8 @@ async function main() {
   const readGBs = bw.shaderReadGBs;
   console.log(`device: ${gpu.adapterName}`);
   console.log(`bandwidth: shader read ${bw.shaderReadGBs.toFixed(0)} GB/s, shader copy ${bw.shaderCopyGBs.toFixed(0)} GB/s, copy engine ${bw.copyEngineGBs.toFixed(0)} GB/s (read + written)`);
+  if (ONLY === 'all' || ONLY === 'prefill') await benchPrefillProducts(device, timeIt);
+  if (ONLY === 'prefill') { device.destroy(); process.exit(0); }
   if (ONLY !== 'attention') await benchMatvec(device, timeIt, readGBs);
   if (ONLY === 'matvec') { device.destroy(); process.exit(0); }
   const rows: string[] = [];
@@ -139,6 +143,43 @@ async function emptyDispatch(device: GPUDevice, timeIt: TimeIt): Promise<number>
 }
 
 type TimeIt = (encode: (pass: GPUComputePassEncoder) => void, calls: number, reps?: number) => Promise<number>;
+
+/** Prefill products (many tokens at once) of the Llama-2-7B and Llama-3-8B shapes: the fallback tiled
+ *  kernel and the tensor-core kernel at each tile shape, in TFLOP/s. */
+async function benchPrefillProducts(device: GPUDevice, timeIt: TimeIt) {
+  const T = Number(arg('tokens', '2048')), cfg = matrixConfig(device);
+  const shapes: [string, K.GpuWeightType, number, number][] = [
+    ['7B qkv', 'f16', 12288, 4096], ['7B wo', 'f16', 4096, 4096], ['7B gate+up', 'f16', 22016, 4096], ['7B down', 'f16', 4096, 11008],
+    ['8B gate+up', 'f16', 28672, 4096], ['8B down', 'f16', 4096, 14336], ['7B gate+up', 'q8_0', 22016, 4096], ['7B gate+up', 'q4_0', 22016, 4096],
+  ];
+  const variants: { name: string; code: (s: K.LinearSpec) => string | null; tile: { BM: number; BN: number } }[] = [
+    { name: 'fallback 64x128', code: (s) => K.linearMatWgsl(s), tile: { BM: K.MAT_TILE.tokens, BN: K.MAT_TILE.rows } },
+    ...(cfg ? MMA_TILES.map((t) => ({ name: `mma ${t.BM}x${t.BN} (${t.WM}x${t.WN}) k${t.BK}`, tile: t, code: (s: K.LinearSpec) => (mmaTileFor(s.N, s.K, cfg, [t]) ? linearMmaWgsl(s, cfg, t) : null) })) : []),
+  ];
+  console.log(`\nprefill products, ${T} tokens (TFLOP/s; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'})`);
+  console.log(`| matrix | type | N x K | ${variants.map((v) => v.name).join(' | ')} |`);
+  console.log(`| --- | --- | --- | ${variants.map(() => '---').join(' | ')} |`);
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  for (const [name, type, N, Kd] of shapes) {
+    const data = device.createBuffer({ size: N * Kd * (type === 'f16' ? 2 : type === 'q8_0' ? 1 : 0.5), usage });
+    const scales = device.createBuffer({ size: Math.max(16, (N * Kd) / 32 * 4), usage });
+    const x = device.createBuffer({ size: T * Kd * 4, usage }), y = device.createBuffer({ size: T * N * 4, usage });
+    const cells: string[] = [];
+    for (const v of variants) {
+      const code = v.code({ type, N, K: Kd, add: false, bias: false });
+      if (!code) { cells.push('—'); continue; }
+      const module = device.createShaderModule({ code });
+      const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
+      if (errors.length) { cells.push(`compile error: ${errors[0].lineNum}: ${errors[0].message.slice(0, 200)}`); continue; }
+      const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+      const group = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [x, y, data, ...(type === 'f16' ? [] : [scales])].map((buffer, i) => ({ binding: i, resource: { buffer } })) });
+      const t = await timeIt((pass) => { pass.setPipeline(pipe); pass.setBindGroup(0, group); pass.dispatchWorkgroups(Math.ceil(N / v.tile.BN), Math.ceil(T / v.tile.BM)); }, 5, 3);
+      cells.push(`${(t * 1e3).toFixed(2)} ms ${(2 * T * N * Kd / t / 1e12).toFixed(0)}`);
+    }
+    console.log(`| ${name} | ${type} | ${N} x ${Kd} | ${cells.join(' | ')} |`);
+    data.destroy(); scales.destroy(); x.destroy(); y.destroy();
+  }
+}
 
 /** Matrix-vector products of a Llama-2-7B decode step (one token), every kernel variant: µs and GB/s. */
 async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {

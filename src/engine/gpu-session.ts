@@ -5,14 +5,17 @@
 import { DEFAULT_ATTENTION, validateAttentionOptions, type AttentionOptions } from '../attention/policy.js';
 import { MIN_PAGES } from '../attention/quest.js';
 import { DecodeAttention } from '../backend/webgpu/decode-attention.js';
-import { hasSubgroups32, throwDeviceError } from '../backend/webgpu/device.js';
+import { hasSubgroups32, matrixConfig, processEnv, throwDeviceError } from '../backend/webgpu/device.js';
+import { mmaAttentionFits, mmaAttentionRows, mmaAttentionScratch, prefillAttentionMmaWgsl } from '../backend/webgpu/mma-kernels.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
 import type { ForwardOptions } from './session.js';
 import { concatF32 } from '../model/tensor.js';
 
-const MAX_CHUNK = 256; // tokens per prefill command buffer (activations are sized for it)
-const ROWS = MAX_CHUNK; // a multiple of 64: the tiled product reads whole 64-row tiles
+/** Tokens per prefill submission, largest first: a large chunk reads the weights fewer times and gives
+ *  the attention kernel more workgroups; the runner takes the largest whose activation buffers each fit
+ *  one storage binding (QUEST_PREFILL_CHUNK overrides). Multiples of 128: products read whole tiles. */
+const CHUNKS = [2048, 1024, 512, 256];
 const VEC_ROWS = 4; // chunks of up to this many tokens run matrix-vector products (and fuse prologues)
 /** Decode steps that may be in flight at once in greedy decoding (the readback buffers form a ring). */
 export const GREEDY_DEPTH = 3;
@@ -34,13 +37,27 @@ export class GpuRunner {
   readonly decode: DecodeAttention;
   readonly maxPages: number;
 
+  /** score scratch of the tensor-core prefill attention (null where it does not run) */
+  readonly attScratch: GPUBuffer | null;
+  /** tokens per prefill submission (activation buffers hold this many rows) */
+  readonly chunk: number;
+  /** tokens per submission when every position's logits are wanted (their buffer is chunk x vocabulary) */
+  readonly logitsChunk: number;
+
   constructor(readonly m: GpuModel, readonly pageSize: number) {
     const c = m.config, d = m.device;
     const buf = (floats: number) => d.createBuffer({ size: Math.max(16, floats * 4), usage: storageUsage() });
     const qkvN = (c.nHeads + 2 * c.nKVHeads) * c.headDim;
+    const maxBinding = d.limits.maxStorageBufferBindingSize, widest = Math.max(qkvN, 2 * c.hiddenDim, c.dim) * 4;
+    const forced = Number(processEnv().QUEST_PREFILL_CHUNK);
+    this.chunk = CHUNKS.includes(forced) ? forced : CHUNKS.find((n) => n * widest <= maxBinding) ?? CHUNKS[CHUNKS.length - 1];
+    this.logitsChunk = CHUNKS.find((n) => n <= this.chunk && n * c.vocabSize * 4 <= maxBinding) ?? 128;
+    const ROWS = this.chunk;
     this.x = buf(ROWS * c.dim); this.xb = buf(ROWS * c.dim); this.qkv = buf(ROWS * qkvN);
     this.att = buf(ROWS * c.nHeads * c.headDim); this.qrot = buf(c.nHeads * c.headDim); this.gu = buf(ROWS * 2 * c.hiddenDim); this.h = buf(ROWS * c.hiddenDim);
     this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
+    const hs = { nHeads: c.nHeads, headDim: c.headDim, pageSize };
+    this.attScratch = this.usesMmaAttention ? buf(mmaAttentionScratch(hs, ROWS)) : null;
     this.xq = buf(VEC_ROWS * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
     this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
@@ -60,13 +77,20 @@ export class GpuRunner {
     };
   }
 
+  /** Whether prefill attention runs on tensor cores (subgroup matrices) here. */
+  get usesMmaAttention(): boolean {
+    const mc = matrixConfig(this.m.device), c = this.m.config;
+    // (opt-in until its tests have passed on a GPU with subgroup matrices)
+    return processEnv().QUEST_MMA_ATTENTION === '1' && mc !== null && mmaAttentionFits({ headDim: c.headDim, pageSize: this.pageSize }, mc, this.m.device.limits.maxComputeWorkgroupStorageSize);
+  }
+
   logitsRows(): GPUBuffer {
-    this.logitsAll ??= this.m.device.createBuffer({ size: ROWS * this.m.config.vocabSize * 4, usage: storageUsage() });
+    this.logitsAll ??= this.m.device.createBuffer({ size: this.logitsChunk * this.m.config.vocabSize * 4, usage: storageUsage() });
     return this.logitsAll;
   }
 
   dispose(): void {
-    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.logitsAll]) b?.destroy();
+    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.logitsAll, this.attScratch]) b?.destroy();
   }
 }
 
@@ -125,7 +149,8 @@ export class GpuSession {
     if (this.len + tokens.length > c.maxSeqLen) throw new Error(`sequence of ${this.len + tokens.length} tokens exceeds the model's context length of ${c.maxSeqLen}`);
     for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
     const mode = opts.logits ?? 'last';
-    const chunk = Math.min(MAX_CHUNK, Math.max(1, opts.chunk ?? MAX_CHUNK));
+    const most = mode === 'all' ? this.runner.logitsChunk : this.runner.chunk;
+    const chunk = Math.min(most, Math.max(1, opts.chunk ?? most));
     const parts: Float32Array[] = [];
     for (let s = 0; s < tokens.length; s += chunk) {
       const piece = tokens.slice(s, s + chunk), last = s + chunk >= tokens.length;
@@ -156,9 +181,9 @@ export class GpuSession {
         run(m.linearPipeline(l, add, false), 'linV', [r.xq, y, l.data, l.scales, l.bias], Math.ceil(l.N / m.vecRowsPerGroup(l)), rows);
         return;
       }
-      const pipe = m.linearPipeline(l, add, many, spec);
+      const pipe = m.linearPipeline(l, add, many, spec), tile = many ? m.mmaTile(l) ?? { BN: K.MAT_TILE.rows, BM: K.MAT_TILE.tokens } : null;
       run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, nw],
-        many ? Math.ceil(l.N / K.MAT_TILE.rows) : Math.ceil(l.N / m.vecRowsPerGroup(l)), many ? Math.ceil(rows / K.MAT_TILE.tokens) : rows);
+        tile ? Math.ceil(l.N / tile.BN) : Math.ceil(l.N / m.vecRowsPerGroup(l)), tile ? Math.ceil(rows / tile.BM) : rows);
     };
     // decode steps and short chunks: RMSNorm and SwiGLU run inside the products that read their output,
     // and (one token) RoPE, the KV append and the page min/max are one kernel
@@ -175,7 +200,12 @@ export class GpuSession {
     const rope = m.pipeline('rope', () => K.ropeWgsl(hs, c.ropeStyle === 'neox'));
     const append = m.pipeline('kvappend', () => K.kvAppendWgsl(hs)), meta = m.pipeline('kvmeta', () => K.kvMetaWgsl(hs));
     const ropeAppend = m.pipeline('ropeappend', () => K.ropeAppendWgsl(hs, c.ropeStyle === 'neox'));
-    const prefill = m.pipeline('prefill', () => K.prefillAttentionWgsl(hs, hasSubgroups32(m.device))), swiglu = m.pipeline('swiglu', () => K.swigluWgsl(c.hiddenDim));
+    // prefill attention on tensor cores where the adapter has subgroup matrices, else the fallback kernel
+    const mmaAtt = r.attScratch !== null;
+    const prefill = mmaAtt ? m.pipeline('prefill-mma', () => prefillAttentionMmaWgsl(hs, matrixConfig(m.device)!))
+      : m.pipeline('prefill', () => K.prefillAttentionWgsl(hs, hasSubgroups32(m.device)));
+    const prefillRows = mmaAtt ? mmaAttentionRows(c.headDim) : K.prefillLayout(c.headDim).queries;
+    const swiglu = m.pipeline('swiglu', () => K.swigluWgsl(c.hiddenDim));
     const nPages = Math.ceil(total / r.pageSize), touched = nPages - Math.floor(start / r.pageSize);
     const a = this.attention, keep = Math.max(MIN_PAGES, Math.ceil(a.budget / r.pageSize));
     r.decode.resetBatch();
@@ -191,7 +221,7 @@ export class GpuSession {
         run(rope, 'rope', [r.qkv, m.ropeTable, r.step], K.grid64((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2));
         run(append, 'append', [r.qkv, kv.k, kv.v, r.step], K.grid64((n * c.nKVHeads * c.headDim) / 2));
         run(meta, 'meta', [kv.k, kv.meta, r.step], K.grid64((touched * c.nKVHeads * c.headDim) / 2));
-        run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step], Math.ceil(n / K.prefillLayout(c.headDim).queries), c.nHeads);
+        run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step, r.attScratch], Math.ceil(n / prefillRows), c.nHeads);
       }
       linear(L.wo, r.att, r.x, n, true);
       normed(L.ffnNorm, L.gateUp, r.gu);

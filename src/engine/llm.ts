@@ -195,11 +195,23 @@ export class LLM {
     const t0 = performance.now();
     // greedy decoding on the GPU reads back the argmax instead of the logits
     const argmax = session instanceof GpuSession && (o.temperature ?? 1) === 0;
-    const step = (t: number[], progress?: GenerateOptions['onPrefillProgress']) =>
-      session instanceof GpuSession ? session.forward(t, { onProgress: progress, argmax }) : session.forward(t, { onProgress: progress });
-    let logits = await step(ids.slice(0, ids.length - tail), o.onPrefillProgress);
+    const step = (t: number[], logits: 'last' | 'none' = 'last') =>
+      session instanceof GpuSession ? session.forward(t, { logits, argmax }) : session.forward(t, { logits });
+    // the prompt, a chunk per submission: progress after each, and a turn of the event loop in which a
+    // cancel (o.signal) can arrive; a cancelled prefill keeps the chunks done and generates nothing
+    const prompt = ids.slice(0, ids.length - tail), chunk = session instanceof GpuSession ? session.runner.chunk : 256;
+    let logits: Float32Array = new Float32Array(0);
+    for (let s = 0; s < prompt.length && !o.signal?.aborted; s += chunk) {
+      const last = s + chunk >= prompt.length;
+      logits = await step(prompt.slice(s, s + chunk), last ? 'last' : 'none');
+      o.onPrefillProgress?.(Math.min(prompt.length, s + chunk), prompt.length);
+      if (!last) await yieldToEventLoop();
+    }
     const prefillMs = performance.now() - t0;
     const t1 = performance.now();
+    if (o.signal?.aborted) {
+      return { text: '', tokens: [], promptTokens: ids.length, finishReason: 'abort', prefillMs, decodeMs: 0, prefillTokensPerSecond: 0, decodeTokensPerSecond: 0 };
+    }
     for (const t of ids.slice(ids.length - tail)) logits = await step([t]);
 
     const out: number[] = [];

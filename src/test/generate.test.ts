@@ -66,6 +66,20 @@ test('bad requests are clear errors: prompt over the context, bad budget, bad sa
   await assert.rejects(m.complete('hi', { attention: { policy: 'nope' as never } }), /unknown attention policy "nope"/);
 });
 
+test('the prefill of a long prompt reports progress per chunk and can be cancelled between chunks', async () => {
+  const m = await get();
+  const promptIds = Array.from({ length: 1500 }, (_, i) => 10 + (i % 500));
+  const seen: number[] = [];
+  const all = await m.complete('', { promptIds, maxTokens: 1, temperature: 0, onPrefillProgress: (done, total) => { assert.equal(total, 1500); seen.push(done); } });
+  assert.deepEqual(seen, [256, 512, 768, 1024, 1280, 1500]);
+  assert.equal(all.tokens.length, 1);
+  const ac = new AbortController(), cut: number[] = [];
+  const r = await m.complete('', { promptIds, maxTokens: 5, temperature: 0, signal: ac.signal, onPrefillProgress: (done) => { cut.push(done); if (done >= 512) ac.abort(); } });
+  assert.equal(r.finishReason, 'abort');
+  assert.deepEqual(r.tokens, []);
+  assert.deepEqual(cut, [256, 512]); // no chunk ran after the cancel
+});
+
 test('an AbortSignal stops generation', async () => {
   const m = await get();
   const ac = new AbortController();

@@ -44,12 +44,15 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     }
     let gpuObj: GPU | null = null;
     const adapterFrom = async (gpu: GPU) => { keepAlive.push(gpu); gpuObj = gpu; const a = await gpu.requestAdapter({ powerPreference: 'high-performance' }); keepAlive.push(a); return a; };
-    let adapter = await adapterFrom(browserGpu ?? create!([]));
+    // Dawn's toggles (Node only; browsers cannot set them): shader-f16 on NVIDIA's Vulkan driver, and the
+    // experimental subgroup-matrix feature (tensor cores) that allow_unsafe_apis exposes
+    const toggles = env.QUEST_NO_SUBGROUP_MATRIX === '1' ? [] : ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia'];
+    let adapter = await adapterFrom(browserGpu ?? create!(toggles));
     // (node:fs is imported here only: browsers never reach this branch)
     if (!adapter && create && software && !env.VK_DRIVER_FILES && (await import('node:fs')).existsSync(SWIFTSHADER_ICD)) {
       // the Vulkan loader reads these when an instance is created, so a second instance picks them up
       env.VK_DRIVER_FILES = SWIFTSHADER_ICD;
-      adapter = await adapterFrom(create([]));
+      adapter = await adapterFrom(create(toggles));
     }
     if (!adapter) { lastGpuError = NO_ADAPTER; return null; }
     const hasTimestamps = adapter.features.has('timestamp-query');
@@ -57,8 +60,10 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     const ai = (adapter as { info?: GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number } }).info;
     const sub32 = adapter.features.has('subgroups' as GPUFeatureName) && ai?.subgroupMinSize === 32 && ai?.subgroupMaxSize === 32
       && env.QUEST_NO_SUBGROUPS !== '1';
+    const mma = sub32 && env.QUEST_NO_SUBGROUP_MATRIX !== '1' ? f16MatrixConfig(adapter) : null;
     const device = await adapter.requestDevice({
-      requiredFeatures: [...(hasTimestamps ? ['timestamp-query' as GPUFeatureName] : []), ...(sub32 ? ['subgroups' as GPUFeatureName] : [])],
+      requiredFeatures: [...(hasTimestamps ? ['timestamp-query' as GPUFeatureName] : []), ...(sub32 ? ['subgroups' as GPUFeatureName] : []),
+        ...(mma ? ['shader-f16', SUBGROUP_MATRIX] as GPUFeatureName[] : [])],
       requiredLimits: {
         maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
         maxBufferSize: adapter.limits.maxBufferSize,
@@ -68,6 +73,7 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     // errors that WebGPU reports asynchronously (invalid shaders, out-of-memory) are kept and thrown
     // by the next call that checks (takeDeviceError), instead of only being printed
     if (sub32) subgroup32Devices.add(device);
+    if (mma) matrixConfigs.set(device, mma);
     // int8 4-way dot products in WGSL (dot4I8Packed; DP4A on GPUs that have it): Q4_0 products use them
     const langs = (gpuObj as GPU | null)?.wgslLanguageFeatures as ReadonlySet<string> | undefined;
     if (langs?.has('packed_4x8_integer_dot_product') && env.QUEST_Q4_DOT !== 'float') intDot4Devices.add(device);
@@ -104,6 +110,25 @@ export function throwDeviceError(): void {
 const subgroup32Devices = new WeakSet<GPUDevice>();
 /** Whether kernels may use 32-lane subgroup operations on this device. */
 export function hasSubgroups32(device: GPUDevice): boolean { return subgroup32Devices.has(device); }
+
+/** Shape of one subgroup-matrix multiply (M x K times K x N): f16 operands, f32 results. */
+export interface MatrixConfig { M: number; N: number; K: number }
+const SUBGROUP_MATRIX = 'chromium-experimental-subgroup-matrix';
+const matrixConfigs = new WeakMap<GPUDevice, MatrixConfig>();
+
+/** The adapter's f16 -> f32 subgroup-matrix config with the most work per multiply (read from the
+ *  adapter: 16x16x16 on NVIDIA, other shapes elsewhere), or null without shader-f16 and the feature. */
+function f16MatrixConfig(adapter: GPUAdapter): MatrixConfig | null {
+  if (!adapter.features.has('shader-f16') || !adapter.features.has(SUBGROUP_MATRIX as GPUFeatureName)) return null;
+  type Cfg = MatrixConfig & { componentType: string; resultComponentType: string };
+  const cfgs = ((adapter as { info?: { subgroupMatrixConfigs?: Cfg[] } }).info?.subgroupMatrixConfigs ?? [])
+    .filter((c) => c.componentType === 'f16' && c.resultComponentType === 'f32')
+    .sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K);
+  return cfgs.length ? { M: cfgs[0].M, N: cfgs[0].N, K: cfgs[0].K } : null;
+}
+
+/** The f16 subgroup-matrix config where kernels may use tensor cores (and shader-f16); else null. */
+export function matrixConfig(device: GPUDevice): MatrixConfig | null { return matrixConfigs.get(device) ?? null; }
 
 const intDot4Devices = new WeakSet<GPUDevice>();
 /** Whether kernels may use WGSL's packed 4x8-bit integer dot products on this device. */

@@ -7,7 +7,8 @@ import { Matrix, f32ToF16, QK, concatF32 } from '../../model/tensor.js';
 import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
-import { hasIntDot4, hasSubgroups32, processEnv } from './device.js';
+import { hasIntDot4, hasSubgroups32, matrixConfig, processEnv } from './device.js';
+import { linearMmaWgsl, mmaTileFor, MMA_TILES, type MmaTile } from './mma-kernels.js';
 import type { GpuWeightType, LinearSpec } from './kernels.js';
 
 export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
@@ -23,6 +24,11 @@ export function checkGpuShape(c: ModelConfig): void {
   if (c.dim % 16 !== 0) bad(`hidden size ${c.dim} is not a multiple of 16`);
   if (c.hiddenDim % 16 !== 0) bad(`intermediate size ${c.hiddenDim} is not a multiple of 16`);
   if (c.headDim % 8 !== 0 || c.headDim > 256) bad(`head dim ${c.headDim} must be a multiple of 8 and at most 256`);
+}
+
+function parseTile(v: string | undefined): MmaTile[] {
+  const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)$/.exec(v ?? '');
+  return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]) }] : MMA_TILES;
 }
 
 function parseMatvec(v: string | undefined): GpuModel['matvec'] {
@@ -129,6 +135,16 @@ export class GpuModel {
   /** Whether the matrix-vector kernel can compute RMSNorm / SwiGLU on its input (the x-stationary one can). */
   get fusesPrologues(): boolean { return this.matvec.kind === 'rows'; }
 
+  /** Tiles the tensor-core products may use (QUEST_MMA_TILE=BMxBNxWMxWNxBK picks one, for benchmarks). */
+  private readonly mmaTiles: MmaTile[] = parseTile(processEnv().QUEST_MMA_TILE);
+
+  /** The tensor-core tile of a many-token product, or null where it runs the fallback tiled kernel
+   *  (no subgroup matrices on this adapter, or a shape the tiles do not divide). */
+  mmaTile(l: GpuLinear): MmaTile | null {
+    const cfg = matrixConfig(this.device);
+    return cfg ? mmaTileFor(l.N, l.K, cfg, this.mmaTiles) : null;
+  }
+
   // a product's pipelines by variant, looked up per dispatch without building a key from its shape
   private readonly linearPipes = new WeakMap<GpuLinear, Map<string, GPUComputePipeline>>();
 
@@ -139,8 +155,9 @@ export class GpuModel {
     let p = byVariant.get(variant);
     if (!p) {
       const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null, ...(prologue && !many ? { prologue } : {}) };
-      const sub = hasSubgroups32(this.device), xq = !many && this.quantisesX(l), mv = this.matvec;
-      p = this.pipeline(`lin:${many}:${sub}:${xq}:${JSON.stringify(mv)}:${JSON.stringify(spec)}`, () => (many ? K.linearMatWgsl(spec)
+      const sub = hasSubgroups32(this.device), xq = !many && this.quantisesX(l), mv = this.matvec, tile = many ? this.mmaTile(l) : null;
+      p = this.pipeline(`lin:${many}:${sub}:${xq}:${JSON.stringify(mv)}:${JSON.stringify(tile)}:${JSON.stringify(spec)}`, () => (tile ? linearMmaWgsl(spec, matrixConfig(this.device)!, tile)
+        : many ? K.linearMatWgsl(spec)
         : mv.kind === 'rows' ? K.linearRowsWgsl(spec, { subgroups: sub, rows: this.rowsOf(l), xq }) : K.linearVecWgsl(spec, sub)));
       byVariant.set(variant, p);
     }

@@ -1,0 +1,159 @@
+// The tensor-core prefill product (mma-kernels.ts: WGSL subgroup matrices, f16 operands, f32
+// accumulation) against float64: y = x W^T for f16, Q8_0 and Q4_0 weights, with the residual add and
+// the bias, every tile shape, at awkward sizes (1 token, token counts that are not multiples of 16,
+// N = 576 as in SmolLM2, K = 96 and 11008). The reference rounds x, and each dequantised weight, to f16
+// as the kernel does. Skipped with the reason on adapters without subgroup matrices (SwiftShader, CI):
+// there the fallback tiled kernel runs and keeps its own tests (webgpu-engine.test.ts).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { gpu, skipGpu } from './gpu.js';
+import { matrixConfig, throwDeviceError } from '../backend/webgpu/device.js';
+import { readBuffer } from '../backend/webgpu/decode-attention.js';
+import { linearMmaWgsl, mmaAttentionFits, mmaAttentionRows, mmaAttentionScratch, mmaTileFor, MMA_TILES, prefillAttentionMmaWgsl, type MmaTile } from '../backend/webgpu/mma-kernels.js';
+import type { GpuWeightType, LinearSpec } from '../backend/webgpu/kernels.js';
+import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
+import { gaussian } from './fixtures.js';
+import { rng } from '../engine/sampler.js';
+
+const cfg = gpu ? matrixConfig(gpu.device) : null;
+const skip = skipGpu || (cfg ? false : 'this adapter has no f16 subgroup matrices (shader-f16 + chromium-experimental-subgroup-matrix)');
+const f16 = (v: number) => F16_TABLE[f32ToF16(v)];
+
+/** Random weights in the GPU layout of kernels.ts, and their values as the kernel sees them (f16). */
+function weights(type: GpuWeightType, N: number, Kd: number, seed: number) {
+  const g = gaussian(seed), u = rng(seed), n = N * Kd;
+  const values = new Float64Array(n);
+  if (type === 'f16') {
+    const h = Uint16Array.from({ length: n }, () => f32ToF16(g() * 0.2));
+    h.forEach((b, i) => { values[i] = F16_TABLE[b]; });
+    return { values, data: new Uint32Array(h.buffer), scales: null };
+  }
+  const scales = Float32Array.from({ length: n / 32 }, () => 0.002 + Math.abs(g()) * 0.01);
+  if (type === 'q8_0') {
+    const q = Int8Array.from({ length: n }, () => Math.floor(u() * 255) - 127);
+    q.forEach((v, i) => { values[i] = f16(v * scales[i >> 5]); });
+    return { values, data: new Uint32Array(q.buffer), scales };
+  }
+  const codes = Uint8Array.from({ length: n }, () => Math.floor(u() * 16));
+  const data = new Uint32Array(n / 8);
+  codes.forEach((v, i) => { data[i >> 3] |= v << (4 * (i & 7)); values[i] = f16((v - 8) * scales[i >> 5]); });
+  return { values, data, scales };
+}
+
+async function product(type: GpuWeightType, tokens: number, N: number, Kd: number, tile: MmaTile, o: { add?: boolean; bias?: boolean }) {
+  const { device } = gpu!, g = gaussian(tokens + N + Kd), seed = 3 + N;
+  const rows = Math.ceil(tokens / tile.BM) * tile.BM; // activation buffers are padded to the tile
+  const w = weights(type, N, Kd, seed);
+  const x = Float32Array.from({ length: rows * Kd }, () => g());
+  const y0 = Float32Array.from({ length: rows * N }, () => (o.add ? g() : 0));
+  const bias = Float32Array.from({ length: N }, () => g());
+  const want = new Float64Array(tokens * N);
+  for (let t = 0; t < tokens; t++) for (let r = 0; r < N; r++) {
+    let s = o.add ? y0[t * N + r] : o.bias ? bias[r] : 0;
+    for (let k = 0; k < Kd; k++) s += f16(x[t * Kd + k]) * w.values[r * Kd + k];
+    want[t * N + r] = s;
+  }
+  const buf = (a: ArrayBufferView & { byteLength: number }) => {
+    const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
+    return b;
+  };
+  const spec: LinearSpec = { type, N, K: Kd, add: !!o.add, bias: !!o.bias };
+  const module = device.createShaderModule({ code: linearMmaWgsl(spec, cfg!, tile) });
+  const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
+  assert.equal(errors.length, 0, errors.map((e) => `${e.lineNum}: ${e.message}`).join('\n'));
+  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const y = buf(y0);
+  const entries: [number, GPUBuffer][] = [[0, buf(x)], [1, y], [2, buf(w.data)]];
+  if (w.scales) entries.push([3, buf(w.scales)]);
+  if (o.bias) entries.push([4, buf(bias)]);
+  const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+  pass.setPipeline(pipe);
+  pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: entries.map(([binding, buffer]) => ({ binding, resource: { buffer } })) }));
+  pass.dispatchWorkgroups(N / tile.BN, rows / tile.BM);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+  const got = new Float32Array(await readBuffer(device, y, tokens * N * 4));
+  throwDeviceError();
+  return { got, want };
+}
+
+const check = (got: Float32Array, want: Float64Array, what: string) => {
+  let scale = 0; for (const v of want) scale = Math.max(scale, Math.abs(v));
+  want.forEach((w, i) => assert.ok(Math.abs(got[i] - w) <= 2e-5 * scale + 1e-5, `${what}: element ${i}: ${got[i]} vs ${w} (scale ${scale})`));
+};
+
+const cases: { type: GpuWeightType; tokens: number; N: number; K: number; add?: boolean; bias?: boolean }[] = [
+  { type: 'f16', tokens: 1, N: 128, K: 96 }, { type: 'f16', tokens: 77, N: 576, K: 576, add: true },
+  { type: 'f16', tokens: 130, N: 384, K: 256, bias: true }, { type: 'f16', tokens: 19, N: 256, K: 11008, add: true },
+  { type: 'q8_0', tokens: 45, N: 640, K: 768 }, { type: 'q4_0', tokens: 200, N: 256, K: 4096, add: true },
+];
+for (const c of cases) {
+  test(`WebGPU tensor-core product (${c.type}, ${c.tokens} tokens × ${c.N} × ${c.K}${c.add ? ', residual add' : ''}${c.bias ? ', bias' : ''}) matches float64`, { skip }, async () => {
+    const tile = mmaTileFor(c.N, c.K, cfg!);
+    assert.ok(tile, `no tile for ${c.N} x ${c.K}`);
+    const { got, want } = await product(c.type, c.tokens, c.N, c.K, tile, c);
+    check(got, want, `${c.type} ${JSON.stringify(tile)}`);
+  });
+}
+
+test('WebGPU tensor-core product: every tile shape gives the same answer', { skip }, async () => {
+  for (const tile of MMA_TILES) {
+    if (!mmaTileFor(256, 128, cfg!, [tile])) continue;
+    const { got, want } = await product('f16', 150, 256, 128, tile, { add: true });
+    check(got, want, JSON.stringify(tile));
+  }
+});
+
+// Prefill attention on tensor cores, alone: a chunk of n queries at positions start.. over a paged f16
+// cache holding start + n keys, against float64 causal softmax attention. q is rounded to f16 by the
+// kernel and P too (below 256 by construction), hence the tolerance (relative to the output's scale).
+async function attention(o: { nH: number; nKV: number; hd: number; start: number; n: number; P?: number }) {
+  const { device } = gpu!, g = gaussian(o.hd + o.n + o.start), P = o.P ?? 16;
+  const total = o.start + o.n, pages = Math.ceil(total / P), rowsOut = Math.ceil(o.n / mmaAttentionRows(o.hd)) * mmaAttentionRows(o.hd);
+  const QKV = (o.nH + 2 * o.nKV) * o.hd;
+  const qkv = Float32Array.from({ length: rowsOut * QKV }, () => g() * 1.5);
+  const kh = Uint16Array.from({ length: pages * o.nKV * P * o.hd }, () => f32ToF16(g())), vh = Uint16Array.from({ length: kh.length }, () => f32ToF16(g()));
+  const at = (t: number, kv: number) => (((Math.floor(t / P) * o.nKV + kv) * P + (t % P)) * o.hd);
+  const want = new Float64Array(o.n * o.nH * o.hd);
+  for (let i = 0; i < o.n; i++) for (let h = 0; h < o.nH; h++) {
+    const kv = Math.floor(h / (o.nH / o.nKV)), pos = o.start + i;
+    const s = Array.from({ length: pos + 1 }, (_, t) => { let d = 0; for (let c = 0; c < o.hd; c++) d += qkv[i * QKV + h * o.hd + c] * F16_TABLE[kh[at(t, kv) + c]]; return d / Math.sqrt(o.hd); });
+    const m = Math.max(...s), e = s.map((z) => Math.exp(z - m)), sum = e.reduce((a, b) => a + b, 0);
+    for (let t = 0; t <= pos; t++) for (let c = 0; c < o.hd; c++) want[(i * o.nH + h) * o.hd + c] += (e[t] / sum) * F16_TABLE[vh[at(t, kv) + c]];
+  }
+  const buf = (a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE) => {
+    const b = device.createBuffer({ size: Math.max(16, Math.ceil(a.byteLength / 16) * 16), usage: usage | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
+    return b;
+  };
+  const out = buf(new Float32Array(rowsOut * o.nH * o.hd)), step = buf(new Uint32Array([o.start, o.n, total, 0]), GPUBufferUsage.UNIFORM);
+  const scratch = buf(new Float32Array(mmaAttentionScratch({ nHeads: o.nH, headDim: o.hd }, o.n)));
+  const module = device.createShaderModule({ code: prefillAttentionMmaWgsl({ nHeads: o.nH, nKV: o.nKV, headDim: o.hd, pageSize: P }, cfg!) });
+  const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
+  assert.equal(errors.length, 0, errors.map((e) => `${e.lineNum}: ${e.message}`).join('\n'));
+  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+  pass.setPipeline(pipe);
+  pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [buf(qkv), buf(kh), buf(vh), out, step, scratch].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
+  pass.dispatchWorkgroups(rowsOut / mmaAttentionRows(o.hd), o.nH);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+  const got = new Float32Array(await readBuffer(device, out, o.n * o.nH * o.hd * 4));
+  throwDeviceError();
+  return { got, want };
+}
+
+const attCases = [
+  { nH: 4, nKV: 4, hd: 64, start: 0, n: 1 }, { nH: 4, nKV: 1, hd: 80, start: 0, n: 37 },
+  { nH: 8, nKV: 2, hd: 128, start: 100, n: 77 }, { nH: 8, nKV: 1, hd: 128, start: 0, n: 300 },
+  { nH: 2, nKV: 2, hd: 256, start: 33, n: 50 }, { nH: 4, nKV: 4, hd: 64, start: 0, n: 200, P: 32 },
+];
+for (const c of attCases) {
+  test(`WebGPU tensor-core prefill attention (${c.nH}/${c.nKV} heads, head dim ${c.hd}, ${c.n} queries after ${c.start}${c.P ? `, pages of ${c.P}` : ''}) matches float64`, { skip }, async () => {
+    assert.ok(mmaAttentionFits({ headDim: c.hd, pageSize: c.P ?? 16 }, cfg!, gpu!.device.limits.maxComputeWorkgroupStorageSize));
+    const { got, want } = await attention(c);
+    let scale = 0; for (const v of want) scale = Math.max(scale, Math.abs(v));
+    want.forEach((w, i) => assert.ok(Math.abs(got[i] - w) <= 4e-3 * scale, `row ${Math.floor(i / (c.nH * c.hd))} head ${Math.floor(i / c.hd) % c.nH}: ${got[i]} vs ${w} (scale ${scale})`));
+  });
+}
