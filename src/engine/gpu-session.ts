@@ -421,7 +421,8 @@ export class GpuSession {
     if (pages <= this.capPages) return;
     const c = this.model.config, d = this.model.device, P = this.runner.pageSize;
     const cap = Math.min(this.runner.maxPages, Math.max(pages, this.capPages * 2, 64));
-    const kvBytes = (p: number) => p * c.nKVHeads * P * c.headDim * 2, metaBytes = (p: number) => p * c.nKVHeads * c.headDim * 4;
+    // (K/V get room for a 64-key tile past the last page: the tensor-core prefill attention reads whole tiles)
+    const kvBytes = (p: number) => (p + Math.ceil(64 / P)) * c.nKVHeads * P * c.headDim * 2, metaBytes = (p: number) => p * c.nKVHeads * c.headDim * 4;
     const enc = d.createCommandEncoder();
     const next = Array.from({ length: c.nLayers }, (_, l) => {
       const mk = (size: number) => d.createBuffer({ size, usage: storageUsage() });

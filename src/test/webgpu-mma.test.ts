@@ -90,7 +90,7 @@ const cases: { type: GpuWeightType; tokens: number; N: number; K: number; add?: 
 ];
 for (const c of cases) {
   test(`WebGPU tensor-core product (${c.type}, ${c.tokens} tokens × ${c.N} × ${c.K}${c.add ? ', residual add' : ''}${c.bias ? ', bias' : ''}) matches float64`, { skip }, async () => {
-    const tile = mmaTileFor(c.N, c.K, cfg!);
+    const tile = mmaTileFor(c.N, c.K, cfg!, MMA_TILES, c.type);
     assert.ok(tile, `no tile for ${c.N} x ${c.K}`);
     const { got, want } = await product(c.type, c.tokens, c.N, c.K, tile, c);
     check(got, want, `${c.type} ${JSON.stringify(tile)}`);
@@ -113,7 +113,8 @@ async function attention(o: { nH: number; nKV: number; hd: number; start: number
   const total = o.start + o.n, pages = Math.ceil(total / P), rowsOut = Math.ceil(o.n / mmaAttentionRows(o.hd)) * mmaAttentionRows(o.hd);
   const QKV = (o.nH + 2 * o.nKV) * o.hd;
   const qkv = Float32Array.from({ length: rowsOut * QKV }, () => g() * 1.5);
-  const kh = Uint16Array.from({ length: pages * o.nKV * P * o.hd }, () => f32ToF16(g())), vh = Uint16Array.from({ length: kh.length }, () => f32ToF16(g()));
+  // (as the session allocates it: room for a 64-key tile past the last page)
+  const kh = Uint16Array.from({ length: (pages + Math.ceil(64 / P)) * o.nKV * P * o.hd }, () => f32ToF16(g())), vh = Uint16Array.from({ length: kh.length }, () => f32ToF16(g()));
   const at = (t: number, kv: number) => (((Math.floor(t / P) * o.nKV + kv) * P + (t % P)) * o.hd);
   const want = new Float64Array(o.n * o.nH * o.hd);
   for (let i = 0; i < o.n; i++) for (let h = 0; h < o.nH; h++) {

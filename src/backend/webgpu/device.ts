@@ -73,7 +73,11 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     // errors that WebGPU reports asynchronously (invalid shaders, out-of-memory) are kept and thrown
     // by the next call that checks (takeDeviceError), instead of only being printed
     if (sub32) subgroup32Devices.add(device);
-    if (mma) matrixConfigs.set(device, mma);
+    if (mma) {
+      // the spelling of loads and stores that computes right on this device (a self-test), else no tensor cores
+      const syntax = await (await import('./mma-selftest.js')).workingMatrixSyntax(device, mma).catch(() => null);
+      if (syntax) matrixConfigs.set(device, { ...mma, syntax });
+    }
     // int8 4-way dot products in WGSL (dot4I8Packed; DP4A on GPUs that have it): Q4_0 products use them
     const langs = (gpuObj as GPU | null)?.wgslLanguageFeatures as ReadonlySet<string> | undefined;
     if (langs?.has('packed_4x8_integer_dot_product') && env.QUEST_Q4_DOT !== 'float') intDot4Devices.add(device);
@@ -111,14 +115,15 @@ const subgroup32Devices = new WeakSet<GPUDevice>();
 /** Whether kernels may use 32-lane subgroup operations on this device. */
 export function hasSubgroups32(device: GPUDevice): boolean { return subgroup32Devices.has(device); }
 
-/** Shape of one subgroup-matrix multiply (M x K times K x N): f16 operands, f32 results. */
-export interface MatrixConfig { M: number; N: number; K: number }
+/** Shape of one subgroup-matrix multiply (M x K times K x N): f16 operands, f32 results; and how this
+ *  Dawn spells loads and stores (see mma-kernels.ts). */
+export interface MatrixConfig { M: number; N: number; K: number; syntax: 'template' | 'bool' }
 const SUBGROUP_MATRIX = 'chromium-experimental-subgroup-matrix';
 const matrixConfigs = new WeakMap<GPUDevice, MatrixConfig>();
 
 /** The adapter's f16 -> f32 subgroup-matrix config with the most work per multiply (read from the
  *  adapter: 16x16x16 on NVIDIA, other shapes elsewhere), or null without shader-f16 and the feature. */
-function f16MatrixConfig(adapter: GPUAdapter): MatrixConfig | null {
+function f16MatrixConfig(adapter: GPUAdapter): Omit<MatrixConfig, 'syntax'> | null {
   if (!adapter.features.has('shader-f16') || !adapter.features.has(SUBGROUP_MATRIX as GPUFeatureName)) return null;
   type Cfg = MatrixConfig & { componentType: string; resultComponentType: string };
   const cfgs = ((adapter as { info?: { subgroupMatrixConfigs?: Cfg[] } }).info?.subgroupMatrixConfigs ?? [])

@@ -4,7 +4,20 @@
 // are opaque to the lanes, so everything else (conversion to f16, dequantisation, softmax) goes through
 // workgroup memory. Chosen where the adapter has the feature; kernels.ts keeps the fallback for the rest.
 import type { MatrixConfig } from './device.js';
-import { weightAccess, type LinearSpec } from './kernels.js';
+import { weightAccess, type GpuWeightType, type LinearSpec } from './kernels.js';
+
+/** How this Dawn spells subgroup-matrix loads and stores: the majorness as a template argument (the
+ *  current WGSL proposal), or as a bool argument (older; deprecated where the template form exists, and
+ *  then every use prints a warning). Chosen per device by a self-test (mma-selftest.ts). */
+export type MatrixSyntax = 'template' | 'bool';
+/** A subgroup-matrix load of type `type` from `ptr` at element `offset`, rows `stride` elements apart. */
+export const matrixLoad = (syntax: MatrixSyntax, type: string, ptr: string, offset: string, colMajor: boolean, stride: string) =>
+  syntax === 'template' ? `subgroupMatrixLoad<${type}, ${colMajor ? 'col_major' : 'row_major'}>(${ptr}, ${offset}, ${stride})`
+    : `subgroupMatrixLoad<${type}>(${ptr}, ${offset}, ${colMajor}, ${stride})`;
+/** A row-major subgroup-matrix store. */
+export const matrixStore = (syntax: MatrixSyntax, ptr: string, offset: string, value: string, stride: string) =>
+  syntax === 'template' ? `subgroupMatrixStore<row_major>(${ptr}, ${offset}, ${value}, ${stride})`
+    : `subgroupMatrixStore(${ptr}, ${offset}, ${value}, false, ${stride})`;
 
 /** The kernels' directives. Offsets of subgroup-matrix loads and stores differ per subgroup (each owns
  *  a block of the tile); Tint's analysis wants them workgroup-uniform, which is stricter than the
@@ -13,17 +26,22 @@ const MMA_HEADER = 'enable f16;\nenable chromium_experimental_subgroup_matrix;\n
 
 /** Workgroup tile of the product: BM tokens x BN weight rows, split into WM x WN blocks per subgroup;
  *  BK columns of K staged per step. */
-export interface MmaTile { BM: number; BN: number; WM: number; WN: number; BK: number }
+export interface MmaTile {
+  BM: number; BN: number; WM: number; WN: number; BK: number;
+  /** f16 weights only: read as right matrices straight from storage instead of staged (an experiment) */
+  direct?: boolean;
+}
 /** In order of preference (measured on the H200, docs/results.md); a product takes the first that fits. */
 export const MMA_TILES: MmaTile[] = [
   { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32 }, { BM: 128, BN: 128, WM: 64, WN: 64, BK: 32 }, { BM: 128, BN: 128, WM: 64, WN: 32, BK: 64 },
   { BM: 64, BN: 128, WM: 32, WN: 64, BK: 32 }, { BM: 128, BN: 64, WM: 64, WN: 32, BK: 32 }, { BM: 64, BN: 64, WM: 32, WN: 32, BK: 32 },
+  { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32, direct: true },
 ];
 
 /** The tile a product of N rows uses on this config (the first whose BN divides N and BK divides K),
  *  or null where none fits (such products keep the fallback kernel). */
-export function mmaTileFor(N: number, K: number, cfg: MatrixConfig, tiles: MmaTile[] = MMA_TILES): MmaTile | null {
-  return tiles.find((t) => N % t.BN === 0 && K % t.BK === 0 && t.BK % cfg.K === 0 && t.WM % cfg.M === 0 && t.WN % cfg.N === 0) ?? null;
+export function mmaTileFor(N: number, K: number, cfg: MatrixConfig, tiles: MmaTile[] = MMA_TILES, type: GpuWeightType = 'f16'): MmaTile | null {
+  return tiles.find((t) => (!t.direct || type === 'f16') && N % t.BN === 0 && K % t.BK === 0 && t.BK % cfg.K === 0 && t.WM % cfg.M === 0 && t.WN % cfg.N === 0) ?? null;
 }
 
 /** y[t][n] (+)= sum_k x[t][k] w[n][k] (+ bias[n]) for whole BM-token tiles (activation buffers are padded
@@ -33,6 +51,7 @@ export function mmaTileFor(N: number, K: number, cfg: MatrixConfig, tiles: MmaTi
  *  result is stored straight from the subgroup matrices. */
 export const linearMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: MmaTile) => {
   const { M: SM, N: SN, K: SK } = cfg, BK = t.BK, LDS = BK + 8; // (rows padded against bank conflicts; 16-byte multiples)
+  const load = matrixLoad.bind(null, cfg.syntax), store = matrixStore.bind(null, cfg.syntax);
   const TM = t.WM / SM, TN = t.WN / SN, SG = (t.BM / t.WM) * (t.BN / t.WN), THREADS = SG * 32;
   const blocks = Array.from({ length: TM * TN }, (_, b) => ({ b, i: Math.floor(b / TN), j: b % TN }));
   const res = `subgroup_matrix_result<f32, ${SN}, ${SM}>`;
@@ -42,7 +61,8 @@ export const linearMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: MmaTile) => {
   return array<vec2<f16>, 4>(bitcast<vec2<f16>>(u.x), bitcast<vec2<f16>>(u.y), bitcast<vec2<f16>>(u.z), bitcast<vec2<f16>>(u.w)); }`
     : `fn w8h(r: u32, k: u32) -> array<vec2<f16>, 4> { let w = w8(r, k);
   return array<vec2<f16>, 4>(vec2<f16>(w.a.xy), vec2<f16>(w.a.zw), vec2<f16>(w.b.xy), vec2<f16>(w.b.zw)); }`;
-  return MMA_HEADER + weightAccess(s.type, s.K, 2) + /* wgsl */ `
+  const direct = t.direct && s.type === 'f16';
+  return MMA_HEADER + (direct ? `const K: u32 = ${s.K}u;\n@group(0) @binding(2) var<storage, read> wh: array<f16>;\n` : weightAccess(s.type, s.K, 2) + w8h) + /* wgsl */ `
 const N: u32 = ${s.N}u;
 const BM: u32 = ${t.BM}u; const BN: u32 = ${t.BN}u; const BK: u32 = ${BK}u; const LDS: u32 = ${LDS}u;
 const THREADS: u32 = ${THREADS}u;
@@ -50,9 +70,8 @@ const THREADS: u32 = ${THREADS}u;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
 var<workgroup> stageX: array<f16, ${t.BM * LDS}>; // [BM tokens][BK k] (+ padding)
-var<workgroup> stageW: array<f16, ${t.BN * LDS}>; // [BN rows][BK k]
+${direct ? '' : `var<workgroup> stageW: array<f16, ${t.BN * LDS}>; // [BN rows][BK k]`}
 ${s.bias ? `var<workgroup> stageB: array<f32, ${SM * t.BN}>; // the tile's bias, repeated on ${SM} rows` : ''}
-${w8h}
 @compute @workgroup_size(${THREADS})
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let t0 = wid.y * BM; let o0 = wid.x * BN;
@@ -61,8 +80,8 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
 ${s.bias ? `  for (var e = tid; e < ${SM}u * BN; e += THREADS) { stageB[e] = bias[o0 + e % BN]; }
   workgroupBarrier();` : ''}
 ${blocks.map(({ b, i, j }) => `  var acc${b} = ${s.add
-    ? `subgroupMatrixLoad<${res}>(&y, (t0 + m0 + ${i * SM}u) * N + o0 + n0 + ${j * SN}u, false, N);`
-    : s.bias ? `subgroupMatrixLoad<${res}>(&stageB, n0 + ${j * SN}u, false, BN);` : `${res}();`}`).join('\n')}
+    ? `${load(res, '&y', `(t0 + m0 + ${i * SM}u) * N + o0 + n0 + ${j * SN}u`, false, 'N')};`
+    : s.bias ? `${load(res, '&stageB', `n0 + ${j * SN}u`, false, 'BN')};` : `${res}();`}`).join('\n')}
   for (var k0 = 0u; k0 < K; k0 += BK) {
     // stage x (f32 -> f16) and the weights (-> f16)
     for (var e = tid; e < BM * BK / 4u; e += THREADS) {
@@ -71,21 +90,23 @@ ${blocks.map(({ b, i, j }) => `  var acc${b} = ${s.add
       let d = r * LDS + q * 4u;
       stageX[d] = v.x; stageX[d + 1u] = v.y; stageX[d + 2u] = v.z; stageX[d + 3u] = v.w;
     }
-    for (var e = tid; e < BN * BK / 8u; e += THREADS) {
+${direct ? '' : `    for (var e = tid; e < BN * BK / 8u; e += THREADS) {
       let r = e / (BK / 8u); let q = e % (BK / 8u);
       let w = w8h(o0 + r, k0 + q * 8u);
       let d = r * LDS + q * 8u;
       for (var i = 0u; i < 4u; i++) { stageW[d + 2u * i] = w[i].x; stageW[d + 2u * i + 1u] = w[i].y; }
-    }
+    }`}
     workgroupBarrier();
     for (var kk = 0u; kk < BK; kk += ${SK}u) {
-${Array.from({ length: TM }, (_, i) => `      let a${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, ${SK}, ${SM}>>(&stageX, (m0 + ${i * SM}u) * LDS + kk, false, LDS);`).join('\n')}
-${Array.from({ length: TN }, (_, j) => `      let b${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, ${SN}, ${SK}>>(&stageW, (n0 + ${j * SN}u) * LDS + kk, true, LDS);`).join('\n')}
+${Array.from({ length: TM }, (_, i) => `      let a${i} = ${load(`subgroup_matrix_left<f16, ${SK}, ${SM}>`, '&stageX', `(m0 + ${i * SM}u) * LDS + kk`, false, 'LDS')};`).join('\n')}
+${Array.from({ length: TN }, (_, j) => `      let b${j} = ${direct
+    ? load(`subgroup_matrix_right<f16, ${SN}, ${SK}>`, '&wh', `(o0 + n0 + ${j * SN}u) * K + k0 + kk`, true, 'K')
+    : load(`subgroup_matrix_right<f16, ${SN}, ${SK}>`, '&stageW', `(n0 + ${j * SN}u) * LDS + kk`, true, 'LDS')};`).join('\n')}
 ${blocks.map(({ b, i, j }) => `      acc${b} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${b});`).join('\n')}
     }
     workgroupBarrier();
   }
-${blocks.map(({ b, i, j }) => `  subgroupMatrixStore(&y, (t0 + m0 + ${i * SM}u) * N + o0 + n0 + ${j * SN}u, acc${b}, false, N);`).join('\n')}
+${blocks.map(({ b, i, j }) => `  ${store('&y', `(t0 + m0 + ${i * SM}u) * N + o0 + n0 + ${j * SN}u`, `acc${b}`, 'N')};`).join('\n')}
 }`;
 };
 
@@ -100,7 +121,7 @@ export const mmaAttentionScratch = (s: { nHeads: number; headDim: number }, rows
   Math.ceil(rows / mmaAttentionRows(s.headDim)) * s.nHeads * attSubgroups(s.headDim) * ATT_KEYS * ATT_ROWS;
 
 /** Workgroup memory of the tensor-core prefill attention: staged q and P (f16). */
-const attWorkgroupBytes = (headDim: number) => ATT_ROWS * attSubgroups(headDim) * ((headDim + 8) + ATT_KEYS) * 2 + 4;
+const attWorkgroupBytes = (headDim: number) => ATT_ROWS * attSubgroups(headDim) * ((headDim + 8) + ATT_KEYS) * 2;
 
 /** Whether the tensor-core prefill attention handles this shape on this config and device. */
 export function mmaAttentionFits(s: { headDim: number; pageSize: number }, cfg: MatrixConfig, maxWorkgroupBytes: number): boolean {
@@ -108,27 +129,33 @@ export function mmaAttentionFits(s: { headDim: number; pageSize: number }, cfg: 
     && s.headDim % cfg.K === 0 && s.headDim % cfg.N === 0 && ATT_KEYS % cfg.K === 0 && s.pageSize % ATT_ROWS === 0 && s.headDim <= 256;
 }
 
-/** Causal prefill attention over the paged f16 cache (which already holds the chunk), flash style, on
- *  tensor cores. A workgroup takes 16-row query blocks of one head (one per subgroup), staged in
- *  workgroup memory as f16 scaled by log2(e)/sqrt(hd). Per 64-key tile each subgroup computes the
- *  transposed scores S^T = K Q^T (K as row-major left matrices read straight from the pages, where 16
- *  keys of a head lie contiguous; Q^T as column-major right matrices from workgroup memory) and stores
- *  them to a storage scratch of its own; two lanes per query row apply the causal mask and the online
- *  softmax and write P (f16) to workgroup memory; then O += P V (V blocks read from the pages as
- *  row-major right matrices). The accumulators are opaque, so O is rescaled lazily: only when a row's
- *  maximum grows by more than 2^8 over the reference its P values are taken against (P then stays below
- *  256, safe in f16) is O stored, scaled per row and reloaded (the output rows serve as scratch). Keys
- *  past the tile's last query are skipped a 16-key block at a time. (Every load and store pattern here
- *  is one the product kernel uses or that was checked on its own on the H200: Dawn's subgroup matrices
- *  are experimental.) */
+/** Causal prefill attention over the paged f16 cache (which already holds the chunk, with room for a
+ *  whole 64-key tile past its end), on tensor cores, in two passes over the keys. A workgroup takes
+ *  16-row query blocks of one head (one per subgroup), staged in workgroup memory as f16 scaled by
+ *  log2(e)/sqrt(hd). Per 64-key tile each subgroup computes the transposed scores S^T = K Q^T (K as
+ *  row-major left matrices read straight from the pages, where 16 keys of a head lie contiguous; Q^T as
+ *  column-major right matrices from workgroup memory) into a storage scratch of its own, where two
+ *  lanes per query row read them. Pass 1 finds each row's maximum over its keys (causal mask); pass 2
+ *  recomputes the scores, writes P = exp2(s - max) (at most 1: f16 is safe) to workgroup memory, sums
+ *  the row and accumulates O += P V (V blocks read from the pages as row-major right matrices); O is
+ *  divided by the sum through the output rows at the end. Recomputing Q K^T costs a third more matrix
+ *  work than one online-softmax pass, but the accumulators are never rescaled: result matrices are
+ *  opaque, and, carried through a loop, they gave wrong results on the H200 when assigned inside
+ *  branches, so every matrix operation here runs unconditionally (keys past the last query are masked). */
 export const prefillAttentionMmaWgsl = (s: { nHeads: number; nKV: number; headDim: number; pageSize: number }, cfg: MatrixConfig) => {
   const { K: SK } = cfg, HD = s.headDim, SG = attSubgroups(HD), THREADS = 32 * SG, LDQ = HD + 8;
+  const load = matrixLoad.bind(null, cfg.syntax), store = matrixStore.bind(null, cfg.syntax);
   const chans = Array.from({ length: HD / 16 }, (_, c) => c), chanK = Array.from({ length: HD / SK }, (_, j) => j);
   const keyBlocks = Array.from({ length: ATT_KEYS / 16 }, (_, b) => b), keyStepsPV = Array.from({ length: ATT_KEYS / SK }, (_, b) => b);
   const res = `subgroup_matrix_result<f32, 16, 16>`;
-  // this subgroup's 16 x HD block of O <-> its rows of the output (row stride NH * HD)
-  const storeO = chans.map((c) => `subgroupMatrixStore(&out, orow + ${c * 16}u, o${c}, false, NH * HD);`);
-  const loadO = chans.map((c) => `o${c} = subgroupMatrixLoad<${res}>(&out, orow + ${c * 16}u, false, NH * HD);`);
+  // S^T of the tile's 64 keys into this subgroup's scratch, then visible to its lanes
+  const scores = `${keyBlocks.map((b) => `    {
+      let kb = keyAt(t0 + ${b * 16}u, g);
+      var s = ${res}();
+${chanK.map((j) => `      s = subgroupMatrixMultiplyAccumulate(${load(`subgroup_matrix_left<f16, ${SK}, 16>`, '&kc', `kb + ${j * SK}u`, false, 'HD')}, ${load(`subgroup_matrix_right<f16, 16, ${SK}>`, '&sq', `sg * 16u * LDQ + ${j * SK}u`, true, 'LDQ')}, s);`).join('\n')}
+      ${store('&st', `sbase + ${b * 256}u`, 's', '16u')};
+    }`).join('\n')}
+    storageBarrier();`;
   return MMA_HEADER + 'enable subgroups;\n' + /* wgsl */ `
 struct Step { start: u32, n: u32, total: u32, pad: u32 }
 const NH: u32 = ${s.nHeads}u; const NKV: u32 = ${s.nKV}u; const G: u32 = ${s.nHeads / s.nKV}u;
@@ -142,7 +169,6 @@ const BQ: u32 = ${ATT_ROWS * SG}u; const BKV: u32 = ${ATT_KEYS}u; const LDQ: u32
 @group(0) @binding(5) var<storage, read_write> st: array<f32>; // [workgroup][subgroup][64 keys][16 queries] scores
 var<workgroup> sq: array<f16, ${ATT_ROWS * SG * LDQ}>;     // [BQ queries][HD] q, scaled
 var<workgroup> sp: array<f16, ${ATT_ROWS * SG * ATT_KEYS}>; // [subgroup][16 queries][64 keys] P
-var<workgroup> rescale: u32;
 // where key t of KV head g starts in the paged cache
 fn keyAt(t: u32, g: u32) -> u32 { return (((t / P) * NKV + g) * P + t % P) * HD; }
 @compute @workgroup_size(${THREADS})
@@ -157,71 +183,48 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
     let d = r * LDQ + c * 4u;
     sq[d] = q.x; sq[d + 1u] = q.y; sq[d + 2u] = q.z; sq[d + 3u] = q.w;
   }
-  if (tid == 0u) { rescale = 0u; }
   workgroupBarrier();
-${chans.map((c) => `  var o${c} = ${res}();`).join('\n')}
   // this lane's query row of the subgroup's block, and which half of the tile's keys it takes
   let row = lane / 2u; let half = lane % 2u;
   let qpos = step.start + i0 + sg * 16u + row;
-  let orow = (i0 + sg * 16u) * NH * HD + h * HD; // the block's first output element
   let sbase = ((wid.y * nwg.x + wid.x) * ${SG}u + sg) * BKV * 16u; // this subgroup's scores
-  let prow = (sg * 16u + row) * BKV + half * (BKV / 2u);
-  var mref = -1.0e30; var l = 0.0;
+  // pass 1: each row's maximum score
+  var m = -1.0e30;
   for (var t0 = 0u; t0 <= lastPos; t0 += BKV) {
-    // S^T = K Q^T, a 16-key block at a time (blocks past the last query skipped)
-${keyBlocks.map((b) => `    if (t0 + ${b * 16}u <= lastPos) {
-      let kb = keyAt(t0 + ${b * 16}u, g);
-      var s${b} = ${res}();
-${chanK.map((j) => `      s${b} = subgroupMatrixMultiplyAccumulate(subgroupMatrixLoad<subgroup_matrix_left<f16, ${SK}, 16>>(&kc, kb + ${j * SK}u, false, HD), subgroupMatrixLoad<subgroup_matrix_right<f16, 16, ${SK}>>(&sq, sg * 16u * LDQ + ${j * SK}u, true, LDQ), s${b});`).join('\n')}
-      subgroupMatrixStore(&st, sbase + ${b * 256}u, s${b}, false, 16u);
-    }`).join('\n')}
-    storageBarrier();
-    // online softmax of this lane's half row (masked: keys after the query's position)
-    var mx = -1.0e30;
+${scores}
     for (var c = 0u; c < BKV / 2u; c++) {
       let key = half * (BKV / 2u) + c;
-      if (t0 + key <= qpos) { mx = max(mx, st[sbase + key * 16u + row]); }
+      if (t0 + key <= qpos) { m = max(m, st[sbase + key * 16u + row]); }
     }
-    mx = max(mx, subgroupShuffleXor(mx, 1u));
-    let mnew = max(mref, mx);
-    if (mnew > mref + 8.0) { rescale = 1u; }
-    if (workgroupUniformLoad(&rescale) != 0u) {
-      // some row's maximum grew past the headroom: every row takes its new maximum as reference
-      let f = exp2(mref - mnew);
-      l *= f;
-      if (t0 > 0u) {
-        ${storeO.join('\n        ')}
-        storageBarrier();
-        for (var c = half * (HD / 2u); c < half * (HD / 2u) + HD / 2u; c++) { out[orow + row * NH * HD + c] *= f; }
-        storageBarrier();
-        ${loadO.join('\n        ')}
-      }
-      mref = mnew;
-      workgroupBarrier();
-      if (tid == 0u) { rescale = 0u; }
-    }
-    var sum = 0.0;
+    storageBarrier(); // (read before the next tile's scores overwrite them)
+  }
+  m = max(m, subgroupShuffleXor(m, 1u));
+  // pass 2: P, its row sums, O += P V
+${chans.map((c) => `  var o${c} = ${res}();`).join('\n')}
+  let prow = (sg * 16u + row) * BKV + half * (BKV / 2u);
+  var l = 0.0;
+  for (var t0 = 0u; t0 <= lastPos; t0 += BKV) {
+${scores}
     for (var c = 0u; c < BKV / 2u; c++) {
       let key = half * (BKV / 2u) + c;
       var p = 0.0;
-      if (t0 + key <= qpos) { p = exp2(st[sbase + key * 16u + row] - mref); }
-      sum += p;
+      if (t0 + key <= qpos) { p = exp2(st[sbase + key * 16u + row] - m); }
+      l += p;
       sp[prow + c] = f16(p);
     }
-    l += sum;
     workgroupBarrier();
-    // O += P V
-${keyStepsPV.map((b) => `    if (t0 + ${b * SK}u <= lastPos) {
-      let pa = subgroupMatrixLoad<subgroup_matrix_left<f16, ${SK}, 16>>(&sp, sg * 16u * BKV + ${b * SK}u, false, BKV);
+${keyStepsPV.map((b) => `    {
+      let pa = ${load(`subgroup_matrix_left<f16, ${SK}, 16>`, '&sp', `sg * 16u * BKV + ${b * SK}u`, false, 'BKV')};
       let vb = keyAt(t0 + ${b * SK}u, g);
-${chans.map((c) => `      o${c} = subgroupMatrixMultiplyAccumulate(pa, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, ${SK}>>(&vc, vb + ${c * 16}u, false, HD), o${c});`).join('\n')}
+${chans.map((c) => `      o${c} = subgroupMatrixMultiplyAccumulate(pa, ${load(`subgroup_matrix_right<f16, 16, ${SK}>`, '&vc', `vb + ${c * 16}u`, false, 'HD')}, o${c});`).join('\n')}
     }`).join('\n')}
     workgroupBarrier();
-    storageBarrier(); // (the scores are read before the next tile's overwrite them)
+    storageBarrier();
   }
   // O / l, through the output rows
   l += subgroupShuffleXor(l, 1u);
-  ${storeO.join('\n  ')}
+  let orow = (i0 + sg * 16u) * NH * HD + h * HD; // the block's first output element
+${chans.map((c) => `  ${store('&out', `orow + ${c * 16}u`, `o${c}`, 'NH * HD')};`).join('\n')}
   storageBarrier();
   let inv = select(0.0, 1.0 / l, l > 0.0);
   for (var c = half * (HD / 2u); c < half * (HD / 2u) + HD / 2u; c++) { out[orow + row * NH * HD + c] *= inv; }

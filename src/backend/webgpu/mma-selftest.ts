@@ -1,0 +1,72 @@
+// Run once when a device with subgroup matrices is created (device.ts): a tiny product whose answer is
+// known, in each spelling of subgroup-matrix loads and stores (mma-kernels.ts, MatrixSyntax). The first
+// spelling that compiles and computes right is the device's; with none, the kernels
+// keep the fallback path. Subgroup matrices are an experimental Dawn feature: this catches a spelling
+// this Dawn does not know, and a driver that gets row- or column-major loads wrong, before any model runs.
+import type { MatrixConfig } from './device.js';
+import { matrixLoad, matrixStore, type MatrixSyntax } from './mma-kernels.js';
+import { f32ToF16 } from '../../model/tensor.js';
+
+/** left (M x K) = the identity's first rows, staged in workgroup memory; right (K x N) = B, where
+ *  B(k, n) = b[n * 64 + k] read column-major and b[k * 64 + n] row-major: out holds, row-major,
+ *  (1) L·B column-major from storage plus the result matrix out already held, (2) L·B row-major from
+ *  storage, (3) L·B column-major from workgroup memory: every kind of load and store the kernels use. */
+function selfTestWgsl(syntax: MatrixSyntax, c: Omit<MatrixConfig, 'syntax'>): string {
+  const left = `subgroup_matrix_left<f16, ${c.K}, ${c.M}>`, right = `subgroup_matrix_right<f16, ${c.N}, ${c.K}>`, res = `subgroup_matrix_result<f32, ${c.N}, ${c.M}>`;
+  const MN = c.M * c.N;
+  return `enable f16;\nenable chromium_experimental_subgroup_matrix;
+@group(0) @binding(0) var<storage, read> b: array<f16>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+var<workgroup> eye: array<f16, ${c.M * c.K}>;
+var<workgroup> wb: array<f16, 1024>;
+@compute @workgroup_size(32)
+fn main(@builtin(local_invocation_index) tid: u32) {
+  for (var i = tid; i < ${c.M * c.K}u; i += 32u) { eye[i] = select(f16(0.0), f16(1.0), i / ${c.K}u == i % ${c.K}u); }
+  for (var i = tid; i < 1024u; i += 32u) { wb[i] = b[i]; }
+  workgroupBarrier();
+  let l = ${matrixLoad(syntax, left, '&eye', '0u', false, `${c.K}u`)};
+  let r1 = subgroupMatrixMultiplyAccumulate(l, ${matrixLoad(syntax, right, '&b', '0u', true, '64u')}, ${matrixLoad(syntax, res, '&out', '0u', false, `${c.N}u`)});
+  let r2 = subgroupMatrixMultiplyAccumulate(l, ${matrixLoad(syntax, right, '&b', '0u', false, '64u')}, ${res}());
+  let r3 = subgroupMatrixMultiplyAccumulate(l, ${matrixLoad(syntax, right, '&wb', '0u', true, '64u')}, ${res}());
+  ${matrixStore(syntax, '&out', '0u', 'r1', `${c.N}u`)};
+  ${matrixStore(syntax, '&out', `${MN}u`, 'r2', `${c.N}u`)};
+  ${matrixStore(syntax, '&out', `${2 * MN}u`, 'r3', `${c.N}u`)};
+}`;
+}
+
+async function passes(device: GPUDevice, syntax: MatrixSyntax, c: Omit<MatrixConfig, 'syntax'>): Promise<boolean> {
+  device.pushErrorScope('validation');
+  const module = device.createShaderModule({ code: selfTestWgsl(syntax, c) });
+  const compiled = !(await module.getCompilationInfo()).messages.some((m) => m.type === 'error');
+  const pipeline = compiled ? device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } }) : null;
+  if ((await device.popErrorScope()) || !pipeline) return false;
+  // b[i] = i (exact in f16 below 2048); B(k, n) = b[n * 64 + k] column-major, b[k * 64 + n] row-major
+  const b = Uint16Array.from({ length: 64 * 16 }, (_, i) => f32ToF16(i));
+  const bBuf = device.createBuffer({ size: b.byteLength, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(bBuf, 0, b);
+  const MN = c.M * c.N, size = 3 * MN * 4;
+  const out = device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(out, 0, Float32Array.from({ length: MN }, (_, i) => 5000 + i)); // what (1) starts from
+  const read = device.createBuffer({ size, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
+  const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [bBuf, out].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
+  pass.dispatchWorkgroups(1);
+  pass.end();
+  enc.copyBufferToBuffer(out, 0, read, 0, size);
+  device.queue.submit([enc.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const got = new Float32Array(read.getMappedRange().slice(0));
+  read.unmap(); read.destroy(); out.destroy(); bBuf.destroy();
+  for (let i = 0; i < Math.min(c.M, c.K); i++) for (let n = 0; n < c.N; n++) {
+    const at = i * c.N + n;
+    if (got[at] !== 5000 + at + n * 64 + i || got[MN + at] !== i * 64 + n || got[2 * MN + at] !== n * 64 + i) return false;
+  }
+  return true;
+}
+
+/** The spelling of subgroup-matrix loads and stores that works on this device, or null. */
+export async function workingMatrixSyntax(device: GPUDevice, c: Omit<MatrixConfig, 'syntax'>): Promise<MatrixSyntax | null> {
+  for (const syntax of ['template', 'bool'] as const) if (await passes(device, syntax, c)) return syntax;
+  return null;
+}
