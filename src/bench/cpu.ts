@@ -1,18 +1,14 @@
 // `npm run bench:cpu`: prefill and decode tokens/s at 512 and 4096 tokens of context, for the default
 // model and a random-weight model of SmolLM2-135M's shape (Q8_0), next to llama.cpp (node-llama-cpp)
 // on the same GGUF in the same run, and our SIMD kernels next to our plain TypeScript kernels.
-import { existsSync, writeFileSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
 import { loadModelFiles } from '../model/load.js';
 import { makeModel, Session } from '../engine/session.js';
 import { argmax } from '../engine/sampler.js';
-import { convertHFToGGUF } from '../model/convert.js';
-import { randomGGUF } from '../test/fixtures.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
+import { smolGguf, tinyGguf } from './bench-models.js';
 
 interface Result { prefill: number; decode: number }
 const DECODE_STEPS = 16;
@@ -66,14 +62,7 @@ function benchOursNoWasm(path: string, ctx: number): Result {
 
 async function main() {
   if (process.argv[2] === '--child') { console.log(JSON.stringify(benchOurs(process.argv[3], Number(process.argv[4])))); return; }
-  const dir = join(tmpdir(), 'quest-bench'); mkdirSync(dir, { recursive: true });
-  const tiny = join(dir, 'quest-tiny-8k-f16.gguf');
-  if (!existsSync(tiny)) writeFileSync(tiny, convertHFToGGUF(DEFAULT_MODEL, 'f16'));
-  const smol = join(dir, 'smollm2-135m-shape-q8_0-v2.gguf');
-  if (!existsSync(smol)) {
-    console.error('writing a random-weight SmolLM2-135M-shaped Q8_0 GGUF (weights do not change speed)...');
-    writeFileSync(smol, randomGGUF({ vocab: 49152, dim: 576, hidden: 1536, layers: 30, heads: 9, kvHeads: 3, dtype: 'q8_0', ctx: 8192, tied: true, seed: 1, vocabulary: true }));
-  }
+  const tiny = tinyGguf(), smol = smolGguf();
   const models = [['quest-tiny-8k (HF f16 folder / same as f16 GGUF)', DEFAULT_MODEL, tiny], ['SmolLM2-135M shape, random, Q8_0', smol, smol]];
   const rows: string[] = [];
   const f = (x: number | undefined) => (x === undefined ? '-' : x.toFixed(1));

@@ -1,0 +1,25 @@
+// The model files the CPU benchmarks use, written once into the temp folder: the default model as an f16
+// GGUF (for llama.cpp), and a random-weight Q8_0 model of SmolLM2-135M's shape (weights do not change speed).
+import { existsSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { convertHFToGGUF } from '../model/convert.js';
+import { randomGGUF } from '../test/fixtures.js';
+import { DEFAULT_MODEL } from '../cli/default-model.js';
+
+const dir = () => { const d = join(tmpdir(), 'quest-bench'); mkdirSync(d, { recursive: true }); return d; };
+
+export function tinyGguf(): string {
+  const path = join(dir(), 'quest-tiny-8k-f16.gguf');
+  if (!existsSync(path)) writeFileSync(path, convertHFToGGUF(DEFAULT_MODEL, 'f16'));
+  return path;
+}
+
+export function smolGguf(): string {
+  const path = join(dir(), 'smollm2-135m-shape-q8_0-v2.gguf');
+  if (!existsSync(path)) {
+    console.error('writing a random-weight SmolLM2-135M-shaped Q8_0 GGUF (weights do not change speed)...');
+    writeFileSync(path, randomGGUF({ vocab: 49152, dim: 576, hidden: 1536, layers: 30, heads: 9, kvHeads: 3, dtype: 'q8_0', ctx: 8192, tied: true, seed: 1, vocabulary: true }));
+  }
+  return path;
+}
