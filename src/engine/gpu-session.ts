@@ -80,7 +80,7 @@ export class GpuRunner {
   /** Whether prefill attention runs on tensor cores (subgroup matrices) here. */
   get usesMmaAttention(): boolean {
     const mc = matrixConfig(this.m.device), c = this.m.config;
-    // (opt-in until its tests have passed on a GPU with subgroup matrices)
+    // (opt-in, QUEST_MMA_ATTENTION=1: correct on the H200 but not yet faster than the fallback kernel)
     return processEnv().QUEST_MMA_ATTENTION === '1' && mc !== null && mmaAttentionFits({ headDim: c.headDim, pageSize: this.pageSize }, mc, this.m.device.limits.maxComputeWorkgroupStorageSize);
   }
 
