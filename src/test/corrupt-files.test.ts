@@ -2,6 +2,8 @@
 // metadata (the vocabulary above all) and tensor data overwritten. Each must end in a clear error that
 // names the file, or in a model that loads and runs; never a stack trace from deep inside, a hang or a crash.
 import { test } from 'node:test';
+import { rmSync } from 'node:fs';
+import { dirname } from 'node:path';
 import assert from 'node:assert/strict';
 import { convertHFToGGUF } from '../model/convert.js';
 import { parseGGUF } from '../model/gguf.js';
@@ -55,7 +57,7 @@ test('randomly damaged GGUF files give a clear error naming the file, or load an
       assert.ok(e instanceof Error, `${what}: threw a non-Error ${String(e)}`);
       assert.ok(e.message.includes(path), `${what}: the error does not name the file: ${e.message}`);
       continue;
-    }
+    } finally { rmSync(dirname(path), { recursive: true }); } // (each copy is 7.7 MB)
     try {
       // it loaded: it must also run (a corrupted weight may give any logits, but no crash)
       const logits = llm.session().forward(llm.encode('The pass key is 1234.')) as Float32Array;
