@@ -7,7 +7,7 @@ import type { ModelConfig } from '../model/config.js';
 import { TextTokenizer, StreamDecoder, type ChatMessage } from '../tokenizer/tokenizer.js';
 import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy.js';
-import { makeModel, Session, type Model } from './session.js';
+import { makeModel, PREFILL_CHUNK, Session, type Model } from './session.js';
 import { releaseModelBytes } from '../model/file-bytes.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
 import { GpuRunner, GpuSession } from './gpu-session.js';
@@ -199,7 +199,7 @@ export class LLM {
       session instanceof GpuSession ? session.forward(t, { logits, argmax }) : session.forward(t, { logits });
     // the prompt, a chunk per submission: progress after each, and a turn of the event loop in which a
     // cancel (o.signal) can arrive; a cancelled prefill keeps the chunks done and generates nothing
-    const prompt = ids.slice(0, ids.length - tail), chunk = session instanceof GpuSession ? session.runner.chunk : 256;
+    const prompt = ids.slice(0, ids.length - tail), chunk = session instanceof GpuSession ? session.runner.chunk : PREFILL_CHUNK;
     let logits: Float32Array = new Float32Array(0);
     for (let s = 0; s < prompt.length && !o.signal?.aborted; s += chunk) {
       const last = s + chunk >= prompt.length;

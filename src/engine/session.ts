@@ -46,6 +46,9 @@ export interface ForwardOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
+/** Tokens per prefill chunk on the CPU (bounds activation memory; progress is reported per chunk). */
+export const PREFILL_CHUNK = 256;
+
 export class Session {
   readonly cache: PagedKVCache;
   readonly attention: AttentionOptions;
@@ -94,7 +97,7 @@ export class Session {
     }
     for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
     const mode = opts.logits ?? 'last';
-    const chunk = Math.max(1, opts.chunk ?? 256);
+    const chunk = Math.max(1, opts.chunk ?? PREFILL_CHUNK);
     const parts: Float32Array[] = [];
     for (let s = 0; s < tokens.length; s += chunk) {
       const piece = tokens.slice(s, s + chunk);
