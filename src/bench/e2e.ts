@@ -160,8 +160,9 @@ async function main() {
   ];
   if (peer.length) series.push({ name: peerShape ? 'PyTorch static cache + CUDA graph' : 'transformers + PyTorch SDPA', points: peer.filter((p) => CONTEXTS.includes(p.context)).map((p) => ({ x: p.context, y: p.ms })) });
   const ys = series.flatMap((s) => s.points.map((p) => p.y));
-  writeFileSync(`${OUT}/bench-e2e${SHAPE === '7b' ? '' : `-${SHAPE}`}${TAG}.svg`, lineChart(`Decode latency per token, ${SHAPE_NAMES[SHAPE].split(' (')[0]} (${WEIGHTS} weights)`, 'context (tokens)', 'ms per token', series, 0, Math.max(...ys) * 1.1));
-  writeFileSync(`${OUT}/bench-e2e${SHAPE === '7b' ? '' : `-${SHAPE}`}${TAG}.json`, JSON.stringify({ device: gpu.adapterName, shape: SHAPE, weights: WEIGHTS, budget: BUDGET, rows, prefill, peerPrefill, peer, peerInfo }, null, 1));
+  const stem = `${OUT}/bench-e2e${SHAPE === '7b' ? '' : `-${SHAPE}`}${TAG}`;
+  writeFileSync(`${stem}.svg`, lineChart(`Decode latency per token, ${SHAPE_NAMES[SHAPE].split(' (')[0]} (${WEIGHTS} weights)`, 'context (tokens)', 'ms per token', series, 0, Math.max(...ys) * 1.1));
+  writeFileSync(`${stem}.json`, JSON.stringify({ device: gpu.adapterName, shape: SHAPE, weights: WEIGHTS, budget: BUDGET, rows, prefill, peerPrefill, peer, peerInfo }, null, 1));
   runner.dispose(); m.dispose();
   gpu.device.destroy();
   process.exit(0);

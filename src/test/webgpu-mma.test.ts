@@ -19,6 +19,21 @@ const cfg = gpu ? matrixConfig(gpu.device) : null;
 const skip = skipGpu || (cfg ? false : 'this adapter has no f16 subgroup matrices (shader-f16 + chromium-experimental-subgroup-matrix)');
 const f16 = (v: number) => F16_TABLE[f32ToF16(v)];
 
+/** A GPU buffer holding `a` (sizes rounded up to 16 bytes). */
+function buf(a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE): GPUBuffer {
+  const b = gpu!.device.createBuffer({ size: Math.max(16, Math.ceil(a.byteLength / 16) * 16), usage: usage | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  gpu!.device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
+  return b;
+}
+
+/** A compute pipeline of `code`, its compile errors (with line numbers) a test failure. */
+async function pipelineOf(code: string): Promise<GPUComputePipeline> {
+  const module = gpu!.device.createShaderModule({ code });
+  const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
+  assert.equal(errors.length, 0, errors.map((e) => `${e.lineNum}: ${e.message}`).join('\n'));
+  return gpu!.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+}
+
 /** Random weights in the GPU layout of kernels.ts, and their values as the kernel sees them (f16). */
 function weights(type: GpuWeightType, N: number, Kd: number, seed: number) {
   const g = gaussian(seed), u = rng(seed), n = N * Kd;
@@ -53,16 +68,8 @@ async function product(type: GpuWeightType, tokens: number, N: number, Kd: numbe
     for (let k = 0; k < Kd; k++) s += f16(x[t * Kd + k]) * w.values[r * Kd + k];
     want[t * N + r] = s;
   }
-  const buf = (a: ArrayBufferView & { byteLength: number }) => {
-    const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-    device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
-    return b;
-  };
   const spec: LinearSpec = { type, N, K: Kd, add: !!o.add, bias: !!o.bias };
-  const module = device.createShaderModule({ code: linearMmaWgsl(spec, cfg!, tile) });
-  const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
-  assert.equal(errors.length, 0, errors.map((e) => `${e.lineNum}: ${e.message}`).join('\n'));
-  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const pipe = await pipelineOf(linearMmaWgsl(spec, cfg!, tile));
   const y = buf(y0);
   const entries: [number, GPUBuffer][] = [[0, buf(x)], [1, y], [2, buf(w.data)]];
   if (w.scales) entries.push([3, buf(w.scales)]);
@@ -90,7 +97,7 @@ const cases: { type: GpuWeightType; tokens: number; N: number; K: number; add?: 
 ];
 for (const c of cases) {
   test(`WebGPU tensor-core product (${c.type}, ${c.tokens} tokens × ${c.N} × ${c.K}${c.add ? ', residual add' : ''}${c.bias ? ', bias' : ''}) matches float64`, { skip }, async () => {
-    const tile = mmaTileFor(c.N, c.K, cfg!, MMA_TILES, c.type);
+    const tile = mmaTileFor(c.N, c.K, cfg!);
     assert.ok(tile, `no tile for ${c.N} x ${c.K}`);
     const { got, want } = await product(c.type, c.tokens, c.N, c.K, tile, c);
     check(got, want, `${c.type} ${JSON.stringify(tile)}`);
@@ -123,17 +130,9 @@ async function attention(o: { nH: number; nKV: number; hd: number; start: number
     const m = Math.max(...s), e = s.map((z) => Math.exp(z - m)), sum = e.reduce((a, b) => a + b, 0);
     for (let t = 0; t <= pos; t++) for (let c = 0; c < o.hd; c++) want[(i * o.nH + h) * o.hd + c] += (e[t] / sum) * F16_TABLE[vh[at(t, kv) + c]];
   }
-  const buf = (a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE) => {
-    const b = device.createBuffer({ size: Math.max(16, Math.ceil(a.byteLength / 16) * 16), usage: usage | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-    device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
-    return b;
-  };
   const out = buf(new Float32Array(rowsOut * o.nH * o.hd)), step = buf(new Uint32Array([o.start, o.n, total, 0]), GPUBufferUsage.UNIFORM);
   const scratch = buf(new Float32Array(mmaAttentionScratch({ nHeads: o.nH, headDim: o.hd }, o.n)));
-  const module = device.createShaderModule({ code: prefillAttentionMmaWgsl({ nHeads: o.nH, nKV: o.nKV, headDim: o.hd, pageSize: P }, cfg!) });
-  const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
-  assert.equal(errors.length, 0, errors.map((e) => `${e.lineNum}: ${e.message}`).join('\n'));
-  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const pipe = await pipelineOf(prefillAttentionMmaWgsl({ nHeads: o.nH, nKV: o.nKV, headDim: o.hd, pageSize: P }, cfg!));
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
   pass.setPipeline(pipe);
   pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [buf(qkv), buf(kh), buf(vh), out, step, scratch].map((buffer, binding) => ({ binding, resource: { buffer } })) }));

@@ -4,7 +4,7 @@
 // are opaque to the lanes, so everything else (conversion to f16, dequantisation, softmax) goes through
 // workgroup memory. Chosen where the adapter has the feature; kernels.ts keeps the fallback for the rest.
 import type { MatrixConfig } from './device.js';
-import { weightAccess, type GpuWeightType, type LinearSpec } from './kernels.js';
+import { weightAccess, type LinearSpec } from './kernels.js';
 
 /** How this Dawn spells subgroup-matrix loads and stores: the majorness as a template argument (the
  *  current WGSL proposal), or as a bool argument (older; deprecated where the template form exists, and
@@ -26,22 +26,17 @@ const MMA_HEADER = 'enable f16;\nenable chromium_experimental_subgroup_matrix;\n
 
 /** Workgroup tile of the product: BM tokens x BN weight rows, split into WM x WN blocks per subgroup;
  *  BK columns of K staged per step. */
-export interface MmaTile {
-  BM: number; BN: number; WM: number; WN: number; BK: number;
-  /** f16 weights only: read as right matrices straight from storage instead of staged (an experiment) */
-  direct?: boolean;
-}
+export interface MmaTile { BM: number; BN: number; WM: number; WN: number; BK: number }
 /** In order of preference (measured on the H200, docs/results.md); a product takes the first that fits. */
 export const MMA_TILES: MmaTile[] = [
   { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32 }, { BM: 128, BN: 128, WM: 64, WN: 64, BK: 32 }, { BM: 128, BN: 128, WM: 64, WN: 32, BK: 64 },
   { BM: 64, BN: 128, WM: 32, WN: 64, BK: 32 }, { BM: 128, BN: 64, WM: 64, WN: 32, BK: 32 }, { BM: 64, BN: 64, WM: 32, WN: 32, BK: 32 },
-  { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32, direct: true },
 ];
 
 /** The tile a product of N rows uses on this config (the first whose BN divides N and BK divides K),
  *  or null where none fits (such products keep the fallback kernel). */
-export function mmaTileFor(N: number, K: number, cfg: MatrixConfig, tiles: MmaTile[] = MMA_TILES, type: GpuWeightType = 'f16'): MmaTile | null {
-  return tiles.find((t) => (!t.direct || type === 'f16') && N % t.BN === 0 && K % t.BK === 0 && t.BK % cfg.K === 0 && t.WM % cfg.M === 0 && t.WN % cfg.N === 0) ?? null;
+export function mmaTileFor(N: number, K: number, cfg: MatrixConfig, tiles: MmaTile[] = MMA_TILES): MmaTile | null {
+  return tiles.find((t) => N % t.BN === 0 && K % t.BK === 0 && t.BK % cfg.K === 0 && t.WM % cfg.M === 0 && t.WN % cfg.N === 0) ?? null;
 }
 
 /** y[t][n] (+)= sum_k x[t][k] w[n][k] (+ bias[n]) for whole BM-token tiles (activation buffers are padded
@@ -61,8 +56,7 @@ export const linearMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: MmaTile) => {
   return array<vec2<f16>, 4>(bitcast<vec2<f16>>(u.x), bitcast<vec2<f16>>(u.y), bitcast<vec2<f16>>(u.z), bitcast<vec2<f16>>(u.w)); }`
     : `fn w8h(r: u32, k: u32) -> array<vec2<f16>, 4> { let w = w8(r, k);
   return array<vec2<f16>, 4>(vec2<f16>(w.a.xy), vec2<f16>(w.a.zw), vec2<f16>(w.b.xy), vec2<f16>(w.b.zw)); }`;
-  const direct = t.direct && s.type === 'f16';
-  return MMA_HEADER + (direct ? `const K: u32 = ${s.K}u;\n@group(0) @binding(2) var<storage, read> wh: array<f16>;\n` : weightAccess(s.type, s.K, 2) + w8h) + /* wgsl */ `
+  return MMA_HEADER + weightAccess(s.type, s.K, 2) + w8h + /* wgsl */ `
 const N: u32 = ${s.N}u;
 const BM: u32 = ${t.BM}u; const BN: u32 = ${t.BN}u; const BK: u32 = ${BK}u; const LDS: u32 = ${LDS}u;
 const THREADS: u32 = ${THREADS}u;
@@ -70,7 +64,7 @@ const THREADS: u32 = ${THREADS}u;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
 var<workgroup> stageX: array<f16, ${t.BM * LDS}>; // [BM tokens][BK k] (+ padding)
-${direct ? '' : `var<workgroup> stageW: array<f16, ${t.BN * LDS}>; // [BN rows][BK k]`}
+var<workgroup> stageW: array<f16, ${t.BN * LDS}>; // [BN rows][BK k]
 ${s.bias ? `var<workgroup> stageB: array<f32, ${SM * t.BN}>; // the tile's bias, repeated on ${SM} rows` : ''}
 @compute @workgroup_size(${THREADS})
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -90,18 +84,16 @@ ${blocks.map(({ b, i, j }) => `  var acc${b} = ${s.add
       let d = r * LDS + q * 4u;
       stageX[d] = v.x; stageX[d + 1u] = v.y; stageX[d + 2u] = v.z; stageX[d + 3u] = v.w;
     }
-${direct ? '' : `    for (var e = tid; e < BN * BK / 8u; e += THREADS) {
+    for (var e = tid; e < BN * BK / 8u; e += THREADS) {
       let r = e / (BK / 8u); let q = e % (BK / 8u);
       let w = w8h(o0 + r, k0 + q * 8u);
       let d = r * LDS + q * 8u;
       for (var i = 0u; i < 4u; i++) { stageW[d + 2u * i] = w[i].x; stageW[d + 2u * i + 1u] = w[i].y; }
-    }`}
+    }
     workgroupBarrier();
     for (var kk = 0u; kk < BK; kk += ${SK}u) {
 ${Array.from({ length: TM }, (_, i) => `      let a${i} = ${load(`subgroup_matrix_left<f16, ${SK}, ${SM}>`, '&stageX', `(m0 + ${i * SM}u) * LDS + kk`, false, 'LDS')};`).join('\n')}
-${Array.from({ length: TN }, (_, j) => `      let b${j} = ${direct
-    ? load(`subgroup_matrix_right<f16, ${SN}, ${SK}>`, '&wh', `(o0 + n0 + ${j * SN}u) * K + k0 + kk`, true, 'K')
-    : load(`subgroup_matrix_right<f16, ${SN}, ${SK}>`, '&stageW', `(n0 + ${j * SN}u) * LDS + kk`, true, 'LDS')};`).join('\n')}
+${Array.from({ length: TN }, (_, j) => `      let b${j} = ${load(`subgroup_matrix_right<f16, ${SN}, ${SK}>`, '&stageW', `(n0 + ${j * SN}u) * LDS + kk`, true, 'LDS')};`).join('\n')}
 ${blocks.map(({ b, i, j }) => `      acc${b} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${b});`).join('\n')}
     }
     workgroupBarrier();
@@ -113,7 +105,7 @@ ${blocks.map(({ b, i, j }) => `  ${store('&y', `(t0 + m0 + ${i * SM}u) * N + o0 
 /** Query rows per subgroup and keys per tile of the tensor-core prefill attention. */
 const ATT_ROWS = 16, ATT_KEYS = 64;
 /** Subgroups (16 query rows each) per workgroup: fewer for wide heads, whose staged q take more room. */
-export const attSubgroups = (headDim: number) => (headDim > 128 ? 2 : 4);
+const attSubgroups = (headDim: number) => (headDim > 128 ? 2 : 4);
 /** Query rows per workgroup (the grid is ceil(n / rows) x heads). */
 export const mmaAttentionRows = (headDim: number) => ATT_ROWS * attSubgroups(headDim);
 /** Floats of score scratch the attention needs for a chunk of `rows` queries (binding 5). */

@@ -5,6 +5,7 @@
 // this Dawn does not know, and a driver that gets row- or column-major loads wrong, before any model runs.
 import type { MatrixConfig } from './device.js';
 import { matrixLoad, matrixStore, type MatrixSyntax } from './mma-kernels.js';
+import { readBuffer } from './decode-attention.js';
 import { f32ToF16 } from '../../model/tensor.js';
 
 /** left (M x K) = the identity's first rows, staged in workgroup memory; right (K x N) = B, where
@@ -47,17 +48,14 @@ async function passes(device: GPUDevice, syntax: MatrixSyntax, c: Omit<MatrixCon
   const MN = c.M * c.N, size = 3 * MN * 4;
   const out = device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
   device.queue.writeBuffer(out, 0, Float32Array.from({ length: MN }, (_, i) => 5000 + i)); // what (1) starts from
-  const read = device.createBuffer({ size, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
   pass.setPipeline(pipeline);
   pass.setBindGroup(0, device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [bBuf, out].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
   pass.dispatchWorkgroups(1);
   pass.end();
-  enc.copyBufferToBuffer(out, 0, read, 0, size);
   device.queue.submit([enc.finish()]);
-  await read.mapAsync(GPUMapMode.READ);
-  const got = new Float32Array(read.getMappedRange().slice(0));
-  read.unmap(); read.destroy(); out.destroy(); bBuf.destroy();
+  const got = new Float32Array(await readBuffer(device, out, size));
+  out.destroy(); bBuf.destroy();
   for (let i = 0; i < Math.min(c.M, c.K); i++) for (let n = 0; n < c.N; n++) {
     const at = i * c.N + n;
     if (got[at] !== 5000 + at + n * 64 + i || got[MN + at] !== i * 64 + n || got[2 * MN + at] !== n * 64 + i) return false;

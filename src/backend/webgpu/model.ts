@@ -27,8 +27,8 @@ export function checkGpuShape(c: ModelConfig): void {
 }
 
 function parseTile(v: string | undefined): MmaTile[] {
-  const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(d?)$/.exec(v ?? '');
-  return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]), direct: m[6] === 'd' }] : MMA_TILES;
+  const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)$/.exec(v ?? '');
+  return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]) }] : MMA_TILES;
 }
 
 function parseMatvec(v: string | undefined): GpuModel['matvec'] {
@@ -135,14 +135,14 @@ export class GpuModel {
   /** Whether the matrix-vector kernel can compute RMSNorm / SwiGLU on its input (the x-stationary one can). */
   get fusesPrologues(): boolean { return this.matvec.kind === 'rows'; }
 
-  /** Tiles the tensor-core products may use (QUEST_MMA_TILE=BMxBNxWMxWNxBK[d] picks one, for benchmarks; d: f16 weights read straight from storage). */
+  /** Tiles the tensor-core products may use (QUEST_MMA_TILE=BMxBNxWMxWNxBK picks one, for benchmarks). */
   private readonly mmaTiles: MmaTile[] = parseTile(processEnv().QUEST_MMA_TILE);
 
   /** The tensor-core tile of a many-token product, or null where it runs the fallback tiled kernel
    *  (no subgroup matrices on this adapter, or a shape the tiles do not divide). */
   mmaTile(l: GpuLinear): MmaTile | null {
     const cfg = matrixConfig(this.device);
-    return cfg ? mmaTileFor(l.N, l.K, cfg, this.mmaTiles, l.type) : null;
+    return cfg ? mmaTileFor(l.N, l.K, cfg, this.mmaTiles) : null;
   }
 
   // a product's pipelines by variant, looked up per dispatch without building a key from its shape
