@@ -21,7 +21,7 @@ export function attendHead(q: Float32Array, qo: number, kv: LayerKV, g: number, 
     rt.f32(qp, hd).set(q.subarray(qo, qo + hd));
     if (tokens) rt.i32(tp, n).set(tokens);
     const headOff = g * kv.pageSize * hd * 4, pageStride = kv.pageFloats * 4;
-    rt.k.attend(qp, kv.kPtr + headOff, kv.vPtr + headOff, pageStride, kv.pageSize, hd, tp, n, scale, pp, op);
+    rt.k.attend(qp, kv.kPtr + headOff, kv.vPtr + headOff, kv.tablePtr(), pageStride, kv.pageSize, hd, tp, n, scale, pp, op);
     out.set(rt.f32(op, hd), oo);
     if (probs) probs.set(rt.f32(pp, n));
     return n;

@@ -15,8 +15,8 @@ export function pageScores(q: Float32Array, qo: number, kv: LayerKV, g: number, 
   if (rt && kv.inWasm && hd % 4 === 0) {
     const qp = rt.scratchPtr('ps.q', hd * 4), op = rt.scratchPtr('ps.o', np * 4);
     rt.f32(qp, hd).set(q.subarray(qo, qo + hd));
-    const off = kv.metaOffset(0, g) * 4;
-    rt.k.page_scores(qp, mn.byteOffset + off, mx.byteOffset + off, hd, np, kv.nKV * hd * 4, op);
+    const off = g * hd * 4; // physical page 0 of head g; the table picks the pages
+    rt.k.page_scores(qp, mn.byteOffset + off, mx.byteOffset + off, kv.tablePtr(), hd, np, kv.nKV * hd * 4, op);
     out.set(rt.f32(op, np));
     return;
   }

@@ -58,11 +58,13 @@ export class Session {
   private probs = new Float32Array(0);
   private full = new Float32Array(0);
 
-  constructor(readonly model: Model, attention: Partial<AttentionOptions> = {}) {
+  /** `shareWith`: start as a fork of that sequence, sharing its KV pages (copy-on-write). */
+  constructor(readonly model: Model, attention: Partial<AttentionOptions> = {}, shareWith?: PagedKVCache) {
     const c = model.config;
     this.attention = { ...DEFAULT_ATTENTION, ...attention };
     this.policy = createPolicy(this.attention);
-    this.cache = new PagedKVCache(c.nLayers, c.nKVHeads, c.headDim, this.attention.pageSize);
+    if (shareWith && shareWith.pageSize !== this.attention.pageSize) throw new Error(`a fork keeps the page size (${shareWith.pageSize}), got ${this.attention.pageSize}`);
+    this.cache = shareWith ? shareWith.fork() : new PagedKVCache(c.nLayers, c.nKVHeads, c.headDim, this.attention.pageSize);
   }
 
   get length(): number { return this.cache.length; }
@@ -71,16 +73,23 @@ export class Session {
   private prefillScores: Map<string, Float32Array> | null = null;
   recordPrefillScores(): void { this.prefillScores = new Map(); }
 
-  /** A copy of this sequence (KV cache included) under another attention policy: evaluations prefill once. */
+  /** This sequence under another attention policy, sharing its KV pages (nothing is copied; a page
+   *  either sequence later writes to is copied first): evaluations prefill once. */
   fork(attention: Partial<AttentionOptions> = {}): Session {
-    const s = new Session(this.model, { ...this.attention, ...attention });
-    s.cache.layers.forEach((l, i) => l.copyFrom(this.cache.layers[i]));
+    const s = new Session(this.model, { ...this.attention, ...attention }, this.cache);
     if (this.prefillScores) s.prefillScores = new Map([...this.prefillScores].map(([k, v]) => [k, v.slice()]));
     if (s.policy?.wantsPrefillScores) {
       if (!this.prefillScores) throw new Error('fork to a policy that needs prefill scores: call recordPrefillScores() before the prefill');
       for (const [key, v] of this.prefillScores) { const [l, h] = key.split(':').map(Number); s.policy.observePrefill!(l, h, v, v.length); }
     }
     return s;
+  }
+
+  /** Rewinds to the first `length` tokens (a cached prefix continued with other tokens). */
+  truncate(length: number): void {
+    if (!Number.isInteger(length) || length < 0) throw new Error(`truncate needs a token count >= 0, got ${length}`);
+    if (this.policy?.wantsPrefillScores || this.prefillScores) throw new Error(`a ${this.attention.policy} sequence cannot be rewound: its policy has seen attention from the tokens it would drop`);
+    this.cache.truncate(length);
   }
 
   /** Frees the KV cache now (it is also reclaimed when the session is garbage-collected). */
@@ -165,8 +174,9 @@ export class Session {
       const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (start + n + 4) * 4));
       rt.f32(qp, n * qDim).set(q.subarray(0, n * qDim));
       if (report) rt.f32(rp, nH * stride).fill(0);
-      const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, kv.pageFloats * 4, kv.pageSize, pp[share], rp, stride];
-      const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], scale, a[14], a[15]); };
+      const table = kv.tablePtr();
+      const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, table, kv.pageFloats * 4, kv.pageSize, pp[share], rp, stride];
+      const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], scale, a[15], a[16]); };
       if (pool) pool.run(OP_ATTEND, args, () => scale, local); else local();
       att.set(rt.f32(op, n * qDim));
       if (report) for (let h = 0; h < nH; h++) this.reportReceived(l, h, rt.f32(rp + h * stride * 4, start + n), start + n);

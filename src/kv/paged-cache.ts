@@ -1,11 +1,14 @@
 import { wasm } from '../backend/wasm/runtime.js';
-// Paged KV cache. Tokens live in pages of `pageSize`; within a layer the storage is laid out
-// [page][kvHead][slot][headDim], so one KV head's page is contiguous (what a page-sparse kernel reads).
-// Each page also keeps, per KV head and channel, the element-wise min and max of its keys (after RoPE):
-// Quest's page metadata, updated as tokens are appended, the partly filled last page included.
+import { PageAllocator, PageTable, type PageStore } from './page-table.js';
+// Paged KV cache on the CPU. Tokens live in pages of `pageSize`; a page holds, for every layer, the keys
+// and values of its tokens laid out [kvHead][slot][headDim] (one KV head's page is contiguous: what a
+// page-sparse kernel reads) and, per KV head and channel, the element-wise min and max of its keys
+// (after RoPE): Quest's page metadata, updated as tokens are appended, the partly filled last page
+// included. Sequences of one family (a session and its forks) share the physical pages through their
+// page tables (page-table.ts): a fork copies nothing.
 
-// K and V live in the WebAssembly memory when there is one, so the SIMD attention kernel reads them in
-// place; a finalizer returns the space when a cache is dropped without dispose().
+// K and V live in the WebAssembly memory when there is one, so the SIMD kernels read them in place; a
+// finalizer returns the space when a family is dropped without dispose().
 const reclaim = typeof FinalizationRegistry !== 'undefined'
   ? new FinalizationRegistry<{ ptr: number; bytes: number }[]>((blocks) => { for (const b of blocks) wasm()?.release(b.ptr, b.bytes); })
   : null;
@@ -19,100 +22,48 @@ function allocF32(n: number, owned: { ptr: number; bytes: number }[]): Float32Ar
   return a;
 }
 
-export class LayerKV {
-  k!: Float32Array;
-  v!: Float32Array;
-  kmin!: Float32Array; // [page][kvHead][headDim]
-  kmax!: Float32Array;
-  length = 0;
-  private capacityPages: number;
+/** One layer's physical pages: K and V [page][kvHead][slot][headDim], key min/max [page][kvHead][headDim]. */
+export class LayerPages {
+  k: Float32Array = new Float32Array(0);
+  v: Float32Array = new Float32Array(0);
+  kmin: Float32Array = new Float32Array(0);
+  kmax: Float32Array = new Float32Array(0);
   private owned: { ptr: number; bytes: number }[] = [];
 
-  constructor(readonly nKV: number, readonly headDim: number, readonly pageSize: number, initialTokens: number) {
-    this.capacityPages = Math.max(1, Math.ceil(initialTokens / pageSize));
-    this.allocate(this.capacityPages);
-  }
+  constructor(readonly nKV: number, readonly headDim: number, readonly pageSize: number) {}
 
-  private allocate(pages: number): void {
-    const old = this.owned, prev = this.k ? [this.k, this.v, this.kmin, this.kmax] : null;
-    if (prev) reclaim?.unregister(this);
+  get pageFloats(): number { return this.nKV * this.pageSize * this.headDim; }
+  get metaFloats(): number { return this.nKV * this.headDim; }
+  /** Whether K/V are in the WebAssembly memory (byte offsets k.byteOffset / v.byteOffset). */
+  get inWasm(): boolean { return this.owned.length > 0; }
+
+  allocate(pages: number): void {
+    const old = this.owned, prev = [this.k, this.v, this.kmin, this.kmax];
+    reclaim?.unregister(this);
     this.owned = [];
     this.k = allocF32(pages * this.pageFloats, this.owned); this.v = allocF32(pages * this.pageFloats, this.owned);
-    this.kmin = allocF32(pages * this.nKV * this.headDim, this.owned); this.kmax = allocF32(pages * this.nKV * this.headDim, this.owned);
-    if (prev) { this.k.set(prev[0].subarray(0, this.k.length)); this.v.set(prev[1].subarray(0, this.v.length)); this.kmin.set(prev[2].subarray(0, this.kmin.length)); this.kmax.set(prev[3].subarray(0, this.kmax.length)); }
+    this.kmin = allocF32(pages * this.metaFloats, this.owned); this.kmax = allocF32(pages * this.metaFloats, this.owned);
+    this.k.set(prev[0].subarray(0, this.k.length)); this.v.set(prev[1].subarray(0, this.v.length));
+    this.kmin.set(prev[2].subarray(0, this.kmin.length)); this.kmax.set(prev[3].subarray(0, this.kmax.length));
     for (const b of old) wasm()?.release(b.ptr, b.bytes);
-    this.capacityPages = pages;
     if (this.owned.length) reclaim?.register(this, this.owned, this);
   }
 
-  /** Whether K/V are in the WebAssembly memory (byte offsets kPtr / vPtr). */
-  get inWasm(): boolean { return this.owned.length > 0; }
-  get kPtr(): number { return this.k.byteOffset; }
-  get vPtr(): number { return this.v.byteOffset; }
-
-  /** Frees the storage now (instead of when the cache is garbage-collected). */
-  dispose(): void {
-    reclaim?.unregister(this);
-    for (const b of this.owned) wasm()?.release(b.ptr, b.bytes);
-    this.owned = [];
-    this.k = this.v = this.kmin = this.kmax = new Float32Array(0);
-    this.length = 0; this.capacityPages = 0;
+  copyPage(src: number, dst: number): void {
+    const f = this.pageFloats;
+    this.k.copyWithin(dst * f, src * f, src * f + f); this.v.copyWithin(dst * f, src * f, src * f + f);
   }
 
-  get pageFloats(): number { return this.nKV * this.pageSize * this.headDim; }
-  get numPages(): number { return Math.ceil(this.length / this.pageSize); }
-
-  /** Offset of token t's vector for KV head g in `k` / `v`. */
-  offset(t: number, g: number): number {
-    const page = Math.floor(t / this.pageSize), slot = t - page * this.pageSize;
-    return ((page * this.nKV + g) * this.pageSize + slot) * this.headDim;
-  }
-
-  /** Offset of page p's metadata for KV head g in `kmin` / `kmax`. */
-  metaOffset(p: number, g: number): number { return (p * this.nKV + g) * this.headDim; }
-
-  private grow(pages: number): void {
-    if (pages <= this.capacityPages) return;
-    this.allocate(Math.max(pages, this.capacityPages * 2));
-  }
-
-  /** Appends one token: k and v hold nKV*headDim values from ko / vo. */
-  append(k: Float32Array, ko: number, v: Float32Array, vo: number): void {
-    const t = this.length, hd = this.headDim, P = this.pageSize;
-    const page = Math.floor(t / P), first = t % P === 0;
-    this.grow(page + 1);
+  /** Key min/max of physical page p from its first `filled` slots (untouched when filled is 0: the
+   *  first append sets them). */
+  rebuildMeta(p: number, filled: number): void {
+    const hd = this.headDim, P = this.pageSize;
+    if (filled === 0) return;
     for (let g = 0; g < this.nKV; g++) {
-      const o = this.offset(t, g), mo = this.metaOffset(page, g);
-      for (let i = 0; i < hd; i++) {
-        const kv = k[ko + g * hd + i];
-        this.k[o + i] = kv;
-        this.v[o + i] = v[vo + g * hd + i];
-        if (first || kv < this.kmin[mo + i]) this.kmin[mo + i] = kv;
-        if (first || kv > this.kmax[mo + i]) this.kmax[mo + i] = kv;
-      }
-    }
-    this.length = t + 1;
-  }
-
-  /** Makes this layer a copy of `o` (same shape). */
-  copyFrom(o: LayerKV): void {
-    this.allocate(o.capacityPages);
-    this.k.set(o.k); this.v.set(o.v); this.kmin.set(o.kmin); this.kmax.set(o.kmax);
-    this.length = o.length;
-  }
-
-  /** Drops tokens from `length` on (used to rewind a sequence); page metadata is rebuilt. */
-  truncate(length: number): void {
-    if (length >= this.length) return;
-    this.length = length;
-    const P = this.pageSize, last = Math.floor(length / P);
-    if (length % P === 0) return;
-    const hd = this.headDim;
-    for (let g = 0; g < this.nKV; g++) {
-      const mo = this.metaOffset(last, g);
+      const mo = (p * this.nKV + g) * hd, base = ((p * this.nKV + g) * P) * hd;
       for (let i = 0; i < hd; i++) { this.kmin[mo + i] = Infinity; this.kmax[mo + i] = -Infinity; }
-      for (let t = last * P; t < length; t++) {
-        const o = this.offset(t, g);
+      for (let t = 0; t < filled; t++) {
+        const o = base + t * hd;
         for (let i = 0; i < hd; i++) {
           const kv = this.k[o + i];
           if (kv < this.kmin[mo + i]) this.kmin[mo + i] = kv;
@@ -121,17 +72,131 @@ export class LayerKV {
       }
     }
   }
+
+  dispose(): void {
+    reclaim?.unregister(this);
+    for (const b of this.owned) wasm()?.release(b.ptr, b.bytes);
+    this.owned = [];
+    this.k = this.v = this.kmin = this.kmax = new Float32Array(0);
+  }
 }
 
+/** The physical pages of a family of sequences, every layer. */
+export class CpuPageStore implements PageStore {
+  readonly layers: LayerPages[];
+  capacity = 0;
+  constructor(nLayers: number, nKV: number, headDim: number, readonly pageSize: number) {
+    this.layers = Array.from({ length: nLayers }, () => new LayerPages(nKV, headDim, pageSize));
+  }
+  grow(pages: number): void { for (const l of this.layers) l.allocate(pages); this.capacity = pages; }
+  copyPage(src: number, dst: number, filled: number): void { for (const l of this.layers) { l.copyPage(src, dst); l.rebuildMeta(dst, filled); } }
+  rebuildMeta(page: number, filled: number): void { for (const l of this.layers) l.rebuildMeta(page, filled); }
+  dispose(): void { for (const l of this.layers) l.dispose(); this.capacity = 0; }
+}
+
+/** One layer of one sequence: its page table over the layer's physical pages. */
+export class LayerKV {
+  length = 0;
+  constructor(readonly pages: LayerPages, readonly table: PageTable, private readonly sequence: { tablePtr(): number }) {}
+
+  /** Byte offset of the page table in the WebAssembly memory (for the SIMD kernels). */
+  tablePtr(): number { return this.sequence.tablePtr(); }
+
+  get nKV(): number { return this.pages.nKV; }
+  get headDim(): number { return this.pages.headDim; }
+  get pageSize(): number { return this.pages.pageSize; }
+  get k(): Float32Array { return this.pages.k; }
+  get v(): Float32Array { return this.pages.v; }
+  get kmin(): Float32Array { return this.pages.kmin; }
+  get kmax(): Float32Array { return this.pages.kmax; }
+  get inWasm(): boolean { return this.pages.inWasm; }
+  /** byte offsets of physical page 0 in the WebAssembly memory */
+  get kPtr(): number { return this.pages.k.byteOffset; }
+  get vPtr(): number { return this.pages.v.byteOffset; }
+  get pageFloats(): number { return this.pages.pageFloats; }
+  get numPages(): number { return Math.ceil(this.length / this.pageSize); }
+
+  /** Offset of token t's vector for KV head g in `k` / `v`. */
+  offset(t: number, g: number): number {
+    const lp = Math.floor(t / this.pageSize), slot = t - lp * this.pageSize;
+    return ((this.table.pages[lp] * this.nKV + g) * this.pageSize + slot) * this.headDim;
+  }
+
+  /** Offset of logical page p's metadata for KV head g in `kmin` / `kmax`. */
+  metaOffset(p: number, g: number): number { return (this.table.pages[p] * this.nKV + g) * this.headDim; }
+
+  /** Appends one token: k and v hold nKV*headDim values from ko / vo. */
+  append(k: Float32Array, ko: number, v: Float32Array, vo: number): void {
+    const t = this.length, hd = this.headDim, P = this.pageSize;
+    const page = this.table.writable(t), first = t % P === 0, nKV = this.nKV;
+    const K = this.k, V = this.v, mn = this.kmin, mx = this.kmax;
+    for (let g = 0; g < nKV; g++) {
+      const o = ((page * nKV + g) * P + t % P) * hd, mo = (page * nKV + g) * hd;
+      for (let i = 0; i < hd; i++) {
+        const kv = k[ko + g * hd + i];
+        K[o + i] = kv;
+        V[o + i] = v[vo + g * hd + i];
+        if (first || kv < mn[mo + i]) mn[mo + i] = kv;
+        if (first || kv > mx[mo + i]) mx[mo + i] = kv;
+      }
+    }
+    this.length = t + 1;
+  }
+}
+
+/** A sequence's KV cache: its page table and a view of every layer. */
 export class PagedKVCache {
   readonly layers: LayerKV[];
-  constructor(nLayers: number, readonly nKV: number, readonly headDim: number, readonly pageSize: number, initialTokens = 1024) {
+  readonly table: PageTable;
+  readonly store: CpuPageStore;
+  private wasmTable: { ptr: number; bytes: number; version: number } | null = null;
+
+  /** A new family's first sequence, or (`from`) a fork of `from` that shares its pages. */
+  constructor(nLayers: number, readonly nKV: number, readonly headDim: number, readonly pageSize: number, initialTokens = 1024, from?: PagedKVCache) {
     if (!Number.isInteger(pageSize) || pageSize < 1) throw new Error(`page size must be a positive integer, got ${pageSize}`);
-    this.layers = Array.from({ length: nLayers }, () => new LayerKV(nKV, headDim, pageSize, initialTokens));
+    if (from) { this.store = from.store; this.table = from.table.fork(); } else {
+      this.store = new CpuPageStore(nLayers, nKV, headDim, pageSize);
+      this.store.grow(Math.max(1, Math.ceil(initialTokens / pageSize)));
+      this.table = new PageTable(new PageAllocator(this.store), pageSize);
+    }
+    this.layers = this.store.layers.map((l, i) => { const v = new LayerKV(l, this.table, this); v.length = from?.layers[i].length ?? 0; return v; });
   }
+
+  /** A sequence holding the same tokens, sharing every page (copy-on-write). */
+  fork(): PagedKVCache { return new PagedKVCache(this.layers.length, this.nKV, this.headDim, this.pageSize, 0, this); }
+
   get length(): number { return this.layers[0]?.length ?? 0; }
-  truncate(length: number): void { for (const l of this.layers) l.truncate(length); }
-  dispose(): void { for (const l of this.layers) l.dispose(); }
-  /** Bytes of K and V held (what a dense decode step reads). */
-  get bytes(): number { return this.layers.reduce((a, l) => a + (l.k.byteLength + l.v.byteLength), 0); }
+
+  /** Byte offset of the page table (int32 physical page per logical page) in the WebAssembly memory. */
+  tablePtr(): number {
+    const rt = wasm()!, t = this.table, need = Math.max(16, t.pages.length) * 4;
+    let w = this.wasmTable;
+    if (!w || w.bytes < need) {
+      if (w) rt.release(w.ptr, w.bytes);
+      const bytes = need * 2, ptr = rt.alloc(bytes);
+      if (ptr < 0) throw new Error('out of WebAssembly memory for a page table');
+      w = this.wasmTable = { ptr, bytes, version: -1 };
+      reclaim?.unregister(this); reclaim?.register(this, [{ ptr, bytes }], this);
+    }
+    if (w.version !== t.version) { rt.i32(w.ptr, t.pages.length).set(t.pages); w.version = t.version; }
+    return w.ptr;
+  }
+
+  /** Keeps the first `length` tokens (rewinds the sequence). */
+  truncate(length: number): void {
+    if (length >= this.length) return;
+    this.table.truncate(length);
+    for (const l of this.layers) l.length = length;
+  }
+
+  /** Gives back this sequence's pages (the family's storage goes with its last sequence). */
+  dispose(): void {
+    this.table.dispose();
+    for (const l of this.layers) l.length = 0;
+    reclaim?.unregister(this);
+    if (this.wasmTable) { wasm()?.release(this.wasmTable.ptr, this.wasmTable.bytes); this.wasmTable = null; }
+  }
+
+  /** Bytes of K and V this sequence reads (what a dense decode step reads). */
+  get bytes(): number { return this.table.pages.length * this.layers.length * 2 * this.layers[0].pageFloats * 4; }
 }

@@ -1,7 +1,7 @@
 // Quest and the baselines against brute force on random inputs and small hand-checked cases.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LayerKV } from '../kv/paged-cache.js';
+import { PagedKVCache, type LayerKV } from '../kv/paged-cache.js';
 import { attendHead, topKIndices } from '../attention/attend.js';
 import { QuestPolicy, pageScores, MIN_PAGES } from '../attention/quest.js';
 import { H2OPolicy, OraclePolicy, StreamingPolicy, TovaPolicy } from '../attention/baselines.js';
@@ -10,14 +10,14 @@ import { gaussian, randomArray, randomGGUF, tempFile } from './fixtures.js';
 import { loadModelFiles } from '../model/load.js';
 import { makeModel, Session } from '../engine/session.js';
 
-function filledCache(nKV: number, hd: number, P: number, n: number, seed: number): { kv: LayerKV; keys: Float32Array[] } {
-  const g = gaussian(seed), kv = new LayerKV(nKV, hd, P, 4);
+function filledCache(nKV: number, hd: number, P: number, n: number, seed: number): { kv: LayerKV; keys: Float32Array[]; cache: PagedKVCache } {
+  const g = gaussian(seed), cache = new PagedKVCache(1, nKV, hd, P, 4), kv = cache.layers[0];
   const keys: Float32Array[] = [];
   for (let t = 0; t < n; t++) {
     const k = randomArray(nKV * hd, 1.5, g), v = randomArray(nKV * hd, 1, g);
     keys.push(k); kv.append(k, 0, v, 0);
   }
-  return { kv, keys };
+  return { kv, keys, cache };
 }
 
 test('page score is an upper bound of q·k over every key in the page (random draws, negative values)', () => {
@@ -38,13 +38,13 @@ test('page score is an upper bound of q·k over every key in the page (random dr
 
 test('incremental page min/max equals recomputation, the partly filled last page included', () => {
   const P = 16, hd = 8;
-  const { kv, keys } = filledCache(2, hd, P, 75, 9);
+  const { kv, keys, cache } = filledCache(2, hd, P, 75, 9);
   for (let p = 0; p < kv.numPages; p++) for (let g = 0; g < 2; g++) for (let i = 0; i < hd; i++) {
     const vals = keys.slice(p * P, (p + 1) * P).map((k) => k[g * hd + i]);
     assert.equal(kv.kmin[kv.metaOffset(p, g) + i], Math.min(...vals));
     assert.equal(kv.kmax[kv.metaOffset(p, g) + i], Math.max(...vals));
   }
-  kv.truncate(40); // rewinding rebuilds the last page's metadata
+  cache.truncate(40); // rewinding rebuilds the last page's metadata
   const vals = keys.slice(32, 40).map((k) => k[3]);
   assert.equal(kv.kmax[kv.metaOffset(2, 0) + 3], Math.max(...vals));
 });

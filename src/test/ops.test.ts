@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { matmul, rmsnorm, swiglu, softmax } from '../backend/cpu/kernels.js';
 import { Rope, ropeInvFreq } from '../model/rope.js';
 import { encodeTensor, Matrix } from '../model/tensor.js';
-import { LayerKV } from '../kv/paged-cache.js';
+import { PagedKVCache } from '../kv/paged-cache.js';
 import { attendHead } from '../attention/attend.js';
 import { gaussian, randomArray } from './fixtures.js';
 import { refRmsnorm, refRope } from './reference.js';
@@ -80,7 +80,7 @@ test('SwiGLU and softmax match float64', () => {
 test('GQA attention over the paged cache matches brute force (group ratios 1, 4, 8)', () => {
   for (const [nH, nKV] of [[4, 4], [8, 2], [8, 1]]) {
     const hd = 16, n = 45, P = 16, g = gaussian(nH * 10 + nKV);
-    const kv = new LayerKV(nKV, hd, P, 8);
+    const kv = new PagedKVCache(1, nKV, hd, P, 8).layers[0];
     const K: Float32Array[] = [], V: Float32Array[] = [];
     for (let t = 0; t < n; t++) { const k = randomArray(nKV * hd, 1, g), v = randomArray(nKV * hd, 1, g); K.push(k); V.push(v); kv.append(k, 0, v, 0); }
     const q = randomArray(nH * hd, 1, g), out = new Float32Array(nH * hd), probs = new Float32Array(n);

@@ -182,9 +182,10 @@
 
   ;; Attention of one query head over n tokens of a paged cache:
   ;;   tokens: pointer to n i32 token ids, or 0 for tokens 0..n-1
-  ;;   token t's key is at kBase + (t / P) * pageStride + (t % P) * hd * 4 (likewise vBase)
+  ;;   token t's key is at kBase + table[t / P] * pageStride + (t % P) * hd * 4 (likewise vBase): table maps
+  ;;   the sequence's logical pages to physical ones (int32 each)
   ;;   probs (n f32, padded to a multiple of 4) receives the softmax weights; out (hd f32) the result.
-  (func (export "attend") (param $q i32) (param $kBase i32) (param $vBase i32) (param $pageStride i32) (param $P i32) (param $hd i32)
+  (func (export "attend") (param $q i32) (param $kBase i32) (param $vBase i32) (param $table i32) (param $pageStride i32) (param $P i32) (param $hd i32)
                           (param $tokens i32) (param $n i32) (param $scale f32) (param $probs i32) (param $out i32)
     (local $i i32) (local $t i32) (local $off i32) (local $s f32) (local $max f32) (local $sum v128) (local $m4 v128)
     (local $e v128) (local $inv f32) (local $d i32) (local $p v128) (local $hb i32) (local $n4 i32) (local $vo i32)
@@ -196,7 +197,7 @@
       (br_if $sd (i32.ge_s (local.get $i) (local.get $n)))
       (local.set $t (if (result i32) (i32.eqz (local.get $tokens)) (then (local.get $i))
                       (else (i32.load (i32.add (local.get $tokens) (i32.shl (local.get $i) (i32.const 2)))))))
-      (local.set $off (i32.add (i32.mul (i32.div_u (local.get $t) (local.get $P)) (local.get $pageStride))
+      (local.set $off (i32.add (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (i32.div_u (local.get $t) (local.get $P)) (i32.const 2)))) (local.get $pageStride))
                                (i32.mul (i32.rem_u (local.get $t) (local.get $P)) (local.get $hb))))
       (local.set $s (f32.mul (call $dot (local.get $q) (i32.add (local.get $kBase) (local.get $off)) (local.get $hd)) (local.get $scale)))
       (f32.store (i32.add (local.get $probs) (i32.shl (local.get $i) (i32.const 2))) (local.get $s))
@@ -236,7 +237,7 @@
       (br_if $ad (i32.ge_s (local.get $i) (local.get $n)))
       (local.set $t (if (result i32) (i32.eqz (local.get $tokens)) (then (local.get $i))
                       (else (i32.load (i32.add (local.get $tokens) (i32.shl (local.get $i) (i32.const 2)))))))
-      (local.set $vo (i32.add (local.get $vBase) (i32.add (i32.mul (i32.div_u (local.get $t) (local.get $P)) (local.get $pageStride))
+      (local.set $vo (i32.add (local.get $vBase) (i32.add (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (i32.div_u (local.get $t) (local.get $P)) (i32.const 2)))) (local.get $pageStride))
                                                            (i32.mul (i32.rem_u (local.get $t) (local.get $P)) (local.get $hb)))))
       (local.set $off (i32.add (local.get $probs) (i32.shl (local.get $i) (i32.const 2))))
       (local.set $s (f32.mul (f32.load (local.get $off)) (local.get $inv)))
@@ -308,25 +309,27 @@
       (br $rl))))
 
   ;; Quest page scores: out[p] = sum_i max(q_i*max_i, q_i*min_i) for pages p < np of one KV head;
-  ;; kmin/kmax point at page 0 of that head, pages `stride` bytes apart; hd % 4 == 0
-  (func (export "page_scores") (param $q i32) (param $kmin i32) (param $kmax i32) (param $hd i32) (param $np i32) (param $stride i32) (param $out i32)
-    (local $p i32) (local $i i32) (local $hb i32) (local $acc v128) (local $qv v128)
+  ;; kmin/kmax point at physical page 0 of that head, pages `stride` bytes apart; logical page p is
+  ;; physical page table[p]; hd % 4 == 0
+  (func (export "page_scores") (param $q i32) (param $kmin i32) (param $kmax i32) (param $table i32) (param $hd i32) (param $np i32) (param $stride i32) (param $out i32)
+    (local $p i32) (local $i i32) (local $hb i32) (local $acc v128) (local $qv v128) (local $mn i32) (local $mx i32) (local $po i32)
     (local.set $hb (i32.shl (local.get $hd) (i32.const 2)))
     (block $pd (loop $pl
       (br_if $pd (i32.ge_s (local.get $p) (local.get $np)))
       (local.set $acc (v128.const i32x4 0 0 0 0))
+      (local.set $po (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (local.get $p) (i32.const 2)))) (local.get $stride)))
+      (local.set $mn (i32.add (local.get $kmin) (local.get $po)))
+      (local.set $mx (i32.add (local.get $kmax) (local.get $po)))
       (local.set $i (i32.const 0))
       (block $id (loop $il
         (br_if $id (i32.ge_s (local.get $i) (local.get $hb)))
         (local.set $qv (v128.load (i32.add (local.get $q) (local.get $i))))
         (local.set $acc (f32x4.add (local.get $acc)
-          (f32x4.max (f32x4.mul (local.get $qv) (v128.load (i32.add (local.get $kmax) (local.get $i))))
-                     (f32x4.mul (local.get $qv) (v128.load (i32.add (local.get $kmin) (local.get $i)))))))
+          (f32x4.max (f32x4.mul (local.get $qv) (v128.load (i32.add (local.get $mx) (local.get $i))))
+                     (f32x4.mul (local.get $qv) (v128.load (i32.add (local.get $mn) (local.get $i)))))))
         (local.set $i (i32.add (local.get $i) (i32.const 16)))
         (br $il)))
       (f32.store (i32.add (local.get $out) (i32.shl (local.get $p) (i32.const 2))) (call $hsum (local.get $acc)))
-      (local.set $kmin (i32.add (local.get $kmin) (local.get $stride)))
-      (local.set $kmax (i32.add (local.get $kmax) (local.get $stride)))
       (local.set $p (i32.add (local.get $p) (i32.const 1)))
       (br $pl))))
 )

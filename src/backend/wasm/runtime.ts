@@ -12,8 +12,8 @@ export interface KernelExports {
   q4_0_to_f32(src: number, dst: number, n: number): void;
   accumulate(dst: number, src: number, n: number): void;
   gemm_f16(w: number, rows: number, cols: number, x: number, n: number, out: number, outStride: number): void;
-  page_scores(q: number, kmin: number, kmax: number, hd: number, np: number, stride: number, out: number): void;
-  attend(q: number, kBase: number, vBase: number, pageStride: number, P: number, hd: number,
+  page_scores(q: number, kmin: number, kmax: number, table: number, hd: number, np: number, stride: number, out: number): void;
+  attend(q: number, kBase: number, vBase: number, table: number, pageStride: number, P: number, hd: number,
          tokens: number, n: number, scale: number, probs: number, out: number): void;
 }
 

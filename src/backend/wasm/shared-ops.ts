@@ -22,13 +22,13 @@ export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowByt
  *  is not 0, the attention each token receives is summed into received[h][0..start+n) (row stride
  *  `recvStride` floats), which H2O-style policies need. */
 export function attendHeads(k: KernelExports, h0: number, h1: number, n: number, start: number, nH: number, group: number, hd: number,
-                            q: number, out: number, kPtr: number, vPtr: number, pageStride: number, P: number, probs: number, scale: number,
+                            q: number, out: number, kPtr: number, vPtr: number, table: number, pageStride: number, P: number, probs: number, scale: number,
                             received = 0, recvStride = 0): void {
   for (let h = h0; h < h1; h++) {
     const headOff = Math.floor(h / group) * P * hd * 4;
     for (let i = 0; i < n; i++) {
       const o = ((i * nH + h) * hd) * 4;
-      k.attend(q + o, kPtr + headOff, vPtr + headOff, pageStride, P, hd, 0, start + i + 1, scale, probs, out + o);
+      k.attend(q + o, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, 0, start + i + 1, scale, probs, out + o);
       if (received) k.accumulate(received + h * recvStride * 4, probs, (start + i + 1 + 3) & ~3);
     }
   }
