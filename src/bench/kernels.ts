@@ -4,7 +4,7 @@
 // achieved GB/s against the read bandwidth measured in the same run, and the speedup; SVG plot.
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
-import { DecodeAttention, type AttnShape } from '../backend/webgpu/decode-attention.js';
+import { DecodeAttention, identityPageTable, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { f32ToF16 } from '../model/tensor.js';
 import { lineChart } from '../eval/plot.js';
 import { measureBandwidth } from './gpu-bandwidth.js';
@@ -72,7 +72,8 @@ async function main() {
       const bytes = DecodeAttention.layerBytes(shape, np);
       // (at least two, so that repeated Quest calls do not find their pages in the L2 cache either)
       const copies = Math.min(8, Math.max(2, Math.ceil((512 << 20) / (2 * bytes.kv))));
-      const layers = Array.from({ length: copies }, () => ({ k: fill(bytes.kv), v: fill(bytes.kv), meta: fill(bytes.meta) }));
+      const table = identityPageTable(device, np);
+      const layers = Array.from({ length: copies }, () => ({ k: fill(bytes.kv), v: fill(bytes.kv), meta: fill(bytes.meta), table }));
       await device.queue.onSubmittedWorkDone();
       let turn = 0;
       const next = () => layers[turn++ % copies];

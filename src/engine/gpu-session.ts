@@ -4,7 +4,9 @@
 // Quest from `denseLayers` on (the page selection happens on the GPU, nothing is read back).
 import { DEFAULT_ATTENTION, validateAttentionOptions, type AttentionOptions } from '../attention/policy.js';
 import { MIN_PAGES } from '../attention/quest.js';
-import { DecodeAttention } from '../backend/webgpu/decode-attention.js';
+import { DecodeAttention, type LayerBuffers } from '../backend/webgpu/decode-attention.js';
+import { GpuPageStore } from '../backend/webgpu/gpu-pages.js';
+import { PageAllocator, PageTable } from '../kv/page-table.js';
 import { hasSubgroups32, matrixConfig, processEnv, throwDeviceError } from '../backend/webgpu/device.js';
 import { mmaAttentionFits, mmaAttentionRows, mmaAttentionScratch, prefillAttentionMmaWgsl } from '../backend/webgpu/mma-kernels.js';
 import * as K from '../backend/webgpu/kernels.js';
@@ -21,7 +23,6 @@ const VEC_ROWS = 4; // chunks of up to this many tokens run matrix-vector produc
 export const GREEDY_DEPTH = 3;
 const RING = GREEDY_DEPTH + 1;
 
-interface LayerKV { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
 type Prologue = { kind: 'rmsnorm'; weight: GPUBuffer } | { kind: 'swiglu' };
 
 /** Activation buffers and pipelines shared by all sessions of a model: every submission is a whole
@@ -101,40 +102,68 @@ export interface GpuForwardOptions extends ForwardOptions {
 
 export class GpuSession {
   readonly attention: AttentionOptions;
-  private kv: LayerKV[] = [];
-  private capPages = 0;
+  /** the family's pages (shared with forks) and this sequence's table over them */
+  readonly store: GpuPageStore;
+  readonly table: PageTable;
+  private tableBuf: GPUBuffer;
+  private tableVersion = -1;
+  private views: LayerBuffers[] = [];
+  private viewsGeneration = -1;
   private len = 0;
   private groups = new Map<string, GPUBindGroup>();
   private ids = new WeakMap<object, number>();
   private nextId = 0;
   private staging: GPUBuffer | null = null;
 
-  constructor(readonly runner: GpuRunner, attention: Partial<AttentionOptions> = {}) {
+  /** `shareWith`: start as a fork of that sequence, sharing its KV pages (copy-on-write). */
+  constructor(readonly runner: GpuRunner, attention: Partial<AttentionOptions> = {}, shareWith?: GpuSession) {
     this.attention = { ...DEFAULT_ATTENTION, ...attention };
     validateAttentionOptions(this.attention);
     const a = this.attention;
     if (a.policy !== 'dense' && a.policy !== 'quest') throw new Error(`the "${a.policy}" policy runs on the CPU only (WebGPU has dense and quest)`);
     if (a.policy === 'quest' && a.gqa !== 'group-sum') throw new Error(`WebGPU Quest selects pages per KV group by summed scores (gqa group-sum), not "${a.gqa}"`);
     if (a.pageSize !== runner.pageSize) throw new Error(`page size ${a.pageSize} differs from the model's GPU page size ${runner.pageSize}`);
+    if (shareWith) { this.store = shareWith.store; this.table = shareWith.table.fork(); this.len = shareWith.len; } else {
+      this.store = new GpuPageStore(runner.m, runner.pageSize);
+      this.table = new PageTable(new PageAllocator(this.store), runner.pageSize);
+    }
+    // (entries past the sequence's pages: the tensor-core prefill attention reads whole 64-key tiles)
+    this.tableBuf = runner.m.device.createBuffer({ size: (runner.maxPages + Math.ceil(64 / runner.pageSize) + 1) * 4, usage: storageUsage() });
   }
 
   get length(): number { return this.len; }
   get model() { return this.runner.m; }
 
-  /** A copy of this sequence (its KV cache copied on the GPU) under another attention policy. */
+  /** This sequence under another attention policy, sharing its KV pages (nothing is copied; a page
+   *  either sequence later writes to is copied first). */
   fork(attention: Partial<AttentionOptions> = {}): GpuSession {
-    const s = new GpuSession(this.runner, { ...this.attention, ...attention });
-    s.ensurePages(this.capPages);
-    const enc = this.model.device.createCommandEncoder();
-    this.kv.forEach((l, i) => { for (const k of ['k', 'v', 'meta'] as const) enc.copyBufferToBuffer(l[k], 0, s.kv[i][k], 0, l[k].size); });
-    this.model.device.queue.submit([enc.finish()]);
-    s.len = this.len;
-    return s;
+    return new GpuSession(this.runner, { ...this.attention, ...attention }, this);
+  }
+
+  /** Rewinds to the first `length` tokens (not while greedy steps are in flight). */
+  truncate(length: number): void {
+    if (!Number.isInteger(length) || length < 0) throw new Error(`truncate needs a token count >= 0, got ${length}`);
+    if (length >= this.len) return;
+    this.table.truncate(length);
+    this.len = length;
+  }
+
+  /** Every layer's buffers with this sequence's page table (rebuilt when the family's storage grew). */
+  private get kv(): LayerBuffers[] {
+    if (this.viewsGeneration !== this.store.generation) {
+      this.runner.decode.forget(this.views);
+      this.groups.clear();
+      this.views = this.store.layers.map((l) => ({ ...l, table: this.tableBuf }));
+      this.viewsGeneration = this.store.generation;
+    }
+    return this.views;
   }
 
   dispose(): void {
-    for (const l of this.kv) { l.k.destroy(); l.v.destroy(); l.meta.destroy(); }
-    this.kv = []; this.capPages = 0; this.groups.clear();
+    this.runner.decode.forget(this.views);
+    this.views = []; this.groups.clear();
+    this.table.dispose();
+    this.tableBuf.destroy();
     this.staging?.destroy(); this.staging = null;
     for (const b of this.ring) b.destroy();
     this.ring = [];
@@ -209,19 +238,20 @@ export class GpuSession {
     const nPages = Math.ceil(total / r.pageSize), touched = nPages - Math.floor(start / r.pageSize);
     const a = this.attention, keep = Math.max(MIN_PAGES, Math.ceil(a.budget / r.pageSize));
     r.decode.resetBatch();
+    const layers = this.kv;
     m.layers.forEach((L, l) => {
-      const kv = this.kv[l];
+      const kv = layers[l];
       normed(L.attnNorm, L.qkv, r.qkv);
       if (oneStep) {
-        run(ropeAppend, 'ropeAppend', [r.qkv, m.ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
+        run(ropeAppend, 'ropeAppend', [r.qkv, m.ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step, kv.table], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
         const sparse = a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
         r.decode.encode(pass, kv, total, sparse ? keep : 0);
         current = null;
       } else {
         run(rope, 'rope', [r.qkv, m.ropeTable, r.step], K.grid64((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2));
-        run(append, 'append', [r.qkv, kv.k, kv.v, r.step], K.grid64((n * c.nKVHeads * c.headDim) / 2));
-        run(meta, 'meta', [kv.k, kv.meta, r.step], K.grid64((touched * c.nKVHeads * c.headDim) / 2));
-        run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step, r.attScratch], Math.ceil(n / prefillRows), c.nHeads);
+        run(append, 'append', [r.qkv, kv.k, kv.v, r.step, kv.table], K.grid64((n * c.nKVHeads * c.headDim) / 2));
+        run(meta, 'meta', [kv.k, kv.meta, r.step, kv.table], K.grid64((touched * c.nKVHeads * c.headDim) / 2));
+        run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step, r.attScratch, kv.table], Math.ceil(n / prefillRows), c.nHeads);
       }
       linear(L.wo, r.att, r.x, n, true);
       normed(L.ffnNorm, L.gateUp, r.gu);
@@ -245,9 +275,17 @@ export class GpuSession {
   /** Writes the step uniform and tokens for a chunk of n tokens at the current position; grows the cache. */
   private prepareChunk(tokens: number[] | null, n: number): void {
     const r = this.runner, d = this.model.device;
-    this.ensurePages(Math.ceil((this.len + n) / r.pageSize));
+    this.table.reserve(this.len, n); // (new pages; a shared last page copied first)
+    this.syncTable();
     d.queue.writeBuffer(r.step, 0, new Uint32Array([this.len, n, this.len + n, 0]));
     if (tokens) d.queue.writeBuffer(r.tokens, 0, new Uint32Array(tokens));
+  }
+
+  /** Mirrors the page table into its GPU buffer when it changed (queued before the next forward). */
+  private syncTable(): void {
+    if (this.tableVersion === this.table.version) return;
+    this.model.device.queue.writeBuffer(this.tableBuf, 0, new Uint32Array(this.table.pages));
+    this.tableVersion = this.table.version;
   }
 
   /** Benchmarks: a context of n tokens with random keys and values (and their page min/max) without a
@@ -255,7 +293,8 @@ export class GpuSession {
   async fillRandomContext(n: number, seed = 7): Promise<void> {
     if (this.len !== 0) throw new Error('fillRandomContext needs an empty session');
     const m = this.model, c = m.config, r = this.runner, d = m.device;
-    this.ensurePages(Math.ceil(n / r.pageSize));
+    this.table.reserve(0, n);
+    this.syncTable();
     for (const l of this.kv) { m.fillRandom(l.k, l.k.size / 4, seed++, 1); m.fillRandom(l.v, l.v.size / 4, seed++, 1); }
     d.queue.writeBuffer(r.step, 0, new Uint32Array([0, n, n, 0]));
     const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
@@ -263,7 +302,7 @@ export class GpuSession {
     const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
     pass.setPipeline(meta);
     for (const l of this.kv) {
-      pass.setBindGroup(0, this.bind(meta, 'meta', [l.k, l.meta, r.step]));
+      pass.setBindGroup(0, this.bind(meta, 'meta', [l.k, l.meta, r.step, l.table]));
       pass.dispatchWorkgroups(...K.grid64((Math.ceil(n / r.pageSize) * c.nKVHeads * c.headDim) / 2));
     }
     pass.end();
@@ -378,28 +417,8 @@ export class GpuSession {
   /** Waits for greedy steps still in flight (the queue runs them in order: the last one is enough). */
   private async drain(): Promise<void> { await this.lastStep; }
 
-  /** Drops the last n tokens: the length goes back, the key min/max of the page now last is recomputed
-   *  from the keys it keeps (the dropped keys had widened it) and that of pages they began is cleared. */
-  private rollback(n: number): void {
-    const m = this.model, c = m.config, r = this.runner, d = m.device;
-    const undone = this.len;
-    this.len -= n;
-    const enc = d.createCommandEncoder();
-    // pages that the undone steps began hold their keys' min/max: cleared, as if never written
-    const firstFree = Math.ceil(this.len / r.pageSize), lastTouched = Math.floor((undone - 1) / r.pageSize);
-    const pageBytes = c.nKVHeads * c.headDim * 4;
-    if (lastTouched >= firstFree) for (const l of this.kv) enc.clearBuffer(l.meta, firstFree * pageBytes, (lastTouched - firstFree + 1) * pageBytes);
-    if (this.len % r.pageSize !== 0) {
-      // the last page's min/max recomputed over the tokens that remain
-      d.queue.writeBuffer(r.step, 0, new Uint32Array([this.len, 0, this.len, 0]));
-      const meta = m.pipeline('kvmeta', () => K.kvMetaWgsl({ nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize }));
-      const pass = enc.beginComputePass();
-      pass.setPipeline(meta);
-      for (const l of this.kv) { pass.setBindGroup(0, this.bind(meta, 'meta', [l.k, l.meta, r.step])); pass.dispatchWorkgroups(...K.grid64((c.nKVHeads * c.headDim) / 2)); }
-      pass.end();
-    }
-    d.queue.submit([enc.finish()]);
-  }
+  /** Drops the last n tokens (greedy steps a consumer did not take). */
+  private rollback(n: number): void { this.truncate(this.len - n); }
 
   /** GPU time of the last forward's compute pass (ms; NaN unless the runner has timing on). */
   lastGpuMs = NaN;
@@ -414,26 +433,6 @@ export class GpuSession {
     const ns = new BigUint64Array(b.getMappedRange().slice(0));
     b.unmap();
     this.lastGpuMs = Number(ns[1] - ns[0]) / 1e6;
-  }
-
-  /** Makes room for `pages` pages: doubles the buffers (copying what they hold) when they are full. */
-  private ensurePages(pages: number): void {
-    if (pages <= this.capPages) return;
-    const c = this.model.config, d = this.model.device, P = this.runner.pageSize;
-    const cap = Math.min(this.runner.maxPages, Math.max(pages, this.capPages * 2, 64));
-    // (K/V get room for a 64-key tile past the last page: the tensor-core prefill attention reads whole tiles)
-    const kvBytes = (p: number) => (p + Math.ceil(64 / P)) * c.nKVHeads * P * c.headDim * 2, metaBytes = (p: number) => p * c.nKVHeads * c.headDim * 4;
-    const enc = d.createCommandEncoder();
-    const next = Array.from({ length: c.nLayers }, (_, l) => {
-      const mk = (size: number) => d.createBuffer({ size, usage: storageUsage() });
-      const nl = { k: mk(kvBytes(cap)), v: mk(kvBytes(cap)), meta: mk(metaBytes(cap)) };
-      const old = this.kv[l];
-      if (old) for (const k of ['k', 'v', 'meta'] as const) enc.copyBufferToBuffer(old[k], 0, nl[k], 0, old[k].size);
-      return nl;
-    });
-    d.queue.submit([enc.finish()]);
-    for (const l of this.kv) { l.k.destroy(); l.v.destroy(); l.meta.destroy(); }
-    this.kv = next; this.capPages = cap; this.groups.clear();
   }
 
   /** A cached bind group: buffer i at binding i, null for a binding the shader does not declare. */

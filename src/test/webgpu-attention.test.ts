@@ -56,7 +56,16 @@ async function runCase(c: Case, seed: number) {
     device.queue.writeBuffer(b, 0, data.buffer, 0, Math.ceil(data.byteLength / 4) * 4);
     return b;
   };
-  const layer = { k: mk(d.k16), v: mk(d.v16), meta: mk(d.meta16) };
+  // pages stored in reverse order and found through the page table (what a forked sequence reads)
+  const perm = Array.from({ length: d.pages }, (_, p) => d.pages - 1 - p);
+  const permuted = (data: Uint16Array, slab: number) => {
+    const out = new Uint16Array(data.length);
+    for (let p = 0; p < d.pages; p++) out.set(data.subarray(p * slab, (p + 1) * slab), perm[p] * slab);
+    return out;
+  };
+  const table = device.createBuffer({ size: Math.max(16, d.pages * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(table, 0, Uint32Array.from(perm));
+  const layer = { k: mk(permuted(d.k16, c.nKV * c.P * c.hd)), v: mk(permuted(d.v16, c.nKV * c.P * c.hd)), meta: mk(permuted(d.meta16, c.nKV * 2 * c.hd)), table };
   device.queue.writeBuffer(att.q, 0, d.q);
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
   att.resetBatch();

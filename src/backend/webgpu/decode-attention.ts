@@ -78,6 +78,7 @@ export const scoresWgsl = (s: AttnShape, subgroups = false) => {
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> pmeta: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(4) var<storage, read> table: array<u32>; // physical page of each logical page
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = lid.x; let lane = tid % LG; let grp = tid / LG; let g = wid.y;
@@ -86,7 +87,7 @@ ${heads.map((j) => `  let b${j} = ((g * G + ${j}u) * HD) / 4u + 2u * lane; let q
   for (var i = 0u; i < TB; i++) {
     // (pages past the end read the last one, without a branch before the row sums; not written)
     let p = min((wid.x * TB + i) * NG + grp, prm.nPages - 1u);
-    let b = (p * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG];
+    let b = (table[p] * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG];
   }
   var s = vec4<f32>(0.0);
   for (var i = 0u; i < TB; i++) {
@@ -295,7 +296,9 @@ const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS
 @group(0) @binding(4) var<storage, read> sel: array<u32>;
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [nH][nChunks][HD / 4]
 @group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;   // [nH][nChunks] (max, sum)
+@group(0) @binding(7) var<storage, read> table: array<u32>; // physical page of each logical page
 var<workgroup> pages: array<u32, MAXCP>;
+var<workgroup> phys: array<u32, MAXCP>; // their physical pages
 var<workgroup> gm: array<f32, ${NG * G}>; // [group][head] maxima, then sums
 var<workgroup> gacc: array<vec4<f32>, ${NG * s.headDim / 4}>; // [group][HD / 4]
 // one head's online softmax over TB rows: scores summed across the lane group, new max, rescale, add V
@@ -324,7 +327,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     var p = NONE;
     if (prm.sparse == 1u) { if (idx < prm.k) { p = sel[g * prm.k + idx]; } }
     else if (idx < prm.nPages) { p = idx; }
-    pages[tid] = p;
+    pages[tid] = p; phys[tid] = select(0u, table[p], p != NONE);
   }
   // this lane's 8 channels of q for every head of the group, scaled so that exp2 gives the softmax
 ${each((j) => `  let b${j} = ((g * G + ${j}u) * HD) / 4u + 2u * lane;
@@ -335,12 +338,12 @@ ${each((j) => `  let b${j} = ((g * G + ${j}u) * HD) / 4u + 2u * lane;
     // TB rows per lane group, consecutive groups on consecutive tokens (a warp reads contiguous rows)
     var k8: array<array<vec4<f32>, 2>, TB>; var v8: array<array<vec4<f32>, 2>, TB>; var ok: array<vec4<bool>, TB4>;
     for (var i = 0u; i < TB; i++) {
-      // no branches: a row that is not there reads row 0 of page 0 (always written) and is masked
+      // no branches: a row that is not there reads row 0 of physical page 0 (allocated) and is masked
       // out, so that the lanes stay converged for the row sums' subgroup shuffles
-      let t = t0 + i * NG + grp; let p = pages[min(t, rows - 1u) / P]; let slot = t % P;
+      let t = t0 + i * NG + grp; let pi = min(t, rows - 1u) / P; let p = pages[pi]; let slot = t % P;
       let valid = t < rows && p != NONE && p * P + slot < prm.seqLen;
       ok[i / 4u][i % 4u] = valid;
-      let b = ((select(0u, p, valid) * NKV + g) * P + select(0u, slot, valid)) * LG + lane;
+      let b = ((select(0u, phys[pi], valid) * NKV + g) * P + select(0u, slot, valid)) * LG + lane;
       k8[i] = unpack8(kc[b]); v8[i] = unpack8(vc[b]);
     }
 ${scatter ? groupStep(G, tb) : each((j) => `    h${j} = step(h${j}, k8, v8, ok, tid);`)}
@@ -426,7 +429,16 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 
 export type Stage = 'scores' | 'topk' | 'partial' | 'reduce';
 
-export interface LayerBuffers { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer }
+/** One layer of one sequence: the family's K, V and metadata pages and the sequence's page table
+ *  (u32 physical page per logical page). */
+export interface LayerBuffers { k: GPUBuffer; v: GPUBuffer; meta: GPUBuffer; table: GPUBuffer }
+
+/** A page table mapping logical page p to physical page p (tests and benchmarks of one sequence). */
+export function identityPageTable(device: GPUDevice, pages: number): GPUBuffer {
+  const b = device.createBuffer({ size: Math.max(16, pages * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(b, 0, Uint32Array.from({ length: pages }, (_, i) => i));
+  return b;
+}
 
 /** Pipelines and scratch for decode attention of one shape; `encode` records one call into a pass. */
 export class DecodeAttention {
@@ -439,11 +451,13 @@ export class DecodeAttention {
   private readonly params: GPUBuffer[] = [];
   private readonly lanes: ReturnType<typeof lanes>;
   private paramIndex = 0;
-  // Bind groups are cached per (uniform slot, layer, kernel) and never dropped: dawn.node has been seen
-  // to crash when the garbage collector finalises GPU objects while work is in flight.
-  private readonly groups = new Map<string, GPUBindGroup>();
-  private readonly layerIds = new WeakMap<LayerBuffers, number>();
-  private layerCount = 0;
+  // Bind groups are cached per layer, then per (uniform slot, kernel), and dropped only when a sequence
+  // says it is done with its layers (forget): dawn.node has been seen to crash when the garbage
+  // collector finalises GPU objects while work is in flight.
+  private readonly groups = new Map<LayerBuffers, Map<string, GPUBindGroup>>();
+
+  /** Drops the bind groups of layers no longer used (a disposed sequence, or one whose pages moved). */
+  forget(layers: LayerBuffers[]): void { for (const l of layers) this.groups.delete(l); }
 
   /** `io`: the q and out buffers to use (the decoder's activations) instead of own ones; `topkThreads`:
    *  the top-k kernel's workgroup size (tests and benchmarks compare them). */
@@ -519,20 +533,20 @@ export class DecodeAttention {
     const sparse = budgetPages > 0 && budgetPages < nPages;
     const k = sparse ? budgetPages : nPages;
     const { buf: prm, slot } = this.paramsFor(seqLen, k, sparse, 1 / Math.sqrt(s.headDim));
-    if (!this.layerIds.has(layer)) this.layerIds.set(layer, ++this.layerCount);
-    const lid = this.layerIds.get(layer)!;
+    let groups = this.groups.get(layer);
+    if (!groups) { groups = new Map(); this.groups.set(layer, groups); }
     const bind = (pipe: GPUComputePipeline, name: string, bufs: GPUBuffer[]) => {
-      const key = `${slot}:${lid}:${name}`;
-      let g = this.groups.get(key);
+      const key = `${slot}:${name}`;
+      let g = groups.get(key);
       if (!g) {
         g = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [prm, ...bufs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
-        this.groups.set(key, g);
+        groups.set(key, g);
       }
       return g;
     };
     const want = (st: Stage) => only === undefined || only === st;
     if (sparse && want('scores')) {
-      pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores]));
+      pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores, layer.table]));
       pass.dispatchWorkgroups(Math.ceil(nPages / (TB * this.lanes.NG)), s.nKV);
     }
     if (sparse && want('topk')) {
@@ -543,7 +557,7 @@ export class DecodeAttention {
     const { nChunks } = this.chunking(k);
     if (want('partial')) {
       const pipe = sparse ? this.pipes.sparse : this.pipes.dense;
-      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, sparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, this.ml]));
+      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, sparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, this.ml, layer.table]));
       pass.dispatchWorkgroups(nChunks, s.nKV);
     }
     if (want('reduce')) {

@@ -409,7 +409,8 @@ ${MAIN_1D}
 }`;
 
 /** Decode step (one token), in one pass: RoPE of q (into `qr`) and k, the token's k and v (f16) into
- *  the paged cache, and its page's key min/max updated (set at the page's first slot). A thread owns
+ *  the paged cache (its page through the sequence's page table), and the page's key min/max updated
+ *  (set at the page's first slot). A thread owns
  *  one channel pair (2j, 2j + 1) of one head, so every u32 it writes is its own. */
 export const ropeAppendWgsl = (s: HeadsSpec, neox: boolean) => STEP_WGSL + heads(s) + /* wgsl */ `
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
@@ -419,6 +420,7 @@ export const ropeAppendWgsl = (s: HeadsSpec, neox: boolean) => STEP_WGSL + heads
 @group(0) @binding(4) var<storage, read_write> vc: array<u32>;
 @group(0) @binding(5) var<storage, read_write> pmeta: array<u32>; // [page][kvHead][min, max][HD2]
 @group(0) @binding(6) var<uniform> step: Step;
+@group(0) @binding(7) var<storage, read> table: array<u32>; // physical page of each logical page
 // channel c of the rotated head that starts at b
 fn rot(b: u32, c: u32, pos: u32) -> f32 {
 ${neox ? `  let p = c % HD2; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + p]; let x1 = qkv[b + p + HD2];
@@ -431,7 +433,7 @@ ${MAIN_1D}
   if (h >= NH + 2u * NKV) { return; }
   let b = h * HD;
   if (h < NH) { qr[b + 2u * j] = rot(b, 2u * j, pos); qr[b + 2u * j + 1u] = rot(b, 2u * j + 1u, pos); return; }
-  let g = (h - NH) % NKV; let page = pos / P; let slot = pos % P;
+  let g = (h - NH) % NKV; let page = table[pos / P]; let slot = pos % P;
   let dst = ((page * NKV + g) * P + slot) * HD2 + j;
   if (h >= NH + NKV) { vc[dst] = pack2x16float(vec2<f32>(qkv[b + 2u * j], qkv[b + 2u * j + 1u])); return; }
   let k = pack2x16float(vec2<f32>(rot(b, 2u * j, pos), rot(b, 2u * j + 1u, pos)));
@@ -449,25 +451,19 @@ export const kvAppendWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ 
 @group(0) @binding(1) var<storage, read_write> kc: array<u32>;
 @group(0) @binding(2) var<storage, read_write> vc: array<u32>;
 @group(0) @binding(3) var<uniform> step: Step;
+@group(0) @binding(4) var<storage, read> table: array<u32>; // physical page of each logical page
 ${MAIN_1D}
   let per = NKV * HD2; let i = gid.x / per; let r = gid.x % per; let g = r / HD2; let j = r % HD2;
   if (i >= step.n) { return; }
   let pos = step.start + i;
-  let dst = (((pos / P) * NKV + g) * P + pos % P) * HD2 + j;
+  let dst = ((table[pos / P] * NKV + g) * P + pos % P) * HD2 + j;
   let kb = i * QKV + NH * HD + g * HD + 2u * j; let vb = kb + NKV * HD;
   kc[dst] = pack2x16float(vec2<f32>(qkv[kb], qkv[kb + 1u]));
   vc[dst] = pack2x16float(vec2<f32>(qkv[vb], qkv[vb + 1u]));
 }`;
 
-/** Recomputes the key min/max of the pages the chunk touched (over their filled slots). */
-export const kvMetaWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ `
-@group(0) @binding(0) var<storage, read> kc: array<u32>;
-@group(0) @binding(1) var<storage, read_write> pmeta: array<u32>; // [page][kvHead][min, max][HD2]
-@group(0) @binding(2) var<uniform> step: Step;
-${MAIN_1D}
-  let per = NKV * HD2; let page = step.start / P + gid.x / per; let r = gid.x % per; let g = r / HD2; let j = r % HD2;
-  if (page * P >= step.total) { return; }
-  let filled = min(P, step.total - page * P);
+/** min/max of channel pair j of KV head g over the first \`filled\` slots of physical page \`page\`. */
+const PAGE_META_FN = /* wgsl */ `fn pageMeta(page: u32, filled: u32, g: u32, j: u32) {
   var mn = vec2<f32>(3.0e38); var mx = vec2<f32>(-3.0e38);
   for (var t = 0u; t < filled; t++) {
     let k2 = unpack2x16float(kc[((page * NKV + g) * P + t) * HD2 + j]);
@@ -475,6 +471,33 @@ ${MAIN_1D}
   }
   let mb = (page * NKV + g) * 2u * HD2;
   pmeta[mb + j] = pack2x16float(mn); pmeta[mb + HD2 + j] = pack2x16float(mx);
+}`;
+
+/** Recomputes the key min/max of the pages the chunk touched (over their filled slots); logical pages
+ *  through the page table. */
+export const kvMetaWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ `
+@group(0) @binding(0) var<storage, read> kc: array<u32>;
+@group(0) @binding(1) var<storage, read_write> pmeta: array<u32>; // [page][kvHead][min, max][HD2]
+@group(0) @binding(2) var<uniform> step: Step;
+@group(0) @binding(3) var<storage, read> table: array<u32>; // physical page of each logical page
+${PAGE_META_FN}
+${MAIN_1D}
+  let per = NKV * HD2; let lp = step.start / P + gid.x / per; let r = gid.x % per; let g = r / HD2; let j = r % HD2;
+  if (lp * P >= step.total) { return; }
+  pageMeta(table[lp], min(P, step.total - lp * P), g, j);
+}`;
+
+/** Recomputes the key min/max of one physical page over its first \`filled\` slots (a page copied for a
+ *  sequence that writes to it, or one rewound): step.start is the page, step.n the slots. */
+export const pageMetaWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ `
+@group(0) @binding(0) var<storage, read> kc: array<u32>;
+@group(0) @binding(1) var<storage, read_write> pmeta: array<u32>; // [page][kvHead][min, max][HD2]
+@group(0) @binding(2) var<uniform> step: Step;
+${PAGE_META_FN}
+${MAIN_1D}
+  let g = gid.x / HD2; let j = gid.x % HD2;
+  if (g >= NKV || step.n == 0u) { return; }
+  pageMeta(step.start, step.n, g, j);
 }`;
 
 /** 8 f16 channels (one 16-byte word of a packed K/V row) as two vec4s. */
@@ -524,6 +547,7 @@ const UH: u32 = HD / 8u;  // 8-channel units per row
 @group(0) @binding(2) var<storage, read> vc: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(6) var<storage, read> table: array<u32>; // physical page of each logical page
 var<workgroup> ks: array<vec4<u32>, ${16 * s.headDim / 8}>; // [16 tokens][UH]
 var<workgroup> vs: array<vec4<u32>, ${16 * s.headDim / 8}>;
 ${UNPACK8_WGSL}${shuffle || TQ === 1 ? '' : workgroupRowSumWgsl('TQ', '256')}
@@ -542,7 +566,7 @@ ${units.map((u) => `  let qa${u} = qkv[qb + ${2 * u}u] * scale; let qc${u} = qkv
     for (var e = tid; e < BK * UH; e += 256u) {
       let t = t0 + e / UH;
       var kw = vec4<u32>(0u); var vw = vec4<u32>(0u);
-      if (t <= lastPos) { let src = (((t / P) * NKV + g) * P + t % P) * UH + e % UH; kw = kc[src]; vw = vc[src]; }
+      if (t <= lastPos) { let src = ((table[t / P] * NKV + g) * P + t % P) * UH + e % UH; kw = kc[src]; vw = vc[src]; }
       ks[e] = kw; vs[e] = vw;
     }
     workgroupBarrier();

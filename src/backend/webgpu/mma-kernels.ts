@@ -159,10 +159,11 @@ const BQ: u32 = ${ATT_ROWS * SG}u; const BKV: u32 = ${ATT_KEYS}u; const LDQ: u32
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> step: Step;
 @group(0) @binding(5) var<storage, read_write> st: array<f32>; // [workgroup][subgroup][64 keys][16 queries] scores
+@group(0) @binding(6) var<storage, read> table: array<u32>; // physical page of each logical page
 var<workgroup> sq: array<f16, ${ATT_ROWS * SG * LDQ}>;     // [BQ queries][HD] q, scaled
 var<workgroup> sp: array<f16, ${ATT_ROWS * SG * ATT_KEYS}>; // [subgroup][16 queries][64 keys] P
 // where key t of KV head g starts in the paged cache
-fn keyAt(t: u32, g: u32) -> u32 { return (((t / P) * NKV + g) * P + t % P) * HD; }
+fn keyAt(t: u32, g: u32) -> u32 { return ((table[t / P] * NKV + g) * P + t % P) * HD; }
 @compute @workgroup_size(${THREADS})
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let h = wid.y; let g = h / G; let i0 = wid.x * BQ;
