@@ -133,6 +133,8 @@ export class GpuSession {
 
   get length(): number { return this.len; }
   get model() { return this.runner.m; }
+  /** bytes of one page of KV (K, V and key min/max of every layer) */
+  get pageBytes(): number { return this.model.config.nLayers * (2 * this.store.kvPageBytes + this.store.metaPageBytes); }
 
   /** This sequence under another attention policy, sharing its KV pages (nothing is copied; a page
    *  either sequence later writes to is copied first). */
@@ -184,7 +186,7 @@ export class GpuSession {
     for (let s = 0; s < tokens.length; s += chunk) {
       const piece = tokens.slice(s, s + chunk), last = s + chunk >= tokens.length;
       const want = mode === 'all' ? 'all' : mode === 'last' && last ? (opts.argmax ? 'argmax' : 'last') : 'none';
-      const out = await this.runChunk(piece, want);
+      const out = await this.runChunk(piece, want, opts.dense === true);
       if (out) parts.push(out);
       opts.onProgress?.(Math.min(tokens.length, s + chunk), tokens.length);
     }
@@ -192,7 +194,7 @@ export class GpuSession {
   }
 
   /** Encodes one chunk's forward pass into `pass`. */
-  private encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none'): void {
+  private encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', dense: boolean): void {
     const m = this.model, c = m.config, r = this.runner;
     const start = this.len, total = start + n;
     let current: GPUComputePipeline | null = null;
@@ -244,7 +246,7 @@ export class GpuSession {
       normed(L.attnNorm, L.qkv, r.qkv);
       if (oneStep) {
         run(ropeAppend, 'ropeAppend', [r.qkv, m.ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step, kv.table], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
-        const sparse = a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
+        const sparse = !dense && a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
         r.decode.encode(pass, kv, total, sparse ? keep : 0);
         current = null;
       } else {
@@ -313,22 +315,22 @@ export class GpuSession {
   }
 
   /** Records a chunk's forward pass (and, with timing on, the pass's timestamps into read slot `slot`). */
-  private recordChunk(enc: GPUCommandEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', slot: number): void {
+  private recordChunk(enc: GPUCommandEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', slot: number, dense = false): void {
     const t = this.runner.timing;
     const tEncode = performance.now();
     const pass = enc.beginComputePass(t ? { timestampWrites: { querySet: t.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : undefined);
-    this.encodeChunk(pass, n, want);
+    this.encodeChunk(pass, n, want, dense);
     pass.end();
     this.lastEncodeMs = performance.now() - tEncode;
     if (t) { enc.resolveQuerySet(t.set, 0, 2, t.resolve, 0); enc.copyBufferToBuffer(t.resolve, 0, t.reads[slot], 0, 16); }
   }
 
-  private async runChunk(tokens: number[], want: 'all' | 'last' | 'argmax' | 'none'): Promise<Float32Array | null> {
+  private async runChunk(tokens: number[], want: 'all' | 'last' | 'argmax' | 'none', dense = false): Promise<Float32Array | null> {
     const d = this.model.device, c = this.model.config, n = tokens.length, r = this.runner;
     await this.drain(); // (a greedy pipeline's steps in flight use the shared buffers)
     this.prepareChunk(tokens, n);
     const enc = d.createCommandEncoder();
-    this.recordChunk(enc, n, want, 0);
+    this.recordChunk(enc, n, want, 0, dense);
     const bytes = want === 'all' ? n * c.vocabSize * 4 : want === 'last' ? c.vocabSize * 4 : want === 'argmax' ? 4 : 0;
     let staging: GPUBuffer | null = null;
     if (bytes) {

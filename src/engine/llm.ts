@@ -8,6 +8,7 @@ import { TextTokenizer, StreamDecoder, type ChatMessage } from '../tokenizer/tok
 import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy.js';
 import { makeModel, PREFILL_CHUNK, Session, type Model } from './session.js';
+import { DEFAULT_PREFIX_CACHE_BYTES, PrefixCache } from './prefix-cache.js';
 import { releaseModelBytes } from '../model/file-bytes.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
 import { GpuRunner, GpuSession } from './gpu-session.js';
@@ -42,6 +43,9 @@ export interface LoadOptions {
   onNote?: (msg: string) => void;
   /** progress of the weights' upload to the GPU (layers) */
   onGpuUpload?: (done: number, total: number) => void;
+  /** KV memory (bytes) that finished generations may keep so that prompts starting the same way skip
+   *  that part of their prefill (default 1 GiB; 0 turns the prefix cache off) */
+  prefixCacheBytes?: number;
 }
 
 export interface GenerateOptions extends SamplingOptions {
@@ -57,6 +61,9 @@ export interface GenerateOptions extends SamplingOptions {
   /** prompt as token ids instead of text (models without a tokenizer) */
   promptIds?: number[];
   onPrefillProgress?: (done: number, total: number) => void;
+  /** reuse (and afterwards keep) KV of prompts that start the same way (default true; the prefix
+   *  cache of LoadOptions.prefixCacheBytes; h2o and tova always prefill cold) */
+  cache?: boolean;
 }
 
 export interface TokenEvent { token: number; text: string }
@@ -65,6 +72,8 @@ export interface GenerationResult {
   text: string;
   tokens: number[];
   promptTokens: number;
+  /** prompt tokens whose KV came from the prefix cache (not prefilled again) */
+  cachedTokens: number;
   finishReason: 'stop' | 'length' | 'abort';
   prefillMs: number;
   decodeMs: number;
@@ -83,11 +92,14 @@ export class LLM {
   private disposed = false;
   /** the GPU side where device is 'webgpu' (weights and shared activations on the GPU) */
   readonly gpu: GpuRunner | null;
+  /** finished sequences kept for prompts that start the same way */
+  readonly prefixCache: PrefixCache<AnySession>;
 
   /** `model` null: the weights live on the GPU only (see LoadOptions.keepHostWeights). */
   constructor(readonly config: ModelConfig, model: Model | null, tokenizer: TextTokenizer | null, attention: AttentionOptions, readonly path: string,
-              private readonly files: Uint8Array[] = [], gpu: GpuRunner | null = null) {
+              private readonly files: Uint8Array[] = [], gpu: GpuRunner | null = null, prefixCacheBytes = DEFAULT_PREFIX_CACHE_BYTES) {
     this.gpu = gpu;
+    this.prefixCache = new PrefixCache<AnySession>(prefixCacheBytes);
     this.cpuModel = model;
     this.tokenizer = tokenizer;
     this.attention = attention;
@@ -150,11 +162,15 @@ export class LLM {
     return this.generate(this.tokenizer.applyChatTemplate(messages), options);
   }
 
+  /** Forgets the prefix cache's sequences (their KV memory is freed). */
+  clearCache(): void { this.prefixCache.clear(); }
+
   /** Frees the weights' memory; the model cannot be used afterwards. Sessions free their KV caches
    *  themselves (generate does; a Session from session() on dispose() or when collected). */
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.prefixCache.clear();
     releaseModelBytes(this.files.splice(0));
     if (this.gpu) { this.gpu.dispose(); this.gpu.m.dispose(); }
   }
@@ -172,21 +188,32 @@ export class LLM {
     if (ids.length >= ctx) throw new Error(`the prompt has ${ids.length} tokens, over the model's context length of ${ctx}`);
     const attention = { ...this.attention, ...o.attention };
     validateAttentionOptions(attention);
-    const session = this.session(attention);
-    if (o.stats) {
-      if (!(session instanceof Session)) throw new Error('attention-mass recall (stats) is measured on the CPU only');
-      session.collectStats();
-    }
+    if (o.stats && this.gpu) throw new Error('attention-mass recall (stats) is measured on the CPU only');
     const sampler = new Sampler(o);
-
+    // the prompt's longest cached prefix (policies that watch the prefill's attention start cold); at
+    // least the last prompt token still runs, as a prefill or a decode step of the tail
+    const tail = Math.min(Math.max(0, o.decodeTail ?? 0), ids.length - 1), prefill = ids.length - tail;
+    const reuse = o.cache !== false && attention.policy !== 'h2o' && attention.policy !== 'tova';
+    const hit = reuse ? this.prefixCache.take(ids, tail > 0 ? prefill : prefill - 1, (kept) => kept.fork(attention)) : null;
+    const session = hit?.seq ?? this.session(attention);
+    if (o.stats) (session as Session).collectStats();
+    let kept = false;
     try {
-      return await this.decodeLoop(session, ids, o, sampler, emit, ctx);
+      const r = await this.decodeLoop(session, ids, hit?.cached ?? 0, o, sampler, emit, ctx);
+      // keep the sequence's densely computed tokens: the prompt's prefill (all of it under dense attention)
+      const held = [...ids, ...r.tokens].slice(0, session.length);
+      if (reuse && held.length === session.length) {
+        this.prefixCache.put(held, attention.policy === 'dense' ? held.length : Math.min(held.length, prefill), session);
+        kept = true;
+      }
+      return r;
     } finally {
-      session.dispose();
+      if (!kept) session.dispose();
     }
   }
 
-  private async decodeLoop(session: AnySession, ids: number[], o: GenerateOptions, sampler: Sampler, emit: (e: TokenEvent) => void, ctx: number): Promise<GenerationResult> {
+  /** Prefills ids[cached..] (the session holds the first `cached`) and generates. */
+  private async decodeLoop(session: AnySession, ids: number[], cached: number, o: GenerateOptions, sampler: Sampler, emit: (e: TokenEvent) => void, ctx: number): Promise<GenerationResult> {
     const maxTokens = o.maxTokens ?? 256;
     const decoder = this.tokenizer ? new StreamDecoder(this.tokenizer) : null;
     const stops = (o.stop ?? []).filter((s) => s.length > 0);
@@ -195,22 +222,22 @@ export class LLM {
     const t0 = performance.now();
     // greedy decoding on the GPU reads back the argmax instead of the logits
     const argmax = session instanceof GpuSession && (o.temperature ?? 1) === 0;
-    const step = (t: number[], logits: 'last' | 'none' = 'last') =>
-      session instanceof GpuSession ? session.forward(t, { logits, argmax }) : session.forward(t, { logits });
+    const step = (t: number[], logits: 'last' | 'none' = 'last', dense = false) =>
+      session instanceof GpuSession ? session.forward(t, { logits, argmax, dense }) : session.forward(t, { logits, dense });
     // the prompt, a chunk per submission: progress after each, and a turn of the event loop in which a
     // cancel (o.signal) can arrive; a cancelled prefill keeps the chunks done and generates nothing
-    const prompt = ids.slice(0, ids.length - tail), chunk = session instanceof GpuSession ? session.runner.chunk : PREFILL_CHUNK;
+    const prompt = ids.slice(cached, ids.length - tail), chunk = session instanceof GpuSession ? session.runner.chunk : PREFILL_CHUNK;
     let logits: Float32Array = new Float32Array(0);
     for (let s = 0; s < prompt.length && !o.signal?.aborted; s += chunk) {
       const last = s + chunk >= prompt.length;
-      logits = await step(prompt.slice(s, s + chunk), last ? 'last' : 'none');
+      logits = await step(prompt.slice(s, s + chunk), last ? 'last' : 'none', true);
       o.onPrefillProgress?.(Math.min(prompt.length, s + chunk), prompt.length);
       if (!last) await yieldToEventLoop();
     }
     const prefillMs = performance.now() - t0;
     const t1 = performance.now();
     if (o.signal?.aborted) {
-      return { text: '', tokens: [], promptTokens: ids.length, finishReason: 'abort', prefillMs, decodeMs: 0, prefillTokensPerSecond: 0, decodeTokensPerSecond: 0 };
+      return { text: '', tokens: [], promptTokens: ids.length, cachedTokens: cached, finishReason: 'abort', prefillMs, decodeMs: 0, prefillTokensPerSecond: 0, decodeTokensPerSecond: 0 };
     }
     for (const t of ids.slice(ids.length - tail)) logits = await step([t]);
 
@@ -252,8 +279,8 @@ export class LLM {
     const decodeMs = performance.now() - t1;
     const decoded = tail + out.length;
     return {
-      text, tokens: out, promptTokens: ids.length, finishReason, prefillMs, decodeMs,
-      prefillTokensPerSecond: (ids.length - tail) / (prefillMs / 1000),
+      text, tokens: out, promptTokens: ids.length, cachedTokens: cached, finishReason, prefillMs, decodeMs,
+      prefillTokensPerSecond: (ids.length - tail - cached) / (prefillMs / 1000),
       decodeTokensPerSecond: decoded ? decoded / (decodeMs / 1000) : 0,
       recall: session instanceof Session && session.stats ? { mean: session.stats.mean(), perLayer: session.stats.perLayer(), meanAttendedTokens: session.stats.meanAttended() } : undefined,
     };
@@ -274,6 +301,8 @@ export async function loadModel(source: string | ModelFiles, options: LoadOption
   if (!DEVICES.includes(device)) throw new Error(`unknown device "${device}" (choose cpu or webgpu)`);
   const attention = { ...DEFAULT_ATTENTION, ...options.attention };
   validateAttentionOptions(attention);
+  const cacheBytes = options.prefixCacheBytes;
+  if (cacheBytes !== undefined && !(Number.isFinite(cacheBytes) && cacheBytes >= 0)) throw new Error(`prefixCacheBytes must be a number of bytes >= 0, got ${cacheBytes}`);
   // (Node: downloads go to a disk cache, see model-cache.ts; the browser entry fetches before calling this)
   if (typeof source === 'string' && isRemote(source)) source = await cachedOrFetched(source, { onProgress: options.onProgress, onNote: options.onNote });
   const loaded = loadModelFiles(source, { tokenizerPath: options.tokenizer, onProgress: options.onProgress });
@@ -289,10 +318,10 @@ export async function loadModel(source: string | ModelFiles, options: LoadOption
       if (!options.keepHostWeights) {
         // (the upload copied every weight: writeBuffer takes its data when called)
         releaseModelBytes(loaded.files ?? []);
-        return new LLM(loaded.config, null, tokenizer, attention, loaded.path, [], runner);
+        return new LLM(loaded.config, null, tokenizer, attention, loaded.path, [], runner, options.prefixCacheBytes);
       }
     }
-    return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, loaded.path, loaded.files, runner);
+    return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, loaded.path, loaded.files, runner, options.prefixCacheBytes);
   } catch (e) {
     releaseModelBytes(loaded.files ?? []); // a failed load leaves nothing behind
     throw e;

@@ -9,6 +9,7 @@ import { attendHeads } from '../backend/wasm/shared-ops.js';
 import { createPolicy } from '../attention/create.js';
 import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Selection, type StepContext } from '../attention/policy.js';
 import { PagedKVCache } from '../kv/paged-cache.js';
+import type { PageTable } from '../kv/page-table.js';
 import type { ModelConfig, ModelWeights } from '../model/config.js';
 import { Rope } from '../model/rope.js';
 import { concatF32 } from '../model/tensor.js';
@@ -44,6 +45,9 @@ export interface ForwardOptions {
   /** prefill chunk size (bounds activation memory; progress is reported per chunk) */
   chunk?: number;
   onProgress?: (done: number, total: number) => void;
+  /** every layer attends densely, whatever the policy (a prompt's prefill: a chunk of one token is
+   *  otherwise a decode step, which the policy may make sparse) */
+  dense?: boolean;
 }
 
 /** Tokens per prefill chunk on the CPU (bounds activation memory; progress is reported per chunk). */
@@ -68,6 +72,10 @@ export class Session {
   }
 
   get length(): number { return this.cache.length; }
+  /** the sequence's page table (which physical pages of its family it reads) */
+  get table(): PageTable { return this.cache.table; }
+  /** bytes of one page of KV (K, V and key min/max of every layer) */
+  get pageBytes(): number { const l = this.cache.layers[0]; return this.cache.layers.length * (2 * l.pageFloats + 2 * l.nKV * l.headDim) * 4; }
 
   /** Prefill attention received per `layer:head`, kept so that forks can hand it to H2O-like policies. */
   private prefillScores: Map<string, Float32Array> | null = null;
@@ -111,14 +119,14 @@ export class Session {
     for (let s = 0; s < tokens.length; s += chunk) {
       const piece = tokens.slice(s, s + chunk);
       const last = s + chunk >= tokens.length;
-      const logits = this.forwardChunk(piece, mode === 'all' ? 'all' : mode === 'last' && last ? 'last' : 'none');
+      const logits = this.forwardChunk(piece, mode === 'all' ? 'all' : mode === 'last' && last ? 'last' : 'none', opts.dense === true);
       if (logits) parts.push(logits);
       opts.onProgress?.(Math.min(tokens.length, s + chunk), tokens.length);
     }
     return mode === 'none' ? new Float32Array(0) : concatF32(parts);
   }
 
-  private forwardChunk(tokens: number[], logitsMode: 'last' | 'all' | 'none'): Float32Array | null {
+  private forwardChunk(tokens: number[], logitsMode: 'last' | 'all' | 'none', dense: boolean): Float32Array | null {
     const { config: c, weights: w, rope } = this.model;
     const n = tokens.length, dim = c.dim, hd = c.headDim, nH = c.nHeads, nKV = c.nKVHeads;
     const qDim = nH * hd, kvDim = nKV * hd, start = this.length;
@@ -140,7 +148,7 @@ export class Session {
         rope.apply(k, i * kvDim, nKV, start + i);
         kv.append(k, i * kvDim, v, i * kvDim);
       }
-      const sparse = n === 1 && this.policy !== null && l >= this.attention.denseLayers;
+      const sparse = n === 1 && !dense && this.policy !== null && l >= this.attention.denseLayers;
       if (sparse) this.sparseStep(l, q, att, scale);
       else this.denseAttention(l, q, att, n, start, scale);
       matmul(L.wo, att, n, xb2);

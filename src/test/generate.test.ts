@@ -74,7 +74,7 @@ test('the prefill of a long prompt reports progress per chunk and can be cancell
   assert.deepEqual(seen, [256, 512, 768, 1024, 1280, 1500]);
   assert.equal(all.tokens.length, 1);
   const ac = new AbortController(), cut: number[] = [];
-  const r = await m.complete('', { promptIds, maxTokens: 5, temperature: 0, signal: ac.signal, onPrefillProgress: (done) => { cut.push(done); if (done >= 512) ac.abort(); } });
+  const r = await m.complete('', { promptIds, maxTokens: 5, temperature: 0, signal: ac.signal, cache: false, onPrefillProgress: (done) => { cut.push(done); if (done >= 512) ac.abort(); } });
   assert.equal(r.finishReason, 'abort');
   assert.deepEqual(r.tokens, []);
   assert.deepEqual(cut, [256, 512]); // no chunk ran after the cancel
