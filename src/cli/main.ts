@@ -113,10 +113,12 @@ addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP s
   .option('--host <host>', 'address to listen on', '127.0.0.1')
   .option('--port <n>', 'port', int('port'), 8080)
   .option('--concurrency <n>', 'generations running at once (interleaved token by token)', int('concurrency'), 4)
-  .option('--queue <n>', 'requests allowed to wait beyond those; more are refused with 429', int('queue'), 256))
+  .option('--queue <n>', 'requests allowed to wait beyond those; more are refused with 429', int('queue'), 256)
+  .option('--prefix-cache <MiB>', 'KV memory kept for prompts that start the same way (a shared system prompt or document); 0 = off', num('prefix cache'), 1024))
   .action(async (o) => {
     const load = progressBar('loading', 'MB');
-    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
+    if (o.prefixCache < 0) throw new Error(`--prefix-cache must be >= 0 MiB, got ${o.prefixCache}`);
+    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), prefixCacheBytes: Math.round(o.prefixCache * 2 ** 20), onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
     load.stop();
     const modelId = o.modelId ?? basename(o.model.replace(/\/+$/, '')).replace(/\.gguf$/, '');
     const app = createServer(llm, { modelId, concurrency: o.concurrency, queueLimit: o.queue });

@@ -92,11 +92,17 @@ export function createServer(llm: LLM, o: ServeOptions): FastifyInstance {
     }
   };
 
+  // (cached_tokens: prompt tokens whose KV came from the prefix cache, as OpenAI reports its prompt caching)
+  const usageOf = (r: { tokens: number[]; cachedTokens: number }, nPrompt: number) => ({
+    prompt_tokens: nPrompt, completion_tokens: r.tokens.length, total_tokens: nPrompt + r.tokens.length,
+    prompt_tokens_details: { cached_tokens: r.cachedTokens },
+  });
+
   const finish = (r: string) => (r === 'stop' ? 'stop' : r === 'abort' ? 'stop' : 'length');
 
   const whole = async (reply: FastifyReply, id: string, chat: boolean, c: CommonRequest, opts: GenerateOptions, nPrompt: number) => {
     const r = await llm.complete('', opts);
-    const usage = { prompt_tokens: nPrompt, completion_tokens: r.tokens.length, total_tokens: nPrompt + r.tokens.length };
+    const usage = usageOf(r, nPrompt);
     const choice = chat
       ? { index: 0, message: { role: 'assistant', content: r.text }, finish_reason: finish(r.finishReason), logprobs: null }
       : { index: 0, text: r.text, finish_reason: finish(r.finishReason), logprobs: null };
@@ -117,7 +123,11 @@ export function createServer(llm: LLM, o: ServeOptions): FastifyInstance {
     try {
       for await (const e of gen) if (e.text && !res.destroyed) send(chat ? { content: e.text } : e.text, null);
       const r = await gen.result;
-      if (!res.destroyed) { send(chat ? {} : '', finish(r.finishReason)); res.write('data: [DONE]\n\n'); }
+      if (!res.destroyed) {
+        send(chat ? {} : '', finish(r.finishReason));
+        if (c.streamUsage) res.write(`data: ${JSON.stringify({ id, object: chat ? 'chat.completion.chunk' : 'text_completion', created: t, model: c.model, choices: [], usage: usageOf(r, r.promptTokens) })}\n\n`);
+        res.write('data: [DONE]\n\n');
+      }
     } catch (e) {
       if (!res.destroyed) res.write(`data: ${JSON.stringify(new ApiError(500, (e as Error).message).body())}\n\n`);
     }

@@ -18,6 +18,8 @@ export interface CommonRequest {
   seed: number | undefined;
   stop: string[];
   stream: boolean;
+  /** stream_options.include_usage: a last chunk carries the usage */
+  streamUsage: boolean;
   attention: Partial<AttentionOptions>;
 }
 
@@ -52,6 +54,10 @@ export function parseCommon(body: unknown, modelIds: string[]): { b: Record<stri
     stop = b.stop as string[];
   } else if (b.stop !== undefined && b.stop !== null) throw new ApiError(400, "'stop' must be a string or an array of strings", 'stop', 'invalid_type');
   if (b.stream !== undefined && typeof b.stream !== 'boolean') throw new ApiError(400, "'stream' must be a boolean", 'stream', 'invalid_type');
+  const so = b.stream_options as { include_usage?: unknown } | undefined | null;
+  if (so !== undefined && so !== null && (typeof so !== 'object' || (so.include_usage !== undefined && typeof so.include_usage !== 'boolean'))) {
+    throw new ApiError(400, "'stream_options' must be an object with a boolean 'include_usage'", 'stream_options', 'invalid_type');
+  }
   const attention: Partial<AttentionOptions> = {};
   if (b.quest !== undefined) {
     if (!isObj(b.quest)) throw new ApiError(400, "'quest' must be an object: { policy, budget, page_size, dense_layers }", 'quest', 'invalid_type');
@@ -64,7 +70,7 @@ export function parseCommon(body: unknown, modelIds: string[]): { b: Record<stri
     if (q.page_size !== undefined) attention.pageSize = num(q, 'page_size', 16, 1, 1024, true);
     if (q.dense_layers !== undefined) attention.denseLayers = num(q, 'dense_layers', 2, 0, 1024, true);
   }
-  return { b, req: { model: b.model, maxTokens, temperature, topP, seed, stop, stream: b.stream === true, attention } };
+  return { b, req: { model: b.model, maxTokens, temperature, topP, seed, stop, stream: b.stream === true, streamUsage: b.stream === true && so?.include_usage === true, attention } };
 }
 
 export function parseMessages(b: Record<string, unknown>): ChatMessage[] {

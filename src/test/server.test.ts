@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import { loadModel, type LLM } from '../engine/llm.js';
 import { createServer } from '../server/server.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
+import { commonPrefix } from '../engine/prefix-cache.js';
 
 let llm: LLM, app: FastifyInstance, base: string, client: OpenAI;
 const MODEL = 'quest-tiny-8k';
@@ -119,4 +120,22 @@ test('a client that disconnects cancels its generation', async () => {
   const r = await client.completions.create({ model: MODEL, prompt: 'It was', max_tokens: 4, temperature: 0 });
   assert.equal(typeof r.choices[0].text, 'string');
   assert.ok(Date.now() - t0 < 20000);
+});
+
+test('two requests sharing a long system prompt: the second reuses its KV (usage.prompt_tokens_details.cached_tokens) and answers as a cold run', async () => {
+  llm.clearCache();
+  const doc = Array.from({ length: 120 }, (_, i) => `Item ${i}: the ${['red', 'green', 'blue'][i % 3]} box holds ${i * 7} coins.`).join(' ');
+  const ask = (q: string) => [{ role: 'system' as const, content: doc }, { role: 'user' as const, content: q }];
+  const shared = commonPrefix(llm.encode(llm.tokenizer!.applyChatTemplate(ask('How many coins are in item 3?'))), llm.encode(llm.tokenizer!.applyChatTemplate(ask('Which box is item 40?'))));
+  assert.ok(shared > 1000, `a long shared prefix (${shared} tokens)`);
+  const r1 = await client.chat.completions.create({ model: MODEL, messages: ask('How many coins are in item 3?'), max_tokens: 12, temperature: 0 });
+  assert.equal(r1.usage?.prompt_tokens_details?.cached_tokens, 0);
+  const cold = await llm.complete(llm.tokenizer!.applyChatTemplate(ask('Which box is item 40?')), { maxTokens: 12, temperature: 0, cache: false });
+  const s = await client.chat.completions.create({ model: MODEL, messages: ask('Which box is item 40?'), max_tokens: 12, temperature: 0, stream: true, stream_options: { include_usage: true } });
+  let text = '', usage: OpenAI.CompletionUsage | undefined;
+  for await (const c of s) { text += c.choices[0]?.delta?.content ?? ''; usage = c.usage ?? usage; }
+  assert.equal(usage?.prompt_tokens_details?.cached_tokens, shared);
+  assert.equal(text, cold.text);
+  await assert.rejects(fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: MODEL, messages: ask('x'), stream: true, stream_options: { include_usage: 'yes' } }) })
+    .then(async (r) => { if (r.status !== 400) throw new Error(`status ${r.status}`); throw new Error(((await r.json()) as { error: { message: string } }).error.message); }), /stream_options/);
 });
