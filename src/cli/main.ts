@@ -62,21 +62,29 @@ addAttentionFlags(program.command('generate').description('generate text from a 
   .option('--seed <n>', 'random seed', int('seed'))
   .option('--stop <text>', 'stop string (repeatable)', collect, [])
   .option('--decode-tail <n>', 'feed the last N prompt tokens as decode steps (the sparse policy then sees them)', int('decode tail'), 0)
+  .option('--session <file>', 'continue a session file (quest prefill): the prompt is appended to its tokens')
   .option('--stats', 'report attention-mass recall of the sparse steps'))
   .action(async (o) => {
     if ([o.prompt, o.promptFile, o.promptIds].filter((x) => x !== undefined).length !== 1) {
       throw new Error('give exactly one of --prompt, --prompt-file or --prompt-ids');
     }
+    if (o.session && o.chat) throw new Error('--chat wraps a whole conversation: it does not continue a --session');
     const load = progressBar('loading', 'MB');
     const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
     load.stop();
+    let session;
+    if (o.session) {
+      const bar = progressBar('session', 'MB');
+      session = await llm.loadSession(o.session, { onProgress: (d, t) => bar.update(d / 2 ** 20, t / 2 ** 20) });
+      bar.stop();
+    }
     let prompt: string = o.prompt ?? (o.promptFile ? readFileSync(o.promptFile, 'utf8') : '');
     if (o.chat) prompt = llm.tokenizer ? llm.tokenizer.applyChatTemplate([{ role: 'user', content: prompt }]) : prompt;
     const promptIds = o.promptIds ? String(o.promptIds).split(',').map((s: string) => Number(s.trim())) : undefined;
     const prefill = progressBar('prefill', 'tokens');
     const gen = llm.generate(prompt, {
       maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, stop: o.stop,
-      decodeTail: o.decodeTail, stats: o.stats, promptIds, onPrefillProgress: (d, t) => prefill.update(d, t),
+      decodeTail: o.decodeTail, stats: o.stats, promptIds, session, onPrefillProgress: (d, t) => prefill.update(d, t),
     });
     let first = true;
     for await (const ev of gen) {
@@ -87,7 +95,7 @@ addAttentionFlags(program.command('generate').description('generate text from a 
     prefill.stop();
     const peak = process.resourceUsage().maxRSS / 1024;
     process.stdout.write('\n');
-    process.stderr.write(`[${r.promptTokens} prompt tokens | prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s | ` +
+    process.stderr.write(`[${r.promptTokens} prompt tokens${r.cachedTokens ? ` (${r.cachedTokens} from the session)` : ''} | first token ${(r.prefillMs / 1000).toFixed(2)} s | prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s | ` +
       `decode ${r.decodeTokensPerSecond.toFixed(1)} tok/s (${r.tokens.length} tokens, ${r.finishReason}) | ` +
       `attention ${llm.attention.policy}${llm.attention.policy === 'dense' ? '' : ` budget ${llm.attention.budget}`} | ${llm.device} | peak memory ${peak.toFixed(0)} MB]\n`);
     if (o.stats && r.recall) {
@@ -95,6 +103,33 @@ addAttentionFlags(program.command('generate').description('generate text from a 
       process.stderr.write(`[attention-mass recall: mean ${r.recall.mean === null ? 'n/a (no sparse step)' : r.recall.mean.toFixed(4)}, ` +
         `${r.recall.meanAttendedTokens?.toFixed(0) ?? '-'} tokens attended per head | ${pl}]\n`);
     }
+  });
+
+addAttentionFlags(program.command('prefill').description('prefill a prompt once and save the session (tokens and KV cache) for quest generate --session')
+  .option('--model <path>', 'model: a path, a URL or hf:org/name', DEFAULT_MODEL)
+  .option('--tokenizer <path>', 'tokenizer.bin for llama2.c checkpoints')
+  .option('--prompt <text>', 'the prompt')
+  .option('--prompt-file <file>', 'read the prompt from a file')
+  .option('--prompt-ids <ids>', 'the prompt as comma-separated token ids (models without a tokenizer)')
+  .requiredOption('--out <file>', 'session file to write'))
+  .action(async (o) => {
+    if ([o.prompt, o.promptFile, o.promptIds].filter((x) => x !== undefined).length !== 1) {
+      throw new Error('give exactly one of --prompt, --prompt-file or --prompt-ids');
+    }
+    const load = progressBar('loading', 'MB');
+    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
+    load.stop();
+    const ids: number[] = o.promptIds ? String(o.promptIds).split(',').map((x: string) => Number(x.trim())) : llm.encode(o.prompt ?? readFileSync(o.promptFile, 'utf8'));
+    if (ids.length >= llm.config.maxSeqLen) throw new Error(`the prompt has ${ids.length} tokens, over the model's context length of ${llm.config.maxSeqLen}`);
+    const session = llm.session();
+    const t0 = performance.now(), bar = progressBar('prefill', 'tokens');
+    await session.forward(ids, { logits: 'none', dense: true, onProgress: (d, t) => bar.update(d, t) });
+    bar.stop();
+    const ms = performance.now() - t0, save = progressBar('saving', 'MB');
+    await session.save(o.out, { onProgress: (d, t) => save.update(d / 2 ** 20, t / 2 ** 20) });
+    save.stop();
+    session.dispose();
+    process.stderr.write(`wrote ${o.out} (${ids.length} tokens, prefill ${(ms / 1000).toFixed(2)} s, ${llm.device})\n`);
   });
 
 program.command('convert').description('convert a Hugging Face Llama/Qwen2 folder to GGUF')

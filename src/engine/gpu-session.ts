@@ -11,7 +11,8 @@ import { hasSubgroups32, matrixConfig, processEnv, throwDeviceError } from '../b
 import { mmaAttentionFits, mmaAttentionRows, mmaAttentionScratch, prefillAttentionMmaWgsl } from '../backend/webgpu/mma-kernels.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
-import type { ForwardOptions } from './session.js';
+import type { ForwardOptions, KVLayout } from './session.js';
+import { saveSession, type SessionFileOptions } from './session-file.js';
 import { concatF32 } from '../model/tensor.js';
 
 /** Tokens per prefill submission, largest first: a large chunk reads the weights fewer times and gives
@@ -108,6 +109,8 @@ export class GpuSession {
   private tableBuf: GPUBuffer;
   private tableVersion = -1;
   private views: LayerBuffers[] = [];
+  /** the token ids the sequence holds (-1 briefly, for a greedy step's input still on the GPU) */
+  readonly tokens: number[] = [];
   private viewsGeneration = -1;
   private len = 0;
   private groups = new Map<string, GPUBindGroup>();
@@ -123,7 +126,7 @@ export class GpuSession {
     if (a.policy !== 'dense' && a.policy !== 'quest') throw new Error(`the "${a.policy}" policy runs on the CPU only (WebGPU has dense and quest)`);
     if (a.policy === 'quest' && a.gqa !== 'group-sum') throw new Error(`WebGPU Quest selects pages per KV group by summed scores (gqa group-sum), not "${a.gqa}"`);
     if (a.pageSize !== runner.pageSize) throw new Error(`page size ${a.pageSize} differs from the model's GPU page size ${runner.pageSize}`);
-    if (shareWith) { this.store = shareWith.store; this.table = shareWith.table.fork(); this.len = shareWith.len; } else {
+    if (shareWith) { this.store = shareWith.store; this.table = shareWith.table.fork(); this.len = shareWith.len; this.tokens.push(...shareWith.tokens); } else {
       this.store = new GpuPageStore(runner.m, runner.pageSize);
       this.table = new PageTable(new PageAllocator(this.store), runner.pageSize);
     }
@@ -148,6 +151,67 @@ export class GpuSession {
     if (length >= this.len) return;
     this.table.truncate(length);
     this.len = length;
+    this.tokens.length = Math.min(this.tokens.length, length);
+  }
+
+  /** Writes the sequence (tokens, KV pages, page min/max) to a session file (engine/session-file.ts). */
+  save(path: string, o: SessionFileOptions = {}): Promise<void> {
+    const c = this.model.config;
+    return saveSession(this, path, this.model.fingerprint, `${c.arch} ${c.nLayers} layers x ${c.dim}`, o);
+  }
+
+  /** How this sequence's KV pages are stored (session files must match it to be loaded). */
+  kvLayout(): KVLayout {
+    const c = this.model.config;
+    return { kv: 'f16', nLayers: c.nLayers, nKV: c.nKVHeads, headDim: c.headDim, pageSize: this.runner.pageSize, kPageBytes: this.store.kvPageBytes, metaPageBytes: this.store.metaPageBytes };
+  }
+
+  /** Runs of consecutive logical pages first..first+count-1 that are consecutive physical pages too. */
+  private runs(first: number, count: number): { at: number; phys: number; n: number }[] {
+    const out: { at: number; phys: number; n: number }[] = [];
+    for (let i = 0; i < count; i++) {
+      const p = this.table.pages[first + i], last = out[out.length - 1];
+      if (last && last.phys + last.n === p) last.n++; else out.push({ at: i, phys: p, n: 1 });
+    }
+    return out;
+  }
+
+  /** Logical pages first..first+count-1 of one layer: their K pages, then V pages, then key min/max. */
+  async readPages(layer: number, first: number, count: number): Promise<Uint8Array> {
+    await this.drain();
+    const d = this.model.device, L = this.store.layers[layer], kb = this.store.kvPageBytes, mb = this.store.metaPageBytes;
+    const size = count * (2 * kb + mb), staging = d.createBuffer({ size, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
+    const enc = d.createCommandEncoder();
+    for (const r of this.runs(first, count)) {
+      enc.copyBufferToBuffer(L.k, r.phys * kb, staging, r.at * kb, r.n * kb);
+      enc.copyBufferToBuffer(L.v, r.phys * kb, staging, (count + r.at) * kb, r.n * kb);
+      enc.copyBufferToBuffer(L.meta, r.phys * mb, staging, 2 * count * kb + r.at * mb, r.n * mb);
+    }
+    d.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const out = new Uint8Array(staging.getMappedRange().slice(0));
+    staging.unmap(); staging.destroy();
+    throwDeviceError();
+    return out;
+  }
+
+  /** The inverse of readPages (pages made writable by adoptTokens). */
+  writePages(layer: number, first: number, count: number, data: Uint8Array): void {
+    const q = this.model.device.queue, L = this.store.layers[layer], kb = this.store.kvPageBytes, mb = this.store.metaPageBytes;
+    for (const r of this.runs(first, count)) {
+      q.writeBuffer(L.k, r.phys * kb, data, r.at * kb, r.n * kb);
+      q.writeBuffer(L.v, r.phys * kb, data, (count + r.at) * kb, r.n * kb);
+      q.writeBuffer(L.meta, r.phys * mb, data, 2 * count * kb + r.at * mb, r.n * mb);
+    }
+  }
+
+  /** An empty session takes `tokens` as held, with pages for them (whose contents writePages fills). */
+  adoptTokens(tokens: number[]): void {
+    if (this.len !== 0) throw new Error('adoptTokens needs an empty session');
+    this.table.reserve(0, tokens.length);
+    this.syncTable();
+    this.len = tokens.length;
+    this.tokens.push(...tokens);
   }
 
   /** Every layer's buffers with this sequence's page table (rebuilt when the family's storage grew). */
@@ -187,6 +251,7 @@ export class GpuSession {
       const piece = tokens.slice(s, s + chunk), last = s + chunk >= tokens.length;
       const want = mode === 'all' ? 'all' : mode === 'last' && last ? (opts.argmax ? 'argmax' : 'last') : 'none';
       const out = await this.runChunk(piece, want, opts.dense === true);
+      this.tokens.push(...piece);
       if (out) parts.push(out);
       opts.onProgress?.(Math.min(tokens.length, s + chunk), tokens.length);
     }
@@ -402,6 +467,10 @@ export class GpuSession {
     this.nextToken ??= d.createBuffer({ size: 16, usage: storageUsage() });
     const slot = this.ringNext++ % RING, staging = this.ring[slot];
     this.prepareChunk(token === null ? null : [token], 1);
+    // the input token: known, or the previous step's argmax once it is read back
+    const at = this.tokens.length;
+    this.tokens.push(token ?? -1);
+    if (token === null) void this.lastStep.then((t) => { if (typeof t === 'number' && this.tokens.length > at) this.tokens[at] = t; });
     const enc = d.createCommandEncoder();
     // the chain's token lives in this session's own buffer: other sessions' forwards may run between two
     // steps and overwrite the runner's shared argmax and token buffers

@@ -9,6 +9,7 @@ import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy.js';
 import { makeModel, PREFILL_CHUNK, Session, type Model } from './session.js';
 import { DEFAULT_PREFIX_CACHE_BYTES, PrefixCache } from './prefix-cache.js';
+import { loadSession, type SessionFileOptions } from './session-file.js';
 import { releaseModelBytes } from '../model/file-bytes.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
 import { GpuRunner, GpuSession } from './gpu-session.js';
@@ -60,6 +61,9 @@ export interface GenerateOptions extends SamplingOptions {
   stats?: boolean;
   /** prompt as token ids instead of text (models without a tokenizer) */
   promptIds?: number[];
+  /** continue this sequence (llm.session(), llm.loadSession()): the prompt is appended to its tokens;
+   *  the session itself is left as it was (a fork runs) */
+  session?: AnySession;
   onPrefillProgress?: (done: number, total: number) => void;
   /** reuse (and afterwards keep) KV of prompts that start the same way (default true; the prefix
    *  cache of LoadOptions.prefixCacheBytes; h2o and tova always prefill cold) */
@@ -162,6 +166,40 @@ export class LLM {
     return this.generate(this.tokenizer.applyChatTemplate(messages), options);
   }
 
+  /** A sequence read from a session file (Session.save / GpuSession.save, `quest prefill`): its tokens
+   *  and KV pages, under the model's attention settings or `attention`. */
+  async loadSession(path: string, o: { attention?: Partial<AttentionOptions> } & SessionFileOptions = {}): Promise<AnySession> {
+    this.checkAlive();
+    const s = this.session(o.attention);
+    try {
+      await loadSession(s, path, this.gpu ? this.gpu.m.fingerprint : this.model.fingerprint, this.config.maxSeqLen, o);
+      return s;
+    } catch (e) {
+      s.dispose();
+      throw e;
+    }
+  }
+
+  /** A session of this model and device, with every token known (GenerateOptions.session). */
+  private checkOwnSession(s: AnySession): AnySession {
+    const own = this.gpu ? s instanceof GpuSession && s.runner === this.gpu : s instanceof Session && s.model === this.cpuModel;
+    if (!own) throw new Error('options.session must be a session of this model on its device (llm.session() or llm.loadSession())');
+    if (s.tokens.some((t) => t < 0)) throw new Error('options.session is still running greedy steps');
+    return s;
+  }
+
+  /** A fork of `s` under `attention`, rewound to at most `most` tokens. */
+  private continued(s: AnySession, attention: AttentionOptions, most: number): { seq: AnySession; cached: number } {
+    const seq = s.fork(attention), cached = Math.min(s.length, most);
+    seq.truncate(cached);
+    return { seq, cached };
+  }
+
+  private tokenizerOrThrow(): TextTokenizer {
+    if (!this.tokenizer) throw new Error(`the model ${this.path} has no tokenizer: pass token ids (promptIds)`);
+    return this.tokenizer;
+  }
+
   /** Forgets the prefix cache's sequences (their KV memory is freed). */
   clearCache(): void { this.prefixCache.clear(); }
 
@@ -182,7 +220,9 @@ export class LLM {
     validateSampling(o);
     const maxTokens = o.maxTokens ?? 256;
     if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new Error(`maxTokens must be an integer >= 0, got ${maxTokens}`);
-    const ids = o.promptIds ?? this.encode(prompt);
+    const from = o.session ? this.checkOwnSession(o.session) : null;
+    // (a prompt that continues a session has no BOS of its own)
+    const ids = [...(from?.tokens ?? []), ...(o.promptIds ?? (from ? (prompt ? this.tokenizerOrThrow().encode(prompt, { bos: false }) : []) : this.encode(prompt)))];
     if (ids.length === 0) throw new Error('the prompt is empty');
     const ctx = this.config.maxSeqLen;
     if (ids.length >= ctx) throw new Error(`the prompt has ${ids.length} tokens, over the model's context length of ${ctx}`);
@@ -193,8 +233,10 @@ export class LLM {
     // the prompt's longest cached prefix (policies that watch the prefill's attention start cold); at
     // least the last prompt token still runs, as a prefill or a decode step of the tail
     const tail = Math.min(Math.max(0, o.decodeTail ?? 0), ids.length - 1), prefill = ids.length - tail;
-    const reuse = o.cache !== false && attention.policy !== 'h2o' && attention.policy !== 'tova';
-    const hit = reuse ? this.prefixCache.take(ids, tail > 0 ? prefill : prefill - 1, (kept) => kept.fork(attention)) : null;
+    const most = tail > 0 ? prefill : prefill - 1;
+    // (a session the caller passed: its tokens may have been decoded sparsely, so it is not kept)
+    const reuse = !from && o.cache !== false && attention.policy !== 'h2o' && attention.policy !== 'tova';
+    const hit = from ? this.continued(from, attention, most) : reuse ? this.prefixCache.take(ids, most, (kept) => kept.fork(attention)) : null;
     const session = hit?.seq ?? this.session(attention);
     if (o.stats) (session as Session).collectStats();
     let kept = false;

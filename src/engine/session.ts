@@ -12,12 +12,19 @@ import { PagedKVCache } from '../kv/paged-cache.js';
 import type { PageTable } from '../kv/page-table.js';
 import type { ModelConfig, ModelWeights } from '../model/config.js';
 import { Rope } from '../model/rope.js';
+import { modelFingerprint } from '../model/fingerprint.js';
+import { saveSession, type SessionFileOptions } from './session-file.js';
 import { concatF32 } from '../model/tensor.js';
 
-export interface Model { config: ModelConfig; weights: ModelWeights; rope: Rope }
+export interface Model {
+  config: ModelConfig; weights: ModelWeights; rope: Rope;
+  /** what saved KV caches of this model are checked against (model/fingerprint.ts) */
+  readonly fingerprint: string;
+}
 
 export function makeModel(config: ModelConfig, weights: ModelWeights): Model {
-  return { config, weights, rope: Rope.forConfig(config) };
+  let fp: string | undefined;
+  return { config, weights, rope: Rope.forConfig(config), get fingerprint() { return (fp ??= modelFingerprint(config, weights)); } };
 }
 
 /** Attention-mass recall of sparse decode steps: per layer, the sum over steps and heads. */
@@ -39,6 +46,9 @@ export class RecallStats {
   }
 }
 
+/** How a sequence's KV pages are stored: the element type and the bytes of one page per layer. */
+export interface KVLayout { kv: 'f32' | 'f16'; nLayers: number; nKV: number; headDim: number; pageSize: number; kPageBytes: number; metaPageBytes: number }
+
 export interface ForwardOptions {
   /** which positions' logits to return: the last token's, every token's, or none */
   logits?: 'last' | 'all' | 'none';
@@ -55,6 +65,8 @@ export const PREFILL_CHUNK = 256;
 
 export class Session {
   readonly cache: PagedKVCache;
+  /** the token ids the sequence holds (its KV cache's tokens, in order) */
+  readonly tokens: number[] = [];
   readonly attention: AttentionOptions;
   readonly policy: AttentionPolicy | null;
   /** set to collect attention-mass recall (costs a dense attention pass per sparse step) */
@@ -63,12 +75,13 @@ export class Session {
   private full = new Float32Array(0);
 
   /** `shareWith`: start as a fork of that sequence, sharing its KV pages (copy-on-write). */
-  constructor(readonly model: Model, attention: Partial<AttentionOptions> = {}, shareWith?: PagedKVCache) {
+  constructor(readonly model: Model, attention: Partial<AttentionOptions> = {}, shareWith?: Session) {
     const c = model.config;
     this.attention = { ...DEFAULT_ATTENTION, ...attention };
     this.policy = createPolicy(this.attention);
-    if (shareWith && shareWith.pageSize !== this.attention.pageSize) throw new Error(`a fork keeps the page size (${shareWith.pageSize}), got ${this.attention.pageSize}`);
-    this.cache = shareWith ? shareWith.fork() : new PagedKVCache(c.nLayers, c.nKVHeads, c.headDim, this.attention.pageSize);
+    if (shareWith && shareWith.attention.pageSize !== this.attention.pageSize) throw new Error(`a fork keeps the page size (${shareWith.attention.pageSize}), got ${this.attention.pageSize}`);
+    this.cache = shareWith ? shareWith.cache.fork() : new PagedKVCache(c.nLayers, c.nKVHeads, c.headDim, this.attention.pageSize);
+    if (shareWith) this.tokens.push(...shareWith.tokens);
   }
 
   get length(): number { return this.cache.length; }
@@ -84,7 +97,7 @@ export class Session {
   /** This sequence under another attention policy, sharing its KV pages (nothing is copied; a page
    *  either sequence later writes to is copied first): evaluations prefill once. */
   fork(attention: Partial<AttentionOptions> = {}): Session {
-    const s = new Session(this.model, { ...this.attention, ...attention }, this.cache);
+    const s = new Session(this.model, { ...this.attention, ...attention }, this);
     if (this.prefillScores) s.prefillScores = new Map([...this.prefillScores].map(([k, v]) => [k, v.slice()]));
     if (s.policy?.wantsPrefillScores) {
       if (!this.prefillScores) throw new Error('fork to a policy that needs prefill scores: call recordPrefillScores() before the prefill');
@@ -98,6 +111,53 @@ export class Session {
     if (!Number.isInteger(length) || length < 0) throw new Error(`truncate needs a token count >= 0, got ${length}`);
     if (this.policy?.wantsPrefillScores || this.prefillScores) throw new Error(`a ${this.attention.policy} sequence cannot be rewound: its policy has seen attention from the tokens it would drop`);
     this.cache.truncate(length);
+    this.tokens.length = Math.min(this.tokens.length, length);
+  }
+
+  /** Writes the sequence (tokens, KV pages, page min/max) to a session file (engine/session-file.ts). */
+  save(path: string, o: SessionFileOptions = {}): Promise<void> {
+    const c = this.model.config;
+    return saveSession(this, path, this.model.fingerprint, `${c.arch} ${c.nLayers} layers x ${c.dim}`, o);
+  }
+
+  /** How this sequence's KV pages are stored (session files must match it to be loaded). */
+  kvLayout(): KVLayout {
+    const l = this.cache.layers[0];
+    return { kv: 'f32', nLayers: this.cache.layers.length, nKV: l.nKV, headDim: l.headDim, pageSize: l.pageSize, kPageBytes: l.pageFloats * 4, metaPageBytes: 2 * l.nKV * l.headDim * 4 };
+  }
+
+  /** Logical pages first..first+count-1 of one layer: their K pages, then V pages, then key min/max. */
+  async readPages(layer: number, first: number, count: number): Promise<Uint8Array> {
+    const L = this.cache.layers[layer].pages, f = L.pageFloats, m = L.metaFloats, out = new Float32Array(count * (2 * f + 2 * m));
+    for (let i = 0; i < count; i++) {
+      const p = this.cache.table.pages[first + i];
+      out.set(L.k.subarray(p * f, p * f + f), i * f);
+      out.set(L.v.subarray(p * f, p * f + f), (count + i) * f);
+      out.set(L.kmin.subarray(p * m, p * m + m), 2 * count * f + 2 * i * m);
+      out.set(L.kmax.subarray(p * m, p * m + m), 2 * count * f + (2 * i + 1) * m);
+    }
+    return new Uint8Array(out.buffer);
+  }
+
+  /** The inverse of readPages (pages made writable by adoptTokens). */
+  writePages(layer: number, first: number, count: number, data: Uint8Array): void {
+    const L = this.cache.layers[layer].pages, f = L.pageFloats, m = L.metaFloats;
+    const src = new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4);
+    for (let i = 0; i < count; i++) {
+      const p = this.cache.table.pages[first + i];
+      L.k.set(src.subarray(i * f, i * f + f), p * f);
+      L.v.set(src.subarray((count + i) * f, (count + i) * f + f), p * f);
+      L.kmin.set(src.subarray(2 * count * f + 2 * i * m, 2 * count * f + 2 * i * m + m), p * m);
+      L.kmax.set(src.subarray(2 * count * f + (2 * i + 1) * m, 2 * count * f + (2 * i + 2) * m), p * m);
+    }
+  }
+
+  /** An empty session takes `tokens` as held, with pages for them (whose contents writePages fills). */
+  adoptTokens(tokens: number[]): void {
+    if (this.length !== 0) throw new Error('adoptTokens needs an empty session');
+    this.cache.table.reserve(0, tokens.length);
+    for (const l of this.cache.layers) l.length = tokens.length;
+    this.tokens.push(...tokens);
   }
 
   /** Frees the KV cache now (it is also reclaimed when the session is garbage-collected). */
@@ -120,6 +180,7 @@ export class Session {
       const piece = tokens.slice(s, s + chunk);
       const last = s + chunk >= tokens.length;
       const logits = this.forwardChunk(piece, mode === 'all' ? 'all' : mode === 'last' && last ? 'last' : 'none', opts.dense === true);
+      this.tokens.push(...piece);
       if (logits) parts.push(logits);
       opts.onProgress?.(Math.min(tokens.length, s + chunk), tokens.length);
     }

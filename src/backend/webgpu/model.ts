@@ -2,6 +2,7 @@
 // the GPU formats of kernels.ts: f16 and Q8_0/Q4_0 as they are (Q8_0/Q4_0 repacked into aligned words
 // plus f32 scales); f32 and BF16 tensors become f16. q/k/v and gate/up are fused into one matrix each
 // (one product instead of three or two per layer).
+import { modelFingerprint } from '../../model/fingerprint.js';
 import type { ModelConfig, ModelWeights } from '../../model/config.js';
 import { Matrix, f32ToF16, QK, concatF32 } from '../../model/tensor.js';
 import { Rope } from '../../model/rope.js';
@@ -48,6 +49,9 @@ export class GpuModel {
   private readonly empty: GPUBuffer;
   private disposed = false;
 
+  /** what saved KV caches of this model are checked against (model/fingerprint.ts) */
+  fingerprint = '';
+
   private constructor(readonly device: GPUDevice, readonly config: ModelConfig) {
     checkGpuShape(config);
     this.empty = device.createBuffer({ size: 16, usage: storageUsage() });
@@ -56,6 +60,7 @@ export class GpuModel {
   /** Uploads CPU-side weights (any dtype the loader reads). */
   static upload(device: GPUDevice, config: ModelConfig, w: ModelWeights, onProgress?: (done: number, total: number) => void): GpuModel {
     const m = new GpuModel(device, config);
+    m.fingerprint = modelFingerprint(config, w); // (the host weights may be freed after the upload)
     const total = w.layers.length + 2;
     m.embed = m.linear([w.embed]);
     m.output = w.output === w.embed ? m.embed : m.linear([w.output]);
