@@ -13,7 +13,7 @@ import { getGpu, lastGpuError, matrixConfig } from '../backend/webgpu/device.js'
 import { GpuModel } from '../backend/webgpu/model.js';
 import type { GpuWeightType } from '../backend/webgpu/kernels.js';
 import { GpuRunner, GpuSession } from '../engine/gpu-session.js';
-import type { ModelConfig } from '../model/config.js';
+import { gpuShape } from './gpu-shapes.js';
 import { lineChart } from '../eval/plot.js';
 import { measureBandwidth } from './gpu-bandwidth.js';
 
@@ -29,21 +29,7 @@ const TAG = WEIGHTS === 'f16' ? '' : `-${WEIGHTS}`;
 // up to 256 tokens, tiled products and flash-style attention), from an empty cache; 0 to skip
 const PREFILL = arg('prefill', '4096').split(',').map(Number).filter((n) => n > 0);
 
-const LLAMA2_7B: ModelConfig = {
-  arch: 'llama', vocabSize: 32000, dim: 4096, hiddenDim: 11008, nLayers: 32, nHeads: 32, nKVHeads: 32, headDim: 128,
-  normEps: 1e-5, ropeTheta: 10000, ropeStyle: 'neox', ropeScaling: { type: 'none' }, maxSeqLen: Math.max(...CONTEXTS, ...PREFILL) + 256,
-  bosId: 1, eosIds: [2],
-};
-
-// --shape 8b: Llama-3-8B (grouped-query attention, 32/8 heads, 14336 hidden, vocab 128256, RoPE base 500000)
-const LLAMA3_8B: ModelConfig = { ...LLAMA2_7B, vocabSize: 128256, hiddenDim: 14336, nKVHeads: 8, ropeTheta: 500000 };
-// --shape small: a quick check of the benchmark itself (e.g. on a software adapter)
-const SMALL: ModelConfig = { ...LLAMA2_7B, vocabSize: 1000, dim: 256, hiddenDim: 512, nLayers: 4, nHeads: 4, nKVHeads: 4, headDim: 64 };
 const SHAPE = arg('shape', '7b');
-const SHAPE_NAMES: Record<string, string> = {
-  '7b': 'Llama-2-7B shape (32 layers, 4096 hidden, 32/32 heads, head dim 128)',
-  '8b': 'Llama-3-8B shape (32 layers, 4096 hidden, 32/8 heads, 14336 intermediate, vocab 128256)', small: 'small test shape',
-};
 // --prefill-runs N: each prefill timed N times (GPU machines differ run to run: the spread is printed)
 const PREFILL_RUNS = Number(arg('prefill-runs', '3'));
 
@@ -76,15 +62,14 @@ async function main() {
   if (!['f16', 'q8_0', 'q4_0'].includes(WEIGHTS)) throw new Error(`--weights must be f16, q8_0 or q4_0, got ${WEIGHTS}`);
   const gpu = await getGpu();
   if (!gpu) { console.log(`no WebGPU adapter: ${lastGpuError}`); return; }
-  if (!SHAPE_NAMES[SHAPE]) throw new Error(`--shape must be 7b, 8b or small, got ${SHAPE}`);
   const bw = await measureBandwidth(gpu.device, SHAPE === 'small' ? 1 << 24 : 1 << 30);
   const mc = matrixConfig(gpu.device);
   console.log(`device: ${gpu.adapterName}; shader read bandwidth ${bw.shaderReadGBs.toFixed(0)} GB/s; prefill products on ${mc ? `tensor cores (subgroup matrices, f16 ${mc.M}x${mc.N}x${mc.K})` : 'the fallback tiled kernel (no subgroup matrices)'}`);
-  const c = SHAPE === 'small' ? SMALL : SHAPE === '8b' ? LLAMA3_8B : LLAMA2_7B;
+  const { config: c, name: shapeName } = gpuShape(SHAPE, Math.max(...CONTEXTS, ...PREFILL) + 256);
   const m = GpuModel.random(gpu.device, c, 1, WEIGHTS);
   const runner = new GpuRunner(m, 16);
   await gpu.device.queue.onSubmittedWorkDone();
-  console.log(`${SHAPE_NAMES[SHAPE]}, random ${WEIGHTS} weights (${(m.weightBytes / 1e9).toFixed(2)} GB${WEIGHTS === 'f16' ? '' : ', f16 embeddings'}): weights' values do not change speed`);
+  console.log(`${shapeName}, random ${WEIGHTS} weights (${(m.weightBytes / 1e9).toFixed(2)} GB${WEIGHTS === 'f16' ? '' : ', f16 embeddings'}): weights' values do not change speed`);
   console.log(`decode: one token per step, median of ${STEPS} steps; Quest budget ${BUDGET} tokens (page 16, first 2 layers dense)`);
   if (gpu.hasTimestamps) runner.enableTiming();
   type Row = { context: number; dense: number; quest: number; denseSerial: number; questSerial: number; denseLogits: number; denseGpu: number; questGpu: number; denseEncode: number; questEncode: number };
@@ -161,7 +146,7 @@ async function main() {
   if (peer.length) series.push({ name: peerShape ? 'PyTorch static cache + CUDA graph' : 'transformers + PyTorch SDPA', points: peer.filter((p) => CONTEXTS.includes(p.context)).map((p) => ({ x: p.context, y: p.ms })) });
   const ys = series.flatMap((s) => s.points.map((p) => p.y));
   const stem = `${OUT}/bench-e2e${SHAPE === '7b' ? '' : `-${SHAPE}`}${TAG}`;
-  writeFileSync(`${stem}.svg`, lineChart(`Decode latency per token, ${SHAPE_NAMES[SHAPE].split(' (')[0]} (${WEIGHTS} weights)`, 'context (tokens)', 'ms per token', series, 0, Math.max(...ys) * 1.1));
+  writeFileSync(`${stem}.svg`, lineChart(`Decode latency per token, ${shapeName.split(' (')[0]} (${WEIGHTS} weights)`, 'context (tokens)', 'ms per token', series, 0, Math.max(...ys) * 1.1));
   writeFileSync(`${stem}.json`, JSON.stringify({ device: gpu.adapterName, shape: SHAPE, weights: WEIGHTS, budget: BUDGET, rows, prefill, peerPrefill, peer, peerInfo }, null, 1));
   runner.dispose(); m.dispose();
   gpu.device.destroy();

@@ -149,16 +149,34 @@ addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP s
   .option('--port <n>', 'port', int('port'), 8080)
   .option('--concurrency <n>', 'generations running at once (interleaved token by token)', int('concurrency'), 4)
   .option('--queue <n>', 'requests allowed to wait beyond those; more are refused with 429', int('queue'), 256)
-  .option('--prefix-cache <MiB>', 'KV memory kept for prompts that start the same way (a shared system prompt or document); 0 = off', num('prefix cache'), 1024))
+  .option('--prefix-cache <MiB>', 'KV memory kept for prompts that start the same way (a shared system prompt or document); 0 = off', num('prefix cache'), 1024)
+  .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1 (default: $QUEST_API_KEY; none: open)')
+  .option('--cors <origin>', 'let web pages from this origin call the API (\'*\': any); default: no CORS')
+  .option('--timeout <seconds>', 'time limit of a request, queueing included', num('timeout'), 600)
+  .option('--shutdown-grace <seconds>', 'on SIGTERM/SIGINT, how long running generations may finish before they are cancelled', num('shutdown grace'), 30))
   .action(async (o) => {
     const load = progressBar('loading', 'MB');
     if (o.prefixCache < 0) throw new Error(`--prefix-cache must be >= 0 MiB, got ${o.prefixCache}`);
     const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), prefixCacheBytes: Math.round(o.prefixCache * 2 ** 20), onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
     load.stop();
     const modelId = o.modelId ?? basename(o.model.replace(/\/+$/, '')).replace(/\.gguf$/, '');
-    const app = createServer(llm, { modelId, concurrency: o.concurrency, queueLimit: o.queue });
+    if (!(o.timeout > 0)) throw new Error(`--timeout must be > 0 seconds, got ${o.timeout}`);
+    const apiKey: string | undefined = o.apiKey ?? (process.env.QUEST_API_KEY || undefined);
+    const app = createServer(llm, { modelId, concurrency: o.concurrency, queueLimit: o.queue, apiKey, cors: o.cors, timeoutMs: o.timeout * 1000 });
     const url = await app.listen({ host: o.host, port: o.port });
-    process.stderr.write(`quest serving ${modelId} at ${url}/v1 (attention ${llm.attention.policy}, budget ${llm.attention.budget})\n`);
+    process.stderr.write(`quest serving ${modelId} at ${url}/v1 (attention ${llm.attention.policy}, budget ${llm.attention.budget}${apiKey ? ', API key required' : ''})\n`);
+    if (!apiKey && !['127.0.0.1', '::1', 'localhost'].includes(o.host)) {
+      process.stderr.write(`warning: listening on ${o.host} without an API key: anyone who can reach this address can use the model (--api-key or QUEST_API_KEY)\n`);
+    }
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      process.stderr.write(`${signal}: no new requests; running ones may finish for ${o.shutdownGrace} s\n`);
+      void app.shutdown(o.shutdownGrace * 1000).then(() => { llm.dispose(); process.exit(0); }, (e) => { process.stderr.write(`error while shutting down: ${(e as Error).message}\n`); process.exit(1); });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
   });
 
 const evalCmd = program.command('eval').description('evaluations');

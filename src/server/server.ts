@@ -1,8 +1,11 @@
 // `quest serve`: an OpenAI-compatible HTTP server (fastify). Generations run concurrently up to a limit,
 // interleaved token by token (the engine yields to the event loop between tokens), the rest wait in a
 // FIFO queue; a full queue is refused with 429. A client that disconnects cancels its generation.
+// Safe to expose: an API key (Bearer) guards /v1, CORS is off unless an origin is allowed, every request
+// has a time limit, and shutdown stops admitting, lets running generations finish (within a grace
+// period, then cancels them) and closes.
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { LLM, GenerateOptions } from '../engine/llm.js';
 import { ApiError, parseCommon, parseMessages, parsePrompt, type CommonRequest } from './validate.js';
 
@@ -14,7 +17,16 @@ export interface ServeOptions {
   queueLimit?: number;
   bodyLimit?: number;
   logger?: boolean;
+  /** required as `Authorization: Bearer <key>` on /v1 routes (none: open) */
+  apiKey?: string;
+  /** an origin allowed to call the API from a web page ('*' for any); none: no CORS headers */
+  cors?: string;
+  /** a request's time limit in ms, queueing included (default 10 minutes) */
+  timeoutMs?: number;
 }
+
+/** The server with its shutdown: stop admitting, finish or (after graceMs) cancel running work, close. */
+export type QuestServer = FastifyInstance & { shutdown(graceMs?: number): Promise<void> };
 
 /** FIFO admission: at most `limit` holders at once. */
 class Admission {
@@ -27,9 +39,10 @@ class Admission {
     if (this.active < this.limit) { this.active++; return; }
     if (this.waiting.length >= this.queueLimit) throw new ApiError(429, 'the server is busy: too many requests queued, retry later', null, 'rate_limit_exceeded', 'rate_limit_error');
     await new Promise<void>((resolve, reject) => {
-      const go = () => { signal.removeEventListener('abort', cancel); resolve(); };
-      const cancel = () => { this.waiting = this.waiting.filter((w) => w !== go); reject(new Error('client went away')); };
+      const go = () => { signal.removeEventListener('abort', cancel); this.refusals.delete(go); resolve(); };
+      const cancel = () => { this.waiting = this.waiting.filter((w) => w !== go); this.refusals.delete(go); reject(new Error('client went away')); };
       this.waiting.push(go);
+      this.refusals.set(go, (e) => { signal.removeEventListener('abort', cancel); this.refusals.delete(go); reject(e); });
       signal.addEventListener('abort', cancel, { once: true });
     });
     this.active++;
@@ -39,10 +52,41 @@ class Admission {
     const next = this.waiting.shift();
     next?.();
   }
+  /** Refuses every waiting request with `error` (shutdown). */
+  refuseWaiting(error: Error): void {
+    for (const w of this.waiting.splice(0)) this.refusals.get(w)?.(error);
+  }
+  private refusals = new Map<() => void, (e: Error) => void>();
 }
 
-export function createServer(llm: LLM, o: ServeOptions): FastifyInstance {
-  const app = Fastify({ logger: o.logger ?? false, bodyLimit: o.bodyLimit ?? 4 * 2 ** 20 });
+export function createServer(llm: LLM, o: ServeOptions): QuestServer {
+  const app = Fastify({ logger: o.logger ?? false, bodyLimit: o.bodyLimit ?? 4 * 2 ** 20, forceCloseConnections: 'idle' }) as unknown as QuestServer;
+  const timeoutMs = o.timeoutMs ?? 600_000;
+  const running = new Set<AbortController>();
+  let closing = false;
+  // the key compared as digests: constant time whatever the lengths
+  const digest = (x: string) => createHash('sha256').update(x).digest();
+  const keyDigest = o.apiKey ? digest(o.apiKey) : null;
+
+  app.addHook('onRequest', async (req, reply) => {
+    if (o.cors) {
+      reply.header('access-control-allow-origin', o.cors);
+      if (o.cors !== '*') reply.header('vary', 'origin');
+      if (req.method === 'OPTIONS') {
+        reply.header('access-control-allow-methods', 'GET, POST, OPTIONS');
+        reply.header('access-control-allow-headers', 'authorization, content-type');
+        reply.header('access-control-max-age', '600');
+        return reply.status(204).send();
+      }
+    }
+    if (keyDigest && req.url.startsWith('/v1')) {
+      const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+      if (!m || !timingSafeEqual(digest(m[1]), keyDigest)) {
+        throw new ApiError(401, m ? 'Incorrect API key provided.' : 'Missing API key: send it as "Authorization: Bearer <key>".', null, 'invalid_api_key');
+      }
+    }
+    if (closing && req.url.startsWith('/v1') && req.method === 'POST') throw new ApiError(503, 'the server is shutting down', null, 'server_shutting_down', 'server_error');
+  });
   const admission = new Admission(o.concurrency ?? 4, o.queueLimit ?? 256);
   const created = Math.floor(Date.now() / 1000);
   const ctx = llm.config.maxSeqLen;
@@ -77,16 +121,24 @@ export function createServer(llm: LLM, o: ServeOptions): FastifyInstance {
     const abort = new AbortController();
     const onClose = () => { if (!reply.raw.writableFinished) abort.abort(); };
     reply.raw.on('close', onClose);
-    await admission.acquire(abort.signal).catch((e) => { if (e instanceof ApiError) throw e; abort.abort(); });
-    if (abort.signal.aborted) return reply;
+    let timedOut = false;
+    const timer = setTimeout(() => { timedOut = true; abort.abort(); }, timeoutMs);
+    const late = () => new ApiError(504, `the request took longer than the server's limit of ${timeoutMs / 1000} s`, null, 'timeout', 'server_error');
+    try {
+      await admission.acquire(abort.signal).catch((e) => { if (e instanceof ApiError) throw e; abort.abort(); });
+    } catch (e) { clearTimeout(timer); reply.raw.off('close', onClose); throw e; }
+    if (abort.signal.aborted) { clearTimeout(timer); reply.raw.off('close', onClose); if (timedOut) throw late(); return reply; }
+    running.add(abort);
     const id = `${chat ? 'chatcmpl' : 'cmpl'}-${randomUUID()}`;
     const opts: GenerateOptions = {
       promptIds: promptTokens, maxTokens: Math.min(common.maxTokens, ctx - promptTokens.length), temperature: common.temperature,
       topP: common.topP, seed: common.seed, stop: common.stop, signal: abort.signal, attention: common.attention,
     };
     try {
-      return common.stream ? await stream(reply, id, chat, common, opts) : await whole(reply, id, chat, common, opts, promptTokens.length);
+      return common.stream ? await stream(reply, id, chat, common, opts, () => timedOut) : await whole(reply, id, chat, common, opts, promptTokens.length, () => timedOut);
     } finally {
+      clearTimeout(timer);
+      running.delete(abort);
       admission.release();
       reply.raw.off('close', onClose);
     }
@@ -100,8 +152,9 @@ export function createServer(llm: LLM, o: ServeOptions): FastifyInstance {
 
   const finish = (r: string) => (r === 'stop' ? 'stop' : r === 'abort' ? 'stop' : 'length');
 
-  const whole = async (reply: FastifyReply, id: string, chat: boolean, c: CommonRequest, opts: GenerateOptions, nPrompt: number) => {
+  const whole = async (reply: FastifyReply, id: string, chat: boolean, c: CommonRequest, opts: GenerateOptions, nPrompt: number, timedOut: () => boolean) => {
     const r = await llm.complete('', opts);
+    if (timedOut()) throw new ApiError(504, `the request took longer than the server's limit of ${timeoutMs / 1000} s`, null, 'timeout', 'server_error');
     const usage = usageOf(r, nPrompt);
     const choice = chat
       ? { index: 0, message: { role: 'assistant', content: r.text }, finish_reason: finish(r.finishReason), logprobs: null }
@@ -109,7 +162,7 @@ export function createServer(llm: LLM, o: ServeOptions): FastifyInstance {
     return reply.send({ id, object: chat ? 'chat.completion' : 'text_completion', created: Math.floor(Date.now() / 1000), model: c.model, choices: [choice], usage });
   };
 
-  const stream = async (reply: FastifyReply, id: string, chat: boolean, c: CommonRequest, opts: GenerateOptions) => {
+  const stream = async (reply: FastifyReply, id: string, chat: boolean, c: CommonRequest, opts: GenerateOptions, timedOut: () => boolean) => {
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
@@ -123,7 +176,8 @@ export function createServer(llm: LLM, o: ServeOptions): FastifyInstance {
     try {
       for await (const e of gen) if (e.text && !res.destroyed) send(chat ? { content: e.text } : e.text, null);
       const r = await gen.result;
-      if (!res.destroyed) {
+      if (timedOut() && !res.destroyed) res.write(`data: ${JSON.stringify(new ApiError(504, `the request took longer than the server's limit of ${timeoutMs / 1000} s`, null, 'timeout', 'server_error').body())}\n\n`);
+      else if (!res.destroyed) {
         send(chat ? {} : '', finish(r.finishReason));
         if (c.streamUsage) res.write(`data: ${JSON.stringify({ id, object: chat ? 'chat.completion.chunk' : 'text_completion', created: t, model: c.model, choices: [], usage: usageOf(r, r.promptTokens) })}\n\n`);
         res.write('data: [DONE]\n\n');
@@ -136,5 +190,15 @@ export function createServer(llm: LLM, o: ServeOptions): FastifyInstance {
 
   app.post('/v1/completions', (req, reply) => run(req, reply, false));
   app.post('/v1/chat/completions', (req, reply) => run(req, reply, true));
+
+  app.shutdown = async (graceMs = 30_000) => {
+    closing = true;
+    admission.refuseWaiting(new ApiError(503, 'the server is shutting down', null, 'server_shutting_down', 'server_error'));
+    const deadline = Date.now() + graceMs;
+    while (running.size && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    for (const a of running) a.abort(); // (past the grace period: cancelled, their clients get what was generated)
+    while (running.size) await new Promise((r) => setTimeout(r, 20));
+    await app.close();
+  };
   return app;
 }

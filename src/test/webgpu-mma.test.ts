@@ -120,7 +120,7 @@ async function attention(o: { nH: number; nKV: number; hd: number; start: number
   const total = o.start + o.n, pages = Math.ceil(total / P), rowsOut = Math.ceil(o.n / mmaAttentionRows(o.hd)) * mmaAttentionRows(o.hd);
   const QKV = (o.nH + 2 * o.nKV) * o.hd;
   const qkv = Float32Array.from({ length: rowsOut * QKV }, () => g() * 1.5);
-  // (as the session allocates it: room for a 64-key tile past the last page)
+  // (room for a 64-key tile past the last page; the page table maps those too)
   const kh = Uint16Array.from({ length: (pages + Math.ceil(64 / P)) * o.nKV * P * o.hd }, () => f32ToF16(g())), vh = Uint16Array.from({ length: kh.length }, () => f32ToF16(g()));
   const at = (t: number, kv: number) => (((Math.floor(t / P) * o.nKV + kv) * P + (t % P)) * o.hd);
   const want = new Float64Array(o.n * o.nH * o.hd);
@@ -135,7 +135,7 @@ async function attention(o: { nH: number; nKV: number; hd: number; start: number
   const pipe = await pipelineOf(prefillAttentionMmaWgsl({ nHeads: o.nH, nKV: o.nKV, headDim: o.hd, pageSize: P }, cfg!));
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
   pass.setPipeline(pipe);
-  pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [buf(qkv), buf(kh), buf(vh), out, step, scratch].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
+  pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [buf(qkv), buf(kh), buf(vh), out, step, scratch, buf(Uint32Array.from({ length: pages + Math.ceil(64 / P) + 1 }, (_, i) => i))].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
   pass.dispatchWorkgroups(rowsOut / mmaAttentionRows(o.hd), o.nH);
   pass.end();
   device.queue.submit([enc.finish()]);
