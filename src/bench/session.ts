@@ -11,7 +11,6 @@
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import OpenAI from 'openai';
 import { loadModel, type LLM } from '../engine/llm.js';
 import { loadSession } from '../engine/session-file.js';
 import { createServer } from '../server/server.js';
@@ -89,6 +88,7 @@ async function serverRun(llm: LLM, doc: number[], questions: number[][], t: Time
   llm.clearCache();
   const app = createServer(llm, { modelId: 'm', concurrency: 1 });
   const base = await app.listen({ host: '127.0.0.1', port: 0 });
+  const { default: OpenAI } = await import('openai'); // (a dev dependency: the GPU machine's --shape runs never load it)
   const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'x', maxRetries: 0, timeout: 3_600_000 });
   const text = (ids: number[]) => llm.tokenizer!.decode(ids);
   const ask = async (q: number[]) => {

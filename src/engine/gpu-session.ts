@@ -20,6 +20,8 @@ import { concatF32 } from '../model/tensor.js';
  *  one storage binding (QUEST_PREFILL_CHUNK overrides). Multiples of 128: products read whole tiles. */
 const CHUNKS = [2048, 1024, 512, 256];
 const VEC_ROWS = 4; // chunks of up to this many tokens run matrix-vector products (and fuse prologues)
+/** Sequences in one batched decode step, at most. */
+export const MAX_BATCH = 64;
 /** Decode steps that may be in flight at once in greedy decoding (the readback buffers form a ring). */
 export const GREEDY_DEPTH = 3;
 const RING = GREEDY_DEPTH + 1;
@@ -56,7 +58,7 @@ export class GpuRunner {
     this.logitsChunk = CHUNKS.find((n) => n <= this.chunk && n * c.vocabSize * 4 <= maxBinding) ?? 128;
     const ROWS = this.chunk;
     this.x = buf(ROWS * c.dim); this.xb = buf(ROWS * c.dim); this.qkv = buf(ROWS * qkvN);
-    this.att = buf(ROWS * c.nHeads * c.headDim); this.qrot = buf(c.nHeads * c.headDim); this.gu = buf(ROWS * 2 * c.hiddenDim); this.h = buf(ROWS * c.hiddenDim);
+    this.att = buf(ROWS * c.nHeads * c.headDim); this.qrot = buf(Math.min(ROWS, MAX_BATCH) * c.nHeads * c.headDim); this.gu = buf(ROWS * 2 * c.hiddenDim); this.h = buf(ROWS * c.hiddenDim);
     this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
     const hs = { nHeads: c.nHeads, headDim: c.headDim, pageSize };
     this.attScratch = this.usesMmaAttention ? buf(mmaAttentionScratch(hs, ROWS)) : null;
@@ -86,13 +88,20 @@ export class GpuRunner {
     return processEnv().QUEST_MMA_ATTENTION === '1' && mc !== null && mmaAttentionFits({ headDim: c.headDim, pageSize: this.pageSize }, mc, this.m.device.limits.maxComputeWorkgroupStorageSize);
   }
 
+  /** One step uniform per row of a batched decode step (each row's position; the row in `pad`). */
+  private rowSteps: GPUBuffer[] = [];
+  rowStep(b: number): GPUBuffer {
+    while (this.rowSteps.length <= b) this.rowSteps.push(this.m.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }));
+    return this.rowSteps[b];
+  }
+
   logitsRows(): GPUBuffer {
     this.logitsAll ??= this.m.device.createBuffer({ size: this.logitsChunk * this.m.config.vocabSize * 4, usage: storageUsage() });
     return this.logitsAll;
   }
 
   dispose(): void {
-    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.logitsAll, this.attScratch]) b?.destroy();
+    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.logitsAll, this.attScratch, ...this.rowSteps]) b?.destroy();
   }
 }
 
@@ -259,7 +268,8 @@ export class GpuSession {
   }
 
   /** Encodes one chunk's forward pass into `pass`. */
-  private encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', dense: boolean): void {
+  /** `batch`: the rows are one decode step of each of these sequences (this one among them), not a chunk of this one. */
+  private encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', dense: boolean, batch: GpuSession[] | null = null): void {
     const m = this.model, c = m.config, r = this.runner;
     const start = this.len, total = start + n;
     let current: GPUComputePipeline | null = null;
@@ -309,7 +319,17 @@ export class GpuSession {
     m.layers.forEach((L, l) => {
       const kv = layers[l];
       normed(L.attnNorm, L.qkv, r.qkv);
-      if (oneStep) {
+      if (batch) {
+        // each sequence's row: RoPE at its position, its KV append through its table, attention over its pages
+        batch.forEach((seq, b) => {
+          const skv = seq.kv[l], sa = seq.attention, pages = Math.ceil((seq.len + 1) / r.pageSize), sk = Math.max(MIN_PAGES, Math.ceil(sa.budget / r.pageSize));
+          pass.setPipeline(ropeAppend);
+          pass.setBindGroup(0, seq.bind(ropeAppend, `ropeAppend${b}`, [r.qkv, m.ropeTable, r.qrot, skv.k, skv.v, skv.meta, r.rowStep(b), skv.table]));
+          pass.dispatchWorkgroups(...K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
+          r.decode.encode(pass, skv, seq.len + 1, sa.policy === 'quest' && l >= sa.denseLayers && sk < pages ? sk : 0, undefined, b);
+        });
+        current = null;
+      } else if (oneStep) {
         run(ropeAppend, 'ropeAppend', [r.qkv, m.ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step, kv.table], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
         const sparse = !dense && a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
         r.decode.encode(pass, kv, total, sparse ? keep : 0);
@@ -411,6 +431,43 @@ export class GpuSession {
     if (!staging) { await d.queue.onSubmittedWorkDone(); await this.readTiming(0); throwDeviceError(); return null; }
     const out = await this.readBack(staging, bytes, 0);
     return want === 'argmax' ? Float32Array.of(new Uint32Array(out)[0]) : new Float32Array(out);
+  }
+
+  /** One decode step of several sequences of one runner (one token each) in one forward pass: their
+   *  logits. The weight products read the weights once for all rows. */
+  static async decodeBatch(steps: { seq: GpuSession; token: number }[]): Promise<Float32Array[]> {
+    if (!steps.length) return [];
+    const lead = steps[0].seq, r = lead.runner, d = lead.model.device, c = lead.model.config, n = steps.length;
+    if (n > Math.min(r.chunk, MAX_BATCH)) throw new Error(`a batch holds at most ${Math.min(r.chunk, MAX_BATCH)} sequences, got ${n}`);
+    const seen = new Set<GpuSession>();
+    for (const { seq, token } of steps) {
+      if (seq.runner !== r) throw new Error('a batch runs sequences of one model');
+      if (seen.has(seq)) throw new Error('a sequence appears twice in one batch');
+      seen.add(seq);
+      if (seq.len + 1 > c.maxSeqLen) throw new Error(`sequence of ${seq.len + 1} tokens exceeds the model's context length of ${c.maxSeqLen}`);
+      if (!Number.isInteger(token) || token < 0 || token >= c.vocabSize) throw new Error(`token id ${token} is outside the vocabulary (0..${c.vocabSize - 1})`);
+    }
+    for (const { seq } of steps) await seq.drain();
+    const batch = steps.map((x) => x.seq);
+    batch.forEach((seq, b) => {
+      seq.table.reserve(seq.len, 1); seq.syncTable();
+      d.queue.writeBuffer(r.rowStep(b), 0, new Uint32Array([seq.len, 1, seq.len + 1, b]));
+    });
+    d.queue.writeBuffer(r.step, 0, new Uint32Array([0, n, 0, 0]));
+    d.queue.writeBuffer(r.tokens, 0, new Uint32Array(steps.map((x) => x.token)));
+    const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
+    lead.encodeChunk(pass, n, 'all', false, batch);
+    pass.end();
+    const bytes = n * c.vocabSize * 4;
+    const staging = d.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
+    enc.copyBufferToBuffer(r.logitsRows(), 0, staging, 0, bytes);
+    d.queue.submit([enc.finish()]);
+    for (const { seq, token } of steps) { seq.len += 1; seq.tokens.push(token); }
+    await staging.mapAsync(GPUMapMode.READ);
+    const all = new Float32Array(staging.getMappedRange().slice(0));
+    staging.unmap(); staging.destroy();
+    throwDeviceError();
+    return steps.map((_, b) => all.slice(b * c.vocabSize, (b + 1) * c.vocabSize));
   }
 
   /** The first `bytes` of a staging buffer once the GPU is done (and the timing of read slot `slot`). */
@@ -519,3 +576,6 @@ export class GpuSession {
     return g;
   }
 }
+
+/** One decode step of several WebGPU sequences in one forward pass (GpuSession.decodeBatch). */
+export const gpuDecodeBatch = (steps: { seq: GpuSession; token: number }[]) => GpuSession.decodeBatch(steps);

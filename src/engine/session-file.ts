@@ -1,22 +1,24 @@
 // Sessions on disk: a sequence's tokens and KV pages (with their key min/max), written and read in
 // batches of pages (never the whole cache in memory), checked on load against the model's fingerprint
-// and the KV layout, and by a SHA-256 over the whole file. A save goes to a temporary file in the same
+// and the KV layout, and by a CRC-32 over the whole file. A save goes to a temporary file in the same
 // folder, renamed into place once complete: an interrupted save never leaves a half-written file under
 // the final name.
 //
 // Layout: "QUESTKV\0", u32 version, u32 header length, header JSON, int32 tokens, then per layer and
 // per batch of up to `batchPages` logical pages: the batch's K pages, its V pages, its key min/max;
-// last the SHA-256 of everything before it.
-import { createHash, randomBytes } from 'node:crypto';
+// last the CRC-32 of everything before it (zlib's, which runs at memory speed: a 32K-token session of an
+// 8B model is 4 GB). Reads and writes of the next batch overlap the work on the current one.
+import { randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { KVLayout } from './session.js';
 
 const MAGIC = 'QUESTKV\0';
 const VERSION = 1;
-const DIGEST = 32;
+const DIGEST = 4;
 /** Bytes of page data per batch (one read or write, one GPU staging buffer). */
-const BATCH_BYTES = 8 << 20;
+const BATCH_BYTES = 32 << 20;
 
 /** What a session file needs of a sequence (the CPU Session and the WebGPU GpuSession both are one). */
 export interface PersistentSequence {
@@ -50,10 +52,10 @@ export async function saveSession(seq: PersistentSequence, path: string, fingerp
   const json = new TextEncoder().encode(JSON.stringify(header));
   const total = totalBytes(header, json.length);
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  const hash = createHash('sha256');
+  let crc = 0;
   const f = await open(tmp, 'w');
   let done = 0;
-  const put = async (b: Uint8Array) => { hash.update(b); await f.write(b); done += b.byteLength; o.onProgress?.(done, total); };
+  const put = async (b: Uint8Array) => { crc = crc32(b, crc); await f.write(b); done += b.byteLength; o.onProgress?.(done, total); };
   try {
     const head = new Uint8Array(16);
     head.set(new TextEncoder().encode(MAGIC));
@@ -61,10 +63,19 @@ export async function saveSession(seq: PersistentSequence, path: string, fingerp
     new DataView(head.buffer).setUint32(12, json.length, true);
     await put(head); await put(json);
     await put(new Uint8Array(Int32Array.from(seq.tokens).buffer));
-    for (let l = 0; l < layout.nLayers; l++) {
-      for (let p = 0; p < pages; p += batchPages) await put(await seq.readPages(l, p, Math.min(batchPages, pages - p)));
+    // the next batch is read (from the GPU) while the current one is written
+    const batches = Array.from({ length: layout.nLayers }, (_, l) => Array.from({ length: Math.ceil(pages / batchPages) }, (_, b) => [l, b * batchPages] as const)).flat();
+    // (a failure of the read ahead surfaces when it is awaited: no unhandled rejection meanwhile)
+    const read = (i: number) => { const [l, p] = batches[i]; const r = seq.readPages(l, p, Math.min(batchPages, pages - p)); r.catch(() => {}); return r; };
+    let next = batches.length ? read(0) : null;
+    for (let i = 0; i < batches.length; i++) {
+      const data = await next!;
+      next = i + 1 < batches.length ? read(i + 1) : null;
+      await put(data);
     }
-    await f.write(hash.digest());
+    const tail = new Uint8Array(DIGEST);
+    new DataView(tail.buffer).setUint32(0, crc >>> 0, true);
+    await f.write(tail);
     await f.sync();
     await f.close();
     await rename(tmp, path);
@@ -83,15 +94,14 @@ export async function loadSession(seq: PersistentSequence, path: string, fingerp
   const size = (await stat(path).catch(() => { throw bad('no such session file'); })).size;
   const f = await open(path, 'r');
   try {
-    const hash = createHash('sha256');
-    let pos = 0;
-    const take = async (n: number, what: string) => {
+    let crc = 0, pos = 0;
+    const readAt = async (at: number, n: number, what: string) => {
       const b = new Uint8Array(n);
-      const { bytesRead } = await f.read(b, 0, n, pos);
+      const { bytesRead } = await f.read(b, 0, n, at);
       if (bytesRead < n) throw bad(`truncated: the file ends inside its ${what}`);
-      pos += n; hash.update(b);
       return b;
     };
+    const take = async (n: number, what: string) => { const b = await readAt(pos, n, what); pos += n; crc = crc32(b, crc); return b; };
     const head = await take(16, 'header');
     if (new TextDecoder().decode(head.subarray(0, 8)) !== MAGIC) throw bad('not a quest session file');
     const dv = new DataView(head.buffer);
@@ -111,16 +121,21 @@ export async function loadSession(seq: PersistentSequence, path: string, fingerp
     const tokens = Array.from(new Int32Array((await take(4 * h.tokens, 'tokens')).buffer));
     seq.adoptTokens(tokens);
     const per = 2 * l.kPageBytes + l.metaPageBytes;
-    for (let layer = 0; layer < l.nLayers; layer++) {
-      for (let p = 0; p < h.pages; p += h.batchPages) {
-        const n = Math.min(h.batchPages, h.pages - p);
-        seq.writePages(layer, p, n, await take(n * per, 'pages'));
-        o.onProgress?.(pos, total);
-      }
+    // the next batch is read from disk while the current one is checked and handed to the sequence
+    const batches = Array.from({ length: l.nLayers }, (_, layer) => Array.from({ length: Math.ceil(h.pages / h.batchPages) }, (_, b) => [layer, b * h.batchPages] as const)).flat();
+    const count = (i: number) => Math.min(h.batchPages, h.pages - batches[i][1]);
+    let at = pos;
+    const read = (i: number) => { const p = readAt(at, count(i) * per, 'pages'); p.catch(() => {}); at += count(i) * per; return p; };
+    let next = batches.length ? read(0) : null;
+    for (let i = 0; i < batches.length; i++) {
+      const data = await next!;
+      next = i + 1 < batches.length ? read(i + 1) : null;
+      crc = crc32(data, crc); pos += data.byteLength;
+      seq.writePages(batches[i][0], batches[i][1], count(i), data);
+      o.onProgress?.(pos, total);
     }
-    const digest = new Uint8Array(DIGEST);
-    await f.read(digest, 0, DIGEST, pos);
-    if (!hash.digest().equals(digest)) throw bad('corrupt: the checksum does not match the contents');
+    const digest = await readAt(pos, DIGEST, 'checksum');
+    if (new DataView(digest.buffer).getUint32(0, true) !== crc >>> 0) throw bad('corrupt: the checksum does not match the contents');
   } finally {
     await f.close();
   }

@@ -165,14 +165,19 @@ export class Session {
 
   collectStats(on = true): void { this.stats = on ? new RecallStats(this.model.config.nLayers) : null; }
 
-  /** Runs `tokens` after what the session already holds; returns logits ([vocab] or [n x vocab]). */
-  forward(tokens: number[], opts: ForwardOptions = {}): Float32Array {
+  /** Throws a clear error unless `tokens` may follow what the session holds. */
+  checkTokens(tokens: number[]): void {
     const c = this.model.config;
     if (tokens.length === 0) throw new Error('forward needs at least one token');
     if (this.length + tokens.length > c.maxSeqLen) {
       throw new Error(`sequence of ${this.length + tokens.length} tokens exceeds the model's context length of ${c.maxSeqLen}`);
     }
     for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
+  }
+
+  /** Runs `tokens` after what the session already holds; returns logits ([vocab] or [n x vocab]). */
+  forward(tokens: number[], opts: ForwardOptions = {}): Float32Array {
+    this.checkTokens(tokens);
     const mode = opts.logits ?? 'last';
     const chunk = Math.max(1, opts.chunk ?? PREFILL_CHUNK);
     const parts: Float32Array[] = [];
@@ -180,7 +185,6 @@ export class Session {
       const piece = tokens.slice(s, s + chunk);
       const last = s + chunk >= tokens.length;
       const logits = this.forwardChunk(piece, mode === 'all' ? 'all' : mode === 'last' && last ? 'last' : 'none', opts.dense === true);
-      this.tokens.push(...piece);
       if (logits) parts.push(logits);
       opts.onProgress?.(Math.min(tokens.length, s + chunk), tokens.length);
     }
@@ -188,45 +192,16 @@ export class Session {
   }
 
   private forwardChunk(tokens: number[], logitsMode: 'last' | 'all' | 'none', dense: boolean): Float32Array | null {
-    const { config: c, weights: w, rope } = this.model;
-    const n = tokens.length, dim = c.dim, hd = c.headDim, nH = c.nHeads, nKV = c.nKVHeads;
-    const qDim = nH * hd, kvDim = nKV * hd, start = this.length;
-    const x = new Float32Array(n * dim), xb = new Float32Array(n * dim), xb2 = new Float32Array(n * dim);
-    const q = new Float32Array(n * qDim), k = new Float32Array(n * kvDim), v = new Float32Array(n * kvDim);
-    const att = new Float32Array(n * qDim);
-    const gate = new Float32Array(n * c.hiddenDim), up = new Float32Array(n * c.hiddenDim);
-    const row = new Float32Array(dim);
-    tokens.forEach((t, i) => x.set(w.embed.row(t, row), i * dim));
-    if (this.probs.length < start + n) this.probs = new Float32Array(Math.max(start + n, this.probs.length * 2));
-    const scale = 1 / Math.sqrt(hd), group = nH / nKV;
+    return forwardParts(this.model, [{ seq: this, tokens, logits: logitsMode, dense }])[0];
+  }
 
-    for (let l = 0; l < c.nLayers; l++) {
-      const L = w.layers[l], kv = this.cache.layers[l];
-      rmsnorm(xb, x, L.attnNorm, n, dim, c.normEps);
-      matmul(L.wq, xb, n, q, L.bq); matmul(L.wk, xb, n, k, L.bk); matmul(L.wv, xb, n, v, L.bv);
-      for (let i = 0; i < n; i++) {
-        rope.apply(q, i * qDim, nH, start + i);
-        rope.apply(k, i * kvDim, nKV, start + i);
-        kv.append(k, i * kvDim, v, i * kvDim);
-      }
-      const sparse = n === 1 && !dense && this.policy !== null && l >= this.attention.denseLayers;
-      if (sparse) this.sparseStep(l, q, att, scale);
-      else this.denseAttention(l, q, att, n, start, scale);
-      matmul(L.wo, att, n, xb2);
-      addInPlace(x, xb2, n * dim);
-      rmsnorm(xb, x, L.ffnNorm, n, dim, c.normEps);
-      matmul(L.wGate, xb, n, gate); matmul(L.wUp, xb, n, up);
-      swiglu(gate, up, n * c.hiddenDim);
-      matmul(L.wDown, gate, n, xb2);
-      addInPlace(x, xb2, n * dim);
-    }
-    if (logitsMode === 'none') return null;
-    const first = logitsMode === 'last' ? n - 1 : 0, rows = n - first;
-    const h = x.subarray(first * dim), hn = new Float32Array(rows * dim);
-    rmsnorm(hn, h, w.finalNorm, rows, dim, c.normEps);
-    const logits = new Float32Array(rows * c.vocabSize);
-    matmul(w.output, hn, rows, logits);
-    return logits;
+  /** Attention of this sequence's n new rows (positions start..) in layer l, after their KV was appended:
+   *  a decode step (n = 1) under the policy from `denseLayers` on, else dense. */
+  attendRows(l: number, q: Float32Array, att: Float32Array, n: number, start: number, scale: number, dense: boolean): void {
+    if (this.probs.length < start + n) this.probs = new Float32Array(Math.max(start + n, this.probs.length * 2));
+    const sparse = n === 1 && !dense && this.policy !== null && l >= this.attention.denseLayers;
+    if (sparse) this.sparseStep(l, q, att, scale);
+    else this.denseAttention(l, q, att, n, start, scale);
   }
 
   /** Causal dense attention of n new tokens (positions start..start+n-1) over the cache. */
@@ -303,4 +278,79 @@ export class Session {
     let kept = 0; for (const t of tokens) kept += Math.exp(s[t] - max);
     return kept / total;
   }
+}
+
+/** One part of a batched forward pass: tokens that follow what `seq` holds. */
+export interface ForwardPart { seq: Session; tokens: number[]; logits: 'last' | 'all' | 'none'; dense?: boolean }
+
+/**
+ * The forward pass (llama2.c style: one obvious loop over layers) over the rows of several sequences at
+ * once: every weight product reads the weights once for all rows; RoPE, the KV append and attention
+ * run per sequence, each over its own pages and under its own policy. One part is a prefill chunk or a
+ * decode step of one sequence; several one-token parts are a batched decode step. Returns each part's
+ * logits (null for logits 'none').
+ */
+export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array | null)[] {
+  const { config: c, weights: w, rope } = model;
+  const n = parts.reduce((a, p) => a + p.tokens.length, 0), dim = c.dim, hd = c.headDim, nH = c.nHeads, nKV = c.nKVHeads;
+  const qDim = nH * hd, kvDim = nKV * hd;
+  const x = new Float32Array(n * dim), xb = new Float32Array(n * dim), xb2 = new Float32Array(n * dim);
+  const q = new Float32Array(n * qDim), k = new Float32Array(n * kvDim), v = new Float32Array(n * kvDim);
+  const att = new Float32Array(n * qDim);
+  const gate = new Float32Array(n * c.hiddenDim), up = new Float32Array(n * c.hiddenDim);
+  const row = new Float32Array(dim);
+  // each part's first row and first position
+  const rows: number[] = [], starts = parts.map((p) => p.seq.length);
+  parts.reduce((r, p) => { rows.push(r); return r + p.tokens.length; }, 0);
+  parts.forEach((p, j) => p.tokens.forEach((t, i) => x.set(w.embed.row(t, row), (rows[j] + i) * dim)));
+  const scale = 1 / Math.sqrt(hd);
+
+  for (let l = 0; l < c.nLayers; l++) {
+    const L = w.layers[l];
+    rmsnorm(xb, x, L.attnNorm, n, dim, c.normEps);
+    matmul(L.wq, xb, n, q, L.bq); matmul(L.wk, xb, n, k, L.bk); matmul(L.wv, xb, n, v, L.bv);
+    parts.forEach((p, j) => {
+      const kv = p.seq.cache.layers[l], r0 = rows[j], m = p.tokens.length;
+      for (let i = 0; i < m; i++) {
+        rope.apply(q, (r0 + i) * qDim, nH, starts[j] + i);
+        rope.apply(k, (r0 + i) * kvDim, nKV, starts[j] + i);
+        kv.append(k, (r0 + i) * kvDim, v, (r0 + i) * kvDim);
+      }
+      p.seq.attendRows(l, q.subarray(r0 * qDim, (r0 + m) * qDim), att.subarray(r0 * qDim, (r0 + m) * qDim), m, starts[j], scale, p.dense === true);
+    });
+    matmul(L.wo, att, n, xb2);
+    addInPlace(x, xb2, n * dim);
+    rmsnorm(xb, x, L.ffnNorm, n, dim, c.normEps);
+    matmul(L.wGate, xb, n, gate); matmul(L.wUp, xb, n, up);
+    swiglu(gate, up, n * c.hiddenDim);
+    matmul(L.wDown, gate, n, xb2);
+    addInPlace(x, xb2, n * dim);
+  }
+  parts.forEach((p) => p.seq.tokens.push(...p.tokens));
+  // the logits of the rows asked for, one product for all of them
+  const want = parts.map((p, j) => (p.logits === 'none' ? [] : p.logits === 'last' ? [rows[j] + p.tokens.length - 1] : p.tokens.map((_, i) => rows[j] + i)));
+  const all = want.flat();
+  if (!all.length) return parts.map(() => null);
+  const h = new Float32Array(all.length * dim);
+  all.forEach((r, i) => h.set(x.subarray(r * dim, (r + 1) * dim), i * dim));
+  const hn = new Float32Array(all.length * dim);
+  rmsnorm(hn, h, w.finalNorm, all.length, dim, c.normEps);
+  const logits = new Float32Array(all.length * c.vocabSize);
+  matmul(w.output, hn, all.length, logits);
+  let at = 0;
+  return want.map((ws) => { if (!ws.length) return null; const out = logits.slice(at * c.vocabSize, (at + ws.length) * c.vocabSize); at += ws.length; return out; });
+}
+
+/** One decode step of several sequences (one token each) in one forward pass: their logits. */
+export function decodeBatch(steps: { seq: Session; token: number }[]): Float32Array[] {
+  if (!steps.length) return [];
+  const model = steps[0].seq.model;
+  const seen = new Set<Session>();
+  for (const { seq, token } of steps) {
+    if (seq.model !== model) throw new Error('a batch runs sequences of one model');
+    if (seen.has(seq)) throw new Error('a sequence appears twice in one batch');
+    seen.add(seq);
+    seq.checkTokens([token]);
+  }
+  return forwardParts(model, steps.map(({ seq, token }) => ({ seq, tokens: [token], logits: 'last' as const }))) as Float32Array[];
 }

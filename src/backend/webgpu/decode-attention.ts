@@ -37,7 +37,7 @@ const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
 
 /** The per-call values every kernel reads (one uniform buffer per distinct call). */
 const PARAMS_WGSL = /* wgsl */ `
-struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, pad: u32 }
+struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32 } // row: of q and out (batched decode)
 @group(0) @binding(0) var<uniform> prm: Params;
 `;
 
@@ -82,7 +82,7 @@ export const scoresWgsl = (s: AttnShape, subgroups = false) => {
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = lid.x; let lane = tid % LG; let grp = tid / LG; let g = wid.y;
-${heads.map((j) => `  let b${j} = ((g * G + ${j}u) * HD) / 4u + 2u * lane; let qa${j} = q[b${j}]; let qb${j} = q[b${j} + 1u];`).join('\n')}
+${heads.map((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * lane; let qa${j} = q[b${j}]; let qb${j} = q[b${j} + 1u];`).join('\n')}
   var mn: array<vec4<u32>, TB>; var mx: array<vec4<u32>, TB>;
   for (var i = 0u; i < TB; i++) {
     // (pages past the end read the last one, without a branch before the row sums; not written)
@@ -330,7 +330,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     pages[tid] = p; phys[tid] = select(0u, table[p], p != NONE);
   }
   // this lane's 8 channels of q for every head of the group, scaled so that exp2 gives the softmax
-${each((j) => `  let b${j} = ((g * G + ${j}u) * HD) / 4u + 2u * lane;
+${each((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * lane;
   var h${j} = Head(q[b${j}] * prm.scale, q[b${j} + 1u] * prm.scale, -3.0e38, 0.0, vec4<f32>(0.0), vec4<f32>(0.0));`)}
   workgroupBarrier();
   let rows = cp * P;
@@ -386,6 +386,7 @@ fn merge(h: u32, c: u32, M: f32, tid: u32) {
 export const reduceWgsl = (s: AttnShape) => {
   const V4 = s.headDim / 4, CL = Math.floor(256 / V4);
   return /* wgsl */ `
+const NH: u32 = ${s.nHeads}u;
 const HD: u32 = ${s.headDim}u;
 const V4: u32 = ${V4}u;  // channel lanes (vec4 each)
 const CL: u32 = ${CL}u;  // chunk lanes
@@ -422,7 +423,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   if (tid < V4) {
     var sum = vec4<f32>(0.0);
     for (var r = 0u; r < CL; r++) { sum += ored[r * V4 + tid]; }
-    out[h * V4 + tid] = sum / red[0];
+    out[(prm.row * NH + h) * V4 + tid] = sum / red[0];
   }
 }`;
 };
@@ -498,18 +499,18 @@ export class DecodeAttention {
   }
 
   /** Uniforms are written ahead of a batch of encodes (each encode uses its own buffer). */
-  private last = '';
-  private paramsFor(seqLen: number, k: number, sparse: boolean, scale: number): { buf: GPUBuffer; slot: number } {
-    // the layers of one decode step share their parameters: reuse the slot just written
-    const key = `${seqLen}:${k}:${sparse}`;
-    if (this.paramIndex > 0 && key === this.last) return { buf: this.params[this.paramIndex - 1], slot: this.paramIndex - 1 };
-    this.last = key;
+  private slots = new Map<string, number>();
+  private paramsFor(seqLen: number, k: number, sparse: boolean, scale: number, row: number): { buf: GPUBuffer; slot: number } {
+    // the layers of one decode step share their parameters (per row of a batch): reuse a slot written
+    const key = `${seqLen}:${k}:${sparse}:${row}`, known = this.slots.get(key);
+    if (known !== undefined) return { buf: this.params[known], slot: known };
+    this.slots.set(key, this.paramIndex);
     const nPages = Math.ceil(seqLen / this.s.pageSize);
     const { chunkPages, nChunks } = this.chunking(sparse ? k : nPages);
     if (this.paramIndex >= this.params.length) this.params.push(this.device.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }));
     const b = this.params[this.paramIndex++];
     const data = new ArrayBuffer(32), u = new Uint32Array(data), f = new Float32Array(data);
-    u[0] = seqLen; u[1] = nPages; u[2] = k; u[3] = sparse ? 1 : 0; f[4] = scale * LOG2E; u[5] = nChunks; u[6] = chunkPages;
+    u[0] = seqLen; u[1] = nPages; u[2] = k; u[3] = sparse ? 1 : 0; f[4] = scale * LOG2E; u[5] = nChunks; u[6] = chunkPages; u[7] = row;
     this.device.queue.writeBuffer(b, 0, data);
     return { buf: b, slot: this.paramIndex - 1 };
   }
@@ -523,16 +524,16 @@ export class DecodeAttention {
   }
 
   /** Starts a new batch of encodes (uniform buffers are reused from the start). */
-  resetBatch(): void { this.paramIndex = 0; this.last = ''; }
+  resetBatch(): void { this.paramIndex = 0; this.slots.clear(); }
 
   /** Records one decode-attention call. budgetPages = 0 (or >= the page count): dense. `only`: record
    *  just that stage (benchmarks time the stages one by one). */
-  encode(pass: GPUComputePassEncoder, layer: LayerBuffers, seqLen: number, budgetPages: number, only?: Stage): void {
+  encode(pass: GPUComputePassEncoder, layer: LayerBuffers, seqLen: number, budgetPages: number, only?: Stage, row = 0): void {
     const s = this.s, nPages = Math.ceil(seqLen / s.pageSize);
     if (nPages > s.maxPages) throw new Error(`sequence of ${seqLen} tokens exceeds the ${s.maxPages} pages allocated`);
     const sparse = budgetPages > 0 && budgetPages < nPages;
     const k = sparse ? budgetPages : nPages;
-    const { buf: prm, slot } = this.paramsFor(seqLen, k, sparse, 1 / Math.sqrt(s.headDim));
+    const { buf: prm, slot } = this.paramsFor(seqLen, k, sparse, 1 / Math.sqrt(s.headDim), row);
     let groups = this.groups.get(layer);
     if (!groups) { groups = new Map(); this.groups.set(layer, groups); }
     const bind = (pipe: GPUComputePipeline, name: string, bufs: GPUBuffer[]) => {

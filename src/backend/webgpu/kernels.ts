@@ -431,8 +431,8 @@ ${neox ? `  let p = c % HD2; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + p]; 
 ${MAIN_1D}
   let h = gid.x / HD2; let j = gid.x % HD2; let pos = step.start;
   if (h >= NH + 2u * NKV) { return; }
-  let b = h * HD;
-  if (h < NH) { qr[b + 2u * j] = rot(b, 2u * j, pos); qr[b + 2u * j + 1u] = rot(b, 2u * j + 1u, pos); return; }
+  let b = step.pad * QKV + h * HD; // (step.pad: the token's row, in a batch of sequences' decode steps)
+  if (h < NH) { let o = step.pad * NH * HD + h * HD; qr[o + 2u * j] = rot(b, 2u * j, pos); qr[o + 2u * j + 1u] = rot(b, 2u * j + 1u, pos); return; }
   let g = (h - NH) % NKV; let page = table[pos / P]; let slot = pos % P;
   let dst = ((page * NKV + g) * P + slot) * HD2 + j;
   if (h >= NH + NKV) { vc[dst] = pack2x16float(vec2<f32>(qkv[b + 2u * j], qkv[b + 2u * j + 1u])); return; }

@@ -1,0 +1,78 @@
+// Batched decoding: every sequence of a batch gets the logits (and so the greedy tokens) it gets alone,
+// dense and Quest, with sequences of different lengths joining and leaving mid-way (CPU; WebGPU where
+// an adapter exists).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadModelFiles } from '../model/load.js';
+import { decodeBatch, makeModel, Session } from '../engine/session.js';
+import { GpuModel } from '../backend/webgpu/model.js';
+import { GpuRunner, GpuSession, gpuDecodeBatch } from '../engine/gpu-session.js';
+import { argmax, rng } from '../engine/sampler.js';
+import { randomGGUF, tempFile } from './fixtures.js';
+import { gpu, skipGpu } from './gpu.js';
+import type { AttentionOptions } from '../attention/policy.js';
+
+const loaded = loadModelFiles(tempFile('batch.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 3, heads: 8, kvHeads: 2, dtype: 'f16', seed: 31 })));
+const promptOf = (n: number, seed: number) => { const r = rng(seed); return Array.from({ length: n }, () => Math.floor(r() * 100)); };
+
+type AnyS = Session | GpuSession;
+interface Backend { session(a: Partial<AttentionOptions>): AnyS; batch(steps: { seq: AnyS; token: number }[]): Promise<Float32Array[]>; tol: number }
+
+/** Five sequences (prompts of 9..70 tokens) decode greedily for different numbers of steps; they join
+ *  the batch at different steps and leave when done. Each must follow its solo run's tokens exactly. */
+async function checkBatch(b: Backend, attention: Partial<AttentionOptions>): Promise<void> {
+  const plans = [{ len: 9, join: 0, steps: 12 }, { len: 70, join: 0, steps: 5 }, { len: 33, join: 2, steps: 9 }, { len: 48, join: 3, steps: 14 }, { len: 17, join: 6, steps: 3 }];
+  // alone: each sequence's greedy tokens and logits
+  const solo: { toks: number[]; all: Float32Array[] }[] = [];
+  for (const [i, p] of plans.entries()) {
+    const s = b.session(attention);
+    let logits = await s.forward(promptOf(p.len, i + 1), { dense: true });
+    const toks: number[] = [], all: Float32Array[] = [];
+    for (let k = 0; k < p.steps; k++) { const t = argmax(logits); toks.push(t); logits = await s.forward([t]); all.push(logits); }
+    solo.push({ toks, all });
+    s.dispose();
+  }
+  // batched
+  const live: { i: number; seq: AnyS; next: number; done: number }[] = [];
+  let maxDiff = 0;
+  for (let step = 0; live.length || step <= Math.max(...plans.map((p) => p.join)); step++) {
+    for (const [i, p] of plans.entries()) {
+      if (p.join !== step) continue;
+      const seq = b.session(attention);
+      live.push({ i, seq, next: argmax(await seq.forward(promptOf(p.len, i + 1), { dense: true })), done: 0 });
+    }
+    if (!live.length) continue;
+    const out = await b.batch(live.map((x) => ({ seq: x.seq, token: x.next })));
+    live.forEach((x, j) => {
+      assert.equal(x.next, solo[x.i].toks[x.done], `sequence ${x.i}, step ${x.done}: token`);
+      const want = solo[x.i].all[x.done];
+      for (let v = 0; v < want.length; v++) maxDiff = Math.max(maxDiff, Math.abs(out[j][v] - want[v]));
+      x.next = argmax(out[j]); x.done++;
+    });
+    for (const x of live.filter((y) => y.done === plans[y.i].steps)) { x.seq.dispose(); live.splice(live.indexOf(x), 1); }
+  }
+  assert.ok(maxDiff <= b.tol, `max |Δlogit| between batched and alone ${maxDiff} over ${b.tol}`);
+}
+
+const policies: Partial<AttentionOptions>[] = [{ policy: 'dense' }, { policy: 'quest', budget: 32, denseLayers: 1 }];
+for (const attention of policies) {
+  test(`CPU: batched decode equals each sequence alone (${attention.policy}, sequences joining and leaving)`, async () => {
+    const m = makeModel(loaded.config, loaded.weights);
+    await checkBatch({ session: (a) => new Session(m, a), batch: async (st) => decodeBatch(st as { seq: Session; token: number }[]), tol: 1e-4 }, attention);
+  });
+  test(`WebGPU: batched decode equals each sequence alone (${attention.policy}, sequences joining and leaving)`, { skip: skipGpu }, async () => {
+    const runner = new GpuRunner(GpuModel.upload(gpu!.device, loaded.config, loaded.weights), 16);
+    // (a batch of more than 4 rows runs tiled products, one of up to 4 matrix-vector ones: f16 rounding)
+    await checkBatch({ session: (a) => new GpuSession(runner, a), batch: (st) => gpuDecodeBatch(st as { seq: GpuSession; token: number }[]), tol: 2e-2 }, attention);
+    runner.dispose(); runner.m.dispose();
+  });
+}
+
+test('a batch refuses sequences of two models and a sequence twice, with clear errors', () => {
+  const m1 = makeModel(loaded.config, loaded.weights), m2 = makeModel(loaded.config, loaded.weights);
+  const a = new Session(m1), b = new Session(m2);
+  a.forward([1, 2]); b.forward([3]);
+  assert.throws(() => decodeBatch([{ seq: a, token: 1 }, { seq: b, token: 2 }]), /one model/);
+  assert.throws(() => decodeBatch([{ seq: a, token: 1 }, { seq: a, token: 2 }]), /twice/);
+  assert.throws(() => decodeBatch([{ seq: a, token: 1000 }]), /outside the vocabulary/);
+});
