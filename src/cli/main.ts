@@ -147,7 +147,9 @@ addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP s
   .option('--model-id <id>', 'the model name clients use (default: the folder or file name)')
   .option('--host <host>', 'address to listen on', '127.0.0.1')
   .option('--port <n>', 'port', int('port'), 8080)
-  .option('--concurrency <n>', 'generations running at once (interleaved token by token)', int('concurrency'), 4)
+  .option('--concurrency <n>', 'generations running at once (their decode steps batched)', int('concurrency'), 16)
+  .option('--no-batch', 'run each generation\'s decode steps on their own (no continuous batching)')
+  .option('--prefill-chunk <n>', 'prompt tokens per prefill chunk; running generations decode between chunks', int('prefill chunk'))
   .option('--queue <n>', 'requests allowed to wait beyond those; more are refused with 429', int('queue'), 256)
   .option('--prefix-cache <MiB>', 'KV memory kept for prompts that start the same way (a shared system prompt or document); 0 = off', num('prefix cache'), 1024)
   .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1 (default: $QUEST_API_KEY; none: open)')
@@ -162,7 +164,8 @@ addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP s
     const modelId = o.modelId ?? basename(o.model.replace(/\/+$/, '')).replace(/\.gguf$/, '');
     if (!(o.timeout > 0)) throw new Error(`--timeout must be > 0 seconds, got ${o.timeout}`);
     const apiKey: string | undefined = o.apiKey ?? (process.env.QUEST_API_KEY || undefined);
-    const app = createServer(llm, { modelId, concurrency: o.concurrency, queueLimit: o.queue, apiKey, cors: o.cors, timeoutMs: o.timeout * 1000 });
+    if (o.prefillChunk !== undefined && o.prefillChunk < 1) throw new Error(`--prefill-chunk must be >= 1, got ${o.prefillChunk}`);
+    const app = createServer(llm, { modelId, concurrency: o.concurrency, queueLimit: o.queue, apiKey, cors: o.cors, timeoutMs: o.timeout * 1000, batch: o.batch, prefillChunk: o.prefillChunk });
     const url = await app.listen({ host: o.host, port: o.port });
     process.stderr.write(`quest serving ${modelId} at ${url}/v1 (attention ${llm.attention.policy}, budget ${llm.attention.budget}${apiKey ? ', API key required' : ''})\n`);
     if (!apiKey && !['127.0.0.1', '::1', 'localhost'].includes(o.host)) {

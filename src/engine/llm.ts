@@ -7,12 +7,13 @@ import type { ModelConfig } from '../model/config.js';
 import { TextTokenizer, StreamDecoder, type ChatMessage } from '../tokenizer/tokenizer.js';
 import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy.js';
-import { makeModel, PREFILL_CHUNK, Session, type Model } from './session.js';
+import { decodeBatch, makeModel, PREFILL_CHUNK, Session, type Model } from './session.js';
+import { StepBatcher, type BatchStats } from './batcher.js';
 import { DEFAULT_PREFIX_CACHE_BYTES, PrefixCache } from './prefix-cache.js';
 import { loadSession, type SessionFileOptions } from './session-file.js';
 import { releaseModelBytes } from '../model/file-bytes.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
-import { GpuRunner, GpuSession } from './gpu-session.js';
+import { GpuRunner, GpuSession, MAX_BATCH } from './gpu-session.js';
 import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
 import { GpuModel } from '../backend/webgpu/model.js';
 
@@ -65,6 +66,12 @@ export interface GenerateOptions extends SamplingOptions {
    *  the session itself is left as it was (a fork runs) */
   session?: AnySession;
   onPrefillProgress?: (done: number, total: number) => void;
+  /** continuous batching: this generation's decode steps join those of other generations running at the
+   *  same time in one forward pass (the server turns it on). Default false: on WebGPU a lone greedy
+   *  generation is faster with its own steps in flight. */
+  batch?: boolean;
+  /** prompt tokens per prefill chunk (between chunks, other generations' decode steps run) */
+  prefillChunk?: number;
   /** reuse (and afterwards keep) KV of prompts that start the same way (default true; the prefix
    *  cache of LoadOptions.prefixCacheBytes; h2o and tova always prefill cold) */
   cache?: boolean;
@@ -98,6 +105,15 @@ export class LLM {
   readonly gpu: GpuRunner | null;
   /** finished sequences kept for prompts that start the same way */
   readonly prefixCache: PrefixCache<AnySession>;
+  private batcherOf: StepBatcher<AnySession> | null = null;
+  /** batched decode steps so far (continuous batching, GenerateOptions.batch) */
+  get batchStats(): BatchStats { return this.batcher.stats; }
+  private get batcher(): StepBatcher<AnySession> {
+    this.batcherOf ??= new StepBatcher<AnySession>((steps) => (this.gpu
+      ? GpuSession.decodeBatch(steps as { seq: GpuSession; token: number }[])
+      : decodeBatch(steps as { seq: Session; token: number }[])), this.gpu ? Math.min(this.gpu.chunk, MAX_BATCH) : MAX_BATCH);
+    return this.batcherOf;
+  }
 
   /** `model` null: the weights live on the GPU only (see LoadOptions.keepHostWeights). */
   constructor(readonly config: ModelConfig, model: Model | null, tokenizer: TextTokenizer | null, attention: AttentionOptions, readonly path: string,
@@ -220,6 +236,7 @@ export class LLM {
     validateSampling(o);
     const maxTokens = o.maxTokens ?? 256;
     if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new Error(`maxTokens must be an integer >= 0, got ${maxTokens}`);
+    if (o.prefillChunk !== undefined && !(Number.isInteger(o.prefillChunk) && o.prefillChunk >= 1)) throw new Error(`prefillChunk must be an integer >= 1, got ${o.prefillChunk}`);
     const from = o.session ? this.checkOwnSession(o.session) : null;
     // (a prompt that continues a session has no BOS of its own)
     const ids = [...(from?.tokens ?? []), ...(o.promptIds ?? (from ? (prompt ? this.tokenizerOrThrow().encode(prompt, { bos: false }) : []) : this.encode(prompt)))];
@@ -262,13 +279,16 @@ export class LLM {
     const eos = new Set(this.config.eosIds);
     const tail = Math.min(Math.max(0, o.decodeTail ?? 0), ids.length - 1);
     const t0 = performance.now();
-    // greedy decoding on the GPU reads back the argmax instead of the logits
-    const argmax = session instanceof GpuSession && (o.temperature ?? 1) === 0;
+    // greedy decoding on the GPU reads back the argmax instead of the logits (with steps in flight,
+    // unless the steps join batches)
+    const argmax = session instanceof GpuSession && (o.temperature ?? 1) === 0 && !o.batch;
+    const decodeStep = (t: number) => (o.batch ? this.batcher.step(session, t) : step([t]));
     const step = (t: number[], logits: 'last' | 'none' = 'last', dense = false) =>
       session instanceof GpuSession ? session.forward(t, { logits, argmax, dense }) : session.forward(t, { logits, dense });
     // the prompt, a chunk per submission: progress after each, and a turn of the event loop in which a
     // cancel (o.signal) can arrive; a cancelled prefill keeps the chunks done and generates nothing
-    const prompt = ids.slice(cached, ids.length - tail), chunk = session instanceof GpuSession ? session.runner.chunk : PREFILL_CHUNK;
+    const most = session instanceof GpuSession ? session.runner.chunk : PREFILL_CHUNK;
+    const prompt = ids.slice(cached, ids.length - tail), chunk = Math.min(most, o.prefillChunk ?? most);
     let logits: Float32Array = new Float32Array(0);
     for (let s = 0; s < prompt.length && !o.signal?.aborted; s += chunk) {
       const last = s + chunk >= prompt.length;
@@ -281,7 +301,7 @@ export class LLM {
     if (o.signal?.aborted) {
       return { text: '', tokens: [], promptTokens: ids.length, cachedTokens: cached, finishReason: 'abort', prefillMs, decodeMs: 0, prefillTokensPerSecond: 0, decodeTokensPerSecond: 0 };
     }
-    for (const t of ids.slice(ids.length - tail)) logits = await step([t]);
+    for (const t of ids.slice(ids.length - tail)) logits = await decodeStep(t);
 
     const out: number[] = [];
     let text = '', pending = '', finishReason: GenerationResult['finishReason'] = 'length';
@@ -291,7 +311,7 @@ export class LLM {
     let lastTok = first, i = 0;
     const tokens = argmax ? (session as GpuSession).greedy(first, maxTokens - 1) : (async function* () {
       yield first;
-      for (let n = 1; n < maxTokens && session.length < ctx; n++) yield sampler.sample(await step([lastTok]));
+      for (let n = 1; n < maxTokens && session.length < ctx; n++) yield sampler.sample(await decodeStep(lastTok));
     })();
     for await (const tok of tokens) {
       if (o.signal?.aborted) { finishReason = 'abort'; break; }

@@ -1,6 +1,8 @@
 // `quest serve`: an OpenAI-compatible HTTP server (fastify). Generations run concurrently up to a limit,
 // interleaved token by token (the engine yields to the event loop between tokens), the rest wait in a
 // FIFO queue; a full queue is refused with 429. A client that disconnects cancels its generation.
+// Running generations' decode steps are batched (one forward pass for all of them); a new request's
+// prefill runs in chunks between batches.
 // Safe to expose: an API key (Bearer) guards /v1, CORS is off unless an origin is allowed, every request
 // has a time limit, and shutdown stops admitting, lets running generations finish (within a grace
 // period, then cancels them) and closes.
@@ -23,6 +25,10 @@ export interface ServeOptions {
   cors?: string;
   /** a request's time limit in ms, queueing included (default 10 minutes) */
   timeoutMs?: number;
+  /** continuous batching of the running generations' decode steps (default true) */
+  batch?: boolean;
+  /** prompt tokens per prefill chunk: other requests' decode steps run between chunks */
+  prefillChunk?: number;
 }
 
 /** The server with its shutdown: stop admitting, finish or (after graceMs) cancel running work, close. */
@@ -133,6 +139,7 @@ export function createServer(llm: LLM, o: ServeOptions): QuestServer {
     const opts: GenerateOptions = {
       promptIds: promptTokens, maxTokens: Math.min(common.maxTokens, ctx - promptTokens.length), temperature: common.temperature,
       topP: common.topP, seed: common.seed, stop: common.stop, signal: abort.signal, attention: common.attention,
+      batch: o.batch !== false, prefillChunk: o.prefillChunk,
     };
     try {
       return common.stream ? await stream(reply, id, chat, common, opts, () => timedOut) : await whole(reply, id, chat, common, opts, promptTokens.length, () => timedOut);

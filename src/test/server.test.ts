@@ -139,3 +139,23 @@ test('two requests sharing a long system prompt: the second reuses its KV (usage
   await assert.rejects(fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: MODEL, messages: ask('x'), stream: true, stream_options: { include_usage: 'yes' } }) })
     .then(async (r) => { if (r.status !== 400) throw new Error(`status ${r.status}`); throw new Error(((await r.json()) as { error: { message: string } }).error.message); }), /stream_options/);
 });
+
+test('continuous batching: concurrent requests of mixed lengths and policies share batched decode steps and each get their answer alone', async () => {
+  const app2 = createServer(llm, { modelId: MODEL, concurrency: 8, prefillChunk: 64 });
+  const base2 = await app2.listen({ host: '127.0.0.1', port: 0 });
+  const c2 = new OpenAI({ baseURL: `${base2}/v1`, apiKey: 'unused', maxRetries: 0 });
+  llm.clearCache();
+  const reqs = Array.from({ length: 8 }, (_, i) => ({
+    prompt: `${['It was', 'The sky', '"Well, Prince', 'Chapter'][i % 4]} ${'and then '.repeat(i * 9)}`.trim(),
+    max: 6 + ((i * 7) % 19), quest: i % 2 ? { policy: 'quest', budget: 32 } : undefined, seed: i % 3 === 0 ? 7 + i : undefined,
+  }));
+  const alone: string[] = [];
+  for (const r of reqs) {
+    alone.push((await llm.complete(r.prompt, { maxTokens: r.max, temperature: r.seed ? 0.8 : 0, seed: r.seed, attention: r.quest as never, cache: false })).text);
+  }
+  const before = llm.batchStats.largest;
+  const got = await Promise.all(reqs.map((r) => c2.completions.create({ model: MODEL, prompt: r.prompt, max_tokens: r.max, temperature: r.seed ? 0.8 : 0, seed: r.seed, quest: r.quest } as never)));
+  got.forEach((g, i) => assert.equal((g as OpenAI.Completion).choices[0].text, alone[i], `request ${i}`));
+  assert.ok(llm.batchStats.largest > 1 && llm.batchStats.largest >= before, `decode steps were batched (largest batch ${llm.batchStats.largest})`);
+  await app2.close();
+});

@@ -1,0 +1,67 @@
+// `npm run bench:batch` (on a GPU): aggregate decode tokens/s of batched decoding (GpuSession.decodeBatch:
+// one forward pass for B sequences, weights read once) at batch 1, 4, 16, 32, dense and Quest, for a
+// 7B-shaped model with random weights (--shape 7b|8b|small, --weights f16|q4_0) and --context tokens per
+// sequence. The sequences are forks of one random context (their pages shared, so 32 x 8K contexts fit;
+// each still reads its whole context from memory at every step, as separate contexts would). Three
+// timings per point in one run; the median and the spread are printed, and a plot.
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
+import { GpuModel } from '../backend/webgpu/model.js';
+import type { GpuWeightType } from '../backend/webgpu/kernels.js';
+import { GpuRunner, GpuSession } from '../engine/gpu-session.js';
+import { lineChart } from '../eval/plot.js';
+import { gpuShape } from './gpu-shapes.js';
+
+const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
+const CONTEXT = Number(arg('context', '8192'));
+const BATCHES = arg('batches', '1,4,16,32').split(',').map(Number);
+const BUDGET = Number(arg('budget', '2048'));
+const STEPS = Number(arg('steps', '8'));
+const WEIGHTS = arg('weights', 'f16') as GpuWeightType;
+const OUT = arg('out', 'results');
+
+const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+
+async function main() {
+  const gpu = await getGpu();
+  if (!gpu) { console.log(`no WebGPU adapter: ${lastGpuError}`); return; }
+  const { config, name } = gpuShape(arg('shape', '7b'), CONTEXT + 64);
+  const m = GpuModel.random(gpu.device, config, 1, WEIGHTS), runner = new GpuRunner(m, 16);
+  const base = new GpuSession(runner);
+  await base.fillRandomContext(CONTEXT);
+  console.log(`${gpu.adapterName}: ${name}, random ${WEIGHTS} weights; ${CONTEXT}-token contexts; ${STEPS} steps per timing, 3 timings; Quest budget ${BUDGET}`);
+  const rows: { policy: string; batch: number; tps: number[] }[] = [];
+  for (const policy of ['dense', 'quest'] as const) {
+    for (const B of BATCHES) {
+      const seqs = Array.from({ length: B }, () => base.fork({ policy, budget: BUDGET }));
+      const step = () => GpuSession.decodeBatch(seqs.map((seq, i) => ({ seq, token: 1 + ((seq.length + i) % 100) })));
+      await step(); await step(); // warm-up: pipelines, bind groups, clocks
+      const tps: number[] = [];
+      for (let run = 0; run < 3; run++) {
+        const t0 = performance.now();
+        for (let s = 0; s < STEPS; s++) await step();
+        tps.push((B * STEPS) / ((performance.now() - t0) / 1000));
+      }
+      for (const s of seqs) s.dispose();
+      rows.push({ policy, batch: B, tps });
+      console.log(`  ${policy.padEnd(5)} batch ${String(B).padStart(2)}: ${median(tps).toFixed(0)} tokens/s (${Math.min(...tps).toFixed(0)}-${Math.max(...tps).toFixed(0)}), ${(1000 * B / median(tps)).toFixed(2)} ms per step`);
+    }
+  }
+  console.log('\n| batch | dense tokens/s | quest tokens/s | quest / dense | dense vs batch 1 | quest vs batch 1 |\n| --- | --- | --- | --- | --- | --- |');
+  const at = (p: string, b: number) => median(rows.find((r) => r.policy === p && r.batch === b)!.tps);
+  for (const B of BATCHES) {
+    console.log(`| ${B} | ${at('dense', B).toFixed(0)} | ${at('quest', B).toFixed(0)} | ${(at('quest', B) / at('dense', B)).toFixed(2)}x | ${(at('dense', B) / at('dense', BATCHES[0])).toFixed(1)}x | ${(at('quest', B) / at('quest', BATCHES[0])).toFixed(1)}x |`);
+  }
+  if (BATCHES.includes(1) && BATCHES.includes(16)) {
+    const g = (p: string) => at(p, 16) / at(p, 1);
+    console.log(`target batch 16 >= 8x batch 1: dense ${g('dense').toFixed(1)}x, quest ${g('quest').toFixed(1)}x (${g('dense') >= 8 && g('quest') >= 8 ? 'met' : 'MISSED'})`);
+  }
+  if (!existsSync(OUT)) mkdirSync(OUT, { recursive: true });
+  const stem = `${OUT}/bench-batch-${arg('shape', '7b')}-${WEIGHTS}`;
+  const series = ['dense', 'quest'].map((p) => ({ name: p, points: BATCHES.map((b) => ({ x: b, y: at(p, b) })) }));
+  writeFileSync(`${stem}.svg`, lineChart(`Batched decode, ${name.split(' (')[0]}, ${CONTEXT}-token contexts (${WEIGHTS})`, 'batch', 'tokens/s (all sequences)', series, 0, Math.max(...series.flatMap((s) => s.points.map((p) => p.y))) * 1.1));
+  writeFileSync(`${stem}.json`, JSON.stringify({ device: gpu.adapterName, shape: name, weights: WEIGHTS, context: CONTEXT, budget: BUDGET, rows }, null, 1));
+  base.dispose(); runner.dispose(); m.dispose();
+}
+
+void main().catch((e) => { console.error(e instanceof Error ? e.message : e); process.exit(1); });
