@@ -278,7 +278,13 @@ export class GpuSession {
       if (pipe !== current) { pass.setPipeline(pipe); current = pipe; }
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
+    // a batched decode step's products: weights read once per BATCH_TOKENS sequences
+    const batched = batch !== null && n > 1;
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
+      if (batched && rows > 1) {
+        run(m.batchPipeline(l, add), 'linB', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, null, r.step], K.batchGrid(l.N, l.K, l.type, rows));
+        return;
+      }
       const many = rows > VEC_ROWS, spec = pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm' as const, eps: c.normEps } : pro;
       const nw = pro?.kind === 'rmsnorm' ? pro.weight : null;
       if (!many && m.quantisesX(l)) {
@@ -293,7 +299,7 @@ export class GpuSession {
     };
     // decode steps and short chunks: RMSNorm and SwiGLU run inside the products that read their output,
     // and (one token) RoPE, the KV append and the page min/max are one kernel
-    const fuse = n <= VEC_ROWS && m.fusesPrologues, oneStep = n === 1;
+    const fuse = n <= VEC_ROWS && m.fusesPrologues && !batched, oneStep = n === 1;
     const rms = m.pipeline('rms', () => K.rmsnormWgsl(c.dim, c.normEps, false));
     /** y = W · rmsnorm(x) for the chunk's rows of x */
     const normed = (weight: GPUBuffer, l: GpuLinear, y: GPUBuffer) => {

@@ -13,6 +13,7 @@ import * as K from '../backend/webgpu/kernels.js';
 import { refQuantiseX } from './reference.js';
 import { gaussian } from './fixtures.js';
 import { rng } from '../engine/sampler.js';
+import { f32ToF16, F16_TABLE } from '../model/tensor.js';
 
 interface Case { N: number; K: number; prologue?: 'rmsnorm' | 'swiglu' }
 
@@ -78,6 +79,53 @@ for (const c of cases) {
         const exact = await product(c, false, 11 + c.K);
         const diff = Math.max(...Array.from(exact.got, (v, r) => Math.abs(v - got[r])));
         assert.ok(diff > 1e-4 * scale, `int8 x changed nothing (${diff})`);
+      }
+    });
+  }
+}
+
+// The batched matrix-vector product of batched decode steps (weights read once per 8 tokens), every
+// weight type, against float64: 11 tokens (two token groups, the second partly filled), += into y and
+// a bias, K that splits evenly over the thread sets and K that does not.
+for (const type of ['f16', 'q8_0', 'q4_0'] as const) {
+  for (const [N, Kd] of [[37, 96], [70, 4096], [9, 11008]]) {
+    test(`WebGPU batched product (${type}, ${N} × ${Kd}, 11 tokens, += with bias) matches float64`, { skip: skipGpu }, async () => {
+      const { device } = gpu!, g = gaussian(N + Kd), u = rng(Kd), T = 11;
+      // weights in the GPU layout: f16 pairs; int8 codes and one scale per 32; nibbles (code - 8) and one scale per 32
+      const w = new Float64Array(N * Kd);
+      let data: Uint32Array, scales: Float32Array | null = null;
+      if (type === 'f16') {
+        const h = Uint16Array.from({ length: N * Kd }, () => f32ToF16(g() * 0.1));
+        h.forEach((v, i) => { w[i] = F16_TABLE[v]; });
+        data = new Uint32Array(h.buffer);
+      } else {
+        scales = Float32Array.from({ length: (N * Kd) / 32 }, () => 0.01 + Math.abs(g()) * 0.05);
+        const codes = Int8Array.from({ length: N * Kd }, () => (type === 'q8_0' ? Math.floor(u() * 255) - 127 : Math.floor(u() * 16)));
+        codes.forEach((c, i) => { w[i] = (type === 'q8_0' ? c : c - 8) * scales![i >> 5]; });
+        if (type === 'q8_0') data = new Uint32Array(codes.buffer);
+        else { data = new Uint32Array((N * Kd) / 8); codes.forEach((c, i) => { data[i >> 3] |= c << (4 * (i & 7)); }); }
+      }
+      const x = Float32Array.from({ length: T * Kd }, () => g()), y0 = Float32Array.from({ length: T * N }, () => g()), bias = Float32Array.from({ length: N }, () => g());
+      const buf = (a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE) => {
+        const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: usage | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+        device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
+        return b;
+      };
+      const y = buf(y0), step = buf(new Uint32Array([0, T, 0, 0]), GPUBufferUsage.UNIFORM);
+      const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: K.linearBatchWgsl({ type, N, K: Kd, add: true, bias: true }, hasSubgroups32(device)) }), entryPoint: 'main' } });
+      const entries: [number, GPUBuffer][] = [[0, buf(x)], [1, y], [2, buf(data)], [4, buf(bias)], [6, step], ...(scales ? [[3, buf(scales)] as [number, GPUBuffer]] : [])];
+      const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+      pass.setPipeline(pipe);
+      pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: entries.map(([binding, buffer]) => ({ binding, resource: { buffer } })) }));
+      pass.dispatchWorkgroups(...K.batchGrid(N, Kd, type, T));
+      pass.end();
+      device.queue.submit([enc.finish()]);
+      const got = new Float32Array(await readBuffer(device, y, T * N * 4));
+      throwDeviceError();
+      for (let t = 0; t < T; t++) for (let r = 0; r < N; r++) {
+        let s = y0[t * N + r] + bias[r];
+        for (let k = 0; k < Kd; k++) s += w[r * Kd + k] * x[t * Kd + k];
+        assert.ok(Math.abs(got[t * N + r] - s) <= 1e-4 * Math.sqrt(Kd) + 1e-5, `token ${t} row ${r}: ${got[t * N + r]} vs ${s}`);
       }
     });
   }

@@ -656,3 +656,88 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let b = f32(hash((i ^ prm.seed) + 0x9e3779b9u) & 0xffffu) / 32767.5 - 1.0;
   data[i] = select(pack2x16float(vec2<f32>(a, b) * prm.scale), bitcast<u32>(a * prm.scale), prm.f32s == 1u);
 }`;
+
+/** Tokens per workgroup of the batched matrix-vector product (its weights are read once per this many). */
+export const BATCH_TOKENS = 8;
+
+/** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias) for the tokens of a batched decode step (step.n of them),
+ *  "weight-stationary": as in linearRowsWgsl a set of TPR threads splits K into 16-byte units of R rows,
+ *  but each thread turns its unit of weights into floats once and multiplies it with the same columns of
+ *  BATCH_TOKENS tokens' x (read through the cache), so the weights are read once per BATCH_TOKENS tokens
+ *  instead of once per token. Accumulators are named variables (an array indexed in loops would live in
+ *  local memory); sums across the set by subgroup adds where subgroups are 32 wide, else in workgroup
+ *  memory one value at a time. Grid: ceil(N / (S * R)) x ceil(tokens / BATCH_TOKENS). */
+export const linearBatchWgsl = (s: LinearSpec, subgroups = false) => {
+  if (s.prologue) throw new Error('linearBatchWgsl: no prologue (RMSNorm / SwiGLU run before it)');
+  const R = 2, TB = BATCH_TOKENS, { U, TPR, S, UPT } = rowsLayout(s.K, R, s.type), V = unitWeights(s.type) / 4;
+  const rows = Array.from({ length: R }, (_, r) => r), toks = Array.from({ length: TB }, (_, b) => b), vs = Array.from({ length: V }, (_, j) => j);
+  const acc = (r: number, b: number) => `a${r}_${b}`;
+  // the unit of row `row` as V vec4s of weights w0..w{V-1}
+  const dequant = s.type === 'f16'
+    ? `let wu = wd[row * U + u];
+        let w0 = vec4<f32>(unpack2x16float(wu.x), unpack2x16float(wu.y)); let w1 = vec4<f32>(unpack2x16float(wu.z), unpack2x16float(wu.w));`
+    : s.type === 'q8_0'
+      ? `let wu = wd[row * U + u]; let sc = ws[(row * U + u) / 2u];
+        let w0 = i8x4(wu.x) * sc; let w1 = i8x4(wu.y) * sc; let w2 = i8x4(wu.z) * sc; let w3 = i8x4(wu.w) * sc;`
+      : `let wu = wd[row * U + u]; let sc = ws[row * U + u];
+${[0, 1, 2, 3].map((k) => `        let w${2 * k} = (vec4<f32>((vec4<u32>(wu[${k}]) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0) * sc;
+        let w${2 * k + 1} = (vec4<f32>((vec4<u32>(wu[${k}]) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0) * sc;`).join('\n')}`;
+  const unit = U % TPR === 0 ? 't + i * TPR' : 'min(t + i * TPR, U - 1u)';
+  const out = (r: number, b: number, v: string) => `{ let row = r0 + ${r}u; let tok = b0 + ${b}u; if (row < N && tok < step.n) ${linearOut(s, 'tok * N + row', 'row', v)} }`;
+  return (subgroups ? 'enable subgroups;\n' : '') + STEP_WGSL + /* wgsl */ `
+const N: u32 = ${s.N}u;
+const K: u32 = ${s.K}u;
+const U: u32 = ${U}u;     // 16-byte units of weights per row
+const V: u32 = ${V}u;     // vec4s of x per unit
+const TPR: u32 = ${TPR}u; // threads per row set
+const S: u32 = ${S}u;     // row sets per workgroup
+const UPT: u32 = ${UPT}u; // units per thread
+const R: u32 = ${R}u;     // rows per set
+const TB: u32 = ${TB}u;   // tokens per workgroup
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
+${s.type === 'f16' ? '' : '@group(0) @binding(3) var<storage, read> ws: array<f32>;'}
+${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+@group(0) @binding(6) var<uniform> step: Step;
+${s.type === 'q8_0' ? 'fn i8x4(u: u32) -> vec4<f32> { return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u << 24u, u << 16u, u << 8u, u)) >> vec4<u32>(24u)); }' : ''}
+${subgroups ? `var<workgroup> red: array<f32, ${(256 / 32) * R * TB}>;` : 'var<workgroup> red: array<f32, 256>;\nvar<workgroup> sums: array<f32, ' + S * R * TB + '>;'}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let tid = lid.x; let rs = tid / TPR; let t = tid % TPR;
+  let r0 = (wid.x * S + rs) * R; let b0 = wid.y * TB;
+  // (tokens past step.n repeat the last one and rows past N the last row: not written)
+${toks.map((b) => `  let xb${b} = min(b0 + ${b}u, step.n - 1u) * (K / 4u);`).join('\n')}
+${rows.map((r) => toks.map((b) => `  var ${acc(r, b)} = 0.0;`).join(' ')).join('\n')}
+  for (var i = 0u; i < UPT; i++) {
+    let u = ${unit}; let ok = t + i * TPR < U;
+${rows.map((r) => `    {
+      let row = min(r0 + ${r}u, N - 1u);
+        ${dequant}
+${toks.map((b) => `      ${acc(r, b)} += select(0.0, ${vs.map((j) => `dot(w${j}, x[xb${b} + V * u + ${j}u])`).join(' + ')}, ok);`).join('\n')}
+    }`).join('\n')}
+  }
+${subgroups ? `  // warp sums, then the TPR / 32 warps of a set
+${rows.map((r) => toks.map((b) => `  ${acc(r, b)} = subgroupAdd(${acc(r, b)});`).join('\n')).join('\n')}
+  if (tid % 32u == 0u) {
+${rows.map((r) => toks.map((b) => `    red[(tid / 32u) * ${R * TB}u + ${r * TB + b}u] = ${acc(r, b)};`).join('\n')).join('\n')}
+  }
+  workgroupBarrier();
+  if (t == 0u) {
+${rows.map((r) => toks.map((b) => `    { var v = 0.0; for (var w = 0u; w < TPR / 32u; w++) { v += red[(rs * (TPR / 32u) + w) * ${R * TB}u + ${r * TB + b}u]; } ${out(r, b, 'v')} }`).join('\n')).join('\n')}
+  }` : `  // one value at a time: a tree over each set's TPR threads
+${rows.map((r) => toks.map((b) => `  red[tid] = ${acc(r, b)}; workgroupBarrier();
+  for (var w = TPR / 2u; w > 0u; w >>= 1u) { if (t < w) { red[tid] += red[tid + w]; } workgroupBarrier(); }
+  if (t == 0u) { sums[rs * ${R * TB}u + ${r * TB + b}u] = red[tid]; }
+  workgroupBarrier();`).join('\n')).join('\n')}
+  if (t == 0u) {
+${rows.map((r) => toks.map((b) => `    ${out(r, b, `sums[rs * ${R * TB}u + ${r * TB + b}u]`)}`).join('\n')).join('\n')}
+  }`}
+}`;
+};
+
+/** Workgroups of linearBatchWgsl for N rows and `tokens` tokens. */
+export const batchGrid = (N: number, K: number, type: GpuWeightType, tokens: number): [number, number] => {
+  const { S } = rowsLayout(K, 2, type);
+  return [Math.ceil(N / (S * 2)), Math.ceil(tokens / BATCH_TOKENS)];
+};

@@ -170,6 +170,12 @@ export class GpuModel {
   }
 
 
+  /** The batched matrix-vector product of a batched decode step (weights read once per BATCH_TOKENS tokens). */
+  batchPipeline(l: GpuLinear, add: boolean): GPUComputePipeline {
+    const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null }, sub = hasSubgroups32(this.device);
+    return this.pipeline(`linB:${sub}:${JSON.stringify(spec)}`, () => K.linearBatchWgsl(spec, sub));
+  }
+
   fillRandom(buf: GPUBuffer, words: number, seed: number, scale: number, f32s = false): void {
     const pipe = this.pipeline('fill', () => K.fillRandomWgsl), d = this.device;
     const prm = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
