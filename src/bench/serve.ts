@@ -3,7 +3,6 @@
 // own (interleaved token by token), then with continuous batching (decode steps batched). Every
 // response is checked against the same prompt run alone with greedy decoding: none may be lost or mixed
 // up; refusals (429) must be clean. Prints throughput and p50/p99 latency (first token and whole response).
-import OpenAI from 'openai';
 import { loadModel } from '../engine/llm.js';
 import { createServer } from '../server/server.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
@@ -34,6 +33,7 @@ async function main() {
 async function round(llm: Awaited<ReturnType<typeof loadModel>>, reqs: { prompt: string; max: number }[], expected: string[], concurrency: number, device: string, batch: boolean): Promise<boolean> {
   const app = createServer(llm, { modelId: 'm', concurrency, queueLimit: N, batch });
   const base = await app.listen({ host: '127.0.0.1', port: 0 });
+  const { default: OpenAI } = await import('openai'); // (a dev dependency: absent on the GPU machine's package set)
   const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'x', maxRetries: 0, timeout: 600_000 });
   const stats0 = { ...llm.batchStats };
   console.error(`firing ${N} concurrent streaming requests (server concurrency ${concurrency})...`);

@@ -278,8 +278,10 @@ export class GpuSession {
       if (pipe !== current) { pass.setPipeline(pipe); current = pipe; }
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
-    // a batched decode step's products: weights read once per BATCH_TOKENS sequences
-    const batched = batch !== null && n > 1;
+    // a batched decode step of more than VEC_ROWS sequences: products that read the weights once per
+    // BATCH_TOKENS sequences (measured on the H200: faster there than the tensor-core tiles, whose few
+    // workgroups at so few rows leave the GPU idle; up to VEC_ROWS the matrix-vector kernels stay faster)
+    const batched = batch !== null && n > VEC_ROWS;
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
       if (batched && rows > 1) {
         run(m.batchPipeline(l, add), 'linB', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, null, r.step], K.batchGrid(l.N, l.K, l.type, rows));
