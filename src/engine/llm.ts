@@ -260,8 +260,8 @@ export class LLM {
     try {
       const r = await this.decodeLoop(session, ids, hit?.cached ?? 0, o, sampler, emit, ctx);
       // keep the sequence's densely computed tokens: the prompt's prefill (all of it under dense attention)
-      const held = [...ids, ...r.tokens].slice(0, session.length);
-      if (reuse && held.length === session.length) {
+      const held = session.tokens.slice();
+      if (reuse && held.every((t) => t >= 0)) {
         this.prefixCache.put(held, attention.policy === 'dense' ? held.length : Math.min(held.length, prefill), session);
         kept = true;
       }

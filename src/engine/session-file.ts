@@ -7,7 +7,7 @@
 // Layout: "QUESTKV\0", u32 version, u32 header length, header JSON, int32 tokens, then per layer and
 // per batch of up to `batchPages` logical pages: the batch's K pages, its V pages, its key min/max;
 // last the CRC-32 of everything before it (zlib's, which runs at memory speed: a 32K-token session of an
-// 8B model is 4 GB). Reads and writes of the next batch overlap the work on the current one.
+// 8B model is 4 GB). Batches are read ahead (3 in flight) while the current one is handled.
 import { randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { open, rename, rm, stat } from 'node:fs/promises';
@@ -44,6 +44,21 @@ function totalBytes(h: Header, headerLen: number): number {
   return 16 + headerLen + 4 * h.tokens + l.nLayers * h.pages * (2 * l.kPageBytes + l.metaPageBytes) + DIGEST;
 }
 
+/** Reads READ_AHEAD batches ahead (in order: `read(i)` is called for i = 0, 1, ... once each); `ahead(i)`
+ *  gives batch i and starts the next read. */
+const READ_AHEAD = 3;
+function readAhead(n: number, read: (i: number) => Promise<Uint8Array>): (i: number) => Promise<Uint8Array> {
+  const pending = new Map<number, Promise<Uint8Array>>();
+  let started = 0;
+  const fill = (upTo: number) => { while (started < Math.min(n, upTo)) { pending.set(started, read(started)); started++; } };
+  return (i) => {
+    fill(i + 1 + READ_AHEAD);
+    const p = pending.get(i)!;
+    pending.delete(i);
+    return p;
+  };
+}
+
 /** Writes `seq` to `path` (tokens, pages, metadata); `fingerprint` and `model` name the model. */
 export async function saveSession(seq: PersistentSequence, path: string, fingerprint: string, model: string, o: SessionFileOptions = {}): Promise<void> {
   if (seq.tokens.length !== seq.length || seq.tokens.some((t) => t < 0)) throw new Error('this session is still running greedy steps: save it once they are done');
@@ -67,12 +82,8 @@ export async function saveSession(seq: PersistentSequence, path: string, fingerp
     const batches = Array.from({ length: layout.nLayers }, (_, l) => Array.from({ length: Math.ceil(pages / batchPages) }, (_, b) => [l, b * batchPages] as const)).flat();
     // (a failure of the read ahead surfaces when it is awaited: no unhandled rejection meanwhile)
     const read = (i: number) => { const [l, p] = batches[i]; const r = seq.readPages(l, p, Math.min(batchPages, pages - p)); r.catch(() => {}); return r; };
-    let next = batches.length ? read(0) : null;
-    for (let i = 0; i < batches.length; i++) {
-      const data = await next!;
-      next = i + 1 < batches.length ? read(i + 1) : null;
-      await put(data);
-    }
+    const ahead = readAhead(batches.length, read);
+    for (let i = 0; i < batches.length; i++) await put(await ahead(i));
     const tail = new Uint8Array(DIGEST);
     new DataView(tail.buffer).setUint32(0, crc >>> 0, true);
     await f.write(tail);
@@ -126,10 +137,9 @@ export async function loadSession(seq: PersistentSequence, path: string, fingerp
     const count = (i: number) => Math.min(h.batchPages, h.pages - batches[i][1]);
     let at = pos;
     const read = (i: number) => { const p = readAt(at, count(i) * per, 'pages'); p.catch(() => {}); at += count(i) * per; return p; };
-    let next = batches.length ? read(0) : null;
+    const ahead = readAhead(batches.length, read);
     for (let i = 0; i < batches.length; i++) {
-      const data = await next!;
-      next = i + 1 < batches.length ? read(i + 1) : null;
+      const data = await ahead(i);
       crc = crc32(data, crc); pos += data.byteLength;
       seq.writePages(batches[i][0], batches[i][1], count(i), data);
       o.onProgress?.(pos, total);
