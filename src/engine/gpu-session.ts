@@ -267,8 +267,8 @@ export class GpuSession {
     return mode === 'none' ? new Float32Array(0) : concatF32(parts);
   }
 
-  /** Encodes one chunk's forward pass into `pass`. */
-  /** `batch`: the rows are one decode step of each of these sequences (this one among them), not a chunk of this one. */
+  /** Encodes one chunk's forward pass into `pass`; with `batch`, the rows are instead one decode step of
+   *  each of these sequences (this one among them). */
   private encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', dense: boolean, batch: GpuSession[] | null = null): void {
     const m = this.model, c = m.config, r = this.runner;
     const start = this.len, total = start + n;

@@ -44,7 +44,8 @@ export class PrefixCache<S extends CacheableSequence> {
 
   get size(): number { return this.entries.length; }
 
-  /** Bytes of the pages the kept sequences hold (a page shared by several counts once). */
+  /** Bytes of the pages the kept sequences hold (a page shared by several counts once; a family's storage
+   *  may also keep freed pages for reuse until its last sequence is disposed, which this does not count). */
   get bytes(): number {
     const byStore = new Map<unknown, { pages: Set<number>; bytes: number }>();
     for (const e of this.entries) {
