@@ -660,28 +660,34 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 /** Tokens per workgroup of the batched matrix-vector product (its weights are read once per this many). */
 export const BATCH_TOKENS = 8;
 
-/** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias) for the tokens of a batched decode step (step.n of them),
- *  "weight-stationary": as in linearRowsWgsl a set of TPR threads splits K into 16-byte units of R rows,
- *  but each thread turns its unit of weights into floats once and multiplies it with the same columns of
- *  BATCH_TOKENS tokens' x (read through the cache), so the weights are read once per BATCH_TOKENS tokens
- *  instead of once per token. Accumulators are named variables (an array indexed in loops would live in
- *  local memory); sums across the set by subgroup adds where subgroups are 32 wide, else in workgroup
- *  memory one value at a time. Grid: ceil(N / (S * R)) x ceil(tokens / BATCH_TOKENS). */
+/** Rows per thread set of the batched product: each x unit read is used for this many rows (fewer for
+ *  Q4_0, whose 32 weights per unit take 8 vec4 registers per row). */
+const batchRows = (t: GpuWeightType) => (t === 'q4_0' ? 2 : 4);
+
+/** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias) for the tokens of a batched decode step (step.n of them):
+ *  as in linearRowsWgsl a set of TPR threads splits K into 16-byte units of R rows; each thread turns
+ *  its units of the R rows into floats once (registers), then for each of BATCH_TOKENS tokens reads the
+ *  same columns of that token's x once (through the cache) and uses them for all R rows. So the weights
+ *  are read once per BATCH_TOKENS tokens instead of once per token, and x once per R rows. Accumulators
+ *  are named variables (an array indexed in loops would live in local memory); sums across the set by
+ *  subgroup adds where subgroups are 32 wide, else in workgroup memory one value at a time.
+ *  Grid: batchGrid. */
 export const linearBatchWgsl = (s: LinearSpec, subgroups = false) => {
   if (s.prologue) throw new Error('linearBatchWgsl: no prologue (RMSNorm / SwiGLU run before it)');
-  const R = 2, TB = BATCH_TOKENS, { U, TPR, S, UPT } = rowsLayout(s.K, R, s.type), V = unitWeights(s.type) / 4;
+  const R = batchRows(s.type), TB = BATCH_TOKENS, { U, TPR, S, UPT } = rowsLayout(s.K, R, s.type), V = unitWeights(s.type) / 4;
   const rows = Array.from({ length: R }, (_, r) => r), toks = Array.from({ length: TB }, (_, b) => b), vs = Array.from({ length: V }, (_, j) => j);
   const acc = (r: number, b: number) => `a${r}_${b}`;
-  // the unit of row `row` as V vec4s of weights w0..w{V-1}
-  const dequant = s.type === 'f16'
-    ? `let wu = wd[row * U + u];
-        let w0 = vec4<f32>(unpack2x16float(wu.x), unpack2x16float(wu.y)); let w1 = vec4<f32>(unpack2x16float(wu.z), unpack2x16float(wu.w));`
-    : s.type === 'q8_0'
-      ? `let wu = wd[row * U + u]; let sc = ws[(row * U + u) / 2u];
-        let w0 = i8x4(wu.x) * sc; let w1 = i8x4(wu.y) * sc; let w2 = i8x4(wu.z) * sc; let w3 = i8x4(wu.w) * sc;`
-      : `let wu = wd[row * U + u]; let sc = ws[row * U + u];
-${[0, 1, 2, 3].map((k) => `        let w${2 * k} = (vec4<f32>((vec4<u32>(wu[${k}]) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0) * sc;
-        let w${2 * k + 1} = (vec4<f32>((vec4<u32>(wu[${k}]) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0) * sc;`).join('\n')}`;
+  // the unit of row r as V vec4s of weights w{r}_0..w{r}_{V-1}
+  const dequant = (r: number) => {
+    const row = `min(r0 + ${r}u, N - 1u)`;
+    if (s.type === 'f16') return `    let u${r} = wd[${row} * U + u];
+    let w${r}_0 = vec4<f32>(unpack2x16float(u${r}.x), unpack2x16float(u${r}.y)); let w${r}_1 = vec4<f32>(unpack2x16float(u${r}.z), unpack2x16float(u${r}.w));`;
+    if (s.type === 'q8_0') return `    let u${r} = wd[${row} * U + u]; let s${r} = ws[(${row} * U + u) / 2u];
+    let w${r}_0 = i8x4(u${r}.x) * s${r}; let w${r}_1 = i8x4(u${r}.y) * s${r}; let w${r}_2 = i8x4(u${r}.z) * s${r}; let w${r}_3 = i8x4(u${r}.w) * s${r};`;
+    return `    let u${r} = wd[${row} * U + u]; let s${r} = ws[${row} * U + u];
+${[0, 1, 2, 3].map((k) => `    let w${r}_${2 * k} = (vec4<f32>((vec4<u32>(u${r}[${k}]) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0) * s${r};
+    let w${r}_${2 * k + 1} = (vec4<f32>((vec4<u32>(u${r}[${k}]) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0) * s${r};`).join('\n')}`;
+  };
   const unit = U % TPR === 0 ? 't + i * TPR' : 'min(t + i * TPR, U - 1u)';
   const out = (r: number, b: number, v: string) => `{ let row = r0 + ${r}u; let tok = b0 + ${b}u; if (row < N && tok < step.n) ${linearOut(s, 'tok * N + row', 'row', v)} }`;
   return (subgroups ? 'enable subgroups;\n' : '') + STEP_WGSL + /* wgsl */ `
@@ -711,10 +717,10 @@ ${toks.map((b) => `  let xb${b} = min(b0 + ${b}u, step.n - 1u) * (K / 4u);`).joi
 ${rows.map((r) => toks.map((b) => `  var ${acc(r, b)} = 0.0;`).join(' ')).join('\n')}
   for (var i = 0u; i < UPT; i++) {
     let u = ${unit}; let ok = t + i * TPR < U;
-${rows.map((r) => `    {
-      let row = min(r0 + ${r}u, N - 1u);
-        ${dequant}
-${toks.map((b) => `      ${acc(r, b)} += select(0.0, ${vs.map((j) => `dot(w${j}, x[xb${b} + V * u + ${j}u])`).join(' + ')}, ok);`).join('\n')}
+${rows.map(dequant).join('\n')}
+${toks.map((b) => `    {
+${vs.map((j) => `      let x${j} = x[xb${b} + V * u + ${j}u];`).join('\n')}
+${rows.map((r) => `      ${acc(r, b)} += select(0.0, ${vs.map((j) => `dot(w${r}_${j}, x${j})`).join(' + ')}, ok);`).join('\n')}
     }`).join('\n')}
   }
 ${subgroups ? `  // warp sums, then the TPR / 32 warps of a set
@@ -738,6 +744,6 @@ ${rows.map((r) => toks.map((b) => `    ${out(r, b, `sums[rs * ${R * TB}u + ${r *
 
 /** Workgroups of linearBatchWgsl for N rows and `tokens` tokens. */
 export const batchGrid = (N: number, K: number, type: GpuWeightType, tokens: number): [number, number] => {
-  const { S } = rowsLayout(K, 2, type);
-  return [Math.ceil(N / (S * 2)), Math.ceil(tokens / BATCH_TOKENS)];
+  const R = batchRows(type), { S } = rowsLayout(K, R, type);
+  return [Math.ceil(N / (S * R)), Math.ceil(tokens / BATCH_TOKENS)];
 };
