@@ -48,12 +48,21 @@ const program = new Command('quest').description('Long-context LLM inference wit
   .option('--verbose', "also show the GPU drivers' own messages (--device webgpu)")
   .hook('preAction', (cmd) => { if (cmd.opts().verbose) process.env.QUEST_VERBOSE = '1'; });
 
-addAttentionFlags(program.command('generate').description('generate text from a prompt')
-  .option('--model <path>', 'GGUF file, Hugging Face folder or llama2.c .bin: a path, a URL or hf:org/name (downloads are cached)', DEFAULT_MODEL)
-  .option('--tokenizer <path>', 'tokenizer.bin for llama2.c checkpoints')
-  .option('--prompt <text>', 'the prompt')
-  .option('--prompt-file <file>', 'read the prompt from a file')
-  .option('--prompt-ids <ids>', 'the prompt as comma-separated token ids (models without a tokenizer)')
+/** The flags that give a model and a prompt (exactly one of --prompt, --prompt-file, --prompt-ids). */
+function addPromptFlags(c: Command): Command {
+  return c
+    .option('--model <path>', 'GGUF file, Hugging Face folder or llama2.c .bin: a path, a URL or hf:org/name (downloads are cached)', DEFAULT_MODEL)
+    .option('--tokenizer <path>', 'tokenizer.bin for llama2.c checkpoints')
+    .option('--prompt <text>', 'the prompt')
+    .option('--prompt-file <file>', 'read the prompt from a file')
+    .option('--prompt-ids <ids>', 'the prompt as comma-separated token ids (models without a tokenizer)');
+}
+function checkOnePrompt(o: Record<string, unknown>): void {
+  if ([o.prompt, o.promptFile, o.promptIds].filter((x) => x !== undefined).length !== 1) throw new Error('give exactly one of --prompt, --prompt-file or --prompt-ids');
+}
+const promptIdsOf = (o: Record<string, unknown>) => (o.promptIds ? String(o.promptIds).split(',').map((x) => Number(x.trim())) : undefined);
+
+addAttentionFlags(addPromptFlags(program.command('generate').description('generate text from a prompt'))
   .option('--chat', 'wrap the prompt in the model\'s chat template as a user message')
   .option('--max-tokens <n>', 'tokens to generate', int('max tokens'), 128)
   .option('--temperature <t>', '0 = greedy', num('temperature'), 0.8)
@@ -65,9 +74,7 @@ addAttentionFlags(program.command('generate').description('generate text from a 
   .option('--session <file>', 'continue a session file (quest prefill): the prompt is appended to its tokens')
   .option('--stats', 'report attention-mass recall of the sparse steps'))
   .action(async (o) => {
-    if ([o.prompt, o.promptFile, o.promptIds].filter((x) => x !== undefined).length !== 1) {
-      throw new Error('give exactly one of --prompt, --prompt-file or --prompt-ids');
-    }
+    checkOnePrompt(o);
     if (o.session && o.chat) throw new Error('--chat wraps a whole conversation: it does not continue a --session');
     const load = progressBar('loading', 'MB');
     const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
@@ -80,7 +87,7 @@ addAttentionFlags(program.command('generate').description('generate text from a 
     }
     let prompt: string = o.prompt ?? (o.promptFile ? readFileSync(o.promptFile, 'utf8') : '');
     if (o.chat) prompt = llm.tokenizer ? llm.tokenizer.applyChatTemplate([{ role: 'user', content: prompt }]) : prompt;
-    const promptIds = o.promptIds ? String(o.promptIds).split(',').map((s: string) => Number(s.trim())) : undefined;
+    const promptIds = promptIdsOf(o);
     const prefill = progressBar('prefill', 'tokens');
     const gen = llm.generate(prompt, {
       maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, stop: o.stop,
@@ -105,21 +112,14 @@ addAttentionFlags(program.command('generate').description('generate text from a 
     }
   });
 
-addAttentionFlags(program.command('prefill').description('prefill a prompt once and save the session (tokens and KV cache) for quest generate --session')
-  .option('--model <path>', 'model: a path, a URL or hf:org/name', DEFAULT_MODEL)
-  .option('--tokenizer <path>', 'tokenizer.bin for llama2.c checkpoints')
-  .option('--prompt <text>', 'the prompt')
-  .option('--prompt-file <file>', 'read the prompt from a file')
-  .option('--prompt-ids <ids>', 'the prompt as comma-separated token ids (models without a tokenizer)')
+addAttentionFlags(addPromptFlags(program.command('prefill').description('prefill a prompt once and save the session (tokens and KV cache) for quest generate --session'))
   .requiredOption('--out <file>', 'session file to write'))
   .action(async (o) => {
-    if ([o.prompt, o.promptFile, o.promptIds].filter((x) => x !== undefined).length !== 1) {
-      throw new Error('give exactly one of --prompt, --prompt-file or --prompt-ids');
-    }
+    checkOnePrompt(o);
     const load = progressBar('loading', 'MB');
     const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
     load.stop();
-    const ids: number[] = o.promptIds ? String(o.promptIds).split(',').map((x: string) => Number(x.trim())) : llm.encode(o.prompt ?? readFileSync(o.promptFile, 'utf8'));
+    const ids: number[] = promptIdsOf(o) ?? llm.encode(o.prompt ?? readFileSync(o.promptFile, 'utf8'));
     if (ids.length >= llm.config.maxSeqLen) throw new Error(`the prompt has ${ids.length} tokens, over the model's context length of ${llm.config.maxSeqLen}`);
     const session = llm.session();
     const t0 = performance.now(), bar = progressBar('prefill', 'tokens');

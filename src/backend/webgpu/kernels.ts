@@ -197,6 +197,17 @@ export interface RowsOptions {
   xq?: boolean;
 }
 
+/** The constants of the kernels whose thread sets split K into 16-byte units of R rows. */
+const rowSetConsts = (s: LinearSpec, c: { U: number; V: number; TPR: number; S: number; UPT: number; R: number }) => /* wgsl */ `
+const N: u32 = ${s.N}u;
+const K: u32 = ${s.K}u;
+const U: u32 = ${c.U}u;     // 16-byte units of weights per row
+const V: u32 = ${c.V}u;     // vec4s of x per unit
+const TPR: u32 = ${c.TPR}u; // threads per row set
+const S: u32 = ${c.S}u;     // row sets per workgroup
+const UPT: u32 = ${c.UPT}u; // units per thread
+const R: u32 = ${c.R}u;     // rows per set`;
+
 /** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias) for a few tokens t (wid.y), "x-stationary": a set of TPR
  *  threads splits K into 16-byte units of weights, each thread loads its units' slice of x into
  *  registers once and then streams the same columns of R rows (R x UPT independent 16-byte loads per
@@ -242,15 +253,7 @@ ${subgroups ? `  ss = subgroupAdd(ss);
     for (var j = 0u; j < V; j++) { xs[i] += dot(xr[i * V + j], vec4<f32>(1.0)); xr[i * V + j] *= vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625); }
   }
 ` : ''}`;
-  return (subgroups ? 'enable subgroups;\n' : '') + /* wgsl */ `
-const N: u32 = ${s.N}u;
-const K: u32 = ${s.K}u;
-const U: u32 = ${U}u;     // 16-byte units of weights per row
-const V: u32 = ${V}u;     // vec4s of x per unit
-const TPR: u32 = ${TPR}u; // threads per row set
-const S: u32 = ${S}u;     // row sets per workgroup
-const UPT: u32 = ${UPT}u; // units per thread
-const R: u32 = ${R}u;     // rows per set
+  return (subgroups ? 'enable subgroups;\n' : '') + rowSetConsts(s, { U, V, TPR, S, UPT, R }) + /* wgsl */ `
 @group(0) @binding(0) var<storage, read> x: array<vec4<${xq ? 'u32' : 'f32'}>>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
@@ -690,15 +693,7 @@ ${[0, 1, 2, 3].map((k) => `    let w${r}_${2 * k} = (vec4<f32>((vec4<u32>(u${r}[
   };
   const unit = U % TPR === 0 ? 't + i * TPR' : 'min(t + i * TPR, U - 1u)';
   const out = (r: number, b: number, v: string) => `{ let row = r0 + ${r}u; let tok = b0 + ${b}u; if (row < N && tok < step.n) ${linearOut(s, 'tok * N + row', 'row', v)} }`;
-  return (subgroups ? 'enable subgroups;\n' : '') + STEP_WGSL + /* wgsl */ `
-const N: u32 = ${s.N}u;
-const K: u32 = ${s.K}u;
-const U: u32 = ${U}u;     // 16-byte units of weights per row
-const V: u32 = ${V}u;     // vec4s of x per unit
-const TPR: u32 = ${TPR}u; // threads per row set
-const S: u32 = ${S}u;     // row sets per workgroup
-const UPT: u32 = ${UPT}u; // units per thread
-const R: u32 = ${R}u;     // rows per set
+  return (subgroups ? 'enable subgroups;\n' : '') + STEP_WGSL + rowSetConsts(s, { U, V, TPR, S, UPT, R }) + /* wgsl */ `
 const TB: u32 = ${TB}u;   // tokens per workgroup
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
