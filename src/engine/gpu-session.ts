@@ -11,7 +11,7 @@ import { hasSubgroups32, matrixConfig, processEnv, throwDeviceError } from '../b
 import { mmaAttentionFits, mmaAttentionRows, mmaAttentionScratch, prefillAttentionMmaWgsl } from '../backend/webgpu/mma-kernels.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
-import type { ForwardOptions, KVLayout } from './session.js';
+import { checkBatch, checkTokens, type ForwardOptions, type KVLayout } from './session.js';
 import { saveSession, type SessionFileOptions } from './session-file.js';
 import { concatF32 } from '../model/tensor.js';
 
@@ -248,10 +248,7 @@ export class GpuSession {
   /** Runs `tokens` after what the session holds; resolves to logits ([vocab] or [n x vocab]), or with
    *  `argmax` to a one-element array holding the greedy token. */
   async forward(tokens: number[], opts: GpuForwardOptions = {}): Promise<Float32Array> {
-    const c = this.model.config;
-    if (tokens.length === 0) throw new Error('forward needs at least one token');
-    if (this.len + tokens.length > c.maxSeqLen) throw new Error(`sequence of ${this.len + tokens.length} tokens exceeds the model's context length of ${c.maxSeqLen}`);
-    for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
+    checkTokens(this.model.config, this.len, tokens);
     const mode = opts.logits ?? 'last';
     const most = mode === 'all' ? this.runner.logitsChunk : this.runner.chunk;
     const chunk = Math.min(most, Math.max(1, opts.chunk ?? most));
@@ -447,14 +444,7 @@ export class GpuSession {
     if (!steps.length) return [];
     const lead = steps[0].seq, r = lead.runner, d = lead.model.device, c = lead.model.config, n = steps.length;
     if (n > Math.min(r.chunk, MAX_BATCH)) throw new Error(`a batch holds at most ${Math.min(r.chunk, MAX_BATCH)} sequences, got ${n}`);
-    const seen = new Set<GpuSession>();
-    for (const { seq, token } of steps) {
-      if (seq.runner !== r) throw new Error('a batch runs sequences of one model');
-      if (seen.has(seq)) throw new Error('a sequence appears twice in one batch');
-      seen.add(seq);
-      if (seq.len + 1 > c.maxSeqLen) throw new Error(`sequence of ${seq.len + 1} tokens exceeds the model's context length of ${c.maxSeqLen}`);
-      if (!Number.isInteger(token) || token < 0 || token >= c.vocabSize) throw new Error(`token id ${token} is outside the vocabulary (0..${c.vocabSize - 1})`);
-    }
+    checkBatch(steps, (s) => s.runner, c);
     for (const { seq } of steps) await seq.drain();
     const batch = steps.map((x) => x.seq);
     batch.forEach((seq, b) => {

@@ -7,6 +7,7 @@ import type { ModelConfig } from '../model/config.js';
 import { TextTokenizer, StreamDecoder, type ChatMessage } from '../tokenizer/tokenizer.js';
 import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy.js';
+import { createPolicy } from '../attention/create.js';
 import { decodeBatch, makeModel, PREFILL_CHUNK, Session, type Model } from './session.js';
 import { StepBatcher, type BatchStats } from './batcher.js';
 import { DEFAULT_PREFIX_CACHE_BYTES, PrefixCache } from './prefix-cache.js';
@@ -146,9 +147,10 @@ export class LLM {
     return this.gpu ? new GpuSession(this.gpu, a) : new Session(this.model, a);
   }
 
-  encode(text: string): number[] {
+  /** Token ids of `text` (`bos: false`: no BOS, for text that continues a sequence). */
+  encode(text: string, opts: { bos?: boolean } = {}): number[] {
     if (!this.tokenizer) throw new Error(`the model ${this.path} has no tokenizer: pass token ids (promptIds)`);
-    return this.tokenizer.encode(text);
+    return this.tokenizer.encode(text, opts);
   }
 
   generate(prompt: string, options: GenerateOptions = {}): Generation {
@@ -211,11 +213,6 @@ export class LLM {
     return { seq, cached };
   }
 
-  private tokenizerOrThrow(): TextTokenizer {
-    if (!this.tokenizer) throw new Error(`the model ${this.path} has no tokenizer: pass token ids (promptIds)`);
-    return this.tokenizer;
-  }
-
   /** Forgets the prefix cache's sequences (their KV memory is freed). */
   clearCache(): void { this.prefixCache.clear(); }
 
@@ -239,7 +236,7 @@ export class LLM {
     if (o.prefillChunk !== undefined && !(Number.isInteger(o.prefillChunk) && o.prefillChunk >= 1)) throw new Error(`prefillChunk must be an integer >= 1, got ${o.prefillChunk}`);
     const from = o.session ? this.checkOwnSession(o.session) : null;
     // (a prompt that continues a session has no BOS of its own)
-    const ids = [...(from?.tokens ?? []), ...(o.promptIds ?? (from ? (prompt ? this.tokenizerOrThrow().encode(prompt, { bos: false }) : []) : this.encode(prompt)))];
+    const ids = [...(from?.tokens ?? []), ...(o.promptIds ?? (from && !prompt ? [] : this.encode(prompt, from ? { bos: false } : {})))];
     if (ids.length === 0) throw new Error('the prompt is empty');
     const ctx = this.config.maxSeqLen;
     if (ids.length >= ctx) throw new Error(`the prompt has ${ids.length} tokens, over the model's context length of ${ctx}`);
@@ -252,13 +249,13 @@ export class LLM {
     const tail = Math.min(Math.max(0, o.decodeTail ?? 0), ids.length - 1), prefill = ids.length - tail;
     const most = tail > 0 ? prefill : prefill - 1;
     // (a session the caller passed: its tokens may have been decoded sparsely, so it is not kept)
-    const reuse = !from && o.cache !== false && attention.policy !== 'h2o' && attention.policy !== 'tova';
+    const reuse = !from && o.cache !== false && !createPolicy(attention)?.wantsPrefillScores;
     const hit = from ? this.continued(from, attention, most) : reuse ? this.prefixCache.take(ids, most, (kept) => kept.fork(attention)) : null;
     const session = hit?.seq ?? this.session(attention);
     if (o.stats) (session as Session).collectStats();
     let kept = false;
     try {
-      const r = await this.decodeLoop(session, ids, hit?.cached ?? 0, o, sampler, emit, ctx);
+      const r = await this.decodeLoop(session, ids, hit?.cached ?? 0, tail, o, sampler, emit, ctx);
       // keep the sequence's densely computed tokens: the prompt's prefill (all of it under dense attention)
       const held = session.tokens.slice();
       if (reuse && held.every((t) => t >= 0)) {
@@ -271,13 +268,12 @@ export class LLM {
     }
   }
 
-  /** Prefills ids[cached..] (the session holds the first `cached`) and generates. */
-  private async decodeLoop(session: AnySession, ids: number[], cached: number, o: GenerateOptions, sampler: Sampler, emit: (e: TokenEvent) => void, ctx: number): Promise<GenerationResult> {
+  /** Prefills ids[cached..length - tail] (the session holds the first `cached`), feeds the last `tail` as decode steps, and generates. */
+  private async decodeLoop(session: AnySession, ids: number[], cached: number, tail: number, o: GenerateOptions, sampler: Sampler, emit: (e: TokenEvent) => void, ctx: number): Promise<GenerationResult> {
     const maxTokens = o.maxTokens ?? 256;
     const decoder = this.tokenizer ? new StreamDecoder(this.tokenizer) : null;
     const stops = (o.stop ?? []).filter((s) => s.length > 0);
     const eos = new Set(this.config.eosIds);
-    const tail = Math.min(Math.max(0, o.decodeTail ?? 0), ids.length - 1);
     const t0 = performance.now();
     // greedy decoding on the GPU reads back the argmax instead of the logits (with steps in flight,
     // unless the steps join batches)

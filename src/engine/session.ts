@@ -165,19 +165,9 @@ export class Session {
 
   collectStats(on = true): void { this.stats = on ? new RecallStats(this.model.config.nLayers) : null; }
 
-  /** Throws a clear error unless `tokens` may follow what the session holds. */
-  checkTokens(tokens: number[]): void {
-    const c = this.model.config;
-    if (tokens.length === 0) throw new Error('forward needs at least one token');
-    if (this.length + tokens.length > c.maxSeqLen) {
-      throw new Error(`sequence of ${this.length + tokens.length} tokens exceeds the model's context length of ${c.maxSeqLen}`);
-    }
-    for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
-  }
-
   /** Runs `tokens` after what the session already holds; returns logits ([vocab] or [n x vocab]). */
   forward(tokens: number[], opts: ForwardOptions = {}): Float32Array {
-    this.checkTokens(tokens);
+    checkTokens(this.model.config, this.length, tokens);
     const mode = opts.logits ?? 'last';
     const chunk = Math.max(1, opts.chunk ?? PREFILL_CHUNK);
     const parts: Float32Array[] = [];
@@ -341,16 +331,29 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
   return want.map((ws) => { if (!ws.length) return null; const out = logits.slice(at * c.vocabSize, (at + ws.length) * c.vocabSize); at += ws.length; return out; });
 }
 
+/** Throws a clear error unless `tokens` may follow the `held` tokens of a sequence of model `c` (both backends). */
+export function checkTokens(c: ModelConfig, held: number, tokens: number[]): void {
+  if (tokens.length === 0) throw new Error('forward needs at least one token');
+  if (held + tokens.length > c.maxSeqLen) throw new Error(`sequence of ${held + tokens.length} tokens exceeds the model's context length of ${c.maxSeqLen}`);
+  for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
+}
+
+/** Throws a clear error unless `steps` form one batched decode step (both backends): sequences of one
+ *  model (`modelOf`), each once, each with a token that fits. */
+export function checkBatch<S extends { length: number }>(steps: { seq: S; token: number }[], modelOf: (s: S) => unknown, c: ModelConfig): void {
+  const model = modelOf(steps[0].seq), seen = new Set<S>();
+  for (const { seq, token } of steps) {
+    if (modelOf(seq) !== model) throw new Error('a batch runs sequences of one model');
+    if (seen.has(seq)) throw new Error('a sequence appears twice in one batch');
+    seen.add(seq);
+    checkTokens(c, seq.length, [token]);
+  }
+}
+
 /** One decode step of several sequences (one token each) in one forward pass: their logits. */
 export function decodeBatch(steps: { seq: Session; token: number }[]): Float32Array[] {
   if (!steps.length) return [];
   const model = steps[0].seq.model;
-  const seen = new Set<Session>();
-  for (const { seq, token } of steps) {
-    if (seq.model !== model) throw new Error('a batch runs sequences of one model');
-    if (seen.has(seq)) throw new Error('a sequence appears twice in one batch');
-    seen.add(seq);
-    seq.checkTokens([token]);
-  }
+  checkBatch(steps, (s) => s.model, model.config);
   return forwardParts(model, steps.map(({ seq, token }) => ({ seq, tokens: [token], logits: 'last' as const }))) as Float32Array[];
 }
