@@ -5,7 +5,7 @@
 //  Oracle: the true top-k tokens (or pages) by exact attention: the upper bound of any selection.
 // Eviction here means "never attended again": the evicted K/V stay in the shared paged cache (which
 // other layers' dense attention and the recall metric read), but the policy never selects them again.
-import { headScores, pagesToTokens, topKIndices } from './attend.js';
+import { pagesToTokens, topKIndices } from './attend.js';
 import type { AttentionPolicy, Selection, StepContext } from './policy.js';
 
 function range(a: number, b: number): number[] { return Array.from({ length: Math.max(0, b - a) }, (_, i) => a + i); }
@@ -95,23 +95,24 @@ export class TovaPolicy extends EvictingPolicy {
 }
 
 export class OraclePolicy implements AttentionPolicy {
+  readonly readsScores = true;
   private scores = new Float32Array(0);
   constructor(readonly budget: number, readonly granularity: 'token' | 'page' = 'token', readonly minPages = 3) {}
   get name() { return this.granularity === 'token' ? 'oracle' as const : 'oracle-page' as const; }
 
   select(ctx: StepContext): Selection | null {
-    const { kv, pos } = ctx, n = pos + 1, P = kv.pageSize;
+    const { pos } = ctx, n = pos + 1, P = ctx.pageSize, numPages = Math.ceil(n / P);
     const pages = Math.max(this.minPages, Math.ceil(this.budget / P));
-    if ((this.granularity === 'token' && this.budget >= n) || (this.granularity === 'page' && pages >= kv.numPages)) return null;
+    if ((this.granularity === 'token' && this.budget >= n) || (this.granularity === 'page' && pages >= numPages)) return null;
     if (this.scores.length < n) this.scores = new Float32Array(n * 2);
     const s = this.scores.subarray(0, n);
     const sel: Selection = new Array(ctx.nHeads);
     for (let h = 0; h < ctx.nHeads; h++) {
-      headScores(ctx.q, h * kv.headDim, kv, Math.floor(h / ctx.groupSize), n, ctx.scale, s);
+      ctx.scores(h, s);
       if (this.granularity === 'token') { sel[h] = Int32Array.from(topKIndices(s, this.budget, [pos])); continue; }
       // page mass: sum of softmax weights inside each page
       let max = -Infinity; for (let t = 0; t < n; t++) if (s[t] > max) max = s[t];
-      const mass = new Float64Array(kv.numPages);
+      const mass = new Float64Array(numPages);
       for (let t = 0; t < n; t++) mass[Math.floor(t / P)] += Math.exp(s[t] - max);
       sel[h] = pagesToTokens(topKIndices(mass, pages, [Math.floor(pos / P)]), P, n);
     }

@@ -1,5 +1,5 @@
 import { H2OPolicy, OraclePolicy, StreamingPolicy, TovaPolicy } from './baselines.js';
-import { validateAttentionOptions, type AttentionOptions, type AttentionPolicy } from './policy.js';
+import { DEFAULT_ATTENTION, validateAttentionOptions, type AttentionOptions, type AttentionPolicy } from './policy.js';
 import { QuestPolicy } from './quest.js';
 
 /** A fresh policy instance for one sequence (evicting policies keep per-sequence state); null = dense. */
@@ -14,4 +14,9 @@ export function createPolicy(o: AttentionOptions): AttentionPolicy | null {
     case 'oracle': return new OraclePolicy(o.budget, 'token');
     case 'oracle-page': return new OraclePolicy(o.budget, 'page');
   }
+}
+
+/** Whether a policy starts from the attention the prefill gave each token (H2O): sequences it forks from record it. */
+export function wantsPrefillScores(policy: string): boolean {
+  return createPolicy({ ...DEFAULT_ATTENTION, policy: policy as AttentionOptions['policy'] })?.wantsPrefillScores === true;
 }

@@ -1,6 +1,5 @@
 // The attention-policy interface: at each decode step of a sparse layer, a policy says which tokens
 // each query head attends to; policies that evict (H2O, TOVA) also watch the resulting weights.
-import type { LayerKV } from '../kv/paged-cache.js';
 
 export const POLICY_NAMES = ['dense', 'quest', 'streaming', 'h2o', 'tova', 'oracle', 'oracle-page'] as const;
 export type PolicyName = (typeof POLICY_NAMES)[number];
@@ -20,16 +19,19 @@ export interface AttentionOptions {
 
 export const DEFAULT_ATTENTION: AttentionOptions = { policy: 'dense', budget: 2048, pageSize: 16, denseLayers: 2, gqa: 'group-sum' };
 
+/** What a policy sees of one decode step of one layer, on either backend (the CPU computes scores from
+ *  its cache in place; WebGPU reads them back from the GPU). */
 export interface StepContext {
   layer: number;
   /** index of the current token; the cache holds pos + 1 tokens */
   pos: number;
-  /** the current token's queries, nHeads * headDim, after RoPE */
-  q: Float32Array;
-  kv: LayerKV;
   nHeads: number;
   groupSize: number; // query heads per KV head
-  scale: number;
+  pageSize: number;
+  /** exact attention scores q·k·scale of query head h against tokens 0..pos, into out[0..pos] */
+  scores(h: number, out: Float32Array): void;
+  /** Quest's bound Σ_i max(q_i·max_i, q_i·min_i) of query head h for every page, into out[0..pages) */
+  pageBounds(h: number, out: Float32Array): void;
 }
 
 /** Per query head: the ascending token ids it attends to, or null for all tokens. */
@@ -39,6 +41,9 @@ export interface AttentionPolicy {
   readonly name: PolicyName;
   /** null: dense attention for every head at this step */
   select(ctx: StepContext): Selection | null;
+  /** whether select reads the step's own scores (ctx.scores / pageBounds): on WebGPU such a policy is
+   *  planned mid-step (a readback per layer); the others are planned for every layer before the step */
+  readonly readsScores?: boolean;
   /** the softmax weights each head gave to its selected tokens (probs[h][i] for selection[h][i]) */
   observe?(ctx: StepContext, selection: Selection, probs: Float32Array[]): void;
   /** whether the dense prefill should report, per layer and query head, the attention each token received */

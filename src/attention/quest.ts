@@ -34,6 +34,7 @@ export function pageScores(q: Float32Array, qo: number, kv: LayerKV, g: number, 
 
 export class QuestPolicy implements AttentionPolicy {
   readonly name = 'quest' as const;
+  readonly readsScores = true;
   private scores = new Float32Array(0);
   private pooled = new Float32Array(0);
 
@@ -50,29 +51,28 @@ export class QuestPolicy implements AttentionPolicy {
   pagesToKeep(pageSize: number): number { return Math.max(MIN_PAGES, Math.ceil(this.budget / pageSize)); }
 
   select(ctx: StepContext): Selection | null {
-    const { kv, q, nHeads, groupSize, pos } = ctx;
-    const np = kv.numPages, k = this.pagesToKeep(kv.pageSize);
+    const { nHeads, groupSize, pos, pageSize } = ctx;
+    const np = Math.ceil((pos + 1) / pageSize), k = this.pagesToKeep(pageSize);
     if (k >= np) return null; // the budget covers the context: exactly dense
     if (this.scores.length < np) { this.scores = new Float32Array(np * 2); this.pooled = new Float32Array(np * 2); }
     const scores = this.scores.subarray(0, np), pooled = this.pooled.subarray(0, np);
-    const current = Math.floor(pos / kv.pageSize);
+    const current = Math.floor(pos / pageSize);
     const sel: Selection = new Array(nHeads);
-    const hd = kv.headDim;
     for (let g = 0; g < nHeads / groupSize; g++) {
       if (this.gqa === 'head') {
         for (let j = 0; j < groupSize; j++) {
           const h = g * groupSize + j;
-          pageScores(q, h * hd, kv, g, scores);
-          sel[h] = pagesToTokens(topKIndices(scores, k, [current]), kv.pageSize, pos + 1);
+          ctx.pageBounds(h, scores);
+          sel[h] = pagesToTokens(topKIndices(scores, k, [current]), pageSize, pos + 1);
         }
         continue;
       }
       pooled.fill(this.gqa === 'group-max' ? -Infinity : 0);
       for (let j = 0; j < groupSize; j++) {
-        pageScores(q, (g * groupSize + j) * hd, kv, g, scores);
+        ctx.pageBounds(g * groupSize + j, scores);
         for (let p = 0; p < np; p++) pooled[p] = this.gqa === 'group-max' ? Math.max(pooled[p], scores[p]) : pooled[p] + scores[p];
       }
-      const tokens = pagesToTokens(topKIndices(pooled, k, [current]), kv.pageSize, pos + 1);
+      const tokens = pagesToTokens(topKIndices(pooled, k, [current]), pageSize, pos + 1);
       for (let j = 0; j < groupSize; j++) sel[g * groupSize + j] = tokens;
     }
     return sel;

@@ -3,8 +3,11 @@
 // argmax for greedy decoding). Same semantics as the CPU Session: prefill dense, decode steps use
 // Quest from `denseLayers` on (the page selection happens on the GPU, nothing is read back).
 import { DEFAULT_ATTENTION, validateAttentionOptions, type AttentionOptions } from '../attention/policy.js';
+import { createPolicy } from '../attention/create.js';
 import { MIN_PAGES } from '../attention/quest.js';
-import { DecodeAttention, type LayerBuffers } from '../backend/webgpu/decode-attention.js';
+import { exactScoresWgsl, listParams, receivedColsWgsl, receivedParams, receivedRowsWgsl, tokenListAttentionWgsl } from '../backend/webgpu/planned-attention.js';
+import { GpuStepPlanner } from './gpu-planner.js';
+import { DecodeAttention, readBuffer, type LayerBuffers } from '../backend/webgpu/decode-attention.js';
 import { GpuPageStore } from '../backend/webgpu/gpu-pages.js';
 import { PageAllocator, PageTable } from '../kv/page-table.js';
 import { hasSubgroups32, matrixConfig, processEnv, throwDeviceError } from '../backend/webgpu/device.js';
@@ -126,25 +129,99 @@ export class GpuSession {
   private ids = new WeakMap<object, number>();
   private nextId = 0;
   private staging: GPUBuffer | null = null;
+  /** the CPU-planned policies' half of a decode step (null: dense or Quest, which run on the GPU alone) */
+  private readonly planner: GpuStepPlanner | null;
+  /** attention received per [layer][head][token] in dense attention, summed on the GPU (H2O and recording sequences) */
+  private received: GPUBuffer | null = null;
+  private receivedCap = 0;
+  /** sums not yet handed to the policy; what was handed so far (the policy gets differences) */
+  private receivedDirty = false;
+  private handed: Float32Array | null = null;
+  private recording = false;
+  private lse: GPUBuffer | null = null;
 
   /** `shareWith`: start as a fork of that sequence, sharing its KV pages (copy-on-write). */
   constructor(readonly runner: GpuRunner, attention: Partial<AttentionOptions> = {}, shareWith?: GpuSession) {
     this.attention = { ...DEFAULT_ATTENTION, ...attention };
     validateAttentionOptions(this.attention);
     const a = this.attention;
-    if (a.policy !== 'dense' && a.policy !== 'quest') throw new Error(`the "${a.policy}" policy runs on the CPU only (WebGPU has dense and quest)`);
     if (a.policy === 'quest' && a.gqa !== 'group-sum') throw new Error(`WebGPU Quest selects pages per KV group by summed scores (gqa group-sum), not "${a.gqa}"`);
     if (a.pageSize !== runner.pageSize) throw new Error(`page size ${a.pageSize} differs from the model's GPU page size ${runner.pageSize}`);
+    const c = runner.m.config, policy = a.policy === 'quest' ? null : createPolicy(a);
+    if (policy?.wantsPrefillScores && shareWith && !shareWith.recording) throw new Error('fork to a policy that needs prefill scores: call recordPrefillScores() before the prefill');
+    this.planner = policy ? new GpuStepPlanner(runner.m.device, policy, { nLayers: c.nLayers, nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: runner.pageSize, denseLayers: a.denseLayers }) : null;
     if (shareWith) { this.store = shareWith.store; this.table = shareWith.table.fork(); this.len = shareWith.len; this.tokens.push(...shareWith.tokens); } else {
       this.store = new GpuPageStore(runner.m, runner.pageSize);
       this.table = new PageTable(new PageAllocator(this.store), runner.pageSize);
     }
+    // the attention each token received in dense attention: a recording sequence's forks start from it,
+    // and H2O starts from it
+    if (shareWith?.recording) { this.recording = true; this.received = shareWith.copyReceived(); this.receivedCap = shareWith.receivedCap; this.receivedDirty = true; }
+    else if (policy?.wantsPrefillScores) this.growReceived(this.len);
     // (entries past the sequence's pages: the tensor-core prefill attention reads whole 64-key tiles)
     this.tableBuf = runner.m.device.createBuffer({ size: (runner.maxPages + Math.ceil(64 / runner.pageSize) + 1) * 4, usage: storageUsage() });
   }
 
   get length(): number { return this.len; }
   get model() { return this.runner.m; }
+  /** Whether decode steps are planned on the CPU (policies other than dense and Quest): no greedy steps
+   *  in flight and no batched steps for such a sequence. */
+  get planned(): boolean { return this.planner !== null; }
+
+  /** Keeps the attention each token receives in dense attention, so that forks to H2O-like policies
+   *  start from it (as Session.recordPrefillScores). */
+  recordPrefillScores(): void { this.recording = true; this.growReceived(this.len); }
+
+  /** Makes the received-attention buffer hold `tokens` tokens per head (zeros for the new ones). */
+  private growReceived(tokens: number): void {
+    const c = this.model.config, d = this.model.device;
+    if (this.received && this.receivedCap >= tokens) return;
+    const cap = Math.max(1024, 2 ** Math.ceil(Math.log2(Math.max(1, tokens))));
+    const next = d.createBuffer({ size: c.nLayers * c.nHeads * cap * 4, usage: storageUsage() });
+    if (this.received) {
+      const enc = d.createCommandEncoder();
+      for (let r = 0; r < c.nLayers * c.nHeads; r++) enc.copyBufferToBuffer(this.received, r * this.receivedCap * 4, next, r * cap * 4, this.receivedCap * 4);
+      d.queue.submit([enc.finish()]);
+      this.received.destroy();
+      this.handed = null; // (laid out by the old cap; the policy then gets the whole sums once more: not reached by H2O, which hands over before growing)
+    }
+    this.received = next; this.receivedCap = cap;
+  }
+
+  private copyReceived(): GPUBuffer {
+    const d = this.model.device, src = this.received!, dst = d.createBuffer({ size: src.size, usage: storageUsage() });
+    const enc = d.createCommandEncoder();
+    enc.copyBufferToBuffer(src, 0, dst, 0, src.size);
+    d.queue.submit([enc.finish()]);
+    return dst;
+  }
+
+  private uniforms = new Map<string, GPUBuffer>();
+  private uniform(key: string, bytes: number): GPUBuffer {
+    let u = this.uniforms.get(key);
+    if (!u) { u = this.model.device.createBuffer({ size: bytes, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }); this.uniforms.set(key, u); }
+    return u;
+  }
+  /** the received-attention kernels' uniform of layer l; the exact-scores kernel's */
+  private receivedUniform(l: number): GPUBuffer { return this.uniform(`recv${l}`, 32); }
+  private exactParams(): GPUBuffer { return this.uniform('exact', 16); }
+
+  /** Hands the attention received since the last hand-over to an H2O-like policy (before a planned step). */
+  private async handOverReceived(): Promise<void> {
+    const policy = this.planner?.policy;
+    if (!policy?.wantsPrefillScores || !this.receivedDirty || !this.received) return;
+    const c = this.model.config, cap = this.receivedCap, n = this.len;
+    const now = new Float32Array(await readBuffer(this.model.device, this.received, this.received.size));
+    throwDeviceError();
+    const diff = new Float32Array(n);
+    for (let l = 0; l < c.nLayers; l++) for (let h = 0; h < c.nHeads; h++) {
+      const at = (l * c.nHeads + h) * cap;
+      for (let t = 0; t < n; t++) diff[t] = now[at + t] - (this.handed ? this.handed[at + t] : 0);
+      policy.observePrefill!(l, h, diff, n);
+    }
+    this.handed = now;
+    this.receivedDirty = false;
+  }
   /** bytes of one page of KV (K, V and key min/max of every layer) */
   get pageBytes(): number { return this.model.config.nLayers * (2 * this.store.kvPageBytes + this.store.metaPageBytes); }
 
@@ -157,6 +234,7 @@ export class GpuSession {
   /** Rewinds to the first `length` tokens (not while greedy steps are in flight). */
   truncate(length: number): void {
     if (!Number.isInteger(length) || length < 0) throw new Error(`truncate needs a token count >= 0, got ${length}`);
+    if (this.received && length < this.len) throw new Error(`a ${this.attention.policy} sequence cannot be rewound: its policy has seen attention from the tokens it would drop`);
     if (length >= this.len) return;
     this.table.truncate(length);
     this.len = length;
@@ -235,6 +313,9 @@ export class GpuSession {
   }
 
   dispose(): void {
+    this.planner?.dispose();
+    for (const b of [this.received, this.lse, ...this.uniforms.values()]) b?.destroy();
+    this.received = null; this.lse = null; this.uniforms.clear();
     this.runner.decode.forget(this.views);
     this.views = []; this.groups.clear();
     this.table.dispose();
@@ -265,8 +346,10 @@ export class GpuSession {
   }
 
   /** Encodes one chunk's forward pass into `pass`; with `batch`, the rows are instead one decode step of
-   *  each of these sequences (this one among them). */
-  private encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', dense: boolean, batch: GpuSession[] | null = null): void {
+   *  each of these sequences (this one among them). A decode step planned layer by layer (the oracles)
+   *  yields after each sparse layer's scores: the caller submits, plans that layer and resumes the
+   *  generator with a new pass. */
+  private *encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', dense: boolean, batch: GpuSession[] | null = null): Generator<number, void, GPUComputePassEncoder> {
     const m = this.model, c = m.config, r = this.runner;
     const start = this.len, total = start + n;
     let current: GPUComputePipeline | null = null;
@@ -321,7 +404,22 @@ export class GpuSession {
     const a = this.attention, keep = Math.max(MIN_PAGES, Math.ceil(a.budget / r.pageSize));
     r.decode.resetBatch();
     const layers = this.kv;
-    m.layers.forEach((L, l) => {
+    const scale = 1 / Math.sqrt(c.headDim), planner = this.planner;
+    const ps = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
+    // the attention each token receives, summed per head (H2O's start; forks of a recording sequence):
+    // for every dense attention of a recording sequence, else for the dense chunks only
+    const received = this.received, reportAll = this.recording, reportChunk = received !== null && (n > 1 || dense);
+    const report = (l: number, q: GPUBuffer, qStride: number) => {
+      const d = m.device, u = this.receivedUniform(l);
+      d.queue.writeBuffer(u, 0, receivedParams(start, n, qStride, l * c.nHeads * this.receivedCap, this.receivedCap, scale));
+      this.lse ??= d.createBuffer({ size: c.nHeads * r.chunk * 4, usage: storageUsage() });
+      run(m.pipeline('recvRows', () => receivedRowsWgsl(ps)), `recvR${l}`, [u, q, layers[l].k, layers[l].table, this.lse], n, c.nHeads);
+      run(m.pipeline('recvCols', () => receivedColsWgsl(ps)), `recvC${l}`, [u, q, layers[l].k, layers[l].table, this.lse, received], Math.ceil(total / 64), c.nHeads);
+      this.receivedDirty = true;
+    };
+    if (planner?.midStep && oneStep && !dense) m.device.queue.writeBuffer(this.exactParams(), 0, listParams(total, 0, scale));
+    for (let l = 0; l < m.layers.length; l++) {
+      const L = m.layers[l];
       const kv = layers[l];
       normed(L.attnNorm, L.qkv, r.qkv);
       if (batch) {
@@ -336,20 +434,33 @@ export class GpuSession {
         current = null;
       } else if (oneStep) {
         run(ropeAppend, 'ropeAppend', [r.qkv, m.ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step, kv.table], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
-        const sparse = !dense && a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
-        r.decode.encode(pass, kv, total, sparse ? keep : 0);
-        current = null;
+        const plannedLayer = planner !== null && !dense && l >= a.denseLayers;
+        if (plannedLayer && planner.midStep) {
+          // the oracles: this layer's exact scores, read back and planned before the layer goes on
+          run(m.pipeline('exactScores', () => exactScoresWgsl(ps)), 'exact', [this.exactParams(), r.qrot, kv.k, kv.table, planner.scoresFor(start)], Math.ceil(total / 64), c.nHeads);
+          pass = yield l;
+          current = null;
+        }
+        if (plannedLayer && planner.planned(l)) {
+          run(m.pipeline('tokenList', () => tokenListAttentionWgsl(ps)), `list${l}`, [planner.params[l], r.qrot, kv.k, kv.v, kv.table, planner.lists, planner.probs, r.att], c.nHeads);
+        } else {
+          const sparse = !dense && a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
+          r.decode.encode(pass, kv, total, sparse ? keep : 0);
+          current = null;
+          if (!sparse && !plannedLayer && received && (reportAll || reportChunk)) report(l, r.qrot, c.nHeads * c.headDim);
+        }
       } else {
         run(rope, 'rope', [r.qkv, m.ropeTable, r.step], K.grid64((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2));
         run(append, 'append', [r.qkv, kv.k, kv.v, r.step, kv.table], K.grid64((n * c.nKVHeads * c.headDim) / 2));
         run(meta, 'meta', [kv.k, kv.meta, r.step, kv.table], K.grid64((touched * c.nKVHeads * c.headDim) / 2));
         run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step, r.attScratch, kv.table], Math.ceil(n / prefillRows), c.nHeads);
+        if (received) report(l, r.qkv, (c.nHeads + 2 * c.nKVHeads) * c.headDim);
       }
       linear(L.wo, r.att, r.x, n, true);
       normed(L.ffnNorm, L.gateUp, r.gu);
       if (fuse) linear(L.down, r.gu, r.x, n, true, { kind: 'swiglu' });
       else { run(swiglu, 'swiglu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); linear(L.down, r.h, r.x, n, true); }
-    });
+    }
     if (want === 'all') {
       run(rms, 'rms', [r.x, m.finalNorm, r.xb], n);
       linear(m.output, r.xb, r.logitsRows(), n, false);
@@ -369,6 +480,7 @@ export class GpuSession {
     const r = this.runner, d = this.model.device;
     this.table.reserve(this.len, n); // (new pages; a shared last page copied first)
     this.syncTable();
+    if (this.received) this.growReceived(this.len + n);
     d.queue.writeBuffer(r.step, 0, new Uint32Array([this.len, n, this.len + n, 0]));
     if (tokens) d.queue.writeBuffer(r.tokens, 0, new Uint32Array(tokens));
   }
@@ -409,7 +521,7 @@ export class GpuSession {
     const t = this.runner.timing;
     const tEncode = performance.now();
     const pass = enc.beginComputePass(t ? { timestampWrites: { querySet: t.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : undefined);
-    this.encodeChunk(pass, n, want, dense);
+    only(this.encodeChunk(pass, n, want, dense));
     pass.end();
     this.lastEncodeMs = performance.now() - tEncode;
     if (t) { enc.resolveQuerySet(t.set, 0, 2, t.resolve, 0); enc.copyBufferToBuffer(t.resolve, 0, t.reads[slot], 0, 16); }
@@ -418,9 +530,21 @@ export class GpuSession {
   private async runChunk(tokens: number[], want: 'all' | 'last' | 'argmax' | 'none', dense = false): Promise<Float32Array | null> {
     const d = this.model.device, c = this.model.config, n = tokens.length, r = this.runner;
     await this.drain(); // (a greedy pipeline's steps in flight use the shared buffers)
+    const planner = n === 1 && !dense ? this.planner : null, pos = this.len;
+    if (planner) { await this.handOverReceived(); planner.beginStep(pos); }
     this.prepareChunk(tokens, n);
-    const enc = d.createCommandEncoder();
-    this.recordChunk(enc, n, want, 0, dense);
+    let enc = d.createCommandEncoder();
+    if (planner?.midStep) enc = await this.recordPlanned(enc, want, planner, pos);
+    else this.recordChunk(enc, n, want, 0, dense);
+    const probBytes = planner?.probBytes() ?? 0;
+    const probs = probBytes ? d.createBuffer({ size: probBytes, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ }) : null;
+    if (probs) enc.copyBufferToBuffer(planner!.probs, 0, probs, 0, probBytes);
+    const observe = async () => {
+      if (!probs) return;
+      await probs.mapAsync(GPUMapMode.READ);
+      planner!.observe(pos, new Float32Array(probs.getMappedRange().slice(0)));
+      probs.unmap(); probs.destroy();
+    };
     const bytes = want === 'all' ? n * c.vocabSize * 4 : want === 'last' ? c.vocabSize * 4 : want === 'argmax' ? 4 : 0;
     let staging: GPUBuffer | null = null;
     if (bytes) {
@@ -433,9 +557,35 @@ export class GpuSession {
     }
     d.queue.submit([enc.finish()]);
     this.len += n;
-    if (!staging) { await d.queue.onSubmittedWorkDone(); await this.readTiming(0); throwDeviceError(); return null; }
+    if (!staging) { await d.queue.onSubmittedWorkDone(); await this.readTiming(0); await observe(); throwDeviceError(); return null; }
     const out = await this.readBack(staging, bytes, 0);
+    await observe();
     return want === 'argmax' ? Float32Array.of(new Uint32Array(out)[0]) : new Float32Array(out);
+  }
+
+  /** Records a decode step planned layer by layer: at each sparse layer the work so far is submitted,
+   *  that layer's exact scores are read back and planned, and recording goes on in a new encoder
+   *  (returned, to be finished by the caller). */
+  private async recordPlanned(enc: GPUCommandEncoder, want: 'all' | 'last' | 'argmax' | 'none', planner: GpuStepPlanner, pos: number): Promise<GPUCommandEncoder> {
+    const d = this.model.device, bytes = planner.scoreBytes(pos);
+    const staging = d.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
+    try {
+      let pass = enc.beginComputePass();
+      const encoding = this.encodeChunk(pass, 1, want, false);
+      for (let at = encoding.next(); !at.done; at = encoding.next(pass)) {
+        pass.end();
+        enc.copyBufferToBuffer(planner.scores!, 0, staging, 0, bytes);
+        d.queue.submit([enc.finish()]);
+        await staging.mapAsync(GPUMapMode.READ);
+        planner.planLayer(at.value, pos, new Float32Array(staging.getMappedRange().slice(0)));
+        staging.unmap();
+        throwDeviceError();
+        enc = d.createCommandEncoder();
+        pass = enc.beginComputePass();
+      }
+      pass.end();
+      return enc;
+    } finally { staging.destroy(); }
   }
 
   /** One decode step of several sequences of one runner (one token each) in one forward pass: their
@@ -445,6 +595,7 @@ export class GpuSession {
     const lead = steps[0].seq, r = lead.runner, d = lead.model.device, c = lead.model.config, n = steps.length;
     if (n > Math.min(r.chunk, MAX_BATCH)) throw new Error(`a batch holds at most ${Math.min(r.chunk, MAX_BATCH)} sequences, got ${n}`);
     checkBatch(steps, (s) => s.runner, c);
+    for (const { seq } of steps) if (seq.planned || seq.received) throw new Error(`a ${seq.attention.policy} sequence${seq.recording ? ' that records prefill scores' : ''} runs its decode steps alone on WebGPU, not in a batch`);
     for (const { seq } of steps) await seq.drain();
     const batch = steps.map((x) => x.seq);
     batch.forEach((seq, b) => {
@@ -454,7 +605,7 @@ export class GpuSession {
     d.queue.writeBuffer(r.step, 0, new Uint32Array([0, n, 0, 0]));
     d.queue.writeBuffer(r.tokens, 0, new Uint32Array(steps.map((x) => x.token)));
     const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
-    lead.encodeChunk(pass, n, 'all', false, batch);
+    only(lead.encodeChunk(pass, n, 'all', false, batch));
     pass.end();
     const bytes = n * c.vocabSize * 4;
     const staging = d.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
@@ -573,6 +724,11 @@ export class GpuSession {
     }
     return g;
   }
+}
+
+/** Runs an encoding that must not stop for planning (a chunk, a batched step, a step planned up front). */
+function only(encoding: Generator<number, void, GPUComputePassEncoder>): void {
+  if (!encoding.next().done) throw new Error('a decode step planned layer by layer must run through runChunk');
 }
 
 /** One decode step of several WebGPU sequences in one forward pass (GpuSession.decodeBatch). */

@@ -277,8 +277,10 @@ export class LLM {
     const t0 = performance.now();
     // greedy decoding on the GPU reads back the argmax instead of the logits (with steps in flight,
     // unless the steps join batches)
-    const argmax = session instanceof GpuSession && (o.temperature ?? 1) === 0 && !o.batch;
-    const decodeStep = (t: number) => (o.batch ? this.batcher.step(session, t) : step([t]));
+    // (a GPU sequence whose policy plans on the CPU runs its steps one by one, each read back)
+    const batched = o.batch === true && !(session instanceof GpuSession && session.planned);
+    const argmax = session instanceof GpuSession && (o.temperature ?? 1) === 0 && !batched && !session.planned;
+    const decodeStep = (t: number) => (batched ? this.batcher.step(session, t) : step([t]));
     const step = (t: number[], logits: 'last' | 'none' = 'last', dense = false) =>
       session instanceof GpuSession ? session.forward(t, { logits, argmax, dense }) : session.forward(t, { logits, dense });
     // the prompt, a chunk per submission: progress after each, and a turn of the event loop in which a
@@ -343,12 +345,6 @@ export class LLM {
       recall: session instanceof Session && session.stats ? { mean: session.stats.mean(), perLayer: session.stats.perLayer(), meanAttendedTokens: session.stats.meanAttended() } : undefined,
     };
   }
-}
-
-/** Evaluations on the GPU: only the policies it runs (a clear error before any work). */
-export function checkDevicePolicies(llm: LLM, policies: string): void {
-  const cpuOnly = policies.split(',').map((p) => p.trim()).filter((p) => p && p !== 'dense' && p !== 'quest');
-  if (llm.device === 'webgpu' && cpuOnly.length) throw new Error(`${cpuOnly.join(', ')} run on the CPU only: use --device cpu for them (WebGPU runs dense and quest)`);
 }
 
 /** Loads a GGUF file, a Hugging Face folder or a llama2.c checkpoint: a path on disk, a URL or

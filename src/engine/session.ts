@@ -7,6 +7,7 @@ import { wasm } from '../backend/wasm/runtime.js';
 import { workerPool, split, OP_ATTEND } from '../backend/wasm/pool.js';
 import { attendHeads } from '../backend/wasm/shared-ops.js';
 import { createPolicy } from '../attention/create.js';
+import { pageScores } from '../attention/quest.js';
 import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Selection, type StepContext } from '../attention/policy.js';
 import { PagedKVCache } from '../kv/paged-cache.js';
 import type { PageTable } from '../kv/page-table.js';
@@ -243,7 +244,11 @@ export class Session {
   private sparseStep(l: number, q: Float32Array, att: Float32Array, scale: number): void {
     const c = this.model.config, hd = c.headDim, nH = c.nHeads, group = nH / c.nKVHeads, kv = this.cache.layers[l];
     const pos = this.length - 1;
-    const ctx: StepContext = { layer: l, pos, q, kv, nHeads: nH, groupSize: group, scale };
+    const ctx: StepContext = {
+      layer: l, pos, nHeads: nH, groupSize: group, pageSize: kv.pageSize,
+      scores: (h, out) => headScores(q, h * hd, kv, Math.floor(h / group), pos + 1, scale, out),
+      pageBounds: (h, out) => pageScores(q, h * hd, kv, Math.floor(h / group), out),
+    };
     const sel: Selection | null = this.policy!.select(ctx);
     const keep = this.policy!.observe ? new Array<Float32Array>(nH) : null;
     let recall = 0, attended = 0;

@@ -5,9 +5,8 @@
 // before the needle by all samples of a cell. Results are resumable: finished cells are not redone.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadModel, type LLM } from '../engine/llm.js';
-import { Session } from '../engine/session.js';
-import { checkDevicePolicies, type AnySession, type Device } from '../engine/llm.js';
+import { wantsPrefillScores } from '../attention/create.js';
+import { loadModel, type AnySession, type Device, type LLM } from '../engine/llm.js';
 import { policyGrid, type PolicyName } from '../attention/policy.js';
 import { argmax, rng } from '../engine/sampler.js';
 import { progressBar } from '../cli/progress.js';
@@ -46,7 +45,6 @@ function randomKey(r: () => number): string { return String(10000 + Math.floor(r
 
 export async function runPasskeyEval(o: PasskeyOptions): Promise<Cell[]> {
   const llm = await loadModel(o.model, { device: o.device });
-  checkDevicePolicies(llm, o.attention);
   const lengths = o.lengths.split(',').map(Number), depths = o.depths.split(',').map(Number);
   for (const L of lengths) if (!(L > 0 && L + 8 <= llm.config.maxSeqLen)) throw new Error(`length ${L} does not fit the model's context of ${llm.config.maxSeqLen} (leave 8 tokens for the answer)`);
   for (const d of depths) if (!(d >= 0 && d <= 100)) throw new Error(`depth ${d} must be a percentage 0..100`);
@@ -71,7 +69,7 @@ export async function runPasskeyEval(o: PasskeyOptions): Promise<Cell[]> {
     // shared prefix: everything before the needle is the same for all samples of this cell
     const probe = buildPasskeyPrompt((s) => llm.encode(s), L, d / 100, '00000', filler);
     const base = llm.session({ policy: 'dense' });
-    if (base instanceof Session) base.recordPrefillScores(); // H2O forks start from the prefill's scores
+    if (configs.some((c) => wantsPrefillScores(c.policy))) base.recordPrefillScores(); // H2O forks start from the prefill's scores
     if (probe.needleAt > 0) await base.forward(probe.tokens.slice(0, probe.needleAt), { logits: 'none' });
     for (let s = 0; s < o.samples; s++) {
       const key = randomKey(r);

@@ -3,7 +3,7 @@
 // same way (a dense decode step equals a row of a causal prefill). Reported overall and per position bucket.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadModel, checkDevicePolicies, type Device } from '../engine/llm.js';
+import { loadModel, type Device } from '../engine/llm.js';
 import { policyGrid } from '../attention/policy.js';
 import { Sampler } from '../engine/sampler.js';
 import { progressBar } from '../cli/progress.js';
@@ -31,7 +31,6 @@ export async function runPplEval(o: PplOptions): Promise<PplRow[]> {
   const path = self ? `${self} tokens sampled by the model (seed ${o.seed ?? 1})` : o.text ?? SHARED_CORPUS + HELD_OUT_BOOK;
   if (!self && !existsSync(path)) throw new Error(`no text at ${path}: pass --text FILE`);
   const llm = await loadModel(o.model, { device: o.device });
-  checkDevicePolicies(llm, o.attention);
   let all: number[];
   if (self) {
     // the model's own text (temperature 1): perplexity then says how far each policy moves the model from itself

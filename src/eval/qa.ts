@@ -9,9 +9,9 @@
 // token as decode steps (so the policy decides what it sees); the answer is generated greedily.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadModel, checkDevicePolicies, type AnySession, type Device, type LLM } from '../engine/llm.js';
+import { wantsPrefillScores } from '../attention/create.js';
+import { loadModel, type AnySession, type Device, type LLM } from '../engine/llm.js';
 import { policyGrid, type PolicyName } from '../attention/policy.js';
-import { Session } from '../engine/session.js';
 import { argmax, rng } from '../engine/sampler.js';
 import { progressBar } from '../cli/progress.js';
 import { lineChart } from './plot.js';
@@ -136,7 +136,6 @@ export async function runQaEval(o: QaOptions): Promise<QaResult[]> {
   for (const t of tasks) if (!QA_TASKS.includes(t)) throw new Error(`unknown QA task "${t}" (choose ${QA_TASKS.join(', ')})`);
   if (!Number.isInteger(o.samples) || o.samples < 1) throw new Error('samples must be a positive integer');
   const llm = await loadModel(o.model, { device: o.device });
-  checkDevicePolicies(llm, o.attention);
   if (!llm.tokenizer) throw new Error(`the model ${o.model} has no tokenizer: QA needs text`);
   if (!(o.context > 64 && o.context + 64 <= llm.config.maxSeqLen)) throw new Error(`context ${o.context} does not fit the model's ${llm.config.maxSeqLen} tokens (leave 64 for the question and answer)`);
   const configs = policyGrid(o.attention, o.budget);
@@ -152,7 +151,7 @@ export async function runQaEval(o: QaOptions): Promise<QaResult[]> {
     const todo = configs.filter((c) => !done(sample.id, c));
     if (todo.length) {
       const base = llm.session({ policy: 'dense' });
-      if (base instanceof Session) base.recordPrefillScores(); // H2O forks start from the prefill's scores
+      if (configs.some((c) => wantsPrefillScores(c.policy))) base.recordPrefillScores(); // H2O forks start from the prefill's scores
       const ctxIds = llm.encode(sample.context).slice(0, o.context), q = llm.encode(sample.question);
       await base.forward(ctxIds, { logits: 'none' });
       for (const c of todo) {

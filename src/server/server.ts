@@ -117,10 +117,6 @@ export function createServer(llm: LLM, o: ServeOptions): QuestServer {
       if (!llm.tokenizer) throw new ApiError(400, 'this model has no tokenizer: chat is unavailable', null, 'unsupported');
       prompt = llm.tokenizer.applyChatTemplate(parseMessages(b));
     } else prompt = parsePrompt(b);
-    const policy = common.attention?.policy;
-    if (llm.device === 'webgpu' && policy && policy !== 'dense' && policy !== 'quest') {
-      throw new ApiError(400, `'quest.policy' ${policy} runs on the CPU only; this server runs on WebGPU (dense, quest)`, 'quest.policy', 'unsupported');
-    }
     const promptTokens = llm.encode(prompt);
     if (promptTokens.length + 1 > ctx) {
       throw new ApiError(400, `the prompt has ${promptTokens.length} tokens; this model's context length is ${ctx}`, chat ? 'messages' : 'prompt', 'context_length_exceeded');

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PagedKVCache, type LayerKV } from '../kv/paged-cache.js';
-import { attendHead, topKIndices } from '../attention/attend.js';
+import { attendHead, headScores, topKIndices } from '../attention/attend.js';
 import { QuestPolicy, pageScores, MIN_PAGES } from '../attention/quest.js';
 import { H2OPolicy, OraclePolicy, StreamingPolicy, TovaPolicy } from '../attention/baselines.js';
 import type { StepContext } from '../attention/policy.js';
@@ -50,7 +50,12 @@ test('incremental page min/max equals recomputation, the partly filled last page
 });
 
 function ctxFor(kv: LayerKV, q: Float32Array, nHeads: number): StepContext {
-  return { layer: 0, pos: kv.length - 1, q, kv, nHeads, groupSize: nHeads / kv.nKV, scale: 1 / Math.sqrt(kv.headDim) };
+  const G = nHeads / kv.nKV, hd = kv.headDim, pos = kv.length - 1;
+  return {
+    layer: 0, pos, nHeads, groupSize: G, pageSize: kv.pageSize,
+    scores: (h, out) => headScores(q, h * hd, kv, Math.floor(h / G), pos + 1, 1 / Math.sqrt(hd), out),
+    pageBounds: (h, out) => pageScores(q, h * hd, kv, Math.floor(h / G), out),
+  };
 }
 
 test('Quest selects the brute-force top-k pages by score (per head and pooled per KV group)', () => {

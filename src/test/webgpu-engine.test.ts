@@ -140,18 +140,18 @@ test('WebGPU engine agrees with the CPU engine on the default model (dense and Q
   assert.match(gotQ.text, /51422/);
   t.diagnostic(`dense max |Δlogit| ${maxDiff.toExponential(2)}; quest answer ${JSON.stringify(gotQ.text)}`);
   // clear errors for what the GPU does not run
-  assert.throws(() => gpuLlm.session({ policy: 'h2o' }), /CPU only/);
+  assert.throws(() => gpuLlm.session({ policy: 'quest', gqa: 'head' }), /group-sum/);
   // the host copy of the weights was freed after the upload, unless asked to keep it
   assert.throws(() => gpuLlm.cpuSession(), /live on the GPU only/);
   const kept = await loadModel(DEFAULT_MODEL, { device: 'webgpu', keepHostWeights: true });
   assert.deepEqual(Array.from(kept.cpuSession().forward(ids.slice(0, 20))), Array.from(new Session(cpu.model).forward(ids.slice(0, 20))));
   kept.dispose();
   await assert.rejects(gpuLlm.complete('x', { stats: true }), /CPU only/);
-  // the server on a WebGPU model: a CPU-only policy is a 400, a Quest request is answered
+  // the server on a WebGPU model answers Quest and baseline requests
   const app = createServer(gpuLlm, { modelId: 'm', concurrency: 1, queueLimit: 4 });
-  const bad = await app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'm', prompt: 'x', quest: { policy: 'h2o' } } });
-  assert.equal(bad.statusCode, 400);
-  assert.match(bad.json().error.message, /CPU only/);
+  const h2o = await app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'm', prompt, max_tokens: 4, temperature: 0, quest: { policy: 'h2o', budget: 48 } } });
+  assert.equal(h2o.statusCode, 200);
+  assert.equal(h2o.json().choices[0].text, (await cpu.complete(prompt, { temperature: 0, maxTokens: 4, attention: { policy: 'h2o', budget: 48 }, cache: false })).text);
   const good = await app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'm', prompt, max_tokens: 8, temperature: 0, quest: { policy: 'quest', budget: 48 } } });
   assert.equal(good.statusCode, 200);
   assert.match(good.json().choices[0].text, /51422/);
