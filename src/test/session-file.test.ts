@@ -44,9 +44,16 @@ test('CPU: save -> load gives identical logits; bad files get clear errors', asy
   const bytes = readFileSync(file);
   const cut = join(dir, 'cut.qkv'); writeFileSync(cut, bytes.subarray(0, bytes.length - 100));
   await assert.rejects(a.loadSession(cut), /cut\.qkv: truncated/);
-  const flipped = Buffer.from(bytes); flipped[flipped.length - 500] ^= 0x40;
-  const bad = join(dir, 'bad.qkv'); writeFileSync(bad, flipped);
-  await assert.rejects(a.loadSession(bad), /bad\.qkv: corrupt: the checksum does not match/);
+  // one flipped bit anywhere: in a token, in the first and the last batch of pages, in a batch's checksum
+  const headerEnd = 16 + new DataView(bytes.buffer, bytes.byteOffset).getUint32(12, true);
+  for (const at of [headerEnd + 5, headerEnd + 4 * 53 + 4 + 100, bytes.length - 500, bytes.length - 2]) {
+    const flipped = Buffer.from(bytes); flipped[at] ^= 0x40;
+    const bad = join(dir, 'bad.qkv'); writeFileSync(bad, flipped);
+    await assert.rejects(a.loadSession(bad), /bad\.qkv: corrupt: the checksum does not match/, `a flip at byte ${at} of ${bytes.length}`);
+  }
+  const v1 = Buffer.from(bytes); v1.writeUInt32LE(1, 8);
+  writeFileSync(join(dir, 'v1.qkv'), v1);
+  await assert.rejects(a.loadSession(join(dir, 'v1.qkv')), /v1\.qkv: session file version 1; this quest reads version 2/);
   const other = join(dir, 'other.qkv'); writeFileSync(other, 'GGUF and then some bytes that are not a session');
   await assert.rejects(a.loadSession(other), /other\.qkv: not a quest session file/);
   await assert.rejects(a.loadSession(join(dir, 'missing.qkv')), /missing\.qkv: no such session file/);
