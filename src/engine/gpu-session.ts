@@ -43,6 +43,12 @@ export class GpuRunner {
   private logitsAll: GPUBuffer | null = null;
   readonly decode: DecodeAttention;
   readonly maxPages: number;
+  /** the KV pages of every sequence of this runner: one store, so that a batched decode step reads all
+   *  its sequences' pages in one dispatch per kernel */
+  readonly pages: PageAllocator;
+  readonly store: GpuPageStore;
+  /** a batched step's page tables ([row][maxPages]) and rows (position, row, table offset) */
+  readonly batchTable: GPUBuffer; readonly batchRows: GPUBuffer;
 
   /** score scratch of the tensor-core prefill attention (null where it does not run) */
   readonly attScratch: GPUBuffer | null;
@@ -70,6 +76,21 @@ export class GpuRunner {
     this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
     this.decode = new DecodeAttention(d, { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize, maxPages: this.maxPages },
       this.maxPages, { q: this.qrot, out: this.att });
+    this.store = new GpuPageStore(m, pageSize);
+    this.pages = new PageAllocator(this.store);
+    this.batchTable = buf(MAX_BATCH * this.maxPages); this.batchRows = buf(MAX_BATCH * 4);
+  }
+
+  private batchViews: LayerBuffers[] = [];
+  private batchViewsGeneration = -1;
+  /** Layer l's K/V/metadata with the batch's page tables (rebuilt when the store grew). */
+  batchView(l: number): LayerBuffers {
+    if (this.batchViewsGeneration !== this.store.generation) {
+      this.decode.forget(this.batchViews);
+      this.batchViews = this.store.layers.map((x) => ({ ...x, table: this.batchTable }));
+      this.batchViewsGeneration = this.store.generation;
+    }
+    return this.batchViews[l];
   }
 
   /** Timestamp queries around each forward's compute pass (benchmarks, one session at a time; needs
@@ -91,20 +112,14 @@ export class GpuRunner {
     return processEnv().QUEST_MMA_ATTENTION === '1' && mc !== null && mmaAttentionFits({ headDim: c.headDim, pageSize: this.pageSize }, mc, this.m.device.limits.maxComputeWorkgroupStorageSize);
   }
 
-  /** One step uniform per row of a batched decode step (each row's position; the row in `pad`). */
-  private rowSteps: GPUBuffer[] = [];
-  rowStep(b: number): GPUBuffer {
-    while (this.rowSteps.length <= b) this.rowSteps.push(this.m.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }));
-    return this.rowSteps[b];
-  }
-
   logitsRows(): GPUBuffer {
     this.logitsAll ??= this.m.device.createBuffer({ size: this.logitsChunk * this.m.config.vocabSize * 4, usage: storageUsage() });
     return this.logitsAll;
   }
 
   dispose(): void {
-    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.logitsAll, this.attScratch, ...this.rowSteps]) b?.destroy();
+    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.logitsAll, this.attScratch, this.batchTable, this.batchRows]) b?.destroy();
+    this.store.dispose();
   }
 }
 
@@ -115,7 +130,7 @@ export interface GpuForwardOptions extends ForwardOptions {
 
 export class GpuSession {
   readonly attention: AttentionOptions;
-  /** the family's pages (shared with forks) and this sequence's table over them */
+  /** the runner's pages (shared with forks and the other sequences) and this sequence's table over them */
   readonly store: GpuPageStore;
   readonly table: PageTable;
   private tableBuf: GPUBuffer;
@@ -150,10 +165,9 @@ export class GpuSession {
     const c = runner.m.config, policy = a.policy === 'quest' ? null : createPolicy(a);
     if (policy?.wantsPrefillScores && shareWith && !shareWith.recording) throw new Error('fork to a policy that needs prefill scores: call recordPrefillScores() before the prefill');
     this.planner = policy ? new GpuStepPlanner(runner.m.device, policy, { nLayers: c.nLayers, nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: runner.pageSize, denseLayers: a.denseLayers }) : null;
-    if (shareWith) { this.store = shareWith.store; this.table = shareWith.table.fork(); this.len = shareWith.len; this.tokens.push(...shareWith.tokens); } else {
-      this.store = new GpuPageStore(runner.m, runner.pageSize);
-      this.table = new PageTable(new PageAllocator(this.store), runner.pageSize);
-    }
+    this.store = runner.store;
+    if (shareWith) { this.table = shareWith.table.fork(); this.len = shareWith.len; this.tokens.push(...shareWith.tokens); }
+    else this.table = new PageTable(runner.pages, runner.pageSize);
     // the attention each token received in dense attention: a recording sequence's forks start from it,
     // and H2O starts from it
     if (shareWith?.recording) { this.recording = true; this.received = shareWith.copyReceived(); this.receivedCap = shareWith.receivedCap; this.receivedDirty = true; }
@@ -423,14 +437,15 @@ export class GpuSession {
       const kv = layers[l];
       normed(L.attnNorm, L.qkv, r.qkv);
       if (batch) {
-        // each sequence's row: RoPE at its position, its KV append through its table, attention over its pages
-        batch.forEach((seq, b) => {
-          const skv = seq.kv[l], sa = seq.attention, pages = Math.ceil((seq.len + 1) / r.pageSize), sk = Math.max(MIN_PAGES, Math.ceil(sa.budget / r.pageSize));
-          pass.setPipeline(ropeAppend);
-          pass.setBindGroup(0, seq.bind(ropeAppend, `ropeAppend${b}`, [r.qkv, m.ropeTable, r.qrot, skv.k, skv.v, skv.meta, r.rowStep(b), skv.table]));
-          pass.dispatchWorkgroups(...K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
-          r.decode.encode(pass, skv, seq.len + 1, sa.policy === 'quest' && l >= sa.denseLayers && sk < pages ? sk : 0, undefined, b);
-        });
+        // one RoPE + append and one attention call for all the batch's sequences: each row at its
+        // position, through its own page table, over its own pages, under its own budget
+        const view = r.batchView(l);
+        run(m.pipeline('ropeappendB', () => K.ropeAppendWgsl(hs, c.ropeStyle === 'neox', true)), 'ropeAppendB',
+          [r.qkv, m.ropeTable, r.qrot, view.k, view.v, view.meta, r.step, view.table, r.batchRows], K.grid64((batch.length * (c.nHeads + 2 * c.nKVHeads) * c.headDim) / 2));
+        r.decode.encodeRows(pass, view, batch.map((seq, b) => {
+          const sa = seq.attention, pages = Math.ceil((seq.len + 1) / r.pageSize), sk = Math.max(MIN_PAGES, Math.ceil(sa.budget / r.pageSize));
+          return { seqLen: seq.len + 1, budgetPages: sa.policy === 'quest' && l >= sa.denseLayers && sk < pages ? sk : 0, tableAt: b * r.maxPages, row: b };
+        }));
         current = null;
       } else if (oneStep) {
         run(ropeAppend, 'ropeAppend', [r.qkv, m.ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step, kv.table], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
@@ -598,10 +613,10 @@ export class GpuSession {
     for (const { seq } of steps) if (seq.planned || seq.received) throw new Error(`a ${seq.attention.policy} sequence${seq.recording ? ' that records prefill scores' : ''} runs its decode steps alone on WebGPU, not in a batch`);
     for (const { seq } of steps) await seq.drain();
     const batch = steps.map((x) => x.seq);
-    batch.forEach((seq, b) => {
-      seq.table.reserve(seq.len, 1); seq.syncTable();
-      d.queue.writeBuffer(r.rowStep(b), 0, new Uint32Array([seq.len, 1, seq.len + 1, b]));
-    });
+    for (const seq of batch) { seq.table.reserve(seq.len, 1); seq.syncTable(); }
+    // the rows' page tables side by side, and each row's position, row and table offset
+    batch.forEach((seq, b) => d.queue.writeBuffer(r.batchTable, b * r.maxPages * 4, new Uint32Array(seq.table.pages)));
+    d.queue.writeBuffer(r.batchRows, 0, Uint32Array.from(batch.flatMap((seq, b) => [seq.len, b, b * r.maxPages, 0])));
     d.queue.writeBuffer(r.step, 0, new Uint32Array([0, n, 0, 0]));
     d.queue.writeBuffer(r.tokens, 0, new Uint32Array(steps.map((x) => x.token)));
     const enc = d.createCommandEncoder(), pass = enc.beginComputePass();

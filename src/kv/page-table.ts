@@ -50,6 +50,12 @@ export class PageAllocator {
 
   /** Physical pages held by at least one sequence. */
   get used(): number { return this.refs.length - this.free.length; }
+
+  /** The last sequence is gone: the storage is freed, and a later sequence starts it again. */
+  reset(): void {
+    this.refs = []; this.free = [];
+    this.store.dispose();
+  }
 }
 
 /** One sequence's map from logical to physical pages. */
@@ -108,12 +114,12 @@ export class PageTable {
     this.pages[keep - 1] = copy; this.version++;
   }
 
-  /** Releases every page; the store is freed when no sequence of the family is left. */
+  /** Releases every page; the store is freed when no sequence drawing from it is left. */
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
     for (const p of this.pages.splice(0)) this.alloc.release(p);
     this.version++;
-    if (--this.alloc.tables === 0) this.alloc.store.dispose();
+    if (--this.alloc.tables === 0) this.alloc.reset();
   }
 }

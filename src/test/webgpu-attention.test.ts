@@ -129,6 +129,55 @@ CASES.forEach((c, i) => {
   });
 });
 
+// A batch: several sequences of different lengths and budgets (dense and Quest mixed) in one call per
+// kernel, their pages interleaved in one store and found through their own tables at different offsets
+// of one table buffer. Each row must equal the same sequence run alone (itself checked against float64
+// above), up to the summation order of the other partial-attention variant a mixed batch runs.
+for (const [nH, nKV, hd] of [[8, 2, 64], [4, 4, 32]]) {
+  test(`WebGPU decode attention of a batch (${nH}/${nKV} heads, dense and Quest rows of different lengths) = each row alone`, { skip: skipGpu }, async () => {
+    const { device } = gpu!, P = 16;
+    const rows = [{ seq: 700, budget: 6 }, { seq: 37, budget: 0 }, { seq: 1200, budget: 0 }, { seq: 333, budget: 4 }, { seq: 16, budget: 3 }];
+    const maxPages = 80, shape: AttnShape = { nHeads: nH, nKV, headDim: hd, pageSize: P, maxPages };
+    const data = rows.map((r, i) => build({ nH, nKV, hd, P, seq: r.seq, budgetPages: r.budget }, 500 + i));
+    // physical pages: row i's page p at slot (p * rows + i) (interleaved); tables at i * maxPages
+    const total = Math.max(...data.map((d) => d.pages)) * rows.length, kvSlab = nKV * P * hd, metaSlab = nKV * 2 * hd;
+    const k16 = new Uint16Array(total * kvSlab), v16 = new Uint16Array(total * kvSlab), meta16 = new Uint16Array(total * metaSlab);
+    const tables = new Uint32Array(rows.length * maxPages);
+    data.forEach((d, i) => { for (let p = 0; p < d.pages; p++) {
+      const at = p * rows.length + i;
+      tables[i * maxPages + p] = at;
+      k16.set(d.k16.subarray(p * kvSlab, (p + 1) * kvSlab), at * kvSlab); v16.set(d.v16.subarray(p * kvSlab, (p + 1) * kvSlab), at * kvSlab);
+      meta16.set(d.meta16.subarray(p * metaSlab, (p + 1) * metaSlab), at * metaSlab);
+    } });
+    const mk = (a: ArrayBufferView) => {
+      const b = device.createBuffer({ size: Math.max(16, Math.ceil(a.byteLength / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+      device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, Math.ceil(a.byteLength / 4) * 4);
+      return b;
+    };
+    const q = mk(Float32Array.from(data.flatMap((d) => Array.from(d.q)))), out = mk(new Float32Array(rows.length * nH * hd));
+    const layer = { k: mk(k16), v: mk(v16), meta: mk(meta16), table: mk(tables) };
+    const att = new DecodeAttention(device, shape, maxPages, { q, out });
+    const run = async (list: { seqLen: number; budgetPages: number; tableAt: number; row: number }[]) => {
+      const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+      att.resetBatch();
+      att.encodeRows(pass, layer, list);
+      pass.end(); device.queue.submit([enc.finish()]);
+      const o = new Float32Array(await readBuffer(device, out, rows.length * nH * hd * 4));
+      throwDeviceError();
+      return o;
+    };
+    const list = rows.map((r, i) => ({ seqLen: r.seq, budgetPages: r.budget, tableAt: i * maxPages, row: i }));
+    const batched = await run(list);
+    for (let i = 0; i < rows.length; i++) {
+      const alone = await run([{ ...list[i] }]); // (one row: scratch slot 0, q and out at its own row)
+      for (let j = i * nH * hd; j < (i + 1) * nH * hd; j++) {
+        assert.ok(Math.abs(batched[j] - alone[j]) < 1e-5 * Math.max(1, Math.abs(alone[j])), `row ${i} (${JSON.stringify(rows[i])}) value ${j}: batched ${batched[j]}, alone ${alone[j]}`);
+      }
+    }
+    for (const b of [q, out, ...Object.values(layer)]) b.destroy();
+  });
+}
+
 // The top-k kernel alone, for every workgroup size: scores with many ties (a few distinct values),
 // negative and positive, more pages than threads; the selection must be k distinct pages whose scores
 // are the k largest (which of the tied pages it takes is free).
@@ -138,9 +187,9 @@ for (const threads of [32, 64, 128, 256]) {
     const groups = 3, n = 1500, rnd = gaussian(7 + threads);
     const scores = new Float32Array(groups * n).map(() => Math.round(rnd() * 3) / 2); // 13 or so distinct values
     for (const k of [3, 100, 517]) {
-      const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: topkWgsl({ nHeads: groups, nKV: groups, headDim: 8, pageSize: 16, maxPages: n }, hasSubgroups32(device), threads) }), entryPoint: 'main' } });
-      const prm = device.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-      device.queue.writeBuffer(prm, 0, new Uint32Array([n * 16, n, k, 1, 0, 0, 0, 0]));
+      const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: topkWgsl({ nHeads: groups, nKV: groups, headDim: 8, pageSize: 16, maxPages: n, maxSelected: k }, hasSubgroups32(device), threads) }), entryPoint: 'main' } });
+      const prm = device.createBuffer({ size: 48, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(prm, 0, new Uint32Array([n * 16, n, k, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
       const sc = device.createBuffer({ size: scores.byteLength, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
       device.queue.writeBuffer(sc, 0, scores);
       const sel = device.createBuffer({ size: groups * k * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC });

@@ -18,7 +18,7 @@
 import { hasSubgroups32, processEnv } from './device.js';
 import { UNPACK8_WGSL, workgroupRowSumWgsl } from './kernels.js';
 
-export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageSize: number; maxPages: number }
+export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageSize: number; maxPages: number; /** pages Quest may select (default maxPages) */ maxSelected?: number }
 
 const MAX_CHUNK_PAGES = 32; // pages per workgroup of the partial-attention kernel (unless more are needed to stay under MAX_CHUNKS)
 const MIN_CHUNK_PAGES = 2;
@@ -35,10 +35,22 @@ const LOG2E = 1.4426950408889634;
 /** Threads of the top-k workgroup (one per KV group; QUEST_TOPK_WG to compare 32 / 64 / 128 / 256). */
 const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
 
-/** The per-call values every kernel reads (one uniform buffer per distinct call). */
+/** The per-call values every kernel reads, one set per batch row (workgroup_id.z): a sequence's length,
+ *  its page count, selected pages and chunking; `row`: its row of q and out; `tableAt`: where its page
+ *  table starts in the table buffer. Scratch (scores, selection, partial results) has one fixed-size
+ *  slot per batch row. */
 const PARAMS_WGSL = /* wgsl */ `
-struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32 } // row: of q and out (batched decode)
-@group(0) @binding(0) var<uniform> prm: Params;
+struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32, tableAt: u32, p0: u32, p1: u32, p2: u32 }
+@group(0) @binding(0) var<storage, read> prms: array<Params>;
+`;
+const PARAM_WORDS = 12;
+
+/** Chunks per head of the partial-attention kernel, at most, for a shape (a scratch slot's size). */
+const maxChunksOf = (s: AttnShape) => Math.min(MAX_CHUNKS, Math.ceil(s.maxPages / MIN_CHUNK_PAGES));
+const scratchWgsl = (s: AttnShape) => /* wgsl */ `
+const SLOT_PAGES: u32 = ${s.maxPages}u;  // scores per KV head and batch row
+const SLOT_SEL: u32 = ${s.maxSelected ?? s.maxPages}u;  // selected pages per KV head and batch row
+const SLOT_CHUNKS: u32 = ${maxChunksOf(s)}u;  // partial results per head and batch row
 `;
 
 /** Lanes per row, lane groups per workgroup, workgroup size, and whether rows reduce by subgroup shuffles. */
@@ -61,7 +73,7 @@ const WG: u32 = ${WG}u;
 const TB: u32 = ${tb}u;      // rows per lane group and step
 const TB4: u32 = ${tb / 4}u;
 const NONE: u32 = 0xffffffffu;
-${PARAMS_WGSL}${UNPACK8_WGSL}${shuffle ? `// sum over the LG lanes of a row (a lane group lies inside one subgroup)
+${PARAMS_WGSL}${scratchWgsl(s)}${UNPACK8_WGSL}${shuffle ? `// sum over the LG lanes of a row (a lane group lies inside one subgroup)
 fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
   var s = v;
   for (var o = LG / 2u; o > 0u; o >>= 1u) { s += subgroupShuffleXor(s, o); }
@@ -81,13 +93,15 @@ export const scoresWgsl = (s: AttnShape, subgroups = false) => {
 @group(0) @binding(4) var<storage, read> table: array<u32>; // physical page of each logical page
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let prm = prms[wid.z]; let slot = wid.z;
+  if (prm.sparse == 0u || wid.x * TB * NG >= prm.nPages) { return; } // (a dense row of a batch; pages past a shorter row's)
   let tid = lid.x; let lane = tid % LG; let grp = tid / LG; let g = wid.y;
 ${heads.map((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * lane; let qa${j} = q[b${j}]; let qb${j} = q[b${j} + 1u];`).join('\n')}
   var mn: array<vec4<u32>, TB>; var mx: array<vec4<u32>, TB>;
   for (var i = 0u; i < TB; i++) {
     // (pages past the end read the last one, without a branch before the row sums; not written)
     let p = min((wid.x * TB + i) * NG + grp, prm.nPages - 1u);
-    let b = (table[p] * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG];
+    let b = (table[prm.tableAt + p] * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG];
   }
   var s = vec4<f32>(0.0);
   for (var i = 0u; i < TB; i++) {
@@ -101,7 +115,7 @@ ${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * b[0]) + max(qb${j} * a[
     for (var i = 0u; i < TB; i++) {
       let p = (wid.x * TB + i) * NG + grp;
       // the page of the current token is always kept
-      if (p < prm.nPages) { scores[g * prm.nPages + p] = select(s[i], 3.0e38, p == prm.nPages - 1u); }
+      if (p < prm.nPages) { scores[(slot * NKV + g) * SLOT_PAGES + p] = select(s[i], 3.0e38, p == prm.nPages - 1u); }
     }
   }
 }`;
@@ -129,7 +143,7 @@ export const topkWgsl = (s: AttnShape, subgroups = false, threads = TOPK_THREADS
   const load = slots.map((i) => `  var k${i} = 0u; if (${i}u * WG < n) { let p = tid + ${i}u * WG; k${i} = select(0u, key(scores[base + min(p, n - 1u)]), p < n); }`).join('\n');
   const count = slots.map((i) => `    if (${i}u * WG < n) { h = bin(h, k${i}, T, mask, shift); }`).join('\n');
   const tally = slots.map((i) => `  if (${i}u * WG < n) { let p = tid + ${i}u * WG; if (p < n) { mine += vec2<u32>(select(0u, 1u, k${i} > T), select(0u, 1u, k${i} == T)); } }`).join('\n');
-  const write = slots.map((i) => `  if (${i}u * WG < n) { let p = tid + ${i}u * WG; if (p < n) { if (k${i} > T) { sel[g * k + above] = p; above++; } if (k${i} == T) { if (tie < k) { sel[g * k + tie] = p; } tie++; } } }`).join('\n');
+  const write = slots.map((i) => `  if (${i}u * WG < n) { let p = tid + ${i}u * WG; if (p < n) { if (k${i} > T) { sel[ob + above] = p; above++; } if (k${i} == T) { if (tie < k) { sel[ob + tie] = p; } tie++; } } }`).join('\n');
   const reduce = subgroups ? /* wgsl */ `
 var<workgroup> wsum: array<Hist, ${2 * NW}>;   // [round % 2][subgroup]
 var<workgroup> wscan: array<vec2<u32>, ${NW}>; // per subgroup: keys above T, ties
@@ -165,7 +179,8 @@ fn total(x: Hist, round: u32, tid: u32) -> Hist {
   t.gt = atomicLoad(&acnt[b][8]);
   return t;
 }`;
-  return (subgroups ? 'enable subgroups;\n' : '') + PARAMS_WGSL + /* wgsl */ `
+  return (subgroups ? 'enable subgroups;\n' : '') + PARAMS_WGSL + scratchWgsl(s) + /* wgsl */ `
+const NKV: u32 = ${s.nKV}u;
 const WG: u32 = ${wg}u;
 const NW: u32 = ${NW}u;
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
@@ -193,7 +208,9 @@ fn best(t: Hist, k: u32) -> u32 {
 }
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let tid = lid.x; let g = wid.x; let n = prm.nPages; let base = g * n; let k = prm.k;
+  let prm = prms[wid.z]; let slot = wid.z;
+  if (prm.sparse == 0u) { return; } // (a dense row of a batch)
+  let tid = lid.x; let g = wid.x; let n = prm.nPages; let base = (slot * NKV + g) * SLOT_PAGES; let k = prm.k; let ob = (slot * NKV + g) * SLOT_SEL;
 ${subgroups ? '' : `  if (tid < 27u) { atomicStore(&acnt[tid / 9u][tid % 9u], 0u); }
   if (tid < 2u) { atomicStore(&aslot[tid], 0u); }
   workgroupBarrier();
@@ -294,8 +311,8 @@ const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS
 @group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> vc: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> sel: array<u32>;
-@group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [nH][nChunks][HD / 4]
-@group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;   // [nH][nChunks] (max, sum)
+@group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4]
+@group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;   // [row][nH][SLOT_CHUNKS] (max, sum)
 @group(0) @binding(7) var<storage, read> table: array<u32>; // physical page of each logical page
 var<workgroup> pages: array<u32, MAXCP>;
 var<workgroup> phys: array<u32, MAXCP>; // their physical pages
@@ -320,14 +337,16 @@ fn step(h: Head, k8: array<array<vec4<f32>, 2>, TB>, v8: array<array<vec4<f32>, 
 }
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let prm = prms[wid.z]; let slot = wid.z;
   let c = wid.x; let g = wid.y; let tid = lid.x; let lane = tid % LG; let grp = tid / LG;
+  if (c >= prm.nChunks) { return; } // (a batch row with fewer chunks than the dispatch)
   let cp = prm.chunkPages;
   if (tid < cp) {
     let idx = c * cp + tid;
     var p = NONE;
-    if (prm.sparse == 1u) { if (idx < prm.k) { p = sel[g * prm.k + idx]; } }
+    if (prm.sparse == 1u) { if (idx < prm.k) { p = sel[(slot * NKV + g) * SLOT_SEL + idx]; } }
     else if (idx < prm.nPages) { p = idx; }
-    pages[tid] = p; phys[tid] = select(0u, table[p], p != NONE);
+    pages[tid] = p; phys[tid] = select(0u, table[prm.tableAt + p], p != NONE);
   }
   // this lane's 8 channels of q for every head of the group, scaled so that exp2 gives the softmax
 ${each((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * lane;
@@ -361,12 +380,12 @@ ${each((j) => `    gm[grp * G + ${j}u] = h${j}.l * f[${j}];`)}
   }
 ${each((j) => `  gacc[grp * (HD / 4u) + 2u * lane] = h${j}.accA * f[${j}]; gacc[grp * (HD / 4u) + 2u * lane + 1u] = h${j}.accB * f[${j}];
   workgroupBarrier();
-  merge(g * G + ${j}u, c, M[${j}], tid);
+  merge(g * G + ${j}u, c, M[${j}], tid, slot);
   workgroupBarrier();`)}
 }
 // writes one head's chunk result from the lane groups' rescaled sums in workgroup memory
-fn merge(h: u32, c: u32, M: f32, tid: u32) {
-  let pc = h * prm.nChunks + c;
+fn merge(h: u32, c: u32, M: f32, tid: u32, slot: u32) {
+  let pc = (slot * NH + h) * SLOT_CHUNKS + c;
   for (var d = tid; d < HD / 4u; d += WG) {
     var sum = vec4<f32>(0.0);
     for (var r = 0u; r < NG; r++) { sum += gacc[r * (HD / 4u) + d]; }
@@ -391,17 +410,18 @@ const HD: u32 = ${s.headDim}u;
 const V4: u32 = ${V4}u;  // channel lanes (vec4 each)
 const CL: u32 = ${CL}u;  // chunk lanes
 const MAXC: u32 = ${MAX_CHUNKS}u;
-${PARAMS_WGSL}@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>; // [nH][nChunks][HD / 4]
-@group(0) @binding(2) var<storage, read> ml: array<vec2<f32>>;   // [nH][nChunks] (max, sum)
+${PARAMS_WGSL}${scratchWgsl(s)}@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4]
+@group(0) @binding(2) var<storage, read> ml: array<vec2<f32>>;   // [row][nH][SLOT_CHUNKS] (max, sum)
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 var<workgroup> w: array<f32, MAXC>;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> ored: array<vec4<f32>, ${CL * V4}>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let h = wid.x; let tid = lid.x; let nc = prm.nChunks;
+  let prm = prms[wid.z];
+  let h = wid.x; let tid = lid.x; let nc = prm.nChunks; let hb = (wid.z * NH + h) * SLOT_CHUNKS;
   var mx = -3.0e38;
-  for (var c = tid; c < nc; c += 256u) { mx = max(mx, ml[h * nc + c].x); }
+  for (var c = tid; c < nc; c += 256u) { mx = max(mx, ml[hb + c].x); }
   red[tid] = mx;
   workgroupBarrier();
   for (var o = 128u; o > 0u; o >>= 1u) { if (tid < o) { red[tid] = max(red[tid], red[tid + o]); } workgroupBarrier(); }
@@ -409,7 +429,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   workgroupBarrier();
   var L = 0.0;
   for (var c = tid; c < nc; c += 256u) {
-    let e = ml[h * nc + c]; let wc = select(0.0, exp2(e.x - M), e.y > 0.0);
+    let e = ml[hb + c]; let wc = select(0.0, exp2(e.x - M), e.y > 0.0);
     w[c] = wc; L += e.y * wc;
   }
   red[tid] = L;
@@ -417,7 +437,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   for (var o = 128u; o > 0u; o >>= 1u) { if (tid < o) { red[tid] += red[tid + o]; } workgroupBarrier(); }
   let lane = tid % V4; let cl = tid / V4;
   var acc = vec4<f32>(0.0);
-  if (cl < CL) { for (var c = cl; c < nc; c += CL) { acc += w[c] * part[(h * nc + c) * V4 + lane]; } }
+  if (cl < CL) { for (var c = cl; c < nc; c += CL) { acc += w[c] * part[(hb + c) * V4 + lane]; } }
   if (cl < CL) { ored[cl * V4 + lane] = acc; }
   workgroupBarrier();
   if (tid < V4) {
@@ -441,18 +461,27 @@ export function identityPageTable(device: GPUDevice, pages: number): GPUBuffer {
   return b;
 }
 
-/** Pipelines and scratch for decode attention of one shape; `encode` records one call into a pass. */
+/** One sequence of a decode-attention call: its length, Quest's page budget (0: dense), where its page
+ *  table starts in the table buffer, and its row of q and out. */
+export interface AttnRow { seqLen: number; budgetPages: number; tableAt?: number; row?: number }
+
+/** Pipelines and scratch for decode attention of one shape; `encode` records one call into a pass, for
+ *  one sequence or for a batch of sequences (one dispatch per stage for all of them, each over its own
+ *  pages: the rows' page tables side by side in one table buffer over the same K/V buffers). */
 export class DecodeAttention {
   private readonly pipes: Record<'scores' | 'dense' | 'sparse' | 'reduce', GPUComputePipeline>;
   private readonly topkPipes = new Map<number, GPUComputePipeline>(); // by keys per thread (a power of two)
   private readonly sub: boolean;
   private readonly topkThreads: number;
   readonly q: GPUBuffer; readonly out: GPUBuffer;
-  private readonly scores: GPUBuffer; private readonly sel: GPUBuffer; private readonly part: GPUBuffer; private readonly ml: GPUBuffer;
+  private readonly s: AttnShape;
+  /** scratch for `rows` batch rows */
+  private scores!: GPUBuffer; private sel!: GPUBuffer; private part!: GPUBuffer; private ml!: GPUBuffer;
+  private rows = 0;
   private readonly params: GPUBuffer[] = [];
   private readonly lanes: ReturnType<typeof lanes>;
   private paramIndex = 0;
-  // Bind groups are cached per layer, then per (uniform slot, kernel), and dropped only when a sequence
+  // Bind groups are cached per layer, then per (params slot, kernel), and dropped only when a sequence
   // says it is done with its layers (forget): dawn.node has been seen to crash when the garbage
   // collector finalises GPU objects while work is in flight.
   private readonly groups = new Map<LayerBuffers, Map<string, GPUBindGroup>>();
@@ -462,7 +491,8 @@ export class DecodeAttention {
 
   /** `io`: the q and out buffers to use (the decoder's activations) instead of own ones; `topkThreads`:
    *  the top-k kernel's workgroup size (tests and benchmarks compare them). */
-  constructor(readonly device: GPUDevice, readonly s: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS) {
+  constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS) {
+    const s = this.s = { ...shape, maxSelected: Math.max(1, Math.min(shape.maxPages, maxSelectedPages)) };
     if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
     const mk = (code: string) => this.pipeline(code);
     const sub = hasSubgroups32(device);
@@ -472,14 +502,26 @@ export class DecodeAttention {
       scores: mk(scoresWgsl(s, sub)), reduce: mk(reduceWgsl(s)),
       dense: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense)), sparse: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).sparse)),
     };
-    const buf = (size: number, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST) => device.createBuffer({ size: Math.max(16, size), usage });
-    this.q = io?.q ?? buf(s.nHeads * s.headDim * 4); this.out = io?.out ?? buf(s.nHeads * s.headDim * 4);
-    this.scores = buf(s.nKV * s.maxPages * 4); this.sel = buf(s.nKV * Math.max(1, maxSelectedPages) * 4);
-    const maxChunks = Math.min(MAX_CHUNKS, Math.ceil(s.maxPages / MIN_CHUNK_PAGES));
-    this.part = buf(s.nHeads * maxChunks * s.headDim * 4); this.ml = buf(s.nHeads * maxChunks * 8);
+    this.q = io?.q ?? this.buffer(s.nHeads * s.headDim * 4); this.out = io?.out ?? this.buffer(s.nHeads * s.headDim * 4);
+    this.growScratch(1);
   }
 
-  /** The top-k pipeline for a sequence of nPages pages: keys per thread rounded up to a power of two. */
+  private buffer(size: number): GPUBuffer {
+    return this.device.createBuffer({ size: Math.max(16, size), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  }
+
+  /** Scratch slots for `rows` batch rows (bind groups made with the old buffers are dropped). */
+  private growScratch(rows: number): void {
+    if (rows <= this.rows) return;
+    const s = this.s, maxChunks = maxChunksOf(s);
+    for (const b of this.rows ? [this.scores, this.sel, this.part, this.ml] : []) b.destroy();
+    this.scores = this.buffer(rows * s.nKV * s.maxPages * 4); this.sel = this.buffer(rows * s.nKV * s.maxSelected! * 4);
+    this.part = this.buffer(rows * s.nHeads * maxChunks * s.headDim * 4); this.ml = this.buffer(rows * s.nHeads * maxChunks * 8);
+    this.rows = rows;
+    this.groups.clear();
+  }
+
+  /** The top-k pipeline for sequences of up to nPages pages: keys per thread rounded up to a power of two. */
   private topkPipe(nPages: number): { pipe: GPUComputePipeline; kr: number } {
     const wg = this.topkThreads, most = Math.ceil(this.s.maxPages / wg);
     const kr = Math.min(most, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(nPages / wg)))));
@@ -498,19 +540,27 @@ export class DecodeAttention {
     return { kv, meta: pages * s.nKV * s.headDim * 4 };
   }
 
-  /** Uniforms are written ahead of a batch of encodes (each encode uses its own buffer). */
+  /** Parameter buffers are written ahead of a batch of encodes (each distinct call its own). */
   private slots = new Map<string, number>();
-  private paramsFor(seqLen: number, k: number, sparse: boolean, scale: number, row: number): { buf: GPUBuffer; slot: number } {
-    // the layers of one decode step share their parameters (per row of a batch): reuse a slot written
-    const key = `${seqLen}:${k}:${sparse}:${row}`, known = this.slots.get(key);
+  private paramsFor(rows: Required<AttnRow>[], scale: number): { buf: GPUBuffer; slot: number } {
+    // the layers of one decode step share their parameters: reuse a slot written in this batch of encodes
+    const key = rows.map((r) => `${r.seqLen}:${r.budgetPages}:${r.tableAt}:${r.row}`).join(','), known = this.slots.get(key);
     if (known !== undefined) return { buf: this.params[known], slot: known };
     this.slots.set(key, this.paramIndex);
-    const nPages = Math.ceil(seqLen / this.s.pageSize);
-    const { chunkPages, nChunks } = this.chunking(sparse ? k : nPages);
-    if (this.paramIndex >= this.params.length) this.params.push(this.device.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }));
+    const bytes = rows.length * PARAM_WORDS * 4;
+    if (this.paramIndex >= this.params.length || this.params[this.paramIndex].size < bytes) {
+      this.params[this.paramIndex]?.destroy();
+      this.params[this.paramIndex] = this.device.createBuffer({ size: Math.max(bytes, 4 * PARAM_WORDS * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+      for (const g of this.groups.values()) for (const k of [...g.keys()]) if (k.startsWith(`${this.paramIndex}:`)) g.delete(k);
+    }
     const b = this.params[this.paramIndex++];
-    const data = new ArrayBuffer(32), u = new Uint32Array(data), f = new Float32Array(data);
-    u[0] = seqLen; u[1] = nPages; u[2] = k; u[3] = sparse ? 1 : 0; f[4] = scale * LOG2E; u[5] = nChunks; u[6] = chunkPages; u[7] = row;
+    const data = new ArrayBuffer(bytes), u = new Uint32Array(data), f = new Float32Array(data);
+    rows.forEach((r, i) => {
+      const nPages = Math.ceil(r.seqLen / this.s.pageSize), sparse = r.budgetPages > 0 && r.budgetPages < nPages;
+      const { chunkPages, nChunks } = this.chunking(sparse ? r.budgetPages : nPages), o = i * PARAM_WORDS;
+      u[o] = r.seqLen; u[o + 1] = nPages; u[o + 2] = sparse ? r.budgetPages : nPages; u[o + 3] = sparse ? 1 : 0;
+      f[o + 4] = scale * LOG2E; u[o + 5] = nChunks; u[o + 6] = chunkPages; u[o + 7] = r.row; u[o + 8] = r.tableAt;
+    });
     this.device.queue.writeBuffer(b, 0, data);
     return { buf: b, slot: this.paramIndex - 1 };
   }
@@ -523,17 +573,27 @@ export class DecodeAttention {
     return { chunkPages, nChunks: Math.ceil(pages / chunkPages) };
   }
 
-  /** Starts a new batch of encodes (uniform buffers are reused from the start). */
+  /** Starts a new batch of encodes (parameter buffers are reused from the start). */
   resetBatch(): void { this.paramIndex = 0; this.slots.clear(); }
 
-  /** Records one decode-attention call. budgetPages = 0 (or >= the page count): dense. `only`: record
-   *  just that stage (benchmarks time the stages one by one). */
+  /** Records one decode-attention call of one sequence. budgetPages = 0 (or >= the page count): dense.
+   *  `only`: record just that stage (benchmarks time the stages one by one). */
   encode(pass: GPUComputePassEncoder, layer: LayerBuffers, seqLen: number, budgetPages: number, only?: Stage, row = 0): void {
-    const s = this.s, nPages = Math.ceil(seqLen / s.pageSize);
-    if (nPages > s.maxPages) throw new Error(`sequence of ${seqLen} tokens exceeds the ${s.maxPages} pages allocated`);
-    const sparse = budgetPages > 0 && budgetPages < nPages;
-    const k = sparse ? budgetPages : nPages;
-    const { buf: prm, slot } = this.paramsFor(seqLen, k, sparse, 1 / Math.sqrt(s.headDim), row);
+    this.encodeRows(pass, layer, [{ seqLen, budgetPages, row }], only);
+  }
+
+  /** Records one decode-attention call of several sequences (batch row i: scratch slot i), each over
+   *  its own page table inside `layer.table` (at `tableAt`) and with its own budget. */
+  encodeRows(pass: GPUComputePassEncoder, layer: LayerBuffers, rowsIn: AttnRow[], only?: Stage): void {
+    const s = this.s;
+    const rows = rowsIn.map((r, i) => ({ seqLen: r.seqLen, budgetPages: r.budgetPages, tableAt: r.tableAt ?? 0, row: r.row ?? i }));
+    for (const r of rows) {
+      const pages = Math.ceil(r.seqLen / s.pageSize);
+      if (pages > s.maxPages) throw new Error(`sequence of ${r.seqLen} tokens exceeds the ${s.maxPages} pages allocated`);
+      if (r.budgetPages > s.maxSelected! && r.budgetPages < pages) throw new Error(`a budget of ${r.budgetPages} pages exceeds the ${s.maxSelected} this attention was made for`);
+    }
+    this.growScratch(rows.length);
+    const { buf: prm, slot } = this.paramsFor(rows, 1 / Math.sqrt(s.headDim));
     let groups = this.groups.get(layer);
     if (!groups) { groups = new Map(); this.groups.set(layer, groups); }
     const bind = (pipe: GPUComputePipeline, name: string, bufs: GPUBuffer[]) => {
@@ -546,29 +606,36 @@ export class DecodeAttention {
       return g;
     };
     const want = (st: Stage) => only === undefined || only === st;
-    if (sparse && want('scores')) {
+    const pages = rows.map((r) => Math.ceil(r.seqLen / s.pageSize));
+    const sparse = rows.map((r, i) => r.budgetPages > 0 && r.budgetPages < pages[i]), anySparse = sparse.some(Boolean);
+    const n = rows.length, mostPages = Math.max(...pages.filter((_, i) => sparse[i]), 1);
+    if (anySparse && want('scores')) {
       pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores, layer.table]));
-      pass.dispatchWorkgroups(Math.ceil(nPages / (TB * this.lanes.NG)), s.nKV);
+      pass.dispatchWorkgroups(Math.ceil(mostPages / (TB * this.lanes.NG)), s.nKV, n);
     }
-    if (sparse && want('topk')) {
-      const { pipe, kr } = this.topkPipe(nPages);
+    if (anySparse && want('topk')) {
+      const { pipe, kr } = this.topkPipe(mostPages);
       pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, `t${kr}`, [this.scores, this.sel]));
-      pass.dispatchWorkgroups(s.nKV);
+      pass.dispatchWorkgroups(s.nKV, 1, n);
     }
-    const { nChunks } = this.chunking(k);
+    const chunks = Math.max(...rows.map((r, i) => this.chunking(sparse[i] ? r.budgetPages : pages[i]).nChunks));
     if (want('partial')) {
-      const pipe = sparse ? this.pipes.sparse : this.pipes.dense;
-      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, sparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, this.ml, layer.table]));
-      pass.dispatchWorkgroups(nChunks, s.nKV);
+      // (a batch mixing dense and sparse rows runs the sparse variant: it reads either)
+      const pipe = anySparse ? this.pipes.sparse : this.pipes.dense;
+      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, anySparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, this.ml, layer.table]));
+      pass.dispatchWorkgroups(chunks, s.nKV, n);
     }
     if (want('reduce')) {
       pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, 'r', [this.part, this.ml, this.out]));
-      pass.dispatchWorkgroups(s.nHeads);
+      pass.dispatchWorkgroups(s.nHeads, 1, n);
     }
   }
 
-  /** Reads the selected page ids of the last sparse call (tests). */
-  async readSelection(k: number): Promise<Uint32Array> { return new Uint32Array(await readBuffer(this.device, this.sel, this.s.nKV * k * 4)); }
+  /** Reads the selected page ids of the last sparse call's first row (tests). */
+  async readSelection(k: number): Promise<Uint32Array> {
+    const all = new Uint32Array(await readBuffer(this.device, this.sel, this.s.nKV * this.s.maxSelected! * 4));
+    return Uint32Array.from({ length: this.s.nKV * k }, (_, i) => all[Math.floor(i / k) * this.s.maxSelected! + (i % k)]);
+  }
 }
 
 export async function readBuffer(device: GPUDevice, src: GPUBuffer, size: number): Promise<ArrayBuffer> {

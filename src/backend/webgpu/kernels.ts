@@ -413,17 +413,20 @@ ${MAIN_1D}
 
 /** Decode step (one token), in one pass: RoPE of q (into `qr`) and k, the token's k and v (f16) into
  *  the paged cache (its page through the sequence's page table), and the page's key min/max updated
- *  (set at the page's first slot). A thread owns
- *  one channel pair (2j, 2j + 1) of one head, so every u32 it writes is its own. */
-export const ropeAppendWgsl = (s: HeadsSpec, neox: boolean) => STEP_WGSL + heads(s) + /* wgsl */ `
+ *  (set at the page's first slot). A thread owns one channel pair (2j, 2j + 1) of one head, so every
+ *  u32 it writes is its own. `batched`: one decode step of each of several sequences (`rows`), their
+ *  page tables side by side in `table`. */
+export const ropeAppendWgsl = (s: HeadsSpec, neox: boolean, batched = false) => STEP_WGSL + heads(s) + /* wgsl */ `
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
 @group(0) @binding(1) var<storage, read> rope: array<vec2<f32>>; // [pos][HD2] (cos, sin)
 @group(0) @binding(2) var<storage, read_write> qr: array<f32>;
 @group(0) @binding(3) var<storage, read_write> kc: array<u32>;
 @group(0) @binding(4) var<storage, read_write> vc: array<u32>;
 @group(0) @binding(5) var<storage, read_write> pmeta: array<u32>; // [page][kvHead][min, max][HD2]
-@group(0) @binding(6) var<uniform> step: Step;
-@group(0) @binding(7) var<storage, read> table: array<u32>; // physical page of each logical page
+@group(0) @binding(6) var<uniform> step: Step;${batched ? ' // (n: the rows of the batch)' : ''}
+@group(0) @binding(7) var<storage, read> table: array<u32>; // physical page of each logical page${batched ? `
+struct Row { pos: u32, row: u32, tableAt: u32, pad: u32 } // a sequence of the batch: its position, its row of qkv / q, its page table in \`table\`
+@group(0) @binding(8) var<storage, read> rows: array<Row>;` : ''}
 // channel c of the rotated head that starts at b
 fn rot(b: u32, c: u32, pos: u32) -> f32 {
 ${neox ? `  let p = c % HD2; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + p]; let x1 = qkv[b + p + HD2];
@@ -432,11 +435,14 @@ ${neox ? `  let p = c % HD2; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + p]; 
   return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, (c & 1u) == 1u);`}
 }
 ${MAIN_1D}
-  let h = gid.x / HD2; let j = gid.x % HD2; let pos = step.start;
-  if (h >= NH + 2u * NKV) { return; }
-  let b = step.pad * QKV + h * HD; // (step.pad: the token's row, in a batch of sequences' decode steps)
-  if (h < NH) { let o = step.pad * NH * HD + h * HD; qr[o + 2u * j] = rot(b, 2u * j, pos); qr[o + 2u * j + 1u] = rot(b, 2u * j + 1u, pos); return; }
-  let g = (h - NH) % NKV; let page = table[pos / P]; let slot = pos % P;
+${batched ? `  let per = (NH + 2u * NKV) * HD2; let bi = gid.x / per;
+  if (bi >= step.n) { return; }
+  let R = rows[bi]; let pos = R.pos; let row = R.row; let tab = R.tableAt; let h = (gid.x % per) / HD2; let j = gid.x % HD2;`
+  : `  let h = gid.x / HD2; let j = gid.x % HD2; let pos = step.start; let row = step.pad; let tab = 0u;
+  if (h >= NH + 2u * NKV) { return; }`}
+  let b = row * QKV + h * HD;
+  if (h < NH) { let o = row * NH * HD + h * HD; qr[o + 2u * j] = rot(b, 2u * j, pos); qr[o + 2u * j + 1u] = rot(b, 2u * j + 1u, pos); return; }
+  let g = (h - NH) % NKV; let page = table[tab + pos / P]; let slot = pos % P;
   let dst = ((page * NKV + g) * P + slot) * HD2 + j;
   if (h >= NH + NKV) { vc[dst] = pack2x16float(vec2<f32>(qkv[b + 2u * j], qkv[b + 2u * j + 1u])); return; }
   let k = pack2x16float(vec2<f32>(rot(b, 2u * j, pos), rot(b, 2u * j + 1u, pos)));
