@@ -306,6 +306,29 @@ export class GpuSession {
     }
   }
 
+  /** Pages first..first+count-1 of one layer taken from a mapped staging buffer (loading a session file
+   *  reads the file straight into `bytes`, laid out as readPages gives them, then `extra` bytes): one
+   *  GPU copy on commit(), no copy on the CPU. */
+  stagePages(layer: number, first: number, count: number, extra: number): { bytes: Uint8Array; commit(): void; discard(): void } {
+    const d = this.model.device, kb = this.store.kvPageBytes, mb = this.store.metaPageBytes, size = count * (2 * kb + mb) + extra;
+    const staging = d.createBuffer({ size: Math.ceil(size / 4) * 4, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true });
+    return {
+      bytes: new Uint8Array(staging.getMappedRange(), 0, size),
+      commit: () => {
+        staging.unmap();
+        const L = this.store.layers[layer], enc = d.createCommandEncoder();
+        for (const r of this.runs(first, count)) {
+          enc.copyBufferToBuffer(staging, r.at * kb, L.k, r.phys * kb, r.n * kb);
+          enc.copyBufferToBuffer(staging, (count + r.at) * kb, L.v, r.phys * kb, r.n * kb);
+          enc.copyBufferToBuffer(staging, 2 * count * kb + r.at * mb, L.meta, r.phys * mb, r.n * mb);
+        }
+        d.queue.submit([enc.finish()]);
+        staging.destroy();
+      },
+      discard: () => { staging.unmap(); staging.destroy(); },
+    };
+  }
+
   /** An empty session takes `tokens` as held, with pages for them (whose contents writePages fills). */
   adoptTokens(tokens: number[]): void {
     if (this.len !== 0) throw new Error('adoptTokens needs an empty session');

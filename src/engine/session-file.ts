@@ -31,6 +31,10 @@ export interface PersistentSequence {
   kvLayout(): KVLayout;
   readPages(layer: number, first: number, count: number): Promise<Uint8Array>;
   writePages(layer: number, first: number, count: number, data: Uint8Array): void;
+  /** Where a backend can take pages without a copy (WebGPU: a mapped staging buffer): the loader reads
+   *  the file straight into `bytes` (the pages as readPages lays them out, then `extra` bytes), then
+   *  calls commit() (or discard()). */
+  stagePages?(layer: number, first: number, count: number, extra: number): { bytes: Uint8Array; commit(): void; discard(): void };
   adoptTokens(tokens: number[]): void;
 }
 
@@ -174,15 +178,31 @@ export async function loadSession(seq: PersistentSequence, path: string, fingerp
     const count = (i: number) => Math.min(h.batchPages, h.pages - batches[i][1]);
     workers = new CrcWorkers(path, Math.max(1, Math.min(4, availableParallelism() - 1)));
     const checks: Promise<boolean>[] = [];
+    // each batch is read into memory the sequence takes as it is (a GPU staging buffer), or a fresh one
+    type Staged = { bytes: Uint8Array; commit(): void; discard(): void };
+    const staged: Staged[] = [], reads: Promise<Uint8Array>[] = [];
     let at = pos;
-    const ahead = readAhead(n, (i) => { const p = readAt(at, count(i) * per + DIGEST, 'pages'); p.catch(() => {}); at += count(i) * per + DIGEST; return p; });
-    for (let i = 0; i < n; i++) {
-      const batch = await ahead(i), len = count(i) * per, want = new DataView(batch.buffer, len, DIGEST).getUint32(0, true);
-      const check = workers.crc(pos, len).then((c) => c === want);
-      checks.push(check);
-      seq.writePages(batches[i][0], batches[i][1], count(i), batch.subarray(0, len));
-      pos += len + DIGEST;
-      o.onProgress?.(pos, total);
+    const read = (i: number): Promise<Uint8Array> => {
+      const len = count(i) * per + DIGEST, stage = seq.stagePages?.(batches[i][0], batches[i][1], count(i), DIGEST);
+      if (stage) staged[i] = stage;
+      const p = readAt(at, len, 'pages', stage?.bytes);
+      at += len;
+      reads.push(p);
+      return p;
+    };
+    const ahead = readAhead(n, (i) => { const p = read(i); p.catch(() => {}); return p; });
+    try {
+      for (let i = 0; i < n; i++) {
+        const batch = await ahead(i), len = count(i) * per, want = new DataView(batch.buffer, batch.byteOffset + len, DIGEST).getUint32(0, true);
+        checks.push(workers.crc(pos, len).then((c) => c === want));
+        if (staged[i]) { staged[i].commit(); delete staged[i]; } else seq.writePages(batches[i][0], batches[i][1], count(i), batch.subarray(0, len));
+        pos += len + DIGEST;
+        o.onProgress?.(pos, total);
+      }
+    } finally {
+      // (a failed load: the staging buffers of batches read ahead are let go once their reads are over)
+      const left = staged.filter(Boolean);
+      if (left.length) { await Promise.allSettled(reads); left.forEach((x) => x.discard()); }
     }
     if (!(await Promise.all(checks)).every(Boolean)) throw corrupt();
   } finally {

@@ -95,6 +95,12 @@ test('WebGPU: save -> load gives identical logits; a CPU session file is refused
   const g = await loadModel(modelA, { device: 'webgpu' }), file = join(dir, 'g.qkv');
   await roundTrip(g, file);
   await assert.rejects(g.loadSession(join(dir, 'a.qkv')), /saved with another KV layout \(f32 KV/);
+  // a flipped bit in a batch of pages (read straight into GPU staging memory) is refused, and the model
+  // still loads the good file afterwards
+  const bytes = readFileSync(file), flipped = Buffer.from(bytes); flipped[bytes.length - 300] ^= 0x10;
+  writeFileSync(join(dir, 'g-bad.qkv'), flipped);
+  await assert.rejects(g.loadSession(join(dir, 'g-bad.qkv')), /g-bad\.qkv: corrupt/);
+  (await g.loadSession(file)).dispose();
   g.dispose();
 });
 
