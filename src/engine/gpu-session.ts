@@ -71,7 +71,7 @@ export class GpuRunner {
     this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
     const hs = { nHeads: c.nHeads, headDim: c.headDim, pageSize };
     this.attScratch = this.usesMmaAttention ? buf(mmaAttentionScratch(hs, ROWS)) : null;
-    this.xq = buf(VEC_ROWS * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
+    this.xq = buf(MAX_BATCH * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
     this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
     this.decode = new DecodeAttention(d, { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize, maxPages: this.maxPages },
@@ -399,12 +399,18 @@ export class GpuSession {
     // BATCH_TOKENS sequences (measured on the H200: faster there than the tensor-core tiles, whose few
     // workgroups at so few rows leave the GPU idle; up to VEC_ROWS the matrix-vector kernels stay faster)
     const batched = batch !== null && n > VEC_ROWS;
+    // ... except products whose x is quantised to int8 (Q4_0 with integer dot products): there the
+    // matrix-vector kernels, one token per grid row, measured 2.2-2.8x faster on the H200 at batch 16-32
+    // (QUEST_BATCH_PRODUCT=vec|batch forces one or the other, to compare)
+    const forced = processEnv().QUEST_BATCH_PRODUCT;
+    const vecBatchOf = (l: GpuLinear) => batched && (forced === 'vec' || (forced !== 'batch' && m.quantisesX(l)));
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
-      if (batched && rows > 1) {
+      const vecBatch = vecBatchOf(l);
+      if (batched && rows > 1 && !vecBatch) {
         run(m.batchPipeline(l, add), 'linB', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, null, r.step], K.batchGrid(l.N, l.K, l.type, rows));
         return;
       }
-      const many = rows > VEC_ROWS, spec = pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm' as const, eps: c.normEps } : pro;
+      const many = rows > VEC_ROWS && !vecBatch, spec = pro?.kind === 'rmsnorm' ? { kind: 'rmsnorm' as const, eps: c.normEps } : pro;
       const nw = pro?.kind === 'rmsnorm' ? pro.weight : null;
       if (!many && m.quantisesX(l)) {
         // x (with the prologue) quantised to int8 first, then the product by integer dot products

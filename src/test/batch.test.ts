@@ -13,6 +13,8 @@ import { gpu, skipGpu } from './gpu.js';
 import type { AttentionOptions } from '../attention/policy.js';
 
 const loaded = loadModelFiles(tempFile('batch.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 3, heads: 8, kvHeads: 2, dtype: 'f16', seed: 31 })));
+// (Q4_0: where the GPU has integer dot products, a batched step's products quantise x to int8 per row)
+const loadedQ4 = loadModelFiles(tempFile('batch-q4.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 3, heads: 8, kvHeads: 2, dtype: 'q4_0', seed: 32 })));
 const promptOf = (n: number, seed: number) => { const r = rng(seed); return Array.from({ length: n }, () => Math.floor(r() * 100)); };
 
 type AnyS = Session | GpuSession;
@@ -60,12 +62,14 @@ for (const attention of policies) {
     const m = makeModel(loaded.config, loaded.weights);
     await checkBatch({ session: (a) => new Session(m, a), batch: async (st) => decodeBatch(st as { seq: Session; token: number }[]), tol: 1e-4 }, attention);
   });
-  test(`WebGPU: batched decode equals each sequence alone (${attention.policy}, sequences joining and leaving)`, { skip: skipGpu }, async () => {
-    const runner = new GpuRunner(GpuModel.upload(gpu!.device, loaded.config, loaded.weights), 16);
-    // (a batch of more than 4 rows runs tiled products, one of up to 4 matrix-vector ones: f16 rounding)
-    await checkBatch({ session: (a) => new GpuSession(runner, a), batch: (st) => gpuDecodeBatch(st as { seq: GpuSession; token: number }[]), tol: 2e-2 }, attention);
-    runner.dispose(); runner.m.dispose();
-  });
+  for (const [dtype, m] of [['f16', loaded], ['q4_0', loadedQ4]] as const) {
+    test(`WebGPU: batched decode equals each sequence alone (${attention.policy}, ${dtype}, sequences joining and leaving)`, { skip: skipGpu }, async () => {
+      const runner = new GpuRunner(GpuModel.upload(gpu!.device, m.config, m.weights), 16);
+      // (a batch of more than 4 rows runs other product kernels than one of up to 4: f16 rounding)
+      await checkBatch({ session: (a) => new GpuSession(runner, a), batch: (st) => gpuDecodeBatch(st as { seq: GpuSession; token: number }[]), tol: 2e-2 }, attention);
+      runner.dispose(); runner.m.dispose();
+    });
+  }
 }
 
 test('a batch refuses sequences of two models and a sequence twice, with clear errors', () => {
