@@ -190,14 +190,18 @@ export class GpuSession {
   private growReceived(tokens: number): void {
     const c = this.model.config, d = this.model.device;
     if (this.received && this.receivedCap >= tokens) return;
-    const cap = Math.max(1024, 2 ** Math.ceil(Math.log2(Math.max(1, tokens))));
+    const cap = Math.max(64, 2 ** Math.ceil(Math.log2(Math.max(1, tokens))));
     const next = d.createBuffer({ size: c.nLayers * c.nHeads * cap * 4, usage: storageUsage() });
     if (this.received) {
       const enc = d.createCommandEncoder();
       for (let r = 0; r < c.nLayers * c.nHeads; r++) enc.copyBufferToBuffer(this.received, r * this.receivedCap * 4, next, r * cap * 4, this.receivedCap * 4);
       d.queue.submit([enc.finish()]);
       this.received.destroy();
-      this.handed = null; // (laid out by the old cap; the policy then gets the whole sums once more: not reached by H2O, which hands over before growing)
+      if (this.handed) { // (what was handed over, laid out like the new buffer)
+        const was = this.handed, old = this.receivedCap;
+        this.handed = new Float32Array(c.nLayers * c.nHeads * cap);
+        for (let r = 0; r < c.nLayers * c.nHeads; r++) this.handed.set(was.subarray(r * old, (r + 1) * old), r * cap);
+      }
     }
     this.received = next; this.receivedCap = cap;
   }

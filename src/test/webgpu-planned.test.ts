@@ -155,14 +155,26 @@ for (const policy of ['streaming', 'h2o', 'tova', 'oracle', 'oracle-page'] as Po
     const cpu = new Session(cpuModel, attention), dev = new GpuSession(runner, attention), dense = new Session(cpuModel, { ...attention, policy: 'dense' });
     cpu.forward(prompt); await dev.forward(prompt, { chunk: 32 }); dense.forward(prompt);
     let maxDiff = 0, changed = false;
-    for (const t of steps) {
-      const a = cpu.forward([t]), b = await dev.forward([t]), d = dense.forward([t]);
-      for (let j = 0; j < a.length; j++) { maxDiff = Math.max(maxDiff, Math.abs(a[j] - b[j])); changed ||= Math.abs(a[j] - d[j]) > 1e-3; }
-      assert.equal(argmax(b), argmax(a), `${policy}: greedy token after ${t}`);
+    const decode = async () => {
+      for (const t of steps) {
+        const a = cpu.forward([t]), b = await dev.forward([t]), d = dense.forward([t]);
+        for (let j = 0; j < a.length; j++) { maxDiff = Math.max(maxDiff, Math.abs(a[j] - b[j])); changed ||= Math.abs(a[j] - d[j]) > 1e-3; }
+        assert.equal(argmax(b), argmax(a), `${policy}: greedy token after ${t}`);
+      }
+    };
+    await decode();
+    // a dense chunk between decode steps (the received-attention sums grow past 128 tokens after H2O
+    // has taken them once), then decode steps again. (Not for the oracles: they choose by exact scores,
+    // which the GPU's f16 keys and the CPU's f32 keys order differently at near ties as the context grows.)
+    if (!policy.startsWith('oracle')) {
+      const more = prompt.slice(0, 40);
+      cpu.forward(more, { dense: true }); await dev.forward(more, { dense: true }); dense.forward(more, { dense: true });
+      await decode();
     }
-    assert.ok(maxDiff < 1e-2, `${policy}: max |Δlogit| ${maxDiff}`);
-    assert.ok(changed, `${policy}: the selection changed nothing against dense (the policy is not in the loop)`);
     assert.deepEqual(kept(dev), kept(cpu), `${policy}: kept tokens`);
+    // (the GPU keeps K/V in f16: drift of order 1e-2 over ~150 tokens, as in the batch tests)
+    assert.ok(maxDiff < 2e-2, `${policy}: max |Δlogit| ${maxDiff}`);
+    assert.ok(changed, `${policy}: the selection changed nothing against dense (the policy is not in the loop)`);
     cpu.dispose(); dev.dispose(); dense.dispose(); runner.dispose(); runner.m.dispose();
   });
 }
