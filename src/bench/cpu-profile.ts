@@ -11,7 +11,7 @@ import { smolGguf } from './bench-models.js';
 
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
 // (kernels.wat's functions in order: the binary has no name section)
-const WASM_NAMES = ['hsum', 'h2f', 'dot', 'gemm_f32', 'f16_to_f32', 'bf16_to_f32', 'q8_0_to_f32', 'q4_0_to_f32', 'exp4', 'attend', 'accumulate', 'gemm_f16', 'page_scores'];
+const WASM_NAMES = ['hsum', 'h2f', 'dot', 'gemm_f32', 'f16_to_f32', 'bf16_to_f32', 'q8_0_to_f32', 'gemv_q8_0', 'q4_0_to_f32', 'exp4', 'attend', 'accumulate', 'gemm_f16', 'page_scores'];
 
 interface Node { id: number; callFrame: { functionName: string; url: string } }
 interface Profile { nodes: Node[]; samples: number[]; timeDeltas: number[] }

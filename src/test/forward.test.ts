@@ -7,7 +7,9 @@ import { existsSync } from 'node:fs';
 import { loadModelFiles, type LoadedModel } from '../model/load.js';
 import { makeModel, Session } from '../engine/session.js';
 import { argmax } from '../engine/sampler.js';
-import { refForward, refWeights, argmax64 } from './reference.js';
+import { refForward, refQuantiseX, refWeights, argmax64 } from './reference.js';
+import { matmul, Q8_X_TOKENS } from '../backend/cpu/kernels.js';
+import { wasm } from '../backend/wasm/runtime.js';
 import { randomGGUF, tempFile } from './fixtures.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
 import { rng } from '../engine/sampler.js';
@@ -19,7 +21,7 @@ function promptOf(n: number, vocab: number, seed = 7): number[] {
 }
 
 /** Top-1 equal at every position and max |Δlogit| under `tol`; greedy continuation equal. */
-function checkAgainstReference(m: LoadedModel, tokens: number[], tol: number, greedySteps: number): void {
+function checkAgainstReference(m: LoadedModel, tokens: number[], tol: number, greedySteps: number, quantisedDecode = false): void {
   const model = makeModel(m.config, m.weights);
   const V = m.config.vocabSize;
   const ours = new Session(model).forward(tokens, { logits: 'all', chunk: 17 }); // odd chunk: exercises chunked prefill
@@ -35,7 +37,8 @@ function checkAgainstReference(m: LoadedModel, tokens: number[], tol: number, gr
     let logits = s.forward(tokens);
     const seq = [...tokens], mine: number[] = [];
     for (let i = 0; i < greedySteps; i++) { const t = argmax(logits); mine.push(t); seq.push(t); logits = s.forward([t]); }
-    const refLogits = refForward(m.config, refWeights(m.weights), seq.slice(0, -1));
+    // (decode steps of Q8_0 weights take x quantised to Q8_0 on the SIMD path, as llama.cpp does)
+    const refLogits = refForward(m.config, refWeights(m.weights), seq.slice(0, -1), { quantiseX: (pos) => quantisedDecode && pos >= tokens.length });
     const refGreedy = refLogits.slice(tokens.length - 1).map((l) => argmax64(l));
     assert.deepEqual(mine, refGreedy, 'greedy continuation differs from the float64 reference');
   }
@@ -47,9 +50,29 @@ for (const dtype of ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'] as const) {
     const m = loadModelFiles(path);
     assert.equal(m.config.nKVHeads, 2);
     // the reference uses the same dequantised weights, so only arithmetic differs: f32 rounding
-    checkAgainstReference(m, promptOf(64, 96), 1e-3, 32);
+    checkAgainstReference(m, promptOf(64, 96), 1e-3, 32, dtype === 'q8_0' && wasm() !== null);
   });
 }
+
+test('a Q8_0 product of decode steps (x quantised to Q8_0, four rows at a time) matches float64; of more tokens, x as it is', () => {
+  const m = loadModelFiles(tempFile('q8.gguf', randomGGUF({ vocab: 96, dim: 64, hidden: 128, layers: 1, heads: 8, kvHeads: 2, dtype: 'q8_0', seed: 5 })));
+  const W = m.weights.layers[0].wGate, g = rng(9);
+  for (const n of [1, 3, 4, 5]) {
+    const x = Float32Array.from({ length: n * W.cols }, () => (g() - 0.5) * 4);
+    const out = new Float32Array(n * W.rows);
+    matmul(W, x, n, out);
+    const row = new Float32Array(W.cols);
+    for (let t = 0; t < n; t++) {
+      // decode steps (n <= 4, SIMD): x quantised like the reference's; more tokens: x as it is
+      const xt = Float64Array.from(x.subarray(t * W.cols, (t + 1) * W.cols)), xr = n <= Q8_X_TOKENS && wasm() ? refQuantiseX(xt) : xt;
+      for (let r = 0; r < W.rows; r++) {
+        W.row(r, row);
+        let want = 0; for (let i = 0; i < W.cols; i++) want += row[i] * xr[i];
+        assert.ok(Math.abs(out[t * W.rows + r] - want) < 1e-4 * (1 + Math.abs(want)), `n ${n} token ${t} row ${r}: ${out[t * W.rows + r]} vs ${want}`);
+      }
+    }
+  }
+});
 
 test('random Qwen2 GGUF (q/k/v biases, neox RoPE, untied) matches the float64 reference', () => {
   const path = tempFile('q.gguf', randomGGUF({ arch: 'qwen2', vocab: 80, dim: 64, hidden: 96, layers: 2, heads: 4, kvHeads: 1, seed: 5 }));

@@ -70,13 +70,37 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out:
   const parts = pool ? pool.size + 1 : 1;
   const xp = rt.scratchPtr('mm.x', n * cols * 4), op = rt.scratchPtr('mm.out', n * rows * 4);
   const scratch = Array.from({ length: parts }, (_, i) => (W.dtype === 'f32' ? 0 : rt.scratchPtr(`mm.w${i}`, block * cols * 4)));
+  // decode steps with Q8_0 weights: x quantised the same way once, then integer dot products (as llama.cpp)
+  const q8 = W.dtype === 'q8_0' && n <= Q8_X_TOKENS;
+  const xq = q8 ? rt.scratchPtr('mm.xq', n * cols * 2) : 0, xs = q8 ? rt.scratchPtr('mm.xs', (n * cols) / 8) : 0;
   rt.f32(xp, n * cols).set(x.subarray(0, n * cols));
+  if (q8) quantiseQ8(x, n * cols, new Int16Array(rt.memory.buffer, xq, n * cols), rt.f32(xs, (n * cols) / 32));
   const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
-  const args = (share: number) => [code, base, W.rowBytes, ...split(rows, parts, share, 4), cols, xp, n, op, rows, scratch[share], block];
-  const local = () => { const a = args(0); gemmRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11]); };
+  const args = (share: number) => [code, base, W.rowBytes, ...split(rows, parts, share, 4), cols, xp, n, op, rows, scratch[share], block, xq, xs];
+  const local = () => { const a = args(0); gemmRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13]); };
   if (pool) pool.run(OP_GEMM, args, null, local); else local();
   out.set(rt.f32(op, n * rows));
   if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += bias[r];
+}
+
+/** Products of up to this many tokens (decode steps) with Q8_0 weights take x quantised to Q8_0. */
+export const Q8_X_TOKENS = 4;
+
+/** Rounds to the nearest integer, ties to even (as the float64 reference's quantised x). */
+function roundEven(v: number): number {
+  const r = Math.round(v);
+  return r - v === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** x[0..len) quantised per block of 32 as Q8_0: q[i] = round(x[i] / s), s = max|x| / 127 per block. */
+export function quantiseQ8(x: Float32Array, len: number, q: Int16Array, scales: Float32Array): void {
+  for (let b = 0; b < len; b += 32) {
+    let m = 0;
+    for (let i = b; i < b + 32; i++) { const a = Math.abs(x[i]); if (a > m) m = a; }
+    const inv = m > 0 ? 127 / m : 0;
+    scales[b >> 5] = m / 127;
+    for (let i = b; i < b + 32; i++) q[i] = roundEven(x[i] * inv);
+  }
 }
 
 /** RMSNorm of n rows of length d. */

@@ -7,7 +7,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { WasmRuntime } from './runtime.js';
 
-export const OP_GEMM = 1;      // args: dtype, wBase, rowBytes, r0, r1, cols, x, n, out, stride, scratch, block
+export const OP_GEMM = 1;      // args: dtype, wBase, rowBytes, r0, r1, cols, x, n, out, stride, scratch, block, xq, xs
 export const OP_ATTEND = 2;    // args: h0, h1, n, start, nH, group, hd, q, out, kPtr, vPtr, table, pageStride, P, probs, received, recvStride; scale (f32) in the last slot
 export const DTYPE_CODE = { f32: 0, f16: 1, bf16: 2, q8_0: 3, q4_0: 4 } as const;
 export const SLOTS = 32; // i32 per worker control block: [0] seq, [1] done, [2] op, [3..] args

@@ -10,6 +10,7 @@ export interface KernelExports {
   bf16_to_f32(src: number, dst: number, n: number): void;
   q8_0_to_f32(src: number, dst: number, n: number): void;
   q4_0_to_f32(src: number, dst: number, n: number): void;
+  gemv_q8_0(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
   accumulate(dst: number, src: number, n: number): void;
   gemm_f16(w: number, rows: number, cols: number, x: number, n: number, out: number, outStride: number): void;
   page_scores(q: number, kmin: number, kmax: number, table: number, hd: number, np: number, stride: number, out: number): void;

@@ -2,10 +2,13 @@
 import type { KernelExports } from './runtime.js';
 
 /** out[t*stride + r] = W[r] · x[t] for rows r in [r0, r1); non-f32 rows converted a block at a time into
- *  this thread's own scratch. dtype codes: 0 f32, 1 f16, 2 bf16, 3 q8_0, 4 q4_0. */
+ *  this thread's own scratch. dtype codes: 0 f32, 1 f16, 2 bf16, 3 q8_0, 4 q4_0. `xq`/`xs` (non-zero):
+ *  x quantised to Q8_0 (cpu/kernels.ts quantiseQ8) for Q8_0 weights: integer dot products, four rows at a
+ *  time, nothing converted. */
 export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowBytes: number, r0: number, r1: number, cols: number,
-                          x: number, n: number, out: number, stride: number, scratch: number, block: number): void {
+                          x: number, n: number, out: number, stride: number, scratch: number, block: number, xq = 0, xs = 0): void {
   if (r1 <= r0) return;
+  if (dtype === 3 && xq && (r1 - r0) % 4 === 0) { k.gemv_q8_0(wBase + r0 * rowBytes, r1 - r0, cols, xq, xs, n, out + r0 * 4, stride); return; }
   if (dtype === 0) { k.gemm_f32(wBase + r0 * rowBytes, r1 - r0, cols, x, n, out + r0 * 4, stride); return; }
   // few tokens (decode): f16 converted in registers; more tokens: a converted block is reused by all of them
   if (dtype === 1 && n <= 4) { k.gemm_f16(wBase + r0 * rowBytes, r1 - r0, cols, x, n, out + r0 * 4, stride); return; }
