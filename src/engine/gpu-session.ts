@@ -495,7 +495,7 @@ export class GpuSession {
           const sparse = !dense && a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
           r.decode.encode(pass, kv, total, sparse ? keep : 0);
           current = null;
-          if (!sparse && !plannedLayer && received && (reportAll || reportChunk)) report(l, r.qrot, c.nHeads * c.headDim);
+          if (!sparse && !plannedLayer && (reportAll || reportChunk)) report(l, r.qrot, c.nHeads * c.headDim);
         }
       } else {
         run(rope, 'rope', [r.qkv, m.ropeTable, r.step], K.grid64((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2));

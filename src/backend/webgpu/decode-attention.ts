@@ -578,8 +578,8 @@ export class DecodeAttention {
 
   /** Records one decode-attention call of one sequence. budgetPages = 0 (or >= the page count): dense.
    *  `only`: record just that stage (benchmarks time the stages one by one). */
-  encode(pass: GPUComputePassEncoder, layer: LayerBuffers, seqLen: number, budgetPages: number, only?: Stage, row = 0): void {
-    this.encodeRows(pass, layer, [{ seqLen, budgetPages, row }], only);
+  encode(pass: GPUComputePassEncoder, layer: LayerBuffers, seqLen: number, budgetPages: number, only?: Stage): void {
+    this.encodeRows(pass, layer, [{ seqLen, budgetPages }], only);
   }
 
   /** Records one decode-attention call of several sequences (batch row i: scratch slot i), each over

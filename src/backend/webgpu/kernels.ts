@@ -438,7 +438,7 @@ ${MAIN_1D}
 ${batched ? `  let per = (NH + 2u * NKV) * HD2; let bi = gid.x / per;
   if (bi >= step.n) { return; }
   let R = rows[bi]; let pos = R.pos; let row = R.row; let tab = R.tableAt; let h = (gid.x % per) / HD2; let j = gid.x % HD2;`
-  : `  let h = gid.x / HD2; let j = gid.x % HD2; let pos = step.start; let row = step.pad; let tab = 0u;
+  : `  let h = gid.x / HD2; let j = gid.x % HD2; let pos = step.start; let row = 0u; let tab = 0u;
   if (h >= NH + 2u * NKV) { return; }`}
   let b = row * QKV + h * HD;
   if (h < NH) { let o = row * NH * HD + h * HD; qr[o + 2u * j] = rot(b, 2u * j, pos); qr[o + 2u * j + 1u] = rot(b, 2u * j + 1u, pos); return; }
