@@ -6,6 +6,7 @@ import { loadModel, DEVICES } from '../engine/llm.js';
 import { runQaEval } from '../eval/qa.js';
 import { POLICY_NAMES, DEFAULT_ATTENTION, type AttentionOptions } from '../attention/policy.js';
 import { convertHFToGGUF } from '../model/convert.js';
+import { CONVERT_TYPES } from '../model/quant-mix.js';
 import { DEFAULT_MODEL } from './default-model.js';
 import { progressBar } from './progress.js';
 import { runRecallEval } from '../eval/recall.js';
@@ -135,7 +136,7 @@ addAttentionFlags(addPromptFlags(program.command('prefill').description('prefill
 program.command('convert').description('convert a Hugging Face Llama/Qwen2 folder to GGUF')
   .requiredOption('--model <dir>', 'Hugging Face folder')
   .requiredOption('--out <file>', 'GGUF file to write')
-  .addOption(new Option('--type <dtype>', 'weight type').choices(['f32', 'f16', 'q8_0', 'q4_0']).default('f16'))
+  .addOption(new Option('--type <dtype>', 'weight type, or llama.cpp\'s q4_k_m / q5_k_m mixes').choices(CONVERT_TYPES).default('f16'))
   .action((o) => {
     const bytes = convertHFToGGUF(o.model, o.type);
     writeFileSync(o.out, bytes);

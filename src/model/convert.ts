@@ -4,7 +4,8 @@ import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadHF } from './load.js';
 import { writeGGUF, type GGUFWriteTensor, type GGUFWriteValue } from './gguf.js';
-import { encodeTensor, type DType, type Matrix } from './tensor.js';
+import { encodeTensor, type Matrix } from './tensor.js';
+import { matrixType, type ConvertType } from './quant-mix.js';
 
 /** HF's rotate-half rows -> interleaved pairs: llama.cpp's permute(w, n_head). */
 function permuteQK(m: Float32Array, rows: number, cols: number, heads: number): Float32Array {
@@ -16,22 +17,24 @@ function permuteQK(m: Float32Array, rows: number, cols: number, heads: number): 
   return out;
 }
 
-export function convertHFToGGUF(dir: string, dtype: DType = 'f16'): Uint8Array {
+/** `dtype`: one tensor type for every matrix, or a llama.cpp mix (q4_k_m, q5_k_m); see quant-mix.ts. */
+export function convertHFToGGUF(dir: string, dtype: ConvertType = 'f16'): Uint8Array {
   const m = loadHF(dir);
   const c = m.config, w = m.weights;
   const arch = c.arch === 'mistral' ? 'llama' : c.arch;
   const tensors: GGUFWriteTensor[] = [];
-  const mat = (name: string, x: Matrix, permuteHeads = 0, type: DType = dtype) => {
+  const tied = w.output === w.embed;
+  const mat = (name: string, x: Matrix, permuteHeads = 0) => {
     let v = x.toF32();
     if (permuteHeads && arch === 'llama') v = permuteQK(v, x.rows, x.cols, permuteHeads);
-    const t = x.cols % 32 === 0 || (type !== 'q8_0' && type !== 'q4_0') ? type : 'f16';
+    const t = matrixType(dtype, { name, cols: x.cols, nLayers: c.nLayers, tied });
     tensors.push({ name, dims: [x.cols, x.rows], dtype: t, data: encodeTensor(v, t) });
   };
   const vec = (name: string, v: Float32Array, permuteHeads = 0) => {
     const x = permuteHeads && arch === 'llama' ? permuteQK(v, v.length, 1, permuteHeads) : v;
     tensors.push({ name, dims: [v.length], dtype: 'f32', data: encodeTensor(x, 'f32') });
   };
-  mat('token_embd.weight', w.embed, 0, dtype === 'q4_0' ? 'q8_0' : dtype);
+  mat('token_embd.weight', w.embed);
   w.layers.forEach((L, l) => {
     const p = `blk.${l}.`;
     vec(p + 'attn_norm.weight', L.attnNorm); vec(p + 'ffn_norm.weight', L.ffnNorm);
@@ -43,7 +46,7 @@ export function convertHFToGGUF(dir: string, dtype: DType = 'f16'): Uint8Array {
     mat(p + 'ffn_gate.weight', L.wGate); mat(p + 'ffn_up.weight', L.wUp); mat(p + 'ffn_down.weight', L.wDown);
   });
   vec('output_norm.weight', w.finalNorm);
-  if (w.output !== w.embed) mat('output.weight', w.output);
+  if (!tied) mat('output.weight', w.output);
 
   const u32 = (value: number): GGUFWriteValue => ({ type: 'u32', value });
   const meta: [string, GGUFWriteValue][] = [

@@ -1,17 +1,22 @@
 // GGUF (llama.cpp's model format): reader and writer. Spec: ggml/docs/gguf.md.
 import { ByteReader, utf8 } from './file-bytes.js';
 import { rowBytes, type DType } from './tensor.js';
+import { QUANT_FORMATS, type QuantType } from './quants.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" little-endian
 
 // ggml tensor type ids we read and write
-const GGML_TYPES: Record<number, DType> = { 0: 'f32', 1: 'f16', 2: 'q4_0', 8: 'q8_0', 30: 'bf16' };
+const DTYPE_IDS = {
+  f32: 0, f16: 1, bf16: 30,
+  ...Object.fromEntries(Object.entries(QUANT_FORMATS).map(([t, f]) => [t, f.ggmlId])) as Record<QuantType, number>,
+} as Record<DType, number>;
+const GGML_TYPES: Record<number, DType> = Object.fromEntries(Object.entries(DTYPE_IDS).map(([t, id]) => [id, t as DType]));
 const GGML_TYPE_NAMES: Record<number, string> = {
-  3: 'Q4_1', 6: 'Q5_0', 7: 'Q5_1', 9: 'Q8_1', 10: 'Q2_K', 11: 'Q3_K', 12: 'Q4_K', 13: 'Q5_K', 14: 'Q6_K', 15: 'Q8_K',
-  16: 'IQ2_XXS', 17: 'IQ2_XS', 18: 'IQ3_XXS', 19: 'IQ1_S', 20: 'IQ4_NL', 21: 'IQ3_S', 22: 'IQ2_S', 23: 'IQ4_XS', 24: 'I8',
-  25: 'I16', 26: 'I32', 27: 'I64', 28: 'F64', 29: 'IQ1_M',
+  9: 'Q8_1', 15: 'Q8_K', 16: 'IQ2_XXS', 17: 'IQ2_XS', 18: 'IQ3_XXS', 19: 'IQ1_S', 21: 'IQ3_S', 22: 'IQ2_S', 24: 'I8',
+  25: 'I16', 26: 'I32', 27: 'I64', 28: 'F64', 29: 'IQ1_M', 34: 'TQ1_0', 35: 'TQ2_0', 39: 'MXFP4',
 };
-const DTYPE_IDS: Record<DType, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 8, bf16: 30 };
+/** What we read, as llama.cpp names the types (for error messages). */
+const SUPPORTED = ['F32', 'F16', 'BF16', ...Object.values(QUANT_FORMATS).map((f) => f.name)].join(', ');
 
 enum VT { U8 = 0, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64 }
 
@@ -80,7 +85,7 @@ export function parseGGUF(bytes: Uint8Array, what = 'GGUF file'): GGUFFile {
     const dtype = GGML_TYPES[tid];
     if (!dtype) {
       throw new Error(`${what}: tensor ${name} has type ${GGML_TYPE_NAMES[tid] ?? `#${tid}`}, not supported ` +
-        `(supported: F32, F16, BF16, Q8_0, Q4_0; requantise with llama.cpp's llama-quantize)`);
+        `(supported: ${SUPPORTED}; requantise with llama.cpp's llama-quantize)`);
     }
     infos.push({ name, dims, dtype });
     rel.push(r.u64());

@@ -13,6 +13,7 @@ import { wasm } from '../backend/wasm/runtime.js';
 import { randomGGUF, tempFile } from './fixtures.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
 import { rng } from '../engine/sampler.js';
+import { QUANT_FORMATS, type QuantType } from '../model/quants.js';
 
 const STORIES = new URL('../../../shared/models/stories260K/model.bin', import.meta.url).pathname;
 
@@ -44,9 +45,10 @@ function checkAgainstReference(m: LoadedModel, tokens: number[], tol: number, gr
   }
 }
 
-for (const dtype of ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'] as const) {
+for (const dtype of ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'iq4_nl', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_xs'] as const) {
   test(`random GGUF (${dtype}, GQA 8/2) matches the float64 reference`, () => {
-    const path = tempFile('m.gguf', randomGGUF({ vocab: 96, dim: 64, hidden: 128, layers: 2, heads: 8, kvHeads: 2, dtype, seed: 3 }));
+    const wide = QUANT_FORMATS[dtype as QuantType]?.elems === 256; // rows of whole 256-element blocks
+    const path = tempFile('m.gguf', randomGGUF({ vocab: 96, dim: wide ? 256 : 64, hidden: wide ? 512 : 128, layers: 2, heads: 8, kvHeads: 2, dtype, seed: 3 }));
     const m = loadModelFiles(path);
     assert.equal(m.config.nKVHeads, 2);
     // the reference uses the same dequantised weights, so only arithmetic differs: f32 rounding

@@ -1,0 +1,169 @@
+// llama.cpp's quantised tensor formats (ggml-common.h): block layouts and dequantisation to f32.
+// A row of a quantised matrix is a run of whole blocks; every type stores, per block, a few f16 scales
+// and packed integer codes. Written from the format definitions; the tests decode the same bytes with
+// an element-by-element float64 decoder of their own (test/quant-reference.ts) and through llama.cpp.
+import { F16_TABLE } from './half.js';
+
+export type QuantType = 'q8_0' | 'q4_0' | 'q4_1' | 'q5_0' | 'q5_1' | 'q2_k' | 'q3_k' | 'q4_k' | 'q5_k' | 'q6_k' | 'iq4_nl' | 'iq4_xs';
+
+export interface QuantFormat {
+  /** elements per block */
+  readonly elems: number;
+  /** bytes per block */
+  readonly bytes: number;
+  /** ggml's type id in GGUF files */
+  readonly ggmlId: number;
+  /** the name llama.cpp prints */
+  readonly name: string;
+}
+
+export const QUANT_FORMATS: Record<QuantType, QuantFormat> = {
+  q4_0: { elems: 32, bytes: 18, ggmlId: 2, name: 'Q4_0' },
+  q4_1: { elems: 32, bytes: 20, ggmlId: 3, name: 'Q4_1' },
+  q5_0: { elems: 32, bytes: 22, ggmlId: 6, name: 'Q5_0' },
+  q5_1: { elems: 32, bytes: 24, ggmlId: 7, name: 'Q5_1' },
+  q8_0: { elems: 32, bytes: 34, ggmlId: 8, name: 'Q8_0' },
+  q2_k: { elems: 256, bytes: 84, ggmlId: 10, name: 'Q2_K' },
+  q3_k: { elems: 256, bytes: 110, ggmlId: 11, name: 'Q3_K' },
+  q4_k: { elems: 256, bytes: 144, ggmlId: 12, name: 'Q4_K' },
+  q5_k: { elems: 256, bytes: 176, ggmlId: 13, name: 'Q5_K' },
+  q6_k: { elems: 256, bytes: 210, ggmlId: 14, name: 'Q6_K' },
+  iq4_nl: { elems: 32, bytes: 18, ggmlId: 20, name: 'IQ4_NL' },
+  iq4_xs: { elems: 256, bytes: 136, ggmlId: 23, name: 'IQ4_XS' },
+};
+
+export const isQuantType = (t: string): t is QuantType => t in QUANT_FORMATS;
+
+/** IQ4_NL / IQ4_XS: the 16 non-uniform levels a 4-bit code stands for. */
+export const IQ4_LEVELS = Int8Array.from([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]);
+
+const half = (b: Uint8Array, p: number) => F16_TABLE[b[p] | (b[p + 1] << 8)];
+
+/** Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes at `s`. */
+export function scaleMinK4(b: Uint8Array, s: number, j: number): [number, number] {
+  if (j < 4) return [b[s + j] & 63, b[s + j + 4] & 63];
+  return [(b[s + j + 4] & 0xf) | ((b[s + j - 4] >> 6) << 4), (b[s + j + 4] >> 4) | ((b[s + j] >> 6) << 4)];
+}
+
+/** Q3_K: the 16 signed 6-bit scales (already minus 32) from the 12 packed bytes at `s`: low nibbles in
+ *  bytes 0..7 (scales 8..15 in the high halves), the top two bits in bytes 8..11. */
+export function scalesQ3K(b: Uint8Array, s: number, out: Int8Array): void {
+  for (let i = 0; i < 16; i++) {
+    const low = i < 8 ? b[s + i] & 0xf : b[s + i - 8] >> 4;
+    const high = (b[s + 8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+    out[i] = (low | (high << 4)) - 32;
+  }
+}
+
+const q3Scales = new Int8Array(16);
+
+/** Dequantises `n` elements (whole blocks) of `type` from src[off..] into out[o..]. */
+export function dequantise(type: QuantType, src: Uint8Array, off: number, out: Float32Array, o: number, n: number): void {
+  const f = QUANT_FORMATS[type];
+  if (n % f.elems !== 0) throw new Error(`${f.name} data holds whole blocks of ${f.elems} elements, asked for ${n}`);
+  const b = src;
+  for (let p = off, end = o + n; o < end; p += f.bytes, o += f.elems) {
+    switch (type) {
+      case 'q8_0': {
+        const d = half(b, p);
+        for (let j = 0; j < 32; j++) out[o + j] = ((b[p + 2 + j] << 24) >> 24) * d;
+        break;
+      }
+      case 'q4_0': case 'iq4_nl': {
+        const d = half(b, p);
+        if (type === 'q4_0') for (let j = 0; j < 16; j++) { const x = b[p + 2 + j]; out[o + j] = ((x & 15) - 8) * d; out[o + j + 16] = ((x >> 4) - 8) * d; }
+        else for (let j = 0; j < 16; j++) { const x = b[p + 2 + j]; out[o + j] = IQ4_LEVELS[x & 15] * d; out[o + j + 16] = IQ4_LEVELS[x >> 4] * d; }
+        break;
+      }
+      case 'q4_1': {
+        const d = half(b, p), m = half(b, p + 2);
+        for (let j = 0; j < 16; j++) { const x = b[p + 4 + j]; out[o + j] = (x & 15) * d + m; out[o + j + 16] = (x >> 4) * d + m; }
+        break;
+      }
+      case 'q5_0': case 'q5_1': {
+        // the fifth bits of elements 0..31 in one little-endian u32
+        const d = half(b, p), m = type === 'q5_1' ? half(b, p + 2) : 0, hp = type === 'q5_1' ? p + 4 : p + 2;
+        const qh = (b[hp] | (b[hp + 1] << 8) | (b[hp + 2] << 16) | (b[hp + 3] << 24)) >>> 0, bias = type === 'q5_0' ? 16 : 0;
+        for (let j = 0; j < 16; j++) {
+          const x = b[hp + 4 + j];
+          out[o + j] = (((x & 15) | (((qh >>> j) & 1) << 4)) - bias) * d + m;
+          out[o + j + 16] = (((x >> 4) | (((qh >>> (j + 16)) & 1) << 4)) - bias) * d + m;
+        }
+        break;
+      }
+      case 'q2_k': {
+        // 16 sub-blocks of 16: 4-bit scale | 4-bit min per sub-block; 2-bit codes, four per byte
+        const d = half(b, p + 80), dmin = half(b, p + 82);
+        let y = o, is = 0;
+        for (let c = 0; c < 2; c++) {
+          const q = p + 16 + 32 * c;
+          for (let shift = 0; shift < 8; shift += 2) {
+            for (let h = 0; h < 2; h++) {
+              const sc = b[p + is++], dl = d * (sc & 15), ml = dmin * (sc >> 4);
+              for (let l = 0; l < 16; l++) out[y++] = dl * ((b[q + 16 * h + l] >> shift) & 3) - ml;
+            }
+          }
+        }
+        break;
+      }
+      case 'q3_k': {
+        // hmask (32) | 2-bit codes (64) | scales (12) | d: code - (high bit ? 0 : 4)
+        const d = half(b, p + 108);
+        scalesQ3K(b, p + 96, q3Scales);
+        let y = o, is = 0, m = 1;
+        for (let c = 0; c < 2; c++) {
+          const q = p + 32 + 32 * c;
+          for (let shift = 0; shift < 8; shift += 2, m <<= 1) {
+            for (let h = 0; h < 2; h++) {
+              const dl = d * q3Scales[is++];
+              for (let l = 0; l < 16; l++) {
+                const k = 16 * h + l;
+                out[y++] = dl * (((b[q + k] >> shift) & 3) - (b[p + k] & m ? 0 : 4));
+              }
+            }
+          }
+        }
+        break;
+      }
+      case 'q4_k': case 'q5_k': {
+        // d | dmin | 12 bytes of 6-bit scales and mins | (Q5_K: 32 bytes of fifth bits) | 4-bit codes
+        const d = half(b, p), dmin = half(b, p + 2), five = type === 'q5_k', qs = p + (five ? 48 : 16);
+        for (let c = 0; c < 4; c++) {
+          const [s1, m1] = scaleMinK4(b, p + 4, 2 * c), [s2, m2] = scaleMinK4(b, p + 4, 2 * c + 1);
+          const d1 = d * s1, n1 = dmin * m1, d2 = d * s2, n2 = dmin * m2, y = o + 64 * c;
+          for (let l = 0; l < 32; l++) {
+            const x = b[qs + 32 * c + l], hi = five ? b[p + 16 + l] >> (2 * c) : 0;
+            out[y + l] = d1 * ((x & 15) | ((hi & 1) << 4)) - n1;
+            out[y + 32 + l] = d2 * ((x >> 4) | ((hi & 2) << 3)) - n2;
+          }
+        }
+        break;
+      }
+      case 'q6_k': {
+        // low 4 bits (128) | high 2 bits (64) | 16 int8 scales | d
+        const d = half(b, p + 208);
+        for (let c = 0; c < 2; c++) {
+          const ql = p + 64 * c, qh = p + 128 + 32 * c, sc = p + 192 + 8 * c, y = o + 128 * c;
+          for (let l = 0; l < 32; l++) {
+            const is = sc + (l >> 4), h = b[qh + l];
+            out[y + l] = d * ((b[is] << 24) >> 24) * (((b[ql + l] & 15) | ((h & 3) << 4)) - 32);
+            out[y + l + 32] = d * ((b[is + 2] << 24) >> 24) * (((b[ql + l + 32] & 15) | (((h >> 2) & 3) << 4)) - 32);
+            out[y + l + 64] = d * ((b[is + 4] << 24) >> 24) * (((b[ql + l] >> 4) | (((h >> 4) & 3) << 4)) - 32);
+            out[y + l + 96] = d * ((b[is + 6] << 24) >> 24) * (((b[ql + l + 32] >> 4) | (((h >> 6) & 3) << 4)) - 32);
+          }
+        }
+        break;
+      }
+      case 'iq4_xs': {
+        // d | high 2 bits of the 8 scales (u16) | low 4 bits (4 bytes) | 4-bit codes into IQ4_LEVELS
+        const d = half(b, p), sh = b[p + 2] | (b[p + 3] << 8);
+        for (let sb = 0; sb < 8; sb++) {
+          const ls = ((b[p + 4 + (sb >> 1)] >> (4 * (sb & 1))) & 15) | (((sh >> (2 * sb)) & 3) << 4);
+          const dl = d * (ls - 32), q = p + 8 + 16 * sb, y = o + 32 * sb;
+          for (let j = 0; j < 16; j++) { const x = b[q + j]; out[y + j] = dl * IQ4_LEVELS[x & 15]; out[y + j + 16] = dl * IQ4_LEVELS[x >> 4]; }
+        }
+        break;
+      }
+    }
+  }
+}
