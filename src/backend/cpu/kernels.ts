@@ -77,7 +77,7 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out:
   if (q8) quantiseQ8(x, n * cols, new Int16Array(rt.memory.buffer, xq, n * cols), rt.f32(xs, (n * cols) / 32));
   const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
   const args = (share: number) => [code, base, W.rowBytes, ...split(rows, parts, share, 4), cols, xp, n, op, rows, scratch[share], block, xq, xs];
-  const local = () => { const a = args(0); gemmRange(rt.k, rt.memory, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13]); };
+  const local = () => { const a = args(0); gemmRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13]); };
   if (pool) pool.run(OP_GEMM, args, null, local); else local();
   out.set(rt.f32(op, n * rows));
   if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += bias[r];

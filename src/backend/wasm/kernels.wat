@@ -233,6 +233,244 @@
       (local.set $dst (i32.add (local.get $dst) (i32.const 128)))
       (br $l))))
 
+;; ---- K-quants (llama.cpp's Q4_K / Q5_K / Q6_K, 256-element blocks; layouts in src/model/quants.ts)
+
+  ;; dst[0..16) = d * q - m for the 16 signed byte lanes of q
+  (func $bytes_to_f32 (param $q v128) (param $d v128) (param $m v128) (param $dst i32)
+    (local $x16 v128)
+    (local.set $x16 (i16x8.extend_low_i8x16_s (local.get $q)))
+    (v128.store (local.get $dst) (f32x4.sub (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $x16)))) (local.get $m)))
+    (v128.store offset=16 (local.get $dst) (f32x4.sub (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $x16)))) (local.get $m)))
+    (local.set $x16 (i16x8.extend_high_i8x16_s (local.get $q)))
+    (v128.store offset=32 (local.get $dst) (f32x4.sub (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $x16)))) (local.get $m)))
+    (v128.store offset=48 (local.get $dst) (f32x4.sub (f32x4.mul (local.get $d) (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $x16)))) (local.get $m))))
+
+  ;; one f16 at p as f32
+  (func $half (param $p i32) (result f32)
+    (f32x4.extract_lane 0 (call $h2f (i32x4.splat (i32.load16_u (local.get $p))))))
+
+  ;; Q4_K / Q5_K: the 6-bit scale (min = 0) or min (min = 1) of sub-block j from the 12 bytes at s
+  (func $k4_scale (param $s i32) (param $j i32) (param $min i32) (result f32)
+    (local $b i32)
+    (if (result f32) (i32.lt_u (local.get $j) (i32.const 4))
+      (then (f32.convert_i32_u (i32.and (i32.load8_u (i32.add (i32.add (local.get $s) (local.get $j)) (i32.shl (local.get $min) (i32.const 2)))) (i32.const 63))))
+      (else
+        (local.set $b (i32.load8_u (i32.add (i32.add (local.get $s) (local.get $j)) (i32.const 4))))
+        (f32.convert_i32_u (i32.or
+          (if (result i32) (local.get $min) (then (i32.shr_u (local.get $b) (i32.const 4))) (else (i32.and (local.get $b) (i32.const 15))))
+          (i32.shl (i32.shr_u (i32.load8_u (i32.sub (i32.add (local.get $s) (local.get $j)) (i32.shl (i32.eqz (local.get $min)) (i32.const 2)))) (i32.const 6)) (i32.const 4)))))))
+
+  ;; Q4_K (five = 0: 144-byte blocks d, dmin, scales[12], qs[128]) and Q5_K (five = 1: 176-byte blocks
+  ;; with qh[32], the fifth bits, before qs) -> f32; n % 256 == 0
+  (func $k45_to_f32 (param $src i32) (param $dst i32) (param $n i32) (param $five i32)
+    (local $end i32) (local $d f32) (local $dm f32) (local $c i32) (local $k i32) (local $qs i32) (local $q v128) (local $h v128)
+    (local $s1 v128) (local $m1 v128) (local $s2 v128) (local $m2 v128) (local $lo v128) (local $hi v128) (local $o i32)
+    (local.set $end (i32.add (local.get $dst) (i32.shl (local.get $n) (i32.const 2))))
+    (block $done (loop $blocks
+      (br_if $done (i32.ge_u (local.get $dst) (local.get $end)))
+      (local.set $d (call $half (local.get $src)))
+      (local.set $dm (call $half (i32.add (local.get $src) (i32.const 2))))
+      (local.set $c (i32.const 0))
+      (loop $chunks
+        (local.set $s1 (f32x4.splat (f32.mul (local.get $d) (call $k4_scale (i32.add (local.get $src) (i32.const 4)) (i32.shl (local.get $c) (i32.const 1)) (i32.const 0)))))
+        (local.set $m1 (f32x4.splat (f32.mul (local.get $dm) (call $k4_scale (i32.add (local.get $src) (i32.const 4)) (i32.shl (local.get $c) (i32.const 1)) (i32.const 1)))))
+        (local.set $s2 (f32x4.splat (f32.mul (local.get $d) (call $k4_scale (i32.add (local.get $src) (i32.const 4)) (i32.add (i32.shl (local.get $c) (i32.const 1)) (i32.const 1)) (i32.const 0)))))
+        (local.set $m2 (f32x4.splat (f32.mul (local.get $dm) (call $k4_scale (i32.add (local.get $src) (i32.const 4)) (i32.add (i32.shl (local.get $c) (i32.const 1)) (i32.const 1)) (i32.const 1)))))
+        (local.set $qs (i32.add (i32.add (local.get $src) (select (i32.const 48) (i32.const 16) (local.get $five))) (i32.shl (local.get $c) (i32.const 5))))
+        (local.set $k (i32.const 0))
+        (loop $halves
+          (local.set $q (v128.load (i32.add (local.get $qs) (local.get $k))))
+          (local.set $lo (v128.and (local.get $q) (i8x16.splat (i32.const 15))))
+          (local.set $hi (i8x16.shr_u (local.get $q) (i32.const 4)))
+          (if (local.get $five) (then
+            ;; fifth bits of elements 64c + l and 64c + 32 + l: bits 2c and 2c+1 of qh[l]
+            (local.set $h (i8x16.shr_u (v128.load (i32.add (i32.add (local.get $src) (i32.const 16)) (local.get $k))) (i32.shl (local.get $c) (i32.const 1))))
+            (local.set $lo (v128.or (local.get $lo) (i8x16.shl (v128.and (local.get $h) (i8x16.splat (i32.const 1))) (i32.const 4))))
+            (local.set $hi (v128.or (local.get $hi) (i8x16.shl (v128.and (local.get $h) (i8x16.splat (i32.const 2))) (i32.const 3))))))
+          (local.set $o (i32.add (local.get $dst) (i32.shl (i32.add (i32.shl (local.get $c) (i32.const 6)) (local.get $k)) (i32.const 2))))
+          (call $bytes_to_f32 (local.get $lo) (local.get $s1) (local.get $m1) (local.get $o))
+          (call $bytes_to_f32 (local.get $hi) (local.get $s2) (local.get $m2) (i32.add (local.get $o) (i32.const 128)))
+          (local.set $k (i32.add (local.get $k) (i32.const 16)))
+          (br_if $halves (i32.lt_u (local.get $k) (i32.const 32))))
+        (local.set $c (i32.add (local.get $c) (i32.const 1)))
+        (br_if $chunks (i32.lt_u (local.get $c) (i32.const 4))))
+      (local.set $src (i32.add (local.get $src) (select (i32.const 176) (i32.const 144) (local.get $five))))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 1024)))
+      (br $blocks))))
+
+  (func (export "q4_k_to_f32") (param $src i32) (param $dst i32) (param $n i32)
+    (call $k45_to_f32 (local.get $src) (local.get $dst) (local.get $n) (i32.const 0)))
+  (func (export "q5_k_to_f32") (param $src i32) (param $dst i32) (param $n i32)
+    (call $k45_to_f32 (local.get $src) (local.get $dst) (local.get $n) (i32.const 1)))
+
+  ;; Q6_K (210-byte blocks: ql[128], qh[64], int8 scales[16], d) -> f32; n % 256 == 0. Half c of a block:
+  ;; element l (+32, +64, +96) takes the low (low, high, high) nibble of ql[64c + l] (ql[64c + 32 + l] for
+  ;; +32 and +96) and bits 0-1 (2-3, 4-5, 6-7) of qh[32c + l], minus 32, times d * scale[8c + l/16 (+2, +4, +6)]
+  (func (export "q6_k_to_f32") (param $src i32) (param $dst i32) (param $n i32)
+    (local $end i32) (local $d f32) (local $c i32) (local $k i32) (local $ql i32) (local $qh i32) (local $sc i32) (local $o i32)
+    (local $a v128) (local $b v128) (local $h v128) (local $m3 v128) (local $m15 v128) (local $b32 v128) (local $zero v128)
+    (local.set $m3 (i8x16.splat (i32.const 3))) (local.set $m15 (i8x16.splat (i32.const 15))) (local.set $b32 (i8x16.splat (i32.const 32)))
+    (local.set $end (i32.add (local.get $dst) (i32.shl (local.get $n) (i32.const 2))))
+    (block $done (loop $blocks
+      (br_if $done (i32.ge_u (local.get $dst) (local.get $end)))
+      (local.set $d (call $half (i32.add (local.get $src) (i32.const 208))))
+      (local.set $c (i32.const 0))
+      (loop $halves
+        (local.set $ql (i32.add (local.get $src) (i32.shl (local.get $c) (i32.const 6))))
+        (local.set $qh (i32.add (i32.add (local.get $src) (i32.const 128)) (i32.shl (local.get $c) (i32.const 5))))
+        (local.set $k (i32.const 0))
+        (loop $groups
+          (local.set $sc (i32.add (i32.add (i32.add (local.get $src) (i32.const 192)) (i32.shl (local.get $c) (i32.const 3))) (i32.shr_u (local.get $k) (i32.const 4))))
+          (local.set $a (v128.load (i32.add (local.get $ql) (local.get $k))))
+          (local.set $b (v128.load offset=32 (i32.add (local.get $ql) (local.get $k))))
+          (local.set $h (v128.load (i32.add (local.get $qh) (local.get $k))))
+          (local.set $o (i32.add (local.get $dst) (i32.shl (i32.add (i32.shl (local.get $c) (i32.const 7)) (local.get $k)) (i32.const 2))))
+          (call $bytes_to_f32
+            (i8x16.sub (v128.or (v128.and (local.get $a) (local.get $m15)) (i8x16.shl (v128.and (local.get $h) (local.get $m3)) (i32.const 4))) (local.get $b32))
+            (f32x4.splat (f32.mul (local.get $d) (f32.convert_i32_s (i32.load8_s (local.get $sc))))) (local.get $zero) (local.get $o))
+          (call $bytes_to_f32
+            (i8x16.sub (v128.or (v128.and (local.get $b) (local.get $m15)) (i8x16.shl (v128.and (i8x16.shr_u (local.get $h) (i32.const 2)) (local.get $m3)) (i32.const 4))) (local.get $b32))
+            (f32x4.splat (f32.mul (local.get $d) (f32.convert_i32_s (i32.load8_s offset=2 (local.get $sc))))) (local.get $zero) (i32.add (local.get $o) (i32.const 128)))
+          (call $bytes_to_f32
+            (i8x16.sub (v128.or (i8x16.shr_u (local.get $a) (i32.const 4)) (i8x16.shl (v128.and (i8x16.shr_u (local.get $h) (i32.const 4)) (local.get $m3)) (i32.const 4))) (local.get $b32))
+            (f32x4.splat (f32.mul (local.get $d) (f32.convert_i32_s (i32.load8_s offset=4 (local.get $sc))))) (local.get $zero) (i32.add (local.get $o) (i32.const 256)))
+          (call $bytes_to_f32
+            (i8x16.sub (v128.or (i8x16.shr_u (local.get $b) (i32.const 4)) (i8x16.shl (i8x16.shr_u (local.get $h) (i32.const 6)) (i32.const 4))) (local.get $b32))
+            (f32x4.splat (f32.mul (local.get $d) (f32.convert_i32_s (i32.load8_s offset=6 (local.get $sc))))) (local.get $zero) (i32.add (local.get $o) (i32.const 384)))
+          (local.set $k (i32.add (local.get $k) (i32.const 16)))
+          (br_if $groups (i32.lt_u (local.get $k) (i32.const 32))))
+        (local.set $c (i32.add (local.get $c) (i32.const 1)))
+        (br_if $halves (i32.lt_u (local.get $c) (i32.const 2))))
+      (local.set $src (i32.add (local.get $src) (i32.const 210)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 1024)))
+      (br $blocks))))
+
+;; ---- the other 32-element formats (Q4_1, Q5_0, Q5_1, IQ4_NL) and IQ4_XS, Q2_K, Q3_K
+
+  ;; IQ4_NL / IQ4_XS levels, looked up by a byte swizzle
+  (global $iq4 v128 (v128.const i8x16 -127 -104 -83 -65 -49 -35 -22 -10 1 13 25 38 53 69 89 113))
+
+  ;; 16 bytes, byte j = 16 if bit j of the 16-bit value v is set, else 0 (the fifth bits of Q5_0 / Q5_1)
+  (func $bits16 (param $v i32) (result v128)
+    (local $m v128)
+    (local.set $m (v128.const i8x16 1 2 4 8 16 32 64 -128 1 2 4 8 16 32 64 -128))
+    (v128.and (i8x16.eq (v128.and (i8x16.swizzle (i32x4.splat (local.get $v)) (v128.const i8x16 0 0 0 0 0 0 0 0 1 1 1 1 1 1 1 1)) (local.get $m)) (local.get $m))
+      (i8x16.splat (i32.const 16))))
+
+  ;; 32-element blocks of kind 0 Q4_1 (d, m, qs[16]: 20 bytes), 1 Q5_0 (d, qh, qs: 22), 2 Q5_1 (d, m, qh,
+  ;; qs: 24), 3 IQ4_NL (d, qs: 18) -> f32: element j is the low nibble of qs[j], element j+16 the high one
+  (func $q32_to_f32 (param $src i32) (param $dst i32) (param $n i32) (param $kind i32)
+    (local $end i32) (local $d v128) (local $m v128) (local $q v128) (local $lo v128) (local $hi v128) (local $qs i32) (local $qh i32)
+    (local.set $end (i32.add (local.get $dst) (i32.shl (local.get $n) (i32.const 2))))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $dst) (local.get $end)))
+      (local.set $d (f32x4.splat (call $half (local.get $src))))
+      ;; the offset subtracted: -m for Q4_1 / Q5_1, 16 d for Q5_0, 0 for IQ4_NL
+      (local.set $m (if (result v128) (i32.eq (local.get $kind) (i32.const 1))
+        (then (f32x4.mul (local.get $d) (f32x4.splat (f32.const 16))))
+        (else (if (result v128) (i32.eq (local.get $kind) (i32.const 3)) (then (v128.const i32x4 0 0 0 0))
+          (else (f32x4.neg (f32x4.splat (call $half (i32.add (local.get $src) (i32.const 2))))))))))
+      ;; qs after d (2), m (2) and qh (4) where the kind has them
+      (local.set $qs (i32.add (local.get $src) (select (i32.const 2) (select (i32.const 8) (select (i32.const 6) (i32.const 4) (i32.eq (local.get $kind) (i32.const 1)))
+        (i32.eq (local.get $kind) (i32.const 2))) (i32.eq (local.get $kind) (i32.const 3)))))
+      (local.set $q (v128.load (local.get $qs)))
+      (local.set $lo (v128.and (local.get $q) (i8x16.splat (i32.const 15))))
+      (local.set $hi (i8x16.shr_u (local.get $q) (i32.const 4)))
+      (if (i32.eq (local.get $kind) (i32.const 3)) (then
+        (local.set $lo (i8x16.swizzle (global.get $iq4) (local.get $lo)))
+        (local.set $hi (i8x16.swizzle (global.get $iq4) (local.get $hi)))))
+      (if (i32.or (i32.eq (local.get $kind) (i32.const 1)) (i32.eq (local.get $kind) (i32.const 2))) (then
+        (local.set $qh (i32.load (i32.sub (local.get $qs) (i32.const 4))))
+        (local.set $lo (v128.or (local.get $lo) (call $bits16 (local.get $qh))))
+        (local.set $hi (v128.or (local.get $hi) (call $bits16 (i32.shr_u (local.get $qh) (i32.const 16)))))))
+      (call $bytes_to_f32 (local.get $lo) (local.get $d) (local.get $m) (local.get $dst))
+      (call $bytes_to_f32 (local.get $hi) (local.get $d) (local.get $m) (i32.add (local.get $dst) (i32.const 64)))
+      (local.set $src (i32.add (local.get $qs) (i32.const 16)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 128)))
+      (br $l))))
+
+  (func (export "q4_1_to_f32") (param $src i32) (param $dst i32) (param $n i32) (call $q32_to_f32 (local.get $src) (local.get $dst) (local.get $n) (i32.const 0)))
+  (func (export "q5_0_to_f32") (param $src i32) (param $dst i32) (param $n i32) (call $q32_to_f32 (local.get $src) (local.get $dst) (local.get $n) (i32.const 1)))
+  (func (export "q5_1_to_f32") (param $src i32) (param $dst i32) (param $n i32) (call $q32_to_f32 (local.get $src) (local.get $dst) (local.get $n) (i32.const 2)))
+  (func (export "iq4_nl_to_f32") (param $src i32) (param $dst i32) (param $n i32) (call $q32_to_f32 (local.get $src) (local.get $dst) (local.get $n) (i32.const 3)))
+
+  ;; IQ4_XS (136-byte blocks: d, scales_h (u16), scales_l[4], qs[128]) -> f32; n % 256 == 0
+  (func (export "iq4_xs_to_f32") (param $src i32) (param $dst i32) (param $n i32)
+    (local $end i32) (local $d f32) (local $sb i32) (local $ls i32) (local $dl v128) (local $q v128) (local $zero v128)
+    (local.set $end (i32.add (local.get $dst) (i32.shl (local.get $n) (i32.const 2))))
+    (block $done (loop $blocks
+      (br_if $done (i32.ge_u (local.get $dst) (local.get $end)))
+      (local.set $d (call $half (local.get $src)))
+      (local.set $sb (i32.const 0))
+      (loop $subs
+        (local.set $ls (i32.or
+          (i32.and (i32.shr_u (i32.load8_u (i32.add (i32.add (local.get $src) (i32.const 4)) (i32.shr_u (local.get $sb) (i32.const 1))))
+                              (i32.shl (i32.and (local.get $sb) (i32.const 1)) (i32.const 2))) (i32.const 15))
+          (i32.shl (i32.and (i32.shr_u (i32.load16_u offset=2 (local.get $src)) (i32.shl (local.get $sb) (i32.const 1))) (i32.const 3)) (i32.const 4))))
+        (local.set $dl (f32x4.splat (f32.mul (local.get $d) (f32.convert_i32_s (i32.sub (local.get $ls) (i32.const 32))))))
+        (local.set $q (v128.load offset=8 (i32.add (local.get $src) (i32.shl (local.get $sb) (i32.const 4)))))
+        (call $bytes_to_f32 (i8x16.swizzle (global.get $iq4) (v128.and (local.get $q) (i8x16.splat (i32.const 15)))) (local.get $dl) (local.get $zero)
+          (i32.add (local.get $dst) (i32.shl (local.get $sb) (i32.const 7))))
+        (call $bytes_to_f32 (i8x16.swizzle (global.get $iq4) (i8x16.shr_u (local.get $q) (i32.const 4))) (local.get $dl) (local.get $zero)
+          (i32.add (i32.add (local.get $dst) (i32.shl (local.get $sb) (i32.const 7))) (i32.const 64)))
+        (local.set $sb (i32.add (local.get $sb) (i32.const 1)))
+        (br_if $subs (i32.lt_u (local.get $sb) (i32.const 8))))
+      (local.set $src (i32.add (local.get $src) (i32.const 136)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 1024)))
+      (br $blocks))))
+
+  ;; Q3_K's signed 6-bit scale i from the 12 bytes at s: low nibble from byte i (i < 8) or the high one of
+  ;; byte i - 8, top two bits from byte 8 + i%4 at bits 2*(i/4)
+  (func $q3_scale (param $s i32) (param $i i32) (result f32)
+    (f32.convert_i32_s (i32.sub (i32.or
+      (if (result i32) (i32.lt_u (local.get $i) (i32.const 8))
+        (then (i32.and (i32.load8_u (i32.add (local.get $s) (local.get $i))) (i32.const 15)))
+        (else (i32.shr_u (i32.load8_u (i32.sub (i32.add (local.get $s) (local.get $i)) (i32.const 8))) (i32.const 4))))
+      (i32.shl (i32.and (i32.shr_u (i32.load8_u (i32.add (i32.add (local.get $s) (i32.const 8)) (i32.and (local.get $i) (i32.const 3))))
+                                   (i32.shl (i32.shr_u (local.get $i) (i32.const 2)) (i32.const 1))) (i32.const 3)) (i32.const 4)))
+      (i32.const 32))))
+
+  ;; Q2_K (three = 0; 84-byte blocks scales[16], qs[64], d, dmin) and Q3_K (three = 1; 110-byte blocks
+  ;; hmask[32], qs[64], scales[12], d) -> f32; n % 256 == 0. Element 128c + 32s + 16h + l: bits 2s of
+  ;; qs[32c + 16h + l], scale 8c + 2s + h; Q3_K subtracts 4 unless bit 4c + s of hmask[16h + l] is set.
+  (func $k23_to_f32 (param $src i32) (param $dst i32) (param $n i32) (param $three i32)
+    (local $end i32) (local $d f32) (local $dm f32) (local $c i32) (local $sh i32) (local $h i32) (local $i i32) (local $sc i32)
+    (local $q v128) (local $scale v128) (local $min v128) (local $qs i32)
+    (local.set $end (i32.add (local.get $dst) (i32.shl (local.get $n) (i32.const 2))))
+    (block $done (loop $blocks
+      (br_if $done (i32.ge_u (local.get $dst) (local.get $end)))
+      (local.set $d (call $half (i32.add (local.get $src) (select (i32.const 108) (i32.const 80) (local.get $three)))))
+      (local.set $dm (call $half (i32.add (local.get $src) (i32.const 82))))
+      (local.set $qs (i32.add (local.get $src) (select (i32.const 32) (i32.const 16) (local.get $three))))
+      (local.set $i (i32.const 0))
+      (loop $subs
+        ;; i = 8c + 2s + h
+        (local.set $c (i32.shr_u (local.get $i) (i32.const 3)))
+        (local.set $sh (i32.and (i32.shr_u (local.get $i) (i32.const 1)) (i32.const 3)))
+        (local.set $h (i32.and (local.get $i) (i32.const 1)))
+        (local.set $q (v128.and (i8x16.shr_u (v128.load (i32.add (local.get $qs) (i32.add (i32.shl (local.get $c) (i32.const 5)) (i32.shl (local.get $h) (i32.const 4)))))
+                                             (i32.shl (local.get $sh) (i32.const 1))) (i8x16.splat (i32.const 3))))
+        (if (local.get $three)
+          (then
+            (local.set $q (i8x16.sub (v128.or (local.get $q) (i8x16.shl (v128.and (i8x16.shr_u (v128.load (i32.add (local.get $src) (i32.shl (local.get $h) (i32.const 4))))
+                                                                                               (i32.add (i32.shl (local.get $c) (i32.const 2)) (local.get $sh))) (i8x16.splat (i32.const 1))) (i32.const 2)))
+                                     (i8x16.splat (i32.const 4))))
+            (local.set $scale (f32x4.splat (f32.mul (local.get $d) (call $q3_scale (i32.add (local.get $src) (i32.const 96)) (local.get $i)))))
+            (local.set $min (v128.const i32x4 0 0 0 0)))
+          (else
+            (local.set $sc (i32.load8_u (i32.add (local.get $src) (local.get $i))))
+            (local.set $scale (f32x4.splat (f32.mul (local.get $d) (f32.convert_i32_u (i32.and (local.get $sc) (i32.const 15))))))
+            (local.set $min (f32x4.splat (f32.mul (local.get $dm) (f32.convert_i32_u (i32.shr_u (local.get $sc) (i32.const 4))))))))
+        (call $bytes_to_f32 (local.get $q) (local.get $scale) (local.get $min) (i32.add (local.get $dst) (i32.shl (local.get $i) (i32.const 6))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $subs (i32.lt_u (local.get $i) (i32.const 16))))
+      (local.set $src (i32.add (local.get $src) (select (i32.const 110) (i32.const 84) (local.get $three))))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 1024)))
+      (br $blocks))))
+
+  (func (export "q2_k_to_f32") (param $src i32) (param $dst i32) (param $n i32) (call $k23_to_f32 (local.get $src) (local.get $dst) (local.get $n) (i32.const 0)))
+  (func (export "q3_k_to_f32") (param $src i32) (param $dst i32) (param $n i32) (call $k23_to_f32 (local.get $src) (local.get $dst) (local.get $n) (i32.const 1)))
+
   ;; exp of 4 lanes (Cephes expf: x = k ln2 + r, polynomial for e^r, 2^k through the exponent bits)
   (func $exp4 (param $x v128) (result v128)
     (local $k v128) (local $r v128) (local $p v128)

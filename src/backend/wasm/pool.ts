@@ -12,8 +12,6 @@ export const OP_ATTEND = 2;    // args: h0, h1, n, start, nH, group, hd, q, out,
 export const DTYPE_CODE = {
   f32: 0, f16: 1, bf16: 2, q8_0: 3, q4_0: 4, q4_1: 5, q5_0: 6, q5_1: 7, q2_k: 8, q3_k: 9, q4_k: 10, q5_k: 11, q6_k: 12, iq4_nl: 13, iq4_xs: 14,
 } as const;
-/** The dtype of each code. */
-export const CODE_DTYPE = Object.keys(DTYPE_CODE) as (keyof typeof DTYPE_CODE)[];
 export const SLOTS = 32; // i32 per worker control block: [0] seq, [1] done, [2] op, [3..] args
 export const SEQ = 0, DONE = 1, OP = 2, ARG = 3;
 

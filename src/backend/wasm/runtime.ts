@@ -10,6 +10,16 @@ export interface KernelExports {
   bf16_to_f32(src: number, dst: number, n: number): void;
   q8_0_to_f32(src: number, dst: number, n: number): void;
   q4_0_to_f32(src: number, dst: number, n: number): void;
+  q4_k_to_f32(src: number, dst: number, n: number): void;
+  q5_k_to_f32(src: number, dst: number, n: number): void;
+  q6_k_to_f32(src: number, dst: number, n: number): void;
+  q4_1_to_f32(src: number, dst: number, n: number): void;
+  q5_0_to_f32(src: number, dst: number, n: number): void;
+  q5_1_to_f32(src: number, dst: number, n: number): void;
+  iq4_nl_to_f32(src: number, dst: number, n: number): void;
+  iq4_xs_to_f32(src: number, dst: number, n: number): void;
+  q2_k_to_f32(src: number, dst: number, n: number): void;
+  q3_k_to_f32(src: number, dst: number, n: number): void;
   gemv_q8_0(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
   accumulate(dst: number, src: number, n: number): void;
   gemm_f16(w: number, rows: number, cols: number, x: number, n: number, out: number, outStride: number): void;

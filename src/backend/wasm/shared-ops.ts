@@ -1,25 +1,25 @@
 // Kernel loops that run identically on the calling thread and on the workers (one share each).
 import type { KernelExports } from './runtime.js';
-import { dequantise, type QuantType } from '../../model/quants.js';
-import { CODE_DTYPE } from './pool.js';
+
+/** The SIMD converters to f32, by dtype code (pool.ts DTYPE_CODE). */
+const CONVERTERS: Record<number, (k: KernelExports) => (src: number, dst: number, n: number) => void> = {
+  1: (k) => k.f16_to_f32, 2: (k) => k.bf16_to_f32, 3: (k) => k.q8_0_to_f32, 4: (k) => k.q4_0_to_f32,
+  5: (k) => k.q4_1_to_f32, 6: (k) => k.q5_0_to_f32, 7: (k) => k.q5_1_to_f32, 8: (k) => k.q2_k_to_f32, 9: (k) => k.q3_k_to_f32,
+  10: (k) => k.q4_k_to_f32, 11: (k) => k.q5_k_to_f32, 12: (k) => k.q6_k_to_f32, 13: (k) => k.iq4_nl_to_f32, 14: (k) => k.iq4_xs_to_f32,
+};
 
 /** out[t*stride + r] = W[r] · x[t] for rows r in [r0, r1); non-f32 rows converted a block at a time into
- *  this thread's own scratch (pool.ts DTYPE_CODE; the formats without a kernel of their own are converted
- *  by quants.ts on `memory`, the shared wasm memory). `xq`/`xs` (non-zero):
+ *  this thread's own scratch (dtype: pool.ts DTYPE_CODE). `xq`/`xs` (non-zero):
  *  x quantised to Q8_0 (cpu/kernels.ts quantiseQ8) for Q8_0 weights: integer dot products, four rows at a
  *  time, nothing converted. */
-export function gemmRange(k: KernelExports, memory: WebAssembly.Memory, dtype: number, wBase: number, rowBytes: number, r0: number, r1: number, cols: number,
+export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowBytes: number, r0: number, r1: number, cols: number,
                           x: number, n: number, out: number, stride: number, scratch: number, block: number, xq = 0, xs = 0): void {
   if (r1 <= r0) return;
   if (dtype === 3 && xq && (r1 - r0) % 4 === 0) { k.gemv_q8_0(wBase + r0 * rowBytes, r1 - r0, cols, xq, xs, n, out + r0 * 4, stride); return; }
   if (dtype === 0) { k.gemm_f32(wBase + r0 * rowBytes, r1 - r0, cols, x, n, out + r0 * 4, stride); return; }
   // few tokens (decode): f16 converted in registers; more tokens: a converted block is reused by all of them
   if (dtype === 1 && n <= 4) { k.gemm_f16(wBase + r0 * rowBytes, r1 - r0, cols, x, n, out + r0 * 4, stride); return; }
-  const convert = dtype === 1 ? k.f16_to_f32 : dtype === 2 ? k.bf16_to_f32 : dtype === 3 ? k.q8_0_to_f32 : dtype === 4 ? k.q4_0_to_f32
-    : (src: number, dst: number, n: number) => {
-      const buf = memory.buffer; // re-read: the memory may have grown
-      dequantise(CODE_DTYPE[dtype] as QuantType, new Uint8Array(buf), src, new Float32Array(buf), dst >> 2, n);
-    };
+  const convert = CONVERTERS[dtype](k);
   for (let r = r0; r < r1; r += block) {
     const nb = Math.min(block, r1 - r);
     convert(wBase + r * rowBytes, scratch, nb * cols);
