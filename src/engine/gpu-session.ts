@@ -469,6 +469,10 @@ export class GpuSession {
       const L = m.layers[l];
       const kv = layers[l];
       normed(L.attnNorm, L.qkv, r.qkv);
+      if (L.qkNorm) {
+        run(m.pipeline('headnorm', () => K.headNormWgsl(hs, c.normEps)), 'headNorm', [r.qkv, L.qkNorm, r.step],
+          K.grid64((batch ? batch.length : n) * (c.nHeads + c.nKVHeads)));
+      }
       if (batch) {
         // one RoPE + append and one attention call for all the batch's sequences: each row at its
         // position, through its own page table, over its own pages, under its own budget

@@ -304,6 +304,7 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
     const L = w.layers[l];
     rmsnorm(xb, x, L.attnNorm, n, dim, c.normEps);
     matmul(L.wq, xb, n, q, L.bq); matmul(L.wk, xb, n, k, L.bk); matmul(L.wv, xb, n, v, L.bv);
+    if (L.qNorm) { rmsnorm(q, q, L.qNorm, n * nH, hd, c.normEps); rmsnorm(k, k, L.kNorm!, n * nKV, hd, c.normEps); } // Qwen3, per head
     parts.forEach((p, j) => {
       const kv = p.seq.cache.layers[l], r0 = rows[j], m = p.tokens.length;
       for (let i = 0; i < m; i++) {

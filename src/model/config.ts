@@ -11,7 +11,7 @@ export type RopeScaling =
   | { type: 'freq-factors'; factors: Float32Array }; // GGUF's rope_freqs tensor (Llama 3.1 GGUFs)
 
 export interface ModelConfig {
-  arch: 'llama' | 'qwen2' | 'mistral';
+  arch: 'llama' | 'qwen2' | 'qwen3' | 'mistral';
   vocabSize: number;
   dim: number;
   hiddenDim: number;
@@ -32,6 +32,8 @@ export interface LayerWeights {
   attnNorm: Float32Array;
   wq: Matrix; wk: Matrix; wv: Matrix; wo: Matrix;
   bq: Float32Array | null; bk: Float32Array | null; bv: Float32Array | null;
+  /** Qwen3: RMSNorm weights applied to each query and key head (length headDim) before RoPE */
+  qNorm: Float32Array | null; kNorm: Float32Array | null;
   ffnNorm: Float32Array;
   wGate: Matrix; wUp: Matrix; wDown: Matrix;
 }
@@ -43,7 +45,7 @@ export interface ModelWeights {
   output: Matrix; // [vocab x dim], the embedding itself when tied
 }
 
-export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'mistral'] as const;
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'mistral'] as const;
 
 /** Checks the numbers that the forward pass relies on; a clear error beats a wrong answer. */
 /** `what`: the file or folder the config came from (named in the error). */

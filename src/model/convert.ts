@@ -1,4 +1,4 @@
-// `quest convert`: a Hugging Face Llama/Qwen2 folder to GGUF, laid out as llama.cpp's converter does
+// `quest convert`: a Hugging Face Llama/Qwen2/Qwen3/Mistral folder to GGUF, laid out as llama.cpp's converter does
 // (Q/K rows permuted to the interleaved RoPE layout for the llama architecture), so llama.cpp can load it.
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -43,6 +43,7 @@ export function convertHFToGGUF(dir: string, dtype: ConvertType = 'f16'): Uint8A
     if (L.bq) vec(p + 'attn_q.bias', L.bq, c.nHeads);
     if (L.bk) vec(p + 'attn_k.bias', L.bk, c.nKVHeads);
     if (L.bv) vec(p + 'attn_v.bias', L.bv);
+    if (L.qNorm) { vec(p + 'attn_q_norm.weight', L.qNorm); vec(p + 'attn_k_norm.weight', L.kNorm!); } // Qwen3
     mat(p + 'ffn_gate.weight', L.wGate); mat(p + 'ffn_up.weight', L.wUp); mat(p + 'ffn_down.weight', L.wDown);
   });
   vec('output_norm.weight', w.finalNorm);

@@ -81,7 +81,7 @@ export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
     arch: arch as ModelConfig['arch'], vocabSize: embed.rows, dim, hiddenDim: key('feed_forward_length'),
     nLayers: key('block_count'), nHeads, nKVHeads: key('attention.head_count_kv', nHeads),
     headDim: key('attention.key_length', dim / nHeads), normEps: key('attention.layer_norm_rms_epsilon', 1e-5),
-    ropeTheta: key('rope.freq_base', 10000), ropeStyle: arch === 'qwen2' ? 'neox' : 'interleaved', ropeScaling,
+    ropeTheta: key('rope.freq_base', 10000), ropeStyle: arch === 'qwen2' || arch === 'qwen3' ? 'neox' : 'interleaved', ropeScaling,
     maxSeqLen: key('context_length', 2048), bosId: tok?.bosId ?? null, eosIds: tok?.eosIds ?? [],
   };
   validateConfig(config, what);
@@ -201,7 +201,7 @@ function loadLlama2c(files: ModelFiles, tokenizerPath?: string, onProgress?: Loa
   const output = vocabRaw > 0 ? embed : take(vocabSize, dim);
   const layers: LayerWeights[] = Array.from({ length: nLayers }, (_, l) => ({
     attnNorm: f32(attnNorm[l]), ffnNorm: f32(ffnNorm[l]), wq: wq[l], wk: wk[l], wv: wv[l], wo: wo[l],
-    bq: null, bk: null, bv: null, wGate: w1[l], wUp: w3[l], wDown: w2[l],
+    bq: null, bk: null, bv: null, qNorm: null, kNorm: null, wGate: w1[l], wUp: w3[l], wDown: w2[l],
   }));
   // tokenizer.bin beside the checkpoint unless given (a small file: read, not kept)
   const tp = tokenizerPath ?? 'tokenizer.bin';
@@ -214,14 +214,14 @@ function loadLlama2c(files: ModelFiles, tokenizerPath?: string, onProgress?: Loa
 interface TensorNames {
   layer(l: number): string;
   attnNorm: string; ffnNorm: string; wq: string; wk: string; wv: string; wo: string;
-  bq: string; bk: string; bv: string; gate: string; up: string; down: string;
+  bq: string; bk: string; bv: string; qNorm: string; kNorm: string; gate: string; up: string; down: string;
   embed: string; finalNorm: string; output: string;
 }
 
 const GGUF_NAMES: TensorNames = {
   layer: (l) => `blk.${l}.`, attnNorm: 'attn_norm.weight', ffnNorm: 'ffn_norm.weight',
   wq: 'attn_q.weight', wk: 'attn_k.weight', wv: 'attn_v.weight', wo: 'attn_output.weight',
-  bq: 'attn_q.bias', bk: 'attn_k.bias', bv: 'attn_v.bias', gate: 'ffn_gate.weight', up: 'ffn_up.weight', down: 'ffn_down.weight',
+  bq: 'attn_q.bias', bk: 'attn_k.bias', bv: 'attn_v.bias', qNorm: 'attn_q_norm.weight', kNorm: 'attn_k_norm.weight', gate: 'ffn_gate.weight', up: 'ffn_up.weight', down: 'ffn_down.weight',
   embed: 'token_embd.weight', finalNorm: 'output_norm.weight', output: 'output.weight',
 };
 
@@ -229,6 +229,7 @@ const HF_NAMES: TensorNames = {
   layer: (l) => `model.layers.${l}.`, attnNorm: 'input_layernorm.weight', ffnNorm: 'post_attention_layernorm.weight',
   wq: 'self_attn.q_proj.weight', wk: 'self_attn.k_proj.weight', wv: 'self_attn.v_proj.weight', wo: 'self_attn.o_proj.weight',
   bq: 'self_attn.q_proj.bias', bk: 'self_attn.k_proj.bias', bv: 'self_attn.v_proj.bias',
+  qNorm: 'self_attn.q_norm.weight', kNorm: 'self_attn.k_norm.weight',
   gate: 'mlp.gate_proj.weight', up: 'mlp.up_proj.weight', down: 'mlp.down_proj.weight',
   embed: 'model.embed_tokens.weight', finalNorm: 'model.norm.weight', output: 'lm_head.weight',
 };
@@ -243,7 +244,7 @@ function assembleWeights(c: ModelConfig, tensor: (name: string, optional?: boole
     layers.push({
       attnNorm: f32(req(p + n.attnNorm)), ffnNorm: f32(req(p + n.ffnNorm)),
       wq: req(p + n.wq), wk: req(p + n.wk), wv: req(p + n.wv), wo: req(p + n.wo),
-      bq: bias(n.bq), bk: bias(n.bk), bv: bias(n.bv),
+      bq: bias(n.bq), bk: bias(n.bk), bv: bias(n.bv), qNorm: bias(n.qNorm), kNorm: bias(n.kNorm),
       wGate: req(p + n.gate), wUp: req(p + n.up), wDown: req(p + n.down),
     });
   }
@@ -267,5 +268,9 @@ function checkShapes(c: ModelConfig, w: ModelWeights, what: string): void {
     expect(`layer ${i} gate`, l.wGate, c.hiddenDim, c.dim);
     expect(`layer ${i} up`, l.wUp, c.hiddenDim, c.dim);
     expect(`layer ${i} down`, l.wDown, c.dim, c.hiddenDim);
+    if (c.arch === 'qwen3' && (!l.qNorm || !l.kNorm)) throw new Error(`${what}: layer ${i} has no query/key norm weights (a Qwen3 model needs them)`);
+    for (const [name, v] of [['query norm', l.qNorm], ['key norm', l.kNorm]] as const) {
+      if (v && v.length !== c.headDim) throw new Error(`${what}: layer ${i} ${name} has ${v.length} weights, expected ${c.headDim}`);
+    }
   });
 }

@@ -7,9 +7,11 @@ import { encodeTensor, type DType } from '../model/tensor.js';
 import { rng } from '../engine/sampler.js';
 
 export interface RandomModelShape {
-  arch?: 'llama' | 'qwen2';
+  arch?: 'llama' | 'qwen2' | 'qwen3';
   vocab: number; dim: number; hidden: number; layers: number; heads: number; kvHeads: number;
   ctx?: number; dtype?: DType; seed?: number; tied?: boolean; ropeTheta?: number;
+  /** per-head size when it is not dim / heads (Qwen3) */
+  headDim?: number;
   /** add a SentencePiece-style vocabulary (llama.cpp refuses a GGUF without one) */
   vocabulary?: boolean;
 }
@@ -26,7 +28,7 @@ export function randomArray(n: number, scale: number, g: () => number): Float32A
 /** A random-weight GGUF model (llama.cpp's tensor names and metadata), written with our GGUF writer. */
 export function randomGGUF(s: RandomModelShape): Uint8Array {
   const g = gaussian(s.seed ?? 1);
-  const dt = s.dtype ?? 'f32', arch = s.arch ?? 'llama', hd = s.dim / s.heads;
+  const dt = s.dtype ?? 'f32', arch = s.arch ?? 'llama', hd = s.headDim ?? s.dim / s.heads;
   const tensors: GGUFWriteTensor[] = [];
   const mat = (name: string, rows: number, cols: number, scale: number, dtype: DType = dt) =>
     tensors.push({ name, dims: [cols, rows], dtype, data: encodeTensor(randomArray(rows * cols, scale, g), dtype) });
@@ -41,6 +43,7 @@ export function randomGGUF(s: RandomModelShape): Uint8Array {
     mat(p + 'attn_q.weight', s.heads * hd, s.dim, w); mat(p + 'attn_k.weight', s.kvHeads * hd, s.dim, w);
     mat(p + 'attn_v.weight', s.kvHeads * hd, s.dim, w); mat(p + 'attn_output.weight', s.dim, s.heads * hd, w);
     if (arch === 'qwen2') { vec(p + 'attn_q.bias', s.heads * hd, 0, 0.1); vec(p + 'attn_k.bias', s.kvHeads * hd, 0, 0.1); vec(p + 'attn_v.bias', s.kvHeads * hd, 0, 0.1); }
+    if (arch === 'qwen3') { vec(p + 'attn_q_norm.weight', hd, 1, 0.3); vec(p + 'attn_k_norm.weight', hd, 1, 0.3); }
     vec(p + 'ffn_norm.weight', s.dim, 1, 0.1);
     mat(p + 'ffn_gate.weight', s.hidden, s.dim, w); mat(p + 'ffn_up.weight', s.hidden, s.dim, w);
     mat(p + 'ffn_down.weight', s.dim, s.hidden, 1 / Math.sqrt(s.hidden));
@@ -54,6 +57,7 @@ export function randomGGUF(s: RandomModelShape): Uint8Array {
     [`${arch}.context_length`, u32(s.ctx ?? 2048)], [`${arch}.embedding_length`, u32(s.dim)],
     [`${arch}.block_count`, u32(s.layers)], [`${arch}.feed_forward_length`, u32(s.hidden)],
     [`${arch}.attention.head_count`, u32(s.heads)], [`${arch}.attention.head_count_kv`, u32(s.kvHeads)],
+    [`${arch}.attention.key_length`, u32(hd)], [`${arch}.attention.value_length`, u32(hd)],
     [`${arch}.attention.layer_norm_rms_epsilon`, { type: 'f32', value: 1e-5 }],
     [`${arch}.rope.freq_base`, { type: 'f32', value: s.ropeTheta ?? 10000 }],
     [`${arch}.rope.dimension_count`, u32(hd)],

@@ -84,6 +84,15 @@ test('random Qwen2 GGUF (q/k/v biases, neox RoPE, untied) matches the float64 re
   checkAgainstReference(m, promptOf(64, 80), 1e-3, 8);
 });
 
+test('random Qwen3 GGUF (per-head query/key RMSNorm, head size != dim / heads, GQA 8/2) matches the float64 reference', () => {
+  const path = tempFile('q3.gguf', randomGGUF({ arch: 'qwen3', vocab: 80, dim: 64, hidden: 96, layers: 2, heads: 8, kvHeads: 2, headDim: 16, seed: 6 }));
+  const m = loadModelFiles(path);
+  assert.equal(m.config.ropeStyle, 'neox');
+  assert.equal(m.config.headDim, 16);
+  assert.ok(m.weights.layers[0].qNorm && m.weights.layers[0].kNorm);
+  checkAgainstReference(m, promptOf(64, 80), 1e-3, 8);
+});
+
 test('the default model (quest-tiny-8k, Hugging Face folder, f16) matches the float64 reference', () => {
   const m = loadModelFiles(DEFAULT_MODEL);
   assert.equal(m.format, 'hf');

@@ -9,6 +9,11 @@ import { argmax } from '../engine/sampler.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
 import { tempFile } from './fixtures.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
+import { randomGGUF } from './fixtures.js';
+import { mkdtempSync, writeFileSync, copyFileSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { rng } from '../engine/sampler.js';
 
 let llamaCpp: typeof import('node-llama-cpp') | null = null;
 try { llamaCpp = await import('node-llama-cpp'); } catch { llamaCpp = null; }
@@ -65,57 +70,113 @@ test('llama.cpp (node-llama-cpp) agrees with our engine on the default model', {
 // bits (Q8_0 / Q8_1 / Q8_K), which moves this small model's next-token probabilities by up to ~0.05
 // against its own unquantised input (measured: llama.cpp's Q8_0 file vs our f32 engine), so where its
 // top two candidates are nearly tied the top-1 can flip; the test states bounds accordingly: top-1 equal
-// wherever llama.cpp's top-1 leads by more than MARGIN, max |Δp| under MAX_DP, the prompt's mean
+// wherever llama.cpp's top-1 leads by more than 0.1 in probability, max |Δp| under 0.1, the prompt's mean
 // log-likelihood within 1.5%, and our 32 greedy tokens are llama.cpp's greedy choices wherever it is not
 // nearly tied. (The decoding of every type is checked exactly against llama.cpp's own decoder in
 // quants.test.ts.)
 const MIXED_TYPES = ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'iq4_nl', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_xs', 'q4_k_m', 'q5_k_m'] as const;
-const MARGIN = 0.1, MAX_DP = 0.1;
+
+interface Agreement { checked: number; positions: number; maxDp: number; flips: string[]; nllOurs: number; nllTheirs: number }
+
+/** Our engine and llama.cpp on the same file: our greedy continuation of `ids` (32 tokens), then
+ *  llama.cpp's next-token probabilities along prompt + continuation against ours. Top-1 is compared
+ *  where llama.cpp's top-1 leads its runner-up by more than `margin`. */
+async function agreement(llama: Awaited<ReturnType<typeof import('node-llama-cpp')['getLlama']>>, path: string, ids: number[], margin: number): Promise<Agreement> {
+  const ours = loadModelFiles(path), V = ours.config.vocabSize;
+  const s = new Session(makeModel(ours.config, ours.weights)), mine = s.forward(ids, { logits: 'all' });
+  const rows: Float32Array[] = ids.map((_, i) => mine.slice(i * V, i * V + V)), greedy: number[] = [];
+  for (let i = 0; i < 32; i++) { const next = argmax(rows[rows.length - 1]); greedy.push(next); rows.push(s.forward([next]).slice(0, V)); }
+  const softmax = (row: Float32Array) => { const m = Math.max(...row); let z = 0; for (const v of row) z += Math.exp(v - m); return Array.from(row, (v) => Math.exp(v - m) / z); };
+  const lm = await llama.loadModel({ modelPath: path });
+  const context = await lm.createContext({ contextSize: 256, batchSize: 128 });
+  try {
+    const seqIds = [...ids, ...greedy.slice(0, -1)];
+    const opts = { temperature: 1, topK: 0, topP: 1, minP: 0 };
+    const res = await context.getSequence().controlledEvaluate(seqIds.map((x) => [x, { generateNext: { probabilities: true, options: opts } }] as never));
+    const a: Agreement = { checked: 0, positions: seqIds.length, maxDp: 0, flips: [], nllOurs: 0, nllTheirs: 0 };
+    seqIds.forEach((_, i) => {
+      const probs = (res[i] as { next: { probabilities?: Map<number, number> } }).next.probabilities!;
+      const p = softmax(rows[i]), sorted = [...probs.entries()].sort((x, y) => y[1] - x[1]);
+      for (const [x, q] of probs) a.maxDp = Math.max(a.maxDp, Math.abs(q - p[x]));
+      if (i + 1 < ids.length) { a.nllOurs -= Math.log(p[ids[i + 1]]); a.nllTheirs -= Math.log(probs.get(ids[i + 1]) ?? 1e-30); }
+      if (sorted[0][1] - (sorted[1]?.[1] ?? 0) > margin) {
+        a.checked++;
+        if (sorted[0][0] !== argmax(rows[i])) a.flips.push(`${i < ids.length ? 'prompt' : 'greedy'} position ${i}: llama.cpp ${sorted[0][0]} (p ${sorted[0][1].toFixed(3)}), ours ${argmax(rows[i])}`);
+      }
+    });
+    return a;
+  } finally {
+    await context.dispose(); await lm.dispose();
+  }
+}
+
+const describe = (a: Agreement) => `top-1 checked at ${a.checked}/${a.positions}, max |Δp| ${a.maxDp.toFixed(4)}`;
 
 test('llama.cpp runs our converter\'s quantised files of every type as our engine does', { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
-  const { getLlama } = llamaCpp!;
-  const llama = await getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
+  const llama = await llamaCpp!.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
   const hf = loadModelFiles(DEFAULT_MODEL), tok = new TextTokenizer(hf.tokenizer!);
   const ids = tok.encode('"Well, Prince, so Genoa and Lucca are now just family estates of the Buonapartes. But I warn you, if you don\'t tell me that this means war, if you still try to defend the infamies and horrors perpetrated by that Antichrist').slice(0, 64);
   assert.equal(ids.length, 64);
-  const V = hf.config.vocabSize, lines: string[] = [], failures: string[] = [];
-  const opts = { temperature: 1, topK: 0, topP: 1, minP: 0 };
-  const softmax = (row: Float32Array) => { const m = Math.max(...row); let z = 0; for (const v of row) z += Math.exp(v - m); return Array.from(row, (v) => Math.exp(v - m) / z); };
+  const lines: string[] = [], failures: string[] = [];
   for (const type of MIXED_TYPES) {
-    const path = tempFile(`tiny-${type}.gguf`, convertHFToGGUF(DEFAULT_MODEL, type));
-    const ours = loadModelFiles(path), model = makeModel(ours.config, ours.weights);
-    // our greedy continuation, then llama.cpp's probabilities along prompt + continuation
-    const s = new Session(model), mine = s.forward(ids, { logits: 'all' });
-    const rows: Float32Array[] = ids.map((_, i) => mine.slice(i * V, i * V + V)), greedy: number[] = [];
-    for (let i = 0; i < 32; i++) { const next = argmax(rows[rows.length - 1]); greedy.push(next); rows.push(s.forward([next]).slice(0, V)); }
-    const lm = await llama.loadModel({ modelPath: path });
-    const context = await lm.createContext({ contextSize: 256, batchSize: 128 });
-    try {
-      const seqIds = [...ids, ...greedy.slice(0, -1)];
-      const res = await context.getSequence().controlledEvaluate(seqIds.map((x) => [x, { generateNext: { probabilities: true, options: opts } }] as never));
-      let maxDp = 0, checked = 0, nllOurs = 0, nllTheirs = 0;
-      const flips: string[] = [];
-      seqIds.forEach((_, i) => {
-        const probs = (res[i] as { next: { probabilities?: Map<number, number> } }).next.probabilities!;
-        const p = softmax(rows[i]);
-        const sorted = [...probs.entries()].sort((a, b) => b[1] - a[1]);
-        for (const [x, q] of probs) maxDp = Math.max(maxDp, Math.abs(q - p[x]));
-        if (i + 1 < ids.length) { nllOurs -= Math.log(p[ids[i + 1]]); nllTheirs -= Math.log(probs.get(ids[i + 1]) ?? 1e-30); }
-        if (sorted[0][1] - (sorted[1]?.[1] ?? 0) > MARGIN) {
-          checked++;
-          if (sorted[0][0] !== argmax(rows[i])) flips.push(`${i < ids.length ? 'prompt' : 'greedy'} position ${i}: llama.cpp ${sorted[0][0]} (p ${sorted[0][1].toFixed(3)}), ours ${argmax(rows[i])}`);
-        }
-      });
-      const nllRel = Math.abs(nllOurs - nllTheirs) / nllTheirs;
-      lines.push(`${type}: top-1 checked at ${checked}/${seqIds.length}, max |Δp| ${maxDp.toFixed(3)}, mean NLL ${(nllOurs / (ids.length - 1)).toFixed(3)} vs ${(nllTheirs / (ids.length - 1)).toFixed(3)}`);
-      failures.push(...flips.map((f) => `${type}: top-1 differs where llama.cpp is not nearly tied, ${f}`));
-      if (!(maxDp < MAX_DP)) failures.push(`${type}: max |Δp| ${maxDp}`);
-      if (!(nllRel < 0.015)) failures.push(`${type}: prompt NLL ours ${nllOurs} vs llama.cpp ${nllTheirs}`);
-      if (checked < 0.5 * seqIds.length) failures.push(`${type}: only ${checked} positions have a clear top-1`);
-    } finally {
-      await context.dispose(); await lm.dispose();
-    }
+    const a = await agreement(llama, tempFile(`tiny-${type}.gguf`, convertHFToGGUF(DEFAULT_MODEL, type)), ids, 0.1);
+    const n = ids.length - 1;
+    lines.push(`${type}: ${describe(a)}, mean NLL ${(a.nllOurs / n).toFixed(3)} vs ${(a.nllTheirs / n).toFixed(3)}`);
+    failures.push(...a.flips.map((f) => `${type}: top-1 differs where llama.cpp is not nearly tied, ${f}`));
+    if (!(a.maxDp < 0.1)) failures.push(`${type}: max |Δp| ${a.maxDp}`);
+    if (!(Math.abs(a.nllOurs - a.nllTheirs) < 0.015 * a.nllTheirs)) failures.push(`${type}: prompt NLL ours ${a.nllOurs} vs llama.cpp ${a.nllTheirs}`);
+    if (a.checked < 0.5 * a.positions) failures.push(`${type}: only ${a.checked} positions have a clear top-1`);
   }
   t.diagnostic(lines.join('; '));
   assert.deepEqual(failures, []);
+});
+
+// Architectures on random weights (f32: no quantisation on either side, so only the f16 KV cache and
+// summation order differ): top-1 equal wherever llama.cpp's top two differ by more than 0.001 in
+// probability, and max |Δp| under 0.001, along a random 64-token prompt and our 32 greedy tokens.
+for (const [label, shape] of [
+  ['Qwen3 (per-head q/k RMSNorm, head size 32 with dim 128)', { arch: 'qwen3', vocab: 300, dim: 128, hidden: 256, layers: 3, heads: 8, kvHeads: 2, headDim: 32, seed: 41 }],
+] as const) {
+  test(`llama.cpp agrees with our engine on a random ${label} GGUF`, { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
+    const llama = await llamaCpp!.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
+    const path = tempFile('arch.gguf', randomGGUF({ ...shape, vocabulary: true }));
+    const g = rng(5), ids = Array.from({ length: 64 }, () => 259 + Math.floor(g() * (shape.vocab - 259)));
+    const a = await agreement(llama, path, ids, 0.001);
+    t.diagnostic(describe(a));
+    assert.deepEqual(a.flips, []);
+    assert.ok(a.maxDp < 0.001, `max |Δp| ${a.maxDp}`);
+    assert.ok(a.checked >= 0.8 * a.positions, `only ${a.checked} positions have a clear top-1`);
+  });
+}
+
+test('a Qwen3 Hugging Face folder: our engine runs it as llama.cpp runs the GGUF our converter writes from it', { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
+  // the default model's weights as a Qwen3 checkpoint, with per-head query/key norms added
+  const { parseSafetensors, writeSafetensors } = await import('../model/safetensors.js');
+  const dir = mkdtempSync(join(tmpdir(), 'quest-qwen3-'));
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(DEFAULT_MODEL, f), join(dir, f));
+  const config = JSON.parse(readFileSync(join(DEFAULT_MODEL, 'config.json'), 'utf8'));
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'] }));
+  const tensors = [...parseSafetensors(new Uint8Array(readFileSync(join(DEFAULT_MODEL, 'model.safetensors'))), 'x').values()]
+    .map((x) => ({ name: x.name, dtype: 'F16' as 'F16' | 'F32', shape: x.shape, data: x.data }));
+  const g = rng(3), hd = config.head_dim;
+  for (let l = 0; l < config.num_hidden_layers; l++) for (const n of ['q_norm', 'k_norm']) {
+    tensors.push({ name: `model.layers.${l}.self_attn.${n}.weight`, dtype: 'F32', shape: [hd], data: new Uint8Array(Float32Array.from({ length: hd }, () => 0.7 + 0.6 * g()).buffer) });
+  }
+  writeFileSync(join(dir, 'model.safetensors'), writeSafetensors(tensors));
+  const hf = loadModelFiles(dir);
+  assert.equal(hf.config.arch, 'qwen3');
+  assert.ok(hf.weights.layers[3].qNorm);
+  const llama = await llamaCpp!.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
+  const path = tempFile('qwen3.gguf', convertHFToGGUF(dir, 'f32'));
+  const tok = new TextTokenizer(hf.tokenizer!);
+  const ids = tok.encode('"Well, Prince, so Genoa and Lucca are now just family estates of the Buonapartes. But I warn you, if you don\'t tell me that this means war, if you still try').slice(0, 48);
+  const a = await agreement(llama, path, ids, 0.01);
+  t.diagnostic(describe(a));
+  // the GGUF runs in our engine as the folder does
+  const x = new Session(makeModel(hf.config, hf.weights)).forward(ids, { logits: 'all' });
+  const gg = loadModelFiles(path), y = new Session(makeModel(gg.config, gg.weights)).forward(ids, { logits: 'all' });
+  let d = 0; for (let i = 0; i < x.length; i++) d = Math.max(d, Math.abs(x[i] - y[i]));
+  assert.ok(d < 1e-3, `folder vs converted GGUF max |Δlogit| ${d}`);
+  assert.deepEqual(a.flips, []);
+  assert.ok(a.maxDp < 5e-3, `max |Δp| ${a.maxDp}`);
 });

@@ -9,7 +9,8 @@ function toF64(m: { toF32(): Float32Array }): Float64Array { return Float64Array
 
 export interface RefWeights {
   embed: Mat; output: Mat; finalNorm: Float64Array;
-  layers: { attnNorm: Float64Array; ffnNorm: Float64Array; wq: Mat; wk: Mat; wv: Mat; wo: Mat; bq: Float64Array | null; bk: Float64Array | null; bv: Float64Array | null; gate: Mat; up: Mat; down: Mat }[];
+  layers: { attnNorm: Float64Array; ffnNorm: Float64Array; wq: Mat; wk: Mat; wv: Mat; wo: Mat; bq: Float64Array | null; bk: Float64Array | null; bv: Float64Array | null;
+    qNorm: Float64Array | null; kNorm: Float64Array | null; gate: Mat; up: Mat; down: Mat }[];
 }
 
 export function refWeights(w: ModelWeights): RefWeights {
@@ -18,7 +19,7 @@ export function refWeights(w: ModelWeights): RefWeights {
     embed: toF64(w.embed), output: toF64(w.output), finalNorm: Float64Array.from(w.finalNorm),
     layers: w.layers.map((l) => ({
       attnNorm: Float64Array.from(l.attnNorm), ffnNorm: Float64Array.from(l.ffnNorm),
-      wq: toF64(l.wq), wk: toF64(l.wk), wv: toF64(l.wv), wo: toF64(l.wo), bq: f(l.bq), bk: f(l.bk), bv: f(l.bv),
+      wq: toF64(l.wq), wk: toF64(l.wk), wv: toF64(l.wv), wo: toF64(l.wo), bq: f(l.bq), bk: f(l.bk), bv: f(l.bv), qNorm: f(l.qNorm), kNorm: f(l.kNorm),
       gate: toF64(l.wGate), up: toF64(l.wUp), down: toF64(l.wDown),
     })),
   };
@@ -86,7 +87,9 @@ export function refForward(c: ModelConfig, W: RefWeights, tokens: number[], opts
       const h = qx(refRmsnorm(x, L.attnNorm, c.normEps));
       const q = linear(L.wq, h, nH * hd, dim, L.bq), k = linear(L.wk, h, nKV * hd, dim, L.bk), v = linear(L.wv, h, nKV * hd, dim, L.bv);
       const heads = (a: Float64Array, n: number) => Array.from({ length: n }, (_, i) => a.slice(i * hd, i * hd + hd));
-      const qh = heads(q, nH).map((z) => refRope(z, pos, c)), kh = heads(k, nKV).map((z) => refRope(z, pos, c)), vh = heads(v, nKV);
+      // (Qwen3: each query and key head RMS-normalised before RoPE)
+      const hn = (z: Float64Array, w: Float64Array | null) => (w ? refRmsnorm(z, w, c.normEps) : z);
+      const qh = heads(q, nH).map((z) => refRope(hn(z, L.qNorm), pos, c)), kh = heads(k, nKV).map((z) => refRope(hn(z, L.kNorm), pos, c)), vh = heads(v, nKV);
       Ks[l].push(Float64Array.from(kh.flatMap((z) => Array.from(z)))); Vs[l].push(v);
       const att = new Float64Array(nH * hd);
       for (let hq = 0; hq < nH; hq++) {

@@ -70,6 +70,35 @@ for (const dtype of ['f16', 'q8_0', 'q4_0', 'f32'] as const) {
   });
 }
 
+// Model families and tensor types without a GPU format of their own: Qwen3's per-head query/key RMSNorm
+// (a kernel before RoPE), and K-quant / IQ4 files (uploaded as f16), prefill chunks, decode steps and a
+// batched step against the float64 reference.
+for (const [label, shape] of [
+  ['Qwen3 (q/k norms, head size 16 with dim 64)', { arch: 'qwen3', vocab: 100, dim: 64, hidden: 128, layers: 2, heads: 8, kvHeads: 2, headDim: 16, seed: 8 }],
+  ['Q4_K', { vocab: 100, dim: 256, hidden: 512, layers: 2, heads: 8, kvHeads: 2, dtype: 'q4_k', seed: 9 }],
+  ['IQ4_XS', { vocab: 100, dim: 256, hidden: 512, layers: 2, heads: 8, kvHeads: 2, dtype: 'iq4_xs', seed: 10 }],
+] as const) {
+  test(`WebGPU decoder on a random ${label} GGUF matches float64: prefill chunks, decode steps, a batched step`, { skip: skipGpu }, async (t) => {
+    const m = loadModelFiles(tempFile('m.gguf', randomGGUF(shape)));
+    const runner = runnerFor(m), V = m.config.vocabSize, tokens = promptOf(45, V);
+    const ref = refForward(m.config, refWeights(m.weights), tokens);
+    // (weights as f16 on the GPU, f16 KV cache)
+    const d1 = compare(await new GpuSession(runner).forward(tokens.slice(0, 40), { logits: 'all', chunk: 17 }), ref.slice(0, 40), V, 3e-2, 'prefill');
+    const s = new GpuSession(runner);
+    await s.forward(tokens.slice(0, 40), { logits: 'none' });
+    const steps: Float32Array[] = [];
+    for (const tok of tokens.slice(40)) steps.push(await s.forward([tok]));
+    const d2 = compare(Float32Array.from(steps.flatMap((x) => Array.from(x))), ref.slice(40), V, 3e-2, 'decode');
+    // a batched step: sequences of 30 and 38 tokens take their next token together
+    const a = new GpuSession(runner), b = new GpuSession(runner);
+    await a.forward(tokens.slice(0, 30), { logits: 'none' }); await b.forward(tokens.slice(0, 38), { logits: 'none' });
+    const [la, lb] = await GpuSession.decodeBatch([{ seq: a, token: tokens[30] }, { seq: b, token: tokens[38] }]);
+    const d3 = Math.max(compare(la, [ref[30]], V, 3e-2, 'batched row 0'), compare(lb, [ref[38]], V, 3e-2, 'batched row 1'));
+    t.diagnostic(`max |Δlogit| prefill ${d1.toExponential(2)}, decode ${d2.toExponential(2)}, batched ${d3.toExponential(2)}`);
+    runner.dispose(); runner.m.dispose();
+  });
+}
+
 // Products whose K splits evenly over the thread sets of the x-stationary kernel (16-byte units: 8 f16,
 // 16 int8, 32 nibbles), the other branch of that kernel than the small models above take
 for (const dtype of ['f16', 'q8_0', 'q4_0'] as const) {

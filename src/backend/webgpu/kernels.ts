@@ -454,6 +454,22 @@ ${batched ? `  let per = (NH + 2u * NKV) * HD2; let bi = gid.x / per;
   pmeta[mb + j] = pack2x16float(mn); pmeta[mb + HD2 + j] = pack2x16float(mx);
 }`;
 
+/** Qwen3: each query and key head of the first step.n rows of qkv RMS-normalised in place, with the
+ *  query-head weights nw[0..HD) or the key-head ones nw[HD..2HD) (before RoPE). A thread per head. */
+export const headNormWgsl = (s: HeadsSpec, eps: number) => STEP_WGSL + heads(s) + /* wgsl */ `
+@group(0) @binding(0) var<storage, read_write> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> nw: array<f32>;
+@group(0) @binding(2) var<uniform> step: Step;
+${MAIN_1D}
+  let row = gid.x / (NH + NKV); let h = gid.x % (NH + NKV);
+  if (row >= step.n) { return; }
+  let b = row * QKV + h * HD; let w = select(0u, HD, h >= NH);
+  var ss = 0.0;
+  for (var i = 0u; i < HD; i++) { let v = qkv[b + i]; ss += v * v; }
+  let inv = inverseSqrt(ss / f32(HD) + ${eps.toExponential()});
+  for (var i = 0u; i < HD; i++) { qkv[b + i] = qkv[b + i] * inv * nw[w + i]; }
+}`;
+
 /** Appends the chunk's k and v (f16) to the paged cache. */
 export const kvAppendWgsl = (s: HeadsSpec) => STEP_WGSL + heads(s) + /* wgsl */ `
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;

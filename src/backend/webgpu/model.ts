@@ -14,7 +14,11 @@ import type { GpuWeightType, LinearSpec } from './kernels.js';
 
 export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
 
-export interface GpuLayer { attnNorm: GPUBuffer; qkv: GpuLinear; wo: GpuLinear; ffnNorm: GPUBuffer; gateUp: GpuLinear; down: GpuLinear }
+export interface GpuLayer {
+  attnNorm: GPUBuffer; qkv: GpuLinear; wo: GpuLinear; ffnNorm: GPUBuffer; gateUp: GpuLinear; down: GpuLinear;
+  /** Qwen3: the query-head then the key-head RMSNorm weights (2 x headDim), else null */
+  qkNorm: GPUBuffer | null;
+}
 
 // (a function: the GPUBufferUsage global exists only once the webgpu package has loaded)
 export const storageUsage = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -71,6 +75,7 @@ export class GpuModel {
       m.layers.push({
         attnNorm: m.f32(L.attnNorm), qkv: m.linear([L.wq, L.wk, L.wv], bias), wo: m.linear([L.wo]),
         ffnNorm: m.f32(L.ffnNorm), gateUp: m.linear([L.wGate, L.wUp]), down: m.linear([L.wDown]),
+        qkNorm: L.qNorm ? m.f32(concatF32([L.qNorm, L.kNorm!])) : null,
       });
       onProgress?.(i + 2, total);
     });
@@ -101,6 +106,7 @@ export class GpuModel {
       m.layers.push({
         attnNorm: ones(), qkv: rnd(qkvN, c.dim, 1 / Math.sqrt(c.dim)), wo: rnd(c.dim, c.nHeads * c.headDim, 0.1 / Math.sqrt(c.dim)),
         ffnNorm: ones(), gateUp: rnd(2 * c.hiddenDim, c.dim, 1 / Math.sqrt(c.dim)), down: rnd(c.dim, c.hiddenDim, 0.1 / Math.sqrt(c.hiddenDim)),
+        qkNorm: null,
       });
     }
     m.ropeTable = m.makeRopeTable();
@@ -197,7 +203,7 @@ export class GpuModel {
     const free = (b: GPUBuffer | null) => { if (b && !seen.has(b)) { seen.add(b); b.destroy(); } };
     const lin = (l: GpuLinear) => { free(l.data); free(l.scales); free(l.bias); };
     lin(this.embed); lin(this.output); free(this.finalNorm); free(this.ropeTable); free(this.empty);
-    for (const L of this.layers) { free(L.attnNorm); free(L.ffnNorm); lin(L.qkv); lin(L.wo); lin(L.gateUp); lin(L.down); }
+    for (const L of this.layers) { free(L.attnNorm); free(L.ffnNorm); free(L.qkNorm); lin(L.qkv); lin(L.wo); lin(L.gateUp); lin(L.down); }
   }
 
   private f32(a: Float32Array): GPUBuffer {
