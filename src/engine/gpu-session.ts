@@ -435,7 +435,7 @@ export class GpuSession {
       if (fuse) linear(l, r.x, y, n, false, { kind: 'rmsnorm', weight });
       else { run(rms, 'rms', [r.x, weight, r.xb], n); linear(l, r.xb, y, n, false); }
     };
-    const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
+    const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize, ropeDims: c.ropeDims };
     const wt = m.embed.type;
     run(m.pipeline(`embed:${wt}`, () => K.embedWgsl(wt, c.dim)), 'embed', [r.tokens, r.x, m.embed.data, wt === 'f16' ? null : m.embed.scales, r.step], K.grid64((n * c.dim) / 8));
     const rope = m.pipeline('rope', () => K.ropeWgsl(hs, c.ropeStyle === 'neox'));

@@ -340,6 +340,10 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
 /** Throws a clear error unless `tokens` may follow the `held` tokens of a sequence of model `c` (both backends). */
 export function checkTokens(c: ModelConfig, held: number, tokens: number[]): void {
   if (tokens.length === 0) throw new Error('forward needs at least one token');
+  if (c.slidingWindow !== undefined && held + tokens.length > c.slidingWindow) {
+    throw new Error(`sequence of ${held + tokens.length} tokens is longer than this model's attention window of ${c.slidingWindow} tokens: ` +
+      'sliding-window attention is not implemented yet, so sequences stop at the window (where attention is exact)');
+  }
   if (held + tokens.length > c.maxSeqLen) throw new Error(`sequence of ${held + tokens.length} tokens exceeds the model's context length of ${c.maxSeqLen}`);
   for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
 }

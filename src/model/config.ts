@@ -8,10 +8,17 @@ export type RopeScaling =
   | { type: 'none' }
   | { type: 'linear'; factor: number }
   | { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositions: number }
-  | { type: 'freq-factors'; factors: Float32Array }; // GGUF's rope_freqs tensor (Llama 3.1 GGUFs)
+  | { type: 'freq-factors'; factors: Float32Array } // GGUF's rope_freqs tensor (Llama 3.1 GGUFs)
+  /** YaRN (Qwen2.5 / Qwen3 long-context configs): pairs that turn fewer than betaSlow times over the
+   *  original context are interpolated by `factor`, those that turn more than betaFast times are kept, a
+   *  ramp between; cos and sin are scaled by attnFactor (default 1 + 0.1 ln factor) */
+  | { type: 'yarn'; factor: number; originalMaxPositions: number; betaFast: number; betaSlow: number; attnFactor: number }
+  /** Phi-3's LongRoPE: each pair's frequency divided by its factor (the file's short factors, or its long
+   *  ones for contexts past the original length), cos and sin scaled by attnFactor */
+  | { type: 'longrope'; factors: Float32Array; attnFactor: number };
 
 export interface ModelConfig {
-  arch: 'llama' | 'qwen2' | 'qwen3' | 'mistral';
+  arch: 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'phi3';
   vocabSize: number;
   dim: number;
   hiddenDim: number;
@@ -23,6 +30,11 @@ export interface ModelConfig {
   ropeTheta: number;
   ropeStyle: RopeStyle;
   ropeScaling: RopeScaling;
+  /** channels of each head that RoPE rotates (Phi-4-mini: 3/4 of them); the rest pass through. Default headDim */
+  ropeDims?: number;
+  /** sliding-window attention over this many tokens (Mistral 7B v0.1, Phi-3-mini-4k), which the engine
+   *  does not implement: the loaders cut maxSeqLen to it, so what runs is exact */
+  slidingWindow?: number;
   maxSeqLen: number;
   bosId: number | null;
   eosIds: number[];
@@ -45,7 +57,7 @@ export interface ModelWeights {
   output: Matrix; // [vocab x dim], the embedding itself when tied
 }
 
-export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'mistral'] as const;
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'mistral', 'phi3'] as const;
 
 /** Checks the numbers that the forward pass relies on; a clear error beats a wrong answer. */
 /** `what`: the file or folder the config came from (named in the error). */
@@ -58,4 +70,7 @@ export function validateConfig(c: ModelConfig, what = 'the model'): void {
   if (c.headDim % 2 !== 0) bad(`headDim must be even for RoPE, got ${c.headDim}`);
   if (!(c.normEps > 0)) bad(`normEps must be > 0`);
   if (!(c.ropeTheta > 0)) bad(`ropeTheta must be > 0`);
+  const rd = c.ropeDims ?? c.headDim;
+  if (!Number.isInteger(rd) || rd <= 0 || rd > c.headDim || rd % 2 !== 0) bad(`the rotated channels (${rd}) must be even and at most headDim (${c.headDim})`);
+  if (c.ropeScaling.type === 'longrope' && c.ropeScaling.factors.length !== rd / 2) bad(`LongRoPE needs ${rd / 2} factors, got ${c.ropeScaling.factors.length}`);
 }

@@ -4,7 +4,7 @@ import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadHF } from './load.js';
 import { writeGGUF, type GGUFWriteTensor, type GGUFWriteValue } from './gguf.js';
-import { encodeTensor, type Matrix } from './tensor.js';
+import { encodeTensor, concatF32, Matrix } from './tensor.js';
 import { matrixType, type ConvertType } from './quant-mix.js';
 
 /** HF's rotate-half rows -> interleaved pairs: llama.cpp's permute(w, n_head). */
@@ -34,17 +34,22 @@ export function convertHFToGGUF(dir: string, dtype: ConvertType = 'f16'): Uint8A
     const x = permuteHeads && arch === 'llama' ? permuteQK(v, v.length, 1, permuteHeads) : v;
     tensors.push({ name, dims: [v.length], dtype: 'f32', data: encodeTensor(x, 'f32') });
   };
+  /** (Phi-3) matrices with the same columns stacked by rows, as llama.cpp's phi3 wants them fused */
+  const fused = (ms: Matrix[]) => new Matrix(ms.reduce((a, x) => a + x.rows, 0), ms[0].cols, 'f32', new Uint8Array(concatF32(ms.map((x) => x.toF32())).buffer));
   mat('token_embd.weight', w.embed);
   w.layers.forEach((L, l) => {
     const p = `blk.${l}.`;
     vec(p + 'attn_norm.weight', L.attnNorm); vec(p + 'ffn_norm.weight', L.ffnNorm);
-    mat(p + 'attn_q.weight', L.wq, c.nHeads); mat(p + 'attn_k.weight', L.wk, c.nKVHeads);
-    mat(p + 'attn_v.weight', L.wv); mat(p + 'attn_output.weight', L.wo);
+    if (arch === 'phi3') mat(p + 'attn_qkv.weight', fused([L.wq, L.wk, L.wv]));
+    else { mat(p + 'attn_q.weight', L.wq, c.nHeads); mat(p + 'attn_k.weight', L.wk, c.nKVHeads); mat(p + 'attn_v.weight', L.wv); }
+    mat(p + 'attn_output.weight', L.wo);
     if (L.bq) vec(p + 'attn_q.bias', L.bq, c.nHeads);
     if (L.bk) vec(p + 'attn_k.bias', L.bk, c.nKVHeads);
     if (L.bv) vec(p + 'attn_v.bias', L.bv);
     if (L.qNorm) { vec(p + 'attn_q_norm.weight', L.qNorm); vec(p + 'attn_k_norm.weight', L.kNorm!); } // Qwen3
-    mat(p + 'ffn_gate.weight', L.wGate); mat(p + 'ffn_up.weight', L.wUp); mat(p + 'ffn_down.weight', L.wDown);
+    if (arch === 'phi3') mat(p + 'ffn_up.weight', fused([L.wGate, L.wUp]));
+    else { mat(p + 'ffn_gate.weight', L.wGate); mat(p + 'ffn_up.weight', L.wUp); }
+    mat(p + 'ffn_down.weight', L.wDown);
   });
   vec('output_norm.weight', w.finalNorm);
   if (!tied) mat('output.weight', w.output);
@@ -58,10 +63,25 @@ export function convertHFToGGUF(dir: string, dtype: ConvertType = 'f16'): Uint8A
     [`${arch}.attention.head_count`, u32(c.nHeads)], [`${arch}.attention.head_count_kv`, u32(c.nKVHeads)],
     [`${arch}.attention.key_length`, u32(c.headDim)], [`${arch}.attention.value_length`, u32(c.headDim)],
     [`${arch}.attention.layer_norm_rms_epsilon`, { type: 'f32', value: c.normEps }],
-    [`${arch}.rope.freq_base`, { type: 'f32', value: c.ropeTheta }], [`${arch}.rope.dimension_count`, u32(c.headDim)],
+    [`${arch}.rope.freq_base`, { type: 'f32', value: c.ropeTheta }], [`${arch}.rope.dimension_count`, u32(c.ropeDims ?? c.headDim)],
   ];
+  if (c.slidingWindow !== undefined || arch === 'phi3') meta.push([`${arch}.attention.sliding_window`, u32(c.slidingWindow ?? c.maxSeqLen)]);
   if (c.ropeScaling.type === 'linear') {
     meta.push([`${arch}.rope.scaling.type`, { type: 'string', value: 'linear' }], [`${arch}.rope.scaling.factor`, { type: 'f32', value: c.ropeScaling.factor }]);
+  } else if (c.ropeScaling.type === 'yarn') {
+    const y = c.ropeScaling;
+    meta.push([`${arch}.rope.scaling.type`, { type: 'string', value: 'yarn' }], [`${arch}.rope.scaling.factor`, { type: 'f32', value: y.factor }],
+      [`${arch}.rope.scaling.original_context_length`, u32(y.originalMaxPositions)],
+      [`${arch}.rope.scaling.yarn_beta_fast`, { type: 'f32', value: y.betaFast }], [`${arch}.rope.scaling.yarn_beta_slow`, { type: 'f32', value: y.betaSlow }],
+      // llama.cpp multiplies its own 1 + 0.1 ln(factor) by this
+      [`${arch}.rope.scaling.attn_factor`, { type: 'f32', value: y.attnFactor / (y.factor > 1 ? 0.1 * Math.log(y.factor) + 1 : 1) }]);
+  } else if (c.ropeScaling.type === 'longrope') {
+    // both factor sets from the folder's config (the loaded model keeps the one it uses)
+    const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')), rs = cfg.rope_scaling;
+    tensors.push({ name: 'rope_factors_short.weight', dims: [rs.short_factor.length], dtype: 'f32', data: encodeTensor(Float32Array.from(rs.short_factor), 'f32') });
+    tensors.push({ name: 'rope_factors_long.weight', dims: [rs.long_factor.length], dtype: 'f32', data: encodeTensor(Float32Array.from(rs.long_factor), 'f32') });
+    meta.push([`${arch}.rope.scaling.attn_factor`, { type: 'f32', value: c.ropeScaling.attnFactor }],
+      [`${arch}.rope.scaling.original_context_length`, u32(cfg.original_max_position_embeddings ?? rs.original_max_position_embeddings)]);
   } else if (c.ropeScaling.type !== 'none') {
     throw new Error(`converting RoPE scaling "${c.ropeScaling.type}" to GGUF is not supported yet`);
   }

@@ -49,6 +49,16 @@ function loadAny(files: ModelFiles, opts: { tokenizerPath?: string; onProgress?:
 
 function f32(m: Matrix): Float32Array { return m.toF32(); }
 
+/** Sliding-window attention is not implemented: the usable context stops at the window, where
+ *  attention is exact (the window is kept to explain the limit). */
+function limitToWindow(c: ModelConfig, window: number): void {
+  c.slidingWindow = window;
+  c.maxSeqLen = window;
+}
+
+/** YaRN's default scaling of cos and sin for a context stretched `factor` times. */
+const yarnMagnitude = (factor: number) => (factor > 1 ? 0.1 * Math.log(factor) + 1 : 1);
+
 // --------------------------------------------------------------------------------------------- GGUF
 export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
   const m = g.metadata;
@@ -75,15 +85,30 @@ export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
   const scalingType = m.get(`${arch}.rope.scaling.type`);
   if (freqs) ropeScaling = { type: 'freq-factors', factors: f32(freqs) };
   else if (scalingType === 'linear') ropeScaling = { type: 'linear', factor: key('rope.scaling.factor') };
-  else if (scalingType !== undefined && scalingType !== 'none') throw new Error(`${what}: unsupported RoPE scaling "${scalingType}"`);
+  else if (arch === 'phi3' && g.tensors.has('rope_factors_long.weight')) {
+    // LongRoPE: the long factors once the model's context passes the original one (as llama.cpp decides
+    // by its context size; the KV cache cannot switch mid-sequence)
+    const orig = key('rope.scaling.original_context_length', key('context_length', 2048)), long = key('context_length', 2048) > orig;
+    ropeScaling = { type: 'longrope', factors: f32(req(long ? 'rope_factors_long.weight' : 'rope_factors_short.weight')), attnFactor: key('rope.scaling.attn_factor', 1) };
+  } else if (scalingType === 'yarn') {
+    const factor = key('rope.scaling.factor');
+    ropeScaling = {
+      type: 'yarn', factor, originalMaxPositions: key('rope.scaling.original_context_length', key('context_length', 2048)),
+      betaFast: key('rope.scaling.yarn_beta_fast', 32), betaSlow: key('rope.scaling.yarn_beta_slow', 1),
+      attnFactor: key('rope.scaling.attn_factor', 1) * yarnMagnitude(factor),
+    };
+  } else if (scalingType !== undefined && scalingType !== 'none') throw new Error(`${what}: unsupported RoPE scaling "${scalingType}"`);
   const tok = m.has('tokenizer.ggml.tokens') || m.has('tokenizer.huggingface.json') ? tokenizerFromGGUF(m, what) : null;
   const config: ModelConfig = {
     arch: arch as ModelConfig['arch'], vocabSize: embed.rows, dim, hiddenDim: key('feed_forward_length'),
     nLayers: key('block_count'), nHeads, nKVHeads: key('attention.head_count_kv', nHeads),
     headDim: key('attention.key_length', dim / nHeads), normEps: key('attention.layer_norm_rms_epsilon', 1e-5),
-    ropeTheta: key('rope.freq_base', 10000), ropeStyle: arch === 'qwen2' || arch === 'qwen3' ? 'neox' : 'interleaved', ropeScaling,
+    ropeTheta: key('rope.freq_base', 10000), ropeStyle: arch === 'qwen2' || arch === 'qwen3' || arch === 'phi3' ? 'neox' : 'interleaved', ropeScaling,
+    ropeDims: key('rope.dimension_count', key('attention.key_length', dim / nHeads)),
     maxSeqLen: key('context_length', 2048), bosId: tok?.bosId ?? null, eosIds: tok?.eosIds ?? [],
   };
+  const window = m.get(`${arch}.attention.sliding_window`);
+  if (window !== undefined && Number(window) > 0 && Number(window) < config.maxSeqLen) limitToWindow(config, Number(window));
   validateConfig(config, what);
   const weights = assembleWeights(config, tensor, GGUF_NAMES, what);
   return { config, weights, tokenizer: tok, format: 'gguf' };
@@ -146,7 +171,19 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
   if (rsType === 'llama3') {
     ropeScaling = { type: 'llama3', factor: rs.factor, lowFreqFactor: rs.low_freq_factor, highFreqFactor: rs.high_freq_factor, originalMaxPositions: rs.original_max_position_embeddings };
   } else if (rsType === 'linear') ropeScaling = { type: 'linear', factor: rs.factor };
-  else if (rsType !== undefined && rsType !== 'default') throw new Error(`${dir}: unsupported rope_scaling type "${rsType}"`);
+  else if (rsType === 'longrope' || rsType === 'su') {
+    // Phi-3 / Phi-4-mini: short factors up to the original context, long ones past it (chosen once, by the
+    // model's full context, as for GGUF files); cos and sin scaled by sqrt(1 + ln(scale) / ln(original))
+    const orig = c.original_max_position_embeddings ?? rs.original_max_position_embeddings, max = c.max_position_embeddings;
+    const long = max > orig, scale = max / orig;
+    const attnFactor = (long ? rs.long_mscale : rs.short_mscale) ?? rs.attention_factor ?? (scale > 1 ? Math.sqrt(1 + Math.log(scale) / Math.log(orig)) : 1);
+    ropeScaling = { type: 'longrope', factors: Float32Array.from(long ? rs.long_factor : rs.short_factor), attnFactor };
+  } else if (rsType === 'yarn') {
+    ropeScaling = {
+      type: 'yarn', factor: rs.factor, originalMaxPositions: rs.original_max_position_embeddings ?? c.max_position_embeddings,
+      betaFast: rs.beta_fast ?? 32, betaSlow: rs.beta_slow ?? 1, attnFactor: rs.attention_factor ?? yarnMagnitude(rs.factor),
+    };
+  } else if (rsType !== undefined && rsType !== 'default') throw new Error(`${dir}: unsupported rope_scaling type "${rsType}"`);
   const embed = req(HF_NAMES.embed);
   const config: ModelConfig = {
     arch: arch as ModelConfig['arch'], vocabSize: embed.rows, dim: c.hidden_size, hiddenDim: c.intermediate_size,
@@ -154,6 +191,9 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
     normEps: c.rms_norm_eps ?? 1e-6, ropeTheta: c.rope_theta ?? 10000, ropeStyle: 'neox', ropeScaling,
     maxSeqLen: c.max_position_embeddings ?? 2048, bosId: tokenizer.bosId, eosIds,
   };
+  if (c.partial_rotary_factor) config.ropeDims = Math.round(config.headDim * c.partial_rotary_factor);
+  // a window only where the model uses it (Qwen2 configs carry one with use_sliding_window false)
+  if (Number(c.sliding_window) > 0 && c.use_sliding_window !== false && c.sliding_window < config.maxSeqLen) limitToWindow(config, c.sliding_window);
   validateConfig(config, dir);
   const weights = assembleWeights(config, tensor, HF_NAMES, dir);
   return { config, weights, tokenizer, format: 'hf' };
@@ -215,6 +255,8 @@ interface TensorNames {
   layer(l: number): string;
   attnNorm: string; ffnNorm: string; wq: string; wk: string; wv: string; wo: string;
   bq: string; bk: string; bv: string; qNorm: string; kNorm: string; gate: string; up: string; down: string;
+  /** fused q/k/v and gate/up matrices (Phi-3), split into views where a file has them */
+  qkv: string; gateUp: string;
   embed: string; finalNorm: string; output: string;
 }
 
@@ -222,6 +264,8 @@ const GGUF_NAMES: TensorNames = {
   layer: (l) => `blk.${l}.`, attnNorm: 'attn_norm.weight', ffnNorm: 'ffn_norm.weight',
   wq: 'attn_q.weight', wk: 'attn_k.weight', wv: 'attn_v.weight', wo: 'attn_output.weight',
   bq: 'attn_q.bias', bk: 'attn_k.bias', bv: 'attn_v.bias', qNorm: 'attn_q_norm.weight', kNorm: 'attn_k_norm.weight', gate: 'ffn_gate.weight', up: 'ffn_up.weight', down: 'ffn_down.weight',
+  // (llama.cpp's phi3 keeps gate and up fused in ffn_up)
+  qkv: 'attn_qkv.weight', gateUp: 'ffn_up.weight',
   embed: 'token_embd.weight', finalNorm: 'output_norm.weight', output: 'output.weight',
 };
 
@@ -231,6 +275,7 @@ const HF_NAMES: TensorNames = {
   bq: 'self_attn.q_proj.bias', bk: 'self_attn.k_proj.bias', bv: 'self_attn.v_proj.bias',
   qNorm: 'self_attn.q_norm.weight', kNorm: 'self_attn.k_norm.weight',
   gate: 'mlp.gate_proj.weight', up: 'mlp.up_proj.weight', down: 'mlp.down_proj.weight',
+  qkv: 'self_attn.qkv_proj.weight', gateUp: 'mlp.gate_up_proj.weight',
   embed: 'model.embed_tokens.weight', finalNorm: 'model.norm.weight', output: 'lm_head.weight',
 };
 
@@ -241,17 +286,30 @@ function assembleWeights(c: ModelConfig, tensor: (name: string, optional?: boole
   for (let l = 0; l < c.nLayers; l++) {
     const p = n.layer(l);
     const bias = (name: string) => { const t = tensor(p + name, true); return t ? f32(t) : null; };
+    // fused matrices (Phi-3): row views of q, k, v and of gate, up; else one tensor each
+    const qkv = c.arch === 'phi3' ? tensor(p + n.qkv, true) : null, gateUp = c.arch === 'phi3' ? tensor(p + n.gateUp, true) : null;
+    const [wq, wk, wv] = qkv ? splitRows(qkv, [c.nHeads * c.headDim, c.nKVHeads * c.headDim, c.nKVHeads * c.headDim], `${p}${n.qkv}`, what)
+      : [req(p + n.wq), req(p + n.wk), req(p + n.wv)];
+    const [wGate, wUp] = gateUp ? splitRows(gateUp, [c.hiddenDim, c.hiddenDim], `${p}${n.gateUp}`, what) : [req(p + n.gate), req(p + n.up)];
     layers.push({
       attnNorm: f32(req(p + n.attnNorm)), ffnNorm: f32(req(p + n.ffnNorm)),
-      wq: req(p + n.wq), wk: req(p + n.wk), wv: req(p + n.wv), wo: req(p + n.wo),
+      wq, wk, wv, wo: req(p + n.wo),
       bq: bias(n.bq), bk: bias(n.bk), bv: bias(n.bv), qNorm: bias(n.qNorm), kNorm: bias(n.kNorm),
-      wGate: req(p + n.gate), wUp: req(p + n.up), wDown: req(p + n.down),
+      wGate, wUp, wDown: req(p + n.down),
     });
   }
   const embed = req(n.embed);
   const weights: ModelWeights = { embed, layers, finalNorm: f32(req(n.finalNorm)), output: tensor(n.output, true) ?? embed };
   checkShapes(c, weights, what);
   return weights;
+}
+
+/** Row views of a fused matrix, `rows` rows each (no copy). */
+function splitRows(m: Matrix, rows: number[], name: string, what: string): Matrix[] {
+  const total = rows.reduce((a, b) => a + b, 0);
+  if (m.rows !== total) throw new Error(`${what}: tensor ${name} has ${m.rows} rows, expected ${rows.join(' + ')} = ${total}`);
+  let r0 = 0;
+  return rows.map((r) => { const v = new Matrix(r, m.cols, m.dtype, m.bytes.subarray(r0 * m.rowBytes, (r0 + r) * m.rowBytes)); r0 += r; return v; });
 }
 
 function checkShapes(c: ModelConfig, w: ModelWeights, what: string): void {

@@ -7,11 +7,19 @@ import { encodeTensor, type DType } from '../model/tensor.js';
 import { rng } from '../engine/sampler.js';
 
 export interface RandomModelShape {
-  arch?: 'llama' | 'qwen2' | 'qwen3';
+  arch?: 'llama' | 'qwen2' | 'qwen3' | 'phi3';
   vocab: number; dim: number; hidden: number; layers: number; heads: number; kvHeads: number;
   ctx?: number; dtype?: DType; seed?: number; tied?: boolean; ropeTheta?: number;
   /** per-head size when it is not dim / heads (Qwen3) */
   headDim?: number;
+  /** YaRN RoPE scaling: `factor` over an original context of `ctx` tokens */
+  yarn?: { factor: number; ctx: number };
+  /** Phi-3 LongRoPE: random short and long factors over an original context of `ctx` tokens */
+  longrope?: { ctx: number; attnFactor: number };
+  /** channels of each head that RoPE rotates (Phi-4-mini's partial rotary) */
+  ropeDims?: number;
+  /** sliding-window attention over this many tokens */
+  window?: number;
   /** add a SentencePiece-style vocabulary (llama.cpp refuses a GGUF without one) */
   vocabulary?: boolean;
 }
@@ -40,12 +48,15 @@ export function randomGGUF(s: RandomModelShape): Uint8Array {
   for (let l = 0; l < s.layers; l++) {
     const p = `blk.${l}.`, w = 1 / Math.sqrt(s.dim);
     vec(p + 'attn_norm.weight', s.dim, 1, 0.1);
-    mat(p + 'attn_q.weight', s.heads * hd, s.dim, w); mat(p + 'attn_k.weight', s.kvHeads * hd, s.dim, w);
-    mat(p + 'attn_v.weight', s.kvHeads * hd, s.dim, w); mat(p + 'attn_output.weight', s.dim, s.heads * hd, w);
+    // (Phi-3: q, k, v fused in attn_qkv, gate and up fused in ffn_up)
+    if (arch === 'phi3') mat(p + 'attn_qkv.weight', (s.heads + 2 * s.kvHeads) * hd, s.dim, w);
+    else { mat(p + 'attn_q.weight', s.heads * hd, s.dim, w); mat(p + 'attn_k.weight', s.kvHeads * hd, s.dim, w); mat(p + 'attn_v.weight', s.kvHeads * hd, s.dim, w); }
+    mat(p + 'attn_output.weight', s.dim, s.heads * hd, w);
     if (arch === 'qwen2') { vec(p + 'attn_q.bias', s.heads * hd, 0, 0.1); vec(p + 'attn_k.bias', s.kvHeads * hd, 0, 0.1); vec(p + 'attn_v.bias', s.kvHeads * hd, 0, 0.1); }
     if (arch === 'qwen3') { vec(p + 'attn_q_norm.weight', hd, 1, 0.3); vec(p + 'attn_k_norm.weight', hd, 1, 0.3); }
     vec(p + 'ffn_norm.weight', s.dim, 1, 0.1);
-    mat(p + 'ffn_gate.weight', s.hidden, s.dim, w); mat(p + 'ffn_up.weight', s.hidden, s.dim, w);
+    if (arch === 'phi3') mat(p + 'ffn_up.weight', 2 * s.hidden, s.dim, w);
+    else { mat(p + 'ffn_gate.weight', s.hidden, s.dim, w); mat(p + 'ffn_up.weight', s.hidden, s.dim, w); }
     mat(p + 'ffn_down.weight', s.dim, s.hidden, 1 / Math.sqrt(s.hidden));
   }
   vec('output_norm.weight', s.dim, 1, 0.1);
@@ -60,8 +71,19 @@ export function randomGGUF(s: RandomModelShape): Uint8Array {
     [`${arch}.attention.key_length`, u32(hd)], [`${arch}.attention.value_length`, u32(hd)],
     [`${arch}.attention.layer_norm_rms_epsilon`, { type: 'f32', value: 1e-5 }],
     [`${arch}.rope.freq_base`, { type: 'f32', value: s.ropeTheta ?? 10000 }],
-    [`${arch}.rope.dimension_count`, u32(hd)],
+    [`${arch}.rope.dimension_count`, u32(s.ropeDims ?? hd)],
   ];
+  if (arch === 'phi3' || s.window) meta.push([`${arch}.attention.sliding_window`, u32(s.window ?? s.ctx ?? 2048)]); // (llama.cpp's phi3 requires one)
+  if (s.longrope) {
+    const pairs = (s.ropeDims ?? hd) / 2, f = (lo: number, hi: number) => Float32Array.from({ length: pairs }, (_, i) => lo + ((hi - lo) * i) / pairs * (0.8 + 0.4 * g() ** 2));
+    tensors.push({ name: 'rope_factors_short.weight', dims: [pairs], dtype: 'f32', data: encodeTensor(f(1, 1.5), 'f32') });
+    tensors.push({ name: 'rope_factors_long.weight', dims: [pairs], dtype: 'f32', data: encodeTensor(f(1, 12), 'f32') });
+    meta.push([`${arch}.rope.scaling.original_context_length`, u32(s.longrope.ctx)], [`${arch}.rope.scaling.attn_factor`, { type: 'f32', value: s.longrope.attnFactor }]);
+  }
+  if (s.yarn) {
+    meta.push([`${arch}.rope.scaling.type`, { type: 'string', value: 'yarn' }], [`${arch}.rope.scaling.factor`, { type: 'f32', value: s.yarn.factor }],
+      [`${arch}.rope.scaling.original_context_length`, u32(s.yarn.ctx)]);
+  }
   if (s.vocabulary) {
     // <unk> <s> </s>, the 256 byte pieces, then made-up word pieces
     const tokens = ['<unk>', '<s>', '</s>', ...Array.from({ length: 256 }, (_, i) => `<0x${i.toString(16).toUpperCase().padStart(2, '0')}>`)];

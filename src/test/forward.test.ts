@@ -93,6 +93,30 @@ test('random Qwen3 GGUF (per-head query/key RMSNorm, head size != dim / heads, G
   checkAgainstReference(m, promptOf(64, 80), 1e-3, 8);
 });
 
+test('random GGUF with YaRN RoPE scaling (factor 4 over 32 original positions, decoded past them) matches the float64 reference', () => {
+  const m = loadModelFiles(tempFile('y.gguf', randomGGUF({ vocab: 80, dim: 64, hidden: 96, layers: 2, heads: 4, kvHeads: 2, yarn: { factor: 4, ctx: 32 }, seed: 12 })));
+  assert.equal(m.config.ropeScaling.type, 'yarn');
+  checkAgainstReference(m, promptOf(64, 80), 1e-3, 16);
+});
+
+test('random Phi-3 GGUF (fused qkv and gate/up, LongRoPE long factors, 3/4 of each head rotated) matches the float64 reference', () => {
+  const m = loadModelFiles(tempFile('phi.gguf', randomGGUF({ arch: 'phi3', vocab: 80, dim: 64, hidden: 96, layers: 2, heads: 4, kvHeads: 2, longrope: { ctx: 32, attnFactor: 1.2 }, ropeDims: 12, seed: 13 })));
+  assert.equal(m.config.ropeScaling.type, 'longrope');
+  assert.equal(m.config.ropeDims, 12);
+  assert.equal(m.weights.layers[1].wUp.rows, 96);
+  checkAgainstReference(m, promptOf(64, 80), 1e-3, 16);
+});
+
+test('a model with a sliding attention window runs exactly up to the window and refuses longer sequences with a clear error', async () => {
+  const m = loadModelFiles(tempFile('w.gguf', randomGGUF({ arch: 'phi3', vocab: 80, dim: 64, hidden: 96, layers: 1, heads: 4, kvHeads: 2, window: 40, seed: 14 })));
+  assert.equal(m.config.slidingWindow, 40);
+  checkAgainstReference(m, promptOf(40, 80), 1e-3, 0);
+  const s = new Session(makeModel(m.config, m.weights));
+  s.forward(promptOf(40, 80));
+  assert.throws(() => s.forward([3]), /41 tokens is longer than this model's attention window of 40 tokens/);
+  assert.equal(s.length, 40, 'the sequence is unchanged');
+});
+
 test('the default model (quest-tiny-8k, Hugging Face folder, f16) matches the float64 reference', () => {
   const m = loadModelFiles(DEFAULT_MODEL);
   assert.equal(m.format, 'hf');

@@ -136,6 +136,11 @@ test('llama.cpp runs our converter\'s quantised files of every type as our engin
 // probability, and max |Δp| under 0.001, along a random 64-token prompt and our 32 greedy tokens.
 for (const [label, shape] of [
   ['Qwen3 (per-head q/k RMSNorm, head size 32 with dim 128)', { arch: 'qwen3', vocab: 300, dim: 128, hidden: 256, layers: 3, heads: 8, kvHeads: 2, headDim: 32, seed: 41 }],
+  ['Llama with YaRN RoPE scaling (factor 4 over 32 original positions; 96 positions compared)', { vocab: 300, dim: 128, hidden: 256, layers: 3, heads: 4, kvHeads: 2, yarn: { factor: 4, ctx: 32 }, seed: 42 }],
+  ['Qwen3 with YaRN RoPE scaling (neox pairs)', { arch: 'qwen3', vocab: 300, dim: 128, hidden: 256, layers: 2, heads: 4, kvHeads: 1, yarn: { factor: 8, ctx: 16 }, seed: 43 }],
+  ['Phi-3 (fused qkv and gate/up, LongRoPE long factors past 32 original positions)', { arch: 'phi3', vocab: 300, dim: 128, hidden: 256, layers: 2, heads: 4, kvHeads: 4, longrope: { ctx: 32, attnFactor: 1.19 }, seed: 44 }],
+  ['Phi-3 with LongRoPE short factors (context within the original 4096)', { arch: 'phi3', vocab: 300, dim: 128, hidden: 256, layers: 2, heads: 4, kvHeads: 4, longrope: { ctx: 4096, attnFactor: 1.1 }, seed: 45 }],
+  ['Phi-4-mini shape (GQA, 3/4 of each head rotated, LongRoPE)', { arch: 'phi3', vocab: 300, dim: 128, hidden: 256, layers: 2, heads: 4, kvHeads: 2, ropeDims: 24, longrope: { ctx: 32, attnFactor: 1.19 }, seed: 46 }],
 ] as const) {
   test(`llama.cpp agrees with our engine on a random ${label} GGUF`, { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
     const llama = await llamaCpp!.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
@@ -149,34 +154,72 @@ for (const [label, shape] of [
   });
 }
 
-test('a Qwen3 Hugging Face folder: our engine runs it as llama.cpp runs the GGUF our converter writes from it', { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
-  // the default model's weights as a Qwen3 checkpoint, with per-head query/key norms added
+/** The default model's weights rewritten as a Hugging Face folder of another family: `config` merged into
+ *  its config.json, `tensors` maps the default tensors (name, f16 bytes) to the family's. */
+async function hfVariant(config: Record<string, unknown>, tensors: (all: { name: string; shape: number[]; data: Uint8Array }[]) => { name: string; dtype: 'F16' | 'F32'; shape: number[]; data: Uint8Array }[]): Promise<string> {
   const { parseSafetensors, writeSafetensors } = await import('../model/safetensors.js');
-  const dir = mkdtempSync(join(tmpdir(), 'quest-qwen3-'));
+  const dir = mkdtempSync(join(tmpdir(), 'quest-hf-'));
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(DEFAULT_MODEL, f), join(dir, f));
-  const config = JSON.parse(readFileSync(join(DEFAULT_MODEL, 'config.json'), 'utf8'));
-  writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'] }));
-  const tensors = [...parseSafetensors(new Uint8Array(readFileSync(join(DEFAULT_MODEL, 'model.safetensors'))), 'x').values()]
-    .map((x) => ({ name: x.name, dtype: 'F16' as 'F16' | 'F32', shape: x.shape, data: x.data }));
-  const g = rng(3), hd = config.head_dim;
-  for (let l = 0; l < config.num_hidden_layers; l++) for (const n of ['q_norm', 'k_norm']) {
-    tensors.push({ name: `model.layers.${l}.self_attn.${n}.weight`, dtype: 'F32', shape: [hd], data: new Uint8Array(Float32Array.from({ length: hd }, () => 0.7 + 0.6 * g()).buffer) });
-  }
-  writeFileSync(join(dir, 'model.safetensors'), writeSafetensors(tensors));
-  const hf = loadModelFiles(dir);
-  assert.equal(hf.config.arch, 'qwen3');
-  assert.ok(hf.weights.layers[3].qNorm);
-  const llama = await llamaCpp!.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
-  const path = tempFile('qwen3.gguf', convertHFToGGUF(dir, 'f32'));
-  const tok = new TextTokenizer(hf.tokenizer!);
-  const ids = tok.encode('"Well, Prince, so Genoa and Lucca are now just family estates of the Buonapartes. But I warn you, if you don\'t tell me that this means war, if you still try').slice(0, 48);
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...JSON.parse(readFileSync(join(DEFAULT_MODEL, 'config.json'), 'utf8')), ...config }));
+  const all = [...parseSafetensors(new Uint8Array(readFileSync(join(DEFAULT_MODEL, 'model.safetensors'))), 'x').values()];
+  writeFileSync(join(dir, 'model.safetensors'), writeSafetensors(tensors(all.map((x) => ({ name: x.name, shape: x.shape, data: x.data })))));
+  return dir;
+}
+
+/** Our engine on the folder, llama.cpp on the GGUF our converter writes from it, and our engine on that GGUF. */
+async function checkFolder(t: { diagnostic(s: string): void }, dir: string): Promise<void> {
+  const hf = loadModelFiles(dir), llama = await llamaCpp!.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
+  const path = tempFile('converted.gguf', convertHFToGGUF(dir, 'f32'));
+  const ids = new TextTokenizer(hf.tokenizer!).encode('"Well, Prince, so Genoa and Lucca are now just family estates of the Buonapartes. But I warn you, if you don\'t tell me that this means war, if you still try').slice(0, 48);
   const a = await agreement(llama, path, ids, 0.01);
   t.diagnostic(describe(a));
-  // the GGUF runs in our engine as the folder does
   const x = new Session(makeModel(hf.config, hf.weights)).forward(ids, { logits: 'all' });
   const gg = loadModelFiles(path), y = new Session(makeModel(gg.config, gg.weights)).forward(ids, { logits: 'all' });
   let d = 0; for (let i = 0; i < x.length; i++) d = Math.max(d, Math.abs(x[i] - y[i]));
   assert.ok(d < 1e-3, `folder vs converted GGUF max |Δlogit| ${d}`);
   assert.deepEqual(a.flips, []);
   assert.ok(a.maxDp < 5e-3, `max |Δp| ${a.maxDp}`);
+}
+
+const f16 = (x: { name: string; shape: number[]; data: Uint8Array }) => ({ ...x, dtype: 'F16' as 'F16' | 'F32' });
+const f32Tensor = (name: string, v: Float32Array) => ({ name, dtype: 'F32' as 'F16' | 'F32', shape: [v.length], data: new Uint8Array(v.buffer) });
+
+test('a Qwen3 Hugging Face folder: our engine runs it as llama.cpp runs the GGUF our converter writes from it', { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
+  // the default model's weights as a Qwen3 checkpoint, with per-head query/key norms added
+  const g = rng(3), hd = 32;
+  const dir = await hfVariant({ model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'] }, (all) => [
+    ...all.map(f16),
+    ...Array.from({ length: 8 }, (_, l) => ['q_norm', 'k_norm'].map((n) => f32Tensor(`model.layers.${l}.self_attn.${n}.weight`, Float32Array.from({ length: hd }, () => 0.7 + 0.6 * g())))).flat(),
+  ]);
+  const hf = loadModelFiles(dir);
+  assert.equal(hf.config.arch, 'qwen3');
+  assert.ok(hf.weights.layers[3].qNorm);
+  await checkFolder(t, dir);
+});
+
+test('a Phi-3 Hugging Face folder (fused qkv_proj and gate_up_proj, LongRoPE, partial rotary): ours as llama.cpp on its converted GGUF', { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
+  const byName = (all: { name: string; shape: number[]; data: Uint8Array }[], n: string) => all.find((x) => x.name === n)!;
+  const cat = (parts: { shape: number[]; data: Uint8Array }[], name: string) => {
+    const data = new Uint8Array(parts.reduce((a, p) => a + p.data.byteLength, 0)); let o = 0;
+    for (const p of parts) { data.set(p.data, o); o += p.data.byteLength; }
+    return { name, dtype: 'F16' as 'F16' | 'F32', shape: [parts.reduce((a, p) => a + p.shape[0], 0), parts[0].shape[1]], data };
+  };
+  const pairs = 12, g = rng(4);
+  const dir = await hfVariant({
+    model_type: 'phi3', architectures: ['Phi3ForCausalLM'], partial_rotary_factor: 0.75, original_max_position_embeddings: 64,
+    rope_scaling: { type: 'longrope', short_factor: Array.from({ length: pairs }, () => 1 + 0.3 * g()), long_factor: Array.from({ length: pairs }, (_, i) => 1 + i * (0.5 + g())) },
+  }, (all) => {
+    const out = all.filter((x) => !/(q_proj|k_proj|v_proj|gate_proj|up_proj)\.weight$/.test(x.name)).map(f16);
+    for (let l = 0; l < 8; l++) {
+      const p = `model.layers.${l}.`;
+      out.push(cat(['q_proj', 'k_proj', 'v_proj'].map((n) => byName(all, `${p}self_attn.${n}.weight`)), `${p}self_attn.qkv_proj.weight`));
+      out.push(cat(['gate_proj', 'up_proj'].map((n) => byName(all, `${p}mlp.${n}.weight`)), `${p}mlp.gate_up_proj.weight`));
+    }
+    return out;
+  });
+  const hf = loadModelFiles(dir);
+  assert.equal(hf.config.arch, 'phi3');
+  assert.equal(hf.config.ropeDims, 24);
+  assert.equal(hf.config.ropeScaling.type, 'longrope');
+  await checkFolder(t, dir);
 });

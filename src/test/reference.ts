@@ -1,7 +1,7 @@
 // An independent float64 Llama forward pass for tests: no paging, no shared kernels, the textbook
 // formulas written out again. The engine is checked against it.
 import type { ModelConfig, ModelWeights } from '../model/config.js';
-import { ropeInvFreq } from '../model/rope.js';
+import { ropeInvFreq, ropeMagnitude } from '../model/rope.js';
 
 type Mat = Float64Array; // row-major
 
@@ -38,19 +38,20 @@ export function refRmsnorm(x: Float64Array, w: Float64Array, eps: number): Float
 }
 
 /** Rotates one head (length hd) at position pos. */
-export function refRope(x: Float64Array, pos: number, c: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeStyle' | 'ropeScaling'>): Float64Array {
-  const hd = c.headDim, half = hd / 2, inv = ropeScalingFreqs(c);
-  const y = new Float64Array(hd);
+export function refRope(x: Float64Array, pos: number, c: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeStyle' | 'ropeScaling' | 'ropeDims'>): Float64Array {
+  // (the first ropeDims channels rotate, pairs within them; the rest pass through)
+  const hd = c.headDim, half = (c.ropeDims ?? hd) / 2, inv = ropeScalingFreqs(c), mag = ropeMagnitude(c.ropeScaling);
+  const y = Float64Array.from(x);
   for (let i = 0; i < half; i++) {
-    const a = pos * inv[i], cs = Math.cos(a), sn = Math.sin(a);
+    const a = pos * inv[i], cs = Math.cos(a) * mag, sn = Math.sin(a) * mag;
     const [i0, i1] = c.ropeStyle === 'interleaved' ? [2 * i, 2 * i + 1] : [i, i + half];
     y[i0] = x[i0] * cs - x[i1] * sn; y[i1] = x[i0] * sn + x[i1] * cs;
   }
   return y;
 }
 
-function ropeScalingFreqs(c: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeScaling'>): Float64Array {
-  return ropeInvFreq(c.headDim, c.ropeTheta, c.ropeScaling);
+function ropeScalingFreqs(c: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeScaling' | 'ropeDims'>): Float64Array {
+  return ropeInvFreq(c.ropeDims ?? c.headDim, c.ropeTheta, c.ropeScaling);
 }
 
 /** Round half to even, like WGSL's round(). */

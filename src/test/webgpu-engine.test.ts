@@ -75,6 +75,8 @@ for (const dtype of ['f16', 'q8_0', 'q4_0', 'f32'] as const) {
 // batched step against the float64 reference.
 for (const [label, shape] of [
   ['Qwen3 (q/k norms, head size 16 with dim 64)', { arch: 'qwen3', vocab: 100, dim: 64, hidden: 128, layers: 2, heads: 8, kvHeads: 2, headDim: 16, seed: 8 }],
+  ['YaRN RoPE scaling', { vocab: 100, dim: 64, hidden: 128, layers: 2, heads: 4, kvHeads: 2, yarn: { factor: 4, ctx: 16 }, seed: 11 }],
+  ['Phi-3 (fused matrices, LongRoPE, 3/4 of each head rotated)', { arch: 'phi3', vocab: 100, dim: 64, hidden: 128, layers: 2, heads: 4, kvHeads: 2, ropeDims: 12, longrope: { ctx: 16, attnFactor: 1.2 }, seed: 12 }],
   ['Q4_K', { vocab: 100, dim: 256, hidden: 512, layers: 2, heads: 8, kvHeads: 2, dtype: 'q4_k', seed: 9 }],
   ['IQ4_XS', { vocab: 100, dim: 256, hidden: 512, layers: 2, heads: 8, kvHeads: 2, dtype: 'iq4_xs', seed: 10 }],
 ] as const) {

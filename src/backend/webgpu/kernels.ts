@@ -388,10 +388,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   for (var i = lid.x; i < D; i += 256u) { out[orow * D + i] = x[row * D + i] * inv * w[i]; }
 }`;
 
-export interface HeadsSpec { nHeads: number; nKV: number; headDim: number; pageSize: number }
+/** (ropeDims: the channels of a head that RoPE rotates, default all) */
+export interface HeadsSpec { nHeads: number; nKV: number; headDim: number; pageSize: number; ropeDims?: number }
 const heads = (s: HeadsSpec) => `
 const NH: u32 = ${s.nHeads}u; const NKV: u32 = ${s.nKV}u; const G: u32 = ${s.nHeads / s.nKV}u;
 const HD: u32 = ${s.headDim}u; const HD2: u32 = ${s.headDim / 2}u; const P: u32 = ${s.pageSize}u;
+const RD2: u32 = ${(s.ropeDims ?? s.headDim) / 2}u; // rotated pairs (the channels past 2 * RD2 pass through)
 const QKV: u32 = ${(s.nHeads + 2 * s.nKV) * s.headDim}u;
 `;
 
@@ -403,10 +405,10 @@ export const ropeWgsl = (s: HeadsSpec, neox: boolean) => STEP_WGSL + heads(s) + 
 @group(0) @binding(2) var<uniform> step: Step;
 ${MAIN_1D}
   let per = (NH + NKV) * HD2; let i = gid.x / per; let r = gid.x % per; let h = r / HD2; let p = r % HD2;
-  if (i >= step.n) { return; }
+  if (i >= step.n || p >= RD2) { return; }
   let cs = rope[(step.start + i) * HD2 + p];
   let b = i * QKV + h * HD;
-  let a = b + ${neox ? 'p' : '2u * p'}; let c = b + ${neox ? 'p + HD2' : '2u * p + 1u'};
+  let a = b + ${neox ? 'p' : '2u * p'}; let c = b + ${neox ? 'p + RD2' : '2u * p + 1u'};
   let x0 = qkv[a]; let x1 = qkv[c];
   qkv[a] = x0 * cs.x - x1 * cs.y; qkv[c] = x0 * cs.y + x1 * cs.x;
 }`;
@@ -429,8 +431,9 @@ struct Row { pos: u32, row: u32, tableAt: u32, pad: u32 } // a sequence of the b
 @group(0) @binding(8) var<storage, read> rows: array<Row>;` : ''}
 // channel c of the rotated head that starts at b
 fn rot(b: u32, c: u32, pos: u32) -> f32 {
-${neox ? `  let p = c % HD2; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + p]; let x1 = qkv[b + p + HD2];
-  return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, c >= HD2);`
+  if (c >= 2u * RD2) { return qkv[b + c]; }
+${neox ? `  let p = c % RD2; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + p]; let x1 = qkv[b + p + RD2];
+  return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, c >= RD2);`
   : `  let p = c / 2u; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + 2u * p]; let x1 = qkv[b + 2u * p + 1u];
   return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, (c & 1u) == 1u);`}
 }

@@ -243,11 +243,12 @@ export class GpuModel {
   }
 
   private makeRopeTable(): GPUBuffer {
-    const c = this.config, half = c.headDim / 2, inv = Rope.forConfig(c).invFreq;
+    // [pos][headDim / 2] (cos, sin); only the rotated pairs are read
+    const c = this.config, half = c.headDim / 2, rope = Rope.forConfig(c), inv = rope.invFreq, mag = rope.magnitude;
     const t = new Float32Array(c.maxSeqLen * half * 2);
-    for (let p = 0; p < c.maxSeqLen; p++) for (let i = 0; i < half; i++) {
+    for (let p = 0; p < c.maxSeqLen; p++) for (let i = 0; i < inv.length; i++) {
       const a = p * inv[i];
-      t[(p * half + i) * 2] = Math.cos(a); t[(p * half + i) * 2 + 1] = Math.sin(a);
+      t[(p * half + i) * 2] = Math.cos(a) * mag; t[(p * half + i) * 2 + 1] = Math.sin(a) * mag;
     }
     return this.f32(t);
   }
