@@ -133,7 +133,7 @@ addAttentionFlags(addPromptFlags(program.command('prefill').description('prefill
     process.stderr.write(`wrote ${o.out} (${ids.length} tokens, prefill ${(ms / 1000).toFixed(2)} s, ${llm.device})\n`);
   });
 
-program.command('convert').description('convert a Hugging Face Llama/Qwen2/Qwen3/Mistral folder to GGUF')
+program.command('convert').description('convert a Hugging Face Llama/Qwen2/Qwen3/Mistral/Phi-3/Gemma 3 folder to GGUF')
   .requiredOption('--model <dir>', 'Hugging Face folder')
   .requiredOption('--out <file>', 'GGUF file to write')
   .addOption(new Option('--type <dtype>', 'weight type, or llama.cpp\'s q4_k_m / q5_k_m mixes').choices(CONVERT_TYPES).default('f16'))

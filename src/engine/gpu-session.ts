@@ -370,7 +370,7 @@ export class GpuSession {
   /** Runs `tokens` after what the session holds; resolves to logits ([vocab] or [n x vocab]), or with
    *  `argmax` to a one-element array holding the greedy token. */
   async forward(tokens: number[], opts: GpuForwardOptions = {}): Promise<Float32Array> {
-    checkTokens(this.model.config, this.len, tokens);
+    checkTokens(this.model.config, this.len, tokens, false);
     const mode = opts.logits ?? 'last';
     const most = mode === 'all' ? this.runner.logitsChunk : this.runner.chunk;
     const chunk = Math.min(most, Math.max(1, opts.chunk ?? most));
@@ -646,7 +646,7 @@ export class GpuSession {
     if (!steps.length) return [];
     const lead = steps[0].seq, r = lead.runner, d = lead.model.device, c = lead.model.config, n = steps.length;
     if (n > Math.min(r.chunk, MAX_BATCH)) throw new Error(`a batch holds at most ${Math.min(r.chunk, MAX_BATCH)} sequences, got ${n}`);
-    checkBatch(steps, (s) => s.runner, c);
+    checkBatch(steps, (s) => s.runner, c, false);
     for (const { seq } of steps) if (seq.planned || seq.received) throw new Error(`a ${seq.attention.policy} sequence${seq.recording ? ' that records prefill scores' : ''} runs its decode steps alone on WebGPU, not in a batch`);
     for (const { seq } of steps) await seq.drain();
     const batch = steps.map((x) => x.seq);

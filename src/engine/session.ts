@@ -1,7 +1,7 @@
 // One sequence being run through a model: its paged KV cache, its attention policy, and the forward
 // pass (llama2.c style: one obvious loop over layers). Prefill (several tokens) is always dense;
 // single-token decode steps use the policy in every layer from `denseLayers` on.
-import { addInPlace, matmul, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
+import { addInPlace, geglu, matmul, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
 import { attendHead, headScores } from '../attention/attend.js';
 import { wasm } from '../backend/wasm/runtime.js';
 import { workerPool, split, OP_ATTEND } from '../backend/wasm/pool.js';
@@ -11,7 +11,7 @@ import { pageScores } from '../attention/quest.js';
 import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Selection, type StepContext } from '../attention/policy.js';
 import { PagedKVCache } from '../kv/paged-cache.js';
 import type { PageTable } from '../kv/page-table.js';
-import type { ModelConfig, ModelWeights } from '../model/config.js';
+import { windowOf, type ModelConfig, type ModelWeights } from '../model/config.js';
 import { Rope } from '../model/rope.js';
 import { modelFingerprint } from '../model/fingerprint.js';
 import { saveSession, type SessionFileOptions } from './session-file.js';
@@ -19,13 +19,17 @@ import { concatF32 } from '../model/tensor.js';
 
 export interface Model {
   config: ModelConfig; weights: ModelWeights; rope: Rope;
+  /** the windowed layers' RoPE where it differs (Gemma 3), else `rope` */
+  ropeLocal: Rope;
   /** what saved KV caches of this model are checked against (model/fingerprint.ts) */
   readonly fingerprint: string;
 }
 
 export function makeModel(config: ModelConfig, weights: ModelWeights): Model {
   let fp: string | undefined;
-  return { config, weights, rope: Rope.forConfig(config), get fingerprint() { return (fp ??= modelFingerprint(config, weights)); } };
+  const rope = Rope.forConfig(config), lr = config.localRope;
+  const ropeLocal = lr ? new Rope(config.headDim, config.ropeStyle, lr.theta, lr.scaling, config.ropeDims ?? config.headDim) : rope;
+  return { config, weights, rope, ropeLocal, get fingerprint() { return (fp ??= modelFingerprint(config, weights)); } };
 }
 
 /** Attention-mass recall of sparse decode steps: per layer, the sum over steps and heads. */
@@ -190,6 +194,8 @@ export class Session {
    *  a decode step (n = 1) under the policy from `denseLayers` on, else dense. */
   attendRows(l: number, q: Float32Array, att: Float32Array, n: number, start: number, scale: number, dense: boolean): void {
     if (this.probs.length < start + n) this.probs = new Float32Array(Math.max(start + n, this.probs.length * 2));
+    const window = windowOf(this.model.config, l);
+    if (window) { this.windowedAttention(l, q, att, n, start, scale, window); return; } // (already sparse: no policy)
     const sparse = n === 1 && !dense && this.policy !== null && l >= this.attention.denseLayers;
     if (sparse) this.sparseStep(l, q, att, scale);
     else this.denseAttention(l, q, att, n, start, scale);
@@ -226,6 +232,16 @@ export class Session {
         if (received) for (let t = 0; t < count; t++) received[t] += probs[t];
       }
       if (received) this.reportReceived(l, h, received, start + n);
+    }
+  }
+
+  /** Sliding-window attention of n new tokens: the query at position p sees tokens p - window + 1 .. p. */
+  private windowedAttention(l: number, q: Float32Array, att: Float32Array, n: number, start: number, scale: number, window: number): void {
+    const c = this.model.config, hd = c.headDim, nH = c.nHeads, group = nH / c.nKVHeads, kv = this.cache.layers[l];
+    const ids = identity(start + n);
+    for (let i = 0; i < n; i++) {
+      const p = start + i, from = Math.max(0, p - window + 1);
+      for (let h = 0; h < nH; h++) attendHead(q, (i * nH + h) * hd, kv, Math.floor(h / group), ids.subarray(from, p + 1), p + 1, scale, att, (i * nH + h) * hd, null);
     }
   }
 
@@ -275,6 +291,13 @@ export class Session {
   }
 }
 
+let ids = new Int32Array(0);
+/** 0, 1, ..., n-1 (at least): windows are its slices. */
+function identity(n: number): Int32Array {
+  if (ids.length < n) { ids = new Int32Array(Math.max(n, ids.length * 2, 1024)); ids.forEach((_, i) => { ids[i] = i; }); }
+  return ids;
+}
+
 /** One part of a batched forward pass: tokens that follow what `seq` holds. */
 export interface ForwardPart { seq: Session; tokens: number[]; logits: 'last' | 'all' | 'none'; dense?: boolean }
 
@@ -286,7 +309,7 @@ export interface ForwardPart { seq: Session; tokens: number[]; logits: 'last' | 
  * logits (null for logits 'none').
  */
 export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array | null)[] {
-  const { config: c, weights: w, rope } = model;
+  const { config: c, weights: w } = model;
   const n = parts.reduce((a, p) => a + p.tokens.length, 0), dim = c.dim, hd = c.headDim, nH = c.nHeads, nKV = c.nKVHeads;
   const qDim = nH * hd, kvDim = nKV * hd;
   const x = new Float32Array(n * dim), xb = new Float32Array(n * dim), xb2 = new Float32Array(n * dim);
@@ -298,13 +321,15 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
   const rows: number[] = [], starts = parts.map((p) => p.seq.length);
   parts.reduce((r, p) => { rows.push(r); return r + p.tokens.length; }, 0);
   parts.forEach((p, j) => p.tokens.forEach((t, i) => x.set(w.embed.row(t, row), (rows[j] + i) * dim)));
-  const scale = 1 / Math.sqrt(hd);
+  if (c.embedScale) for (let i = 0; i < n * dim; i++) x[i] *= c.embedScale; // (Gemma)
+  const scale = c.attnScale ?? 1 / Math.sqrt(hd);
 
   for (let l = 0; l < c.nLayers; l++) {
     const L = w.layers[l];
     rmsnorm(xb, x, L.attnNorm, n, dim, c.normEps);
     matmul(L.wq, xb, n, q, L.bq); matmul(L.wk, xb, n, k, L.bk); matmul(L.wv, xb, n, v, L.bv);
     if (L.qNorm) { rmsnorm(q, q, L.qNorm, n * nH, hd, c.normEps); rmsnorm(k, k, L.kNorm!, n * nKV, hd, c.normEps); } // Qwen3, per head
+    const rope = windowOf(c, l) ? model.ropeLocal : model.rope;
     parts.forEach((p, j) => {
       const kv = p.seq.cache.layers[l], r0 = rows[j], m = p.tokens.length;
       for (let i = 0; i < m; i++) {
@@ -315,11 +340,13 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
       p.seq.attendRows(l, q.subarray(r0 * qDim, (r0 + m) * qDim), att.subarray(r0 * qDim, (r0 + m) * qDim), m, starts[j], scale, p.dense === true);
     });
     matmul(L.wo, att, n, xb2);
+    if (L.postAttnNorm) rmsnorm(xb2, xb2, L.postAttnNorm, n, dim, c.normEps); // (Gemma 3)
     addInPlace(x, xb2, n * dim);
     rmsnorm(xb, x, L.ffnNorm, n, dim, c.normEps);
     matmul(L.wGate, xb, n, gate); matmul(L.wUp, xb, n, up);
-    swiglu(gate, up, n * c.hiddenDim);
+    if (c.ffnAct === 'gelu') geglu(gate, up, n * c.hiddenDim); else swiglu(gate, up, n * c.hiddenDim);
     matmul(L.wDown, gate, n, xb2);
+    if (L.postFfnNorm) rmsnorm(xb2, xb2, L.postFfnNorm, n, dim, c.normEps);
     addInPlace(x, xb2, n * dim);
   }
   parts.forEach((p) => p.seq.tokens.push(...p.tokens));
@@ -338,11 +365,11 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
 }
 
 /** Throws a clear error unless `tokens` may follow the `held` tokens of a sequence of model `c` (both backends). */
-export function checkTokens(c: ModelConfig, held: number, tokens: number[]): void {
+export function checkTokens(c: ModelConfig, held: number, tokens: number[], slidingWindows = true): void {
   if (tokens.length === 0) throw new Error('forward needs at least one token');
-  if (c.slidingWindow !== undefined && held + tokens.length > c.slidingWindow) {
+  if (!slidingWindows && c.slidingWindow !== undefined && held + tokens.length > c.slidingWindow) {
     throw new Error(`sequence of ${held + tokens.length} tokens is longer than this model's attention window of ${c.slidingWindow} tokens: ` +
-      'sliding-window attention is not implemented yet, so sequences stop at the window (where attention is exact)');
+      'sliding-window attention is not on WebGPU yet, so sequences stop at the window there (where attention is exact); the CPU backend runs the full context');
   }
   if (held + tokens.length > c.maxSeqLen) throw new Error(`sequence of ${held + tokens.length} tokens exceeds the model's context length of ${c.maxSeqLen}`);
   for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
@@ -350,13 +377,13 @@ export function checkTokens(c: ModelConfig, held: number, tokens: number[]): voi
 
 /** Throws a clear error unless `steps` form one batched decode step (both backends): sequences of one
  *  model (`modelOf`), each once, each with a token that fits. */
-export function checkBatch<S extends { length: number }>(steps: { seq: S; token: number }[], modelOf: (s: S) => unknown, c: ModelConfig): void {
+export function checkBatch<S extends { length: number }>(steps: { seq: S; token: number }[], modelOf: (s: S) => unknown, c: ModelConfig, slidingWindows = true): void {
   const model = modelOf(steps[0].seq), seen = new Set<S>();
   for (const { seq, token } of steps) {
     if (modelOf(seq) !== model) throw new Error('a batch runs sequences of one model');
     if (seen.has(seq)) throw new Error('a sequence appears twice in one batch');
     seen.add(seq);
-    checkTokens(c, seq.length, [token]);
+    checkTokens(c, seq.length, [token], slidingWindows);
   }
 }
 

@@ -18,7 +18,7 @@ export type RopeScaling =
   | { type: 'longrope'; factors: Float32Array; attnFactor: number };
 
 export interface ModelConfig {
-  arch: 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'phi3';
+  arch: 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'phi3' | 'gemma3';
   vocabSize: number;
   dim: number;
   hiddenDim: number;
@@ -32,9 +32,19 @@ export interface ModelConfig {
   ropeScaling: RopeScaling;
   /** channels of each head that RoPE rotates (Phi-4-mini: 3/4 of them); the rest pass through. Default headDim */
   ropeDims?: number;
-  /** sliding-window attention over this many tokens (Mistral 7B v0.1, Phi-3-mini-4k), which the engine
-   *  does not implement: the loaders cut maxSeqLen to it, so what runs is exact */
+  /** sliding-window attention: a query sees the last slidingWindow tokens (itself included), in the
+   *  layers `windowLayers` marks (Gemma 3: five of every six), or in every layer (Mistral 7B v0.1).
+   *  The CPU engine implements it; WebGPU sequences stop at the window, where attention is exact. */
   slidingWindow?: number;
+  windowLayers?: boolean[];
+  /** RoPE of the windowed layers where it differs (Gemma 3: base 10^4 and no scaling; global: 10^6, x8) */
+  localRope?: { theta: number; scaling: RopeScaling };
+  /** Gemma: the embedding is multiplied by this (sqrt(dim)) */
+  embedScale?: number;
+  /** attention logits scale (default 1 / sqrt(headDim); Gemma 3: query_pre_attn_scalar^-1/2) */
+  attnScale?: number;
+  /** the feed-forward gate's activation: SwiGLU (silu, default) or GeGLU (gelu, tanh form: Gemma) */
+  ffnAct?: 'silu' | 'gelu';
   maxSeqLen: number;
   bosId: number | null;
   eosIds: number[];
@@ -46,6 +56,8 @@ export interface LayerWeights {
   bq: Float32Array | null; bk: Float32Array | null; bv: Float32Array | null;
   /** Qwen3: RMSNorm weights applied to each query and key head (length headDim) before RoPE */
   qNorm: Float32Array | null; kNorm: Float32Array | null;
+  /** Gemma 3: RMSNorm of the attention output and of the feed-forward output, before each residual add */
+  postAttnNorm?: Float32Array; postFfnNorm?: Float32Array;
   ffnNorm: Float32Array;
   wGate: Matrix; wUp: Matrix; wDown: Matrix;
 }
@@ -57,7 +69,11 @@ export interface ModelWeights {
   output: Matrix; // [vocab x dim], the embedding itself when tied
 }
 
-export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'mistral', 'phi3'] as const;
+/** Whether layer l attends through a sliding window (and of how many tokens; 0: the whole sequence). */
+export const windowOf = (c: ModelConfig, l: number): number =>
+  c.slidingWindow !== undefined && (c.windowLayers?.[l] ?? true) ? c.slidingWindow : 0;
+
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'mistral', 'phi3', 'gemma3'] as const;
 
 /** Checks the numbers that the forward pass relies on; a clear error beats a wrong answer. */
 /** `what`: the file or folder the config came from (named in the error). */

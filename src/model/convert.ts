@@ -1,4 +1,4 @@
-// `quest convert`: a Hugging Face Llama/Qwen2/Qwen3/Mistral folder to GGUF, laid out as llama.cpp's converter does
+// `quest convert`: a Hugging Face Llama/Qwen2/Qwen3/Mistral/Phi-3/Gemma 3 (text) folder to GGUF, laid out as llama.cpp's converter does
 // (Q/K rows permuted to the interleaved RoPE layout for the llama architecture), so llama.cpp can load it.
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -46,7 +46,8 @@ export function convertHFToGGUF(dir: string, dtype: ConvertType = 'f16'): Uint8A
     if (L.bq) vec(p + 'attn_q.bias', L.bq, c.nHeads);
     if (L.bk) vec(p + 'attn_k.bias', L.bk, c.nKVHeads);
     if (L.bv) vec(p + 'attn_v.bias', L.bv);
-    if (L.qNorm) { vec(p + 'attn_q_norm.weight', L.qNorm); vec(p + 'attn_k_norm.weight', L.kNorm!); } // Qwen3
+    if (L.qNorm) { vec(p + 'attn_q_norm.weight', L.qNorm); vec(p + 'attn_k_norm.weight', L.kNorm!); } // Qwen3, Gemma 3
+    if (L.postAttnNorm) { vec(p + 'post_attention_norm.weight', L.postAttnNorm); vec(p + 'post_ffw_norm.weight', L.postFfnNorm!); } // Gemma 3 (+1 included)
     if (arch === 'phi3') mat(p + 'ffn_up.weight', fused([L.wGate, L.wUp]));
     else { mat(p + 'ffn_gate.weight', L.wGate); mat(p + 'ffn_up.weight', L.wUp); }
     mat(p + 'ffn_down.weight', L.wDown);
@@ -66,6 +67,12 @@ export function convertHFToGGUF(dir: string, dtype: ConvertType = 'f16'): Uint8A
     [`${arch}.rope.freq_base`, { type: 'f32', value: c.ropeTheta }], [`${arch}.rope.dimension_count`, u32(c.ropeDims ?? c.headDim)],
   ];
   if (c.slidingWindow !== undefined || arch === 'phi3') meta.push([`${arch}.attention.sliding_window`, u32(c.slidingWindow ?? c.maxSeqLen)]);
+  if (arch === 'gemma3') {
+    // llama.cpp's form: every n-th layer global
+    const every = (c.windowLayers?.indexOf(false) ?? -1) + 1;
+    if (every < 1 || c.windowLayers!.some((w, l) => w !== ((l + 1) % every !== 0))) throw new Error('converting Gemma 3 needs every n-th layer global (llama.cpp\'s sliding_window_pattern)');
+    meta.push([`${arch}.attention.sliding_window_pattern`, u32(every)], [`${arch}.rope.freq_base_swa`, { type: 'f32', value: c.localRope?.theta ?? 10000 }]);
+  }
   if (c.ropeScaling.type === 'linear') {
     meta.push([`${arch}.rope.scaling.type`, { type: 'string', value: 'linear' }], [`${arch}.rope.scaling.factor`, { type: 'f32', value: c.ropeScaling.factor }]);
   } else if (c.ropeScaling.type === 'yarn') {

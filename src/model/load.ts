@@ -49,12 +49,6 @@ function loadAny(files: ModelFiles, opts: { tokenizerPath?: string; onProgress?:
 
 function f32(m: Matrix): Float32Array { return m.toF32(); }
 
-/** Sliding-window attention is not implemented: the usable context stops at the window, where
- *  attention is exact (the window is kept to explain the limit). */
-function limitToWindow(c: ModelConfig, window: number): void {
-  c.slidingWindow = window;
-  c.maxSeqLen = window;
-}
 
 /** YaRN's default scaling of cos and sin for a context stretched `factor` times. */
 const yarnMagnitude = (factor: number) => (factor > 1 ? 0.1 * Math.log(factor) + 1 : 1);
@@ -103,12 +97,19 @@ export function fromGGUF(g: GGUFFile, what: string): Omit<LoadedModel, 'path'> {
     arch: arch as ModelConfig['arch'], vocabSize: embed.rows, dim, hiddenDim: key('feed_forward_length'),
     nLayers: key('block_count'), nHeads, nKVHeads: key('attention.head_count_kv', nHeads),
     headDim: key('attention.key_length', dim / nHeads), normEps: key('attention.layer_norm_rms_epsilon', 1e-5),
-    ropeTheta: key('rope.freq_base', 10000), ropeStyle: arch === 'qwen2' || arch === 'qwen3' || arch === 'phi3' ? 'neox' : 'interleaved', ropeScaling,
+    ropeTheta: key('rope.freq_base', 10000), ropeStyle: arch === 'llama' || arch === 'mistral' ? 'interleaved' : 'neox', ropeScaling,
     ropeDims: key('rope.dimension_count', key('attention.key_length', dim / nHeads)),
     maxSeqLen: key('context_length', 2048), bosId: tok?.bosId ?? null, eosIds: tok?.eosIds ?? [],
   };
+  // a window only where llama.cpp applies one (Gemma 3; its llama and phi3 graphs ignore the key)
   const window = m.get(`${arch}.attention.sliding_window`);
-  if (window !== undefined && Number(window) > 0 && Number(window) < config.maxSeqLen) limitToWindow(config, Number(window));
+  if (arch === 'gemma3' && window !== undefined && Number(window) > 0 && Number(window) < config.maxSeqLen) config.slidingWindow = Number(window);
+  if (arch === 'gemma3') {
+    // (norm weights in Gemma GGUFs already carry the +1 of Gemma's RMSNorm)
+    Object.assign(config, gemmaConfig(config, m.get(`${arch}.attention.sliding_window_pattern`), key('rope.freq_base_swa', 10000)));
+    // llama.cpp's rule: 1 / sqrt(head size), except the 27B model (62 layers): 1 / sqrt(dim / heads)
+    config.attnScale = 1 / Math.sqrt(config.nLayers === 62 ? dim / nHeads : config.headDim);
+  }
   validateConfig(config, what);
   const weights = assembleWeights(config, tensor, GGUF_NAMES, what);
   return { config, weights, tokenizer: tok, format: 'gguf' };
@@ -123,9 +124,10 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
   const files = typeof source === 'string' ? diskFiles(source) : source, dir = files.label;
   if (!files.has('config.json')) throw new Error(`${dir} has no config.json: not a Hugging Face model folder`);
   const c = readJson(files, 'config.json', 'model config');
-  const arch = String(c.model_type ?? '');
-  if (!(SUPPORTED_ARCHS as readonly string[]).includes(arch)) {
-    throw new Error(`${dir}: unsupported architecture "${arch}" (${(c.architectures ?? []).join(', ')}); supported: ${SUPPORTED_ARCHS.join(', ')}`);
+  const arch = c.model_type === 'gemma3_text' ? 'gemma3' : String(c.model_type ?? '');
+  if (!(SUPPORTED_ARCHS as readonly string[]).includes(arch) || c.model_type === 'gemma3') {
+    const hint = c.model_type === 'gemma3' ? ' (a Gemma 3 checkpoint with its vision tower: use the text-only model, or its GGUF)' : '';
+    throw new Error(`${dir}: unsupported architecture "${c.model_type}"${hint} (${(c.architectures ?? []).join(', ')}); supported: ${SUPPORTED_ARCHS.join(', ')}, gemma3_text`);
   }
   // tensors: one file, or shards listed by the index
   const shards = safetensorsShards(files);
@@ -193,9 +195,21 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
   };
   if (c.partial_rotary_factor) config.ropeDims = Math.round(config.headDim * c.partial_rotary_factor);
   // a window only where the model uses it (Qwen2 configs carry one with use_sliding_window false)
-  if (Number(c.sliding_window) > 0 && c.use_sliding_window !== false && c.sliding_window < config.maxSeqLen) limitToWindow(config, c.sliding_window);
+  if (Number(c.sliding_window) > 0 && c.use_sliding_window !== false && c.sliding_window < config.maxSeqLen) config.slidingWindow = c.sliding_window;
   validateConfig(config, dir);
-  const weights = assembleWeights(config, tensor, HF_NAMES, dir);
+  if (arch === 'gemma3') {
+    const pattern = Array.isArray(c.layer_types) ? c.layer_types.map((t: string) => t === 'sliding_attention') : c.sliding_window_pattern;
+    Object.assign(config, gemmaConfig(config, pattern, c.rope_local_base_freq ?? 10000));
+    config.slidingWindow = c.sliding_window;
+    config.attnScale = 1 / Math.sqrt(c.query_pre_attn_scalar ?? config.headDim);
+  }
+  const weights = assembleWeights(config, tensor, arch === 'gemma3' ? GEMMA_HF_NAMES : HF_NAMES, dir);
+  if (arch === 'gemma3') {
+    // Gemma's RMSNorm multiplies by (1 + w): stored here as the plain weight, as GGUF files do
+    const plusOne = (w: Float32Array | null | undefined) => { if (w) for (let i = 0; i < w.length; i++) w[i] += 1; };
+    plusOne(weights.finalNorm);
+    for (const L of weights.layers) [L.attnNorm, L.ffnNorm, L.qNorm, L.kNorm, L.postAttnNorm, L.postFfnNorm].forEach(plusOne);
+  }
   return { config, weights, tokenizer, format: 'hf' };
 }
 
@@ -257,6 +271,8 @@ interface TensorNames {
   bq: string; bk: string; bv: string; qNorm: string; kNorm: string; gate: string; up: string; down: string;
   /** fused q/k/v and gate/up matrices (Phi-3), split into views where a file has them */
   qkv: string; gateUp: string;
+  /** Gemma 3's norms after attention and after the feed-forward block (optional) */
+  postAttnNorm: string; postFfnNorm: string;
   embed: string; finalNorm: string; output: string;
 }
 
@@ -265,7 +281,7 @@ const GGUF_NAMES: TensorNames = {
   wq: 'attn_q.weight', wk: 'attn_k.weight', wv: 'attn_v.weight', wo: 'attn_output.weight',
   bq: 'attn_q.bias', bk: 'attn_k.bias', bv: 'attn_v.bias', qNorm: 'attn_q_norm.weight', kNorm: 'attn_k_norm.weight', gate: 'ffn_gate.weight', up: 'ffn_up.weight', down: 'ffn_down.weight',
   // (llama.cpp's phi3 keeps gate and up fused in ffn_up)
-  qkv: 'attn_qkv.weight', gateUp: 'ffn_up.weight',
+  qkv: 'attn_qkv.weight', gateUp: 'ffn_up.weight', postAttnNorm: 'post_attention_norm.weight', postFfnNorm: 'post_ffw_norm.weight',
   embed: 'token_embd.weight', finalNorm: 'output_norm.weight', output: 'output.weight',
 };
 
@@ -275,9 +291,23 @@ const HF_NAMES: TensorNames = {
   bq: 'self_attn.q_proj.bias', bk: 'self_attn.k_proj.bias', bv: 'self_attn.v_proj.bias',
   qNorm: 'self_attn.q_norm.weight', kNorm: 'self_attn.k_norm.weight',
   gate: 'mlp.gate_proj.weight', up: 'mlp.up_proj.weight', down: 'mlp.down_proj.weight',
-  qkv: 'self_attn.qkv_proj.weight', gateUp: 'mlp.gate_up_proj.weight',
+  qkv: 'self_attn.qkv_proj.weight', gateUp: 'mlp.gate_up_proj.weight', postAttnNorm: '-', postFfnNorm: '-',
   embed: 'model.embed_tokens.weight', finalNorm: 'model.norm.weight', output: 'lm_head.weight',
 };
+
+/** Gemma 3's Hugging Face names: its post_attention_layernorm follows attention (the pre-FFN norm is
+ *  pre_feedforward_layernorm). */
+const GEMMA_HF_NAMES: TensorNames = {
+  ...HF_NAMES, ffnNorm: 'pre_feedforward_layernorm.weight', postAttnNorm: 'post_attention_layernorm.weight', postFfnNorm: 'post_feedforward_layernorm.weight',
+};
+
+/** Gemma 3's shared settings: scaled embeddings, GeGLU, and which layers are windowed (`pattern`: every
+ *  n-th layer global, or one flag per layer) with their own RoPE base. */
+function gemmaConfig(c: ModelConfig, pattern: unknown, localTheta: number): Partial<ModelConfig> {
+  const every = typeof pattern === 'number' || typeof pattern === 'bigint' ? Number(pattern) : 6;
+  const windowLayers = Array.isArray(pattern) ? pattern.map((v) => Boolean(v)) : Array.from({ length: c.nLayers }, (_, l) => (l + 1) % every !== 0);
+  return { embedScale: Math.sqrt(c.dim), ffnAct: 'gelu', windowLayers, localRope: { theta: localTheta, scaling: { type: 'none' } } };
+}
 
 /** The model's weights from a format's tensors (biases optional; output tied to the embedding if absent). */
 function assembleWeights(c: ModelConfig, tensor: (name: string, optional?: boolean) => Matrix | null, n: TensorNames, what: string): ModelWeights {
@@ -296,6 +326,7 @@ function assembleWeights(c: ModelConfig, tensor: (name: string, optional?: boole
       wq, wk, wv, wo: req(p + n.wo),
       bq: bias(n.bq), bk: bias(n.bk), bv: bias(n.bv), qNorm: bias(n.qNorm), kNorm: bias(n.kNorm),
       wGate, wUp, wDown: req(p + n.down),
+      ...(c.arch === 'gemma3' ? { postAttnNorm: f32(req(p + n.postAttnNorm)), postFfnNorm: f32(req(p + n.postFfnNorm)) } : {}),
     });
   }
   const embed = req(n.embed);

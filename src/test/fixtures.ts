@@ -7,7 +7,7 @@ import { encodeTensor, type DType } from '../model/tensor.js';
 import { rng } from '../engine/sampler.js';
 
 export interface RandomModelShape {
-  arch?: 'llama' | 'qwen2' | 'qwen3' | 'phi3';
+  arch?: 'llama' | 'qwen2' | 'qwen3' | 'phi3' | 'gemma3';
   vocab: number; dim: number; hidden: number; layers: number; heads: number; kvHeads: number;
   ctx?: number; dtype?: DType; seed?: number; tied?: boolean; ropeTheta?: number;
   /** per-head size when it is not dim / heads (Qwen3) */
@@ -20,6 +20,8 @@ export interface RandomModelShape {
   ropeDims?: number;
   /** sliding-window attention over this many tokens */
   window?: number;
+  /** (Gemma 3) every `pattern`-th layer global, the others windowed */
+  pattern?: number;
   /** add a SentencePiece-style vocabulary (llama.cpp refuses a GGUF without one) */
   vocabulary?: boolean;
 }
@@ -53,7 +55,8 @@ export function randomGGUF(s: RandomModelShape): Uint8Array {
     else { mat(p + 'attn_q.weight', s.heads * hd, s.dim, w); mat(p + 'attn_k.weight', s.kvHeads * hd, s.dim, w); mat(p + 'attn_v.weight', s.kvHeads * hd, s.dim, w); }
     mat(p + 'attn_output.weight', s.dim, s.heads * hd, w);
     if (arch === 'qwen2') { vec(p + 'attn_q.bias', s.heads * hd, 0, 0.1); vec(p + 'attn_k.bias', s.kvHeads * hd, 0, 0.1); vec(p + 'attn_v.bias', s.kvHeads * hd, 0, 0.1); }
-    if (arch === 'qwen3') { vec(p + 'attn_q_norm.weight', hd, 1, 0.3); vec(p + 'attn_k_norm.weight', hd, 1, 0.3); }
+    if (arch === 'qwen3' || arch === 'gemma3') { vec(p + 'attn_q_norm.weight', hd, 1, 0.3); vec(p + 'attn_k_norm.weight', hd, 1, 0.3); }
+    if (arch === 'gemma3') { vec(p + 'post_attention_norm.weight', s.dim, 1, 0.2); vec(p + 'post_ffw_norm.weight', s.dim, 1, 0.2); }
     vec(p + 'ffn_norm.weight', s.dim, 1, 0.1);
     if (arch === 'phi3') mat(p + 'ffn_up.weight', 2 * s.hidden, s.dim, w);
     else { mat(p + 'ffn_gate.weight', s.hidden, s.dim, w); mat(p + 'ffn_up.weight', s.hidden, s.dim, w); }
@@ -73,6 +76,7 @@ export function randomGGUF(s: RandomModelShape): Uint8Array {
     [`${arch}.rope.freq_base`, { type: 'f32', value: s.ropeTheta ?? 10000 }],
     [`${arch}.rope.dimension_count`, u32(s.ropeDims ?? hd)],
   ];
+  if (arch === 'gemma3') meta.push([`${arch}.attention.sliding_window_pattern`, u32(s.pattern ?? 6)], [`${arch}.rope.freq_base_swa`, { type: 'f32', value: 10000 }]);
   if (arch === 'phi3' || s.window) meta.push([`${arch}.attention.sliding_window`, u32(s.window ?? s.ctx ?? 2048)]); // (llama.cpp's phi3 requires one)
   if (s.longrope) {
     const pairs = (s.ropeDims ?? hd) / 2, f = (lo: number, hi: number) => Float32Array.from({ length: pairs }, (_, i) => lo + ((hi - lo) * i) / pairs * (0.8 + 0.4 * g() ** 2));

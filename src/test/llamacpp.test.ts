@@ -140,6 +140,7 @@ for (const [label, shape] of [
   ['Qwen3 with YaRN RoPE scaling (neox pairs)', { arch: 'qwen3', vocab: 300, dim: 128, hidden: 256, layers: 2, heads: 4, kvHeads: 1, yarn: { factor: 8, ctx: 16 }, seed: 43 }],
   ['Phi-3 (fused qkv and gate/up, LongRoPE long factors past 32 original positions)', { arch: 'phi3', vocab: 300, dim: 128, hidden: 256, layers: 2, heads: 4, kvHeads: 4, longrope: { ctx: 32, attnFactor: 1.19 }, seed: 44 }],
   ['Phi-3 with LongRoPE short factors (context within the original 4096)', { arch: 'phi3', vocab: 300, dim: 128, hidden: 256, layers: 2, heads: 4, kvHeads: 4, longrope: { ctx: 4096, attnFactor: 1.1 }, seed: 45 }],
+  ['Gemma 3 (2 of 3 layers windowed over 10 tokens with RoPE base 10^4, global 10^6; q/k norms, post-norms, GeGLU, scaled embedding)', { arch: 'gemma3', vocab: 300, dim: 128, hidden: 256, layers: 3, heads: 4, kvHeads: 2, headDim: 64, window: 10, pattern: 3, ropeTheta: 1e6, seed: 47 }],
   ['Phi-4-mini shape (GQA, 3/4 of each head rotated, LongRoPE)', { arch: 'phi3', vocab: 300, dim: 128, hidden: 256, layers: 2, heads: 4, kvHeads: 2, ropeDims: 24, longrope: { ctx: 32, attnFactor: 1.19 }, seed: 46 }],
 ] as const) {
   test(`llama.cpp agrees with our engine on a random ${label} GGUF`, { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
@@ -221,5 +222,26 @@ test('a Phi-3 Hugging Face folder (fused qkv_proj and gate_up_proj, LongRoPE, pa
   assert.equal(hf.config.arch, 'phi3');
   assert.equal(hf.config.ropeDims, 24);
   assert.equal(hf.config.ropeScaling.type, 'longrope');
+  await checkFolder(t, dir);
+});
+
+test('a Gemma 3 (text) Hugging Face folder: ours as llama.cpp on its converted GGUF (norms stored as w, used as 1 + w)', { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
+  const g = rng(6), around0 = (n: number) => Float32Array.from({ length: n }, () => 0.3 * (g() - 0.5));
+  const dir = await hfVariant({
+    model_type: 'gemma3_text', architectures: ['Gemma3ForCausalLM'], hidden_activation: 'gelu_pytorch_tanh', query_pre_attn_scalar: 32,
+    sliding_window: 12, sliding_window_pattern: 4, rope_local_base_freq: 10000, rope_theta: 1e6,
+  }, (all) => {
+    // Gemma's names: the pre-FFN norm is pre_feedforward_layernorm; post_attention_layernorm follows attention
+    const out = all.map((x) => ({ ...f16(x), name: x.name.replace('post_attention_layernorm', 'pre_feedforward_layernorm') }));
+    for (let l = 0; l < 8; l++) {
+      const p = `model.layers.${l}.`;
+      out.push(f32Tensor(`${p}post_attention_layernorm.weight`, around0(256)), f32Tensor(`${p}post_feedforward_layernorm.weight`, around0(256)),
+        f32Tensor(`${p}self_attn.q_norm.weight`, around0(32)), f32Tensor(`${p}self_attn.k_norm.weight`, around0(32)));
+    }
+    return out;
+  });
+  const hf = loadModelFiles(dir);
+  assert.equal(hf.config.arch, 'gemma3');
+  assert.deepEqual(hf.config.windowLayers, [true, true, true, false, true, true, true, false]);
   await checkFolder(t, dir);
 });

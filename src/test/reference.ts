@@ -10,7 +10,7 @@ function toF64(m: { toF32(): Float32Array }): Float64Array { return Float64Array
 export interface RefWeights {
   embed: Mat; output: Mat; finalNorm: Float64Array;
   layers: { attnNorm: Float64Array; ffnNorm: Float64Array; wq: Mat; wk: Mat; wv: Mat; wo: Mat; bq: Float64Array | null; bk: Float64Array | null; bv: Float64Array | null;
-    qNorm: Float64Array | null; kNorm: Float64Array | null; gate: Mat; up: Mat; down: Mat }[];
+    qNorm: Float64Array | null; kNorm: Float64Array | null; postAttnNorm: Float64Array | null; postFfnNorm: Float64Array | null; gate: Mat; up: Mat; down: Mat }[];
 }
 
 export function refWeights(w: ModelWeights): RefWeights {
@@ -20,6 +20,7 @@ export function refWeights(w: ModelWeights): RefWeights {
     layers: w.layers.map((l) => ({
       attnNorm: Float64Array.from(l.attnNorm), ffnNorm: Float64Array.from(l.ffnNorm),
       wq: toF64(l.wq), wk: toF64(l.wk), wv: toF64(l.wv), wo: toF64(l.wo), bq: f(l.bq), bk: f(l.bk), bv: f(l.bv), qNorm: f(l.qNorm), kNorm: f(l.kNorm),
+      postAttnNorm: f(l.postAttnNorm ?? null), postFfnNorm: f(l.postFfnNorm ?? null),
       gate: toF64(l.wGate), up: toF64(l.wUp), down: toF64(l.wDown),
     })),
   };
@@ -83,29 +84,37 @@ export function refForward(c: ModelConfig, W: RefWeights, tokens: number[], opts
   const out: Float64Array[] = [];
   tokens.forEach((tok, pos) => {
     const qx = opts.quantiseX?.(pos) ? refQuantiseX : (v: Float64Array) => v; // a product's input
-    let x = W.embed.slice(tok * dim, tok * dim + dim);
+    let x = W.embed.slice(tok * dim, tok * dim + dim).map((v) => v * (c.embedScale ?? 1)); // (Gemma scales it)
     W.layers.forEach((L, l) => {
+      // sliding windows (Mistral, Gemma 3's local layers): key t is seen while pos - t < window; those
+      // layers may rotate with their own base (Gemma 3)
+      const windowed = c.slidingWindow !== undefined && (c.windowLayers === undefined || c.windowLayers[l]);
+      const window = windowed ? c.slidingWindow! : Infinity;
+      const rc = windowed && c.localRope ? { ...c, ropeTheta: c.localRope.theta, ropeScaling: c.localRope.scaling } : c;
+      const scale = c.attnScale ?? 1 / Math.sqrt(hd);
       const h = qx(refRmsnorm(x, L.attnNorm, c.normEps));
       const q = linear(L.wq, h, nH * hd, dim, L.bq), k = linear(L.wk, h, nKV * hd, dim, L.bk), v = linear(L.wv, h, nKV * hd, dim, L.bv);
       const heads = (a: Float64Array, n: number) => Array.from({ length: n }, (_, i) => a.slice(i * hd, i * hd + hd));
       // (Qwen3: each query and key head RMS-normalised before RoPE)
       const hn = (z: Float64Array, w: Float64Array | null) => (w ? refRmsnorm(z, w, c.normEps) : z);
-      const qh = heads(q, nH).map((z) => refRope(hn(z, L.qNorm), pos, c)), kh = heads(k, nKV).map((z) => refRope(hn(z, L.kNorm), pos, c)), vh = heads(v, nKV);
+      const qh = heads(q, nH).map((z) => refRope(hn(z, L.qNorm), pos, rc)), kh = heads(k, nKV).map((z) => refRope(hn(z, L.kNorm), pos, rc)), vh = heads(v, nKV);
       Ks[l].push(Float64Array.from(kh.flatMap((z) => Array.from(z)))); Vs[l].push(v);
       const att = new Float64Array(nH * hd);
       for (let hq = 0; hq < nH; hq++) {
         const g = Math.floor(hq / (nH / nKV));
-        const s = Ks[l].map((K) => { let d = 0; for (let i = 0; i < hd; i++) d += qh[hq][i] * K[g * hd + i]; return d / Math.sqrt(hd); });
+        const s = Ks[l].map((K, t) => { let d = 0; for (let i = 0; i < hd; i++) d += qh[hq][i] * K[g * hd + i]; return pos - t < window ? d * scale : -Infinity; });
         const m = Math.max(...s), e = s.map((z) => Math.exp(z - m)), sum = e.reduce((a, b) => a + b, 0);
         for (let t = 0; t < s.length; t++) for (let i = 0; i < hd; i++) att[hq * hd + i] += (e[t] / sum) * Vs[l][t][g * hd + i];
       }
       void vh;
-      const o = linear(L.wo, qx(att), dim, nH * hd);
+      let o = linear(L.wo, qx(att), dim, nH * hd);
+      if (L.postAttnNorm) o = refRmsnorm(o, L.postAttnNorm, c.normEps);
       x = x.map((z, i) => z + o[i]);
       const h2 = qx(refRmsnorm(x, L.ffnNorm, c.normEps));
       const gt = linear(L.gate, h2, hiddenDim, dim), u = linear(L.up, h2, hiddenDim, dim);
-      const act = gt.map((z, i) => (z / (1 + Math.exp(-z))) * u[i]);
-      const d = linear(L.down, qx(act), dim, hiddenDim);
+      const act = gt.map((z, i) => (c.ffnAct === 'gelu' ? 0.5 * z * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (z + 0.044715 * z ** 3))) : z / (1 + Math.exp(-z))) * u[i]);
+      let d = linear(L.down, qx(act), dim, hiddenDim);
+      if (L.postFfnNorm) d = refRmsnorm(d, L.postFfnNorm, c.normEps);
       x = x.map((z, i) => z + d[i]);
     });
     out.push(linear(W.output, qx(refRmsnorm(x, W.finalNorm, c.normEps)), c.vocabSize, dim));

@@ -101,6 +101,17 @@ for (const [label, shape] of [
   });
 }
 
+test('WebGPU: Gemma 3 is refused with a clear error (CPU only for now), and sliding-window models stop at the window', { skip: skipGpu }, async () => {
+  const g3 = loadModelFiles(tempFile('g3.gguf', randomGGUF({ arch: 'gemma3', vocab: 80, dim: 64, hidden: 96, layers: 3, heads: 4, kvHeads: 2, window: 10, pattern: 3, seed: 15 })));
+  assert.throws(() => GpuModel.upload(gpu!.device, g3.config, g3.weights), /gemma3 models run on the CPU backend only for now/);
+  const m = loadModelFiles(tempFile('w.gguf', randomGGUF({ vocab: 80, dim: 64, hidden: 96, layers: 1, heads: 4, kvHeads: 2, seed: 14 })));
+  m.config.slidingWindow = 12;
+  const runner = runnerFor(m), s = new GpuSession(runner);
+  await s.forward(promptOf(12, 80), { logits: 'none' });
+  await assert.rejects(s.forward([3]), /13 tokens is longer than this model's attention window of 12 tokens/);
+  runner.dispose(); runner.m.dispose();
+});
+
 // Products whose K splits evenly over the thread sets of the x-stationary kernel (16-byte units: 8 f16,
 // 16 int8, 32 nibbles), the other branch of that kernel than the small models above take
 for (const dtype of ['f16', 'q8_0', 'q4_0'] as const) {

@@ -129,6 +129,14 @@ export function swiglu(gate: Float32Array, up: Float32Array, n: number): void {
   for (let i = 0; i < n; i++) { const g = gate[i]; gate[i] = (g / (1 + Math.exp(-g))) * up[i]; }
 }
 
+/** gate[i] = gelu(gate[i]) * up[i], gelu in its tanh form (Gemma's GeGLU) */
+export function geglu(gate: Float32Array, up: Float32Array, n: number): void {
+  for (let i = 0; i < n; i++) {
+    const g = gate[i];
+    gate[i] = 0.5 * g * (1 + Math.tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) * up[i];
+  }
+}
+
 export function addInPlace(x: Float32Array, y: Float32Array, n: number): void {
   for (let i = 0; i < n; i++) x[i] += y[i];
 }

@@ -63,6 +63,10 @@ export class GpuModel {
 
   /** Uploads CPU-side weights (any dtype the loader reads). */
   static upload(device: GPUDevice, config: ModelConfig, w: ModelWeights, onProgress?: (done: number, total: number) => void): GpuModel {
+    // (Gemma 3's scaled embeddings, GeGLU, post-norms, per-layer RoPE and attention scale are CPU-only so far)
+    if (config.embedScale !== undefined || config.ffnAct === 'gelu' || config.localRope || config.attnScale !== undefined || w.layers.some((L) => L.postAttnNorm || L.postFfnNorm)) {
+      throw new Error(`${config.arch} models run on the CPU backend only for now (WebGPU lacks their GeGLU, post-norms and per-layer RoPE): use --device cpu`);
+    }
     const m = new GpuModel(device, config);
     m.fingerprint = modelFingerprint(config, w); // (the host weights may be freed after the upload)
     const total = w.layers.length + 2;
