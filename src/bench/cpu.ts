@@ -1,5 +1,5 @@
 // `npm run bench:cpu`: prefill and decode tokens/s at 512 and 4096 tokens of context, for the default
-// model and a random-weight model of SmolLM2-135M's shape (Q8_0), next to llama.cpp (node-llama-cpp)
+// model and random-weight models of SmolLM2-135M's shape (Q8_0, Q4_K_M), next to llama.cpp (node-llama-cpp)
 // on the same GGUF in the same run, and our SIMD kernels next to our plain TypeScript kernels.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -62,8 +62,12 @@ function benchOursNoWasm(path: string, ctx: number): Result {
 
 async function main() {
   if (process.argv[2] === '--child') { console.log(JSON.stringify(benchOurs(process.argv[3], Number(process.argv[4])))); return; }
-  const tiny = tinyGguf(), smol = smolGguf();
-  const models = [['quest-tiny-8k (HF f16 folder / same as f16 GGUF)', DEFAULT_MODEL, tiny], ['SmolLM2-135M shape, random, Q8_0', smol, smol]];
+  // --only TEXT: the models whose name contains TEXT (e.g. Q4_K_M)
+  const only = process.argv.indexOf('--only') > 0 ? process.argv[process.argv.indexOf('--only') + 1] : '';
+  const tiny = tinyGguf(), smol = smolGguf(), smolK = smolGguf('q4_k_m');
+  const all = [['quest-tiny-8k (HF f16 folder / same as f16 GGUF)', DEFAULT_MODEL, tiny], ['SmolLM2-135M shape, random, Q8_0', smol, smol],
+    ['SmolLM2-135M shape, random, Q4_K_M (llama.cpp\'s mix)', smolK, smolK]];
+  const models = all.filter(([name]) => name.includes(only));
   const rows: string[] = [];
   const f = (x: number | undefined) => (x === undefined ? '-' : x.toFixed(1));
   for (const [name, ours, gguf] of models) {

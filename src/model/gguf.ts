@@ -95,7 +95,8 @@ export function parseGGUF(bytes: Uint8Array, what = 'GGUF file'): GGUFFile {
   const tensors = new Map<string, GGUFTensorInfo>();
   infos.forEach((t, i) => {
     const rows = t.dims.slice(1).reduce((a, b) => a * b, 1);
-    const byteLength = rowBytes(t.dtype, t.dims[0]) * rows;
+    let byteLength: number;
+    try { byteLength = rowBytes(t.dtype, t.dims[0]) * rows; } catch (e) { throw new Error(`${what}: tensor ${t.name} (${t.dims.join(' x ')}): ${(e as Error).message}: corrupt file`); }
     const offset = dataStart + rel[i];
     if (offset + byteLength > bytes.byteLength) {
       throw new Error(`${what} is truncated: tensor ${t.name} needs bytes ${offset}..${offset + byteLength}, file has ${bytes.byteLength}`);

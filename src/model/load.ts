@@ -167,7 +167,11 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
   };
 
   const nHeads = c.num_attention_heads;
-  const rs = c.rope_scaling;
+  // RoPE settings: rope_theta + rope_scaling (transformers 4), or rope_parameters (transformers 5: the
+  // base inside, and for Gemma 3 one set per layer type)
+  const rp = c.rope_parameters, perType = rp && (rp.full_attention || rp.sliding_attention), globalRp = perType ? rp.full_attention : rp;
+  const ropeTheta = c.rope_theta ?? globalRp?.rope_theta ?? 10000, localTheta = c.rope_local_base_freq ?? rp?.sliding_attention?.rope_theta ?? 10000;
+  const rs = c.rope_scaling ?? (globalRp?.rope_type && globalRp.rope_type !== 'default' ? globalRp : undefined);
   let ropeScaling: RopeScaling = { type: 'none' };
   const rsType = rs ? (rs.rope_type ?? rs.type) : undefined;
   if (rsType === 'llama3') {
@@ -190,7 +194,7 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
   const config: ModelConfig = {
     arch: arch as ModelConfig['arch'], vocabSize: embed.rows, dim: c.hidden_size, hiddenDim: c.intermediate_size,
     nLayers: c.num_hidden_layers, nHeads, nKVHeads: c.num_key_value_heads ?? nHeads, headDim: c.head_dim ?? c.hidden_size / nHeads,
-    normEps: c.rms_norm_eps ?? 1e-6, ropeTheta: c.rope_theta ?? 10000, ropeStyle: 'neox', ropeScaling,
+    normEps: c.rms_norm_eps ?? 1e-6, ropeTheta, ropeStyle: 'neox', ropeScaling,
     maxSeqLen: c.max_position_embeddings ?? 2048, bosId: tokenizer.bosId, eosIds,
   };
   if (c.partial_rotary_factor) config.ropeDims = Math.round(config.headDim * c.partial_rotary_factor);
@@ -199,7 +203,7 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
   validateConfig(config, dir);
   if (arch === 'gemma3') {
     const pattern = Array.isArray(c.layer_types) ? c.layer_types.map((t: string) => t === 'sliding_attention') : c.sliding_window_pattern;
-    Object.assign(config, gemmaConfig(config, pattern, c.rope_local_base_freq ?? 10000));
+    Object.assign(config, gemmaConfig(config, pattern, localTheta));
     config.slidingWindow = c.sliding_window;
     config.attnScale = 1 / Math.sqrt(c.query_pre_attn_scalar ?? config.headDim);
   }

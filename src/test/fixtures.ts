@@ -4,12 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeGGUF, type GGUFWriteTensor, type GGUFWriteValue } from '../model/gguf.js';
 import { encodeTensor, type DType } from '../model/tensor.js';
+import { matrixType, type ConvertType } from '../model/quant-mix.js';
 import { rng } from '../engine/sampler.js';
 
 export interface RandomModelShape {
   arch?: 'llama' | 'qwen2' | 'qwen3' | 'phi3' | 'gemma3';
   vocab: number; dim: number; hidden: number; layers: number; heads: number; kvHeads: number;
-  ctx?: number; dtype?: DType; seed?: number; tied?: boolean; ropeTheta?: number;
+  /** a tensor type, or a llama.cpp mix such as q4_k_m (each matrix then gets the mix's type) */
+  ctx?: number; dtype?: ConvertType; seed?: number; tied?: boolean; ropeTheta?: number;
   /** per-head size when it is not dim / heads (Qwen3) */
   headDim?: number;
   /** YaRN RoPE scaling: `factor` over an original context of `ctx` tokens */
@@ -40,8 +42,10 @@ export function randomGGUF(s: RandomModelShape): Uint8Array {
   const g = gaussian(s.seed ?? 1);
   const dt = s.dtype ?? 'f32', arch = s.arch ?? 'llama', hd = s.headDim ?? s.dim / s.heads;
   const tensors: GGUFWriteTensor[] = [];
-  const mat = (name: string, rows: number, cols: number, scale: number, dtype: DType = dt) =>
+  const mat = (name: string, rows: number, cols: number, scale: number) => {
+    const dtype: DType = matrixType(dt, { name, cols, nLayers: s.layers, tied: !!s.tied });
     tensors.push({ name, dims: [cols, rows], dtype, data: encodeTensor(randomArray(rows * cols, scale, g), dtype) });
+  };
   const vec = (name: string, n: number, base: number, scale: number) => {
     const a = randomArray(n, scale, g); for (let i = 0; i < n; i++) a[i] += base;
     tensors.push({ name, dims: [n], dtype: 'f32', data: encodeTensor(a, 'f32') });

@@ -69,12 +69,15 @@ test('a GGUF file with a bad magic is a clear error', () => {
 test('an unsupported architecture or tensor type is a clear error', () => {
   const f = writeGGUF([['general.architecture', { type: 'string', value: 'mamba' }]], []);
   assert.throws(() => loadModelFiles(tempFile('a.gguf', f)), /unsupported architecture "mamba"/);
-  const q4k = randomGGUF(small);
-  // retag the first tensor as Q4_K (type 12): the type field sits after its name, dims and count
-  const dv = new DataView(q4k.buffer), name = new TextEncoder().encode('token_embd.weight');
-  const at = Buffer.from(q4k).indexOf(Buffer.from(name)) + name.length + 4 + 2 * 8;
-  dv.setUint32(at, 12, true);
-  assert.throws(() => loadModelFiles(tempFile('k.gguf', q4k)), /Q4_K, not supported/);
+  // retag the first tensor's type: the type field sits after its name, dims and count
+  const retag = (type: number) => {
+    const f = randomGGUF(small), dv = new DataView(f.buffer), name = new TextEncoder().encode('token_embd.weight');
+    dv.setUint32(Buffer.from(f).indexOf(Buffer.from(name)) + name.length + 4 + 2 * 8, type, true);
+    return tempFile('t.gguf', f);
+  };
+  assert.throws(() => loadModelFiles(retag(16)), /tensor token_embd.weight has type IQ2_XXS, not supported \(supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS;/);
+  // a K-quant tensor whose rows are not whole 256-element blocks
+  assert.throws(() => loadModelFiles(retag(12)), /tensor token_embd.weight \(\d+ x \d+\): Q4_K rows need a multiple of 256 elements, got \d+: corrupt file/);
 });
 
 function hfCopy(): string {
