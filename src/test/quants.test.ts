@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Matrix, rowBytes } from '../model/tensor.js';
-import { QUANT_FORMATS, type QuantType } from '../model/quants.js';
+import { QUANT_FORMATS, affineGroups, type QuantType } from '../model/quants.js';
 import { quantise } from '../model/quantise.js';
 import { matmul, Q8_X_TOKENS } from '../backend/cpu/kernels.js';
 import { refQuantiseX } from './reference.js';
@@ -134,4 +134,19 @@ test('our quantisers lose no more than llama.cpp\'s reference quantisers (relati
   }
   t.diagnostic(`ours vs llama.cpp: ${lines.join(', ')}`);
   assert.deepEqual(worse, [], 'quantisers more than 15% worse than llama.cpp\'s');
+});
+
+test('every format as 16-element groups of int8 codes with a scale and offset (the WebGPU upload form) gives exactly the decoded values', () => {
+  for (const type of TYPES) {
+    const n = 4 * 256;
+    for (const data of [randomBlocks(type, n, 21), quantise(awkward(n, 22), type)]) {
+      const codes = new Int8Array(n), scales = new Float32Array(n / 16), mins = new Float32Array(n / 16);
+      affineGroups(type, data, 0, codes, scales, mins, 0, n);
+      const want = new Matrix(1, n, type, data).toF32();
+      for (let i = 0; i < n; i++) {
+        const got = Math.fround(Math.fround(scales[i >> 4] * codes[i]) + mins[i >> 4]);
+        if (Math.abs(got - want[i]) > 1e-6 * Math.max(1, Math.abs(want[i]))) assert.fail(`${type}: element ${i} is ${got} as codes, ${want[i]} decoded`);
+      }
+    }
+  }
 });

@@ -70,21 +70,23 @@ for (const dtype of ['f16', 'q8_0', 'q4_0', 'f32'] as const) {
   });
 }
 
-// Model families and tensor types without a GPU format of their own: Qwen3's per-head query/key RMSNorm
-// (a kernel before RoPE), and K-quant / IQ4 files (uploaded as f16), prefill chunks, decode steps and a
-// batched step against the float64 reference.
+// Model families and the llama.cpp tensor types beyond Q8_0 / Q4_0: Qwen3's per-head query/key RMSNorm
+// (a kernel before RoPE), YaRN, Phi-3, and K-quant / IQ4 files (as q4_1 / q8_16 GPU weights), prefill
+// chunks, decode steps and a batched step against the float64 reference.
 for (const [label, shape] of [
   ['Qwen3 (q/k norms, head size 16 with dim 64)', { arch: 'qwen3', vocab: 100, dim: 64, hidden: 128, layers: 2, heads: 8, kvHeads: 2, headDim: 16, seed: 8 }],
   ['YaRN RoPE scaling', { vocab: 100, dim: 64, hidden: 128, layers: 2, heads: 4, kvHeads: 2, yarn: { factor: 4, ctx: 16 }, seed: 11 }],
   ['Phi-3 (fused matrices, LongRoPE, 3/4 of each head rotated)', { arch: 'phi3', vocab: 100, dim: 64, hidden: 128, layers: 2, heads: 4, kvHeads: 2, ropeDims: 12, longrope: { ctx: 16, attnFactor: 1.2 }, seed: 12 }],
-  ['Q4_K', { vocab: 100, dim: 256, hidden: 512, layers: 2, heads: 8, kvHeads: 2, dtype: 'q4_k', seed: 9 }],
+  ['Q4_K (4-bit codes with a scale and min per 32 on the GPU)', { vocab: 100, dim: 256, hidden: 512, layers: 2, heads: 8, kvHeads: 2, dtype: 'q4_k', seed: 9 }],
+  ['Q4_K_M mix (Q4_K, Q6_K, and q/k/v of both fused as int8 codes per 16)', { vocab: 100, dim: 256, hidden: 512, layers: 2, heads: 8, kvHeads: 2, dtype: 'q4_k_m', seed: 16 }],
   ['IQ4_XS', { vocab: 100, dim: 256, hidden: 512, layers: 2, heads: 8, kvHeads: 2, dtype: 'iq4_xs', seed: 10 }],
 ] as const) {
   test(`WebGPU decoder on a random ${label} GGUF matches float64: prefill chunks, decode steps, a batched step`, { skip: skipGpu }, async (t) => {
     const m = loadModelFiles(tempFile('m.gguf', randomGGUF(shape)));
     const runner = runnerFor(m), V = m.config.vocabSize, tokens = promptOf(45, V);
     const ref = refForward(m.config, refWeights(m.weights), tokens);
-    // (weights as f16 on the GPU, f16 KV cache)
+    if ('dtype' in shape) assert.ok(runner.m.layers[0].gateUp.type !== 'f16', 'quantised weights keep a quantised GPU form');
+    // (f16 KV cache; f16 tiles in tensor-core prefill products)
     const d1 = compare(await new GpuSession(runner).forward(tokens.slice(0, 40), { logits: 'all', chunk: 17 }), ref.slice(0, 40), V, 3e-2, 'prefill');
     const s = new GpuSession(runner);
     await s.forward(tokens.slice(0, 40), { logits: 'none' });

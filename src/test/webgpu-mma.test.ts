@@ -5,6 +5,7 @@
 // as the kernel does. Skipped with the reason on adapters without subgroup matrices (SwiftShader, CI):
 // there the fallback tiled kernel runs and keeps its own tests (webgpu-engine.test.ts).
 import { test } from 'node:test';
+import { gpuWeights } from './gpu-weights.js';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
 import { matrixConfig, throwDeviceError } from '../backend/webgpu/device.js';
@@ -42,6 +43,12 @@ function weights(type: GpuWeightType, N: number, Kd: number, seed: number) {
     const h = Uint16Array.from({ length: n }, () => f32ToF16(g() * 0.2));
     h.forEach((b, i) => { values[i] = F16_TABLE[b]; });
     return { values, data: new Uint32Array(h.buffer), scales: null };
+  }
+  if (type === 'q4_1' || type === 'q8_16') {
+    // codes with a (scale, min) per group (Q4_K-style 4-bit / any type as int8)
+    const q = gpuWeights(type, n, g, u);
+    for (let i = 0; i < n; i++) values[i] = f16(q.value(i));
+    return { values, data: q.data, scales: q.scales };
   }
   const scales = Float32Array.from({ length: n / 32 }, () => 0.002 + Math.abs(g()) * 0.01);
   if (type === 'q8_0') {
@@ -94,6 +101,7 @@ const cases: { type: GpuWeightType; tokens: number; N: number; K: number; add?: 
   { type: 'f16', tokens: 1, N: 128, K: 96 }, { type: 'f16', tokens: 77, N: 576, K: 576, add: true },
   { type: 'f16', tokens: 130, N: 384, K: 256, bias: true }, { type: 'f16', tokens: 19, N: 256, K: 11008, add: true },
   { type: 'q8_0', tokens: 45, N: 640, K: 768 }, { type: 'q4_0', tokens: 200, N: 256, K: 4096, add: true },
+  { type: 'q4_1', tokens: 70, N: 256, K: 1024, bias: true }, { type: 'q8_16', tokens: 33, N: 384, K: 768, add: true },
 ];
 for (const c of cases) {
   test(`WebGPU tensor-core product (${c.type}, ${c.tokens} tokens × ${c.N} × ${c.K}${c.add ? ', residual add' : ''}${c.bias ? ', bias' : ''}) matches float64`, { skip }, async () => {

@@ -5,6 +5,7 @@
 // that does not split evenly over the thread sets (96, 11008 = Llama-2-7B's down projection, two units
 // per thread), rows past a workgroup's, and the RMSNorm / SwiGLU prologues.
 import { test } from 'node:test';
+import { gpuWeights } from './gpu-weights.js';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
 import { hasIntDot4, hasSubgroups32, throwDeviceError } from '../backend/webgpu/device.js';
@@ -17,13 +18,10 @@ import { f32ToF16, F16_TABLE } from '../model/tensor.js';
 
 interface Case { N: number; K: number; prologue?: 'rmsnorm' | 'swiglu' }
 
-async function product(c: Case, intDot: boolean, seed: number) {
+async function product(c: Case, intDot: boolean, seed: number, type: 'q4_0' | 'q4_1' | 'q8_16' = 'q4_0') {
   const { device } = gpu!, g = gaussian(seed), u = rng(seed), eps = 1e-5;
-  // weights: random codes 0..15 (value = code - 8) and block scales, in the GPU layout of kernels.ts
-  const codes = Uint8Array.from({ length: c.N * c.K }, () => Math.floor(u() * 16));
-  const packed = new Uint32Array((c.N * c.K) / 8);
-  codes.forEach((v, i) => { packed[i >> 3] |= v << (4 * (i & 7)); });
-  const scales = Float32Array.from({ length: (c.N * c.K) / 32 }, () => 0.01 + Math.abs(g()) * 0.05);
+  // weights: random codes and block scales (and mins), in the GPU layout of kernels.ts
+  const { data: packed, scales, value } = gpuWeights(type, c.N * c.K, g, u);
   const x = Float32Array.from({ length: c.prologue === 'swiglu' ? 2 * c.K : c.K }, () => g() * 2);
   const nw = Float32Array.from({ length: c.K }, () => 0.5 + Math.abs(g()));
   // the product's input after the prologue, in float64
@@ -32,13 +30,13 @@ async function product(c: Case, intDot: boolean, seed: number) {
   if (c.prologue === 'swiglu') xin = xin.map((v, i) => (v / (1 + Math.exp(-v))) * x[c.K + i]);
   if (intDot) xin = refQuantiseX(xin);
   const want = Float64Array.from({ length: c.N }, (_, r) => {
-    let s = 0; for (let k = 0; k < c.K; k++) s += (codes[r * c.K + k] - 8) * scales[(r * c.K + k) >> 5] * xin[k]; return s;
+    let s = 0; for (let k = 0; k < c.K; k++) s += value(r * c.K + k) * xin[k]; return s;
   });
 
   const pro: K.LinearSpec['prologue'] = c.prologue === 'rmsnorm' ? { kind: 'rmsnorm', eps } : c.prologue === 'swiglu' ? { kind: 'swiglu' } : undefined;
   // float x: the prologue inside the product; int8 x: the quantising kernel computes it, then the product
-  const spec: K.LinearSpec = { type: 'q4_0', N: c.N, K: c.K, add: false, bias: false, ...(pro && !intDot ? { prologue: pro } : {}) };
-  const R = K.linearRowsFor('q4_0', intDot);
+  const spec: K.LinearSpec = { type, N: c.N, K: c.K, add: false, bias: false, ...(pro && !intDot ? { prologue: pro } : {}) };
+  const R = K.linearRowsFor(type, intDot);
   const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
   const buf = (a: ArrayBufferView & { byteLength: number }) => {
     const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
@@ -55,7 +53,7 @@ async function product(c: Case, intDot: boolean, seed: number) {
   if (intDot) dispatch(pass, pipeOf(K.quantiseXWgsl(c.K, pro)), [[0, xBuf], [1, xq], ...(c.prologue === 'rmsnorm' ? [[2, nwBuf] as [number, GPUBuffer]] : [])], Math.ceil(c.K / 32 / 64));
   dispatch(pass, pipeOf(K.linearRowsWgsl(spec, { subgroups: hasSubgroups32(device), rows: R, xq: intDot })),
     [[0, intDot ? xq : xBuf], [1, y], [2, buf(packed)], [3, buf(scales)], ...(c.prologue === 'rmsnorm' && !intDot ? [[5, nwBuf] as [number, GPUBuffer]] : [])],
-    Math.ceil(c.N / K.rowsLayout(c.K, R, 'q4_0').rowsPerGroup));
+    Math.ceil(c.N / K.rowsLayout(c.K, R, type).rowsPerGroup));
   pass.end();
   device.queue.submit([enc.finish()]);
   const got = new Float32Array(await readBuffer(device, y, c.N * 4));
@@ -66,6 +64,17 @@ async function product(c: Case, intDot: boolean, seed: number) {
 const cases: Case[] = [
   { N: 37, K: 96 }, { N: 20, K: 1024, prologue: 'rmsnorm' }, { N: 9, K: 11008, prologue: 'swiglu' }, { N: 70, K: 4096 },
 ];
+// Q4_K / Q4_1 (q4_1) and the other llama.cpp types (q8_16): codes with a scale and a min per group
+for (const type of ['q4_1', 'q8_16'] as const) {
+  for (const c of cases) {
+    test(`WebGPU ${type} decode product (${c.N} × ${c.K}${c.prologue ? `, ${c.prologue}` : ''}) matches float64`, { skip: skipGpu }, async () => {
+      const { got, want } = await product(c, false, 17 + c.K, type);
+      let scale = 0; for (const v of want) scale = Math.max(scale, Math.abs(v));
+      want.forEach((w, r) => assert.ok(Math.abs(got[r] - w) <= 1e-5 * scale + 1e-6, `row ${r}: ${got[r]} vs ${w} (scale ${scale})`));
+    });
+  }
+}
+
 for (const c of cases) {
   for (const intDot of [false, true]) {
     test(`WebGPU Q4_0 product (${intDot ? 'int8 x, integer dot products' : 'float x'}; ${c.N} × ${c.K}${c.prologue ? `, ${c.prologue}` : ''}) matches float64`, {
@@ -87,7 +96,7 @@ for (const c of cases) {
 // The batched matrix-vector product of batched decode steps (weights read once per 8 tokens), every
 // weight type, against float64: 11 tokens (two token groups, the second partly filled), += into y and
 // a bias, K that splits evenly over the thread sets and K that does not.
-for (const type of ['f16', 'q8_0', 'q4_0'] as const) {
+for (const type of ['f16', 'q8_0', 'q4_0', 'q4_1', 'q8_16'] as const) {
   for (const [N, Kd] of [[37, 96], [70, 4096], [9, 11008]]) {
     test(`WebGPU batched product (${type}, ${N} × ${Kd}, 11 tokens, += with bias) matches float64`, { skip: skipGpu }, async () => {
       const { device } = gpu!, g = gaussian(N + Kd), u = rng(Kd), T = 11;
@@ -99,11 +108,9 @@ for (const type of ['f16', 'q8_0', 'q4_0'] as const) {
         h.forEach((v, i) => { w[i] = F16_TABLE[v]; });
         data = new Uint32Array(h.buffer);
       } else {
-        scales = Float32Array.from({ length: (N * Kd) / 32 }, () => 0.01 + Math.abs(g()) * 0.05);
-        const codes = Int8Array.from({ length: N * Kd }, () => (type === 'q8_0' ? Math.floor(u() * 255) - 127 : Math.floor(u() * 16)));
-        codes.forEach((c, i) => { w[i] = (type === 'q8_0' ? c : c - 8) * scales![i >> 5]; });
-        if (type === 'q8_0') data = new Uint32Array(codes.buffer);
-        else { data = new Uint32Array((N * Kd) / 8); codes.forEach((c, i) => { data[i >> 3] |= c << (4 * (i & 7)); }); }
+        const q = gpuWeights(type, N * Kd, g, u);
+        data = q.data; scales = q.scales;
+        for (let i = 0; i < N * Kd; i++) w[i] = q.value(i);
       }
       const x = Float32Array.from({ length: T * Kd }, () => g()), y0 = Float32Array.from({ length: T * N }, () => g()), bias = Float32Array.from({ length: N }, () => g());
       const buf = (a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE) => {

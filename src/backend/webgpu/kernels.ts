@@ -6,8 +6,17 @@
 //   f16  : [rows][cols] halves, two per u32
 //   q8_0 : int8 values, four per u32, plus one f32 scale per 32 values
 //   q4_0 : 4-bit values (stored value + 8), eight per u32 in column order, plus one f32 scale per 32
+//   q4_1 : 4-bit codes as q4_0, plus an f32 (scale, min) per 32 (value = scale * code + min): Q4_K, Q4_1
+//   q8_16: int8 codes as q8_0, plus an f32 (scale, min) per 16: every other llama.cpp type (Q6_K, Q5_K,
+//          Q3_K, Q2_K, Q5_0/1, IQ4), and fused matrices of mixed types (model/quants.ts affineGroups)
 
-export type GpuWeightType = 'f16' | 'q8_0' | 'q4_0';
+export type GpuWeightType = 'f16' | 'q8_0' | 'q4_0' | 'q4_1' | 'q8_16';
+
+/** Whether a type's scales buffer holds (scale, min) pairs. */
+export const hasMins = (t: GpuWeightType) => t === 'q4_1' || t === 'q8_16';
+/** The declaration of the scales binding for type t. */
+const scalesDecl = (t: GpuWeightType, binding: number) => `@group(0) @binding(${binding}) var<storage, read> ws: array<${hasMins(t) ? 'vec2<f32>' : 'f32'}>;`;
+const I8X4_WGSL = 'fn i8x4(u: u32) -> vec4<f32> { return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u << 24u, u << 16u, u << 8u, u)) >> vec4<u32>(24u)); }';
 
 /** Workgroups for `threads` threads of a 64-wide 1-D kernel, as a 2-D grid when over the per-dimension limit. */
 export function grid64(threads: number): [number, number] {
@@ -27,7 +36,7 @@ struct Step { start: u32, n: u32, total: u32, pad: u32 }
 /** `w8(r, k)`: weights r, k..k+7 as f32 (k % 8 == 0). Bindings `wd` (data) and `ws` (scales). */
 export function weightAccess(t: GpuWeightType, K: number, binding: number): string {
   // (auto layouts hold only the bindings a shader uses, so the f16 variant declares no scales)
-  const scales = t === 'f16' ? '' : `@group(0) @binding(${binding + 1}) var<storage, read> ws: array<f32>;`;
+  const scales = t === 'f16' ? '' : scalesDecl(t, binding + 1);
   const head = `struct W8 { a: vec4<f32>, b: vec4<f32> }\nconst K: u32 = ${K}u;\n`;
   switch (t) {
     case 'f16': return head + `@group(0) @binding(${binding}) var<storage, read> wd: array<vec4<u32>>;\n${scales}
@@ -46,6 +55,18 @@ fn nib4(u: u32) -> vec4<f32> { return vec4<f32>(vec4<u32>(u, u >> 4u, u >> 8u, u
 fn w8(r: u32, k: u32) -> W8 {
   let i = r * K + k; let u = wd[i / 8u]; let s = ws[i / 32u];
   return W8(nib4(u) * s, nib4(u >> 16u) * s);
+}`;
+    case 'q4_1': return head + `@group(0) @binding(${binding}) var<storage, read> wd: array<u32>;\n${scales}
+fn nib4(u: u32) -> vec4<f32> { return vec4<f32>(vec4<u32>(u, u >> 4u, u >> 8u, u >> 12u) & vec4<u32>(15u)); }
+fn w8(r: u32, k: u32) -> W8 {
+  let i = r * K + k; let u = wd[i / 8u]; let s = ws[i / 32u];
+  return W8(nib4(u) * s.x + s.y, nib4(u >> 16u) * s.x + s.y);
+}`;
+    case 'q8_16': return head + `@group(0) @binding(${binding}) var<storage, read> wd: array<vec2<u32>>;\n${scales}
+${I8X4_WGSL}
+fn w8(r: u32, k: u32) -> W8 {
+  let i = r * K + k; let u = wd[i / 8u]; let s = ws[i / 16u];
+  return W8(i8x4(u.x) * s.x + s.y, i8x4(u.y) * s.x + s.y);
 }`;
   }
 }
@@ -96,11 +117,11 @@ ${subgroups ? `  acc = subgroupAdd(acc);
  *  of x in registers, and more rows per thread set read that x fewer times; with int8 x, 2; measured on
  *  an H100). */
 export const LINEAR_ROWS = 2;
-export const linearRowsFor = (t: GpuWeightType, xq = false) => (t === 'q4_0' && !xq ? 4 : LINEAR_ROWS);
+export const linearRowsFor = (t: GpuWeightType, xq = false) => ((t === 'q4_0' || t === 'q4_1') && !xq ? 4 : LINEAR_ROWS);
 
 /** Weights per 16-byte load of the x-stationary kernel: 8 f16, 16 int8 (half a Q8_0 block, plus its
  *  scale), 32 nibbles (a whole Q4_0 block, plus its scale). Wide loads are what reach the bandwidth. */
-export const unitWeights = (t: GpuWeightType) => (t === 'f16' ? 8 : t === 'q8_0' ? 16 : 32);
+export const unitWeights = (t: GpuWeightType) => (t === 'f16' ? 8 : t === 'q8_0' || t === 'q8_16' ? 16 : 32);
 
 /** Threads that split one row's K in linearRowsWgsl (a power of two, 32..256) and row sets per workgroup.
  *  Fewer threads per row where the last round of units would leave many idle (Q4_0 K = 11008: 344 units
@@ -122,6 +143,10 @@ function unitDot(t: GpuWeightType): string {
       let d = sc * (dot(i8x4(w.x), ${x(0)}) + dot(i8x4(w.y), ${x(1)}) + dot(i8x4(w.z), ${x(2)}) + dot(i8x4(w.w), ${x(3)}));`;
     case 'q4_0': return `let w = wd[row * U + u]; let sc = ws[row * U + u];
       let d = sc * (q4dot(w.x, ${x(0)}, ${x(1)}) + q4dot(w.y, ${x(2)}, ${x(3)}) + q4dot(w.z, ${x(4)}, ${x(5)}) + q4dot(w.w, ${x(6)}, ${x(7)}) - 8.0 * xs[i]);`;
+    case 'q4_1': return `let w = wd[row * U + u]; let sm = ws[row * U + u];
+      let d = sm.x * (q4dot(w.x, ${x(0)}, ${x(1)}) + q4dot(w.y, ${x(2)}, ${x(3)}) + q4dot(w.z, ${x(4)}, ${x(5)}) + q4dot(w.w, ${x(6)}, ${x(7)})) + sm.y * xs[i];`;
+    case 'q8_16': return `let w = wd[row * U + u]; let sm = ws[row * U + u];
+      let d = sm.x * (dot(i8x4(w.x), ${x(0)}) + dot(i8x4(w.y), ${x(1)}) + dot(i8x4(w.z), ${x(2)}) + dot(i8x4(w.w), ${x(3)})) + sm.y * xs[i];`;
   }
 }
 
@@ -247,19 +272,22 @@ ${subgroups ? `  ss = subgroupAdd(ss);
     let u = ${unit};
     for (var j = 0u; j < V; j++) { xr[i * V + j] *= inv * nw[V * u + j]; }
   }
-` : ''}${s.type === 'q4_0' ? `  // per unit: the sum of its x (the nibbles' offset), then x scaled by 16^-j for the in-place nibbles
+` : ''}${s.type === 'q4_0' || s.type === 'q4_1' ? `  // per unit: the sum of its x (the nibbles' offset), then x scaled by 16^-j for the in-place nibbles
   var xs: array<f32, UPT>;
   for (var i = 0u; i < UPT; i++) {
     for (var j = 0u; j < V; j++) { xs[i] += dot(xr[i * V + j], vec4<f32>(1.0)); xr[i * V + j] *= vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625); }
   }
+` : s.type === 'q8_16' ? `  // per unit: the sum of its x (what the group's offset multiplies)
+  var xs: array<f32, UPT>;
+  for (var i = 0u; i < UPT; i++) { for (var j = 0u; j < V; j++) { xs[i] += dot(xr[i * V + j], vec4<f32>(1.0)); } }
 ` : ''}`;
   return (subgroups ? 'enable subgroups;\n' : '') + rowSetConsts(s, { U, V, TPR, S, UPT, R }) + /* wgsl */ `
 @group(0) @binding(0) var<storage, read> x: array<vec4<${xq ? 'u32' : 'f32'}>>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
-${s.type === 'f16' ? '' : '@group(0) @binding(3) var<storage, read> ws: array<f32>;'}
-${s.type === 'q8_0' ? 'fn i8x4(u: u32) -> vec4<f32> { return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u << 24u, u << 16u, u << 8u, u)) >> vec4<u32>(24u)); }' : ''}
-${s.type === 'q4_0' && !xq ? `// 8 nibbles times x, without integer-to-float conversions (a quarter-rate instruction, and 32 of them per
+${s.type === 'f16' ? '' : scalesDecl(s.type, 3)}
+${s.type === 'q8_0' || s.type === 'q8_16' ? I8X4_WGSL : ''}
+${(s.type === 'q4_0' || s.type === 'q4_1') && !xq ? `// 8 nibbles times x, without integer-to-float conversions (a quarter-rate instruction, and 32 of them per
 // 16 bytes made this product compute-bound): each nibble is masked in place (n * 16^j) and made a float
 // by the 2^23 trick; x was scaled by 16^-j to match, and the -8 offset is -8 * (sum of the block's x).
 const NIB = vec4<u32>(0xfu, 0xf0u, 0xf00u, 0xf000u);
@@ -690,7 +718,7 @@ export const BATCH_TOKENS = 8;
 
 /** Rows per thread set of the batched product: each x unit read is used for this many rows (fewer for
  *  Q4_0, whose 32 weights per unit take 8 vec4 registers per row). */
-const batchRows = (t: GpuWeightType) => (t === 'q4_0' ? 2 : 4);
+const batchRows = (t: GpuWeightType) => (t === 'q4_0' || t === 'q4_1' ? 2 : 4);
 
 /** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias) for the tokens of a batched decode step (step.n of them):
  *  as in linearRowsWgsl a set of TPR threads splits K into 16-byte units of R rows; each thread turns
@@ -712,9 +740,13 @@ export const linearBatchWgsl = (s: LinearSpec, subgroups = false) => {
     let w${r}_0 = vec4<f32>(unpack2x16float(u${r}.x), unpack2x16float(u${r}.y)); let w${r}_1 = vec4<f32>(unpack2x16float(u${r}.z), unpack2x16float(u${r}.w));`;
     if (s.type === 'q8_0') return `    let u${r} = wd[${row} * U + u]; let s${r} = ws[(${row} * U + u) / 2u];
     let w${r}_0 = i8x4(u${r}.x) * s${r}; let w${r}_1 = i8x4(u${r}.y) * s${r}; let w${r}_2 = i8x4(u${r}.z) * s${r}; let w${r}_3 = i8x4(u${r}.w) * s${r};`;
+    if (s.type === 'q8_16') return `    let u${r} = wd[${row} * U + u]; let s${r} = ws[${row} * U + u];
+    let w${r}_0 = i8x4(u${r}.x) * s${r}.x + s${r}.y; let w${r}_1 = i8x4(u${r}.y) * s${r}.x + s${r}.y; let w${r}_2 = i8x4(u${r}.z) * s${r}.x + s${r}.y; let w${r}_3 = i8x4(u${r}.w) * s${r}.x + s${r}.y;`;
+    // 4-bit: q4_0 (code - 8) * scale, q4_1 code * scale + min
+    const sc = s.type === 'q4_1' ? `s${r}.x + s${r}.y` : `s${r}`, off = s.type === 'q4_1' ? '' : ' - 8.0';
     return `    let u${r} = wd[${row} * U + u]; let s${r} = ws[${row} * U + u];
-${[0, 1, 2, 3].map((k) => `    let w${r}_${2 * k} = (vec4<f32>((vec4<u32>(u${r}[${k}]) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0) * s${r};
-    let w${r}_${2 * k + 1} = (vec4<f32>((vec4<u32>(u${r}[${k}]) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0) * s${r};`).join('\n')}`;
+${[0, 1, 2, 3].map((k) => `    let w${r}_${2 * k} = (vec4<f32>((vec4<u32>(u${r}[${k}]) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u))${off}) * ${sc};
+    let w${r}_${2 * k + 1} = (vec4<f32>((vec4<u32>(u${r}[${k}]) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u))${off}) * ${sc};`).join('\n')}`;
   };
   const unit = U % TPR === 0 ? 't + i * TPR' : 'min(t + i * TPR, U - 1u)';
   const out = (r: number, b: number, v: string) => `{ let row = r0 + ${r}u; let tok = b0 + ${b}u; if (row < N && tok < step.n) ${linearOut(s, 'tok * N + row', 'row', v)} }`;
@@ -723,10 +755,10 @@ const TB: u32 = ${TB}u;   // tokens per workgroup
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
-${s.type === 'f16' ? '' : '@group(0) @binding(3) var<storage, read> ws: array<f32>;'}
+${s.type === 'f16' ? '' : scalesDecl(s.type, 3)}
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
 @group(0) @binding(6) var<uniform> step: Step;
-${s.type === 'q8_0' ? 'fn i8x4(u: u32) -> vec4<f32> { return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u << 24u, u << 16u, u << 8u, u)) >> vec4<u32>(24u)); }' : ''}
+${s.type === 'q8_0' || s.type === 'q8_16' ? I8X4_WGSL : ''}
 ${subgroups ? `var<workgroup> red: array<f32, ${(256 / 32) * R * TB}>;` : 'var<workgroup> red: array<f32, 256>;\nvar<workgroup> sums: array<f32, ' + S * R * TB + '>;'}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {

@@ -5,6 +5,7 @@
 import { modelFingerprint } from '../../model/fingerprint.js';
 import type { ModelConfig, ModelWeights } from '../../model/config.js';
 import { Matrix, f32ToF16, QK, concatF32 } from '../../model/tensor.js';
+import { affineGroups, isQuantType, type QuantType } from '../../model/quants.js';
 import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
@@ -94,12 +95,14 @@ export class GpuModel {
     const qkvN = (c.nHeads + 2 * c.nKVHeads) * c.headDim;
     // (quantised: random codes, and random block scales of the size that gives the weights ~scale)
     const rnd = (N: number, Kd: number, scale: number, t = type): GpuLinear => {
-      const bytes = t === 'f16' ? 2 : t === 'q8_0' ? 1 : 0.5;
+      const bytes = t === 'f16' ? 2 : t === 'q8_0' || t === 'q8_16' ? 1 : 0.5;
       const data = device.createBuffer({ size: N * Kd * bytes, usage: storageUsage() });
       m.fillRandom(data, (N * Kd * bytes) / 4, seed++, scale);
       if (t === 'f16') return { type: t, N, K: Kd, data, scales: m.empty, bias: null };
-      const scales = device.createBuffer({ size: (N * Kd) / 32 * 4, usage: storageUsage() });
-      m.fillRandom(scales, (N * Kd) / 32, seed++, scale / (t === 'q8_0' ? 64 : 4), true);
+      // (q4_1 / q8_16: a (scale, min) pair per 32 / 16 weights)
+      const words = t === 'q8_16' ? (N * Kd) / 8 : t === 'q4_1' ? (N * Kd) / 16 : (N * Kd) / 32;
+      const scales = device.createBuffer({ size: words * 4, usage: storageUsage() });
+      m.fillRandom(scales, words, seed++, scale / (t === 'q8_0' || t === 'q8_16' ? 64 : 4), true);
       return { type: t, N, K: Kd, data, scales, bias: null };
     };
     const ones = () => m.f32(new Float32Array(c.dim).fill(1));
@@ -228,13 +231,13 @@ export class GpuModel {
   private linear(ms: Matrix[], bias: Float32Array | null = null): GpuLinear {
     const Kd = ms[0].cols, N = ms.reduce((a, m) => a + m.rows, 0);
     if (ms.some((m) => m.cols !== Kd)) throw new Error('fused matrices must have the same column count');
-    const same = ms.every((m) => m.dtype === ms[0].dtype);
-    const type: GpuWeightType = same && (ms[0].dtype === 'q8_0' || ms[0].dtype === 'q4_0') ? ms[0].dtype : 'f16';
-    const scales = type === 'f16' ? null : new Float32Array((N * Kd) / QK);
-    const data = new Uint8Array(type === 'f16' ? N * Kd * 2 : type === 'q8_0' ? N * Kd : (N * Kd) / 2);
+    const type = gpuTypeOf(ms);
+    const scales = type === 'f16' ? null : new Float32Array(type === 'q8_16' ? (N * Kd) / 8 : type === 'q4_1' ? (N * Kd) / 16 : (N * Kd) / QK);
+    const data = new Uint8Array(type === 'f16' ? N * Kd * 2 : type === 'q8_0' || type === 'q8_16' ? N * Kd : (N * Kd) / 2);
     let row0 = 0;
     for (const m of ms) {
-      if (type === 'f16') {
+      if (type === 'q4_1' || type === 'q8_16') repackAffine(m, type, data, scales!, row0);
+      else if (type === 'f16') {
         if (m.dtype === 'f16') data.set(m.bytes.subarray(0, m.rows * m.rowBytes), row0 * Kd * 2);
         else {
           const h = new Uint16Array(data.buffer, row0 * Kd * 2, m.rows * Kd), row = new Float32Array(Kd);
@@ -255,6 +258,34 @@ export class GpuModel {
       t[(p * half + i) * 2] = Math.cos(a) * mag; t[(p * half + i) * 2 + 1] = Math.sin(a) * mag;
     }
     return this.f32(t);
+  }
+}
+
+/** The GPU form of matrices fused into one (same column count): Q8_0 / Q4_0 as they are; Q4_K / Q4_1
+ *  as 4-bit codes with a scale and min per 32; any other quantised type, and mixes (Q4_K_M's q/k/v), as
+ *  int8 codes with a scale and min per 16; f16 for the float types. */
+function gpuTypeOf(ms: Matrix[]): GpuWeightType {
+  const t = ms[0].dtype, same = ms.every((m) => m.dtype === t);
+  if (same && (t === 'q8_0' || t === 'q4_0')) return t;
+  if (ms.every((m) => m.dtype === 'q4_k' || m.dtype === 'q4_1')) return 'q4_1';
+  if (ms.every((m) => isQuantType(m.dtype))) return 'q8_16';
+  return 'f16';
+}
+
+/** Quantised rows as affine groups (model/quants.ts affineGroups) in the q4_1 (4-bit codes, eight per u32
+ *  in column order; (scale, min) per 32) or q8_16 (int8 codes; (scale, min) per 16) layout, from row0 on. */
+function repackAffine(m: Matrix, type: 'q4_1' | 'q8_16', data: Uint8Array, scales: Float32Array, row0: number): void {
+  const K = m.cols, codes = new Int8Array(K), sc = new Float32Array(K / 16), mn = new Float32Array(K / 16);
+  for (let r = 0; r < m.rows; r++) {
+    affineGroups(m.dtype as QuantType, m.bytes, r * m.rowBytes, codes, sc, mn, 0, K);
+    const e0 = (row0 + r) * K; // first element of the row in the fused matrix
+    if (type === 'q8_16') {
+      data.set(new Uint8Array(codes.buffer), e0);
+      for (let g = 0; g < K / 16; g++) { scales[2 * (e0 / 16 + g)] = sc[g]; scales[2 * (e0 / 16 + g) + 1] = mn[g]; }
+    } else {
+      for (let e = 0; e < K; e += 2) data[(e0 + e) / 2] = codes[e] | (codes[e + 1] << 4);
+      for (let b = 0; b < K / 32; b++) { scales[2 * (e0 / 32 + b)] = sc[2 * b]; scales[2 * (e0 / 32 + b) + 1] = mn[2 * b]; }
+    }
   }
 }
 
