@@ -59,7 +59,7 @@ async function pipelinedMs(s: GpuSession): Promise<{ wall: number; gpu: number }
 }
 
 async function main() {
-  if (!['f16', 'q8_0', 'q4_0'].includes(WEIGHTS)) throw new Error(`--weights must be f16, q8_0 or q4_0, got ${WEIGHTS}`);
+  if (!['f16', 'q8_0', 'q4_0', 'q4_1', 'q8_16'].includes(WEIGHTS)) throw new Error(`--weights must be f16, q8_0, q4_0, q4_1 (Q4_K) or q8_16 (Q6_K and the others), got ${WEIGHTS}`);
   const gpu = await getGpu();
   if (!gpu) { console.log(`no WebGPU adapter: ${lastGpuError}`); return; }
   const bw = await measureBandwidth(gpu.device, SHAPE === 'small' ? 1 << 24 : 1 << 30);

@@ -189,6 +189,8 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
     ['qkv', 'f16', 12288, 4096], ['wo', 'f16', 4096, 4096], ['gate+up', 'f16', 22016, 4096], ['down', 'f16', 4096, 11008],
     ['output', 'f16', 32000, 4096], ['gate+up', 'q8_0', 22016, 4096],
     ['qkv', 'q4_0', 12288, 4096], ['wo', 'q4_0', 4096, 4096], ['gate+up', 'q4_0', 22016, 4096], ['down', 'q4_0', 4096, 11008], ['output', 'q4_0', 32000, 4096],
+    // the GPU forms of llama.cpp's other types: Q4_K (4-bit codes, scale and min per 32), Q6_K and the rest (int8 codes, scale and min per 16)
+    ['gate+up', 'q4_1', 22016, 4096], ['down', 'q4_1', 4096, 11008], ['gate+up', 'q8_16', 22016, 4096], ['down', 'q8_16', 4096, 11008],
   ];
   const dot4 = hasIntDot4(device);
   const rowsVariant = (name: string, o: K.RowsOptions, only?: K.GpuWeightType) => ({
@@ -200,6 +202,7 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
     // Q4_0 with x quantised to int8 by a kernel of its own (timed with the product) and integer dot
     // products: the default where the adapter has them
     ...(dot4 ? [1, 2, 4, 8].map((R) => rowsVariant(`int8 x R=${R}`, { rows: R, xq: true }, 'q4_0')) : []),
+    ...(dot4 ? [1, 2, 4].map((R) => rowsVariant(`int8 x R=${R}`, { rows: R, xq: true }, 'q4_1')) : []),
   ];
   console.log(`\nmatrix-vector products (decode, one token), subgroups: ${sub}`);
   console.log(`| matrix | type | N x K | ${variants.map((v) => v.name).join(' | ')} |`);
@@ -207,13 +210,16 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
   const shrink = Number(arg('shrink', '1')); // (divides N: a quick run on a software adapter)
   for (const [name, type, N0, Kd] of shapes) {
     const N = Math.ceil(N0 / shrink);
-    const bytesPerWeight = type === 'f16' ? 2 : type === 'q8_0' ? 1 + 4 / 32 : 0.5 + 4 / 32;
+    // bytes per weight: codes, plus the scale (and min) per group
+    const codeBytes = type === 'f16' ? 2 : type === 'q8_0' || type === 'q8_16' ? 1 : 0.5;
+    const scaleWords = type === 'f16' ? 0 : type === 'q8_16' ? 2 / 16 : type === 'q4_1' ? 2 / 32 : 1 / 32;
+    const bytesPerWeight = codeBytes + 4 * scaleWords;
     const bytes = N * Kd * bytesPerWeight;
     const copies = Math.max(2, Math.ceil((512 << 20) / bytes)); // rotate past the L2 cache
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
     const mats = Array.from({ length: copies }, () => ({
-      data: device.createBuffer({ size: Math.ceil((N * Kd * (type === 'f16' ? 2 : type === 'q8_0' ? 1 : 0.5)) / 16) * 16, usage }),
-      scales: device.createBuffer({ size: Math.max(16, (N * Kd) / 32 * 4), usage }),
+      data: device.createBuffer({ size: Math.ceil((N * Kd * codeBytes) / 16) * 16, usage }),
+      scales: device.createBuffer({ size: Math.max(16, N * Kd * scaleWords * 4), usage }),
     }));
     const x = device.createBuffer({ size: Kd * 4, usage }), y = device.createBuffer({ size: N * 4, usage: usage | GPUBufferUsage.COPY_SRC });
     const xq = device.createBuffer({ size: K.quantisedXWords(Kd) * 16, usage });

@@ -92,12 +92,15 @@ for (const [label, shape] of [
     await s.forward(tokens.slice(0, 40), { logits: 'none' });
     const steps: Float32Array[] = [];
     for (const tok of tokens.slice(40)) steps.push(await s.forward([tok]));
-    const d2 = compare(Float32Array.from(steps.flatMap((x) => Array.from(x))), ref.slice(40), V, 3e-2, 'decode');
+    // (4-bit GPU weights: decode steps quantise x to int8 where the adapter has integer dot products, which
+    // rounds upstream drift to whole steps; the products themselves are checked in webgpu-products.test.ts)
+    const stepTol = runner.m.layers[0].gateUp.type === 'q4_1' && hasIntDot4(gpu!.device) ? 1e-1 : 3e-2;
+    const d2 = compare(Float32Array.from(steps.flatMap((x) => Array.from(x))), ref.slice(40), V, stepTol, 'decode');
     // a batched step: sequences of 30 and 38 tokens take their next token together
     const a = new GpuSession(runner), b = new GpuSession(runner);
     await a.forward(tokens.slice(0, 30), { logits: 'none' }); await b.forward(tokens.slice(0, 38), { logits: 'none' });
     const [la, lb] = await GpuSession.decodeBatch([{ seq: a, token: tokens[30] }, { seq: b, token: tokens[38] }]);
-    const d3 = Math.max(compare(la, [ref[30]], V, 3e-2, 'batched row 0'), compare(lb, [ref[38]], V, 3e-2, 'batched row 1'));
+    const d3 = Math.max(compare(la, [ref[30]], V, stepTol, 'batched row 0'), compare(lb, [ref[38]], V, stepTol, 'batched row 1'));
     t.diagnostic(`max |Δlogit| prefill ${d1.toExponential(2)}, decode ${d2.toExponential(2)}, batched ${d3.toExponential(2)}`);
     runner.dispose(); runner.m.dispose();
   });

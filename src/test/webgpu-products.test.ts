@@ -76,16 +76,16 @@ for (const type of ['q4_1', 'q8_16'] as const) {
 }
 
 for (const c of cases) {
-  for (const intDot of [false, true]) {
-    test(`WebGPU Q4_0 product (${intDot ? 'int8 x, integer dot products' : 'float x'}; ${c.N} × ${c.K}${c.prologue ? `, ${c.prologue}` : ''}) matches float64`, {
+  for (const [type, intDot] of [['q4_0', false], ['q4_0', true], ['q4_1', true]] as const) {
+    test(`WebGPU ${type} product (${intDot ? 'int8 x, integer dot products' : 'float x'}; ${c.N} × ${c.K}${c.prologue ? `, ${c.prologue}` : ''}) matches float64`, {
       skip: skipGpu || (intDot && !hasIntDot4(gpu!.device) ? 'no packed 4x8 integer dot products on this adapter' : false),
     }, async () => {
-      const { got, want } = await product(c, intDot, 11 + c.K);
+      const { got, want } = await product(c, intDot, 11 + c.K, type);
       let scale = 0; for (const v of want) scale = Math.max(scale, Math.abs(v));
       want.forEach((w, r) => assert.ok(Math.abs(got[r] - w) <= 1e-5 * scale + 1e-6, `row ${r}: ${got[r]} vs ${w} (scale ${scale})`));
       if (intDot) {
         // and the quantisation is real: the exact product differs by more than the tolerance above
-        const exact = await product(c, false, 11 + c.K);
+        const exact = await product(c, false, 11 + c.K, type);
         const diff = Math.max(...Array.from(exact.got, (v, r) => Math.abs(v - got[r])));
         assert.ok(diff > 1e-4 * scale, `int8 x changed nothing (${diff})`);
       }

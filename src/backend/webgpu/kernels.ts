@@ -152,12 +152,13 @@ function unitDot(t: GpuWeightType): string {
 
 /** Q4_0 block times the int8-quantised x of the same 32 columns (xe/xo: even/odd columns of each word):
  *  8 integer 4-way dot products instead of 32 nibble conversions and float multiply-adds. */
-const Q4_INT_DOT = `let w = wd[row * U + u]; let sc = ws[row * U + u];
+const q4IntDot = (t: GpuWeightType) => `let w = wd[row * U + u]; let sc = ws[row * U + u];
       let lo = w & vec4<u32>(0x0f0f0f0fu); let hi = (w >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
       let e = xe[i]; let o = xo[i];
       let id = (dot4I8Packed(lo.x, e.x) + dot4I8Packed(hi.x, o.x)) + (dot4I8Packed(lo.y, e.y) + dot4I8Packed(hi.y, o.y))
              + (dot4I8Packed(lo.z, e.z) + dot4I8Packed(hi.z, o.z)) + (dot4I8Packed(lo.w, e.w) + dot4I8Packed(hi.w, o.w));
-      let d = sc * xd[i] * f32(id - xs8[i]);`;
+      ${t === 'q4_1' ? 'let d = xd[i] * (sc.x * f32(id) + sc.y * f32(xs8[i] / 8)); // (code * scale + min; xs8: 8 x the sum of the int8 x)'
+    : 'let d = sc * xd[i] * f32(id - xs8[i]);'}`;
 
 /** The thread's units of a quantised x (quantiseXWgsl's layout) into registers. */
 const q4LoadXq = (unit: string) => `  var xe: array<vec4<u32>, UPT>; var xo: array<vec4<u32>, UPT>; var xd: array<f32, UPT>; var xs8: array<i32, UPT>;
@@ -218,7 +219,7 @@ export interface RowsOptions {
   subgroups?: boolean;
   /** rows per thread set */
   rows?: number;
-  /** (Q4_0) x comes quantised to int8 (quantiseXWgsl) and blocks are integer dot products */
+  /** (Q4_0, q4_1) x comes quantised to int8 (quantiseXWgsl) and blocks are integer dot products */
   xq?: boolean;
 }
 
@@ -240,7 +241,7 @@ const R: u32 = ${c.R}u;     // rows per set`;
  *  end. 256 / TPR sets per workgroup. */
 export const linearRowsWgsl = (s: LinearSpec, o: RowsOptions = {}) => {
   const { subgroups = false, rows: R = LINEAR_ROWS, xq = false } = o;
-  if (xq && (s.type !== 'q4_0' || s.prologue)) throw new Error('linearRowsWgsl: a quantised x is for Q4_0 products without a prologue');
+  if (xq && ((s.type !== 'q4_0' && s.type !== 'q4_1') || s.prologue)) throw new Error('linearRowsWgsl: a quantised x is for 4-bit products without a prologue');
   if (R > 8) throw new Error(`linearRowsWgsl: at most 8 rows per thread set (got ${R})`);
   const { U, TPR, S, UPT } = rowsLayout(s.K, R, s.type), full = U % TPR === 0, pro = s.prologue;
   const V = unitWeights(s.type) / 4;
@@ -310,7 +311,7 @@ ${xq ? q4LoadXq(unit) : xSection()}  var acc: array<f32, R>;
     let row = min(r0 + r, N - 1u); // rows past N repeat the last one; they are not written
     for (var i = 0u; i < UPT; i++) {
       let u = ${unit};
-      ${xq ? Q4_INT_DOT : unitDot(s.type)}
+      ${xq ? q4IntDot(s.type) : unitDot(s.type)}
       acc[r] += ${full ? 'd' : 'select(0.0, d, t + i * TPR < U)'};
     }
   }
