@@ -78,7 +78,8 @@ async function main() {
     // warm-up: the GPU's clocks ramp up under load; a few seconds of decode steps before any timing
     const w = new GpuSession(runner, { policy: 'dense' });
     await w.fillRandomContext(CONTEXTS[0]);
-    for (const t0 = performance.now(); performance.now() - t0 < 3000;) await w.forward([1], { argmax: true });
+    // (for about 3 s, or until the warm-up sequence is full)
+    for (const t0 = performance.now(); performance.now() - t0 < 3000 && w.length < c.maxSeqLen - 1;) await w.forward([1], { argmax: true });
     w.dispose();
   }
   for (const L of CONTEXTS) {
