@@ -203,6 +203,7 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
     // products: the default where the adapter has them
     ...(dot4 ? [1, 2, 4, 8].map((R) => rowsVariant(`int8 x R=${R}`, { rows: R, xq: true }, 'q4_0')) : []),
     ...(dot4 ? [1, 2, 4].map((R) => rowsVariant(`int8 x R=${R}`, { rows: R, xq: true }, 'q4_1')) : []),
+    ...(dot4 ? [2, 4].map((R) => rowsVariant(`int8 x R=${R}`, { rows: R, xq: true }, 'q8_16')) : []),
   ];
   console.log(`\nmatrix-vector products (decode, one token), subgroups: ${sub}`);
   console.log(`| matrix | type | N x K | ${variants.map((v) => v.name).join(' | ')} |`);
@@ -231,7 +232,7 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
       const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: v.code(spec) }), entryPoint: 'main' } });
       const xin = v.quantise ? xq : x;
       const groups = mats.map((m) => device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [xin, y, m.data, ...(type === 'f16' ? [] : [m.scales])].map((buffer, i) => ({ binding: i, resource: { buffer } })) }));
-      const quant = v.quantise ? device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: K.quantiseXWgsl(Kd) }), entryPoint: 'main' } }) : null;
+      const quant = v.quantise ? device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: K.quantiseXWgsl(Kd, undefined, type === 'q8_16') }), entryPoint: 'main' } }) : null;
       const quantGroup = quant && device.createBindGroup({ layout: quant.getBindGroupLayout(0), entries: [x, xq].map((buffer, i) => ({ binding: i, resource: { buffer } })) });
       let turn = 0;
       const t = await timeIt((pass) => {

@@ -418,7 +418,8 @@ export class GpuSession {
       const nw = pro?.kind === 'rmsnorm' ? pro.weight : null;
       if (!many && m.quantisesX(l)) {
         // x (with the prologue) quantised to int8 first, then the product by integer dot products
-        run(m.pipeline(`quantx:${l.K}:${pro?.kind ?? ''}`, () => K.quantiseXWgsl(l.K, spec)), 'quantx', [x, r.xq, nw], Math.ceil(l.K / 32 / 64), rows);
+        const natural = l.type === 'q8_16'; // (int8 weights: x in column order; 4-bit: even / odd columns)
+        run(m.pipeline(`quantx:${l.K}:${pro?.kind ?? ''}:${natural}`, () => K.quantiseXWgsl(l.K, spec, natural)), 'quantx', [x, r.xq, nw], Math.ceil(l.K / 32 / 64), rows);
         run(m.linearPipeline(l, add, false), 'linV', [r.xq, y, l.data, l.scales, l.bias], Math.ceil(l.N / m.vecRowsPerGroup(l)), rows);
         return;
       }

@@ -92,9 +92,9 @@ for (const [label, shape] of [
     await s.forward(tokens.slice(0, 40), { logits: 'none' });
     const steps: Float32Array[] = [];
     for (const tok of tokens.slice(40)) steps.push(await s.forward([tok]));
-    // (4-bit GPU weights: decode steps quantise x to int8 where the adapter has integer dot products, which
+    // (quantised GPU weights: decode steps quantise x to int8 where the adapter has integer dot products, which
     // rounds upstream drift to whole steps; the products themselves are checked in webgpu-products.test.ts)
-    const stepTol = runner.m.layers[0].gateUp.type === 'q4_1' && hasIntDot4(gpu!.device) ? 1e-1 : 3e-2;
+    const stepTol = ['q4_1', 'q8_16'].includes(runner.m.layers[0].gateUp.type) && hasIntDot4(gpu!.device) ? 1e-1 : 3e-2;
     const d2 = compare(Float32Array.from(steps.flatMap((x) => Array.from(x))), ref.slice(40), V, stepTol, 'decode');
     // a batched step: sequences of 30 and 38 tokens take their next token together
     const a = new GpuSession(runner), b = new GpuSession(runner);

@@ -19,6 +19,7 @@ import { f32ToF16, F16_TABLE } from '../model/tensor.js';
 interface Case { N: number; K: number; prologue?: 'rmsnorm' | 'swiglu' }
 
 async function product(c: Case, intDot: boolean, seed: number, type: 'q4_0' | 'q4_1' | 'q8_16' = 'q4_0') {
+  // (int8 x: column order for int8 weights, even / odd columns for 4-bit ones)
   const { device } = gpu!, g = gaussian(seed), u = rng(seed), eps = 1e-5;
   // weights: random codes and block scales (and mins), in the GPU layout of kernels.ts
   const { data: packed, scales, value } = gpuWeights(type, c.N * c.K, g, u);
@@ -50,7 +51,7 @@ async function product(c: Case, intDot: boolean, seed: number, type: 'q4_0' | 'q
   };
   const y = buf(new Float32Array(c.N)), xBuf = buf(x), nwBuf = buf(nw), xq = buf(new Uint32Array(K.quantisedXWords(c.K) * 4));
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
-  if (intDot) dispatch(pass, pipeOf(K.quantiseXWgsl(c.K, pro)), [[0, xBuf], [1, xq], ...(c.prologue === 'rmsnorm' ? [[2, nwBuf] as [number, GPUBuffer]] : [])], Math.ceil(c.K / 32 / 64));
+  if (intDot) dispatch(pass, pipeOf(K.quantiseXWgsl(c.K, pro, type === 'q8_16')), [[0, xBuf], [1, xq], ...(c.prologue === 'rmsnorm' ? [[2, nwBuf] as [number, GPUBuffer]] : [])], Math.ceil(c.K / 32 / 64));
   dispatch(pass, pipeOf(K.linearRowsWgsl(spec, { subgroups: hasSubgroups32(device), rows: R, xq: intDot })),
     [[0, intDot ? xq : xBuf], [1, y], [2, buf(packed)], [3, buf(scales)], ...(c.prologue === 'rmsnorm' && !intDot ? [[5, nwBuf] as [number, GPUBuffer]] : [])],
     Math.ceil(c.N / K.rowsLayout(c.K, R, type).rowsPerGroup));
@@ -76,7 +77,7 @@ for (const type of ['q4_1', 'q8_16'] as const) {
 }
 
 for (const c of cases) {
-  for (const [type, intDot] of [['q4_0', false], ['q4_0', true], ['q4_1', true]] as const) {
+  for (const [type, intDot] of [['q4_0', false], ['q4_0', true], ['q4_1', true], ['q8_16', true]] as const) {
     test(`WebGPU ${type} product (${intDot ? 'int8 x, integer dot products' : 'float x'}; ${c.N} × ${c.K}${c.prologue ? `, ${c.prologue}` : ''}) matches float64`, {
       skip: skipGpu || (intDot && !hasIntDot4(gpu!.device) ? 'no packed 4x8 integer dot products on this adapter' : false),
     }, async () => {

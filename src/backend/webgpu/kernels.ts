@@ -168,6 +168,18 @@ const q4LoadXq = (unit: string) => `  var xe: array<vec4<u32>, UPT>; var xo: arr
   }
 `;
 
+/** q8_16 units (16 columns) times the quantised x in column order (quantiseXWgsl natural): one half of an
+ *  x block per unit; the group's min multiplies the int8 sum of that half. */
+const q8LoadXq = (unit: string) => `  var xw: array<vec4<u32>, UPT>; var xd: array<f32, UPT>; var xs16: array<i32, UPT>;
+  for (var i = 0u; i < UPT; i++) {
+    let u = ${unit}; let b = wid.y * (U / 2u) * 3u + 3u * (u / 2u); let h = u % 2u;
+    xw[i] = x[b + h]; let m = x[b + 2u]; xd[i] = bitcast<f32>(m.x); xs16[i] = bitcast<i32>(select(m.z, m.w, h == 1u));
+  }
+`;
+const Q8_INT_DOT = `let w = wd[row * U + u]; let sm = ws[row * U + u]; let e = xw[i];
+      let id = (dot4I8Packed(w.x, e.x) + dot4I8Packed(w.y, e.y)) + (dot4I8Packed(w.z, e.z) + dot4I8Packed(w.w, e.w));
+      let d = xd[i] * (sm.x * f32(id) + sm.y * f32(xs16[i]));`;
+
 /** Vec4<u32> words per token of a quantised x of K columns (quantiseXWgsl). */
 export const quantisedXWords = (K: number) => (K / 32) * 3;
 
@@ -175,9 +187,11 @@ export const quantisedXWords = (K: number) => (K / 32) * 3;
  *  32 columns with one scale each, as llama.cpp does for its quantised products; read by Q4_0 products
  *  with integer dot products (linearRowsWgsl's xq). Per block three vec4<u32>: the even columns of each
  *  8-column word as bytes, the odd ones (the order of a Q4_0 word's low and high nibbles), then (scale
- *  as f32 bits, 8 x the sum of the int8 values: the nibbles' +8 offset, 0, 0). A thread per block; for
- *  RMSNorm each workgroup sums the squares of the whole row itself (no second pass). */
-export const quantiseXWgsl = (K: number, prologue?: LinearSpec['prologue']) => /* wgsl */ `
+ *  as f32 bits, 8 x the sum of the int8 values: the nibbles' +8 offset, the sums of the first and of the
+ *  second 16 values). `natural`: the first two vec4s hold the 32 values in column order instead (int8
+ *  weights, q8_16). A thread per block; for RMSNorm each workgroup sums the squares of the whole row
+ *  itself (no second pass). */
+export const quantiseXWgsl = (K: number, prologue?: LinearSpec['prologue'], natural = false) => /* wgsl */ `
 const K: u32 = ${K}u;
 const NB: u32 = K / 32u;
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
@@ -204,15 +218,17 @@ ${prologue?.kind === 'rmsnorm' ? `  var ss = 0.0;
   }
   let m = max(max(amax.x, amax.y), max(amax.z, amax.w));
   let sc = select(127.0 / m, 0.0, m == 0.0);
-  var e: array<u32, 4>; var o: array<u32, 4>; var qs = vec4<i32>(0);
+  var e: array<u32, 4>; var o: array<u32, 4>; var qs = vec4<i32>(0); var half = vec2<i32>(0);
   for (var w = 0u; w < 4u; w++) {
     let p = vec4<i32>(round(v[2u * w] * sc)); let q = vec4<i32>(round(v[2u * w + 1u] * sc));
-    e[w] = pack4xI8(vec4<i32>(p.x, p.z, q.x, q.z)); o[w] = pack4xI8(vec4<i32>(p.y, p.w, q.y, q.w));
+    ${natural ? 'e[w] = pack4xI8(p); o[w] = pack4xI8(q);' : 'e[w] = pack4xI8(vec4<i32>(p.x, p.z, q.x, q.z)); o[w] = pack4xI8(vec4<i32>(p.y, p.w, q.y, q.w));'}
     qs += p + q;
+    let t = p + q; half[w / 2u] += t.x + t.y + t.z + t.w;
   }
   let dst = (tok * NB + b) * 3u;
-  xq[dst] = vec4<u32>(e[0], e[1], e[2], e[3]); xq[dst + 1u] = vec4<u32>(o[0], o[1], o[2], o[3]);
-  xq[dst + 2u] = vec4<u32>(bitcast<u32>(m / 127.0), bitcast<u32>(8 * (qs.x + qs.y + qs.z + qs.w)), 0u, 0u);
+  ${natural ? 'xq[dst] = vec4<u32>(e[0], o[0], e[1], o[1]); xq[dst + 1u] = vec4<u32>(e[2], o[2], e[3], o[3]);'
+    : 'xq[dst] = vec4<u32>(e[0], e[1], e[2], e[3]); xq[dst + 1u] = vec4<u32>(o[0], o[1], o[2], o[3]);'}
+  xq[dst + 2u] = vec4<u32>(bitcast<u32>(m / 127.0), bitcast<u32>(8 * (qs.x + qs.y + qs.z + qs.w)), bitcast<u32>(half.x), bitcast<u32>(half.y));
 }`;
 
 export interface RowsOptions {
@@ -241,7 +257,7 @@ const R: u32 = ${c.R}u;     // rows per set`;
  *  end. 256 / TPR sets per workgroup. */
 export const linearRowsWgsl = (s: LinearSpec, o: RowsOptions = {}) => {
   const { subgroups = false, rows: R = LINEAR_ROWS, xq = false } = o;
-  if (xq && ((s.type !== 'q4_0' && s.type !== 'q4_1') || s.prologue)) throw new Error('linearRowsWgsl: a quantised x is for 4-bit products without a prologue');
+  if (xq && ((s.type !== 'q4_0' && s.type !== 'q4_1' && s.type !== 'q8_16') || s.prologue)) throw new Error('linearRowsWgsl: a quantised x is for q4_0 / q4_1 / q8_16 products without a prologue');
   if (R > 8) throw new Error(`linearRowsWgsl: at most 8 rows per thread set (got ${R})`);
   const { U, TPR, S, UPT } = rowsLayout(s.K, R, s.type), full = U % TPR === 0, pro = s.prologue;
   const V = unitWeights(s.type) / 4;
@@ -287,7 +303,7 @@ ${subgroups ? `  ss = subgroupAdd(ss);
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
 ${s.type === 'f16' ? '' : scalesDecl(s.type, 3)}
-${s.type === 'q8_0' || s.type === 'q8_16' ? I8X4_WGSL : ''}
+${(s.type === 'q8_0' || s.type === 'q8_16') && !xq ? I8X4_WGSL : ''}
 ${(s.type === 'q4_0' || s.type === 'q4_1') && !xq ? `// 8 nibbles times x, without integer-to-float conversions (a quarter-rate instruction, and 32 of them per
 // 16 bytes made this product compute-bound): each nibble is masked in place (n * 16^j) and made a float
 // by the 2^23 trick; x was scaled by 16^-j to match, and the -8 offset is -8 * (sum of the block's x).
@@ -306,12 +322,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let xb = wid.y * (${pro?.kind === 'swiglu' ? '2u * ' : ''}K / 4u);
   let r0 = (wid.x * S + rs) * R;
 
-${xq ? q4LoadXq(unit) : xSection()}  var acc: array<f32, R>;
+${xq ? (s.type === 'q8_16' ? q8LoadXq(unit) : q4LoadXq(unit)) : xSection()}  var acc: array<f32, R>;
   for (var r = 0u; r < R; r++) {
     let row = min(r0 + r, N - 1u); // rows past N repeat the last one; they are not written
     for (var i = 0u; i < UPT; i++) {
       let u = ${unit};
-      ${xq ? q4IntDot(s.type) : unitDot(s.type)}
+      ${xq ? (s.type === 'q8_16' ? Q8_INT_DOT : q4IntDot(s.type)) : unitDot(s.type)}
       acc[r] += ${full ? 'd' : 'select(0.0, d, t + i * TPR < U)'};
     }
   }

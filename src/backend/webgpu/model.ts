@@ -148,7 +148,7 @@ export class GpuModel {
 
   /** Whether decode steps quantise this product's input to int8 first (quantiseXWgsl) and use integer
    *  dot products: Q4_0 weights where WGSL has packed 4x8-bit dot products (QUEST_Q4_DOT=float: not). */
-  quantisesX(l: GpuLinear): boolean { return (l.type === 'q4_0' || l.type === 'q4_1') && this.matvec.kind === 'rows' && hasIntDot4(this.device); }
+  quantisesX(l: GpuLinear): boolean { return (l.type === 'q4_0' || l.type === 'q4_1' || l.type === 'q8_16') && this.matvec.kind === 'rows' && hasIntDot4(this.device); }
 
   /** Whether the matrix-vector kernel can compute RMSNorm / SwiGLU on its input (the x-stationary one can). */
   get fusesPrologues(): boolean { return this.matvec.kind === 'rows'; }
