@@ -77,6 +77,9 @@ function fitIQ4(x: Float32Array, o: number, n: number): number {
   return best;
 }
 
+/** The value of largest magnitude (with its sign). */
+const largest = (a: number[]) => a.reduce((m, v) => (Math.abs(v) > Math.abs(m) ? v : m), 0);
+
 const code = (v: number, scale: number, lo: number, hi: number) => (scale === 0 ? clamp(0, lo, hi) : clamp(Math.round(v / scale), lo, hi));
 
 /** The stored integer scale l in [lmin, lmax] (x ≈ d*l*q, q in [lo, hi]) for x[o..o+n): the neighbours of
@@ -125,6 +128,19 @@ function superScalesWithMins(x: Float32Array, o: number, n: number, fits: [numbe
   return best;
 }
 
+/** The 32 codes q(0..31) of a Q4_x / Q5_x block from byte `at` on: element j in the low nibble of byte
+ *  j, element j + 16 in the high one; with `five`, the fifth bits first, as a little-endian u32. */
+function packCodes(out: Uint8Array, dv: DataView, at: number, five: boolean, q: (j: number) => number): void {
+  const qs = five ? at + 4 : at;
+  let qh = 0;
+  for (let j = 0; j < 16; j++) {
+    const a = q(j), b = q(j + 16);
+    out[qs + j] = (a & 15) | ((b & 15) << 4);
+    qh |= ((a >> 4) << j) | ((b >> 4) << (j + 16));
+  }
+  if (five) dv.setUint32(at, qh >>> 0, true);
+}
+
 /** Quantises `values` (whole blocks) into `type`'s bytes. */
 export function quantise(values: Float32Array, type: QuantType): Uint8Array {
   const f = QUANT_FORMATS[type], n = values.length;
@@ -149,17 +165,7 @@ export function quantise(values: Float32Array, type: QuantType): Uint8Array {
         for (let j = 0; j < 32; j++) { const v = x[blk + j]; if (Math.abs(v) > amax) { amax = Math.abs(v); max = v; } }
         const d = max / -levels, id = d ? 1 / d : 0;
         setHalf(p, d);
-        const q = (j: number) => Math.min(2 * levels - 1, Math.floor(x[blk + j] * id + levels + 0.5));
-        if (type === 'q4_0') for (let j = 0; j < 16; j++) out[p + 2 + j] = q(j) | (q(j + 16) << 4);
-        else {
-          let qh = 0;
-          for (let j = 0; j < 16; j++) {
-            const a = q(j), b = q(j + 16);
-            out[p + 6 + j] = (a & 15) | ((b & 15) << 4);
-            qh |= ((a >> 4) << j) | ((b >> 4) << (j + 16));
-          }
-          dv.setUint32(p + 2, qh >>> 0, true);
-        }
+        packCodes(out, dv, p + 2, type === 'q5_0', (j) => Math.min(2 * levels - 1, Math.floor(x[blk + j] * id + levels + 0.5)));
         break;
       }
       case 'q4_1': case 'q5_1': {
@@ -167,17 +173,7 @@ export function quantise(values: Float32Array, type: QuantType): Uint8Array {
         const [s, m] = fitAffine(x, blk, 32, nmax, false);
         const d = roundHalf(s), mn = roundHalf(m);
         setHalf(p, d); setHalf(p + 2, mn);
-        const q = (j: number) => code(x[blk + j] - mn, d, 0, nmax);
-        if (type === 'q4_1') for (let j = 0; j < 16; j++) out[p + 4 + j] = q(j) | (q(j + 16) << 4);
-        else {
-          let qh = 0;
-          for (let j = 0; j < 16; j++) {
-            const a = q(j), b = q(j + 16);
-            out[p + 8 + j] = (a & 15) | ((b & 15) << 4);
-            qh |= ((a >> 4) << j) | ((b >> 4) << (j + 16));
-          }
-          dv.setUint32(p + 4, qh >>> 0, true);
-        }
+        packCodes(out, dv, p + 4, type === 'q5_1', (j) => code(x[blk + j] - mn, d, 0, nmax));
         break;
       }
       case 'iq4_nl': {
@@ -189,8 +185,7 @@ export function quantise(values: Float32Array, type: QuantType): Uint8Array {
       }
       case 'iq4_xs': {
         const sub = Array.from({ length: 8 }, (_, i) => fitIQ4(x, blk + 32 * i, 32));
-        let max = 0;
-        for (const s of sub) if (Math.abs(s) > Math.abs(max)) max = s;
+        const max = largest(sub);
         const d = roundHalf(max / -32);
         setHalf(p, d);
         let sh = 0;
@@ -224,8 +219,7 @@ export function quantise(values: Float32Array, type: QuantType): Uint8Array {
       case 'q3_k': {
         // 16 sub-blocks of 16: x ≈ d*sc*q, q in -4..3 (2 low bits + a high bit), sc signed 6 bits
         const sub = Array.from({ length: 16 }, (_, i) => fitSymmetric(x, blk + 16 * i, 16, -4, 3));
-        let max = 0;
-        for (const s of sub) if (Math.abs(s) > Math.abs(max)) max = s;
+        const max = largest(sub);
         const d = roundHalf(max / -32);
         setHalf(p + 108, d);
         for (let i = 0; i < 16; i++) {
@@ -264,8 +258,7 @@ export function quantise(values: Float32Array, type: QuantType): Uint8Array {
       case 'q6_k': {
         // 16 sub-blocks of 16: x ≈ d*sc*q, q in -32..31 (4 low + 2 high bits), sc int8
         const sub = Array.from({ length: 16 }, (_, i) => fitSymmetric(x, blk + 16 * i, 16, -32, 31));
-        let max = 0;
-        for (const s of sub) if (Math.abs(s) > Math.abs(max)) max = s;
+        const max = largest(sub);
         const d = roundHalf(max / -128);
         setHalf(p + 208, d);
         for (let i = 0; i < 16; i++) {
