@@ -114,6 +114,6 @@ export function convertHFToGGUF(dir: string, dtype: ConvertType = 'f16'): Uint8A
   const tokCfgPath = join(dir, 'tokenizer_config.json');
   const tokCfg = existsSync(tokCfgPath) ? JSON.parse(readFileSync(tokCfgPath, 'utf8')) : {};
   meta.push(['tokenizer.ggml.add_bos_token', { type: 'bool', value: Boolean(m.tokenizer?.addBos) }]);
-  if (typeof tokCfg.chat_template === 'string') meta.push(['tokenizer.chat_template', { type: 'string', value: tokCfg.chat_template }]);
+  if (m.tokenizer?.chatTemplate) meta.push(['tokenizer.chat_template', { type: 'string', value: m.tokenizer.chatTemplate }]);
   return writeGGUF(meta, tensors);
 }

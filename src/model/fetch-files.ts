@@ -57,7 +57,7 @@ export async function fetchModelFiles(url: string, opts: FetchOptions = {}): Pro
   const config = await fetchSmall(new URL('config.json', dir), opts, true);
   if (!config) throw new Error(`${url}: no config.json there (a Hugging Face model folder needs one; a single model file must end in .gguf or .bin)`);
   small.set('config.json', config);
-  await Promise.all(['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'model.safetensors.index.json'].map((n) => optional(n, dir)));
+  await Promise.all(['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'chat_template.jinja', 'chat_template.json', 'model.safetensors.index.json'].map((n) => optional(n, dir)));
   const index = small.get('model.safetensors.index.json');
   const shards = index ? indexShards(JSON.parse(utf8(index))) : ['model.safetensors'];
   const big = await fetchWeights(dir, shards, opts);

@@ -163,7 +163,7 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
   const tokenizer: TokenizerSpec = {
     json: tokJson, config: tokCfg, bosId: bosId ?? null, eosIds,
     addBos: tokCfg.add_bos_token ?? (arch === 'llama' && bosId !== null && bosId !== undefined && !tokJson.post_processor),
-    chatTemplate: typeof tokCfg.chat_template === 'string' ? tokCfg.chat_template : null,
+    chatTemplate: chatTemplateOf(files, tokCfg),
   };
 
   const nHeads = c.num_attention_heads;
@@ -215,6 +215,17 @@ export function loadHF(source: string | ModelFiles, onProgress?: LoadProgress): 
     for (const L of weights.layers) [L.attnNorm, L.ffnNorm, L.qNorm, L.kNorm, L.postAttnNorm, L.postFfnNorm].forEach(plusOne);
   }
   return { config, weights, tokenizer, format: 'hf' };
+}
+
+/** A folder's chat template: tokenizer_config.json's (a string, or a list of named templates: the
+ *  default one), else chat_template.jinja or chat_template.json beside it (where transformers saves it now). */
+function chatTemplateOf(files: ModelFiles, tokCfg: Record<string, any>): string | null {
+  const t = tokCfg.chat_template;
+  if (typeof t === 'string') return t;
+  if (Array.isArray(t)) return (t.find((x: { name?: string }) => x.name === 'default') ?? t[0])?.template ?? null;
+  if (files.has('chat_template.jinja')) return files.text('chat_template.jinja');
+  if (files.has('chat_template.json')) return readJson(files, 'chat_template.json', 'chat template').chat_template ?? null;
+  return null;
 }
 
 /** The shard files a model.safetensors.index.json lists. */

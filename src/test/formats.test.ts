@@ -2,13 +2,14 @@
 // specs, and the errors bad files must give.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, copyFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeTensor, f32ToF16, F16_TABLE, Matrix } from '../model/tensor.js';
 import { loadModelFiles } from '../model/load.js';
 import { writeSafetensors } from '../model/safetensors.js';
 import { writeGGUF } from '../model/gguf.js';
+import { convertHFToGGUF } from '../model/convert.js';
 import { gaussian, randomArray, randomGGUF, tempFile } from './fixtures.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
 
@@ -85,6 +86,19 @@ function hfCopy(): string {
   for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors']) copyFileSync(join(DEFAULT_MODEL, f), join(dir, f));
   return dir;
 }
+
+test('a folder\'s chat template: from tokenizer_config.json (a string or named templates), else chat_template.jinja / .json beside it; quest convert carries it into the GGUF', () => {
+  const tpl = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>";
+  const dir = hfCopy();
+  assert.equal(loadModelFiles(dir).tokenizer!.chatTemplate, null);
+  writeFileSync(join(dir, 'chat_template.jinja'), tpl);
+  assert.equal(loadModelFiles(dir).tokenizer!.chatTemplate, tpl);
+  const gguf = loadModelFiles(tempFile('c.gguf', convertHFToGGUF(dir, 'q8_0')));
+  assert.equal(gguf.tokenizer!.chatTemplate, tpl);
+  const cfg = JSON.parse(readFileSync(join(DEFAULT_MODEL, 'tokenizer_config.json'), 'utf8'));
+  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({ ...cfg, chat_template: [{ name: 'tool_use', template: 'x' }, { name: 'default', template: 'y' }] }));
+  assert.equal(loadModelFiles(dir).tokenizer!.chatTemplate, 'y');
+});
 
 test('a safetensors file whose header lies about sizes is a clear error', () => {
   const dir = hfCopy();
