@@ -1,6 +1,6 @@
 // `quest convert`: a Hugging Face Llama/Qwen2/Qwen3/Mistral/Phi-3/Gemma 3 (text) folder to GGUF, laid out as llama.cpp's converter does
 // (Q/K rows permuted to the interleaved RoPE layout for the llama architecture), so llama.cpp can load it.
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadHF } from './load.js';
 import { writeGGUF, type GGUFWriteTensor, type GGUFWriteValue } from './gguf.js';
@@ -111,8 +111,6 @@ export function convertHFToGGUF(dir: string, dtype: ConvertType = 'f16'): Uint8A
   );
   if (c.bosId !== null) meta.push(['tokenizer.ggml.bos_token_id', u32(c.bosId)]);
   if (c.eosIds.length) meta.push(['tokenizer.ggml.eos_token_id', u32(c.eosIds[0])]);
-  const tokCfgPath = join(dir, 'tokenizer_config.json');
-  const tokCfg = existsSync(tokCfgPath) ? JSON.parse(readFileSync(tokCfgPath, 'utf8')) : {};
   meta.push(['tokenizer.ggml.add_bos_token', { type: 'bool', value: Boolean(m.tokenizer?.addBos) }]);
   if (m.tokenizer?.chatTemplate) meta.push(['tokenizer.chat_template', { type: 'string', value: m.tokenizer.chatTemplate }]);
   return writeGGUF(meta, tensors);
