@@ -56,116 +56,15 @@ export function scalesQ3K(b: Uint8Array, s: number, out: Int8Array): void {
 }
 
 const q3Scales = new Int8Array(16);
+let codesBuf = new Int8Array(0), scalesBuf = new Float32Array(0), minsBuf = new Float32Array(0);
 
-/** Dequantises `n` elements (whole blocks) of `type` from src[off..] into out[o..]. */
+/** Dequantises `n` elements (whole blocks) of `type` from src[off..] into out[o..]: the affine groups
+ *  below, expanded (the CPU's SIMD converters are in backend/wasm/kernels.wat). */
 export function dequantise(type: QuantType, src: Uint8Array, off: number, out: Float32Array, o: number, n: number): void {
-  const f = QUANT_FORMATS[type];
-  if (n % f.elems !== 0) throw new Error(`${f.name} data holds whole blocks of ${f.elems} elements, asked for ${n}`);
-  const b = src;
-  for (let p = off, end = o + n; o < end; p += f.bytes, o += f.elems) {
-    switch (type) {
-      case 'q8_0': {
-        const d = half(b, p);
-        for (let j = 0; j < 32; j++) out[o + j] = ((b[p + 2 + j] << 24) >> 24) * d;
-        break;
-      }
-      case 'q4_0': case 'iq4_nl': {
-        const d = half(b, p);
-        if (type === 'q4_0') for (let j = 0; j < 16; j++) { const x = b[p + 2 + j]; out[o + j] = ((x & 15) - 8) * d; out[o + j + 16] = ((x >> 4) - 8) * d; }
-        else for (let j = 0; j < 16; j++) { const x = b[p + 2 + j]; out[o + j] = IQ4_LEVELS[x & 15] * d; out[o + j + 16] = IQ4_LEVELS[x >> 4] * d; }
-        break;
-      }
-      case 'q4_1': {
-        const d = half(b, p), m = half(b, p + 2);
-        for (let j = 0; j < 16; j++) { const x = b[p + 4 + j]; out[o + j] = (x & 15) * d + m; out[o + j + 16] = (x >> 4) * d + m; }
-        break;
-      }
-      case 'q5_0': case 'q5_1': {
-        // the fifth bits of elements 0..31 in one little-endian u32
-        const d = half(b, p), m = type === 'q5_1' ? half(b, p + 2) : 0, hp = type === 'q5_1' ? p + 4 : p + 2;
-        const qh = (b[hp] | (b[hp + 1] << 8) | (b[hp + 2] << 16) | (b[hp + 3] << 24)) >>> 0, bias = type === 'q5_0' ? 16 : 0;
-        for (let j = 0; j < 16; j++) {
-          const x = b[hp + 4 + j];
-          out[o + j] = (((x & 15) | (((qh >>> j) & 1) << 4)) - bias) * d + m;
-          out[o + j + 16] = (((x >> 4) | (((qh >>> (j + 16)) & 1) << 4)) - bias) * d + m;
-        }
-        break;
-      }
-      case 'q2_k': {
-        // 16 sub-blocks of 16: 4-bit scale | 4-bit min per sub-block; 2-bit codes, four per byte
-        const d = half(b, p + 80), dmin = half(b, p + 82);
-        let y = o, is = 0;
-        for (let c = 0; c < 2; c++) {
-          const q = p + 16 + 32 * c;
-          for (let shift = 0; shift < 8; shift += 2) {
-            for (let h = 0; h < 2; h++) {
-              const sc = b[p + is++], dl = d * (sc & 15), ml = dmin * (sc >> 4);
-              for (let l = 0; l < 16; l++) out[y++] = dl * ((b[q + 16 * h + l] >> shift) & 3) - ml;
-            }
-          }
-        }
-        break;
-      }
-      case 'q3_k': {
-        // hmask (32) | 2-bit codes (64) | scales (12) | d: code - (high bit ? 0 : 4)
-        const d = half(b, p + 108);
-        scalesQ3K(b, p + 96, q3Scales);
-        let y = o, is = 0, m = 1;
-        for (let c = 0; c < 2; c++) {
-          const q = p + 32 + 32 * c;
-          for (let shift = 0; shift < 8; shift += 2, m <<= 1) {
-            for (let h = 0; h < 2; h++) {
-              const dl = d * q3Scales[is++];
-              for (let l = 0; l < 16; l++) {
-                const k = 16 * h + l;
-                out[y++] = dl * (((b[q + k] >> shift) & 3) - (b[p + k] & m ? 0 : 4));
-              }
-            }
-          }
-        }
-        break;
-      }
-      case 'q4_k': case 'q5_k': {
-        // d | dmin | 12 bytes of 6-bit scales and mins | (Q5_K: 32 bytes of fifth bits) | 4-bit codes
-        const d = half(b, p), dmin = half(b, p + 2), five = type === 'q5_k', qs = p + (five ? 48 : 16);
-        for (let c = 0; c < 4; c++) {
-          const [s1, m1] = scaleMinK4(b, p + 4, 2 * c), [s2, m2] = scaleMinK4(b, p + 4, 2 * c + 1);
-          const d1 = d * s1, n1 = dmin * m1, d2 = d * s2, n2 = dmin * m2, y = o + 64 * c;
-          for (let l = 0; l < 32; l++) {
-            const x = b[qs + 32 * c + l], hi = five ? b[p + 16 + l] >> (2 * c) : 0;
-            out[y + l] = d1 * ((x & 15) | ((hi & 1) << 4)) - n1;
-            out[y + 32 + l] = d2 * ((x >> 4) | ((hi & 2) << 3)) - n2;
-          }
-        }
-        break;
-      }
-      case 'q6_k': {
-        // low 4 bits (128) | high 2 bits (64) | 16 int8 scales | d
-        const d = half(b, p + 208);
-        for (let c = 0; c < 2; c++) {
-          const ql = p + 64 * c, qh = p + 128 + 32 * c, sc = p + 192 + 8 * c, y = o + 128 * c;
-          for (let l = 0; l < 32; l++) {
-            const is = sc + (l >> 4), h = b[qh + l];
-            out[y + l] = d * ((b[is] << 24) >> 24) * (((b[ql + l] & 15) | ((h & 3) << 4)) - 32);
-            out[y + l + 32] = d * ((b[is + 2] << 24) >> 24) * (((b[ql + l + 32] & 15) | (((h >> 2) & 3) << 4)) - 32);
-            out[y + l + 64] = d * ((b[is + 4] << 24) >> 24) * (((b[ql + l] >> 4) | (((h >> 4) & 3) << 4)) - 32);
-            out[y + l + 96] = d * ((b[is + 6] << 24) >> 24) * (((b[ql + l + 32] >> 4) | (((h >> 6) & 3) << 4)) - 32);
-          }
-        }
-        break;
-      }
-      case 'iq4_xs': {
-        // d | high 2 bits of the 8 scales (u16) | low 4 bits (4 bytes) | 4-bit codes into IQ4_LEVELS
-        const d = half(b, p), sh = b[p + 2] | (b[p + 3] << 8);
-        for (let sb = 0; sb < 8; sb++) {
-          const ls = ((b[p + 4 + (sb >> 1)] >> (4 * (sb & 1))) & 15) | (((sh >> (2 * sb)) & 3) << 4);
-          const dl = d * (ls - 32), q = p + 8 + 16 * sb, y = o + 32 * sb;
-          for (let j = 0; j < 16; j++) { const x = b[q + j]; out[y + j] = dl * IQ4_LEVELS[x & 15]; out[y + j + 16] = dl * IQ4_LEVELS[x >> 4]; }
-        }
-        break;
-      }
-    }
-  }
+  if (codesBuf.length < n) { codesBuf = new Int8Array(n); scalesBuf = new Float32Array(n / 16); minsBuf = new Float32Array(n / 16); }
+  const codes = codesBuf, scales = scalesBuf, mins = minsBuf;
+  affineGroups(type, src, off, codes, scales, mins, 0, n);
+  for (let i = 0; i < n; i++) out[o + i] = scales[i >> 4] * codes[i] + mins[i >> 4];
 }
 
 /** Every format as 16-element groups of int8 codes with an f32 scale and offset each (value = scale *
