@@ -8,10 +8,11 @@ import { loadModelFiles } from '../model/load.js';
 import { makeModel, Session } from '../engine/session.js';
 import { argmax } from '../engine/sampler.js';
 import { smolGguf } from './bench-models.js';
+import { KERNEL_FUNCTION_NAMES } from '../backend/wasm/kernels-wasm.js';
 
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
 // (kernels.wat's functions in order: the binary has no name section)
-const WASM_NAMES = ['hsum', 'h2f', 'dot', 'gemm_f32', 'f16_to_f32', 'bf16_to_f32', 'q8_0_to_f32', 'gemv_q8_0', 'q4_0_to_f32', 'exp4', 'attend', 'accumulate', 'gemm_f16', 'page_scores'];
+const WASM_NAMES = KERNEL_FUNCTION_NAMES; // (by function index)
 
 interface Node { id: number; callFrame: { functionName: string; url: string } }
 interface Profile { nodes: Node[]; samples: number[]; timeDeltas: number[] }
