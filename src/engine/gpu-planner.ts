@@ -14,7 +14,11 @@ import type { AttentionPolicy, Selection, StepContext } from '../attention/polic
 import { storageUsage } from '../backend/webgpu/model.js';
 import { listParams } from '../backend/webgpu/planned-attention.js';
 
-export interface PlannerShape { nLayers: number; nHeads: number; nKV: number; headDim: number; pageSize: number; denseLayers: number }
+export interface PlannerShape {
+  nLayers: number; nHeads: number; nKV: number; headDim: number; pageSize: number; denseLayers: number;
+  /** layers that attend through a sliding window (never planned: already sparse), if any */
+  windowed?: boolean[];
+}
 
 export class GpuStepPlanner {
   lists: GPUBuffer; probs: GPUBuffer;
@@ -66,7 +70,10 @@ export class GpuStepPlanner {
     const { nLayers, denseLayers } = this.s;
     this.plans.fill(null);
     if (this.midStep) return;
-    for (let l = denseLayers; l < nLayers; l++) { const sel = this.policy.select(this.context(l, pos, null)); if (sel) this.plans[l] = { sel, probsAt: [] }; }
+    for (let l = denseLayers; l < nLayers; l++) {
+      if (this.s.windowed?.[l]) continue;
+      const sel = this.policy.select(this.context(l, pos, null)); if (sel) this.plans[l] = { sel, probsAt: [] };
+    }
     this.upload(this.plans.map((_, l) => l), false);
   }
 

@@ -17,6 +17,7 @@ import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/m
 import { checkBatch, checkTokens, type ForwardOptions, type KVLayout } from './session.js';
 import { saveSession, type SessionFileOptions } from './session-file.js';
 import { concatF32 } from '../model/tensor.js';
+import { windowOf } from '../model/config.js';
 
 /** Tokens per prefill submission, largest first: a large chunk reads the weights fewer times and gives
  *  the attention kernel more workgroups; the runner takes the largest whose activation buffers each fit
@@ -29,7 +30,7 @@ export const MAX_BATCH = 64;
 export const GREEDY_DEPTH = 3;
 const RING = GREEDY_DEPTH + 1;
 
-type Prologue = { kind: 'rmsnorm'; weight: GPUBuffer } | { kind: 'swiglu' };
+type Prologue = { kind: 'rmsnorm'; weight: GPUBuffer } | { kind: 'glu'; act: K.GluAct };
 
 /** Activation buffers and pipelines shared by all sessions of a model: every submission is a whole
  *  forward that leaves nothing in them for a later one (greedy steps in flight pass their token through
@@ -164,7 +165,8 @@ export class GpuSession {
     if (a.pageSize !== runner.pageSize) throw new Error(`page size ${a.pageSize} differs from the model's GPU page size ${runner.pageSize}`);
     const c = runner.m.config, policy = a.policy === 'quest' ? null : createPolicy(a);
     if (policy?.wantsPrefillScores && shareWith && !shareWith.recording) throw new Error('fork to a policy that needs prefill scores: call recordPrefillScores() before the prefill');
-    this.planner = policy ? new GpuStepPlanner(runner.m.device, policy, { nLayers: c.nLayers, nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: runner.pageSize, denseLayers: a.denseLayers }) : null;
+    this.planner = policy ? new GpuStepPlanner(runner.m.device, policy, { nLayers: c.nLayers, nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: runner.pageSize, denseLayers: a.denseLayers,
+      windowed: Array.from({ length: c.nLayers }, (_, l) => windowOf(c, l) > 0) }) : null;
     this.store = runner.store;
     if (shareWith) { this.table = shareWith.table.fork(); this.len = shareWith.len; this.tokens.push(...shareWith.tokens); }
     else this.table = new PageTable(runner.pages, runner.pageSize);
@@ -370,7 +372,7 @@ export class GpuSession {
   /** Runs `tokens` after what the session holds; resolves to logits ([vocab] or [n x vocab]), or with
    *  `argmax` to a one-element array holding the greedy token. */
   async forward(tokens: number[], opts: GpuForwardOptions = {}): Promise<Float32Array> {
-    checkTokens(this.model.config, this.len, tokens, false);
+    checkTokens(this.model.config, this.len, tokens);
     const mode = opts.logits ?? 'last';
     const most = mode === 'all' ? this.runner.logitsChunk : this.runner.chunk;
     const chunk = Math.min(most, Math.max(1, opts.chunk ?? most));
@@ -438,16 +440,25 @@ export class GpuSession {
     };
     const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize, ropeDims: c.ropeDims };
     const wt = m.embed.type;
-    run(m.pipeline(`embed:${wt}`, () => K.embedWgsl(wt, c.dim)), 'embed', [r.tokens, r.x, m.embed.data, wt === 'f16' ? null : m.embed.scales, r.step], K.grid64((n * c.dim) / 8));
+    run(m.pipeline(`embed:${wt}`, () => K.embedWgsl(wt, c.dim, c.embedScale ?? 1)), 'embed', [r.tokens, r.x, m.embed.data, wt === 'f16' ? null : m.embed.scales, r.step], K.grid64((n * c.dim) / 8));
     const rope = m.pipeline('rope', () => K.ropeWgsl(hs, c.ropeStyle === 'neox'));
     const append = m.pipeline('kvappend', () => K.kvAppendWgsl(hs)), meta = m.pipeline('kvmeta', () => K.kvMetaWgsl(hs));
     const ropeAppend = m.pipeline('ropeappend', () => K.ropeAppendWgsl(hs, c.ropeStyle === 'neox'));
     // prefill attention on tensor cores where the adapter has subgroup matrices, else the fallback kernel
+    // (sliding-window layers run the fallback kernel, which skips the tiles before the window)
     const mmaAtt = r.attScratch !== null;
-    const prefill = mmaAtt ? m.pipeline('prefill-mma', () => prefillAttentionMmaWgsl(hs, matrixConfig(m.device)!))
-      : m.pipeline('prefill', () => K.prefillAttentionWgsl(hs, hasSubgroups32(m.device)));
-    const prefillRows = mmaAtt ? mmaAttentionRows(c.headDim) : K.prefillLayout(c.headDim).queries;
-    const swiglu = m.pipeline('swiglu', () => K.swigluWgsl(c.hiddenDim));
+    const prefillOf = (window: number) => (mmaAtt && !window
+      ? { pipe: m.pipeline('prefill-mma', () => prefillAttentionMmaWgsl(hs, matrixConfig(m.device)!)), rows: mmaAttentionRows(c.headDim), scratch: r.attScratch }
+      : { pipe: m.pipeline(`prefill:${window}`, () => K.prefillAttentionWgsl(hs, hasSubgroups32(m.device), window)), rows: K.prefillLayout(c.headDim).queries, scratch: null });
+    const act = c.ffnAct ?? 'silu', glu = m.pipeline('glu', () => K.gluWgsl(c.hiddenDim, act));
+    // Gemma 3: a sublayer's output RMS-normalised before it is added to the residual
+    const postNorm = m.pipeline('rmsadd', () => K.rmsnormWgsl(c.dim, c.normEps, false, true));
+    /** x += W · input, or x += rmsnorm(W · input) where the layer has a post-norm */
+    const residual = (l: GpuLinear, input: GPUBuffer, post: GPUBuffer | null, pro?: Prologue) => {
+      if (!post) { linear(l, input, r.x, n, true, pro); return; }
+      linear(l, input, r.xb, n, false, pro);
+      run(postNorm, 'post', [r.xb, post, r.x], n);
+    };
     const nPages = Math.ceil(total / r.pageSize), touched = nPages - Math.floor(start / r.pageSize);
     const a = this.attention, keep = Math.max(MIN_PAGES, Math.ceil(a.budget / r.pageSize));
     r.decode.resetBatch();
@@ -469,6 +480,9 @@ export class GpuSession {
     for (let l = 0; l < m.layers.length; l++) {
       const L = m.layers[l];
       const kv = layers[l];
+      // a sliding-window layer attends densely to its window (already sparse: no policy), with its RoPE
+      const window = windowOf(c, l), ropeTable = window ? m.ropeTableLocal : m.ropeTable;
+      const policyLayer = !dense && !window && l >= a.denseLayers;
       normed(L.attnNorm, L.qkv, r.qkv);
       if (L.qkNorm) {
         run(m.pipeline('headnorm', () => K.headNormWgsl(hs, c.normEps)), 'headNorm', [r.qkv, L.qkNorm, r.step],
@@ -479,15 +493,15 @@ export class GpuSession {
         // position, through its own page table, over its own pages, under its own budget
         const view = r.batchView(l);
         run(m.pipeline('ropeappendB', () => K.ropeAppendWgsl(hs, c.ropeStyle === 'neox', true)), 'ropeAppendB',
-          [r.qkv, m.ropeTable, r.qrot, view.k, view.v, view.meta, r.step, view.table, r.batchRows], K.grid64((batch.length * (c.nHeads + 2 * c.nKVHeads) * c.headDim) / 2));
+          [r.qkv, ropeTable, r.qrot, view.k, view.v, view.meta, r.step, view.table, r.batchRows], K.grid64((batch.length * (c.nHeads + 2 * c.nKVHeads) * c.headDim) / 2));
         r.decode.encodeRows(pass, view, batch.map((seq, b) => {
           const sa = seq.attention, pages = Math.ceil((seq.len + 1) / r.pageSize), sk = Math.max(MIN_PAGES, Math.ceil(sa.budget / r.pageSize));
-          return { seqLen: seq.len + 1, budgetPages: sa.policy === 'quest' && l >= sa.denseLayers && sk < pages ? sk : 0, tableAt: b * r.maxPages, row: b };
+          return { seqLen: seq.len + 1, budgetPages: sa.policy === 'quest' && !window && l >= sa.denseLayers && sk < pages ? sk : 0, tableAt: b * r.maxPages, row: b, window };
         }));
         current = null;
       } else if (oneStep) {
-        run(ropeAppend, 'ropeAppend', [r.qkv, m.ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step, kv.table], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
-        const plannedLayer = planner !== null && !dense && l >= a.denseLayers;
+        run(ropeAppend, 'ropeAppend', [r.qkv, ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step, kv.table], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
+        const plannedLayer = planner !== null && policyLayer;
         if (plannedLayer && planner.midStep) {
           // the oracles: this layer's exact scores, read back and planned before the layer goes on
           run(m.pipeline('exactScores', () => exactScoresWgsl(ps)), 'exact', [this.exactParams(), r.qrot, kv.k, kv.table, planner.scoresFor(start)], Math.ceil(total / 64), c.nHeads);
@@ -497,22 +511,23 @@ export class GpuSession {
         if (plannedLayer && planner.planned(l)) {
           run(m.pipeline('tokenList', () => tokenListAttentionWgsl(ps)), `list${l}`, [planner.params[l], r.qrot, kv.k, kv.v, kv.table, planner.lists, planner.probs, r.att], c.nHeads);
         } else {
-          const sparse = !dense && a.policy === 'quest' && l >= a.denseLayers && keep < nPages;
-          r.decode.encode(pass, kv, total, sparse ? keep : 0);
+          const sparse = policyLayer && a.policy === 'quest' && keep < nPages;
+          r.decode.encodeRows(pass, kv, [{ seqLen: total, budgetPages: sparse ? keep : 0, window }]);
           current = null;
-          if (!sparse && !plannedLayer && (reportAll || reportChunk)) report(l, r.qrot, c.nHeads * c.headDim);
+          if (!sparse && !plannedLayer && !window && (reportAll || reportChunk)) report(l, r.qrot, c.nHeads * c.headDim);
         }
       } else {
-        run(rope, 'rope', [r.qkv, m.ropeTable, r.step], K.grid64((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2));
+        run(rope, 'rope', [r.qkv, ropeTable, r.step], K.grid64((n * (c.nHeads + c.nKVHeads) * c.headDim) / 2));
         run(append, 'append', [r.qkv, kv.k, kv.v, r.step, kv.table], K.grid64((n * c.nKVHeads * c.headDim) / 2));
         run(meta, 'meta', [kv.k, kv.meta, r.step, kv.table], K.grid64((touched * c.nKVHeads * c.headDim) / 2));
-        run(prefill, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step, r.attScratch, kv.table], Math.ceil(n / prefillRows), c.nHeads);
-        if (received) report(l, r.qkv, (c.nHeads + 2 * c.nKVHeads) * c.headDim);
+        const prefill = prefillOf(window);
+        run(prefill.pipe, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step, prefill.scratch, kv.table], Math.ceil(n / prefill.rows), c.nHeads);
+        if (received && !window) report(l, r.qkv, (c.nHeads + 2 * c.nKVHeads) * c.headDim);
       }
-      linear(L.wo, r.att, r.x, n, true);
+      residual(L.wo, r.att, L.postAttnNorm);
       normed(L.ffnNorm, L.gateUp, r.gu);
-      if (fuse) linear(L.down, r.gu, r.x, n, true, { kind: 'swiglu' });
-      else { run(swiglu, 'swiglu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); linear(L.down, r.h, r.x, n, true); }
+      if (fuse) residual(L.down, r.gu, L.postFfnNorm, { kind: 'glu', act });
+      else { run(glu, 'glu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.h, L.postFfnNorm); }
     }
     if (want === 'all') {
       run(rms, 'rms', [r.x, m.finalNorm, r.xb], n);
@@ -647,7 +662,7 @@ export class GpuSession {
     if (!steps.length) return [];
     const lead = steps[0].seq, r = lead.runner, d = lead.model.device, c = lead.model.config, n = steps.length;
     if (n > Math.min(r.chunk, MAX_BATCH)) throw new Error(`a batch holds at most ${Math.min(r.chunk, MAX_BATCH)} sequences, got ${n}`);
-    checkBatch(steps, (s) => s.runner, c, false);
+    checkBatch(steps, (s) => s.runner, c);
     for (const { seq } of steps) if (seq.planned || seq.received) throw new Error(`a ${seq.attention.policy} sequence${seq.recording ? ' that records prefill scores' : ''} runs its decode steps alone on WebGPU, not in a batch`);
     for (const { seq } of steps) await seq.drain();
     const batch = steps.map((x) => x.seq);

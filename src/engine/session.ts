@@ -365,25 +365,21 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
 }
 
 /** Throws a clear error unless `tokens` may follow the `held` tokens of a sequence of model `c` (both backends). */
-export function checkTokens(c: ModelConfig, held: number, tokens: number[], slidingWindows = true): void {
+export function checkTokens(c: ModelConfig, held: number, tokens: number[]): void {
   if (tokens.length === 0) throw new Error('forward needs at least one token');
-  if (!slidingWindows && c.slidingWindow !== undefined && held + tokens.length > c.slidingWindow) {
-    throw new Error(`sequence of ${held + tokens.length} tokens is longer than this model's attention window of ${c.slidingWindow} tokens: ` +
-      'sliding-window attention is not on WebGPU yet, so sequences stop at the window there (where attention is exact); the CPU backend runs the full context');
-  }
   if (held + tokens.length > c.maxSeqLen) throw new Error(`sequence of ${held + tokens.length} tokens exceeds the model's context length of ${c.maxSeqLen}`);
   for (const t of tokens) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
 }
 
 /** Throws a clear error unless `steps` form one batched decode step (both backends): sequences of one
  *  model (`modelOf`), each once, each with a token that fits. */
-export function checkBatch<S extends { length: number }>(steps: { seq: S; token: number }[], modelOf: (s: S) => unknown, c: ModelConfig, slidingWindows = true): void {
+export function checkBatch<S extends { length: number }>(steps: { seq: S; token: number }[], modelOf: (s: S) => unknown, c: ModelConfig): void {
   const model = modelOf(steps[0].seq), seen = new Set<S>();
   for (const { seq, token } of steps) {
     if (modelOf(seq) !== model) throw new Error('a batch runs sequences of one model');
     if (seen.has(seq)) throw new Error('a sequence appears twice in one batch');
     seen.add(seq);
-    checkTokens(c, seq.length, [token], slidingWindows);
+    checkTokens(c, seq.length, [token]);
   }
 }
 

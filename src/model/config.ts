@@ -34,7 +34,7 @@ export interface ModelConfig {
   ropeDims?: number;
   /** sliding-window attention: a query sees the last slidingWindow tokens (itself included), in the
    *  layers `windowLayers` marks (Gemma 3: five of every six), or in every layer (Mistral 7B v0.1).
-   *  The CPU engine implements it; WebGPU sequences stop at the window, where attention is exact. */
+   *  Both engines implement it. */
   slidingWindow?: number;
   windowLayers?: boolean[];
   /** RoPE of the windowed layers where it differs (Gemma 3: base 10^4 and no scaling; global: 10^6, x8) */

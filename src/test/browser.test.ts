@@ -3,7 +3,9 @@
 // URLs and cut-off downloads give clear errors. In headless Chromium (where installed): the browser
 // bundle (dist/browser/quest.js) loads the default model from a URL and runs it on WebGPU (SwiftShader
 // here) and on the CPU; its logits and greedy text (dense and Quest) must agree with the Node CPU engine,
-// and the second load must take the weights from the browser's Cache Storage.
+// and the second load must take the weights from the browser's Cache Storage; then the same for the
+// default model converted to a Q4_K_M GGUF (K-quants in the browser: q4_1 / q8_16 GPU weights, WebAssembly
+// converters on the CPU).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -20,6 +22,7 @@ import { argmax } from '../engine/sampler.js';
 import { parseSafetensors } from '../model/safetensors.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
 import { randomGGUF, tempFile } from './fixtures.js';
+import { convertHFToGGUF } from '../model/convert.js';
 
 type Route = (req: IncomingMessage, res: ServerResponse) => boolean;
 
@@ -185,6 +188,15 @@ try {
     out.devices[device] = { device: llm.device, progress, logits, dense: dense.text, quest: q.text, ms: ms.map(Math.round) };
     llm.dispose();
   }
+  // a K-quant file (Q4_K_M): prefill logits and greedy text on both devices
+  out.kquant = {};
+  for (const device of ['webgpu', 'cpu']) {
+    const llm = await quest.loadModel('/kq/model.gguf', { device });
+    const logits = Array.from(await llm.session().forward(llm.encode(text)));
+    const dense = await llm.complete(prompt, { temperature: 0, maxTokens: 6 });
+    out.kquant[device] = { device: llm.device, logits, dense: dense.text };
+    llm.dispose();
+  }
   await post(out);
 } catch (e) { await post({ error: String(e && e.stack || e) }); }
 </script>`;
@@ -203,9 +215,10 @@ test('the browser bundle in headless Chromium: the default model from a URL on W
     }
     return false;
   };
-  let weightRequests = 0;
-  const countWeights: Route = (req) => { if (req.url === '/model/model.safetensors') weightRequests++; return false; };
-  const { server, url } = await serve([page, countWeights, folder('/dist/', join(bundle, '..')), folder('/model/', DEFAULT_MODEL)]);
+  let weightRequests = 0, kquantRequests = 0;
+  const countWeights: Route = (req) => { if (req.url === '/model/model.safetensors') weightRequests++; if (req.url === '/kq/model.gguf') kquantRequests++; return false; };
+  const kq = tempFile('model.gguf', convertHFToGGUF(DEFAULT_MODEL, 'q4_k_m'));
+  const { server, url } = await serve([page, countWeights, folder('/dist/', join(bundle, '..')), folder('/model/', DEFAULT_MODEL), folder('/kq/', join(kq, '..'))]);
   const profile = mkdtempSync(join(tmpdir(), 'quest-chromium-'));
   const proc = spawn(browser!, ['--headless', '--no-sandbox', '--disable-gpu-sandbox', '--enable-unsafe-webgpu', '--enable-features=Vulkan',
     '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader', '--no-first-run', `--user-data-dir=${profile}`, `${url}/test.html`], { stdio: 'ignore', detached: true }); // (its own process group: killed whole)
@@ -237,8 +250,26 @@ test('the browser bundle in headless Chromium: the default model from a URL on W
       assert.match(d.quest, /51422/);
       t.diagnostic(`${device} in the browser: max |Δlogit| ${maxDiff.toExponential(2)}; quest answer ${JSON.stringify(d.quest)}; ms after load, logits, dense, quest: ${d.ms.join(', ')}`);
     }
+    // the Q4_K_M file: the Node CPU engine on the same file is the reference
+    const kqNode = await loadModel(kq), kqRef = new Session(kqNode.model).forward(kqNode.encode(TEXT));
+    const kqDense = (await kqNode.complete(PROMPT, { temperature: 0, maxTokens: 6 })).text;
+    kqNode.dispose();
+    // (WebGPU: the last token runs as a decode step, whose K-quant products take x as int8 as llama.cpp's
+    // do; in Node that step differs from the f32-x CPU engine by 0.1-0.3 on logits of magnitude ~20, and
+    // the int8 product itself is checked against float64 in webgpu-products.test.ts)
+    for (const [device, tol] of [['webgpu', 0.5], ['cpu', 1e-3]] as const) {
+      const d = got.kquant[device];
+      assert.equal(d.device, device);
+      let maxDiff = 0;
+      for (let j = 0; j < kqRef.length; j++) maxDiff = Math.max(maxDiff, Math.abs(kqRef[j] - d.logits[j]));
+      assert.equal(argmax(Float32Array.from(d.logits)), argmax(kqRef), `Q4_K_M ${device}: top-1 differs`);
+      assert.ok(maxDiff < tol, `Q4_K_M ${device}: max |Δlogit| ${maxDiff} vs the Node CPU engine`);
+      assert.equal(d.dense, kqDense, `Q4_K_M ${device}: greedy text differs`);
+      t.diagnostic(`Q4_K_M ${device} in the browser: max |Δlogit| ${maxDiff.toExponential(2)}; greedy ${JSON.stringify(d.dense)}`);
+    }
     // the second load (the CPU's) took the weights from the browser's Cache Storage
     assert.equal(weightRequests, 1, `the weights were downloaded ${weightRequests} times`);
+    assert.equal(kquantRequests, 1, `the Q4_K_M file was downloaded ${kquantRequests} times`);
     t.diagnostic(`page cross-origin isolated: ${got.crossOriginIsolated}`);
   } finally {
     try { process.kill(-proc.pid!, 'SIGKILL'); } catch { /* already gone */ }

@@ -1,6 +1,6 @@
 // WebGPU decode-attention kernels against float64 CPU references on random inputs of awkward sizes
 // (lengths that are not multiples of the page size, a single token, GQA ratios 1, 4, 8): dense
-// flash-decoding, Quest page scores + GPU top-k + sparse attention.
+// flash-decoding, sliding windows (the last `window` tokens), Quest page scores + GPU top-k + sparse attention.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
@@ -10,7 +10,7 @@ import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
 import { gaussian } from './fixtures.js';
 
-interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number; cap?: number }
+interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number; cap?: number; window?: number }
 
 function build(c: Case, seed: number) {
   const g = gaussian(seed), pages = Math.ceil(c.seq / c.P), hd2 = c.hd / 2;
@@ -69,15 +69,15 @@ async function runCase(c: Case, seed: number) {
   device.queue.writeBuffer(att.q, 0, d.q);
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
   att.resetBatch();
-  att.encode(pass, layer, c.seq, c.budgetPages);
+  att.encodeRows(pass, layer, [{ seqLen: c.seq, budgetPages: c.budgetPages, window: c.window }]);
   pass.end(); device.queue.submit([enc.finish()]);
   const out = new Float32Array(await readBuffer(device, att.out, c.nH * c.hd * 4));
   throwDeviceError(); // an invalid shader or pipeline fails the case with its message
-  const sparse = c.budgetPages > 0 && c.budgetPages < d.pages;
+  const sparse = !c.window && c.budgetPages > 0 && c.budgetPages < d.pages;
   const group = c.nH / c.nKV;
   const gpuSel = sparse ? await att.readSelection(c.budgetPages) : null;
   for (let g = 0; g < c.nKV; g++) {
-    let tokens = Array.from({ length: c.seq }, (_, t) => t);
+    let tokens = Array.from({ length: c.seq }, (_, t) => t).filter((t) => !c.window || t >= c.seq - c.window);
     if (sparse) {
       // CPU selection: page scores from the f16 metadata, summed over the group's heads, last page forced
       const scores = new Float64Array(d.pages);
@@ -120,10 +120,16 @@ const CASES: Case[] = [
   { nH: 8, nKV: 4, hd: 128, P: 16, seq: 611, budgetPages: 0 },
   { nH: 16, nKV: 2, hd: 128, P: 16, seq: 1500, budgetPages: 0 },
   { nH: 16, nKV: 1, hd: 128, P: 16, seq: 900, budgetPages: 12 },
+  // sliding windows (dense over the last `window` tokens, a budget ignored): starting mid-page, starting
+  // on a page boundary, longer than the sequence, over many chunks
+  { nH: 8, nKV: 2, hd: 64, P: 16, seq: 300, budgetPages: 0, window: 37 },
+  { nH: 4, nKV: 4, hd: 32, P: 16, seq: 160, budgetPages: 3, window: 32 },
+  { nH: 8, nKV: 2, hd: 32, P: 16, seq: 20, budgetPages: 0, window: 64 },
+  { nH: 8, nKV: 1, hd: 128, P: 16, seq: 9000, budgetPages: 0, window: 4096 },
 ];
 
 CASES.forEach((c, i) => {
-  const label = c.budgetPages > 0 ? `Quest top-${c.budgetPages} pages` : 'dense';
+  const label = c.window ? `window of ${c.window}` : c.budgetPages > 0 ? `Quest top-${c.budgetPages} pages` : 'dense';
   test(`WebGPU decode attention (${label}, ${c.nH}/${c.nKV} heads, head dim ${c.hd}, ${c.seq} tokens) matches float64`, { skip: skipGpu }, async () => {
     await runCase(c, 100 + i);
   });

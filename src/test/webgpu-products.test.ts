@@ -3,7 +3,7 @@
 // 32-column block as llama.cpp does, then the product by integer dot products) against the product with
 // x quantised the same way in float64. Awkward shapes: K
 // that does not split evenly over the thread sets (96, 11008 = Llama-2-7B's down projection, two units
-// per thread), rows past a workgroup's, and the RMSNorm / SwiGLU prologues.
+// per thread), rows past a workgroup's, and the RMSNorm / SwiGLU / GeGLU (Gemma's tanh GELU) prologues.
 import { test } from 'node:test';
 import { gpuWeights } from './gpu-weights.js';
 import assert from 'node:assert/strict';
@@ -16,25 +16,29 @@ import { gaussian } from './fixtures.js';
 import { rng } from '../engine/sampler.js';
 import { f32ToF16, F16_TABLE } from '../model/tensor.js';
 
-interface Case { N: number; K: number; prologue?: 'rmsnorm' | 'swiglu' }
+interface Case { N: number; K: number; prologue?: 'rmsnorm' | 'swiglu' | 'geglu' }
+/** GELU in its tanh form, float64 (the formula as written, not the kernel's sigmoid form) */
+const geluTanh = (v: number) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
 
 async function product(c: Case, intDot: boolean, seed: number, type: 'q4_0' | 'q4_1' | 'q8_16' = 'q4_0') {
   // (int8 x: column order for int8 weights, even / odd columns for 4-bit ones)
   const { device } = gpu!, g = gaussian(seed), u = rng(seed), eps = 1e-5;
   // weights: random codes and block scales (and mins), in the GPU layout of kernels.ts
   const { data: packed, scales, value } = gpuWeights(type, c.N * c.K, g, u);
-  const x = Float32Array.from({ length: c.prologue === 'swiglu' ? 2 * c.K : c.K }, () => g() * 2);
+  const glu = c.prologue === 'swiglu' || c.prologue === 'geglu';
+  const x = Float32Array.from({ length: glu ? 2 * c.K : c.K }, () => g() * 2);
   const nw = Float32Array.from({ length: c.K }, () => 0.5 + Math.abs(g()));
   // the product's input after the prologue, in float64
   let xin: Float64Array = Float64Array.from(x.subarray(0, c.K));
   if (c.prologue === 'rmsnorm') { let ss = 0; for (const v of xin) ss += v * v; const s = 1 / Math.sqrt(ss / c.K + eps); xin = xin.map((v, i) => v * s * nw[i]); }
   if (c.prologue === 'swiglu') xin = xin.map((v, i) => (v / (1 + Math.exp(-v))) * x[c.K + i]);
+  if (c.prologue === 'geglu') xin = xin.map((v, i) => geluTanh(v) * x[c.K + i]);
   if (intDot) xin = refQuantiseX(xin);
   const want = Float64Array.from({ length: c.N }, (_, r) => {
     let s = 0; for (let k = 0; k < c.K; k++) s += value(r * c.K + k) * xin[k]; return s;
   });
 
-  const pro: K.LinearSpec['prologue'] = c.prologue === 'rmsnorm' ? { kind: 'rmsnorm', eps } : c.prologue === 'swiglu' ? { kind: 'swiglu' } : undefined;
+  const pro: K.LinearSpec['prologue'] = c.prologue === 'rmsnorm' ? { kind: 'rmsnorm', eps } : glu ? { kind: 'glu', act: c.prologue === 'geglu' ? 'gelu' : 'silu' } : undefined;
   // float x: the prologue inside the product; int8 x: the quantising kernel computes it, then the product
   const spec: K.LinearSpec = { type, N: c.N, K: c.K, add: false, bias: false, ...(pro && !intDot ? { prologue: pro } : {}) };
   const R = K.linearRowsFor(type, intDot);
@@ -63,7 +67,7 @@ async function product(c: Case, intDot: boolean, seed: number, type: 'q4_0' | 'q
 }
 
 const cases: Case[] = [
-  { N: 37, K: 96 }, { N: 20, K: 1024, prologue: 'rmsnorm' }, { N: 9, K: 11008, prologue: 'swiglu' }, { N: 70, K: 4096 },
+  { N: 37, K: 96 }, { N: 20, K: 1024, prologue: 'rmsnorm' }, { N: 9, K: 11008, prologue: 'swiglu' }, { N: 70, K: 4096 }, { N: 13, K: 2048, prologue: 'geglu' },
 ];
 // Q4_K / Q4_1 (q4_1) and the other llama.cpp types (q8_16): codes with a scale and a min per group
 for (const type of ['q4_1', 'q8_16'] as const) {

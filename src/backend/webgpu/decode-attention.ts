@@ -36,11 +36,12 @@ const LOG2E = 1.4426950408889634;
 const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
 
 /** The per-call values every kernel reads, one set per batch row (workgroup_id.z): a sequence's length,
- *  its page count, selected pages and chunking; `row`: its row of q and out; `tableAt`: where its page
- *  table starts in the table buffer. Scratch (scores, selection, partial results) has one fixed-size
- *  slot per batch row. */
+ *  its page count, the pages read (k: selected, or dense from the first one) and chunking; `row`: its
+ *  row of q and out; `tableAt`: where its page table starts in the table buffer; `first`: the first
+ *  token attended (sliding windows; else 0). Scratch (scores, selection, partial results) has one
+ *  fixed-size slot per batch row. */
 const PARAMS_WGSL = /* wgsl */ `
-struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32, tableAt: u32, p0: u32, p1: u32, p2: u32 }
+struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32, tableAt: u32, first: u32, p1: u32, p2: u32 }
 @group(0) @binding(0) var<storage, read> prms: array<Params>;
 `;
 const PARAM_WORDS = 12;
@@ -345,7 +346,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let idx = c * cp + tid;
     var p = NONE;
     if (prm.sparse == 1u) { if (idx < prm.k) { p = sel[(slot * NKV + g) * SLOT_SEL + idx]; } }
-    else if (idx < prm.nPages) { p = idx; }
+    else if (idx < prm.k) { p = idx + prm.first / P; }
     pages[tid] = p; phys[tid] = select(0u, table[prm.tableAt + p], p != NONE);
   }
   // this lane's 8 channels of q for every head of the group, scaled so that exp2 gives the softmax
@@ -360,7 +361,7 @@ ${each((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * l
       // no branches: a row that is not there reads row 0 of physical page 0 (allocated) and is masked
       // out, so that the lanes stay converged for the row sums' subgroup shuffles
       let t = t0 + i * NG + grp; let pi = min(t, rows - 1u) / P; let p = pages[pi]; let slot = t % P;
-      let valid = t < rows && p != NONE && p * P + slot < prm.seqLen;
+      let valid = t < rows && p != NONE && p * P + slot < prm.seqLen && p * P + slot >= prm.first;
       ok[i / 4u][i % 4u] = valid;
       let b = ((select(0u, phys[pi], valid) * NKV + g) * P + select(0u, slot, valid)) * LG + lane;
       k8[i] = unpack8(kc[b]); v8[i] = unpack8(vc[b]);
@@ -462,8 +463,16 @@ export function identityPageTable(device: GPUDevice, pages: number): GPUBuffer {
 }
 
 /** One sequence of a decode-attention call: its length, Quest's page budget (0: dense), where its page
- *  table starts in the table buffer, and its row of q and out. */
-export interface AttnRow { seqLen: number; budgetPages: number; tableAt?: number; row?: number }
+ *  table starts in the table buffer, its row of q and out, and a sliding window (the last `window`
+ *  tokens attended, densely; 0 or absent: all). */
+export interface AttnRow { seqLen: number; budgetPages: number; tableAt?: number; row?: number; window?: number }
+
+/** The first token and the pages a row reads: its window's, or Quest's selection, or all. */
+function rowPages(r: Required<AttnRow>, pageSize: number) {
+  const nPages = Math.ceil(r.seqLen / pageSize), first = r.window > 0 ? Math.max(0, r.seqLen - r.window) : 0;
+  const sparse = first === 0 && r.budgetPages > 0 && r.budgetPages < nPages;
+  return { nPages, first, sparse, read: sparse ? r.budgetPages : nPages - Math.floor(first / pageSize) };
+}
 
 /** Pipelines and scratch for decode attention of one shape; `encode` records one call into a pass, for
  *  one sequence or for a batch of sequences (one dispatch per stage for all of them, each over its own
@@ -544,7 +553,7 @@ export class DecodeAttention {
   private slots = new Map<string, number>();
   private paramsFor(rows: Required<AttnRow>[], scale: number): { buf: GPUBuffer; slot: number } {
     // the layers of one decode step share their parameters: reuse a slot written in this batch of encodes
-    const key = rows.map((r) => `${r.seqLen}:${r.budgetPages}:${r.tableAt}:${r.row}`).join(','), known = this.slots.get(key);
+    const key = rows.map((r) => `${r.seqLen}:${r.budgetPages}:${r.tableAt}:${r.row}:${r.window}`).join(','), known = this.slots.get(key);
     if (known !== undefined) return { buf: this.params[known], slot: known };
     this.slots.set(key, this.paramIndex);
     const bytes = rows.length * PARAM_WORDS * 4;
@@ -556,10 +565,10 @@ export class DecodeAttention {
     const b = this.params[this.paramIndex++];
     const data = new ArrayBuffer(bytes), u = new Uint32Array(data), f = new Float32Array(data);
     rows.forEach((r, i) => {
-      const nPages = Math.ceil(r.seqLen / this.s.pageSize), sparse = r.budgetPages > 0 && r.budgetPages < nPages;
-      const { chunkPages, nChunks } = this.chunking(sparse ? r.budgetPages : nPages), o = i * PARAM_WORDS;
-      u[o] = r.seqLen; u[o + 1] = nPages; u[o + 2] = sparse ? r.budgetPages : nPages; u[o + 3] = sparse ? 1 : 0;
-      f[o + 4] = scale * LOG2E; u[o + 5] = nChunks; u[o + 6] = chunkPages; u[o + 7] = r.row; u[o + 8] = r.tableAt;
+      const { nPages, first, sparse, read } = rowPages(r, this.s.pageSize);
+      const { chunkPages, nChunks } = this.chunking(read), o = i * PARAM_WORDS;
+      u[o] = r.seqLen; u[o + 1] = nPages; u[o + 2] = read; u[o + 3] = sparse ? 1 : 0;
+      f[o + 4] = scale * LOG2E; u[o + 5] = nChunks; u[o + 6] = chunkPages; u[o + 7] = r.row; u[o + 8] = r.tableAt; u[o + 9] = first;
     });
     this.device.queue.writeBuffer(b, 0, data);
     return { buf: b, slot: this.paramIndex - 1 };
@@ -586,7 +595,7 @@ export class DecodeAttention {
    *  its own page table inside `layer.table` (at `tableAt`) and with its own budget. */
   encodeRows(pass: GPUComputePassEncoder, layer: LayerBuffers, rowsIn: AttnRow[], only?: Stage): void {
     const s = this.s;
-    const rows = rowsIn.map((r, i) => ({ seqLen: r.seqLen, budgetPages: r.budgetPages, tableAt: r.tableAt ?? 0, row: r.row ?? i }));
+    const rows = rowsIn.map((r, i) => ({ seqLen: r.seqLen, budgetPages: r.budgetPages, tableAt: r.tableAt ?? 0, row: r.row ?? i, window: r.window ?? 0 }));
     for (const r of rows) {
       const pages = Math.ceil(r.seqLen / s.pageSize);
       if (pages > s.maxPages) throw new Error(`sequence of ${r.seqLen} tokens exceeds the ${s.maxPages} pages allocated`);
@@ -606,8 +615,8 @@ export class DecodeAttention {
       return g;
     };
     const want = (st: Stage) => only === undefined || only === st;
-    const pages = rows.map((r) => Math.ceil(r.seqLen / s.pageSize));
-    const sparse = rows.map((r, i) => r.budgetPages > 0 && r.budgetPages < pages[i]), anySparse = sparse.some(Boolean);
+    const plan = rows.map((r) => rowPages(r, s.pageSize)), pages = plan.map((p) => p.nPages);
+    const sparse = plan.map((p) => p.sparse), anySparse = sparse.some(Boolean);
     const n = rows.length, mostPages = Math.max(...pages.filter((_, i) => sparse[i]), 1);
     if (anySparse && want('scores')) {
       pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores, layer.table]));
@@ -618,7 +627,7 @@ export class DecodeAttention {
       pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, `t${kr}`, [this.scores, this.sel]));
       pass.dispatchWorkgroups(s.nKV, 1, n);
     }
-    const chunks = Math.max(...rows.map((r, i) => this.chunking(sparse[i] ? r.budgetPages : pages[i]).nChunks));
+    const chunks = Math.max(...plan.map((p) => this.chunking(p.read).nChunks));
     if (want('partial')) {
       // (a batch mixing dense and sparse rows runs the sparse variant: it reads either)
       const pipe = anySparse ? this.pipes.sparse : this.pipes.dense;

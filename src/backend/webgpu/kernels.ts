@@ -75,8 +75,16 @@ export interface LinearSpec {
   type: GpuWeightType; N: number; K: number; add: boolean; bias: boolean;
   /** computed on the input as it is loaded (x-stationary kernel only): RMSNorm with weight `nw`
    *  (binding 5) and `eps`, or SwiGLU of a [gate | up] input of 2K values per token */
-  prologue?: { kind: 'rmsnorm'; eps: number } | { kind: 'swiglu' };
+  prologue?: { kind: 'rmsnorm'; eps: number } | { kind: 'glu'; act: GluAct };
 }
+
+/** The gate's activation of a gated feed-forward: SiLU (SwiGLU) or GELU in its tanh form (GeGLU, Gemma). */
+export type GluAct = 'silu' | 'gelu';
+/** act(g) * u as WGSL (g a plain name: it is repeated). GELU's 0.5 (1 + tanh(z)) is written as the
+ *  sigmoid of 2z, like SiLU's, so that a large |g| gives 0 or g and never inf / inf. */
+export const gluExpr = (act: GluAct, g: string, u: string) => act === 'gelu'
+  ? `${g} / (1.0 + exp(-1.5957691216057308 * (${g} + 0.044715 * ${g} * ${g} * ${g}))) * ${u}`
+  : `${g} / (1.0 + exp(-${g})) * ${u}`;
 
 const linearOut = (s: LinearSpec, idx: string, row: string, v: string) =>
   `{ let o = ${idx}; let val = ${v}${s.bias ? ` + bias[${row}]` : ''}; y[o] = ${s.add ? 'y[o] + val' : 'val'}; }`;
@@ -201,7 +209,7 @@ var<workgroup> red: array<f32, 64>;` : ''}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let b = wid.x * 64u + lid.x; let tok = wid.y;
-  let xb = tok * ${prologue?.kind === 'swiglu' ? '2u * ' : ''}(K / 4u);
+  let xb = tok * ${prologue?.kind === 'glu' ? '2u * ' : ''}(K / 4u);
 ${prologue?.kind === 'rmsnorm' ? `  var ss = 0.0;
   for (var i = lid.x; i < K / 4u; i += 64u) { let v = x[xb + i]; ss += dot(v, v); }
   red[lid.x] = ss;
@@ -212,7 +220,7 @@ ${prologue?.kind === 'rmsnorm' ? `  var ss = 0.0;
   var v: array<vec4<f32>, 8>;
   var amax = vec4<f32>(0.0);
   for (var j = 0u; j < 8u; j++) {
-    ${prologue?.kind === 'swiglu' ? `let g = x[xb + 8u * b + j]; v[j] = g / (1.0 + exp(-g)) * x[xb + K / 4u + 8u * b + j];`
+    ${prologue?.kind === 'glu' ? `let g = x[xb + 8u * b + j]; v[j] = ${gluExpr(prologue.act, 'g', 'x[xb + K / 4u + 8u * b + j]')};`
       : prologue?.kind === 'rmsnorm' ? 'v[j] = x[xb + 8u * b + j] * inv * nw[8u * b + j];' : 'v[j] = x[xb + 8u * b + j];'}
     amax = max(amax, abs(v[j]));
   }
@@ -268,7 +276,7 @@ export const linearRowsWgsl = (s: LinearSpec, o: RowsOptions = {}) => {
     // (no branches: columns past K read the last unit and are zeroed, so lanes stay converged)
     let u = ${unit};
     for (var j = 0u; j < V; j++) {
-      ${pro?.kind === 'swiglu' ? `let gt = x[xb + V * u + j]; xr[i * V + j] = gt / (1.0 + exp(-gt)) * x[xb + K / 4u + V * u + j];`
+      ${pro?.kind === 'glu' ? `let gt = x[xb + V * u + j]; xr[i * V + j] = ${gluExpr(pro.act, 'gt', 'x[xb + K / 4u + V * u + j]')};`
         : 'xr[i * V + j] = x[xb + V * u + j];'}
       ${full ? '' : 'xr[i * V + j] = select(vec4<f32>(0.0), xr[i * V + j], t + i * TPR < U);'}
     }
@@ -319,7 +327,7 @@ ${pro?.kind === 'rmsnorm' ? `@group(0) @binding(5) var<storage, read> nw: array<
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = lid.x; let rs = tid / TPR; let t = tid % TPR;
-  let xb = wid.y * (${pro?.kind === 'swiglu' ? '2u * ' : ''}K / 4u);
+  let xb = wid.y * (${pro?.kind === 'glu' ? '2u * ' : ''}K / 4u);
   let r0 = (wid.x * S + rs) * R;
 
 ${xq ? (s.type === 'q8_16' ? q8LoadXq(unit) : q4LoadXq(unit)) : xSection()}  var acc: array<f32, R>;
@@ -401,20 +409,22 @@ ${[0, 1, 2, 3].flatMap((i) => [0, 1].flatMap((h) => [0, 1, 2, 3].map((j) =>
 }`;
 };
 
-/** Embedding rows of the chunk's tokens (dequantised like any weight). */
-export const embedWgsl = (type: GpuWeightType, dim: number) => weightAccess(type, dim, 2) + STEP_WGSL + /* wgsl */ `
+/** Embedding rows of the chunk's tokens (dequantised like any weight), times `scale` (Gemma: sqrt(dim)). */
+export const embedWgsl = (type: GpuWeightType, dim: number, scale = 1) => weightAccess(type, dim, 2) + STEP_WGSL + /* wgsl */ `
 @group(0) @binding(0) var<storage, read> tokens: array<u32>;
 @group(0) @binding(1) var<storage, read_write> x: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> step: Step;
 ${MAIN_1D}
   let units = K / 8u; let i = gid.x / units; let u = gid.x % units;
   if (i >= step.n) { return; }
-  let w = w8(tokens[i], u * 8u);
-  x[(i * K) / 4u + 2u * u] = w.a; x[(i * K) / 4u + 2u * u + 1u] = w.b;
+  let w = w8(tokens[i], u * 8u);${scale === 1 ? '' : `
+  let s = ${scale.toPrecision(9)};`}
+  x[(i * K) / 4u + 2u * u] = w.a${scale === 1 ? '' : ' * s'}; x[(i * K) / 4u + 2u * u + 1u] = w.b${scale === 1 ? '' : ' * s'};
 }`;
 
-/** RMSNorm of each row (or, with `last`, of the chunk's last row only, written as row 0). */
-export const rmsnormWgsl = (dim: number, eps: number, last: boolean) => STEP_WGSL + /* wgsl */ `
+/** RMSNorm of each row (or, with `last`, of the chunk's last row only, written as row 0); `add`: added
+ *  to out instead of written (Gemma 3's post-norms, applied to a sublayer's output before the residual). */
+export const rmsnormWgsl = (dim: number, eps: number, last: boolean, add = false) => STEP_WGSL + /* wgsl */ `
 const D: u32 = ${dim}u;
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
@@ -430,7 +440,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   workgroupBarrier();
   for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
   let inv = inverseSqrt(red[0] / f32(D) + ${eps.toExponential()});
-  for (var i = lid.x; i < D; i += 256u) { out[orow * D + i] = x[row * D + i] * inv * w[i]; }
+  for (var i = lid.x; i < D; i += 256u) { out[orow * D + i] = ${add ? 'out[orow * D + i] + ' : ''}x[row * D + i] * inv * w[i]; }
 }`;
 
 /** (ropeDims: the channels of a head that RoPE rotates, default all) */
@@ -605,8 +615,9 @@ export function prefillLayout(headDim: number): { TQ: number; U: number; queries
  *  units of q and of the output in named vec4s (per-thread arrays of a whole head dim spilled to local
  *  memory); K/V tiles of 16 tokens (f16) go through workgroup memory; a tile's 16 scores are summed
  *  across the row's threads (subgroup shuffles where subgroups are 32 wide, else workgroup memory), then
- *  one online-softmax update per tile. */
-export const prefillAttentionWgsl = (s: HeadsSpec, subgroups = false) => {
+ *  one online-softmax update per tile. `window` > 0: sliding-window attention (the query at position p
+ *  sees keys p - window + 1 .. p; tiles before the workgroup's first window are not read). */
+export const prefillAttentionWgsl = (s: HeadsSpec, subgroups = false, window = 0) => {
   const { TQ, U, queries: QW } = prefillLayout(s.headDim);
   const units = Array.from({ length: U }, (_, u) => u), blocks = [0, 1, 2, 3];
   const shuffle = subgroups && TQ > 1;
@@ -634,7 +645,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let qb = (min(i, step.n - 1u) * QKV + h * HD) / 4u + part * ${U * 2}u;
 ${units.map((u) => `  let qa${u} = qkv[qb + ${2 * u}u] * scale; let qc${u} = qkv[qb + ${2 * u + 1}u] * scale; var oa${u} = vec4<f32>(0.0); var oc${u} = vec4<f32>(0.0);`).join('\n')}
   var m = -3.0e38; var l = 0.0;
-  for (var t0 = 0u; t0 <= lastPos; t0 += BK) {
+  ${window ? `let firstPos = step.start + wid.x * QW;
+  let t00 = select(0u, firstPos + 1u - ${window}u, firstPos + 1u > ${window}u) / BK * BK;` : 'let t00 = 0u;'}
+  for (var t0 = t00; t0 <= lastPos; t0 += BK) {
     workgroupBarrier();
     for (var e = tid; e < BK * UH; e += 256u) {
       let t = t0 + e / UH;
@@ -655,7 +668,8 @@ ${units.map((u) => `        { let k = unpack8(ks[kb + ${u}u]); d += dot(qa${u}, 
       }
 ${TQ === 1 ? '' : shuffle ? Array.from({ length: Math.log2(TQ) }, (_, r) => `      v += subgroupShuffleXor(v, ${1 << r}u);`).join('\n') : '      v = rowSum(v, tid);'}
       let tb = t0 + b * 4u;
-      v = select(vec4<f32>(-3.0e38), v, vec4<u32>(tb, tb + 1u, tb + 2u, tb + 3u) <= vec4<u32>(pos));
+      let ts = vec4<u32>(tb, tb + 1u, tb + 2u, tb + 3u);
+      v = select(vec4<f32>(-3.0e38), v, ${window ? `(ts <= vec4<u32>(pos)) & (ts + ${window}u > vec4<u32>(pos))` : 'ts <= vec4<u32>(pos)'});
       sc[b] = v;
       mt = max(mt, max(max(v.x, v.y), max(v.z, v.w)));
     }
@@ -679,8 +693,8 @@ ${units.map((u) => `    out[ob + ${2 * u}u] = oa${u} * inv; out[ob + ${2 * u + 1
 }`;
 };
 
-/** h = silu(gate) * up from the fused [gate | up] rows. */
-export const swigluWgsl = (hidden: number) => STEP_WGSL + /* wgsl */ `
+/** h = act(gate) * up from the fused [gate | up] rows. */
+export const gluWgsl = (hidden: number, act: GluAct) => STEP_WGSL + /* wgsl */ `
 const H: u32 = ${hidden}u;
 @group(0) @binding(0) var<storage, read> gu: array<f32>;
 @group(0) @binding(1) var<storage, read_write> h: array<f32>;
@@ -689,7 +703,7 @@ ${MAIN_1D}
   let i = gid.x / H; let j = gid.x % H;
   if (i >= step.n) { return; }
   let g = gu[i * 2u * H + j];
-  h[i * H + j] = g / (1.0 + exp(-g)) * gu[i * 2u * H + H + j];
+  h[i * H + j] = ${gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')};
 }`;
 
 /** Index of the largest logit (lowest index on ties): greedy sampling without reading the logits back. */

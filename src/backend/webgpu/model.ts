@@ -17,8 +17,11 @@ export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GP
 
 export interface GpuLayer {
   attnNorm: GPUBuffer; qkv: GpuLinear; wo: GpuLinear; ffnNorm: GPUBuffer; gateUp: GpuLinear; down: GpuLinear;
-  /** Qwen3: the query-head then the key-head RMSNorm weights (2 x headDim), else null */
+  /** Qwen3, Gemma 3: the query-head then the key-head RMSNorm weights (2 x headDim), else null; the
+   *  query half carries the model's attention scale relative to 1/sqrt(headDim) (Gemma 3) */
   qkNorm: GPUBuffer | null;
+  /** Gemma 3: RMSNorm weights of the attention and feed-forward outputs (before the residual), else null */
+  postAttnNorm: GPUBuffer | null; postFfnNorm: GPUBuffer | null;
 }
 
 // (a function: the GPUBufferUsage global exists only once the webgpu package has loaded)
@@ -50,6 +53,8 @@ export class GpuModel {
   finalNorm!: GPUBuffer;
   /** (cos, sin) per position and rotated pair, computed in float64 like the CPU's */
   ropeTable!: GPUBuffer;
+  /** the sliding-window layers' table where their RoPE differs (Gemma 3), else ropeTable */
+  ropeTableLocal!: GPUBuffer;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly empty: GPUBuffer;
   private disposed = false;
@@ -64,10 +69,9 @@ export class GpuModel {
 
   /** Uploads CPU-side weights (any dtype the loader reads). */
   static upload(device: GPUDevice, config: ModelConfig, w: ModelWeights, onProgress?: (done: number, total: number) => void): GpuModel {
-    // (Gemma 3's scaled embeddings, GeGLU, post-norms, per-layer RoPE and attention scale are CPU-only so far)
-    if (config.embedScale !== undefined || config.ffnAct === 'gelu' || config.localRope || config.attnScale !== undefined || w.layers.some((L) => L.postAttnNorm || L.postFfnNorm)) {
-      throw new Error(`${config.arch} models run on the CPU backend only for now (WebGPU lacks their GeGLU, post-norms and per-layer RoPE): use --device cpu`);
-    }
+    // (the attention scale is folded into the query-head norm: attention kernels scale by 1/sqrt(headDim))
+    const qScale = (config.attnScale ?? 1 / Math.sqrt(config.headDim)) * Math.sqrt(config.headDim);
+    if (Math.abs(qScale - 1) > 1e-12 && !w.layers[0]?.qNorm) throw new Error(`the WebGPU backend applies an attention scale other than 1/sqrt(head dim) through the query norm, which this ${config.arch} model lacks: use --device cpu`);
     const m = new GpuModel(device, config);
     m.fingerprint = modelFingerprint(config, w); // (the host weights may be freed after the upload)
     const total = w.layers.length + 2;
@@ -80,11 +84,12 @@ export class GpuModel {
       m.layers.push({
         attnNorm: m.f32(L.attnNorm), qkv: m.linear([L.wq, L.wk, L.wv], bias), wo: m.linear([L.wo]),
         ffnNorm: m.f32(L.ffnNorm), gateUp: m.linear([L.wGate, L.wUp]), down: m.linear([L.wDown]),
-        qkNorm: L.qNorm ? m.f32(concatF32([L.qNorm, L.kNorm!])) : null,
+        qkNorm: L.qNorm ? m.f32(concatF32([L.qNorm.map((v) => v * qScale), L.kNorm!])) : null,
+        postAttnNorm: L.postAttnNorm ? m.f32(L.postAttnNorm) : null, postFfnNorm: L.postFfnNorm ? m.f32(L.postFfnNorm) : null,
       });
       onProgress?.(i + 2, total);
     });
-    m.ropeTable = m.makeRopeTable();
+    m.makeRopeTables();
     onProgress?.(total, total);
     return m;
   }
@@ -113,10 +118,10 @@ export class GpuModel {
       m.layers.push({
         attnNorm: ones(), qkv: rnd(qkvN, c.dim, 1 / Math.sqrt(c.dim)), wo: rnd(c.dim, c.nHeads * c.headDim, 0.1 / Math.sqrt(c.dim)),
         ffnNorm: ones(), gateUp: rnd(2 * c.hiddenDim, c.dim, 1 / Math.sqrt(c.dim)), down: rnd(c.dim, c.hiddenDim, 0.1 / Math.sqrt(c.hiddenDim)),
-        qkNorm: null,
+        qkNorm: null, postAttnNorm: null, postFfnNorm: null,
       });
     }
-    m.ropeTable = m.makeRopeTable();
+    m.makeRopeTables();
     return m;
   }
 
@@ -209,8 +214,11 @@ export class GpuModel {
     const seen = new Set<GPUBuffer>();
     const free = (b: GPUBuffer | null) => { if (b && !seen.has(b)) { seen.add(b); b.destroy(); } };
     const lin = (l: GpuLinear) => { free(l.data); free(l.scales); free(l.bias); };
-    lin(this.embed); lin(this.output); free(this.finalNorm); free(this.ropeTable); free(this.empty);
-    for (const L of this.layers) { free(L.attnNorm); free(L.ffnNorm); free(L.qkNorm); lin(L.qkv); lin(L.wo); lin(L.gateUp); lin(L.down); }
+    lin(this.embed); lin(this.output); free(this.finalNorm); free(this.ropeTable); free(this.ropeTableLocal); free(this.empty);
+    for (const L of this.layers) {
+      for (const b of [L.attnNorm, L.ffnNorm, L.qkNorm, L.postAttnNorm, L.postFfnNorm]) free(b);
+      lin(L.qkv); lin(L.wo); lin(L.gateUp); lin(L.down);
+    }
   }
 
   private f32(a: Float32Array): GPUBuffer {
@@ -249,9 +257,15 @@ export class GpuModel {
     return { type, N, K: Kd, data: this.bytes(data), scales: scales ? this.f32(scales) : this.empty, bias: bias ? this.f32(bias) : null };
   }
 
-  private makeRopeTable(): GPUBuffer {
+  private makeRopeTables(): void {
+    const c = this.config, local = c.localRope;
+    this.ropeTable = this.makeRopeTable(Rope.forConfig(c));
+    this.ropeTableLocal = local ? this.makeRopeTable(Rope.forConfig({ ...c, ropeTheta: local.theta, ropeScaling: local.scaling })) : this.ropeTable;
+  }
+
+  private makeRopeTable(rope: Rope): GPUBuffer {
     // [pos][headDim / 2] (cos, sin); only the rotated pairs are read
-    const c = this.config, half = c.headDim / 2, rope = Rope.forConfig(c), inv = rope.invFreq, mag = rope.magnitude;
+    const c = this.config, half = c.headDim / 2, inv = rope.invFreq, mag = rope.magnitude;
     const t = new Float32Array(c.maxSeqLen * half * 2);
     for (let p = 0; p < c.maxSeqLen; p++) for (let i = 0; i < inv.length; i++) {
       const a = p * inv[i];
