@@ -16,12 +16,12 @@ export function attendHead(q: Float32Array, qo: number, kv: LayerKV, g: number, 
   const rt = wasm();
   if (rt && kv.inWasm && hd % 4 === 0) {
     // SIMD kernel over the cache in place; q, the token list and the results go through scratch
-    const qp = rt.scratchPtr('att.q', hd * 4), op = rt.scratchPtr('att.o', hd * 4), pp = rt.scratchPtr('att.p', (n + 4) * 4);
+    const qp = rt.scratchPtr('att.q', hd * 4), op = rt.scratchPtr('att.o', hd * 4), pp = rt.scratchPtr('att.p', 2 * (n + 4) * 4);
     const tp = tokens ? rt.scratchPtr('att.t', n * 4) : 0;
     rt.f32(qp, hd).set(q.subarray(qo, qo + hd));
     if (tokens) rt.i32(tp, n).set(tokens);
     const headOff = g * kv.pageSize * hd * 4, pageStride = kv.pageFloats * 4;
-    rt.k.attend(qp, kv.kPtr + headOff, kv.vPtr + headOff, kv.tablePtr(), pageStride, kv.pageSize, hd, tp, n, scale, pp, op);
+    rt.k.attend(qp, 1, kv.kPtr + headOff, kv.vPtr + headOff, kv.tablePtr(), pageStride, kv.pageSize, hd, tp, n, scale, pp, op);
     out.set(rt.f32(op, hd), oo);
     if (probs) probs.set(rt.f32(pp, n));
     return n;

@@ -208,11 +208,12 @@ export class Session {
     const rt = wasm();
     if (rt && kv.inWasm && hd % 4 === 0) {
       // SIMD kernel over all heads and queries, split by heads across the worker threads
-      const qDim = nH * hd, pool = n * (start + n) >= 4096 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1;
+      // (split by heads once the keys are a few hundred: a hand-off to a spinning worker costs microseconds)
+      const qDim = nH * hd, pool = n * (start + n) >= 256 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1;
       const stride = (start + n + 3) & ~3; // received[h] rows, padded for the vector add
       const qp = rt.scratchPtr('pf.q', n * qDim * 4), op = rt.scratchPtr('pf.o', n * qDim * 4);
       const rp = report ? rt.scratchPtr('pf.r', nH * stride * 4) : 0;
-      const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (start + n + 4) * 4));
+      const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (group + 1) * (start + n + 4) * 4));
       rt.f32(qp, n * qDim).set(q.subarray(0, n * qDim));
       if (report) rt.f32(rp, nH * stride).fill(0);
       const table = kv.tablePtr();

@@ -50,6 +50,9 @@ export class WorkerPool {
     local();
     for (let i = 0; i < this.size; i++) {
       const c = this.ctrl[i];
+      // (spin: the worker's share ends within microseconds of ours; waking from a wait costs more)
+      const until = performance.now() + 2;
+      while (Atomics.load(c, DONE) !== this.seq && performance.now() < until) { /* spin */ }
       while (Atomics.load(c, DONE) !== this.seq) Atomics.wait(c, DONE, Atomics.load(c, DONE), 1000);
       if (c[SLOTS - 2] === -1) throw new Error('a compute worker failed');
     }

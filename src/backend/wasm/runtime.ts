@@ -24,7 +24,8 @@ export interface KernelExports {
   accumulate(dst: number, src: number, n: number): void;
   gemm_f16(w: number, rows: number, cols: number, x: number, n: number, out: number, outStride: number): void;
   page_scores(q: number, kmin: number, kmax: number, table: number, hd: number, np: number, stride: number, out: number): void;
-  attend(q: number, kBase: number, vBase: number, table: number, pageStride: number, P: number, hd: number,
+  /** nq query heads sharing one KV head: q/out nq rows of hd; probs nq rows of n rounded up to 4 */
+  attend(q: number, nq: number, kBase: number, vBase: number, table: number, pageStride: number, P: number, hd: number,
          tokens: number, n: number, scale: number, probs: number, out: number): void;
 }
 

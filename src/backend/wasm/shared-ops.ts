@@ -27,19 +27,22 @@ export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowByt
   }
 }
 
-/** Causal dense attention of n new tokens (positions start..start+n-1) for query heads [h0, h1).
- *  q and out are [n][nH][hd] f32 in the shared memory; probs is this thread's scratch. When `received`
- *  is not 0, the attention each token receives is summed into received[h][0..start+n) (row stride
- *  `recvStride` floats), which H2O-style policies need. */
+/** Causal dense attention of n new tokens (positions start..start+n-1) for query heads [h0, h1), the
+ *  heads of one KV head together (each key and value read once for them). q and out are [n][nH][hd] f32
+ *  in the shared memory; probs is this thread's scratch (group x (start + n + 3) floats). When
+ *  `received` is not 0, the attention each token receives is summed into received[h][0..start+n) (row
+ *  stride `recvStride` floats), which H2O-style policies need. */
 export function attendHeads(k: KernelExports, h0: number, h1: number, n: number, start: number, nH: number, group: number, hd: number,
                             q: number, out: number, kPtr: number, vPtr: number, table: number, pageStride: number, P: number, probs: number, scale: number,
                             received = 0, recvStride = 0): void {
-  for (let h = h0; h < h1; h++) {
-    const headOff = Math.floor(h / group) * P * hd * 4;
+  for (let h = h0; h < h1;) {
+    const g = Math.floor(h / group), nq = Math.min(h1, (g + 1) * group) - h; // (this share's heads of KV head g)
+    const headOff = g * P * hd * 4;
     for (let i = 0; i < n; i++) {
-      const o = ((i * nH + h) * hd) * 4;
-      k.attend(q + o, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, 0, start + i + 1, scale, probs, out + o);
-      if (received) k.accumulate(received + h * recvStride * 4, probs, (start + i + 1 + 3) & ~3);
+      const o = ((i * nH + h) * hd) * 4, count = start + i + 1, n4 = (count + 3) & ~3;
+      k.attend(q + o, nq, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, 0, count, scale, probs, out + o);
+      if (received) for (let j = 0; j < nq; j++) k.accumulate(received + (h + j) * recvStride * 4, probs + j * n4 * 4, n4);
     }
+    h += nq;
   }
 }

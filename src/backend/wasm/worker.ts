@@ -9,8 +9,13 @@ const k = new WebAssembly.Instance(new WebAssembly.Module(wasm), { env: { memory
 const ctrl = new Int32Array(memory.buffer, ctrlPtr, SLOTS);
 const ctrlF = new Float32Array(memory.buffer, ctrlPtr, SLOTS);
 
+// Decode steps hand out a product every few tens of microseconds: a worker that went to sleep takes
+// longer than that to wake (a futex round trip), so it spins for a while before it blocks.
+const SPIN_MS = 2;
 let seen = 0;
 for (;;) {
+  const until = performance.now() + SPIN_MS;
+  while (Atomics.load(ctrl, SEQ) === seen && performance.now() < until) { /* spin */ }
   Atomics.wait(ctrl, SEQ, seen);
   seen = Atomics.load(ctrl, SEQ);
   const a = Array.from(ctrl.subarray(ARG, SLOTS - 1));
