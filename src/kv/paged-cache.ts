@@ -15,11 +15,10 @@ const reclaim = typeof FinalizationRegistry !== 'undefined'
 
 function allocF32(n: number, owned: { ptr: number; bytes: number }[]): Float32Array {
   const rt = wasm();
-  const ptr = rt ? rt.alloc(n * 4) : -1;
+  const ptr = rt ? rt.allocZeroed(n * 4) : -1;
   if (ptr < 0) return new Float32Array(n);
   owned.push({ ptr, bytes: n * 4 });
-  const a = rt!.f32(ptr, n); a.fill(0);
-  return a;
+  return rt!.f32(ptr, n);
 }
 
 /** One layer's physical pages: K and V [page][kvHead][slot][headDim], key min/max [page][kvHead][headDim]. */

@@ -8,7 +8,7 @@ import { loadModelFiles, type LoadedModel } from '../model/load.js';
 import { makeModel, Session } from '../engine/session.js';
 import { argmax } from '../engine/sampler.js';
 import { refForward, refQuantiseX, refWeights, argmax64 } from './reference.js';
-import { matmul, Q8_X_TOKENS } from '../backend/cpu/kernels.js';
+import { matmul, productQuantisesX, setIntegerActivations } from '../backend/cpu/kernels.js';
 import { wasm } from '../backend/wasm/runtime.js';
 import { randomGGUF, tempFile } from './fixtures.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
@@ -21,28 +21,56 @@ function promptOf(n: number, vocab: number, seed = 7): number[] {
   const r = rng(seed); return Array.from({ length: n }, () => Math.floor(r() * vocab));
 }
 
-/** Top-1 equal at every position and max |Δlogit| under `tol`; greedy continuation equal. */
-function checkAgainstReference(m: LoadedModel, tokens: number[], tol: number, greedySteps: number, quantisedDecode = false): void {
-  const model = makeModel(m.config, m.weights);
+/** Top-1 equal at every position and max |Δlogit| under `tol`; greedy continuation equal. With f32
+ *  activations (setIntegerActivations(false)), so only float rounding separates the two. */
+function checkAgainstReference(m: LoadedModel, tokens: number[], tol: number, greedySteps: number): void {
+  setIntegerActivations(false);
+  try {
+    const model = makeModel(m.config, m.weights);
+    const V = m.config.vocabSize;
+    const ours = new Session(model).forward(tokens, { logits: 'all', chunk: 17 }); // odd chunk: exercises chunked prefill
+    const ref = refForward(m.config, refWeights(m.weights), tokens);
+    let maxDiff = 0;
+    tokens.forEach((_, i) => {
+      for (let j = 0; j < V; j++) maxDiff = Math.max(maxDiff, Math.abs(ours[i * V + j] - ref[i][j]));
+      assert.equal(argmax(ours, i * V, V), argmax64(ref[i]), `top-1 differs at position ${i}`);
+    });
+    assert.ok(maxDiff < tol, `max |Δlogit| ${maxDiff} over the stated bound ${tol}`);
+    if (greedySteps > 0) {
+      const s = new Session(model);
+      let logits = s.forward(tokens);
+      const seq = [...tokens], mine: number[] = [];
+      for (let i = 0; i < greedySteps; i++) { const t = argmax(logits); mine.push(t); seq.push(t); logits = s.forward([t]); }
+      const refLogits = refForward(m.config, refWeights(m.weights), seq.slice(0, -1));
+      const refGreedy = refLogits.slice(tokens.length - 1).map((l) => argmax64(l));
+      assert.deepEqual(mine, refGreedy, 'greedy continuation differs from the float64 reference');
+    }
+  } finally { setIntegerActivations(true); }
+}
+
+/** With integer activations (the default for Q8_0 / Q4_0 on the SIMD path): the reference quantises each
+ *  product's input the same way. Our x is f32 and the reference's f64, so an element within rounding of a
+ *  quantisation tie may land one step apart (measured: one such element moves the logits by 2.8e-2);
+ *  hence a looser bound, and top-1 compared where the reference's margin exceeds twice it. */
+function checkIntegerActivations(m: LoadedModel, tokens: number[], tol: number): void {
+  const W = m.weights.layers[0].wq;
+  assert.ok(productQuantisesX(W, 17) && productQuantisesX(W, 1) === (W.dtype === 'q8_0'), 'Q8_0 quantises every product\'s input, Q4_0 the prefill\'s');
   const V = m.config.vocabSize;
-  const ours = new Session(model).forward(tokens, { logits: 'all', chunk: 17 }); // odd chunk: exercises chunked prefill
-  const ref = refForward(m.config, refWeights(m.weights), tokens);
-  let maxDiff = 0;
+  // a prefill in chunks of 17, then decode steps (one token each) for the last 8 positions
+  const s = new Session(makeModel(m.config, m.weights));
+  const ours = [s.forward(tokens.slice(0, -8), { logits: 'all', chunk: 17 })];
+  for (const t of tokens.slice(-8)) ours.push(s.forward([t]));
+  const flat = new Float32Array(tokens.length * V); let o = 0;
+  for (const l of ours) { flat.set(l, o); o += l.length; }
+  const ref = refForward(m.config, refWeights(m.weights), tokens, { quantiseX: (pos) => (pos < tokens.length - 8 ? productQuantisesX(W, 17) : productQuantisesX(W, 1)) });
+  let maxDiff = 0, compared = 0;
   tokens.forEach((_, i) => {
-    for (let j = 0; j < V; j++) maxDiff = Math.max(maxDiff, Math.abs(ours[i * V + j] - ref[i][j]));
-    assert.equal(argmax(ours, i * V, V), argmax64(ref[i]), `top-1 differs at position ${i}`);
+    for (let j = 0; j < V; j++) maxDiff = Math.max(maxDiff, Math.abs(flat[i * V + j] - ref[i][j]));
+    const sorted = Array.from(ref[i]).sort((a, b) => b - a);
+    if (sorted[0] - sorted[1] > 2 * tol) { compared++; assert.equal(argmax(flat, i * V, V), argmax64(ref[i]), `top-1 differs at position ${i}`); }
   });
   assert.ok(maxDiff < tol, `max |Δlogit| ${maxDiff} over the stated bound ${tol}`);
-  if (greedySteps > 0) {
-    const s = new Session(model);
-    let logits = s.forward(tokens);
-    const seq = [...tokens], mine: number[] = [];
-    for (let i = 0; i < greedySteps; i++) { const t = argmax(logits); mine.push(t); seq.push(t); logits = s.forward([t]); }
-    // (decode steps of Q8_0 weights take x quantised to Q8_0 on the SIMD path, as llama.cpp does)
-    const refLogits = refForward(m.config, refWeights(m.weights), seq.slice(0, -1), { quantiseX: (pos) => quantisedDecode && pos >= tokens.length });
-    const refGreedy = refLogits.slice(tokens.length - 1).map((l) => argmax64(l));
-    assert.deepEqual(mine, refGreedy, 'greedy continuation differs from the float64 reference');
-  }
+  assert.ok(compared >= tokens.length / 2, `top-1 compared at ${compared} of ${tokens.length} positions only`);
 }
 
 for (const dtype of ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'iq4_nl', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_xs'] as const) {
@@ -52,28 +80,31 @@ for (const dtype of ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1
     const m = loadModelFiles(path);
     assert.equal(m.config.nKVHeads, 2);
     // the reference uses the same dequantised weights, so only arithmetic differs: f32 rounding
-    checkAgainstReference(m, promptOf(64, 96), 1e-3, 32, dtype === 'q8_0' && wasm() !== null);
+    checkAgainstReference(m, promptOf(64, 96), 1e-3, 32);
+    if ((dtype === 'q8_0' || dtype === 'q4_0') && wasm()) checkIntegerActivations(m, promptOf(64, 96), 0.1);
   });
 }
 
-test('a Q8_0 product of decode steps (x quantised to Q8_0, four rows at a time) matches float64; of more tokens, x as it is', () => {
-  const m = loadModelFiles(tempFile('q8.gguf', randomGGUF({ vocab: 96, dim: 64, hidden: 128, layers: 1, heads: 8, kvHeads: 2, dtype: 'q8_0', seed: 5 })));
-  const W = m.weights.layers[0].wGate, g = rng(9);
-  for (const n of [1, 3, 4, 5]) {
+test('Q8_0 and Q4_0 products (x quantised to Q8_0 on the SIMD path: decode steps in place, prefill through row quads) match float64', () => {
+  for (const dtype of ['q8_0', 'q4_0'] as const) {
+  const m = loadModelFiles(tempFile('q8.gguf', randomGGUF({ vocab: 96, dim: 64, hidden: 132, layers: 1, heads: 8, kvHeads: 2, dtype, seed: 5 })));
+  const W = m.weights.layers[0].wGate, g = rng(9); // (132 rows: blocks of row quads end short)
+  for (const n of [1, 3, 4, 5, 11]) {
     const x = Float32Array.from({ length: n * W.cols }, () => (g() - 0.5) * 4);
     const out = new Float32Array(n * W.rows);
     matmul(W, x, n, out);
     const row = new Float32Array(W.cols);
     for (let t = 0; t < n; t++) {
-      // decode steps (n <= 4, SIMD): x quantised like the reference's; more tokens: x as it is
-      const xt = Float64Array.from(x.subarray(t * W.cols, (t + 1) * W.cols)), xr = n <= Q8_X_TOKENS && wasm() ? refQuantiseX(xt) : xt;
+      const xt = Float64Array.from(x.subarray(t * W.cols, (t + 1) * W.cols)), xr = productQuantisesX(W, n) ? refQuantiseX(xt) : xt;
       for (let r = 0; r < W.rows; r++) {
         W.row(r, row);
         let want = 0; for (let i = 0; i < W.cols; i++) want += row[i] * xr[i];
-        assert.ok(Math.abs(out[t * W.rows + r] - want) < 1e-4 * (1 + Math.abs(want)), `n ${n} token ${t} row ${r}: ${out[t * W.rows + r]} vs ${want}`);
+        assert.ok(Math.abs(out[t * W.rows + r] - want) < 1e-4 * (1 + Math.abs(want)), `${dtype} n ${n} token ${t} row ${r}: ${out[t * W.rows + r]} vs ${want}`);
       }
     }
   }
+  }
+  if (wasm()) assert.ok(productQuantisesX(loadModelFiles(tempFile('q8.gguf', randomGGUF({ vocab: 96, dim: 64, hidden: 132, layers: 1, heads: 8, kvHeads: 2, dtype: 'q8_0', seed: 5 }))).weights.layers[0].wGate, 11), 'the integer path ran');
 });
 
 test('random Qwen2 GGUF (q/k/v biases, neox RoPE, untied) matches the float64 reference', () => {

@@ -1,7 +1,7 @@
 // Layer ops against straightforward float64 formulas on random inputs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { matmul, rmsnorm, swiglu, softmax } from '../backend/cpu/kernels.js';
+import { matmul, rmsnorm, swiglu, geglu, softmax } from '../backend/cpu/kernels.js';
 import { Rope, ropeInvFreq } from '../model/rope.js';
 import { encodeTensor, Matrix } from '../model/tensor.js';
 import { PagedKVCache } from '../kv/paged-cache.js';
@@ -69,11 +69,19 @@ test('Llama 3 RoPE scaling follows the published formula', () => {
   }
 });
 
-test('SwiGLU and softmax match float64', () => {
-  const g = gaussian(4), a = randomArray(50, 3, g), b = randomArray(50, 1, g), x = a.slice();
-  swiglu(x, b, 50);
-  for (let i = 0; i < 50; i++) close(x[i], (a[i] / (1 + Math.exp(-a[i]))) * b[i], 1e-5, 'swiglu');
-  const s = randomArray(20, 5, g), p = s.slice();
+test('SwiGLU, GeGLU and softmax match float64', () => {
+  // 52 elements: the SIMD kernel where it runs (with values far in both tails), 50: the plain loop
+  for (const n of [52, 50]) {
+    const g = gaussian(4 + n), a = randomArray(n, 3, g), b = randomArray(n, 1, g);
+    a[0] = -120; a[1] = 95; a[2] = -30; a[3] = 0;
+    const x = a.slice(), y = a.slice();
+    swiglu(x, b, n); geglu(y, b, n);
+    for (let i = 0; i < n; i++) {
+      close(x[i], (a[i] / (1 + Math.exp(-a[i]))) * b[i], 1e-5, `swiglu ${i}`);
+      close(y[i], 0.5 * a[i] * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (a[i] + 0.044715 * a[i] ** 3))) * b[i], 1e-5, `geglu ${i}`);
+    }
+  }
+  const s = randomArray(20, 5, gaussian(4)), p = s.slice();
   softmax(p, 0, 20);
   const m = Math.max(...s), e = Array.from(s, (v) => Math.exp(v - m)), z = e.reduce((u, v) => u + v, 0);
   e.forEach((v, i) => close(p[i], v / z, 1e-6, 'softmax'));

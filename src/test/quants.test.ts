@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { Matrix, rowBytes } from '../model/tensor.js';
 import { QUANT_FORMATS, affineGroups, type QuantType } from '../model/quants.js';
 import { quantise } from '../model/quantise.js';
-import { matmul, Q8_X_TOKENS } from '../backend/cpu/kernels.js';
+import { matmul, productQuantisesX } from '../backend/cpu/kernels.js';
 import { refQuantiseX } from './reference.js';
 import { f32ToF16 } from '../model/half.js';
 import { refDequantise } from './quant-reference.js';
@@ -96,9 +96,9 @@ test('CPU products (SIMD path with worker threads, and the TypeScript path) of e
       const x = Float32Array.from({ length: n * cols }, () => g() * 2 - 1), out = new Float32Array(n * rows);
       matmul(W, x, n, out);
       for (let tk = 0; tk < n; tk++) for (let r = 0; r < rows; r++) {
-        // (decode steps of Q8_0 weights on the SIMD path take x quantised to Q8_0, as llama.cpp does)
+        // (Q8_0 / Q4_0 products on the SIMD path take x quantised to Q8_0, as llama.cpp does)
         const xt = Float64Array.from(x.subarray(tk * cols, (tk + 1) * cols));
-        const xr = type === 'q8_0' && place === 'wasm' && n <= Q8_X_TOKENS ? refQuantiseX(xt) : xt;
+        const xr = productQuantisesX(W, n) ? refQuantiseX(xt) : xt;
         let want = 0; for (let i = 0; i < cols; i++) want += w[r * cols + i] * xr[i];
         const got = out[tk * rows + r];
         assert.ok(Math.abs(got - want) < 1e-4 * (1 + Math.abs(want)), `${type} (${place}) n ${n} token ${tk} row ${r}: ${got} vs ${want}`);

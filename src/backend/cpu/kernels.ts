@@ -3,7 +3,7 @@
 import type { Matrix } from '../../model/tensor.js';
 import { wasm, type WasmRuntime } from '../wasm/runtime.js';
 import { workerPool, split, OP_GEMM, DTYPE_CODE } from '../wasm/pool.js';
-import { gemmRange } from '../wasm/shared-ops.js';
+import { gemmRange, quantisesX, quadBlockRows, Q8_X_TOKENS } from '../wasm/shared-ops.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -54,6 +54,12 @@ function scratchFor(cols: number): Float32Array {
   return s;
 }
 
+let integerActivations = true;
+/** Q8_0 / Q4_0 products on the SIMD path quantise their input to Q8_0 and use integer dot products, as
+ *  llama.cpp does (on by default). Off: f32 inputs everywhere, slower, bit-for-bit closer to float64 (an
+ *  element within rounding of a quantisation tie can round either way and move a logit by ~1e-2). */
+export function setIntegerActivations(on: boolean): void { integerActivations = on; }
+
 /** out[n x W.rows] = x[n x W.cols] · Wᵀ (+ bias) */
 export function matmul(W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null = null): void {
   const rt = wasm();
@@ -65,17 +71,19 @@ export function matmul(W: Matrix, x: Float32Array, n: number, out: Float32Array,
  *  at a time (a block stays in cache while every token of the batch uses it). */
 function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null): void {
   const { rows, cols } = W;
-  const block = Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
+  const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
+  const q8 = integerActivations && quantisesX(code, rows, n), quads = q8 && !(code === 3 && n <= Q8_X_TOKENS);
+  const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
   const pool = n * rows * cols >= 1 << 16 ? workerPool(rt) : null; // small products: dispatch costs more than it saves
   const parts = pool ? pool.size + 1 : 1;
   const xp = rt.scratchPtr('mm.x', n * cols * 4), op = rt.scratchPtr('mm.out', n * rows * 4);
-  const scratch = Array.from({ length: parts }, (_, i) => (W.dtype === 'f32' ? 0 : rt.scratchPtr(`mm.w${i}`, block * cols * 4)));
-  // decode steps with Q8_0 weights: x quantised the same way once, then integer dot products (as llama.cpp)
-  const q8 = W.dtype === 'q8_0' && n <= Q8_X_TOKENS;
+  // per thread: a block of rows converted to f32, or repacked as row quads (2 bytes a weight + scales)
+  const scratchBytes = quads ? (block / 4) * (cols / 32) * 272 : block * cols * 4;
+  const scratch = Array.from({ length: parts }, (_, i) => (W.dtype === 'f32' ? 0 : rt.scratchPtr(`mm.w${i}`, scratchBytes)));
+  // x quantised to Q8_0 once for the product where the weights are (integer dot products, as llama.cpp)
   const xq = q8 ? rt.scratchPtr('mm.xq', n * cols * 2) : 0, xs = q8 ? rt.scratchPtr('mm.xs', (n * cols) / 8) : 0;
   rt.f32(xp, n * cols).set(x.subarray(0, n * cols));
-  if (q8) quantiseQ8(x, n * cols, new Int16Array(rt.memory.buffer, xq, n * cols), rt.f32(xs, (n * cols) / 32));
-  const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
+  if (q8) rt.k.quantise_q8(xp, n * cols, xq, xs);
   const args = (share: number) => [code, base, W.rowBytes, ...split(rows, parts, share, 4), cols, xp, n, op, rows, scratch[share], block, xq, xs];
   const local = () => { const a = args(0); gemmRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13]); };
   if (pool) pool.run(OP_GEMM, args, null, local); else local();
@@ -83,25 +91,12 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out:
   if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += bias[r];
 }
 
-/** Products of up to this many tokens (decode steps) with Q8_0 weights take x quantised to Q8_0. */
-export const Q8_X_TOKENS = 4;
-
-/** Rounds to the nearest integer, ties to even (as the float64 reference's quantised x). */
-function roundEven(v: number): number {
-  const r = Math.round(v);
-  return r - v === 0.5 && r % 2 !== 0 ? r - 1 : r;
+/** Whether the SIMD path quantises a product's x to Q8_0 (what a float64 reference must model). */
+export function productQuantisesX(W: Matrix, n: number): boolean {
+  const rt = wasm();
+  return integerActivations && !!rt && W.cols % 32 === 0 && rt.owns(W.bytes) && quantisesX(DTYPE_CODE[W.dtype], W.rows, n);
 }
-
-/** x[0..len) quantised per block of 32 as Q8_0: q[i] = round(x[i] / s), s = max|x| / 127 per block. */
-export function quantiseQ8(x: Float32Array, len: number, q: Int16Array, scales: Float32Array): void {
-  for (let b = 0; b < len; b += 32) {
-    let m = 0;
-    for (let i = b; i < b + 32; i++) { const a = Math.abs(x[i]); if (a > m) m = a; }
-    const inv = m > 0 ? 127 / m : 0;
-    scales[b >> 5] = m / 127;
-    for (let i = b; i < b + 32; i++) q[i] = roundEven(x[i] * inv);
-  }
-}
+export { Q8_X_TOKENS };
 
 /** RMSNorm of n rows of length d. */
 export function rmsnorm(out: Float32Array, x: Float32Array, w: Float32Array, n: number, d: number, eps: number): void {
@@ -126,15 +121,28 @@ export function softmax(v: Float32Array, o: number, n: number): void {
 
 /** gate[i] = silu(gate[i]) * up[i] */
 export function swiglu(gate: Float32Array, up: Float32Array, n: number): void {
+  if (gluWasm(gate, up, n, 0)) return;
   for (let i = 0; i < n; i++) { const g = gate[i]; gate[i] = (g / (1 + Math.exp(-g))) * up[i]; }
 }
 
 /** gate[i] = gelu(gate[i]) * up[i], gelu in its tanh form (Gemma's GeGLU) */
 export function geglu(gate: Float32Array, up: Float32Array, n: number): void {
+  if (gluWasm(gate, up, n, 1)) return;
   for (let i = 0; i < n; i++) {
     const g = gate[i];
     gate[i] = 0.5 * g * (1 + Math.tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) * up[i];
   }
+}
+
+/** The SIMD kernel (kernels.wat glu) through scratch: copying costs far less than an exp per element. */
+function gluWasm(gate: Float32Array, up: Float32Array, n: number, act: number): boolean {
+  const rt = wasm();
+  if (!rt || n % 4 !== 0) return false;
+  const gp = rt.scratchPtr('glu.g', n * 4), up4 = rt.scratchPtr('glu.u', n * 4);
+  rt.f32(gp, n).set(gate.subarray(0, n)); rt.f32(up4, n).set(up.subarray(0, n));
+  rt.k.glu(gp, up4, n, act);
+  gate.set(rt.f32(gp, n));
+  return true;
 }
 
 export function addInPlace(x: Float32Array, y: Float32Array, n: number): void {

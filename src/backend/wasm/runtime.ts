@@ -21,7 +21,11 @@ export interface KernelExports {
   q2_k_to_f32(src: number, dst: number, n: number): void;
   q3_k_to_f32(src: number, dst: number, n: number): void;
   gemv_q8_0(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
+  quantise_q8(x: number, len: number, xq: number, xs: number): void;
+  quads_from_q(src: number, rows: number, cols: number, dst: number, kind: number): void;
+  gemm_quads(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
   accumulate(dst: number, src: number, n: number): void;
+  glu(gate: number, up: number, n: number, act: number): void;
   gemm_f16(w: number, rows: number, cols: number, x: number, n: number, out: number, outStride: number): void;
   page_scores(q: number, kmin: number, kmax: number, table: number, hd: number, np: number, stride: number, out: number): void;
   /** nq query heads sharing one KV head: q/out nq rows of hd; probs nq rows of n rounded up to 4 */
@@ -48,6 +52,7 @@ export class WasmRuntime {
   /** the compiled kernels' bytes, for workers to instantiate on the same memory */
   readonly moduleBytes: Uint8Array<ArrayBuffer>;
   private top = 1024; // address 0 stays unused: it means "none" to the kernels
+  private touched = 1024; // memory at and above this was never handed out: still zero from grow()
   private free: { ptr: number; size: number }[] = [];
   private buffers = new WeakSet<ArrayBufferLike>();
   private weightBytes = 0;
@@ -86,6 +91,15 @@ export class WasmRuntime {
     }
     const ptr = this.top;
     this.top = end;
+    this.touched = Math.max(this.touched, end);
+    return ptr;
+  }
+
+  /** alloc() of zeroed memory: only what was handed out before is cleared (untouched pages stay
+   *  untouched: a KV cache's unused capacity costs no page faults). */
+  allocZeroed(bytes: number): number {
+    const before = this.touched, ptr = this.alloc(bytes);
+    if (ptr >= 0 && ptr < before) new Uint8Array(this.memory.buffer, ptr, Math.min(bytes, before - ptr)).fill(0);
     return ptr;
   }
 

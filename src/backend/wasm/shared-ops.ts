@@ -8,14 +8,36 @@ const CONVERTERS: Record<number, (k: KernelExports) => (src: number, dst: number
   10: (k) => k.q4_k_to_f32, 11: (k) => k.q5_k_to_f32, 12: (k) => k.q6_k_to_f32, 13: (k) => k.iq4_nl_to_f32, 14: (k) => k.iq4_xs_to_f32,
 };
 
+/** Products of up to this many tokens (decode steps) read Q8_0 weights as they are stored; more tokens
+ *  (prefill) repack a block of rows at a time into row quads that every token of the chunk reuses. */
+export const Q8_X_TOKENS = 4;
+
+/** Weight types whose products take x quantised to Q8_0 (integer dot products, as llama.cpp): Q8_0 at
+ *  every size, Q4_0 for prefill (a decode step of Q4_0 converts its rows to f32 and uses x as it is). */
+export function quantisesX(dtype: number, rows: number, n: number): boolean {
+  return (dtype === 3 && (n <= Q8_X_TOKENS || rows % 4 === 0)) || (dtype === 4 && n > Q8_X_TOKENS && rows % 4 === 0);
+}
+
+/** Rows of a block of row quads (kernels.wat quads_from_q): about 100 KB, which stays in L2 while the
+ *  chunk's tokens pass over it. */
+export function quadBlockRows(cols: number): number { return Math.max(4, (Math.floor(49152 / cols) >> 2) << 2); }
+
 /** out[t*stride + r] = W[r] · x[t] for rows r in [r0, r1); non-f32 rows converted a block at a time into
- *  this thread's own scratch (dtype: pool.ts DTYPE_CODE). `xq`/`xs` (non-zero):
- *  x quantised to Q8_0 (cpu/kernels.ts quantiseQ8) for Q8_0 weights: integer dot products, four rows at a
- *  time, nothing converted. */
+ *  this thread's own scratch (dtype: pool.ts DTYPE_CODE). `xq`/`xs` (non-zero, see quantisesX): x
+ *  quantised to Q8_0 (kernels.wat quantise_q8): decode steps of Q8_0 read the weights in place, four
+ *  rows at a time; prefill repacks a block of rows into row quads and runs tiles of 4 rows x 4 tokens. */
 export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowBytes: number, r0: number, r1: number, cols: number,
                           x: number, n: number, out: number, stride: number, scratch: number, block: number, xq = 0, xs = 0): void {
   if (r1 <= r0) return;
-  if (dtype === 3 && xq && (r1 - r0) % 4 === 0) { k.gemv_q8_0(wBase + r0 * rowBytes, r1 - r0, cols, xq, xs, n, out + r0 * 4, stride); return; }
+  if (xq && dtype === 3 && n <= Q8_X_TOKENS) { k.gemv_q8_0(wBase + r0 * rowBytes, r1 - r0, cols, xq, xs, n, out + r0 * 4, stride); return; }
+  if (xq) {
+    for (let r = r0; r < r1; r += block) {
+      const nb = Math.min(block, r1 - r);
+      k.quads_from_q(wBase + r * rowBytes, nb, cols, scratch, dtype === 4 ? 1 : 0);
+      k.gemm_quads(scratch, nb, cols, xq, xs, n, out + r * 4, stride);
+    }
+    return;
+  }
   if (dtype === 0) { k.gemm_f32(wBase + r0 * rowBytes, r1 - r0, cols, x, n, out + r0 * 4, stride); return; }
   // few tokens (decode): f16 converted in registers; more tokens: a converted block is reused by all of them
   if (dtype === 1 && n <= 4) { k.gemm_f16(wBase + r0 * rowBytes, r1 - r0, cols, x, n, out + r0 * 4, stride); return; }
