@@ -17,11 +17,11 @@ export function tinyGguf(): string {
 
 /** SmolLM2-135M's shape in Q8_0, or as llama.cpp lays out a Q4_K_M file of it (Q4_K / Q6_K where rows are
  *  whole 256-element blocks, its fallbacks Q5_0 / Q8_0 for the 576-column matrices). */
-export function smolGguf(type: 'q8_0' | 'q4_k_m' = 'q8_0'): string {
-  const path = join(dir(), `smollm2-135m-shape-${type}-v2.gguf`);
+export function smolGguf(type: 'q8_0' | 'q4_k_m' = 'q8_0', ctx = 8192): string {
+  const path = join(dir(), `smollm2-135m-shape-${type}${ctx === 8192 ? '' : `-ctx${ctx}`}-v2.gguf`);
   if (!existsSync(path)) {
     console.error(`writing a random-weight SmolLM2-135M-shaped ${type} GGUF (weights do not change speed)...`);
-    writeFileSync(path, randomGGUF({ vocab: 49152, dim: 576, hidden: 1536, layers: 30, heads: 9, kvHeads: 3, dtype: type, ctx: 8192, tied: true, seed: 1, vocabulary: true }));
+    writeFileSync(path, randomGGUF({ vocab: 49152, dim: 576, hidden: 1536, layers: 30, heads: 9, kvHeads: 3, dtype: type, ctx, tied: true, seed: 1, vocabulary: true }));
   }
   return path;
 }

@@ -1,12 +1,14 @@
 // `npm run bench:cpu`: prefill and decode tokens/s at 512 and 4096 tokens of context, for the default
 // model and random-weight models of SmolLM2-135M's shape (Q8_0, Q4_K_M), next to llama.cpp (node-llama-cpp)
 // on the same GGUF in the same run, and our SIMD kernels next to our plain TypeScript kernels.
+// `npm run bench:cpu -- --long`: decode at 16K and 32K tokens, ours dense and Quest against llama.cpp.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
 import { loadModelFiles } from '../model/load.js';
 import { makeModel, Session } from '../engine/session.js';
-import { argmax } from '../engine/sampler.js';
+import { argmax, rng } from '../engine/sampler.js';
+import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
 import { smolGguf, tinyGguf } from './bench-models.js';
 
@@ -27,6 +29,36 @@ function benchOurs(path: string, ctx: number): Result & { vocab: number } {
   const decode = DECODE_STEPS / ((performance.now() - t1) / 1000);
   s.dispose();
   return { prefill, decode, vocab: m.config.vocabSize };
+}
+
+/** Decode tok/s after `ctx` tokens whose KV cache holds random keys and values: decode time does not
+ *  depend on the values (dense reads every key; Quest scores every page and reads `budget` tokens), and a
+ *  real prefill of 32K tokens on two cores takes many minutes. */
+function benchOursDecodeAt(path: string, ctx: number, attention: Partial<AttentionOptions>): number {
+  const m = loadModelFiles(path);
+  const s = new Session(makeModel(m.config, m.weights), attention);
+  s.adoptTokens(tokens(ctx, m.config.vocabSize));
+  const g = rng(5), P = s.cache.pageSize, pages = Math.ceil(ctx / P);
+  for (let l = 0; l < m.config.nLayers; l++) {
+    const L = s.cache.layers[l].pages, f = L.pageFloats, mf = L.metaFloats, hd = m.config.headDim;
+    for (let first = 0; first < pages; first += 256) {
+      const count = Math.min(256, pages - first), data = new Float32Array(count * (2 * f + 2 * mf));
+      for (let i = 0; i < 2 * count * f; i++) data[i] = g() * 2 - 1;
+      // each page's key min/max per KV head and channel, from its keys (what Quest scores)
+      for (let i = 0; i < count; i++) for (let h = 0; h < m.config.nKVHeads; h++) for (let c = 0; c < hd; c++) {
+        let lo = Infinity, hi = -Infinity;
+        for (let t = 0; t < P; t++) { const v = data[i * f + (h * P + t) * hd + c]; lo = Math.min(lo, v); hi = Math.max(hi, v); }
+        data[2 * count * f + 2 * i * mf + h * hd + c] = lo; data[2 * count * f + (2 * i + 1) * mf + h * hd + c] = hi;
+      }
+      s.writePages(l, first, count, new Uint8Array(data.buffer));
+    }
+  }
+  let logits = s.forward([1]);
+  const t1 = performance.now();
+  for (let i = 0; i < DECODE_STEPS; i++) logits = s.forward([argmax(logits)]);
+  const decode = DECODE_STEPS / ((performance.now() - t1) / 1000);
+  s.dispose();
+  return decode;
 }
 
 async function benchLlamaCpp(path: string, ctx: number, vocab: number, threads: number): Promise<Result | string> {
@@ -62,6 +94,7 @@ function benchOursNoWasm(path: string, ctx: number): Result {
 
 async function main() {
   if (process.argv[2] === '--child') { console.log(JSON.stringify(benchOurs(process.argv[3], Number(process.argv[4])))); return; }
+  if (process.argv.includes('--long')) { await longRows(); return; }
   // --only TEXT: the models whose name contains TEXT (e.g. Q4_K_M)
   const only = process.argv.indexOf('--only') > 0 ? process.argv[process.argv.indexOf('--only') + 1] : '';
   const tiny = tinyGguf(), smol = smolGguf(), smolK = smolGguf('q4_k_m');
@@ -87,6 +120,23 @@ async function main() {
   console.log('| model | context | ours prefill | ours decode | ours TS-only prefill | ours TS-only decode | llama.cpp prefill | llama.cpp decode | prefill ratio (ours/llama.cpp) | decode ratio |');
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) console.log(r);
+}
+
+/** `--long`: decode at 16K and 32K tokens of context on SmolLM2-135M's shape (Q8_0, a 32K context), ours
+ *  dense and Quest (budget 2048) against llama.cpp dense, where the KV cache outweighs the weights. */
+async function longRows(): Promise<void> {
+  const path = smolGguf('q8_0', 32768), out: string[] = [];
+  for (const ctx of [16384, 32768 - DECODE_STEPS - 16]) {
+    console.error(`long context ${ctx}: ours dense and Quest 2048 (random KV cache), then llama.cpp (a real prefill: minutes)...`);
+    const dense = benchOursDecodeAt(path, ctx, { policy: 'dense' }), quest = benchOursDecodeAt(path, ctx, { policy: 'quest', budget: 2048 });
+    const lc = await benchLlamaCpp(path, ctx, 49152, availableParallelism());
+    const l = typeof lc === 'string' ? undefined : lc.decode;
+    out.push(`| ${ctx} | ${dense.toFixed(1)} | ${quest.toFixed(1)} | ${l?.toFixed(1) ?? lc} | ${l ? (dense / l).toFixed(2) : '-'} | ${l ? (quest / l).toFixed(2) : '-'} |`);
+  }
+  console.log(`Long context, SmolLM2-135M shape Q8_0 (decode tokens/s over ${DECODE_STEPS} steps; ours: KV cache filled with random keys/values, all cores; llama.cpp: real prefill, all cores, its default context settings)`);
+  console.log('| context | ours dense | ours Quest 2048 | llama.cpp dense | dense ratio | Quest ratio (ours Quest / llama.cpp dense) |');
+  console.log('| --- | --- | --- | --- | --- | --- |');
+  for (const r of out) console.log(r);
 }
 
 main().catch((e) => { console.error(`error: ${e.message}`); process.exit(1); });

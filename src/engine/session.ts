@@ -1,7 +1,7 @@
 // One sequence being run through a model: its paged KV cache, its attention policy, and the forward
 // pass (llama2.c style: one obvious loop over layers). Prefill (several tokens) is always dense;
 // single-token decode steps use the policy in every layer from `denseLayers` on.
-import { addInPlace, geglu, matmul, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
+import { addInPlace, geglu, matmul, matmuls, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
 import { attendHead, headScores } from '../attention/attend.js';
 import { wasm } from '../backend/wasm/runtime.js';
 import { workerPool, split, OP_ATTEND } from '../backend/wasm/pool.js';
@@ -328,7 +328,7 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
   for (let l = 0; l < c.nLayers; l++) {
     const L = w.layers[l];
     rmsnorm(xb, x, L.attnNorm, n, dim, c.normEps);
-    matmul(L.wq, xb, n, q, L.bq); matmul(L.wk, xb, n, k, L.bk); matmul(L.wv, xb, n, v, L.bv);
+    matmuls([L.wq, L.wk, L.wv], xb, n, [q, k, v], [L.bq, L.bk, L.bv]);
     if (L.qNorm) { rmsnorm(q, q, L.qNorm, n * nH, hd, c.normEps); rmsnorm(k, k, L.kNorm!, n * nKV, hd, c.normEps); } // Qwen3, per head
     const rope = windowOf(c, l) ? model.ropeLocal : model.rope;
     parts.forEach((p, j) => {
@@ -344,7 +344,7 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
     if (L.postAttnNorm) rmsnorm(xb2, xb2, L.postAttnNorm, n, dim, c.normEps); // (Gemma 3)
     addInPlace(x, xb2, n * dim);
     rmsnorm(xb, x, L.ffnNorm, n, dim, c.normEps);
-    matmul(L.wGate, xb, n, gate); matmul(L.wUp, xb, n, up);
+    matmuls([L.wGate, L.wUp], xb, n, [gate, up]);
     if (c.ffnAct === 'gelu') geglu(gate, up, n * c.hiddenDim); else swiglu(gate, up, n * c.hiddenDim);
     matmul(L.wDown, gate, n, xb2);
     if (L.postFfnNorm) rmsnorm(xb2, xb2, L.postFfnNorm, n, dim, c.normEps);

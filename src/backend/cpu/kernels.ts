@@ -62,28 +62,43 @@ export function setIntegerActivations(on: boolean): void { integerActivations = 
 
 /** out[n x W.rows] = x[n x W.cols] · Wᵀ (+ bias) */
 export function matmul(W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null = null): void {
-  const rt = wasm();
-  if (rt && W.cols % 32 === 0 && rt.owns(W.bytes)) matmulWasm(rt, W, x, n, out, bias);
-  else matmulRows(W, x, n, out, bias, 0, W.rows, scratchFor(W.cols));
+  matmuls([W], x, n, [out], [bias]);
 }
+
+/** Several products of the same input (q/k/v, gate/up): on the SIMD path x is copied into the wasm
+ *  memory and quantised once for all of them. */
+export function matmuls(Ws: Matrix[], x: Float32Array, n: number, outs: Float32Array[], biases: (Float32Array | null | undefined)[] = []): void {
+  const rt = wasm();
+  const prepared: PreparedX = {};
+  Ws.forEach((W, i) => {
+    if (rt && W.cols % 32 === 0 && rt.owns(W.bytes)) matmulWasm(rt, W, x, n, outs[i], biases[i] ?? null, prepared);
+    else matmulRows(W, x, n, outs[i], biases[i] ?? null, 0, W.rows, scratchFor(W.cols));
+  });
+}
+
+/** x in the wasm memory (xp), and quantised to Q8_0 (xq values, xs scales) once a product takes it so. */
+interface PreparedX { xp?: number; xq?: number; xs?: number }
 
 /** The SIMD path: weights read in place from the wasm memory; non-f32 rows are converted to f32 a block
  *  at a time (a block stays in cache while every token of the batch uses it). */
-function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null): void {
+function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null, prepared: PreparedX): void {
   const { rows, cols } = W;
   const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
   const q8 = integerActivations && quantisesX(code, rows, n), quads = q8 && !(code === 3 && n <= Q8_X_TOKENS);
   const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
   const pool = n * rows * cols >= 1 << 16 ? workerPool(rt) : null; // small products: dispatch costs more than it saves
   const parts = pool ? pool.size + 1 : 1;
-  const xp = rt.scratchPtr('mm.x', n * cols * 4), op = rt.scratchPtr('mm.out', n * rows * 4);
+  const op = rt.scratchPtr('mm.out', n * rows * 4);
   // per thread: a block of rows converted to f32, or repacked as row quads (2 bytes a weight + scales)
   const scratchBytes = quads ? (block / 4) * (cols / 32) * 272 : block * cols * 4;
   const scratch = Array.from({ length: parts }, (_, i) => (W.dtype === 'f32' ? 0 : rt.scratchPtr(`mm.w${i}`, scratchBytes)));
-  // x quantised to Q8_0 once for the product where the weights are (integer dot products, as llama.cpp)
-  const xq = q8 ? rt.scratchPtr('mm.xq', n * cols * 2) : 0, xs = q8 ? rt.scratchPtr('mm.xs', (n * cols) / 8) : 0;
-  rt.f32(xp, n * cols).set(x.subarray(0, n * cols));
-  if (q8) rt.k.quantise_q8(xp, n * cols, xq, xs);
+  // x quantised to Q8_0 once for the products where the weights are (integer dot products, as llama.cpp)
+  if (prepared.xp === undefined) { prepared.xp = rt.scratchPtr('mm.x', n * cols * 4); rt.f32(prepared.xp, n * cols).set(x.subarray(0, n * cols)); }
+  if (q8 && prepared.xq === undefined) {
+    prepared.xq = rt.scratchPtr('mm.xq', n * cols * 2); prepared.xs = rt.scratchPtr('mm.xs', (n * cols) / 8);
+    rt.k.quantise_q8(prepared.xp, n * cols, prepared.xq, prepared.xs!);
+  }
+  const xp = prepared.xp, xq = q8 ? prepared.xq! : 0, xs = q8 ? prepared.xs! : 0;
   const args = (share: number) => [code, base, W.rowBytes, ...split(rows, parts, share, 4), cols, xp, n, op, rows, scratch[share], block, xq, xs];
   const local = () => { const a = args(0); gemmRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13]); };
   if (pool) pool.run(OP_GEMM, args, null, local); else local();
