@@ -169,10 +169,11 @@ addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP s
     if (o.prefillChunk !== undefined && o.prefillChunk < 1) throw new Error(`--prefill-chunk must be >= 1, got ${o.prefillChunk}`);
     const app = createServer(llm, { modelId, concurrency: o.concurrency, queueLimit: o.queue, apiKey, cors: o.cors, timeoutMs: o.timeout * 1000, batch: o.batch, prefillChunk: o.prefillChunk });
     const url = await app.listen({ host: o.host, port: o.port });
-    process.stderr.write(`quest serving ${modelId} at ${url}/v1 (attention ${llm.attention.policy}, budget ${llm.attention.budget}${apiKey ? ', API key required' : ''})\n`);
+    // (the warning first: whoever waits for the "quest serving" line has seen it by then)
     if (!apiKey && !['127.0.0.1', '::1', 'localhost'].includes(o.host)) {
       process.stderr.write(`warning: listening on ${o.host} without an API key: anyone who can reach this address can use the model (--api-key or QUEST_API_KEY)\n`);
     }
+    process.stderr.write(`quest serving ${modelId} at ${url}/v1 (attention ${llm.attention.policy}, budget ${llm.attention.budget}${apiKey ? ', API key required' : ''})\n`);
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
