@@ -111,7 +111,6 @@ export function productQuantisesX(W: Matrix, n: number): boolean {
   const rt = wasm();
   return integerActivations && !!rt && W.cols % 32 === 0 && rt.owns(W.bytes) && quantisesX(DTYPE_CODE[W.dtype], W.rows, n);
 }
-export { Q8_X_TOKENS };
 
 /** RMSNorm of n rows of length d. */
 export function rmsnorm(out: Float32Array, x: Float32Array, w: Float32Array, n: number, d: number, eps: number): void {

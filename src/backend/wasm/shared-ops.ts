@@ -15,7 +15,7 @@ export const Q8_X_TOKENS = 4;
 /** Weight types whose products take x quantised to Q8_0 (integer dot products, as llama.cpp): Q8_0 at
  *  every size, Q4_0 for prefill (a decode step of Q4_0 converts its rows to f32 and uses x as it is). */
 export function quantisesX(dtype: number, rows: number, n: number): boolean {
-  return (dtype === 3 && (n <= Q8_X_TOKENS || rows % 4 === 0)) || (dtype === 4 && n > Q8_X_TOKENS && rows % 4 === 0);
+  return rows % 4 === 0 && (dtype === 3 || (dtype === 4 && n > Q8_X_TOKENS)); // (both kernels take rows four at a time)
 }
 
 /** Rows of a block of row quads (kernels.wat quads_from_q): about 100 KB, which stays in L2 while the
