@@ -102,10 +102,11 @@ test('quest serve: a warning on a non-loopback address without a key; SIGTERM ex
   const child = spawn(process.execPath, [cli, 'serve', '--host', '0.0.0.0', '--port', '0'], { env: { ...process.env, QUEST_API_KEY: '' } });
   let err = '';
   child.stderr.on('data', (d) => { err += d; });
-  for (let i = 0; i < 600 && !/quest serving/.test(err); i++) await new Promise((r) => setTimeout(r, 100));
-  assert.match(err, /warning: listening on 0\.0\.0\.0 without an API key/);
   const code = new Promise<number | null>((r) => child.on('exit', r));
-  child.kill('SIGTERM');
+  try {
+    for (let i = 0; i < 600 && !/quest serving/.test(err); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.match(err, /warning: listening on 0\.0\.0\.0 without an API key/);
+  } finally { child.kill('SIGTERM'); } // (a failed check must not leave the server running the test file forever)
   assert.equal(await code, 0);
   assert.match(err, /SIGTERM: no new requests/);
 });
