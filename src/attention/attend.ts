@@ -72,31 +72,51 @@ export function pagesToTokens(pages: number[] | Int32Array, pageSize: number, le
 }
 
 /** Indices of the k largest values (ties broken by lower index), returned in ascending index order.
- *  `force` indices are always kept and count towards k. A size-k min-heap: O(n log k). */
+ *  `force` indices are always kept and count towards k. Finds the k-th largest value by quickselect
+ *  on a copy, then collects by one scan: O(n) (a decode step ranks thousands of pages per layer). */
 export function topKIndices(values: ArrayLike<number>, k: number, force: number[] = []): number[] {
   const n = values.length;
   if (k >= n) return Array.from({ length: n }, (_, i) => i);
-  const forced = force.filter((i, j) => i >= 0 && i < n && force.indexOf(i) === j);
-  const m = Math.max(0, k - forced.length);
-  const heap = new Int32Array(m); // indices; heap[0] is the worst kept
-  let size = 0;
-  const worse = (a: number, b: number) => values[a] < values[b] || (values[a] === values[b] && a > b);
-  const down = (i: number) => {
-    for (;;) {
-      const l = 2 * i + 1, r = l + 1;
-      let w = i;
-      if (l < size && worse(heap[l], heap[w])) w = l;
-      if (r < size && worse(heap[r], heap[w])) w = r;
-      if (w === i) return;
-      const t = heap[i]; heap[i] = heap[w]; heap[w] = t; i = w;
-    }
-  };
-  for (let i = 0; i < n && m > 0; i++) {
-    if (forced.includes(i)) continue;
-    if (size < m) {
-      let c = size++; heap[c] = i;
-      while (c > 0) { const p = (c - 1) >> 1; if (!worse(heap[c], heap[p])) break; const t = heap[c]; heap[c] = heap[p]; heap[p] = t; c = p; }
-    } else if (worse(heap[0], i)) { heap[0] = i; down(0); }
+  if (selectScratch.length < n) { selectScratch = new Float64Array(Math.max(n, 2 * selectScratch.length)); forcedMark = new Uint8Array(selectScratch.length); }
+  const c = selectScratch, mark = forcedMark;
+  let nForced = 0;
+  for (const i of force) if (i >= 0 && i < n && !mark[i]) { mark[i] = 1; nForced++; }
+  const m = Math.max(0, k - nForced);
+  let nc = 0;
+  for (let i = 0; i < n; i++) if (!mark[i]) c[nc++] = rank(values[i]);
+  const threshold = m > 0 ? kthLargest(c, nc, m) : Infinity;
+  let above = 0;
+  for (let i = 0; i < n; i++) if (!mark[i] && rank(values[i]) > threshold) above++;
+  let ties = m - above; // values equal to the threshold: the lowest indices
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    if (mark[i]) { out.push(i); mark[i] = 0; continue; }
+    const v = rank(values[i]);
+    if (v > threshold || (v === threshold && ties-- > 0)) out.push(i);
   }
-  return [...forced, ...Array.from(heap.subarray(0, size))].sort((a, b) => a - b);
+  return out;
+}
+
+let forcedMark = new Uint8Array(0);
+let selectScratch = new Float64Array(0);
+/** NaN ranks lowest. */
+const rank = (v: number): number => (v === v ? v : -Infinity);
+
+/** The m-th largest (1-based) of c[0..n), reordering c (Hoare quickselect, median of three). */
+function kthLargest(c: Float64Array, n: number, m: number): number {
+  let lo = 0, hi = n - 1;
+  const want = m - 1; // index in descending order
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    const a = c[lo], b = c[mid], d = c[hi];
+    const pivot = a > b ? (b > d ? b : a > d ? d : a) : (a > d ? a : b > d ? d : b);
+    let i = lo, j = hi;
+    while (i <= j) {
+      while (c[i] > pivot) i++;
+      while (c[j] < pivot) j--;
+      if (i <= j) { const t = c[i]; c[i] = c[j]; c[j] = t; i++; j--; }
+    }
+    if (want <= j) hi = j; else if (want >= i) lo = i; else return c[want];
+  }
+  return c[want];
 }

@@ -16,7 +16,7 @@ export function pageScores(q: Float32Array, qo: number, kv: LayerKV, g: number, 
     const qp = rt.scratchPtr('ps.q', hd * 4), op = rt.scratchPtr('ps.o', np * 4);
     rt.f32(qp, hd).set(q.subarray(qo, qo + hd));
     const off = g * hd * 4; // physical page 0 of head g; the table picks the pages
-    rt.k.page_scores(qp, mn.byteOffset + off, mx.byteOffset + off, kv.tablePtr(), hd, np, kv.nKV * hd * 4, op);
+    rt.k.page_scores(qp, 1, mn.byteOffset + off, mx.byteOffset + off, kv.tablePtr(), hd, np, kv.nKV * hd * 4, op, np);
     out.set(rt.f32(op, np));
     return;
   }

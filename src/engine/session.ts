@@ -3,13 +3,13 @@
 // single-token decode steps use the policy in every layer from `denseLayers` on.
 import { addInPlace, geglu, matmul, matmuls, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
 import { attendHead, headScores } from '../attention/attend.js';
-import { wasm } from '../backend/wasm/runtime.js';
-import { workerPool, split, OP_ATTEND } from '../backend/wasm/pool.js';
-import { attendHeads } from '../backend/wasm/shared-ops.js';
+import { wasm, type WasmRuntime } from '../backend/wasm/runtime.js';
+import { workerPool, split, OP_ATTEND, OP_PAGE_SCORES } from '../backend/wasm/pool.js';
+import { attendHeads, pageScoreRange } from '../backend/wasm/shared-ops.js';
 import { createPolicy } from '../attention/create.js';
 import { pageScores } from '../attention/quest.js';
 import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Selection, type StepContext } from '../attention/policy.js';
-import { PagedKVCache } from '../kv/paged-cache.js';
+import { PagedKVCache, type LayerKV } from '../kv/paged-cache.js';
 import type { PageTable } from '../kv/page-table.js';
 import { windowOf, type ModelConfig, type ModelWeights } from '../model/config.js';
 import { Rope } from '../model/rope.js';
@@ -217,7 +217,7 @@ export class Session {
       rt.f32(qp, n * qDim).set(q.subarray(0, n * qDim));
       if (report) rt.f32(rp, nH * stride).fill(0);
       const table = kv.tablePtr();
-      const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, table, kv.pageFloats * 4, kv.pageSize, pp[share], rp, stride];
+      const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, table, kv.pageFloats * 4, kv.pageSize, pp[share], rp, stride, 0];
       const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], scale, a[15], a[16]); };
       if (pool) pool.run(OP_ATTEND, args, () => scale, local); else local();
       att.set(rt.f32(op, n * qDim));
@@ -260,18 +260,26 @@ export class Session {
   /** One decode step of a sparse layer: the policy selects, attention runs over the selection. */
   private sparseStep(l: number, q: Float32Array, att: Float32Array, scale: number): void {
     const c = this.model.config, hd = c.headDim, nH = c.nHeads, group = nH / c.nKVHeads, kv = this.cache.layers[l];
-    const pos = this.length - 1;
+    const pos = this.length - 1, rt = wasm(), simd = rt !== null && kv.inWasm && hd % 4 === 0;
+    let bounds = 0; // (SIMD path: every head's page scores, computed at the policy's first request)
     const ctx: StepContext = {
       layer: l, pos, nHeads: nH, groupSize: group, pageSize: kv.pageSize,
       scores: (h, out) => headScores(q, h * hd, kv, Math.floor(h / group), pos + 1, scale, out),
-      pageBounds: (h, out) => pageScores(q, h * hd, kv, Math.floor(h / group), out),
+      pageBounds: (h, out) => {
+        if (!simd) { pageScores(q, h * hd, kv, Math.floor(h / group), out); return; }
+        const np = kv.numPages;
+        if (!bounds) bounds = allPageScores(rt, kv, q, nH);
+        out.set(rt.f32(bounds + h * np * 4, Math.min(np, out.length)));
+      },
     };
     const sel: Selection | null = this.policy!.select(ctx);
+    if (simd && !this.policy!.observe) attendSelected(rt, kv, q, att, nH, sel, pos, scale);
     const keep = this.policy!.observe ? new Array<Float32Array>(nH) : null;
     let recall = 0, attended = 0;
     for (let h = 0; h < nH; h++) {
       const tokens = sel?.[h] ?? null;
-      const n = attendHead(q, h * hd, kv, Math.floor(h / group), tokens, pos + 1, scale, att, h * hd, keep ? this.probs : null);
+      const n = simd && !keep ? (tokens ? tokens.length : pos + 1)
+        : attendHead(q, h * hd, kv, Math.floor(h / group), tokens, pos + 1, scale, att, h * hd, keep ? this.probs : null);
       if (keep) keep[h] = this.probs.slice(0, n);
       if (this.stats) { recall += tokens ? this.recall(q, h, kv, tokens, scale) : 1; attended += n; }
     }
@@ -390,4 +398,44 @@ export function decodeBatch(steps: { seq: Session; token: number }[]): Float32Ar
   const model = steps[0].seq.model;
   checkBatch(steps, (s) => s.model, model.config);
   return forwardParts(model, steps.map(({ seq, token }) => ({ seq, tokens: [token], logits: 'last' as const }))) as Float32Array[];
+}
+
+/** Quest's page scores of every query head for every page of a layer ([nH][pages] f32 in the wasm
+ *  memory, returned as a pointer), split by pages across the worker threads: each KV head's key min/max
+ *  are read once for its group. */
+function allPageScores(rt: WasmRuntime, kv: LayerKV, q: Float32Array, nH: number): number {
+  const hd = kv.headDim, np = kv.numPages, nKV = kv.nKV, group = nH / nKV;
+  const qp = rt.scratchPtr('ps.q', nH * hd * 4), op = rt.scratchPtr('ps.all', nH * np * 4);
+  rt.f32(qp, nH * hd).set(q.subarray(0, nH * hd));
+  const pool = np * nKV >= 512 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1, table = kv.tablePtr();
+  const args = (share: number) => [...split(np, parts, share), np, nKV, group, hd, qp, kv.kmin.byteOffset, kv.kmax.byteOffset, table, nKV * hd * 4, op];
+  const local = () => { const a = args(0); pageScoreRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11]); };
+  if (pool) pool.run(OP_PAGE_SCORES, args, null, local); else local();
+  return op;
+}
+
+/** A decode step's attention over each head's selected tokens (null: all), the heads of a KV group that
+ *  share a selection in one kernel call (their keys and values read once), split by heads across threads. */
+function attendSelected(rt: WasmRuntime, kv: LayerKV, q: Float32Array, att: Float32Array, nH: number, sel: Selection | null, pos: number, scale: number): void {
+  const hd = kv.headDim, group = nH / kv.nKV, qDim = nH * hd;
+  // each distinct token list once in the wasm memory; per head [pointer, count]
+  const lists = new Map<Int32Array, number>();
+  let total = 0, longest = pos + 1;
+  if (sel) for (const t of sel) if (t && !lists.has(t)) { lists.set(t, total); total += t.length; }
+  const pool = workerPool(rt), parts = pool ? pool.size + 1 : 1;
+  const tp = rt.scratchPtr('sa.t', Math.max(4, total * 4)), selp = rt.scratchPtr('sa.sel', nH * 8);
+  const qp = rt.scratchPtr('pf.q', qDim * 4), op = rt.scratchPtr('pf.o', qDim * 4);
+  const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (group + 1) * (longest + 4) * 4));
+  for (const [t, at] of lists) rt.i32(tp + at * 4, t.length).set(t);
+  const table = rt.i32(selp, nH * 2);
+  for (let h = 0; h < nH; h++) {
+    const t = sel?.[h] ?? null;
+    table[2 * h] = t ? tp + lists.get(t)! * 4 : 0; table[2 * h + 1] = t ? t.length : pos + 1;
+  }
+  rt.f32(qp, qDim).set(q.subarray(0, qDim));
+  const pt = kv.tablePtr();
+  const args = (share: number) => [...split(nH, parts, share), 1, pos, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, pt, kv.pageFloats * 4, kv.pageSize, pp[share], 0, 0, selp];
+  const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], scale, a[15], a[16], a[17], rt.memory); };
+  if (pool) pool.run(OP_ATTEND, args, () => scale, local); else local();
+  att.set(rt.f32(op, qDim));
 }

@@ -166,3 +166,24 @@ test('llama2.c stories260K matches the float64 reference', { skip: existsSync(ST
   assert.equal(m.config.nKVHeads, 4);
   checkAgainstReference(m, [1, ...promptOf(63, 512, 3)], 1e-3, 32);
 });
+
+test('Quest decode steps (SIMD path: page scores and grouped sparse attention across threads; and the TypeScript path) match a float64 Quest reference', () => {
+  // hd 16 takes the WebAssembly kernels, hd 14 the TypeScript loops; 3 query heads per KV head
+  for (const dim of [96, 84]) {
+    const m = loadModelFiles(tempFile(`quest-${dim}.gguf`, randomGGUF({ vocab: 80, dim, hidden: 64, layers: 3, heads: 6, kvHeads: 2, seed: 11 })));
+    const tokens = promptOf(150, 80, 3), from = 120, V = m.config.vocabSize;
+    const quest = { budget: 48, pageSize: 8, denseLayers: 1 };
+    const s = new Session(makeModel(m.config, m.weights), { policy: 'quest', ...quest });
+    s.forward(tokens.slice(0, from));
+    const ref = refForward(m.config, refWeights(m.weights), tokens, { quest: { from, ...quest } });
+    const dense = refForward(m.config, refWeights(m.weights), tokens);
+    let maxDiff = 0, sparseDiff = 0;
+    for (let pos = from; pos < tokens.length; pos++) {
+      const ours = s.forward([tokens[pos]]);
+      for (let j = 0; j < V; j++) { maxDiff = Math.max(maxDiff, Math.abs(ours[j] - ref[pos][j])); sparseDiff = Math.max(sparseDiff, Math.abs(dense[pos][j] - ref[pos][j])); }
+      assert.equal(argmax(ours), argmax64(ref[pos]), `hd ${dim / 6}: top-1 differs at position ${pos}`);
+    }
+    assert.ok(maxDiff < 1e-3, `hd ${dim / 6}: max |Δlogit| vs the float64 Quest reference ${maxDiff}`);
+    assert.ok(sparseDiff > 1e-2, `hd ${dim / 6}: the selection is sparse (Quest differs from dense by ${sparseDiff})`);
+  }
+});

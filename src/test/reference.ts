@@ -75,6 +75,31 @@ export function refQuantiseX(x: Float64Array): Float64Array {
 export interface RefOptions {
   /** positions whose products take their input quantised to int8 per block (refQuantiseX) */
   quantiseX?: (pos: number) => boolean;
+  /** Quest at positions >= `from` (decode steps) in layers >= `denseLayers`: pages of `pageSize` keys
+   *  scored by Σ_i max(q_i·max_i, q_i·min_i) from the keys' per-channel min/max, the scores of a KV group's
+   *  heads summed, the top max(3, ceil(budget / pageSize)) pages kept (the current page always, ties to
+   *  the earlier page), attention over their tokens only */
+  quest?: { from: number; budget: number; pageSize: number; denseLayers: number };
+}
+
+/** The tokens Quest keeps for KV head g's query heads qs at position pos (RefOptions.quest). */
+function refQuestTokens(qs: Float64Array[], Ks: Float64Array[], g: number, hd: number, pos: number, o: NonNullable<RefOptions['quest']>): Set<number> {
+  const P = o.pageSize, np = Math.ceil((pos + 1) / P), k = Math.max(3, Math.ceil(o.budget / P));
+  const all = new Set(Array.from({ length: pos + 1 }, (_, t) => t));
+  if (k >= np) return all;
+  const score = Array.from({ length: np }, (_, p) => {
+    let s = 0;
+    for (const q of qs) for (let i = 0; i < hd; i++) {
+      let lo = Infinity, hi = -Infinity;
+      for (let t = p * P; t < Math.min(pos + 1, (p + 1) * P); t++) { lo = Math.min(lo, Ks[t][g * hd + i]); hi = Math.max(hi, Ks[t][g * hd + i]); }
+      s += Math.max(q[i] * lo, q[i] * hi);
+    }
+    return s;
+  });
+  const current = Math.floor(pos / P);
+  const order = Array.from({ length: np }, (_, p) => p).filter((p) => p !== current).sort((a, b) => score[b] - score[a] || a - b);
+  const pages = [current, ...order.slice(0, k - 1)];
+  return new Set(pages.flatMap((p) => Array.from({ length: Math.min(P, pos + 1 - p * P) }, (_, j) => p * P + j)));
 }
 
 /** Logits of every position of `tokens`, all in float64. */
@@ -100,9 +125,14 @@ export function refForward(c: ModelConfig, W: RefWeights, tokens: number[], opts
       const qh = heads(q, nH).map((z) => refRope(hn(z, L.qNorm), pos, rc)), kh = heads(k, nKV).map((z) => refRope(hn(z, L.kNorm), pos, rc)), vh = heads(v, nKV);
       Ks[l].push(Float64Array.from(kh.flatMap((z) => Array.from(z)))); Vs[l].push(v);
       const att = new Float64Array(nH * hd);
+      const quest = opts.quest && pos >= opts.quest.from && l >= opts.quest.denseLayers ? opts.quest : null, G = nH / nKV;
+      const kept = quest ? Array.from({ length: nKV }, (_, g) => refQuestTokens(qh.slice(g * G, (g + 1) * G), Ks[l], g, hd, pos, quest)) : null;
       for (let hq = 0; hq < nH; hq++) {
         const g = Math.floor(hq / (nH / nKV));
-        const s = Ks[l].map((K, t) => { let d = 0; for (let i = 0; i < hd; i++) d += qh[hq][i] * K[g * hd + i]; return pos - t < window ? d * scale : -Infinity; });
+        const s = Ks[l].map((K, t) => {
+          let d = 0; for (let i = 0; i < hd; i++) d += qh[hq][i] * K[g * hd + i];
+          return pos - t < window && (!kept || kept[g].has(t)) ? d * scale : -Infinity;
+        });
         const m = Math.max(...s), e = s.map((z) => Math.exp(z - m)), sum = e.reduce((a, b) => a + b, 0);
         for (let t = 0; t < s.length; t++) for (let i = 0; i < hd; i++) att[hq * hd + i] += (e[t] / sum) * Vs[l][t][g * hd + i];
       }

@@ -761,8 +761,22 @@
         (br $vl)))
       (local.set $j (i32.add (local.get $j) (i32.const 1)))
       (br $nl)))
-    ;; out_j = sum_i p_ji v_i, 16 columns at a time in registers (the group's heads read the same value
-    ;; rows, from the cache after the first), then 4-column slices where hd is not a multiple of 16
+    ;; out_j = sum_i p_ji v_i over blocks of 128 tokens: a block's value rows (up to 64 KB) stay in L2 while
+    ;; every head of the group and every 16-column slice passes over them (unblocked, a long context's
+    ;; values were streamed from memory once per head and slice); 16 columns at a time in registers,
+    ;; then 4-column slices where hd is not a multiple of 16
+    (local.set $o (local.get $out))
+    (local.set $end (i32.add (local.get $out) (i32.mul (local.get $nq) (local.get $hb))))
+    (block $zd (loop $zl
+      (br_if $zd (i32.ge_u (local.get $o) (local.get $end)))
+      (v128.store (local.get $o) (v128.const i32x4 0 0 0 0))
+      (local.set $o (i32.add (local.get $o) (i32.const 16)))
+      (br $zl)))
+    (local.set $t (i32.const 0))
+    (block $td (loop $tl
+      (br_if $td (i32.ge_s (local.get $t) (local.get $n)))
+      (local.set $k0 (select (i32.add (local.get $t) (i32.const 128)) (local.get $n)
+                             (i32.lt_s (i32.add (local.get $t) (i32.const 128)) (local.get $n)))) ;; block end
     (local.set $j (i32.const 0))
     (block $jd (loop $jl
       (br_if $jd (i32.ge_s (local.get $j) (local.get $nq)))
@@ -770,12 +784,13 @@
       (local.set $d (i32.const 0))
       (block $cd (loop $cl
         (br_if $cd (i32.gt_s (i32.add (local.get $d) (i32.const 64)) (local.get $hb)))
-        (local.set $a0 (v128.const i32x4 0 0 0 0)) (local.set $a1 (v128.const i32x4 0 0 0 0))
-        (local.set $a2 (v128.const i32x4 0 0 0 0)) (local.set $a3 (v128.const i32x4 0 0 0 0))
+        (local.set $k1 (i32.add (i32.add (local.get $out) (i32.mul (local.get $j) (local.get $hb))) (local.get $d)))
+        (local.set $a0 (v128.load (local.get $k1))) (local.set $a1 (v128.load offset=16 (local.get $k1)))
+        (local.set $a2 (v128.load offset=32 (local.get $k1))) (local.set $a3 (v128.load offset=48 (local.get $k1)))
         (local.set $vo (i32.add (local.get $vBase) (local.get $d)))
-        (local.set $i (i32.const 0))
+        (local.set $i (local.get $t))
         (block $ad (loop $al
-          (br_if $ad (i32.ge_s (local.get $i) (local.get $n)))
+          (br_if $ad (i32.ge_s (local.get $i) (local.get $k0)))
           (local.set $o (i32.add (local.get $vo) (i32.load (i32.add (local.get $offs) (i32.shl (local.get $i) (i32.const 2))))))
           (local.set $p (v128.load32_splat (i32.add (local.get $row) (i32.shl (local.get $i) (i32.const 2)))))
           (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $p) (v128.load (local.get $o)))))
@@ -784,27 +799,29 @@
           (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $p) (v128.load offset=48 (local.get $o)))))
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br $al)))
-        (local.set $o (i32.add (i32.add (local.get $out) (i32.mul (local.get $j) (local.get $hb))) (local.get $d)))
-        (v128.store (local.get $o) (local.get $a0)) (v128.store offset=16 (local.get $o) (local.get $a1))
-        (v128.store offset=32 (local.get $o) (local.get $a2)) (v128.store offset=48 (local.get $o) (local.get $a3))
+        (v128.store (local.get $k1) (local.get $a0)) (v128.store offset=16 (local.get $k1) (local.get $a1))
+        (v128.store offset=32 (local.get $k1) (local.get $a2)) (v128.store offset=48 (local.get $k1) (local.get $a3))
         (local.set $d (i32.add (local.get $d) (i32.const 64)))
         (br $cl)))
       (block $rd (loop $rl
         (br_if $rd (i32.ge_s (local.get $d) (local.get $hb)))
-        (local.set $a0 (v128.const i32x4 0 0 0 0))
+        (local.set $k1 (i32.add (i32.add (local.get $out) (i32.mul (local.get $j) (local.get $hb))) (local.get $d)))
+        (local.set $a0 (v128.load (local.get $k1)))
         (local.set $vo (i32.add (local.get $vBase) (local.get $d)))
-        (local.set $i (i32.const 0))
+        (local.set $i (local.get $t))
         (block $bd (loop $bl
-          (br_if $bd (i32.ge_s (local.get $i) (local.get $n)))
+          (br_if $bd (i32.ge_s (local.get $i) (local.get $k0)))
           (local.set $o (i32.add (local.get $vo) (i32.load (i32.add (local.get $offs) (i32.shl (local.get $i) (i32.const 2))))))
           (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (v128.load32_splat (i32.add (local.get $row) (i32.shl (local.get $i) (i32.const 2)))) (v128.load (local.get $o)))))
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br $bl)))
-        (v128.store (i32.add (i32.add (local.get $out) (i32.mul (local.get $j) (local.get $hb))) (local.get $d)) (local.get $a0))
+        (v128.store (local.get $k1) (local.get $a0))
         (local.set $d (i32.add (local.get $d) (i32.const 16)))
         (br $rl)))
       (local.set $j (i32.add (local.get $j) (i32.const 1)))
-      (br $jl))))
+      (br $jl)))
+      (local.set $t (local.get $k0))
+      (br $tl))))
 ;; gate[i] = act(gate[i]) * up[i], i < n (n % 4 == 0): act 0 = SiLU g / (1 + e^-g); 1 = GELU in its tanh
   ;; form, 0.5 g (1 + tanh u) = g / (1 + e^-2u), u = 0.79788456 (g + 0.044715 g^3)
   (func (export "glu") (param $gate i32) (param $up i32) (param $n i32) (param $act i32)
@@ -880,25 +897,36 @@
   ;; Quest page scores: out[p] = sum_i max(q_i*max_i, q_i*min_i) for pages p < np of one KV head;
   ;; kmin/kmax point at physical page 0 of that head, pages `stride` bytes apart; logical page p is
   ;; physical page table[p]; hd % 4 == 0
-  (func (export "page_scores") (param $q i32) (param $kmin i32) (param $kmax i32) (param $table i32) (param $hd i32) (param $np i32) (param $stride i32) (param $out i32)
-    (local $p i32) (local $i i32) (local $hb i32) (local $acc v128) (local $qv v128) (local $mn i32) (local $mx i32) (local $po i32)
+  ;; Quest's page scores for the nq query heads of one KV head (q: nq rows of hd floats): out row j (at
+  ;; out + j * outStride floats) gets, for logical pages 0..np-1, Σ_i max(q_i·max_i, q_i·min_i). The pages'
+  ;; min/max are read from memory once for all nq heads (they stay in L1 between the heads).
+  (func (export "page_scores") (param $q i32) (param $nq i32) (param $kmin i32) (param $kmax i32) (param $table i32) (param $hd i32)
+                               (param $np i32) (param $stride i32) (param $out i32) (param $outStride i32)
+    (local $p i32) (local $i i32) (local $j i32) (local $hb i32) (local $acc v128) (local $qv v128) (local $mn i32) (local $mx i32) (local $po i32) (local $qp i32)
     (local.set $hb (i32.shl (local.get $hd) (i32.const 2)))
     (block $pd (loop $pl
       (br_if $pd (i32.ge_s (local.get $p) (local.get $np)))
-      (local.set $acc (v128.const i32x4 0 0 0 0))
       (local.set $po (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (local.get $p) (i32.const 2)))) (local.get $stride)))
       (local.set $mn (i32.add (local.get $kmin) (local.get $po)))
       (local.set $mx (i32.add (local.get $kmax) (local.get $po)))
-      (local.set $i (i32.const 0))
-      (block $id (loop $il
-        (br_if $id (i32.ge_s (local.get $i) (local.get $hb)))
-        (local.set $qv (v128.load (i32.add (local.get $q) (local.get $i))))
-        (local.set $acc (f32x4.add (local.get $acc)
-          (f32x4.max (f32x4.mul (local.get $qv) (v128.load (i32.add (local.get $mx) (local.get $i))))
-                     (f32x4.mul (local.get $qv) (v128.load (i32.add (local.get $mn) (local.get $i)))))))
-        (local.set $i (i32.add (local.get $i) (i32.const 16)))
-        (br $il)))
-      (f32.store (i32.add (local.get $out) (i32.shl (local.get $p) (i32.const 2))) (call $hsum (local.get $acc)))
+      (local.set $j (i32.const 0))
+      (block $jd (loop $jl
+        (br_if $jd (i32.ge_s (local.get $j) (local.get $nq)))
+        (local.set $qp (i32.add (local.get $q) (i32.mul (local.get $j) (local.get $hb))))
+        (local.set $acc (v128.const i32x4 0 0 0 0))
+        (local.set $i (i32.const 0))
+        (block $id (loop $il
+          (br_if $id (i32.ge_s (local.get $i) (local.get $hb)))
+          (local.set $qv (v128.load (i32.add (local.get $qp) (local.get $i))))
+          (local.set $acc (f32x4.add (local.get $acc)
+            (f32x4.max (f32x4.mul (local.get $qv) (v128.load (i32.add (local.get $mx) (local.get $i))))
+                       (f32x4.mul (local.get $qv) (v128.load (i32.add (local.get $mn) (local.get $i)))))))
+          (local.set $i (i32.add (local.get $i) (i32.const 16)))
+          (br $il)))
+        (f32.store (i32.add (local.get $out) (i32.shl (i32.add (i32.mul (local.get $j) (local.get $outStride)) (local.get $p)) (i32.const 2)))
+                   (call $hsum (local.get $acc)))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $jl)))
       (local.set $p (i32.add (local.get $p) (i32.const 1)))
       (br $pl))))
 )

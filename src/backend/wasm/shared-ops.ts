@@ -49,22 +49,45 @@ export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowByt
   }
 }
 
-/** Causal dense attention of n new tokens (positions start..start+n-1) for query heads [h0, h1), the
- *  heads of one KV head together (each key and value read once for them). q and out are [n][nH][hd] f32
- *  in the shared memory; probs is this thread's scratch (group x (start + n + 3) floats). When
- *  `received` is not 0, the attention each token receives is summed into received[h][0..start+n) (row
- *  stride `recvStride` floats), which H2O-style policies need. */
+/** Attention of n new tokens (positions start..start+n-1) for query heads [h0, h1), the heads of one KV
+ *  head together where they attend the same tokens (each key and value read once for them). q and out
+ *  are [n][nH][hd] f32 in the shared memory; probs is this thread's scratch (group x (start + n + 3)
+ *  floats). Dense and causal when `selected` is 0; else (a decode step, n = 1) `selected` holds per query
+ *  head [token list pointer, token count] (i32 pairs): the tokens a sparse policy chose, heads of a group
+ *  sharing one list when their pointers are equal (pointer 0: tokens 0..count-1). When `received` is not
+ *  0, the attention each token receives is summed into received[h][0..start+n) (row stride `recvStride`
+ *  floats), which H2O-style policies need. `memory`: the shared memory (read for `selected`). */
 export function attendHeads(k: KernelExports, h0: number, h1: number, n: number, start: number, nH: number, group: number, hd: number,
                             q: number, out: number, kPtr: number, vPtr: number, table: number, pageStride: number, P: number, probs: number, scale: number,
-                            received = 0, recvStride = 0): void {
+                            received = 0, recvStride = 0, selected = 0, memory: WebAssembly.Memory | null = null): void {
+  const mem = selected && memory ? new Int32Array(memory.buffer) : null;
   for (let h = h0; h < h1;) {
-    const g = Math.floor(h / group), nq = Math.min(h1, (g + 1) * group) - h; // (this share's heads of KV head g)
+    const g = Math.floor(h / group);
+    let nq = Math.min(h1, (g + 1) * group) - h; // (this share's heads of KV head g)
     const headOff = g * P * hd * 4;
+    if (mem) {
+      const tokens = mem[(selected >> 2) + 2 * h], count = mem[(selected >> 2) + 2 * h + 1];
+      for (let j = 1; j < nq; j++) if (mem[(selected >> 2) + 2 * (h + j)] !== tokens || mem[(selected >> 2) + 2 * (h + j) + 1] !== count) { nq = j; break; }
+      k.attend(q + h * hd * 4, nq, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, tokens, count, scale, probs, out + h * hd * 4);
+      h += nq;
+      continue;
+    }
     for (let i = 0; i < n; i++) {
       const o = ((i * nH + h) * hd) * 4, count = start + i + 1, n4 = (count + 3) & ~3;
       k.attend(q + o, nq, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, 0, count, scale, probs, out + o);
       if (received) for (let j = 0; j < nq; j++) k.accumulate(received + (h + j) * recvStride * 4, probs + j * n4 * 4, n4);
     }
     h += nq;
+  }
+}
+
+/** Quest's page scores of pages [p0, p1) for every query head: out is [nH][np] f32, q [nH][hd]; the
+ *  pages' key min/max of KV head g are read once for the group's heads (kernels.wat page_scores). */
+export function pageScoreRange(k: KernelExports, p0: number, p1: number, np: number, nKV: number, group: number, hd: number,
+                               q: number, kmin: number, kmax: number, table: number, stride: number, out: number): void {
+  if (p1 <= p0) return;
+  for (let g = 0; g < nKV; g++) {
+    k.page_scores(q + g * group * hd * 4, group, kmin + g * hd * 4, kmax + g * hd * 4, table + p0 * 4, hd, p1 - p0, stride,
+                  out + (g * group * np + p0) * 4, np);
   }
 }
