@@ -211,7 +211,8 @@ evalCommand('passkey', 'passkey retrieval: key hidden at a depth in filler, ques
   .option('--lengths <list>', 'prompt lengths in tokens', '2048,8000')
   .option('--depths <list>', 'needle depths in percent', '0,25,50,75,100')
   .option('--samples <n>', 'samples per length and depth', int('samples'), 20)
-  .addOption(new Option('--filler <kind>', 'the paper\'s repeated sentences, or held-out book text').choices(['repeat', 'book']).default('repeat'))
+  .option('--filler <kind>', 'repeat (the paper\'s sentences), book (the held-out book of ../shared/corpus), or a text file\'s path', 'repeat')
+  .addOption(new Option('--template <kind>', 'the paper\'s wording, or phrasings held out from the 32K model\'s training').choices(['paper', 'heldout']).default('paper'))
   .option('--seed <n>', 'random seed of the keys', int('seed'), 1)
   .action(async (o) => { await runPasskeyEval(o); });
 

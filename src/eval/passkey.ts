@@ -12,18 +12,27 @@ import { argmax, rng } from '../engine/sampler.js';
 import { progressBar } from '../cli/progress.js';
 import { heatmap, lineChart } from './plot.js';
 import { HELD_OUT_BOOK, SHARED_CORPUS } from './recall.js';
+import TEMPLATES from './passkey-templates.json' with { type: 'json' };
 
-export const PASSKEY_INTRO = 'There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information there.';
+/** A passkey prompt's wording: `{key}` in the needle is the pass key; the question ends where the answer starts. */
+export interface PasskeyTemplate { intro: string; needle: string; question: string }
+/** The Quest paper's wording (mit-han-lab/Quest). */
+export const PAPER_TEMPLATE: PasskeyTemplate = TEMPLATES.paper;
+/** Phrasings for evaluation only: the training data of the 32K test model (tools/retrieval_data.py) never
+ *  contains their key names or frames. */
+export const HELDOUT_TEMPLATES: PasskeyTemplate[] = TEMPLATES.heldout;
+export const PASSKEY_INTRO = PAPER_TEMPLATE.intro;
 export const PASSKEY_FILLER = ' The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.';
-export const passkeyNeedle = (key: string) => ` The pass key is ${key}. Remember it. ${key} is the pass key.`;
-export const PASSKEY_QUESTION = ' What is the pass key? The pass key is';
+export const passkeyNeedle = (key: string, t: PasskeyTemplate = PAPER_TEMPLATE) => t.needle.replaceAll('{key}', key);
+export const PASSKEY_QUESTION = PAPER_TEMPLATE.question;
 
 export interface PasskeyPrompt { tokens: number[]; needleAt: number; questionTokens: number; key: string }
 
 /** Builds a prompt of exactly `length` tokens with the needle starting at `depth` (0..1) of the text
  *  between the intro and the question (within one token). `filler` is a token stream repeated as needed. */
-export function buildPasskeyPrompt(encode: (s: string) => number[], length: number, depth: number, key: string, filler: number[]): PasskeyPrompt {
-  const intro = encode(PASSKEY_INTRO), needle = encode(passkeyNeedle(key)), question = encode(PASSKEY_QUESTION);
+export function buildPasskeyPrompt(encode: (s: string) => number[], length: number, depth: number, key: string, filler: number[],
+                                   template: PasskeyTemplate = PAPER_TEMPLATE): PasskeyPrompt {
+  const intro = template.intro ? encode(template.intro) : [], needle = encode(passkeyNeedle(key, template)), question = encode(template.question);
   const body = length - intro.length - needle.length - question.length;
   if (body < 0) throw new Error(`length ${length} is too short for the passkey prompt (needs ${length - body})`);
   const fill: number[] = [];
@@ -35,8 +44,17 @@ export function buildPasskeyPrompt(encode: (s: string) => number[], length: numb
 
 export interface PasskeyOptions {
   model: string; lengths: string; depths: string; samples: number; attention: string; budget: string;
-  filler: 'repeat' | 'book'; out: string; seed: number;
+  /** the paper's repeated sentences, the held-out book of ../shared/corpus, or a text file's path */
+  filler: string; out: string; seed: number;
+  /** 'paper' (default) or 'heldout' (the held-out phrasings, in turn: sample s of a cell uses phrasing
+   *  floor(s * count / samples)) */
+  template?: 'paper' | 'heldout';
   device?: Device;
+}
+
+/** The wording of sample s of `samples`. */
+function templateOf(kind: 'paper' | 'heldout', s: number, samples: number): PasskeyTemplate {
+  return kind === 'paper' ? PAPER_TEMPLATE : HELDOUT_TEMPLATES[Math.floor((s * HELDOUT_TEMPLATES.length) / samples)];
 }
 
 interface Cell { policy: string; budget: number; length: number; depth: number; correct: number; total: number; answers: string[] }
@@ -49,16 +67,22 @@ export async function runPasskeyEval(o: PasskeyOptions): Promise<Cell[]> {
   for (const L of lengths) if (!(L > 0 && L + 8 <= llm.config.maxSeqLen)) throw new Error(`length ${L} does not fit the model's context of ${llm.config.maxSeqLen} (leave 8 tokens for the answer)`);
   for (const d of depths) if (!(d >= 0 && d <= 100)) throw new Error(`depth ${d} must be a percentage 0..100`);
   if (!Number.isInteger(o.samples) || o.samples < 1) throw new Error('samples must be a positive integer');
+  const kind = o.template ?? 'paper';
+  if (kind !== 'paper' && kind !== 'heldout') throw new Error(`unknown --template ${kind}: paper or heldout`);
+  const filler = fillerTokens(llm, o.filler);
   mkdirSync(o.out, { recursive: true });
   const jsonPath = join(o.out, 'passkey.json');
-  const cells: Cell[] = existsSync(jsonPath) ? JSON.parse(readFileSync(jsonPath, 'utf8')).cells : [];
+  const saved = existsSync(jsonPath) ? JSON.parse(readFileSync(jsonPath, 'utf8')) : null;
+  if (saved && ((saved.template ?? 'paper') !== kind || saved.filler !== o.filler)) {
+    throw new Error(`${jsonPath} holds results with template ${saved.template ?? 'paper'} and filler ${saved.filler}: use another --out for template ${kind} and filler ${o.filler}`);
+  }
+  const cells: Cell[] = saved ? saved.cells : [];
   const configs = policyGrid(o.attention, o.budget);
   const cellOf = (c: { policy: string; budget: number }, L: number, d: number) => {
     let cell = cells.find((x) => x.policy === c.policy && x.budget === c.budget && x.length === L && x.depth === d);
     if (!cell) { cell = { policy: c.policy, budget: c.budget, length: L, depth: d, correct: 0, total: 0, answers: [] }; cells.push(cell); }
     return cell;
   };
-  const filler = o.filler === 'repeat' ? llm.encode(PASSKEY_FILLER) : bookFiller(llm);
   const work = lengths.length * depths.length * o.samples;
   const bar = progressBar('passkey', 'samples');
   let done = 0;
@@ -66,17 +90,21 @@ export async function runPasskeyEval(o: PasskeyOptions): Promise<Cell[]> {
     const todo = configs.filter((c) => cellOf(c, L, d).total < o.samples);
     if (todo.length === 0) { done += o.samples; bar.update(done, work); continue; }
     const r = rng(o.seed + L * 1000 + d);
-    // shared prefix: everything before the needle is the same for all samples of this cell
-    const probe = buildPasskeyPrompt((s) => llm.encode(s), L, d / 100, '00000', filler);
-    const base = llm.session({ policy: 'dense' });
-    if (configs.some((c) => wantsPrefillScores(c.policy))) base.recordPrefillScores(); // H2O forks start from the prefill's scores
-    if (probe.needleAt > 0) await base.forward(probe.tokens.slice(0, probe.needleAt), { logits: 'none' });
+    // shared prefix: everything before the needle is the same for the samples of a cell that share a wording
+    let base: AnySession | null = null, baseTemplate: PasskeyTemplate | null = null;
     for (let s = 0; s < o.samples; s++) {
-      const key = randomKey(r);
+      const key = randomKey(r), template = templateOf(kind, s, o.samples);
       const need = todo.filter((c) => cellOf(c, L, d).total <= s);
       if (need.length) {
-        const p = buildPasskeyPrompt((x) => llm.encode(x), L, d / 100, key, filler);
-        const ctx = base.fork({ policy: 'dense' });
+        if (template !== baseTemplate) {
+          base?.dispose();
+          const probe = buildPasskeyPrompt((x) => llm.encode(x), L, d / 100, '00000', filler, template);
+          base = llm.session({ policy: 'dense' }); baseTemplate = template;
+          if (configs.some((c) => wantsPrefillScores(c.policy))) base.recordPrefillScores(); // H2O forks start from the prefill's scores
+          if (probe.needleAt > 0) await base.forward(probe.tokens.slice(0, probe.needleAt), { logits: 'none' });
+        }
+        const p = buildPasskeyPrompt((x) => llm.encode(x), L, d / 100, key, filler, template);
+        const ctx = base!.fork({ policy: 'dense' });
         await ctx.forward(p.tokens.slice(p.needleAt, p.tokens.length - p.questionTokens), { logits: 'none' });
         for (const c of need) {
           const answer = await answerWith(llm, ctx, p, c.policy as PolicyName, c.budget);
@@ -87,19 +115,24 @@ export async function runPasskeyEval(o: PasskeyOptions): Promise<Cell[]> {
         ctx.dispose();
       }
       done++; bar.update(done, work);
-      writeFileSync(jsonPath, JSON.stringify({ model: o.model, filler: o.filler, cells }, null, 1)); // resumable
+      writeFileSync(jsonPath, JSON.stringify({ model: o.model, template: kind, filler: o.filler, cells }, null, 1)); // resumable
     }
-    base.dispose();
+    base?.dispose();
   }
   bar.stop();
   report(cells, o, lengths, depths, configs);
   return cells;
 }
 
-function bookFiller(llm: LLM): number[] {
-  const p = SHARED_CORPUS + HELD_OUT_BOOK;
-  if (!existsSync(p)) throw new Error(`--filler book needs ${p}; use --filler repeat`);
-  return llm.encode(readFileSync(p, 'utf8').replace(/\r\n/g, '\n').slice(0, 400_000));
+/** The filler's tokens: 'repeat' (the paper's sentences), 'book' (the held-out book of ../shared/corpus)
+ *  or the path of any text file (its first 400,000 characters; repeated where the prompt is longer). */
+function fillerTokens(llm: LLM, filler: string): number[] {
+  if (filler === 'repeat') return llm.encode(PASSKEY_FILLER);
+  const p = filler === 'book' ? SHARED_CORPUS + HELD_OUT_BOOK : filler;
+  if (!existsSync(p)) throw new Error(filler === 'book' ? `--filler book needs ${p}; use --filler repeat or a text file's path` : `--filler: no such file ${p} (repeat, book, or a text file's path)`);
+  const tokens = llm.encode(readFileSync(p, 'utf8').replace(/\r\n/g, '\n').slice(0, 400_000));
+  if (tokens.length === 0) throw new Error(`--filler: ${p} holds no text`);
+  return tokens;
 }
 
 /** The question decoded token by token under the policy, then a greedy answer of up to 8 tokens. */
@@ -127,7 +160,7 @@ function report(cells: Cell[], o: PasskeyOptions, lengths: number[], depths: num
     const t = sel.reduce((a, x) => a + x.total, 0);
     return t ? sel.reduce((a, x) => a + x.correct, 0) / t : null;
   };
-  const lines = [`passkey accuracy (${o.filler} filler, ${o.samples} samples per length x depth, question decoded token by token)`];
+  const lines = [`passkey accuracy (${o.template ?? 'paper'} template, ${o.filler} filler, ${o.samples} samples per length x depth, question decoded token by token)`];
   lines.push('config'.padEnd(20) + lengths.map((L) => String(L).padStart(9)).join('') + '      all');
   for (const c of configs) lines.push(label(c).padEnd(20) + lengths.map((L) => fmt(acc(c, L))).join('') + fmt(acc(c)));
   console.log(lines.join('\n'));

@@ -1,0 +1,246 @@
+"""Training samples that teach retrieval, not a template (issue 21): quest's 32K test model learns from them.
+
+Every sample is a token sequence of exactly the asked length with a mask of the answer tokens (the keys the
+model must copy). Kinds: plain book text; passkeys hidden in book text or repeated filler, in many
+phrasings and layouts, with distractor facts; key-value lists; two-hop lookups. Pure Python: tokens come
+from any `encode(str) -> list[int]`, so the generator is tested without a GPU (tools/test_retrieval_data.py).
+
+Held out entirely (the evaluation's): the phrasings of `src/eval/passkey-templates.json` ('heldout'), whose
+key names and frames this generator never writes (checked on every template at import and on every sample
+in the tests), and the books `pride_and_prejudice.txt` and `tinyshakespeare.txt` (never passed in).
+"""
+import json, os, random, re
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+TEMPLATES = json.loads(_read(os.path.join(HERE, "..", "src", "eval", "passkey-templates.json")))
+PAPER = TEMPLATES["paper"]
+HELDOUT_BOOKS = ("pride_and_prejudice.txt", "tinyshakespeare.txt")
+HELDOUT_PHRASES = [p.lower() for p in TEMPLATES["heldoutNames"] + TEMPLATES["heldoutFrames"]]
+
+# what is being remembered (never a held-out name: checked below)
+KEY_NAMES = ["pass key", "passkey", "secret code", "access code", "magic number", "password", "special number",
+             "secret number", "door code", "ticket number", "serial number", "confirmation code", "lucky number",
+             "room number", "account number", "code word", "secret word", "PIN", "key", "hidden number",
+             "identification number", "order number", "gate code", "phone extension", "badge number"]
+OWNERS = ("Anna Boris Clara Dmitri Elena Fyodor Galina Hugo Irene Jonas Karl Lena Marco Nadia Oscar Petra Quentin "
+          "Rosa Stefan Tanya Ulrich Vera Walter Xenia Yuri Zoe Alba Bruno Cora Dario Edith Felix Greta Henrik Ines "
+          "Jakob Kira Luca Mila Nils Olga Pavel Rita Sven Tilda Umberto Vito Wanda").split()
+INTROS = ["", PAPER["intro"], "Read the following text and remember the important facts in it.",
+          "There is a secret hidden in this text.", "Pay attention to any numbers you see below.",
+          "The following text contains information you will be asked about.", "Find the key fact in the text below.",
+          "Below is a long text. Somewhere inside it there is something to remember."]
+# needle frames: {N} the key's name, {K} the key
+NEEDLES = [" The {N} is {K}.", PAPER["needle"].replace("pass key", "{N}").replace("{key}", "{K}"), " {Ncap}: {K}.",
+           " Remember this {N}: {K}.", " My {N} is {K}.", " Note that the {N} is {K}.",
+           " Please memorize the {N}, which is {K}.", " {K} is the {N}.", " The {N} you will need later is {K}.",
+           " Here is the {N}: {K}.", " Keep in mind: {N} = {K}.", " IMPORTANT - {N}: {K}", " The {N} was set to {K}.",
+           " Write down the {N}. It is {K}.", " I will tell you the {N} now. It is {K}.", " The {N}? It is {K}.",
+           " Your {N} is {K}, do not lose it.", " It was decided that the {N} would be {K}."]
+# question frames, each ending right before the answer's " {K}"
+QUESTIONS = [" What is the {N}? The {N} is", "\nQuestion: What is the {N}?\nAnswer: The {N} is",
+             " Tell me the {N}. The {N} is", " Do you remember the {N}? It is", " Which {N} was mentioned above? It was",
+             " Recall the {N} from the text. The {N} is", " What was the {N}? Answer:", " The {N} mentioned in the text is",
+             " Quick quiz: the {N}? It was", "\n\nWhat is the {N}?\n", " Now say the {N}. The {N} is",
+             " What {N} did you read? The {N} is", "\n{Ncap}:"]
+SEPARATORS = [("", ""), ("\n", "\n"), ("\n\n", "\n\n"), ("\n* ", "\n"), (" --", " --"), ("\n\n", ""), ("", "\n")]
+REPEATED_FILLER = [" The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
+                   " The river flows. The wind blows. The birds sing. The day goes on.",
+                   " Nothing happened today. Nothing happened yesterday either.",
+                   " One more line of filler text follows this one."]
+# key-value lists and two-hop lookups
+KV_HEADERS = ["Here is a list of {N}s:", "{Ncap}s of the staff:", "Records ({N}):", "The {N}s are as follows."]
+KV_LINES = ["\n{O}: {K}", "\n{O} - {K}", "\nThe {N} of {O} is {K}.", "\n{O} has {N} {K}."]
+KV_QUESTIONS = [" What is the {N} of {O}? The {N} of {O} is", "\nQuestion: the {N} of {O}?\nAnswer:",
+                " {O}'s {N} is"]
+HOP_LINK = [" The {N} of {A} is the same as the {N} of {B}.", " {A} uses the same {N} as {B}."]
+
+
+def _phrases_ok(text):
+    low = text.lower()
+    return not any(p in low for p in HELDOUT_PHRASES)
+
+
+for _t in NEEDLES + QUESTIONS + INTROS + KV_HEADERS + KV_LINES + KV_QUESTIONS + HOP_LINK + KEY_NAMES + REPEATED_FILLER:
+    assert _phrases_ok(_t.replace("{N}", "").replace("{Ncap}", "")), f"generator template uses a held-out phrase: {_t!r}"
+for _n in KEY_NAMES:
+    assert _phrases_ok(_n), f"held-out key name in training names: {_n}"
+
+
+def fill(template, **kw):
+    n = kw.get("N", "")
+    return template.replace("{Ncap}", n[:1].upper() + n[1:]).format(**{k: v for k, v in kw.items()})
+
+
+class Generator:
+    """Samples of exactly T tokens: (tokens, answer mask). `books`: token lists of the training books
+    (never a held-out one); `words`: a vocabulary for word keys."""
+
+    def __init__(self, encode, books, seed, words=None):
+        self.encode, self.books, self.rng = encode, books, random.Random(seed)
+        self.weights = [len(b) for b in books]
+        self.words = words or ["apple", "river", "candle", "mirror", "falcon", "copper", "meadow", "lantern",
+                               "harvest", "pebble", "thunder", "violet", "saddle", "orchard", "marble", "compass"]
+        self.cache = {}
+        self.texts = []  # (debug) every template text written, for the held-out check in tests
+
+    # ---------------------------------------------------------------- pieces
+    def enc(self, s):
+        self.texts.append(s)
+        if s not in self.cache:
+            if len(self.cache) > 200000:
+                self.cache.clear()
+            self.cache[s] = self.encode(s)
+        return list(self.cache[s])
+
+    def key(self, kind=None):
+        r = self.rng
+        kind = kind or r.choices(["digits", "word", "code"], weights=[6, 2, 2])[0]
+        if kind == "digits":
+            n = r.choice([4, 5, 5, 5, 6, 7, 8])
+            return str(r.randrange(10 ** (n - 1), 10 ** n))
+        if kind == "word":
+            return r.choice(self.words)
+        letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+        return "".join(r.choice(letters) for _ in range(r.randint(1, 3))) + r.choice(["-", "", "/"]) + str(r.randrange(10, 99999))
+
+    def book(self, n):
+        if n <= 0:
+            return []
+        b = self.rng.choices(self.books, weights=self.weights)[0]
+        s = self.rng.randrange(0, max(1, len(b) - n - 1))
+        out = list(b[s:s + n])
+        while len(out) < n:  # (a book shorter than n: continue with another)
+            out += self.book(n - len(out))
+        return out
+
+    def filler(self, n):
+        """Book text mostly; else a repeated line (the paper's kind) or a soup of short sentences of book
+        words (less text the model can memorise: the books are small)."""
+        if n <= 0:
+            return []
+        r = self.rng.random()
+        if r < 0.6:
+            return self.book(n)
+        if r < 0.8:
+            unit = self.enc(self.rng.choice(REPEATED_FILLER))
+            return (unit * (n // len(unit) + 1))[:n]
+        out = []
+        while len(out) < n:
+            w = self.rng.sample(self.words, 3)
+            out += self.encode(self.rng.choice([" The {} was {}.", " A {} and a {}.", " {} {} {}.", " Every {} has its {}."]).format(*w).capitalize())
+        return out[:n]
+
+    def names(self, k):
+        return self.rng.sample(KEY_NAMES, k)
+
+    # ---------------------------------------------------------------- samples
+    def sample(self, T, easy=0.0):
+        """One sample; `easy`: the share of single-fact passkeys whose question ends with the words that
+        came right before the key (plain induction: what a small model learns first)."""
+        if self.rng.random() < easy:
+            return self.passkey_easy(T)
+        r = self.rng.random()
+        if r < 0.2:
+            return self.book(T), [0] * T
+        if r < 0.7:
+            return self.passkeys(T)
+        if r < 0.9:
+            return self.kv_list(T)
+        return self.two_hop(T)
+
+    def _assemble(self, T, head, inserts, tail_qas):
+        """head tokens, then filler with `inserts` (token lists) at random depths, then the questions and
+        answers of tail_qas [(question, answer)] - cut or padded with book text to exactly T tokens."""
+        fixed = len(head) + sum(map(len, inserts)) + sum(len(q) + len(a) for q, a in tail_qas)
+        body = self.filler(max(0, T - fixed))
+        cuts = sorted(self.rng.randrange(0, len(body) + 1) for _ in inserts)
+        order = list(range(len(inserts)))
+        self.rng.shuffle(order)
+        toks, mask, last = list(head), [0] * len(head), 0
+        for c, i in zip(cuts, order):
+            toks += body[last:c] + inserts[i]
+            mask += [0] * (c - last + len(inserts[i]))
+            last = c
+        toks += body[last:]
+        mask += [0] * (len(body) - last)
+        for q, a in tail_qas:
+            toks += q + a
+            mask += [0] * len(q) + [1] * len(a)
+        if len(toks) < T:
+            pad = self.book(T - len(toks))
+            toks += pad
+            mask += [0] * len(pad)
+        return toks[:T], mask[:T]
+
+    def passkeys(self, T):
+        """1-6 facts of different names hidden in filler; 1-3 of them asked at the end."""
+        r = self.rng
+        n = r.choice([1, 1, 2, 3, 4, 6])
+        names = self.names(n)
+        keys = [self.key() for _ in names]
+        inserts = []
+        for nm, k in zip(names, keys):
+            pre, post = r.choice(SEPARATORS)
+            inserts.append(self.enc(pre + fill(r.choice(NEEDLES), N=nm, K=k) + post))
+        asked = r.sample(range(n), r.randint(1, min(3, n)))
+        qas = [(self.enc(fill(r.choice(QUESTIONS), N=names[i])), self.enc(f" {keys[i]}")) for i in asked]
+        intro = r.choice(INTROS)
+        return self._assemble(T, self.enc(intro) if intro else [], inserts, qas)
+
+    def passkey_easy(self, T):
+        r = self.rng
+        nm, k = self.names(1)[0], self.key(r.choice(["digits", "digits", None]))
+        lead = r.choice(["The {N} is", "the {N} is", "My {N} is", "{Ncap}:", "The {N} was"])
+        needle = fill(" " + lead + " {K}.", N=nm, K=k)
+        question = fill(r.choice([" What is the {N}? ", " Question: the {N}? ", "\n", " Remember? "]) + lead, N=nm)
+        pre, post = r.choice(SEPARATORS)
+        intro = r.choice(INTROS)
+        return self._assemble(T, self.enc(intro) if intro else [], [self.enc(pre + needle + post)], [(self.enc(question), self.enc(f" {k}"))])
+
+    def kv_list(self, T):
+        """A list of owner -> key lines (in one block or spread through the text); some owners asked."""
+        r = self.rng
+        nm = self.names(1)[0]
+        owners = r.sample(OWNERS, r.randint(3, 30))
+        keys = [self.key("digits" if r.random() < 0.7 else None) for _ in owners]
+        line = r.choice(KV_LINES)
+        lines = [self.enc(fill(line, N=nm, O=o, K=k)) for o, k in zip(owners, keys)]
+        asked = r.sample(range(len(owners)), r.randint(1, min(4, len(owners))))
+        qas = [(self.enc(fill(r.choice(KV_QUESTIONS), N=nm, O=owners[i])), self.enc(f" {keys[i]}")) for i in asked]
+        if r.random() < 0.5:  # one block
+            block = self.enc(fill(r.choice(KV_HEADERS), N=nm)) + [t for l in lines for t in l] + self.enc("\n")
+            return self._assemble(T, [], [block], qas)
+        return self._assemble(T, [], lines, qas)
+
+    def two_hop(self, T):
+        """A's key is B's; B's key is stated elsewhere: asked for A."""
+        r = self.rng
+        nm = self.names(1)[0]
+        a, b, c = r.sample(OWNERS, 3)
+        kb, kc = self.key("digits"), self.key("digits")
+        inserts = [self.enc(fill(r.choice(HOP_LINK), N=nm, A=a, B=b)), self.enc(f" The {nm} of {b} is {kb}."),
+                   self.enc(f" The {nm} of {c} is {kc}.")]
+        qas = [(self.enc(fill(r.choice(KV_QUESTIONS), N=nm, O=a)), self.enc(f" {kb}"))]
+        return self._assemble(T, [], inserts, qas)
+
+
+def read_books(corpus):
+    """The training books of a corpus folder: every .txt except the held-out evaluation books."""
+    names = sorted(f for f in os.listdir(corpus) if f.endswith(".txt") and f not in HELDOUT_BOOKS)
+    return {f: _read(os.path.join(corpus, f)).replace("\r\n", "\n") for f in names}
+
+
+def word_list(texts, n=2000):
+    """Frequent plain words of the training books (keys that are words)."""
+    counts = {}
+    for t in texts:
+        for w in re.findall(r"\b[a-z]{4,9}\b", t[:2_000_000]):
+            counts[w] = counts.get(w, 0) + 1
+    return [w for w, _ in sorted(counts.items(), key=lambda x: -x[1])[:n] if _phrases_ok(w)]

@@ -1,0 +1,74 @@
+"""Tests of tools/retrieval_data.py (run by `npm test` through src/test/retrieval-data.test.ts, or directly:
+python3 tools/test_retrieval_data.py). A byte-level encoder stands in for the trained tokenizer."""
+import os, sys, tempfile, unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import retrieval_data as rd  # noqa: E402
+
+enc = lambda s: list(s.encode("utf-8"))
+dec = lambda t: bytes(t).decode("utf-8", errors="replace")
+BOOK = enc(("It was a dark and stormy night; the rain fell in torrents, except at occasional intervals. " * 400))
+
+
+class RetrievalData(unittest.TestCase):
+    def samples(self, n, T, seed=1):
+        g = rd.Generator(enc, [BOOK], seed)
+        return g, [g.sample(T) for _ in range(n)]
+
+    def test_exact_length_and_answers_retrievable(self):
+        for T in (600, 3000):
+            g, out = self.samples(300, T)
+            asked = 0
+            for toks, mask in out:
+                self.assertEqual(len(toks), T)
+                self.assertEqual(len(mask), T)
+                i = 0
+                while i < T:  # every answer span: its key was written earlier in the sample
+                    if mask[i]:
+                        j = i
+                        while j < T and mask[j]:
+                            j += 1
+                        key = dec(toks[i:j]).strip()
+                        if j < T or i + len(enc(" " + key)) == j:  # (a span cut at T may be partial)
+                            self.assertIn(key, dec(toks[:i]), f"answer {key!r} not in the text before it")
+                            asked += 1
+                        i = j
+                    else:
+                        i += 1
+            self.assertGreater(asked, 200)
+
+    def test_never_writes_a_heldout_phrasing(self):
+        g, _ = self.samples(2000, 800, seed=7)
+        written = " ".join(g.texts).lower()
+        for p in rd.HELDOUT_PHRASES:
+            self.assertNotIn(p, written, f"held-out phrase {p!r} produced")
+        for t in rd.TEMPLATES["heldout"]:  # nor the evaluation's needles and questions themselves
+            self.assertNotIn(t["question"].strip().lower()[:30], written)
+
+    def test_variety(self):
+        g, out = self.samples(1500, 800, seed=3)
+        written = g.texts
+        frames = sum(1 for f in rd.NEEDLES if any(f.split("{")[0] and f.split("{")[0] in w for w in written))
+        self.assertGreater(frames, 8, "needle frames used")
+        self.assertTrue(any("pass key" in w for w in written))
+        self.assertTrue(any(w.strip().isdigit() for w in written))                  # digit keys
+        self.assertTrue(any(w.strip() in g.words for w in written))                  # word keys
+        self.assertTrue(any(any(c.isupper() for c in w) and any(c.isdigit() for c in w) and len(w.strip()) < 12 for w in written))  # codes
+        self.assertTrue(any("\n" in w for w in written))
+        self.assertTrue(any(sum(m) == 0 for _, m in out), "plain book samples")
+
+    def test_heldout_books_never_read(self):
+        with tempfile.TemporaryDirectory() as d:
+            for f in ("moby-dick.txt", "pride_and_prejudice.txt", "tinyshakespeare.txt"):
+                with open(os.path.join(d, f), "w") as fh:
+                    fh.write("text")
+            self.assertEqual(list(rd.read_books(d)), ["moby-dick.txt"])
+
+    def test_heldout_templates_parse(self):
+        for t in [rd.PAPER] + rd.TEMPLATES["heldout"]:
+            self.assertIn("{key}", t["needle"])
+            self.assertFalse(t["question"].endswith(" "), "the answer brings its own leading space")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=1)
