@@ -13,6 +13,8 @@ schedule (phase, learning rate) follows the time trained across all runs out of 
 optimizer's moments start afresh (they would triple what comes back), with a short warm-up.
 
   python3 tools/train_long_model.py --corpus .corpus --out $OUT/m --minutes 9 --total-minutes 18 [--resume .ckpt]
+The shipped model resumes from its GGUF file (its Q5_1 rounding is far below what training moves):
+  ... --resume tools/logs/quest-long-32k --weights models/quest-long-32k-q5_1.gguf
 """
 import argparse, json, math, multiprocessing as mp, os, random, sys, time
 
@@ -102,15 +104,21 @@ def save(model, cfg, tok, state, out):
     json.dump(state, open(os.path.join(out, "train_state.json"), "w"), indent=1)
 
 
-def load(path, device, dropout=0.0):
+def load(path, device, dropout=0.0, weights=None):
+    """A folder this script wrote; `weights`: a GGUF file to take the weights from instead (the shipped
+    model, converted from such a folder: the folder then needs only its config, tokenizer and state)."""
     from safetensors.torch import load_file
     hf = json.load(open(os.path.join(path, "config.json")))
     cfg = {k: hf[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                               "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings")}
-    index = json.load(open(os.path.join(path, "model.safetensors.index.json")))
-    sd = {}
-    for name in sorted(set(index["weight_map"].values())):
-        sd.update(load_file(os.path.join(path, name)))
+    if weights:
+        import gguf_weights
+        sd = {k: torch.from_numpy(v) for k, v in gguf_weights.hf_state_dict(weights)[1].items()}
+    else:
+        index = json.load(open(os.path.join(path, "model.safetensors.index.json")))
+        sd = {}
+        for name in sorted(set(index["weight_map"].values())):
+            sd.update(load_file(os.path.join(path, name)))
     model = base.Llama(dict(cfg, dropout=dropout)).to(device)
     model.load_state_dict({k: v.float() for k, v in sd.items()})
     from tokenizers import Tokenizer
@@ -163,7 +171,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", required=True, help="folder of .txt books (the held-out ones are skipped for training)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--resume", help="a folder this script wrote")
+    ap.add_argument("--resume", help="a folder this script wrote (or, with --weights, its config.json, tokenizer.json and train_state.json)")
+    ap.add_argument("--weights", help="with --resume: the weights from this GGUF file (the shipped model) instead of the folder's")
     ap.add_argument("--minutes", type=float, default=9.0, help="training time of this run")
     ap.add_argument("--total-minutes", type=float, default=18.0, help="training time over all runs (the schedule's length)")
     ap.add_argument("--seed", type=int, default=2126)
@@ -203,7 +212,7 @@ def main():
     # batch makers forked before CUDA starts in this process
     pool = mp.get_context("fork").Pool(args.workers, _init_worker, (tok.to_str(), book_ids, args.seed + state["step"], words))
     if args.resume:
-        model, cfg, _, _ = load(args.resume, device, args.dropout)
+        model, cfg, _, _ = load(args.resume, device, args.dropout, args.weights)
         log(f"resumed from {args.resume}: step {state['step']}, {state['trained_s']:.0f} s trained")
     else:
         hd = args.hidden // args.heads

@@ -3,13 +3,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadModel } from '../engine/llm.js';
 import { argmax } from '../engine/sampler.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
+import { convertHFToGGUF } from '../model/convert.js';
+import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { buildPasskeyPrompt, HELDOUT_TEMPLATES, PAPER_TEMPLATE, PASSKEY_FILLER, passkeyNeedle, runPasskeyEval } from '../eval/passkey.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -71,4 +73,27 @@ test('the 32K model (GQA 6/2, Q5_1 GGUF) retrieves a passkey in held-out text, d
     }
     base.dispose();
   }
+});
+
+test('training resumes from a shipped GGUF: tools/gguf_weights.py reads f16 / Q8_0 / Q5_1 files of our converter back as the Hugging Face weights (Python)', { skip: python ? false : 'python3 is not installed' }, (t) => {
+  const numpy = spawnSync('python3', ['-c', 'import numpy']).status === 0;
+  if (!numpy) { t.skip('numpy is not installed'); return; }
+  const dir = mkdtempSync(join(tmpdir(), 'quest-gguf-'));
+  for (const type of ['f16', 'q8_0', 'q5_1'] as const) {
+    const file = join(dir, `tiny-${type}.gguf`);
+    writeFileSync(file, convertHFToGGUF(DEFAULT_MODEL, type));
+    const r = spawnSync('python3', [join(ROOT, 'tools', 'test_gguf_weights.py'), file, join(DEFAULT_MODEL, 'model.safetensors'), type], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /74 tensors match/);
+  }
+});
+
+test('the 32K model\'s resume files (tools/logs/quest-long-32k) hold the tokenizer of the shipped GGUF', { skip: existsSync(LONG_MODEL) ? false : 'models/quest-long-32k-q5_1.gguf missing' }, async () => {
+  const m = await loadModel(LONG_MODEL);
+  const dir = join(ROOT, 'tools', 'logs', 'quest-long-32k');
+  const hf = new TextTokenizer({ json: JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')), config: {}, bosId: null, eosIds: [], addBos: false, chatTemplate: null });
+  const text = 'The pass key is 58301. Remember it.\n\n"Well, Prince," said Anna Pávlovna. It is a truth universally acknowledged...';
+  assert.deepEqual(hf.encode(text), m.encode(text));
+  const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+  assert.deepEqual([cfg.hidden_size, cfg.num_hidden_layers, cfg.max_position_embeddings], [m.config.dim, m.config.nLayers, m.config.maxSeqLen]);
 });
