@@ -2,8 +2,8 @@
 // dequantising one weight row at a time and reusing it for every token of the batch.
 import type { Matrix } from '../../model/tensor.js';
 import { wasm, type WasmRuntime } from '../wasm/runtime.js';
-import { workerPool, split, OP_GEMM, DTYPE_CODE } from '../wasm/pool.js';
-import { gemmRange, quantisesX, quadBlockRows, Q8_X_TOKENS } from '../wasm/shared-ops.js';
+import { workerPool, OP_GEMM, DTYPE_CODE } from '../wasm/pool.js';
+import { gemmChunks, gemmRange, quantisesX, quadBlockRows, Q8_X_TOKENS } from '../wasm/shared-ops.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -99,9 +99,16 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out:
     rt.k.quantise_q8(prepared.xp, n * cols, prepared.xq, prepared.xs!);
   }
   const xp = prepared.xp, xq = q8 ? prepared.xq! : 0, xs = q8 ? prepared.xs! : 0;
-  const args = (share: number) => [code, base, W.rowBytes, ...split(rows, parts, share, 4), cols, xp, n, op, rows, scratch[share], block, xq, xs];
-  const local = () => { const a = args(0); gemmRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13]); };
-  if (pool) pool.run(OP_GEMM, args, null, local); else local();
+  if (pool) {
+    // rows in chunks the threads take in turn (about four each); chunks of whole converted / repacked
+    // blocks where the rows go through the scratch, else of four rows (gemv_q8_0 reads rows in fours)
+    const throughScratch = quads || (code !== 0 && !(code === 1 && n <= 4) && !(q8 && code === 3));
+    const unit = throughScratch ? block : 4, chunk = Math.max(unit, Math.ceil(rows / (parts * 8) / unit) * unit);
+    const counter = rt.scratchPtr('mm.counter', 4);
+    rt.i32(counter, 1)[0] = 0;
+    const args = (share: number) => [counter, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[share], block, xq, xs];
+    pool.run(OP_GEMM, args, null, () => gemmChunks(rt.k, rt.memory, counter, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[0], block, xq, xs));
+  } else gemmRange(rt.k, code, base, W.rowBytes, 0, rows, cols, xp, n, op, rows, scratch[0], block, xq, xs);
   out.set(rt.f32(op, n * rows));
   if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += bias[r];
 }

@@ -49,6 +49,19 @@ export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowByt
   }
 }
 
+/** gemmRange (out stride = rows) over chunks of `chunk` rows that the threads take in turn from a counter
+ *  at byte `counter` of the shared memory: a thread that runs slower (two vCPUs of one core, a worker the
+ *  OS preempted) takes fewer chunks instead of holding up the others. */
+export function gemmChunks(k: KernelExports, memory: WebAssembly.Memory, counter: number, chunk: number, dtype: number, wBase: number, rowBytes: number,
+                           rows: number, cols: number, x: number, n: number, out: number, scratch: number, block: number, xq = 0, xs = 0): void {
+  const mem = new Int32Array(memory.buffer);
+  for (;;) {
+    const r0 = Atomics.add(mem, counter >> 2, 1) * chunk;
+    if (r0 >= rows) return;
+    gemmRange(k, dtype, wBase, rowBytes, r0, Math.min(rows, r0 + chunk), cols, x, n, out, rows, scratch, block, xq, xs);
+  }
+}
+
 /** Attention of n new tokens (positions start..start+n-1) for query heads [h0, h1), the heads of one KV
  *  head together where they attend the same tokens (each key and value read once for them). q and out
  *  are [n][nH][hd] f32 in the shared memory; probs is this thread's scratch (group x (start + n + 3)
