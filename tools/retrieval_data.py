@@ -49,6 +49,27 @@ QUESTIONS = [" What is the {N}? The {N} is", "\nQuestion: What is the {N}?\nAnsw
              " Recall the {N} from the text. The {N} is", " What was the {N}? Answer:", " The {N} mentioned in the text is",
              " Quick quiz: the {N}? It was", "\n\nWhat is the {N}?\n", " Now say the {N}. The {N} is",
              " What {N} did you read? The {N} is", "\n{Ncap}:"]
+# composed names: a modifier and a noun (about 1,000 names; never a held-out one: checked at import)
+MODIFIERS = ("secret hidden private special magic lucky emergency backup master personal office garage bank storage "
+             "club library hotel museum ferry tram radio member project order invoice customer patient flight train "
+             "cabin studio workshop garden kitchen school gym parking mailbox safe door gate alarm wifi account "
+             "voucher coupon prize lottery seat table room desk badge staff guest").split()
+NOUNS = ["number", "code", "key", "password", "word", "PIN", "ID", "tag", "phrase", "value", "figure", "serial",
+         "identifier", "pass", "ticket", "digits", "cipher", "token"]
+# needle = lead-in + relation + trailer; question = lead-in + ask + answer prefix (the key follows it)
+NEEDLE_LEADS = ["", "Note: ", "Remember: ", "By the way, ", "Attention: ", "Important: ", "P.S. ", "For your information, ",
+                "Listen carefully. ", "One more thing: ", "Hint: ", "Keep this in mind: "]
+RELATIONS = ["the {N} is {K}", "{N}: {K}", "{N} = {K}", "the {N} was set to {K}", "my {N} is {K}", "your {N} is {K}",
+             "the {N}, which is {K}", "{K} is the {N}", "the {N} has the value {K}", "keep the {N} ({K}) safe",
+             "the {N} will be {K}", "we chose {K} as the {N}", "use {K} as the {N}", "the {N} is now {K}",
+             "{N} - {K}", "the correct {N} is {K}"]
+NEEDLE_TRAILS = [".", ". Remember it.", ". Do not forget it.", ", keep it safe.", "", "!", ". Write it down."]
+QUESTION_LEADS = ["", "\n", "\n\nQuestion: ", "Q: ", "Now, ", "Quiz: ", "\nTask: ", "Finally: "]
+ASKS = ["What is the {N}?", "Which {N} was given?", "Tell me the {N}.", "What was the {N} mentioned above?",
+        "Can you recall the {N}?", "Give the {N}.", "{Ncap}?", "What {N} did the text give?", "Repeat the {N}.",
+        "Do you still know the {N}?"]
+ANSWER_PREFIXES = [" The {N} is", " It is", " It was", "\nAnswer:", " The {N} was", " The answer is", "\n{Ncap}:",
+                   "\nA: The {N} is", " The {N}:"]
 SEPARATORS = [("", ""), ("\n", "\n"), ("\n\n", "\n\n"), ("\n* ", "\n"), (" --", " --"), ("\n\n", ""), ("", "\n")]
 REPEATED_FILLER = [" The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
                    " The river flows. The wind blows. The birds sing. The day goes on.",
@@ -69,7 +90,10 @@ def _phrases_ok(text):
 
 for _t in NEEDLES + QUESTIONS + INTROS + KV_HEADERS + KV_LINES + KV_QUESTIONS + HOP_LINK + KEY_NAMES + REPEATED_FILLER:
     assert _phrases_ok(_t.replace("{N}", "").replace("{Ncap}", "")), f"generator template uses a held-out phrase: {_t!r}"
-for _n in KEY_NAMES:
+for _t in NEEDLE_LEADS + RELATIONS + NEEDLE_TRAILS + QUESTION_LEADS + ASKS + ANSWER_PREFIXES:
+    assert _phrases_ok(_t.replace("{N}", "").replace("{Ncap}", "")), f"generator template uses a held-out phrase: {_t!r}"
+COMPOSED_NAMES = [f"{m} {n}" for m in MODIFIERS for n in NOUNS if _phrases_ok(f"{m} {n}")]
+for _n in KEY_NAMES + COMPOSED_NAMES:
     assert _phrases_ok(_n), f"held-out key name in training names: {_n}"
 
 
@@ -138,7 +162,33 @@ class Generator:
         return out[:n]
 
     def names(self, k):
-        return self.rng.sample(KEY_NAMES, k)
+        """k different key names: the listed ones or (half the time) composed ones."""
+        out = []
+        while len(out) < k:
+            n = self.rng.choice(KEY_NAMES) if self.rng.random() < 0.5 else self.rng.choice(COMPOSED_NAMES)
+            if n not in out:
+                out.append(n)
+        return out
+
+    def needle(self, nm, k):
+        """A listed needle frame, or (half the time) a composed one."""
+        r = self.rng
+        if r.random() < 0.5:
+            return fill(r.choice(NEEDLES), N=nm, K=k)
+        t, lead = r.choice(RELATIONS), r.choice(NEEDLE_LEADS)
+        rel = fill(t, N=nm, K=k)
+        if (not lead or lead.endswith((". ", ": "))) and not t.startswith("{K}"):  # (a sentence start, not a key)
+            rel = rel[:1].upper() + rel[1:]
+        return " " + lead + rel + r.choice(NEEDLE_TRAILS)
+
+    def question(self, nm):
+        r = self.rng
+        if r.random() < 0.5:
+            return fill(r.choice(QUESTIONS), N=nm)
+        lead, ask = r.choice(QUESTION_LEADS), r.choice(ASKS)
+        if lead.endswith(", ") and not ask.startswith("{"):
+            ask = ask[:1].lower() + ask[1:]
+        return fill((lead or " ") + ask + r.choice(ANSWER_PREFIXES), N=nm)
 
     # ---------------------------------------------------------------- samples
     def sample(self, T, easy=0.0):
@@ -188,9 +238,9 @@ class Generator:
         inserts = []
         for nm, k in zip(names, keys):
             pre, post = r.choice(SEPARATORS)
-            inserts.append(self.enc(pre + fill(r.choice(NEEDLES), N=nm, K=k) + post))
+            inserts.append(self.enc(pre + self.needle(nm, k) + post))
         asked = r.sample(range(n), r.randint(1, min(3, n)))
-        qas = [(self.enc(fill(r.choice(QUESTIONS), N=names[i])), self.enc(f" {keys[i]}")) for i in asked]
+        qas = [(self.enc(self.question(names[i])), self.enc(f" {keys[i]}")) for i in asked]
         intro = r.choice(INTROS)
         return self._assemble(T, self.enc(intro) if intro else [], inserts, qas)
 

@@ -51,6 +51,11 @@ class RetrievalData(unittest.TestCase):
         frames = sum(1 for f in rd.NEEDLES if any(f.split("{")[0] and f.split("{")[0] in w for w in written))
         self.assertGreater(frames, 8, "needle frames used")
         self.assertTrue(any("pass key" in w for w in written))
+        composed = sum(1 for n in set(rd.COMPOSED_NAMES) if any(n in w for w in written))
+        self.assertGreater(composed, 200, "composed key names used")
+        self.assertGreater(len(rd.COMPOSED_NAMES), 900)
+        rel = sum(1 for f in rd.RELATIONS if any(f.split("{")[0].strip() and f.split("{")[0].strip() in w for w in written))
+        self.assertGreater(rel, 5, "composed relations used")
         self.assertTrue(any(w.strip().isdigit() for w in written))                  # digit keys
         self.assertTrue(any(w.strip() in g.words for w in written))                  # word keys
         self.assertTrue(any(any(c.isupper() for c in w) and any(c.isdigit() for c in w) and len(w.strip()) < 12 for w in written))  # codes
