@@ -208,7 +208,10 @@ class Generator:
     def _assemble(self, T, head, inserts, tail_qas):
         """head tokens, then filler with `inserts` (token lists) at random depths, then the questions and
         answers of tail_qas [(question, answer)] - cut or padded with book text to exactly T tokens."""
-        fixed = len(head) + sum(map(len, inserts)) + sum(len(q) + len(a) for q, a in tail_qas)
+        # each answer ends with a full stop or a line break (trained as text, not as the answer): the model
+        # learns where a key ends (without it, it ran on past 5-digit keys: keys here have 4-8 digits)
+        ends = [self.enc(self.rng.choice([".", "\n", ".\n"])) for _ in tail_qas]
+        fixed = len(head) + sum(map(len, inserts)) + sum(len(q) + len(a) for q, a in tail_qas) + sum(map(len, ends))
         body = self.filler(max(0, T - fixed))
         cuts = sorted(self.rng.randrange(0, len(body) + 1) for _ in inserts)
         order = list(range(len(inserts)))
@@ -220,9 +223,9 @@ class Generator:
             last = c
         toks += body[last:]
         mask += [0] * (len(body) - last)
-        for q, a in tail_qas:
-            toks += q + a
-            mask += [0] * len(q) + [1] * len(a)
+        for (q, a), end in zip(tail_qas, ends):
+            toks += q + a + end
+            mask += [0] * len(q) + [1] * len(a) + [0] * len(end)
         if len(toks) < T:
             pad = self.book(T - len(toks))
             toks += pad
