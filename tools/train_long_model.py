@@ -89,18 +89,7 @@ def save(model, cfg, tok, state, out):
         for k in sh:
             index["weight_map"][k] = name
     json.dump(index, open(os.path.join(out, "model.safetensors.index.json"), "w"), indent=1)
-    hf = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=cfg["vocab_size"],
-              hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-              num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
-              num_key_value_heads=cfg["num_key_value_heads"], head_dim=cfg["head_dim"], hidden_act="silu",
-              max_position_embeddings=cfg["max_position_embeddings"], rms_norm_eps=cfg["rms_norm_eps"],
-              rope_theta=cfg["rope_theta"], tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
-              bos_token_id=0, eos_token_id=1, torch_dtype="float16")
-    json.dump(hf, open(os.path.join(out, "config.json"), "w"), indent=2)
-    json.dump(dict(bos_token_id=0, eos_token_id=1, do_sample=False), open(os.path.join(out, "generation_config.json"), "w"), indent=2)
-    tok.save(os.path.join(out, "tokenizer.json"))
-    json.dump(dict(tokenizer_class="PreTrainedTokenizerFast", bos_token="<s>", eos_token="</s>", add_bos_token=False,
-                   model_max_length=cfg["max_position_embeddings"]), open(os.path.join(out, "tokenizer_config.json"), "w"), indent=2)
+    base.write_hf_side_files(out, cfg, tok)
     json.dump(state, open(os.path.join(out, "train_state.json"), "w"), indent=1)
 
 
@@ -151,19 +140,6 @@ def eval_passkey(model, tok, filler_ids, T, samples, template, device, seed):
         ok += int(logits[0, -len(answer) - 1:-1].argmax(-1).tolist() == answer)
     model.train()
     return ok / samples
-
-
-@torch.no_grad()
-def eval_ppl(model, ids, T, device, max_windows=4):
-    model.eval()
-    nll, n = 0.0, 0
-    for w in range(min(max_windows, (len(ids) - 1) // T)):
-        x = ids[w * T:(w + 1) * T + 1].to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(x[None, :-1])
-        nll += F.cross_entropy(logits[0].float(), x[1:], reduction="sum").item(); n += T
-    model.train()
-    return math.exp(nll / n)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -274,7 +250,7 @@ def main():
     # evaluation (PyTorch, dense): held-out perplexity and passkey at the full context
     try:
         for f, ids in held.items():
-            ppl = eval_ppl(model, torch.tensor(ids), min(args.ctx, 8192), device)
+            ppl = base.eval_ppl(model, torch.tensor(ids), min(args.ctx, 8192), device, max_windows=4)
             state[f"ppl_{f}"] = round(ppl, 2)
             log(f"held-out perplexity ({f}, 8192-token windows): {ppl:.2f}")
         fill = held.get("pride_and_prejudice.txt") or book_ids[0]

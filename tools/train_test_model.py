@@ -278,6 +278,24 @@ def eval_ppl(model, ids, T, device, max_windows=8):
     return math.exp(nll / n)
 
 
+def write_hf_side_files(out, cfg, tok):
+    """config.json, generation_config.json, tokenizer.json and tokenizer_config.json of a Hugging Face
+    LlamaForCausalLM folder (the weights are written beside them)."""
+    hf = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=cfg["vocab_size"],
+              hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
+              num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
+              num_key_value_heads=cfg["num_key_value_heads"], head_dim=cfg["head_dim"], hidden_act="silu",
+              max_position_embeddings=cfg["max_position_embeddings"], rms_norm_eps=cfg["rms_norm_eps"],
+              rope_theta=cfg["rope_theta"], tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
+              bos_token_id=0, eos_token_id=1, torch_dtype="float16")
+    json.dump(hf, open(os.path.join(out, "config.json"), "w"), indent=2)
+    json.dump(dict(bos_token_id=0, eos_token_id=1, do_sample=False), open(os.path.join(out, "generation_config.json"), "w"), indent=2)
+    tok.save(os.path.join(out, "tokenizer.json"))
+    json.dump(dict(tokenizer_class="PreTrainedTokenizerFast", bos_token="<s>", eos_token="</s>",
+                   add_bos_token=False, model_max_length=cfg["max_position_embeddings"]),
+              open(os.path.join(out, "tokenizer_config.json"), "w"), indent=2)
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser()
@@ -356,19 +374,7 @@ def main():
     from safetensors.torch import save_file
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(sd, os.path.join(args.out, "model.safetensors"), metadata={"format": "pt"})
-    hf = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=cfg["vocab_size"],
-              hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-              num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
-              num_key_value_heads=cfg["num_key_value_heads"], head_dim=cfg["head_dim"], hidden_act="silu",
-              max_position_embeddings=cfg["max_position_embeddings"], rms_norm_eps=cfg["rms_norm_eps"],
-              rope_theta=cfg["rope_theta"], tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
-              bos_token_id=0, eos_token_id=1, torch_dtype="float16")
-    json.dump(hf, open(os.path.join(args.out, "config.json"), "w"), indent=2)
-    json.dump(dict(bos_token_id=0, eos_token_id=1, do_sample=False), open(os.path.join(args.out, "generation_config.json"), "w"), indent=2)
-    tok.save(os.path.join(args.out, "tokenizer.json"))
-    json.dump(dict(tokenizer_class="PreTrainedTokenizerFast", bos_token="<s>", eos_token="</s>",
-                   add_bos_token=False, model_max_length=cfg["max_position_embeddings"]),
-              open(os.path.join(args.out, "tokenizer_config.json"), "w"), indent=2)
+    write_hf_side_files(args.out, cfg, tok)
 
     try:
         ppl = eval_ppl(model, held, args.ctx, device)
