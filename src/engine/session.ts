@@ -420,12 +420,12 @@ function attendSelected(rt: WasmRuntime, kv: LayerKV, q: Float32Array, att: Floa
   const hd = kv.headDim, group = nH / kv.nKV, qDim = nH * hd;
   // each distinct token list once in the wasm memory; per head [pointer, count]
   const lists = new Map<Int32Array, number>();
-  let total = 0, longest = pos + 1;
+  let total = 0;
   if (sel) for (const t of sel) if (t && !lists.has(t)) { lists.set(t, total); total += t.length; }
   const pool = workerPool(rt), parts = pool ? pool.size + 1 : 1;
   const tp = rt.scratchPtr('sa.t', Math.max(4, total * 4)), selp = rt.scratchPtr('sa.sel', nH * 8);
   const qp = rt.scratchPtr('pf.q', qDim * 4), op = rt.scratchPtr('pf.o', qDim * 4);
-  const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (group + 1) * (longest + 4) * 4));
+  const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (group + 1) * (pos + 5) * 4));
   for (const [t, at] of lists) rt.i32(tp + at * 4, t.length).set(t);
   const table = rt.i32(selp, nH * 2);
   for (let h = 0; h < nH; h++) {
