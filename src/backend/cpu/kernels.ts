@@ -3,7 +3,7 @@
 import type { Matrix } from '../../model/tensor.js';
 import { wasm, type WasmRuntime } from '../wasm/runtime.js';
 import { workerPool, OP_GEMM, DTYPE_CODE } from '../wasm/pool.js';
-import { gemmChunks, gemmRange, quantisesX, quadBlockRows, Q8_X_TOKENS } from '../wasm/shared-ops.js';
+import { gemmChunks, gemmRange, gemmRowUnit, quantisesX, quadBlockRows, Q8_X_TOKENS } from '../wasm/shared-ops.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -100,10 +100,8 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out:
   }
   const xp = prepared.xp, xq = q8 ? prepared.xq! : 0, xs = q8 ? prepared.xs! : 0;
   if (pool) {
-    // rows in chunks the threads take in turn (about four each); chunks of whole converted / repacked
-    // blocks where the rows go through the scratch, else of four rows (gemv_q8_0 reads rows in fours)
-    const throughScratch = quads || (code !== 0 && !(code === 1 && n <= 4) && !(q8 && code === 3));
-    const unit = throughScratch ? block : 4, chunk = Math.max(unit, Math.ceil(rows / (parts * 8) / unit) * unit);
+    // rows in chunks the threads take in turn (about eight each), of whole units of gemmRange's path
+    const unit = gemmRowUnit(code, n, xq, block), chunk = Math.max(unit, Math.ceil(rows / (parts * 8) / unit) * unit);
     const counter = rt.scratchPtr('mm.counter', 4);
     rt.i32(counter, 1)[0] = 0;
     const args = (share: number) => [counter, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[share], block, xq, xs];

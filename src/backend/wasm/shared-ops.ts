@@ -49,6 +49,13 @@ export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowByt
   }
 }
 
+/** Rows gemmRange takes together in the paths above: whole blocks where it converts or repacks rows into
+ *  the scratch, else four (gemv_q8_0 reads rows in fours). */
+export function gemmRowUnit(dtype: number, n: number, xq: number, block: number): number {
+  const inPlace = xq ? dtype === 3 && n <= Q8_X_TOKENS : dtype === 0 || (dtype === 1 && n <= 4);
+  return inPlace ? 4 : block;
+}
+
 /** gemmRange (out stride = rows) over chunks of `chunk` rows that the threads take in turn from a counter
  *  at byte `counter` of the shared memory: a thread that runs slower (two vCPUs of one core, a worker the
  *  OS preempted) takes fewer chunks instead of holding up the others. */
