@@ -11,13 +11,13 @@ import { measureBandwidth } from './gpu-bandwidth.js';
 import { hasIntDot4, hasSubgroups32 } from '../backend/webgpu/device.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { matrixConfig } from '../backend/webgpu/device.js';
-import { linearMmaWgsl, mmaTileFor, MMA_TILES } from '../backend/webgpu/mma-kernels.js';
+import { attentionTune, linearMmaWgsl, mmaAttentionRows, mmaTileFor, MMA_TILES, prefillAttentionMmaWgsl } from '../backend/webgpu/mma-kernels.js';
 
 const P = 16;
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
 const LENGTHS = arg('lengths', '4096,8192,16384,32768,65536,131072').split(',').map(Number);
 const BUDGETS = arg('budgets', '64,256,1024,2048,4096').split(',').map(Number);
-const ONLY = arg('only', 'all'); // attention | matvec | prefill | all
+const ONLY = arg('only', 'all'); // attention | matvec | prefill | prefill-attention | all
 const SHAPES = arg('shapes', '32/32,32/8').split(',').map((x) => x.split('/').map(Number)); // query/KV heads
 
 async function main() {
@@ -46,7 +46,8 @@ async function main() {
   console.log(`device: ${gpu.adapterName}`);
   console.log(`bandwidth: shader read ${bw.shaderReadGBs.toFixed(0)} GB/s, shader copy ${bw.shaderCopyGBs.toFixed(0)} GB/s, copy engine ${bw.copyEngineGBs.toFixed(0)} GB/s (read + written)`);
   if (ONLY === 'all' || ONLY === 'prefill') await benchPrefillProducts(device, timeIt);
-  if (ONLY === 'prefill') { device.destroy(); process.exit(0); }
+  if (ONLY === 'all' || ONLY === 'prefill-attention') await benchPrefillAttention(device, timeIt);
+  if (ONLY === 'prefill' || ONLY === 'prefill-attention') { device.destroy(); process.exit(0); }
   if (ONLY !== 'attention') await benchMatvec(device, timeIt, readGBs);
   if (ONLY === 'matvec') { device.destroy(); process.exit(0); }
   const rows: string[] = [];
@@ -155,7 +156,7 @@ async function benchPrefillProducts(device: GPUDevice, timeIt: TimeIt) {
   ];
   const variants: { name: string; code: (s: K.LinearSpec) => string | null; tile: { BM: number; BN: number } }[] = [
     { name: 'fallback 64x128', code: (s) => K.linearMatWgsl(s), tile: { BM: K.MAT_TILE.tokens, BN: K.MAT_TILE.rows } },
-    ...(cfg ? MMA_TILES.map((t) => ({ name: `mma ${t.BM}x${t.BN} (${t.WM}x${t.WN}) k${t.BK}`, tile: t, code: (s: K.LinearSpec) => (mmaTileFor(s.N, s.K, cfg, [t]) ? linearMmaWgsl(s, cfg, t) : null) })) : []),
+    ...(cfg ? MMA_TILES.map((t) => ({ name: `mma ${t.BM}x${t.BN} (${t.WM}x${t.WN}) k${t.BK}${t.prefetch ? ' prefetch' : ''}`, tile: t, code: (s: K.LinearSpec) => (mmaTileFor(s.N, s.K, cfg, [t]) ? linearMmaWgsl(s, cfg, t) : null) })) : []),
   ];
   console.log(`\nprefill products, ${T} tokens (TFLOP/s; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'})`);
   console.log(`| matrix | type | N x K | ${variants.map((v) => v.name).join(' | ')} |`);
@@ -179,6 +180,56 @@ async function benchPrefillProducts(device: GPUDevice, timeIt: TimeIt) {
     }
     console.log(`| ${name} | ${type} | ${N} x ${Kd} | ${cells.join(' | ')} |`);
     data.destroy(); scales.destroy(); x.destroy(); y.destroy();
+  }
+}
+
+/** Causal prefill attention of one chunk of queries (the last `tokens` of a `context`-token prompt, whose
+ *  keys are all in the paged f16 cache) for the Llama-2-7B (32/32 heads) and Llama-3-8B (32/8) shapes:
+ *  the fallback kernel and the tensor-core one, ms and TFLOP/s (Q Kᵀ and P V over the causal triangle). */
+async function benchPrefillAttention(device: GPUDevice, timeIt: TimeIt) {
+  const T = Number(arg('tokens', '2048')), cfg = matrixConfig(device);
+  const contexts = arg('contexts', '4096,32768').split(',').map(Number);
+  console.log(`\nprefill attention, chunks of ${T} queries (ms, TFLOP/s; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'}; workgroup memory ${device.limits.maxComputeWorkgroupStorageSize} bytes)`);
+  // layouts of the tensor-core kernel to compare (--tunes sg,keys,stage[,skip];...), else the default one
+  const limit = device.limits.maxComputeWorkgroupStorageSize;
+  const tunes = arg('tunes', '') ? arg('tunes', '').split(';').map((x) => attentionTune(128, limit, x)!) : cfg ? [attentionTune(128, limit)].filter((t) => t !== null) : [];
+  console.log(['| heads | context (chunk at) | fallback |', ...tunes.map((t) => ` tensor cores sg ${t.sg} keys ${t.keys}${t.stage ? ' staged' : ''}${t.skip ? ` without ${t.skip}` : ''} |`)].join(''));
+  console.log(['| --- | --- | --- |', ...tunes.map(() => ' --- |')].join(''));
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  for (const [nH, nKV] of SHAPES) {
+    for (const ctx of contexts) {
+      const HD = 128, start = ctx - T, pages = ctx / P + 8;
+      const hs = { nHeads: nH, nKV, headDim: HD, pageSize: P, ropeDims: HD };
+      const fill = (bytes: number) => {
+        const b = device.createBuffer({ size: bytes, usage });
+        const chunk = new Uint16Array(1 << 20).map(() => f32ToF16((Math.random() - 0.5) * 2));
+        for (let o = 0; o < bytes; o += chunk.byteLength) device.queue.writeBuffer(b, o, chunk, 0, Math.min(chunk.length, (bytes - o) / 2));
+        return b;
+      };
+      const kc = fill(pages * nKV * P * HD * 2), vc = fill(pages * nKV * P * HD * 2);
+      const qkv = fill(T * (nH + 2 * nKV) * HD * 4), out = device.createBuffer({ size: T * nH * HD * 4, usage });
+      const step = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(step, 0, new Uint32Array([start, T, ctx, 0]));
+      const table = device.createBuffer({ size: pages * 4, usage });
+      device.queue.writeBuffer(table, 0, Uint32Array.from({ length: pages }, (_, i) => i));
+      let flop = 0; for (let i = 0; i < T; i++) flop += 4 * HD * (start + i + 1) * nH;
+      const variants = [
+        { code: K.prefillAttentionWgsl(hs, hasSubgroups32(device)), rows: K.prefillLayout(HD).queries },
+        ...(cfg ? tunes.map((t) => ({ code: prefillAttentionMmaWgsl(hs, cfg, t), rows: mmaAttentionRows(t) })) : []),
+      ];
+      const cells: string[] = [];
+      for (const v of variants) {
+        const module = device.createShaderModule({ code: v.code });
+        const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
+        if (errors.length) { cells.push(`compile error: ${errors[0].lineNum}: ${errors[0].message.slice(0, 300)}`); continue; }
+        const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+        const group = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: ([[0, qkv], [1, kc], [2, vc], [3, out], [4, step], [6, table]] as const).map(([binding, buffer]) => ({ binding, resource: { buffer } })) });
+        const t = await timeIt((pass) => { pass.setPipeline(pipe); pass.setBindGroup(0, group); pass.dispatchWorkgroups(Math.ceil(T / v.rows), nH); }, 3, 3);
+        cells.push(`${(t * 1e3).toFixed(2)} ms ${(flop / t / 1e12).toFixed(1)}`);
+      }
+      console.log(`| ${nH}/${nKV} | ${ctx} (${start}) | ${cells.join(' | ')} |`);
+      for (const b of [kc, vc, qkv, out, step, table]) b.destroy();
+    }
   }
 }
 

@@ -11,7 +11,7 @@ import { DecodeAttention, readBuffer, type LayerBuffers } from '../backend/webgp
 import { GpuPageStore } from '../backend/webgpu/gpu-pages.js';
 import { PageAllocator, PageTable } from '../kv/page-table.js';
 import { hasSubgroups32, matrixConfig, processEnv, throwDeviceError } from '../backend/webgpu/device.js';
-import { mmaAttentionFits, mmaAttentionRows, mmaAttentionScratch, prefillAttentionMmaWgsl } from '../backend/webgpu/mma-kernels.js';
+import { mmaAttentionFits, mmaAttentionRows, prefillAttentionMmaWgsl, type AttentionTune } from '../backend/webgpu/mma-kernels.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
 import { checkBatch, checkTokens, type ForwardOptions, type KVLayout } from './session.js';
@@ -51,8 +51,8 @@ export class GpuRunner {
   /** a batched step's page tables ([row][maxPages]) and rows (position, row, table offset) */
   readonly batchTable: GPUBuffer; readonly batchRows: GPUBuffer;
 
-  /** score scratch of the tensor-core prefill attention (null where it does not run) */
-  readonly attScratch: GPUBuffer | null;
+  /** the layout of the tensor-core prefill attention, null where it does not run */
+  readonly mmaAttention: AttentionTune | null;
   /** tokens per prefill submission (activation buffers hold this many rows) */
   readonly chunk: number;
   /** tokens per submission when every position's logits are wanted (their buffer is chunk x vocabulary) */
@@ -70,8 +70,7 @@ export class GpuRunner {
     this.x = buf(ROWS * c.dim); this.xb = buf(ROWS * c.dim); this.qkv = buf(ROWS * qkvN);
     this.att = buf(ROWS * c.nHeads * c.headDim); this.qrot = buf(Math.min(ROWS, MAX_BATCH) * c.nHeads * c.headDim); this.gu = buf(ROWS * 2 * c.hiddenDim); this.h = buf(ROWS * c.hiddenDim);
     this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
-    const hs = { nHeads: c.nHeads, headDim: c.headDim, pageSize };
-    this.attScratch = this.usesMmaAttention ? buf(mmaAttentionScratch(hs, ROWS)) : null;
+    this.mmaAttention = this.usesMmaAttention;
     this.xq = buf(MAX_BATCH * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
     this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
@@ -106,11 +105,11 @@ export class GpuRunner {
     };
   }
 
-  /** Whether prefill attention runs on tensor cores (subgroup matrices) here. */
-  get usesMmaAttention(): boolean {
+  /** How prefill attention runs on tensor cores (subgroup matrices) here; null: the fallback kernel. */
+  get usesMmaAttention(): AttentionTune | null {
     const mc = matrixConfig(this.m.device), c = this.m.config;
-    // (opt-in, QUEST_MMA_ATTENTION=1: correct on the H200 but not yet faster than the fallback kernel)
-    return processEnv().QUEST_MMA_ATTENTION === '1' && mc !== null && mmaAttentionFits({ headDim: c.headDim, pageSize: this.pageSize }, mc, this.m.device.limits.maxComputeWorkgroupStorageSize);
+    // (QUEST_MMA_ATTENTION=0 keeps the fallback kernel, to compare)
+    return processEnv().QUEST_MMA_ATTENTION === '0' || mc === null ? null : mmaAttentionFits({ headDim: c.headDim, pageSize: this.pageSize }, mc, this.m.device.limits.maxComputeWorkgroupStorageSize);
   }
 
   logitsRows(): GPUBuffer {
@@ -119,7 +118,7 @@ export class GpuRunner {
   }
 
   dispose(): void {
-    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.logitsAll, this.attScratch, this.batchTable, this.batchRows]) b?.destroy();
+    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.logitsAll, this.batchTable, this.batchRows]) b?.destroy();
     this.store.dispose();
   }
 }
@@ -446,10 +445,10 @@ export class GpuSession {
     const ropeAppend = m.pipeline('ropeappend', () => K.ropeAppendWgsl(hs, c.ropeStyle === 'neox'));
     // prefill attention on tensor cores where the adapter has subgroup matrices, else the fallback kernel
     // (sliding-window layers run the fallback kernel, which skips the tiles before the window)
-    const mmaAtt = r.attScratch !== null;
+    const mmaAtt = r.mmaAttention;
     const prefillOf = (window: number) => (mmaAtt && !window
-      ? { pipe: m.pipeline('prefill-mma', () => prefillAttentionMmaWgsl(hs, matrixConfig(m.device)!)), rows: mmaAttentionRows(c.headDim), scratch: r.attScratch }
-      : { pipe: m.pipeline(`prefill:${window}`, () => K.prefillAttentionWgsl(hs, hasSubgroups32(m.device), window)), rows: K.prefillLayout(c.headDim).queries, scratch: null });
+      ? { pipe: m.pipeline('prefill-mma', () => prefillAttentionMmaWgsl(hs, matrixConfig(m.device)!, mmaAtt)), rows: mmaAttentionRows(mmaAtt) }
+      : { pipe: m.pipeline(`prefill:${window}`, () => K.prefillAttentionWgsl(hs, hasSubgroups32(m.device), window)), rows: K.prefillLayout(c.headDim).queries });
     const act = c.ffnAct ?? 'silu', glu = m.pipeline('glu', () => K.gluWgsl(c.hiddenDim, act));
     // Gemma 3: a sublayer's output RMS-normalised before it is added to the residual
     const postNorm = m.pipeline('rmsadd', () => K.rmsnormWgsl(c.dim, c.normEps, false, true));
@@ -521,7 +520,7 @@ export class GpuSession {
         run(append, 'append', [r.qkv, kv.k, kv.v, r.step, kv.table], K.grid64((n * c.nKVHeads * c.headDim) / 2));
         run(meta, 'meta', [kv.k, kv.meta, r.step, kv.table], K.grid64((touched * c.nKVHeads * c.headDim) / 2));
         const prefill = prefillOf(window);
-        run(prefill.pipe, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step, prefill.scratch, kv.table], Math.ceil(n / prefill.rows), c.nHeads);
+        run(prefill.pipe, 'prefill', [r.qkv, kv.k, kv.v, r.att, r.step, null, kv.table], Math.ceil(n / prefill.rows), c.nHeads);
         if (received && !window) report(l, r.qkv, (c.nHeads + 2 * c.nKVHeads) * c.headDim);
       }
       residual(L.wo, r.att, L.postAttnNorm);

@@ -10,7 +10,7 @@ import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
 import { hasIntDot4, hasSubgroups32, matrixConfig, processEnv } from './device.js';
-import { linearMmaWgsl, mmaTileFor, MMA_TILES, type MmaTile } from './mma-kernels.js';
+import { linearMmaWgsl, mmaTileFor, mmaTilesFor, MMA_TILES, type MmaTile } from './mma-kernels.js';
 import type { GpuWeightType, LinearSpec } from './kernels.js';
 
 export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
@@ -36,8 +36,8 @@ export function checkGpuShape(c: ModelConfig): void {
 }
 
 function parseTile(v: string | undefined): MmaTile[] {
-  const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)$/.exec(v ?? '');
-  return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]) }] : MMA_TILES;
+  const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(p?)$/.exec(v ?? '');
+  return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]), prefetch: m[6] === 'p' }] : MMA_TILES;
 }
 
 function parseMatvec(v: string | undefined): GpuModel['matvec'] {
@@ -158,14 +158,14 @@ export class GpuModel {
   /** Whether the matrix-vector kernel can compute RMSNorm / SwiGLU on its input (the x-stationary one can). */
   get fusesPrologues(): boolean { return this.matvec.kind === 'rows'; }
 
-  /** Tiles the tensor-core products may use (QUEST_MMA_TILE=BMxBNxWMxWNxBK picks one, for benchmarks). */
+  /** Tiles the tensor-core products may use (QUEST_MMA_TILE=BMxBNxWMxWNxBK[p] picks one, p: prefetching; for benchmarks). */
   private readonly mmaTiles: MmaTile[] = parseTile(processEnv().QUEST_MMA_TILE);
 
   /** The tensor-core tile of a many-token product, or null where it runs the fallback tiled kernel
    *  (no subgroup matrices on this adapter, or a shape the tiles do not divide). */
   mmaTile(l: GpuLinear): MmaTile | null {
     const cfg = matrixConfig(this.device);
-    return cfg ? mmaTileFor(l.N, l.K, cfg, this.mmaTiles) : null;
+    return cfg ? mmaTileFor(l.N, l.K, cfg, mmaTilesFor(l.type, this.mmaTiles)) : null;
   }
 
   // a product's pipelines by variant, looked up per dispatch without building a key from its shape
