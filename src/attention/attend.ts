@@ -1,7 +1,7 @@
 // Attention of one query head over the KV cache: every token up to a position (dense), or a given
 // ascending list of tokens (sparse policies). Softmax over exactly the attended tokens.
 import { dot } from '../backend/cpu/kernels.js';
-import type { LayerKV } from '../kv/paged-cache.js';
+import { fromBf16, type LayerKV } from '../kv/paged-cache.js';
 import { wasm } from '../backend/wasm/runtime.js';
 
 /**
@@ -11,7 +11,7 @@ import { wasm } from '../backend/wasm/runtime.js';
  */
 export function attendHead(q: Float32Array, qo: number, kv: LayerKV, g: number, tokens: Int32Array | null, count: number,
                            scale: number, out: Float32Array, oo: number, probs: Float32Array | null): number {
-  const hd = kv.headDim, K = kv.k, V = kv.v;
+  const hd = kv.headDim;
   const n = tokens ? tokens.length : count;
   const rt = wasm();
   if (rt && kv.inWasm && hd % 4 === 0) {
@@ -20,8 +20,8 @@ export function attendHead(q: Float32Array, qo: number, kv: LayerKV, g: number, 
     const tp = tokens ? rt.scratchPtr('att.t', n * 4) : 0;
     rt.f32(qp, hd).set(q.subarray(qo, qo + hd));
     if (tokens) rt.i32(tp, n).set(tokens);
-    const headOff = g * kv.pageSize * hd * 4, pageStride = kv.pageFloats * 4;
-    rt.k.attend(qp, 1, kv.kPtr + headOff, kv.vPtr + headOff, kv.tablePtr(), pageStride, kv.pageSize, hd, tp, n, scale, pp, op);
+    const eb = kv.pages.elementBytes, headOff = g * kv.pageSize * hd * eb, pageStride = kv.pageFloats * eb;
+    rt.k.attend(qp, 1, kv.kPtr + headOff, kv.vPtr + headOff, kv.tablePtr(), pageStride, kv.pageSize, hd, tp, n, scale, pp, op, kv.bf16 ? 1 : 0);
     out.set(rt.f32(op, hd), oo);
     if (probs) probs.set(rt.f32(pp, n));
     return n;
@@ -30,7 +30,7 @@ export function attendHead(q: Float32Array, qo: number, kv: LayerKV, g: number, 
   let max = -Infinity;
   if (tokens) {
     for (let i = 0; i < n; i++) {
-      const s = dot(q, qo, K, kv.offset(tokens[i], g), hd) * scale;
+      const s = keyDot(q, qo, kv, kv.offset(tokens[i], g)) * scale;
       probs[i] = s; if (s > max) max = s;
     }
   } else {
@@ -38,7 +38,7 @@ export function attendHead(q: Float32Array, qo: number, kv: LayerKV, g: number, 
     for (let base = 0; base < n; base += P) {
       const o = kv.offset(base, g), m = Math.min(P, n - base);
       for (let j = 0; j < m; j++) {
-        const s = dot(q, qo, K, o + j * hd, hd) * scale;
+        const s = keyDot(q, qo, kv, o + j * hd) * scale;
         probs[base + j] = s; if (s > max) max = s;
       }
     }
@@ -50,15 +50,25 @@ export function attendHead(q: Float32Array, qo: number, kv: LayerKV, g: number, 
   for (let i = 0; i < n; i++) {
     const p = (probs[i] *= inv);
     const o = kv.offset(tokens ? tokens[i] : i, g);
-    for (let d = 0; d < hd; d++) out[oo + d] += p * V[o + d];
+    if (kv.bf16) for (let d = 0; d < hd; d++) out[oo + d] += p * fromBf16(kv.v[o + d]);
+    else { const V = kv.v; for (let d = 0; d < hd; d++) out[oo + d] += p * V[o + d]; }
   }
   return n;
+}
+
+/** q[qo..qo+hd) · the key at element o of the layer's K (bf16 keys widened one by one) */
+function keyDot(q: Float32Array, qo: number, kv: LayerKV, o: number): number {
+  const hd = kv.headDim;
+  if (!kv.bf16) return dot(q, qo, kv.k as Float32Array, o, hd);
+  let s = 0;
+  for (let i = 0; i < hd; i++) s += q[qo + i] * fromBf16(kv.k[o + i]);
+  return s;
 }
 
 /** Exact attention scores q·k·scale of one query head against tokens 0..count-1 (into `scores`). */
 export function headScores(q: Float32Array, qo: number, kv: LayerKV, g: number, count: number, scale: number, scores: Float32Array): void {
   const hd = kv.headDim;
-  for (let t = 0; t < count; t++) scores[t] = dot(q, qo, kv.k, kv.offset(t, g), hd) * scale;
+  for (let t = 0; t < count; t++) scores[t] = keyDot(q, qo, kv, kv.offset(t, g)) * scale;
 }
 
 /** Tokens of the given pages (ascending page ids), clipped to `length` tokens. */

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
 import { loadModelFiles } from '../model/load.js';
 import { makeModel, Session } from '../engine/session.js';
+import { fromBf16, toBf16, type KVType } from '../kv/paged-cache.js';
 import { argmax, rng } from '../engine/sampler.js';
 import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
@@ -34,23 +35,27 @@ function benchOurs(path: string, ctx: number): Result & { vocab: number } {
 /** Decode tok/s after `ctx` tokens whose KV cache holds random keys and values: decode time does not
  *  depend on the values (dense reads every key; Quest scores every page and reads `budget` tokens), and a
  *  real prefill of 32K tokens on two cores takes many minutes. */
-function benchOursDecodeAt(path: string, ctx: number, attention: Partial<AttentionOptions>): number {
+function benchOursDecodeAt(path: string, ctx: number, attention: Partial<AttentionOptions>, kvType: KVType = 'f32'): number {
   const m = loadModelFiles(path);
-  const s = new Session(makeModel(m.config, m.weights), attention);
+  const s = new Session(makeModel(m.config, m.weights, kvType), attention);
   s.adoptTokens(tokens(ctx, m.config.vocabSize));
-  const g = rng(5), P = s.cache.pageSize, pages = Math.ceil(ctx / P);
+  const g = rng(5), P = s.cache.pageSize, pages = Math.ceil(ctx / P), bf16 = kvType === 'bf16';
   for (let l = 0; l < m.config.nLayers; l++) {
-    const L = s.cache.layers[l].pages, f = L.pageFloats, mf = L.metaFloats, hd = m.config.headDim;
+    const L = s.cache.layers[l].pages, f = L.pageFloats, mf = L.metaFloats, hd = m.config.headDim, kb = f * L.elementBytes;
     for (let first = 0; first < pages; first += 256) {
-      const count = Math.min(256, pages - first), data = new Float32Array(count * (2 * f + 2 * mf));
-      for (let i = 0; i < 2 * count * f; i++) data[i] = g() * 2 - 1;
+      const count = Math.min(256, pages - first), kv = new Float32Array(2 * count * f), meta = new Float32Array(2 * count * mf);
+      for (let i = 0; i < 2 * count * f; i++) kv[i] = bf16 ? fromBf16(toBf16(g() * 2 - 1)) : g() * 2 - 1;
       // each page's key min/max per KV head and channel, from its keys (what Quest scores)
       for (let i = 0; i < count; i++) for (let h = 0; h < m.config.nKVHeads; h++) for (let c = 0; c < hd; c++) {
         let lo = Infinity, hi = -Infinity;
-        for (let t = 0; t < P; t++) { const v = data[i * f + (h * P + t) * hd + c]; lo = Math.min(lo, v); hi = Math.max(hi, v); }
-        data[2 * count * f + 2 * i * mf + h * hd + c] = lo; data[2 * count * f + (2 * i + 1) * mf + h * hd + c] = hi;
+        for (let t = 0; t < P; t++) { const v = kv[i * f + (h * P + t) * hd + c]; lo = Math.min(lo, v); hi = Math.max(hi, v); }
+        meta[2 * i * mf + h * hd + c] = lo; meta[(2 * i + 1) * mf + h * hd + c] = hi;
       }
-      s.writePages(l, first, count, new Uint8Array(data.buffer));
+      // (readPages' layout: K pages, V pages, then each page's min and max)
+      const data = new Uint8Array(2 * count * kb + meta.byteLength);
+      data.set(new Uint8Array((bf16 ? Uint16Array.from(kv, toBf16) : kv).buffer), 0);
+      data.set(new Uint8Array(meta.buffer), 2 * count * kb);
+      s.writePages(l, first, count, data);
     }
   }
   let logits = s.forward([1]);
@@ -129,13 +134,16 @@ async function longRows(): Promise<void> {
   for (const ctx of [16384, 32768 - DECODE_STEPS - 16]) {
     console.error(`long context ${ctx}: ours dense and Quest 2048 (random KV cache), then llama.cpp (a real prefill: minutes)...`);
     const dense = benchOursDecodeAt(path, ctx, { policy: 'dense' }), quest = benchOursDecodeAt(path, ctx, { policy: 'quest', budget: 2048 });
-    const lc = await benchLlamaCpp(path, ctx, 49152, availableParallelism());
+    const dense16 = benchOursDecodeAt(path, ctx, { policy: 'dense' }, 'bf16'), quest16 = benchOursDecodeAt(path, ctx, { policy: 'quest', budget: 2048 }, 'bf16');
+    // (--no-llamacpp: ours only, a quick comparison of our own variants)
+    const lc = process.argv.includes('--no-llamacpp') ? 'not run' : await benchLlamaCpp(path, ctx, 49152, availableParallelism());
     const l = typeof lc === 'string' ? undefined : lc.decode;
-    out.push(`| ${ctx} | ${dense.toFixed(1)} | ${quest.toFixed(1)} | ${l?.toFixed(1) ?? lc} | ${l ? (dense / l).toFixed(2) : '-'} | ${l ? (quest / l).toFixed(2) : '-'} |`);
+    const ratio = (x: number) => (l ? (x / l).toFixed(2) : '-');
+    out.push(`| ${ctx} | ${dense.toFixed(1)} | ${quest.toFixed(1)} | ${dense16.toFixed(1)} | ${quest16.toFixed(1)} | ${l?.toFixed(1) ?? lc} | ${ratio(dense)} / ${ratio(dense16)} | ${ratio(quest)} / ${ratio(quest16)} |`);
   }
-  console.log(`Long context, SmolLM2-135M shape Q8_0 (decode tokens/s over ${DECODE_STEPS} steps; ours: KV cache filled with random keys/values, all cores; llama.cpp: real prefill, all cores, its default context settings)`);
-  console.log('| context | ours dense | ours Quest 2048 | llama.cpp dense | dense ratio | Quest ratio (ours Quest / llama.cpp dense) |');
-  console.log('| --- | --- | --- | --- | --- | --- |');
+  console.log(`Long context, SmolLM2-135M shape Q8_0 (decode tokens/s over ${DECODE_STEPS} steps; ours: KV cache filled with random keys/values, all cores, f32 and bf16 caches; llama.cpp: real prefill, all cores, its default context settings (f16 cache))`);
+  console.log('| context | ours dense f32 | ours Quest 2048 f32 | ours dense bf16 | ours Quest 2048 bf16 | llama.cpp dense | dense ratio (f32 / bf16) | Quest ratio (ours Quest / llama.cpp dense; f32 / bf16) |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of out) console.log(r);
 }
 

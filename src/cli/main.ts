@@ -14,6 +14,7 @@ import { runPasskeyEval } from '../eval/passkey.js';
 import { runPplEval } from '../eval/ppl.js';
 import { createServer } from '../server/server.js';
 import { basename } from 'node:path';
+import { KV_TYPES } from '../kv/paged-cache.js';
 
 const int = (name: string) => (v: string) => {
   const n = Number(v);
@@ -42,6 +43,7 @@ function addAttentionFlags(c: Command): Command {
     .option('--page-size <n>', 'KV page size in tokens', int('page size'), DEFAULT_ATTENTION.pageSize)
     .option('--dense-layers <n>', 'first layers that stay dense', int('dense layers'), DEFAULT_ATTENTION.denseLayers)
     .addOption(deviceOption())
+    .addOption(new Option('--kv-cache <type>', 'CPU: keys and values as f32, or bf16 (half the memory; faster at long context)').choices([...KV_TYPES]).default('f32'))
     .addOption(new Option('--gqa <mode>', 'Quest page selection under grouped-query attention').choices(['head', 'group-max', 'group-sum']).default(DEFAULT_ATTENTION.gqa));
 }
 
@@ -78,7 +80,7 @@ addAttentionFlags(addPromptFlags(program.command('generate').description('genera
     checkOnePrompt(o);
     if (o.session && o.chat) throw new Error('--chat wraps a whole conversation: it does not continue a --session');
     const load = progressBar('loading', 'MB');
-    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
+    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), kvCache: o.kvCache, tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
     load.stop();
     let session;
     if (o.session) {
@@ -118,7 +120,7 @@ addAttentionFlags(addPromptFlags(program.command('prefill').description('prefill
   .action(async (o) => {
     checkOnePrompt(o);
     const load = progressBar('loading', 'MB');
-    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
+    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), kvCache: o.kvCache, tokenizer: o.tokenizer, onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
     load.stop();
     const ids: number[] = promptIdsOf(o) ?? llm.encode(o.prompt ?? readFileSync(o.promptFile, 'utf8'));
     if (ids.length >= llm.config.maxSeqLen) throw new Error(`the prompt has ${ids.length} tokens, over the model's context length of ${llm.config.maxSeqLen}`);
@@ -161,7 +163,7 @@ addAttentionFlags(program.command('serve').description('OpenAI-compatible HTTP s
   .action(async (o) => {
     const load = progressBar('loading', 'MB');
     if (o.prefixCache < 0) throw new Error(`--prefix-cache must be >= 0 MiB, got ${o.prefixCache}`);
-    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), prefixCacheBytes: Math.round(o.prefixCache * 2 ** 20), onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
+    const llm = await loadModel(o.model, { device: o.device, attention: attentionOptions(o), kvCache: o.kvCache, prefixCacheBytes: Math.round(o.prefixCache * 2 ** 20), onProgress: (d, t) => load.update(d / 2 ** 20, t / 2 ** 20), onNote: note });
     load.stop();
     const modelId = o.modelId ?? basename(o.model.replace(/\/+$/, '')).replace(/\.gguf$/, '');
     if (!(o.timeout > 0)) throw new Error(`--timeout must be > 0 seconds, got ${o.timeout}`);

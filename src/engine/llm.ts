@@ -17,6 +17,7 @@ import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
 import { GpuRunner, GpuSession, MAX_BATCH } from './gpu-session.js';
 import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
 import { GpuModel } from '../backend/webgpu/model.js';
+import { KV_TYPES, type KVType } from '../kv/paged-cache.js';
 
 /** A macrotask turn: setImmediate in Node; in browsers a message (setTimeout clamps to 4 ms once nested). */
 const yieldToEventLoop: () => Promise<void> = typeof setImmediate === 'function'
@@ -44,6 +45,9 @@ export interface LoadOptions {
   keepHostWeights?: boolean;
   /** messages worth showing (where a downloaded model was cached) */
   onNote?: (msg: string) => void;
+  /** CPU sessions: keys and values as 'f32' (default) or 'bf16' (half the memory, and half the bytes a
+   *  long-context decode step reads; WebGPU keeps its f16 cache) */
+  kvCache?: KVType;
   /** progress of the weights' upload to the GPU (layers) */
   onGpuUpload?: (done: number, total: number) => void;
   /** KV memory (bytes) that finished generations may keep so that prompts starting the same way skip
@@ -355,6 +359,8 @@ export async function loadModel(source: string | ModelFiles, options: LoadOption
   if (!DEVICES.includes(device)) throw new Error(`unknown device "${device}" (choose cpu or webgpu)`);
   const attention = { ...DEFAULT_ATTENTION, ...options.attention };
   validateAttentionOptions(attention);
+  const kvCache = options.kvCache ?? 'f32';
+  if (!KV_TYPES.includes(kvCache)) throw new Error(`unknown KV cache type "${kvCache}" (choose ${KV_TYPES.join(' or ')})`);
   const cacheBytes = options.prefixCacheBytes;
   if (cacheBytes !== undefined && !(Number.isFinite(cacheBytes) && cacheBytes >= 0)) throw new Error(`prefixCacheBytes must be a number of bytes >= 0, got ${cacheBytes}`);
   // (Node: downloads go to a disk cache, see model-cache.ts; the browser entry fetches before calling this)
@@ -375,7 +381,7 @@ export async function loadModel(source: string | ModelFiles, options: LoadOption
         return new LLM(loaded.config, null, tokenizer, attention, loaded.path, [], runner, options.prefixCacheBytes);
       }
     }
-    return new LLM(loaded.config, makeModel(loaded.config, loaded.weights), tokenizer, attention, loaded.path, loaded.files, runner, options.prefixCacheBytes);
+    return new LLM(loaded.config, makeModel(loaded.config, loaded.weights, kvCache), tokenizer, attention, loaded.path, loaded.files, runner, options.prefixCacheBytes);
   } catch (e) {
     releaseModelBytes(loaded.files ?? []); // a failed load leaves nothing behind
     throw e;

@@ -9,7 +9,7 @@ import { attendHeads, pageScoreRange } from '../backend/wasm/shared-ops.js';
 import { createPolicy } from '../attention/create.js';
 import { pageScores } from '../attention/quest.js';
 import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Selection, type StepContext } from '../attention/policy.js';
-import { PagedKVCache, type LayerKV } from '../kv/paged-cache.js';
+import { PagedKVCache, type KVType, type LayerKV } from '../kv/paged-cache.js';
 import type { PageTable } from '../kv/page-table.js';
 import { windowOf, type ModelConfig, type ModelWeights } from '../model/config.js';
 import { Rope } from '../model/rope.js';
@@ -23,13 +23,15 @@ export interface Model {
   ropeLocal: Rope;
   /** what saved KV caches of this model are checked against (model/fingerprint.ts) */
   readonly fingerprint: string;
+  /** how its sequences store keys and values (LoadOptions.kvCache) */
+  readonly kvType: KVType;
 }
 
-export function makeModel(config: ModelConfig, weights: ModelWeights): Model {
+export function makeModel(config: ModelConfig, weights: ModelWeights, kvType: KVType = 'f32'): Model {
   let fp: string | undefined;
   const rope = Rope.forConfig(config), lr = config.localRope;
   const ropeLocal = lr ? new Rope(config.headDim, config.ropeStyle, lr.theta, lr.scaling, config.ropeDims ?? config.headDim) : rope;
-  return { config, weights, rope, ropeLocal, get fingerprint() { return (fp ??= modelFingerprint(config, weights)); } };
+  return { config, weights, rope, ropeLocal, kvType, get fingerprint() { return (fp ??= modelFingerprint(config, weights)); } };
 }
 
 /** Attention-mass recall of sparse decode steps: per layer, the sum over steps and heads. */
@@ -52,7 +54,7 @@ export class RecallStats {
 }
 
 /** How a sequence's KV pages are stored: the element type and the bytes of one page per layer. */
-export interface KVLayout { kv: 'f32' | 'f16'; nLayers: number; nKV: number; headDim: number; pageSize: number; kPageBytes: number; metaPageBytes: number }
+export interface KVLayout { kv: 'f32' | 'f16' | 'bf16'; nLayers: number; nKV: number; headDim: number; pageSize: number; kPageBytes: number; metaPageBytes: number }
 
 export interface ForwardOptions {
   /** which positions' logits to return: the last token's, every token's, or none */
@@ -85,7 +87,7 @@ export class Session {
     this.attention = { ...DEFAULT_ATTENTION, ...attention };
     this.policy = createPolicy(this.attention);
     if (shareWith && shareWith.attention.pageSize !== this.attention.pageSize) throw new Error(`a fork keeps the page size (${shareWith.attention.pageSize}), got ${this.attention.pageSize}`);
-    this.cache = shareWith ? shareWith.cache.fork() : new PagedKVCache(c.nLayers, c.nKVHeads, c.headDim, this.attention.pageSize);
+    this.cache = shareWith ? shareWith.cache.fork() : new PagedKVCache(c.nLayers, c.nKVHeads, c.headDim, this.attention.pageSize, 1024, undefined, model.kvType);
     if (shareWith) this.tokens.push(...shareWith.tokens);
   }
 
@@ -93,7 +95,7 @@ export class Session {
   /** the sequence's page table (which physical pages of its family it reads) */
   get table(): PageTable { return this.cache.table; }
   /** bytes of one page of KV (K, V and key min/max of every layer) */
-  get pageBytes(): number { const l = this.cache.layers[0]; return this.cache.layers.length * (2 * l.pageFloats + 2 * l.nKV * l.headDim) * 4; }
+  get pageBytes(): number { const l = this.cache.layers[0]; return this.cache.layers.length * (2 * l.pageFloats * l.pages.elementBytes + 2 * l.nKV * l.headDim * 4); }
 
   /** Prefill attention received per `layer:head`, kept so that forks can hand it to H2O-like policies. */
   private prefillScores: Map<string, Float32Array> | null = null;
@@ -128,32 +130,35 @@ export class Session {
   /** How this sequence's KV pages are stored (session files must match it to be loaded). */
   kvLayout(): KVLayout {
     const l = this.cache.layers[0];
-    return { kv: 'f32', nLayers: this.cache.layers.length, nKV: l.nKV, headDim: l.headDim, pageSize: l.pageSize, kPageBytes: l.pageFloats * 4, metaPageBytes: 2 * l.nKV * l.headDim * 4 };
+    return { kv: l.pages.kvType, nLayers: this.cache.layers.length, nKV: l.nKV, headDim: l.headDim, pageSize: l.pageSize,
+      kPageBytes: l.pageFloats * l.pages.elementBytes, metaPageBytes: 2 * l.nKV * l.headDim * 4 };
   }
 
   /** Logical pages first..first+count-1 of one layer: their K pages, then V pages, then key min/max. */
   async readPages(layer: number, first: number, count: number): Promise<Uint8Array> {
-    const L = this.cache.layers[layer].pages, f = L.pageFloats, m = L.metaFloats, out = new Float32Array(count * (2 * f + 2 * m));
+    const L = this.cache.layers[layer].pages, kb = L.pageFloats * L.elementBytes, mb = L.metaFloats * 4;
+    const out = new Uint8Array(count * (2 * kb + 2 * mb));
+    const bytes = (a: ArrayBufferView, at: number, n: number) => new Uint8Array(a.buffer, a.byteOffset + at, n);
     for (let i = 0; i < count; i++) {
       const p = this.cache.table.pages[first + i];
-      out.set(L.k.subarray(p * f, p * f + f), i * f);
-      out.set(L.v.subarray(p * f, p * f + f), (count + i) * f);
-      out.set(L.kmin.subarray(p * m, p * m + m), 2 * count * f + 2 * i * m);
-      out.set(L.kmax.subarray(p * m, p * m + m), 2 * count * f + (2 * i + 1) * m);
+      out.set(bytes(L.k, p * kb, kb), i * kb);
+      out.set(bytes(L.v, p * kb, kb), (count + i) * kb);
+      out.set(bytes(L.kmin, p * mb, mb), 2 * count * kb + 2 * i * mb);
+      out.set(bytes(L.kmax, p * mb, mb), 2 * count * kb + (2 * i + 1) * mb);
     }
-    return new Uint8Array(out.buffer);
+    return out;
   }
 
   /** The inverse of readPages (pages made writable by adoptTokens). */
   writePages(layer: number, first: number, count: number, data: Uint8Array): void {
-    const L = this.cache.layers[layer].pages, f = L.pageFloats, m = L.metaFloats;
-    const src = new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4);
+    const L = this.cache.layers[layer].pages, kb = L.pageFloats * L.elementBytes, mb = L.metaFloats * 4;
+    const bytes = (a: ArrayBufferView, at: number, n: number) => new Uint8Array(a.buffer, a.byteOffset + at, n);
     for (let i = 0; i < count; i++) {
       const p = this.cache.table.pages[first + i];
-      L.k.set(src.subarray(i * f, i * f + f), p * f);
-      L.v.set(src.subarray((count + i) * f, (count + i) * f + f), p * f);
-      L.kmin.set(src.subarray(2 * count * f + 2 * i * m, 2 * count * f + 2 * i * m + m), p * m);
-      L.kmax.set(src.subarray(2 * count * f + (2 * i + 1) * m, 2 * count * f + (2 * i + 2) * m), p * m);
+      bytes(L.k, p * kb, kb).set(data.subarray(i * kb, (i + 1) * kb));
+      bytes(L.v, p * kb, kb).set(data.subarray((count + i) * kb, (count + i + 1) * kb));
+      bytes(L.kmin, p * mb, mb).set(data.subarray(2 * count * kb + 2 * i * mb, 2 * count * kb + (2 * i + 1) * mb));
+      bytes(L.kmax, p * mb, mb).set(data.subarray(2 * count * kb + (2 * i + 1) * mb, 2 * count * kb + (2 * i + 2) * mb));
     }
   }
 
@@ -217,8 +222,9 @@ export class Session {
       rt.f32(qp, n * qDim).set(q.subarray(0, n * qDim));
       if (report) rt.f32(rp, nH * stride).fill(0);
       const table = kv.tablePtr();
-      const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, table, kv.pageFloats * 4, kv.pageSize, pp[share], rp, stride, 0];
-      const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], scale, a[15], a[16]); };
+      const bf16 = kv.bf16 ? 1 : 0, pageStride = kv.pageFloats * kv.pages.elementBytes;
+      const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, table, pageStride, kv.pageSize, pp[share], rp, stride, 0, bf16];
+      const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], scale, a[15], a[16], 0, null, bf16); };
       if (pool) pool.run(OP_ATTEND, args, () => scale, local); else local();
       att.set(rt.f32(op, n * qDim));
       if (report) for (let h = 0; h < nH; h++) this.reportReceived(l, h, rt.f32(rp + h * stride * 4, start + n), start + n);
@@ -434,8 +440,9 @@ function attendSelected(rt: WasmRuntime, kv: LayerKV, q: Float32Array, att: Floa
   }
   rt.f32(qp, qDim).set(q.subarray(0, qDim));
   const pt = kv.tablePtr();
-  const args = (share: number) => [...split(nH, parts, share), 1, pos, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, pt, kv.pageFloats * 4, kv.pageSize, pp[share], 0, 0, selp];
-  const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], scale, a[15], a[16], a[17], rt.memory); };
+  const bf16 = kv.bf16 ? 1 : 0, pageStride = kv.pageFloats * kv.pages.elementBytes;
+  const args = (share: number) => [...split(nH, parts, share), 1, pos, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, pt, pageStride, kv.pageSize, pp[share], 0, 0, selp, bf16];
+  const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], scale, a[15], a[16], a[17], rt.memory, bf16); };
   if (pool) pool.run(OP_ATTEND, args, () => scale, local); else local();
   att.set(rt.f32(op, qDim));
 }

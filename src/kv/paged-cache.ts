@@ -7,6 +7,9 @@ import { PageAllocator, PageTable, type PageStore } from './page-table.js';
 // included. Sequences of one family (a session and its forks) share the physical pages through their
 // page tables (page-table.ts): a fork copies nothing.
 
+// K and V are f32, or bf16 (`kvType`: half the memory and half the bytes a long-context decode step reads;
+// a key or value keeps 8 bits of mantissa, rounded to nearest even; the page min/max are those of the
+// rounded keys, so Quest's bound holds for what the attention reads).
 // K and V live in the WebAssembly memory when there is one, so the SIMD kernels read them in place; a
 // finalizer returns the space when a family is dropped without dispose().
 const reclaim = typeof FinalizationRegistry !== 'undefined'
@@ -21,15 +24,49 @@ function allocF32(n: number, owned: { ptr: number; bytes: number }[]): Float32Ar
   return rt!.f32(ptr, n);
 }
 
+function allocU16(n: number, owned: { ptr: number; bytes: number }[]): Uint16Array {
+  const rt = wasm(), bytes = Math.ceil(n / 2) * 4;
+  const ptr = rt ? rt.allocZeroed(bytes) : -1;
+  if (ptr < 0) return new Uint16Array(n);
+  owned.push({ ptr, bytes });
+  return new Uint16Array(rt!.memory.buffer, ptr, n);
+}
+
+/** How K and V are stored. */
+export type KVType = 'f32' | 'bf16';
+export const KV_TYPES: readonly KVType[] = ['f32', 'bf16'];
+/** K or V storage: f32 values, or bf16 bit patterns. */
+export type KVArray = Float32Array | Uint16Array;
+
+const word = new Uint32Array(1), wordF32 = new Float32Array(word.buffer);
+/** f32 -> bf16 bits, rounded to nearest even. */
+export function toBf16(x: number): number {
+  wordF32[0] = x;
+  const b = word[0];
+  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+}
+/** bf16 bits -> f32 */
+export function fromBf16(h: number): number { word[0] = h << 16; return wordF32[0]; }
+
 /** One layer's physical pages: K and V [page][kvHead][slot][headDim], key min/max [page][kvHead][headDim]. */
 export class LayerPages {
-  k: Float32Array = new Float32Array(0);
-  v: Float32Array = new Float32Array(0);
+  k: KVArray;
+  v: KVArray;
   kmin: Float32Array = new Float32Array(0);
   kmax: Float32Array = new Float32Array(0);
   private owned: { ptr: number; bytes: number }[] = [];
 
-  constructor(readonly nKV: number, readonly headDim: number, readonly pageSize: number) {}
+  constructor(readonly nKV: number, readonly headDim: number, readonly pageSize: number, readonly kvType: KVType = 'f32') {
+    this.k = this.v = this.bf16 ? new Uint16Array(0) : new Float32Array(0);
+  }
+
+  get bf16(): boolean { return this.kvType === 'bf16'; }
+  /** bytes per stored key or value element */
+  get elementBytes(): number { return this.bf16 ? 2 : 4; }
+  /** element o of K as f32 */
+  key(o: number): number { return this.bf16 ? fromBf16(this.k[o]) : this.k[o]; }
+  /** element o of V as f32 */
+  value(o: number): number { return this.bf16 ? fromBf16(this.v[o]) : this.v[o]; }
 
   get pageFloats(): number { return this.nKV * this.pageSize * this.headDim; }
   get metaFloats(): number { return this.nKV * this.headDim; }
@@ -40,9 +77,10 @@ export class LayerPages {
     const old = this.owned, prev = [this.k, this.v, this.kmin, this.kmax];
     reclaim?.unregister(this);
     this.owned = [];
-    this.k = allocF32(pages * this.pageFloats, this.owned); this.v = allocF32(pages * this.pageFloats, this.owned);
+    const alloc = this.bf16 ? allocU16 : allocF32;
+    this.k = alloc(pages * this.pageFloats, this.owned); this.v = alloc(pages * this.pageFloats, this.owned);
     this.kmin = allocF32(pages * this.metaFloats, this.owned); this.kmax = allocF32(pages * this.metaFloats, this.owned);
-    this.k.set(prev[0].subarray(0, this.k.length)); this.v.set(prev[1].subarray(0, this.v.length));
+    (this.k as Float32Array).set((prev[0] as Float32Array).subarray(0, this.k.length)); (this.v as Float32Array).set((prev[1] as Float32Array).subarray(0, this.v.length));
     this.kmin.set(prev[2].subarray(0, this.kmin.length)); this.kmax.set(prev[3].subarray(0, this.kmax.length));
     for (const b of old) wasm()?.release(b.ptr, b.bytes);
     if (this.owned.length) reclaim?.register(this, this.owned, this);
@@ -64,7 +102,7 @@ export class LayerPages {
       for (let t = 0; t < filled; t++) {
         const o = base + t * hd;
         for (let i = 0; i < hd; i++) {
-          const kv = this.k[o + i];
+          const kv = this.key(o + i);
           if (kv < this.kmin[mo + i]) this.kmin[mo + i] = kv;
           if (kv > this.kmax[mo + i]) this.kmax[mo + i] = kv;
         }
@@ -76,7 +114,8 @@ export class LayerPages {
     reclaim?.unregister(this);
     for (const b of this.owned) wasm()?.release(b.ptr, b.bytes);
     this.owned = [];
-    this.k = this.v = this.kmin = this.kmax = new Float32Array(0);
+    this.k = this.v = this.bf16 ? new Uint16Array(0) : new Float32Array(0);
+    this.kmin = this.kmax = new Float32Array(0);
   }
 }
 
@@ -84,8 +123,8 @@ export class LayerPages {
 export class CpuPageStore implements PageStore {
   readonly layers: LayerPages[];
   capacity = 0;
-  constructor(nLayers: number, nKV: number, headDim: number, readonly pageSize: number) {
-    this.layers = Array.from({ length: nLayers }, () => new LayerPages(nKV, headDim, pageSize));
+  constructor(nLayers: number, nKV: number, headDim: number, readonly pageSize: number, readonly kvType: KVType = 'f32') {
+    this.layers = Array.from({ length: nLayers }, () => new LayerPages(nKV, headDim, pageSize, kvType));
   }
   grow(pages: number): void { for (const l of this.layers) l.allocate(pages); this.capacity = pages; }
   copyPage(src: number, dst: number, filled: number): void { for (const l of this.layers) { l.copyPage(src, dst); l.rebuildMeta(dst, filled); } }
@@ -104,8 +143,9 @@ export class LayerKV {
   get nKV(): number { return this.pages.nKV; }
   get headDim(): number { return this.pages.headDim; }
   get pageSize(): number { return this.pages.pageSize; }
-  get k(): Float32Array { return this.pages.k; }
-  get v(): Float32Array { return this.pages.v; }
+  get k(): KVArray { return this.pages.k; }
+  get v(): KVArray { return this.pages.v; }
+  get bf16(): boolean { return this.pages.bf16; }
   get kmin(): Float32Array { return this.pages.kmin; }
   get kmax(): Float32Array { return this.pages.kmax; }
   get inWasm(): boolean { return this.pages.inWasm; }
@@ -128,13 +168,15 @@ export class LayerKV {
   append(k: Float32Array, ko: number, v: Float32Array, vo: number): void {
     const t = this.length, hd = this.headDim, P = this.pageSize;
     const page = this.table.writable(t), first = t % P === 0, nKV = this.nKV;
-    const K = this.k, V = this.v, mn = this.kmin, mx = this.kmax;
+    const K = this.k, V = this.v, mn = this.kmin, mx = this.kmax, bf16 = this.bf16;
     for (let g = 0; g < nKV; g++) {
       const o = ((page * nKV + g) * P + t % P) * hd, mo = (page * nKV + g) * hd;
       for (let i = 0; i < hd; i++) {
-        const kv = k[ko + g * hd + i];
-        K[o + i] = kv;
-        V[o + i] = v[vo + g * hd + i];
+        let kv = k[ko + g * hd + i];
+        if (bf16) { const h = toBf16(kv); K[o + i] = h; kv = fromBf16(h); V[o + i] = toBf16(v[vo + g * hd + i]); } else {
+          K[o + i] = kv;
+          V[o + i] = v[vo + g * hd + i];
+        }
         if (first || kv < mn[mo + i]) mn[mo + i] = kv;
         if (first || kv > mx[mo + i]) mx[mo + i] = kv;
       }
@@ -151,10 +193,11 @@ export class PagedKVCache {
   private wasmTable: { ptr: number; bytes: number; version: number } | null = null;
 
   /** A new family's first sequence, or (`from`) a fork of `from` that shares its pages. */
-  constructor(nLayers: number, readonly nKV: number, readonly headDim: number, readonly pageSize: number, initialTokens = 1024, from?: PagedKVCache) {
+  constructor(nLayers: number, readonly nKV: number, readonly headDim: number, readonly pageSize: number, initialTokens = 1024, from?: PagedKVCache,
+              kvType: KVType = 'f32') {
     if (!Number.isInteger(pageSize) || pageSize < 1) throw new Error(`page size must be a positive integer, got ${pageSize}`);
     if (from) { this.store = from.store; this.table = from.table.fork(); } else {
-      this.store = new CpuPageStore(nLayers, nKV, headDim, pageSize);
+      this.store = new CpuPageStore(nLayers, nKV, headDim, pageSize, kvType);
       this.store.grow(Math.max(1, Math.ceil(initialTokens / pageSize)));
       this.table = new PageTable(new PageAllocator(this.store), pageSize);
     }
@@ -197,5 +240,6 @@ export class PagedKVCache {
   }
 
   /** Bytes of K and V this sequence reads (what a dense decode step reads). */
-  get bytes(): number { return this.table.pages.length * this.layers.length * 2 * this.layers[0].pageFloats * 4; }
+  get bytes(): number { return this.table.pages.length * this.layers.length * 2 * this.layers[0].pageFloats * this.store.layers[0].elementBytes; }
+  get kvType(): KVType { return this.store.kvType; }
 }

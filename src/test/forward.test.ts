@@ -14,6 +14,7 @@ import { randomGGUF, tempFile } from './fixtures.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
 import { rng } from '../engine/sampler.js';
 import { QUANT_FORMATS, type QuantType } from '../model/quants.js';
+import { fromBf16, toBf16 } from '../kv/paged-cache.js';
 
 const STORIES = new URL('../../../shared/models/stories260K/model.bin', import.meta.url).pathname;
 
@@ -165,6 +166,30 @@ test('llama2.c stories260K matches the float64 reference', { skip: existsSync(ST
   assert.equal(m.format, 'llama2c');
   assert.equal(m.config.nKVHeads, 4);
   checkAgainstReference(m, [1, ...promptOf(63, 512, 3)], 1e-3, 32);
+});
+
+test('a bf16 KV cache (SIMD kernels with hd 16, TypeScript loops with hd 14): prefill, dense and Quest decode steps match a float64 reference whose keys and values are rounded to bf16', () => {
+  const bf16 = (x: number) => fromBf16(toBf16(x));
+  for (const dim of [96, 84]) {
+    const m = loadModelFiles(tempFile(`bf16-${dim}.gguf`, randomGGUF({ vocab: 80, dim, hidden: 64, layers: 3, heads: 6, kvHeads: 2, seed: 12 })));
+    const tokens = promptOf(150, 80, 5), from = 120, V = m.config.vocabSize;
+    const quest = { budget: 48, pageSize: 8, denseLayers: 1 };
+    for (const policy of ['dense', 'quest'] as const) {
+      const s = new Session(makeModel(m.config, m.weights, 'bf16'), { policy, ...quest });
+      const prefill = s.forward(tokens.slice(0, from));
+      const opts = { kvStore: bf16, ...(policy === 'quest' ? { quest: { from, ...quest } } : {}) };
+      const ref = refForward(m.config, refWeights(m.weights), tokens, opts), unrounded = refForward(m.config, refWeights(m.weights), tokens, { ...opts, kvStore: undefined });
+      let maxDiff = 0, roundingDiff = 0;
+      const check = (ours: Float32Array, o: number, pos: number) => {
+        for (let j = 0; j < V; j++) { maxDiff = Math.max(maxDiff, Math.abs(ours[o + j] - ref[pos][j])); roundingDiff = Math.max(roundingDiff, Math.abs(unrounded[pos][j] - ref[pos][j])); }
+        assert.equal(argmax(ours.subarray(o, o + V)), argmax64(ref[pos]), `hd ${dim / 6} ${policy}: top-1 differs at position ${pos}`);
+      };
+      check(prefill, 0, from - 1);
+      for (let pos = from; pos < tokens.length; pos++) check(s.forward([tokens[pos]]), 0, pos);
+      assert.ok(maxDiff < 1e-3, `hd ${dim / 6} ${policy}: max |Δlogit| vs the bf16 float64 reference ${maxDiff}`);
+      assert.ok(roundingDiff > 10 * maxDiff, `hd ${dim / 6} ${policy}: the rounding matters (${roundingDiff}) more than our error (${maxDiff})`);
+    }
+  }
 });
 
 test('Quest decode steps (SIMD path: page scores and grouped sparse attention across threads; and the TypeScript path) match a float64 Quest reference', () => {

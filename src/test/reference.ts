@@ -80,6 +80,8 @@ export interface RefOptions {
    *  heads summed, the top max(3, ceil(budget / pageSize)) pages kept (the current page always, ties to
    *  the earlier page), attention over their tokens only */
   quest?: { from: number; budget: number; pageSize: number; denseLayers: number };
+  /** what the cache keeps of each key (after RoPE) and value element (a bf16 cache rounds them) */
+  kvStore?: (x: number) => number;
 }
 
 /** The tokens Quest keeps for KV head g's query heads qs at position pos (RefOptions.quest). */
@@ -123,7 +125,8 @@ export function refForward(c: ModelConfig, W: RefWeights, tokens: number[], opts
       // (Qwen3: each query and key head RMS-normalised before RoPE)
       const hn = (z: Float64Array, w: Float64Array | null) => (w ? refRmsnorm(z, w, c.normEps) : z);
       const qh = heads(q, nH).map((z) => refRope(hn(z, L.qNorm), pos, rc)), kh = heads(k, nKV).map((z) => refRope(hn(z, L.kNorm), pos, rc)), vh = heads(v, nKV);
-      Ks[l].push(Float64Array.from(kh.flatMap((z) => Array.from(z)))); Vs[l].push(v);
+      const keep = opts.kvStore ?? ((z: number) => z);
+      Ks[l].push(Float64Array.from(kh.flatMap((z) => Array.from(z)), keep)); Vs[l].push(v.map(keep));
       const att = new Float64Array(nH * hd);
       const quest = opts.quest && pos >= opts.quest.from && l >= opts.quest.denseLayers ? opts.quest : null, G = nH / nKV;
       const kept = quest ? Array.from({ length: nKV }, (_, g) => refQuestTokens(qh.slice(g * G, (g + 1) * G), Ks[l], g, hd, pos, quest)) : null;

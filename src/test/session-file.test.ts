@@ -60,6 +60,15 @@ test('CPU: save -> load gives identical logits; bad files get clear errors', asy
   for (const m of [a, b, a8]) m.dispose();
 });
 
+test('CPU, bf16 KV cache: save -> load gives identical logits; an f32 session refuses the file', async () => {
+  const a = await loadModel(modelA, { kvCache: 'bf16' }), file = join(dir, 'a-bf16.qkv');
+  await roundTrip(a, file);
+  const f32 = await loadModel(modelA);
+  await assert.rejects(f32.loadSession(file), /saved with another KV layout \(bf16 KV, 2 layers x 2 KV heads x 8, pages of 16 tokens\)/);
+  await assert.rejects(loadModel(modelA, { kvCache: 'f16' as 'bf16' }), /unknown KV cache type "f16" \(choose f32 or bf16\)/);
+  a.dispose(); f32.dispose();
+});
+
 test('a save that fails midway leaves no file under the final name and no temporary file', async () => {
   const a = await loadModel(modelA), s = a.session() as Session;
   s.forward(ids(40, 3), { logits: 'none' });

@@ -648,15 +648,18 @@
   ;;   tokens: pointer to n i32 token ids, or 0 for tokens 0..n-1
   ;;   token t's key is at kBase + table[t / P] * pageStride + (t % P) * hd * 4 (likewise vBase): table maps
   ;;   the sequence's logical pages to physical ones (int32 each)
+  ;;   bf16 = 1: keys and values are bf16 (rows of hd * 2 bytes), widened to f32 as they are loaded (a shift)
   ;;   probs: nq + 1 rows of n4 = n rounded up to 4 f32: rows 0..nq-1 receive each head's softmax weights,
   ;;   the last is scratch (each token's row offset)
   (func (export "attend") (param $q i32) (param $nq i32) (param $kBase i32) (param $vBase i32) (param $table i32) (param $pageStride i32) (param $P i32) (param $hd i32)
-                          (param $tokens i32) (param $n i32) (param $scale f32) (param $probs i32) (param $out i32)
+                          (param $tokens i32) (param $n i32) (param $scale f32) (param $probs i32) (param $out i32) (param $bf16 i32)
+    (local $rb i32) (local $dh i32)
     (local $i i32) (local $j i32) (local $t i32) (local $offs i32) (local $sum v128) (local $m4 v128)
     (local $e v128) (local $inv v128) (local $d i32) (local $p v128) (local $hb i32) (local $n4 i32) (local $vo i32)
     (local $row i32) (local $o i32) (local $end i32) (local $k0 i32) (local $k1 i32) (local $k2 i32) (local $k3 i32) (local $qp i32)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $shift i32) (local $mask i32) (local $pow2 i32)
     (local.set $hb (i32.shl (local.get $hd) (i32.const 2)))
+    (local.set $rb (i32.shl (local.get $hd) (select (i32.const 1) (i32.const 2) (local.get $bf16)))) ;; bytes of a key or value row
     (local.set $n4 (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)))
     (local.set $offs (i32.add (local.get $probs) (i32.shl (i32.mul (local.get $nq) (local.get $n4)) (i32.const 2))))
     ;; each token's row offset, once (a power-of-two page size, the usual case, by shift and mask: a
@@ -673,9 +676,9 @@
       (i32.store (i32.add (local.get $offs) (i32.shl (local.get $i) (i32.const 2)))
         (if (result i32) (local.get $pow2)
           (then (i32.add (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (i32.shr_u (local.get $t) (local.get $shift)) (i32.const 2)))) (local.get $pageStride))
-                         (i32.mul (i32.and (local.get $t) (local.get $mask)) (local.get $hb))))
+                         (i32.mul (i32.and (local.get $t) (local.get $mask)) (local.get $rb))))
           (else (i32.add (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (i32.div_u (local.get $t) (local.get $P)) (i32.const 2)))) (local.get $pageStride))
-                         (i32.mul (i32.rem_u (local.get $t) (local.get $P)) (local.get $hb))))))
+                         (i32.mul (i32.rem_u (local.get $t) (local.get $P)) (local.get $rb))))))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $ol)))
     ;; scores, four keys at a time (their rows stay in the cache for every head of the group): each
@@ -695,6 +698,18 @@
         (local.set $a0 (v128.const i32x4 0 0 0 0)) (local.set $a1 (v128.const i32x4 0 0 0 0))
         (local.set $a2 (v128.const i32x4 0 0 0 0)) (local.set $a3 (v128.const i32x4 0 0 0 0))
         (local.set $d (i32.const 0))
+        (if (local.get $bf16) (then
+        (block $dd2 (loop $dl2
+          (br_if $dd2 (i32.ge_s (local.get $d) (local.get $hb)))
+          (local.set $p (v128.load (i32.add (local.get $qp) (local.get $d))))
+          (local.set $dh (i32.shr_u (local.get $d) (i32.const 1)))
+          (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $p) (i32x4.shl (v128.load16x4_u (i32.add (local.get $k0) (local.get $dh))) (i32.const 16)))))
+          (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $p) (i32x4.shl (v128.load16x4_u (i32.add (local.get $k1) (local.get $dh))) (i32.const 16)))))
+          (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $p) (i32x4.shl (v128.load16x4_u (i32.add (local.get $k2) (local.get $dh))) (i32.const 16)))))
+          (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $p) (i32x4.shl (v128.load16x4_u (i32.add (local.get $k3) (local.get $dh))) (i32.const 16)))))
+          (local.set $d (i32.add (local.get $d) (i32.const 16)))
+          (br $dl2))))
+        (else
         (block $dd (loop $dl
           (br_if $dd (i32.ge_s (local.get $d) (local.get $hb)))
           (local.set $p (v128.load (i32.add (local.get $qp) (local.get $d))))
@@ -703,7 +718,7 @@
           (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $p) (v128.load (i32.add (local.get $k2) (local.get $d))))))
           (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $p) (v128.load (i32.add (local.get $k3) (local.get $d))))))
           (local.set $d (i32.add (local.get $d) (i32.const 16)))
-          (br $dl)))
+          (br $dl)))))
         ;; lane sums of a0..a3 as one vector (s0, s1, s2, s3)
         (local.set $a0 (f32x4.add (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $a0) (local.get $a1))
                                   (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $a0) (local.get $a1))))
@@ -787,8 +802,21 @@
         (local.set $k1 (i32.add (i32.add (local.get $out) (i32.mul (local.get $j) (local.get $hb))) (local.get $d)))
         (local.set $a0 (v128.load (local.get $k1))) (local.set $a1 (v128.load offset=16 (local.get $k1)))
         (local.set $a2 (v128.load offset=32 (local.get $k1))) (local.set $a3 (v128.load offset=48 (local.get $k1)))
-        (local.set $vo (i32.add (local.get $vBase) (local.get $d)))
         (local.set $i (local.get $t))
+        (if (local.get $bf16) (then
+        (local.set $vo (i32.add (local.get $vBase) (i32.shr_u (local.get $d) (i32.const 1))))
+        (block $ad2 (loop $al2
+          (br_if $ad2 (i32.ge_s (local.get $i) (local.get $k0)))
+          (local.set $o (i32.add (local.get $vo) (i32.load (i32.add (local.get $offs) (i32.shl (local.get $i) (i32.const 2))))))
+          (local.set $p (v128.load32_splat (i32.add (local.get $row) (i32.shl (local.get $i) (i32.const 2)))))
+          (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $p) (i32x4.shl (v128.load16x4_u (local.get $o)) (i32.const 16)))))
+          (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $p) (i32x4.shl (v128.load16x4_u offset=8 (local.get $o)) (i32.const 16)))))
+          (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $p) (i32x4.shl (v128.load16x4_u offset=16 (local.get $o)) (i32.const 16)))))
+          (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $p) (i32x4.shl (v128.load16x4_u offset=24 (local.get $o)) (i32.const 16)))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $al2))))
+        (else
+        (local.set $vo (i32.add (local.get $vBase) (local.get $d)))
         (block $ad (loop $al
           (br_if $ad (i32.ge_s (local.get $i) (local.get $k0)))
           (local.set $o (i32.add (local.get $vo) (i32.load (i32.add (local.get $offs) (i32.shl (local.get $i) (i32.const 2))))))
@@ -798,7 +826,7 @@
           (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $p) (v128.load offset=32 (local.get $o)))))
           (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $p) (v128.load offset=48 (local.get $o)))))
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
-          (br $al)))
+          (br $al)))))
         (v128.store (local.get $k1) (local.get $a0)) (v128.store offset=16 (local.get $k1) (local.get $a1))
         (v128.store offset=32 (local.get $k1) (local.get $a2)) (v128.store offset=48 (local.get $k1) (local.get $a3))
         (local.set $d (i32.add (local.get $d) (i32.const 64)))
@@ -807,12 +835,13 @@
         (br_if $rd (i32.ge_s (local.get $d) (local.get $hb)))
         (local.set $k1 (i32.add (i32.add (local.get $out) (i32.mul (local.get $j) (local.get $hb))) (local.get $d)))
         (local.set $a0 (v128.load (local.get $k1)))
-        (local.set $vo (i32.add (local.get $vBase) (local.get $d)))
+        (local.set $vo (i32.add (local.get $vBase) (i32.shr_u (local.get $d) (local.get $bf16)))) ;; (bf16 rows: half the bytes)
         (local.set $i (local.get $t))
         (block $bd (loop $bl
           (br_if $bd (i32.ge_s (local.get $i) (local.get $k0)))
           (local.set $o (i32.add (local.get $vo) (i32.load (i32.add (local.get $offs) (i32.shl (local.get $i) (i32.const 2))))))
-          (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (v128.load32_splat (i32.add (local.get $row) (i32.shl (local.get $i) (i32.const 2)))) (v128.load (local.get $o)))))
+          (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (v128.load32_splat (i32.add (local.get $row) (i32.shl (local.get $i) (i32.const 2))))
+            (if (result v128) (local.get $bf16) (then (i32x4.shl (v128.load16x4_u (local.get $o)) (i32.const 16))) (else (v128.load (local.get $o)))))))
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br $bl)))
         (v128.store (local.get $k1) (local.get $a0))

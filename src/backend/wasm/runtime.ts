@@ -31,7 +31,7 @@ export interface KernelExports {
   page_scores(q: number, nq: number, kmin: number, kmax: number, table: number, hd: number, np: number, stride: number, out: number, outStride: number): void;
   /** nq query heads sharing one KV head: q/out nq rows of hd; probs nq rows of n rounded up to 4 */
   attend(q: number, nq: number, kBase: number, vBase: number, table: number, pageStride: number, P: number, hd: number,
-         tokens: number, n: number, scale: number, probs: number, out: number): void;
+         tokens: number, n: number, scale: number, probs: number, out: number, bf16: number): void;
 }
 
 const PAGE = 65536;

@@ -76,25 +76,26 @@ export function gemmChunks(k: KernelExports, memory: WebAssembly.Memory, counter
  *  head [token list pointer, token count] (i32 pairs): the tokens a sparse policy chose, heads of a group
  *  sharing one list when their pointers are equal (pointer 0: tokens 0..count-1). When `received` is not
  *  0, the attention each token receives is summed into received[h][0..start+n) (row stride `recvStride`
- *  floats), which H2O-style policies need. `memory`: the shared memory (read for `selected`). */
+ *  floats), which H2O-style policies need. `memory`: the shared memory (read for `selected`). `bf16`: 1 where
+ *  the cache holds bf16 keys and values. */
 export function attendHeads(k: KernelExports, h0: number, h1: number, n: number, start: number, nH: number, group: number, hd: number,
                             q: number, out: number, kPtr: number, vPtr: number, table: number, pageStride: number, P: number, probs: number, scale: number,
-                            received = 0, recvStride = 0, selected = 0, memory: WebAssembly.Memory | null = null): void {
+                            received = 0, recvStride = 0, selected = 0, memory: WebAssembly.Memory | null = null, bf16 = 0): void {
   const mem = selected && memory ? new Int32Array(memory.buffer) : null;
   for (let h = h0; h < h1;) {
     const g = Math.floor(h / group);
     let nq = Math.min(h1, (g + 1) * group) - h; // (this share's heads of KV head g)
-    const headOff = g * P * hd * 4;
+    const headOff = g * P * hd * (bf16 ? 2 : 4);
     if (mem) {
       const tokens = mem[(selected >> 2) + 2 * h], count = mem[(selected >> 2) + 2 * h + 1];
       for (let j = 1; j < nq; j++) if (mem[(selected >> 2) + 2 * (h + j)] !== tokens || mem[(selected >> 2) + 2 * (h + j) + 1] !== count) { nq = j; break; }
-      k.attend(q + h * hd * 4, nq, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, tokens, count, scale, probs, out + h * hd * 4);
+      k.attend(q + h * hd * 4, nq, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, tokens, count, scale, probs, out + h * hd * 4, bf16);
       h += nq;
       continue;
     }
     for (let i = 0; i < n; i++) {
       const o = ((i * nH + h) * hd) * 4, count = start + i + 1, n4 = (count + 3) & ~3;
-      k.attend(q + o, nq, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, 0, count, scale, probs, out + o);
+      k.attend(q + o, nq, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, 0, count, scale, probs, out + o, bf16);
       if (received) for (let j = 0; j < nq; j++) k.accumulate(received + (h + j) * recvStride * 4, probs + j * n4 * 4, n4);
     }
     h += nq;
