@@ -10,13 +10,13 @@ export const MIN_PAGES = 3;
 
 /** score_p = Σ_i max(q_i·max_i, q_i·min_i) for every page p of KV head g (into `out`). */
 export function pageScores(q: Float32Array, qo: number, kv: LayerKV, g: number, out: Float32Array): void {
-  const hd = kv.headDim, np = kv.numPages, mn = kv.kmin, mx = kv.kmax;
+  const hd = kv.headDim, np = kv.numPages, L = kv.pages;
   const rt = wasm();
   if (rt && kv.inWasm && hd % 4 === 0) {
     const qp = rt.scratchPtr('ps.q', hd * 4), op = rt.scratchPtr('ps.o', np * 4);
     rt.f32(qp, hd).set(q.subarray(qo, qo + hd));
-    const off = g * hd * 4; // physical page 0 of head g; the table picks the pages
-    rt.k.page_scores(qp, 1, mn.byteOffset + off, mx.byteOffset + off, kv.tablePtr(), hd, np, kv.nKV * hd * 4, op, np);
+    const eb = L.elementBytes, off = g * hd * eb; // physical page 0 of head g; the table picks the pages
+    rt.k.page_scores(qp, 1, L.kmin.byteOffset + off, L.kmax.byteOffset + off, kv.tablePtr(), hd, np, kv.nKV * hd * eb, op, np, kv.bf16 ? 1 : 0);
     out.set(rt.f32(op, np));
     return;
   }
@@ -25,7 +25,7 @@ export function pageScores(q: Float32Array, qo: number, kv: LayerKV, g: number, 
     let s = 0;
     for (let i = 0; i < hd; i++) {
       const qi = q[qo + i];
-      const a = qi * mx[mo + i], b = qi * mn[mo + i];
+      const a = qi * L.maxAt(mo + i), b = qi * L.minAt(mo + i);
       s += a > b ? a : b;
     }
     out[p] = s;

@@ -52,9 +52,10 @@ function benchOursDecodeAt(path: string, ctx: number, attention: Partial<Attenti
         meta[2 * i * mf + h * hd + c] = lo; meta[(2 * i + 1) * mf + h * hd + c] = hi;
       }
       // (readPages' layout: K pages, V pages, then each page's min and max)
-      const data = new Uint8Array(2 * count * kb + meta.byteLength);
-      data.set(new Uint8Array((bf16 ? Uint16Array.from(kv, toBf16) : kv).buffer), 0);
-      data.set(new Uint8Array(meta.buffer), 2 * count * kb);
+      const bits = (a: Float32Array) => new Uint8Array((bf16 ? Uint16Array.from(a, toBf16) : a).buffer);
+      const data = new Uint8Array(2 * count * kb + meta.length * L.elementBytes);
+      data.set(bits(kv), 0);
+      data.set(bits(meta), 2 * count * kb);
       s.writePages(l, first, count, data);
     }
   }

@@ -95,7 +95,7 @@ export class Session {
   /** the sequence's page table (which physical pages of its family it reads) */
   get table(): PageTable { return this.cache.table; }
   /** bytes of one page of KV (K, V and key min/max of every layer) */
-  get pageBytes(): number { const l = this.cache.layers[0]; return this.cache.layers.length * (2 * l.pageFloats * l.pages.elementBytes + 2 * l.nKV * l.headDim * 4); }
+  get pageBytes(): number { const l = this.cache.layers[0]; return this.cache.layers.length * (2 * l.pageFloats + 2 * l.nKV * l.headDim) * l.pages.elementBytes; }
 
   /** Prefill attention received per `layer:head`, kept so that forks can hand it to H2O-like policies. */
   private prefillScores: Map<string, Float32Array> | null = null;
@@ -131,12 +131,12 @@ export class Session {
   kvLayout(): KVLayout {
     const l = this.cache.layers[0];
     return { kv: l.pages.kvType, nLayers: this.cache.layers.length, nKV: l.nKV, headDim: l.headDim, pageSize: l.pageSize,
-      kPageBytes: l.pageFloats * l.pages.elementBytes, metaPageBytes: 2 * l.nKV * l.headDim * 4 };
+      kPageBytes: l.pageFloats * l.pages.elementBytes, metaPageBytes: 2 * l.nKV * l.headDim * l.pages.elementBytes };
   }
 
   /** Logical pages first..first+count-1 of one layer: their K pages, then V pages, then key min/max. */
   async readPages(layer: number, first: number, count: number): Promise<Uint8Array> {
-    const L = this.cache.layers[layer].pages, kb = L.pageFloats * L.elementBytes, mb = L.metaFloats * 4;
+    const L = this.cache.layers[layer].pages, kb = L.pageFloats * L.elementBytes, mb = L.metaFloats * L.elementBytes;
     const out = new Uint8Array(count * (2 * kb + 2 * mb));
     const bytes = (a: ArrayBufferView, at: number, n: number) => new Uint8Array(a.buffer, a.byteOffset + at, n);
     for (let i = 0; i < count; i++) {
@@ -151,7 +151,7 @@ export class Session {
 
   /** The inverse of readPages (pages made writable by adoptTokens). */
   writePages(layer: number, first: number, count: number, data: Uint8Array): void {
-    const L = this.cache.layers[layer].pages, kb = L.pageFloats * L.elementBytes, mb = L.metaFloats * 4;
+    const L = this.cache.layers[layer].pages, kb = L.pageFloats * L.elementBytes, mb = L.metaFloats * L.elementBytes;
     const bytes = (a: ArrayBufferView, at: number, n: number) => new Uint8Array(a.buffer, a.byteOffset + at, n);
     for (let i = 0; i < count; i++) {
       const p = this.cache.table.pages[first + i];
@@ -414,8 +414,9 @@ function allPageScores(rt: WasmRuntime, kv: LayerKV, q: Float32Array, nH: number
   const qp = rt.scratchPtr('ps.q', nH * hd * 4), op = rt.scratchPtr('ps.all', nH * np * 4);
   rt.f32(qp, nH * hd).set(q.subarray(0, nH * hd));
   const pool = np * nKV >= 512 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1, table = kv.tablePtr();
-  const args = (share: number) => [...split(np, parts, share), np, nKV, group, hd, qp, kv.kmin.byteOffset, kv.kmax.byteOffset, table, nKV * hd * 4, op];
-  const local = () => { const a = args(0); pageScoreRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11]); };
+  const bf16 = kv.bf16 ? 1 : 0;
+  const args = (share: number) => [...split(np, parts, share), np, nKV, group, hd, qp, kv.kmin.byteOffset, kv.kmax.byteOffset, table, nKV * hd * kv.pages.elementBytes, op, bf16];
+  const local = () => { const a = args(0); pageScoreRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12]); };
   if (pool) pool.run(OP_PAGE_SCORES, args, null, local); else local();
   return op;
 }

@@ -8,8 +8,9 @@ import { PageAllocator, PageTable, type PageStore } from './page-table.js';
 // page tables (page-table.ts): a fork copies nothing.
 
 // K and V are f32, or bf16 (`kvType`: half the memory and half the bytes a long-context decode step reads;
-// a key or value keeps 8 bits of mantissa, rounded to nearest even; the page min/max are those of the
-// rounded keys, so Quest's bound holds for what the attention reads).
+// a key or value keeps 8 bits of mantissa, rounded to nearest even). The page min/max are those of the
+// stored keys, so Quest's bound holds for what the attention reads; with bf16 keys they are bf16 too, and
+// exact (a min or max of bf16 values is one of them).
 // K and V live in the WebAssembly memory when there is one, so the SIMD kernels read them in place; a
 // finalizer returns the space when a family is dropped without dispose().
 const reclaim = typeof FinalizationRegistry !== 'undefined'
@@ -52,12 +53,12 @@ export function fromBf16(h: number): number { word[0] = h << 16; return wordF32[
 export class LayerPages {
   k: KVArray;
   v: KVArray;
-  kmin: Float32Array = new Float32Array(0);
-  kmax: Float32Array = new Float32Array(0);
+  kmin: KVArray;
+  kmax: KVArray;
   private owned: { ptr: number; bytes: number }[] = [];
 
   constructor(readonly nKV: number, readonly headDim: number, readonly pageSize: number, readonly kvType: KVType = 'f32') {
-    this.k = this.v = this.bf16 ? new Uint16Array(0) : new Float32Array(0);
+    this.k = this.v = this.kmin = this.kmax = this.bf16 ? new Uint16Array(0) : new Float32Array(0);
   }
 
   get bf16(): boolean { return this.kvType === 'bf16'; }
@@ -67,6 +68,9 @@ export class LayerPages {
   key(o: number): number { return this.bf16 ? fromBf16(this.k[o]) : this.k[o]; }
   /** element o of V as f32 */
   value(o: number): number { return this.bf16 ? fromBf16(this.v[o]) : this.v[o]; }
+  /** element o of the key minima / maxima as f32 */
+  minAt(o: number): number { return this.bf16 ? fromBf16(this.kmin[o]) : this.kmin[o]; }
+  maxAt(o: number): number { return this.bf16 ? fromBf16(this.kmax[o]) : this.kmax[o]; }
 
   get pageFloats(): number { return this.nKV * this.pageSize * this.headDim; }
   get metaFloats(): number { return this.nKV * this.headDim; }
@@ -79,9 +83,9 @@ export class LayerPages {
     this.owned = [];
     const alloc = this.bf16 ? allocU16 : allocF32;
     this.k = alloc(pages * this.pageFloats, this.owned); this.v = alloc(pages * this.pageFloats, this.owned);
-    this.kmin = allocF32(pages * this.metaFloats, this.owned); this.kmax = allocF32(pages * this.metaFloats, this.owned);
-    (this.k as Float32Array).set((prev[0] as Float32Array).subarray(0, this.k.length)); (this.v as Float32Array).set((prev[1] as Float32Array).subarray(0, this.v.length));
-    this.kmin.set(prev[2].subarray(0, this.kmin.length)); this.kmax.set(prev[3].subarray(0, this.kmax.length));
+    this.kmin = alloc(pages * this.metaFloats, this.owned); this.kmax = alloc(pages * this.metaFloats, this.owned);
+    // (each array and its predecessor have the same type)
+    [this.k, this.v, this.kmin, this.kmax].forEach((a, i) => (a as Float32Array).set((prev[i] as Float32Array).subarray(0, a.length)));
     for (const b of old) wasm()?.release(b.ptr, b.bytes);
     if (this.owned.length) reclaim?.register(this, this.owned, this);
   }
@@ -98,24 +102,24 @@ export class LayerPages {
     if (filled === 0) return;
     for (let g = 0; g < this.nKV; g++) {
       const mo = (p * this.nKV + g) * hd, base = ((p * this.nKV + g) * P) * hd;
-      for (let i = 0; i < hd; i++) { this.kmin[mo + i] = Infinity; this.kmax[mo + i] = -Infinity; }
-      for (let t = 0; t < filled; t++) {
-        const o = base + t * hd;
-        for (let i = 0; i < hd; i++) {
-          const kv = this.key(o + i);
-          if (kv < this.kmin[mo + i]) this.kmin[mo + i] = kv;
-          if (kv > this.kmax[mo + i]) this.kmax[mo + i] = kv;
-        }
+      for (let i = 0; i < hd; i++) {
+        let lo = Infinity, hi = -Infinity;
+        for (let t = 0; t < filled; t++) { const kv = this.key(base + t * hd + i); if (kv < lo) lo = kv; if (kv > hi) hi = kv; }
+        this.setMeta(mo + i, lo, hi);
       }
     }
+  }
+
+  /** Stores a key min and max (exact in bf16 where the keys are bf16). */
+  setMeta(o: number, lo: number, hi: number): void {
+    if (this.bf16) { this.kmin[o] = toBf16(lo); this.kmax[o] = toBf16(hi); } else { this.kmin[o] = lo; this.kmax[o] = hi; }
   }
 
   dispose(): void {
     reclaim?.unregister(this);
     for (const b of this.owned) wasm()?.release(b.ptr, b.bytes);
     this.owned = [];
-    this.k = this.v = this.bf16 ? new Uint16Array(0) : new Float32Array(0);
-    this.kmin = this.kmax = new Float32Array(0);
+    this.k = this.v = this.kmin = this.kmax = this.bf16 ? new Uint16Array(0) : new Float32Array(0);
   }
 }
 
@@ -146,8 +150,8 @@ export class LayerKV {
   get k(): KVArray { return this.pages.k; }
   get v(): KVArray { return this.pages.v; }
   get bf16(): boolean { return this.pages.bf16; }
-  get kmin(): Float32Array { return this.pages.kmin; }
-  get kmax(): Float32Array { return this.pages.kmax; }
+  get kmin(): KVArray { return this.pages.kmin; }
+  get kmax(): KVArray { return this.pages.kmax; }
   get inWasm(): boolean { return this.pages.inWasm; }
   /** byte offsets of physical page 0 in the WebAssembly memory */
   get kPtr(): number { return this.pages.k.byteOffset; }
@@ -168,7 +172,7 @@ export class LayerKV {
   append(k: Float32Array, ko: number, v: Float32Array, vo: number): void {
     const t = this.length, hd = this.headDim, P = this.pageSize;
     const page = this.table.writable(t), first = t % P === 0, nKV = this.nKV;
-    const K = this.k, V = this.v, mn = this.kmin, mx = this.kmax, bf16 = this.bf16;
+    const K = this.k, V = this.v, L = this.pages, bf16 = this.bf16;
     for (let g = 0; g < nKV; g++) {
       const o = ((page * nKV + g) * P + t % P) * hd, mo = (page * nKV + g) * hd;
       for (let i = 0; i < hd; i++) {
@@ -177,8 +181,8 @@ export class LayerKV {
           K[o + i] = kv;
           V[o + i] = v[vo + g * hd + i];
         }
-        if (first || kv < mn[mo + i]) mn[mo + i] = kv;
-        if (first || kv > mx[mo + i]) mx[mo + i] = kv;
+        if (first) L.setMeta(mo + i, kv, kv);
+        else if (kv < L.minAt(mo + i) || kv > L.maxAt(mo + i)) L.setMeta(mo + i, Math.min(kv, L.minAt(mo + i)), Math.max(kv, L.maxAt(mo + i)));
       }
     }
     this.length = t + 1;

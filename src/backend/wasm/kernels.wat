@@ -930,8 +930,9 @@
   ;; out + j * outStride floats) gets, for logical pages 0..np-1, Σ_i max(q_i·max_i, q_i·min_i). The pages'
   ;; min/max are read from memory once for all nq heads (they stay in L1 between the heads).
   (func (export "page_scores") (param $q i32) (param $nq i32) (param $kmin i32) (param $kmax i32) (param $table i32) (param $hd i32)
-                               (param $np i32) (param $stride i32) (param $out i32) (param $outStride i32)
+                               (param $np i32) (param $stride i32) (param $out i32) (param $outStride i32) (param $bf16 i32)
     (local $p i32) (local $i i32) (local $j i32) (local $hb i32) (local $acc v128) (local $qv v128) (local $mn i32) (local $mx i32) (local $po i32) (local $qp i32)
+    (local $ih i32)
     (local.set $hb (i32.shl (local.get $hd) (i32.const 2)))
     (block $pd (loop $pl
       (br_if $pd (i32.ge_s (local.get $p) (local.get $np)))
@@ -944,6 +945,18 @@
         (local.set $qp (i32.add (local.get $q) (i32.mul (local.get $j) (local.get $hb))))
         (local.set $acc (v128.const i32x4 0 0 0 0))
         (local.set $i (i32.const 0))
+        (if (local.get $bf16) (then
+        ;; bf16 min/max (rows of hd * 2 bytes), widened as they are loaded
+        (block $id2 (loop $il2
+          (br_if $id2 (i32.ge_s (local.get $i) (local.get $hb)))
+          (local.set $qv (v128.load (i32.add (local.get $qp) (local.get $i))))
+          (local.set $ih (i32.shr_u (local.get $i) (i32.const 1)))
+          (local.set $acc (f32x4.add (local.get $acc)
+            (f32x4.max (f32x4.mul (local.get $qv) (i32x4.shl (v128.load16x4_u (i32.add (local.get $mx) (local.get $ih))) (i32.const 16)))
+                       (f32x4.mul (local.get $qv) (i32x4.shl (v128.load16x4_u (i32.add (local.get $mn) (local.get $ih))) (i32.const 16))))))
+          (local.set $i (i32.add (local.get $i) (i32.const 16)))
+          (br $il2))))
+        (else
         (block $id (loop $il
           (br_if $id (i32.ge_s (local.get $i) (local.get $hb)))
           (local.set $qv (v128.load (i32.add (local.get $qp) (local.get $i))))
@@ -951,7 +964,7 @@
             (f32x4.max (f32x4.mul (local.get $qv) (v128.load (i32.add (local.get $mx) (local.get $i))))
                        (f32x4.mul (local.get $qv) (v128.load (i32.add (local.get $mn) (local.get $i)))))))
           (local.set $i (i32.add (local.get $i) (i32.const 16)))
-          (br $il)))
+          (br $il)))))
         (f32.store (i32.add (local.get $out) (i32.shl (i32.add (i32.mul (local.get $j) (local.get $outStride)) (local.get $p)) (i32.const 2)))
                    (call $hsum (local.get $acc)))
         (local.set $j (i32.add (local.get $j) (i32.const 1)))

@@ -28,7 +28,7 @@ export interface KernelExports {
   glu(gate: number, up: number, n: number, act: number): void;
   gemm_f16(w: number, rows: number, cols: number, x: number, n: number, out: number, outStride: number): void;
   /** nq query heads of one KV head: out row j (stride outStride floats) = the heads' Quest scores of pages 0..np-1 */
-  page_scores(q: number, nq: number, kmin: number, kmax: number, table: number, hd: number, np: number, stride: number, out: number, outStride: number): void;
+  page_scores(q: number, nq: number, kmin: number, kmax: number, table: number, hd: number, np: number, stride: number, out: number, outStride: number, bf16: number): void;
   /** nq query heads sharing one KV head: q/out nq rows of hd; probs nq rows of n rounded up to 4 */
   attend(q: number, nq: number, kBase: number, vBase: number, table: number, pageStride: number, P: number, hd: number,
          tokens: number, n: number, scale: number, probs: number, out: number, bf16: number): void;

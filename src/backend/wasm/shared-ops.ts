@@ -103,12 +103,14 @@ export function attendHeads(k: KernelExports, h0: number, h1: number, n: number,
 }
 
 /** Quest's page scores of pages [p0, p1) for every query head: out is [nH][np] f32, q [nH][hd]; the
- *  pages' key min/max of KV head g are read once for the group's heads (kernels.wat page_scores). */
+ *  pages' key min/max of KV head g are read once for the group's heads (kernels.wat page_scores); `bf16`:
+ *  1 where they are bf16 (`stride`: bytes between pages). */
 export function pageScoreRange(k: KernelExports, p0: number, p1: number, np: number, nKV: number, group: number, hd: number,
-                               q: number, kmin: number, kmax: number, table: number, stride: number, out: number): void {
+                               q: number, kmin: number, kmax: number, table: number, stride: number, out: number, bf16 = 0): void {
   if (p1 <= p0) return;
+  const eb = bf16 ? 2 : 4; // (bytes of a min / max element)
   for (let g = 0; g < nKV; g++) {
-    k.page_scores(q + g * group * hd * 4, group, kmin + g * hd * 4, kmax + g * hd * 4, table + p0 * 4, hd, p1 - p0, stride,
-                  out + (g * group * np + p0) * 4, np);
+    k.page_scores(q + g * group * hd * 4, group, kmin + g * hd * eb, kmax + g * hd * eb, table + p0 * 4, hd, p1 - p0, stride,
+                  out + (g * group * np + p0) * 4, np, bf16);
   }
 }
