@@ -190,10 +190,10 @@ async function benchPrefillAttention(device: GPUDevice, timeIt: TimeIt) {
   const T = Number(arg('tokens', '2048')), cfg = matrixConfig(device);
   const contexts = arg('contexts', '4096,32768').split(',').map(Number);
   console.log(`\nprefill attention, chunks of ${T} queries (ms, TFLOP/s; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'}; workgroup memory ${device.limits.maxComputeWorkgroupStorageSize} bytes)`);
-  // layouts of the tensor-core kernel to compare (--tunes sg,keys,stage[,skip];...), else the default one
+  // layouts of the tensor-core kernel to compare (--tunes sg,keys,stage,qShared;...), else the default one
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   const tunes = arg('tunes', '') ? arg('tunes', '').split(';').map((x) => attentionTune(128, limit, x)!) : cfg ? [attentionTune(128, limit)].filter((t) => t !== null) : [];
-  console.log(['| heads | context (chunk at) | fallback |', ...tunes.map((t) => ` tensor cores sg ${t.sg} keys ${t.keys}${t.stage ? ' staged' : ''}${t.skip ? ` without ${t.skip}` : ''} |`)].join(''));
+  console.log(['| heads | context (chunk at) | fallback |', ...tunes.map((t) => ` tensor cores sg ${t.sg} keys ${t.keys}${t.stage ? ' staged' : ''}${t.qShared ? ' q re-read' : ''} |`)].join(''));
   console.log(['| --- | --- | --- |', ...tunes.map(() => ' --- |')].join(''));
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
   for (const [nH, nKV] of SHAPES) {

@@ -66,8 +66,6 @@ export class LayerPages {
   get elementBytes(): number { return this.bf16 ? 2 : 4; }
   /** element o of K as f32 */
   key(o: number): number { return this.bf16 ? fromBf16(this.k[o]) : this.k[o]; }
-  /** element o of V as f32 */
-  value(o: number): number { return this.bf16 ? fromBf16(this.v[o]) : this.v[o]; }
   /** element o of the key minima / maxima as f32 */
   minAt(o: number): number { return this.bf16 ? fromBf16(this.kmin[o]) : this.kmin[o]; }
   maxAt(o: number): number { return this.bf16 ? fromBf16(this.kmax[o]) : this.kmax[o]; }
@@ -181,8 +179,9 @@ export class LayerKV {
           K[o + i] = kv;
           V[o + i] = v[vo + g * hd + i];
         }
-        if (first) L.setMeta(mo + i, kv, kv);
-        else if (kv < L.minAt(mo + i) || kv > L.maxAt(mo + i)) L.setMeta(mo + i, Math.min(kv, L.minAt(mo + i)), Math.max(kv, L.maxAt(mo + i)));
+        if (first) { L.setMeta(mo + i, kv, kv); continue; }
+        const lo = L.minAt(mo + i), hi = L.maxAt(mo + i);
+        if (kv < lo) L.setMeta(mo + i, kv, hi); else if (kv > hi) L.setMeta(mo + i, lo, kv);
       }
     }
     this.length = t + 1;

@@ -192,6 +192,22 @@ test('a bf16 KV cache (SIMD kernels with hd 16, TypeScript loops with hd 14): pr
   }
 });
 
+test('Quest decode steps over a bf16 cache of 270 pages (page scores split across the worker threads) match the float64 Quest reference', () => {
+  const m = loadModelFiles(tempFile('bf16-long.gguf', randomGGUF({ vocab: 80, dim: 96, hidden: 64, layers: 2, heads: 6, kvHeads: 2, seed: 13 })));
+  const tokens = promptOf(548, 80, 7), from = 540, V = m.config.vocabSize, bf16 = (x: number) => fromBf16(toBf16(x));
+  const quest = { budget: 64, pageSize: 2, denseLayers: 1 }; // (270 pages x 2 KV heads: enough to split)
+  const s = new Session(makeModel(m.config, m.weights, 'bf16'), { policy: 'quest', ...quest });
+  s.forward(tokens.slice(0, from));
+  const ref = refForward(m.config, refWeights(m.weights), tokens, { kvStore: bf16, quest: { from, ...quest } });
+  let maxDiff = 0;
+  for (let pos = from; pos < tokens.length; pos++) {
+    const ours = s.forward([tokens[pos]]);
+    for (let j = 0; j < V; j++) maxDiff = Math.max(maxDiff, Math.abs(ours[j] - ref[pos][j]));
+    assert.equal(argmax(ours), argmax64(ref[pos]), `top-1 differs at position ${pos}`);
+  }
+  assert.ok(maxDiff < 1e-3, `max |Δlogit| vs the float64 Quest reference ${maxDiff}`);
+});
+
 test('Quest decode steps (SIMD path: page scores and grouped sparse attention across threads; and the TypeScript path) match a float64 Quest reference', () => {
   // hd 16 takes the WebAssembly kernels, hd 14 the TypeScript loops; 3 query heads per KV head
   for (const dim of [96, 84]) {

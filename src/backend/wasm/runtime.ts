@@ -2,7 +2,7 @@
 // the KV caches and the activations, a small allocator over it, and the compiled kernels.
 // Where WebAssembly SIMD is missing, or data does not fit in the 4 GiB a wasm32 memory can address,
 // callers fall back to the plain TypeScript kernels.
-import { KERNELS_WASM_BASE64 } from './kernels-wasm.js';
+import { KERNELS_WASM_BASE64, KERNELS_WASM_FMA_BASE64 } from './kernels-wasm.js';
 
 export interface KernelExports {
   gemm_f32(w: number, rows: number, cols: number, x: number, n: number, out: number, outStride: number): void;
@@ -47,11 +47,27 @@ function decodeBase64(s: string): Uint8Array<ArrayBuffer> {
   return out;
 }
 
+/** The kernels with fused multiply-adds (relaxed SIMD), where this runtime has relaxed SIMD: Chrome and
+ *  Node 22+ do; Node 20 has it behind a V8 flag, set here for the process (workers share it);
+ *  QUEST_NO_FMA=1 keeps the plain kernels. Null: the plain kernels. */
+function fusedKernels(): Uint8Array<ArrayBuffer> | null {
+  const proc = (globalThis as { process?: { env: Record<string, string | undefined>; getBuiltinModule?: (id: string) => unknown } }).process;
+  if (proc?.env.QUEST_NO_FMA === '1') return null;
+  const bytes = decodeBase64(KERNELS_WASM_FMA_BASE64);
+  if (WebAssembly.validate(bytes)) return bytes;
+  const v8 = proc?.getBuiltinModule?.('node:v8') as { setFlagsFromString(flags: string): void } | undefined;
+  if (!v8) return null;
+  v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
+  return WebAssembly.validate(bytes) ? bytes : null;
+}
+
 export class WasmRuntime {
   readonly memory: WebAssembly.Memory;
   readonly k: KernelExports;
   /** the compiled kernels' bytes, for workers to instantiate on the same memory */
   readonly moduleBytes: Uint8Array<ArrayBuffer>;
+  /** whether the kernels are the variant with relaxed SIMD's fused multiply-adds */
+  readonly fused: boolean;
   private top = 1024; // address 0 stays unused: it means "none" to the kernels
   private touched = 1024; // memory at and above this was never handed out: still zero from grow()
   private free: { ptr: number; size: number }[] = [];
@@ -61,7 +77,9 @@ export class WasmRuntime {
 
   constructor() {
     this.memory = new WebAssembly.Memory({ initial: 16, maximum: MAX_PAGES, shared: true });
-    const bytes = decodeBase64(KERNELS_WASM_BASE64);
+    const fused = fusedKernels();
+    this.fused = fused !== null;
+    const bytes = fused ?? decodeBase64(KERNELS_WASM_BASE64);
     this.moduleBytes = bytes;
     const module = new WebAssembly.Module(bytes);
     this.k = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as unknown as KernelExports;

@@ -132,9 +132,9 @@ const ATT_ROWS = 16;
 const PAD = 8;
 /** How the tensor-core prefill attention is laid out: subgroups per workgroup (16 query rows each), keys
  *  per tile, and whether a tile's keys and values are staged in workgroup memory (shared by the
- *  subgroups) or read by each subgroup straight from the pages. `skip`: benchmarks only (wrong results),
- *  leaves out the lanes' softmax work or one of the two products, to see where the time goes. */
-export interface AttentionTune { sg: number; keys: number; stage: boolean; qShared: boolean; skip?: 'softmax' | 'qk' | 'pv' }
+ *  subgroups) or read by each subgroup straight from the pages, and whether q is re-read from workgroup
+ *  memory each tile instead of held in registers. */
+export interface AttentionTune { sg: number; keys: number; stage: boolean; qShared: boolean }
 /** Workgroup memory of a layout: per subgroup f32 rows for S and then O's tile, f16 rows for q and then
  *  P; the staged keys and values. */
 const attWorkgroupBytes = (hd: number, t: AttentionTune) =>
@@ -149,8 +149,8 @@ const ATT_TUNES: AttentionTune[] = [{ sg: 2, keys: 32, stage: true, qShared: fal
  *  benchmarks), or null where none fits. */
 export function attentionTune(headDim: number, maxWorkgroupBytes: number, env = processEnv().QUEST_MMA_ATTENTION_TUNE): AttentionTune | null {
   if (env) {
-    const [sg, keys, stage, qShared, skip] = env.split(',');
-    return { sg: +sg, keys: +keys, stage: stage === '1', qShared: qShared === '1', skip: (skip || undefined) as AttentionTune['skip'] };
+    const [sg, keys, stage, qShared] = env.split(',');
+    return { sg: +sg, keys: +keys, stage: stage === '1', qShared: qShared === '1' };
   }
   return ATT_TUNES.find((t) => tuneFits(headDim, t, maxWorkgroupBytes)) ?? null;
 }
@@ -249,30 +249,29 @@ ${stageUnits.map((u) => `    { let d = (${u * THREADS}u + tid) / (HD / 8u) * LDK
     prefetch(t0 + BKV, g, tid);` : ''}
     // (1) S = Q Kᵀ${t.stage ? '' : `; where each 8 keys of the tile start in the pages
 ${range(ATT_KEYS / 8).map((r) => `    let kp${r} = keyAt(t0 + ${8 * r}u, g);`).join('\n')}`}
-${t.skip === 'qk' ? '' : `${keyBlocks.map((b) => `    var sm${b} = ${res}();`).join('\n')}
+${keyBlocks.map((b) => `    var sm${b} = ${res}();`).join('\n')}
 ${qSteps.map((j) => `    {${t.qShared ? `
       let q${j} = ${load(left, '&sh', `hb + ${j * SK}u`, false, 'LDH')};` : ''}
 ${keyBlocks.map((b) => `      let k${b} = ${kMatrix(b, j)};`).join('\n')}
 ${keyBlocks.map((b) => `      sm${b} = subgroupMatrixMultiplyAccumulate(q${j}, k${b}, sm${b});`).join('\n')}
     }`).join('\n')}
-${keyBlocks.map((b) => `    ${store('&sf', `fb + ${b * SN}u`, `sm${b}`, 'LDS')};`).join('\n')}`}
+${keyBlocks.map((b) => `    ${store('&sf', `fb + ${b * SN}u`, `sm${b}`, 'LDS')};`).join('\n')}
     workgroupBarrier();
     // (2) this lane's keys 8j + 4 half .. + 3 of its row: masked scores, the new maximum, P
-    var alpha = 1.0;
-${t.skip === 'softmax' ? '' : `    let sr = fb + row * LDS + half * 4u;
+    let sr = fb + row * LDS + half * 4u;
     let kt = t0 + half * 4u;
 ${sVecs.map((j) => `    let s${j} = select(vec4<f32>(-1.0e30), vec4<f32>(sf[sr + ${8 * j}u], sf[sr + ${8 * j + 1}u], sf[sr + ${8 * j + 2}u], sf[sr + ${8 * j + 3}u]),
       vec4<u32>(kt + ${8 * j}u, kt + ${8 * j + 1}u, kt + ${8 * j + 2}u, kt + ${8 * j + 3}u) <= vec4<u32>(qpos));`).join('\n')}
     var mt = m;
 ${sVecs.map((j) => `    mt = max(mt, max(max(s${j}.x, s${j}.y), max(s${j}.z, s${j}.w)));`).join('\n')}
     mt = max(mt, subgroupShuffleXor(mt, 1u));
-    alpha = exp2(m - mt); m = mt; l *= alpha;
+    let alpha = exp2(m - mt); m = mt; l *= alpha;
     let pr = pb + row * LDS + half * 4u;
 ${sVecs.map((j) => `    { let p = select(vec4<f32>(0.0), exp2(s${j} - vec4<f32>(m)), s${j} > vec4<f32>(-1.0e29)); l += (p.x + p.y) + (p.z + p.w);
-      let ph = vec4<f16>(p); ${P_}[pr + ${8 * j}u] = ph.x; ${P_}[pr + ${8 * j + 1}u] = ph.y; ${P_}[pr + ${8 * j + 2}u] = ph.z; ${P_}[pr + ${8 * j + 3}u] = ph.w; }`).join('\n')}`}
+      let ph = vec4<f16>(p); ${P_}[pr + ${8 * j}u] = ph.x; ${P_}[pr + ${8 * j + 1}u] = ph.y; ${P_}[pr + ${8 * j + 2}u] = ph.z; ${P_}[pr + ${8 * j + 3}u] = ph.w; }`).join('\n')}
     workgroupBarrier();
     // (3) the tile's P V, over S's rows in sf (read by now)
-${t.skip === 'pv' ? '' : `${keySteps.map((b) => `    let p${b} = ${load(left, `&${P_}`, `pb + ${b * SK}u`, false, 'LDS')};`).join('\n')}
+${keySteps.map((b) => `    let p${b} = ${load(left, `&${P_}`, `pb + ${b * SK}u`, false, 'LDS')};`).join('\n')}
 ${range(Math.ceil(chanBlocks.length / 4)).map((cg) => {
     const cs = chanBlocks.slice(cg * 4, cg * 4 + 4); // four channel blocks at a time: independent accumulators
     return `    {
@@ -281,11 +280,11 @@ ${keySteps.map((b) => `${cs.map((c) => `      let v${b}_${c} = ${vMatrix(b, c)};
 ${cs.map((c) => `      a${c} = subgroupMatrixMultiplyAccumulate(p${b}, v${b}_${c}, a${c});`).join('\n')}`).join('\n')}
 ${cs.map((c) => `      ${store('&sf', `fb + ${c * SN}u`, `a${c}`, 'LDO')};`).join('\n')}
     }`;
-  }).join('\n')}`}
+  }).join('\n')}
     workgroupBarrier();
     // (4) O = O alpha + P V on this lane's channels 8j + 4 half .. + 3
-${t.skip === 'softmax' ? '' : `    let orow = fb + row * LDO + half * 4u;
-${oVecs.map((j) => `    o${j} = o${j} * alpha + vec4<f32>(sf[orow + ${8 * j}u], sf[orow + ${8 * j + 1}u], sf[orow + ${8 * j + 2}u], sf[orow + ${8 * j + 3}u]);`).join('\n')}`}
+    let orow = fb + row * LDO + half * 4u;
+${oVecs.map((j) => `    o${j} = o${j} * alpha + vec4<f32>(sf[orow + ${8 * j}u], sf[orow + ${8 * j + 1}u], sf[orow + ${8 * j + 2}u], sf[orow + ${8 * j + 3}u]);`).join('\n')}
   }
   l += subgroupShuffleXor(l, 1u);
   if (i < step.n) {
