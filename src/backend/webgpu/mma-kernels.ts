@@ -39,7 +39,7 @@ export const MMA_TILES: MmaTile[] = [
 ];
 /** 4-bit weights take longer to decode into the staged tile: there the 64 x 32 blocks ran faster (120 vs 94 TFLOP/s). */
 export const mmaTilesFor = (type: GpuWeightType, tiles: MmaTile[] = MMA_TILES): MmaTile[] =>
-  (type === 'q4_0' || type === 'q4_1' ? [...tiles.slice(1, 2), ...tiles.slice(0, 1), ...tiles.slice(2)] : tiles);
+  (type === 'q4_0' || type === 'q4_1' ? [...tiles.filter((t) => t.WN <= 32), ...tiles.filter((t) => t.WN > 32)] : tiles);
 
 /** The tile a product of N rows uses on this config (the first whose BN divides N and BK divides K),
  *  or null where none fits (such products keep the fallback kernel). */
