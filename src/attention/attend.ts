@@ -67,7 +67,6 @@ function keyDot(q: Float32Array, qo: number, kv: LayerKV, o: number): number {
 
 /** Exact attention scores q·k·scale of one query head against tokens 0..count-1 (into `scores`). */
 export function headScores(q: Float32Array, qo: number, kv: LayerKV, g: number, count: number, scale: number, scores: Float32Array): void {
-  const hd = kv.headDim;
   for (let t = 0; t < count; t++) scores[t] = keyDot(q, qo, kv, kv.offset(t, g)) * scale;
 }
 

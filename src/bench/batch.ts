@@ -27,24 +27,25 @@ async function main() {
   if (!gpu) { console.log(`no WebGPU adapter: ${lastGpuError}`); return; }
   const { config, name } = gpuShape(arg('shape', '7b'), CONTEXT + 64);
   const m = GpuModel.random(gpu.device, config, 1, WEIGHTS), runner = new GpuRunner(m, 16);
+  if (gpu.hasTimestamps) runner.enableTiming(); // (where a step's time goes: the GPU's, the CPU's encoding)
   const base = new GpuSession(runner);
   await base.fillRandomContext(CONTEXT);
   console.log(`${gpu.adapterName}: ${name}, random ${WEIGHTS} weights; ${CONTEXT}-token contexts; ${STEPS} steps per timing, 3 timings; Quest budget ${BUDGET}`);
-  const rows: { policy: string; batch: number; tps: number[] }[] = [];
+  const rows: { policy: string; batch: number; tps: number[]; gpuMs: number; encodeMs: number }[] = [];
   for (const policy of ['dense', 'quest'] as const) {
     for (const B of BATCHES) {
       const seqs = Array.from({ length: B }, () => base.fork({ policy, budget: BUDGET }));
       const step = () => GpuSession.decodeBatch(seqs.map((seq, i) => ({ seq, token: 1 + ((seq.length + i) % 100) })));
       await step(); await step(); // warm-up: pipelines, bind groups, clocks
-      const tps: number[] = [];
+      const tps: number[] = [], gpuMs: number[] = [], encodeMs: number[] = [];
       for (let run = 0; run < 3; run++) {
         const t0 = performance.now();
-        for (let s = 0; s < STEPS; s++) await step();
+        for (let s = 0; s < STEPS; s++) { await step(); gpuMs.push(seqs[0].lastGpuMs); encodeMs.push(seqs[0].lastEncodeMs); }
         tps.push((B * STEPS) / ((performance.now() - t0) / 1000));
       }
       for (const s of seqs) s.dispose();
-      rows.push({ policy, batch: B, tps });
-      console.log(`  ${policy.padEnd(5)} batch ${String(B).padStart(2)}: ${median(tps).toFixed(0)} tokens/s (${Math.min(...tps).toFixed(0)}-${Math.max(...tps).toFixed(0)}), ${(1000 * B / median(tps)).toFixed(2)} ms per step`);
+      rows.push({ policy, batch: B, tps, gpuMs: median(gpuMs), encodeMs: median(encodeMs) });
+      console.log(`  ${policy.padEnd(5)} batch ${String(B).padStart(2)}: ${median(tps).toFixed(0)} tokens/s (${Math.min(...tps).toFixed(0)}-${Math.max(...tps).toFixed(0)}), ${(1000 * B / median(tps)).toFixed(2)} ms per step (GPU ${median(gpuMs).toFixed(2)} ms, encoding ${median(encodeMs).toFixed(2)} ms)`);
     }
   }
   console.log('\n| batch | dense tokens/s | quest tokens/s | quest / dense | dense vs batch 1 | quest vs batch 1 |\n| --- | --- | --- | --- | --- | --- |');

@@ -11,13 +11,13 @@ import { measureBandwidth } from './gpu-bandwidth.js';
 import { hasIntDot4, hasSubgroups32 } from '../backend/webgpu/device.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { matrixConfig } from '../backend/webgpu/device.js';
-import { attentionTune, linearMmaWgsl, mmaAttentionRows, mmaTileFor, MMA_TILES, prefillAttentionMmaWgsl } from '../backend/webgpu/mma-kernels.js';
+import { attentionTune, linearMmaWgsl, linearSkinnyMmaWgsl, mmaAttentionRows, mmaTileFor, MMA_TILES, prefillAttentionMmaWgsl, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, toHalfGrid, toHalfWgsl } from '../backend/webgpu/mma-kernels.js';
 
 const P = 16;
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
 const LENGTHS = arg('lengths', '4096,8192,16384,32768,65536,131072').split(',').map(Number);
 const BUDGETS = arg('budgets', '64,256,1024,2048,4096').split(',').map(Number);
-const ONLY = arg('only', 'all'); // attention | matvec | prefill | prefill-attention | all
+const ONLY = arg('only', 'all'); // attention | matvec | prefill | prefill-attention | batch-products | all
 const SHAPES = arg('shapes', '32/32,32/8').split(',').map((x) => x.split('/').map(Number)); // query/KV heads
 
 async function main() {
@@ -47,7 +47,8 @@ async function main() {
   console.log(`bandwidth: shader read ${bw.shaderReadGBs.toFixed(0)} GB/s, shader copy ${bw.shaderCopyGBs.toFixed(0)} GB/s, copy engine ${bw.copyEngineGBs.toFixed(0)} GB/s (read + written)`);
   if (ONLY === 'all' || ONLY === 'prefill') await benchPrefillProducts(device, timeIt);
   if (ONLY === 'all' || ONLY === 'prefill-attention') await benchPrefillAttention(device, timeIt);
-  if (ONLY === 'prefill' || ONLY === 'prefill-attention') { device.destroy(); process.exit(0); }
+  if (ONLY === 'all' || ONLY === 'batch-products') await benchBatchProducts(device, timeIt, readGBs);
+  if (ONLY === 'prefill' || ONLY === 'prefill-attention' || ONLY === 'batch-products') { device.destroy(); process.exit(0); }
   if (ONLY !== 'attention') await benchMatvec(device, timeIt, readGBs);
   if (ONLY === 'matvec') { device.destroy(); process.exit(0); }
   const rows: string[] = [];
@@ -231,6 +232,67 @@ async function benchPrefillAttention(device: GPUDevice, timeIt: TimeIt) {
       for (const b of [kc, vc, qkv, out, step, table]) b.destroy();
     }
   }
+}
+
+/** The weight products of a batched decode step (a few tokens: 8-64) of the Llama-2-7B shape: the
+ *  batched matrix-vector kernel (SIMT) and the few-token tensor-core kernel at each layout (with the
+ *  conversion of x to f16 it needs, in the same timing); µs and the weights' bytes per second as a share
+ *  of the read bandwidth. */
+async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
+  const cfg = matrixConfig(device), sub = hasSubgroups32(device), limit = device.limits.maxComputeWorkgroupStorageSize;
+  const tokensList = arg('tokens', '8,16,32,64').split(',').map(Number);
+  const shapes: [string, K.GpuWeightType, number, number][] = [
+    ['qkv', 'f16', 12288, 4096], ['wo', 'f16', 4096, 4096], ['gate+up', 'f16', 22016, 4096], ['down', 'f16', 4096, 11008],
+    ['gate+up', 'q8_0', 22016, 4096], ['gate+up', 'q4_0', 22016, 4096], ['down', 'q4_0', 4096, 11008], ['gate+up', 'q8_16', 22016, 4096],
+  ];
+  const tiles = cfg ? SKINNY_TILES : [];
+  const names = ['batched SIMT', ...tiles.map((t) => `mma ${t.WN} rows sg ${t.SG} k${t.CK}${t.stage ? ' staged' : ''}`)];
+  console.log(`\nbatched decode products (µs, share of read bandwidth; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'})`);
+  console.log(`| matrix | type | N x K | tokens | ${names.join(' | ')} |`);
+  console.log(`| --- | --- | --- | --- | ${names.map(() => '---').join(' | ')} |`);
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  const step = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+  const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+  for (const [name, type, N, Kd] of shapes) {
+    const codeBytes = type === 'f16' ? 2 : type === 'q8_0' || type === 'q8_16' ? 1 : 0.5;
+    const scaleWords = type === 'f16' ? 0 : type === 'q8_16' ? 2 / 16 : type === 'q4_1' ? 2 / 32 : 1 / 32;
+    const bytes = N * Kd * (codeBytes + 4 * scaleWords);
+    const copies = Math.max(2, Math.ceil((512 << 20) / bytes)); // rotate past the L2 cache
+    const mats = Array.from({ length: copies }, () => ({
+      data: device.createBuffer({ size: Math.ceil((N * Kd * codeBytes) / 16) * 16, usage }),
+      scales: device.createBuffer({ size: Math.max(16, N * Kd * scaleWords * 4), usage }),
+    }));
+    const maxT = Math.max(...tokensList);
+    const x = device.createBuffer({ size: maxT * Kd * 4, usage }), xh = device.createBuffer({ size: maxT * Kd * 2, usage }), y = device.createBuffer({ size: maxT * N * 4, usage });
+    device.queue.writeBuffer(x, 0, new Float32Array(maxT * Kd).map(() => Math.random() - 0.5));
+    const half = pipeOf(toHalfWgsl(Kd)), halfGroup = device.createBindGroup({ layout: half.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: x } }, { binding: 1, resource: { buffer: xh } }, { binding: 6, resource: { buffer: step } }] });
+    for (const T of tokensList) {
+      device.queue.writeBuffer(step, 0, new Uint32Array([0, T, 0, 0]));
+      const spec: K.LinearSpec = { type, N, K: Kd, add: false, bias: false };
+      const cells: string[] = [];
+      const time = async (pipe: GPUComputePipeline, input: GPUBuffer, grid: [number, number], toHalf: boolean) => {
+        const groups = mats.map((m) => device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [
+          { binding: 0, resource: { buffer: input } }, { binding: 1, resource: { buffer: y } }, { binding: 2, resource: { buffer: m.data } },
+          ...(type === 'f16' ? [] : [{ binding: 3, resource: { buffer: m.scales } }]), { binding: 6, resource: { buffer: step } }] }));
+        let turn = 0;
+        const t = await timeIt((pass) => {
+          if (toHalf) { pass.setPipeline(half); pass.setBindGroup(0, halfGroup); pass.dispatchWorkgroups(...toHalfGrid(T, Kd)); }
+          pass.setPipeline(pipe); pass.setBindGroup(0, groups[turn++ % copies]); pass.dispatchWorkgroups(...grid);
+        }, 50);
+        return `${(t * 1e6).toFixed(1)} (${((bytes / t / 1e9) / readGBs * 100).toFixed(0)}%)`;
+      };
+      cells.push(await time(pipeOf(K.linearBatchWgsl(spec, sub)), x, K.batchGrid(N, Kd, type, T), false));
+      for (const t of tiles) {
+        if (!skinnyTileFor(type, N, Kd, T, cfg!, limit, [t])) { cells.push('—'); continue; }
+        const pipe = pipeOf(linearSkinnyMmaWgsl(spec, cfg!, t, skinnyBlocks(T, cfg!)));
+        cells.push(await time(pipe, xh, skinnyGrid(N, T, t, cfg!), true));
+      }
+      console.log(`| ${name} | ${type} | ${N} x ${Kd} | ${T} | ${cells.join(' | ')} |`);
+    }
+    for (const m of mats) { m.data.destroy(); m.scales.destroy(); }
+    x.destroy(); xh.destroy(); y.destroy();
+  }
+  step.destroy();
 }
 
 /** Matrix-vector products of a Llama-2-7B decode step (one token), every kernel variant: µs and GB/s. */

@@ -11,7 +11,7 @@ import { DecodeAttention, readBuffer, type LayerBuffers } from '../backend/webgp
 import { GpuPageStore } from '../backend/webgpu/gpu-pages.js';
 import { PageAllocator, PageTable } from '../kv/page-table.js';
 import { hasSubgroups32, matrixConfig, processEnv, throwDeviceError } from '../backend/webgpu/device.js';
-import { mmaAttentionFits, mmaAttentionRows, prefillAttentionMmaWgsl, type AttentionTune } from '../backend/webgpu/mma-kernels.js';
+import { mmaAttentionFits, mmaAttentionRows, prefillAttentionMmaWgsl, toHalfGrid, toHalfWgsl, type AttentionTune } from '../backend/webgpu/mma-kernels.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
 import { checkBatch, checkTokens, type ForwardOptions, type KVLayout } from './session.js';
@@ -41,6 +41,9 @@ export class GpuRunner {
   readonly tokens: GPUBuffer; readonly step: GPUBuffer; readonly best: GPUBuffer;
   /** a product's input quantised to int8 (Q4_0 products with integer dot products) */
   readonly xq: GPUBuffer;
+  /** a batched step's product input as f16 (the tensor-core few-token products; a token block past the
+   *  last sequence is read too) */
+  readonly xh: GPUBuffer;
   private logitsAll: GPUBuffer | null = null;
   readonly decode: DecodeAttention;
   readonly maxPages: number;
@@ -72,6 +75,7 @@ export class GpuRunner {
     this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
     this.mmaAttention = this.usesMmaAttention;
     this.xq = buf(MAX_BATCH * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
+    this.xh = buf(matrixConfig(d) ? ((MAX_BATCH + 16) * Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)) / 2 : 4);
     this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
     this.decode = new DecodeAttention(d, { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize, maxPages: this.maxPages },
@@ -92,6 +96,16 @@ export class GpuRunner {
     }
     return this.batchViews[l];
   }
+
+  // readback buffers of batched steps, kept between steps (creating a mapped buffer of a batch's logits
+  // each step cost more than the copy): taken while a step reads back, given back after
+  private stagingFree: GPUBuffer[] = [];
+  takeStaging(bytes: number): GPUBuffer {
+    const i = this.stagingFree.findIndex((b) => b.size >= bytes);
+    if (i >= 0) return this.stagingFree.splice(i, 1)[0];
+    return this.m.device.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
+  }
+  giveStaging(b: GPUBuffer): void { this.stagingFree.push(b); if (this.stagingFree.length > 2) this.stagingFree.shift()!.destroy(); }
 
   /** Timestamp queries around each forward's compute pass (benchmarks, one session at a time; needs
    *  'timestamp-query'); one read buffer per step that may be in flight. */
@@ -118,7 +132,7 @@ export class GpuRunner {
   }
 
   dispose(): void {
-    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.logitsAll, this.batchTable, this.batchRows]) b?.destroy();
+    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.xh, this.logitsAll, this.batchTable, this.batchRows, ...this.stagingFree]) b?.destroy();
     this.store.dispose();
   }
 }
@@ -400,16 +414,27 @@ export class GpuSession {
       if (pipe !== current) { pass.setPipeline(pipe); current = pipe; }
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
-    // a batched decode step of more than VEC_ROWS sequences: products that read the weights once per
-    // BATCH_TOKENS sequences (measured on the H200: faster there than the tensor-core tiles, whose few
-    // workgroups at so few rows leave the GPU idle; up to VEC_ROWS the matrix-vector kernels stay faster)
-    const batched = batch !== null && n > VEC_ROWS;
+    // a batched decode step of more than VEC_ROWS sequences (of 2 or more where the adapter has subgroup
+    // matrices): products that read the weights once per BATCH_TOKENS sequences (measured on the H200:
+    // faster there than the prefill's tensor-core tiles, whose few workgroups at so few rows leave the GPU
+    // idle; up to VEC_ROWS the matrix-vector kernels stay faster)
+    const forced = processEnv().QUEST_BATCH_PRODUCT;
+    const batched = batch !== null && (n > VEC_ROWS || (matrixConfig(m.device) !== null && forced !== 'vec' && forced !== 'batch'));
     // ... except products whose x is quantised to int8 (Q4_0 with integer dot products): there the
     // matrix-vector kernels, one token per grid row, measured 2.2-2.8x faster on the H200 at batch 16-32
     // (QUEST_BATCH_PRODUCT=vec|batch forces one or the other, to compare)
-    const forced = processEnv().QUEST_BATCH_PRODUCT;
+    // Where the adapter has subgroup matrices, the other products run on tensor cores (x converted to f16
+    // first; H100, batch 16 of the 7B shape: 4.6-6.1 ms less GPU time per step than the batched kernel).
+    // (QUEST_BATCH_PRODUCT=vec|batch|mma forces one, to compare.)
+    const skinnyOf = (l: GpuLinear, add: boolean) => (batched && (forced === 'mma' || (forced === undefined && !m.quantisesX(l))) ? m.skinnyProduct(l, add, n) : null);
     const vecBatchOf = (l: GpuLinear) => batched && (forced === 'vec' || (forced !== 'batch' && m.quantisesX(l)));
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
+      const skinny = rows > 1 ? skinnyOf(l, add) : null;
+      if (skinny) {
+        run(m.pipeline(`tohalf:${l.K}`, () => toHalfWgsl(l.K)), 'tohalf', [x, r.xh, null, null, null, null, r.step], toHalfGrid(rows, l.K));
+        run(skinny.pipe, 'linS', [r.xh, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, null, r.step], skinny.grid);
+        return;
+      }
       const vecBatch = vecBatchOf(l);
       if (batched && rows > 1 && !vecBatch) {
         run(m.batchPipeline(l, add), 'linB', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, null, r.step], K.batchGrid(l.N, l.K, l.type, rows));
@@ -671,17 +696,21 @@ export class GpuSession {
     d.queue.writeBuffer(r.batchRows, 0, Uint32Array.from(batch.flatMap((seq, b) => [seq.len, b, b * r.maxPages, 0])));
     d.queue.writeBuffer(r.step, 0, new Uint32Array([0, n, 0, 0]));
     d.queue.writeBuffer(r.tokens, 0, new Uint32Array(steps.map((x) => x.token)));
-    const enc = d.createCommandEncoder(), pass = enc.beginComputePass();
+    const enc = d.createCommandEncoder(), t = r.timing, tEncode = performance.now();
+    const pass = enc.beginComputePass(t ? { timestampWrites: { querySet: t.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : undefined);
     only(lead.encodeChunk(pass, n, 'all', false, batch));
     pass.end();
+    lead.lastEncodeMs = performance.now() - tEncode;
+    if (t) { enc.resolveQuerySet(t.set, 0, 2, t.resolve, 0); enc.copyBufferToBuffer(t.resolve, 0, t.reads[0], 0, 16); }
     const bytes = n * c.vocabSize * 4;
-    const staging = d.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
+    const staging = r.takeStaging(bytes);
     enc.copyBufferToBuffer(r.logitsRows(), 0, staging, 0, bytes);
     d.queue.submit([enc.finish()]);
     for (const { seq, token } of steps) { seq.len += 1; seq.tokens.push(token); }
-    await staging.mapAsync(GPUMapMode.READ);
-    const all = new Float32Array(staging.getMappedRange().slice(0));
-    staging.unmap(); staging.destroy();
+    await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    const all = new Float32Array(staging.getMappedRange(0, bytes).slice(0));
+    staging.unmap(); r.giveStaging(staging);
+    await lead.readTiming(0);
     throwDeviceError();
     return steps.map((_, b) => all.slice(b * c.vocabSize, (b + 1) * c.vocabSize));
   }

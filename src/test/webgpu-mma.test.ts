@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
 import { matrixConfig, throwDeviceError } from '../backend/webgpu/device.js';
 import { readBuffer } from '../backend/webgpu/decode-attention.js';
-import { attentionTune, linearMmaWgsl, mmaAttentionFits, mmaAttentionRows, mmaTileFor, MMA_TILES, prefillAttentionMmaWgsl, type AttentionTune, type MmaTile } from '../backend/webgpu/mma-kernels.js';
+import { attentionTune, linearMmaWgsl, linearSkinnyMmaWgsl, mmaAttentionFits, mmaAttentionRows, mmaTileFor, MMA_TILES, prefillAttentionMmaWgsl, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, toHalfGrid, toHalfWgsl, type AttentionTune, type MmaTile, type SkinnyTile } from '../backend/webgpu/mma-kernels.js';
 import type { GpuWeightType, LinearSpec } from '../backend/webgpu/kernels.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { gaussian } from './fixtures.js';
@@ -119,6 +119,59 @@ test('WebGPU tensor-core product: every tile shape gives the same answer', { ski
     check(got, want, JSON.stringify(tile));
   }
 });
+
+// The few-token product of batched decode steps (linearSkinnyMmaWgsl, after toHalfWgsl turns x into
+// f16): only the step's tokens are written (the rows after them keep their values), every layout, up to
+// SKINNY_BLOCKS token blocks per workgroup and more tokens than that (a second row of workgroups).
+async function skinnyProduct(type: GpuWeightType, tokens: number, N: number, Kd: number, tile: SkinnyTile, o: { add?: boolean; bias?: boolean }) {
+  const { device } = gpu!, g = gaussian(tokens * 7 + N + Kd), w = weights(type, N, Kd, 5 + N);
+  const blocks = skinnyBlocks(tokens, cfg!), [gx, gy] = skinnyGrid(N, tokens, tile, cfg!), rows = gy * blocks * cfg!.M + 8;
+  const x = Float32Array.from({ length: rows * Kd }, () => g());
+  const y0 = Float32Array.from({ length: rows * N }, () => g());
+  const bias = Float32Array.from({ length: N }, () => g());
+  const want = Float64Array.from(y0);
+  for (let t = 0; t < tokens; t++) for (let r = 0; r < N; r++) {
+    let s = (o.add ? y0[t * N + r] : 0) + (o.bias ? bias[r] : 0);
+    for (let k = 0; k < Kd; k++) s += f16(x[t * Kd + k]) * w.values[r * Kd + k];
+    want[t * N + r] = s;
+  }
+  const spec: LinearSpec = { type, N, K: Kd, add: !!o.add, bias: !!o.bias };
+  const [half, pipe] = await Promise.all([pipelineOf(toHalfWgsl(Kd)), pipelineOf(linearSkinnyMmaWgsl(spec, cfg!, tile, blocks))]);
+  const step = buf(new Uint32Array([0, tokens, 0, 0]), GPUBufferUsage.UNIFORM);
+  const xh = device.createBuffer({ size: rows * Kd * 2, usage: GPUBufferUsage.STORAGE }), y = buf(y0);
+  const group = (p: GPUComputePipeline, entries: [number, GPUBuffer][]) => device.createBindGroup({ layout: p.getBindGroupLayout(0), entries: entries.map(([binding, buffer]) => ({ binding, resource: { buffer } })) });
+  const entries: [number, GPUBuffer][] = [[0, xh], [1, y], [2, buf(w.data)], [6, step]];
+  if (w.scales && tile.stage) entries.push([3, buf(w.scales)]);
+  if (o.bias) entries.push([4, buf(bias)]);
+  const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+  pass.setPipeline(half); pass.setBindGroup(0, group(half, [[0, buf(x)], [1, xh], [6, step]])); pass.dispatchWorkgroups(...toHalfGrid(tokens, Kd));
+  pass.setPipeline(pipe); pass.setBindGroup(0, group(pipe, entries)); pass.dispatchWorkgroups(gx, gy);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+  const got = new Float32Array(await readBuffer(device, y, rows * N * 4));
+  throwDeviceError();
+  return { got, want };
+}
+
+const skinnyCases: { type: GpuWeightType; tokens: number; N: number; K: number; add?: boolean; bias?: boolean }[] = [
+  { type: 'f16', tokens: 2, N: 128, K: 256 }, { type: 'f16', tokens: 16, N: 576, K: 576, add: true },
+  { type: 'f16', tokens: 37, N: 384, K: 1024, bias: true }, { type: 'f16', tokens: 64, N: 256, K: 11008, add: true },
+  { type: 'f16', tokens: 70, N: 256, K: 512, add: true, bias: true },
+  { type: 'q8_0', tokens: 9, N: 640, K: 768 }, { type: 'q4_0', tokens: 33, N: 256, K: 4096, add: true },
+  { type: 'q4_1', tokens: 20, N: 256, K: 1024, bias: true }, { type: 'q8_16', tokens: 48, N: 384, K: 768, add: true },
+];
+for (const c of skinnyCases) {
+  test(`WebGPU tensor-core few-token product (${c.type}, ${c.tokens} tokens × ${c.N} × ${c.K}${c.add ? ', residual add' : ''}${c.bias ? ', bias' : ''}), every layout, matches float64`, { skip }, async () => {
+    let ran = 0;
+    for (const tile of SKINNY_TILES) {
+      if (!skinnyTileFor(c.type, c.N, c.K, c.tokens, cfg!, gpu!.device.limits.maxComputeWorkgroupStorageSize, [tile])) continue;
+      const { got, want } = await skinnyProduct(c.type, c.tokens, c.N, c.K, tile, c);
+      check(got, want, `${c.type} ${JSON.stringify(tile)}`);
+      ran++;
+    }
+    assert.ok(ran > 0, 'no layout fits this product');
+  });
+}
 
 // Prefill attention on tensor cores, alone: a chunk of n queries at positions start.. over a paged f16
 // cache holding start + n keys, against float64 causal softmax attention. q is rounded to f16 by the

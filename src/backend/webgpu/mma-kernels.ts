@@ -4,7 +4,7 @@
 // are opaque to the lanes, so everything else (conversion to f16, dequantisation, softmax) goes through
 // workgroup memory. Chosen where the adapter has the feature; kernels.ts keeps the fallback for the rest.
 import { processEnv, type MatrixConfig } from './device.js';
-import { weightAccess, type GpuWeightType, type LinearSpec } from './kernels.js';
+import { grid64, weightAccess, type GpuWeightType, type LinearSpec } from './kernels.js';
 
 /** How this Dawn spells subgroup-matrix loads and stores: the majorness as a template argument (the
  *  current WGSL proposal), or as a bool argument (older; deprecated where the template form exists, and
@@ -47,6 +47,14 @@ export function mmaTileFor(N: number, K: number, cfg: MatrixConfig, tiles: MmaTi
   return tiles.find((t) => N % t.BN === 0 && K % t.BK === 0 && t.BK % cfg.K === 0 && t.WM % cfg.M === 0 && t.WN % cfg.N === 0) ?? null;
 }
 
+/** `w8h(r, k)`: 8 weights of row r from column k as f16 (over weightAccess's `w8`; f16 weights are
+ *  copied as they are stored). */
+const w8h = (type: GpuWeightType) => (type === 'f16'
+  ? `fn w8h(r: u32, k: u32) -> array<vec2<f16>, 4> { let u = wd[(r * K + k) / 8u];
+  return array<vec2<f16>, 4>(bitcast<vec2<f16>>(u.x), bitcast<vec2<f16>>(u.y), bitcast<vec2<f16>>(u.z), bitcast<vec2<f16>>(u.w)); }`
+  : `fn w8h(r: u32, k: u32) -> array<vec2<f16>, 4> { let w = w8(r, k);
+  return array<vec2<f16>, 4>(vec2<f16>(w.a.xy), vec2<f16>(w.a.zw), vec2<f16>(w.b.xy), vec2<f16>(w.b.zw)); }`);
+
 /** y[t][n] (+)= sum_k x[t][k] w[n][k] (+ bias[n]) for whole BM-token tiles (activation buffers are padded
  *  to the tile; rows past the chunk compute values nobody reads). Each K step, the workgroup converts a
  *  BM x 32 tile of x and dequantises a BN x 32 tile of weights to f16 in workgroup memory; each subgroup
@@ -59,13 +67,7 @@ export const linearMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: MmaTile) => {
   const blocks = Array.from({ length: TM * TN }, (_, b) => ({ b, i: Math.floor(b / TN), j: b % TN }));
   const xUnits = Array.from({ length: Math.ceil((t.BM * BK) / 4 / THREADS) }, (_, u) => u), wUnits = Array.from({ length: Math.ceil((t.BN * BK) / 8 / THREADS) }, (_, u) => u);
   const res = `subgroup_matrix_result<f32, ${SN}, ${SM}>`;
-  // 8 weights of row r from column k as f16: f16 weights are copied as they are stored
-  const w8h = s.type === 'f16'
-    ? `fn w8h(r: u32, k: u32) -> array<vec2<f16>, 4> { let u = wd[(r * K + k) / 8u];
-  return array<vec2<f16>, 4>(bitcast<vec2<f16>>(u.x), bitcast<vec2<f16>>(u.y), bitcast<vec2<f16>>(u.z), bitcast<vec2<f16>>(u.w)); }`
-    : `fn w8h(r: u32, k: u32) -> array<vec2<f16>, 4> { let w = w8(r, k);
-  return array<vec2<f16>, 4>(vec2<f16>(w.a.xy), vec2<f16>(w.a.zw), vec2<f16>(w.b.xy), vec2<f16>(w.b.zw)); }`;
-  return MMA_HEADER + weightAccess(s.type, s.K, 2) + w8h + /* wgsl */ `
+  return MMA_HEADER + weightAccess(s.type, s.K, 2) + w8h(s.type) + /* wgsl */ `
 const N: u32 = ${s.N}u;
 const BM: u32 = ${t.BM}u; const BN: u32 = ${t.BN}u; const BK: u32 = ${BK}u; const LDS: u32 = ${LDS}u;
 const THREADS: u32 = ${THREADS}u;
@@ -124,6 +126,120 @@ ${blocks.map(({ b, i, j }) => `      acc${b} = subgroupMatrixMultiplyAccumulate(
 ${blocks.map(({ b, i, j }) => `  ${store('&y', `(t0 + m0 + ${i * SM}u) * N + o0 + n0 + ${j * SN}u`, `acc${b}`, 'N')};`).join('\n')}
 }`;
 };
+
+// ---- products of a batched decode step: a few tokens, every weight read once ----
+
+/** Layout of the few-token product: WN weight rows per workgroup, its SG subgroups splitting K (each
+ *  takes every SG-th CK-column step) and summing their partial results in workgroup memory at the end;
+ *  `stage`: weights dequantised (or copied) into a per-subgroup tile in workgroup memory, the next step's
+ *  held in registers meanwhile, instead of loaded as matrices straight from the weight buffer (f16 only). */
+export interface SkinnyTile { WN: number; SG: number; CK: number; stage: boolean }
+/** Token blocks (the config's M rows each) one workgroup multiplies with each weight tile, at most. */
+export const SKINNY_BLOCKS = 4;
+/** In order of preference (H100, `bench:kernels --only batch-products`, docs/results.md: at 16 tokens the
+ *  128-column steps ran the 7B shape's qkv and gate+up at 49% of the read bandwidth, where loading the
+ *  weights as matrices straight from storage (stage: false) reached 11-15%; at 32 tokens the 64-column steps,
+ *  which leave room in workgroup memory for the partial sums of two token blocks). */
+export const SKINNY_TILES: SkinnyTile[] = [
+  { WN: 32, SG: 4, CK: 128, stage: true }, { WN: 32, SG: 8, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 64, stage: true },
+  { WN: 64, SG: 4, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 32, stage: false },
+  // (small models: K = 576 splits into 18 steps of 32)
+  { WN: 32, SG: 2, CK: 32, stage: true }, { WN: 32, SG: 1, CK: 32, stage: true }, { WN: 32, SG: 2, CK: 32, stage: false },
+];
+/** Token blocks per workgroup for a step of `rows` tokens. */
+export const skinnyBlocks = (rows: number, cfg: MatrixConfig) => Math.min(SKINNY_BLOCKS, Math.ceil(rows / cfg.M));
+const skinnyBytes = (t: SkinnyTile, blocks: number, cfg: MatrixConfig) => t.SG * blocks * cfg.M * t.WN * 4 + (t.stage ? t.SG * t.WN * (t.CK + 8) * 2 : 0);
+/** The first tile that fits a product (N rows, K columns, weight type) of `rows` tokens on this config
+ *  and workgroup-memory limit, or null (then the batched matrix-vector kernel runs). Weights other than
+ *  f16 are always staged (dequantised on the way). */
+export function skinnyTileFor(type: GpuWeightType, N: number, K: number, rows: number, cfg: MatrixConfig, maxWorkgroupBytes: number, tiles = SKINNY_TILES): SkinnyTile | null {
+  const blocks = skinnyBlocks(rows, cfg);
+  return tiles.find((t) => (t.stage || type === 'f16') && N % t.WN === 0 && t.WN % cfg.N === 0 && t.CK % cfg.K === 0 && t.CK % 8 === 0
+    && K % (t.SG * t.CK) === 0 && (t.WN * t.CK) % (8 * 32) === 0 && skinnyBytes(t, blocks, cfg) <= maxWorkgroupBytes) ?? null;
+}
+/** Workgroups of linearSkinnyMmaWgsl. */
+export const skinnyGrid = (N: number, rows: number, t: SkinnyTile, cfg: MatrixConfig): [number, number] =>
+  [N / t.WN, Math.ceil(rows / (skinnyBlocks(rows, cfg) * cfg.M))];
+
+/** y[t][n] (+)= sum_k x[t][k] w[n][k] (+ bias[n]) for the step.n tokens of a batched decode step, on
+ *  tensor cores: x is read as f16 (toHalfWgsl writes it; rows up to the token blocks' end are read, their
+ *  results dropped). A workgroup holds `blocks` x M tokens against WN weight rows; its subgroups walk
+ *  disjoint K steps, each multiplying the tokens' left matrices by the weights' right matrices (Wᵀ read
+ *  column-major: a weight row's 16 or 8 columns lie contiguous), then add their partial sums through
+ *  workgroup memory. So the weights are read once for up to blocks x M tokens, by many workgroups in
+ *  flight (N / WN of them, SG subgroups each), which is what a matrix of a few thousand rows needs to
+ *  stream at memory speed; the tensor cores make the arithmetic of 16-64 tokens free beside the reads. */
+export const linearSkinnyMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: SkinnyTile, blocks: number) => {
+  const { M: SM, N: SN, K: SK } = cfg, load = matrixLoad.bind(null, cfg.syntax), store = matrixStore.bind(null, cfg.syntax);
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const TN = t.WN / SN, ROWS = blocks * SM, THREADS = t.SG * 32, STEPS = s.K / (t.SG * t.CK), LDS = t.CK + 8;
+  const mats = range(blocks).flatMap((i) => range(TN).map((j) => ({ i, j })));
+  const units = range((t.WN * t.CK) / 8 / 32); // 8-weight units of a step's tile each lane stages
+  const left = `subgroup_matrix_left<f16, ${SK}, ${SM}>`, right = `subgroup_matrix_right<f16, ${SN}, ${SK}>`, res = `subgroup_matrix_result<f32, ${SN}, ${SM}>`;
+  return MMA_HEADER + (t.stage ? weightAccess(s.type, s.K, 2) + w8h(s.type) : `const K: u32 = ${s.K}u;\n@group(0) @binding(2) var<storage, read> wh: array<f16>;`) + /* wgsl */ `
+struct Step { start: u32, n: u32, total: u32, pad: u32 }
+const N: u32 = ${s.N}u; const WN: u32 = ${t.WN}u; const ROWS: u32 = ${ROWS}u; const CK: u32 = ${t.CK}u;
+const SG: u32 = ${t.SG}u; const THREADS: u32 = ${THREADS}u; const LDS: u32 = ${LDS}u;
+@group(0) @binding(0) var<storage, read> xh: array<f16>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+@group(0) @binding(6) var<uniform> step: Step;
+var<workgroup> red: array<f32, ${t.SG * ROWS * t.WN}>; // each subgroup's partial sums [ROWS][WN]
+${t.stage ? `var<workgroup> stw: array<f16, ${t.SG * t.WN * LDS}>; // each subgroup's weight tile [WN][CK] (+ padding)
+${units.map((u) => `var<private> pw${u}: array<vec2<f16>, 4>;`).join('\n')}
+fn fetch(n0: u32, k0: u32, lane: u32) {
+${units.map((u) => `  { let e = ${u * 32}u + lane; pw${u} = w8h(n0 + e / (CK / 8u), k0 + e % (CK / 8u) * 8u); }`).join('\n')}
+}` : ''}
+@compute @workgroup_size(${THREADS})
+fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let n0 = wid.x * WN; let t0 = wid.y * ROWS;
+  let sg = tid / 32u; let lane = tid % 32u;
+${mats.map(({ i, j }) => `  var acc${i}_${j} = ${res}();`).join('\n')}
+${t.stage ? `  let wb = sg * WN * LDS;
+  fetch(n0, sg * CK, lane);` : ''}
+  for (var c = 0u; c < ${STEPS}u; c++) {
+    let k0 = (c * SG + sg) * CK;
+${t.stage ? `${units.map((u) => `    { let e = ${u * 32}u + lane; let d = wb + e / (CK / 8u) * LDS + e % (CK / 8u) * 8u;
+      for (var w = 0u; w < 4u; w++) { stw[d + 2u * w] = pw${u}[w].x; stw[d + 2u * w + 1u] = pw${u}[w].y; } }`).join('\n')}
+    workgroupBarrier();
+    fetch(n0, min(k0 + SG * CK, K - CK), lane); // (the last step loads one again: nobody reads it)` : ''}
+${range(t.CK / SK).map((kk) => `    {
+${range(blocks).map((i) => `      let a${i} = ${load(left, '&xh', `(t0 + ${i * SM}u) * K + k0 + ${kk * SK}u`, false, 'K')};`).join('\n')}
+${range(TN).map((j) => `      let b${j} = ${t.stage ? load(right, '&stw', `wb + ${j * SN}u * LDS + ${kk * SK}u`, true, 'LDS') : load(right, '&wh', `(n0 + ${j * SN}u) * K + k0 + ${kk * SK}u`, true, 'K')};`).join('\n')}
+${mats.map(({ i, j }) => `      acc${i}_${j} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${i}_${j});`).join('\n')}
+    }`).join('\n')}${t.stage ? '\n    workgroupBarrier();' : ''}
+  }
+${mats.map(({ i, j }) => `  ${store('&red', `(sg * ROWS + ${i * SM}u) * WN + ${j * SN}u`, `acc${i}_${j}`, 'WN')};`).join('\n')}
+  workgroupBarrier();
+  for (var e = tid; e < ROWS * WN; e += THREADS) {
+    let tok = t0 + e / WN; let row = n0 + e % WN;
+    if (tok < step.n) {
+      var v = 0.0;
+      for (var g = 0u; g < SG; g++) { v += red[g * ROWS * WN + e]; }
+      let o = tok * N + row;
+      ${s.add ? 'y[o] += v' : 'y[o] = v'}${s.bias ? ' + bias[row]' : ''};
+    }
+  }
+}`;
+};
+
+/** xh = x as f16 for the step.n rows of K columns (the input of linearSkinnyMmaWgsl); values past f16's
+ *  range are clamped. Grid: grid64(rows * K / 4). */
+export const toHalfWgsl = (K: number) => /* wgsl */ `
+struct Step { start: u32, n: u32, total: u32, pad: u32 }
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> xh: array<vec2<u32>>;
+@group(0) @binding(6) var<uniform> step: Step;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = g3.x + g3.y * nwg.x * 64u;
+  if (i < step.n * ${K / 4}u) {
+    let v = clamp(x[i], vec4<f32>(-65504.0), vec4<f32>(65504.0));
+    xh[i] = vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw));
+  }
+}`;
+/** Workgroups of toHalfWgsl. */
+export const toHalfGrid = (rows: number, K: number) => grid64((rows * K) / 4);
 
 /** Query rows per subgroup (the config's M). */
 const ATT_ROWS = 16;

@@ -10,7 +10,7 @@ import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
 import { hasIntDot4, hasSubgroups32, matrixConfig, processEnv } from './device.js';
-import { linearMmaWgsl, mmaTileFor, mmaTilesFor, MMA_TILES, type MmaTile } from './mma-kernels.js';
+import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, mmaTilesFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, type MmaTile, type SkinnyTile } from './mma-kernels.js';
 import type { GpuWeightType, LinearSpec } from './kernels.js';
 
 export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
@@ -38,6 +38,13 @@ export function checkGpuShape(c: ModelConfig): void {
 function parseTile(v: string | undefined): MmaTile[] {
   const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(p?)$/.exec(v ?? '');
   return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]), prefetch: m[6] === 'p' }] : MMA_TILES;
+}
+
+/** QUEST_SKINNY_TILE=WN,SG,CK,stage (stage 1 or 0) as a one-layout list, else every layout. */
+function parseSkinnyTile(env: string | undefined): SkinnyTile[] {
+  if (!env) return SKINNY_TILES;
+  const [WN, SG, CK, stage] = env.split(',').map(Number);
+  return [{ WN, SG, CK, stage: stage === 1 }];
 }
 
 function parseMatvec(v: string | undefined): GpuModel['matvec'] {
@@ -192,6 +199,20 @@ export class GpuModel {
   batchPipeline(l: GpuLinear, add: boolean): GPUComputePipeline {
     const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null }, sub = hasSubgroups32(this.device);
     return this.pipeline(`linB:${sub}:${JSON.stringify(spec)}`, () => K.linearBatchWgsl(spec, sub));
+  }
+
+  /** Few-token layouts the batched products may use (QUEST_SKINNY_TILE=WN,SG,CK,stage picks one; for benchmarks). */
+  private readonly skinnyTiles: SkinnyTile[] = parseSkinnyTile(processEnv().QUEST_SKINNY_TILE);
+
+  /** The tensor-core product of a batched decode step of `rows` tokens (x as f16) and its grid, or null
+   *  where it does not run (no subgroup matrices, or no layout fits the shape). */
+  skinnyProduct(l: GpuLinear, add: boolean, rows: number): { pipe: GPUComputePipeline; grid: [number, number] } | null {
+    const cfg = matrixConfig(this.device);
+    const tile = cfg && skinnyTileFor(l.type, l.N, l.K, rows, cfg, this.device.limits.maxComputeWorkgroupStorageSize, this.skinnyTiles);
+    if (!cfg || !tile) return null;
+    const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null }, blocks = skinnyBlocks(rows, cfg);
+    const pipe = this.pipeline(`linS:${blocks}:${JSON.stringify(tile)}:${JSON.stringify(spec)}`, () => linearSkinnyMmaWgsl(spec, cfg, tile, blocks));
+    return { pipe, grid: skinnyGrid(l.N, rows, tile, cfg) };
   }
 
   fillRandom(buf: GPUBuffer, words: number, seed: number, scale: number, f32s = false): void {
