@@ -414,18 +414,15 @@ export class GpuSession {
       if (pipe !== current) { pass.setPipeline(pipe); current = pipe; }
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
-    // a batched decode step of more than VEC_ROWS sequences (of 2 or more where the adapter has subgroup
-    // matrices): products that read the weights once per BATCH_TOKENS sequences (measured on the H200:
-    // faster there than the prefill's tensor-core tiles, whose few workgroups at so few rows leave the GPU
-    // idle; up to VEC_ROWS the matrix-vector kernels stay faster)
+    // A batched decode step (more than VEC_ROWS sequences; 2 or more where the adapter has subgroup
+    // matrices) reads each weight once for many sequences: on tensor cores where the adapter has them (x
+    // converted to f16 first; H100, batch 16 of the 7B shape: GPU time per step 36.6 -> 20.5 ms Quest, 51.9
+    // -> 35.7 dense), else the batched kernel (on the H200 faster than the prefill's tensor-core tiles,
+    // whose few workgroups at so few rows leave the GPU idle). Products whose x is quantised to int8 (Q4_0
+    // with integer dot products) keep the matrix-vector kernels, one token per grid row: measured faster
+    // than both (H200 batch 16-32: 2.2-2.8x the batched kernel). QUEST_BATCH_PRODUCT=vec|batch|mma forces one.
     const forced = processEnv().QUEST_BATCH_PRODUCT;
     const batched = batch !== null && (n > VEC_ROWS || (matrixConfig(m.device) !== null && forced !== 'vec' && forced !== 'batch'));
-    // ... except products whose x is quantised to int8 (Q4_0 with integer dot products): there the
-    // matrix-vector kernels, one token per grid row, measured 2.2-2.8x faster on the H200 at batch 16-32
-    // (QUEST_BATCH_PRODUCT=vec|batch forces one or the other, to compare)
-    // Where the adapter has subgroup matrices, the other products run on tensor cores (x converted to f16
-    // first; H100, batch 16 of the 7B shape: 4.6-6.1 ms less GPU time per step than the batched kernel).
-    // (QUEST_BATCH_PRODUCT=vec|batch|mma forces one, to compare.)
     const skinnyOf = (l: GpuLinear, add: boolean) => (batched && (forced === 'mma' || (forced === undefined && !m.quantisesX(l))) ? m.skinnyProduct(l, add, n) : null);
     const vecBatchOf = (l: GpuLinear) => batched && (forced === 'vec' || (forced !== 'batch' && m.quantisesX(l)));
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
@@ -610,10 +607,15 @@ export class GpuSession {
 
   /** Records a chunk's forward pass (and, with timing on, the pass's timestamps into read slot `slot`). */
   private recordChunk(enc: GPUCommandEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', slot: number, dense = false): void {
-    const t = this.runner.timing;
-    const tEncode = performance.now();
+    this.recordPass(enc, slot, (pass) => only(this.encodeChunk(pass, n, want, dense)));
+  }
+
+  /** One compute pass recorded by `encode` (timing the CPU's recording, and with timing on, the pass's
+   *  timestamps into read slot `slot`). */
+  private recordPass(enc: GPUCommandEncoder, slot: number, encode: (pass: GPUComputePassEncoder) => void): void {
+    const t = this.runner.timing, tEncode = performance.now();
     const pass = enc.beginComputePass(t ? { timestampWrites: { querySet: t.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : undefined);
-    only(this.encodeChunk(pass, n, want, dense));
+    encode(pass);
     pass.end();
     this.lastEncodeMs = performance.now() - tEncode;
     if (t) { enc.resolveQuerySet(t.set, 0, 2, t.resolve, 0); enc.copyBufferToBuffer(t.resolve, 0, t.reads[slot], 0, 16); }
@@ -696,12 +698,8 @@ export class GpuSession {
     d.queue.writeBuffer(r.batchRows, 0, Uint32Array.from(batch.flatMap((seq, b) => [seq.len, b, b * r.maxPages, 0])));
     d.queue.writeBuffer(r.step, 0, new Uint32Array([0, n, 0, 0]));
     d.queue.writeBuffer(r.tokens, 0, new Uint32Array(steps.map((x) => x.token)));
-    const enc = d.createCommandEncoder(), t = r.timing, tEncode = performance.now();
-    const pass = enc.beginComputePass(t ? { timestampWrites: { querySet: t.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : undefined);
-    only(lead.encodeChunk(pass, n, 'all', false, batch));
-    pass.end();
-    lead.lastEncodeMs = performance.now() - tEncode;
-    if (t) { enc.resolveQuerySet(t.set, 0, 2, t.resolve, 0); enc.copyBufferToBuffer(t.resolve, 0, t.reads[0], 0, 16); }
+    const enc = d.createCommandEncoder();
+    lead.recordPass(enc, 0, (pass) => only(lead.encodeChunk(pass, n, 'all', false, batch)));
     const bytes = n * c.vocabSize * 4;
     const staging = r.takeStaging(bytes);
     enc.copyBufferToBuffer(r.logitsRows(), 0, staging, 0, bytes);
