@@ -422,13 +422,14 @@ export class GpuSession {
     // with integer dot products) keep the matrix-vector kernels, one token per grid row: measured faster
     // than both (H200 batch 16-32: 2.2-2.8x the batched kernel). QUEST_BATCH_PRODUCT=vec|batch|mma forces one.
     const forced = processEnv().QUEST_BATCH_PRODUCT;
-    const batched = batch !== null && (n > VEC_ROWS || (matrixConfig(m.device) !== null && forced !== 'vec' && forced !== 'batch'));
+    const batched = batch !== null && (n > VEC_ROWS || (n > 1 && matrixConfig(m.device) !== null && forced !== 'vec' && forced !== 'batch'));
     const skinnyOf = (l: GpuLinear, add: boolean) => (batched && (forced === 'mma' || (forced === undefined && !m.quantisesX(l))) ? m.skinnyProduct(l, add, n) : null);
     const vecBatchOf = (l: GpuLinear) => batched && (forced === 'vec' || (forced !== 'batch' && m.quantisesX(l)));
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
       const skinny = rows > 1 ? skinnyOf(l, add) : null;
       if (skinny) {
-        run(m.pipeline(`tohalf:${l.K}`, () => toHalfWgsl(l.K)), 'tohalf', [x, r.xh, null, null, null, null, r.step], toHalfGrid(rows, l.K));
+        // (x given as r.xh is f16 already: the RMSNorm or SwiGLU kernel before wrote it so)
+        if (x !== r.xh) run(m.pipeline(`tohalf:${l.K}`, () => toHalfWgsl(l.K)), 'tohalf', [x, r.xh, null, null, null, null, r.step], toHalfGrid(rows, l.K));
         run(skinny.pipe, 'linS', [r.xh, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, null, r.step], skinny.grid);
         return;
       }
@@ -457,6 +458,7 @@ export class GpuSession {
     /** y = W · rmsnorm(x) for the chunk's rows of x */
     const normed = (weight: GPUBuffer, l: GpuLinear, y: GPUBuffer) => {
       if (fuse) linear(l, r.x, y, n, false, { kind: 'rmsnorm', weight });
+      else if (skinnyOf(l, false)) { run(m.pipeline('rmsh', () => K.rmsnormWgsl(c.dim, c.normEps, false, false, true)), 'rmsh', [r.x, weight, r.xh], n); linear(l, r.xh, y, n, false); }
       else { run(rms, 'rms', [r.x, weight, r.xb], n); linear(l, r.xb, y, n, false); }
     };
     const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize, ropeDims: c.ropeDims };
@@ -548,6 +550,7 @@ export class GpuSession {
       residual(L.wo, r.att, L.postAttnNorm);
       normed(L.ffnNorm, L.gateUp, r.gu);
       if (fuse) residual(L.down, r.gu, L.postFfnNorm, { kind: 'glu', act });
+      else if (skinnyOf(L.down, true)) { run(m.pipeline('gluh', () => K.gluWgsl(c.hiddenDim, act, true)), 'gluh', [r.gu, r.xh, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.xh, L.postFfnNorm); }
       else { run(glu, 'glu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.h, L.postFfnNorm); }
     }
     if (want === 'all') {
@@ -710,7 +713,7 @@ export class GpuSession {
     staging.unmap(); r.giveStaging(staging);
     await lead.readTiming(0);
     throwDeviceError();
-    return steps.map((_, b) => all.slice(b * c.vocabSize, (b + 1) * c.vocabSize));
+    return steps.map((_, b) => all.subarray(b * c.vocabSize, (b + 1) * c.vocabSize)); // (views of one fresh copy)
   }
 
   /** The first `bytes` of a staging buffer once the GPU is done (and the timing of read slot `slot`). */
