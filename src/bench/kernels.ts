@@ -263,7 +263,7 @@ async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: nu
       scales: device.createBuffer({ size: Math.max(16, N * Kd * scaleWords * 4), usage }),
     }));
     const maxT = Math.max(...tokensList);
-    const x = device.createBuffer({ size: maxT * Kd * 4, usage }), xh = device.createBuffer({ size: maxT * Kd * 4, usage }), y = device.createBuffer({ size: maxT * N * 4, usage });
+    const x = device.createBuffer({ size: maxT * Kd * 4, usage }), xh = device.createBuffer({ size: maxT * Kd * 2, usage }), y = device.createBuffer({ size: maxT * N * 4, usage });
     device.queue.writeBuffer(x, 0, new Float32Array(maxT * Kd).map(() => Math.random() - 0.5));
     const half = pipeOf(toHalfWgsl(Kd)), halfGroup = device.createBindGroup({ layout: half.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: x } }, { binding: 1, resource: { buffer: xh } }, { binding: 6, resource: { buffer: step } }] });
     for (const T of tokensList) {

@@ -41,8 +41,8 @@ export class GpuRunner {
   readonly tokens: GPUBuffer; readonly step: GPUBuffer; readonly best: GPUBuffer;
   /** a product's input quantised to int8 (Q4_0 products with integer dot products) */
   readonly xq: GPUBuffer;
-  /** a batched step's product input as two f16 parts per value (the tensor-core few-token products; a
-   *  token block past the last sequence is read too) */
+  /** a batched step's product input as f16 (the tensor-core few-token products; a token block past the
+   *  last sequence is read too) */
   readonly xh: GPUBuffer;
   private logitsAll: GPUBuffer | null = null;
   readonly decode: DecodeAttention;
@@ -75,7 +75,7 @@ export class GpuRunner {
     this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
     this.mmaAttention = this.usesMmaAttention;
     this.xq = buf(MAX_BATCH * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
-    this.xh = buf(matrixConfig(d) ? (MAX_BATCH + 16) * Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim) : 4);
+    this.xh = buf(matrixConfig(d) ? ((MAX_BATCH + 16) * Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)) / 2 : 4);
     this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
     this.decode = new DecodeAttention(d, { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize, maxPages: this.maxPages },
@@ -428,7 +428,7 @@ export class GpuSession {
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
       const skinny = rows > 1 ? skinnyOf(l, add) : null;
       if (skinny) {
-        // (x given as r.xh is split into f16 parts already: the RMSNorm or SwiGLU kernel before wrote it so)
+        // (x given as r.xh is f16 already: the RMSNorm or SwiGLU kernel before wrote it so)
         if (x !== r.xh) run(m.pipeline(`tohalf:${l.K}`, () => toHalfWgsl(l.K)), 'tohalf', [x, r.xh, null, null, null, null, r.step], toHalfGrid(rows, l.K));
         run(skinny.pipe, 'linS', [r.xh, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, null, r.step], skinny.grid);
         return;

@@ -132,13 +132,13 @@ async function skinnyProduct(type: GpuWeightType, tokens: number, N: number, Kd:
   const want = Float64Array.from(y0);
   for (let t = 0; t < tokens; t++) for (let r = 0; r < N; r++) {
     let s = (o.add ? y0[t * N + r] : 0) + (o.bias ? bias[r] : 0);
-    for (let k = 0; k < Kd; k++) s += x[t * Kd + k] * w.values[r * Kd + k]; // (x split into two f16 parts: kept whole)
+    for (let k = 0; k < Kd; k++) s += f16(x[t * Kd + k]) * w.values[r * Kd + k];
     want[t * N + r] = s;
   }
   const spec: LinearSpec = { type, N, K: Kd, add: !!o.add, bias: !!o.bias };
   const [half, pipe] = await Promise.all([pipelineOf(toHalfWgsl(Kd)), pipelineOf(linearSkinnyMmaWgsl(spec, cfg!, tile, blocks))]);
   const step = buf(new Uint32Array([0, tokens, 0, 0]), GPUBufferUsage.UNIFORM);
-  const xh = device.createBuffer({ size: rows * Kd * 4, usage: GPUBufferUsage.STORAGE }), y = buf(y0);
+  const xh = device.createBuffer({ size: rows * Kd * 2, usage: GPUBufferUsage.STORAGE }), y = buf(y0);
   const group = (p: GPUComputePipeline, entries: [number, GPUBuffer][]) => device.createBindGroup({ layout: p.getBindGroupLayout(0), entries: entries.map(([binding, buffer]) => ({ binding, resource: { buffer } })) });
   const entries: [number, GPUBuffer][] = [[0, xh], [1, y], [2, buf(w.data)], [6, step]];
   if (w.scales && tile.stage) entries.push([3, buf(w.scales)]);

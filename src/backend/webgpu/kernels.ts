@@ -424,15 +424,10 @@ ${MAIN_1D}
 
 /** RMSNorm of each row (or, with `last`, of the chunk's last row only, written as row 0); `add`: added
  *  to out instead of written (Gemma 3's post-norms, applied to a sublayer's output before the residual). */
-/** An f32 as two f16s whose sum is within 2^-22 of it (hi, then lo = the rest), values past f16's range
- *  clamped: the input of a batched step's tensor-core products, which multiply both parts so that the
- *  activations keep f32's precision. A row of D values is stored as its D his, then its D los. */
-const SPLIT_F16_WGSL = `
-fn hiF16(v: f32) -> f16 { return f16(clamp(v, -65504.0, 65504.0)); }
-fn loF16(v: f32, hi: f16) -> f16 { return f16(clamp(v - f32(hi), -65504.0, 65504.0)); }`;
+/** An f32 as f16, values past f16's range clamped (outputs that feed the tensor-core products as f16). */
+const TO_F16_WGSL = '\nfn toF16(v: f32) -> f16 { return f16(clamp(v, -65504.0, 65504.0)); }';
 
-/** (`half`: the output split into two f16 rows (SPLIT_F16_WGSL), the input of a batched step's tensor-core
- *  products; not with `add`) */
+/** (`half`: the output as f16, the input of a batched step's tensor-core products; not with `add`) */
 export const rmsnormWgsl = (dim: number, eps: number, last: boolean, add = false, half = false) => (half ? 'enable f16;\n' : '') + STEP_WGSL + /* wgsl */ `
 const D: u32 = ${dim}u;
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -449,11 +444,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   workgroupBarrier();
   for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
   let inv = inverseSqrt(red[0] / f32(D) + ${eps.toExponential()});
-  for (var i = lid.x; i < D; i += 256u) {
-    ${half ? `let v = x[row * D + i] * inv * w[i]; let hi = hiF16(v);
-    out[orow * 2u * D + i] = hi; out[orow * 2u * D + D + i] = loF16(v, hi);` : `out[orow * D + i] = ${add ? 'out[orow * D + i] + ' : ''}x[row * D + i] * inv * w[i];`}
-  }
-}${half ? SPLIT_F16_WGSL : ''}`;
+  for (var i = lid.x; i < D; i += 256u) { out[orow * D + i] = ${half ? 'toF16(x[row * D + i] * inv * w[i])' : `${add ? 'out[orow * D + i] + ' : ''}x[row * D + i] * inv * w[i]`}; }
+}${half ? TO_F16_WGSL : ''}`;
 
 /** (ropeDims: the channels of a head that RoPE rotates, default all) */
 export interface HeadsSpec { nHeads: number; nKV: number; headDim: number; pageSize: number; ropeDims?: number }
@@ -705,7 +697,7 @@ ${units.map((u) => `    out[ob + ${2 * u}u] = oa${u} * inv; out[ob + ${2 * u + 1
 }`;
 };
 
-/** h = act(gate) * up from the fused [gate | up] rows (`half`: h split into two f16 rows, as rmsnormWgsl). */
+/** h = act(gate) * up from the fused [gate | up] rows (`half`: h as f16, as rmsnormWgsl). */
 export const gluWgsl = (hidden: number, act: GluAct, half = false) => (half ? 'enable f16;\n' : '') + STEP_WGSL + /* wgsl */ `
 const H: u32 = ${hidden}u;
 @group(0) @binding(0) var<storage, read> gu: array<f32>;
@@ -715,9 +707,8 @@ ${MAIN_1D}
   let i = gid.x / H; let j = gid.x % H;
   if (i >= step.n) { return; }
   let g = gu[i * 2u * H + j];
-  ${half ? `let v = ${gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')}; let hi = hiF16(v);
-  h[i * 2u * H + j] = hi; h[i * 2u * H + H + j] = loF16(v, hi);` : `h[i * H + j] = ${gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')};`}
-}${half ? SPLIT_F16_WGSL : ''}`;
+  h[i * H + j] = ${half ? `toF16(${gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')})` : gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')};
+}${half ? TO_F16_WGSL : ''}`;
 
 /** Index of the largest logit (lowest index on ties): greedy sampling without reading the logits back. */
 export const argmaxWgsl = (vocab: number) => /* wgsl */ `

@@ -162,10 +162,8 @@ export const skinnyGrid = (N: number, rows: number, t: SkinnyTile, cfg: MatrixCo
   [N / t.WN, Math.ceil(rows / (skinnyBlocks(rows, cfg) * cfg.M))];
 
 /** y[t][n] (+)= sum_k x[t][k] w[n][k] (+ bias[n]) for the step.n tokens of a batched decode step, on
- *  tensor cores: x is read as two f16 parts, hi and lo = x - hi (toHalfWgsl writes them; rows up to the
- *  token blocks' end are read, their results dropped), both multiplied, so that a sequence's products in a
- *  batch keep the precision they have alone (f16 x alone changed greedy tokens at near-ties: `bench:serve`
- *  on the default model, 1 of 64 answers). A workgroup holds `blocks` x M tokens against WN weight rows; its subgroups walk
+ *  tensor cores: x is read as f16 (toHalfWgsl writes it; rows up to the token blocks' end are read, their
+ *  results dropped). A workgroup holds `blocks` x M tokens against WN weight rows; its subgroups walk
  *  disjoint K steps, each multiplying the tokens' left matrices by the weights' right matrices (Wᵀ read
  *  column-major: a weight row's 16 or 8 columns lie contiguous), then add their partial sums through
  *  workgroup memory. So the weights are read once for up to blocks x M tokens, by many workgroups in
@@ -206,10 +204,9 @@ ${t.stage ? `${units.map((u) => `    { let e = ${u * 32}u + lane; let d = wb + e
     workgroupBarrier();
     fetch(n0, min(k0 + SG * CK, K - CK), lane); // (the last step loads one again: nobody reads it)` : ''}
 ${range(t.CK / SK).map((kk) => `    {
-${range(blocks).map((i) => `      let a${i} = ${load(left, '&xh', `(t0 + ${i * SM}u) * 2u * K + k0 + ${kk * SK}u`, false, '2u * K')};
-      let e${i} = ${load(left, '&xh', `(t0 + ${i * SM}u) * 2u * K + K + k0 + ${kk * SK}u`, false, '2u * K')};`).join('\n')}
+${range(blocks).map((i) => `      let a${i} = ${load(left, '&xh', `(t0 + ${i * SM}u) * K + k0 + ${kk * SK}u`, false, 'K')};`).join('\n')}
 ${range(TN).map((j) => `      let b${j} = ${t.stage ? load(right, '&stw', `wb + ${j * SN}u * LDS + ${kk * SK}u`, true, 'LDS') : load(right, '&wh', `(n0 + ${j * SN}u) * K + k0 + ${kk * SK}u`, true, 'K')};`).join('\n')}
-${mats.map(({ i, j }) => `      acc${i}_${j} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${i}_${j}); acc${i}_${j} = subgroupMatrixMultiplyAccumulate(e${i}, b${j}, acc${i}_${j});`).join('\n')}
+${mats.map(({ i, j }) => `      acc${i}_${j} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${i}_${j});`).join('\n')}
     }`).join('\n')}${t.stage ? '\n    workgroupBarrier();' : ''}
   }
 ${mats.map(({ i, j }) => `  ${store('&red', `(sg * ROWS + ${i * SM}u) * WN + ${j * SN}u`, `acc${i}_${j}`, 'WN')};`).join('\n')}
@@ -226,8 +223,7 @@ ${mats.map(({ i, j }) => `  ${store('&red', `(sg * ROWS + ${i * SM}u) * WN + ${j
 }`;
 };
 
-/** xh = x split into two f16 parts for the step.n rows of K columns (the input of linearSkinnyMmaWgsl):
- *  each row's K his, then its K los (lo = x - hi, so hi + lo is within 2^-22 of x); values past f16's
+/** xh = x as f16 for the step.n rows of K columns (the input of linearSkinnyMmaWgsl); values past f16's
  *  range are clamped. Grid: grid64(rows * K / 4). */
 export const toHalfWgsl = (K: number) => /* wgsl */ `
 struct Step { start: u32, n: u32, total: u32, pad: u32 }
@@ -239,10 +235,7 @@ fn main(@builtin(global_invocation_id) g3: vec3<u32>, @builtin(num_workgroups) n
   let i = g3.x + g3.y * nwg.x * 64u;
   if (i < step.n * ${K / 4}u) {
     let v = clamp(x[i], vec4<f32>(-65504.0), vec4<f32>(65504.0));
-    let hi = vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw));
-    let lo = v - vec4<f32>(unpack2x16float(hi.x), unpack2x16float(hi.y));
-    let o = (i / ${K / 4}u) * ${K / 2}u + i % ${K / 4}u; // (a row: K / 4 units of his, then of los)
-    xh[o] = hi; xh[o + ${K / 4}u] = vec2<u32>(pack2x16float(lo.xy), pack2x16float(lo.zw));
+    xh[i] = vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw));
   }
 }`;
 /** Workgroups of toHalfWgsl. */
