@@ -414,16 +414,17 @@ export class GpuSession {
       if (pipe !== current) { pass.setPipeline(pipe); current = pipe; }
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
-    // A batched decode step (more than VEC_ROWS sequences; 2 or more where the adapter has subgroup
-    // matrices) reads each weight once for many sequences: on tensor cores where the adapter has them (x
-    // converted to f16 first; H100, batch 16 of the 7B shape: GPU time per step 36.6 -> 20.5 ms Quest, 51.9
-    // -> 35.7 dense), else the batched kernel (on the H200 faster than the prefill's tensor-core tiles,
-    // whose few workgroups at so few rows leave the GPU idle). Products whose x is quantised to int8 (Q4_0
-    // with integer dot products) keep the matrix-vector kernels, one token per grid row: measured faster
-    // than both (H200 batch 16-32: 2.2-2.8x the batched kernel). QUEST_BATCH_PRODUCT=vec|batch|mma forces one.
-    const forced = processEnv().QUEST_BATCH_PRODUCT;
-    const batched = batch !== null && (n > VEC_ROWS || (n > 1 && matrixConfig(m.device) !== null && forced !== 'vec' && forced !== 'batch'));
-    const skinnyOf = (l: GpuLinear, add: boolean) => (batched && (forced === 'mma' || (forced === undefined && !m.quantisesX(l))) ? m.skinnyProduct(l, add, n) : null);
+    // A batched decode step (more than VEC_ROWS sequences) reads each weight once for many sequences: the
+    // batched kernel (on the H200 faster than the prefill's tensor-core tiles, whose few workgroups at so
+    // few rows leave the GPU idle). Products whose x is quantised to int8 (Q4_0 with integer dot products)
+    // keep the matrix-vector kernels, one token per grid row: measured faster (H200 batch 16-32: 2.2-2.8x).
+    // QUEST_BATCH_PRODUCT=mma (where the adapter has subgroup matrices; from 2 sequences) runs the products
+    // on tensor cores with x as f16: H100, batch 16 of the 7B shape, GPU time per step 36.6 -> 20.5 ms
+    // (Quest), but the f16 rounding of x changed 1 of 64 greedy answers of bench:serve against the sequence
+    // alone, so it is not the default. QUEST_BATCH_PRODUCT=vec|batch forces the others.
+    const forced = processEnv().QUEST_BATCH_PRODUCT, mmaBatch = forced === 'mma' && matrixConfig(m.device) !== null;
+    const batched = batch !== null && (n > VEC_ROWS || (n > 1 && mmaBatch));
+    const skinnyOf = (l: GpuLinear, add: boolean) => (batched && mmaBatch ? m.skinnyProduct(l, add, n) : null);
     const vecBatchOf = (l: GpuLinear) => batched && (forced === 'vec' || (forced !== 'batch' && m.quantisesX(l)));
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
       const skinny = rows > 1 ? skinnyOf(l, add) : null;

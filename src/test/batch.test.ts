@@ -10,6 +10,7 @@ import { GpuRunner, GpuSession, gpuDecodeBatch } from '../engine/gpu-session.js'
 import { argmax, rng } from '../engine/sampler.js';
 import { randomGGUF, tempFile } from './fixtures.js';
 import { gpu, skipGpu } from './gpu.js';
+import { matrixConfig } from '../backend/webgpu/device.js';
 import type { AttentionOptions } from '../attention/policy.js';
 
 const loaded = loadModelFiles(tempFile('batch.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 3, heads: 8, kvHeads: 2, dtype: 'f16', seed: 31 })));
@@ -70,6 +71,16 @@ for (const attention of policies) {
       runner.dispose(); runner.m.dispose();
     });
   }
+  // the opt-in tensor-core products of batched steps (x as f16): the same tokens on this small model, logits
+  // within the f16 rounding of the activations
+  const mmaSkip = skipGpu || (gpu && !matrixConfig(gpu.device) ? 'this adapter has no f16 subgroup matrices' : false);
+  test(`WebGPU, QUEST_BATCH_PRODUCT=mma: batched decode equals each sequence alone (${attention.policy}, f16, sequences joining and leaving)`, { skip: mmaSkip }, async () => {
+    const runner = new GpuRunner(GpuModel.upload(gpu!.device, loaded.config, loaded.weights), 16);
+    process.env.QUEST_BATCH_PRODUCT = 'mma';
+    try {
+      await checkBatch({ session: (a) => new GpuSession(runner, a), batch: (st) => gpuDecodeBatch(st as { seq: GpuSession; token: number }[]), tol: 2e-2 }, attention);
+    } finally { delete process.env.QUEST_BATCH_PRODUCT; runner.dispose(); runner.m.dispose(); }
+  });
 }
 
 test('a batch refuses sequences of two models and a sequence twice, with clear errors', () => {
