@@ -234,6 +234,20 @@ async function benchPrefillAttention(device: GPUDevice, timeIt: TimeIt) {
   }
 }
 
+/** Enough copies of an N x K weight matrix of `type` (codes and scales, contents left as they are) to
+ *  rotate through past the L2 cache, and its bytes (codes plus the scale, and min, per group). */
+function weightCopies(device: GPUDevice, type: K.GpuWeightType, N: number, Kd: number) {
+  const codeBytes = type === 'f16' ? 2 : type === 'q8_0' || type === 'q8_16' ? 1 : 0.5;
+  const scaleWords = type === 'f16' ? 0 : type === 'q8_16' ? 2 / 16 : type === 'q4_1' ? 2 / 32 : 1 / 32;
+  const bytes = N * Kd * (codeBytes + 4 * scaleWords), usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  const copies = Math.max(2, Math.ceil((512 << 20) / bytes));
+  const mats = Array.from({ length: copies }, () => ({
+    data: device.createBuffer({ size: Math.ceil((N * Kd * codeBytes) / 16) * 16, usage }),
+    scales: device.createBuffer({ size: Math.max(16, N * Kd * scaleWords * 4), usage }),
+  }));
+  return { bytes, copies, mats };
+}
+
 /** The weight products of a batched decode step (a few tokens: 8-64) of the Llama-2-7B shape: the
  *  batched matrix-vector kernel (SIMT) and the few-token tensor-core kernel at each layout (with the
  *  conversion of x to f16 it needs, in the same timing); µs and the weights' bytes per second as a share
@@ -254,14 +268,7 @@ async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: nu
   const step = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
   const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
   for (const [name, type, N, Kd] of shapes) {
-    const codeBytes = type === 'f16' ? 2 : type === 'q8_0' || type === 'q8_16' ? 1 : 0.5;
-    const scaleWords = type === 'f16' ? 0 : type === 'q8_16' ? 2 / 16 : type === 'q4_1' ? 2 / 32 : 1 / 32;
-    const bytes = N * Kd * (codeBytes + 4 * scaleWords);
-    const copies = Math.max(2, Math.ceil((512 << 20) / bytes)); // rotate past the L2 cache
-    const mats = Array.from({ length: copies }, () => ({
-      data: device.createBuffer({ size: Math.ceil((N * Kd * codeBytes) / 16) * 16, usage }),
-      scales: device.createBuffer({ size: Math.max(16, N * Kd * scaleWords * 4), usage }),
-    }));
+    const { bytes, copies, mats } = weightCopies(device, type, N, Kd);
     const maxT = Math.max(...tokensList);
     const x = device.createBuffer({ size: maxT * Kd * 4, usage }), xh = device.createBuffer({ size: maxT * Kd * 2, usage }), y = device.createBuffer({ size: maxT * N * 4, usage });
     device.queue.writeBuffer(x, 0, new Float32Array(maxT * Kd).map(() => Math.random() - 0.5));
@@ -324,17 +331,8 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
   const shrink = Number(arg('shrink', '1')); // (divides N: a quick run on a software adapter)
   for (const [name, type, N0, Kd] of shapes) {
     const N = Math.ceil(N0 / shrink);
-    // bytes per weight: codes, plus the scale (and min) per group
-    const codeBytes = type === 'f16' ? 2 : type === 'q8_0' || type === 'q8_16' ? 1 : 0.5;
-    const scaleWords = type === 'f16' ? 0 : type === 'q8_16' ? 2 / 16 : type === 'q4_1' ? 2 / 32 : 1 / 32;
-    const bytesPerWeight = codeBytes + 4 * scaleWords;
-    const bytes = N * Kd * bytesPerWeight;
-    const copies = Math.max(2, Math.ceil((512 << 20) / bytes)); // rotate past the L2 cache
+    const { bytes, copies, mats } = weightCopies(device, type, N, Kd);
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
-    const mats = Array.from({ length: copies }, () => ({
-      data: device.createBuffer({ size: Math.ceil((N * Kd * codeBytes) / 16) * 16, usage }),
-      scales: device.createBuffer({ size: Math.max(16, N * Kd * scaleWords * 4), usage }),
-    }));
     const x = device.createBuffer({ size: Kd * 4, usage }), y = device.createBuffer({ size: N * 4, usage: usage | GPUBufferUsage.COPY_SRC });
     const xq = device.createBuffer({ size: K.quantisedXWords(Kd) * 16, usage });
     device.queue.writeBuffer(x, 0, new Float32Array(Kd).map(() => Math.random() - 0.5));

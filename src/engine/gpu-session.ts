@@ -41,9 +41,6 @@ export class GpuRunner {
   readonly tokens: GPUBuffer; readonly step: GPUBuffer; readonly best: GPUBuffer;
   /** a product's input quantised to int8 (Q4_0 products with integer dot products) */
   readonly xq: GPUBuffer;
-  /** a batched step's product input as f16 (the tensor-core few-token products; a token block past the
-   *  last sequence is read too) */
-  readonly xh: GPUBuffer;
   private logitsAll: GPUBuffer | null = null;
   readonly decode: DecodeAttention;
   readonly maxPages: number;
@@ -75,7 +72,6 @@ export class GpuRunner {
     this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
     this.mmaAttention = this.usesMmaAttention;
     this.xq = buf(MAX_BATCH * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
-    this.xh = buf(matrixConfig(d) ? ((MAX_BATCH + 16) * Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)) / 2 : 4);
     this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     this.maxPages = Math.ceil(c.maxSeqLen / pageSize);
     this.decode = new DecodeAttention(d, { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize, maxPages: this.maxPages },
@@ -95,6 +91,14 @@ export class GpuRunner {
       this.batchViewsGeneration = this.store.generation;
     }
     return this.batchViews[l];
+  }
+
+  private xhBuf: GPUBuffer | null = null;
+  /** a batched step's product input as f16 (the opt-in tensor-core few-token products; a token block past
+   *  the last sequence is read too), made by the first step that uses it */
+  get xh(): GPUBuffer {
+    const c = this.m.config;
+    return this.xhBuf ??= this.m.device.createBuffer({ size: (MAX_BATCH + 16) * Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim) * 2, usage: storageUsage() });
   }
 
   // readback buffers of batched steps, kept between steps (creating a mapped buffer of a batch's logits
@@ -132,7 +136,7 @@ export class GpuRunner {
   }
 
   dispose(): void {
-    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.xh, this.logitsAll, this.batchTable, this.batchRows, ...this.stagingFree]) b?.destroy();
+    for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.xhBuf, this.logitsAll, this.batchTable, this.batchRows, ...this.stagingFree]) b?.destroy();
     this.store.dispose();
   }
 }

@@ -422,12 +422,12 @@ ${MAIN_1D}
   x[(i * K) / 4u + 2u * u] = w.a${scale === 1 ? '' : ' * s'}; x[(i * K) / 4u + 2u * u + 1u] = w.b${scale === 1 ? '' : ' * s'};
 }`;
 
-/** RMSNorm of each row (or, with `last`, of the chunk's last row only, written as row 0); `add`: added
- *  to out instead of written (Gemma 3's post-norms, applied to a sublayer's output before the residual). */
 /** An f32 as f16, values past f16's range clamped (outputs that feed the tensor-core products as f16). */
 const TO_F16_WGSL = '\nfn toF16(v: f32) -> f16 { return f16(clamp(v, -65504.0, 65504.0)); }';
 
-/** (`half`: the output as f16, the input of a batched step's tensor-core products; not with `add`) */
+/** RMSNorm of each row (or, with `last`, of the chunk's last row only, written as row 0); `add`: added
+ *  to out instead of written (Gemma 3's post-norms, applied to a sublayer's output before the residual);
+ *  `half`: the output as f16, the input of a batched step's tensor-core products (not with `add`). */
 export const rmsnormWgsl = (dim: number, eps: number, last: boolean, add = false, half = false) => (half ? 'enable f16;\n' : '') + STEP_WGSL + /* wgsl */ `
 const D: u32 = ${dim}u;
 @group(0) @binding(0) var<storage, read> x: array<f32>;

@@ -4,7 +4,7 @@
 // are opaque to the lanes, so everything else (conversion to f16, dequantisation, softmax) goes through
 // workgroup memory. Chosen where the adapter has the feature; kernels.ts keeps the fallback for the rest.
 import { processEnv, type MatrixConfig } from './device.js';
-import { grid64, weightAccess, type GpuWeightType, type LinearSpec } from './kernels.js';
+import { grid64, STEP_WGSL, weightAccess, type GpuWeightType, type LinearSpec } from './kernels.js';
 
 /** How this Dawn spells subgroup-matrix loads and stores: the majorness as a template argument (the
  *  current WGSL proposal), or as a bool argument (older; deprecated where the template form exists, and
@@ -176,8 +176,7 @@ export const linearSkinnyMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: SkinnyT
   const mats = range(blocks).flatMap((i) => range(TN).map((j) => ({ i, j })));
   const units = range((t.WN * t.CK) / 8 / 32); // 8-weight units of a step's tile each lane stages
   const left = `subgroup_matrix_left<f16, ${SK}, ${SM}>`, right = `subgroup_matrix_right<f16, ${SN}, ${SK}>`, res = `subgroup_matrix_result<f32, ${SN}, ${SM}>`;
-  return MMA_HEADER + (t.stage ? weightAccess(s.type, s.K, 2) + w8h(s.type) : `const K: u32 = ${s.K}u;\n@group(0) @binding(2) var<storage, read> wh: array<f16>;`) + /* wgsl */ `
-struct Step { start: u32, n: u32, total: u32, pad: u32 }
+  return MMA_HEADER + (t.stage ? weightAccess(s.type, s.K, 2) + w8h(s.type) : `const K: u32 = ${s.K}u;\n@group(0) @binding(2) var<storage, read> wh: array<f16>;`) + STEP_WGSL + /* wgsl */ `
 const N: u32 = ${s.N}u; const WN: u32 = ${t.WN}u; const ROWS: u32 = ${ROWS}u; const CK: u32 = ${t.CK}u;
 const SG: u32 = ${t.SG}u; const THREADS: u32 = ${THREADS}u; const LDS: u32 = ${LDS}u;
 @group(0) @binding(0) var<storage, read> xh: array<f16>;
@@ -225,8 +224,7 @@ ${mats.map(({ i, j }) => `  ${store('&red', `(sg * ROWS + ${i * SM}u) * WN + ${j
 
 /** xh = x as f16 for the step.n rows of K columns (the input of linearSkinnyMmaWgsl); values past f16's
  *  range are clamped. Grid: grid64(rows * K / 4). */
-export const toHalfWgsl = (K: number) => /* wgsl */ `
-struct Step { start: u32, n: u32, total: u32, pad: u32 }
+export const toHalfWgsl = (K: number) => STEP_WGSL + /* wgsl */ `
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> xh: array<vec2<u32>>;
 @group(0) @binding(6) var<uniform> step: Step;
@@ -309,8 +307,7 @@ export const prefillAttentionMmaWgsl = (s: { nHeads: number; nKV: number; headDi
     : load(right, '&kc', `kp${(b * SN) / 8} + ${j * SK}u`, true, 'HD'));
   const vMatrix = (b: number, c: number) => (t.stage ? load(right, '&vs', `${b * SK * LDK + c * SN}u`, false, 'LDK')
     : load(right, '&vc', `kp${(b * SK) / 8} + ${c * SN}u`, false, 'HD'));
-  return MMA_HEADER + 'enable subgroups;\n' + /* wgsl */ `
-struct Step { start: u32, n: u32, total: u32, pad: u32 }
+  return MMA_HEADER + 'enable subgroups;\n' + STEP_WGSL + /* wgsl */ `
 const NH: u32 = ${s.nHeads}u; const NKV: u32 = ${s.nKV}u; const G: u32 = ${s.nHeads / s.nKV}u;
 const HD: u32 = ${HD}u; const P: u32 = ${s.pageSize}u; const QKV: u32 = ${(s.nHeads + 2 * s.nKV) * HD}u;
 const BQ: u32 = ${ATT_ROWS * SG}u; const BKV: u32 = ${ATT_KEYS}u; const THREADS: u32 = ${THREADS}u;
