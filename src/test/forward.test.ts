@@ -7,8 +7,8 @@ import { existsSync } from 'node:fs';
 import { loadModelFiles, type LoadedModel } from '../model/load.js';
 import { makeModel, Session } from '../engine/session.js';
 import { argmax } from '../engine/sampler.js';
-import { refForward, refQuantiseX, refWeights, argmax64 } from './reference.js';
-import { matmul, productQuantisesX, setIntegerActivations } from '../backend/cpu/kernels.js';
+import { refForward, refRoundActivations, refWeights, argmax64 } from './reference.js';
+import { matmul, productRoundsX, setIntegerActivations } from '../backend/cpu/kernels.js';
 import { wasm } from '../backend/wasm/runtime.js';
 import { randomGGUF, tempFile } from './fixtures.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
@@ -49,13 +49,14 @@ function checkAgainstReference(m: LoadedModel, tokens: number[], tol: number, gr
   } finally { setIntegerActivations(true); }
 }
 
-/** With integer activations (the default for Q8_0 / Q4_0 on the SIMD path): the reference quantises each
- *  product's input the same way. Our x is f32 and the reference's f64, so an element within rounding of a
- *  quantisation tie may land one step apart (measured: one such element moves the logits by 2.8e-2);
- *  hence a looser bound, and top-1 compared where the reference's margin exceeds twice it. */
+/** With 8-bit activations (the default for quantised weights: each product's input rounded to the
+ *  format llama.cpp multiplies that type by): the reference rounds each product's input the same way.
+ *  Our x is f32 and the reference's f64, so an element within rounding of a quantisation tie may land one
+ *  step apart (measured: one such element moves the logits by 2.8e-2); hence a looser bound, and top-1
+ *  compared where the reference's margin exceeds it. */
 function checkIntegerActivations(m: LoadedModel, tokens: number[], tol: number): void {
-  const W = m.weights.layers[0].wq;
-  assert.ok(productQuantisesX(W, 17) && productQuantisesX(W, 1) === (W.dtype === 'q8_0'), 'Q8_0 quantises every product\'s input, Q4_0 the prefill\'s');
+  const W = m.weights.layers[0].wq, format = productRoundsX(W);
+  assert.ok(format, `${W.dtype} products round their input`);
   const V = m.config.vocabSize;
   // a prefill in chunks of 17, then decode steps (one token each) for the last 8 positions
   const s = new Session(makeModel(m.config, m.weights));
@@ -63,12 +64,12 @@ function checkIntegerActivations(m: LoadedModel, tokens: number[], tol: number):
   for (const t of tokens.slice(-8)) ours.push(s.forward([t]));
   const flat = new Float32Array(tokens.length * V); let o = 0;
   for (const l of ours) { flat.set(l, o); o += l.length; }
-  const ref = refForward(m.config, refWeights(m.weights), tokens, { quantiseX: (pos) => (pos < tokens.length - 8 ? productQuantisesX(W, 17) : productQuantisesX(W, 1)) });
+  const ref = refForward(m.config, refWeights(m.weights), tokens, { quantiseX: () => format });
   let maxDiff = 0, compared = 0;
   tokens.forEach((_, i) => {
     for (let j = 0; j < V; j++) maxDiff = Math.max(maxDiff, Math.abs(flat[i * V + j] - ref[i][j]));
     const sorted = Array.from(ref[i]).sort((a, b) => b - a);
-    if (sorted[0] - sorted[1] > 2 * tol) { compared++; assert.equal(argmax(flat, i * V, V), argmax64(ref[i]), `top-1 differs at position ${i}`); }
+    if (sorted[0] - sorted[1] > tol) { compared++; assert.equal(argmax(flat, i * V, V), argmax64(ref[i]), `top-1 differs at position ${i}`); }
   });
   assert.ok(maxDiff < tol, `max |Δlogit| ${maxDiff} over the stated bound ${tol}`);
   assert.ok(compared >= tokens.length / 2, `top-1 compared at ${compared} of ${tokens.length} positions only`);
@@ -82,7 +83,7 @@ for (const dtype of ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1
     assert.equal(m.config.nKVHeads, 2);
     // the reference uses the same dequantised weights, so only arithmetic differs: f32 rounding
     checkAgainstReference(m, promptOf(64, 96), 1e-3, 32);
-    if ((dtype === 'q8_0' || dtype === 'q4_0') && wasm()) checkIntegerActivations(m, promptOf(64, 96), 0.1);
+    if (QUANT_FORMATS[dtype as QuantType]) checkIntegerActivations(m, promptOf(64, 96), 0.1);
   });
 }
 
@@ -96,7 +97,7 @@ test('Q8_0 and Q4_0 products (x quantised to Q8_0 on the SIMD path: decode steps
     matmul(W, x, n, out);
     const row = new Float32Array(W.cols);
     for (let t = 0; t < n; t++) {
-      const xt = Float64Array.from(x.subarray(t * W.cols, (t + 1) * W.cols)), xr = productQuantisesX(W, n) ? refQuantiseX(xt) : xt;
+      const xt = Float64Array.from(x.subarray(t * W.cols, (t + 1) * W.cols)), format = productRoundsX(W), xr = format ? refRoundActivations(xt, format) : xt;
       for (let r = 0; r < W.rows; r++) {
         W.row(r, row);
         let want = 0; for (let i = 0; i < W.cols; i++) want += row[i] * xr[i];
@@ -105,7 +106,7 @@ test('Q8_0 and Q4_0 products (x quantised to Q8_0 on the SIMD path: decode steps
     }
   }
   }
-  if (wasm()) assert.ok(productQuantisesX(loadModelFiles(tempFile('q8.gguf', randomGGUF({ vocab: 96, dim: 64, hidden: 132, layers: 1, heads: 8, kvHeads: 2, dtype: 'q8_0', seed: 5 }))).weights.layers[0].wGate, 11), 'the integer path ran');
+  assert.equal(productRoundsX(loadModelFiles(tempFile('q8.gguf', randomGGUF({ vocab: 96, dim: 64, hidden: 132, layers: 1, heads: 8, kvHeads: 2, dtype: 'q8_0', seed: 5 }))).weights.layers[0].wGate), 'q8_0', 'x was quantised');
 });
 
 test('random Qwen2 GGUF (q/k/v biases, neox RoPE, untied) matches the float64 reference', () => {

@@ -66,51 +66,79 @@ test('llama.cpp (node-llama-cpp) agrees with our engine on the default model', {
 });
 
 // Every quantised type and llama.cpp's Q4_K_M / Q5_K_M mixes, written by our converter from the default
-// model and run by llama.cpp and by us. llama.cpp quantises the input of every quantised product to 8
-// bits (Q8_0 / Q8_1 / Q8_K), which moves this small model's next-token probabilities by up to ~0.05
-// against its own unquantised input (measured: llama.cpp's Q8_0 file vs our f32 engine), so where its
-// top two candidates are nearly tied the top-1 can flip; the test states bounds accordingly: top-1 equal
-// wherever llama.cpp's top-1 leads by more than 0.1 in probability, max |Δp| under 0.1, the prompt's mean
-// log-likelihood within 1.5%, and our 32 greedy tokens are llama.cpp's greedy choices wherever it is not
-// nearly tied. (The decoding of every type is checked exactly against llama.cpp's own decoder in
-// quants.test.ts.)
+// model and run by llama.cpp and by us. Both round the input of every quantised product to llama.cpp's
+// 8-bit formats (activations.ts), but this trained model amplifies the rare activation that a different
+// order of float sums puts on the other side of a rounding step (measured max |Δp| 0.02–0.07; its
+// probabilities move by ~0.05 between 8-bit and f32 inputs), so where its top two candidates are nearly
+// tied the top-1 can flip; the test states bounds accordingly: top-1 equal wherever llama.cpp's top-1
+// leads by more than 0.1 in probability, max |Δp| under 0.1, the prompt's mean log-likelihood within 1.5%,
+// and our 32 greedy tokens are llama.cpp's greedy choices wherever it is not nearly tied. (The decoding
+// of every type is checked exactly against llama.cpp's own decoder in quants.test.ts; random weights,
+// next, have no such amplifier.)
 const MIXED_TYPES = ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'iq4_nl', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_xs', 'q4_k_m', 'q5_k_m'] as const;
 
-interface Agreement { checked: number; positions: number; maxDp: number; flips: string[]; nllOurs: number; nllTheirs: number }
+interface Agreement {
+  checked: number; positions: number; maxDp: number; flips: string[]; nllOurs: number; nllTheirs: number;
+  /** llama.cpp against itself (selfCheck): its prompt in one batch of 128 and one token at a time (other
+   *  kernels: repacked matrix products vs vector dot products) — top-1 disagreements, with the relative
+   *  margin p1 - p2 / p1 of each, and max |Δp| */
+  self?: { flips: number[]; maxDp: number };
+}
+
+type Probabilities = Map<number, number>;
+const topTwo = (probs: Probabilities) => [...probs.entries()].sort((x, y) => y[1] - x[1]);
 
 /** Our engine and llama.cpp on the same file: our greedy continuation of `ids` (32 tokens), then
  *  llama.cpp's next-token probabilities along prompt + continuation against ours. Top-1 is compared
- *  where llama.cpp's top-1 leads its runner-up by more than `margin`. */
-async function agreement(llama: Awaited<ReturnType<typeof import('node-llama-cpp')['getLlama']>>, path: string, ids: number[], margin: number): Promise<Agreement> {
+ *  where `decided(p1, p2)` says llama.cpp's top two probabilities are not a tie (a number: p1 - p2
+ *  above it). llama.cpp keeps its KV cache in f32 here (its default is f16, a rounding we don't make). */
+async function agreement(llama: Awaited<ReturnType<typeof import('node-llama-cpp')['getLlama']>>, path: string, ids: number[], margin: number | ((p1: number, p2: number) => boolean), selfCheck = false): Promise<Agreement> {
+  const decided = typeof margin === 'number' ? (p1: number, p2: number) => p1 - p2 > margin : margin;
   const ours = loadModelFiles(path), V = ours.config.vocabSize;
   const s = new Session(makeModel(ours.config, ours.weights)), mine = s.forward(ids, { logits: 'all' });
   const rows: Float32Array[] = ids.map((_, i) => mine.slice(i * V, i * V + V)), greedy: number[] = [];
   for (let i = 0; i < 32; i++) { const next = argmax(rows[rows.length - 1]); greedy.push(next); rows.push(s.forward([next]).slice(0, V)); }
   const softmax = (row: Float32Array) => { const m = Math.max(...row); let z = 0; for (const v of row) z += Math.exp(v - m); return Array.from(row, (v) => Math.exp(v - m) / z); };
   const lm = await llama.loadModel({ modelPath: path });
-  const context = await lm.createContext({ contextSize: 256, batchSize: 128 });
+  const seqIds = [...ids, ...greedy.slice(0, -1)];
+  const evaluate = async (batchSize: number): Promise<Probabilities[]> => {
+    const context = await lm.createContext({ contextSize: 256, batchSize, flashAttention: false, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32' });
+    try {
+      const opts = { temperature: 1, topK: 0, topP: 1, minP: 0 };
+      const res = await context.getSequence().controlledEvaluate(seqIds.map((x) => [x, { generateNext: { probabilities: true, options: opts } }] as never));
+      return res.map((r) => (r as { next: { probabilities?: Probabilities } }).next.probabilities!);
+    } finally { await context.dispose(); }
+  };
   try {
-    const seqIds = [...ids, ...greedy.slice(0, -1)];
-    const opts = { temperature: 1, topK: 0, topP: 1, minP: 0 };
-    const res = await context.getSequence().controlledEvaluate(seqIds.map((x) => [x, { generateNext: { probabilities: true, options: opts } }] as never));
+    const res = await evaluate(128);
     const a: Agreement = { checked: 0, positions: seqIds.length, maxDp: 0, flips: [], nllOurs: 0, nllTheirs: 0 };
     seqIds.forEach((_, i) => {
-      const probs = (res[i] as { next: { probabilities?: Map<number, number> } }).next.probabilities!;
-      const p = softmax(rows[i]), sorted = [...probs.entries()].sort((x, y) => y[1] - x[1]);
+      const probs = res[i];
+      const p = softmax(rows[i]), sorted = topTwo(probs);
       for (const [x, q] of probs) a.maxDp = Math.max(a.maxDp, Math.abs(q - p[x]));
       if (i + 1 < ids.length) { a.nllOurs -= Math.log(p[ids[i + 1]]); a.nllTheirs -= Math.log(probs.get(ids[i + 1]) ?? 1e-30); }
-      if (sorted[0][1] - (sorted[1]?.[1] ?? 0) > margin) {
+      if (decided(sorted[0][1], sorted[1]?.[1] ?? 0)) {
         a.checked++;
         if (sorted[0][0] !== argmax(rows[i])) a.flips.push(`${i < ids.length ? 'prompt' : 'greedy'} position ${i}: llama.cpp ${sorted[0][0]} (p ${sorted[0][1].toFixed(3)}), ours ${argmax(rows[i])}`);
       }
     });
+    if (selfCheck) {
+      const one = await evaluate(1);
+      a.self = { flips: [], maxDp: 0 };
+      res.forEach((probs, i) => {
+        for (const [x, q] of probs) a.self!.maxDp = Math.max(a.self!.maxDp, Math.abs(q - (one[i].get(x) ?? 0)));
+        const [first, second] = topTwo(probs);
+        if (first[0] !== topTwo(one[i])[0][0]) a.self!.flips.push((first[1] - second[1]) / first[1]);
+      });
+    }
     return a;
   } finally {
-    await context.dispose(); await lm.dispose();
+    await lm.dispose();
   }
 }
 
-const describe = (a: Agreement) => `top-1 checked at ${a.checked}/${a.positions}, max |Δp| ${a.maxDp.toFixed(4)}`;
+const describe = (a: Agreement) => `top-1 checked at ${a.checked}/${a.positions}, max |Δp| ${a.maxDp.toFixed(4)}` +
+  (a.self ? ` (llama.cpp batch 128 vs 1: max |Δp| ${a.self.maxDp.toFixed(4)}, top-1 differs at ${a.self.flips.length}${a.self.flips.length ? `, margins ${a.self.flips.map((m) => `${(100 * m).toFixed(1)}%`).join(' ')}` : ''})` : '');
 
 test('llama.cpp runs our converter\'s quantised files of every type as our engine does', { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
   const llama = await llamaCpp!.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
@@ -131,9 +159,34 @@ test('llama.cpp runs our converter\'s quantised files of every type as our engin
   assert.deepEqual(failures, []);
 });
 
-// Architectures on random weights (f32: no quantisation on either side, so only the f16 KV cache and
-// summation order differ): top-1 equal wherever llama.cpp's top two differ by more than 0.001 in
-// probability, and max |Δp| under 0.001, along a random 64-token prompt and our 32 greedy tokens.
+// The same on random weights, as the issue asks: every type and both mixes on a random model whose
+// rows are whole 256-element blocks (so every matrix is of the type named), a 64-token prompt and our 32
+// greedy tokens. Both engines round each product's input to llama.cpp's 8-bit format for the type
+// (Q8_0 / Q8_1 / Q8_K), so the remaining differences are the order of float sums (and Q8_1's f16 sum
+// term), which now and then move an activation across a rounding step. A random model's next-token
+// distribution is flat (top probability ~0.05), so near-ties are common: top-1 is compared wherever
+// llama.cpp's top two probabilities differ by more than 2% of the top one (measured flips: all within 1%),
+// and at least 85% of positions must be so decided. For scale, the diagnostic shows llama.cpp against
+// itself (prompt in one batch vs one token at a time): it differs from itself by as much as from us
+// (measured: Q4_K max |Δp| 9e-4 and 4 top-1 flips at margins of 0.6–1.7%, Q2_K one at 0.2%).
+test('llama.cpp and our engine agree on random-weight GGUFs of every quantised type (top-1 wherever not tied within 2%)', { skip: llamaCpp ? false : 'node-llama-cpp is not installed' }, async (t) => {
+  const llama = await llamaCpp!.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
+  const g = rng(5), ids = Array.from({ length: 64 }, () => 259 + Math.floor(g() * (512 - 259)));
+  const lines: string[] = [], failures: string[] = [];
+  for (const type of MIXED_TYPES) {
+    const path = tempFile(`random-${type}.gguf`, randomGGUF({ vocab: 512, dim: 256, hidden: 512, layers: 2, heads: 4, kvHeads: 2, seed: 11, dtype: type, vocabulary: true }));
+    const a = await agreement(llama, path, ids, (p1, p2) => p1 - p2 > 0.02 * p1, true);
+    lines.push(`${type}: ${describe(a)}`);
+    failures.push(...a.flips.map((f) => `${type}: ${f}`));
+    if (!(a.maxDp < 3e-3)) failures.push(`${type}: max |Δp| ${a.maxDp}`);
+    if (a.checked < 0.85 * a.positions) failures.push(`${type}: only ${a.checked} of ${a.positions} positions decided`);
+  }
+  t.diagnostic(lines.join('; '));
+  assert.deepEqual(failures, []);
+});
+
+// Architectures on random weights (f32 weights and KV cache: only the order of float sums differs): top-1
+// equal at every position of a random 64-token prompt and our 32 greedy tokens, max |Δp| under 0.001.
 for (const [label, shape] of [
   ['Qwen3 (per-head q/k RMSNorm, head size 32 with dim 128)', { arch: 'qwen3', vocab: 300, dim: 128, hidden: 256, layers: 3, heads: 8, kvHeads: 2, headDim: 32, seed: 41 }],
   ['Llama with YaRN RoPE scaling (factor 4 over 32 original positions; 96 positions compared)', { vocab: 300, dim: 128, hidden: 256, layers: 3, heads: 4, kvHeads: 2, yarn: { factor: 4, ctx: 32 }, seed: 42 }],
@@ -147,11 +200,11 @@ for (const [label, shape] of [
     const llama = await llamaCpp!.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
     const path = tempFile('arch.gguf', randomGGUF({ ...shape, vocabulary: true }));
     const g = rng(5), ids = Array.from({ length: 64 }, () => 259 + Math.floor(g() * (shape.vocab - 259)));
-    const a = await agreement(llama, path, ids, 0.001);
+    const a = await agreement(llama, path, ids, 0);
     t.diagnostic(describe(a));
     assert.deepEqual(a.flips, []);
     assert.ok(a.maxDp < 0.001, `max |Δp| ${a.maxDp}`);
-    assert.ok(a.checked >= 0.8 * a.positions, `only ${a.checked} positions have a clear top-1`);
+    assert.equal(a.checked, a.positions, 'every position compared (none exactly tied)');
   });
 }
 
@@ -172,7 +225,7 @@ async function checkFolder(t: { diagnostic(s: string): void }, dir: string): Pro
   const hf = loadModelFiles(dir), llama = await llamaCpp!.getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
   const path = tempFile('converted.gguf', convertHFToGGUF(dir, 'f32'));
   const ids = new TextTokenizer(hf.tokenizer!).encode('"Well, Prince, so Genoa and Lucca are now just family estates of the Buonapartes. But I warn you, if you don\'t tell me that this means war, if you still try').slice(0, 48);
-  const a = await agreement(llama, path, ids, 0.01);
+  const a = await agreement(llama, path, ids, 0);
   t.diagnostic(describe(a));
   const x = new Session(makeModel(hf.config, hf.weights)).forward(ids, { logits: 'all' });
   const gg = loadModelFiles(path), y = new Session(makeModel(gg.config, gg.weights)).forward(ids, { logits: 'all' });

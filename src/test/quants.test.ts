@@ -6,14 +6,15 @@ import assert from 'node:assert/strict';
 import { Matrix, rowBytes } from '../model/tensor.js';
 import { QUANT_FORMATS, affineGroups, type QuantType } from '../model/quants.js';
 import { quantise } from '../model/quantise.js';
-import { matmul, productQuantisesX } from '../backend/cpu/kernels.js';
-import { refQuantiseX } from './reference.js';
+import { matmul, productRoundsX } from '../backend/cpu/kernels.js';
+import { roundActivations } from '../backend/cpu/activations.js';
+import { refRoundActivations } from './reference.js';
 import { f32ToF16 } from '../model/half.js';
 import { refDequantise } from './quant-reference.js';
 import { gaussian, randomArray } from './fixtures.js';
 import { rng } from '../engine/sampler.js';
 import { wasm } from '../backend/wasm/runtime.js';
-import { ggmlOracle } from './ggml-oracle.js';
+import { ggmlOracle, type GgmlOracle } from './ggml-oracle.js';
 
 const oracle = await ggmlOracle();
 const noOracle = typeof oracle === 'string' ? oracle : false;
@@ -96,9 +97,9 @@ test('CPU products (SIMD path with worker threads, and the TypeScript path) of e
       const x = Float32Array.from({ length: n * cols }, () => g() * 2 - 1), out = new Float32Array(n * rows);
       matmul(W, x, n, out);
       for (let tk = 0; tk < n; tk++) for (let r = 0; r < rows; r++) {
-        // (Q8_0 / Q4_0 products on the SIMD path take x quantised to Q8_0, as llama.cpp does)
-        const xt = Float64Array.from(x.subarray(tk * cols, (tk + 1) * cols));
-        const xr = productQuantisesX(W, n) ? refQuantiseX(xt) : xt;
+        // (quantised products take x rounded to 8 bits in llama.cpp's format for the type)
+        const xt = Float64Array.from(x.subarray(tk * cols, (tk + 1) * cols)), format = productRoundsX(W);
+        const xr = format ? refRoundActivations(xt, format) : xt;
         let want = 0; for (let i = 0; i < cols; i++) want += w[r * cols + i] * xr[i];
         const got = out[tk * rows + r];
         assert.ok(Math.abs(got - want) < 1e-4 * (1 + Math.abs(want)), `${type} (${place}) n ${n} token ${tk} row ${r}: ${got} vs ${want}`);
@@ -121,6 +122,37 @@ test('llama.cpp\'s own decoder (ggml through FFI) reads every type as we do: ran
 
 // (within 15%: on the awkward data our Q4_K loses ~14% more than llama.cpp's in blocks whose one outlier is
 // 100x the others; elsewhere ours are as good or better)
+test('products round their input as llama.cpp does (Q8_0 / Q8_1 / Q8_K activations, TypeScript and WebAssembly, against ggml\'s own quantisers)', { skip: noOracle }, () => {
+  const g = gaussian(21), o = oracle as GgmlOracle;
+  for (const format of ['q8_0', 'q8_1', 'q8_k'] as const) {
+    // blocks of every magnitude, a block of zeros, one of a constant, one whose largest value is negative
+    const x = Float32Array.from({ length: 1 << 15 }, (_, i) => g() * Math.exp(((i >> 8) % 16) - 8));
+    x.fill(0, 256, 512); x.fill(-3.25, 512, 768); x[1000] = -50;
+    const want = o.activations(format, x), rt = wasm();
+    const ts = new Float32Array(x.length);
+    roundActivations(format, x, x.length, ts);
+    for (const ours of [ts, ...(rt ? [wasmRounded(rt, format, x)] : [])]) {
+    // ggml's reference rounds halves away from zero and scales by 1/d, the x86 kernels llama.cpp runs (and
+    // we) round halves to even and scale by 127/max: a value on a rounding tie may land one step apart
+    let other = 0;
+    for (let i = 0; i < x.length; i++) if (ours[i] !== want[i]) {
+      other++;
+      const b = i - (i % 32); let m = 0; for (let j = b; j < b + 32; j++) m = Math.max(m, Math.abs(x[j]));
+      assert.ok(format !== 'q8_k' && Math.abs(ours[i] - want[i]) <= 1.001 * (m / 127), `${format} element ${i}: ${ours[i]} vs ${want[i]}`);
+    }
+    assert.ok(other <= x.length / 4096, `${format}: ${other} elements differ from ggml's`);
+    }
+  }
+});
+
+/** kernels.wat round_q8 / round_q8_k on a copy of x in the wasm memory. */
+function wasmRounded(rt: NonNullable<ReturnType<typeof wasm>>, format: 'q8_0' | 'q8_1' | 'q8_k', x: Float32Array): Float32Array {
+  const p = rt.scratchPtr('test.round', x.length * 4);
+  rt.f32(p, x.length).set(x);
+  if (format === 'q8_k') rt.k.round_q8_k(p, x.length); else rt.k.round_q8(p, x.length);
+  return rt.f32(p, x.length).slice();
+}
+
 test('our quantisers lose no more than llama.cpp\'s reference quantisers (relative RMS error, gaussian and awkward data)', { skip: noOracle }, (t) => {
   const o = oracle as Exclude<typeof oracle, string>, n = 64 * 256, lines: string[] = [], worse: string[] = [];
   for (const [what, x] of [['gaussian', randomArray(n, 1, gaussian(31))], ['awkward', awkward(n, 32)]] as const) {

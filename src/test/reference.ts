@@ -72,9 +72,43 @@ export function refQuantiseX(x: Float64Array): Float64Array {
   return y;
 }
 
+/** x as the CPU's quantised products take it, in llama.cpp's activation formats (written from ggml's
+ *  quantize_row_q8_0 / q8_1 / q8_K_ref): Q8_0 / Q8_1 per 32, q = x·127/max|x| rounded half to even, the
+ *  scale max|x|/127 stored as f16; Q8_K per 256, iscale = -127 / (the signed value of largest magnitude)
+ *  and q = min(127, round(iscale·x)) in f32, the scale 1/iscale. */
+export function refRoundActivations(x: Float64Array, format: 'q8_0' | 'q8_1' | 'q8_k'): Float64Array {
+  const y = new Float64Array(x.length), f = Math.fround;
+  const B = format === 'q8_k' ? 256 : 32;
+  for (let b = 0; b < x.length; b += B) {
+    if (format !== 'q8_k') {
+      let m = 0; for (let i = b; i < b + B; i++) m = Math.max(m, Math.abs(x[i]));
+      if (m === 0) continue;
+      const d = f16Value(f(m / 127));
+      for (let i = b; i < b + B; i++) y[i] = roundEven(x[i] * (127 / m)) * d;
+    } else {
+      let max = 0; for (let i = b; i < b + B; i++) if (Math.abs(x[i]) > Math.abs(max)) max = x[i];
+      if (max === 0) continue;
+      const is = f(-127 / max);
+      for (let i = b; i < b + B; i++) y[i] = Math.min(127, roundEven(f(is * x[i]))) * f(1 / is);
+    }
+  }
+  return y;
+}
+
+/** The f16 value nearest to v (ties to even), by its definition: 11 significant bits, normal exponents
+ *  from -14. */
+function f16Value(v: number): number {
+  if (v === 0) return 0;
+  let e = Math.floor(Math.log2(Math.abs(v)));
+  if (2 ** e > Math.abs(v)) e--; // (log2 may round up just below a power of two)
+  const ulp = 2 ** (Math.max(-14, e) - 10);
+  return roundEven(v / ulp) * ulp;
+}
+
 export interface RefOptions {
-  /** positions whose products take their input quantised to int8 per block (refQuantiseX) */
-  quantiseX?: (pos: number) => boolean;
+  /** positions whose products take their input quantised to int8 per block: true, as the GPU's integer
+   *  products do (refQuantiseX); a format, as the CPU's (refRoundActivations) */
+  quantiseX?: (pos: number) => boolean | 'q8_0' | 'q8_1' | 'q8_k' | null;
   /** Quest at positions >= `from` (decode steps) in layers >= `denseLayers`: pages of `pageSize` keys
    *  scored by Σ_i max(q_i·max_i, q_i·min_i) from the keys' per-channel min/max, the scores of a KV group's
    *  heads summed, the top max(3, ceil(budget / pageSize)) pages kept (the current page always, ties to
@@ -110,7 +144,8 @@ export function refForward(c: ModelConfig, W: RefWeights, tokens: number[], opts
   const Ks: Float64Array[][] = W.layers.map(() => []), Vs: Float64Array[][] = W.layers.map(() => []);
   const out: Float64Array[] = [];
   tokens.forEach((tok, pos) => {
-    const qx = opts.quantiseX?.(pos) ? refQuantiseX : (v: Float64Array) => v; // a product's input
+    const form = opts.quantiseX?.(pos); // a product's input
+    const qx = form === true ? refQuantiseX : form ? (v: Float64Array) => refRoundActivations(v, form) : (v: Float64Array) => v;
     let x = W.embed.slice(tok * dim, tok * dim + dim).map((v) => v * (c.embedScale ?? 1)); // (Gemma scales it)
     W.layers.forEach((L, l) => {
       // sliding windows (Mistral, Gemma 3's local layers): key t is seen while pos - t < window; those

@@ -3,6 +3,8 @@
 import type { Matrix } from '../../model/tensor.js';
 import { wasm, type WasmRuntime } from '../wasm/runtime.js';
 import { workerPool, OP_GEMM, DTYPE_CODE } from '../wasm/pool.js';
+import { activationFormat, activationBlock, roundActivations, type ActivationFormat } from './activations.js';
+import { F16_TABLE, f32ToF16 } from '../../model/half.js';
 import { gemmChunks, gemmRange, gemmRowUnit, quantisesX, quadBlockRows, Q8_X_TOKENS } from '../wasm/shared-ops.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
@@ -55,9 +57,10 @@ function scratchFor(cols: number): Float32Array {
 }
 
 let integerActivations = true;
-/** Q8_0 / Q4_0 products on the SIMD path quantise their input to Q8_0 and use integer dot products, as
- *  llama.cpp does (on by default). Off: f32 inputs everywhere, slower, bit-for-bit closer to float64 (an
- *  element within rounding of a quantisation tie can round either way and move a logit by ~1e-2). */
+/** Products of quantised weights take their input rounded to 8 bits as llama.cpp's do (activations.ts:
+ *  Q8_0, Q8_1 or Q8_K by weight type; the Q8_0 / Q4_0 kernels multiply the integers themselves). On by
+ *  default. Off: f32 inputs everywhere, bit-for-bit closer to float64 (an element within rounding of a
+ *  quantisation tie can round either way and move a logit by ~1e-2). */
 export function setIntegerActivations(on: boolean): void { integerActivations = on; }
 
 /** out[n x W.rows] = x[n x W.cols] · Wᵀ (+ bias) */
@@ -65,26 +68,47 @@ export function matmul(W: Matrix, x: Float32Array, n: number, out: Float32Array,
   matmuls([W], x, n, [out], [bias]);
 }
 
-/** Several products of the same input (q/k/v, gate/up): on the SIMD path x is copied into the wasm
- *  memory and quantised once for all of them. */
+/** Several products of the same input (q/k/v, gate/up): x is rounded (activations.ts) and, on the SIMD
+ *  path, copied into the wasm memory and quantised once for all of them. */
 export function matmuls(Ws: Matrix[], x: Float32Array, n: number, outs: Float32Array[], biases: (Float32Array | null | undefined)[] = []): void {
   const rt = wasm();
-  const prepared: PreparedX = {};
+  const prepared = new Map<string, PreparedX>();
   Ws.forEach((W, i) => {
-    if (rt && W.cols % 32 === 0 && rt.owns(W.bytes)) matmulWasm(rt, W, x, n, outs[i], biases[i] ?? null, prepared);
-    else matmulRows(W, x, n, outs[i], biases[i] ?? null, 0, W.rows, scratchFor(W.cols));
+    const fmt = productActivations(W);
+    const simd = !!rt && W.cols % 32 === 0 && rt.owns(W.bytes);
+    const q8 = simd && fmt === 'q8_0' && quantisesX(DTYPE_CODE[W.dtype], W.rows, n); // the integer kernels take x as it is
+    const key = q8 ? 'int' : fmt ?? 'f32';
+    let p = prepared.get(key);
+    if (!p) { p = { key, x, round: q8 ? null : fmt }; prepared.set(key, p); }
+    if (simd) matmulWasm(rt!, W, n, outs[i], biases[i] ?? null, p, q8);
+    else matmulRows(W, roundedX(p, n * W.cols), n, outs[i], biases[i] ?? null, 0, W.rows, scratchFor(W.cols));
   });
 }
 
-/** x in the wasm memory (xp), and quantised to Q8_0 (xq values, xs scales) once a product takes it so. */
-interface PreparedX { xp?: number; xq?: number; xs?: number }
+/** The format a product rounds its input to (null: x as it is). */
+function productActivations(W: Matrix): ActivationFormat | null {
+  const f = integerActivations ? activationFormat(W.dtype) : null;
+  return f && W.cols % activationBlock(f) === 0 ? f : null;
+}
+
+/** The TypeScript path's input: x, or x rounded to the product's format (once per call and format). */
+function roundedX(p: PreparedX, len: number): Float32Array {
+  if (!p.round) return p.x;
+  if (!p.rounded) { p.rounded = new Float32Array(len); roundActivations(p.round, p.x, len, p.rounded); }
+  return p.rounded;
+}
+
+/** A product's input: x, the format it is rounded to (none where the integer kernels quantise it
+ *  themselves), its copy in the wasm memory (xp), and x quantised to Q8_0 for the integer kernels (xq
+ *  values, xs scales). */
+interface PreparedX { key: string; x: Float32Array; round: ActivationFormat | null; rounded?: Float32Array; xp?: number; xq?: number; xs?: number }
 
 /** The SIMD path: weights read in place from the wasm memory; non-f32 rows are converted to f32 a block
  *  at a time (a block stays in cache while every token of the batch uses it). */
-function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out: Float32Array, bias: Float32Array | null, prepared: PreparedX): void {
+function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias: Float32Array | null, prepared: PreparedX, q8: boolean): void {
   const { rows, cols } = W;
   const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
-  const q8 = integerActivations && quantisesX(code, rows, n), quads = q8 && !(code === 3 && n <= Q8_X_TOKENS);
+  const quads = q8 && !(code === 3 && n <= Q8_X_TOKENS);
   const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
   const pool = n * rows * cols >= 1 << 16 ? workerPool(rt) : null; // small products: dispatch costs more than it saves
   const parts = pool ? pool.size + 1 : 1;
@@ -92,11 +116,18 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out:
   // per thread: a block of rows converted to f32, or repacked as row quads (2 bytes a weight + scales)
   const scratchBytes = quads ? (block / 4) * (cols / 32) * 272 : block * cols * 4;
   const scratch = Array.from({ length: parts }, (_, i) => (W.dtype === 'f32' ? 0 : rt.scratchPtr(`mm.w${i}`, scratchBytes)));
-  // x quantised to Q8_0 once for the products where the weights are (integer dot products, as llama.cpp)
-  if (prepared.xp === undefined) { prepared.xp = rt.scratchPtr('mm.x', n * cols * 4); rt.f32(prepared.xp, n * cols).set(x.subarray(0, n * cols)); }
+  // (each format's x has its own scratch: a call's products may take different formats)
+  if (prepared.xp === undefined) {
+    prepared.xp = rt.scratchPtr(`mm.x.${prepared.key}`, n * cols * 4);
+    rt.f32(prepared.xp, n * cols).set(prepared.x.subarray(0, n * cols));
+    if (prepared.round === 'q8_k') rt.k.round_q8_k(prepared.xp, n * cols);
+    else if (prepared.round) rt.k.round_q8(prepared.xp, n * cols); // (Q8_0 and Q8_1 take the same values)
+  }
   if (q8 && prepared.xq === undefined) {
     prepared.xq = rt.scratchPtr('mm.xq', n * cols * 2); prepared.xs = rt.scratchPtr('mm.xs', (n * cols) / 8);
     rt.k.quantise_q8(prepared.xp, n * cols, prepared.xq, prepared.xs!);
+    const s = rt.f32(prepared.xs!, (n * cols) / 32);
+    for (let i = 0; i < s.length; i++) s[i] = F16_TABLE[f32ToF16(s[i])]; // stored as f16, as llama.cpp's Q8_0 blocks
   }
   const xp = prepared.xp, xq = q8 ? prepared.xq! : 0, xs = q8 ? prepared.xs! : 0;
   if (pool) {
@@ -111,11 +142,8 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, x: Float32Array, n: number, out:
   if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += bias[r];
 }
 
-/** Whether the SIMD path quantises a product's x to Q8_0 (what a float64 reference must model). */
-export function productQuantisesX(W: Matrix, n: number): boolean {
-  const rt = wasm();
-  return integerActivations && !!rt && W.cols % 32 === 0 && rt.owns(W.bytes) && quantisesX(DTYPE_CODE[W.dtype], W.rows, n);
-}
+/** The format a product's input is rounded to, as a float64 reference must model it (null: exact x). */
+export function productRoundsX(W: Matrix): ActivationFormat | null { return productActivations(W); }
 
 /** RMSNorm of n rows of length d. */
 export function rmsnorm(out: Float32Array, x: Float32Array, w: Float32Array, n: number, d: number, eps: number): void {

@@ -244,6 +244,83 @@
       (local.set $xs (i32.add (local.get $xs) (i32.const 4)))
       (br $l))))
 
+;; x[0..len) in place -> x as llama.cpp's Q8_0 / Q8_1 activations multiply (cpu/activations.ts, its
+  ;; twin): per block of 32, q = x * (127 / max|x|) rounded to even in f64, times the scale max|x| / 127
+  ;; rounded to f32 and then to f16 (as the block stores it). len % 32 == 0.
+  (func (export "round_q8") (param $x i32) (param $len i32)
+    (local $end i32) (local $m v128) (local $mx f32) (local $d f32) (local $b i32) (local $inv v128) (local $dv v128) (local $o i32) (local $v v128)
+    (local.set $end (i32.add (local.get $x) (i32.shl (local.get $len) (i32.const 2))))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+      (local.set $m (f32x4.max (f32x4.max (f32x4.abs (v128.load (local.get $x))) (f32x4.abs (v128.load offset=16 (local.get $x))))
+                               (f32x4.max (f32x4.abs (v128.load offset=32 (local.get $x))) (f32x4.abs (v128.load offset=48 (local.get $x))))))
+      (local.set $m (f32x4.max (local.get $m) (f32x4.max (f32x4.max (f32x4.abs (v128.load offset=64 (local.get $x))) (f32x4.abs (v128.load offset=80 (local.get $x))))
+                               (f32x4.max (f32x4.abs (v128.load offset=96 (local.get $x))) (f32x4.abs (v128.load offset=112 (local.get $x)))))))
+      (local.set $mx (f32.max (f32.max (f32x4.extract_lane 0 (local.get $m)) (f32x4.extract_lane 1 (local.get $m)))
+                              (f32.max (f32x4.extract_lane 2 (local.get $m)) (f32x4.extract_lane 3 (local.get $m)))))
+      (local.set $d (f32.demote_f64 (f64.div (f64.promote_f32 (local.get $mx)) (f64.const 127))))
+      ;; f32 -> f16 precision, nearest even: below f16's smallest normal (2^-14) a multiple of 2^-24, else 10
+      ;; mantissa bits (the carry into the exponent is the right answer)
+      (if (f32.lt (local.get $d) (f32.const 6.103515625e-05))
+        (then (local.set $d (f32.mul (f32.nearest (f32.mul (local.get $d) (f32.const 16777216))) (f32.const 5.9604644775390625e-08))))
+        (else
+          (local.set $b (i32.reinterpret_f32 (local.get $d)))
+          (local.set $d (f32.reinterpret_i32 (i32.and (i32.add (local.get $b) (i32.add (i32.const 0x0fff) (i32.and (i32.shr_u (local.get $b) (i32.const 13)) (i32.const 1))))
+                                                      (i32.const 0xffffe000))))))
+      (local.set $inv (f64x2.splat (if (result f64) (f32.gt (local.get $mx) (f32.const 0)) (then (f64.div (f64.const 127) (f64.promote_f32 (local.get $mx)))) (else (f64.const 0)))))
+      (local.set $dv (f32x4.splat (local.get $d)))
+      (local.set $o (i32.const 0))
+      (block $qd (loop $ql
+        (local.set $v (v128.load (i32.add (local.get $x) (local.get $o))))
+        (v128.store (i32.add (local.get $x) (local.get $o)) (f32x4.mul (local.get $dv) (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23
+          (f32x4.demote_f64x2_zero (f64x2.nearest (f64x2.mul (f64x2.promote_low_f32x4 (local.get $v)) (local.get $inv))))
+          (f32x4.demote_f64x2_zero (f64x2.nearest (f64x2.mul (f64x2.promote_low_f32x4
+            (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $v) (local.get $v))) (local.get $inv)))))))
+        (local.set $o (i32.add (local.get $o) (i32.const 16)))
+        (br_if $ql (i32.lt_u (local.get $o) (i32.const 128)))))
+      (local.set $x (i32.add (local.get $x) (i32.const 128)))
+      (br $l))))
+
+  ;; x[0..len) in place -> x as llama.cpp's Q8_K activations multiply (quantize_row_q8_K_ref; twin in
+  ;; cpu/activations.ts): per block of 256, max = the first value of largest magnitude, iscale = -127 / max
+  ;; and q = min(127, round(iscale * x)) in f32, times 1 / iscale. len % 256 == 0.
+  (func (export "round_q8_k") (param $x i32) (param $len i32)
+    (local $end i32) (local $m v128) (local $amax f32) (local $max f32) (local $is f32) (local $d v128) (local $s v128) (local $o i32) (local $p i32)
+    (local.set $end (i32.add (local.get $x) (i32.shl (local.get $len) (i32.const 2))))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+      (local.set $m (v128.const f32x4 0 0 0 0))
+      (local.set $o (i32.const 0))
+      (block $md (loop $ml
+        (local.set $m (f32x4.max (local.get $m) (f32x4.abs (v128.load (i32.add (local.get $x) (local.get $o))))))
+        (local.set $o (i32.add (local.get $o) (i32.const 16)))
+        (br_if $ml (i32.lt_u (local.get $o) (i32.const 1024)))))
+      (local.set $amax (f32.max (f32.max (f32x4.extract_lane 0 (local.get $m)) (f32x4.extract_lane 1 (local.get $m)))
+                                (f32.max (f32x4.extract_lane 2 (local.get $m)) (f32x4.extract_lane 3 (local.get $m)))))
+      ;; the signed value: the first element whose magnitude is the maximum
+      (local.set $p (local.get $x))
+      (block $fd (loop $fl
+        (br_if $fd (i32.ge_u (local.get $p) (i32.add (local.get $x) (i32.const 1020)))) ;; (NaN: no element equals it)
+        (br_if $fd (f32.eq (f32.abs (f32.load (local.get $p))) (local.get $amax)))
+        (local.set $p (i32.add (local.get $p) (i32.const 4)))
+        (br $fl)))
+      (local.set $max (f32.load (local.get $p)))
+      (if (f32.eq (local.get $amax) (f32.const 0))
+        (then (local.set $s (v128.const f32x4 0 0 0 0)) (local.set $d (v128.const f32x4 0 0 0 0)))
+        (else
+          (local.set $is (f32.div (f32.const -127) (local.get $max)))
+          (local.set $s (f32x4.splat (local.get $is)))
+          (local.set $d (f32x4.splat (f32.div (f32.const 1) (local.get $is))))))
+      (local.set $o (i32.const 0))
+      (block $qd (loop $ql
+        (local.set $p (i32.add (local.get $x) (local.get $o)))
+        (v128.store (local.get $p) (f32x4.mul (local.get $d)
+          (f32x4.min (f32x4.nearest (f32x4.mul (local.get $s) (v128.load (local.get $p)))) (v128.const f32x4 127 127 127 127))))
+        (local.set $o (i32.add (local.get $o) (i32.const 16)))
+        (br_if $ql (i32.lt_u (local.get $o) (i32.const 1024)))))
+      (local.set $x (i32.add (local.get $x) (i32.const 1024)))
+      (br $l))))
+
   ;; Row quads for the prefill's integer products ("i16p"): rows in groups of 4; per group and block of 32
   ;; columns, 16 vectors (vector p = columns 2p, 2p+1 of rows 0..3 as i16 pairs: one i32x4.dot_i16x8_s
   ;; with x's pair splatted gives the 4 rows' partial sums, no transposes) then the 4 rows' f32 scales.

@@ -22,6 +22,10 @@ export interface KernelExports {
   q3_k_to_f32(src: number, dst: number, n: number): void;
   gemv_q8_0(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
   quantise_q8(x: number, len: number, xq: number, xs: number): void;
+  /** x in place as llama.cpp's Q8_0 / Q8_1 activations (cpu/activations.ts) */
+  round_q8(x: number, len: number): void;
+  /** x in place as llama.cpp's Q8_K activations */
+  round_q8_k(x: number, len: number): void;
   quads_from_q(src: number, rows: number, cols: number, dst: number, kind: number): void;
   gemm_quads(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
   accumulate(dst: number, src: number, n: number): void;
