@@ -15,9 +15,10 @@ export function tinyGguf(): string {
   return path;
 }
 
-/** SmolLM2-135M's shape in Q8_0, or as llama.cpp lays out a Q4_K_M file of it (Q4_K / Q6_K where rows are
- *  whole 256-element blocks, its fallbacks Q5_0 / Q8_0 for the 576-column matrices). */
-export function smolGguf(type: 'q8_0' | 'q4_k_m' = 'q8_0', ctx = 8192): string {
+/** SmolLM2-135M's shape in Q8_0 or Q4_0 (its token embedding, the tied output, in Q8_0 as llama.cpp
+ *  writes it), or as llama.cpp lays out a Q4_K_M file of it (Q4_K / Q6_K where rows are whole 256-element
+ *  blocks, its fallbacks Q5_0 / Q8_0 for the 576-column matrices). */
+export function smolGguf(type: 'q8_0' | 'q4_0' | 'q4_k_m' = 'q8_0', ctx = 8192): string {
   const path = join(dir(), `smollm2-135m-shape-${type}${ctx === 8192 ? '' : `-ctx${ctx}`}-v2.gguf`);
   if (!existsSync(path)) {
     console.error(`writing a random-weight SmolLM2-135M-shaped ${type} GGUF (weights do not change speed)...`);

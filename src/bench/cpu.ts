@@ -103,10 +103,10 @@ async function main() {
   if (process.argv.includes('--long')) { await longRows(); return; }
   // --only TEXT: the models whose name contains TEXT (e.g. Q4_K_M)
   const only = process.argv.indexOf('--only') > 0 ? process.argv[process.argv.indexOf('--only') + 1] : '';
-  const tiny = tinyGguf(), smol = smolGguf(), smolK = smolGguf('q4_k_m');
-  const all = [['quest-tiny-8k (HF f16 folder / same as f16 GGUF)', DEFAULT_MODEL, tiny], ['SmolLM2-135M shape, random, Q8_0', smol, smol],
-    ['SmolLM2-135M shape, random, Q4_K_M (llama.cpp\'s mix)', smolK, smolK]];
-  const models = all.filter(([name]) => name.includes(only));
+  const all: [string, () => string, () => string][] = [['quest-tiny-8k (HF f16 folder / same as f16 GGUF)', () => DEFAULT_MODEL, tinyGguf],
+    ['SmolLM2-135M shape, random, Q8_0', smolGguf, smolGguf], ['SmolLM2-135M shape, random, Q4_0', () => smolGguf('q4_0'), () => smolGguf('q4_0')],
+    ['SmolLM2-135M shape, random, Q4_K_M (llama.cpp\'s mix)', () => smolGguf('q4_k_m'), () => smolGguf('q4_k_m')]];
+  const models = all.filter(([name]) => name.includes(only)).map(([name, ours, gguf]) => [name, ours(), gguf()] as const);
   const rows: string[] = [];
   const f = (x: number | undefined) => (x === undefined ? '-' : x.toFixed(1));
   for (const [name, ours, gguf] of models) {

@@ -87,8 +87,8 @@ for (const dtype of ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1
   });
 }
 
-test('Q8_0 and Q4_0 products (x quantised to Q8_0 on the SIMD path: decode steps in place, prefill through row quads) match float64', () => {
-  for (const dtype of ['q8_0', 'q4_0'] as const) {
+test('Q8_0, Q4_0 and Q5_0 products (x quantised to Q8_0 on the SIMD path: decode steps in place, Q8_0 / Q4_0 prefill through row quads) match float64', () => {
+  for (const dtype of ['q8_0', 'q4_0', 'q5_0'] as const) {
   const m = loadModelFiles(tempFile('q8.gguf', randomGGUF({ vocab: 96, dim: 64, hidden: 132, layers: 1, heads: 8, kvHeads: 2, dtype, seed: 5 })));
   const W = m.weights.layers[0].wGate, g = rng(9); // (132 rows: blocks of row quads end short)
   for (const n of [1, 3, 4, 5, 11]) {

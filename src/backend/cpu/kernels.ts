@@ -5,7 +5,7 @@ import { wasm, type WasmRuntime } from '../wasm/runtime.js';
 import { workerPool, OP_GEMM, DTYPE_CODE } from '../wasm/pool.js';
 import { activationFormat, activationBlock, roundActivations, type ActivationFormat } from './activations.js';
 import { F16_TABLE, f32ToF16 } from '../../model/half.js';
-import { gemmChunks, gemmRange, gemmRowUnit, quantisesX, quadBlockRows, Q8_X_TOKENS } from '../wasm/shared-ops.js';
+import { gemmChunks, gemmRange, gemmRowUnit, quantisesX, quadBlockRows, gemvInPlace } from '../wasm/shared-ops.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -108,7 +108,7 @@ interface PreparedX { key: string; x: Float32Array; round: ActivationFormat | nu
 function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias: Float32Array | null, prepared: PreparedX, q8: boolean): void {
   const { rows, cols } = W;
   const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
-  const quads = q8 && !(code === 3 && n <= Q8_X_TOKENS);
+  const quads = q8 && !gemvInPlace(code, n);
   const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
   const pool = n * rows * cols >= 1 << 16 ? workerPool(rt) : null; // small products: dispatch costs more than it saves
   const parts = pool ? pool.size + 1 : 1;

@@ -12,11 +12,17 @@ const CONVERTERS: Record<number, (k: KernelExports) => (src: number, dst: number
  *  (prefill) repack a block of rows at a time into row quads that every token of the chunk reuses. */
 export const Q8_X_TOKENS = 4;
 
-/** Weight types whose products take x quantised to Q8_0 (integer dot products, as llama.cpp): Q8_0 at
- *  every size, Q4_0 for prefill (a decode step of Q4_0 converts its rows to f32 and uses x as it is). */
+/** Weight types whose products take x quantised to Q8_0 (integer dot products, as llama.cpp): Q8_0 and
+ *  Q4_0, and Q5_0 in decode steps (its prefill converts rows to f32 and takes x rounded: activations.ts). */
 export function quantisesX(dtype: number, rows: number, n: number): boolean {
-  return rows % 4 === 0 && (dtype === 3 || (dtype === 4 && n > Q8_X_TOKENS)); // (both kernels take rows four at a time)
+  return rows % 4 === 0 && (dtype === 3 || dtype === 4 || (dtype === 6 && n <= Q8_X_TOKENS)); // (the kernels take rows four at a time)
 }
+
+const GEMV: Record<number, (k: KernelExports) => KernelExports['gemv_q8_0']> = { 3: (k) => k.gemv_q8_0, 4: (k) => k.gemv_q4_0, 6: (k) => k.gemv_q5_0 };
+
+/** Whether a product reads its weights in place (decode steps of Q8_0 / Q4_0 / Q5_0: gemv_q8_0 and its
+ *  twins) rather than through row quads (prefill). */
+export const gemvInPlace = (dtype: number, n: number) => GEMV[dtype] !== undefined && n <= Q8_X_TOKENS;
 
 /** Rows of a block of row quads (kernels.wat quads_from_q): about 100 KB, which stays in L2 while the
  *  chunk's tokens pass over it. */
@@ -29,7 +35,7 @@ export function quadBlockRows(cols: number): number { return Math.max(4, (Math.f
 export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowBytes: number, r0: number, r1: number, cols: number,
                           x: number, n: number, out: number, stride: number, scratch: number, block: number, xq = 0, xs = 0): void {
   if (r1 <= r0) return;
-  if (xq && dtype === 3 && n <= Q8_X_TOKENS) { k.gemv_q8_0(wBase + r0 * rowBytes, r1 - r0, cols, xq, xs, n, out + r0 * 4, stride); return; }
+  if (xq && gemvInPlace(dtype, n)) { GEMV[dtype](k)(wBase + r0 * rowBytes, r1 - r0, cols, xq, xs, n, out + r0 * 4, stride); return; }
   if (xq) {
     for (let r = r0; r < r1; r += block) {
       const nb = Math.min(block, r1 - r);
@@ -52,7 +58,7 @@ export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowByt
 /** Rows gemmRange takes together in the paths above: whole blocks where it converts or repacks rows into
  *  the scratch, else four (gemv_q8_0 reads rows in fours). */
 export function gemmRowUnit(dtype: number, n: number, xq: number, block: number): number {
-  const inPlace = xq ? dtype === 3 && n <= Q8_X_TOKENS : dtype === 0 || (dtype === 1 && n <= 4);
+  const inPlace = xq ? gemvInPlace(dtype, n) : dtype === 0 || (dtype === 1 && n <= 4);
   return inPlace ? 4 : block;
 }
 
