@@ -76,11 +76,12 @@ export function matmuls(Ws: Matrix[], x: Float32Array, n: number, outs: Float32A
   Ws.forEach((W, i) => {
     const fmt = productActivations(W);
     const simd = !!rt && W.cols % 32 === 0 && rt.owns(W.bytes);
-    const q8 = simd && fmt === 'q8_0' && quantisesX(DTYPE_CODE[W.dtype], W.rows, n); // the integer kernels take x as it is
-    const key = q8 ? 'int' : fmt ?? 'f32';
+    // the integer kernels (Q8_0 / Q4_0 / Q5_0 with Q8_0 x, Q4_K with Q8_K x) quantise x themselves
+    const int = simd && fmt && quantisesX(DTYPE_CODE[W.dtype], W.rows, n) ? fmt : null;
+    const key = int ? `int.${int}` : fmt ?? 'f32';
     let p = prepared.get(key);
-    if (!p) { p = { key, x, round: q8 ? null : fmt }; prepared.set(key, p); }
-    if (simd) matmulWasm(rt!, W, n, outs[i], biases[i] ?? null, p, q8);
+    if (!p) { p = { key, x, round: int ? null : fmt }; prepared.set(key, p); }
+    if (simd) matmulWasm(rt!, W, n, outs[i], biases[i] ?? null, p, int);
     else matmulRows(W, roundedX(p, n * W.cols), n, outs[i], biases[i] ?? null, 0, W.rows, scratchFor(W.cols));
   });
 }
@@ -99,14 +100,14 @@ function roundedX(p: PreparedX, len: number): Float32Array {
 }
 
 /** A product's input: x, the format it is rounded to (none where the integer kernels quantise it
- *  themselves), its copy in the wasm memory (xp), and x quantised to Q8_0 for the integer kernels (xq
- *  values, xs scales). */
+ *  themselves), its copy in the wasm memory (xp), and x quantised for the integer kernels (xq values as
+ *  i16; xs: Q8_0's scale per 32, or Q8_K's per 256 followed by the sums per 32). */
 interface PreparedX { key: string; x: Float32Array; round: ActivationFormat | null; rounded?: Float32Array; xp?: number; xq?: number; xs?: number }
 
 /** The SIMD path: weights read in place from the wasm memory; non-f32 rows are converted to f32 a block
  *  at a time (a block stays in cache while every token of the batch uses it). */
-function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias: Float32Array | null, prepared: PreparedX, q8: boolean): void {
-  const { rows, cols } = W;
+function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias: Float32Array | null, prepared: PreparedX, int: ActivationFormat | null): void {
+  const { rows, cols } = W, q8 = int !== null;
   const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
   const quads = q8 && !gemvInPlace(code, n);
   const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
@@ -123,11 +124,17 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bi
     if (prepared.round === 'q8_k') rt.k.round_q8_k(prepared.xp, n * cols);
     else if (prepared.round) rt.k.round_q8(prepared.xp, n * cols); // (Q8_0 and Q8_1 take the same values)
   }
-  if (q8 && prepared.xq === undefined) {
-    prepared.xq = rt.scratchPtr('mm.xq', n * cols * 2); prepared.xs = rt.scratchPtr('mm.xs', (n * cols) / 8);
-    rt.k.quantise_q8(prepared.xp, n * cols, prepared.xq, prepared.xs!);
-    const s = rt.f32(prepared.xs!, (n * cols) / 32);
-    for (let i = 0; i < s.length; i++) s[i] = F16_TABLE[f32ToF16(s[i])]; // stored as f16, as llama.cpp's Q8_0 blocks
+  if (int && prepared.xq === undefined) {
+    const len = n * cols, xq = prepared.xq = rt.scratchPtr(`mm.xq.${prepared.key}`, len * 2);
+    if (int === 'q8_k') {
+      const xs = prepared.xs = rt.scratchPtr(`mm.xs.${prepared.key}`, (len / 256 + len / 32) * 4);
+      rt.k.quantise_q8_k(prepared.xp, len, xq, xs, xs + len / 64);
+    } else {
+      const xs = prepared.xs = rt.scratchPtr(`mm.xs.${prepared.key}`, len / 8);
+      rt.k.quantise_q8(prepared.xp, len, xq, xs);
+      const s = rt.f32(xs, len / 32);
+      for (let i = 0; i < s.length; i++) s[i] = F16_TABLE[f32ToF16(s[i])]; // stored as f16, as llama.cpp's Q8_0 blocks
+    }
   }
   const xp = prepared.xp, xq = q8 ? prepared.xq! : 0, xs = q8 ? prepared.xs! : 0;
   if (pool) {

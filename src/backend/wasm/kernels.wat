@@ -656,6 +656,183 @@
           (if (result i32) (local.get $min) (then (i32.shr_u (local.get $b) (i32.const 4))) (else (i32.and (local.get $b) (i32.const 15))))
           (i32.shl (i32.shr_u (i32.load8_u (i32.sub (i32.add (local.get $s) (local.get $j)) (i32.shl (i32.eqz (local.get $min)) (i32.const 2)))) (i32.const 6)) (i32.const 4)))))))
 
+;; x[0..len) -> Q8_K activations as integers for gemv_q4_k (the values round_q8_k gives, q · d): per
+  ;; block of 256, q = min(127, round(iscale · x)) with iscale = -127 / (the first value of largest
+  ;; magnitude), in f32, held as i16 in xq; d = 1 / iscale in xs (len / 256 f32), then each 32 values' sum of
+  ;; q in xsum (len / 32 i32) for the weights' minimums. len % 256 == 0.
+  (func (export "quantise_q8_k") (param $x i32) (param $len i32) (param $xq i32) (param $xs i32) (param $xsum i32)
+    (local $end i32) (local $m v128) (local $amax f32) (local $max f32) (local $is f32) (local $s v128) (local $o i32) (local $p i32)
+    (local $a v128) (local $b v128) (local $sum v128)
+    (local.set $end (i32.add (local.get $x) (i32.shl (local.get $len) (i32.const 2))))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+      (local.set $m (v128.const f32x4 0 0 0 0))
+      (local.set $o (i32.const 0))
+      (block $md (loop $ml
+        (local.set $m (f32x4.max (local.get $m) (f32x4.abs (v128.load (i32.add (local.get $x) (local.get $o))))))
+        (local.set $o (i32.add (local.get $o) (i32.const 16)))
+        (br_if $ml (i32.lt_u (local.get $o) (i32.const 1024)))))
+      (local.set $amax (f32.max (f32.max (f32x4.extract_lane 0 (local.get $m)) (f32x4.extract_lane 1 (local.get $m)))
+                                (f32.max (f32x4.extract_lane 2 (local.get $m)) (f32x4.extract_lane 3 (local.get $m)))))
+      (local.set $p (local.get $x))
+      (block $fd (loop $fl
+        (br_if $fd (i32.ge_u (local.get $p) (i32.add (local.get $x) (i32.const 1020))))
+        (br_if $fd (f32.eq (f32.abs (f32.load (local.get $p))) (local.get $amax)))
+        (local.set $p (i32.add (local.get $p) (i32.const 4)))
+        (br $fl)))
+      (local.set $max (f32.load (local.get $p)))
+      (if (f32.eq (local.get $amax) (f32.const 0))
+        (then (local.set $is (f32.const 0)) (f32.store (local.get $xs) (f32.const 0)))
+        (else
+          (local.set $is (f32.div (f32.const -127) (local.get $max)))
+          (f32.store (local.get $xs) (f32.div (f32.const 1) (local.get $is)))))
+      (local.set $s (f32x4.splat (local.get $is)))
+      ;; 8 values at a time: two vectors rounded, narrowed to i16; every 32 values their sum
+      (local.set $o (i32.const 0))
+      (local.set $sum (v128.const i32x4 0 0 0 0))
+      (block $qd (loop $ql
+        (local.set $a (i32x4.trunc_sat_f32x4_s (f32x4.min (f32x4.nearest (f32x4.mul (local.get $s) (v128.load (i32.add (local.get $x) (local.get $o))))) (v128.const f32x4 127 127 127 127))))
+        (local.set $b (i32x4.trunc_sat_f32x4_s (f32x4.min (f32x4.nearest (f32x4.mul (local.get $s) (v128.load offset=16 (i32.add (local.get $x) (local.get $o))))) (v128.const f32x4 127 127 127 127))))
+        (v128.store (i32.add (local.get $xq) (i32.shr_u (local.get $o) (i32.const 1))) (i16x8.narrow_i32x4_s (local.get $a) (local.get $b)))
+        (local.set $sum (i32x4.add (local.get $sum) (i32x4.add (local.get $a) (local.get $b))))
+        (local.set $o (i32.add (local.get $o) (i32.const 32)))
+        (if (i32.eqz (i32.and (local.get $o) (i32.const 127)))
+          (then
+            (i32.store (local.get $xsum) (i32.add (i32.add (i32x4.extract_lane 0 (local.get $sum)) (i32x4.extract_lane 1 (local.get $sum)))
+                                                  (i32.add (i32x4.extract_lane 2 (local.get $sum)) (i32x4.extract_lane 3 (local.get $sum)))))
+            (local.set $xsum (i32.add (local.get $xsum) (i32.const 4)))
+            (local.set $sum (v128.const i32x4 0 0 0 0))))
+        (br_if $ql (i32.lt_u (local.get $o) (i32.const 1024)))))
+      (local.set $x (i32.add (local.get $x) (i32.const 1024)))
+      (local.set $xq (i32.add (local.get $xq) (i32.const 512)))
+      (local.set $xs (i32.add (local.get $xs) (i32.const 4)))
+      (br $l))))
+
+  ;; out[t*outStride + r] = W[r] . x[t] for r < rows, t < n, W in Q4_K (144-byte blocks: f16 d, f16 dmin,
+  ;; 12 bytes of 6-bit scales and mins for 8 sub-blocks of 32, 128 bytes of 4-bit codes: in each 64 values,
+  ;; 32 bytes whose low nibbles are the first 32 and high nibbles the next) and x from quantise_q8_k
+  ;; (llama.cpp's q4_K x q8_K product): per block dx·(d·Σ_j sc_j·(codes_j · q_j) − dmin·Σ_j m_j·Σq_j), the
+  ;; codes unpacked to int8 in registers, the sums in integers. The 16 scales and mins are unpacked at once
+  ;; (two swizzles of the 12 bytes: lanes 0-7 the scales, 8-15 the mins). cols % 256 == 0.
+  (func (export "gemv_q4_k") (param $w i32) (param $rows i32) (param $cols i32) (param $xq i32) (param $xs i32) (param $n i32) (param $out i32) (param $outStride i32)
+    (local $r i32) (local $t i32) (local $nb i32) (local $rowBytes i32) (local $wp i32) (local $end i32) (local $xb i32) (local $sb i32) (local $mb i32)
+    (local $xsum i32) (local $acc f32) (local $iacc v128) (local $v0 v128) (local $v1 v128) (local $sc v128) (local $sm v128) (local $mins v128)
+    (local $pa v128) (local $pb v128) (local $m15 v128)
+    (local.set $m15 (i8x16.splat (i32.const 15)))
+    (local.set $nb (i32.shr_u (local.get $cols) (i32.const 8)))
+    (local.set $rowBytes (i32.mul (local.get $nb) (i32.const 144)))
+    (local.set $xsum (i32.add (local.get $xs) (i32.shl (i32.mul (local.get $n) (local.get $nb)) (i32.const 2)))) ;; (after the scales)
+    (local.set $r (i32.const 0))
+    (block $rdone (loop $rl
+      (br_if $rdone (i32.ge_s (local.get $r) (local.get $rows)))
+      (local.set $t (i32.const 0))
+      (block $tdone (loop $tl
+        (br_if $tdone (i32.ge_s (local.get $t) (local.get $n)))
+        (local.set $wp (i32.add (local.get $w) (i32.mul (local.get $r) (local.get $rowBytes))))
+        (local.set $end (i32.add (local.get $wp) (local.get $rowBytes)))
+        (local.set $xb (i32.add (local.get $xq) (i32.shl (i32.mul (local.get $t) (local.get $cols)) (i32.const 1))))
+        (local.set $sb (i32.add (local.get $xs) (i32.shl (i32.mul (local.get $t) (local.get $nb)) (i32.const 2))))
+        (local.set $mb (i32.add (local.get $xsum) (i32.shl (i32.mul (local.get $t) (local.get $nb)) (i32.const 5))))
+        (local.set $acc (f32.const 0))
+        (block $bdone (loop $bl
+          (br_if $bdone (i32.ge_u (local.get $wp) (local.get $end)))
+          ;; scales j < 4: s[j] & 63, j >= 4: (s[j+4] & 15) | (s[j-4] >> 6) << 4; mins j < 4: s[j+4] & 63,
+          ;; j >= 4: (s[j+4] >> 4) | (s[j] >> 6) << 4 (s: the 12 bytes at offset 4)
+          (local.set $sc (v128.load offset=4 (local.get $wp)))
+          (local.set $v0 (i8x16.swizzle (local.get $sc) (v128.const i8x16 0 1 2 3 8 9 10 11 4 5 6 7 8 9 10 11)))
+          (local.set $sm (v128.or
+            (v128.or (v128.and (local.get $v0) (v128.const i8x16 63 63 63 63 15 15 15 15 63 63 63 63 0 0 0 0))
+                     (v128.and (i8x16.shr_u (local.get $v0) (i32.const 4)) (v128.const i8x16 0 0 0 0 0 0 0 0 0 0 0 0 15 15 15 15)))
+            (v128.and (i8x16.shl (i8x16.shr_u (i8x16.swizzle (local.get $sc) (v128.const i8x16 16 16 16 16 0 1 2 3 16 16 16 16 4 5 6 7)) (i32.const 6)) (i32.const 4))
+                      (v128.const i8x16 0 0 0 0 48 48 48 48 0 0 0 0 48 48 48 48))))
+          (local.set $iacc (v128.const i32x4 0 0 0 0))
+          ;; values 0..63: sub-blocks 0 (low nibbles) and 1 (high nibbles)
+          (local.set $v0 (v128.load offset=16 (local.get $wp)))
+          (local.set $v1 (v128.load offset=32 (local.get $wp)))
+          (local.set $pa (i32x4.add
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (v128.and (local.get $v0) (local.get $m15))) (v128.load offset=0 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (v128.and (local.get $v0) (local.get $m15))) (v128.load offset=16 (local.get $xb))))
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (v128.and (local.get $v1) (local.get $m15))) (v128.load offset=32 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (v128.and (local.get $v1) (local.get $m15))) (v128.load offset=48 (local.get $xb))))))
+          (local.set $pb (i32x4.add
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (i8x16.shr_u (local.get $v0) (i32.const 4))) (v128.load offset=64 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (i8x16.shr_u (local.get $v0) (i32.const 4))) (v128.load offset=80 (local.get $xb))))
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (i8x16.shr_u (local.get $v1) (i32.const 4))) (v128.load offset=96 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (i8x16.shr_u (local.get $v1) (i32.const 4))) (v128.load offset=112 (local.get $xb))))))
+          (local.set $iacc (i32x4.add (local.get $iacc) (i32x4.add
+            (i32x4.mul (local.get $pa) (i32x4.splat (i8x16.extract_lane_u 0 (local.get $sm))))
+            (i32x4.mul (local.get $pb) (i32x4.splat (i8x16.extract_lane_u 1 (local.get $sm)))))))
+          ;; values 64..127: sub-blocks 2 (low nibbles) and 3 (high nibbles)
+          (local.set $v0 (v128.load offset=48 (local.get $wp)))
+          (local.set $v1 (v128.load offset=64 (local.get $wp)))
+          (local.set $pa (i32x4.add
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (v128.and (local.get $v0) (local.get $m15))) (v128.load offset=128 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (v128.and (local.get $v0) (local.get $m15))) (v128.load offset=144 (local.get $xb))))
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (v128.and (local.get $v1) (local.get $m15))) (v128.load offset=160 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (v128.and (local.get $v1) (local.get $m15))) (v128.load offset=176 (local.get $xb))))))
+          (local.set $pb (i32x4.add
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (i8x16.shr_u (local.get $v0) (i32.const 4))) (v128.load offset=192 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (i8x16.shr_u (local.get $v0) (i32.const 4))) (v128.load offset=208 (local.get $xb))))
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (i8x16.shr_u (local.get $v1) (i32.const 4))) (v128.load offset=224 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (i8x16.shr_u (local.get $v1) (i32.const 4))) (v128.load offset=240 (local.get $xb))))))
+          (local.set $iacc (i32x4.add (local.get $iacc) (i32x4.add
+            (i32x4.mul (local.get $pa) (i32x4.splat (i8x16.extract_lane_u 2 (local.get $sm))))
+            (i32x4.mul (local.get $pb) (i32x4.splat (i8x16.extract_lane_u 3 (local.get $sm)))))))
+          ;; values 128..191: sub-blocks 4 (low nibbles) and 5 (high nibbles)
+          (local.set $v0 (v128.load offset=80 (local.get $wp)))
+          (local.set $v1 (v128.load offset=96 (local.get $wp)))
+          (local.set $pa (i32x4.add
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (v128.and (local.get $v0) (local.get $m15))) (v128.load offset=256 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (v128.and (local.get $v0) (local.get $m15))) (v128.load offset=272 (local.get $xb))))
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (v128.and (local.get $v1) (local.get $m15))) (v128.load offset=288 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (v128.and (local.get $v1) (local.get $m15))) (v128.load offset=304 (local.get $xb))))))
+          (local.set $pb (i32x4.add
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (i8x16.shr_u (local.get $v0) (i32.const 4))) (v128.load offset=320 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (i8x16.shr_u (local.get $v0) (i32.const 4))) (v128.load offset=336 (local.get $xb))))
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (i8x16.shr_u (local.get $v1) (i32.const 4))) (v128.load offset=352 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (i8x16.shr_u (local.get $v1) (i32.const 4))) (v128.load offset=368 (local.get $xb))))))
+          (local.set $iacc (i32x4.add (local.get $iacc) (i32x4.add
+            (i32x4.mul (local.get $pa) (i32x4.splat (i8x16.extract_lane_u 4 (local.get $sm))))
+            (i32x4.mul (local.get $pb) (i32x4.splat (i8x16.extract_lane_u 5 (local.get $sm)))))))
+          ;; values 192..255: sub-blocks 6 (low nibbles) and 7 (high nibbles)
+          (local.set $v0 (v128.load offset=112 (local.get $wp)))
+          (local.set $v1 (v128.load offset=128 (local.get $wp)))
+          (local.set $pa (i32x4.add
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (v128.and (local.get $v0) (local.get $m15))) (v128.load offset=384 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (v128.and (local.get $v0) (local.get $m15))) (v128.load offset=400 (local.get $xb))))
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (v128.and (local.get $v1) (local.get $m15))) (v128.load offset=416 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (v128.and (local.get $v1) (local.get $m15))) (v128.load offset=432 (local.get $xb))))))
+          (local.set $pb (i32x4.add
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (i8x16.shr_u (local.get $v0) (i32.const 4))) (v128.load offset=448 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (i8x16.shr_u (local.get $v0) (i32.const 4))) (v128.load offset=464 (local.get $xb))))
+            (i32x4.add (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (i8x16.shr_u (local.get $v1) (i32.const 4))) (v128.load offset=480 (local.get $xb)))
+                       (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (i8x16.shr_u (local.get $v1) (i32.const 4))) (v128.load offset=496 (local.get $xb))))))
+          (local.set $iacc (i32x4.add (local.get $iacc) (i32x4.add
+            (i32x4.mul (local.get $pa) (i32x4.splat (i8x16.extract_lane_u 6 (local.get $sm))))
+            (i32x4.mul (local.get $pb) (i32x4.splat (i8x16.extract_lane_u 7 (local.get $sm)))))))
+          ;; Σ_j m_j · Σq_j: the mins widened to i32 against the 8 sums
+          (local.set $mins (i16x8.extend_high_i8x16_u (local.get $sm)))
+          (local.set $mins (i32x4.add (i32x4.mul (i32x4.extend_low_i16x8_u (local.get $mins)) (v128.load (local.get $mb)))
+                                      (i32x4.mul (i32x4.extend_high_i16x8_u (local.get $mins)) (v128.load offset=16 (local.get $mb)))))
+          (local.set $acc (f32.add (local.get $acc) (f32.mul (f32.load (local.get $sb))
+            (f32.sub (f32.mul (call $half (local.get $wp)) (f32.convert_i32_s (call $hsumi (local.get $iacc))))
+                     (f32.mul (call $half (i32.add (local.get $wp) (i32.const 2))) (f32.convert_i32_s (call $hsumi (local.get $mins))))))))
+          (local.set $wp (i32.add (local.get $wp) (i32.const 144)))
+          (local.set $xb (i32.add (local.get $xb) (i32.const 512)))
+          (local.set $sb (i32.add (local.get $sb) (i32.const 4)))
+          (local.set $mb (i32.add (local.get $mb) (i32.const 32)))
+          (br $bl)))
+        (f32.store (i32.add (local.get $out) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $outStride)) (local.get $r)) (i32.const 2))) (local.get $acc))
+        (local.set $t (i32.add (local.get $t) (i32.const 1)))
+        (br $tl)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rl))))
+
+  ;; the sum of an i32x4's lanes
+  (func $hsumi (param $v v128) (result i32)
+    (i32.add (i32.add (i32x4.extract_lane 0 (local.get $v)) (i32x4.extract_lane 1 (local.get $v)))
+             (i32.add (i32x4.extract_lane 2 (local.get $v)) (i32x4.extract_lane 3 (local.get $v)))))
+
   ;; Q4_K (five = 0: 144-byte blocks d, dmin, scales[12], qs[128]) and Q5_K (five = 1: 176-byte blocks
   ;; with qh[32], the fifth bits, before qs) -> f32; n % 256 == 0
   (func $k45_to_f32 (param $src i32) (param $dst i32) (param $n i32) (param $five i32)
