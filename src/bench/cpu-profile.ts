@@ -19,7 +19,7 @@ interface Profile { nodes: Node[]; samples: number[]; timeDeltas: number[] }
 
 async function main() {
   const ctx = Number(arg('context', '512')), steps = Number(arg('steps', '48'));
-  const m = loadModelFiles(smolGguf());
+  const model = arg('model', ''), m = loadModelFiles(model || smolGguf()); // (--model FILE: any model; default SmolLM2-135M's shape, Q8_0)
   const s = new Session(makeModel(m.config, m.weights));
   let logits = s.forward(Array.from({ length: ctx }, (_, i) => (i * 7919 + 13) % m.config.vocabSize), { chunk: 256 });
   for (let i = 0; i < 3; i++) logits = s.forward([argmax(logits)]); // (warm)

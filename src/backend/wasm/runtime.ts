@@ -26,6 +26,7 @@ export interface KernelExports {
   gemv_q5_0(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
   /** Q4_K weights by x from quantise_q8_k (xs: the scales, then the sums per 32) */
   gemv_q4_k(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
+  gemv_q6_k(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
   quantise_q8_k(x: number, len: number, xq: number, xs: number, xsum: number): void;
   quantise_q8(x: number, len: number, xq: number, xs: number): void;
   /** x in place as llama.cpp's Q8_0 / Q8_1 activations (cpu/activations.ts) */

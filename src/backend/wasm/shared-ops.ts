@@ -13,18 +13,18 @@ const CONVERTERS: Record<number, (k: KernelExports) => (src: number, dst: number
 export const Q8_X_TOKENS = 4;
 
 /** Weight types whose products take x quantised (integer dot products, as llama.cpp): Q8_0 and Q4_0
- *  (x as Q8_0), and in decode steps Q5_0 (Q8_0) and Q4_K (Q8_K); their prefill converts rows to f32 and
+ *  (x as Q8_0), and in decode steps Q5_0 (Q8_0), Q4_K and Q6_K (Q8_K); their prefill converts rows to f32 and
  *  takes x rounded (activations.ts). */
 export function quantisesX(dtype: number, rows: number, n: number): boolean {
-  return rows % 4 === 0 && (dtype === 3 || dtype === 4 || ((dtype === 6 || dtype === 10) && n <= Q8_X_TOKENS)); // (the kernels take rows four at a time)
+  return rows % 4 === 0 && (dtype === 3 || dtype === 4 || ((dtype === 6 || dtype === 10 || dtype === 12) && n <= Q8_X_TOKENS)); // (the kernels take rows four at a time)
 }
 
 const GEMV: Record<number, (k: KernelExports) => KernelExports['gemv_q8_0']> = {
-  3: (k) => k.gemv_q8_0, 4: (k) => k.gemv_q4_0, 6: (k) => k.gemv_q5_0, 10: (k) => k.gemv_q4_k,
+  3: (k) => k.gemv_q8_0, 4: (k) => k.gemv_q4_0, 6: (k) => k.gemv_q5_0, 10: (k) => k.gemv_q4_k, 12: (k) => k.gemv_q6_k,
 };
 
-/** Whether a product reads its weights in place (decode steps of Q8_0 / Q4_0 / Q5_0 / Q4_K: gemv_q8_0 and
- *  its twins) rather than through row quads (prefill). */
+/** Whether a product reads its weights in place (decode steps of Q8_0 / Q4_0 / Q5_0 / Q4_K / Q6_K:
+ *  gemv_q8_0 and its twins) rather than through row quads (prefill). */
 export const gemvInPlace = (dtype: number, n: number) => GEMV[dtype] !== undefined && n <= Q8_X_TOKENS;
 
 /** Rows of a block of row quads (kernels.wat quads_from_q): about 100 KB, which stays in L2 while the
