@@ -76,7 +76,7 @@ export function matmuls(Ws: Matrix[], x: Float32Array, n: number, outs: Float32A
   Ws.forEach((W, i) => {
     const fmt = productActivations(W);
     const simd = !!rt && W.cols % 32 === 0 && rt.owns(W.bytes);
-    // the integer kernels (Q8_0 / Q4_0 / Q5_0 with Q8_0 x, Q4_K with Q8_K x) quantise x themselves
+    // the integer kernels (Q8_0 / Q4_0 / Q5_0 with Q8_0 x, Q4_K / Q6_K with Q8_K x) quantise x themselves
     const int = simd && fmt && quantisesX(DTYPE_CODE[W.dtype], W.rows, n) ? fmt : null;
     const key = int ? `int.${int}` : fmt ?? 'f32';
     let p = prepared.get(key);
@@ -107,7 +107,7 @@ interface PreparedX { key: string; x: Float32Array; round: ActivationFormat | nu
 /** The SIMD path: weights read in place from the wasm memory; non-f32 rows are converted to f32 a block
  *  at a time (a block stays in cache while every token of the batch uses it). */
 function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias: Float32Array | null, prepared: PreparedX, int: ActivationFormat | null): void {
-  const { rows, cols } = W, q8 = int !== null;
+  const { rows, cols } = W, q8 = int !== null; // (x quantised for an integer kernel)
   const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
   const quads = q8 && !gemvInPlace(code, n);
   const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
@@ -128,7 +128,7 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bi
     const len = n * cols, xq = prepared.xq = rt.scratchPtr(`mm.xq.${prepared.key}`, len * 2);
     if (int === 'q8_k') {
       const xs = prepared.xs = rt.scratchPtr(`mm.xs.${prepared.key}`, (len / 256 + len / 32) * 4);
-      rt.k.quantise_q8_k(prepared.xp, len, xq, xs, xs + len / 64);
+      rt.k.quantise_q8_k(prepared.xp, len, xq, xs, xs + len / 64); // (the sums after the len / 256 scales)
     } else {
       const xs = prepared.xs = rt.scratchPtr(`mm.xs.${prepared.key}`, len / 8);
       rt.k.quantise_q8(prepared.xp, len, xq, xs);

@@ -12,20 +12,22 @@ const CONVERTERS: Record<number, (k: KernelExports) => (src: number, dst: number
  *  (prefill) repack a block of rows at a time into row quads that every token of the chunk reuses. */
 export const Q8_X_TOKENS = 4;
 
-/** Weight types whose products take x quantised (integer dot products, as llama.cpp): Q8_0 and Q4_0
- *  (x as Q8_0), and in decode steps Q5_0 (Q8_0), Q4_K and Q6_K (Q8_K); their prefill converts rows to f32 and
- *  takes x rounded (activations.ts). */
-export function quantisesX(dtype: number, rows: number, n: number): boolean {
-  return rows % 4 === 0 && (dtype === 3 || dtype === 4 || ((dtype === 6 || dtype === 10 || dtype === 12) && n <= Q8_X_TOKENS)); // (the kernels take rows four at a time)
-}
-
+/** The decode kernels that multiply a weight type's codes by x quantised as llama.cpp does (Q8_0 x for
+ *  Q8_0 / Q4_0 / Q5_0, Q8_K x for Q4_K / Q6_K), by the type's DTYPE_CODE. */
 const GEMV: Record<number, (k: KernelExports) => KernelExports['gemv_q8_0']> = {
   3: (k) => k.gemv_q8_0, 4: (k) => k.gemv_q4_0, 6: (k) => k.gemv_q5_0, 10: (k) => k.gemv_q4_k, 12: (k) => k.gemv_q6_k,
 };
 
-/** Whether a product reads its weights in place (decode steps of Q8_0 / Q4_0 / Q5_0 / Q4_K / Q6_K:
- *  gemv_q8_0 and its twins) rather than through row quads (prefill). */
+/** Whether a product reads its weights in place (decode steps of the GEMV types) rather than through row
+ *  quads (prefill). */
 export const gemvInPlace = (dtype: number, n: number) => GEMV[dtype] !== undefined && n <= Q8_X_TOKENS;
+
+/** Whether a product takes x quantised (integer dot products, as llama.cpp): decode steps of the GEMV
+ *  types, and prefill of Q8_0 / Q4_0 through row quads (the other types' prefill converts rows to f32 and
+ *  takes x rounded: cpu/activations.ts). The kernels take rows four at a time. */
+export function quantisesX(dtype: number, rows: number, n: number): boolean {
+  return rows % 4 === 0 && (dtype === 3 || dtype === 4 || gemvInPlace(dtype, n));
+}
 
 /** Rows of a block of row quads (kernels.wat quads_from_q): about 100 KB, which stays in L2 while the
  *  chunk's tokens pass over it. */
