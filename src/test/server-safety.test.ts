@@ -74,15 +74,19 @@ test('a request over the time limit ends with a 504 timeout error (whole and str
 test('shutdown: running generations finish, waiting and new requests get 503, then the server closes', async () => {
   const { app, base } = await serve({ concurrency: 1 });
   const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'x', maxRetries: 0 });
-  const want = await llm.complete('It was', { maxTokens: 40, temperature: 0 });
-  const running = client.completions.create({ model: 'm', prompt: 'It was', max_tokens: 40, temperature: 0 });
-  await new Promise((r) => setTimeout(r, 100));
+  const want = await llm.complete('It was', { maxTokens: 200, temperature: 0 });
+  // (streamed, so that its first token proves it runs before the next request arrives: with one slot, that
+  // one waits, however fast the machine)
+  const stream = await client.completions.create({ model: 'm', prompt: 'It was', max_tokens: 200, temperature: 0, stream: true });
+  const chunks = stream[Symbol.asyncIterator]();
+  let text = (await chunks.next()).value!.choices[0].text;
   const waiting = post(base, '/v1/completions', { model: 'm', prompt: 'The', max_tokens: 5 });
   await new Promise((r) => setTimeout(r, 50));
   const closed = app.shutdown(30_000);
   assert.equal((await post(base, '/v1/completions', { model: 'm', prompt: 'x', max_tokens: 2 }).catch(() => ({ status: 503 }))).status, 503);
   assert.equal((await waiting).status, 503);
-  assert.equal((await running).choices[0].text, want.text, 'the running generation finished');
+  for (let c = await chunks.next(); !c.done; c = await chunks.next()) text += c.value.choices[0].text;
+  assert.equal(text, want.text, 'the running generation finished');
   await closed;
   await assert.rejects(fetch(`${base}/health`), 'closed');
 });
