@@ -91,7 +91,8 @@ const topTwo = (probs: Probabilities) => [...probs.entries()].sort((x, y) => y[1
 /** Our engine and llama.cpp on the same file: our greedy continuation of `ids` (32 tokens), then
  *  llama.cpp's next-token probabilities along prompt + continuation against ours. Top-1 is compared
  *  where `decided(p1, p2)` says llama.cpp's top two probabilities are not a tie (a number: p1 - p2
- *  above it). llama.cpp keeps its KV cache in f32 here (its default is f16, a rounding we don't make). */
+ *  above it). llama.cpp keeps its KV cache in f32 here (its default is f16, a rounding we don't make), on
+ *  one thread (two threads on a two-core machine spend ~0.3 s a token waking each other). */
 async function agreement(llama: Awaited<ReturnType<typeof import('node-llama-cpp')['getLlama']>>, path: string, ids: number[], margin: number | ((p1: number, p2: number) => boolean), selfCheck = false): Promise<Agreement> {
   const decided = typeof margin === 'number' ? (p1: number, p2: number) => p1 - p2 > margin : margin;
   const ours = loadModelFiles(path), V = ours.config.vocabSize;
@@ -102,7 +103,7 @@ async function agreement(llama: Awaited<ReturnType<typeof import('node-llama-cpp
   const lm = await llama.loadModel({ modelPath: path });
   const seqIds = [...ids, ...greedy.slice(0, -1)];
   const evaluate = async (batchSize: number): Promise<Probabilities[]> => {
-    const context = await lm.createContext({ contextSize: 256, batchSize, flashAttention: false, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32' });
+    const context = await lm.createContext({ contextSize: 256, batchSize, threads: 1, flashAttention: false, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32' });
     try {
       const opts = { temperature: 1, topK: 0, topP: 1, minP: 0 };
       const res = await context.getSequence().controlledEvaluate(seqIds.map((x) => [x, { generateNext: { probabilities: true, options: opts } }] as never));
