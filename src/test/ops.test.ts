@@ -6,7 +6,7 @@ import { Rope, ropeInvFreq } from '../model/rope.js';
 import { encodeTensor, Matrix } from '../model/tensor.js';
 import { PagedKVCache } from '../kv/paged-cache.js';
 import { attendHead } from '../attention/attend.js';
-import { attendHeads } from '../backend/wasm/shared-ops.js';
+import { attendHeads, forEachChunk, initChunkCounters } from '../backend/wasm/shared-ops.js';
 import { wasm } from '../backend/wasm/runtime.js';
 import { gaussian, randomArray } from './fixtures.js';
 import { refRmsnorm, refRope } from './reference.js';
@@ -131,5 +131,32 @@ test('causal attention of a GQA group in one kernel call (attendHeads: keys read
       for (let c = 0; c < hd; c++) close(out[qo + c], e.reduce((a, w, tk) => a + (w / z) * V[tk][grp * hd + c], 0), 1e-5, `nH ${nH} hd ${hd} P ${P} token ${i} head ${h}`);
     }
     for (let h = 0; h < nH; h++) for (let tk = 0; tk < total; tk++) close(received[h * stride + tk], wantReceived[h * total + tk], 1e-5, `received h ${h} t ${tk}`);
+  }
+});
+
+// How the threads share a product's rows (shared-ops forEachChunk): each takes its own region front to
+// back, then the others' from the back. Whatever the order the threads run in, every row is computed once.
+test('threads sharing a product\'s rows: every row exactly once, in any interleaving of own and stolen chunks', () => {
+  const cases: [number, number, number][] = [[36, 2, 4], [4, 2, 4], [44, 3, 8], [52, 4, 4], [1000, 2, 60], [7, 5, 1]];
+  for (const [rows, parts, chunk] of cases) {
+    // schedules: threads in order, in reverse order, and thread 0 pausing after its first chunk while the
+    // others run to the end (they steal its region from the back)
+    for (const schedule of ['in order', 'reverse', 'interleaved'] as const) {
+      const mem = new Int32Array(parts), seen = new Int32Array(rows);
+      initChunkCounters(mem, parts, chunk, rows);
+      const run = (share: number, onFirst?: () => void) => {
+        let first = true;
+        forEachChunk(mem, 0, parts, share, chunk, rows, (r0, r1) => {
+          assert.ok(r0 >= 0 && r1 <= rows && r0 < r1, `chunk [${r0}, ${r1}) outside [0, ${rows})`);
+          for (let r = r0; r < r1; r++) seen[r]++;
+          if (first && onFirst) { first = false; onFirst(); }
+        });
+      };
+      const shares = Array.from({ length: parts }, (_, i) => i);
+      if (schedule === 'in order') shares.forEach((s) => run(s));
+      else if (schedule === 'reverse') shares.reverse().forEach((s) => run(s));
+      else run(0, () => shares.slice(1).forEach((s) => run(s)));
+      seen.forEach((c, r) => assert.equal(c, 1, `${rows} rows, ${parts} threads, chunks of ${chunk}, ${schedule}: row ${r} computed ${c} times`));
+    }
   }
 });

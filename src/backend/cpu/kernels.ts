@@ -5,7 +5,7 @@ import { wasm, type WasmRuntime } from '../wasm/runtime.js';
 import { workerPool, OP_GEMM, DTYPE_CODE } from '../wasm/pool.js';
 import { activationFormat, activationBlock, roundActivations, type ActivationFormat } from './activations.js';
 import { F16_TABLE, f32ToF16 } from '../../model/half.js';
-import { gemmChunks, gemmRange, gemmRowUnit, quantisesX, quadBlockRows, gemvInPlace } from '../wasm/shared-ops.js';
+import { gemmChunks, gemmRange, initChunkCounters, gemmRowUnit, quantisesX, quadBlockRows, gemvInPlace } from '../wasm/shared-ops.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -138,12 +138,12 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bi
   }
   const xp = prepared.xp, xq = q8 ? prepared.xq! : 0, xs = q8 ? prepared.xs! : 0;
   if (pool) {
-    // rows in chunks the threads take in turn (about eight each), of whole units of gemmRange's path
+    // rows in chunks of whole units of gemmRange's path, about eight in each thread's region (gemmChunks)
     const unit = gemmRowUnit(code, n, xq, block), chunk = Math.max(unit, Math.ceil(rows / (parts * 8) / unit) * unit);
-    const counter = rt.scratchPtr('mm.counter', 4);
-    rt.i32(counter, 1)[0] = 0;
-    const args = (share: number) => [counter, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[share], block, xq, xs];
-    pool.run(OP_GEMM, args, null, () => gemmChunks(rt.k, rt.memory, counter, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[0], block, xq, xs));
+    const counters = rt.scratchPtr('mm.counters', parts * 4);
+    initChunkCounters(rt.i32(counters, parts), parts, chunk, rows);
+    const args = (share: number) => [counters, parts, share, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[share], block, xq, xs];
+    pool.run(OP_GEMM, args, null, () => gemmChunks(rt.k, rt.memory, counters, parts, 0, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[0], block, xq, xs));
   } else gemmRange(rt.k, code, base, W.rowBytes, 0, rows, cols, xp, n, op, rows, scratch[0], block, xq, xs);
   out.set(rt.f32(op, n * rows));
   if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += bias[r];

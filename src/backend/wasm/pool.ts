@@ -7,7 +7,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { WasmRuntime } from './runtime.js';
 
-export const OP_GEMM = 1;      // args: counter, chunk, dtype, wBase, rowBytes, rows, cols, x, n, out, scratch, block, xq, xs (shared-ops gemmChunks)
+export const OP_GEMM = 1;      // args: counters, parts, share, chunk, dtype, wBase, rowBytes, rows, cols, x, n, out, scratch, block, xq, xs (shared-ops gemmChunks)
 export const OP_ATTEND = 2;    // args: h0, h1, n, start, nH, group, hd, q, out, kPtr, vPtr, table, pageStride, P, probs, received, recvStride, selected, bf16; scale (f32) in the last slot
 export const OP_PAGE_SCORES = 3; // args: p0, p1, np, nKV, group, hd, q, kmin, kmax, table, stride, out, bf16
 export const DTYPE_CODE = {

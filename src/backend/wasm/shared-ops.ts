@@ -67,17 +67,45 @@ export function gemmRowUnit(dtype: number, n: number, xq: number, block: number)
   return inPlace ? 4 : block;
 }
 
-/** gemmRange (out stride = rows) over chunks of `chunk` rows that the threads take in turn from a counter
- *  at byte `counter` of the shared memory: a thread that runs slower (two vCPUs of one core, a worker the
- *  OS preempted) takes fewer chunks instead of holding up the others. */
-export function gemmChunks(k: KernelExports, memory: WebAssembly.Memory, counter: number, chunk: number, dtype: number, wBase: number, rowBytes: number,
-                           rows: number, cols: number, x: number, n: number, out: number, scratch: number, block: number, xq = 0, xs = 0): void {
-  const mem = new Int32Array(memory.buffer);
-  for (;;) {
-    const r0 = Atomics.add(mem, counter >> 2, 1) * chunk;
-    if (r0 >= rows) return;
-    gemmRange(k, dtype, wBase, rowBytes, r0, Math.min(rows, r0 + chunk), cols, x, n, out, rows, scratch, block, xq, xs);
+/** A product's chunk counters (forEachChunk): one i32 per thread's region, the region's next chunk from the
+ *  front in the low 16 bits and its end (exclusive) from the back in the high 16, both offset by
+ *  CHUNK_BIAS so that failed attempts past either end never wrap. */
+export const CHUNK_BIAS = 1024;
+export function initChunkCounters(counters: Int32Array, parts: number, chunk: number, rows: number): void {
+  const total = Math.ceil(rows / chunk), per = Math.ceil(total / parts);
+  if (per + CHUNK_BIAS + parts >= 0x8000) throw new Error(`too many chunks per thread (${per}): take larger chunks`);
+  for (let r = 0; r < parts; r++) {
+    const count = Math.max(0, Math.min(per, total - r * per));
+    counters[r] = ((CHUNK_BIAS + count) << 16) | CHUNK_BIAS;
   }
+}
+
+/** Runs fn(r0, r1) over the chunks of `chunk` rows that thread `share` of `parts` claims. Each thread
+ *  owns a contiguous region of the rows (counters: initChunkCounters, in `mem`) and takes its chunks front
+ *  to back; a thread whose region is done takes chunks from the back of the others'. So a thread that
+ *  runs slower (a worker the OS preempted) holds nobody up, and each thread still streams one long run of
+ *  rows, which the kernels' touches ahead and the hardware prefetchers follow (chunks handed out in turn,
+ *  row runs alternating between threads: a decode step's products took 10.1-11.3 instead of 7.9-8.0 ms). */
+export function forEachChunk(mem: Int32Array, counters: number, parts: number, share: number, chunk: number, rows: number, fn: (r0: number, r1: number) => void): void {
+  const per = Math.ceil(Math.ceil(rows / chunk) / parts);
+  for (let v = 0; v < parts; v++) {
+    const region = (share + v) % parts, word = (counters >> 2) + region;
+    for (;;) {
+      // own region: from the front; another's: from the back (the two never take the same chunk)
+      const old = v === 0 ? Atomics.add(mem, word, 1) : Atomics.sub(mem, word, 1 << 16);
+      const front = old & 0xffff, back = old >>> 16;
+      if (front >= back) break;
+      const r0 = (region * per + (v === 0 ? front : back - 1) - CHUNK_BIAS) * chunk;
+      fn(r0, Math.min(rows, r0 + chunk));
+    }
+  }
+}
+
+/** gemmRange (out stride = rows) over the chunks this thread claims (forEachChunk). */
+export function gemmChunks(k: KernelExports, memory: WebAssembly.Memory, counters: number, parts: number, share: number, chunk: number, dtype: number,
+                           wBase: number, rowBytes: number, rows: number, cols: number, x: number, n: number, out: number, scratch: number, block: number, xq = 0, xs = 0): void {
+  forEachChunk(new Int32Array(memory.buffer), counters, parts, share, chunk, rows,
+    (r0, r1) => gemmRange(k, dtype, wBase, rowBytes, r0, r1, cols, x, n, out, rows, scratch, block, xq, xs));
 }
 
 /** Attention of n new tokens (positions start..start+n-1) for query heads [h0, h1), the heads of one KV

@@ -20,7 +20,7 @@ for (;;) {
   seen = Atomics.load(ctrl, SEQ);
   const a = Array.from(ctrl.subarray(ARG, SLOTS - 1));
   try {
-    if (ctrl[OP] === OP_GEMM) gemmChunks(k, memory, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13]);
+    if (ctrl[OP] === OP_GEMM) gemmChunks(k, memory, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]);
     else if (ctrl[OP] === OP_ATTEND) attendHeads(k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], ctrlF[SLOTS - 1], a[15], a[16], a[17], memory, a[18]);
     else if (ctrl[OP] === OP_PAGE_SCORES) pageScoreRange(k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12]);
   } catch {
