@@ -171,6 +171,21 @@ export class LayerKV {
     const t = this.length, hd = this.headDim, P = this.pageSize;
     const page = this.table.writable(t), first = t % P === 0, nKV = this.nKV;
     const K = this.k, V = this.v, L = this.pages, bf16 = this.bf16;
+    if (!bf16) { // (f32: the arrays directly; through the accessors this was ~6% of a prefill)
+      const K32 = K as Float32Array, V32 = V as Float32Array, mn = L.kmin as Float32Array, mx = L.kmax as Float32Array;
+      for (let g = 0; g < nKV; g++) {
+        const o = ((page * nKV + g) * P + t % P) * hd, mo = (page * nKV + g) * hd, ks = ko + g * hd;
+        K32.set(k.subarray(ks, ks + hd), o);
+        V32.set(v.subarray(vo + g * hd, vo + g * hd + hd), o);
+        if (first) { mn.set(k.subarray(ks, ks + hd), mo); mx.set(k.subarray(ks, ks + hd), mo); continue; }
+        for (let i = 0; i < hd; i++) {
+          const kv = k[ks + i];
+          if (kv < mn[mo + i]) mn[mo + i] = kv; else if (kv > mx[mo + i]) mx[mo + i] = kv;
+        }
+      }
+      this.length = t + 1;
+      return;
+    }
     for (let g = 0; g < nKV; g++) {
       const o = ((page * nKV + g) * P + t % P) * hd, mo = (page * nKV + g) * hd;
       for (let i = 0; i < hd; i++) {
