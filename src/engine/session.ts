@@ -4,8 +4,8 @@
 import { addInPlace, geglu, matmul, matmuls, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
 import { attendHead, headScores } from '../attention/attend.js';
 import { wasm, type WasmRuntime } from '../backend/wasm/runtime.js';
-import { workerPool, split, OP_ATTEND, OP_PAGE_SCORES } from '../backend/wasm/pool.js';
-import { attendHeads, pageScoreRange } from '../backend/wasm/shared-ops.js';
+import { workerPool, split, OP_ATTEND, OP_ATTEND_TOKENS, OP_PAGE_SCORES, type WorkerPool } from '../backend/wasm/pool.js';
+import { attendHeads, attendTokenPart, mergeTokenParts, pageScoreRange } from '../backend/wasm/shared-ops.js';
 import { createPolicy } from '../attention/create.js';
 import { pageScores } from '../attention/quest.js';
 import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Selection, type StepContext } from '../attention/policy.js';
@@ -223,6 +223,7 @@ export class Session {
       if (report) rt.f32(rp, nH * stride).fill(0);
       const table = kv.tablePtr();
       const bf16 = kv.bf16 ? 1 : 0, pageStride = kv.pageFloats * kv.pages.elementBytes;
+      if (pool && n === 1 && !report && start + 1 >= TOKEN_SPLIT) { attendByTokens(rt, pool, kv, qp, att, nH, 0, start + 1, scale); return; }
       const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, table, pageStride, kv.pageSize, pp[share], rp, stride, 0, bf16];
       const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], scale, a[15], a[16], 0, null, bf16); };
       if (pool) pool.run(OP_ATTEND, args, () => scale, local); else local();
@@ -421,6 +422,24 @@ function allPageScores(rt: WasmRuntime, kv: LayerKV, q: Float32Array, nH: number
   return op;
 }
 
+/** Decode steps over at least this many tokens a head split their attention by tokens across the threads. */
+const TOKEN_SPLIT = 1024;
+
+/** A decode step's attention split by tokens across the threads (attendTokenPart: each key and value read
+ *  once, the threads' shares equal whatever the head count), the parts merged here. q at qp ([nH][hd] in
+ *  the wasm memory); selp: per head [token list pointer, count] (0: every head over tokens 0..count-1);
+ *  count: the longest list. */
+function attendByTokens(rt: WasmRuntime, pool: WorkerPool, kv: LayerKV, qp: number, att: Float32Array, nH: number, selp: number, count: number, scale: number): void {
+  const hd = kv.headDim, group = nH / kv.nKV, parts = pool.size + 1;
+  const outs = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`at.o${i}`, nH * hd * 4));
+  const stats = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`at.s${i}`, nH * 8));
+  const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`at.p${i}`, (group + 1) * (Math.ceil(count / parts) + 8) * 4));
+  const bf16 = kv.bf16 ? 1 : 0, pageStride = kv.pageFloats * kv.pages.elementBytes, table = kv.tablePtr();
+  const args = (share: number) => [share, parts, nH, group, hd, qp, outs[share], stats[share], kv.kPtr, kv.vPtr, table, pageStride, kv.pageSize, pp[share], selp, count, bf16];
+  pool.run(OP_ATTEND_TOKENS, args, () => scale, () => attendTokenPart(rt.k, 0, parts, nH, group, hd, qp, outs[0], stats[0], kv.kPtr, kv.vPtr, table, pageStride, kv.pageSize, pp[0], scale, selp, count, rt.memory, bf16));
+  mergeTokenParts(outs.map((o) => rt.f32(o, nH * hd)), stats.map((st) => rt.f32(st, 2 * nH)), nH, hd, att);
+}
+
 /** A decode step's attention over each head's selected tokens (null: all), the heads of a KV group that
  *  share a selection in one kernel call (their keys and values read once), split by heads across threads. */
 function attendSelected(rt: WasmRuntime, kv: LayerKV, q: Float32Array, att: Float32Array, nH: number, sel: Selection | null, pos: number, scale: number): void {
@@ -440,6 +459,8 @@ function attendSelected(rt: WasmRuntime, kv: LayerKV, q: Float32Array, att: Floa
     table[2 * h] = t ? tp + lists.get(t)! * 4 : 0; table[2 * h + 1] = t ? t.length : pos + 1;
   }
   rt.f32(qp, qDim).set(q.subarray(0, qDim));
+  let longest = 0; for (let h = 0; h < nH; h++) longest = Math.max(longest, table[2 * h + 1]);
+  if (pool && longest >= TOKEN_SPLIT) { attendByTokens(rt, pool, kv, qp, att, nH, selp, longest, scale); return; }
   const pt = kv.tablePtr();
   const bf16 = kv.bf16 ? 1 : 0, pageStride = kv.pageFloats * kv.pages.elementBytes;
   const args = (share: number) => [...split(nH, parts, share), 1, pos, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, pt, pageStride, kv.pageSize, pp[share], 0, 0, selp, bf16];

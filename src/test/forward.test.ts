@@ -10,6 +10,7 @@ import { argmax } from '../engine/sampler.js';
 import { refForward, refRoundActivations, refWeights, argmax64 } from './reference.js';
 import { matmul, productRoundsX, setIntegerActivations } from '../backend/cpu/kernels.js';
 import { wasm } from '../backend/wasm/runtime.js';
+import { workerPool } from '../backend/wasm/pool.js';
 import { randomGGUF, tempFile } from './fixtures.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
 import { rng } from '../engine/sampler.js';
@@ -227,5 +228,25 @@ test('Quest decode steps (SIMD path: page scores and grouped sparse attention ac
     }
     assert.ok(maxDiff < 1e-3, `hd ${dim / 6}: max |Δlogit| vs the float64 Quest reference ${maxDiff}`);
     assert.ok(sparseDiff > 1e-2, `hd ${dim / 6}: the selection is sparse (Quest differs from dense by ${sparseDiff})`);
+  }
+});
+
+test('decode steps over more than 1024 tokens (attention split by tokens across the threads, parts merged by their softmax statistics): dense and Quest, f32 and bf16 caches, match float64', (t) => {
+  if (!workerPool(wasm()!)) { t.skip('one thread: no split'); return; }
+  // 6 query heads over 2 KV heads (3 a group: heads do not divide evenly across two threads)
+  const m = loadModelFiles(tempFile('token-split.gguf', randomGGUF({ vocab: 80, dim: 96, hidden: 64, layers: 2, heads: 6, kvHeads: 2, seed: 17 })));
+  const tokens = promptOf(1106, 80, 9), from = 1100, V = m.config.vocabSize, bf16 = (x: number) => fromBf16(toBf16(x));
+  const quest = { budget: 1040, pageSize: 16, denseLayers: 1 }; // (65 of 70 pages: lists long enough to split)
+  for (const kv of ['f32', 'bf16'] as const) for (const policy of ['dense', 'quest'] as const) {
+    const s = new Session(makeModel(m.config, m.weights, kv), policy === 'quest' ? { policy, ...quest } : { policy });
+    s.forward(tokens.slice(0, from));
+    const ref = refForward(m.config, refWeights(m.weights), tokens, { ...(kv === 'bf16' ? { kvStore: bf16 } : {}), ...(policy === 'quest' ? { quest: { from, ...quest } } : {}) });
+    let maxDiff = 0;
+    for (let pos = from; pos < tokens.length; pos++) {
+      const ours = s.forward([tokens[pos]]);
+      for (let j = 0; j < V; j++) maxDiff = Math.max(maxDiff, Math.abs(ours[j] - ref[pos][j]));
+      assert.equal(argmax(ours), argmax64(ref[pos]), `${kv} ${policy}: top-1 differs at position ${pos}`);
+    }
+    assert.ok(maxDiff < 1e-3, `${kv} ${policy}: max |Δlogit| vs float64 ${maxDiff}`);
   }
 });

@@ -1245,6 +1245,14 @@
   ;;   the last is scratch (each token's row offset)
   (func (export "attend") (param $q i32) (param $nq i32) (param $kBase i32) (param $vBase i32) (param $table i32) (param $pageStride i32) (param $P i32) (param $hd i32)
                           (param $tokens i32) (param $n i32) (param $scale f32) (param $probs i32) (param $out i32) (param $bf16 i32)
+    (call $attend_part (local.get $q) (local.get $nq) (local.get $kBase) (local.get $vBase) (local.get $table) (local.get $pageStride) (local.get $P) (local.get $hd)
+      (local.get $tokens) (local.get $n) (local.get $scale) (local.get $probs) (local.get $out) (local.get $bf16) (i32.const 0) (i32.const 0)))
+
+  ;; attend over part of a decode step's tokens (one thread's share, merged by the caller): tokens 0 means
+  ;; token ids first..first+n-1; stats, where not 0, receives per head [max score, sum of exp(score - max)]
+  ;; (f32 pairs), the softmax of this part that out is normalised by
+  (func $attend_part (export "attend_part") (param $q i32) (param $nq i32) (param $kBase i32) (param $vBase i32) (param $table i32) (param $pageStride i32) (param $P i32) (param $hd i32)
+                          (param $tokens i32) (param $n i32) (param $scale f32) (param $probs i32) (param $out i32) (param $bf16 i32) (param $first i32) (param $stats i32)
     (local $rb i32) (local $dh i32)
     (local $i i32) (local $j i32) (local $t i32) (local $offs i32) (local $sum v128) (local $m4 v128)
     (local $e v128) (local $inv v128) (local $d i32) (local $p v128) (local $hb i32) (local $n4 i32) (local $vo i32)
@@ -1263,7 +1271,7 @@
     (block $od (loop $ol
       (br_if $od (i32.ge_s (local.get $i) (local.get $n4)))
       (local.set $t (if (result i32) (i32.ge_s (local.get $i) (local.get $n)) (then (i32.const 0))
-                      (else (if (result i32) (i32.eqz (local.get $tokens)) (then (local.get $i))
+                      (else (if (result i32) (i32.eqz (local.get $tokens)) (then (i32.add (local.get $i) (local.get $first)))
                         (else (i32.load (i32.add (local.get $tokens) (i32.shl (local.get $i) (i32.const 2)))))))))
       (i32.store (i32.add (local.get $offs) (i32.shl (local.get $i) (i32.const 2)))
         (if (result i32) (local.get $pow2)
@@ -1604,6 +1612,9 @@
         (local.set $o (i32.add (local.get $o) (i32.const 16)))
         (br $el)))
       (local.set $inv (f32x4.splat (f32.div (f32.const 1) (call $hsum (local.get $sum)))))
+      (if (local.get $stats) (then
+        (f32.store (i32.add (local.get $stats) (i32.shl (local.get $j) (i32.const 3))) (f32x4.extract_lane 0 (local.get $m4)))
+        (f32.store offset=4 (i32.add (local.get $stats) (i32.shl (local.get $j) (i32.const 3))) (call $hsum (local.get $sum)))))
       (local.set $o (local.get $row))
       (block $vd (loop $vl
         (br_if $vd (i32.ge_u (local.get $o) (local.get $end)))

@@ -43,6 +43,9 @@ export interface KernelExports {
   /** nq query heads sharing one KV head: q/out nq rows of hd; probs nq rows of n rounded up to 4 */
   attend(q: number, nq: number, kBase: number, vBase: number, table: number, pageStride: number, P: number, hd: number,
          tokens: number, n: number, scale: number, probs: number, out: number, bf16: number): void;
+  /** attend over part of the tokens: tokens 0 means ids first..first+n-1; stats (not 0): per head [max, sum] */
+  attend_part(q: number, nq: number, kBase: number, vBase: number, table: number, pageStride: number, P: number, hd: number,
+              tokens: number, n: number, scale: number, probs: number, out: number, bf16: number, first: number, stats: number): void;
 }
 
 const PAGE = 65536;

@@ -141,6 +141,51 @@ export function attendHeads(k: KernelExports, h0: number, h1: number, n: number,
   }
 }
 
+/** One thread's part of a decode step's attention split by tokens rather than heads: each of the `parts`
+ *  threads takes a contiguous share of every head's tokens, so each key and value is read once by one
+ *  thread (split by heads, a GQA group that straddles two threads is read by both, and 9 heads over 2
+ *  threads leave one idle for a ninth of the time). Per head h: its tokens are `selected`'s [pointer,
+ *  count] pair (as attendHeads), or where `selected` is 0 the ids 0..count-1; this share's out row is
+ *  normalised over its tokens and stats[h] = [max score, sum of exp(score - max)] (mergeTokenParts).
+ *  q: [nH][hd] f32; out: [nH][hd]; stats: [nH][2]. */
+export function attendTokenPart(k: KernelExports, share: number, parts: number, nH: number, group: number, hd: number, q: number, out: number, stats: number,
+                                kPtr: number, vPtr: number, table: number, pageStride: number, P: number, probs: number, scale: number,
+                                selected: number, count: number, memory: WebAssembly.Memory, bf16: number): void {
+  const mem = new Int32Array(memory.buffer), st = new Float32Array(memory.buffer);
+  for (let h = 0; h < nH;) {
+    const g = Math.floor(h / group);
+    let nq = (g + 1) * group - h, tokens = 0, n = count;
+    if (selected) {
+      const s = selected >> 2;
+      tokens = mem[s + 2 * h]; n = mem[s + 2 * h + 1];
+      for (let j = 1; j < nq; j++) if (mem[s + 2 * (h + j)] !== tokens || mem[s + 2 * (h + j) + 1] !== n) { nq = j; break; }
+    }
+    const per = Math.ceil(n / parts), a = Math.min(n, share * per), b = Math.min(n, a + per);
+    if (b > a) {
+      k.attend_part(q + h * hd * 4, nq, kPtr + g * P * hd * (bf16 ? 2 : 4), vPtr + g * P * hd * (bf16 ? 2 : 4), table, pageStride, P, hd,
+                    tokens ? tokens + a * 4 : 0, b - a, scale, probs, out + h * hd * 4, bf16, tokens ? 0 : a, stats + h * 8);
+    } else for (let j = 0; j < nq; j++) { st[(stats >> 2) + 2 * (h + j)] = -Infinity; st[(stats >> 2) + 2 * (h + j) + 1] = 0; } // (no tokens here)
+    h += nq;
+  }
+}
+
+/** dst[h] = the softmax-weighted mix of the parts' rows (attendTokenPart): each part's row is normalised
+ *  over its own tokens, so it counts by its sum of exp(score - its max), rescaled to the common max. */
+export function mergeTokenParts(outs: Float32Array[], stats: Float32Array[], nH: number, hd: number, dst: Float32Array): void {
+  const w = new Float64Array(outs.length);
+  for (let h = 0; h < nH; h++) {
+    let m = -Infinity;
+    for (let s = 0; s < outs.length; s++) if (stats[s][2 * h + 1] > 0) m = Math.max(m, stats[s][2 * h]);
+    let total = 0;
+    for (let s = 0; s < outs.length; s++) { w[s] = stats[s][2 * h + 1] > 0 ? stats[s][2 * h + 1] * Math.exp(stats[s][2 * h] - m) : 0; total += w[s]; }
+    for (let d = 0; d < hd; d++) {
+      let v = 0;
+      for (let s = 0; s < outs.length; s++) if (w[s] > 0) v += w[s] * outs[s][h * hd + d];
+      dst[h * hd + d] = v / total;
+    }
+  }
+}
+
 /** Quest's page scores of pages [p0, p1) for every query head: out is [nH][np] f32, q [nH][hd]; the
  *  pages' key min/max of KV head g are read once for the group's heads (kernels.wat page_scores); `bf16`:
  *  1 where they are bf16 (`stride`: bytes between pages). */
