@@ -72,7 +72,7 @@ async function product(type: GpuWeightType, tokens: number, N: number, Kd: numbe
   const want = new Float64Array(tokens * N);
   for (let t = 0; t < tokens; t++) for (let r = 0; r < N; r++) {
     let s = o.add ? y0[t * N + r] : o.bias ? bias[r] : 0;
-    for (let k = 0; k < Kd; k++) s += x[t * Kd + k] * w.values[r * Kd + k];
+    for (let k = 0; k < Kd; k++) s += f16(x[t * Kd + k]) * w.values[r * Kd + k];
     want[t * N + r] = s;
   }
   const spec: LinearSpec = { type, N, K: Kd, add: !!o.add, bias: !!o.bias };
