@@ -429,8 +429,11 @@ export const X_LO_SCALE = 2048;
  *  mostly fall below f16's normal range). A row of K such values is stored as [K hi][K lo]. */
 export const SPLIT_F16_WGSL = `
 fn splitF16(v: f32) -> vec2<f16> {
-  let c = clamp(v, -65504.0, 65504.0); let hi = f16(c);
-  return vec2<f16>(hi, f16(clamp((c - f32(hi)) * ${X_LO_SCALE}.0, -65504.0, 65504.0)));
+  let c = clamp(v, -65504.0, 65504.0);
+  // hi: c rounded to f16's 11 significant bits on its bit pattern (written as f32(f16(c)), the remainder
+  // came out as zero on NVIDIA's Vulkan driver: the round trip folded away)
+  let h = bitcast<f32>((bitcast<u32>(c) + 0x1000u) & 0xffffe000u);
+  return vec2<f16>(f16(h), f16((c - h) * ${X_LO_SCALE}.0));
 }`;
 
 /** RMSNorm of each row (or, with `last`, of the chunk's last row only, written as row 0); `add`: added
