@@ -270,7 +270,8 @@ async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: nu
   for (const [name, type, N, Kd] of shapes) {
     const { bytes, copies, mats } = weightCopies(device, type, N, Kd);
     const maxT = Math.max(...tokensList);
-    const x = device.createBuffer({ size: maxT * Kd * 4, usage }), xh = device.createBuffer({ size: maxT * Kd * 2, usage }), y = device.createBuffer({ size: maxT * N * 4, usage });
+    const x = device.createBuffer({ size: maxT * Kd * 4, usage }), y = device.createBuffer({ size: maxT * N * 4, usage });
+    const xh = device.createBuffer({ size: (maxT + 64) * Kd * 4, usage }); // (two f16 parts a value; the last token block is read whole)
     device.queue.writeBuffer(x, 0, new Float32Array(maxT * Kd).map(() => Math.random() - 0.5));
     const half = pipeOf(toHalfWgsl(Kd)), halfGroup = device.createBindGroup({ layout: half.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: x } }, { binding: 1, resource: { buffer: xh } }, { binding: 6, resource: { buffer: step } }] });
     for (const T of tokensList) {

@@ -94,11 +94,11 @@ export class GpuRunner {
   }
 
   private xhBuf: GPUBuffer | null = null;
-  /** a batched step's product input as f16 (the opt-in tensor-core few-token products; a token block past
-   *  the last sequence is read too), made by the first step that uses it */
+  /** a batched step's product input as two f16 parts per value (the tensor-core few-token products; a
+   *  token block past the last sequence is read too), made by the first step that uses it */
   get xh(): GPUBuffer {
     const c = this.m.config;
-    return this.xhBuf ??= this.m.device.createBuffer({ size: (MAX_BATCH + 16) * Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim) * 2, usage: storageUsage() });
+    return this.xhBuf ??= this.m.device.createBuffer({ size: (MAX_BATCH + 16) * Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim) * 4, usage: storageUsage() });
   }
 
   // readback buffers of batched steps, kept between steps (creating a mapped buffer of a batch's logits
@@ -418,17 +418,18 @@ export class GpuSession {
       if (pipe !== current) { pass.setPipeline(pipe); current = pipe; }
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
-    // A batched decode step (more than VEC_ROWS sequences) reads each weight once for many sequences: the
-    // batched kernel (on the H200 faster than the prefill's tensor-core tiles, whose few workgroups at so
-    // few rows leave the GPU idle). Products whose x is quantised to int8 (Q4_0 with integer dot products)
-    // keep the matrix-vector kernels, one token per grid row: measured faster (H200 batch 16-32: 2.2-2.8x).
-    // QUEST_BATCH_PRODUCT=mma (where the adapter has subgroup matrices; from 2 sequences) runs the products
-    // on tensor cores with x as f16: H100, batch 16 of the 7B shape, GPU time per step 36.6 -> 20.5 ms
-    // (Quest), but the f16 rounding of x changed 1 of 64 greedy answers of bench:serve against the sequence
-    // alone, so it is not the default. QUEST_BATCH_PRODUCT=vec|batch forces the others.
-    const forced = processEnv().QUEST_BATCH_PRODUCT, mmaBatch = forced === 'mma' && matrixConfig(m.device) !== null;
-    const batched = batch !== null && (n > VEC_ROWS || (n > 1 && mmaBatch));
-    const skinnyOf = (l: GpuLinear, add: boolean) => (batched && mmaBatch ? m.skinnyProduct(l, add, n) : null);
+    // A batched decode step reads each weight once for many sequences. f16 weights, where the adapter has
+    // subgroup matrices: tensor-core products from 2 sequences, x split into two f16 parts so that each
+    // sequence keeps (nearly) its solo precision (H100, batch 16 of the 7B shape: GPU time per step 36.6 ->
+    // 20.5 ms with x as one f16, which changed 1 of 64 greedy answers of bench:serve against the sequence
+    // alone). Otherwise, from VEC_ROWS + 1 sequences, the batched SIMT kernel; products whose x is
+    // quantised to int8 (Q4_0 etc. with integer dot products) keep the matrix-vector kernels, one token
+    // per grid row, which take x exactly as a solo step does (and ran faster than the batched kernel on the
+    // H200 at batch 16-32: 2.2-2.8x). QUEST_BATCH_PRODUCT=mma|batch|vec forces one for every type.
+    const forced = processEnv().QUEST_BATCH_PRODUCT, hasMma = matrixConfig(m.device) !== null;
+    const mmaFor = (l: GpuLinear) => hasMma && (forced === 'mma' || (!forced && l.type === 'f16'));
+    const batched = batch !== null && (n > VEC_ROWS || (n > 1 && mmaFor(m.layers[0].gateUp)));
+    const skinnyOf = (l: GpuLinear, add: boolean) => (batched && mmaFor(l) ? m.skinnyProduct(l, add, n) : null);
     const vecBatchOf = (l: GpuLinear) => batched && (forced === 'vec' || (forced !== 'batch' && m.quantisesX(l)));
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
       const skinny = rows > 1 ? skinnyOf(l, add) : null;

@@ -422,12 +422,24 @@ ${MAIN_1D}
   x[(i * K) / 4u + 2u * u] = w.a${scale === 1 ? '' : ' * s'}; x[(i * K) / 4u + 2u * u + 1u] = w.b${scale === 1 ? '' : ' * s'};
 }`;
 
-/** An f32 as f16, values past f16's range clamped (outputs that feed the tensor-core products as f16). */
-const TO_F16_WGSL = '\nfn toF16(v: f32) -> f16 { return f16(clamp(v, -65504.0, 65504.0)); }';
+/** The factor of the low half of an activation split into two f16s (x ≈ hi + lo / X_LO_SCALE). */
+export const X_LO_SCALE = 2048;
+/** An f32 split into two f16s for the tensor-core products: hi = x rounded to f16 (clamped to its range),
+ *  lo = the remainder times 2^11, so hi + lo·2^-11 keeps ~22 of x's 24 bits (the remainder alone would
+ *  mostly fall below f16's normal range). A row of K such values is stored as [K hi][K lo]. */
+export const SPLIT_F16_WGSL = `
+fn splitF16(v: f32) -> vec2<f16> {
+  let c = clamp(v, -65504.0, 65504.0);
+  // hi: c rounded to f16's 11 significant bits on its bit pattern (written as f32(f16(c)), the remainder
+  // came out as zero on NVIDIA's Vulkan driver: the round trip folded away)
+  let h = bitcast<f32>((bitcast<u32>(c) + 0x1000u) & 0xffffe000u);
+  return vec2<f16>(f16(h), f16((c - h) * ${X_LO_SCALE}.0));
+}`;
 
 /** RMSNorm of each row (or, with `last`, of the chunk's last row only, written as row 0); `add`: added
  *  to out instead of written (Gemma 3's post-norms, applied to a sublayer's output before the residual);
- *  `half`: the output as f16, the input of a batched step's tensor-core products (not with `add`). */
+ *  `half`: the output as split f16 rows (SPLIT_F16_WGSL), the input of a batched step's tensor-core
+ *  products (not with `add`). */
 export const rmsnormWgsl = (dim: number, eps: number, last: boolean, add = false, half = false) => (half ? 'enable f16;\n' : '') + STEP_WGSL + /* wgsl */ `
 const D: u32 = ${dim}u;
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -444,8 +456,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   workgroupBarrier();
   for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
   let inv = inverseSqrt(red[0] / f32(D) + ${eps.toExponential()});
-  for (var i = lid.x; i < D; i += 256u) { out[orow * D + i] = ${half ? 'toF16(x[row * D + i] * inv * w[i])' : `${add ? 'out[orow * D + i] + ' : ''}x[row * D + i] * inv * w[i]`}; }
-}${half ? TO_F16_WGSL : ''}`;
+  for (var i = lid.x; i < D; i += 256u) {
+    ${half ? 'let v = splitF16(x[row * D + i] * inv * w[i]); out[orow * 2u * D + i] = v.x; out[orow * 2u * D + D + i] = v.y;' : `out[orow * D + i] = ${add ? 'out[orow * D + i] + ' : ''}x[row * D + i] * inv * w[i];`}
+  }
+}${half ? SPLIT_F16_WGSL : ''}`;
 
 /** (ropeDims: the channels of a head that RoPE rotates, default all) */
 export interface HeadsSpec { nHeads: number; nKV: number; headDim: number; pageSize: number; ropeDims?: number }
@@ -697,7 +711,7 @@ ${units.map((u) => `    out[ob + ${2 * u}u] = oa${u} * inv; out[ob + ${2 * u + 1
 }`;
 };
 
-/** h = act(gate) * up from the fused [gate | up] rows (`half`: h as f16, as rmsnormWgsl). */
+/** h = act(gate) * up from the fused [gate | up] rows (`half`: h as split f16 rows, as rmsnormWgsl). */
 export const gluWgsl = (hidden: number, act: GluAct, half = false) => (half ? 'enable f16;\n' : '') + STEP_WGSL + /* wgsl */ `
 const H: u32 = ${hidden}u;
 @group(0) @binding(0) var<storage, read> gu: array<f32>;
@@ -707,8 +721,8 @@ ${MAIN_1D}
   let i = gid.x / H; let j = gid.x % H;
   if (i >= step.n) { return; }
   let g = gu[i * 2u * H + j];
-  h[i * H + j] = ${half ? `toF16(${gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')})` : gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')};
-}${half ? TO_F16_WGSL : ''}`;
+  ${half ? `let v = splitF16(${gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')}); h[i * 2u * H + j] = v.x; h[i * 2u * H + H + j] = v.y;` : `h[i * H + j] = ${gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')};`}
+}${half ? SPLIT_F16_WGSL : ''}`;
 
 /** Index of the largest logit (lowest index on ties): greedy sampling without reading the logits back. */
 export const argmaxWgsl = (vocab: number) => /* wgsl */ `

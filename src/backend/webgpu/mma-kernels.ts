@@ -4,7 +4,7 @@
 // are opaque to the lanes, so everything else (conversion to f16, dequantisation, softmax) goes through
 // workgroup memory. Chosen where the adapter has the feature; kernels.ts keeps the fallback for the rest.
 import { processEnv, type MatrixConfig } from './device.js';
-import { grid64, STEP_WGSL, weightAccess, type GpuWeightType, type LinearSpec } from './kernels.js';
+import { grid64, SPLIT_F16_WGSL, STEP_WGSL, X_LO_SCALE, weightAccess, type GpuWeightType, type LinearSpec } from './kernels.js';
 
 /** How this Dawn spells subgroup-matrix loads and stores: the majorness as a template argument (the
  *  current WGSL proposal), or as a bool argument (older; deprecated where the template form exists, and
@@ -162,8 +162,10 @@ export const skinnyGrid = (N: number, rows: number, t: SkinnyTile, cfg: MatrixCo
   [N / t.WN, Math.ceil(rows / (skinnyBlocks(rows, cfg) * cfg.M))];
 
 /** y[t][n] (+)= sum_k x[t][k] w[n][k] (+ bias[n]) for the step.n tokens of a batched decode step, on
- *  tensor cores: x is read as f16 (toHalfWgsl writes it; rows up to the token blocks' end are read, their
- *  results dropped). A workgroup holds `blocks` x M tokens against WN weight rows; its subgroups walk
+ *  tensor cores: x is read as two f16 parts (toHalfWgsl writes them, hi and lo·2^11: SPLIT_F16_WGSL),
+ *  each multiplied into its own accumulators and added in the epilogue, so a sequence's product keeps
+ *  nearly the precision of its f32 x, as when it runs alone (rows up to the token blocks' end are read,
+ *  their results dropped). A workgroup holds `blocks` x M tokens against WN weight rows; its subgroups walk
  *  disjoint K steps, each multiplying the tokens' left matrices by the weights' right matrices (Wᵀ read
  *  column-major: a weight row's 16 or 8 columns lie contiguous), then add their partial sums through
  *  workgroup memory. So the weights are read once for up to blocks x M tokens, by many workgroups in
@@ -179,11 +181,12 @@ export const linearSkinnyMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: SkinnyT
   return MMA_HEADER + (t.stage ? weightAccess(s.type, s.K, 2) + w8h(s.type) : `const K: u32 = ${s.K}u;\n@group(0) @binding(2) var<storage, read> wh: array<f16>;`) + STEP_WGSL + /* wgsl */ `
 const N: u32 = ${s.N}u; const WN: u32 = ${t.WN}u; const ROWS: u32 = ${ROWS}u; const CK: u32 = ${t.CK}u;
 const SG: u32 = ${t.SG}u; const THREADS: u32 = ${THREADS}u; const LDS: u32 = ${LDS}u;
+const XS: u32 = ${2 * s.K}u; // a row of x: [K hi][K lo]
 @group(0) @binding(0) var<storage, read> xh: array<f16>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
 @group(0) @binding(6) var<uniform> step: Step;
-var<workgroup> red: array<f32, ${t.SG * ROWS * t.WN}>; // each subgroup's partial sums [ROWS][WN]
+var<workgroup> red: array<f32, ${t.SG * ROWS * t.WN}>; // each subgroup's partial sums [ROWS][WN] (hi, then lo)
 ${t.stage ? `var<workgroup> stw: array<f16, ${t.SG * t.WN * LDS}>; // each subgroup's weight tile [WN][CK] (+ padding)
 ${units.map((u) => `var<private> pw${u}: array<vec2<f16>, 4>;`).join('\n')}
 fn fetch(n0: u32, k0: u32, lane: u32) {
@@ -193,7 +196,7 @@ ${units.map((u) => `  { let e = ${u * 32}u + lane; pw${u} = w8h(n0 + e / (CK / 8
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let n0 = wid.x * WN; let t0 = wid.y * ROWS;
   let sg = tid / 32u; let lane = tid % 32u;
-${mats.map(({ i, j }) => `  var acc${i}_${j} = ${res}();`).join('\n')}
+${mats.map(({ i, j }) => `  var acc${i}_${j} = ${res}(); var low${i}_${j} = ${res}();`).join('\n')}
 ${t.stage ? `  let wb = sg * WN * LDS;
   fetch(n0, sg * CK, lane);` : ''}
   for (var c = 0u; c < ${STEPS}u; c++) {
@@ -203,12 +206,15 @@ ${t.stage ? `${units.map((u) => `    { let e = ${u * 32}u + lane; let d = wb + e
     workgroupBarrier();
     fetch(n0, min(k0 + SG * CK, K - CK), lane); // (the last step loads one again: nobody reads it)` : ''}
 ${range(t.CK / SK).map((kk) => `    {
-${range(blocks).map((i) => `      let a${i} = ${load(left, '&xh', `(t0 + ${i * SM}u) * K + k0 + ${kk * SK}u`, false, 'K')};`).join('\n')}
+${range(blocks).map((i) => `      let a${i} = ${load(left, '&xh', `(t0 + ${i * SM}u) * XS + k0 + ${kk * SK}u`, false, 'XS')};
+      let l${i} = ${load(left, '&xh', `(t0 + ${i * SM}u) * XS + K + k0 + ${kk * SK}u`, false, 'XS')};`).join('\n')}
 ${range(TN).map((j) => `      let b${j} = ${t.stage ? load(right, '&stw', `wb + ${j * SN}u * LDS + ${kk * SK}u`, true, 'LDS') : load(right, '&wh', `(n0 + ${j * SN}u) * K + k0 + ${kk * SK}u`, true, 'K')};`).join('\n')}
-${mats.map(({ i, j }) => `      acc${i}_${j} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${i}_${j});`).join('\n')}
+${mats.map(({ i, j }) => `      acc${i}_${j} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${i}_${j});
+      low${i}_${j} = subgroupMatrixMultiplyAccumulate(l${i}, b${j}, low${i}_${j});`).join('\n')}
     }`).join('\n')}${t.stage ? '\n    workgroupBarrier();' : ''}
   }
-${mats.map(({ i, j }) => `  ${store('&red', `(sg * ROWS + ${i * SM}u) * WN + ${j * SN}u`, `acc${i}_${j}`, 'WN')};`).join('\n')}
+  // the subgroups' partial sums through workgroup memory: the hi products, then the lo ones (scaled back)
+${['acc', 'low'].map((a, pass) => `${mats.map(({ i, j }) => `  ${store('&red', `(sg * ROWS + ${i * SM}u) * WN + ${j * SN}u`, `${a}${i}_${j}`, 'WN')};`).join('\n')}
   workgroupBarrier();
   for (var e = tid; e < ROWS * WN; e += THREADS) {
     let tok = t0 + e / WN; let row = n0 + e % WN;
@@ -216,24 +222,25 @@ ${mats.map(({ i, j }) => `  ${store('&red', `(sg * ROWS + ${i * SM}u) * WN + ${j
       var v = 0.0;
       for (var g = 0u; g < SG; g++) { v += red[g * ROWS * WN + e]; }
       let o = tok * N + row;
-      ${s.add ? 'y[o] += v' : 'y[o] = v'}${s.bias ? ' + bias[row]' : ''};
+      ${pass === 0 ? `${s.add ? 'y[o] += v' : 'y[o] = v'}${s.bias ? ' + bias[row]' : ''}` : `y[o] += v * ${1 / X_LO_SCALE}`};
     }
-  }
+  }${pass === 0 ? '\n  workgroupBarrier();' : ''}`).join('\n')}
 }`;
 };
 
-/** xh = x as f16 for the step.n rows of K columns (the input of linearSkinnyMmaWgsl); values past f16's
- *  range are clamped. Grid: grid64(rows * K / 4). */
-export const toHalfWgsl = (K: number) => STEP_WGSL + /* wgsl */ `
+/** xh = x split into two f16 parts (SPLIT_F16_WGSL: rows of [K hi][K lo]) for the step.n rows of K
+ *  columns, the input of linearSkinnyMmaWgsl. Grid: toHalfGrid. */
+export const toHalfWgsl = (K: number) => 'enable f16;\n' + STEP_WGSL + SPLIT_F16_WGSL + /* wgsl */ `
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> xh: array<vec2<u32>>;
+@group(0) @binding(1) var<storage, read_write> xh: array<vec4<f16>>;
 @group(0) @binding(6) var<uniform> step: Step;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = g3.x + g3.y * nwg.x * 64u;
   if (i < step.n * ${K / 4}u) {
-    let v = clamp(x[i], vec4<f32>(-65504.0), vec4<f32>(65504.0));
-    xh[i] = vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw));
+    let v = x[i]; let a = splitF16(v.x); let b = splitF16(v.y); let c = splitF16(v.z); let d = splitF16(v.w);
+    let o = i / ${K / 4}u * ${K / 2}u + i % ${K / 4}u; // (row r's hi at r * 2K, its lo K later; in vec4s)
+    xh[o] = vec4<f16>(a.x, b.x, c.x, d.x); xh[o + ${K / 4}u] = vec4<f16>(a.y, b.y, c.y, d.y);
   }
 }`;
 /** Workgroups of toHalfWgsl. */
