@@ -25,8 +25,8 @@ export interface ServeOptions {
   cors?: string;
   /** a request's time limit in ms, queueing included (default 10 minutes) */
   timeoutMs?: number;
-  /** continuous batching of the running generations' decode steps (default: on the CPU; on WebGPU
-   *  each greedy generation keeps its own steps in flight, which measured faster on the H200 so far) */
+  /** continuous batching of the running generations' decode steps (default: LLM.batchesByDefault — the
+   *  CPU, and WebGPU with tensor cores; elsewhere each generation keeps its own steps in flight) */
   batch?: boolean;
   /** prompt tokens per prefill chunk: other requests' decode steps run between chunks */
   prefillChunk?: number;
@@ -136,7 +136,7 @@ export function createServer(llm: LLM, o: ServeOptions): QuestServer {
     const opts: GenerateOptions = {
       promptIds: promptTokens, maxTokens: Math.min(common.maxTokens, ctx - promptTokens.length), temperature: common.temperature,
       topP: common.topP, seed: common.seed, stop: common.stop, signal: abort.signal, attention: common.attention,
-      batch: o.batch ?? llm.device === 'cpu', prefillChunk: o.prefillChunk,
+      batch: o.batch ?? llm.batchesByDefault, prefillChunk: o.prefillChunk,
     };
     try {
       return common.stream ? await stream(reply, id, chat, common, opts, () => timedOut) : await whole(reply, id, chat, common, opts, promptTokens.length, () => timedOut);

@@ -69,21 +69,16 @@ for (const attention of policies) {
       const runner = new GpuRunner(GpuModel.upload(gpu!.device, m.config, m.weights), 16);
       // (a batch runs other product kernels than one sequence: the batched SIMT kernel past 4 rows, or, for
       // f16 weights where the adapter has subgroup matrices, the tensor-core products from 2 rows)
-      const d = await checkBatch({ session: (a) => new GpuSession(runner, a), batch: (st) => gpuDecodeBatch(st as { seq: GpuSession; token: number }[]), tol: 2e-2 }, attention);
-      t.diagnostic(`max |Δlogit| batched vs alone ${d.toExponential(2)}${matrixConfig(gpu!.device) && dtype === 'f16' ? ' (tensor-core products)' : ''}`);
+      // the tensor-core products keep x's precision (split into two f16 parts): an H100 measured 5.5e-6, x as
+      // one f16 1.6e-3 (which changed one greedy answer of 64 in bench:serve)
+      const mma = matrixConfig(gpu!.device) !== null && dtype === 'f16';
+      const d = await checkBatch({ session: (a) => new GpuSession(runner, a), batch: (st) => gpuDecodeBatch(st as { seq: GpuSession; token: number }[]), tol: mma ? 1e-4 : 2e-2 }, attention);
+      t.diagnostic(`max |Δlogit| batched vs alone ${d.toExponential(2)}${mma ? ' (tensor-core products)' : ''}`);
       runner.dispose(); runner.m.dispose();
     });
   }
-  // the tensor-core products forced for a quantised model (QUEST_BATCH_PRODUCT=mma; by default only f16
-  // weights take them): weights dequantised to f16 in the kernel, x split into two f16 parts
-  const mmaSkip = skipGpu || (gpu && !matrixConfig(gpu.device) ? 'this adapter has no f16 subgroup matrices' : false);
-  test(`WebGPU, QUEST_BATCH_PRODUCT=mma: batched decode equals each sequence alone (${attention.policy}, q4_0, sequences joining and leaving)`, { skip: mmaSkip }, async (t) => {
-    const runner = new GpuRunner(GpuModel.upload(gpu!.device, loadedQ4.config, loadedQ4.weights), 16);
-    process.env.QUEST_BATCH_PRODUCT = 'mma';
-    try {
-      t.diagnostic(`max |Δlogit| batched vs alone ${(await checkBatch({ session: (a) => new GpuSession(runner, a), batch: (st) => gpuDecodeBatch(st as { seq: GpuSession; token: number }[]), tol: 2e-2 }, attention)).toExponential(2)}`);
-    } finally { delete process.env.QUEST_BATCH_PRODUCT; runner.dispose(); runner.m.dispose(); }
-  });
+  // (QUEST_BATCH_PRODUCT=mma forces the tensor-core products on quantised weights too: a benchmarking knob,
+  // not tested for exactness — their x is split f16, where a sequence alone multiplies x quantised to int8)
 }
 
 test('a batch refuses sequences of two models and a sequence twice, with clear errors', () => {
