@@ -298,6 +298,9 @@ export class LLM {
     const most = session instanceof GpuSession ? session.runner.chunk : PREFILL_CHUNK;
     const prompt = ids.slice(cached, ids.length - tail), chunk = Math.min(most, o.prefillChunk ?? most);
     let logits: Float32Array = new Float32Array(0);
+    // room for the prompt and the answer in one grow of the KV store at most (a grow copies every page)
+    const room = Math.min(prompt.length + tail + maxTokens, Math.max(0, this.config.maxSeqLen - session.length));
+    (session instanceof GpuSession ? session.table : session.cache.table).makeRoom(session.length, room);
     for (let s = 0; s < prompt.length && !o.signal?.aborted; s += chunk) {
       const last = s + chunk >= prompt.length;
       logits = await step(prompt.slice(s, s + chunk), last ? 'last' : 'none', true);

@@ -180,6 +180,7 @@ export class Session {
     checkTokens(this.model.config, this.length, tokens);
     const mode = opts.logits ?? 'last';
     const chunk = Math.max(1, opts.chunk ?? PREFILL_CHUNK);
+    this.cache.table.makeRoom(this.length, tokens.length); // (the store grows once for a long prompt)
     const parts: Float32Array[] = [];
     for (let s = 0; s < tokens.length; s += chunk) {
       const piece = tokens.slice(s, s + chunk);

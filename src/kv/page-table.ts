@@ -38,6 +38,14 @@ export class PageAllocator {
     return id;
   }
 
+  /** Room for `pages` more allocations with at most one grow of the store: a long prompt's pages in one
+   *  step, with a quarter more for the answer, rather than doubling at every power of two (each grow
+   *  copies every page: a 4K-token prompt's first decode step spent 0.4 s of its 0.46 s growing). */
+  ensure(pages: number): void {
+    const fresh = pages - this.free.length, end = this.refs.length + fresh;
+    if (fresh > 0 && end > this.store.capacity) this.store.grow(Math.max(this.store.capacity * 2, end + Math.ceil(fresh / 4)));
+  }
+
   retain(p: number): void { this.refs[p]++; }
 
   release(p: number): void {
@@ -90,8 +98,17 @@ export class PageTable {
     return copy;
   }
 
+  /** Grows the store once, if need be, for the pages that writing tokens start..start+n-1 will allocate
+   *  (new pages, and copies of shared ones); allocates nothing. */
+  makeRoom(start: number, n: number): void {
+    let fresh = 0;
+    for (let lp = Math.floor(start / this.pageSize); lp * this.pageSize < start + n; lp++) if (lp >= this.pages.length || this.alloc.shared(this.pages[lp])) fresh++;
+    this.alloc.ensure(fresh);
+  }
+
   /** Makes every page that tokens start..start+n-1 go to writable (a chunk written by one kernel). */
   reserve(start: number, n: number): void {
+    this.makeRoom(start, n);
     for (let pos = start; pos < start + n; pos = (Math.floor(pos / this.pageSize) + 1) * this.pageSize) this.writable(pos);
   }
 

@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PagedKVCache } from '../kv/paged-cache.js';
+import { PageAllocator, PageTable } from '../kv/page-table.js';
 import { attendHead } from '../attention/attend.js';
 import { pageScores } from '../attention/quest.js';
 import { gaussian, randomArray } from './fixtures.js';
@@ -99,4 +100,19 @@ test('attention and Quest page scores of a fork read the shared and the copied p
       }
     }
   }
+});
+
+test('a long prompt grows the page store once, with room for the answer; shared pages to be copied count', () => {
+  const grows: number[] = [];
+  const store = { capacity: 4, grow(p: number) { grows.push(p); this.capacity = p; }, copyPage() {}, rebuildMeta() {}, dispose() {} };
+  const alloc = new PageAllocator(store), table = new PageTable(alloc, 16);
+  table.makeRoom(0, 4096); // 256 pages: one grow, to 256 + a quarter
+  assert.deepEqual(grows, [320]);
+  for (let t = 0; t < 4096 + 1024; t++) table.writable(t); // the prompt and 1,024 more tokens: no grow
+  assert.deepEqual(grows, [320]);
+  // a fork shares all 320 pages; making room to rewrite its last two pages counts their copies
+  const fork = table.fork();
+  fork.makeRoom(5100, 40); // pages 318, 319 shared (copies) + 320 new: 3 fresh pages, beyond the capacity
+  assert.equal(grows.length, 2);
+  assert.ok(grows[1] >= 323, `grew to ${grows[1]}`);
 });
