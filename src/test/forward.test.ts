@@ -232,7 +232,8 @@ test('Quest decode steps (SIMD path: page scores and grouped sparse attention ac
 });
 
 test('decode steps over more than 1024 tokens (attention split by tokens across the threads, parts merged by their softmax statistics): dense and Quest, f32 and bf16 caches, match float64', (t) => {
-  if (!workerPool(wasm()!)) { t.skip('one thread: no split'); return; }
+  const rt = wasm();
+  if (!rt || !workerPool(rt)) { t.skip('no worker threads (or no WebAssembly): nothing to split'); return; }
   // 6 query heads over 2 KV heads (3 a group: heads do not divide evenly across two threads)
   const m = loadModelFiles(tempFile('token-split.gguf', randomGGUF({ vocab: 80, dim: 96, hidden: 64, layers: 2, heads: 6, kvHeads: 2, seed: 17 })));
   const tokens = promptOf(1106, 80, 9), from = 1100, V = m.config.vocabSize, bf16 = (x: number) => fromBf16(toBf16(x));

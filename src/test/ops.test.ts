@@ -6,7 +6,7 @@ import { Rope, ropeInvFreq } from '../model/rope.js';
 import { encodeTensor, Matrix } from '../model/tensor.js';
 import { PagedKVCache } from '../kv/paged-cache.js';
 import { attendHead } from '../attention/attend.js';
-import { attendHeads, forEachChunk, initChunkCounters } from '../backend/wasm/shared-ops.js';
+import { attendHeads, attendTokenPart, forEachChunk, initChunkCounters, mergeTokenParts } from '../backend/wasm/shared-ops.js';
 import { wasm } from '../backend/wasm/runtime.js';
 import { gaussian, randomArray } from './fixtures.js';
 import { refRmsnorm, refRope } from './reference.js';
@@ -157,6 +157,46 @@ test('threads sharing a product\'s rows: every row exactly once, in any interlea
       else if (schedule === 'reverse') shares.reverse().forEach((s) => run(s));
       else run(0, () => shares.slice(1).forEach((s) => run(s)));
       seen.forEach((c, r) => assert.equal(c, 1, `${rows} rows, ${parts} threads, chunks of ${chunk}, ${schedule}: row ${r} computed ${c} times`));
+    }
+  }
+});
+
+// A decode step's attention split by tokens (attendTokenPart, one call per thread's share, here run in
+// turn on this thread) and merged (mergeTokenParts): per-head token lists of different lengths, some
+// shorter than the number of parts (a share with no tokens), dense lists, 2-4 parts.
+test('decode attention split by tokens and merged by softmax statistics matches brute force (ragged lists, empty shares)', (t) => {
+  const rt = wasm();
+  if (!rt) { t.skip('no WebAssembly runtime (QUEST_NO_WASM)'); return; }
+  const nH = 6, nKV = 2, hd = 64, P = 16, total = 300, group = nH / nKV, scale = 1 / Math.sqrt(hd), g = gaussian(77);
+  const kv = new PagedKVCache(1, nKV, hd, P, 8).layers[0];
+  const K: Float32Array[] = [], V: Float32Array[] = [];
+  for (let i = 0; i < total; i++) { const k = randomArray(nKV * hd, 1, g), v = randomArray(nKV * hd, 1, g); K.push(k); V.push(v); kv.append(k, 0, v, 0); }
+  const q = randomArray(nH * hd, 1, g), qp = rt.scratchPtr('ts.q', nH * hd * 4);
+  rt.f32(qp, nH * hd).set(q);
+  // heads 0-1 share a list, head 2 its own (one token), heads 3-5: two tokens, all 300, 150 from the end
+  const lists = [[...Array(120).keys()].map((i) => (i * 7) % total), [...Array(120).keys()].map((i) => (i * 7) % total), [299], [5, 250], null, [...Array(150).keys()].map((i) => 150 + i)];
+  for (const parts of [2, 3, 4]) for (const dense of [false, true]) {
+    const sel = rt.scratchPtr('ts.sel', nH * 8), tp = rt.scratchPtr('ts.t', total * nH * 4), table = rt.i32(sel, nH * 2);
+    let at = 0;
+    const ptrOf = new Map<number[], number>();
+    for (let h = 0; h < nH; h++) {
+      const l = dense ? null : lists[h];
+      if (l && !ptrOf.has(l)) { rt.i32(tp + at * 4, l.length).set(l); ptrOf.set(l, tp + at * 4); at += l.length; }
+      table[2 * h] = l ? ptrOf.get(l)! : 0; table[2 * h + 1] = l ? l.length : total;
+    }
+    const outs = [], stats = [];
+    for (let s = 0; s < parts; s++) {
+      const op = rt.scratchPtr(`ts.o${s}`, nH * hd * 4), sp = rt.scratchPtr(`ts.s${s}`, nH * 8), pp = rt.scratchPtr('ts.p', (group + 1) * (total + 8) * 4);
+      attendTokenPart(rt.k, s, parts, nH, group, hd, qp, op, sp, kv.kPtr, kv.vPtr, kv.tablePtr(), kv.pageFloats * 4, P, pp, scale, sel, total, rt.memory, 0);
+      outs.push(rt.f32(op, nH * hd).slice()); stats.push(rt.f32(sp, 2 * nH).slice());
+    }
+    const got = new Float32Array(nH * hd);
+    mergeTokenParts(outs, stats, nH, hd, got);
+    for (let h = 0; h < nH; h++) {
+      const grp = Math.floor(h / group), toks = dense || !lists[h] ? [...Array(total).keys()] : lists[h]!;
+      const s = toks.map((tk) => { let d = 0; for (let c = 0; c < hd; c++) d += q[h * hd + c] * K[tk][grp * hd + c]; return d * scale; });
+      const m = Math.max(...s), e = s.map((v) => Math.exp(v - m)), z = e.reduce((a, b) => a + b, 0);
+      for (let c = 0; c < hd; c++) close(got[h * hd + c], e.reduce((a, w, i) => a + (w / z) * V[toks[i]][grp * hd + c], 0), 1e-5, `${parts} parts${dense ? ', dense' : ''}: head ${h} channel ${c}`);
     }
   }
 });
