@@ -108,6 +108,14 @@ export function gemmChunks(k: KernelExports, memory: WebAssembly.Memory, counter
     (r0, r1) => gemmRange(k, dtype, wBase, rowBytes, r0, r1, cols, x, n, out, rows, scratch, block, xq, xs));
 }
 
+/** How many of heads h..h+most-1 share head h's token list (`selected`: per head [pointer, count] i32
+ *  pairs in `mem`): a run of them is attended in one kernel call, each key and value read once. */
+function sameListRun(mem: Int32Array, selected: number, h: number, most: number): number {
+  const s = selected >> 2;
+  for (let j = 1; j < most; j++) if (mem[s + 2 * (h + j)] !== mem[s + 2 * h] || mem[s + 2 * (h + j) + 1] !== mem[s + 2 * h + 1]) return j;
+  return most;
+}
+
 /** Attention of n new tokens (positions start..start+n-1) for query heads [h0, h1), the heads of one KV
  *  head together where they attend the same tokens (each key and value read once for them). q and out
  *  are [n][nH][hd] f32 in the shared memory; probs is this thread's scratch (group x (start + n + 3)
@@ -127,7 +135,7 @@ export function attendHeads(k: KernelExports, h0: number, h1: number, n: number,
     const headOff = g * P * hd * (bf16 ? 2 : 4);
     if (mem) {
       const tokens = mem[(selected >> 2) + 2 * h], count = mem[(selected >> 2) + 2 * h + 1];
-      for (let j = 1; j < nq; j++) if (mem[(selected >> 2) + 2 * (h + j)] !== tokens || mem[(selected >> 2) + 2 * (h + j) + 1] !== count) { nq = j; break; }
+      nq = sameListRun(mem, selected, h, nq);
       k.attend(q + h * hd * 4, nq, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, tokens, count, scale, probs, out + h * hd * 4, bf16);
       h += nq;
       continue;
@@ -158,7 +166,7 @@ export function attendTokenPart(k: KernelExports, share: number, parts: number, 
     if (selected) {
       const s = selected >> 2;
       tokens = mem[s + 2 * h]; n = mem[s + 2 * h + 1];
-      for (let j = 1; j < nq; j++) if (mem[s + 2 * (h + j)] !== tokens || mem[s + 2 * (h + j) + 1] !== n) { nq = j; break; }
+      nq = sameListRun(mem, selected, h, nq);
     }
     const per = Math.ceil(n / parts), a = Math.min(n, share * per), b = Math.min(n, a + per);
     if (b > a) {
