@@ -5,7 +5,7 @@ import { addInPlace, geglu, matmul, matmuls, rmsnorm, swiglu } from '../backend/
 import { attendHead, headScores } from '../attention/attend.js';
 import { wasm, type WasmRuntime } from '../backend/wasm/runtime.js';
 import { workerPool, split, OP_ATTEND, OP_ATTEND_TOKENS, OP_PAGE_SCORES, type WorkerPool } from '../backend/wasm/pool.js';
-import { attendHeads, attendTokenPart, mergeTokenParts, pageScoreRange } from '../backend/wasm/shared-ops.js';
+import { ATTEND_ROWS, attendHeads, attendTokenPart, mergeTokenParts, pageScoreRange } from '../backend/wasm/shared-ops.js';
 import { createPolicy } from '../attention/create.js';
 import { pageScores } from '../attention/quest.js';
 import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Selection, type StepContext } from '../attention/policy.js';
@@ -219,7 +219,7 @@ export class Session {
       const stride = (start + n + 3) & ~3; // received[h] rows, padded for the vector add
       const qp = rt.scratchPtr('pf.q', n * qDim * 4), op = rt.scratchPtr('pf.o', n * qDim * 4);
       const rp = report ? rt.scratchPtr('pf.r', nH * stride * 4) : 0;
-      const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (group + 1) * (start + n + 4) * 4));
+      const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (ATTEND_ROWS * group + 1) * (start + n + 4) * 4));
       rt.f32(qp, n * qDim).set(q.subarray(0, n * qDim));
       if (report) rt.f32(rp, nH * stride).fill(0);
       const table = kv.tablePtr();

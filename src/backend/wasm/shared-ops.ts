@@ -116,10 +116,14 @@ function sameListRun(mem: Int32Array, selected: number, h: number, most: number)
   return most;
 }
 
+/** Prefill query rows attended together (kernels.wat attend_rows): a thread's probs scratch for attendHeads
+ *  holds ATTEND_ROWS * group + 1 rows of start + n + 4 floats. */
+export const ATTEND_ROWS = 4;
+
 /** Attention of n new tokens (positions start..start+n-1) for query heads [h0, h1), the heads of one KV
  *  head together where they attend the same tokens (each key and value read once for them). q and out
- *  are [n][nH][hd] f32 in the shared memory; probs is this thread's scratch (group x (start + n + 3)
- *  floats). Dense and causal when `selected` is 0; else (a decode step, n = 1) `selected` holds per query
+ *  are [n][nH][hd] f32 in the shared memory; probs is this thread's scratch ((ATTEND_ROWS x group + 1) x
+ *  (start + n + 4) floats). Dense and causal when `selected` is 0; else (a decode step, n = 1) `selected` holds per query
  *  head [token list pointer, token count] (i32 pairs): the tokens a sparse policy chose, heads of a group
  *  sharing one list when their pointers are equal (pointer 0: tokens 0..count-1). When `received` is not
  *  0, the attention each token receives is summed into received[h][0..start+n) (row stride `recvStride`
@@ -140,10 +144,19 @@ export function attendHeads(k: KernelExports, h0: number, h1: number, n: number,
       h += nq;
       continue;
     }
-    for (let i = 0; i < n; i++) {
+    // a prefill's rows ATTEND_ROWS at a time (each key and value read once for them), unless the policy
+    // wants each row's weights (received) or the cache is bf16: then one row at a time
+    for (let i = 0; i < n;) {
       const o = ((i * nH + h) * hd) * 4, count = start + i + 1, n4 = (count + 3) & ~3;
+      if (!received && !bf16) {
+        const rows = Math.min(ATTEND_ROWS, n - i);
+        k.attend_rows(q + o, nq, rows, nH * hd * 4, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, count, scale, probs, out + o);
+        i += rows;
+        continue;
+      }
       k.attend(q + o, nq, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, 0, count, scale, probs, out + o, bf16);
       if (received) for (let j = 0; j < nq; j++) k.accumulate(received + (h + j) * recvStride * 4, probs + j * n4 * 4, n4);
+      i++;
     }
     h += nq;
   }
