@@ -2,6 +2,7 @@
 // model and random-weight models of SmolLM2-135M's shape (Q8_0, Q4_K_M), next to llama.cpp (node-llama-cpp)
 // on the same GGUF in the same run, and our SIMD kernels next to our plain TypeScript kernels.
 // `npm run bench:cpu -- --long`: decode at 16K and 32K tokens, ours dense and Quest against llama.cpp.
+// `--only TEXT`: the models whose name contains TEXT; `--steps N`: decode steps timed (default 64).
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
@@ -14,7 +15,10 @@ import { DEFAULT_MODEL } from '../cli/default-model.js';
 import { smolGguf, tinyGguf } from './bench-models.js';
 
 interface Result { prefill: number; decode: number }
-const DECODE_STEPS = 16;
+/** Decode steps timed after the prefill, ours and llama.cpp's alike (`--steps N`): 64, an answer's length.
+ *  The first few of ours run while V8 still compiles the decode path (~20 instead of ~10 ms a step on
+ *  SmolLM2-135M's shape), which 16 steps, the earlier default, counted four times as heavily. */
+const DECODE_STEPS = process.argv.includes('--steps') ? Number(process.argv[process.argv.indexOf('--steps') + 1]) : 64;
 
 function tokens(n: number, vocab: number): number[] { return Array.from({ length: n }, (_, i) => (i * 7919 + 13) % vocab); }
 
