@@ -1258,8 +1258,8 @@
   (func $attend_part (export "attend_part") (param $q i32) (param $nq i32) (param $kBase i32) (param $vBase i32) (param $table i32) (param $pageStride i32) (param $P i32) (param $hd i32)
                           (param $tokens i32) (param $n i32) (param $scale f32) (param $probs i32) (param $out i32) (param $bf16 i32) (param $first i32) (param $stats i32)
     (local $rb i32) (local $dh i32)
-    (local $i i32) (local $j i32) (local $t i32) (local $offs i32) (local $sum v128) (local $m4 v128)
-    (local $e v128) (local $inv v128) (local $d i32) (local $p v128) (local $hb i32) (local $n4 i32) (local $vo i32)
+    (local $i i32) (local $j i32) (local $t i32) (local $offs i32)
+    (local $d i32) (local $p v128) (local $hb i32) (local $n4 i32) (local $vo i32)
     (local $row i32) (local $o i32) (local $end i32) (local $k0 i32) (local $k1 i32) (local $k2 i32) (local $k3 i32) (local $qp i32)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $shift i32) (local $mask i32) (local $pow2 i32) (local $a4 v128) (local $a5 v128) (local $a6 v128) (local $a7 v128)
     (local.set $hb (i32.shl (local.get $hd) (i32.const 2)))
@@ -1567,64 +1567,18 @@
           (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $p) (v128.load (i32.add (local.get $k3) (local.get $d))))))
           (local.set $d (i32.add (local.get $d) (i32.const 16)))
           (br $dl)))))))))
-        ;; lane sums of a0..a3 as one vector (s0, s1, s2, s3)
-        (local.set $a0 (f32x4.add (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $a0) (local.get $a1))
-                                  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $a0) (local.get $a1))))
-        (local.set $a2 (f32x4.add (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $a2) (local.get $a3))
-                                  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $a2) (local.get $a3))))
-        (local.set $a0 (f32x4.add (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a0) (local.get $a2))
-                                  (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $a0) (local.get $a2))))
         (v128.store (i32.add (local.get $probs) (i32.shl (i32.add (i32.mul (local.get $j) (local.get $n4)) (local.get $i)) (i32.const 2)))
-          (f32x4.mul (local.get $a0) (f32x4.splat (local.get $scale))))
+          (f32x4.mul (call $sums4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3)) (f32x4.splat (local.get $scale))))
         (local.set $j (i32.add (local.get $j) (i32.const 1)))
         (br $hl)))
       (local.set $i (i32.add (local.get $i) (i32.const 4)))
       (br $sl)))
-    ;; per head: pad to n4 with -inf, max, exp, sum, normalise (in place)
+    ;; per head: softmax weights in place (and this part's max and sum where stats is not 0)
     (local.set $j (i32.const 0))
     (block $nd (loop $nl
       (br_if $nd (i32.ge_s (local.get $j) (local.get $nq)))
-      (local.set $row (i32.add (local.get $probs) (i32.shl (i32.mul (local.get $j) (local.get $n4)) (i32.const 2))))
-      (local.set $end (i32.add (local.get $row) (i32.shl (local.get $n4) (i32.const 2))))
-      (local.set $i (local.get $n))
-      (block $pd (loop $pl
-        (br_if $pd (i32.ge_s (local.get $i) (local.get $n4)))
-        (f32.store (i32.add (local.get $row) (i32.shl (local.get $i) (i32.const 2))) (f32.const -inf))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br $pl)))
-      (local.set $m4 (f32x4.splat (f32.const -inf)))
-      (local.set $o (local.get $row))
-      (block $md (loop $ml
-        (br_if $md (i32.ge_u (local.get $o) (local.get $end)))
-        (local.set $m4 (f32x4.pmax (local.get $m4) (v128.load (local.get $o))))
-        (local.set $o (i32.add (local.get $o) (i32.const 16)))
-        (br $ml)))
-      (local.set $m4 (f32x4.max (local.get $m4) (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $m4) (local.get $m4))))
-      (local.set $m4 (f32x4.max (local.get $m4) (i8x16.shuffle 4 5 6 7 0 1 2 3 12 13 14 15 8 9 10 11 (local.get $m4) (local.get $m4))))
-      (local.set $sum (v128.const i32x4 0 0 0 0))
-      (local.set $o (local.get $row))
-      (block $ed (loop $el
-        (br_if $ed (i32.ge_u (local.get $o) (local.get $end)))
-        ;; weights under e^-46 of the largest are dropped (set to 0; padding, at -inf, too): they change
-        ;; nothing, and left in they become subnormal floats after the division and in the products
-        ;; with v, which x86 computes at ~100x the cost
-        (local.set $e (f32x4.sub (v128.load (local.get $o)) (local.get $m4)))
-        (local.set $e (v128.and (call $exp4 (f32x4.pmax (local.get $e) (f32x4.splat (f32.const -46))))
-                                (f32x4.gt (local.get $e) (f32x4.splat (f32.const -46)))))
-        (v128.store (local.get $o) (local.get $e))
-        (local.set $sum (f32x4.add (local.get $sum) (local.get $e)))
-        (local.set $o (i32.add (local.get $o) (i32.const 16)))
-        (br $el)))
-      (local.set $inv (f32x4.splat (f32.div (f32.const 1) (call $hsum (local.get $sum)))))
-      (if (local.get $stats) (then
-        (f32.store (i32.add (local.get $stats) (i32.shl (local.get $j) (i32.const 3))) (f32x4.extract_lane 0 (local.get $m4)))
-        (f32.store offset=4 (i32.add (local.get $stats) (i32.shl (local.get $j) (i32.const 3))) (call $hsum (local.get $sum)))))
-      (local.set $o (local.get $row))
-      (block $vd (loop $vl
-        (br_if $vd (i32.ge_u (local.get $o) (local.get $end)))
-        (v128.store (local.get $o) (f32x4.mul (v128.load (local.get $o)) (local.get $inv)))
-        (local.set $o (i32.add (local.get $o) (i32.const 16)))
-        (br $vl)))
+      (call $softmax_row (i32.add (local.get $probs) (i32.shl (i32.mul (local.get $j) (local.get $n4)) (i32.const 2))) (local.get $n) (local.get $n4)
+                         (select (i32.add (local.get $stats) (i32.shl (local.get $j) (i32.const 3))) (i32.const 0) (local.get $stats)))
       (local.set $j (i32.add (local.get $j) (i32.const 1)))
       (br $nl)))
     ;; out_j = sum_i p_ji v_i over blocks of 128 tokens: a block's value rows (up to 64 KB) stay in L2 while
@@ -1832,9 +1786,11 @@
     (f32x4.add (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a0) (local.get $a2))
                (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $a0) (local.get $a2))))
 
-  ;; a row of n4 scores in place -> softmax weights over its first cnt (the rest, and weights under e^-46 of
-  ;; the largest, 0: see attend_part)
-  (func $softmax_row (param $row i32) (param $cnt i32) (param $n4 i32)
+  ;; a row of n4 scores in place -> softmax weights over its first cnt; the rest 0, and weights under e^-46 of
+  ;; the largest too: they change nothing, and left in they become subnormal floats after the division and
+  ;; in the products with v, which x86 computes at ~100x the cost. stats, where not 0, receives [max, sum of
+  ;; exp(score - max)] (f32 pair)
+  (func $softmax_row (param $row i32) (param $cnt i32) (param $n4 i32) (param $stats i32)
     (local $i i32) (local $o i32) (local $end i32) (local $m4 v128) (local $sum v128) (local $e v128) (local $inv v128)
     (local.set $end (i32.add (local.get $row) (i32.shl (local.get $n4) (i32.const 2))))
     (local.set $i (local.get $cnt))
@@ -1864,6 +1820,9 @@
       (local.set $o (i32.add (local.get $o) (i32.const 16)))
       (br $el)))
     (local.set $inv (f32x4.splat (f32.div (f32.const 1) (call $hsum (local.get $sum)))))
+    (if (local.get $stats) (then
+      (f32.store (local.get $stats) (f32x4.extract_lane 0 (local.get $m4)))
+      (f32.store offset=4 (local.get $stats) (call $hsum (local.get $sum)))))
     (local.set $o (local.get $row))
     (block $vd (loop $vl
       (br_if $vd (i32.ge_u (local.get $o) (local.get $end)))
@@ -2029,7 +1988,7 @@
     (block $nd (loop $nl
       (br_if $nd (i32.ge_s (local.get $v) (local.get $V)))
       (call $softmax_row (i32.add (local.get $probs) (i32.shl (i32.mul (local.get $v) (local.get $n4)) (i32.const 2)))
-                         (i32.add (local.get $count0) (i32.div_u (local.get $v) (local.get $nq))) (local.get $n4))
+                         (i32.add (local.get $count0) (i32.div_u (local.get $v) (local.get $nq))) (local.get $n4) (i32.const 0))
       (local.set $v (i32.add (local.get $v) (i32.const 1)))
       (br $nl)))
     ;; out = sum_t p_t v_t: zero, then per block of 128 tokens, per pair, 16 columns (else 4) at a time
