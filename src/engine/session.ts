@@ -225,7 +225,15 @@ export class Session {
       const table = kv.tablePtr();
       const bf16 = kv.bf16 ? 1 : 0, pageStride = kv.pageFloats * kv.pages.elementBytes;
       if (pool && n === 1 && !report && start + 1 >= TOKEN_SPLIT) { attendByTokens(rt, pool, kv, qp, att, nH, 0, start + 1, scale); return; }
-      const args = (share: number) => [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, table, pageStride, kv.pageSize, pp[share], rp, stride, 0, bf16];
+      // a prefill chunk: every head, the rows split by their causal work (a row sees one more key than the
+      // one before), so each thread does half (9 heads split by heads: 5 and 4); policies that sum each
+      // token's received weight per head, and decode steps, split by heads
+      const byRows = n > 1 && !report;
+      const args = (share: number) => {
+        if (!byRows) return [...split(nH, parts, share), n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, table, pageStride, kv.pageSize, pp[share], rp, stride, 0, bf16];
+        const r0 = causalRowSplit(n, start, parts, share), r1 = causalRowSplit(n, start, parts, share + 1), off = r0 * qDim * 4;
+        return [0, r1 > r0 ? nH : 0, r1 - r0, start + r0, nH, group, hd, qp + off, op + off, kv.kPtr, kv.vPtr, table, pageStride, kv.pageSize, pp[share], rp, stride, 0, bf16];
+      };
       const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], scale, a[15], a[16], 0, null, bf16); };
       if (pool) pool.run(OP_ATTEND, args, () => scale, local); else local();
       att.set(rt.f32(op, n * qDim));
@@ -421,6 +429,17 @@ function allPageScores(rt: WasmRuntime, kv: LayerKV, q: Float32Array, nH: number
   const local = () => { const a = args(0); pageScoreRange(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12]); };
   if (pool) pool.run(OP_PAGE_SCORES, args, null, local); else local();
   return op;
+}
+
+/** The first of share's rows when n causal rows (positions start..start+n-1; row i sees start + i + 1
+ *  keys) are split into `parts` runs of about equal work, at multiples of ATTEND_ROWS (share = parts: n). */
+export function causalRowSplit(n: number, start: number, parts: number, share: number): number {
+  if (share <= 0) return 0;
+  if (share >= parts) return n;
+  const work = (r: number) => r * (start + 1) + (r * (r - 1)) / 2, target = (work(n) * share) / parts;
+  // smallest r with work(r) >= target: the root of r^2/2 + (start + 1/2) r = target
+  const b = start + 0.5, r = Math.ceil(-b + Math.sqrt(b * b + 2 * target) - 1e-9);
+  return Math.min(n, Math.round(r / ATTEND_ROWS) * ATTEND_ROWS);
 }
 
 /** Decode steps over at least this many tokens a head split their attention by tokens across the threads. */

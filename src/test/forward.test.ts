@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { loadModelFiles, type LoadedModel } from '../model/load.js';
-import { makeModel, Session } from '../engine/session.js';
+import { causalRowSplit, makeModel, Session } from '../engine/session.js';
 import { argmax } from '../engine/sampler.js';
 import { refForward, refRoundActivations, refWeights, argmax64 } from './reference.js';
 import { matmul, productRoundsX, setIntegerActivations } from '../backend/cpu/kernels.js';
@@ -249,5 +249,19 @@ test('decode steps over more than 1024 tokens (attention split by tokens across 
       assert.equal(argmax(ours), argmax64(ref[pos]), `${kv} ${policy}: top-1 differs at position ${pos}`);
     }
     assert.ok(maxDiff < 1e-3, `${kv} ${policy}: max |Δlogit| vs float64 ${maxDiff}`);
+  }
+});
+
+test('a prefill chunk\'s rows split by causal work (causalRowSplit): contiguous runs covering every row once, at multiples of 4, each within a block of rows of an even share', () => {
+  for (const [n, start, parts] of [[256, 0, 2], [256, 3840, 2], [256, 0, 3], [5, 0, 2], [1, 9, 2], [37, 100, 4], [512, 31000, 8]]) {
+    const cuts = Array.from({ length: parts + 1 }, (_, s) => causalRowSplit(n, start, parts, s));
+    assert.equal(cuts[0], 0); assert.equal(cuts[parts], n);
+    const work = (a: number, b: number) => { let w = 0; for (let r = a; r < b; r++) w += start + r + 1; return w; };
+    const even = work(0, n) / parts, block = 4 * (start + n); // (a cut moves by at most two rows each way of the even point)
+    for (let s = 0; s < parts; s++) {
+      assert.ok(cuts[s] <= cuts[s + 1], `n ${n} start ${start}: runs in order`);
+      if (s > 0 && cuts[s] < n) assert.equal(cuts[s] % 4, 0, `n ${n} start ${start}: cut ${cuts[s]} at a multiple of 4`);
+      assert.ok(Math.abs(work(cuts[s], cuts[s + 1]) - even) <= block, `n ${n} start ${start} parts ${parts}: share ${s} has ${work(cuts[s], cuts[s + 1])} of ${even} per share`);
+    }
   }
 });
