@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { matmul, rmsnorm, swiglu, geglu, softmax } from '../backend/cpu/kernels.js';
 import { Rope, ropeInvFreq } from '../model/rope.js';
 import { encodeTensor, Matrix } from '../model/tensor.js';
-import { PagedKVCache } from '../kv/paged-cache.js';
+import { PagedKVCache, fromBf16, toBf16 } from '../kv/paged-cache.js';
 import { attendHead } from '../attention/attend.js';
 import { ATTEND_ROWS, attendHeads, attendTokenPart, forEachChunk, initChunkCounters, mergeTokenParts } from '../backend/wasm/shared-ops.js';
 import { wasm } from '../backend/wasm/runtime.js';
@@ -104,16 +104,18 @@ test('GQA attention over the paged cache matches brute force (group ratios 1, 4,
   }
 });
 
-test('causal attention of a GQA group in one kernel call (attendHeads: keys read once per group; rows four at a time, or one at a time with each token\'s received weight) matches brute force', (t) => {
+test('causal attention of a GQA group in one kernel call (attendHeads: keys read once per group; rows four at a time, or one at a time with each token\'s received weight; f32 and bf16 caches) matches brute force', (t) => {
   const rt = wasm();
   if (!rt) { t.skip('no WebAssembly runtime (QUEST_NO_WASM)'); return; }
   // head dims with and without a 16-column tail, a page size that is not a power of two, groups of 1/3/4
   for (const [nH, nKV, hd, P, start, n] of [[8, 2, 80, 16, 21, 6], [6, 2, 64, 12, 0, 9], [4, 4, 36, 16, 30, 1], [8, 2, 128, 16, 3, 1], [9, 3, 64, 16, 130, 11], [2, 2, 20, 16, 0, 7]])
-  for (const report of [true, false]) {
+  for (const report of [true, false]) for (const kvType of ['f32', 'bf16'] as const) {
     const g = gaussian(nH * 100 + hd + P), total = start + n, group = nH / nKV, scale = 1 / Math.sqrt(hd);
-    const kv = new PagedKVCache(1, nKV, hd, P, 8).layers[0];
+    const kv = new PagedKVCache(1, nKV, hd, P, 8, undefined, kvType).layers[0];
     const K: Float32Array[] = [], V: Float32Array[] = [];
-    for (let i = 0; i < total; i++) { const k = randomArray(nKV * hd, 1, g), v = randomArray(nKV * hd, 1, g); K.push(k); V.push(v); kv.append(k, 0, v, 0); }
+    // (the reference takes the values the cache holds: rounded to bf16 in a bf16 cache)
+    const held = (a: Float32Array) => (kvType === 'bf16' ? a.map((x) => fromBf16(toBf16(x))) : a);
+    for (let i = 0; i < total; i++) { const k = randomArray(nKV * hd, 1, g), v = randomArray(nKV * hd, 1, g); K.push(held(k)); V.push(held(v)); kv.append(k, 0, v, 0); }
     assert.ok(kv.inWasm, 'the cache lives in WebAssembly memory');
     const q = randomArray(n * nH * hd, 1, g), n4 = (total + 3) & ~3, stride = n4;
     const qp = rt.scratchPtr('t.q', q.length * 4), op = rt.scratchPtr('t.o', q.length * 4);
@@ -121,7 +123,7 @@ test('causal attention of a GQA group in one kernel call (attendHeads: keys read
     rt.f32(qp, q.length).set(q); rt.f32(rp, nH * stride).fill(0);
     // heads split unevenly (a share that starts inside a group) as the worker pool splits them
     const cut = Math.min(nH - 1, group + 1);
-    for (const [h0, h1] of [[0, cut], [cut, nH]]) attendHeads(rt.k, h0, h1, n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, kv.tablePtr(), kv.pageFloats * 4, P, pp, scale, report ? rp : 0, stride);
+    for (const [h0, h1] of [[0, cut], [cut, nH]]) attendHeads(rt.k, h0, h1, n, start, nH, group, hd, qp, op, kv.kPtr, kv.vPtr, kv.tablePtr(), kv.pageFloats * kv.pages.elementBytes, P, pp, scale, report ? rp : 0, stride, 0, null, kvType === 'bf16' ? 1 : 0);
     const out = rt.f32(op, q.length).slice(), received = rt.f32(rp, nH * stride).slice();
     const wantReceived = new Float64Array(nH * total);
     for (let i = 0; i < n; i++) for (let h = 0; h < nH; h++) {
@@ -129,7 +131,7 @@ test('causal attention of a GQA group in one kernel call (attendHeads: keys read
       const s = K.slice(0, count).map((k) => { let d = 0; for (let c = 0; c < hd; c++) d += q[qo + c] * k[grp * hd + c]; return d * scale; });
       const m = Math.max(...s), e = s.map((v) => Math.exp(v - m)), z = e.reduce((a, b) => a + b, 0);
       e.forEach((w, tk) => { wantReceived[h * total + tk] += w / z; });
-      for (let c = 0; c < hd; c++) close(out[qo + c], e.reduce((a, w, tk) => a + (w / z) * V[tk][grp * hd + c], 0), 1e-5, `nH ${nH} hd ${hd} P ${P} token ${i} head ${h} report ${report}`);
+      for (let c = 0; c < hd; c++) close(out[qo + c], e.reduce((a, w, tk) => a + (w / z) * V[tk][grp * hd + c], 0), 1e-5, `nH ${nH} hd ${hd} P ${P} token ${i} head ${h} report ${report} ${kvType}`);
     }
     if (report) for (let h = 0; h < nH; h++) for (let tk = 0; tk < total; tk++) close(received[h * stride + tk], wantReceived[h * total + tk], 1e-5, `received h ${h} t ${tk}`);
   }

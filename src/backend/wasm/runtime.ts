@@ -43,11 +43,11 @@ export interface KernelExports {
   /** nq query heads sharing one KV head: q/out nq rows of hd; probs nq rows of n rounded up to 4 */
   attend(q: number, nq: number, kBase: number, vBase: number, table: number, pageStride: number, P: number, hd: number,
          tokens: number, n: number, scale: number, probs: number, out: number, bf16: number): void;
-  /** causal prefill attention of R consecutive query rows x nq heads of one KV head (f32 cache): vector
-   *  r * nq + j at q + r * qStride + j * hd * 4 (out likewise) sees tokens 0..count0 + r - 1; probs
-   *  R * nq + 1 rows of (count0 + R - 1) rounded up to 4 */
+  /** causal prefill attention of R consecutive query rows x nq heads of one KV head: vector r * nq + j at
+   *  q + r * qStride + j * hd * 4 (out likewise) sees tokens 0..count0 + r - 1; probs R * nq + 1 rows of
+   *  (count0 + R - 1) rounded up to 4; bf16: 1 for a bf16 cache */
   attend_rows(q: number, nq: number, R: number, qStride: number, kBase: number, vBase: number, table: number, pageStride: number, P: number, hd: number,
-              count0: number, scale: number, probs: number, out: number): void;
+              count0: number, scale: number, probs: number, out: number, bf16: number): void;
   /** attend over part of the tokens: tokens 0 means ids first..first+n-1; stats (not 0): per head [max, sum] */
   attend_part(q: number, nq: number, kBase: number, vBase: number, table: number, pageStride: number, P: number, hd: number,
               tokens: number, n: number, scale: number, probs: number, out: number, bf16: number, first: number, stats: number): void;

@@ -145,12 +145,12 @@ export function attendHeads(k: KernelExports, h0: number, h1: number, n: number,
       continue;
     }
     // a prefill's rows ATTEND_ROWS at a time (each key and value read once for them), unless the policy
-    // wants each row's weights (received) or the cache is bf16: then, and for a decode step, one at a time
+    // wants each row's weights (received): then, and for a decode step, one at a time
     for (let i = 0; i < n;) {
       const o = ((i * nH + h) * hd) * 4, count = start + i + 1, n4 = (count + 3) & ~3;
-      if (!received && !bf16 && n > 1) {
+      if (!received && n > 1) {
         const rows = Math.min(ATTEND_ROWS, n - i);
-        k.attend_rows(q + o, nq, rows, nH * hd * 4, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, count, scale, probs, out + o);
+        k.attend_rows(q + o, nq, rows, nH * hd * 4, kPtr + headOff, vPtr + headOff, table, pageStride, P, hd, count, scale, probs, out + o, bf16);
         i += rows;
         continue;
       }
