@@ -1261,30 +1261,14 @@
     (local $i i32) (local $j i32) (local $t i32) (local $offs i32)
     (local $d i32) (local $p v128) (local $hb i32) (local $n4 i32) (local $vo i32)
     (local $row i32) (local $o i32) (local $end i32) (local $k0 i32) (local $k1 i32) (local $k2 i32) (local $k3 i32) (local $qp i32)
-    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $shift i32) (local $mask i32) (local $pow2 i32) (local $a4 v128) (local $a5 v128) (local $a6 v128) (local $a7 v128)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $a4 v128) (local $a5 v128) (local $a6 v128) (local $a7 v128)
     (local.set $hb (i32.shl (local.get $hd) (i32.const 2)))
     (local.set $rb (i32.shl (local.get $hd) (select (i32.const 1) (i32.const 2) (local.get $bf16)))) ;; bytes of a key or value row
     (local.set $n4 (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)))
     (local.set $offs (i32.add (local.get $probs) (i32.shl (i32.mul (local.get $nq) (local.get $n4)) (i32.const 2))))
-    ;; each token's row offset, once (a power-of-two page size, the usual case, by shift and mask: a
-    ;; division per key costs more than its dot product); padding repeats token 0
-    (local.set $pow2 (i32.eqz (i32.and (local.get $P) (i32.sub (local.get $P) (i32.const 1)))))
-    (local.set $shift (i32.ctz (local.get $P)))
-    (local.set $mask (i32.sub (local.get $P) (i32.const 1)))
-    (local.set $i (i32.const 0))
-    (block $od (loop $ol
-      (br_if $od (i32.ge_s (local.get $i) (local.get $n4)))
-      (local.set $t (if (result i32) (i32.ge_s (local.get $i) (local.get $n)) (then (i32.const 0))
-                      (else (if (result i32) (i32.eqz (local.get $tokens)) (then (i32.add (local.get $i) (local.get $first)))
-                        (else (i32.load (i32.add (local.get $tokens) (i32.shl (local.get $i) (i32.const 2)))))))))
-      (i32.store (i32.add (local.get $offs) (i32.shl (local.get $i) (i32.const 2)))
-        (if (result i32) (local.get $pow2)
-          (then (i32.add (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (i32.shr_u (local.get $t) (local.get $shift)) (i32.const 2)))) (local.get $pageStride))
-                         (i32.mul (i32.and (local.get $t) (local.get $mask)) (local.get $rb))))
-          (else (i32.add (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (i32.div_u (local.get $t) (local.get $P)) (i32.const 2)))) (local.get $pageStride))
-                         (i32.mul (i32.rem_u (local.get $t) (local.get $P)) (local.get $rb))))))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $ol)))
+    ;; each token's row offset, once (padding repeats token 0)
+    (call $token_offsets (local.get $offs) (local.get $n) (local.get $n4) (local.get $tokens) (local.get $first)
+                         (local.get $table) (local.get $pageStride) (local.get $P) (local.get $rb))
     ;; scores, four keys at a time (their rows stay in the cache for every head of the group): each
     ;; 4-float slice of q is loaded once for the four keys, and the four sums are added across lanes together
     (local.set $i (i32.const 0))
@@ -1777,6 +1761,36 @@
       (local.set $p (i32.add (local.get $p) (i32.const 1)))
       (br $pl))))
 
+  ;; the byte offset of each of n tokens' key (or value) row from its KV head's base, into offs[0..n4):
+  ;; token ids first..first+n-1, or the n ids at `tokens` where not 0; padding to n4 repeats token 0. table
+  ;; maps logical pages to physical ones; a power-of-two page size (the usual case) goes by shift and mask:
+  ;; a division per key costs more than its dot product
+  (func $token_offsets (param $offs i32) (param $n i32) (param $n4 i32) (param $tokens i32) (param $first i32)
+                       (param $table i32) (param $pageStride i32) (param $P i32) (param $rb i32)
+    (local $i i32) (local $t i32) (local $pow2 i32) (local $shift i32) (local $mask i32)
+    (local.set $pow2 (i32.eqz (i32.and (local.get $P) (i32.sub (local.get $P) (i32.const 1)))))
+    (local.set $shift (i32.ctz (local.get $P)))
+    (local.set $mask (i32.sub (local.get $P) (i32.const 1)))
+    (local.set $i (i32.const 0))
+    (block $od (loop $ol
+      (br_if $od (i32.ge_s (local.get $i) (local.get $n4)))
+      (local.set $t (if (result i32) (i32.ge_s (local.get $i) (local.get $n)) (then (i32.const 0))
+                      (else (if (result i32) (i32.eqz (local.get $tokens)) (then (i32.add (local.get $i) (local.get $first)))
+                        (else (i32.load (i32.add (local.get $tokens) (i32.shl (local.get $i) (i32.const 2)))))))))
+      (i32.store (i32.add (local.get $offs) (i32.shl (local.get $i) (i32.const 2)))
+        (if (result i32) (local.get $pow2)
+          (then (i32.add (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (i32.shr_u (local.get $t) (local.get $shift)) (i32.const 2)))) (local.get $pageStride))
+                         (i32.mul (i32.and (local.get $t) (local.get $mask)) (local.get $rb))))
+          (else (i32.add (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (i32.div_u (local.get $t) (local.get $P)) (i32.const 2)))) (local.get $pageStride))
+                         (i32.mul (i32.rem_u (local.get $t) (local.get $P)) (local.get $rb))))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $ol))))
+
+  ;; where query vector v = r * nq + j (row r, head j) of a block starts: base + r * rowStride + j * hb
+  (func $vector_at (param $base i32) (param $v i32) (param $nq i32) (param $rowStride i32) (param $hb i32) (result i32)
+    (i32.add (i32.add (local.get $base) (i32.mul (i32.div_u (local.get $v) (local.get $nq)) (local.get $rowStride)))
+             (i32.mul (i32.rem_u (local.get $v) (local.get $nq)) (local.get $hb))))
+
   ;; (s0, s1, s2, s3): the lane sums of a0..a3 as one vector
   (func $sums4 (param $a0 v128) (param $a1 v128) (param $a2 v128) (param $a3 v128) (result v128)
     (local.set $a0 (f32x4.add (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $a0) (local.get $a1))
@@ -1842,8 +1856,8 @@
   (func (export "attend_rows") (param $q i32) (param $nq i32) (param $R i32) (param $qStride i32) (param $kBase i32) (param $vBase i32)
         (param $table i32) (param $pageStride i32) (param $P i32) (param $hd i32) (param $count0 i32) (param $scale f32) (param $probs i32) (param $out i32)
         (param $bf16 i32)
-    (local $rb i32) (local $n i32) (local $n4 i32) (local $V i32) (local $hb i32) (local $offs i32) (local $i i32) (local $t i32) (local $tb i32) (local $te i32)
-    (local $pow2 i32) (local $shift i32) (local $mask i32) (local $v i32) (local $w i32) (local $qa i32) (local $qb i32)
+    (local $rb i32) (local $n i32) (local $n4 i32) (local $V i32) (local $hb i32) (local $offs i32) (local $i i32) (local $tb i32) (local $te i32)
+    (local $v i32) (local $w i32) (local $qa i32) (local $qb i32)
     (local $k0 i32) (local $k1 i32) (local $k2 i32) (local $k3 i32) (local $d i32) (local $o i32) (local $rowa i32) (local $rowb i32)
     (local $x v128) (local $y v128) (local $kv v128)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $a4 v128) (local $a5 v128) (local $a6 v128) (local $a7 v128)
@@ -1854,21 +1868,8 @@
     (local.set $rb (i32.shl (local.get $hd) (select (i32.const 1) (i32.const 2) (local.get $bf16)))) ;; bytes of a key or value row
     (local.set $offs (i32.add (local.get $probs) (i32.shl (i32.mul (local.get $V) (local.get $n4)) (i32.const 2))))
     ;; each token's row offset, once for the block (padding repeats token 0)
-    (local.set $pow2 (i32.eqz (i32.and (local.get $P) (i32.sub (local.get $P) (i32.const 1)))))
-    (local.set $shift (i32.ctz (local.get $P)))
-    (local.set $mask (i32.sub (local.get $P) (i32.const 1)))
-    (local.set $i (i32.const 0))
-    (block $od (loop $ol
-      (br_if $od (i32.ge_s (local.get $i) (local.get $n4)))
-      (local.set $t (select (local.get $i) (i32.const 0) (i32.lt_s (local.get $i) (local.get $n))))
-      (i32.store (i32.add (local.get $offs) (i32.shl (local.get $i) (i32.const 2)))
-        (if (result i32) (local.get $pow2)
-          (then (i32.add (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (i32.shr_u (local.get $t) (local.get $shift)) (i32.const 2)))) (local.get $pageStride))
-                         (i32.mul (i32.and (local.get $t) (local.get $mask)) (local.get $rb))))
-          (else (i32.add (i32.mul (i32.load (i32.add (local.get $table) (i32.shl (i32.div_u (local.get $t) (local.get $P)) (i32.const 2)))) (local.get $pageStride))
-                         (i32.mul (i32.rem_u (local.get $t) (local.get $P)) (local.get $rb))))))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $ol)))
+    (call $token_offsets (local.get $offs) (local.get $n) (local.get $n4) (i32.const 0) (i32.const 0)
+                         (local.get $table) (local.get $pageStride) (local.get $P) (local.get $rb))
     ;; scores: per block of 128 tokens, per pair of vectors (v, w; w = v for an odd last one), 4 keys at a time
     (local.set $tb (i32.const 0))
     (block $sbd (loop $sbl
@@ -1878,10 +1879,8 @@
       (block $spd (loop $spl
         (br_if $spd (i32.ge_s (local.get $v) (local.get $V)))
         (local.set $w (select (i32.add (local.get $v) (i32.const 1)) (local.get $v) (i32.lt_s (i32.add (local.get $v) (i32.const 1)) (local.get $V))))
-        (local.set $qa (i32.add (i32.add (local.get $q) (i32.mul (i32.div_u (local.get $v) (local.get $nq)) (local.get $qStride)))
-                                (i32.mul (i32.rem_u (local.get $v) (local.get $nq)) (local.get $hb))))
-        (local.set $qb (i32.add (i32.add (local.get $q) (i32.mul (i32.div_u (local.get $w) (local.get $nq)) (local.get $qStride)))
-                                (i32.mul (i32.rem_u (local.get $w) (local.get $nq)) (local.get $hb))))
+        (local.set $qa (call $vector_at (local.get $q) (local.get $v) (local.get $nq) (local.get $qStride) (local.get $hb)))
+        (local.set $qb (call $vector_at (local.get $q) (local.get $w) (local.get $nq) (local.get $qStride) (local.get $hb)))
         (local.set $rowa (i32.add (local.get $probs) (i32.shl (i32.mul (local.get $v) (local.get $n4)) (i32.const 2))))
         (local.set $rowb (i32.add (local.get $probs) (i32.shl (i32.mul (local.get $w) (local.get $n4)) (i32.const 2))))
         (local.set $i (local.get $tb))
@@ -1974,8 +1973,7 @@
     (local.set $v (i32.const 0))
     (block $zd (loop $zl
       (br_if $zd (i32.ge_s (local.get $v) (local.get $V)))
-      (local.set $qa (i32.add (i32.add (local.get $out) (i32.mul (i32.div_u (local.get $v) (local.get $nq)) (local.get $qStride)))
-                              (i32.mul (i32.rem_u (local.get $v) (local.get $nq)) (local.get $hb))))
+      (local.set $qa (call $vector_at (local.get $out) (local.get $v) (local.get $nq) (local.get $qStride) (local.get $hb)))
       (local.set $d (i32.const 0))
       (block $zdd (loop $zdl
         (br_if $zdd (i32.ge_s (local.get $d) (local.get $hb)))
@@ -1992,10 +1990,8 @@
       (block $vpd (loop $vpl
         (br_if $vpd (i32.ge_s (local.get $v) (local.get $V)))
         (local.set $w (select (i32.add (local.get $v) (i32.const 1)) (local.get $v) (i32.lt_s (i32.add (local.get $v) (i32.const 1)) (local.get $V))))
-        (local.set $qa (i32.add (i32.add (local.get $out) (i32.mul (i32.div_u (local.get $v) (local.get $nq)) (local.get $qStride)))
-                                (i32.mul (i32.rem_u (local.get $v) (local.get $nq)) (local.get $hb))))
-        (local.set $qb (i32.add (i32.add (local.get $out) (i32.mul (i32.div_u (local.get $w) (local.get $nq)) (local.get $qStride)))
-                                (i32.mul (i32.rem_u (local.get $w) (local.get $nq)) (local.get $hb))))
+        (local.set $qa (call $vector_at (local.get $out) (local.get $v) (local.get $nq) (local.get $qStride) (local.get $hb)))
+        (local.set $qb (call $vector_at (local.get $out) (local.get $w) (local.get $nq) (local.get $qStride) (local.get $hb)))
         (local.set $rowa (i32.add (local.get $probs) (i32.shl (i32.mul (local.get $v) (local.get $n4)) (i32.const 2))))
         (local.set $rowb (i32.add (local.get $probs) (i32.shl (i32.mul (local.get $w) (local.get $n4)) (i32.const 2))))
         (local.set $d (i32.const 0))
