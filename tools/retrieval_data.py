@@ -70,6 +70,31 @@ ASKS = ["What is the {N}?", "Which {N} was given?", "Tell me the {N}.", "What wa
         "Do you still know the {N}?"]
 ANSWER_PREFIXES = [" The {N} is", " It is", " It was", "\nAnswer:", " The {N} was", " The answer is", "\n{Ncap}:",
                    "\nA: The {N} is", " The {N}:"]
+# round 2 (session 19): open-vocabulary names and frames. After round 1 the model matched a question to its
+# needle only through the 25 listed names and a few fixed frames (held-out phrasings: 22.7%), so names are
+# also composed from any two words of the training books, facts are tied by many verbs, wrapped in many
+# layouts, and asked in many ways that repeat the name. (The held-out needles' verbs "reads" and "equals"
+# and the arrow "->" are left out on purpose: the evaluation must find verbs the model never saw.)
+VERBS = ["is", "was", "shows", "comes to", "stands at", "is listed as", "is recorded as", "is given as", "amounts to",
+         "was noted as", "is written as", "is marked as", "is printed as", "became", "remains", "is set at",
+         "was logged as", "is registered as", "turned out to be", "has become", "is fixed at", "will stay"]
+FREE_RELATIONS = ["the {N} {V} {K}", "{N} => {K}", "{N} := {K}", "{N} | {K}", "{K} ({N})", "the {N} ({K})",
+                  "we keep the {N}, {K}, on file", "a {N} of {K} was assigned", "they gave me a {N} of {K}",
+                  "the {N} on the card {V} {K}", "the {N} for today {V} {K}", "{Ncap} {V} {K}",
+                  "someone wrote that the {N} {V} {K}", "the new {N} {V} {K}", "the {N} in question {V} {K}"]
+FREE_LEADS = NEEDLE_LEADS + ["Side note: ", "For later: ", "Log entry: ", "Just so you know, ", "Also, ", "Record: ",
+                             "Somewhere here: ", "A detail: "]
+WRAPS = [("", ""), ("(", ")"), ("[ ", " ]"), ("<< ", " >>"), ("** ", " **"), ('"', '"'), ("{ ", " }"), ("| ", " |"),
+         ("# ", ""), ("> ", ""), ("~ ", " ~"), ("-- ", " --")]
+FREE_ASKS = ASKS + ["Which number is the {N}?", "Please state the {N}.", "Give the {N} mentioned earlier.",
+                    "From the text above, what is the {N}?", "What did the text say the {N} was?", "Name the {N}.",
+                    "Which value was given for the {N}?", "A {N} was mentioned before. What was it?",
+                    "Look back: what is the {N}?", "Earlier a {N} was mentioned.", "There was a {N} in the text.",
+                    "The text is over. State the {N}.", "Search the text for the {N}.", "Report the {N}."]
+FREE_QUESTION_LEADS = QUESTION_LEADS + ["The reading is over. ", "That is the end of the text. ", "\n\nOne question. ",
+                                        "\n\n", "\n>> ", "\nQuestion about the pages above: ", "Okay. "]
+FREE_ANSWERS = ANSWER_PREFIXES + [" The {N} {V}", " That {N} is", " The {N} given was", "\nThe {N} is",
+                                  " Answer: the {N} is", " It was", " The {N} stated was", " The value is"]
 SEPARATORS = [("", ""), ("\n", "\n"), ("\n\n", "\n\n"), ("\n* ", "\n"), (" --", " --"), ("\n\n", ""), ("", "\n")]
 REPEATED_FILLER = [" The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
                    " The river flows. The wind blows. The birds sing. The day goes on.",
@@ -90,7 +115,8 @@ def _phrases_ok(text):
 
 for _t in NEEDLES + QUESTIONS + INTROS + KV_HEADERS + KV_LINES + KV_QUESTIONS + HOP_LINK + KEY_NAMES + REPEATED_FILLER:
     assert _phrases_ok(_t.replace("{N}", "").replace("{Ncap}", "")), f"generator template uses a held-out phrase: {_t!r}"
-for _t in NEEDLE_LEADS + RELATIONS + NEEDLE_TRAILS + QUESTION_LEADS + ASKS + ANSWER_PREFIXES:
+for _t in (NEEDLE_LEADS + RELATIONS + NEEDLE_TRAILS + QUESTION_LEADS + ASKS + ANSWER_PREFIXES + VERBS + FREE_RELATIONS +
+           FREE_LEADS + [a + b for a, b in WRAPS] + FREE_ASKS + FREE_QUESTION_LEADS + FREE_ANSWERS):
     assert _phrases_ok(_t.replace("{N}", "").replace("{Ncap}", "")), f"generator template uses a held-out phrase: {_t!r}"
 COMPOSED_NAMES = [f"{m} {n}" for m in MODIFIERS for n in NOUNS if _phrases_ok(f"{m} {n}")]
 for _n in KEY_NAMES + COMPOSED_NAMES:
@@ -111,6 +137,8 @@ class Generator:
         self.weights = [len(b) for b in books]
         self.words = words or ["apple", "river", "candle", "mirror", "falcon", "copper", "meadow", "lantern",
                                "harvest", "pebble", "thunder", "violet", "saddle", "orchard", "marble", "compass"]
+        # names of two book words ("orchard compass"): the most frequent words (function words) left out
+        self.name_words = [w for w in self.words[150:] if len(w) >= 4] or self.words
         self.cache = {}
         self.texts = []  # (debug) every template text written, for the held-out check in tests
 
@@ -158,22 +186,44 @@ class Generator:
         out = []
         while len(out) < n:
             w = self.rng.sample(self.words, 3)
-            out += self.encode(self.rng.choice([" The {} was {}.", " A {} and a {}.", " {} {} {}.", " Every {} has its {}."]).format(*w).capitalize())
+            t = self.rng.choice([" The {} was {}.", " A {} and a {}.", " {} {} {}.", " Every {} has its {}."]).format(*w).capitalize()
+            if _phrases_ok(t):
+                out += self.encode(t)
         return out[:n]
 
     def names(self, k):
         """k different key names: the listed ones or (half the time) composed ones."""
         out = []
         while len(out) < k:
-            n = self.rng.choice(KEY_NAMES) if self.rng.random() < 0.5 else self.rng.choice(COMPOSED_NAMES)
-            if n not in out:
+            r = self.rng.random()
+            if r < 0.35:
+                n = self.rng.choice(KEY_NAMES)
+            elif r < 0.65:
+                n = self.rng.choice(COMPOSED_NAMES)
+            else:  # open vocabulary: two book words, or a book word and a listed noun
+                n = self.rng.choice(self.name_words) + " " + (self.rng.choice(self.name_words) if r < 0.85 else self.rng.choice(NOUNS))
+            if n not in out and _phrases_ok(n):
                 out.append(n)
         return out
 
     def needle(self, nm, k):
-        """A listed needle frame, or (half the time) a composed one."""
+        """A listed needle frame, a composed one, or an open one (any verb, layout); never a held-out phrase."""
+        while True:
+            t = self._needle(nm, k)
+            if _phrases_ok(t):
+                return t
+
+    def _needle(self, nm, k):
         r = self.rng
-        if r.random() < 0.5:
+        x = r.random()
+        if x < 0.4:
+            lead, (a, b) = r.choice(FREE_LEADS), r.choice(WRAPS)
+            t = r.choice(FREE_RELATIONS)
+            rel = fill(t.replace("{V}", r.choice(VERBS)), N=nm, K=k)
+            if (not lead or lead.endswith((". ", ": "))) and not t.startswith("{K}"):  # (a sentence start, not a key)
+                rel = rel[:1].upper() + rel[1:]
+            return " " + a + lead + rel + r.choice(NEEDLE_TRAILS) + b
+        if x < 0.65:
             return fill(r.choice(NEEDLES), N=nm, K=k)
         t, lead = r.choice(RELATIONS), r.choice(NEEDLE_LEADS)
         rel = fill(t, N=nm, K=k)
@@ -182,8 +232,21 @@ class Generator:
         return " " + lead + rel + r.choice(NEEDLE_TRAILS)
 
     def question(self, nm):
+        while True:
+            t = self._question(nm)
+            if _phrases_ok(t):
+                return t
+
+    def _question(self, nm):
         r = self.rng
-        if r.random() < 0.5:
+        x = r.random()
+        if x < 0.4:
+            lead, ask = r.choice(FREE_QUESTION_LEADS), r.choice(FREE_ASKS)
+            if lead.endswith(", ") and not ask.startswith("{"):
+                ask = ask[:1].lower() + ask[1:]
+            ans = r.choice(FREE_ANSWERS).replace("{V}", r.choice(VERBS))
+            return fill((lead if lead.endswith(("\n", " ")) else (lead or " ")) + ask + ans, N=nm)
+        if x < 0.65:
             return fill(r.choice(QUESTIONS), N=nm)
         lead, ask = r.choice(QUESTION_LEADS), r.choice(ASKS)
         if lead.endswith(", ") and not ask.startswith("{"):

@@ -62,6 +62,26 @@ class RetrievalData(unittest.TestCase):
         self.assertTrue(any("\n" in w for w in written))
         self.assertTrue(any(sum(m) == 0 for _, m in out), "plain book samples")
 
+    def test_open_vocabulary(self):
+        """Round 2: names from any two book words, facts tied by many verbs and layouts, and every such
+        question names what its answer's fact named."""
+        words = ["orchard", "compass", "lantern", "meadow"] * 40 + ["harbour", "signal", "vault", "launch", "code"] * 40
+        g = rd.Generator(enc, [BOOK], 11, words)
+        listed = set(n.lower() for n in rd.KEY_NAMES + rd.COMPOSED_NAMES)
+        names = [n for _ in range(3000) for n in g.names(1)]
+        free = [n for n in names if n.lower() not in listed]
+        self.assertGreater(len(free), 600, "open-vocabulary names")
+        self.assertNotIn("harbour signal", names)  # a held-out name, though both words are on the list
+        self.assertNotIn("launch code", names)
+        needles = [g.needle("orchard compass", "4711") for _ in range(2000)]
+        verbs = sum(1 for v in rd.VERBS if any(f" {v} 4711" in n for n in needles))
+        self.assertGreater(verbs, 15, "verbs used")
+        wraps = sum(1 for a, b in rd.WRAPS if a and any(n.startswith(" " + a) for n in needles))
+        self.assertGreater(wraps, 8, "layouts used")
+        for _ in range(500):
+            nm = g.names(1)[0]
+            self.assertIn(nm.lower(), g.question(nm).lower())
+
     def test_heldout_books_never_read(self):
         with tempfile.TemporaryDirectory() as d:
             for f in ("moby-dick.txt", "pride_and_prejudice.txt", "tinyshakespeare.txt"):

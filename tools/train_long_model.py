@@ -151,6 +151,8 @@ def main():
     ap.add_argument("--weights", help="with --resume: the weights from this GGUF file (the shipped model) instead of the folder's")
     ap.add_argument("--minutes", type=float, default=9.0, help="training time of this run")
     ap.add_argument("--total-minutes", type=float, default=18.0, help="training time over all runs (the schedule's length)")
+    ap.add_argument("--new-schedule", type=float, metavar="F", help="with --resume: start a new schedule of --total-minutes "
+                    "at position F (0..1) from the resumed weights (e.g. 0.12: straight to the 2K phase with new data)")
     ap.add_argument("--seed", type=int, default=2126)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=384)
@@ -203,13 +205,17 @@ def main():
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), fused=True)
     total, budget = args.total_minutes * 60, args.minutes * 60
+    if args.new_schedule is not None:  # the schedule counts the time trained since its start
+        state["schedule_from_s"] = state["trained_s"] - args.new_schedule * total
+        log(f"new schedule of {args.total_minutes} minutes from position {args.new_schedule}")
+    since = state.get("schedule_from_s", 0.0)
     phase = lambda f: next((T, B, easy) for end, T, B, easy in PHASES if f < end or end == 1.0)
     pending = []
     tstart, step0, warm = time.time(), state["step"], 200 if state["step"] == 0 else 50
     step = step0
     while True:
         el = time.time() - tstart
-        frac = (state["trained_s"] + el) / total
+        frac = (state["trained_s"] - since + el) / total
         if el >= budget or frac >= 1:
             break
         T, B, easy = phase(frac)
@@ -236,7 +242,8 @@ def main():
         opt.step()
         if step % 1500 == 0 and step > step0:
             model.eval()
-            log(f"  passkey at 2048 (paper template, training filler, 16 samples): {eval_passkey(model, tok, book_ids[0], 2048, 16, 'paper', device, step):.3f}")
+            for template in ("paper", "heldout"):
+                log(f"  passkey at 2048 ({template} template, training filler, 20 samples): {eval_passkey(model, tok, book_ids[0], 2048, 20, template, device, step):.3f}")
             model.train()
         if step % 100 == 0:
             log(f"step {step:6d} t={state['trained_s'] + el:7.1f}s T={T:6d} B={B:3d} lr={lr:.2e} lm_loss={lm.item():.4f} answer_loss={ans.item():.4f}")
@@ -245,7 +252,7 @@ def main():
     trained = time.time() - tstart
     state["runs"].append(dict(steps=step - step0, seconds=round(trained, 1)))
     state["step"], state["trained_s"] = step, state["trained_s"] + trained
-    log(f"this run: {step - step0} steps in {trained:.1f}s; total {state['step']} steps, {state['trained_s']:.0f}s of {total:.0f}s")
+    log(f"this run: {step - step0} steps in {trained:.1f}s; total {state['step']} steps, {state['trained_s']:.0f}s; schedule at {state['trained_s'] - since:.0f}s of {total:.0f}s")
 
     # evaluation (PyTorch, dense): held-out perplexity and passkey at the full context
     try:
