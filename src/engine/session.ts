@@ -1,7 +1,7 @@
 // One sequence being run through a model: its paged KV cache, its attention policy, and the forward
 // pass (llama2.c style: one obvious loop over layers). Prefill (several tokens) is always dense;
 // single-token decode steps use the policy in every layer from `denseLayers` on.
-import { addInPlace, geglu, matmul, matmuls, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
+import { activations, addInPlace, geglu, matmul, matmuls, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
 import { attendHead, headScores } from '../attention/attend.js';
 import { wasm, type WasmRuntime } from '../backend/wasm/runtime.js';
 import { workerPool, split, OP_ATTEND, OP_ATTEND_TOKENS, OP_PAGE_SCORES, type WorkerPool } from '../backend/wasm/pool.js';
@@ -337,10 +337,11 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
   const { config: c, weights: w } = model;
   const n = parts.reduce((a, p) => a + p.tokens.length, 0), dim = c.dim, hd = c.headDim, nH = c.nHeads, nKV = c.nKVHeads;
   const qDim = nH * hd, kvDim = nKV * hd;
-  const x = new Float32Array(n * dim), xb = new Float32Array(n * dim), xb2 = new Float32Array(n * dim);
-  const q = new Float32Array(n * qDim), k = new Float32Array(n * kvDim), v = new Float32Array(n * kvDim);
-  const att = new Float32Array(n * qDim);
-  const gate = new Float32Array(n * c.hiddenDim), up = new Float32Array(n * c.hiddenDim);
+  // (in the WebAssembly memory where the SIMD kernels run: they read and write them in place)
+  const x = activations('x', n * dim), xb = activations('xb', n * dim), xb2 = activations('xb2', n * dim);
+  const q = activations('q', n * qDim), k = activations('k', n * kvDim), v = activations('v', n * kvDim);
+  const att = activations('att', n * qDim);
+  const gate = activations('gate', n * c.hiddenDim), up = activations('up', n * c.hiddenDim);
   const row = new Float32Array(dim);
   // each part's first row and first position
   const rows: number[] = [], starts = parts.map((p) => p.seq.length);

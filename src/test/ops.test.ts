@@ -1,7 +1,7 @@
 // Layer ops against straightforward float64 formulas on random inputs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { matmul, rmsnorm, swiglu, geglu, softmax } from '../backend/cpu/kernels.js';
+import { activations, addInPlace, matmul, rmsnorm, swiglu, geglu, softmax } from '../backend/cpu/kernels.js';
 import { Rope, ropeInvFreq } from '../model/rope.js';
 import { encodeTensor, Matrix } from '../model/tensor.js';
 import { PagedKVCache, fromBf16, toBf16 } from '../kv/paged-cache.js';
@@ -66,6 +66,30 @@ test('Llama 3 RoPE scaling follows the published formula', () => {
     else if (wl > orig / low) want = base / factor;
     else { const s = (orig / wl - low) / (high - low); want = (1 - s) * base / factor + s * base; }
     close(f[i], want, 1e-12, `freq ${i}`);
+  }
+});
+
+test('activations in the WebAssembly memory: RMSNorm (in place too), SwiGLU and residual adds run there in place and match float64', (t) => {
+  const rt = wasm();
+  if (!rt) { t.skip('no WebAssembly SIMD runtime'); return; }
+  for (const [n, d] of [[1, 4], [5, 64], [3, 576]]) {
+    const g = gaussian(n * d), x0 = randomArray(n * d, 3, g), w = randomArray(d, 1, g);
+    const x = activations('test.x', n * d), out = activations('test.o', n * d);
+    assert.ok(rt.owns(x) && rt.owns(out));
+    x.set(x0);
+    rmsnorm(out, x, w, n, d, 1e-5);
+    rmsnorm(x, x, w, n, d, 1e-5); // (out = x)
+    for (let r = 0; r < n; r++) {
+      const ref = refRmsnorm(Float64Array.from(x0.subarray(r * d, r * d + d)), Float64Array.from(w), 1e-5);
+      ref.forEach((v, i) => { close(out[r * d + i], v, 1e-6, `rmsnorm ${n}x${d}`); close(x[r * d + i], v, 1e-6, `rmsnorm in place ${n}x${d}`); });
+    }
+    const gate = activations('test.g', n * d), up = activations('test.u', n * d), a = randomArray(n * d, 3, g), b = randomArray(n * d, 1, g);
+    gate.set(a); up.set(b);
+    swiglu(gate, up, n * d);
+    for (let i = 0; i < n * d; i++) close(gate[i], (a[i] / (1 + Math.exp(-a[i]))) * b[i], 1e-5, `swiglu ${i}`);
+    x.set(a);
+    addInPlace(x, up, n * d);
+    for (let i = 0; i < n * d; i++) assert.equal(x[i], Math.fround(a[i] + b[i]));
   }
 });
 

@@ -113,11 +113,13 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bi
   const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
   const pool = n * rows * cols >= 1 << 16 ? workerPool(rt) : null; // small products: dispatch costs more than it saves
   const parts = pool ? pool.size + 1 : 1;
-  const op = rt.scratchPtr('mm.out', n * rows * 4);
+  // (an output in the wasm memory is written in place; a bias is added after)
+  const op = rt.owns(out) ? out.byteOffset : rt.scratchPtr('mm.out', n * rows * 4);
   // per thread: a block of rows converted to f32, or repacked as row quads (2 bytes a weight + scales)
   const scratchBytes = quads ? (block / 4) * (cols / 32) * 272 : block * cols * 4;
   const scratch = Array.from({ length: parts }, (_, i) => (W.dtype === 'f32' ? 0 : rt.scratchPtr(`mm.w${i}`, scratchBytes)));
   // (each format's x has its own scratch: a call's products may take different formats)
+  if (prepared.xp === undefined && !prepared.round && rt.owns(prepared.x)) prepared.xp = prepared.x.byteOffset; // (read in place)
   if (prepared.xp === undefined) {
     prepared.xp = rt.scratchPtr(`mm.x.${prepared.key}`, n * cols * 4);
     rt.f32(prepared.xp, n * cols).set(prepared.x.subarray(0, n * cols));
@@ -145,15 +147,44 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bi
     const args = (share: number) => [counters, parts, share, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[share], block, xq, xs];
     pool.run(OP_GEMM, args, null, () => gemmChunks(rt.k, rt.memory, counters, parts, 0, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[0], block, xq, xs));
   } else gemmRange(rt.k, code, base, W.rowBytes, 0, rows, cols, xp, n, op, rows, scratch[0], block, xq, xs);
-  out.set(rt.f32(op, n * rows));
+  if (op !== out.byteOffset || !rt.owns(out)) out.set(rt.f32(op, n * rows));
   if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += bias[r];
 }
 
 /** The format a product's input is rounded to, as a float64 reference must model it (null: exact x). */
 export function productRoundsX(W: Matrix): ActivationFormat | null { return productActivations(W); }
 
+/** A forward pass's activation buffer: in the WebAssembly memory where the SIMD kernels run (products,
+ *  norms and SwiGLU then read and write it in place: no copies in and out), else an ordinary array. Named
+ *  areas are reused by the next pass: what outlives a pass must be copied out. */
+export function activations(name: string, len: number): Float32Array {
+  const rt = wasm();
+  return rt ? rt.f32(rt.scratchPtr(`act.${name}`, len * 4), len) : new Float32Array(len);
+}
+
+/** A weight vector (a norm's) copied once into the WebAssembly memory, for the kernels that read it there. */
+const inWasm = new WeakMap<Float32Array, number>();
+const releaseCopy = new FinalizationRegistry<{ ptr: number; bytes: number }>(({ ptr, bytes }) => wasm()?.release(ptr, bytes));
+function wasmCopy(rt: WasmRuntime, a: Float32Array): number {
+  if (rt.owns(a)) return a.byteOffset;
+  let p = inWasm.get(a);
+  if (p === undefined) {
+    p = rt.alloc(a.byteLength);
+    if (p < 0) return -1;
+    rt.f32(p, a.length).set(a);
+    inWasm.set(a, p);
+    releaseCopy.register(a, { ptr: p, bytes: a.byteLength });
+  }
+  return p;
+}
+
 /** RMSNorm of n rows of length d. */
 export function rmsnorm(out: Float32Array, x: Float32Array, w: Float32Array, n: number, d: number, eps: number): void {
+  const rt = wasm();
+  if (rt && d % 4 === 0 && rt.owns(x) && rt.owns(out)) {
+    const wp = wasmCopy(rt, w);
+    if (wp >= 0) { rt.k.rmsnorm(x.byteOffset, wp, out.byteOffset, n, d, eps); return; }
+  }
   for (let t = 0; t < n; t++) {
     const o = t * d;
     let ss = 0;
@@ -192,6 +223,7 @@ export function geglu(gate: Float32Array, up: Float32Array, n: number): void {
 function gluWasm(gate: Float32Array, up: Float32Array, n: number, act: number): boolean {
   const rt = wasm();
   if (!rt || n % 4 !== 0) return false;
+  if (rt.owns(gate) && rt.owns(up)) { rt.k.glu(gate.byteOffset, up.byteOffset, n, act); return true; }
   const gp = rt.scratchPtr('glu.g', n * 4), up4 = rt.scratchPtr('glu.u', n * 4);
   rt.f32(gp, n).set(gate.subarray(0, n)); rt.f32(up4, n).set(up.subarray(0, n));
   rt.k.glu(gp, up4, n, act);
@@ -200,5 +232,7 @@ function gluWasm(gate: Float32Array, up: Float32Array, n: number, act: number): 
 }
 
 export function addInPlace(x: Float32Array, y: Float32Array, n: number): void {
+  const rt = wasm();
+  if (rt && n % 4 === 0 && rt.owns(x) && rt.owns(y)) { rt.k.accumulate(x.byteOffset, y.byteOffset, n); return; }
   for (let i = 0; i < n; i++) x[i] += y[i];
 }

@@ -36,6 +36,7 @@ export interface KernelExports {
   quads_from_q(src: number, rows: number, cols: number, dst: number, kind: number): void;
   gemm_quads(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
   accumulate(dst: number, src: number, n: number): void;
+  rmsnorm(x: number, w: number, out: number, n: number, d: number, eps: number): void;
   glu(gate: number, up: number, n: number, act: number): void;
   gemm_f16(w: number, rows: number, cols: number, x: number, n: number, out: number, outStride: number): void;
   /** nq query heads of one KV head: out row j (stride outStride floats) = the heads' Quest scores of pages 0..np-1 */
