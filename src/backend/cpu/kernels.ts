@@ -2,10 +2,10 @@
 // dequantising one weight row at a time and reusing it for every token of the batch.
 import type { Matrix } from '../../model/tensor.js';
 import { wasm, type WasmRuntime } from '../wasm/runtime.js';
-import { workerPool, OP_GEMM, DTYPE_CODE } from '../wasm/pool.js';
+import { workerPool, OP_GEMM_SET, DTYPE_CODE } from '../wasm/pool.js';
 import { activationFormat, activationBlock, roundActivations, type ActivationFormat } from './activations.js';
 import { F16_TABLE, f32ToF16 } from '../../model/half.js';
-import { gemmChunks, gemmRange, initChunkCounters, gemmRowUnit, quantisesX, quadBlockRows, gemvInPlace } from '../wasm/shared-ops.js';
+import { GEMM_DESC, gemmSet, gemmRange, initChunkCounters, gemmRowUnit, quantisesX, quadBlockRows, gemvInPlace } from '../wasm/shared-ops.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -72,7 +72,7 @@ export function matmul(W: Matrix, x: Float32Array, n: number, out: Float32Array,
  *  path, copied into the wasm memory and quantised once for all of them. */
 export function matmuls(Ws: Matrix[], x: Float32Array, n: number, outs: Float32Array[], biases: (Float32Array | null | undefined)[] = []): void {
   const rt = wasm();
-  const prepared = new Map<string, PreparedX>();
+  const prepared = new Map<string, PreparedX>(), planned: PlannedProduct[] = [];
   Ws.forEach((W, i) => {
     const fmt = productActivations(W);
     const simd = !!rt && W.cols % 32 === 0 && rt.owns(W.bytes);
@@ -81,9 +81,10 @@ export function matmuls(Ws: Matrix[], x: Float32Array, n: number, outs: Float32A
     const key = int ? `int.${int}` : fmt ?? 'f32';
     let p = prepared.get(key);
     if (!p) { p = { key, x, round: int ? null : fmt }; prepared.set(key, p); }
-    if (simd) matmulWasm(rt!, W, n, outs[i], biases[i] ?? null, p, int);
+    if (simd) planned.push(planWasm(rt!, W, n, outs[i], biases[i] ?? null, p, int, planned.length));
     else matmulRows(W, roundedX(p, n * W.cols), n, outs[i], biases[i] ?? null, 0, W.rows, scratchFor(W.cols));
   });
+  if (planned.length) runPlanned(rt!, planned, n);
 }
 
 /** The format a product rounds its input to (null: x as it is). */
@@ -104,20 +105,22 @@ function roundedX(p: PreparedX, len: number): Float32Array {
  *  i16; xs: Q8_0's scale per 32, or Q8_K's per 256 followed by the sums per 32). */
 interface PreparedX { key: string; x: Float32Array; round: ActivationFormat | null; rounded?: Float32Array; xp?: number; xq?: number; xs?: number }
 
-/** The SIMD path: weights read in place from the wasm memory; non-f32 rows are converted to f32 a block
- *  at a time (a block stays in cache while every token of the batch uses it). */
-function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias: Float32Array | null, prepared: PreparedX, int: ActivationFormat | null): void {
+/** A product on the SIMD path, ready to run: its input prepared (x in the wasm memory, quantised where
+ *  an integer kernel takes it) and where its rows go (op: `out` itself where it lies in the wasm memory). */
+interface PlannedProduct { W: Matrix; out: Float32Array; bias: Float32Array | null; op: number; code: number; xp: number; xq: number; xs: number; block: number; scratchBytes: number }
+
+/** Prepares one product of the SIMD path: weights read in place from the wasm memory; non-f32 rows are
+ *  converted to f32 a block at a time (a block stays in cache while every token of the batch uses it),
+ *  or repacked as row quads for the integer kernel. `slot`: its place among the products run together. */
+function planWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias: Float32Array | null, prepared: PreparedX, int: ActivationFormat | null, slot: number): PlannedProduct {
   const { rows, cols } = W, q8 = int !== null; // (x quantised for an integer kernel)
-  const code = DTYPE_CODE[W.dtype], base = W.bytes.byteOffset;
+  const code = DTYPE_CODE[W.dtype];
   const quads = q8 && !gemvInPlace(code, n);
   const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
-  const pool = n * rows * cols >= 1 << 16 ? workerPool(rt) : null; // small products: dispatch costs more than it saves
-  const parts = pool ? pool.size + 1 : 1;
   // (an output in the wasm memory is written in place; a bias is added after)
-  const op = rt.owns(out) ? out.byteOffset : rt.scratchPtr('mm.out', n * rows * 4);
+  const op = rt.owns(out) ? out.byteOffset : rt.scratchPtr(`mm.out${slot}`, n * rows * 4);
   // per thread: a block of rows converted to f32, or repacked as row quads (2 bytes a weight + scales)
-  const scratchBytes = quads ? (block / 4) * (cols / 32) * 272 : block * cols * 4;
-  const scratch = Array.from({ length: parts }, (_, i) => (W.dtype === 'f32' ? 0 : rt.scratchPtr(`mm.w${i}`, scratchBytes)));
+  const scratchBytes = W.dtype === 'f32' ? 0 : quads ? (block / 4) * (cols / 32) * 272 : block * cols * 4;
   // (each format's x has its own scratch: a call's products may take different formats)
   if (prepared.xp === undefined && !prepared.round && rt.owns(prepared.x)) prepared.xp = prepared.x.byteOffset; // (read in place)
   if (prepared.xp === undefined) {
@@ -138,17 +141,35 @@ function matmulWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bi
       for (let i = 0; i < s.length; i++) s[i] = F16_TABLE[f32ToF16(s[i])]; // stored as f16, as llama.cpp's Q8_0 blocks
     }
   }
-  const xp = prepared.xp, xq = q8 ? prepared.xq! : 0, xs = q8 ? prepared.xs! : 0;
-  if (pool) {
-    // rows in chunks of whole units of gemmRange's path, about eight in each thread's region (gemmChunks)
-    const unit = gemmRowUnit(code, n, xq, block), chunk = Math.max(unit, Math.ceil(rows / (parts * 8) / unit) * unit);
-    const counters = rt.scratchPtr('mm.counters', parts * 4);
-    initChunkCounters(rt.i32(counters, parts), parts, chunk, rows);
-    const args = (share: number) => [counters, parts, share, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[share], block, xq, xs];
-    pool.run(OP_GEMM, args, null, () => gemmChunks(rt.k, rt.memory, counters, parts, 0, chunk, code, base, W.rowBytes, rows, cols, xp, n, op, scratch[0], block, xq, xs));
-  } else gemmRange(rt.k, code, base, W.rowBytes, 0, rows, cols, xp, n, op, rows, scratch[0], block, xq, xs);
-  if (op !== out.byteOffset || !rt.owns(out)) out.set(rt.f32(op, n * rows));
-  if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += bias[r];
+  return { W, out, bias, op, code, xp: prepared.xp, xq: q8 ? prepared.xq! : 0, xs: q8 ? prepared.xs! : 0, block, scratchBytes };
+}
+
+/** Runs the products of one input (q/k/v, gate/up) in one hand-off to the worker threads: each thread
+ *  takes its chunks of every product in turn (gemmSet), so the threads meet once, not once a product. */
+function runPlanned(rt: WasmRuntime, ps: PlannedProduct[], n: number): void {
+  const work = ps.reduce((a, p) => a + n * p.W.rows * p.W.cols, 0);
+  const pool = work >= 1 << 16 ? workerPool(rt) : null; // small products: dispatch costs more than it saves
+  const parts = pool ? pool.size + 1 : 1;
+  const stride = Math.ceil(Math.max(0, ...ps.map((p) => p.scratchBytes)) / 64) * 64; // (per thread)
+  const scratch = stride ? rt.scratchPtr('mm.w', parts * stride) : 0;
+  if (!pool) {
+    for (const p of ps) gemmRange(rt.k, p.code, p.W.bytes.byteOffset, p.W.rowBytes, 0, p.W.rows, p.W.cols, p.xp, n, p.op, p.W.rows, scratch, p.block, p.xq, p.xs);
+  } else {
+    const desc = rt.scratchPtr('mm.set', ps.length * GEMM_DESC * 4), counters = rt.scratchPtr('mm.counters', ps.length * parts * 4);
+    const d = rt.i32(desc, ps.length * GEMM_DESC);
+    ps.forEach((p, j) => {
+      // rows in chunks of whole units of gemmRange's path, about eight in each thread's region (gemmChunks)
+      const rows = p.W.rows, unit = gemmRowUnit(p.code, n, p.xq, p.block), chunk = Math.max(unit, Math.ceil(rows / (parts * 8) / unit) * unit);
+      const c = counters + j * parts * 4;
+      initChunkCounters(rt.i32(c, parts), parts, chunk, rows);
+      d.set([c, chunk, p.code, p.W.bytes.byteOffset, p.W.rowBytes, rows, p.W.cols, p.xp, n, p.op, p.block, p.xq, p.xs], j * GEMM_DESC);
+    });
+    pool.run(OP_GEMM_SET, (share) => [desc, ps.length, parts, share, scratch + share * stride], null, () => gemmSet(rt.k, rt.memory, desc, ps.length, parts, 0, scratch));
+  }
+  for (const { out, op, bias, W } of ps) {
+    if (op !== out.byteOffset || !rt.owns(out)) out.set(rt.f32(op, n * W.rows));
+    if (bias) for (let t = 0; t < n; t++) for (let r = 0; r < W.rows; r++) out[t * W.rows + r] += bias[r];
+  }
 }
 
 /** The format a product's input is rounded to, as a float64 reference must model it (null: exact x). */

@@ -7,7 +7,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { WasmRuntime } from './runtime.js';
 
-export const OP_GEMM = 1;      // args: counters, parts, share, chunk, dtype, wBase, rowBytes, rows, cols, x, n, out, scratch, block, xq, xs (shared-ops gemmChunks)
+export const OP_GEMM_SET = 1;  // args: desc, count, parts, share, scratch (shared-ops gemmSet: the products of one input)
 export const OP_ATTEND = 2;    // args: h0, h1, n, start, nH, group, hd, q, out, kPtr, vPtr, table, pageStride, P, probs, received, recvStride, selected, bf16; scale (f32) in the last slot
 export const OP_PAGE_SCORES = 3; // args: p0, p1, np, nKV, group, hd, q, kmin, kmax, table, stride, out, bf16
 export const OP_ATTEND_TOKENS = 4; // args: share, parts, nH, group, hd, q, out, stats, kPtr, vPtr, table, pageStride, P, probs, selected, count, bf16; scale (f32) in the last slot

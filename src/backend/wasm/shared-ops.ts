@@ -108,6 +108,20 @@ export function gemmChunks(k: KernelExports, memory: WebAssembly.Memory, counter
     (r0, r1) => gemmRange(k, dtype, wBase, rowBytes, r0, r1, cols, x, n, out, rows, scratch, block, xq, xs));
 }
 
+/** i32 words of one product's entry in a gemmSet list: counters, chunk, dtype, wBase, rowBytes, rows, cols,
+ *  x, n, out, block, xq, xs (gemmChunks' arguments but the thread's own). */
+export const GEMM_DESC = 13;
+
+/** Several products of one input in one hand-off: this thread's chunks of each in turn (gemmChunks), the
+ *  products listed at `desc` (GEMM_DESC words each); `scratch`: this thread's scratch. */
+export function gemmSet(k: KernelExports, memory: WebAssembly.Memory, desc: number, count: number, parts: number, share: number, scratch: number): void {
+  const m = new Int32Array(memory.buffer);
+  for (let j = 0; j < count; j++) {
+    const d = (desc >> 2) + j * GEMM_DESC;
+    gemmChunks(k, memory, m[d], parts, share, m[d + 1], m[d + 2], m[d + 3], m[d + 4], m[d + 5], m[d + 6], m[d + 7], m[d + 8], m[d + 9], scratch, m[d + 10], m[d + 11], m[d + 12]);
+  }
+}
+
 /** How many of heads h..h+most-1 share head h's token list (`selected`: per head [pointer, count] i32
  *  pairs in `mem`): a run of them is attended in one kernel call, each key and value read once. */
 function sameListRun(mem: Int32Array, selected: number, h: number, most: number): number {
