@@ -77,11 +77,18 @@ ANSWER_PREFIXES = [" The {N} is", " It is", " It was", "\nAnswer:", " The {N} wa
 # and the arrow "->" are left out on purpose: the evaluation must find verbs the model never saw.)
 VERBS = ["is", "was", "shows", "comes to", "stands at", "is listed as", "is recorded as", "is given as", "amounts to",
          "was noted as", "is written as", "is marked as", "is printed as", "became", "remains", "is set at",
-         "was logged as", "is registered as", "turned out to be", "has become", "is fixed at", "will stay"]
+         "was logged as", "is registered as", "turned out to be", "has become", "is fixed at", "will stay",
+         # round 3 (written after the session-19 evaluation: an unseen verb was its weakest case)
+         "matches", "corresponds to", "comes out as", "is stated as", "goes by", "runs to", "totals", "is valued at",
+         "points to", "is pinned at", "translates to", "is kept as", "was entered as", "is filed under"]
 FREE_RELATIONS = ["the {N} {V} {K}", "{N} => {K}", "{N} := {K}", "{N} | {K}", "{K} ({N})", "the {N} ({K})",
                   "we keep the {N}, {K}, on file", "a {N} of {K} was assigned", "they gave me a {N} of {K}",
                   "the {N} on the card {V} {K}", "the {N} for today {V} {K}", "{Ncap} {V} {K}",
-                  "someone wrote that the {N} {V} {K}", "the new {N} {V} {K}", "the {N} in question {V} {K}"]
+                  "someone wrote that the {N} {V} {K}", "the new {N} {V} {K}", "the {N} in question {V} {K}",
+                  # asides that set the key off by commas or dashes (round 3)
+                  "the {N}, {K}, is on file", "we note the {N}, {K}, here", "the {N} - {K} - was issued",
+                  "a {N} ({K}) was issued", "the {N}, namely {K}, stays the same", "they wrote down the {N}, {K}, in the log",
+                  "the {N}, that is {K}, was given to us"]
 FREE_LEADS = NEEDLE_LEADS + ["Side note: ", "For later: ", "Log entry: ", "Just so you know, ", "Also, ", "Record: ",
                              "Somewhere here: ", "A detail: "]
 WRAPS = [("", ""), ("(", ")"), ("[ ", " ]"), ("<< ", " >>"), ("** ", " **"), ('"', '"'), ("{ ", " }"), ("| ", " |"),
@@ -90,7 +97,8 @@ FREE_ASKS = ASKS + ["Which number is the {N}?", "Please state the {N}.", "Give t
                     "From the text above, what is the {N}?", "What did the text say the {N} was?", "Name the {N}.",
                     "Which value was given for the {N}?", "A {N} was mentioned before. What was it?",
                     "Look back: what is the {N}?", "Earlier a {N} was mentioned.", "There was a {N} in the text.",
-                    "The text is over. State the {N}.", "Search the text for the {N}.", "Report the {N}."]
+                    "The text is over. State the {N}.", "Search the text for the {N}.", "Report the {N}.",
+                    "Which value did the {N} have?", "What is the value of the {N}?", "A {N} was noted above."]
 FREE_QUESTION_LEADS = QUESTION_LEADS + ["The reading is over. ", "That is the end of the text. ", "\n\nOne question. ",
                                         "\n\n", "\n>> ", "\nQuestion about the pages above: ", "Okay. "]
 FREE_ANSWERS = ANSWER_PREFIXES + [" The {N} {V}", " That {N} is", " The {N} given was", "\nThe {N} is",
