@@ -217,10 +217,12 @@ export class Session {
       // (split by heads once the keys are a few hundred: a hand-off to a spinning worker costs microseconds)
       const qDim = nH * hd, pool = n * (start + n) >= 256 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1;
       const stride = (start + n + 3) & ~3; // received[h] rows, padded for the vector add
-      const qp = rt.scratchPtr('pf.q', n * qDim * 4), op = rt.scratchPtr('pf.o', n * qDim * 4);
+      // (q and att are read and written in place where they lie in the wasm memory: the forward pass's activations)
+      const qIn = rt.owns(q), outIn = rt.owns(att);
+      const qp = qIn ? q.byteOffset : rt.scratchPtr('pf.q', n * qDim * 4), op = outIn ? att.byteOffset : rt.scratchPtr('pf.o', n * qDim * 4);
       const rp = report ? rt.scratchPtr('pf.r', nH * stride * 4) : 0;
       const pp = Array.from({ length: parts }, (_, i) => rt.scratchPtr(`pf.p${i}`, (ATTEND_ROWS * group + 1) * (start + n + 4) * 4));
-      rt.f32(qp, n * qDim).set(q.subarray(0, n * qDim));
+      if (!qIn) rt.f32(qp, n * qDim).set(q.subarray(0, n * qDim));
       if (report) rt.f32(rp, nH * stride).fill(0);
       const table = kv.tablePtr();
       const bf16 = kv.bf16 ? 1 : 0, pageStride = kv.pageFloats * kv.pages.elementBytes;
@@ -236,7 +238,7 @@ export class Session {
       };
       const local = () => { const a = args(0); attendHeads(rt.k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], scale, a[15], a[16], 0, null, bf16); };
       if (pool) pool.run(OP_ATTEND, args, () => scale, local); else local();
-      att.set(rt.f32(op, n * qDim));
+      if (!outIn) att.set(rt.f32(op, n * qDim));
       if (report) for (let h = 0; h < nH; h++) this.reportReceived(l, h, rt.f32(rp + h * stride * 4, start + n), start + n);
       return;
     }
