@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PagedKVCache, type LayerKV } from '../kv/paged-cache.js';
+import { wasm } from '../backend/wasm/runtime.js';
 import { attendHead, headScores, topKIndices } from '../attention/attend.js';
 import { QuestPolicy, pageScores, MIN_PAGES } from '../attention/quest.js';
 import { H2OPolicy, OraclePolicy, StreamingPolicy, TovaPolicy } from '../attention/baselines.js';
@@ -47,6 +48,35 @@ test('incremental page min/max equals recomputation, the partly filled last page
   cache.truncate(40); // rewinding rebuilds the last page's metadata
   const vals = keys.slice(32, 40).map((k) => k[3]);
   assert.equal(kv.kmax[kv.metaOffset(2, 0) + 3], Math.max(...vals));
+});
+
+test('the SIMD append (keys and values in the WebAssembly memory) stores what the TypeScript append stores', (t) => {
+  const rt = wasm();
+  if (!rt) { t.skip('no WebAssembly SIMD here'); return; }
+  for (const [nKV, hd, P, n] of [[3, 64, 16, 75], [2, 8, 5, 23], [1, 4, 1, 6]]) {
+    const g = gaussian(nKV * 100 + hd), dim = nKV * hd;
+    // the rows as the forward pass holds them (in the wasm memory), and a plain copy for the TypeScript path
+    const kw = rt.f32(rt.alloc(n * dim * 4), n * dim), vw = rt.f32(rt.alloc(n * dim * 4), n * dim);
+    kw.set(randomArray(n * dim, 1.5, g)); vw.set(randomArray(n * dim, 1, g));
+    const simd = new PagedKVCache(1, nKV, hd, P, 4), plain = new PagedKVCache(1, nKV, hd, P, 4);
+    for (let i = 0; i < n; i++) {
+      simd.layers[0].append(kw, i * dim, vw, i * dim);
+      plain.layers[0].append(kw.slice(i * dim, (i + 1) * dim), 0, vw.slice(i * dim, (i + 1) * dim), 0);
+    }
+    const a = simd.layers[0], b = plain.layers[0];
+    assert.ok(a.inWasm, 'the cache is in the wasm memory');
+    for (let tok = 0; tok < n; tok++) for (let h = 0; h < nKV; h++) for (let i = 0; i < hd; i++) {
+      assert.equal(a.k[a.offset(tok, h) + i], kw[tok * dim + h * hd + i]); assert.equal(a.v[a.offset(tok, h) + i], vw[tok * dim + h * hd + i]);
+      assert.equal(a.k[a.offset(tok, h) + i], b.k[b.offset(tok, h) + i]); assert.equal(a.v[a.offset(tok, h) + i], b.v[b.offset(tok, h) + i]);
+    }
+    for (let p = 0; p < a.numPages; p++) for (let h = 0; h < nKV; h++) for (let i = 0; i < hd; i++) {
+      const vals = Array.from({ length: Math.min(P, n - p * P) }, (_, s) => kw[(p * P + s) * dim + h * hd + i]);
+      assert.equal(a.kmin[a.metaOffset(p, h) + i], Math.min(...vals), `page ${p} head ${h} channel ${i} min`);
+      assert.equal(a.kmax[a.metaOffset(p, h) + i], Math.max(...vals), `page ${p} head ${h} channel ${i} max`);
+      assert.equal(b.kmin[b.metaOffset(p, h) + i], Math.min(...vals)); assert.equal(b.kmax[b.metaOffset(p, h) + i], Math.max(...vals));
+    }
+    simd.dispose(); plain.dispose(); rt.release(kw.byteOffset, n * dim * 4); rt.release(vw.byteOffset, n * dim * 4);
+  }
 });
 
 function ctxFor(kv: LayerKV, q: Float32Array, nHeads: number): StepContext {

@@ -36,6 +36,9 @@ export interface KernelExports {
   quads_from_q(src: number, rows: number, cols: number, dst: number, kind: number): void;
   gemm_quads(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
   accumulate(dst: number, src: number, n: number): void;
+  /** one token's nKV key and value rows (hd floats each, contiguous) into the cache (head g at + g *
+   *  headStride bytes) and its page's key min/max (contiguous; set where first is 1) */
+  kv_append(k: number, v: number, kd: number, vd: number, mn: number, mx: number, nKV: number, hd: number, headStride: number, first: number): void;
   rmsnorm(x: number, w: number, out: number, n: number, d: number, eps: number): void;
   glu(gate: number, up: number, n: number, act: number): void;
   gemm_f16(w: number, rows: number, cols: number, x: number, n: number, out: number, outStride: number): void;
