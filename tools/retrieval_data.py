@@ -14,6 +14,10 @@ import json, os, random, re
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# samples of at least this many tokens may ask their questions all through the text (Generator.spread)
+SPREAD_FROM = 4096
+
+
 def _read(path):
     with open(path, encoding="utf-8") as f:
         return f.read()
@@ -270,6 +274,8 @@ class Generator:
         r = self.rng.random()
         if r < 0.2:
             return self.book(T), [0] * T
+        if T >= SPREAD_FROM and r < 0.55:  # long samples: questions all along, as many answers a step as at 2K
+            return self.spread(T)
         if r < 0.7:
             return self.passkeys(T)
         if r < 0.9:
@@ -317,6 +323,47 @@ class Generator:
         qas = [(self.enc(self.question(names[i])), self.enc(f" {keys[i]}")) for i in asked]
         intro = r.choice(INTROS)
         return self._assemble(T, self.enc(intro) if intro else [], inserts, qas)
+
+    def spread(self, T):
+        """Facts hidden all through a long text and questions asked all through it, each about a fact
+        stated before it (any distance back): a 32K sample then carries ~T/2000 answers, where one with its
+        questions at the end carries 1-3 (its batches hold 2 samples against 32 at 2K)."""
+        r = self.rng
+        n_q = max(2, T // 2000 + r.randint(-2, 2))
+        n_f = max(2, n_q // 2 + r.randint(0, 4))  # some facts asked twice, some never
+        names = self.names(n_f)
+        keys = [self.key() for _ in names]
+        at_f = sorted(r.random() * 0.9 for _ in names)  # where each fact is stated (share of the text)
+        facts = []
+        for nm, k in zip(names, keys):
+            pre, post = r.choice(SEPARATORS)
+            facts.append(self.enc(pre + self.needle(nm, k) + post))
+        events = [(f, 0, facts[i], None) for i, f in enumerate(at_f)]
+        for _ in range(n_q):
+            g = at_f[0] + r.random() * (1.0 - at_f[0])
+            i = r.choice([i for i, f in enumerate(at_f) if f < g])
+            end = self.enc(r.choice([".", "\n", ".\n"]))  # (not trained as the answer: see _assemble)
+            events.append((g, 1, self.enc(self.question(names[i])), (self.enc(f" {keys[i]}"), end)))
+        intro = r.choice(INTROS)
+        head = self.enc(intro) if intro else []
+        fixed = len(head) + sum(len(e[2]) + (len(e[3][0]) + len(e[3][1]) if e[3] else 0) for e in events)
+        body = self.filler(max(0, T - fixed))
+        toks, mask, last = list(head), [0] * len(head), 0
+        for frac, _, piece, qa in sorted(events, key=lambda e: (e[0], e[1])):  # (a fact before a question at the same place)
+            c = max(last, min(len(body), round(frac * len(body))))
+            toks += body[last:c] + piece
+            mask += [0] * (c - last + len(piece))
+            if qa:
+                toks += qa[0] + qa[1]
+                mask += [1] * len(qa[0]) + [0] * len(qa[1])
+            last = c
+        toks += body[last:]
+        mask += [0] * (len(body) - last)
+        if len(toks) < T:
+            pad = self.book(T - len(toks))
+            toks += pad
+            mask += [0] * len(pad)
+        return toks[:T], mask[:T]
 
     def passkey_easy(self, T):
         r = self.rng

@@ -82,6 +82,34 @@ class RetrievalData(unittest.TestCase):
             nm = g.names(1)[0]
             self.assertIn(nm.lower(), g.question(nm).lower())
 
+    def test_spread_questions_all_along(self):
+        """Round 4: a long sample asks all through its text, each question about a fact stated before it."""
+        book = enc("It was a dark and stormy night; the rain fell in torrents, except at occasional intervals. " * 4000)
+        g, T = rd.Generator(enc, [book], 5), 40000
+        for _ in range(20):
+            toks, mask = g.spread(T)
+            self.assertEqual((len(toks), len(mask)), (T, T))
+            spans, i = [], 0
+            while i < T:
+                if mask[i]:
+                    j = i
+                    while j < T and mask[j]:
+                        j += 1
+                    spans.append((i, j))
+                    i = j
+                else:
+                    i += 1
+            self.assertGreaterEqual(len(spans), 8, "answers in a 40K sample")
+            self.assertLess(spans[0][0], T // 2, "questions before the end")
+            for i, j in spans:
+                key = dec(toks[i:j]).strip()  # (a question names its fact, never the key)
+                self.assertIn(key, dec(toks[:i]), f"answer {key!r} not stated before its question")
+        # long samples use it; 2K ones never do (their mix is the one that reached 95-100% at 2K)
+        short = [sum(1 for a, b in zip(m, m[1:]) if b and not a) for _, m in (g.sample(3000) for _ in range(300))]
+        self.assertLessEqual(max(short), 4)
+        long = [sum(1 for a, b in zip(m, m[1:]) if b and not a) for _, m in (g.sample(rd.SPREAD_FROM * 2) for _ in range(60))]
+        self.assertGreater(max(long), 4)
+
     def test_heldout_books_never_read(self):
         with tempfile.TemporaryDirectory() as d:
             for f in ("moby-dick.txt", "pride_and_prejudice.txt", "tinyshakespeare.txt"):

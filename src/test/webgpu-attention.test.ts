@@ -116,6 +116,7 @@ const CASES: Case[] = [
   { nH: 6, nKV: 2, hd: 80, P: 16, seq: 530, budgetPages: 9 }, // head dim 80: 10 lanes per row, GQA 3
   { nH: 8, nKV: 8, hd: 64, P: 16, seq: 20000, budgetPages: 0 }, // many chunks per head
   { nH: 8, nKV: 2, hd: 64, P: 16, seq: 3000, budgetPages: 30, cap: 8192 }, // a cache sized for 128K: the top-k kernel for fewer keys per thread
+  { nH: 6, nKV: 2, hd: 64, P: 16, seq: 32752, budgetPages: 256 }, // the 32K test model's layer at its full context, a 4096-token budget
   // head dim 128 with GQA 2, 8, 16: the reduce-scatter row sums where subgroups are 32 wide
   { nH: 8, nKV: 4, hd: 128, P: 16, seq: 611, budgetPages: 0 },
   { nH: 16, nKV: 2, hd: 128, P: 16, seq: 1500, budgetPages: 0 },
