@@ -244,6 +244,9 @@ def main():
             model.eval()
             for template in ("paper", "heldout"):
                 log(f"  passkey at 2048 ({template} template, training filler, 20 samples): {eval_passkey(model, tok, book_ids[0], 2048, 20, template, device, step):.3f}")
+            if T > 2048:  # and at the phase's length, where the held-out phrasings have been lost before
+                fill = held.get("pride_and_prejudice.txt") or book_ids[0]
+                log(f"  passkey at {T - 16} (heldout template, held-out filler, 11 samples): {eval_passkey(model, tok, fill, T - 16, 11, 'heldout', device, step):.3f}")
             model.train()
         if step % 100 == 0:
             log(f"step {step:6d} t={state['trained_s'] + el:7.1f}s T={T:6d} B={B:3d} lr={lr:.2e} lm_loss={lm.item():.4f} answer_loss={ans.item():.4f}")
