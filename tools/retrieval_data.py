@@ -303,6 +303,10 @@ class Generator:
         for (q, a), end in zip(tail_qas, ends):
             toks += q + a + end
             mask += [0] * len(q) + [1] * len(a) + [0] * len(end)
+        return self._fit(toks, mask, T)
+
+    def _fit(self, toks, mask, T):
+        """Cut to exactly T tokens, or pad with book text (no answers in it)."""
         if len(toks) < T:
             pad = self.book(T - len(toks))
             toks += pad
@@ -359,11 +363,7 @@ class Generator:
             last = c
         toks += body[last:]
         mask += [0] * (len(body) - last)
-        if len(toks) < T:
-            pad = self.book(T - len(toks))
-            toks += pad
-            mask += [0] * len(pad)
-        return toks[:T], mask[:T]
+        return self._fit(toks, mask, T)
 
     def passkey_easy(self, T):
         r = self.rng

@@ -173,8 +173,8 @@ export class LayerKV {
     const K = this.k, V = this.v, L = this.pages, bf16 = this.bf16;
     if (!bf16) {
       const K32 = K as Float32Array, V32 = V as Float32Array, mn = L.kmin as Float32Array, mx = L.kmax as Float32Array;
-      const rt = wasm(), hd4 = hd % 4 === 0;
-      if (rt && hd4 && L.inWasm && rt.owns(k) && rt.owns(v)) { // (the forward pass's activations: one kernel call)
+      const rt = wasm();
+      if (rt && hd % 4 === 0 && L.inWasm && rt.owns(k) && rt.owns(v)) { // (the forward pass's activations: one kernel call)
         const o = ((page * nKV) * P + t % P) * hd * 4, mo = page * nKV * hd * 4;
         rt.k.kv_append(k.byteOffset + ko * 4, v.byteOffset + vo * 4, K32.byteOffset + o, V32.byteOffset + o, mn.byteOffset + mo, mx.byteOffset + mo, nKV, hd, P * hd * 4, first ? 1 : 0);
         this.length = t + 1;
