@@ -2,6 +2,7 @@
 // pass (llama2.c style: one obvious loop over layers). Prefill (several tokens) is always dense;
 // single-token decode steps use the policy in every layer from `denseLayers` on.
 import { activations, addInPlace, geglu, matmul, matmuls, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
+import { decodeProgram } from '../backend/cpu/decode-program.js';
 import { attendHead, headScores } from '../attention/attend.js';
 import { wasm, type WasmRuntime } from '../backend/wasm/runtime.js';
 import { workerPool, split, OP_ATTEND, OP_ATTEND_TOKENS, OP_PAGE_SCORES, type WorkerPool } from '../backend/wasm/pool.js';
@@ -351,11 +352,16 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
   parts.forEach((p, j) => p.tokens.forEach((t, i) => x.set(w.embed.row(t, row), (rows[j] + i) * dim)));
   if (c.embedScale) for (let i = 0; i < n * dim; i++) x[i] *= c.embedScale; // (Gemma)
   const scale = c.attnScale ?? 1 / Math.sqrt(hd);
+  // decode steps: everything between two layers' attention as one program the threads run together
+  const rt = wasm(), program = decodeProgram(rt, rt && workerPool(rt), c, w, n, { x, q, k, v, att, gate, up, xb2 });
+  program?.run(0);
 
   for (let l = 0; l < c.nLayers; l++) {
     const L = w.layers[l];
-    rmsnorm(xb, x, L.attnNorm, n, dim, c.normEps);
-    matmuls([L.wq, L.wk, L.wv], xb, n, [q, k, v], [L.bq, L.bk, L.bv]);
+    if (program) { addBias(q, L.bq, n); addBias(k, L.bk, n); addBias(v, L.bv, n); } else {
+      rmsnorm(xb, x, L.attnNorm, n, dim, c.normEps);
+      matmuls([L.wq, L.wk, L.wv], xb, n, [q, k, v], [L.bq, L.bk, L.bv]);
+    }
     if (L.qNorm) { rmsnorm(q, q, L.qNorm, n * nH, hd, c.normEps); rmsnorm(k, k, L.kNorm!, n * nKV, hd, c.normEps); } // Qwen3, per head
     const rope = windowOf(c, l) ? model.ropeLocal : model.rope;
     parts.forEach((p, j) => {
@@ -367,6 +373,7 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
       }
       p.seq.attendRows(l, q.subarray(r0 * qDim, (r0 + m) * qDim), att.subarray(r0 * qDim, (r0 + m) * qDim), m, starts[j], scale, p.dense === true);
     });
+    if (program) { program.run(l + 1); continue; } // (the output projection, feed-forward and next q/k/v)
     matmul(L.wo, att, n, xb2);
     if (L.postAttnNorm) rmsnorm(xb2, xb2, L.postAttnNorm, n, dim, c.normEps); // (Gemma 3)
     addInPlace(x, xb2, n * dim);
@@ -390,6 +397,12 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
   matmul(w.output, hn, all.length, logits);
   let at = 0;
   return want.map((ws) => { if (!ws.length) return null; const out = logits.slice(at * c.vocabSize, (at + ws.length) * c.vocabSize); at += ws.length; return out; });
+}
+
+/** out[t][r] += bias[r] for n rows (a product's bias, after a layer program wrote the product). */
+function addBias(out: Float32Array, bias: Float32Array | null, n: number): void {
+  if (!bias) return;
+  for (let t = 0, o = 0; t < n; t++) for (let r = 0; r < bias.length; r++, o++) out[o] += bias[r];
 }
 
 /** Throws a clear error unless `tokens` may follow the `held` tokens of a sequence of model `c` (both backends). */

@@ -183,10 +183,11 @@ export function activations(name: string, len: number): Float32Array {
   return rt ? rt.f32(rt.scratchPtr(`act.${name}`, len * 4), len) : new Float32Array(len);
 }
 
-/** A weight vector (a norm's) copied once into the WebAssembly memory, for the kernels that read it there. */
+/** A weight vector (a norm's) copied once into the WebAssembly memory, for the kernels that read it there
+ *  (its address; -1 where the memory is full). */
 const inWasm = new WeakMap<Float32Array, number>();
 const releaseCopy = new FinalizationRegistry<{ ptr: number; bytes: number }>(({ ptr, bytes }) => wasm()?.release(ptr, bytes));
-function wasmCopy(rt: WasmRuntime, a: Float32Array): number {
+export function wasmCopy(rt: WasmRuntime, a: Float32Array): number {
   if (rt.owns(a)) return a.byteOffset;
   let p = inWasm.get(a);
   if (p === undefined) {

@@ -113,12 +113,13 @@ export function gemmChunks(k: KernelExports, memory: WebAssembly.Memory, counter
 export const GEMM_DESC = 13;
 
 /** Several products of one input in one hand-off: this thread's chunks of each in turn (gemmChunks), the
- *  products listed at `desc` (GEMM_DESC words each); `scratch`: this thread's scratch. */
-export function gemmSet(k: KernelExports, memory: WebAssembly.Memory, desc: number, count: number, parts: number, share: number, scratch: number): void {
-  const m = new Int32Array(memory.buffer);
+ *  products listed at `desc` (GEMM_DESC words each); `scratch`: this thread's scratch. `delta`: added to
+ *  the input pointers (x, xq, xs) where each thread reads its own copy of the input (program.ts). */
+export function gemmSet(k: KernelExports, memory: WebAssembly.Memory, desc: number, count: number, parts: number, share: number, scratch: number, delta = 0): void {
+  const m = new Int32Array(memory.buffer), at = (p: number) => (p ? p + delta : 0);
   for (let j = 0; j < count; j++) {
     const d = (desc >> 2) + j * GEMM_DESC;
-    gemmChunks(k, memory, m[d], parts, share, m[d + 1], m[d + 2], m[d + 3], m[d + 4], m[d + 5], m[d + 6], m[d + 7], m[d + 8], m[d + 9], scratch, m[d + 10], m[d + 11], m[d + 12]);
+    gemmChunks(k, memory, m[d], parts, share, m[d + 1], m[d + 2], m[d + 3], m[d + 4], m[d + 5], m[d + 6], at(m[d + 7]), m[d + 8], m[d + 9], scratch, m[d + 10], at(m[d + 11]), at(m[d + 12]));
   }
 }
 

@@ -1,0 +1,96 @@
+// A decode step's layer program: the phases between one layer's attention and the next (output
+// projection, residual, norm, feed-forward, next layer's q/k/v) run by every thread in one hand-off, the
+// threads meeting at spin barriers in the shared memory instead of returning to the calling thread after
+// each product. Small elementwise steps (norms, SwiGLU, residual adds, quantising a product's input) are
+// computed by every thread into its own private area: a few microseconds each, cheaper than a meeting.
+// The plan (which phases, which buffers) is built once per model and batch size by
+// cpu/decode-program.ts; this file is the run step, identical on the calling thread and the workers.
+import type { KernelExports } from './runtime.js';
+import { gemmSet } from './shared-ops.js';
+import { F16_TABLE, f32ToF16 } from '../../model/half.js';
+
+/** i32 words of one phase: [op, args...]; eps (f64) in words 6-7. */
+export const PHASE_WORDS = 8;
+
+export const PH_LOAD_X = 1;  // (src, len): X <- shared src
+export const PH_STORE_X = 2; // (dst, len): shared dst <- X (thread 0 only)
+export const PH_NORM = 3;    // (w, n, d; eps): T <- rmsnorm(X)
+export const PH_ADD = 4;     // (src, n, d, normW; eps): X += src, or X += rmsnorm(src) * normW where normW is set
+export const PH_GLU = 5;     // (gate, up, len, act): T <- act(gate) * up
+export const PH_COPY = 6;    // (src, len): T <- shared src
+export const PH_PREP = 7;    // (len, mode): a product's input from T (PREP_* below)
+export const PH_GEMV = 8;    // (desc, count): the products listed at desc (shared-ops gemmSet), inputs private
+export const PH_BARRIER = 9; // (): every thread waits for the others
+
+/** How a product takes its input (T): as it is, rounded as llama.cpp's activations (into R), or quantised
+ *  for the integer kernels (into Q / S; the Q8_0 scales stored as f16, as llama.cpp's blocks). */
+export const PREP_F32 = 0, PREP_ROUND_Q8 = 1, PREP_ROUND_Q8K = 2, PREP_INT_Q8 = 3, PREP_INT_Q8K = 4;
+
+/** Byte offsets of a thread's private area's parts (the plan sizes them): the residual stream X, the
+ *  current input T, its rounded copy R, quantised values Q and scales S. */
+export interface PrivateLayout { X: number; T: number; R: number; Q: number; S: number; bytes: number }
+
+/** Words of the barrier block: arrivals, generation, abort flag. */
+export const BARRIER_WORDS = 4;
+
+/** Waits until all `parts` threads arrived (generation barrier); throws where a thread failed. */
+function barrier(m: Int32Array, b: number, parts: number): void {
+  const gen = Atomics.load(m, b + 1);
+  if (Atomics.add(m, b, 1) === parts - 1) {
+    Atomics.store(m, b, 0);
+    Atomics.add(m, b + 1, 1);
+    Atomics.notify(m, b + 1);
+    return;
+  }
+  // (spin: the others arrive within microseconds; a futex wake costs more)
+  const until = performance.now() + 2;
+  while (Atomics.load(m, b + 1) === gen) {
+    if (Atomics.load(m, b + 2)) throw new Error('another thread of the layer program failed');
+    if (performance.now() > until) Atomics.wait(m, b + 1, gen, 1);
+  }
+}
+
+/** Runs phases [from, to) of the program at `phases` as thread `share` of `parts`. `priv`: this
+ *  thread's private area (layout at `layout`: X, T, R, Q, S offsets as i32 words); `delta`: its
+ *  distance from thread 0's, which the products' descriptors name; `scratch`: its weight scratch. */
+export function runProgram(k: KernelExports, memory: WebAssembly.Memory, phases: number, from: number, to: number, parts: number, share: number,
+                           priv: number, delta: number, scratch: number, barrierAt: number, layout: PrivateLayout): void {
+  const m = new Int32Array(memory.buffer), f = new Float32Array(memory.buffer), d64 = new Float64Array(memory.buffer);
+  const X = priv + layout.X, T = priv + layout.T, R = priv + layout.R, Q = priv + layout.Q, S = priv + layout.S;
+  const b = barrierAt >> 2;
+  try {
+    for (let i = from; i < to; i++) {
+      const p = (phases >> 2) + i * PHASE_WORDS, op = m[p], eps = d64[(p + 6) >> 1];
+      switch (op) {
+        case PH_LOAD_X: f.copyWithin(X >> 2, m[p + 1] >> 2, (m[p + 1] >> 2) + m[p + 2]); break;
+        case PH_STORE_X: if (share === 0) f.copyWithin(m[p + 1] >> 2, X >> 2, (X >> 2) + m[p + 2]); break;
+        case PH_NORM: k.rmsnorm(X, m[p + 1], T, m[p + 2], m[p + 3], eps); break;
+        case PH_ADD:
+          if (m[p + 4]) { k.rmsnorm(m[p + 1], m[p + 4], T, m[p + 2], m[p + 3], eps); k.accumulate(X, T, m[p + 2] * m[p + 3]); }
+          else k.accumulate(X, m[p + 1], m[p + 2] * m[p + 3]);
+          break;
+        case PH_GLU: f.copyWithin(T >> 2, m[p + 1] >> 2, (m[p + 1] >> 2) + m[p + 3]); k.glu(T, m[p + 2], m[p + 3], m[p + 4]); break;
+        case PH_COPY: f.copyWithin(T >> 2, m[p + 1] >> 2, (m[p + 1] >> 2) + m[p + 2]); break;
+        case PH_PREP: prepare(k, f, m[p + 1], m[p + 2], T, R, Q, S); break;
+        case PH_GEMV: gemmSet(k, memory, m[p + 1], m[p + 2], parts, share, scratch, delta); break;
+        case PH_BARRIER: barrier(m, b, parts); break;
+        default: throw new Error(`unknown layer program phase ${op}`);
+      }
+    }
+  } catch (e) {
+    Atomics.store(m, b + 2, 1); // (the others stop waiting at their next barrier)
+    Atomics.notify(m, b + 1);
+    throw e;
+  }
+}
+
+/** A product's input from T (len floats): see PREP_*. */
+function prepare(k: KernelExports, f: Float32Array, len: number, mode: number, T: number, R: number, Q: number, S: number): void {
+  if (mode === PREP_ROUND_Q8 || mode === PREP_ROUND_Q8K) {
+    f.copyWithin(R >> 2, T >> 2, (T >> 2) + len);
+    if (mode === PREP_ROUND_Q8) k.round_q8(R, len); else k.round_q8_k(R, len);
+  } else if (mode === PREP_INT_Q8) {
+    k.quantise_q8(T, len, Q, S);
+    for (let i = S >> 2, e = i + len / 32; i < e; i++) f[i] = F16_TABLE[f32ToF16(f[i])];
+  } else if (mode === PREP_INT_Q8K) k.quantise_q8_k(T, len, Q, S, S + len / 64);
+}

@@ -1,0 +1,84 @@
+// The decode step's layer program (backend/cpu/decode-program.ts, wasm/program.ts) against the
+// product-by-product path it replaces (itself checked against float64 in forward.test): the same kernels
+// on the same inputs, so the logits must be bit for bit the same, for every architecture's extra steps
+// (Qwen2's biases, Qwen3's q/k norms, Gemma 3's post-norms, GeGLU and windows, Phi-3's fused q/k/v) and
+// weight types whose products take different inputs (f32, f16, Q8_0 / Q4_0 integer, K-quant mixes).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadModelFiles } from '../model/load.js';
+import { decodeBatch, makeModel, Session } from '../engine/session.js';
+import { argmax, rng } from '../engine/sampler.js';
+import { wasm } from '../backend/wasm/runtime.js';
+import { workerPool } from '../backend/wasm/pool.js';
+import { DecodeProgram } from '../backend/cpu/decode-program.js';
+import { randomGGUF, tempFile, type RandomModelShape } from './fixtures.js';
+import type { AttentionOptions } from '../attention/policy.js';
+
+const MODELS: (RandomModelShape & { name: string })[] = [
+  { name: 'llama q8_0 (GQA 4/2)', vocab: 90, dim: 64, hidden: 96, layers: 3, heads: 4, kvHeads: 2, dtype: 'q8_0', seed: 3 },
+  { name: 'qwen2 f16 (biases)', arch: 'qwen2', vocab: 90, dim: 64, hidden: 128, layers: 2, heads: 4, kvHeads: 1, dtype: 'f16', seed: 4 },
+  { name: 'qwen3 q4_k_m (q/k norms)', arch: 'qwen3', vocab: 90, dim: 256, hidden: 512, layers: 2, heads: 4, kvHeads: 2, dtype: 'q4_k_m', seed: 5 },
+  { name: 'gemma3 q4_0 (post-norms, GeGLU, windows)', arch: 'gemma3', vocab: 90, dim: 64, hidden: 128, layers: 3, heads: 2, kvHeads: 1, dtype: 'q4_0', seed: 6, window: 8, pattern: 3 },
+  { name: 'phi3 f32 (fused q/k/v)', arch: 'phi3', vocab: 90, dim: 64, hidden: 96, layers: 2, heads: 4, kvHeads: 4, dtype: 'f32', seed: 7 },
+];
+
+/** Greedy decode steps after a prompt, with the layer program on or off; the logits of every step. */
+function decode(m: ReturnType<typeof loadModelFiles>, attention: Partial<AttentionOptions>, program: boolean): Float32Array[] {
+  const before = process.env.QUEST_NO_PROGRAM;
+  process.env.QUEST_NO_PROGRAM = program ? '0' : '1';
+  try {
+    const r = rng(11), s = new Session(makeModel(m.config, m.weights), attention);
+    let logits = s.forward(Array.from({ length: 45 }, () => Math.floor(r() * m.config.vocabSize)), { dense: true });
+    const out: Float32Array[] = [];
+    for (let i = 0; i < 7; i++) { logits = s.forward([argmax(logits)]); out.push(logits); }
+    s.dispose();
+    return out;
+  } finally { if (before === undefined) delete process.env.QUEST_NO_PROGRAM; else process.env.QUEST_NO_PROGRAM = before; }
+}
+
+/** Counts DecodeProgram.run calls while fn runs (to know the program was taken, not the fallback). */
+function countRuns(fn: () => void): number {
+  const run = DecodeProgram.prototype.run;
+  let calls = 0;
+  DecodeProgram.prototype.run = function (this: DecodeProgram, s: number) { calls++; run.call(this, s); };
+  try { fn(); } finally { DecodeProgram.prototype.run = run; }
+  return calls;
+}
+
+test('decode steps through the layer program give bit for bit the logits of the product-by-product path: every architecture, dense and Quest', (t) => {
+  const rt = wasm();
+  if (!rt || !workerPool(rt)) { t.skip('no worker threads (or no WebAssembly): decode steps take the product-by-product path'); return; }
+  for (const shape of MODELS) {
+    const m = loadModelFiles(tempFile(`program-${shape.seed}.gguf`, randomGGUF(shape)));
+    for (const attention of [{ policy: 'dense' }, { policy: 'quest', budget: 16, pageSize: 4, denseLayers: 1 }] as Partial<AttentionOptions>[]) {
+      let on: Float32Array[] = [];
+      const runs = countRuns(() => { on = decode(m, attention, true); });
+      assert.equal(runs, 7 * (m.config.nLayers + 1), `${shape.name}: a segment per layer and one before the first, each step`);
+      const off = decode(m, attention, false);
+      on.forEach((l, step) => {
+        for (let j = 0; j < l.length; j++) if (l[j] !== off[step][j]) assert.fail(`${shape.name} ${attention.policy}, step ${step}: logit ${j} ${l[j]} vs ${off[step][j]}`);
+      });
+    }
+  }
+});
+
+test('a batched decode step of 2-4 sequences through the layer program gives each the logits it gets alone', (t) => {
+  const rt = wasm();
+  if (!rt || !workerPool(rt)) { t.skip('no worker threads (or no WebAssembly)'); return; }
+  const m = loadModelFiles(tempFile('program-batch.gguf', randomGGUF(MODELS[0])));
+  const model = makeModel(m.config, m.weights), r = rng(5);
+  const prompts = [13, 40, 7, 26].map((n) => Array.from({ length: n }, () => Math.floor(r() * 90)));
+  for (const size of [2, 3, 4]) {
+    const alone = prompts.slice(0, size).map((p) => { const s = new Session(model); const l0 = s.forward(p); const l = s.forward([argmax(l0)]); s.dispose(); return { first: argmax(l0), l }; });
+    const seqs = prompts.slice(0, size).map((p) => { const s = new Session(model); s.forward(p); return s; });
+    let out: Float32Array[] = [];
+    const runs = countRuns(() => { out = decodeBatch(seqs.map((seq, i) => ({ seq, token: alone[i].first }))); });
+    assert.equal(runs, m.config.nLayers + 1, `batch of ${size}: through the program`);
+    out.forEach((l, i) => {
+      let d = 0;
+      for (let j = 0; j < l.length; j++) d = Math.max(d, Math.abs(l[j] - alone[i].l[j]));
+      assert.ok(d < 1e-4, `batch of ${size}, sequence ${i}: max |Δlogit| against alone ${d}`);
+    });
+    seqs.forEach((s) => s.dispose());
+  }
+});
