@@ -2,11 +2,11 @@
 // pass (llama2.c style: one obvious loop over layers). Prefill (several tokens) is always dense;
 // single-token decode steps use the policy in every layer from `denseLayers` on.
 import { activations, addInPlace, geglu, matmul, matmuls, rmsnorm, swiglu } from '../backend/cpu/kernels.js';
-import { decodeProgram } from '../backend/cpu/decode-program.js';
+import { decodeProgram, type AttentionCache } from '../backend/cpu/decode-program.js';
 import { attendHead, headScores } from '../attention/attend.js';
 import { wasm, type WasmRuntime } from '../backend/wasm/runtime.js';
 import { workerPool, split, OP_ATTEND, OP_ATTEND_TOKENS, OP_PAGE_SCORES, type WorkerPool } from '../backend/wasm/pool.js';
-import { ATTEND_ROWS, attendHeads, attendTokenPart, mergeTokenParts, pageScoreRange } from '../backend/wasm/shared-ops.js';
+import { ATTEND_ROWS, TOKEN_SPLIT, attendHeads, attendTokenPart, mergeTokenParts, pageScoreRange } from '../backend/wasm/shared-ops.js';
 import { createPolicy } from '../attention/create.js';
 import { pageScores } from '../attention/quest.js';
 import { DEFAULT_ATTENTION, type AttentionOptions, type AttentionPolicy, type Selection, type StepContext } from '../attention/policy.js';
@@ -208,6 +208,22 @@ export class Session {
     else this.denseAttention(l, q, att, n, start, scale);
   }
 
+  /** Whether layer l's attention in this decode step (one token) may run inside the layer program
+   *  (decode-program.ts): dense for this step as attendRows decides, over fewer than TOKEN_SPLIT keys (the
+   *  program splits by heads), in the WebAssembly memory, and no policy collecting what it receives. */
+  programAttends(l: number, dense: boolean): boolean {
+    const kv = this.cache.layers[l], c = this.model.config;
+    if (!kv.inWasm || c.headDim % 4 || windowOf(c, l) || this.policy?.wantsPrefillScores || this.prefillScores !== null) return false;
+    if (!dense && this.policy !== null && l >= this.attention.denseLayers) return false;
+    return this.length + 1 < TOKEN_SPLIT;
+  }
+
+  /** Layer l's cache as the program's attention reads it, once this step's key is appended. */
+  programCache(l: number): AttentionCache {
+    const kv = this.cache.layers[l];
+    return [kv.length, kv.kPtr, kv.vPtr, kv.tablePtr(), kv.pageFloats * kv.pages.elementBytes, kv.pageSize, kv.bf16 ? 1 : 0];
+  }
+
   /** Causal dense attention of n new tokens (positions start..start+n-1) over the cache. */
   private denseAttention(l: number, q: Float32Array, att: Float32Array, n: number, start: number, scale: number): void {
     const c = this.model.config, hd = c.headDim, nH = c.nHeads, group = nH / c.nKVHeads, kv = this.cache.layers[l];
@@ -352,28 +368,37 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
   parts.forEach((p, j) => p.tokens.forEach((t, i) => x.set(w.embed.row(t, row), (rows[j] + i) * dim)));
   if (c.embedScale) for (let i = 0; i < n * dim; i++) x[i] *= c.embedScale; // (Gemma)
   const scale = c.attnScale ?? 1 / Math.sqrt(hd);
-  // decode steps: everything between two layers' attention as one program the threads run together
-  const rt = wasm(), program = decodeProgram(rt, rt && workerPool(rt), c, w, n, { x, q, k, v, att, gate, up, xb2 });
-  program?.run(0);
-
-  for (let l = 0; l < c.nLayers; l++) {
+  // (what precedes a layer's attention, and the attention itself: each part over its own cache)
+  const beforeAttention = (l: number) => {
     const L = w.layers[l];
-    if (program) { addBias(q, L.bq, n); addBias(k, L.bk, n); addBias(v, L.bv, n); } else {
-      rmsnorm(xb, x, L.attnNorm, n, dim, c.normEps);
-      matmuls([L.wq, L.wk, L.wv], xb, n, [q, k, v], [L.bq, L.bk, L.bv]);
-    }
     if (L.qNorm) { rmsnorm(q, q, L.qNorm, n * nH, hd, c.normEps); rmsnorm(k, k, L.kNorm!, n * nKV, hd, c.normEps); } // Qwen3, per head
     const rope = windowOf(c, l) ? model.ropeLocal : model.rope;
     parts.forEach((p, j) => {
-      const kv = p.seq.cache.layers[l], r0 = rows[j], m = p.tokens.length;
-      for (let i = 0; i < m; i++) {
+      const kv = p.seq.cache.layers[l], r0 = rows[j];
+      for (let i = 0; i < p.tokens.length; i++) {
         rope.apply(q, (r0 + i) * qDim, nH, starts[j] + i);
         rope.apply(k, (r0 + i) * kvDim, nKV, starts[j] + i);
         kv.append(k, (r0 + i) * kvDim, v, (r0 + i) * kvDim);
       }
-      p.seq.attendRows(l, q.subarray(r0 * qDim, (r0 + m) * qDim), att.subarray(r0 * qDim, (r0 + m) * qDim), m, starts[j], scale, p.dense === true);
     });
-    if (program) { program.run(l + 1); continue; } // (the output projection, feed-forward and next q/k/v)
+  };
+  const attend = (l: number) => parts.forEach((p, j) => {
+    const r0 = rows[j], m = p.tokens.length;
+    p.seq.attendRows(l, q.subarray(r0 * qDim, (r0 + m) * qDim), att.subarray(r0 * qDim, (r0 + m) * qDim), m, starts[j], scale, p.dense === true);
+  });
+
+  // decode steps: the layers as one program the threads run together (backend/cpu/decode-program.ts)
+  const rt = wasm(), program = decodeProgram(rt, rt && workerPool(rt), c, w, n, { x, q, k, v, att, gate, up, xb2 });
+  if (program) {
+    const one = parts.length === 1 && n === 1 ? parts[0] : null; // (a single sequence's dense layers attend inside)
+    program.step((l) => one !== null && one.seq.programAttends(l, one.dense === true), (l) => one!.seq.programCache(l),
+      (l) => { const L = w.layers[l]; addBias(q, L.bq, n); addBias(k, L.bk, n); addBias(v, L.bv, n); beforeAttention(l); }, attend);
+  } else for (let l = 0; l < c.nLayers; l++) {
+    const L = w.layers[l];
+    rmsnorm(xb, x, L.attnNorm, n, dim, c.normEps);
+    matmuls([L.wq, L.wk, L.wv], xb, n, [q, k, v], [L.bq, L.bk, L.bv]);
+    beforeAttention(l);
+    attend(l);
     matmul(L.wo, att, n, xb2);
     if (L.postAttnNorm) rmsnorm(xb2, xb2, L.postAttnNorm, n, dim, c.normEps); // (Gemma 3)
     addInPlace(x, xb2, n * dim);
@@ -457,9 +482,6 @@ export function causalRowSplit(n: number, start: number, parts: number, share: n
   const b = start + 0.5, r = Math.ceil(-b + Math.sqrt(b * b + 2 * target) - 1e-9);
   return Math.min(n, Math.round(r / ATTEND_ROWS) * ATTEND_ROWS);
 }
-
-/** Decode steps over at least this many tokens a head split their attention by tokens across the threads. */
-const TOKEN_SPLIT = 1024;
 
 /** A decode step's attention split by tokens across the threads (attendTokenPart: each key and value read
  *  once, the threads' shares equal whatever the head count), the parts merged here. q at qp ([nH][hd] in

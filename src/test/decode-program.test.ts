@@ -1,8 +1,9 @@
 // The decode step's layer program (backend/cpu/decode-program.ts, wasm/program.ts) against the
 // product-by-product path it replaces (itself checked against float64 in forward.test): the same kernels
 // on the same inputs, so the logits must be bit for bit the same, for every architecture's extra steps
-// (Qwen2's biases, Qwen3's q/k norms, Gemma 3's post-norms, GeGLU and windows, Phi-3's fused q/k/v) and
-// weight types whose products take different inputs (f32, f16, Q8_0 / Q4_0 integer, K-quant mixes).
+// (Qwen2's biases, Qwen3's q/k norms, Gemma 3's post-norms, GeGLU and windows, Phi-3's fused q/k/v),
+// weight types whose products take different inputs (f32, f16, Q8_0 / Q4_0 integer, K-quant mixes), the
+// attention inside the program (dense layers) and outside it (Quest's sparse layers, windows, batches).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadModelFiles } from '../model/load.js';
@@ -13,6 +14,7 @@ import { workerPool } from '../backend/wasm/pool.js';
 import { DecodeProgram } from '../backend/cpu/decode-program.js';
 import { randomGGUF, tempFile, type RandomModelShape } from './fixtures.js';
 import type { AttentionOptions } from '../attention/policy.js';
+import { windowOf } from '../model/config.js';
 
 const MODELS: (RandomModelShape & { name: string })[] = [
   { name: 'llama q8_0 (GQA 4/2)', vocab: 90, dim: 64, hidden: 96, layers: 3, heads: 4, kvHeads: 2, dtype: 'q8_0', seed: 3 },
@@ -36,12 +38,14 @@ function decode(m: ReturnType<typeof loadModelFiles>, attention: Partial<Attenti
   } finally { if (before === undefined) delete process.env.QUEST_NO_PROGRAM; else process.env.QUEST_NO_PROGRAM = before; }
 }
 
-/** Counts DecodeProgram.run calls while fn runs (to know the program was taken, not the fallback). */
+/** Counts the program's hand-offs to the threads while fn runs (to know the program was taken, not the
+ *  fallback, and where it stopped for the engine's own attention). */
 function countRuns(fn: () => void): number {
-  const run = DecodeProgram.prototype.run;
+  const proto = DecodeProgram.prototype as unknown as { runRange: (...a: unknown[]) => void };
+  const run = proto.runRange;
   let calls = 0;
-  DecodeProgram.prototype.run = function (this: DecodeProgram, s: number) { calls++; run.call(this, s); };
-  try { fn(); } finally { DecodeProgram.prototype.run = run; }
+  proto.runRange = function (this: unknown, ...a: unknown[]) { calls++; run.apply(this, a); };
+  try { fn(); } finally { proto.runRange = run; }
   return calls;
 }
 
@@ -53,7 +57,9 @@ test('decode steps through the layer program give bit for bit the logits of the 
     for (const attention of [{ policy: 'dense' }, { policy: 'quest', budget: 16, pageSize: 4, denseLayers: 1 }] as Partial<AttentionOptions>[]) {
       let on: Float32Array[] = [];
       const runs = countRuns(() => { on = decode(m, attention, true); });
-      assert.equal(runs, 7 * (m.config.nLayers + 1), `${shape.name}: a segment per layer and one before the first, each step`);
+      // one hand-off a step, plus one after each layer whose attention the engine runs itself (windowed, sparse)
+      const outside = Array.from({ length: m.config.nLayers }, (_, l) => windowOf(m.config, l) > 0 || (attention.policy === 'quest' && l >= 1)).filter(Boolean).length;
+      assert.equal(runs, 7 * (outside + 1), `${shape.name} ${attention.policy}: hand-offs to the threads`);
       const off = decode(m, attention, false);
       on.forEach((l, step) => {
         for (let j = 0; j < l.length; j++) if (l[j] !== off[step][j]) assert.fail(`${shape.name} ${attention.policy}, step ${step}: logit ${j} ${l[j]} vs ${off[step][j]}`);
@@ -73,7 +79,7 @@ test('a batched decode step of 2-4 sequences through the layer program gives eac
     const seqs = prompts.slice(0, size).map((p) => { const s = new Session(model); s.forward(p); return s; });
     let out: Float32Array[] = [];
     const runs = countRuns(() => { out = decodeBatch(seqs.map((seq, i) => ({ seq, token: alone[i].first }))); });
-    assert.equal(runs, m.config.nLayers + 1, `batch of ${size}: through the program`);
+    assert.equal(runs, m.config.nLayers + 1, `batch of ${size}: through the program, each layer's attention outside it`);
     out.forEach((l, i) => {
       let d = 0;
       for (let j = 0; j < l.length; j++) d = Math.max(d, Math.abs(l[j] - alone[i].l[j]));
@@ -81,4 +87,24 @@ test('a batched decode step of 2-4 sequences through the layer program gives eac
     });
     seqs.forEach((s) => s.dispose());
   }
+});
+
+test('a decode step whose program fails part-way (an error on the calling thread between barriers) throws that error, and the threads serve the next step', { timeout: 60_000 }, (t) => {
+  const rt = wasm();
+  if (!rt || !workerPool(rt)) { t.skip('no worker threads (or no WebAssembly)'); return; }
+  const m = loadModelFiles(tempFile('program-fail.gguf', randomGGUF(MODELS[0])));
+  const model = makeModel(m.config, m.weights), prompt = [5, 9, 14, 2, 7, 7, 30];
+  const control = new Session(model);
+  control.forward(prompt);
+  const want = control.forward([11]);
+  const proto = Session.prototype as unknown as { programCache: (l: number) => unknown };
+  const cache = proto.programCache;
+  proto.programCache = function (this: Session, l: number) { if (l === 1) throw new Error('injected failure in layer 1'); return cache.call(this, l); };
+  const s = new Session(model);
+  s.forward(prompt);
+  try { assert.throws(() => s.forward([11]), /injected failure in layer 1/); } finally { proto.programCache = cache; }
+  const again = new Session(model);
+  again.forward(prompt);
+  const got = again.forward([11]);
+  for (let j = 0; j < got.length; j++) assert.equal(got[j], want[j], `logit ${j} after the failed step`);
 });

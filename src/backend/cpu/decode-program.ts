@@ -1,17 +1,24 @@
 // The plan step of a decode step's layer program (wasm/program.ts is the run step): for a model and a
 // batch of n ≤ 4 tokens, the phases every thread runs between one layer's attention and the next, with
 // each product's descriptor, chunk counters and each thread's private area laid out once in the
-// WebAssembly memory. A decode step then hands the workers one program segment per layer (plus the
-// attention's own hand-off) instead of one hand-off per product and elementwise step.
+// WebAssembly memory. A decode step then hands the workers the whole step at once where every layer's
+// attention is dense (the program runs it too, after a callback on the calling thread has applied RoPE and
+// appended the key), else one stretch of the program from one sparse layer's attention to the next's
+// (which the engine runs as before), instead of one hand-off per product and per attention.
 import type { Matrix } from '../../model/tensor.js';
 import type { ModelConfig, ModelWeights } from '../../model/config.js';
 import type { WasmRuntime } from '../wasm/runtime.js';
 import { DTYPE_CODE, OP_PROGRAM, type WorkerPool } from '../wasm/pool.js';
-import { GEMM_DESC, Q8_X_TOKENS, gemmRowUnit, gemvInPlace, initChunkCounters, quadBlockRows, quantisesX } from '../wasm/shared-ops.js';
+import { GEMM_DESC, Q8_X_TOKENS, TOKEN_SPLIT, gemmRowUnit, gemvInPlace, initChunkCounters, quadBlockRows, quantisesX } from '../wasm/shared-ops.js';
 import {
-  BARRIER_WORDS, PHASE_WORDS, PH_ADD, PH_BARRIER, PH_COPY, PH_GEMV, PH_GLU, PH_LOAD_X, PH_NORM, PH_PREP, PH_STORE_X,
+  ATTN_WORDS, BARRIER_WORDS, PHASE_WORDS, PH_ADD, PH_ATTEND, PH_BARRIER, PH_CALLBACK, PH_COPY, PH_GEMV, PH_GLU, PH_LOAD_X, PH_NORM, PH_PREP, PH_STORE_X,
   PREP_F32, PREP_INT_Q8, PREP_INT_Q8K, PREP_ROUND_Q8, PREP_ROUND_Q8K, runProgram, type PrivateLayout,
 } from '../wasm/program.js';
+
+/** A layer's KV cache as the program's attention reads it (Session.programAttention), once this step's
+ *  key and value are appended: keys attended, K and V page 0, page table, bytes between pages, page size,
+ *  1 for a bf16 cache. */
+export type AttentionCache = [count: number, kPtr: number, vPtr: number, table: number, pageStride: number, pageSize: number, bf16: number];
 import { productRoundsX, wasmCopy } from './kernels.js';
 
 /** The forward pass's activation buffers the program reads and writes (in the WebAssembly memory). */
@@ -24,8 +31,13 @@ const align = (n: number) => Math.ceil(n / 64) * 64;
 
 export class DecodeProgram {
   private readonly phases: Phase[] = [];
-  /** per segment: its first phase, and the products whose chunk counters it consumes */
-  private readonly segments: { from: number; to: number; products: { counters: number; chunk: number; rows: number }[] }[] = [];
+  /** per phase: the products whose chunk counters it consumes (GEMV phases) */
+  private readonly counters: { counters: number; chunk: number; rows: number }[][] = [];
+  /** per layer: the phase after its q/k/v products, and the first after its attention */
+  private readonly qkvEnd: number[] = [];
+  private readonly attnEnd: number[] = [];
+  /** per layer: its attention block (ATTN_WORDS) */
+  private attnBlocks = 0;
   private readonly descs: { at: number; words: number[] }[] = [];
   private readonly layout: PrivateLayout;
   private readonly parts: number;
@@ -38,7 +50,10 @@ export class DecodeProgram {
     const widest = n * Math.max(c.dim, c.nHeads * c.headDim, c.hiddenDim);
     let at = 0;
     const take = (bytes: number) => { const o = at; at += align(bytes); return o; };
-    this.layout = { X: take(n * c.dim * 4), T: take(widest * 4), R: take(widest * 4), Q: take(widest * 2), S: take(widest / 4 + 64), bytes: 0 };
+    // (A: attend's probabilities and token offsets for a group's heads, below TOKEN_SPLIT keys)
+    const group = c.nHeads / c.nKVHeads;
+    this.layout = { X: take(n * c.dim * 4), T: take(widest * 4), R: take(widest * 4), Q: take(widest * 2), S: take(widest / 4 + 64),
+                    A: take((group + 1) * (TOKEN_SPLIT + 8) * 4), bytes: 0 };
     this.layout.bytes = at;
   }
 
@@ -72,8 +87,8 @@ export class DecodeProgram {
     this.privStride = this.layout.bytes;
     this.base = this.alloc(this.parts * this.privStride);
     const norm = (v: Float32Array) => { const p = wasmCopy(this.rt, v); if (p < 0) throw new Error('out of WebAssembly memory for a norm weight'); return p; };
-    const seg: { from: number; products: { counters: number; chunk: number; rows: number }[] } = { from: 0, products: [] };
-    const endSegment = () => { this.segments.push({ from: seg.from, to: this.phases.length, products: seg.products }); seg.from = this.phases.length; seg.products = []; };
+    const seg: { products: { counters: number; chunk: number; rows: number }[] } = { products: [] };
+    this.attnBlocks = this.alloc(L * ATTN_WORDS * 4);
     // products of one input (already in T): its preparations, then one GEMV phase over them all
     const products = (ps: Product[]): boolean => {
       const modes = new Set<number>(), descWords: number[] = [];
@@ -102,17 +117,23 @@ export class DecodeProgram {
       for (const mode of modes) if (mode !== PREP_F32) this.phases.push([PH_PREP, len, mode]);
       const desc = this.alloc(descWords.length * 4);
       this.descs.push({ at: desc, words: descWords });
+      this.counters[this.phases.length] = seg.products; seg.products = [];
       this.phases.push([PH_GEMV, desc, ps.length]);
       return true;
     };
+    // layer l's q/k/v products, then its attention: the callback (RoPE, KV append, the attention block)
+    // between barriers, then the heads split across the threads
     const qkv = (l: number) => {
       const Lw = w.layers[l];
       this.phases.push([PH_NORM, norm(Lw.attnNorm), n, dim, eps]);
-      return products([{ W: Lw.wq, out: bufs.q }, { W: Lw.wk, out: bufs.k }, { W: Lw.wv, out: bufs.v }]);
+      if (!products([{ W: Lw.wq, out: bufs.q }, { W: Lw.wk, out: bufs.k }, { W: Lw.wv, out: bufs.v }])) return false;
+      this.qkvEnd[l] = this.phases.length;
+      this.phases.push([PH_BARRIER], [PH_CALLBACK, l], [PH_BARRIER], [PH_ATTEND, this.attnBlocks + l * ATTN_WORDS * 4], [PH_BARRIER]);
+      this.attnEnd[l] = this.phases.length;
+      return true;
     };
     this.phases.push([PH_LOAD_X, bufs.x.byteOffset, n * dim]);
     if (!qkv(0)) return false;
-    endSegment();
     for (let l = 0; l < L; l++) {
       const Lw = w.layers[l];
       this.phases.push([PH_COPY, bufs.att.byteOffset, n * c.nHeads * c.headDim]);
@@ -127,7 +148,6 @@ export class DecodeProgram {
       this.phases.push([PH_BARRIER]);
       this.phases.push([PH_ADD, bufs.xb2.byteOffset, n, dim, Lw.postFfnNorm ? norm(Lw.postFfnNorm) : 0, eps]);
       if (l + 1 < L) { if (!qkv(l + 1)) return false; } else this.phases.push([PH_STORE_X, bufs.x.byteOffset, n * dim]);
-      endSegment();
     }
     // into the shared memory: the phases, the descriptors, the weight scratch and the barrier
     this.phaseAt = this.alloc(this.phases.length * PHASE_WORDS * 4);
@@ -146,18 +166,39 @@ export class DecodeProgram {
     return true;
   }
 
-  /** Runs segment s on every thread: s = 0 up to layer 0's q/k/v; s = l + 1 from layer l's attention
-   *  output to layer l + 1's q/k/v (after the last layer: the residual stream back in `x`). */
-  run(s: number): void {
-    const seg = this.segments[s], parts = this.parts, rt = this.rt;
-    for (const p of seg.products) initChunkCounters(rt.i32(p.counters, parts), parts, p.chunk, p.rows);
-    rt.i32(this.barrier, BARRIER_WORDS).fill(0);
-    const args = (share: number) => [this.phaseAt, seg.from, seg.to, parts, share, this.base + share * this.privStride, share * this.privStride,
-      this.scratch + share * this.scratchStride, this.barrier, this.layout.X, this.layout.T, this.layout.R, this.layout.Q, this.layout.S];
-    this.pool.run(OP_PROGRAM, args, null, () => runProgram(rt.k, rt.memory, this.phaseAt, seg.from, seg.to, parts, 0, this.base, 0, this.scratch, this.barrier, this.layout));
+  /** Runs a decode step's layers on every thread. `inside(l)`: whether layer l's attention runs in the
+   *  program (a dense step: then `cache(l)`, called once the key is appended, says where the cache is);
+   *  otherwise the program stops after layer l's q/k/v and `attend(l)` runs it on the calling thread (the
+   *  policies' own paths). `before(l)`: what precedes layer l's attention (biases, RoPE, KV append). */
+  step(inside: (l: number) => boolean, cache: (l: number) => AttentionCache, before: (l: number) => void, attend: (l: number) => void): void {
+    const c = this.c, blocks = this.rt.i32(this.attnBlocks, c.nLayers * ATTN_WORDS), scale = new Float32Array(blocks.buffer, blocks.byteOffset, blocks.length);
+    const callback = (l: number) => {
+      before(l);
+      const b = l * ATTN_WORDS;
+      blocks.set(cache(l), b);
+      blocks.set([c.nHeads, c.nHeads / c.nKVHeads, c.headDim, this.bufs.q.byteOffset, this.bufs.att.byteOffset], b + 7);
+      scale[b + 12] = c.attnScale ?? 1 / Math.sqrt(c.headDim);
+    };
+    let from = 0;
+    for (let l = 0; l < c.nLayers; l++) {
+      if (inside(l)) continue;
+      this.runRange(from, this.qkvEnd[l], callback);
+      before(l); attend(l);
+      from = this.attnEnd[l];
+    }
+    this.runRange(from, this.phases.length, callback);
   }
 
-  get segmentCount(): number { return this.segments.length; }
+  /** Phases [from, to) on every thread (their products' chunk counters reset first). */
+  private runRange(from: number, to: number, callback: (l: number) => void): void {
+    const parts = this.parts, rt = this.rt;
+    for (let i = from; i < to; i++) for (const p of this.counters[i] ?? []) initChunkCounters(rt.i32(p.counters, parts), parts, p.chunk, p.rows);
+    rt.i32(this.barrier, BARRIER_WORDS).fill(0);
+    const { X, T, R, Q, S, A } = this.layout;
+    const args = (share: number) => [this.phaseAt, from, to, parts, share, this.base + share * this.privStride, share * this.privStride,
+      this.scratch + share * this.scratchStride, this.barrier, X, T, R, Q, S, A];
+    this.pool.run(OP_PROGRAM, args, null, () => runProgram(rt.k, rt.memory, this.phaseAt, from, to, parts, 0, this.base, 0, this.scratch, this.barrier, this.layout, callback));
+  }
 
   dispose(): void {
     for (const a of this.allocated) this.rt.release(a.ptr, a.bytes);

@@ -1,12 +1,13 @@
 // A decode step's layer program: the phases between one layer's attention and the next (output
 // projection, residual, norm, feed-forward, next layer's q/k/v) run by every thread in one hand-off, the
 // threads meeting at spin barriers in the shared memory instead of returning to the calling thread after
-// each product. Small elementwise steps (norms, SwiGLU, residual adds, quantising a product's input) are
+// each product; a dense decode step's attention runs inside too. Small elementwise steps (norms, SwiGLU, residual adds, quantising a product's input) are
 // computed by every thread into its own private area: a few microseconds each, cheaper than a meeting.
 // The plan (which phases, which buffers) is built once per model and batch size by
 // cpu/decode-program.ts; this file is the run step, identical on the calling thread and the workers.
 import type { KernelExports } from './runtime.js';
-import { gemmSet } from './shared-ops.js';
+import { attendHeads, gemmSet } from './shared-ops.js';
+import { split } from './pool.js';
 import { F16_TABLE, f32ToF16 } from '../../model/half.js';
 
 /** i32 words of one phase: [op, args...]; eps (f64) in words 6-7. */
@@ -21,14 +22,21 @@ export const PH_COPY = 6;    // (src, len): T <- shared src
 export const PH_PREP = 7;    // (len, mode): a product's input from T (PREP_* below)
 export const PH_GEMV = 8;    // (desc, count): the products listed at desc (shared-ops gemmSet), inputs private
 export const PH_BARRIER = 9; // (): every thread waits for the others
+export const PH_CALLBACK = 10; // (arg): the calling thread runs the step's callback (RoPE, KV append: JavaScript), the others go on
+export const PH_ATTEND = 11;   // (block): a dense decode step's attention, query heads split across the threads (ATTN_* words at block)
+
+/** Words of a layer's attention block (PH_ATTEND), written by the callback once the step's key is in the
+ *  cache: keys attended (count), K and V page 0, page table, bytes between pages, page size, bf16 cache,
+ *  heads, group, head size, q, out, scale (f32). */
+export const ATTN_WORDS = 16;
 
 /** How a product takes its input (T): as it is, rounded as llama.cpp's activations (into R), or quantised
  *  for the integer kernels (into Q / S; the Q8_0 scales stored as f16, as llama.cpp's blocks). */
 export const PREP_F32 = 0, PREP_ROUND_Q8 = 1, PREP_ROUND_Q8K = 2, PREP_INT_Q8 = 3, PREP_INT_Q8K = 4;
 
 /** Byte offsets of a thread's private area's parts (the plan sizes them): the residual stream X, the
- *  current input T, its rounded copy R, quantised values Q and scales S. */
-export interface PrivateLayout { X: number; T: number; R: number; Q: number; S: number; bytes: number }
+ *  current input T, its rounded copy R, quantised values Q and scales S, the attention's scratch A. */
+export interface PrivateLayout { X: number; T: number; R: number; Q: number; S: number; A: number; bytes: number }
 
 /** Words of the barrier block: arrivals, generation, abort flag. */
 export const BARRIER_WORDS = 4;
@@ -54,7 +62,8 @@ function barrier(m: Int32Array, b: number, parts: number): void {
  *  thread's private area (layout at `layout`: X, T, R, Q, S offsets as i32 words); `delta`: its
  *  distance from thread 0's, which the products' descriptors name; `scratch`: its weight scratch. */
 export function runProgram(k: KernelExports, memory: WebAssembly.Memory, phases: number, from: number, to: number, parts: number, share: number,
-                           priv: number, delta: number, scratch: number, barrierAt: number, layout: PrivateLayout): void {
+                           priv: number, delta: number, scratch: number, barrierAt: number, layout: PrivateLayout,
+                           callback: ((arg: number) => void) | null = null): void {
   const m = new Int32Array(memory.buffer), f = new Float32Array(memory.buffer), d64 = new Float64Array(memory.buffer);
   const X = priv + layout.X, T = priv + layout.T, R = priv + layout.R, Q = priv + layout.Q, S = priv + layout.S;
   const b = barrierAt >> 2;
@@ -74,6 +83,13 @@ export function runProgram(k: KernelExports, memory: WebAssembly.Memory, phases:
         case PH_PREP: prepare(k, f, m[p + 1], m[p + 2], T, R, Q, S); break;
         case PH_GEMV: gemmSet(k, memory, m[p + 1], m[p + 2], parts, share, scratch, delta); break;
         case PH_BARRIER: barrier(m, b, parts); break;
+        case PH_CALLBACK: if (share === 0) callback!(m[p + 1]); break;
+        case PH_ATTEND: {
+          const a = m[p + 1] >> 2, nH = m[a + 7], [h0, h1] = split(nH, parts, share);
+          attendHeads(k, h0, h1, 1, m[a] - 1, nH, m[a + 8], m[a + 9], m[a + 10], m[a + 11], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5],
+                      priv + layout.A, f[a + 12], 0, 0, 0, null, m[a + 6]);
+          break;
+        }
         default: throw new Error(`unknown layer program phase ${op}`);
       }
     }

@@ -131,6 +131,10 @@ function sameListRun(mem: Int32Array, selected: number, h: number, most: number)
   return most;
 }
 
+/** Decode steps over at least this many keys a head split their attention by tokens across the threads
+ *  (fewer: by heads). */
+export const TOKEN_SPLIT = 1024;
+
 /** Prefill query rows attended together (kernels.wat attend_rows): a thread's probs scratch for attendHeads
  *  holds ATTEND_ROWS * group + 1 rows of start + n + 4 floats. */
 export const ATTEND_ROWS = 4;
