@@ -209,13 +209,13 @@ export class Session {
   }
 
   /** Whether layer l's attention in this decode step (one token) may run inside the layer program
-   *  (decode-program.ts): dense for this step as attendRows decides, over fewer than TOKEN_SPLIT keys (the
-   *  program splits by heads), in the WebAssembly memory, and no policy collecting what it receives. */
+   *  (decode-program.ts): dense for this step as attendRows decides, in the WebAssembly memory, and no
+   *  policy collecting what it receives (the program splits it as denseAttention does: by heads, or by
+   *  keys from TOKEN_SPLIT on). */
   programAttends(l: number, dense: boolean): boolean {
     const kv = this.cache.layers[l], c = this.model.config;
     if (!kv.inWasm || c.headDim % 4 || windowOf(c, l) || this.policy?.wantsPrefillScores || this.prefillScores !== null) return false;
-    if (!dense && this.policy !== null && l >= this.attention.denseLayers) return false;
-    return this.length + 1 < TOKEN_SPLIT;
+    return dense || this.policy === null || l < this.attention.denseLayers;
   }
 
   /** Layer l's cache as the program's attention reads it, once this step's key is appended. */
@@ -391,7 +391,8 @@ export function forwardParts(model: Model, parts: ForwardPart[]): (Float32Array 
   const rt = wasm(), program = decodeProgram(rt, rt && workerPool(rt), c, w, n, { x, q, k, v, att, gate, up, xb2 });
   if (program) {
     const one = parts.length === 1 && n === 1 ? parts[0] : null; // (a single sequence's dense layers attend inside)
-    program.step((l) => one !== null && one.seq.programAttends(l, one.dense === true), (l) => one!.seq.programCache(l),
+    const inside = (l: number) => one !== null && one.seq.length < program.maxKeys && one.seq.programAttends(l, one.dense === true);
+    program.step(inside, (l) => one!.seq.programCache(l),
       (l) => { const L = w.layers[l]; addBias(q, L.bq, n); addBias(k, L.bk, n); addBias(v, L.bv, n); beforeAttention(l); }, attend);
   } else for (let l = 0; l < c.nLayers; l++) {
     const L = w.layers[l];

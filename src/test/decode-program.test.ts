@@ -25,12 +25,12 @@ const MODELS: (RandomModelShape & { name: string })[] = [
 ];
 
 /** Greedy decode steps after a prompt, with the layer program on or off; the logits of every step. */
-function decode(m: ReturnType<typeof loadModelFiles>, attention: Partial<AttentionOptions>, program: boolean): Float32Array[] {
+function decode(m: ReturnType<typeof loadModelFiles>, attention: Partial<AttentionOptions>, program: boolean, prompt = 45): Float32Array[] {
   const before = process.env.QUEST_NO_PROGRAM;
   process.env.QUEST_NO_PROGRAM = program ? '0' : '1';
   try {
     const r = rng(11), s = new Session(makeModel(m.config, m.weights), attention);
-    let logits = s.forward(Array.from({ length: 45 }, () => Math.floor(r() * m.config.vocabSize)), { dense: true });
+    let logits = s.forward(Array.from({ length: prompt }, () => Math.floor(r() * m.config.vocabSize)), { dense: true });
     const out: Float32Array[] = [];
     for (let i = 0; i < 7; i++) { logits = s.forward([argmax(logits)]); out.push(logits); }
     s.dispose();
@@ -65,6 +65,22 @@ test('decode steps through the layer program give bit for bit the logits of the 
         for (let j = 0; j < l.length; j++) if (l[j] !== off[step][j]) assert.fail(`${shape.name} ${attention.policy}, step ${step}: logit ${j} ${l[j]} vs ${off[step][j]}`);
       });
     }
+  }
+});
+
+test('decode steps over more than TOKEN_SPLIT keys: the program splits a dense layer\'s attention by keys and every thread merges the parts, bit for bit as the engine does', (t) => {
+  const rt = wasm();
+  if (!rt || !workerPool(rt)) { t.skip('no worker threads (or no WebAssembly)'); return; }
+  // (6 heads over 2 KV heads: a group of 3 does not split evenly across threads by heads)
+  const m = loadModelFiles(tempFile('program-long.gguf', randomGGUF({ vocab: 90, dim: 96, hidden: 64, layers: 2, heads: 6, kvHeads: 2, dtype: 'q8_0', seed: 8, ctx: 2048 })));
+  for (const attention of [{ policy: 'dense' }, { policy: 'quest', budget: 512, pageSize: 16, denseLayers: 1 }] as Partial<AttentionOptions>[]) {
+    let on: Float32Array[] = [];
+    const runs = countRuns(() => { on = decode(m, attention, true, 1030); });
+    assert.equal(runs, 7 * (attention.policy === 'quest' ? 2 : 1), `${attention.policy}: hand-offs to the threads`);
+    const off = decode(m, attention, false, 1030);
+    on.forEach((l, step) => {
+      for (let j = 0; j < l.length; j++) if (l[j] !== off[step][j]) assert.fail(`${attention.policy}, step ${step}: logit ${j} ${l[j]} vs ${off[step][j]}`);
+    });
   }
 });
 

@@ -29,6 +29,10 @@ interface Product { W: Matrix; out: Float32Array }
 
 const align = (n: number) => Math.ceil(n / 64) * 64;
 
+/** Keys a layer's attention inside the program reads at most (longer contexts attend outside it): each
+ *  thread's scratch for them is sized at plan time (~0.5 MB a thread for a group of 4 heads at 128K). */
+const MAX_KEYS = 131072;
+
 export class DecodeProgram {
   private readonly phases: Phase[] = [];
   /** per phase: the products whose chunk counters it consumes (GEMV phases) */
@@ -40,6 +44,8 @@ export class DecodeProgram {
   private attnBlocks = 0;
   private readonly descs: { at: number; words: number[] }[] = [];
   private readonly layout: PrivateLayout;
+  /** the most keys a layer's attention inside the program may read (each thread's scratch holds its share) */
+  readonly maxKeys: number;
   private readonly parts: number;
   private base = 0; private privStride = 0; private scratchStride = 0; private scratch = 0; private barrier = 0; private phaseAt = 0;
   private allocated: { ptr: number; bytes: number }[] = [];
@@ -50,10 +56,12 @@ export class DecodeProgram {
     const widest = n * Math.max(c.dim, c.nHeads * c.headDim, c.hiddenDim);
     let at = 0;
     const take = (bytes: number) => { const o = at; at += align(bytes); return o; };
-    // (A: attend's probabilities and token offsets for a group's heads, below TOKEN_SPLIT keys)
-    const group = c.nHeads / c.nKVHeads;
+    // (A: attend's probabilities and token offsets for a group's heads: below TOKEN_SPLIT keys, or this
+    // thread's share of the longest context; O / ST: its part of a token-split attention)
+    const group = c.nHeads / c.nKVHeads, keys = Math.max(TOKEN_SPLIT, Math.ceil(Math.min(c.maxSeqLen, MAX_KEYS) / this.parts));
+    this.maxKeys = keys * this.parts;
     this.layout = { X: take(n * c.dim * 4), T: take(widest * 4), R: take(widest * 4), Q: take(widest * 2), S: take(widest / 4 + 64),
-                    A: take((group + 1) * (TOKEN_SPLIT + 8) * 4), bytes: 0 };
+                    A: take((group + 1) * (keys + 8) * 4), O: take(c.nHeads * c.headDim * 4), ST: take(c.nHeads * 8), bytes: 0 };
     this.layout.bytes = at;
   }
 
@@ -136,7 +144,7 @@ export class DecodeProgram {
     if (!qkv(0)) return false;
     for (let l = 0; l < L; l++) {
       const Lw = w.layers[l];
-      this.phases.push([PH_COPY, bufs.att.byteOffset, n * c.nHeads * c.headDim]);
+      this.phases.push([PH_COPY, bufs.att.byteOffset, n * c.nHeads * c.headDim, this.attnBlocks + l * ATTN_WORDS * 4]);
       if (!products([{ W: Lw.wo, out: bufs.xb2 }])) return false;
       this.phases.push([PH_BARRIER]);
       this.phases.push([PH_ADD, bufs.xb2.byteOffset, n, dim, Lw.postAttnNorm ? norm(Lw.postAttnNorm) : 0, eps]);
@@ -182,6 +190,7 @@ export class DecodeProgram {
     let from = 0;
     for (let l = 0; l < c.nLayers; l++) {
       if (inside(l)) continue;
+      blocks[l * ATTN_WORDS] = 0; // (no keys in the program: its COPY takes the engine's attention output as it is)
       this.runRange(from, this.qkvEnd[l], callback);
       before(l); attend(l);
       from = this.attnEnd[l];
@@ -194,9 +203,9 @@ export class DecodeProgram {
     const parts = this.parts, rt = this.rt;
     for (let i = from; i < to; i++) for (const p of this.counters[i] ?? []) initChunkCounters(rt.i32(p.counters, parts), parts, p.chunk, p.rows);
     rt.i32(this.barrier, BARRIER_WORDS).fill(0);
-    const { X, T, R, Q, S, A } = this.layout;
+    const { X, T, R, Q, S, A, O, ST, bytes } = this.layout;
     const args = (share: number) => [this.phaseAt, from, to, parts, share, this.base + share * this.privStride, share * this.privStride,
-      this.scratch + share * this.scratchStride, this.barrier, X, T, R, Q, S, A];
+      this.scratch + share * this.scratchStride, this.barrier, X, T, R, Q, S, A, O, ST, bytes];
     this.pool.run(OP_PROGRAM, args, null, () => runProgram(rt.k, rt.memory, this.phaseAt, from, to, parts, 0, this.base, 0, this.scratch, this.barrier, this.layout, callback));
   }
 

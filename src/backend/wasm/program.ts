@@ -6,7 +6,7 @@
 // The plan (which phases, which buffers) is built once per model and batch size by
 // cpu/decode-program.ts; this file is the run step, identical on the calling thread and the workers.
 import type { KernelExports } from './runtime.js';
-import { attendHeads, gemmSet } from './shared-ops.js';
+import { TOKEN_SPLIT, attendHeads, attendTokenPart, gemmSet, mergeTokenParts } from './shared-ops.js';
 import { split } from './pool.js';
 import { F16_TABLE, f32ToF16 } from '../../model/half.js';
 
@@ -18,12 +18,13 @@ export const PH_STORE_X = 2; // (dst, len): shared dst <- X (thread 0 only)
 export const PH_NORM = 3;    // (w, n, d; eps): T <- rmsnorm(X)
 export const PH_ADD = 4;     // (src, n, d, normW; eps): X += src, or X += rmsnorm(src) * normW where normW is set
 export const PH_GLU = 5;     // (gate, up, len, act): T <- act(gate) * up
-export const PH_COPY = 6;    // (src, len): T <- shared src
+export const PH_COPY = 6;    // (src, len, block): T <- shared src, or, where attention block `block` split its keys, the parts merged
 export const PH_PREP = 7;    // (len, mode): a product's input from T (PREP_* below)
 export const PH_GEMV = 8;    // (desc, count): the products listed at desc (shared-ops gemmSet), inputs private
 export const PH_BARRIER = 9; // (): every thread waits for the others
 export const PH_CALLBACK = 10; // (arg): the calling thread runs the step's callback (RoPE, KV append: JavaScript), the others go on
-export const PH_ATTEND = 11;   // (block): a dense decode step's attention, query heads split across the threads (ATTN_* words at block)
+export const PH_ATTEND = 11;   // (block): a dense decode step's attention (ATTN_* words at block): query heads split across the
+                               // threads, or from TOKEN_SPLIT keys on the keys, each thread's part in its own O / ST
 
 /** Words of a layer's attention block (PH_ATTEND), written by the callback once the step's key is in the
  *  cache: keys attended (count), K and V page 0, page table, bytes between pages, page size, bf16 cache,
@@ -35,8 +36,9 @@ export const ATTN_WORDS = 16;
 export const PREP_F32 = 0, PREP_ROUND_Q8 = 1, PREP_ROUND_Q8K = 2, PREP_INT_Q8 = 3, PREP_INT_Q8K = 4;
 
 /** Byte offsets of a thread's private area's parts (the plan sizes them): the residual stream X, the
- *  current input T, its rounded copy R, quantised values Q and scales S, the attention's scratch A. */
-export interface PrivateLayout { X: number; T: number; R: number; Q: number; S: number; A: number; bytes: number }
+ *  current input T, its rounded copy R, quantised values Q and scales S, the attention's scratch A, and
+ *  its part of a token-split attention: rows O and softmax statistics ST (which every thread reads). */
+export interface PrivateLayout { X: number; T: number; R: number; Q: number; S: number; A: number; O: number; ST: number; bytes: number }
 
 /** Words of the barrier block: arrivals, generation, abort flag. */
 export const BARRIER_WORDS = 4;
@@ -79,13 +81,22 @@ export function runProgram(k: KernelExports, memory: WebAssembly.Memory, phases:
           else k.accumulate(X, m[p + 1], m[p + 2] * m[p + 3]);
           break;
         case PH_GLU: f.copyWithin(T >> 2, m[p + 1] >> 2, (m[p + 1] >> 2) + m[p + 3]); k.glu(T, m[p + 2], m[p + 3], m[p + 4]); break;
-        case PH_COPY: f.copyWithin(T >> 2, m[p + 1] >> 2, (m[p + 1] >> 2) + m[p + 2]); break;
+        case PH_COPY:
+          if (m[p + 3] && m[m[p + 3] >> 2] >= TOKEN_SPLIT) mergeParts(f, m, m[p + 3] >> 2, parts, priv - delta, layout, T);
+          else f.copyWithin(T >> 2, m[p + 1] >> 2, (m[p + 1] >> 2) + m[p + 2]);
+          break;
         case PH_PREP: prepare(k, f, m[p + 1], m[p + 2], T, R, Q, S); break;
         case PH_GEMV: gemmSet(k, memory, m[p + 1], m[p + 2], parts, share, scratch, delta); break;
         case PH_BARRIER: barrier(m, b, parts); break;
         case PH_CALLBACK: if (share === 0) callback!(m[p + 1]); break;
         case PH_ATTEND: {
-          const a = m[p + 1] >> 2, nH = m[a + 7], [h0, h1] = split(nH, parts, share);
+          const a = m[p + 1] >> 2, nH = m[a + 7];
+          if (m[a] >= TOKEN_SPLIT) {
+            attendTokenPart(k, share, parts, nH, m[a + 8], m[a + 9], m[a + 10], priv + layout.O, priv + layout.ST, m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5],
+                            priv + layout.A, f[a + 12], 0, m[a], memory, m[a + 6]);
+            break;
+          }
+          const [h0, h1] = split(nH, parts, share);
           attendHeads(k, h0, h1, 1, m[a] - 1, nH, m[a + 8], m[a + 9], m[a + 10], m[a + 11], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5],
                       priv + layout.A, f[a + 12], 0, 0, 0, null, m[a + 6]);
           break;
@@ -98,6 +109,16 @@ export function runProgram(k: KernelExports, memory: WebAssembly.Memory, phases:
     Atomics.notify(m, b + 1);
     throw e;
   }
+}
+
+/** T <- the threads' parts of a token-split attention (O rows, ST statistics of thread s at base0 + s *
+ *  layout.bytes), merged by their softmax statistics as the engine merges them (mergeTokenParts). */
+function mergeParts(f: Float32Array, m: Int32Array, a: number, parts: number, base0: number, layout: PrivateLayout, T: number): void {
+  const nH = m[a + 7], hd = m[a + 9];
+  const at = (s: number, off: number, len: number) => f.subarray((base0 + s * layout.bytes + off) >> 2, ((base0 + s * layout.bytes + off) >> 2) + len);
+  const outs = [], stats = [];
+  for (let s = 0; s < parts; s++) { outs.push(at(s, layout.O, nH * hd)); stats.push(at(s, layout.ST, 2 * nH)); }
+  mergeTokenParts(outs, stats, nH, hd, f.subarray(T >> 2, (T >> 2) + nH * hd));
 }
 
 /** A product's input from T (len floats): see PREP_*. */
