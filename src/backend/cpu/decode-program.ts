@@ -14,12 +14,12 @@ import {
   ATTN_WORDS, BARRIER_WORDS, PHASE_WORDS, PH_ADD, PH_ATTEND, PH_BARRIER, PH_CALLBACK, PH_COPY, PH_GEMV, PH_GLU, PH_LOAD_X, PH_NORM, PH_PREP, PH_STORE_X,
   PREP_F32, PREP_INT_Q8, PREP_INT_Q8K, PREP_ROUND_Q8, PREP_ROUND_Q8K, runProgram, type PrivateLayout,
 } from '../wasm/program.js';
+import { productRoundsX, wasmCopy } from './kernels.js';
 
-/** A layer's KV cache as the program's attention reads it (Session.programAttention), once this step's
+/** A layer's KV cache as the program's attention reads it (Session.programCache), once this step's
  *  key and value are appended: keys attended, K and V page 0, page table, bytes between pages, page size,
  *  1 for a bf16 cache. */
 export type AttentionCache = [count: number, kPtr: number, vPtr: number, table: number, pageStride: number, pageSize: number, bf16: number];
-import { productRoundsX, wasmCopy } from './kernels.js';
 
 /** The forward pass's activation buffers the program reads and writes (in the WebAssembly memory). */
 export interface ProgramBuffers { x: Float32Array; q: Float32Array; k: Float32Array; v: Float32Array; att: Float32Array; gate: Float32Array; up: Float32Array; xb2: Float32Array }
@@ -30,7 +30,8 @@ interface Product { W: Matrix; out: Float32Array }
 const align = (n: number) => Math.ceil(n / 64) * 64;
 
 /** Keys a layer's attention inside the program reads at most (longer contexts attend outside it): each
- *  thread's scratch for them is sized at plan time (~0.5 MB a thread for a group of 4 heads at 128K). */
+ *  thread's scratch holds (group + 1) floats a key of its share, sized at plan time (1.3 MB a thread for a
+ *  group of 4 heads at 128K on two threads). */
 const MAX_KEYS = 131072;
 
 export class DecodeProgram {
