@@ -1,7 +1,7 @@
-// A decode step's layer program: the phases between one layer's attention and the next (output
-// projection, residual, norm, feed-forward, next layer's q/k/v) run by every thread in one hand-off, the
+// A decode step's layer program: the phases of a step (each layer's q/k/v products, a dense layer's
+// attention, output projection, residual, norm, feed-forward) run by every thread in one hand-off, the
 // threads meeting at spin barriers in the shared memory instead of returning to the calling thread after
-// each product; a dense decode step's attention runs inside too. Small elementwise steps (norms, SwiGLU, residual adds, quantising a product's input) are
+// each product. Small elementwise steps (norms, SwiGLU, residual adds, quantising a product's input) are
 // computed by every thread into its own private area: a few microseconds each, cheaper than a meeting.
 // The plan (which phases, which buffers) is built once per model and batch size by
 // cpu/decode-program.ts; this file is the run step, identical on the calling thread and the workers.
@@ -22,7 +22,7 @@ export const PH_COPY = 6;    // (src, len, block): T <- shared src, or, where at
 export const PH_PREP = 7;    // (len, mode): a product's input from T (PREP_* below)
 export const PH_GEMV = 8;    // (desc, count): the products listed at desc (shared-ops gemmSet), inputs private
 export const PH_BARRIER = 9; // (): every thread waits for the others
-export const PH_CALLBACK = 10; // (arg): the calling thread runs the step's callback (RoPE, KV append: JavaScript), the others go on
+export const PH_CALLBACK = 10; // (arg): the calling thread runs the step's callback (RoPE, KV append: JavaScript), the others skip it
 export const PH_ATTEND = 11;   // (block): a dense decode step's attention (ATTN_* words at block): query heads split across the
                                // threads, or from TOKEN_SPLIT keys on the keys, each thread's part in its own O / ST
 
