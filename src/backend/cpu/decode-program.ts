@@ -96,11 +96,10 @@ export class DecodeProgram {
     this.privStride = this.layout.bytes;
     this.base = this.alloc(this.parts * this.privStride);
     const norm = (v: Float32Array) => { const p = wasmCopy(this.rt, v); if (p < 0) throw new Error('out of WebAssembly memory for a norm weight'); return p; };
-    const seg: { products: { counters: number; chunk: number; rows: number }[] } = { products: [] };
     this.attnBlocks = this.alloc(L * ATTN_WORDS * 4);
     // products of one input (already in T): its preparations, then one GEMV phase over them all
     const products = (ps: Product[]): boolean => {
-      const modes = new Set<number>(), descWords: number[] = [];
+      const modes = new Set<number>(), descWords: number[] = [], counted: { counters: number; chunk: number; rows: number }[] = [];
       for (const { W, out } of ps) {
         const code = DTYPE_CODE[W.dtype];
         if (W.cols % 32 || !this.rt.owns(W.bytes) || code === undefined) return false;
@@ -115,7 +114,7 @@ export class DecodeProgram {
         // eight a region, as the product-by-product path takes, cost 4.5 instead of 4.0 ms of a step's 10)
         const unit = gemmRowUnit(code, n, int ? 1 : 0, block), chunk = Math.max(unit, Math.ceil(W.rows / (this.parts * 2) / unit) * unit);
         const counters = this.alloc(this.parts * 4);
-        seg.products.push({ counters, chunk, rows: W.rows });
+        counted.push({ counters, chunk, rows: W.rows });
         const priv = this.base, x = mode === PREP_ROUND_Q8 || mode === PREP_ROUND_Q8K ? priv + this.layout.R : priv + this.layout.T;
         descWords.push(counters, chunk, code, W.bytes.byteOffset, W.rowBytes, W.rows, W.cols, x, n, out.byteOffset, block,
                        int ? priv + this.layout.Q : 0, int ? priv + this.layout.S : 0);
@@ -126,7 +125,7 @@ export class DecodeProgram {
       for (const mode of modes) if (mode !== PREP_F32) this.phases.push([PH_PREP, len, mode]);
       const desc = this.alloc(descWords.length * 4);
       this.descs.push({ at: desc, words: descWords });
-      this.counters[this.phases.length] = seg.products; seg.products = [];
+      this.counters[this.phases.length] = counted;
       this.phases.push([PH_GEMV, desc, ps.length]);
       return true;
     };
