@@ -9,12 +9,12 @@ import type { Matrix } from '../../model/tensor.js';
 import type { ModelConfig, ModelWeights } from '../../model/config.js';
 import type { WasmRuntime } from '../wasm/runtime.js';
 import { DTYPE_CODE, OP_PROGRAM, type WorkerPool } from '../wasm/pool.js';
-import { GEMM_DESC, Q8_X_TOKENS, TOKEN_SPLIT, gemmRowUnit, gemvInPlace, initChunkCounters, quadBlockRows, quantisesX } from '../wasm/shared-ops.js';
+import { GEMM_DESC, Q8_X_TOKENS, TOKEN_SPLIT, gemmRowUnit, gemvInPlace, initChunkCounters, quantisesX } from '../wasm/shared-ops.js';
 import {
   ATTN_WORDS, BARRIER_WORDS, PHASE_WORDS, PH_ADD, PH_ATTEND, PH_BARRIER, PH_CALLBACK, PH_COPY, PH_GEMV, PH_GLU, PH_LOAD_X, PH_NORM, PH_PREP, PH_STORE_X,
   PREP_F32, PREP_INT_Q8, PREP_INT_Q8K, PREP_ROUND_Q8, PREP_ROUND_Q8K, runProgram, type PrivateLayout,
 } from '../wasm/program.js';
-import { productRoundsX, wasmCopy } from './kernels.js';
+import { productBlocks, productRoundsX, wasmCopy } from './kernels.js';
 
 /** A layer's KV cache as the program's attention reads it (Session.programCache), once this step's
  *  key and value are appended: keys attended, K and V page 0, page table, bytes between pages, page size,
@@ -107,8 +107,7 @@ export class DecodeProgram {
         const mode = int ? (fmt === 'q8_k' ? PREP_INT_Q8K : PREP_INT_Q8) : fmt === null ? PREP_F32 : fmt === 'q8_k' ? PREP_ROUND_Q8K : PREP_ROUND_Q8;
         modes.add(mode);
         const quads = int && !gemvInPlace(code, n);
-        const block = quads ? quadBlockRows(W.cols) : Math.max(4, Math.min(W.rows, (Math.floor(32768 / W.cols) >> 2) << 2));
-        const scratchBytes = W.dtype === 'f32' ? 0 : quads ? (block / 4) * (W.cols / 32) * 272 : block * W.cols * 4;
+        const { block, scratchBytes } = productBlocks(W, quads);
         this.scratchStride = Math.max(this.scratchStride, align(scratchBytes));
         // (two chunks in each thread's region: a decode product's chunk is a microsecond or two of work, and
         // eight a region, as the product-by-product path takes, cost 4.5 instead of 4.0 ms of a step's 10)

@@ -109,6 +109,14 @@ interface PreparedX { key: string; x: Float32Array; round: ActivationFormat | nu
  *  an integer kernel takes it) and where its rows go (op: `out` itself where it lies in the wasm memory). */
 interface PlannedProduct { W: Matrix; out: Float32Array; bias: Float32Array | null; op: number; code: number; xp: number; xq: number; xs: number; block: number; scratchBytes: number }
 
+/** Rows a product takes at a time (gemmRange's `block`), and the scratch each thread needs for them: a
+ *  block of rows repacked as row quads (`quads`: 2 bytes a weight + scales), or converted to f32. */
+export function productBlocks(W: Matrix, quads: boolean): { block: number; scratchBytes: number } {
+  const { rows, cols } = W;
+  const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
+  return { block, scratchBytes: W.dtype === 'f32' ? 0 : quads ? (block / 4) * (cols / 32) * 272 : block * cols * 4 };
+}
+
 /** Prepares one product of the SIMD path: weights read in place from the wasm memory; non-f32 rows are
  *  converted to f32 a block at a time (a block stays in cache while every token of the batch uses it),
  *  or repacked as row quads for the integer kernel. `slot`: its place among the products run together. */
@@ -116,11 +124,9 @@ function planWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias
   const { rows, cols } = W, q8 = int !== null; // (x quantised for an integer kernel)
   const code = DTYPE_CODE[W.dtype];
   const quads = q8 && !gemvInPlace(code, n);
-  const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
+  const { block, scratchBytes } = productBlocks(W, quads);
   // (an output in the wasm memory is written in place; a bias is added after)
   const op = rt.owns(out) ? out.byteOffset : rt.scratchPtr(`mm.out${slot}`, n * rows * 4);
-  // per thread: a block of rows converted to f32, or repacked as row quads (2 bytes a weight + scales)
-  const scratchBytes = W.dtype === 'f32' ? 0 : quads ? (block / 4) * (cols / 32) * 272 : block * cols * 4;
   // (each format's x has its own scratch: a call's products may take different formats)
   if (prepared.xp === undefined && !prepared.round && rt.owns(prepared.x)) prepared.xp = prepared.x.byteOffset; // (read in place)
   if (prepared.xp === undefined) {
