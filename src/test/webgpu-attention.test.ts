@@ -10,7 +10,9 @@ import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
 import { gaussian } from './fixtures.js';
 
-interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number; cap?: number; window?: number }
+/** `ties`: pages repeat the keys of the first few (equal scores); `fuse`: false runs Quest's selection as
+ *  a top-k kernel of its own (else inside the sparse-attention kernel, where the adapter allows). */
+interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number; cap?: number; window?: number; ties?: boolean; fuse?: boolean }
 
 function build(c: Case, seed: number) {
   const g = gaussian(seed), pages = Math.ceil(c.seq / c.P), hd2 = c.hd / 2;
@@ -20,8 +22,9 @@ function build(c: Case, seed: number) {
   for (let t = 0; t < c.seq; t++) for (let h = 0; h < c.nKV; h++) {
     const p = Math.floor(t / c.P), base = ((p * c.nKV + h) * c.P + (t % c.P)) * c.hd;
     const kr = new Float64Array(c.hd), vr = new Float64Array(c.hd);
+    const same = c.ties && p >= 5 ? ((p % 5) * c.nKV + h) * c.P + (t % c.P) : -1; // (a page among the first five, repeated)
     for (let i = 0; i < c.hd; i++) {
-      k16[base + i] = f32ToF16(g()); v16[base + i] = f32ToF16(g());
+      k16[base + i] = same >= 0 ? k16[same * c.hd + i] : f32ToF16(g()); v16[base + i] = f32ToF16(g());
       kr[i] = F16_TABLE[k16[base + i]]; vr[i] = F16_TABLE[v16[base + i]];
     }
     K[h].push(kr); V[h].push(vr);
@@ -49,7 +52,8 @@ function refAttention(q: Float32Array, h: number, hd: number, K: Float64Array[],
 async function runCase(c: Case, seed: number) {
   const { device } = gpu!;
   const shape: AttnShape = { nHeads: c.nH, nKV: c.nKV, headDim: c.hd, pageSize: c.P, maxPages: c.cap ?? Math.ceil(c.seq / c.P) + 3 };
-  const att = new DecodeAttention(device, shape, Math.max(1, c.budgetPages));
+  const att = new DecodeAttention(device, shape, Math.max(1, c.budgetPages), undefined, undefined, c.fuse);
+  if (c.fuse !== false && c.hd % 8 === 0 && c.hd !== 80) assert.ok(att.fusedSelect, 'the selection should run inside the sparse-attention kernel');
   const d = build(c, seed);
   const mk = (data: Uint16Array) => {
     const b = device.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
@@ -87,8 +91,13 @@ async function runCase(c: Case, seed: number) {
       }
       const want = topKIndices(scores, c.budgetPages, [d.pages - 1]);
       const got = Array.from(gpuSel!.subarray(g * c.budgetPages, (g + 1) * c.budgetPages)).sort((a, b) => a - b);
-      assert.deepEqual(got, want, `group ${g}: GPU top-k pages differ from the CPU's`);
-      tokens = tokens.filter((t) => want.includes(Math.floor(t / c.P)));
+      if (c.ties) {
+        // which of the tied pages is kept is free: k distinct pages whose scores are the k largest
+        assert.equal(new Set(got).size, got.length, `group ${g}: pages repeat`);
+        const sc = (ps: number[]) => ps.map((p) => (p === d.pages - 1 ? Infinity : Math.fround(scores[p]))).sort((a, b) => b - a);
+        assert.deepEqual(sc(got), sc(want), `group ${g}: not the k largest scores`);
+      } else assert.deepEqual(got, want, `group ${g}: GPU top-k pages differ from the CPU's`);
+      tokens = tokens.filter((t) => got.includes(Math.floor(t / c.P)));
     }
     for (let j = 0; j < group; j++) {
       const h = g * group + j, ref = refAttention(d.q, h, c.hd, d.K[g], d.V[g], tokens);
@@ -116,6 +125,9 @@ const CASES: Case[] = [
   { nH: 6, nKV: 2, hd: 80, P: 16, seq: 530, budgetPages: 9 }, // head dim 80: 10 lanes per row, GQA 3
   { nH: 8, nKV: 8, hd: 64, P: 16, seq: 20000, budgetPages: 0 }, // many chunks per head
   { nH: 8, nKV: 2, hd: 64, P: 16, seq: 3000, budgetPages: 30, cap: 8192 }, // a cache sized for 128K: the top-k kernel for fewer keys per thread
+  { nH: 8, nKV: 2, hd: 64, P: 16, seq: 3000, budgetPages: 30, fuse: false }, // the same with a top-k kernel of its own
+  { nH: 8, nKV: 2, hd: 64, P: 16, seq: 2000, budgetPages: 23, ties: true }, // equal scores: five distinct pages repeated
+  { nH: 8, nKV: 2, hd: 64, P: 16, seq: 2000, budgetPages: 23, ties: true, fuse: false },
   { nH: 6, nKV: 2, hd: 64, P: 16, seq: 32752, budgetPages: 256 }, // the 32K test model's layer at its full context, a 4096-token budget
   // head dim 128 with GQA 2, 8, 16: the reduce-scatter row sums where subgroups are 32 wide
   { nH: 8, nKV: 4, hd: 128, P: 16, seq: 611, budgetPages: 0 },
@@ -130,7 +142,7 @@ const CASES: Case[] = [
 ];
 
 CASES.forEach((c, i) => {
-  const label = c.window ? `window of ${c.window}` : c.budgetPages > 0 ? `Quest top-${c.budgetPages} pages` : 'dense';
+  const label = c.window ? `window of ${c.window}` : c.budgetPages > 0 ? `Quest top-${c.budgetPages} pages${c.ties ? ', tied scores' : ''}${c.fuse === false ? ', separate top-k' : ''}` : 'dense';
   test(`WebGPU decode attention (${label}, ${c.nH}/${c.nKV} heads, head dim ${c.hd}, ${c.seq} tokens) matches float64`, { skip: skipGpu }, async () => {
     await runCase(c, 100 + i);
   });

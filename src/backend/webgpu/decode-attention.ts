@@ -122,121 +122,173 @@ ${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * b[0]) + max(qb${j} * a[
 }`;
 };
 
-/** Kernel 2: top-k pages per KV group, no readback. The scores become order-preserving u32 keys, held
- *  in registers (KR per thread, one variable each: a register array indexed in a loop goes to local
- *  memory, and re-reading the scores each round waits on the cache every time); the k-th largest key T
- *  is found 4 bits at a time: each of 8 rounds builds a 16-bin histogram of the next digit of the keys
- *  that still match T's prefix (8-bit bins packed in 4 words per thread, 16-bit pairs once summed),
- *  sums it across the workgroup and keeps the largest digit with at least k keys at or above it. Then
- *  the keys above T and ties up to k are written out. The whole kernel is a chain of dependent steps
- *  run by one workgroup, so its time is latency: no arrays indexed at run time, no loops over bins.
- *  With 32-wide subgroups sums and output slots come from subgroup reductions and prefix sums;
- *  elsewhere from workgroup atomics (packed bins add without carries). */
-export const topkWgsl = (s: AttnShape, subgroups = false, threads = TOPK_THREADS, pages = s.maxPages) => {
-  const wg = subgroups ? threads : Math.max(64, threads); // (the atomic path zeroes 3 x 9 counters in one step)
-  if (wg % 32 !== 0 || wg > 256) throw new Error(`top-k workgroup of ${threads} threads: use 32, 64, 128 or 256`);
-  const NW = wg / 32, oneWarp = subgroups && wg === 32;
-  const KR = Math.ceil(pages / wg); // (a kernel per power of two of KR: unused slots cost time even when skipped)
-  if (KR > 255) throw new Error(`top-k over ${pages} pages needs more than 255 keys per thread (8-bit bins)`);
-  const slots = Array.from({ length: KR }, (_, i) => i), warps = Array.from({ length: NW }, (_, i) => i);
-  // slot i holds page tid + i * WG; slots past the sequence are skipped by a branch that is the same for
-  // every thread (n is uniform), so lanes stay converged for the reductions
-  const load = slots.map((i) => `  var k${i} = 0u; if (${i}u * WG < n) { let p = tid + ${i}u * WG; k${i} = select(0u, key(scores[base + min(p, n - 1u)]), p < n); }`).join('\n');
-  const count = slots.map((i) => `    if (${i}u * WG < n) { h = bin(h, k${i}, T, mask, shift); }`).join('\n');
-  const tally = slots.map((i) => `  if (${i}u * WG < n) { let p = tid + ${i}u * WG; if (p < n) { mine += vec2<u32>(select(0u, 1u, k${i} > T), select(0u, 1u, k${i} == T)); } }`).join('\n');
-  const write = slots.map((i) => `  if (${i}u * WG < n) { let p = tid + ${i}u * WG; if (p < n) { if (k${i} > T) { sel[ob + above] = p; above++; } if (k${i} == T) { if (tie < k) { sel[ob + tie] = p; } tie++; } } }`).join('\n');
+/** Quest's page selection by one workgroup of `wg` threads (the top-k kernel, and the fused select +
+ *  attend kernel): the k pages of a KV group with the largest scores, no readback. The scores become
+ *  order-preserving u32 keys, held in registers (`kr` per thread, one variable each: a register array
+ *  indexed in a loop goes to local memory, and re-reading the scores each round waits on the cache every
+ *  time); the k-th largest key T is found 4 bits at a time: each round builds a 16-bin histogram of the
+ *  next digit of the keys that still match T's prefix (8-bit bins packed in 4 words per thread, 16-bit
+ *  pairs once summed), sums it across the workgroup and keeps the largest digit with at least k keys at
+ *  or above it. The whole selection is a chain of dependent steps, so its time is latency; two things cut
+ *  its rounds: the digits shared by the smallest and the largest key (the current page, forced to the
+ *  top, left out) are T's without a round, and the search stops once exactly k keys lie at or above T's
+ *  prefix (then those are the k, whatever the digits below). Sums go through `workgroupUniformLoad`, so
+ *  every thread agrees on them and may leave the loop together. Then the keys above T and ties up to k
+ *  get slots 0..k-1 and `put(slot, page)` is called for each. With 32-wide subgroups sums and slots come
+ *  from subgroup reductions and prefix sums; elsewhere from workgroup atomics (packed bins add without
+ *  carries). No arrays indexed at run time, no loops over bins.
+ *
+ *  Returns module-scope declarations and a block of statements that expects `tid`, `n` (pages), `base`
+ *  (where the group's scores start in `scores`) and `k` in scope, in uniform control flow. */
+function selectionWgsl(wg: number, kr: number, subgroups: boolean): { decls: string; body: string } {
+  if (wg % 32 !== 0 || wg > 256 || (!subgroups && wg < 64)) throw new Error(`page selection by ${wg} threads: use a multiple of 32 up to 256 (64 or more without subgroups)`);
+  if (kr > 255) throw new Error(`page selection needs more than 255 keys per thread (8-bit bins)`);
+  const NW = wg / 32;
+  const slots = Array.from({ length: kr }, (_, i) => i);
+  // slot i holds page tid + i * SEL_WG; slots past the sequence are skipped by a branch that is the same
+  // for every thread (n is uniform), so lanes stay converged for the reductions
+  const each = (f: (i: number) => string) => slots.map((i) => `  if (${i}u * SEL_WG < n) { let p = tid + ${i}u * SEL_WG; ${f(i)} }`).join('\n');
+  const load = slots.map((i) => `  var k${i} = 0u;`).join('\n') + '\n' + each((i) => `k${i} = select(0u, selKey(scores[base + min(p, n - 1u)]), p < n);`);
+  const extent = each((i) => `if (p + 1u < n) { lo = min(lo, k${i}); hi = max(hi, k${i}); }`);
+  const count = slots.map((i) => `    if (${i}u * SEL_WG < n) { h = selBin(h, k${i}, T, mask, shift); }`).join('\n');
+  const tally = each((i) => `if (p < n) { mine += vec2<u32>(select(0u, 1u, k${i} > T), select(0u, 1u, k${i} == T)); }`);
+  const write = each((i) => `if (p < n) { if (k${i} > T) { put(above, p); above++; } if (k${i} == T) { if (tie < k) { put(tie, p); } tie++; } }`);
   const reduce = subgroups ? /* wgsl */ `
-var<workgroup> wsum: array<Hist, ${2 * NW}>;   // [round % 2][subgroup]
-var<workgroup> wscan: array<vec2<u32>, ${NW}>; // per subgroup: keys above T, ties
-fn total(x: Hist, round: u32, tid: u32) -> Hist {
-  let t = Hist(subgroupAdd(x.lo), subgroupAdd(x.hi), subgroupAdd(x.gt));
-${oneWarp ? '  return t;' : `  // (double-buffered: a subgroup writing round r + 2 has passed the barrier that every reader of round r reached)
-  let b = (round % 2u) * NW;
-  if (tid % 32u == 0u) { wsum[b + tid / 32u] = t; }
-  workgroupBarrier();
-${warps.map((w) => `  let w${w} = wsum[b + ${w}u];`).join('\n')}
-  return Hist(${['lo', 'hi', 'gt'].map((f) => warps.map((w) => `w${w}.${f}`).join(' + ')).join(', ')});`}
+var<workgroup> selSum: array<array<SelHist, ${NW}>, 2>; // [round % 2][subgroup]
+var<workgroup> selExt: array<vec2<u32>, ${NW}>;         // per subgroup: smallest and largest key
+var<workgroup> selScan: array<vec2<u32>, ${NW}>;        // per subgroup: keys above T, ties
+// (double-buffered: a subgroup writing round r + 2 has passed the barrier that every reader of round r reached)
+fn selTotal(x: SelHist, round: u32, tid: u32) -> SelHist {
+  let t = SelHist(subgroupAdd(x.lo), subgroupAdd(x.hi), subgroupAdd(x.gt));
+  if (tid % 32u == 0u) { selSum[round % 2u][tid / 32u] = t; }
+  let w = workgroupUniformLoad(&selSum[round % 2u]);
+  var s = SelHist(vec4<u32>(0u), vec4<u32>(0u), 0u);
+  for (var i = 0u; i < ${NW}u; i++) { s.lo += w[i].lo; s.hi += w[i].hi; s.gt += w[i].gt; }
+  return s;
+}
+fn selExtent(lo: u32, hi: u32, tid: u32) -> vec2<u32> {
+  let e = vec2<u32>(subgroupMin(lo), subgroupMax(hi));
+  if (tid % 32u == 0u) { selExt[tid / 32u] = e; }
+  let w = workgroupUniformLoad(&selExt);
+  var r = vec2<u32>(0xffffffffu, 0u);
+  for (var i = 0u; i < ${NW}u; i++) { r = vec2<u32>(min(r.x, w[i].x), max(r.y, w[i].y)); }
+  return r;
 }
 // exclusive prefix over the workgroup of (above, ties), and the totals
-fn scan(v: vec2<u32>, tid: u32) -> array<vec2<u32>, 2> {
+fn selPrefix(v: vec2<u32>, tid: u32) -> array<vec2<u32>, 2> {
   let pre = subgroupExclusiveAdd(v); let tot = subgroupAdd(v);
-${oneWarp ? '  return array<vec2<u32>, 2>(pre, tot);' : `  if (tid % 32u == 0u) { wscan[tid / 32u] = tot; }
+  if (tid % 32u == 0u) { selScan[tid / 32u] = tot; }
   workgroupBarrier();
   var before = vec2<u32>(0u); var all = vec2<u32>(0u);
-  for (var w = 0u; w < NW; w++) { let x = wscan[w]; if (w < tid / 32u) { before += x; } all += x; }
-  return array<vec2<u32>, 2>(pre + before, all);`}
+  for (var w = 0u; w < ${NW}u; w++) { let x = selScan[w]; if (w < tid / 32u) { before += x; } all += x; }
+  return array<vec2<u32>, 2>(pre + before, all);
 }` : /* wgsl */ `
-var<workgroup> acnt: array<array<atomic<u32>, 9>, 3>; // per round (mod 3): lo[4], hi[4], gt
-var<workgroup> aslot: array<atomic<u32>, 2>;
-fn total(x: Hist, round: u32, tid: u32) -> Hist {
+var<workgroup> selCnt: array<array<atomic<u32>, 9>, 3>; // per round (mod 3): lo[4], hi[4], gt
+var<workgroup> selTot: array<array<u32, 9>, 2>;          // the same, copied for a uniform load
+var<workgroup> selAExt: array<atomic<u32>, 2>;
+var<workgroup> selSlot: array<atomic<u32>, 2>;
+fn selTotal(x: SelHist, round: u32, tid: u32) -> SelHist {
   let b = round % 3u;
   // (the buffer of the next round was last read two rounds ago, before the previous barrier)
-  if (tid < 9u) { atomicStore(&acnt[(round + 1u) % 3u][tid], 0u); }
-  for (var j = 0u; j < 4u; j++) { atomicAdd(&acnt[b][j], x.lo[j]); atomicAdd(&acnt[b][4u + j], x.hi[j]); }
-  atomicAdd(&acnt[b][8], x.gt);
+  if (tid < 9u) { atomicStore(&selCnt[(round + 1u) % 3u][tid], 0u); }
+  for (var j = 0u; j < 4u; j++) { atomicAdd(&selCnt[b][j], x.lo[j]); atomicAdd(&selCnt[b][4u + j], x.hi[j]); }
+  atomicAdd(&selCnt[b][8], x.gt);
   workgroupBarrier();
-  var t: Hist;
-  for (var j = 0u; j < 4u; j++) { t.lo[j] = atomicLoad(&acnt[b][j]); t.hi[j] = atomicLoad(&acnt[b][4u + j]); }
-  t.gt = atomicLoad(&acnt[b][8]);
-  return t;
+  if (tid < 9u) { selTot[round % 2u][tid] = atomicLoad(&selCnt[b][tid]); }
+  let v = workgroupUniformLoad(&selTot[round % 2u]);
+  return SelHist(vec4<u32>(v[0], v[1], v[2], v[3]), vec4<u32>(v[4], v[5], v[6], v[7]), v[8]);
+}
+fn selExtent(lo: u32, hi: u32, tid: u32) -> vec2<u32> {
+  atomicMin(&selAExt[0], lo); atomicMax(&selAExt[1], hi);
+  workgroupBarrier();
+  if (tid == 0u) { selTot[1][0] = atomicLoad(&selAExt[0]); selTot[1][1] = atomicLoad(&selAExt[1]); }
+  let v = workgroupUniformLoad(&selTot[1]);
+  return vec2<u32>(v[0], v[1]);
 }`;
-  return (subgroups ? 'enable subgroups;\n' : '') + PARAMS_WGSL + scratchWgsl(s) + /* wgsl */ `
-const NKV: u32 = ${s.nKV}u;
-const WG: u32 = ${wg}u;
-const NW: u32 = ${NW}u;
-@group(0) @binding(1) var<storage, read> scores: array<f32>;
-@group(0) @binding(2) var<storage, read_write> sel: array<u32>;
+  const decls = (subgroups ? '' : '') + /* wgsl */ `
+const SEL_WG: u32 = ${wg}u;
 // A digit histogram: per thread lo[w] holds 8-bit bins 4w..4w+3; once summed, 16-bit pairs: lo[w] bins
 // 4w (low half) and 4w+2, hi[w] bins 4w+1 and 4w+3. gt: keys above T's prefix (above every candidate).
-struct Hist { lo: vec4<u32>, hi: vec4<u32>, gt: u32 }
+struct SelHist { lo: vec4<u32>, hi: vec4<u32>, gt: u32 }
 ${reduce}
-fn key(x: f32) -> u32 { let b = bitcast<u32>(x); return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u); }
+fn selKey(x: f32) -> u32 { let b = bitcast<u32>(x); return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u); }
 // one key into this thread's histogram (its digit's bin if it matches T's prefix)
-fn bin(h: Hist, kk: u32, T: u32, mask: u32, shift: u32) -> Hist {
+fn selBin(h: SelHist, kk: u32, T: u32, mask: u32, shift: u32) -> SelHist {
   let pre = kk & mask; let d = (kk >> shift) & 15u;
   let inc = select(0u, 1u << ((d & 3u) * 8u), pre == T);
-  return Hist(h.lo + select(vec4<u32>(0u), vec4<u32>(inc), vec4<u32>(d >> 2u) == vec4<u32>(0u, 1u, 2u, 3u)), h.hi, h.gt + select(0u, 1u, pre > T));
+  return SelHist(h.lo + select(vec4<u32>(0u), vec4<u32>(inc), vec4<u32>(d >> 2u) == vec4<u32>(0u, 1u, 2u, 3u)), h.hi, h.gt + select(0u, 1u, pre > T));
 }
-// the largest digit j with at least k keys at or above it (digit 0, T itself, always has: the invariant)
-fn best(t: Hist, k: u32) -> u32 {
+// the largest digit j with at least k keys at or above it (digit 0, T itself, always has: the invariant),
+// and how many keys lie at or above it
+fn selBest(t: SelHist, k: u32) -> vec2<u32> {
   let A = t.lo & vec4<u32>(0xffffu); let B = t.hi & vec4<u32>(0xffffu); let C = t.lo >> vec4<u32>(16u); let D = t.hi >> vec4<u32>(16u);
   let S = A + B + C + D; // keys per group of 4 digits
   let a3 = vec4<u32>(t.gt) + vec4<u32>(S.y + S.z + S.w, S.z + S.w, S.w, 0u) + D; // at or above digit 4w + 3
   let a2 = a3 + C; let a1 = a2 + B; let a0 = a1 + A;
   let kk = vec4<u32>(k); let one = vec4<u32>(1u); let zero = vec4<u32>(0u);
   let c = select(zero, one, a3 >= kk) + select(zero, one, a2 >= kk) + select(zero, one, a1 >= kk) + select(zero, one, a0 >= kk);
-  return c.x + c.y + c.z + c.w - 1u;
-}
-@compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let prm = prms[wid.z]; let slot = wid.z;
-  if (prm.sparse == 0u) { return; } // (a dense row of a batch)
-  let tid = lid.x; let g = wid.x; let n = prm.nPages; let base = (slot * NKV + g) * SLOT_PAGES; let k = prm.k; let ob = (slot * NKV + g) * SLOT_SEL;
-${subgroups ? '' : `  if (tid < 27u) { atomicStore(&acnt[tid / 9u][tid % 9u], 0u); }
-  if (tid < 2u) { atomicStore(&aslot[tid], 0u); }
+  let d = c.x + c.y + c.z + c.w - 1u; let r = d % 4u;
+  let at = select(select(select(a0, a1, r == 1u), a2, r == 2u), a3, r == 3u);
+  return vec2<u32>(d, at[d / 4u]);
+}`;
+  const body = /* wgsl */ `{
+${subgroups ? '' : `  if (tid < 27u) { atomicStore(&selCnt[tid / 9u][tid % 9u], 0u); }
+  if (tid < 2u) { atomicStore(&selSlot[tid], 0u); atomicStore(&selAExt[tid], select(0u, 0xffffffffu, tid == 0u)); }
   workgroupBarrier();
 `}${load}
+  // the digits every key but the current page's shares are T's already
+  var lo = 0xffffffffu; var hi = 0u;
+${extent}
+  let ext = selExtent(lo, hi, tid);
+  let first = countLeadingZeros(ext.x ^ ext.y) / 4u; // (8: all those keys equal)
   // invariant: #(keys >= T) >= k; the bits below the current digit are zero
-  var T = 0u;
-  for (var round = 0u; round < 8u; round++) {
+  var T = select(ext.y & ~(0xffffffffu >> (4u * first)), ext.y, first >= 8u);
+  for (var round = first; round < 8u; round++) {
     let shift = 28u - 4u * round;
     let mask = select(0xffffffffu << (shift + 4u), 0u, round == 0u); // T's prefix: the digits already chosen
-    var h = Hist(vec4<u32>(0u), vec4<u32>(0u), 0u);
+    var h = SelHist(vec4<u32>(0u), vec4<u32>(0u), 0u);
 ${count}
     // 8-bit bins to 16-bit pairs before summing over up to 8192 keys
-    let t = total(Hist(h.lo & vec4<u32>(0x00ff00ffu), (h.lo >> vec4<u32>(8u)) & vec4<u32>(0x00ff00ffu), h.gt), round, tid);
-    T |= best(t, k) << shift;
+    let t = selTotal(SelHist(h.lo & vec4<u32>(0x00ff00ffu), (h.lo >> vec4<u32>(8u)) & vec4<u32>(0x00ff00ffu), h.gt), round, tid);
+    let b = selBest(t, k);
+    T |= b.x << shift;
+    if (b.y == k) { break; } // exactly k keys at or above T: the digits below cannot change the set
   }
   // keys above T, then ties up to k
   var mine = vec2<u32>(0u);
 ${tally}
-${subgroups ? `  let sc = scan(mine, tid);
-  var above = sc[0].x; var tie = sc[1].x + sc[0].y; // output slots: above T from 0, ties after all of those` : `  var above = atomicAdd(&aslot[0], mine.x);
+${subgroups ? `  let sc = selPrefix(mine, tid);
+  var above = sc[0].x; var tie = sc[1].x + sc[0].y; // output slots: above T from 0, ties after all of those` : `  var above = atomicAdd(&selSlot[0], mine.x);
   workgroupBarrier();
-  var tie = atomicLoad(&aslot[0]) + atomicAdd(&aslot[1], mine.y);`}
+  var tie = atomicLoad(&selSlot[0]) + atomicAdd(&selSlot[1], mine.y);`}
 ${write}
 }`;
+  return { decls, body };
+}
+
+/** Kernel 2: top-k pages per KV group (a workgroup each), written to `sel` (see selectionWgsl). */
+export const topkWgsl = (s: AttnShape, subgroups = false, threads = TOPK_THREADS, pages = s.maxPages) => {
+  const wg = subgroups ? threads : Math.max(64, threads);
+  const sel = selectionWgsl(wg, Math.ceil(pages / wg), subgroups); // (a kernel per power of two of keys per thread: unused slots cost time even when skipped)
+  return (subgroups ? 'enable subgroups;\n' : '') + PARAMS_WGSL + scratchWgsl(s) + /* wgsl */ `
+const NKV: u32 = ${s.nKV}u;
+@group(0) @binding(1) var<storage, read> scores: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sel: array<u32>;
+var<private> ob: u32;
+fn put(at: u32, p: u32) { sel[ob + at] = p; }
+${sel.decls}
+@compute @workgroup_size(SEL_WG)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let prm = prms[wid.z]; let slot = wid.z;
+  if (prm.sparse == 0u) { return; } // (a dense row of a batch)
+  let tid = lid.x; let g = wid.x; let n = prm.nPages; let base = (slot * NKV + g) * SLOT_PAGES; let k = prm.k;
+  ob = (slot * NKV + g) * SLOT_SEL;
+  ${sel.body}
+}`;
 };
+
+/** Quest's selection inside the sparse-attention kernel (QUEST_FUSED_SELECT=0: a top-k kernel before it, to compare). */
+const FUSED_SELECT = processEnv().QUEST_FUSED_SELECT !== '0';
 
 /** Row sums of GQA by reduce-scatter (QUEST_ATTN_SCATTER=0 to compare with one all-reduce per head). */
 const SCATTER = processEnv().QUEST_ATTN_SCATTER !== '0';
@@ -300,8 +352,10 @@ function groupStep(G: number, tb: number): string {
  *  Each lane group streams its rows with an online softmax; the lane groups merge at the end. The
  *  per-head state (q, max, sum, accumulators) is one set of variables per head, generated here: arrays
  *  indexed by a head loop went to local memory, which made the GQA shape 5x slower than its bytes. */
-export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB) => {
-  const { NG, LG, shuffle } = lanes(s, subgroups), G = s.nHeads / s.nKV;
+export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB, selectKeys = 0) => {
+  const { NG, LG, WG, shuffle } = lanes(s, subgroups), G = s.nHeads / s.nKV;
+  // select + attend: each workgroup selects its KV group's pages itself (selectKeys keys per thread)
+  const select = selectKeys > 0 ? selectionWgsl(WG, selectKeys, shuffle) : null;
   // GQA with 16-lane rows: row sums by reduce-scatter over the group's heads (groupStep)
   const scatter = shuffle && LG === 16 && G > 1 && G <= 16 && (G & (G - 1)) === 0 && SCATTER;
   const heads = Array.from({ length: G }, (_, j) => j);
@@ -311,10 +365,17 @@ const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> vc: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> sel: array<u32>;
-@group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4]
-@group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;   // [row][nH][SLOT_CHUNKS] (max, sum)
-@group(0) @binding(7) var<storage, read> table: array<u32>; // physical page of each logical page
+@group(0) @binding(4) var<storage, ${select ? 'read_write' : 'read'}> sel: array<u32>;
+@group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4 + 1] (the last: max, sum)
+@group(0) @binding(6) var<storage, read> table: array<u32>; // physical page of each logical page
+${select ? `@group(0) @binding(7) var<storage, read> scores: array<f32>;
+// a selected page whose slot falls in this workgroup's chunk (slots from c * cp): into the chunk's list,
+// and into sel (each chunk writes its own slots: what tests and readers of the selection see)
+var<private> chunkAt: u32; var<private> chunkLen: u32; var<private> selAt: u32; var<private> tableAt: u32;
+fn put(at: u32, p: u32) {
+  if (at >= chunkAt && at < chunkAt + chunkLen) { pages[at - chunkAt] = p; phys[at - chunkAt] = table[tableAt + p]; sel[selAt + at] = p; }
+}
+${select.decls}` : ''}
 var<workgroup> pages: array<u32, MAXCP>;
 var<workgroup> phys: array<u32, MAXCP>; // their physical pages
 var<workgroup> gm: array<f32, ${NG * G}>; // [group][head] maxima, then sums
@@ -345,10 +406,16 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   if (tid < cp) {
     let idx = c * cp + tid;
     var p = NONE;
-    if (prm.sparse == 1u) { if (idx < prm.k) { p = sel[(slot * NKV + g) * SLOT_SEL + idx]; } }
+    if (prm.sparse == 1u) { if (${select ? 'false' : 'idx < prm.k'}) { p = sel[(slot * NKV + g) * SLOT_SEL + idx]; } }
     else if (idx < prm.k) { p = idx + prm.first / P; }
     pages[tid] = p; phys[tid] = select(0u, table[prm.tableAt + p], p != NONE);
   }
+${select ? `  if (prm.sparse == 1u) {
+    // this KV group's pages selected here, from the scores (the same selection in every workgroup)
+    chunkAt = c * cp; chunkLen = cp; selAt = (slot * NKV + g) * SLOT_SEL; tableAt = prm.tableAt;
+    let n = prm.nPages; let base = (slot * NKV + g) * SLOT_PAGES; let k = prm.k;
+    ${select.body}
+  }` : ''}
   // this lane's 8 channels of q for every head of the group, scaled so that exp2 gives the softmax
 ${each((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * lane;
   var h${j} = Head(q[b${j}] * prm.scale, q[b${j} + 1u] * prm.scale, -3.0e38, 0.0, vec4<f32>(0.0), vec4<f32>(0.0));`)}
@@ -390,12 +457,12 @@ fn merge(h: u32, c: u32, M: f32, tid: u32, slot: u32) {
   for (var d = tid; d < HD / 4u; d += WG) {
     var sum = vec4<f32>(0.0);
     for (var r = 0u; r < NG; r++) { sum += gacc[r * (HD / 4u) + d]; }
-    part[pc * (HD / 4u) + d] = sum;
+    part[pc * (HD / 4u + 1u) + d] = sum;
   }
   if (tid == 0u) {
     var L = 0.0;
     for (var r = 0u; r < NG; r++) { L += gm[r * G + h % G]; }
-    ml[pc] = vec2<f32>(M, L);
+    part[pc * (HD / 4u + 1u) + HD / 4u] = vec4<f32>(M, L, 0.0, 0.0);
   }
 }`;
 };
@@ -411,9 +478,8 @@ const HD: u32 = ${s.headDim}u;
 const V4: u32 = ${V4}u;  // channel lanes (vec4 each)
 const CL: u32 = ${CL}u;  // chunk lanes
 const MAXC: u32 = ${MAX_CHUNKS}u;
-${PARAMS_WGSL}${scratchWgsl(s)}@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4]
-@group(0) @binding(2) var<storage, read> ml: array<vec2<f32>>;   // [row][nH][SLOT_CHUNKS] (max, sum)
-@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+${PARAMS_WGSL}${scratchWgsl(s)}@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4 + 1] (the last: max, sum)
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
 var<workgroup> w: array<f32, MAXC>;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> ored: array<vec4<f32>, ${CL * V4}>;
@@ -422,7 +488,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let prm = prms[wid.z];
   let h = wid.x; let tid = lid.x; let nc = prm.nChunks; let hb = (wid.z * NH + h) * SLOT_CHUNKS;
   var mx = -3.0e38;
-  for (var c = tid; c < nc; c += 256u) { mx = max(mx, ml[hb + c].x); }
+  for (var c = tid; c < nc; c += 256u) { mx = max(mx, part[(hb + c) * (V4 + 1u) + V4].x); }
   red[tid] = mx;
   workgroupBarrier();
   for (var o = 128u; o > 0u; o >>= 1u) { if (tid < o) { red[tid] = max(red[tid], red[tid + o]); } workgroupBarrier(); }
@@ -430,7 +496,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   workgroupBarrier();
   var L = 0.0;
   for (var c = tid; c < nc; c += 256u) {
-    let e = ml[hb + c]; let wc = select(0.0, exp2(e.x - M), e.y > 0.0);
+    let e = part[(hb + c) * (V4 + 1u) + V4].xy; let wc = select(0.0, exp2(e.x - M), e.y > 0.0);
     w[c] = wc; L += e.y * wc;
   }
   red[tid] = L;
@@ -438,7 +504,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   for (var o = 128u; o > 0u; o >>= 1u) { if (tid < o) { red[tid] += red[tid + o]; } workgroupBarrier(); }
   let lane = tid % V4; let cl = tid / V4;
   var acc = vec4<f32>(0.0);
-  if (cl < CL) { for (var c = cl; c < nc; c += CL) { acc += w[c] * part[(hb + c) * V4 + lane]; } }
+  if (cl < CL) { for (var c = cl; c < nc; c += CL) { acc += w[c] * part[(hb + c) * (V4 + 1u) + lane]; } }
   if (cl < CL) { ored[cl * V4 + lane] = acc; }
   workgroupBarrier();
   if (tid < V4) {
@@ -480,12 +546,15 @@ function rowPages(r: Required<AttnRow>, pageSize: number) {
 export class DecodeAttention {
   private readonly pipes: Record<'scores' | 'dense' | 'sparse' | 'reduce', GPUComputePipeline>;
   private readonly topkPipes = new Map<number, GPUComputePipeline>(); // by keys per thread (a power of two)
+  private readonly fusedPipes = new Map<number, GPUComputePipeline>(); // select + attend, by keys per thread
+  /** whether Quest's selection runs inside the sparse-attention kernel (else a top-k kernel before it) */
+  readonly fusedSelect: boolean;
   private readonly sub: boolean;
   private readonly topkThreads: number;
   readonly q: GPUBuffer; readonly out: GPUBuffer;
   private readonly s: AttnShape;
   /** scratch for `rows` batch rows */
-  private scores!: GPUBuffer; private sel!: GPUBuffer; private part!: GPUBuffer; private ml!: GPUBuffer;
+  private scores!: GPUBuffer; private sel!: GPUBuffer; private part!: GPUBuffer;
   private rows = 0;
   private readonly params: GPUBuffer[] = [];
   private readonly lanes: ReturnType<typeof lanes>;
@@ -499,8 +568,9 @@ export class DecodeAttention {
   forget(layers: LayerBuffers[]): void { for (const l of layers) this.groups.delete(l); }
 
   /** `io`: the q and out buffers to use (the decoder's activations) instead of own ones; `topkThreads`:
-   *  the top-k kernel's workgroup size (tests and benchmarks compare them). */
-  constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS) {
+   *  the top-k kernel's workgroup size, `fuse`: whether the selection may run inside the sparse-attention
+   *  kernel (tests and benchmarks compare them). */
+  constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS, fuse = FUSED_SELECT) {
     const s = this.s = { ...shape, maxSelected: Math.max(1, Math.min(shape.maxPages, maxSelectedPages)) };
     if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
     const mk = (code: string) => this.pipeline(code);
@@ -511,6 +581,9 @@ export class DecodeAttention {
       scores: mk(scoresWgsl(s, sub)), reduce: mk(reduceWgsl(s)),
       dense: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense)), sparse: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).sparse)),
     };
+    // (a partial-attention workgroup that is not whole subgroups keeps the separate top-k kernel)
+    const WG = this.lanes.WG;
+    this.fusedSelect = fuse && WG % 32 === 0 && (this.lanes.shuffle || WG >= 64) && Math.ceil(s.maxPages / WG) <= 255;
     this.q = io?.q ?? this.buffer(s.nHeads * s.headDim * 4); this.out = io?.out ?? this.buffer(s.nHeads * s.headDim * 4);
     this.growScratch(1);
   }
@@ -523,9 +596,9 @@ export class DecodeAttention {
   private growScratch(rows: number): void {
     if (rows <= this.rows) return;
     const s = this.s, maxChunks = maxChunksOf(s);
-    for (const b of this.rows ? [this.scores, this.sel, this.part, this.ml] : []) b.destroy();
+    for (const b of this.rows ? [this.scores, this.sel, this.part] : []) b.destroy();
     this.scores = this.buffer(rows * s.nKV * s.maxPages * 4); this.sel = this.buffer(rows * s.nKV * s.maxSelected! * 4);
-    this.part = this.buffer(rows * s.nHeads * maxChunks * s.headDim * 4); this.ml = this.buffer(rows * s.nHeads * maxChunks * 8);
+    this.part = this.buffer(rows * s.nHeads * maxChunks * (s.headDim + 4) * 4); // (each chunk's max and sum after its output)
     this.rows = rows;
     this.groups.clear();
   }
@@ -536,6 +609,15 @@ export class DecodeAttention {
     const kr = Math.min(most, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(nPages / wg)))));
     let pipe = this.topkPipes.get(kr);
     if (!pipe) { pipe = this.pipeline(topkWgsl(this.s, this.sub, wg, kr * wg)); this.topkPipes.set(kr, pipe); }
+    return { pipe, kr };
+  }
+
+  /** The select + attend pipeline for sequences of up to nPages pages (keys per thread as topkPipe). */
+  private fusedPipe(nPages: number): { pipe: GPUComputePipeline; kr: number } {
+    const wg = this.lanes.WG, most = Math.ceil(this.s.maxPages / wg);
+    const kr = Math.min(most, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(nPages / wg)))));
+    let pipe = this.fusedPipes.get(kr);
+    if (!pipe) { pipe = this.pipeline(partialWgsl(this.s, this.sub, partialTB(this.s.nHeads / this.s.nKV).sparse, kr)); this.fusedPipes.set(kr, pipe); }
     return { pipe, kr };
   }
 
@@ -622,7 +704,8 @@ export class DecodeAttention {
       pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores, layer.table]));
       pass.dispatchWorkgroups(Math.ceil(mostPages / (TB * this.lanes.NG)), s.nKV, n);
     }
-    if (anySparse && want('topk')) {
+    const fused = anySparse && this.fusedSelect;
+    if (anySparse && !fused && want('topk')) {
       const { pipe, kr } = this.topkPipe(mostPages);
       pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, `t${kr}`, [this.scores, this.sel]));
       pass.dispatchWorkgroups(s.nKV, 1, n);
@@ -630,12 +713,17 @@ export class DecodeAttention {
     const chunks = Math.max(...plan.map((p) => this.chunking(p.read).nChunks));
     if (want('partial')) {
       // (a batch mixing dense and sparse rows runs the sparse variant: it reads either)
-      const pipe = anySparse ? this.pipes.sparse : this.pipes.dense;
-      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, anySparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, this.ml, layer.table]));
+      if (fused) {
+        const { pipe, kr } = this.fusedPipe(mostPages);
+        pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, `f${kr}`, [this.q, layer.k, layer.v, this.sel, this.part, layer.table, this.scores]));
+      } else {
+        const pipe = anySparse ? this.pipes.sparse : this.pipes.dense;
+        pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, anySparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, layer.table]));
+      }
       pass.dispatchWorkgroups(chunks, s.nKV, n);
     }
     if (want('reduce')) {
-      pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, 'r', [this.part, this.ml, this.out]));
+      pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, 'r', [this.part, this.out]));
       pass.dispatchWorkgroups(s.nHeads, 1, n);
     }
   }
