@@ -10,9 +10,8 @@ import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
 import { gaussian } from './fixtures.js';
 
-/** `ties`: pages repeat the keys of the first few (equal scores); `fuse`: false runs Quest's selection as
- *  a top-k kernel of its own (else inside the sparse-attention kernel, where the adapter allows). */
-interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number; cap?: number; window?: number; ties?: boolean; fuse?: boolean }
+/** `ties`: pages repeat the keys of the first few (equal scores) */
+interface Case { nH: number; nKV: number; hd: number; P: number; seq: number; budgetPages: number; cap?: number; window?: number; ties?: boolean }
 
 function build(c: Case, seed: number) {
   const g = gaussian(seed), pages = Math.ceil(c.seq / c.P), hd2 = c.hd / 2;
@@ -52,8 +51,7 @@ function refAttention(q: Float32Array, h: number, hd: number, K: Float64Array[],
 async function runCase(c: Case, seed: number) {
   const { device } = gpu!;
   const shape: AttnShape = { nHeads: c.nH, nKV: c.nKV, headDim: c.hd, pageSize: c.P, maxPages: c.cap ?? Math.ceil(c.seq / c.P) + 3 };
-  const att = new DecodeAttention(device, shape, Math.max(1, c.budgetPages), undefined, undefined, c.fuse);
-  if (c.fuse !== false && c.hd % 8 === 0 && c.hd !== 80) assert.ok(att.fusedSelect, 'the selection should run inside the sparse-attention kernel');
+  const att = new DecodeAttention(device, shape, Math.max(1, c.budgetPages));
   const d = build(c, seed);
   const mk = (data: Uint16Array) => {
     const b = device.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
@@ -125,9 +123,7 @@ const CASES: Case[] = [
   { nH: 6, nKV: 2, hd: 80, P: 16, seq: 530, budgetPages: 9 }, // head dim 80: 10 lanes per row, GQA 3
   { nH: 8, nKV: 8, hd: 64, P: 16, seq: 20000, budgetPages: 0 }, // many chunks per head
   { nH: 8, nKV: 2, hd: 64, P: 16, seq: 3000, budgetPages: 30, cap: 8192 }, // a cache sized for 128K: the top-k kernel for fewer keys per thread
-  { nH: 8, nKV: 2, hd: 64, P: 16, seq: 3000, budgetPages: 30, fuse: false }, // the same with a top-k kernel of its own
   { nH: 8, nKV: 2, hd: 64, P: 16, seq: 2000, budgetPages: 23, ties: true }, // equal scores: five distinct pages repeated
-  { nH: 8, nKV: 2, hd: 64, P: 16, seq: 2000, budgetPages: 23, ties: true, fuse: false },
   { nH: 6, nKV: 2, hd: 64, P: 16, seq: 32752, budgetPages: 256 }, // the 32K test model's layer at its full context, a 4096-token budget
   // head dim 128 with GQA 2, 8, 16: the reduce-scatter row sums where subgroups are 32 wide
   { nH: 8, nKV: 4, hd: 128, P: 16, seq: 611, budgetPages: 0 },
@@ -142,7 +138,7 @@ const CASES: Case[] = [
 ];
 
 CASES.forEach((c, i) => {
-  const label = c.window ? `window of ${c.window}` : c.budgetPages > 0 ? `Quest top-${c.budgetPages} pages${c.ties ? ', tied scores' : ''}${c.fuse === false ? ', separate top-k' : ''}` : 'dense';
+  const label = c.window ? `window of ${c.window}` : c.budgetPages > 0 ? `Quest top-${c.budgetPages} pages${c.ties ? ', tied scores' : ''}` : 'dense';
   test(`WebGPU decode attention (${label}, ${c.nH}/${c.nKV} heads, head dim ${c.hd}, ${c.seq} tokens) matches float64`, { skip: skipGpu }, async () => {
     await runCase(c, 100 + i);
   });

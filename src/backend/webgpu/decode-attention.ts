@@ -122,8 +122,8 @@ ${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * b[0]) + max(qb${j} * a[
 }`;
 };
 
-/** Quest's page selection by one workgroup of `wg` threads (the top-k kernel, and the fused select +
- *  attend kernel): the k pages of a KV group with the largest scores, no readback. The scores become
+/** Quest's page selection by one workgroup of `wg` threads (the code of the top-k kernel, apart from its
+ *  bindings): the k pages of a KV group with the largest scores, no readback. The scores become
  *  order-preserving u32 keys, held in registers (`kr` per thread, one variable each: a register array
  *  indexed in a loop goes to local memory, and re-reading the scores each round waits on the cache every
  *  time); the k-th largest key T is found 4 bits at a time: each round builds a 16-bin histogram of the
@@ -287,8 +287,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 }`;
 };
 
-/** Quest's selection inside the sparse-attention kernel (QUEST_FUSED_SELECT=0: a top-k kernel before it, to compare). */
-const FUSED_SELECT = processEnv().QUEST_FUSED_SELECT !== '0';
+/** Chunks of the partial-attention kernel read from staggered starts (QUEST_ATTN_ROTATE=0 to compare). */
+const ROTATE = processEnv().QUEST_ATTN_ROTATE !== '0';
 
 /** Row sums of GQA by reduce-scatter (QUEST_ATTN_SCATTER=0 to compare with one all-reduce per head). */
 const SCATTER = processEnv().QUEST_ATTN_SCATTER !== '0';
@@ -352,10 +352,8 @@ function groupStep(G: number, tb: number): string {
  *  Each lane group streams its rows with an online softmax; the lane groups merge at the end. The
  *  per-head state (q, max, sum, accumulators) is one set of variables per head, generated here: arrays
  *  indexed by a head loop went to local memory, which made the GQA shape 5x slower than its bytes. */
-export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB, selectKeys = 0) => {
-  const { NG, LG, WG, shuffle } = lanes(s, subgroups), G = s.nHeads / s.nKV;
-  // select + attend: each workgroup selects its KV group's pages itself (selectKeys keys per thread)
-  const select = selectKeys > 0 ? selectionWgsl(WG, selectKeys, shuffle) : null;
+export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB) => {
+  const { NG, LG, shuffle } = lanes(s, subgroups), G = s.nHeads / s.nKV;
   // GQA with 16-lane rows: row sums by reduce-scatter over the group's heads (groupStep)
   const scatter = shuffle && LG === 16 && G > 1 && G <= 16 && (G & (G - 1)) === 0 && SCATTER;
   const heads = Array.from({ length: G }, (_, j) => j);
@@ -365,17 +363,9 @@ const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> vc: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, ${select ? 'read_write' : 'read'}> sel: array<u32>;
+@group(0) @binding(4) var<storage, read> sel: array<u32>;
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4 + 1] (the last: max, sum)
 @group(0) @binding(6) var<storage, read> table: array<u32>; // physical page of each logical page
-${select ? `@group(0) @binding(7) var<storage, read> scores: array<f32>;
-// a selected page whose slot falls in this workgroup's chunk (slots from c * cp): into the chunk's list,
-// and into sel (each chunk writes its own slots: what tests and readers of the selection see)
-var<private> chunkAt: u32; var<private> chunkLen: u32; var<private> selAt: u32; var<private> tableAt: u32;
-fn put(at: u32, p: u32) {
-  if (at >= chunkAt && at < chunkAt + chunkLen) { pages[at - chunkAt] = p; phys[at - chunkAt] = table[tableAt + p]; sel[selAt + at] = p; }
-}
-${select.decls}` : ''}
 var<workgroup> pages: array<u32, MAXCP>;
 var<workgroup> phys: array<u32, MAXCP>; // their physical pages
 var<workgroup> gm: array<f32, ${NG * G}>; // [group][head] maxima, then sums
@@ -406,28 +396,25 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   if (tid < cp) {
     let idx = c * cp + tid;
     var p = NONE;
-    if (prm.sparse == 1u) { if (${select ? 'false' : 'idx < prm.k'}) { p = sel[(slot * NKV + g) * SLOT_SEL + idx]; } }
+    if (prm.sparse == 1u) { if (idx < prm.k) { p = sel[(slot * NKV + g) * SLOT_SEL + idx]; } }
     else if (idx < prm.k) { p = idx + prm.first / P; }
     pages[tid] = p; phys[tid] = select(0u, table[prm.tableAt + p], p != NONE);
   }
-${select ? `  if (prm.sparse == 1u) {
-    // this KV group's pages selected here, from the scores (the same selection in every workgroup)
-    chunkAt = c * cp; chunkLen = cp; selAt = (slot * NKV + g) * SLOT_SEL; tableAt = prm.tableAt;
-    let n = prm.nPages; let base = (slot * NKV + g) * SLOT_PAGES; let k = prm.k;
-    ${select.body}
-  }` : ''}
   // this lane's 8 channels of q for every head of the group, scaled so that exp2 gives the softmax
 ${each((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * lane;
   var h${j} = Head(q[b${j}] * prm.scale, q[b${j} + 1u] * prm.scale, -3.0e38, 0.0, vec4<f32>(0.0), vec4<f32>(0.0));`)}
   workgroupBarrier();
   let rows = cp * P;
+${ROTATE ? `  // each chunk starts at a different page of its run (chunk c at page c % cp): the workgroups in flight
+  // then read at many offsets, not all at the same one of their chunks
+  let off = (c % cp) * P;` : ''}
   for (var t0 = 0u; t0 < rows; t0 += NG * TB) {
     // TB rows per lane group, consecutive groups on consecutive tokens (a warp reads contiguous rows)
     var k8: array<array<vec4<f32>, 2>, TB>; var v8: array<array<vec4<f32>, 2>, TB>; var ok: array<vec4<bool>, TB4>;
     for (var i = 0u; i < TB; i++) {
       // no branches: a row that is not there reads row 0 of physical page 0 (allocated) and is masked
       // out, so that the lanes stay converged for the row sums' subgroup shuffles
-      let t = t0 + i * NG + grp; let pi = min(t, rows - 1u) / P; let p = pages[pi]; let slot = t % P;
+      ${ROTATE ? 'let tt = t0 + i * NG + grp; let t = select(tt, select(tt + off, tt + off - rows, tt + off >= rows), tt < rows);' : 'let t = t0 + i * NG + grp;'} let pi = min(t, rows - 1u) / P; let p = pages[pi]; let slot = t % P;
       let valid = t < rows && p != NONE && p * P + slot < prm.seqLen && p * P + slot >= prm.first;
       ok[i / 4u][i % 4u] = valid;
       let b = ((select(0u, phys[pi], valid) * NKV + g) * P + select(0u, slot, valid)) * LG + lane;
@@ -546,9 +533,6 @@ function rowPages(r: Required<AttnRow>, pageSize: number) {
 export class DecodeAttention {
   private readonly pipes: Record<'scores' | 'dense' | 'sparse' | 'reduce', GPUComputePipeline>;
   private readonly topkPipes = new Map<number, GPUComputePipeline>(); // by keys per thread (a power of two)
-  private readonly fusedPipes = new Map<number, GPUComputePipeline>(); // select + attend, by keys per thread
-  /** whether Quest's selection runs inside the sparse-attention kernel (else a top-k kernel before it) */
-  readonly fusedSelect: boolean;
   private readonly sub: boolean;
   private readonly topkThreads: number;
   readonly q: GPUBuffer; readonly out: GPUBuffer;
@@ -568,9 +552,8 @@ export class DecodeAttention {
   forget(layers: LayerBuffers[]): void { for (const l of layers) this.groups.delete(l); }
 
   /** `io`: the q and out buffers to use (the decoder's activations) instead of own ones; `topkThreads`:
-   *  the top-k kernel's workgroup size, `fuse`: whether the selection may run inside the sparse-attention
-   *  kernel (tests and benchmarks compare them). */
-  constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS, fuse = FUSED_SELECT) {
+   *  the top-k kernel's workgroup size (tests and benchmarks compare them). */
+  constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS) {
     const s = this.s = { ...shape, maxSelected: Math.max(1, Math.min(shape.maxPages, maxSelectedPages)) };
     if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
     const mk = (code: string) => this.pipeline(code);
@@ -581,9 +564,6 @@ export class DecodeAttention {
       scores: mk(scoresWgsl(s, sub)), reduce: mk(reduceWgsl(s)),
       dense: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense)), sparse: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).sparse)),
     };
-    // (a partial-attention workgroup that is not whole subgroups keeps the separate top-k kernel)
-    const WG = this.lanes.WG;
-    this.fusedSelect = fuse && WG % 32 === 0 && (this.lanes.shuffle || WG >= 64) && Math.ceil(s.maxPages / WG) <= 255;
     this.q = io?.q ?? this.buffer(s.nHeads * s.headDim * 4); this.out = io?.out ?? this.buffer(s.nHeads * s.headDim * 4);
     this.growScratch(1);
   }
@@ -609,15 +589,6 @@ export class DecodeAttention {
     const kr = Math.min(most, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(nPages / wg)))));
     let pipe = this.topkPipes.get(kr);
     if (!pipe) { pipe = this.pipeline(topkWgsl(this.s, this.sub, wg, kr * wg)); this.topkPipes.set(kr, pipe); }
-    return { pipe, kr };
-  }
-
-  /** The select + attend pipeline for sequences of up to nPages pages (keys per thread as topkPipe). */
-  private fusedPipe(nPages: number): { pipe: GPUComputePipeline; kr: number } {
-    const wg = this.lanes.WG, most = Math.ceil(this.s.maxPages / wg);
-    const kr = Math.min(most, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(nPages / wg)))));
-    let pipe = this.fusedPipes.get(kr);
-    if (!pipe) { pipe = this.pipeline(partialWgsl(this.s, this.sub, partialTB(this.s.nHeads / this.s.nKV).sparse, kr)); this.fusedPipes.set(kr, pipe); }
     return { pipe, kr };
   }
 
@@ -704,8 +675,7 @@ export class DecodeAttention {
       pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores, layer.table]));
       pass.dispatchWorkgroups(Math.ceil(mostPages / (TB * this.lanes.NG)), s.nKV, n);
     }
-    const fused = anySparse && this.fusedSelect;
-    if (anySparse && !fused && want('topk')) {
+    if (anySparse && want('topk')) {
       const { pipe, kr } = this.topkPipe(mostPages);
       pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, `t${kr}`, [this.scores, this.sel]));
       pass.dispatchWorkgroups(s.nKV, 1, n);
@@ -713,13 +683,8 @@ export class DecodeAttention {
     const chunks = Math.max(...plan.map((p) => this.chunking(p.read).nChunks));
     if (want('partial')) {
       // (a batch mixing dense and sparse rows runs the sparse variant: it reads either)
-      if (fused) {
-        const { pipe, kr } = this.fusedPipe(mostPages);
-        pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, `f${kr}`, [this.q, layer.k, layer.v, this.sel, this.part, layer.table, this.scores]));
-      } else {
-        const pipe = anySparse ? this.pipes.sparse : this.pipes.dense;
-        pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, anySparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, layer.table]));
-      }
+      const pipe = anySparse ? this.pipes.sparse : this.pipes.dense;
+      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, anySparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, layer.table]));
       pass.dispatchWorkgroups(chunks, s.nKV, n);
     }
     if (want('reduce')) {
