@@ -54,28 +54,36 @@ async function main() {
   const rows: string[] = [];
   const breakdown: string[] = [];
   const plotSeries: { name: string; points: { x: number; y: number }[] }[] = [];
+  // random f16 data (values do not change speed): a 64 MiB pattern tiled over the buffers
+  const pattern = new Uint16Array(32 << 20); for (let i = 0; i < pattern.length; i++) pattern[i] = f32ToF16((Math.random() - 0.5) * 4);
+  const fill = (n: number) => {
+    const buf = device.createBuffer({ size: n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+    for (let o = 0; o < n; o += pattern.byteLength) device.queue.writeBuffer(buf, o, pattern.buffer, 0, Math.min(pattern.byteLength, n - o));
+    return buf;
+  };
+  const shapeOf = (nH: number, nKV: number): AttnShape => ({ nHeads: nH, nKV, headDim: 128, pageSize: P, maxPages: Math.ceil(Math.max(...LENGTHS) / P) });
+  // Several layers' caches per length, used in turn, so that short sequences are read from memory, not the
+  // L2 cache (at least two, so that repeated Quest calls do not find their pages in the L2 cache either).
+  // All allocated before the first measurement, as an engine allocates its cache (--alloc each: a length's
+  // buffers made just before it is measured and freed after, in memory that earlier lengths left fragmented).
+  const cachesFor = (shape: AttnShape, L: number) => {
+    const np = Math.ceil(L / P), bytes = DecodeAttention.layerBytes(shape, np);
+    const copies = Math.min(8, Math.max(2, Math.ceil((512 << 20) / (2 * bytes.kv))));
+    const table = identityPageTable(device, np);
+    return Array.from({ length: copies }, () => ({ k: fill(bytes.kv), v: fill(bytes.kv), meta: fill(bytes.meta), table }));
+  };
+  const allocEach = arg('alloc', 'once') === 'each';
+  const caches = new Map<string, ReturnType<typeof cachesFor>>();
+  if (!allocEach) for (const [nH, nKV] of SHAPES) for (const L of LENGTHS) caches.set(`${nH}/${nKV}/${L}`, cachesFor(shapeOf(nH, nKV), L));
   for (const [nH, nKV] of SHAPES) {
-    const maxPages = Math.ceil(Math.max(...LENGTHS) / P);
-    const shape: AttnShape = { nHeads: nH, nKV, headDim: 128, pageSize: P, maxPages };
+    const shape = shapeOf(nH, nKV);
     const att = new DecodeAttention(device, shape, Math.max(...BUDGETS) / P);
-    // random f16 data (values do not change speed): a 64 MiB pattern tiled over the buffers
-    const pattern = new Uint16Array(32 << 20); for (let i = 0; i < pattern.length; i++) pattern[i] = f32ToF16((Math.random() - 0.5) * 4);
-    const fill = (n: number) => {
-      const buf = device.createBuffer({ size: n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
-      for (let o = 0; o < n; o += pattern.byteLength) device.queue.writeBuffer(buf, o, pattern.buffer, 0, Math.min(pattern.byteLength, n - o));
-      return buf;
-    };
     device.queue.writeBuffer(att.q, 0, new Float32Array(nH * 128).map(() => Math.random() - 0.5));
     const label = `${nH}q/${nKV}kv heads`;
     const denseSeries = { name: `${label} dense`, points: [] as { x: number; y: number }[] };
     for (const L of LENGTHS) {
       const np = Math.ceil(L / P);
-      // several layers' caches, used in turn, so that short sequences are read from memory, not the L2 cache
-      const bytes = DecodeAttention.layerBytes(shape, np);
-      // (at least two, so that repeated Quest calls do not find their pages in the L2 cache either)
-      const copies = Math.min(8, Math.max(2, Math.ceil((512 << 20) / (2 * bytes.kv))));
-      const table = identityPageTable(device, np);
-      const layers = Array.from({ length: copies }, () => ({ k: fill(bytes.kv), v: fill(bytes.kv), meta: fill(bytes.meta), table }));
+      const layers = caches.get(`${nH}/${nKV}/${L}`) ?? cachesFor(shape, L), copies = layers.length;
       await device.queue.onSubmittedWorkDone();
       let turn = 0;
       const next = () => layers[turn++ % copies];

@@ -22,7 +22,7 @@ export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageS
 
 const MAX_CHUNK_PAGES = 32; // pages per workgroup of the partial-attention kernel (unless more are needed to stay under MAX_CHUNKS)
 const MIN_CHUNK_PAGES = 2;
-const MAX_CHUNKS = 512; // chunks per head, at most (the reduction keeps their weights in workgroup memory)
+const MAX_CHUNKS = 512; // chunks per head, at most (the size of a head's partial results in scratch)
 /** Partial-attention workgroups to aim for: enough to fill a large GPU; half as many for GQA, whose
  *  workgroups merge G heads at the end and gain from longer chunks (QUEST_ATTN_WORKGROUPS to compare). */
 const targetWorkgroups = (G: number) => Number(processEnv().QUEST_ATTN_WORKGROUPS ?? (G > 1 ? 512 : 1024));
@@ -455,49 +455,63 @@ fn merge(h: u32, c: u32, M: f32, tid: u32, slot: u32) {
 };
 
 /** Kernel 4: combine the chunks' partial softmax (flash-decoding reduction; maxima in log2 units).
- *  A workgroup per query head: chunk weights in workgroup memory, then CL chunk lanes x HD/4 channel
- *  lanes sum the weighted partial outputs with independent 16-byte loads. */
-export const reduceWgsl = (s: AttnShape) => {
+ *  A workgroup per query head: each thread folds its chunks' (max, sum) into one pair, the pairs are
+ *  combined across the workgroup in one step (subgroup reductions where subgroups are 32 wide, else a
+ *  tree in workgroup memory), then CL chunk lanes x HD/4 channel lanes sum the weighted partial outputs
+ *  with independent 16-byte loads. The call's last dependent dispatch: its time is mostly barriers. */
+export const reduceWgsl = (s: AttnShape, subgroups = false) => {
   const V4 = s.headDim / 4, CL = Math.floor(256 / V4);
-  return /* wgsl */ `
+  const combine = subgroups ? /* wgsl */ `
+  // (max, sum) of the subgroup, then of the 8 subgroups
+  let sm = subgroupMax(m); let sl = subgroupAdd(select(0.0, l * exp2(m - sm), l > 0.0));
+  if (tid % 32u == 0u) { pair[tid / 32u] = vec2<f32>(sm, sl); }
+  workgroupBarrier();
+  var M = -3.0e38;
+  for (var i = 0u; i < 8u; i++) { M = max(M, pair[i].x); }
+  var L = 0.0;
+  for (var i = 0u; i < 8u; i++) { let x = pair[i]; L += select(0.0, x.y * exp2(x.x - M), x.y > 0.0); }` : /* wgsl */ `
+  pair[tid] = vec2<f32>(m, l);
+  workgroupBarrier();
+  for (var o = 128u; o > 0u; o >>= 1u) {
+    if (tid < o) { pair[tid] = fold(pair[tid], pair[tid + o]); }
+    workgroupBarrier();
+  }
+  let M = pair[0].x; let L = pair[0].y;`;
+  return (subgroups ? 'enable subgroups;\n' : '') + /* wgsl */ `
 const NH: u32 = ${s.nHeads}u;
 const HD: u32 = ${s.headDim}u;
 const V4: u32 = ${V4}u;  // channel lanes (vec4 each)
 const CL: u32 = ${CL}u;  // chunk lanes
-const MAXC: u32 = ${MAX_CHUNKS}u;
 ${PARAMS_WGSL}${scratchWgsl(s)}@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4 + 1] (the last: max, sum)
 @group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
-var<workgroup> w: array<f32, MAXC>;
-var<workgroup> red: array<f32, 256>;
+var<workgroup> pair: array<vec2<f32>, ${subgroups ? 8 : 256}>;
 var<workgroup> ored: array<vec4<f32>, ${CL * V4}>;
+// two (max, sum) pairs as one (a sum of 0: nothing attended, whatever its max)
+fn fold(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+  let m = max(a.x, b.x);
+  return vec2<f32>(m, select(0.0, a.y * exp2(a.x - m), a.y > 0.0) + select(0.0, b.y * exp2(b.x - m), b.y > 0.0));
+}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let prm = prms[wid.z];
   let h = wid.x; let tid = lid.x; let nc = prm.nChunks; let hb = (wid.z * NH + h) * SLOT_CHUNKS;
-  var mx = -3.0e38;
-  for (var c = tid; c < nc; c += 256u) { mx = max(mx, part[(hb + c) * (V4 + 1u) + V4].x); }
-  red[tid] = mx;
-  workgroupBarrier();
-  for (var o = 128u; o > 0u; o >>= 1u) { if (tid < o) { red[tid] = max(red[tid], red[tid + o]); } workgroupBarrier(); }
-  let M = red[0];
-  workgroupBarrier();
-  var L = 0.0;
-  for (var c = tid; c < nc; c += 256u) {
-    let e = part[(hb + c) * (V4 + 1u) + V4].xy; let wc = select(0.0, exp2(e.x - M), e.y > 0.0);
-    w[c] = wc; L += e.y * wc;
-  }
-  red[tid] = L;
-  workgroupBarrier();
-  for (var o = 128u; o > 0u; o >>= 1u) { if (tid < o) { red[tid] += red[tid + o]; } workgroupBarrier(); }
+  var m = -3.0e38; var l = 0.0;
+  for (var c = tid; c < nc; c += 256u) { let f = fold(vec2<f32>(m, l), part[(hb + c) * (V4 + 1u) + V4].xy); m = f.x; l = f.y; }
+${combine}
   let lane = tid % V4; let cl = tid / V4;
   var acc = vec4<f32>(0.0);
-  if (cl < CL) { for (var c = cl; c < nc; c += CL) { acc += w[c] * part[(hb + c) * (V4 + 1u) + lane]; } }
-  if (cl < CL) { ored[cl * V4 + lane] = acc; }
+  if (cl < CL) {
+    for (var c = cl; c < nc; c += CL) {
+      let e = part[(hb + c) * (V4 + 1u) + V4].xy;
+      acc += select(0.0, exp2(e.x - M), e.y > 0.0) * part[(hb + c) * (V4 + 1u) + lane];
+    }
+    ored[cl * V4 + lane] = acc;
+  }
   workgroupBarrier();
   if (tid < V4) {
     var sum = vec4<f32>(0.0);
     for (var r = 0u; r < CL; r++) { sum += ored[r * V4 + tid]; }
-    out[(prm.row * NH + h) * V4 + tid] = sum / red[0];
+    out[(prm.row * NH + h) * V4 + tid] = sum / L;
   }
 }`;
 };
@@ -561,7 +575,7 @@ export class DecodeAttention {
     this.lanes = lanes(s, sub);
     this.sub = sub; this.topkThreads = topkThreads;
     this.pipes = {
-      scores: mk(scoresWgsl(s, sub)), reduce: mk(reduceWgsl(s)),
+      scores: mk(scoresWgsl(s, sub)), reduce: mk(reduceWgsl(s, sub)),
       dense: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense)), sparse: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).sparse)),
     };
     this.q = io?.q ?? this.buffer(s.nHeads * s.headDim * 4); this.out = io?.out ?? this.buffer(s.nHeads * s.headDim * 4);
