@@ -205,7 +205,7 @@ fn selExtent(lo: u32, hi: u32, tid: u32) -> vec2<u32> {
   let v = workgroupUniformLoad(&selTot[1]);
   return vec2<u32>(v[0], v[1]);
 }`;
-  const decls = (subgroups ? '' : '') + /* wgsl */ `
+  const decls = /* wgsl */ `
 const SEL_WG: u32 = ${wg}u;
 // A digit histogram: per thread lo[w] holds 8-bit bins 4w..4w+3; once summed, 16-bit pairs: lo[w] bins
 // 4w (low half) and 4w+2, hi[w] bins 4w+1 and 4w+3. gt: keys above T's prefix (above every candidate).
@@ -286,9 +286,6 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   ${sel.body}
 }`;
 };
-
-/** Chunks of the partial-attention kernel read from staggered starts (QUEST_ATTN_ROTATE=0 to compare). */
-const ROTATE = processEnv().QUEST_ATTN_ROTATE !== '0';
 
 /** Row sums of GQA by reduce-scatter (QUEST_ATTN_SCATTER=0 to compare with one all-reduce per head). */
 const SCATTER = processEnv().QUEST_ATTN_SCATTER !== '0';
@@ -405,16 +402,13 @@ ${each((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * l
   var h${j} = Head(q[b${j}] * prm.scale, q[b${j} + 1u] * prm.scale, -3.0e38, 0.0, vec4<f32>(0.0), vec4<f32>(0.0));`)}
   workgroupBarrier();
   let rows = cp * P;
-${ROTATE ? `  // each chunk starts at a different page of its run (chunk c at page c % cp): the workgroups in flight
-  // then read at many offsets, not all at the same one of their chunks
-  let off = (c % cp) * P;` : ''}
   for (var t0 = 0u; t0 < rows; t0 += NG * TB) {
     // TB rows per lane group, consecutive groups on consecutive tokens (a warp reads contiguous rows)
     var k8: array<array<vec4<f32>, 2>, TB>; var v8: array<array<vec4<f32>, 2>, TB>; var ok: array<vec4<bool>, TB4>;
     for (var i = 0u; i < TB; i++) {
       // no branches: a row that is not there reads row 0 of physical page 0 (allocated) and is masked
       // out, so that the lanes stay converged for the row sums' subgroup shuffles
-      ${ROTATE ? 'let tt = t0 + i * NG + grp; let t = select(tt, select(tt + off, tt + off - rows, tt + off >= rows), tt < rows);' : 'let t = t0 + i * NG + grp;'} let pi = min(t, rows - 1u) / P; let p = pages[pi]; let slot = t % P;
+      let t = t0 + i * NG + grp; let pi = min(t, rows - 1u) / P; let p = pages[pi]; let slot = t % P;
       let valid = t < rows && p != NONE && p * P + slot < prm.seqLen && p * P + slot >= prm.first;
       ok[i / 4u][i % 4u] = valid;
       let b = ((select(0u, phys[pi], valid) * NKV + g) * P + select(0u, slot, valid)) * LG + lane;
