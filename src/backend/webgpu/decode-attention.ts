@@ -122,9 +122,8 @@ ${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * b[0]) + max(qb${j} * a[
 }`;
 };
 
-/** Quest's page selection by one workgroup of `wg` threads (the code of the top-k kernel, apart from its
- *  bindings): the k pages of a KV group with the largest scores, no readback. The scores become
- *  order-preserving u32 keys, held in registers (`kr` per thread, one variable each: a register array
+/** Kernel 2: top-k pages per KV group (a workgroup of `threads` each): the k pages with the largest
+ *  scores, no readback. The scores become order-preserving u32 keys, held in registers (`kr` per thread, one variable each: a register array
  *  indexed in a loop goes to local memory, and re-reading the scores each round waits on the cache every
  *  time); the k-th largest key T is found 4 bits at a time: each round builds a 16-bin histogram of the
  *  next digit of the keys that still match T's prefix (8-bit bins packed in 4 words per thread, 16-bit
@@ -134,13 +133,12 @@ ${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * b[0]) + max(qb${j} * a[
  *  top, left out) are T's without a round, and the search stops once exactly k keys lie at or above T's
  *  prefix (then those are the k, whatever the digits below). Sums go through `workgroupUniformLoad`, so
  *  every thread agrees on them and may leave the loop together. Then the keys above T and ties up to k
- *  get slots 0..k-1 and `put(slot, page)` is called for each. With 32-wide subgroups sums and slots come
+ *  get slots 0..k-1 of the group's selection in `sel`. With 32-wide subgroups sums and slots come
  *  from subgroup reductions and prefix sums; elsewhere from workgroup atomics (packed bins add without
- *  carries). No arrays indexed at run time, no loops over bins.
- *
- *  Returns module-scope declarations and a block of statements that expects `tid`, `n` (pages), `base`
- *  (where the group's scores start in `scores`) and `k` in scope, in uniform control flow. */
-function selectionWgsl(wg: number, kr: number, subgroups: boolean): { decls: string; body: string } {
+ *  carries). No arrays indexed at run time, no loops over bins. */
+export const topkWgsl = (s: AttnShape, subgroups = false, threads = TOPK_THREADS, pages = s.maxPages) => {
+  const wg = subgroups ? threads : Math.max(64, threads);
+  const kr = Math.ceil(pages / wg); // (a kernel per power of two of keys per thread: unused slots cost time even when skipped)
   if (wg % 32 !== 0 || wg > 256 || (!subgroups && wg < 64)) throw new Error(`page selection by ${wg} threads: use a multiple of 32 up to 256 (64 or more without subgroups)`);
   if (kr > 255) throw new Error(`page selection needs more than 255 keys per thread (8-bit bins)`);
   const NW = wg / 32;
@@ -152,7 +150,7 @@ function selectionWgsl(wg: number, kr: number, subgroups: boolean): { decls: str
   const extent = each((i) => `if (p + 1u < n) { lo = min(lo, k${i}); hi = max(hi, k${i}); }`);
   const count = slots.map((i) => `    if (${i}u * SEL_WG < n) { h = selBin(h, k${i}, T, mask, shift); }`).join('\n');
   const tally = each((i) => `if (p < n) { mine += vec2<u32>(select(0u, 1u, k${i} > T), select(0u, 1u, k${i} == T)); }`);
-  const write = each((i) => `if (p < n) { if (k${i} > T) { put(above, p); above++; } if (k${i} == T) { if (tie < k) { put(tie, p); } tie++; } }`);
+  const write = each((i) => `if (p < n) { if (k${i} > T) { sel[ob + above] = p; above++; } if (k${i} == T) { if (tie < k) { sel[ob + tie] = p; } tie++; } }`);
   const reduce = subgroups ? /* wgsl */ `
 var<workgroup> selSum: array<array<SelHist, ${NW}>, 2>; // [round % 2][subgroup]
 var<workgroup> selExt: array<vec2<u32>, ${NW}>;         // per subgroup: smallest and largest key
@@ -263,27 +261,18 @@ ${subgroups ? `  let sc = selPrefix(mine, tid);
   var tie = atomicLoad(&selSlot[0]) + atomicAdd(&selSlot[1], mine.y);`}
 ${write}
 }`;
-  return { decls, body };
-}
-
-/** Kernel 2: top-k pages per KV group (a workgroup each), written to `sel` (see selectionWgsl). */
-export const topkWgsl = (s: AttnShape, subgroups = false, threads = TOPK_THREADS, pages = s.maxPages) => {
-  const wg = subgroups ? threads : Math.max(64, threads);
-  const sel = selectionWgsl(wg, Math.ceil(pages / wg), subgroups); // (a kernel per power of two of keys per thread: unused slots cost time even when skipped)
   return (subgroups ? 'enable subgroups;\n' : '') + PARAMS_WGSL + scratchWgsl(s) + /* wgsl */ `
 const NKV: u32 = ${s.nKV}u;
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sel: array<u32>;
-var<private> ob: u32;
-fn put(at: u32, p: u32) { sel[ob + at] = p; }
-${sel.decls}
+${decls}
 @compute @workgroup_size(SEL_WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let prm = prms[wid.z]; let slot = wid.z;
   if (prm.sparse == 0u) { return; } // (a dense row of a batch)
   let tid = lid.x; let g = wid.x; let n = prm.nPages; let base = (slot * NKV + g) * SLOT_PAGES; let k = prm.k;
-  ob = (slot * NKV + g) * SLOT_SEL;
-  ${sel.body}
+  let ob = (slot * NKV + g) * SLOT_SEL;
+  ${body}
 }`;
 };
 
