@@ -529,8 +529,13 @@ export class GpuSession {
         }));
         current = null;
       } else if (oneStep) {
-        run(ropeAppend, 'ropeAppend', [r.qkv, ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step, kv.table], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
         const plannedLayer = planner !== null && policyLayer;
+        const sparse = !plannedLayer && policyLayer && a.policy === 'quest' && keep < nPages;
+        // Quest's page scores in the RoPE / append dispatch (one dependent dispatch fewer)
+        const scored = sparse && r.decode.fusesScores;
+        if (scored) {
+          run(r.decode.ropeScores(c.ropeDims ?? c.headDim, c.ropeStyle === 'neox'), 'ropeScores', [r.qkv, ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step, kv.table, r.decode.scoreBuffer], r.decode.ropeScoresGrid(nPages));
+        } else run(ropeAppend, 'ropeAppend', [r.qkv, ropeTable, r.qrot, kv.k, kv.v, kv.meta, r.step, kv.table], K.grid64((c.nHeads + 2 * c.nKVHeads) * c.headDim / 2));
         if (plannedLayer && planner.midStep) {
           // the oracles: this layer's exact scores, read back and planned before the layer goes on
           run(m.pipeline('exactScores', () => exactScoresWgsl(ps)), 'exact', [this.exactParams(), r.qrot, kv.k, kv.table, planner.scoresFor(start)], Math.ceil(total / 64), c.nHeads);
@@ -540,8 +545,7 @@ export class GpuSession {
         if (plannedLayer && planner.planned(l)) {
           run(m.pipeline('tokenList', () => tokenListAttentionWgsl(ps)), `list${l}`, [planner.params[l], r.qrot, kv.k, kv.v, kv.table, planner.lists, planner.probs, r.att], c.nHeads);
         } else {
-          const sparse = policyLayer && a.policy === 'quest' && keep < nPages;
-          r.decode.encodeRows(pass, kv, [{ seqLen: total, budgetPages: sparse ? keep : 0, window }]);
+          r.decode.encodeRows(pass, kv, [{ seqLen: total, budgetPages: sparse ? keep : 0, window }], undefined, { scored });
           current = null;
           if (!sparse && !plannedLayer && !window && (reportAll || reportChunk)) report(l, r.qrot, c.nHeads * c.headDim);
         }

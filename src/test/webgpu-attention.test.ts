@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
 import { hasSubgroups32, throwDeviceError } from '../backend/webgpu/device.js';
-import { DecodeAttention, readBuffer, topkWgsl, type AttnShape } from '../backend/webgpu/decode-attention.js';
+import { DecodeAttention, readBuffer, ropeScoresGrid, ropeScoresWgsl, topkWgsl, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
 import { gaussian } from './fixtures.js';
@@ -223,6 +223,78 @@ for (const threads of [32, 64, 128, 256]) {
         assert.deepEqual(mine.map((p) => row[p]).sort((a, b) => b - a), want, `group ${g}, k ${k}: not the k largest scores`);
       }
       for (const b of [prm, sc, sel]) b.destroy();
+    }
+  });
+}
+
+// RoPE, the KV append and Quest's page scores in one dispatch (a decode step's first attention dispatch)
+// against float64: q and k rotated (interleaved and neox pairs, a partly rotated head), k and v stored as
+// f16 in their page through a shuffled page table, the current page's key min/max updated (its first
+// slot and a later one), and every other page's score summed over the group's query heads, the current
+// page's forced to the top. Head dims whose rows take 4, 8, 10 and 16 lanes.
+for (const c of [
+  { nH: 8, nKV: 2, hd: 64, rd: 64, neox: false, pos: 16 * 37 + 5 }, { nH: 4, nKV: 4, hd: 32, rd: 32, neox: true, pos: 16 * 50 },
+  { nH: 8, nKV: 1, hd: 80, rd: 48, neox: true, pos: 16 * 9 + 15 }, { nH: 16, nKV: 2, hd: 128, rd: 128, neox: false, pos: 16 * 130 + 1 },
+]) {
+  test(`WebGPU RoPE + KV append + Quest page scores in one dispatch (${c.nH}/${c.nKV} heads, head dim ${c.hd}, ${c.rd} rotated, ${c.neox ? 'neox' : 'interleaved'}, position ${c.pos}) match float64`, { skip: skipGpu }, async () => {
+    const { device } = gpu!, P = 16, HD2 = c.hd / 2, RD2 = c.rd / 2, G = c.nH / c.nKV, rnd = gaussian(c.pos + c.hd);
+    const nPages = Math.floor(c.pos / P) + 1, maxPages = nPages + 3, slot = c.pos % P;
+    const s = { nHeads: c.nH, nKV: c.nKV, headDim: c.hd, pageSize: P, maxPages, ropeDims: c.rd };
+    const table = Uint32Array.from({ length: maxPages }, (_, i) => (i * 7 + 3) % maxPages); // (7 and maxPages coprime in these cases)
+    assert.equal(new Set(table).size, maxPages);
+    const QKV = (c.nH + 2 * c.nKV) * c.hd, qkv = Float32Array.from({ length: QKV }, () => rnd());
+    const rope = new Float32Array((c.pos + 1) * HD2 * 2);
+    for (let p = 0; p < HD2; p++) { const a = rnd() * 3; rope[(c.pos * HD2 + p) * 2] = Math.cos(a); rope[(c.pos * HD2 + p) * 2 + 1] = Math.sin(a); }
+    const kv = () => Uint16Array.from({ length: maxPages * c.nKV * P * c.hd }, () => f32ToF16(rnd()));
+    const kh = kv(), vh = kv();
+    const meta = new Uint16Array(maxPages * c.nKV * 2 * c.hd);
+    for (let i = 0; i < meta.length; i += 2 * c.hd) for (let j = 0; j < c.hd; j++) { const a = rnd(), b = rnd(); meta[i + j] = f32ToF16(Math.min(a, b)); meta[i + c.hd + j] = f32ToF16(Math.max(a, b)); }
+    // float64: channel ch of the rotated head at b
+    const rot = (b: number, ch: number) => {
+      if (ch >= 2 * RD2) return qkv[b + ch];
+      const p = c.neox ? ch % RD2 : ch >> 1, cs = rope[(c.pos * HD2 + p) * 2], sn = rope[(c.pos * HD2 + p) * 2 + 1];
+      const x0 = c.neox ? qkv[b + p] : qkv[b + 2 * p], x1 = c.neox ? qkv[b + p + RD2] : qkv[b + 2 * p + 1];
+      return (c.neox ? ch >= RD2 : ch & 1) ? x0 * sn + x1 * cs : x0 * cs - x1 * sn;
+    };
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const upload = (a: ArrayBufferView) => { const b = device.createBuffer({ size: Math.max(16, Math.ceil(a.byteLength / 16) * 16), usage }); device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength); return b; };
+    const bufs = [upload(qkv), upload(rope), upload(new Float32Array(c.nH * c.hd)), upload(kh), upload(vh), upload(meta)];
+    const step = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+    device.queue.writeBuffer(step, 0, new Uint32Array([c.pos, 1, c.pos + 1, 0]));
+    const scores = upload(new Float32Array(c.nKV * maxPages).fill(-7));
+    const sub = hasSubgroups32(device);
+    const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: ropeScoresWgsl(s, c.neox, sub) }), entryPoint: 'main' } });
+    const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [...bufs, step, upload(table), scores].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
+    pass.dispatchWorkgroups(ropeScoresGrid(s, sub, nPages)); pass.end(); device.queue.submit([enc.finish()]);
+    const read = async (b: GPUBuffer, bytes: number) => readBuffer(device, b, bytes);
+    const qr = new Float32Array(await read(bufs[2], c.nH * c.hd * 4)), kOut = new Uint16Array(await read(bufs[3], kh.byteLength));
+    const vOut = new Uint16Array(await read(bufs[4], vh.byteLength)), mOut = new Uint16Array(await read(bufs[5], meta.byteLength));
+    const sc = new Float32Array(await read(scores, c.nKV * maxPages * 4));
+    throwDeviceError();
+    const close = (got: number, want: number, what: string, tol = 1e-5) => assert.ok(Math.abs(got - want) <= tol * Math.max(1, Math.abs(want)), `${what}: ${got} vs ${want}`);
+    const q = (h: number, ch: number) => rot(h * c.hd, ch);
+    for (let h = 0; h < c.nH; h++) for (let ch = 0; ch < c.hd; ch++) close(qr[h * c.hd + ch], q(h, ch), `q head ${h} channel ${ch}`);
+    const phys = table[Math.floor(c.pos / P)];
+    for (let g = 0; g < c.nKV; g++) {
+      const at = ((phys * c.nKV + g) * P + slot) * c.hd, mb = (phys * c.nKV + g) * 2 * c.hd;
+      for (let ch = 0; ch < c.hd; ch++) {
+        const k = F16_TABLE[f32ToF16(rot((c.nH + g) * c.hd, ch))];
+        assert.equal(F16_TABLE[kOut[at + ch]], k, `key of KV head ${g}, channel ${ch}`);
+        assert.equal(F16_TABLE[vOut[at + ch]], F16_TABLE[f32ToF16(qkv[(c.nH + c.nKV + g) * c.hd + ch])], `value of KV head ${g}, channel ${ch}`);
+        const lo = slot > 0 ? Math.min(F16_TABLE[meta[mb + ch]], k) : k, hi = slot > 0 ? Math.max(F16_TABLE[meta[mb + c.hd + ch]], k) : k;
+        assert.equal(F16_TABLE[mOut[mb + ch]], lo, `current page's min, KV head ${g}, channel ${ch}`);
+        assert.equal(F16_TABLE[mOut[mb + c.hd + ch]], hi, `current page's max, KV head ${g}, channel ${ch}`);
+      }
+      for (let p = 0; p < nPages; p++) {
+        if (p === nPages - 1) { assert.ok(sc[g * maxPages + p] > 1e38, `KV head ${g}: the current page is not forced`); continue; }
+        const b = (table[p] * c.nKV + g) * 2 * c.hd;
+        let want = 0;
+        for (let j = 0; j < G; j++) for (let ch = 0; ch < c.hd; ch++) { const x = q(g * G + j, ch); want += Math.max(x * F16_TABLE[meta[b + ch]], x * F16_TABLE[meta[b + c.hd + ch]]); }
+        close(sc[g * maxPages + p], want, `KV head ${g}, page ${p} score`, 1e-4);
+      }
+      assert.equal(sc[g * maxPages + nPages], -7, `KV head ${g}: a page past the sequence was written`);
     }
   });
 }

@@ -122,6 +122,102 @@ ${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * b[0]) + max(qb${j} * a[
 }`;
 };
 
+/** RoPE, the KV append and Quest's page scores in one dispatch (a decode step of one sequence, fused
+ *  upstream of the top-k): the first workgroups rotate q and k, store k and v and update the current
+ *  page's key min/max, as kernels.ts's ropeAppendWgsl; the rest score the other pages as scoresWgsl does,
+ *  each rotating its lanes' channels of q itself from the unrotated row, so that no workgroup waits on
+ *  another. The current page (the only one whose min/max changes) is forced to the top unread. Bindings
+ *  as ropeAppendWgsl's, plus the scores (at slot 0 of the attention's scratch). Grid: ropeScoresGrid. */
+export const ropeScoresWgsl = (s: AttnShape & { ropeDims?: number }, neox: boolean, subgroups = false) => {
+  const heads = Array.from({ length: s.nHeads / s.nKV }, (_, j) => j);
+  const { WG } = lanes(s, subgroups);
+  return common(s, subgroups).replace(PARAMS_WGSL, '') + /* wgsl */ `
+struct Step { start: u32, n: u32, total: u32, pad: u32 }
+const HD2: u32 = ${s.headDim / 2}u;
+const RD2: u32 = ${(s.ropeDims ?? s.headDim) / 2}u; // rotated pairs (the channels past 2 * RD2 pass through)
+const QKV: u32 = ${(s.nHeads + 2 * s.nKV) * s.headDim}u;
+const ROPE_WG: u32 = ${Math.ceil(((s.nHeads + 2 * s.nKV) * s.headDim) / 2 / WG)}u; // workgroups of the RoPE / append part
+@group(0) @binding(0) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> rope: array<vec2<f32>>; // [pos][HD2] (cos, sin)
+@group(0) @binding(2) var<storage, read_write> qr: array<f32>;
+@group(0) @binding(3) var<storage, read_write> kc: array<u32>;
+@group(0) @binding(4) var<storage, read_write> vc: array<u32>;
+@group(0) @binding(5) var<storage, read_write> pmeta: array<vec4<u32>>; // [page][kvHead][min, max][HD / 8]
+@group(0) @binding(6) var<uniform> step: Step;
+@group(0) @binding(7) var<storage, read> table: array<u32>; // physical page of each logical page
+@group(0) @binding(8) var<storage, read_write> scores: array<f32>;
+// channel c of the rotated head that starts at b
+fn rot(b: u32, c: u32, pos: u32) -> f32 {
+  if (c >= 2u * RD2) { return qkv[b + c]; }
+${neox ? `  let p = c % RD2; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + p]; let x1 = qkv[b + p + RD2];
+  return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, c >= RD2);`
+    : `  let p = c / 2u; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + 2u * p]; let x1 = qkv[b + 2u * p + 1u];
+  return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, (c & 1u) == 1u);`}
+}
+// 8 rotated channels c0.. of the head that starts at b
+fn rot8(b: u32, c0: u32, pos: u32) -> array<vec4<f32>, 2> {
+  return array<vec4<f32>, 2>(vec4<f32>(rot(b, c0, pos), rot(b, c0 + 1u, pos), rot(b, c0 + 2u, pos), rot(b, c0 + 3u, pos)),
+    vec4<f32>(rot(b, c0 + 4u, pos), rot(b, c0 + 5u, pos), rot(b, c0 + 6u, pos), rot(b, c0 + 7u, pos)));
+}
+fn setMeta(i: u32, v: u32) { pmeta[i / 4u][i % 4u] = v; }
+fn getMeta(i: u32) -> u32 { return pmeta[i / 4u][i % 4u]; }
+// thread x of the RoPE / append part
+fn ropeAppend(x: u32, pos: u32) {
+    let h = x / HD2; let j = x % HD2;
+    if (h >= NH + 2u * NKV) { return; }
+    let b = h * HD;
+    if (h < NH) { qr[h * HD + 2u * j] = rot(b, 2u * j, pos); qr[h * HD + 2u * j + 1u] = rot(b, 2u * j + 1u, pos); return; }
+    let g = (h - NH) % NKV; let page = table[pos / P]; let slot = pos % P;
+    let dst = ((page * NKV + g) * P + slot) * HD2 + j;
+    if (h >= NH + NKV) { vc[dst] = pack2x16float(vec2<f32>(qkv[b + 2u * j], qkv[b + 2u * j + 1u])); return; }
+    let k = pack2x16float(vec2<f32>(rot(b, 2u * j, pos), rot(b, 2u * j + 1u, pos)));
+    kc[dst] = k;
+    // min/max of the stored (f16) keys
+    let k2 = unpack2x16float(k); let mb = (page * NKV + g) * 2u * HD2;
+    var mn = k2; var mx = k2;
+    if (slot > 0u) { mn = min(mn, unpack2x16float(getMeta(mb + j))); mx = max(mx, unpack2x16float(getMeta(mb + HD2 + j))); }
+    setMeta(mb + j, pack2x16float(mn)); setMeta(mb + HD2 + j, pack2x16float(mx));
+}
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let pos = step.start; let tid = lid.x;
+  if (wid.x < ROPE_WG) { ropeAppend(wid.x * WG + tid, pos); return; }
+  // the scores: workgroup w of KV head g takes pages (w TB + i) NG + lane group, as scoresWgsl
+  let nPages = pos / P + 1u; let per = (nPages + TB * NG - 1u) / (TB * NG);
+  let w = wid.x - ROPE_WG; let g = w / per; let wx = w % per;
+  if (g >= NKV) { return; }
+  let lane = tid % LG; let grp = tid / LG;
+${heads.map((j) => `  let r${j} = rot8((g * G + ${j}u) * HD, 8u * lane, pos); let qa${j} = r${j}[0]; let qb${j} = r${j}[1];`).join('\n')}
+  var mn: array<vec4<u32>, TB>; var mx: array<vec4<u32>, TB>;
+  for (var i = 0u; i < TB; i++) {
+    // (pages past the end, and the current page, whose min/max the first workgroups are updating, read
+    // the page before it: not written)
+    let p = min((wx * TB + i) * NG + grp, max(nPages, 2u) - 2u);
+    let b = (table[p] * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG];
+  }
+  var sv = vec4<f32>(0.0);
+  for (var i = 0u; i < TB; i++) {
+    let a = unpack8(mn[i]); let c = unpack8(mx[i]);
+    var v = vec4<f32>(0.0);
+${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * c[0]) + max(qb${j} * a[1], qb${j} * c[1]);`).join('\n')}
+    sv[i] = v.x + v.y + v.z + v.w;
+  }
+  sv = rowSum(sv, tid);
+  if (lane == 0u) {
+    for (var i = 0u; i < TB; i++) {
+      let p = (wx * TB + i) * NG + grp;
+      if (p < nPages) { scores[g * SLOT_PAGES + p] = select(sv[i], 3.0e38, p == nPages - 1u); }
+    }
+  }
+}`;
+};
+
+/** Workgroups of ropeScoresWgsl for a sequence of `nPages` pages (its current token's page included). */
+export function ropeScoresGrid(s: AttnShape, subgroups: boolean, nPages: number): number {
+  const { WG, NG } = lanes(s, subgroups);
+  return Math.ceil(((s.nHeads + 2 * s.nKV) * s.headDim) / 2 / WG) + Math.ceil(nPages / (TB * NG)) * s.nKV;
+}
+
 /** Kernel 2: top-k pages per KV group (a workgroup of `threads` each): the k pages with the largest
  *  scores, no readback. The scores become order-preserving u32 keys, held in registers (`kr` per thread, one variable each: a register array
  *  indexed in a loop goes to local memory, and re-reading the scores each round waits on the cache every
@@ -642,8 +738,9 @@ export class DecodeAttention {
   }
 
   /** Records one decode-attention call of several sequences (batch row i: scratch slot i), each over
-   *  its own page table inside `layer.table` (at `tableAt`) and with its own budget. */
-  encodeRows(pass: GPUComputePassEncoder, layer: LayerBuffers, rowsIn: AttnRow[], only?: Stage): void {
+   *  its own page table inside `layer.table` (at `tableAt`) and with its own budget. `scored`: the
+   *  page scores are there already (one sequence, after ropeScoresWgsl). */
+  encodeRows(pass: GPUComputePassEncoder, layer: LayerBuffers, rowsIn: AttnRow[], only?: Stage, opts: { scored?: boolean } = {}): void {
     const s = this.s;
     const rows = rowsIn.map((r, i) => ({ seqLen: r.seqLen, budgetPages: r.budgetPages, tableAt: r.tableAt ?? 0, row: r.row ?? i, window: r.window ?? 0 }));
     for (const r of rows) {
@@ -668,7 +765,7 @@ export class DecodeAttention {
     const plan = rows.map((r) => rowPages(r, s.pageSize)), pages = plan.map((p) => p.nPages);
     const sparse = plan.map((p) => p.sparse), anySparse = sparse.some(Boolean);
     const n = rows.length, mostPages = Math.max(...pages.filter((_, i) => sparse[i]), 1);
-    if (anySparse && want('scores')) {
+    if (anySparse && want('scores') && !opts.scored) { // (scored: ropeScoresWgsl wrote them)
       pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores, layer.table]));
       pass.dispatchWorkgroups(Math.ceil(mostPages / (TB * this.lanes.NG)), s.nKV, n);
     }
@@ -689,6 +786,21 @@ export class DecodeAttention {
       pass.dispatchWorkgroups(s.nHeads, 1, n);
     }
   }
+
+  /** Whether a decode step of one sequence scores Quest's pages in its RoPE / append dispatch
+   *  (ropeScoresWgsl; QUEST_FUSED_SCORES=0 keeps the scores kernel, to compare). */
+  readonly fusesScores = processEnv().QUEST_FUSED_SCORES !== '0';
+  private readonly ropeScoresPipes = new Map<string, GPUComputePipeline>();
+  /** The fused RoPE / append / scores pipeline for a rotation; its bindings are ropeAppendWgsl's and then
+   *  `scoreBuffer`; its grid `ropeScoresGrid(pages)`; the attention's `encodeRows(..., { scored: true })` follows it. */
+  ropeScores(ropeDims: number, neox: boolean): GPUComputePipeline {
+    const key = `${ropeDims}:${neox}`;
+    let pipe = this.ropeScoresPipes.get(key);
+    if (!pipe) { pipe = this.pipeline(ropeScoresWgsl({ ...this.s, ropeDims }, neox, this.sub)); this.ropeScoresPipes.set(key, pipe); }
+    return pipe;
+  }
+  get scoreBuffer(): GPUBuffer { return this.scores; }
+  ropeScoresGrid(pages: number): number { return ropeScoresGrid(this.s, this.sub, pages); }
 
   /** Reads the selected page ids of the last sparse call's first row (tests). */
   async readSelection(k: number): Promise<Uint32Array> {
