@@ -1,9 +1,10 @@
 // `npm run bench:batch` (on a GPU): aggregate decode tokens/s of batched decoding (GpuSession.decodeBatch:
 // one forward pass for B sequences, weights read once) at batch 1, 4, 16, 32, dense and Quest, for a
 // 7B-shaped model with random weights (--shape 7b|8b|small, --weights f16|q4_0) and --context tokens per
-// sequence. The sequences are forks of one random context (their pages shared, so 32 x 8K contexts fit;
-// each still reads its whole context from memory at every step, as separate contexts would). Three
-// timings per point in one run; the median and the spread are printed, and a plot.
+// sequence. The sequences are forks of one random context (their pages shared, so 32 x 8K contexts fit):
+// dense rows read the shared pages once per group of rows (a document asked several questions at once);
+// QUEST_SHARED_PAGES=0 makes every sequence read its whole context at every step, as separate contexts
+// would. Three timings per point in one run; the median and the spread are printed, and a plot.
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
 import { GpuModel } from '../backend/webgpu/model.js';
@@ -30,7 +31,7 @@ async function main() {
   if (gpu.hasTimestamps) runner.enableTiming(); // (where a step's time goes: the GPU's, the CPU's encoding)
   const base = new GpuSession(runner);
   await base.fillRandomContext(CONTEXT);
-  console.log(`${gpu.adapterName}: ${name}, random ${WEIGHTS} weights; ${CONTEXT}-token contexts; ${STEPS} steps per timing, 3 timings; Quest budget ${BUDGET}`);
+  console.log(`${gpu.adapterName}: ${name}, random ${WEIGHTS} weights; ${CONTEXT}-token contexts (forks of one: ${runner.decode.sharedRows ? `shared pages read once per ${runner.decode.sharedRows} rows` : 'each reads its own'}); ${STEPS} steps per timing, 3 timings; Quest budget ${BUDGET}`);
   const rows: { policy: string; batch: number; tps: number[]; gpuMs: number; encodeMs: number }[] = [];
   for (const policy of ['dense', 'quest'] as const) {
     for (const B of BATCHES) {

@@ -7,9 +7,9 @@ import { createPolicy } from '../attention/create.js';
 import { MIN_PAGES } from '../attention/quest.js';
 import { exactScoresWgsl, listParams, receivedColsWgsl, receivedParams, receivedRowsWgsl, tokenListAttentionWgsl } from '../backend/webgpu/planned-attention.js';
 import { GpuStepPlanner } from './gpu-planner.js';
-import { DecodeAttention, readBuffer, type LayerBuffers } from '../backend/webgpu/decode-attention.js';
+import { DecodeAttention, readBuffer, type LayerBuffers, type SharedPages } from '../backend/webgpu/decode-attention.js';
 import { GpuPageStore } from '../backend/webgpu/gpu-pages.js';
-import { PageAllocator, PageTable } from '../kv/page-table.js';
+import { PageAllocator, PageTable, sharedPrefixGroups } from '../kv/page-table.js';
 import { hasSubgroups32, matrixConfig, processEnv, throwDeviceError } from '../backend/webgpu/device.js';
 import { mmaAttentionFits, mmaAttentionRows, prefillAttentionMmaWgsl, toHalfGrid, toHalfWgsl, type AttentionTune } from '../backend/webgpu/mma-kernels.js';
 import * as K from '../backend/webgpu/kernels.js';
@@ -491,6 +491,7 @@ export class GpuSession {
     const nPages = Math.ceil(total / r.pageSize), touched = nPages - Math.floor(start / r.pageSize);
     const a = this.attention, keep = Math.max(MIN_PAGES, Math.ceil(a.budget / r.pageSize));
     r.decode.resetBatch();
+    const sharedMemo = new Map<string, SharedPages[]>(); // (a batched step's shared-prefix groups, per set of dense rows)
     const layers = this.kv;
     const scale = 1 / Math.sqrt(c.headDim), planner = this.planner;
     const ps = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
@@ -523,10 +524,15 @@ export class GpuSession {
         const view = r.batchView(l);
         run(m.pipeline('ropeappendB', () => K.ropeAppendWgsl(hs, c.ropeStyle === 'neox', true)), 'ropeAppendB',
           [r.qkv, ropeTable, r.qrot, view.k, view.v, view.meta, r.step, view.table, r.batchRows], K.grid64((batch.length * (c.nHeads + 2 * c.nKVHeads) * c.headDim) / 2));
-        r.decode.encodeRows(pass, view, batch.map((seq, b) => {
+        const rows = batch.map((seq, b) => {
           const sa = seq.attention, pages = Math.ceil((seq.len + 1) / r.pageSize), sk = Math.max(MIN_PAGES, Math.ceil(sa.budget / r.pageSize));
           return { seqLen: seq.len + 1, budgetPages: sa.policy === 'quest' && !window && l >= sa.denseLayers && sk < pages ? sk : 0, tableAt: b * r.maxPages, row: b, window };
-        }));
+        });
+        // forks of one context (a document asked several questions) read the pages they share once
+        const dense = rows.map((row) => row.budgetPages === 0 && !row.window), key = dense.map(Number).join('');
+        let shared = sharedMemo.get(key);
+        if (!shared) { shared = sharedPrefixGroups(batch.map((seq) => seq.table.pages), rows.map((row) => Math.ceil(row.seqLen / r.pageSize)), dense); sharedMemo.set(key, shared); }
+        r.decode.encodeRows(pass, view, rows, undefined, { shared });
         current = null;
       } else if (oneStep) {
         const plannedLayer = planner !== null && policyLayer;

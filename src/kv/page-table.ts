@@ -140,3 +140,31 @@ export class PageTable {
     if (--this.alloc.tables === 0) this.alloc.reset();
   }
 }
+
+/** Rows of a batch whose page tables begin with the same physical pages (forks of one context), as
+ *  groups: each group's rows and how many leading pages all of them share, at least `minPages` and
+ *  fewer than any of its rows has (a row's last page, the one it writes, stays its own). `eligible`:
+ *  rows that may share (dense attention over all their pages). Rows are grouped by their first page;
+ *  a group's shared length is the longest prefix common to all its rows. */
+export function sharedPrefixGroups(tables: readonly (readonly number[])[], pages: readonly number[], eligible: readonly boolean[], minPages = 4): { rows: number[]; pages: number }[] {
+  const byFirst = new Map<number, number[]>();
+  tables.forEach((t, i) => {
+    if (!eligible[i] || pages[i] <= minPages || t.length === 0) return;
+    const list = byFirst.get(t[0]);
+    if (list) list.push(i); else byFirst.set(t[0], [i]);
+  });
+  const groups: { rows: number[]; pages: number }[] = [];
+  for (const rows of byFirst.values()) {
+    if (rows.length < 2) continue;
+    const t0 = tables[rows[0]];
+    let shared = Math.min(...rows.map((i) => Math.min(pages[i] - 1, tables[i].length)));
+    for (const i of rows.slice(1)) {
+      const t = tables[i];
+      let n = 0;
+      while (n < shared && t[n] === t0[n]) n++;
+      shared = n;
+    }
+    if (shared >= minPages) groups.push({ rows, pages: shared });
+  }
+  return groups;
+}

@@ -81,6 +81,45 @@ for (const attention of policies) {
   // not tested for exactness — their x is split f16, where a sequence alone multiplies x quantised to int8)
 }
 
+// Forks of one context decoded together (a document asked several questions): the pages they share are
+// read once for the group (DecodeAttention's shared-prefix path), each fork must still get its tokens and
+// logits alone, dense and Quest (whose dense first layer shares; its sparse layers select per fork).
+test('WebGPU: a batch of forks of one context (shared pages read once) equals each fork alone', { skip: skipGpu }, async (t) => {
+  const runner = new GpuRunner(GpuModel.upload(gpu!.device, loaded.config, loaded.weights), 16);
+  const mma = matrixConfig(gpu!.device) !== null, tol = mma ? 1e-4 : 2e-2;
+  const tails = [[5], [9, 3], [40, 41, 42], [77], [12, 13]];
+  for (const attention of policies) {
+    const base = new GpuSession(runner, attention);
+    await base.forward(promptOf(70, 7), { logits: 'none', dense: true });
+    const solo: { toks: number[]; all: Float32Array[] }[] = [];
+    for (const tail of tails) {
+      const f = base.fork();
+      let logits = await f.forward(tail, { dense: true });
+      const toks: number[] = [], all: Float32Array[] = [];
+      for (let k = 0; k < 6; k++) { const tok = argmax(logits); toks.push(tok); logits = await f.forward([tok]); all.push(logits); }
+      solo.push({ toks, all });
+      f.dispose();
+    }
+    const forks = tails.map(() => base.fork());
+    const next = await Promise.all(forks.map(async (f, j) => argmax(await f.forward(tails[j], { dense: true }))));
+    const before = runner.decode.sharedCalls;
+    let worst = 0;
+    for (let k = 0; k < 6; k++) {
+      const out = await gpuDecodeBatch(forks.map((seq, j) => ({ seq, token: next[j] })));
+      forks.forEach((_, j) => {
+        assert.equal(next[j], solo[j].toks[k], `${attention.policy}: fork ${j}, step ${k}: token`);
+        for (let v = 0; v < out[j].length; v++) worst = Math.max(worst, Math.abs(out[j][v] - solo[j].all[k][v]));
+        next[j] = argmax(out[j]);
+      });
+    }
+    assert.ok(runner.decode.sharedCalls > before, `${attention.policy}: the batch did not read its shared pages together`);
+    assert.ok(worst <= tol, `${attention.policy}: max |Δlogit| between batched and alone ${worst} over ${tol}`);
+    t.diagnostic(`${attention.policy}: max |Δlogit| batched forks vs alone ${worst.toExponential(2)}`);
+    for (const f of [...forks, base]) f.dispose();
+  }
+  runner.dispose(); runner.m.dispose();
+});
+
 test('a batch refuses sequences of two models and a sequence twice, with clear errors', () => {
   const m1 = makeModel(loaded.config, loaded.weights), m2 = makeModel(loaded.config, loaded.weights);
   const a = new Session(m1), b = new Session(m2);

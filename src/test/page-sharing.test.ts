@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PagedKVCache } from '../kv/paged-cache.js';
-import { PageAllocator, PageTable } from '../kv/page-table.js';
+import { PageAllocator, PageTable, sharedPrefixGroups } from '../kv/page-table.js';
 import { attendHead } from '../attention/attend.js';
 import { pageScores } from '../attention/quest.js';
 import { gaussian, randomArray } from './fixtures.js';
@@ -115,4 +115,42 @@ test('a long prompt grows the page store once, with room for the answer; shared 
   fork.makeRoom(5100, 40); // pages 318, 319 shared (copies) + 320 new: 3 fresh pages, beyond the capacity
   assert.equal(grows.length, 2);
   assert.ok(grows[1] >= 323, `grew to ${grows[1]}`);
+});
+
+// Which rows of a batched GPU step read their shared pages together: rows grouped by their first page,
+// the longest prefix common to all of a group's rows, at least minPages and short of each row's last page;
+// rows not eligible (sparse or windowed attention) or too short stay alone. Checked on a hand-made batch
+// and against a brute-force search on random forks.
+test('shared-prefix groups of a batch: forks of one context grouped with their longest common prefix', () => {
+  const doc = Array.from({ length: 30 }, (_, i) => i);
+  const tables = [doc, [...doc.slice(0, 20), 100, 101, 102], [...doc, 103], [200, 201, 202, 203, 204, 205], doc.slice(), doc.slice(0, 3), [200, 201, 210, 211, 212, 213, 214]];
+  const pages = tables.map((t) => t.length), eligible = [true, true, true, true, false, true, true];
+  // rows 3 and 6 share only 2 pages; row 4 is not eligible; row 5 (3 pages) is too short
+  assert.deepEqual(sharedPrefixGroups(tables, pages, eligible, 4), [{ rows: [0, 1, 2], pages: 20 }]);
+  // with 2 pages enough, row 5 joins its fork's group, which then shares the 2 pages row 5 leaves
+  assert.deepEqual(sharedPrefixGroups(tables, pages, eligible, 2), [{ rows: [0, 1, 2, 5], pages: 2 }, { rows: [3, 6], pages: 2 }]);
+  assert.deepEqual(sharedPrefixGroups([doc, doc.slice()], [30, 30], [true, true], 4), [{ rows: [0, 1], pages: 29 }]); // (the last page stays each row's own)
+  let seed = 5;
+  const rnd = () => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return seed >>> 8; };
+  for (let trial = 0; trial < 200; trial++) {
+    const base = Array.from({ length: 40 }, (_, i) => i), n = 2 + (rnd() % 6);
+    const ts = Array.from({ length: n }, () => {
+      const keep = rnd() % 41, len = keep + 1 + (rnd() % 5);
+      return rnd() % 4 === 0 ? Array.from({ length: len }, () => 1000 + (rnd() % 50)) : [...base.slice(0, keep), ...Array.from({ length: len - keep }, () => 500 + (rnd() % 100000))];
+    });
+    const ps = ts.map((t) => t.length), el = ts.map(() => rnd() % 5 !== 0), min = 1 + (rnd() % 5);
+    const got = sharedPrefixGroups(ts, ps, el, min);
+    // brute force: every pair of eligible rows with the same first page is in one group, and the group's
+    // shared pages are the largest n that every row agrees on
+    const rows = ts.map((_, i) => i).filter((i) => el[i] && ps[i] > min);
+    const firsts = [...new Set(rows.map((i) => ts[i][0]))];
+    const want = firsts.flatMap((f) => {
+      const g = rows.filter((i) => ts[i][0] === f);
+      if (g.length < 2) return [];
+      let s = 0;
+      while (g.every((i) => s < ps[i] - 1 && ts[i][s] === ts[g[0]][s])) s++;
+      return s >= min ? [{ rows: g, pages: s }] : [];
+    });
+    assert.deepEqual(got, want, `trial ${trial}: ${JSON.stringify({ ts, el, min })}`);
+  }
 });

@@ -193,6 +193,65 @@ for (const [nH, nKV, hd] of [[8, 2, 64], [4, 4, 32]]) {
   });
 }
 
+// Forks of one context in a batch: rows whose first pages are the same physical pages attend to those
+// pages together (each page read once for up to `sharedRows` rows: sharedPartialWgsl), then to their own
+// pages, beside a dense row and a Quest row that share nothing. Each row must equal the same sequence run
+// alone (itself checked against float64 above); GQA 4 and 8, MHA, head dims 32, 64 and 128, a group
+// larger than one workgroup's rows.
+for (const [nH, nKV, hd] of [[8, 2, 64], [4, 4, 32], [16, 2, 128], [4, 4, 128]]) {
+  test(`WebGPU decode attention of a batch of forks (${nH}/${nKV} heads, head dim ${hd}): shared pages read once for the group = each row alone`, { skip: skipGpu }, async () => {
+    const { device } = gpu!, P = 16, S = 20; // shared pages
+    const rows = [{ seq: S * P + 37, budget: 0 }, { seq: S * P + 200, budget: 0 }, { seq: S * P + 1, budget: 0 }, { seq: S * P + 16, budget: 0 },
+      { seq: S * P + 90, budget: 0 }, { seq: 700, budget: 0 }, { seq: 555, budget: 4 }];
+    const group = [0, 1, 2, 3, 4];
+    const maxPages = 64, shape: AttnShape = { nHeads: nH, nKV, headDim: hd, pageSize: P, maxPages };
+    const doc = build({ nH, nKV, hd, P, seq: S * P, budgetPages: 0 }, 900);
+    const data = rows.map((r, i) => build({ nH, nKV, hd, P, seq: r.seq, budgetPages: r.budget }, 910 + i));
+    const kvSlab = nKV * P * hd, metaSlab = nKV * 2 * hd;
+    for (const i of group) {
+      data[i].k16.set(doc.k16.subarray(0, S * kvSlab)); data[i].v16.set(doc.v16.subarray(0, S * kvSlab)); data[i].meta16.set(doc.meta16.subarray(0, S * metaSlab));
+    }
+    // physical pages: the shared ones first, then every row's own pages; tables at i * maxPages
+    const tables = new Uint32Array(rows.length * maxPages), phys: number[][] = [];
+    let next = S;
+    data.forEach((d, i) => { phys.push(Array.from({ length: d.pages }, (_, p) => (group.includes(i) && p < S ? p : next++))); phys[i].forEach((x, p) => { tables[i * maxPages + p] = x; }); });
+    const k16 = new Uint16Array(next * kvSlab), v16 = new Uint16Array(next * kvSlab), meta16 = new Uint16Array(next * metaSlab);
+    data.forEach((d, i) => phys[i].forEach((at, p) => {
+      k16.set(d.k16.subarray(p * kvSlab, (p + 1) * kvSlab), at * kvSlab); v16.set(d.v16.subarray(p * kvSlab, (p + 1) * kvSlab), at * kvSlab);
+      meta16.set(d.meta16.subarray(p * metaSlab, (p + 1) * metaSlab), at * metaSlab);
+    }));
+    const mk = (a: ArrayBufferView) => {
+      const b = device.createBuffer({ size: Math.max(16, Math.ceil(a.byteLength / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+      device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, Math.ceil(a.byteLength / 4) * 4);
+      return b;
+    };
+    const q = mk(Float32Array.from(data.flatMap((d) => Array.from(d.q)))), out = mk(new Float32Array(rows.length * nH * hd));
+    const layer = { k: mk(k16), v: mk(v16), meta: mk(meta16), table: mk(tables) };
+    const att = new DecodeAttention(device, shape, maxPages, { q, out });
+    assert.ok(att.sharedRows >= 2, 'this shape shares no pages');
+    const run = async (list: { seqLen: number; budgetPages: number; tableAt: number; row: number }[], shared: { rows: number[]; pages: number }[] = []) => {
+      const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+      att.resetBatch();
+      att.encodeRows(pass, layer, list, undefined, { shared });
+      pass.end(); device.queue.submit([enc.finish()]);
+      const o = new Float32Array(await readBuffer(device, out, rows.length * nH * hd * 4));
+      throwDeviceError();
+      return o;
+    };
+    const list = rows.map((r, i) => ({ seqLen: r.seq, budgetPages: r.budget, tableAt: i * maxPages, row: i }));
+    const batched = await run(list, [{ rows: group, pages: S }]);
+    for (let i = 0; i < rows.length; i++) {
+      const alone = await run([{ ...list[i] }]);
+      for (let j = i * nH * hd; j < (i + 1) * nH * hd; j++) {
+        assert.ok(Math.abs(batched[j] - alone[j]) < 1e-5 * Math.max(1, Math.abs(alone[j])), `row ${i} (${JSON.stringify(rows[i])}) value ${j}: batched ${batched[j]}, alone ${alone[j]}`);
+      }
+    }
+    // a group that is not a shared prefix is refused with the reason
+    await assert.rejects(run(list, [{ rows: [0, 6], pages: S }]), /not a dense row/);
+    for (const b of [q, out, ...Object.values(layer)]) b.destroy();
+  });
+}
+
 // The top-k kernel alone, for every workgroup size: scores with many ties (a few distinct values),
 // negative and positive, more pages than threads; the selection must be k distinct pages whose scores
 // are the k largest (which of the tied pages it takes is free).

@@ -38,13 +38,19 @@ const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
 /** The per-call values every kernel reads, one set per batch row (workgroup_id.z): a sequence's length,
  *  its page count, the pages read (k: selected, or dense from the first one) and chunking; `row`: its
  *  row of q and out; `tableAt`: where its page table starts in the table buffer; `first`: the first
- *  token attended (sliding windows; else 0). Scratch (scores, selection, partial results) has one
- *  fixed-size slot per batch row. */
+ *  token attended (sliding windows, or the first after the pages it shares with other rows; else 0);
+ *  `chunkBase`: where its partial results start (after those of the shared pages), `chunks`: how many
+ *  it has in all (the reduction's count; 0: nChunks). Scratch (scores, selection, partial results) has
+ *  one fixed-size slot per batch row. A group of rows sharing their first pages (sharedPartialWgsl) has
+ *  one set for all: `rows` and `slots` their q rows and scratch slots, 8 bits each, `count` how many. */
 const PARAMS_WGSL = /* wgsl */ `
-struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32, tableAt: u32, first: u32, p1: u32, p2: u32 }
+struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32, tableAt: u32, first: u32,
+  chunkBase: u32, chunks: u32, rows: u32, slots: u32, count: u32, pad: u32 }
 @group(0) @binding(0) var<storage, read> prms: array<Params>;
 `;
-const PARAM_WORDS = 12;
+const PARAM_WORDS = 16;
+/** Rows of a shared-prefix group per workgroup (packed 8 bits each in the parameters), at most. */
+const SHARED_ROWS = 4;
 
 /** Chunks per head of the partial-attention kernel, at most, for a shape (a scratch slot's size). */
 const maxChunksOf = (s: AttnShape) => Math.min(MAX_CHUNKS, Math.ceil(s.maxPages / MIN_CHUNK_PAGES));
@@ -434,13 +440,21 @@ function groupStep(G: number, tb: number): string {
  *  Each lane group streams its rows with an online softmax; the lane groups merge at the end. The
  *  per-head state (q, max, sum, accumulators) is one set of variables per head, generated here: arrays
  *  indexed by a head loop went to local memory, which made the GQA shape 5x slower than its bytes. */
-export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB) => {
-  const { NG, LG, shuffle } = lanes(s, subgroups), G = s.nHeads / s.nKV;
+export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB, sharedRows = 0) => {
+  const { NG, LG, shuffle } = lanes(s, subgroups), G0 = s.nHeads / s.nKV;
+  // shared pages (sharedRows > 0): the query vectors are every head of the KV group for each of the
+  // group's rows, vector j being head j % G of row j / G
+  const G = G0 * Math.max(1, sharedRows);
   // GQA with 16-lane rows: row sums by reduce-scatter over the group's heads (groupStep)
   const scatter = shuffle && LG === 16 && G > 1 && G <= 16 && (G & (G - 1)) === 0 && SCATTER;
   const heads = Array.from({ length: G }, (_, j) => j);
+  const rowOf = (j: number) => Math.floor(j / G0), headOf = (j: number) => j % G0;
+  // a query vector's q row and scratch slot
+  const qRow = (j: number) => (sharedRows ? `((prm.rows >> ${8 * rowOf(j)}u) & 255u)` : 'prm.row');
+  const slotOf = (j: number) => (sharedRows ? `((prm.slots >> ${8 * rowOf(j)}u) & 255u)` : 'slot');
   const each = (f: (j: number) => string) => heads.map(f).join('\n');
   return common(s, subgroups, tb) + /* wgsl */ `
+const GQ: u32 = ${G}u; // query vectors per workgroup
 const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS))}u;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
@@ -483,7 +497,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     pages[tid] = p; phys[tid] = select(0u, table[prm.tableAt + p], p != NONE);
   }
   // this lane's 8 channels of q for every head of the group, scaled so that exp2 gives the softmax
-${each((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * lane;
+${each((j) => `  let b${j} = ((${qRow(j)} * NH + g * G + ${headOf(j)}u) * HD) / 4u + 2u * lane;
   var h${j} = Head(q[b${j}] * prm.scale, q[b${j} + 1u] * prm.scale, -3.0e38, 0.0, vec4<f32>(0.0), vec4<f32>(0.0));`)}
   workgroupBarrier();
   let rows = cp * P;
@@ -503,22 +517,22 @@ ${scatter ? groupStep(G, tb) : each((j) => `    h${j} = step(h${j}, k8, v8, ok, 
   }
   // merge the lane groups: common maximum per head, then sums of the rescaled partial results
   if (lane == 0u) {
-${each((j) => `    gm[grp * G + ${j}u] = h${j}.m;`)}
+${each((j) => `    gm[grp * GQ + ${j}u] = h${j}.m;`)}
   }
   workgroupBarrier();
-  var M: array<f32, G>; var f: array<f32, G>; // (indexed by constants only)
-${each((j) => `  { var mm = -3.0e38; for (var r = 0u; r < NG; r++) { mm = max(mm, gm[r * G + ${j}u]); } M[${j}] = mm; f[${j}] = select(0.0, exp2(h${j}.m - mm), h${j}.m > -1.0e38); }`)}
+  var M: array<f32, GQ>; var f: array<f32, GQ>; // (indexed by constants only)
+${each((j) => `  { var mm = -3.0e38; for (var r = 0u; r < NG; r++) { mm = max(mm, gm[r * GQ + ${j}u]); } M[${j}] = mm; f[${j}] = select(0.0, exp2(h${j}.m - mm), h${j}.m > -1.0e38); }`)}
   workgroupBarrier();
   if (lane == 0u) {
-${each((j) => `    gm[grp * G + ${j}u] = h${j}.l * f[${j}];`)}
+${each((j) => `    gm[grp * GQ + ${j}u] = h${j}.l * f[${j}];`)}
   }
 ${each((j) => `  gacc[grp * (HD / 4u) + 2u * lane] = h${j}.accA * f[${j}]; gacc[grp * (HD / 4u) + 2u * lane + 1u] = h${j}.accB * f[${j}];
   workgroupBarrier();
-  merge(g * G + ${j}u, c, M[${j}], tid, slot);
+  ${sharedRows ? `if (${rowOf(j)}u < prm.count) { ` : ''}merge(g * G + ${headOf(j)}u, ${j}u, prm.chunkBase + c, M[${j}], tid, ${slotOf(j)});${sharedRows ? ' }' : ''}
   workgroupBarrier();`)}
 }
-// writes one head's chunk result from the lane groups' rescaled sums in workgroup memory
-fn merge(h: u32, c: u32, M: f32, tid: u32, slot: u32) {
+// writes one head's chunk result (query vector j of the group) from the lane groups' rescaled sums in workgroup memory
+fn merge(h: u32, j: u32, c: u32, M: f32, tid: u32, slot: u32) {
   let pc = (slot * NH + h) * SLOT_CHUNKS + c;
   for (var d = tid; d < HD / 4u; d += WG) {
     var sum = vec4<f32>(0.0);
@@ -527,7 +541,7 @@ fn merge(h: u32, c: u32, M: f32, tid: u32, slot: u32) {
   }
   if (tid == 0u) {
     var L = 0.0;
-    for (var r = 0u; r < NG; r++) { L += gm[r * G + h % G]; }
+    for (var r = 0u; r < NG; r++) { L += gm[r * GQ + j]; }
     part[pc * (HD / 4u + 1u) + HD / 4u] = vec4<f32>(M, L, 0.0, 0.0);
   }
 }`;
@@ -573,7 +587,7 @@ fn fold(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let prm = prms[wid.z];
-  let h = wid.x; let tid = lid.x; let nc = prm.nChunks; let hb = (wid.z * NH + h) * SLOT_CHUNKS;
+  let h = wid.x; let tid = lid.x; let nc = select(prm.nChunks, prm.chunks, prm.chunks > 0u); let hb = (wid.z * NH + h) * SLOT_CHUNKS;
   var m = -3.0e38; var l = 0.0;
   for (var c = tid; c < nc; c += 256u) { let f = fold(vec2<f32>(m, l), part[(hb + c) * (V4 + 1u) + V4].xy); m = f.x; l = f.y; }
 ${combine}
@@ -613,9 +627,14 @@ export function identityPageTable(device: GPUDevice, pages: number): GPUBuffer {
  *  tokens attended, densely; 0 or absent: all). */
 export interface AttnRow { seqLen: number; budgetPages: number; tableAt?: number; row?: number; window?: number }
 
-/** The first token and the pages a row reads: its window's, or Quest's selection, or all. */
-function rowPages(r: Required<AttnRow>, pageSize: number) {
-  const nPages = Math.ceil(r.seqLen / pageSize), first = r.window > 0 ? Math.max(0, r.seqLen - r.window) : 0;
+/** Rows of a batch whose first `pages` pages are the same physical pages (forks of one context): their
+ *  attention over those pages reads each page once for up to SHARED_ROWS rows (indices into the call's rows). */
+export interface SharedPages { rows: number[]; pages: number }
+
+/** The first token and the pages a row reads: its window's, or Quest's selection, or all (after `skip`
+ *  pages attended with other rows). */
+function rowPages(r: Required<AttnRow>, pageSize: number, skip = 0) {
+  const nPages = Math.ceil(r.seqLen / pageSize), first = r.window > 0 ? Math.max(0, r.seqLen - r.window) : skip * pageSize;
   const sparse = first === 0 && r.budgetPages > 0 && r.budgetPages < nPages;
   return { nPages, first, sparse, read: sparse ? r.budgetPages : nPages - Math.floor(first / pageSize) };
 }
@@ -625,6 +644,12 @@ function rowPages(r: Required<AttnRow>, pageSize: number) {
  *  pages: the rows' page tables side by side in one table buffer over the same K/V buffers). */
 export class DecodeAttention {
   private readonly pipes: Record<'scores' | 'dense' | 'sparse' | 'reduce', GPUComputePipeline>;
+  private sharedPipe: GPUComputePipeline | null = null;
+  /** Rows of a shared-prefix group per workgroup for this shape (their heads' query vectors, at most 16,
+   *  are what one workgroup carries), or 0 where sharing gains nothing (one row). */
+  readonly sharedRows: number;
+  /** Shared-prefix dispatches recorded so far (tests and benchmarks: whether a batch of forks took that path). */
+  sharedCalls = 0;
   private readonly topkPipes = new Map<number, GPUComputePipeline>(); // by keys per thread (a power of two)
   private readonly sub: boolean;
   private readonly topkThreads: number;
@@ -653,6 +678,10 @@ export class DecodeAttention {
     const sub = hasSubgroups32(device);
     this.lanes = lanes(s, sub);
     this.sub = sub; this.topkThreads = topkThreads;
+    const G = s.nHeads / s.nKV;
+    // (QUEST_SHARED_PAGES=0: every row reads its own pages, as separate contexts would; benchmarks compare)
+    const rg = Math.min(SHARED_ROWS, Math.floor(16 / G));
+    this.sharedRows = rg >= 2 && processEnv().QUEST_SHARED_PAGES !== '0' ? rg : 0;
     this.pipes = {
       scores: mk(scoresWgsl(s, sub)), reduce: mk(reduceWgsl(s, sub)),
       dense: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense)), sparse: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).sparse)),
@@ -697,12 +726,32 @@ export class DecodeAttention {
 
   /** Parameter buffers are written ahead of a batch of encodes (each distinct call its own). */
   private slots = new Map<string, number>();
-  private paramsFor(rows: Required<AttnRow>[], scale: number): { buf: GPUBuffer; slot: number } {
+  /** `skip[i]`: pages row i attends with its shared-prefix group (0: none). */
+  private paramsFor(rows: Required<AttnRow>[], scale: number, skip: number[]): { buf: GPUBuffer; slot: number } {
     // the layers of one decode step share their parameters: reuse a slot written in this batch of encodes
-    const key = rows.map((r) => `${r.seqLen}:${r.budgetPages}:${r.tableAt}:${r.row}:${r.window}`).join(','), known = this.slots.get(key);
+    const key = rows.map((r, i) => `${r.seqLen}:${r.budgetPages}:${r.tableAt}:${r.row}:${r.window}:${skip[i]}`).join(','), known = this.slots.get(key);
     if (known !== undefined) return { buf: this.params[known], slot: known };
+    return this.writeParams(key, (i) => {
+      const r = rows[i], { nPages, first, sparse, read } = rowPages(r, this.s.pageSize, skip[i]);
+      const { chunkPages, nChunks } = this.chunking(read), base = skip[i] ? this.chunking(skip[i]).nChunks : 0;
+      return { seqLen: r.seqLen, nPages, k: read, sparse, nChunks, chunkPages, row: r.row, tableAt: r.tableAt, first, chunkBase: base, chunks: base ? base + nChunks : 0 };
+    }, rows.length, scale);
+  }
+
+  /** Parameters of the shared-prefix groups' calls (sharedPartialWgsl): per group of up to sharedRows rows. */
+  private groupParamsFor(groups: { rows: number[]; pages: number }[], rows: Required<AttnRow>[], scale: number): { buf: GPUBuffer; slot: number } {
+    const key = 'g' + groups.map((g) => `${g.pages}:${g.rows.map((i) => `${rows[i].row}@${i}@${rows[i].tableAt}`).join('/')}`).join(','), known = this.slots.get(key);
+    if (known !== undefined) return { buf: this.params[known], slot: known };
+    return this.writeParams(key, (i) => {
+      const g = groups[i], { chunkPages, nChunks } = this.chunking(g.pages), pack = (f: (j: number) => number) => g.rows.reduce((a, r, j) => a | (f(r) << (8 * j)), 0) >>> 0;
+      return { seqLen: g.pages * this.s.pageSize, nPages: g.pages, k: g.pages, sparse: false, nChunks, chunkPages, row: 0, tableAt: rows[g.rows[0]].tableAt, first: 0,
+        chunkBase: 0, chunks: 0, rows: pack((r) => rows[r].row), slots: pack((r) => r), count: g.rows.length };
+    }, groups.length, scale);
+  }
+
+  private writeParams(key: string, entry: (i: number) => { seqLen: number; nPages: number; k: number; sparse: boolean; nChunks: number; chunkPages: number; row: number; tableAt: number; first: number; chunkBase: number; chunks: number; rows?: number; slots?: number; count?: number }, n: number, scale: number): { buf: GPUBuffer; slot: number } {
     this.slots.set(key, this.paramIndex);
-    const bytes = rows.length * PARAM_WORDS * 4;
+    const bytes = n * PARAM_WORDS * 4;
     if (this.paramIndex >= this.params.length || this.params[this.paramIndex].size < bytes) {
       this.params[this.paramIndex]?.destroy();
       this.params[this.paramIndex] = this.device.createBuffer({ size: Math.max(bytes, 4 * PARAM_WORDS * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
@@ -710,12 +759,12 @@ export class DecodeAttention {
     }
     const b = this.params[this.paramIndex++];
     const data = new ArrayBuffer(bytes), u = new Uint32Array(data), f = new Float32Array(data);
-    rows.forEach((r, i) => {
-      const { nPages, first, sparse, read } = rowPages(r, this.s.pageSize);
-      const { chunkPages, nChunks } = this.chunking(read), o = i * PARAM_WORDS;
-      u[o] = r.seqLen; u[o + 1] = nPages; u[o + 2] = read; u[o + 3] = sparse ? 1 : 0;
-      f[o + 4] = scale * LOG2E; u[o + 5] = nChunks; u[o + 6] = chunkPages; u[o + 7] = r.row; u[o + 8] = r.tableAt; u[o + 9] = first;
-    });
+    for (let i = 0; i < n; i++) {
+      const e = entry(i), o = i * PARAM_WORDS;
+      u[o] = e.seqLen; u[o + 1] = e.nPages; u[o + 2] = e.k; u[o + 3] = e.sparse ? 1 : 0;
+      f[o + 4] = scale * LOG2E; u[o + 5] = e.nChunks; u[o + 6] = e.chunkPages; u[o + 7] = e.row; u[o + 8] = e.tableAt; u[o + 9] = e.first;
+      u[o + 10] = e.chunkBase; u[o + 11] = e.chunks; u[o + 12] = e.rows ?? 0; u[o + 13] = e.slots ?? 0; u[o + 14] = e.count ?? 0;
+    }
     this.device.queue.writeBuffer(b, 0, data);
     return { buf: b, slot: this.paramIndex - 1 };
   }
@@ -740,7 +789,7 @@ export class DecodeAttention {
   /** Records one decode-attention call of several sequences (batch row i: scratch slot i), each over
    *  its own page table inside `layer.table` (at `tableAt`) and with its own budget. `scored`: the
    *  page scores are there already (one sequence, after ropeScoresWgsl). */
-  encodeRows(pass: GPUComputePassEncoder, layer: LayerBuffers, rowsIn: AttnRow[], only?: Stage, opts: { scored?: boolean } = {}): void {
+  encodeRows(pass: GPUComputePassEncoder, layer: LayerBuffers, rowsIn: AttnRow[], only?: Stage, opts: { scored?: boolean; shared?: SharedPages[] } = {}): void {
     const s = this.s;
     const rows = rowsIn.map((r, i) => ({ seqLen: r.seqLen, budgetPages: r.budgetPages, tableAt: r.tableAt ?? 0, row: r.row ?? i, window: r.window ?? 0 }));
     for (const r of rows) {
@@ -748,8 +797,24 @@ export class DecodeAttention {
       if (pages > s.maxPages) throw new Error(`sequence of ${r.seqLen} tokens exceeds the ${s.maxPages} pages allocated`);
       if (r.budgetPages > s.maxSelected! && r.budgetPages < pages) throw new Error(`a budget of ${r.budgetPages} pages exceeds the ${s.maxSelected} this attention was made for`);
     }
+    // shared-prefix groups, in workgroups of up to sharedRows rows; each row then reads only its own pages
+    const skip = rows.map(() => 0), subGroups: SharedPages[] = [];
+    for (const g of this.sharedRows ? opts.shared ?? [] : []) {
+      let fits = true;
+      for (const i of g.rows) {
+        const r = rows[i], nPages = Math.ceil((r?.seqLen ?? 0) / s.pageSize);
+        if (!r || skip[i] || g.rows.indexOf(i) !== g.rows.lastIndexOf(i)) throw new Error(`shared pages: row ${i} is not in the call or is in two groups`);
+        if (r.window || rowPages(r, s.pageSize).sparse) throw new Error(`shared pages: row ${i} is not a dense row`);
+        if (!(g.pages >= 1 && g.pages < nPages)) throw new Error(`shared pages: ${g.pages} pages for row ${i} of ${nPages} (its last page is its own)`);
+        // (a group whose rows' partial results would not fit their scratch slots reads its pages row by row)
+        fits &&= this.chunking(g.pages).nChunks + this.chunking(nPages - g.pages).nChunks <= maxChunksOf(s);
+      }
+      if (!fits) continue;
+      for (const i of g.rows) skip[i] = g.pages;
+      for (let j = 0; j < g.rows.length; j += this.sharedRows) subGroups.push({ rows: g.rows.slice(j, j + this.sharedRows), pages: g.pages });
+    }
     this.growScratch(rows.length);
-    const { buf: prm, slot } = this.paramsFor(rows, 1 / Math.sqrt(s.headDim));
+    const { buf: prm, slot } = this.paramsFor(rows, 1 / Math.sqrt(s.headDim), skip);
     let groups = this.groups.get(layer);
     if (!groups) { groups = new Map(); this.groups.set(layer, groups); }
     const bind = (pipe: GPUComputePipeline, name: string, bufs: GPUBuffer[]) => {
@@ -762,7 +827,7 @@ export class DecodeAttention {
       return g;
     };
     const want = (st: Stage) => only === undefined || only === st;
-    const plan = rows.map((r) => rowPages(r, s.pageSize)), pages = plan.map((p) => p.nPages);
+    const plan = rows.map((r, i) => rowPages(r, s.pageSize, skip[i])), pages = plan.map((p) => p.nPages);
     const sparse = plan.map((p) => p.sparse), anySparse = sparse.some(Boolean);
     const n = rows.length, mostPages = Math.max(...pages.filter((_, i) => sparse[i]), 1);
     if (anySparse && want('scores') && !opts.scored) { // (scored: ropeScoresWgsl wrote them)
@@ -775,6 +840,17 @@ export class DecodeAttention {
       pass.dispatchWorkgroups(s.nKV, 1, n);
     }
     const chunks = Math.max(...plan.map((p) => this.chunking(p.read).nChunks));
+    if (want('partial') && subGroups.length) {
+      // the shared pages: every KV page read once for a group's rows
+      const { buf: gprm, slot: gslot } = this.groupParamsFor(subGroups, rows, 1 / Math.sqrt(s.headDim));
+      const pipe = this.sharedPipe ??= this.pipeline(partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows));
+      const key = `${gslot}:sh`;
+      let g = groups.get(key);
+      if (!g) { g = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [gprm, this.q, layer.k, layer.v, this.sel, this.part, layer.table].map((buffer, binding) => ({ binding, resource: { buffer } })) }); groups.set(key, g); }
+      pass.setPipeline(pipe); pass.setBindGroup(0, g);
+      pass.dispatchWorkgroups(Math.max(...subGroups.map((sg) => this.chunking(sg.pages).nChunks)), s.nKV, subGroups.length);
+      this.sharedCalls++;
+    }
     if (want('partial')) {
       // (a batch mixing dense and sparse rows runs the sparse variant: it reads either)
       const pipe = anySparse ? this.pipes.sparse : this.pipes.dense;
