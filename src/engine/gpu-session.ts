@@ -10,6 +10,7 @@ import { GpuStepPlanner } from './gpu-planner.js';
 import { DecodeAttention, readBuffer, type LayerBuffers, type SharedPages } from '../backend/webgpu/decode-attention.js';
 import { GpuPageStore } from '../backend/webgpu/gpu-pages.js';
 import { PageAllocator, PageTable, sharedPrefixGroups } from '../kv/page-table.js';
+import type { PassProfiler } from '../backend/webgpu/pass-profiler.js';
 import { hasSubgroups32, matrixConfig, processEnv, throwDeviceError } from '../backend/webgpu/device.js';
 import { mmaAttentionFits, mmaAttentionRows, prefillAttentionMmaWgsl, toHalfGrid, toHalfWgsl, type AttentionTune } from '../backend/webgpu/mma-kernels.js';
 import * as K from '../backend/webgpu/kernels.js';
@@ -114,6 +115,8 @@ export class GpuRunner {
   /** Timestamp queries around each forward's compute pass (benchmarks, one session at a time; needs
    *  'timestamp-query'); one read buffer per step that may be in flight. */
   timing: { set: GPUQuerySet; resolve: GPUBuffer; reads: GPUBuffer[] } | null = null;
+  /** With a profiler set, every dispatch of the next forwards is timed on its own (bench/gpu-profile). */
+  profiler: PassProfiler | null = null;
   enableTiming(): void {
     const d = this.m.device;
     this.timing ??= {
@@ -632,6 +635,8 @@ export class GpuSession {
   /** One compute pass recorded by `encode` (timing the CPU's recording, and with timing on, the pass's
    *  timestamps into read slot `slot`). */
   private recordPass(enc: GPUCommandEncoder, slot: number, encode: (pass: GPUComputePassEncoder) => void): void {
+    const prof = this.runner.profiler;
+    if (prof) { encode(prof.pass(enc)); prof.finish(enc); return; } // (each dispatch timed on its own)
     const t = this.runner.timing, tEncode = performance.now();
     const pass = enc.beginComputePass(t ? { timestampWrites: { querySet: t.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : undefined);
     encode(pass);

@@ -9,6 +9,7 @@ import { gpu, skipGpu } from './gpu.js';
 import { loadModelFiles, type LoadedModel } from '../model/load.js';
 import { GpuModel } from '../backend/webgpu/model.js';
 import { readBuffer } from '../backend/webgpu/decode-attention.js';
+import { PassProfiler } from '../backend/webgpu/pass-profiler.js';
 import { hasIntDot4 } from '../backend/webgpu/device.js';
 import { GpuRunner, GpuSession } from '../engine/gpu-session.js';
 import { makeModel, Session } from '../engine/session.js';
@@ -279,4 +280,28 @@ test('WebGPU greedy decoding with steps in flight: same tokens as one step at a 
     assert.deepEqual(await d.forward([tok]), await e.forward([tok]), `logits differ ${i - 4} steps after the early stop`);
   }
   runner.dispose(); runner.m.dispose();
+});
+
+// The per-dispatch profiler (bench/gpu-profile) replays each dispatch in a timed pass of its own: the
+// forward must compute what it computes unprofiled (pipelines and bind groups carried into every pass),
+// and every dispatch be named by its kernel.
+test('WebGPU per-dispatch profiling: same logits as an unprofiled forward, every dispatch named and timed', { skip: skipGpu || !gpu?.hasTimestamps }, async () => {
+  const m = loadModelFiles(tempFile('prof.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 2, heads: 8, kvHeads: 2, dtype: 'f16', seed: 21 })));
+  const runner = runnerFor(m), tokens = promptOf(100, 100); // (7 pages: Quest keeps 3)
+  const plain = new GpuSession(runner, { policy: 'quest', budget: 16, denseLayers: 1 });
+  await plain.forward(tokens, { logits: 'none' });
+  const prof = new PassProfiler(gpu!.device);
+  const want = await plain.forward([5]);
+  const profiledFull = new GpuSession(runner, { policy: 'quest', budget: 16, denseLayers: 1 });
+  await profiledFull.forward(tokens, { logits: 'none' });
+  runner.profiler = prof;
+  const got = await profiledFull.forward([5]);
+  runner.profiler = null;
+  const times = await prof.times();
+  for (let i = 0; i < want.length; i++) assert.equal(got[i], want[i], `logit ${i}`);
+  assert.ok(times.length >= 2 * 6, `${times.length} dispatches profiled`);
+  for (const t of times) { assert.notEqual(t.name, '(unnamed)'); assert.ok(t.ms >= 0 && Number.isFinite(t.ms), `${t.name}: ${t.ms} ms`); }
+  assert.ok(times.some((t) => t.name.startsWith('attention top-k')), 'the Quest layer\'s kernels are named');
+  for (const s of [plain, profiledFull]) s.dispose();
+  prof.destroy(); runner.dispose(); runner.m.dispose();
 });

@@ -674,7 +674,7 @@ export class DecodeAttention {
   constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS) {
     const s = this.s = { ...shape, maxSelected: Math.max(1, Math.min(shape.maxPages, maxSelectedPages)) };
     if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
-    const mk = (code: string) => this.pipeline(code);
+    const mk = (code: string, label: string) => this.pipeline(code, label);
     const sub = hasSubgroups32(device);
     this.lanes = lanes(s, sub);
     this.sub = sub; this.topkThreads = topkThreads;
@@ -683,8 +683,8 @@ export class DecodeAttention {
     const rg = Math.min(SHARED_ROWS, Math.floor(16 / G));
     this.sharedRows = rg >= 2 && processEnv().QUEST_SHARED_PAGES !== '0' ? rg : 0;
     this.pipes = {
-      scores: mk(scoresWgsl(s, sub)), reduce: mk(reduceWgsl(s, sub)),
-      dense: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense)), sparse: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).sparse)),
+      scores: mk(scoresWgsl(s, sub), 'scores'), reduce: mk(reduceWgsl(s, sub), 'reduce'),
+      dense: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense), 'partial dense'), sparse: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).sparse), 'partial sparse'),
     };
     this.q = io?.q ?? this.buffer(s.nHeads * s.headDim * 4); this.out = io?.out ?? this.buffer(s.nHeads * s.headDim * 4);
     this.growScratch(1);
@@ -710,12 +710,12 @@ export class DecodeAttention {
     const wg = this.topkThreads, most = Math.ceil(this.s.maxPages / wg);
     const kr = Math.min(most, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(nPages / wg)))));
     let pipe = this.topkPipes.get(kr);
-    if (!pipe) { pipe = this.pipeline(topkWgsl(this.s, this.sub, wg, kr * wg)); this.topkPipes.set(kr, pipe); }
+    if (!pipe) { pipe = this.pipeline(topkWgsl(this.s, this.sub, wg, kr * wg), 'top-k'); this.topkPipes.set(kr, pipe); }
     return { pipe, kr };
   }
 
-  private pipeline(code: string): GPUComputePipeline {
-    return this.device.createComputePipeline({ layout: 'auto', compute: { module: this.device.createShaderModule({ code }), entryPoint: 'main' } });
+  private pipeline(code: string, label: string): GPUComputePipeline {
+    return this.device.createComputePipeline({ label: `attention ${label}`, layout: 'auto', compute: { module: this.device.createShaderModule({ code }), entryPoint: 'main' } });
   }
 
   /** Bytes of one layer's K, V and metadata buffers for `pages` pages. */
@@ -843,7 +843,7 @@ export class DecodeAttention {
     if (want('partial') && subGroups.length) {
       // the shared pages: every KV page read once for a group's rows
       const { buf: gprm, slot: gslot } = this.groupParamsFor(subGroups, rows, 1 / Math.sqrt(s.headDim));
-      const pipe = this.sharedPipe ??= this.pipeline(partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows));
+      const pipe = this.sharedPipe ??= this.pipeline(partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows), 'partial shared pages');
       const key = `${gslot}:sh`;
       let g = groups.get(key);
       if (!g) { g = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [gprm, this.q, layer.k, layer.v, this.sel, this.part, layer.table].map((buffer, binding) => ({ binding, resource: { buffer } })) }); groups.set(key, g); }
@@ -872,7 +872,7 @@ export class DecodeAttention {
   ropeScores(ropeDims: number, neox: boolean): GPUComputePipeline {
     const key = `${ropeDims}:${neox}`;
     let pipe = this.ropeScoresPipes.get(key);
-    if (!pipe) { pipe = this.pipeline(ropeScoresWgsl({ ...this.s, ropeDims }, neox, this.sub)); this.ropeScoresPipes.set(key, pipe); }
+    if (!pipe) { pipe = this.pipeline(ropeScoresWgsl({ ...this.s, ropeDims }, neox, this.sub), 'RoPE + append + scores'); this.ropeScoresPipes.set(key, pipe); }
     return pipe;
   }
   get scoreBuffer(): GPUBuffer { return this.scores; }

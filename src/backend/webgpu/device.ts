@@ -46,7 +46,8 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     const adapterFrom = async (gpu: GPU) => { keepAlive.push(gpu); gpuObj = gpu; const a = await gpu.requestAdapter({ powerPreference: 'high-performance' }); keepAlive.push(a); return a; };
     // Dawn's toggles (Node only; browsers cannot set them): shader-f16 on NVIDIA's Vulkan driver, and the
     // experimental subgroup-matrix feature (tensor cores) that allow_unsafe_apis exposes
-    const toggles = env.QUEST_NO_SUBGROUP_MATRIX === '1' ? [] : ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia'];
+    // (timestamps unrounded: Dawn rounds them to 2^16 ns by default, too coarse for one kernel's time)
+    const toggles = [...(env.QUEST_NO_SUBGROUP_MATRIX === '1' ? [] : ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia']), 'disable-dawn-features=timestamp_quantization'];
     let adapter = await adapterFrom(browserGpu ?? create!(toggles));
     // (node:fs is imported here only: browsers never reach this branch)
     if (!adapter && create && software && !env.VK_DRIVER_FILES && (await import('node:fs')).existsSync(SWIFTSHADER_ICD)) {

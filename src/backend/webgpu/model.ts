@@ -140,10 +140,11 @@ export class GpuModel {
     return b;
   }
 
+  /** The pipeline of `key`, compiled once (labelled with a short form of the key: profiles name kernels by it). */
   pipeline(key: string, code: () => string): GPUComputePipeline {
     let p = this.pipelines.get(key);
     if (!p) {
-      p = this.device.createComputePipeline({ layout: 'auto', compute: { module: this.device.createShaderModule({ code: code() }), entryPoint: 'main' } });
+      p = this.device.createComputePipeline({ label: pipelineLabel(key), layout: 'auto', compute: { module: this.device.createShaderModule({ code: code() }), entryPoint: 'main' } });
       this.pipelines.set(key, p);
     }
     return p;
@@ -337,4 +338,11 @@ function repackBlocks(m: Matrix, type: 'q8_0' | 'q4_0', data: Uint8Array, scales
       data[blk * 16 + e / 2] = nib(e) | (nib(e + 1) << 4);
     }
   }
+}
+
+/** A pipeline key made readable: the kernel and its shape, without the layout details of JSON keys. */
+function pipelineLabel(key: string): string {
+  const spec = /"type":"(\w+)","N":(\d+),"K":(\d+)/.exec(key);
+  const head = key.split(':')[0];
+  return spec ? `${head} ${spec[1]} ${spec[2]}x${spec[3]}` : key.length > 40 ? key.slice(0, 40) : key;
 }
