@@ -262,8 +262,8 @@ for (const threads of [32, 64, 128, 256]) {
     const scores = new Float32Array(groups * n).map(() => Math.round(rnd() * 3) / 2); // 13 or so distinct values
     for (const k of [3, 100, 517]) {
       const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: topkWgsl({ nHeads: groups, nKV: groups, headDim: 8, pageSize: 16, maxPages: n, maxSelected: k }, hasSubgroups32(device), threads) }), entryPoint: 'main' } });
-      const prm = device.createBuffer({ size: 48, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
-      device.queue.writeBuffer(prm, 0, new Uint32Array([n * 16, n, k, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
+      const prm = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(prm, 0, new Uint32Array([n * 16, n, k, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])); // (decode-attention's Params: 16 words)
       const sc = device.createBuffer({ size: scores.byteLength, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
       device.queue.writeBuffer(sc, 0, scores);
       const sel = device.createBuffer({ size: groups * k * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC });
