@@ -25,6 +25,9 @@ import { windowOf } from '../model/config.js';
  *  one storage binding (QUEST_PREFILL_CHUNK overrides). Multiples of 128: products read whole tiles. */
 const CHUNKS = [2048, 1024, 512, 256];
 const VEC_ROWS = 4; // chunks of up to this many tokens run matrix-vector products (and fuse prologues)
+/** Rows from which a batched step's f16 products run on tensor cores (H100, 7B f16, GPU ms per step,
+ *  matrix-vector / tensor cores: 2 rows 11.3 / 18.2, 4 rows 19.3 / 18.2, 8 rows 37.3 / 20.3). */
+const MMA_BATCH_ROWS = 4;
 /** Sequences in one batched decode step, at most. */
 export const MAX_BATCH = 64;
 /** Decode steps that may be in flight at once in greedy decoding (the readback buffers form a ring). */
@@ -422,7 +425,7 @@ export class GpuSession {
       pass.setBindGroup(0, this.bind(pipe, key, bufs)); pass.dispatchWorkgroups(x, y);
     };
     // A batched decode step reads each weight once for many sequences. f16 weights, where the adapter has
-    // subgroup matrices: tensor-core products from 2 sequences, x split into two f16 parts so that each
+    // subgroup matrices: tensor-core products from MMA_BATCH_ROWS sequences, x split into two f16 parts so that each
     // sequence keeps (nearly) its solo precision (H100, batch 16 of the 7B shape: GPU time per step 36.6 ->
     // 20.5 ms with x as one f16, which changed 1 of 64 greedy answers of bench:serve against the sequence
     // alone). Otherwise, from VEC_ROWS + 1 sequences, the batched SIMT kernel; products whose x is
@@ -431,7 +434,7 @@ export class GpuSession {
     // H200 at batch 16-32: 2.2-2.8x). QUEST_BATCH_PRODUCT=mma|batch|vec forces one for every type.
     const forced = processEnv().QUEST_BATCH_PRODUCT, hasMma = matrixConfig(m.device) !== null;
     const mmaFor = (l: GpuLinear) => hasMma && (forced === 'mma' || (!forced && l.type === 'f16'));
-    const batched = batch !== null && (n > VEC_ROWS || (n > 1 && mmaFor(m.layers[0].gateUp)));
+    const batched = batch !== null && (n > VEC_ROWS || (n >= MMA_BATCH_ROWS && mmaFor(m.layers[0].gateUp)));
     const skinnyOf = (l: GpuLinear, add: boolean) => (batched && mmaFor(l) ? m.skinnyProduct(l, add, n) : null);
     const vecBatchOf = (l: GpuLinear) => batched && (forced === 'vec' || (forced !== 'batch' && m.quantisesX(l)));
     const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {

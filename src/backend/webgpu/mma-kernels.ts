@@ -136,12 +136,13 @@ ${blocks.map(({ b, i, j }) => `  ${store('&y', `(t0 + m0 + ${i * SM}u) * N + o0 
 export interface SkinnyTile { WN: number; SG: number; CK: number; stage: boolean }
 /** Token blocks (the config's M rows each) one workgroup multiplies with each weight tile, at most. */
 export const SKINNY_BLOCKS = 4;
-/** In order of preference (H100, `bench:kernels --only batch-products`, docs/results.md: at 16 tokens the
- *  128-column steps ran the 7B shape's qkv and gate+up at 49% of the read bandwidth, where loading the
- *  weights as matrices straight from storage (stage: false) reached 11-15%; at 32 tokens the 64-column steps,
- *  which leave room in workgroup memory for the partial sums of two token blocks). */
+/** In order of preference. With x split into two f16 parts (session 17), eight subgroups on 32-column
+ *  steps ran a whole batched step of the 7B shape fastest (H100, `bench:batch`, GPU ms per step against the
+ *  128-column steps preferred before: 4 rows 18.2 vs 22.6, 16 rows 23.5 vs 30.5, 32 rows the same; session
+ *  23); loading the weights as matrices straight from storage (stage: false) reached 11-15% of the read
+ *  bandwidth (session 15). */
 export const SKINNY_TILES: SkinnyTile[] = [
-  { WN: 32, SG: 4, CK: 128, stage: true }, { WN: 32, SG: 8, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 64, stage: true },
+  { WN: 32, SG: 8, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 128, stage: true }, { WN: 32, SG: 4, CK: 64, stage: true },
   { WN: 64, SG: 4, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 32, stage: false },
   // (small models: K = 576 splits into 18 steps of 32)
   { WN: 32, SG: 2, CK: 32, stage: true }, { WN: 32, SG: 1, CK: 32, stage: true }, { WN: 32, SG: 2, CK: 32, stage: false },
