@@ -1,6 +1,7 @@
 // Decode attention on WebGPU for one layer: dense (flash-decoding, split over the sequence) and Quest
-// (page scores from per-page key min/max, top-k page selection on the GPU, sparse attention over the
-// selected pages). K/V pages and page metadata are f16 stored as packed u32 (no shader-f16 needed).
+// (page scores from per-page key min/max — for one sequence computed in its RoPE / append dispatch —,
+// top-k page selection on the GPU, sparse attention over the selected pages). In a batch, forks of one
+// context attend to the pages they share together, each page read once for several rows. K/V pages and page metadata are f16 stored as packed u32 (no shader-f16 needed).
 // GQA-aware: a workgroup reads each KV page once for all query heads of its group, and Quest selects
 // one page set per KV group (scores summed over the group's heads, as on the CPU).
 //
@@ -41,8 +42,8 @@ const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
  *  token attended (sliding windows, or the first after the pages it shares with other rows; else 0);
  *  `chunkBase`: where its partial results start (after those of the shared pages), `chunks`: how many
  *  it has in all (the reduction's count; 0: nChunks). Scratch (scores, selection, partial results) has
- *  one fixed-size slot per batch row. A group of rows sharing their first pages (sharedPartialWgsl) has
- *  one set for all: `rows` and `slots` their q rows and scratch slots, 8 bits each, `count` how many. */
+ *  one fixed-size slot per batch row. A group of rows sharing their first pages (partialWgsl's shared
+ *  variant) has one set for all: `rows` and `slots` their q rows and scratch slots, 8 bits each, `count` how many. */
 const PARAMS_WGSL = /* wgsl */ `
 struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32, tableAt: u32, first: u32,
   chunkBase: u32, chunks: u32, rows: u32, slots: u32, count: u32, pad: u32 }
@@ -66,7 +67,7 @@ function lanes(s: AttnShape, subgroups: boolean) {
   return { LG, NG, WG: LG * NG, shuffle: subgroups && (LG & (LG - 1)) === 0 && LG <= 32 };
 }
 
-const common = (s: AttnShape, subgroups: boolean, tb = TB) => {
+const common = (s: AttnShape, subgroups: boolean, tb = TB, params = true) => {
   const { LG, NG, WG, shuffle } = lanes(s, subgroups);
   return (shuffle ? 'enable subgroups;\n' : '') + /* wgsl */ `
 const NH: u32 = ${s.nHeads}u;
@@ -80,7 +81,7 @@ const WG: u32 = ${WG}u;
 const TB: u32 = ${tb}u;      // rows per lane group and step
 const TB4: u32 = ${tb / 4}u;
 const NONE: u32 = 0xffffffffu;
-${PARAMS_WGSL}${scratchWgsl(s)}${UNPACK8_WGSL}${shuffle ? `// sum over the LG lanes of a row (a lane group lies inside one subgroup)
+${params ? PARAMS_WGSL : ''}${scratchWgsl(s)}${UNPACK8_WGSL}${shuffle ? `// sum over the LG lanes of a row (a lane group lies inside one subgroup)
 fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
   var s = v;
   for (var o = LG / 2u; o > 0u; o >>= 1u) { s += subgroupShuffleXor(s, o); }
@@ -137,7 +138,7 @@ ${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * b[0]) + max(qb${j} * a[
 export const ropeScoresWgsl = (s: AttnShape & { ropeDims?: number }, neox: boolean, subgroups = false) => {
   const heads = Array.from({ length: s.nHeads / s.nKV }, (_, j) => j);
   const { WG } = lanes(s, subgroups);
-  return common(s, subgroups).replace(PARAMS_WGSL, '') + /* wgsl */ `
+  return common(s, subgroups, TB, false) + /* wgsl */ `
 struct Step { start: u32, n: u32, total: u32, pad: u32 }
 const HD2: u32 = ${s.headDim / 2}u;
 const RD2: u32 = ${(s.ropeDims ?? s.headDim) / 2}u; // rotated pairs (the channels past 2 * RD2 pass through)
@@ -439,7 +440,10 @@ function groupStep(G: number, tb: number): string {
  *  per query head of the group, the chunk's max score (log2 units), sum of exp2 and exp2-weighted V.
  *  Each lane group streams its rows with an online softmax; the lane groups merge at the end. The
  *  per-head state (q, max, sum, accumulators) is one set of variables per head, generated here: arrays
- *  indexed by a head loop went to local memory, which made the GQA shape 5x slower than its bytes. */
+ *  indexed by a head loop went to local memory, which made the GQA shape 5x slower than its bytes.
+ *  `sharedRows` > 0: the variant for pages that several rows share (forks of one context): a workgroup
+ *  takes those pages for up to sharedRows rows at once (their q rows and scratch slots in the group's
+ *  parameters), every head of the KV group of each row, so each page is read once for all of them. */
 export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB, sharedRows = 0) => {
   const { NG, LG, shuffle } = lanes(s, subgroups), G0 = s.nHeads / s.nKV;
   // shared pages (sharedRows > 0): the query vectors are every head of the KV group for each of the
@@ -738,7 +742,7 @@ export class DecodeAttention {
     }, rows.length, scale);
   }
 
-  /** Parameters of the shared-prefix groups' calls (sharedPartialWgsl): per group of up to sharedRows rows. */
+  /** Parameters of the shared-prefix groups' call (partialWgsl's shared variant): per group of up to sharedRows rows. */
   private groupParamsFor(groups: { rows: number[]; pages: number }[], rows: Required<AttnRow>[], scale: number): { buf: GPUBuffer; slot: number } {
     const key = 'g' + groups.map((g) => `${g.pages}:${g.rows.map((i) => `${rows[i].row}@${i}@${rows[i].tableAt}`).join('/')}`).join(','), known = this.slots.get(key);
     if (known !== undefined) return { buf: this.params[known], slot: known };
@@ -817,11 +821,11 @@ export class DecodeAttention {
     const { buf: prm, slot } = this.paramsFor(rows, 1 / Math.sqrt(s.headDim), skip);
     let groups = this.groups.get(layer);
     if (!groups) { groups = new Map(); this.groups.set(layer, groups); }
-    const bind = (pipe: GPUComputePipeline, name: string, bufs: GPUBuffer[]) => {
-      const key = `${slot}:${name}`;
+    const bind = (pipe: GPUComputePipeline, name: string, bufs: GPUBuffer[], params = { buf: prm, slot }) => {
+      const key = `${params.slot}:${name}`;
       let g = groups.get(key);
       if (!g) {
-        g = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [prm, ...bufs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
+        g = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [params.buf, ...bufs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
         groups.set(key, g);
       }
       return g;
@@ -842,12 +846,9 @@ export class DecodeAttention {
     const chunks = Math.max(...plan.map((p) => this.chunking(p.read).nChunks));
     if (want('partial') && subGroups.length) {
       // the shared pages: every KV page read once for a group's rows
-      const { buf: gprm, slot: gslot } = this.groupParamsFor(subGroups, rows, 1 / Math.sqrt(s.headDim));
       const pipe = this.sharedPipe ??= this.pipeline(partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows), 'partial shared pages');
-      const key = `${gslot}:sh`;
-      let g = groups.get(key);
-      if (!g) { g = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [gprm, this.q, layer.k, layer.v, this.sel, this.part, layer.table].map((buffer, binding) => ({ binding, resource: { buffer } })) }); groups.set(key, g); }
-      pass.setPipeline(pipe); pass.setBindGroup(0, g);
+      const params = this.groupParamsFor(subGroups, rows, 1 / Math.sqrt(s.headDim));
+      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, 'sh', [this.q, layer.k, layer.v, this.sel, this.part, layer.table], params));
       pass.dispatchWorkgroups(Math.max(...subGroups.map((sg) => this.chunking(sg.pages).nChunks)), s.nKV, subGroups.length);
       this.sharedCalls++;
     }
