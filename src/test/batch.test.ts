@@ -12,6 +12,8 @@ import { randomGGUF, tempFile } from './fixtures.js';
 import { gpu, skipGpu } from './gpu.js';
 import { matrixConfig } from '../backend/webgpu/device.js';
 import type { AttentionOptions } from '../attention/policy.js';
+import { loadModel } from '../engine/llm.js';
+import { DEFAULT_MODEL } from '../cli/default-model.js';
 
 const loaded = loadModelFiles(tempFile('batch.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 3, heads: 8, kvHeads: 2, dtype: 'f16', seed: 31 })));
 // (Q4_0: where the GPU has integer dot products, a batched step's products quantise x to int8 per row)
@@ -127,4 +129,24 @@ test('a batch refuses sequences of two models and a sequence twice, with clear e
   assert.throws(() => decodeBatch([{ seq: a, token: 1 }, { seq: b, token: 2 }]), /one model/);
   assert.throws(() => decodeBatch([{ seq: a, token: 1 }, { seq: a, token: 2 }]), /twice/);
   assert.throws(() => decodeBatch([{ seq: a, token: 1000 }]), /outside the vocabulary/);
+});
+
+// The serving path end to end: questions about one document asked at once. The prefix cache forks the
+// document's sequence for each request (their page tables share its pages), the batcher runs their
+// decode steps together, and the GPU step reads the shared pages once for the group; every answer must be
+// the one the same request gets alone and cold (on the CPU engine, whose greedy text the GPU's equals:
+// webgpu-engine.test.ts).
+test('WebGPU: concurrent questions about one cached document share its pages in batched steps, each answer as alone', { skip: skipGpu }, async () => {
+  const llm = await loadModel(DEFAULT_MODEL, { device: 'webgpu' }), cpu = await loadModel(DEFAULT_MODEL);
+  const doc = 'It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. '.repeat(4);
+  const questions = [' Who is in want of a wife?', ' What is universally acknowledged?', ' What does he possess?'];
+  const alone: string[] = [];
+  for (const q of questions) alone.push((await cpu.complete(doc + q, { temperature: 0, maxTokens: 3, cache: false })).text);
+  await llm.complete(doc, { temperature: 0, maxTokens: 1 }); // (the document's KV into the prefix cache)
+  const before = llm.gpu!.decode.sharedCalls;
+  const together = await Promise.all(questions.map((q) => llm.complete(doc + q, { temperature: 0, maxTokens: 3, batch: true })));
+  together.forEach((r, i) => { assert.equal(r.text, alone[i], `question ${i}`); assert.ok(r.cachedTokens > 0, `question ${i} did not fork the cached document`); });
+  assert.ok(llm.gpu!.decode.sharedCalls > before, 'the batched steps did not read the shared pages together');
+  assert.ok(llm.batchStats.largest > 1, 'the requests never decoded in one batch');
+  llm.dispose(); cpu.dispose();
 });
