@@ -17,7 +17,7 @@
 //   q      : [nH][hd] f32                       out : [nH][hd] f32
 
 import { hasSubgroups32, processEnv } from './device.js';
-import { UNPACK8_WGSL, workgroupRowSumWgsl } from './kernels.js';
+import { ropeAppendThreadWgsl, UNPACK8_WGSL, workgroupRowSumWgsl } from './kernels.js';
 
 export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageSize: number; maxPages: number; /** pages Quest may select (default maxPages) */ maxSelected?: number }
 
@@ -153,42 +153,23 @@ const ROPE_WG: u32 = ${Math.ceil(((s.nHeads + 2 * s.nKV) * s.headDim) / 2 / WG)}
 @group(0) @binding(6) var<uniform> step: Step;
 @group(0) @binding(7) var<storage, read> table: array<u32>; // physical page of each logical page
 @group(0) @binding(8) var<storage, read_write> scores: array<f32>;
-// channel c of the rotated head that starts at b
-fn rot(b: u32, c: u32, pos: u32) -> f32 {
-  if (c >= 2u * RD2) { return qkv[b + c]; }
-${neox ? `  let p = c % RD2; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + p]; let x1 = qkv[b + p + RD2];
-  return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, c >= RD2);`
-    : `  let p = c / 2u; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + 2u * p]; let x1 = qkv[b + 2u * p + 1u];
-  return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, (c & 1u) == 1u);`}
-}
+${ropeAppendThreadWgsl(neox)}
 // 8 rotated channels c0.. of the head that starts at b
 fn rot8(b: u32, c0: u32, pos: u32) -> array<vec4<f32>, 2> {
   return array<vec4<f32>, 2>(vec4<f32>(rot(b, c0, pos), rot(b, c0 + 1u, pos), rot(b, c0 + 2u, pos), rot(b, c0 + 3u, pos)),
     vec4<f32>(rot(b, c0 + 4u, pos), rot(b, c0 + 5u, pos), rot(b, c0 + 6u, pos), rot(b, c0 + 7u, pos)));
 }
+// (the metadata as vec4s, for the scores' 16-byte loads)
 fn setMeta(i: u32, v: u32) { pmeta[i / 4u][i % 4u] = v; }
 fn getMeta(i: u32) -> u32 { return pmeta[i / 4u][i % 4u]; }
-// thread x of the RoPE / append part
-fn ropeAppend(x: u32, pos: u32) {
-    let h = x / HD2; let j = x % HD2;
-    if (h >= NH + 2u * NKV) { return; }
-    let b = h * HD;
-    if (h < NH) { qr[h * HD + 2u * j] = rot(b, 2u * j, pos); qr[h * HD + 2u * j + 1u] = rot(b, 2u * j + 1u, pos); return; }
-    let g = (h - NH) % NKV; let page = table[pos / P]; let slot = pos % P;
-    let dst = ((page * NKV + g) * P + slot) * HD2 + j;
-    if (h >= NH + NKV) { vc[dst] = pack2x16float(vec2<f32>(qkv[b + 2u * j], qkv[b + 2u * j + 1u])); return; }
-    let k = pack2x16float(vec2<f32>(rot(b, 2u * j, pos), rot(b, 2u * j + 1u, pos)));
-    kc[dst] = k;
-    // min/max of the stored (f16) keys
-    let k2 = unpack2x16float(k); let mb = (page * NKV + g) * 2u * HD2;
-    var mn = k2; var mx = k2;
-    if (slot > 0u) { mn = min(mn, unpack2x16float(getMeta(mb + j))); mx = max(mx, unpack2x16float(getMeta(mb + HD2 + j))); }
-    setMeta(mb + j, pack2x16float(mn)); setMeta(mb + HD2 + j, pack2x16float(mx));
-}
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let pos = step.start; let tid = lid.x;
-  if (wid.x < ROPE_WG) { ropeAppend(wid.x * WG + tid, pos); return; }
+  if (wid.x < ROPE_WG) {
+    let x = wid.x * WG + tid;
+    if (x / HD2 < NH + 2u * NKV) { ropeAppendThread(x / HD2, x % HD2, pos, 0u, 0u); }
+    return;
+  }
   // the scores: workgroup w of KV head g takes pages (w TB + i) NG + lane group, as scoresWgsl
   let nPages = pos / P + 1u; let per = (nPages + TB * NG - 1u) / (TB * NG);
   let w = wid.x - ROPE_WG; let g = w / per; let wx = w % per;

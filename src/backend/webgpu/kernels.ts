@@ -502,20 +502,31 @@ export const ropeAppendWgsl = (s: HeadsSpec, neox: boolean, batched = false) => 
 @group(0) @binding(7) var<storage, read> table: array<u32>; // physical page of each logical page${batched ? `
 struct Row { pos: u32, row: u32, tableAt: u32, pad: u32 } // a sequence of the batch: its position, its row of qkv / q, its page table in \`table\`
 @group(0) @binding(8) var<storage, read> rows: array<Row>;` : ''}
-// channel c of the rotated head that starts at b
-fn rot(b: u32, c: u32, pos: u32) -> f32 {
+fn getMeta(i: u32) -> u32 { return pmeta[i]; }
+fn setMeta(i: u32, v: u32) { pmeta[i] = v; }
+${ropeAppendThreadWgsl(neox)}
+${MAIN_1D}
+${batched ? `  let per = (NH + 2u * NKV) * HD2; let bi = gid.x / per;
+  if (bi >= step.n) { return; }
+  let R = rows[bi]; ropeAppendThread((gid.x % per) / HD2, gid.x % HD2, R.pos, R.row, R.tableAt);`
+  : `  if (gid.x / HD2 >= NH + 2u * NKV) { return; }
+  ropeAppendThread(gid.x / HD2, gid.x % HD2, step.start, 0u, 0u);`}
+}`;
+
+/** WGSL: rot(b, c, pos), channel c of the rotated head that starts at b of \`qkv\` (cos/sin from \`rope\`),
+ *  and ropeAppendThread(h, j, pos, row, tab), one thread of a decode step's RoPE + KV append: channel pair
+ *  j of head h (a query head's into \`qr\`; a key's into \`kc\` with its page's min/max through
+ *  getMeta / setMeta, which the kernel defines over its \`pmeta\`; a value's into \`vc\`) for the token at
+ *  \`pos\` of qkv row \`row\`, its page through the table at \`tab\`. Shared by ropeAppendWgsl and the
+ *  fused RoPE + append + Quest scores kernel (decode-attention.ts). */
+export const ropeAppendThreadWgsl = (neox: boolean) => /* wgsl */ `fn rot(b: u32, c: u32, pos: u32) -> f32 {
   if (c >= 2u * RD2) { return qkv[b + c]; }
 ${neox ? `  let p = c % RD2; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + p]; let x1 = qkv[b + p + RD2];
   return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, c >= RD2);`
   : `  let p = c / 2u; let cs = rope[pos * HD2 + p]; let x0 = qkv[b + 2u * p]; let x1 = qkv[b + 2u * p + 1u];
   return select(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x, (c & 1u) == 1u);`}
 }
-${MAIN_1D}
-${batched ? `  let per = (NH + 2u * NKV) * HD2; let bi = gid.x / per;
-  if (bi >= step.n) { return; }
-  let R = rows[bi]; let pos = R.pos; let row = R.row; let tab = R.tableAt; let h = (gid.x % per) / HD2; let j = gid.x % HD2;`
-  : `  let h = gid.x / HD2; let j = gid.x % HD2; let pos = step.start; let row = 0u; let tab = 0u;
-  if (h >= NH + 2u * NKV) { return; }`}
+fn ropeAppendThread(h: u32, j: u32, pos: u32, row: u32, tab: u32) {
   let b = row * QKV + h * HD;
   if (h < NH) { let o = row * NH * HD + h * HD; qr[o + 2u * j] = rot(b, 2u * j, pos); qr[o + 2u * j + 1u] = rot(b, 2u * j + 1u, pos); return; }
   let g = (h - NH) % NKV; let page = table[tab + pos / P]; let slot = pos % P;
@@ -526,8 +537,8 @@ ${batched ? `  let per = (NH + 2u * NKV) * HD2; let bi = gid.x / per;
   // min/max of the stored (f16) keys
   let k2 = unpack2x16float(k); let mb = (page * NKV + g) * 2u * HD2;
   var mn = k2; var mx = k2;
-  if (slot > 0u) { mn = min(mn, unpack2x16float(pmeta[mb + j])); mx = max(mx, unpack2x16float(pmeta[mb + HD2 + j])); }
-  pmeta[mb + j] = pack2x16float(mn); pmeta[mb + HD2 + j] = pack2x16float(mx);
+  if (slot > 0u) { mn = min(mn, unpack2x16float(getMeta(mb + j))); mx = max(mx, unpack2x16float(getMeta(mb + HD2 + j))); }
+  setMeta(mb + j, pack2x16float(mn)); setMeta(mb + HD2 + j, pack2x16float(mx));
 }`;
 
 /** Qwen3: each query and key head of the first step.n rows of qkv RMS-normalised in place, with the
