@@ -90,6 +90,24 @@ fn rowSum(v: vec4<f32>, tid: u32) -> vec4<f32> {
 `;
 };
 
+/** WGSL: a lane group's TB page scores (pages (w TB + i) NG + grp; `page(i)` the logical page it reads,
+ *  `table` where the page table starts), each summed over the G query heads whose lanes' channels are in
+ *  qa0/qb0.. (Σ max(q·min, q·max)), then over the row's lanes, into `sv`. Shared by the scores kernel and
+ *  the fused RoPE + append + scores kernel. */
+const pageScoresWgsl = (G: number, page: (i: string) => string, table: string) => /* wgsl */ `  var mn: array<vec4<u32>, TB>; var mx: array<vec4<u32>, TB>;
+  for (var i = 0u; i < TB; i++) {
+    let p = ${page('i')};
+    let b = (table[${table} + p] * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG];
+  }
+  var sv = vec4<f32>(0.0);
+  for (var i = 0u; i < TB; i++) {
+    let a = unpack8(mn[i]); let c = unpack8(mx[i]);
+    var v = vec4<f32>(0.0);
+${Array.from({ length: G }, (_, j) => `    v += max(qa${j} * a[0], qa${j} * c[0]) + max(qb${j} * a[1], qb${j} * c[1]);`).join('\n')}
+    sv[i] = v.x + v.y + v.z + v.w;
+  }
+  sv = rowSum(sv, tid);`;
+
 /** Kernel 1: Quest page scores, summed over the query heads of each KV group; current page forced.
  *  A lane group scores TB pages per step from their min/max rows. */
 export const scoresWgsl = (s: AttnShape, subgroups = false) => {
@@ -105,25 +123,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   if (prm.sparse == 0u || wid.x * TB * NG >= prm.nPages) { return; } // (a dense row of a batch; pages past a shorter row's)
   let tid = lid.x; let lane = tid % LG; let grp = tid / LG; let g = wid.y;
 ${heads.map((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * lane; let qa${j} = q[b${j}]; let qb${j} = q[b${j} + 1u];`).join('\n')}
-  var mn: array<vec4<u32>, TB>; var mx: array<vec4<u32>, TB>;
-  for (var i = 0u; i < TB; i++) {
-    // (pages past the end read the last one, without a branch before the row sums; not written)
-    let p = min((wid.x * TB + i) * NG + grp, prm.nPages - 1u);
-    let b = (table[prm.tableAt + p] * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG];
-  }
-  var s = vec4<f32>(0.0);
-  for (var i = 0u; i < TB; i++) {
-    let a = unpack8(mn[i]); let b = unpack8(mx[i]);
-    var v = vec4<f32>(0.0);
-${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * b[0]) + max(qb${j} * a[1], qb${j} * b[1]);`).join('\n')}
-    s[i] = v.x + v.y + v.z + v.w;
-  }
-  s = rowSum(s, tid);
+  // (pages past the end read the last one, without a branch before the row sums; not written)
+${pageScoresWgsl(heads.length, (i) => `min((wid.x * TB + ${i}) * NG + grp, prm.nPages - 1u)`, 'prm.tableAt')}
   if (lane == 0u) {
     for (var i = 0u; i < TB; i++) {
       let p = (wid.x * TB + i) * NG + grp;
       // the page of the current token is always kept
-      if (p < prm.nPages) { scores[(slot * NKV + g) * SLOT_PAGES + p] = select(s[i], 3.0e38, p == prm.nPages - 1u); }
+      if (p < prm.nPages) { scores[(slot * NKV + g) * SLOT_PAGES + p] = select(sv[i], 3.0e38, p == prm.nPages - 1u); }
     }
   }
 }`;
@@ -176,21 +182,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   if (g >= NKV) { return; }
   let lane = tid % LG; let grp = tid / LG;
 ${heads.map((j) => `  let r${j} = rot8((g * G + ${j}u) * HD, 8u * lane, pos); let qa${j} = r${j}[0]; let qb${j} = r${j}[1];`).join('\n')}
-  var mn: array<vec4<u32>, TB>; var mx: array<vec4<u32>, TB>;
-  for (var i = 0u; i < TB; i++) {
-    // (pages past the end, and the current page, whose min/max the first workgroups are updating, read
-    // the page before it: not written)
-    let p = min((wx * TB + i) * NG + grp, max(nPages, 2u) - 2u);
-    let b = (table[p] * NKV + g) * 2u * LG + lane; mn[i] = pmeta[b]; mx[i] = pmeta[b + LG];
-  }
-  var sv = vec4<f32>(0.0);
-  for (var i = 0u; i < TB; i++) {
-    let a = unpack8(mn[i]); let c = unpack8(mx[i]);
-    var v = vec4<f32>(0.0);
-${heads.map((j) => `    v += max(qa${j} * a[0], qa${j} * c[0]) + max(qb${j} * a[1], qb${j} * c[1]);`).join('\n')}
-    sv[i] = v.x + v.y + v.z + v.w;
-  }
-  sv = rowSum(sv, tid);
+  // (pages past the end, and the current page, whose min/max the first workgroups are updating, read the
+  // page before it: not written)
+${pageScoresWgsl(heads.length, (i) => `min((wx * TB + ${i}) * NG + grp, max(nPages, 2u) - 2u)`, '0u')}
   if (lane == 0u) {
     for (var i = 0u; i < TB; i++) {
       let p = (wx * TB + i) * NG + grp;
