@@ -106,8 +106,8 @@ export class DecodeProgram {
         const fmt = productRoundsX(W), int = fmt !== null && quantisesX(code, W.rows, n);
         const mode = int ? (fmt === 'q8_k' ? PREP_INT_Q8K : PREP_INT_Q8) : fmt === null ? PREP_F32 : fmt === 'q8_k' ? PREP_ROUND_Q8K : PREP_ROUND_Q8;
         modes.add(mode);
-        const quads = int && !gemvInPlace(code, n);
-        const { block, scratchBytes } = productBlocks(W, quads);
+        const octs = int && !gemvInPlace(code, n);
+        const { block, scratchBytes } = productBlocks(W, octs);
         this.scratchStride = Math.max(this.scratchStride, align(scratchBytes));
         // (two chunks in each thread's region: a decode product's chunk is a microsecond or two of work, and
         // eight a region, as the product-by-product path takes, cost 4.5 instead of 4.0 ms of a step's 10)

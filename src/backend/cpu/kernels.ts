@@ -5,7 +5,7 @@ import { wasm, type WasmRuntime } from '../wasm/runtime.js';
 import { workerPool, OP_GEMM_SET, DTYPE_CODE } from '../wasm/pool.js';
 import { activationFormat, activationBlock, roundActivations, type ActivationFormat } from './activations.js';
 import { F16_TABLE, f32ToF16 } from '../../model/half.js';
-import { GEMM_DESC, gemmSet, gemmRange, initChunkCounters, gemmRowUnit, quantisesX, quadBlockRows, gemvInPlace } from '../wasm/shared-ops.js';
+import { GEMM_DESC, gemmSet, gemmRange, initChunkCounters, gemmRowUnit, quantisesX, octBlockRows, octScratchBytes, xTileBytes, gemvInPlace } from '../wasm/shared-ops.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -102,29 +102,30 @@ function roundedX(p: PreparedX, len: number): Float32Array {
 
 /** A product's input: x, the format it is rounded to (none where the integer kernels quantise it
  *  themselves), its copy in the wasm memory (xp), and x quantised for the integer kernels (xq values as
- *  i16; xs: Q8_0's scale per 32, or Q8_K's per 256 followed by the sums per 32). */
-interface PreparedX { key: string; x: Float32Array; round: ActivationFormat | null; rounded?: Float32Array; xp?: number; xq?: number; xs?: number }
+ *  i16; xs: Q8_0's scale per 32, or Q8_K's per 256 followed by the sums per 32), and for the row octets
+ *  kernel, in its tiles of 4 tokens (xt, xst). */
+interface PreparedX { key: string; x: Float32Array; round: ActivationFormat | null; rounded?: Float32Array; xp?: number; xq?: number; xs?: number; xt?: number; xst?: number }
 
 /** A product on the SIMD path, ready to run: its input prepared (x in the wasm memory, quantised where
  *  an integer kernel takes it) and where its rows go (op: `out` itself where it lies in the wasm memory). */
 interface PlannedProduct { W: Matrix; out: Float32Array; bias: Float32Array | null; op: number; code: number; xp: number; xq: number; xs: number; block: number; scratchBytes: number }
 
 /** Rows a product takes at a time (gemmRange's `block`), and the scratch each thread needs for them: a
- *  block of rows repacked as row quads (`quads`: 2 bytes a weight + scales), or converted to f32. */
-export function productBlocks(W: Matrix, quads: boolean): { block: number; scratchBytes: number } {
+ *  block of rows repacked as row octets (`octs`: 2 bytes a weight + scales), or converted to f32. */
+export function productBlocks(W: Matrix, octs: boolean): { block: number; scratchBytes: number } {
   const { rows, cols } = W;
-  const block = quads ? quadBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
-  return { block, scratchBytes: W.dtype === 'f32' ? 0 : quads ? (block / 4) * (cols / 32) * 272 : block * cols * 4 };
+  const block = octs ? octBlockRows(cols) : Math.max(4, Math.min(rows, (Math.floor(32768 / cols) >> 2) << 2));
+  return { block, scratchBytes: W.dtype === 'f32' ? 0 : octs ? octScratchBytes(block, cols) : block * cols * 4 };
 }
 
 /** Prepares one product of the SIMD path: weights read in place from the wasm memory; non-f32 rows are
  *  converted to f32 a block at a time (a block stays in cache while every token of the batch uses it),
- *  or repacked as row quads for the integer kernel. `slot`: its place among the products run together. */
+ *  or repacked as row octets for the integer kernel. `slot`: its place among the products run together. */
 function planWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias: Float32Array | null, prepared: PreparedX, int: ActivationFormat | null, slot: number): PlannedProduct {
   const { rows, cols } = W, q8 = int !== null; // (x quantised for an integer kernel)
   const code = DTYPE_CODE[W.dtype];
-  const quads = q8 && !gemvInPlace(code, n);
-  const { block, scratchBytes } = productBlocks(W, quads);
+  const octs = q8 && !gemvInPlace(code, n);
+  const { block, scratchBytes } = productBlocks(W, octs);
   // (an output in the wasm memory is written in place; a bias is added after)
   const op = rt.owns(out) ? out.byteOffset : rt.scratchPtr(`mm.out${slot}`, n * rows * 4);
   // (each format's x has its own scratch: a call's products may take different formats)
@@ -147,7 +148,13 @@ function planWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias
       for (let i = 0; i < s.length; i++) s[i] = F16_TABLE[f32ToF16(s[i])]; // stored as f16, as llama.cpp's Q8_0 blocks
     }
   }
-  return { W, out, bias, op, code, xp: prepared.xp, xq: q8 ? prepared.xq! : 0, xs: q8 ? prepared.xs! : 0, block, scratchBytes };
+  if (octs && prepared.xt === undefined) {
+    const [tb, sb] = xTileBytes(n, cols);
+    prepared.xt = rt.scratchPtr(`mm.xt.${prepared.key}`, tb); prepared.xst = rt.scratchPtr(`mm.xst.${prepared.key}`, sb);
+    rt.k.tile_x(prepared.xq!, prepared.xs!, n, cols, prepared.xt, prepared.xst);
+  }
+  const [xq, xs] = !q8 ? [0, 0] : octs ? [prepared.xt!, prepared.xst!] : [prepared.xq!, prepared.xs!];
+  return { W, out, bias, op, code, xp: prepared.xp, xq, xs, block, scratchBytes };
 }
 
 /** Runs the products of one input (q/k/v, gate/up) in one hand-off to the worker threads: each thread

@@ -33,8 +33,12 @@ export interface KernelExports {
   round_q8(x: number, len: number): void;
   /** x in place as llama.cpp's Q8_K activations */
   round_q8_k(x: number, len: number): void;
-  quads_from_q(src: number, rows: number, cols: number, dst: number, kind: number): void;
-  gemm_quads(w: number, rows: number, cols: number, xq: number, xs: number, n: number, out: number, outStride: number): void;
+  /** Q8_0 (kind 0) / Q4_0 (kind 1) rows as row octets (rows rounded up to 8 with zero rows) */
+  octs_from_q(src: number, rows: number, cols: number, dst: number, kind: number): void;
+  /** quantise_q8's x in tiles of 4 tokens for gemm_octs */
+  tile_x(xq: number, xs: number, n: number, cols: number, xt: number, xst: number): void;
+  /** row octets by x tiles; acc: 128 bytes of scratch */
+  gemm_octs(w: number, rows: number, cols: number, xt: number, xst: number, n: number, out: number, outStride: number, acc: number): void;
   accumulate(dst: number, src: number, n: number): void;
   /** one token's nKV key and value rows (hd floats each, contiguous) into the cache (head g at + g *
    *  headStride bytes) and its page's key min/max (contiguous; set where first is 1) */

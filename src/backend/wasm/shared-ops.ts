@@ -9,7 +9,7 @@ const CONVERTERS: Record<number, (k: KernelExports) => (src: number, dst: number
 };
 
 /** Products of up to this many tokens (decode steps) read Q8_0 weights as they are stored; more tokens
- *  (prefill) repack a block of rows at a time into row quads that every token of the chunk reuses. */
+ *  (prefill) repack a block of rows at a time into row octets that every token of the chunk reuses. */
 export const Q8_X_TOKENS = 4;
 
 /** The decode kernels that multiply a weight type's codes by x quantised as llama.cpp does (Q8_0 x for
@@ -19,24 +19,34 @@ const GEMV: Record<number, (k: KernelExports) => KernelExports['gemv_q8_0']> = {
 };
 
 /** Whether a product reads its weights in place (decode steps of the GEMV types) rather than through row
- *  quads (prefill). */
+ *  octets (prefill). */
 export const gemvInPlace = (dtype: number, n: number) => GEMV[dtype] !== undefined && n <= Q8_X_TOKENS;
 
 /** Whether a product takes x quantised (integer dot products, as llama.cpp): decode steps of the GEMV
- *  types, and prefill of Q8_0 / Q4_0 through row quads (the other types' prefill converts rows to f32 and
+ *  types, and prefill of Q8_0 / Q4_0 through row octets (the other types' prefill converts rows to f32 and
  *  takes x rounded: cpu/activations.ts). The kernels take rows four at a time. */
 export function quantisesX(dtype: number, rows: number, n: number): boolean {
   return rows % 4 === 0 && (dtype === 3 || dtype === 4 || gemvInPlace(dtype, n));
 }
 
-/** Rows of a block of row quads (kernels.wat quads_from_q): about 100 KB, which stays in L2 while the
- *  chunk's tokens pass over it. */
-export function quadBlockRows(cols: number): number { return Math.max(4, (Math.floor(49152 / cols) >> 2) << 2); }
+/** Rows of a block of row octets (kernels.wat octs_from_q): about 100 KB, which stays in L2 while the
+ *  chunk's tokens pass over it; a multiple of 8. */
+export function octBlockRows(cols: number): number { return Math.max(8, (Math.floor(49152 / cols) >> 3) << 3); }
+
+/** Bytes of a block of `rows` rows (rounded up to 8) as row octets: 544 per octet and 32 columns. */
+export const octBytes = (rows: number, cols: number) => Math.ceil(rows / 8) * (cols / 32) * 544;
+
+/** Bytes of a thread's scratch for the octets path: a block of row octets, then gemm_octs's tile sums. */
+export const octScratchBytes = (block: number, cols: number) => octBytes(block, cols) + 128;
+
+/** x quantised (quantise_q8) in gemm_octs's tiles of 4 tokens (kernels.wat tile_x): the bytes of xt, xst. */
+export const xTileBytes = (n: number, cols: number) => [Math.ceil(n / 4) * cols * 8, Math.ceil(n / 4) * (cols / 32) * 16];
 
 /** out[t*stride + r] = W[r] · x[t] for rows r in [r0, r1); non-f32 rows converted a block at a time into
  *  this thread's own scratch (dtype: pool.ts DTYPE_CODE). `xq`/`xs` (non-zero, see quantisesX): x
  *  quantised to Q8_0 (kernels.wat quantise_q8): decode steps of Q8_0 read the weights in place, four
- *  rows at a time; prefill repacks a block of rows into row quads and runs tiles of 4 rows x 4 tokens. */
+ *  rows at a time; prefill repacks a block of rows into row octets and runs tiles of 8 rows x 4 tokens,
+ *  x then in tiles (tile_x). */
 export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowBytes: number, r0: number, r1: number, cols: number,
                           x: number, n: number, out: number, stride: number, scratch: number, block: number, xq = 0, xs = 0): void {
   if (r1 <= r0) return;
@@ -44,8 +54,8 @@ export function gemmRange(k: KernelExports, dtype: number, wBase: number, rowByt
   if (xq) {
     for (let r = r0; r < r1; r += block) {
       const nb = Math.min(block, r1 - r);
-      k.quads_from_q(wBase + r * rowBytes, nb, cols, scratch, dtype === 4 ? 1 : 0);
-      k.gemm_quads(scratch, nb, cols, xq, xs, n, out + r * 4, stride);
+      k.octs_from_q(wBase + r * rowBytes, nb, cols, scratch, dtype === 4 ? 1 : 0);
+      k.gemm_octs(scratch, nb, cols, xq, xs, n, out + r * 4, stride, scratch + octBytes(block, cols));
     }
     return;
   }
