@@ -2,10 +2,9 @@
 // dequantising one weight row at a time and reusing it for every token of the batch.
 import type { Matrix } from '../../model/tensor.js';
 import { wasm, type WasmRuntime } from '../wasm/runtime.js';
-import { workerPool, OP_GEMM_SET, DTYPE_CODE } from '../wasm/pool.js';
+import { workerPool, OP_GEMM_SET, OP_PREPARE_X, OP_GLU, DTYPE_CODE } from '../wasm/pool.js';
 import { activationFormat, activationBlock, roundActivations, type ActivationFormat } from './activations.js';
-import { F16_TABLE, f32ToF16 } from '../../model/half.js';
-import { GEMM_DESC, gemmSet, gemmRange, initChunkCounters, gemmRowUnit, quantisesX, octBlockRows, octScratchBytes, xTileBytes, gemvInPlace } from '../wasm/shared-ops.js';
+import { GEMM_DESC, gemmSet, gemmRange, initChunkCounters, gemmRowUnit, quantisesX, octBlockRows, octScratchBytes, xTileBytes, gemvInPlace, prepareXShare, gluShare } from '../wasm/shared-ops.js';
 
 /** a[ao..ao+n) · b[bo..bo+n) */
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -142,19 +141,25 @@ function planWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias
       const xs = prepared.xs = rt.scratchPtr(`mm.xs.${prepared.key}`, (len / 256 + len / 32) * 4);
       rt.k.quantise_q8_k(prepared.xp, len, xq, xs, xs + len / 64); // (the sums after the len / 256 scales)
     } else {
-      const xs = prepared.xs = rt.scratchPtr(`mm.xs.${prepared.key}`, len / 8);
-      rt.k.quantise_q8(prepared.xp, len, xq, xs);
-      const s = rt.f32(xs, len / 32);
-      for (let i = 0; i < s.length; i++) s[i] = F16_TABLE[f32ToF16(s[i])]; // stored as f16, as llama.cpp's Q8_0 blocks
+      prepared.xs = rt.scratchPtr(`mm.xs.${prepared.key}`, len / 8);
+      if (octs) {
+        const [tb, sb] = xTileBytes(n, cols);
+        prepared.xt = rt.scratchPtr(`mm.xt.${prepared.key}`, tb); prepared.xst = rt.scratchPtr(`mm.xst.${prepared.key}`, sb);
+      }
+      prepareX(rt, prepared.xp, cols, n, xq, prepared.xs, prepared.xt ?? 0, prepared.xst ?? 0);
     }
-  }
-  if (octs && prepared.xt === undefined) {
-    const [tb, sb] = xTileBytes(n, cols);
-    prepared.xt = rt.scratchPtr(`mm.xt.${prepared.key}`, tb); prepared.xst = rt.scratchPtr(`mm.xst.${prepared.key}`, sb);
-    rt.k.tile_x(prepared.xq!, prepared.xs!, n, cols, prepared.xt, prepared.xst);
   }
   const [xq, xs] = !q8 ? [0, 0] : octs ? [prepared.xt!, prepared.xst!] : [prepared.xq!, prepared.xs!];
   return { W, out, bias, op, code, xp: prepared.xp, xq, xs, block, scratchBytes };
+}
+
+/** x quantised to Q8_0 (and, for the row octets kernel, put in its tiles: xt not 0), a prefill chunk's
+ *  tokens split across the threads: alone, the calling thread spent ~6% of a prefill here while the workers
+ *  waited. */
+function prepareX(rt: WasmRuntime, x: number, cols: number, n: number, xq: number, xs: number, xt: number, xst: number): void {
+  const pool = n * cols >= 1 << 15 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1;
+  const local = () => prepareXShare(rt.k, x, cols, n, xq, xs, xt, xst, parts, 0);
+  if (pool) pool.run(OP_PREPARE_X, (share) => [x, cols, n, xq, xs, xt, xst, parts, share], null, local); else local();
 }
 
 /** Runs the products of one input (q/k/v, gate/up) in one hand-off to the worker threads: each thread
@@ -258,7 +263,13 @@ export function geglu(gate: Float32Array, up: Float32Array, n: number): void {
 function gluWasm(gate: Float32Array, up: Float32Array, n: number, act: number): boolean {
   const rt = wasm();
   if (!rt || n % 4 !== 0) return false;
-  if (rt.owns(gate) && rt.owns(up)) { rt.k.glu(gate.byteOffset, up.byteOffset, n, act); return true; }
+  if (rt.owns(gate) && rt.owns(up)) {
+    // (a prefill chunk's elements split across the threads)
+    const pool = n >= 1 << 15 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1, g = gate.byteOffset, u = up.byteOffset;
+    const local = () => gluShare(rt.k, g, u, n, act, parts, 0);
+    if (pool) pool.run(OP_GLU, (share) => [g, u, n, act, parts, share], null, local); else local();
+    return true;
+  }
   const gp = rt.scratchPtr('glu.g', n * 4), up4 = rt.scratchPtr('glu.u', n * 4);
   rt.f32(gp, n).set(gate.subarray(0, n)); rt.f32(up4, n).set(up.subarray(0, n));
   rt.k.glu(gp, up4, n, act);

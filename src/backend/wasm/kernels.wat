@@ -424,9 +424,23 @@
       (local.set $r (i32.add (local.get $r) (i32.const 4)))
       (br $rl))))
 
+  ;; v rounded to the nearest f16 (ties to even), as an f32: a Q8_0 block's scale as the block stores it.
+  ;; Below 2^-14 f16 is subnormal (steps of 2^-24); from 65520 on it is infinite; else the mantissa is cut
+  ;; to 10 bits with the carry rounding it (NaN stays NaN).
+  (func $f16_round (param $v f32) (result f32)
+    (local $b i32)
+    (if (f32.lt (f32.abs (local.get $v)) (f32.const 0x1p-14))
+      (then (return (f32.mul (f32.nearest (f32.mul (local.get $v) (f32.const 0x1p24))) (f32.const 0x1p-24)))))
+    (if (f32.ge (f32.abs (local.get $v)) (f32.const 65520))
+      (then (return (f32.copysign (f32.const inf) (local.get $v)))))
+    (local.set $b (i32.reinterpret_f32 (local.get $v)))
+    (f32.reinterpret_i32 (i32.and (i32.add (local.get $b) (i32.add (i32.const 0xfff) (i32.and (i32.shr_u (local.get $b) (i32.const 13)) (i32.const 1))))
+                                  (i32.const 0xffffe000))))
+
   ;; x[0..len) -> Q8_0 activations (llama.cpp's quantize_row_q8_0; test/reference.ts refQuantiseX): per block
   ;; of 32, s = max|x| / 127 and q = round(x * (127 / max|x|)), ties to even, in f64 as the reference does
-  ;; (an f32 product can land on the other side of a tie); q held as i16 in xq, s in xs. len % 32 == 0.
+  ;; (an f32 product can land on the other side of a tie); q held as i16 in xq, s rounded to f16 (as the
+  ;; block stores it: $f16_round) in xs. len % 32 == 0.
   (func (export "quantise_q8") (param $x i32) (param $len i32) (param $xq i32) (param $xs i32)
     (local $end i32) (local $m v128) (local $inv v128) (local $mx f32) (local $o i32) (local $v v128) (local $a v128) (local $b v128)
     (local.set $end (i32.add (local.get $x) (i32.shl (local.get $len) (i32.const 2))))
@@ -438,7 +452,7 @@
                                (f32x4.max (f32x4.abs (v128.load offset=96 (local.get $x))) (f32x4.abs (v128.load offset=112 (local.get $x)))))))
       (local.set $mx (f32.max (f32.max (f32x4.extract_lane 0 (local.get $m)) (f32x4.extract_lane 1 (local.get $m)))
                               (f32.max (f32x4.extract_lane 2 (local.get $m)) (f32x4.extract_lane 3 (local.get $m)))))
-      (f32.store (local.get $xs) (f32.demote_f64 (f64.div (f64.promote_f32 (local.get $mx)) (f64.const 127))))
+      (f32.store (local.get $xs) (call $f16_round (f32.demote_f64 (f64.div (f64.promote_f32 (local.get $mx)) (f64.const 127)))))
       (local.set $inv (f64x2.splat (if (result f64) (f32.gt (local.get $mx) (f32.const 0)) (then (f64.div (f64.const 127) (f64.promote_f32 (local.get $mx)))) (else (f64.const 0)))))
       ;; 4 floats at a time: two f64x2 products, rounded, truncated, the halves joined
       (local.set $o (i32.const 0))

@@ -12,6 +12,8 @@ export const OP_ATTEND = 2;    // args: h0, h1, n, start, nH, group, hd, q, out,
 export const OP_PAGE_SCORES = 3; // args: p0, p1, np, nKV, group, hd, q, kmin, kmax, table, stride, out, bf16
 export const OP_ATTEND_TOKENS = 4; // args: share, parts, nH, group, hd, q, out, stats, kPtr, vPtr, table, pageStride, P, probs, selected, count, bf16; scale (f32) in the last slot
 export const OP_PROGRAM = 5; // args: phases, from, to, parts, share, priv, delta, scratch, barrier, X, T, R, Q, S, A, O, ST, bytes (program.ts runProgram)
+export const OP_PREPARE_X = 6; // args: x, cols, n, xq, xs, xt, xst, parts, share (shared-ops prepareXShare)
+export const OP_GLU = 7; // args: gate, up, len, act, parts, share (shared-ops gluShare)
 export const DTYPE_CODE = {
   f32: 0, f16: 1, bf16: 2, q8_0: 3, q4_0: 4, q4_1: 5, q5_0: 6, q5_1: 7, q2_k: 8, q3_k: 9, q4_k: 10, q5_k: 11, q6_k: 12, iq4_nl: 13, iq4_xs: 14,
 } as const;

@@ -8,7 +8,6 @@
 import type { KernelExports } from './runtime.js';
 import { TOKEN_SPLIT, attendHeads, attendTokenPart, gemmSet, mergeTokenParts } from './shared-ops.js';
 import { split } from './pool.js';
-import { F16_TABLE, f32ToF16 } from '../../model/half.js';
 
 /** i32 words of one phase: [op, args...]; eps (f64) in words 6-7. */
 export const PHASE_WORDS = 8;
@@ -128,6 +127,5 @@ function prepare(k: KernelExports, f: Float32Array, len: number, mode: number, T
     if (mode === PREP_ROUND_Q8) k.round_q8(R, len); else k.round_q8_k(R, len);
   } else if (mode === PREP_INT_Q8) {
     k.quantise_q8(T, len, Q, S);
-    for (let i = S >> 2, e = i + len / 32; i < e; i++) f[i] = F16_TABLE[f32ToF16(f[i])];
   } else if (mode === PREP_INT_Q8K) k.quantise_q8_k(T, len, Q, S, S + len / 64);
 }

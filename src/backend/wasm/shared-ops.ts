@@ -1,5 +1,6 @@
 // Kernel loops that run identically on the calling thread and on the workers (one share each).
 import type { KernelExports } from './runtime.js';
+import { split } from './pool.js';
 
 /** The SIMD converters to f32, by dtype code (pool.ts DTYPE_CODE). */
 const CONVERTERS: Record<number, (k: KernelExports) => (src: number, dst: number, n: number) => void> = {
@@ -41,6 +42,22 @@ export const octScratchBytes = (block: number, cols: number) => octBytes(block, 
 
 /** x quantised (quantise_q8) in gemm_octs's tiles of 4 tokens (kernels.wat tile_x): the bytes of xt, xst. */
 export const xTileBytes = (n: number, cols: number) => [Math.ceil(n / 4) * cols * 8, Math.ceil(n / 4) * (cols / 32) * 16];
+
+/** This share's tokens (whole tiles of 4) of x [n][cols] quantised to Q8_0 (quantise_q8: xq, xs) and, where
+ *  xt is not 0, put in gemm_octs's tiles (tile_x: xt, xst). */
+export function prepareXShare(k: KernelExports, x: number, cols: number, n: number, xq: number, xs: number, xt: number, xst: number, parts: number, share: number): void {
+  const [a, b] = split(n, parts, share, 4);
+  if (b <= a) return;
+  k.quantise_q8(x + a * cols * 4, (b - a) * cols, xq + a * cols * 2, xs + a * cols / 8);
+  // (a tile's 4 tokens take 8 bytes a column in xt and 16 bytes a block in xst: 2 and cols / 8 a token)
+  if (xt) k.tile_x(xq + a * cols * 2, xs + a * cols / 8, b - a, cols, xt + a * cols * 2, xst + a * cols / 8);
+}
+
+/** This share of gate[i] = act(gate[i]) * up[i], i < len (kernels.wat glu; act 0 SiLU, 1 GELU). */
+export function gluShare(k: KernelExports, gate: number, up: number, len: number, act: number, parts: number, share: number): void {
+  const [a, b] = split(len, parts, share, 16);
+  if (b > a) k.glu(gate + a * 4, up + a * 4, b - a, act);
+}
 
 /** out[t*stride + r] = W[r] · x[t] for rows r in [r0, r1); non-f32 rows converted a block at a time into
  *  this thread's own scratch (dtype: pool.ts DTYPE_CODE). `xq`/`xs` (non-zero, see quantisesX): x
