@@ -9,7 +9,7 @@ import { quantise } from '../model/quantise.js';
 import { matmul, productRoundsX } from '../backend/cpu/kernels.js';
 import { roundActivations } from '../backend/cpu/activations.js';
 import { refRoundActivations } from './reference.js';
-import { f32ToF16 } from '../model/half.js';
+import { F16_TABLE, f32ToF16 } from '../model/half.js';
 import { refDequantise } from './quant-reference.js';
 import { gaussian, randomArray } from './fixtures.js';
 import { rng } from '../engine/sampler.js';
@@ -109,6 +109,27 @@ test('CPU products (SIMD path with worker threads, and the TypeScript path) of e
     }
     if (place === 'wasm') rt!.releaseWeights(bytes);
   }
+});
+
+test('the SIMD quantiser stores each block\'s scale max|x| / 127 rounded to f16 as llama.cpp\'s Q8_0 block does (subnormal, normal, ties to even, overflow)', { skip: wasm() ? false : 'no WebAssembly SIMD' }, () => {
+  const rt = wasm()!, g = rng(11), maxima: number[] = [0, 127 * 2 ** -24, 127 * 2 ** -25, 1e-30, 8e6, 65519 * 127, 65520 * 127, 1e30];
+  for (let i = 0; i < 400; i++) maxima.push(Math.fround((0.5 + g()) * 2 ** Math.floor(g() * 60 - 40)));
+  // scales exactly halfway between two f16 values (12 significant bits), where ties go to even
+  let ties = 0;
+  for (let i = 0; i < 200; i++) {
+    const e = Math.floor(g() * 40) - 30, m = 2048 + 2 * Math.floor(g() * 1024) + 1, mx = Math.fround((m * 2 ** (e - 11)) * 127);
+    if (Math.fround(mx / 127) === m * 2 ** (e - 11)) { maxima.push(mx); ties++; }
+  }
+  assert.ok(ties > 50, `only ${ties} tie cases`);
+  const blocks = maxima.length, x = rt.scratchPtr('test.q8.x', blocks * 128), xq = rt.scratchPtr('test.q8.q', blocks * 64), xs = rt.scratchPtr('test.q8.s', blocks * 4);
+  const xf = rt.f32(x, blocks * 32);
+  maxima.forEach((mx, b) => { for (let i = 0; i < 32; i++) xf[b * 32 + i] = i === 7 ? (b % 2 ? -mx : mx) : mx * (g() - 0.5); });
+  rt.k.quantise_q8(x, blocks * 32, xq, xs);
+  const got = rt.f32(xs, blocks);
+  maxima.forEach((mx, b) => {
+    const d = Math.fround(mx / 127), want = F16_TABLE[f32ToF16(d)];
+    assert.equal(got[b], want, `block ${b}: max ${mx}, scale ${d}: stored ${got[b]}, f16 gives ${want}`);
+  });
 });
 
 test('llama.cpp\'s own decoder (ggml through FFI) reads every type as we do: random blocks, our quantiser\'s output, and its own quantiser\'s', { skip: noOracle }, () => {
