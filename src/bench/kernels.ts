@@ -357,7 +357,7 @@ async function benchMatvec(device: GPUDevice, timeIt: TimeIt, readGBs: number) {
       const quantGroup = quant && device.createBindGroup({ layout: quant.getBindGroupLayout(0), entries: [x, xq].map((buffer, i) => ({ binding: i, resource: { buffer } })) });
       let turn = 0;
       const t = await timeIt((pass) => {
-        if (quant) { pass.setPipeline(quant); pass.setBindGroup(0, quantGroup!); pass.dispatchWorkgroups(Math.ceil(Kd / 32 / 64)); }
+        if (quant) { pass.setPipeline(quant); pass.setBindGroup(0, quantGroup!); pass.dispatchWorkgroups(...K.quantiseXGrid(Kd, 1)); }
         pass.setPipeline(pipe); pass.setBindGroup(0, groups[turn++ % copies]); pass.dispatchWorkgroups(Math.ceil(N / v.rowsPerGroup(Kd, type)));
       }, 100);
       cells.push(`${(t * 1e6).toFixed(1)} µs ${(bytes / t / 1e9).toFixed(0)} GB/s (${((bytes / t / 1e9) / readGBs * 100).toFixed(0)}%)`);

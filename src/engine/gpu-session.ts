@@ -455,7 +455,7 @@ export class GpuSession {
       if (!many && m.quantisesX(l)) {
         // x (with the prologue) quantised to int8 first, then the product by integer dot products
         const natural = l.type === 'q8_16'; // (int8 weights: x in column order; 4-bit: even / odd columns)
-        run(m.pipeline(`quantx:${l.K}:${pro?.kind ?? ''}:${natural}`, () => K.quantiseXWgsl(l.K, spec, natural)), 'quantx', [x, r.xq, nw], Math.ceil(l.K / 32 / 64), rows);
+        run(m.pipeline(`quantx:${l.K}:${pro?.kind ?? ''}:${natural}`, () => K.quantiseXWgsl(l.K, spec, natural)), 'quantx', [x, r.xq, nw], K.quantiseXGrid(l.K, rows));
         run(m.linearPipeline(l, add, false), 'linV', [r.xq, y, l.data, l.scales, l.bias], Math.ceil(l.N / m.vecRowsPerGroup(l)), rows);
         return;
       }

@@ -55,7 +55,7 @@ async function product(c: Case, intDot: boolean, seed: number, type: 'q4_0' | 'q
   };
   const y = buf(new Float32Array(c.N)), xBuf = buf(x), nwBuf = buf(nw), xq = buf(new Uint32Array(K.quantisedXWords(c.K) * 4));
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
-  if (intDot) dispatch(pass, pipeOf(K.quantiseXWgsl(c.K, pro, type === 'q8_16')), [[0, xBuf], [1, xq], ...(c.prologue === 'rmsnorm' ? [[2, nwBuf] as [number, GPUBuffer]] : [])], Math.ceil(c.K / 32 / 64));
+  if (intDot) dispatch(pass, pipeOf(K.quantiseXWgsl(c.K, pro, type === 'q8_16')), [[0, xBuf], [1, xq], ...(c.prologue === 'rmsnorm' ? [[2, nwBuf] as [number, GPUBuffer]] : [])], K.quantiseXGrid(c.K, 1)[0]);
   dispatch(pass, pipeOf(K.linearRowsWgsl(spec, { subgroups: hasSubgroups32(device), rows: R, xq: intDot })),
     [[0, intDot ? xq : xBuf], [1, y], [2, buf(packed)], [3, buf(scales)], ...(c.prologue === 'rmsnorm' && !intDot ? [[5, nwBuf] as [number, GPUBuffer]] : [])],
     Math.ceil(c.N / K.rowsLayout(c.K, R, type).rowsPerGroup));
@@ -68,6 +68,7 @@ async function product(c: Case, intDot: boolean, seed: number, type: 'q4_0' | 'q
 
 const cases: Case[] = [
   { N: 37, K: 96 }, { N: 20, K: 1024, prologue: 'rmsnorm' }, { N: 9, K: 11008, prologue: 'swiglu' }, { N: 70, K: 4096 }, { N: 13, K: 2048, prologue: 'geglu' },
+  { N: 11, K: 4160, prologue: 'rmsnorm' }, // (RMSNorm over a row that is not a whole number of quantiseXWgsl's workgroups)
 ];
 // Q4_K / Q4_1 (q4_1) and the other llama.cpp types (q8_16): codes with a scale and a min per group
 for (const type of ['q4_1', 'q8_16'] as const) {
