@@ -36,9 +36,11 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
       } catch (e) { lastGpuError = `the webgpu package could not load: ${(e as Error).message}`; return null; }
     }
     if (create && !env.XDG_RUNTIME_DIR) env.XDG_RUNTIME_DIR = (await import('node:os')).tmpdir(); // Vulkan loaders complain without it
+    let probe: Awaited<ReturnType<typeof probeDriver>>;
     if (create && env.QUEST_VERBOSE !== '1') {
       // a child process finds the driver first, so Dawn's driver warnings never reach our stderr
-      const driver = await probeDriver(software);
+      probe = await probeDriver(software);
+      const driver = probe?.driver;
       if (driver === null) { lastGpuError = `${NO_ADAPTER} (--verbose shows the drivers' messages)`; return null; }
       if (driver === 'software') env.VK_DRIVER_FILES = SWIFTSHADER_ICD;
     }
@@ -47,7 +49,14 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     // Dawn's toggles (Node only; browsers cannot set them): shader-f16 on NVIDIA's Vulkan driver, and the
     // experimental subgroup-matrix feature (tensor cores) that allow_unsafe_apis exposes
     // (timestamps unrounded: Dawn rounds them to 2^16 ns by default, too coarse for one kernel's time)
-    const toggles = [...(env.QUEST_NO_SUBGROUP_MATRIX === '1' ? [] : ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia']), 'disable-dawn-features=timestamp_quantization'];
+    // On a hardware adapter the bounds checks that Dawn adds to every array access in a shader are dropped
+    // (disable_robustness; QUEST_GPU_ROBUSTNESS=1 keeps them): only our own kernels run, each tested against
+    // float64 with the checks off too, and the checks cost the tensor-core products a third of their speed
+    // (H200: 128-146 -> 183-209 TFLOP/s in prefill, docs/results.md, session 25). CPU adapters keep them,
+    // and so does --verbose (no probe).
+    const unchecked = probe?.driver === 'hardware' && !probe.onCpu && env.QUEST_GPU_ROBUSTNESS !== '1';
+    const enable = [...(env.QUEST_NO_SUBGROUP_MATRIX === '1' ? [] : ['allow_unsafe_apis', 'vulkan_enable_f16_on_nvidia']), ...(unchecked ? ['disable_robustness'] : [])];
+    const toggles = [...(enable.length ? [`enable-dawn-features=${enable.join(',')}`] : []), 'disable-dawn-features=timestamp_quantization'];
     let adapter = await adapterFrom(browserGpu ?? create!(toggles));
     // (node:fs is imported here only: browsers never reach this branch)
     if (!adapter && create && software && !env.VK_DRIVER_FILES && (await import('node:fs')).existsSync(SWIFTSHADER_ICD)) {
@@ -95,13 +104,13 @@ const NO_ADAPTER = 'no WebGPU adapter (no GPU driver; for a software one: apt-ge
 
 /** Node: which driver gives an adapter, asked of adapter-probe.js in a child process (its stderr, where
  *  Dawn writes, is dropped); undefined where the probe itself failed (then we look in-process). */
-async function probeDriver(software: boolean): Promise<'hardware' | 'software' | null | undefined> {
+async function probeDriver(software: boolean): Promise<{ driver: 'hardware' | 'software' | null; onCpu: boolean } | undefined> {
   const { execFile } = await import('node:child_process');
   const { fileURLToPath } = await import('node:url');
   const script = fileURLToPath(new URL('./adapter-probe.js', import.meta.url));
   return new Promise((resolve) => {
     execFile(process.execPath, [script, ...(software ? ['--software'] : [])], { timeout: 120_000 }, (_err, stdout) => {
-      try { resolve(JSON.parse(String(stdout).trim().split('\n').pop()!).driver); } catch { resolve(undefined); }
+      try { resolve(JSON.parse(String(stdout).trim().split('\n').pop()!)); } catch { resolve(undefined); }
     });
   });
 }
