@@ -7,6 +7,7 @@ import { loadModel, type LLM } from '../engine/llm.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
 import { commonPrefix } from '../engine/prefix-cache.js';
 import { gpu, skipGpu } from './gpu.js';
+import { randomGGUF, tempFile } from './fixtures.js';
 
 let llm: LLM | undefined;
 const get = async () => (llm ??= await loadModel(DEFAULT_MODEL));
@@ -77,10 +78,9 @@ test('eviction under the memory limit keeps the most recently used prefixes, and
 
 test('WebGPU: a prompt sharing a cached prefix gives the tokens of a cold run (Quest with a decode tail)', { skip: skipGpu }, async () => {
   void gpu;
-  const m = await loadModel(DEFAULT_MODEL, { device: 'webgpu' });
-  // (short — a 100-token prompt, 6 of them decoded — and Quest only: SwiftShader takes ~1 s a decode
-  // step of the default model, and CI has 30 minutes; prefix-reuse.test.ts covers
-  // dense forks on WebGPU)
-  await sharedPrefixCase(m, { policy: 'quest', budget: 64 }, 6, 60);
+  // (a small random model: SwiftShader takes ~1 s a decode step of the default model and CI has 30 minutes;
+  // Quest only, prefix-reuse.test.ts covers dense forks on WebGPU)
+  const m = await loadModel(tempFile('prefix-gpu.gguf', randomGGUF({ vocab: 512, dim: 64, hidden: 128, layers: 3, heads: 4, kvHeads: 2, dtype: 'f16', seed: 41 })), { device: 'webgpu' });
+  await sharedPrefixCase(m, { policy: 'quest', budget: 64 }, 20, 300);
   m.dispose();
 });

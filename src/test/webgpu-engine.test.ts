@@ -207,11 +207,11 @@ test('WebGPU engine agrees with the CPU engine on the default model (dense and Q
   assert.equal(gpuLlm.device, 'webgpu');
   const text = 'It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. '.repeat(6);
   const ids = cpu.encode(text), V = cpu.config.vocabSize;
-  // dense: last logits after the prefill and after 8 decode steps
+  // dense: last logits after the prefill and after 5 decode steps (SwiftShader: ~1 s a step of this model)
   const c = new Session(cpu.model), g = gpuLlm.session() as GpuSession;
   let lc = c.forward(ids), lg = await g.forward(ids);
   let maxDiff = 0;
-  for (let i = 0; i < 8; i++) {
+  for (let i = 0; i < 5; i++) {
     for (let j = 0; j < V; j++) maxDiff = Math.max(maxDiff, Math.abs(lc[j] - lg[j]));
     assert.equal(argmax(lg), argmax(lc), `top-1 differs at step ${i}`);
     const tok = argmax(lc);
@@ -219,9 +219,9 @@ test('WebGPU engine agrees with the CPU engine on the default model (dense and Q
   }
   assert.ok(maxDiff < 5e-2, `max |Δlogit| ${maxDiff}`);
   // greedy generation through the library on both devices
-  const prompt = 'The pass key is 51422. Remember it. 51422 is the pass key. The grass is green. The sky is blue. '.repeat(10) + 'What is the pass key? The pass key is';
-  const want = await cpu.complete(prompt, { temperature: 0, maxTokens: 12 });
-  const got = await gpuLlm.complete(prompt, { temperature: 0, maxTokens: 12 });
+  const prompt = 'The pass key is 51422. Remember it. 51422 is the pass key. The grass is green. The sky is blue. '.repeat(6) + 'What is the pass key? The pass key is';
+  const want = await cpu.complete(prompt, { temperature: 0, maxTokens: 8 });
+  const got = await gpuLlm.complete(prompt, { temperature: 0, maxTokens: 8 });
   assert.equal(got.text, want.text);
   // Quest with a small budget, question decoded token by token (so the GPU page selection decides)
   const q = { policy: 'quest' as const, budget: 48 };

@@ -16,6 +16,7 @@
 //   k, v   : [page][kvHead][slot][hd/2] u32     meta: [page][kvHead][2][hd/2] u32 (min then max)
 //   q      : [nH][hd] f32                       out : [nH][hd] f32
 
+import { compiledPipeline } from './pipeline-cache.js';
 import { hasSubgroups32, processEnv } from './device.js';
 import { ropeAppendThreadWgsl, UNPACK8_WGSL, workgroupRowSumWgsl } from './kernels.js';
 
@@ -694,7 +695,7 @@ export class DecodeAttention {
   }
 
   private pipeline(code: string, label: string): GPUComputePipeline {
-    return this.device.createComputePipeline({ label: `attention ${label}`, layout: 'auto', compute: { module: this.device.createShaderModule({ code }), entryPoint: 'main' } });
+    return compiledPipeline(this.device, code, `attention ${label}`);
   }
 
   /** Bytes of one layer's K, V and metadata buffers for `pages` pages. */

@@ -2,6 +2,7 @@
 // the GPU formats of kernels.ts: f16 and Q8_0/Q4_0 as they are (Q8_0/Q4_0 repacked into aligned words
 // plus f32 scales); f32 and BF16 tensors become f16. q/k/v and gate/up are fused into one matrix each
 // (one product instead of three or two per layer).
+import { compiledPipeline } from './pipeline-cache.js';
 import { modelFingerprint } from '../../model/fingerprint.js';
 import type { ModelConfig, ModelWeights } from '../../model/config.js';
 import { Matrix, f32ToF16, QK, concatF32 } from '../../model/tensor.js';
@@ -140,11 +141,11 @@ export class GpuModel {
     return b;
   }
 
-  /** The pipeline of `key`, compiled once (labelled with a short form of the key: profiles name kernels by it). */
+  /** The pipeline of `key`, looked up once per model, compiled once per device and code (labelled with a short form of the key: profiles name kernels by it). */
   pipeline(key: string, code: () => string): GPUComputePipeline {
     let p = this.pipelines.get(key);
     if (!p) {
-      p = this.device.createComputePipeline({ label: pipelineLabel(key), layout: 'auto', compute: { module: this.device.createShaderModule({ code: code() }), entryPoint: 'main' } });
+      p = compiledPipeline(this.device, code(), pipelineLabel(key));
       this.pipelines.set(key, p);
     }
     return p;
