@@ -157,9 +157,17 @@ function planWasm(rt: WasmRuntime, W: Matrix, n: number, out: Float32Array, bias
  *  tokens split across the threads: alone, the calling thread spent ~6% of a prefill here while the workers
  *  waited. */
 function prepareX(rt: WasmRuntime, x: number, cols: number, n: number, xq: number, xs: number, xt: number, xst: number): void {
-  const pool = n * cols >= 1 << 15 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1;
-  const local = () => prepareXShare(rt.k, x, cols, n, xq, xs, xt, xst, parts, 0);
-  if (pool) pool.run(OP_PREPARE_X, (share) => [x, cols, n, xq, xs, xt, xst, parts, share], null, local); else local();
+  splitAcrossThreads(rt, n * cols, OP_PREPARE_X, (parts) => [x, cols, n, xq, xs, xt, xst, parts],
+    (parts) => prepareXShare(rt.k, x, cols, n, xq, xs, xt, xst, parts, 0));
+}
+
+/** An elementwise pool op (its arguments `args(parts)`, then the share) on every thread where it has enough
+ *  elements to pay for the hand-off (2^15), else on this thread alone; `local(parts)` runs share 0 here. */
+function splitAcrossThreads(rt: WasmRuntime, elements: number, op: number, args: (parts: number) => number[], local: (parts: number) => void): void {
+  const pool = elements >= 1 << 15 ? workerPool(rt) : null;
+  if (!pool) { local(1); return; }
+  const parts = pool.size + 1;
+  pool.run(op, (share) => [...args(parts), share], null, () => local(parts));
 }
 
 /** Runs the products of one input (q/k/v, gate/up) in one hand-off to the worker threads: each thread
@@ -265,9 +273,8 @@ function gluWasm(gate: Float32Array, up: Float32Array, n: number, act: number): 
   if (!rt || n % 4 !== 0) return false;
   if (rt.owns(gate) && rt.owns(up)) {
     // (a prefill chunk's elements split across the threads)
-    const pool = n >= 1 << 15 ? workerPool(rt) : null, parts = pool ? pool.size + 1 : 1, g = gate.byteOffset, u = up.byteOffset;
-    const local = () => gluShare(rt.k, g, u, n, act, parts, 0);
-    if (pool) pool.run(OP_GLU, (share) => [g, u, n, act, parts, share], null, local); else local();
+    const g = gate.byteOffset, u = up.byteOffset;
+    splitAcrossThreads(rt, n, OP_GLU, (parts) => [g, u, n, act, parts], (parts) => gluShare(rt.k, g, u, n, act, parts, 0));
     return true;
   }
   const gp = rt.scratchPtr('glu.g', n * 4), up4 = rt.scratchPtr('glu.u', n * 4);
