@@ -166,7 +166,7 @@ async function benchPrefillProducts(device: GPUDevice, timeIt: TimeIt) {
   ];
   const variants: { name: string; code: (s: K.LinearSpec) => string | null; tile: { BM: number; BN: number } }[] = [
     { name: 'fallback 64x128', code: (s) => K.linearMatWgsl(s), tile: { BM: K.MAT_TILE.tokens, BN: K.MAT_TILE.rows } },
-    ...(cfg ? MMA_TILES.map((t) => ({ name: `mma ${t.BM}x${t.BN} (${t.WM}x${t.WN}) k${t.BK}${t.prefetch ? ' prefetch' : ''}`, tile: t, code: (s: K.LinearSpec) => (mmaTileFor(s.N, s.K, cfg, [t]) ? linearMmaWgsl(s, cfg, t) : null) })) : []),
+    ...(cfg ? MMA_TILES.slice(0, Number(arg('tiles', String(MMA_TILES.length)))).map((t) => ({ name: `mma ${t.BM}x${t.BN} (${t.WM}x${t.WN}) k${t.BK}${t.prefetch ? ' prefetch' : ''}`, tile: t, code: (s: K.LinearSpec) => (mmaTileFor(s.N, s.K, cfg, [t]) ? linearMmaWgsl(s, cfg, t) : null) })) : []),
   ];
   console.log(`\nprefill products, ${T} tokens (TFLOP/s; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'})`);
   console.log(`| matrix | type | N x K | ${variants.map((v) => v.name).join(' | ')} |`);
