@@ -20,11 +20,20 @@ interface Case { N: number; K: number; prologue?: 'rmsnorm' | 'swiglu' | 'geglu'
 /** GELU in its tanh form, float64 (the formula as written, not the kernel's sigmoid form) */
 const geluTanh = (v: number) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
 
-async function product(c: Case, intDot: boolean, seed: number, type: 'q4_0' | 'q4_1' | 'q8_16' = 'q4_0') {
+/** Random weights of `type` in the GPU layout of kernels.ts (f16 pairs; codes and block scales, and mins) and their values. */
+function weightsOf(type: K.GpuWeightType, n: number, g: () => number, u: () => number) {
+  if (type !== 'f16') return gpuWeights(type, n, g, u);
+  const h = Uint16Array.from({ length: n }, () => f32ToF16(g() * 0.1));
+  return { data: new Uint32Array(h.buffer), scales: new Float32Array(4), value: (i: number) => F16_TABLE[h[i]] };
+}
+
+/** The product of one token's x by the kernel of decode steps: x-stationary (`rows`, the default) or a
+ *  thread per row (`thread`: CPU adapters; no prologue). */
+async function product(c: Case, intDot: boolean, seed: number, type: K.GpuWeightType = 'q4_0', kernel: 'rows' | 'thread' = 'rows') {
   // (int8 x: column order for int8 weights, even / odd columns for 4-bit ones)
   const { device } = gpu!, g = gaussian(seed), u = rng(seed), eps = 1e-5;
   // weights: random codes and block scales (and mins), in the GPU layout of kernels.ts
-  const { data: packed, scales, value } = gpuWeights(type, c.N * c.K, g, u);
+  const { data: packed, scales, value } = weightsOf(type, c.N * c.K, g, u);
   const glu = c.prologue === 'swiglu' || c.prologue === 'geglu';
   const x = Float32Array.from({ length: glu ? 2 * c.K : c.K }, () => g() * 2);
   const nw = Float32Array.from({ length: c.K }, () => 0.5 + Math.abs(g()));
@@ -56,9 +65,12 @@ async function product(c: Case, intDot: boolean, seed: number, type: 'q4_0' | 'q
   const y = buf(new Float32Array(c.N)), xBuf = buf(x), nwBuf = buf(nw), xq = buf(new Uint32Array(K.quantisedXWords(c.K) * 4));
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
   if (intDot) dispatch(pass, pipeOf(K.quantiseXWgsl(c.K, pro, type === 'q8_16')), [[0, xBuf], [1, xq], ...(c.prologue === 'rmsnorm' ? [[2, nwBuf] as [number, GPUBuffer]] : [])], K.quantiseXGrid(c.K, 1)[0]);
-  dispatch(pass, pipeOf(K.linearRowsWgsl(spec, { subgroups: hasSubgroups32(device), rows: R, xq: intDot })),
-    [[0, intDot ? xq : xBuf], [1, y], [2, buf(packed)], [3, buf(scales)], ...(c.prologue === 'rmsnorm' && !intDot ? [[5, nwBuf] as [number, GPUBuffer]] : [])],
-    Math.ceil(c.N / K.rowsLayout(c.K, R, type).rowsPerGroup));
+  if (kernel === 'thread') dispatch(pass, pipeOf(K.linearThreadWgsl(spec)), [[0, xBuf], [1, y], [2, buf(packed)], ...(type === 'f16' ? [] : [[3, buf(scales)] as [number, GPUBuffer]])], Math.ceil(c.N / K.THREAD_ROWS));
+  else {
+    dispatch(pass, pipeOf(K.linearRowsWgsl(spec, { subgroups: hasSubgroups32(device), rows: R, xq: intDot })),
+      [[0, intDot ? xq : xBuf], [1, y], [2, buf(packed)], ...(type === 'f16' ? [] : [[3, buf(scales)] as [number, GPUBuffer]]), ...(c.prologue === 'rmsnorm' && !intDot ? [[5, nwBuf] as [number, GPUBuffer]] : [])],
+      Math.ceil(c.N / K.rowsLayout(c.K, R, type).rowsPerGroup));
+  }
   pass.end();
   device.queue.submit([enc.finish()]);
   const got = new Float32Array(await readBuffer(device, y, c.N * 4));
@@ -70,8 +82,10 @@ const cases: Case[] = [
   { N: 37, K: 96 }, { N: 20, K: 1024, prologue: 'rmsnorm' }, { N: 9, K: 11008, prologue: 'swiglu' }, { N: 70, K: 4096 }, { N: 13, K: 2048, prologue: 'geglu' },
   { N: 11, K: 4160, prologue: 'rmsnorm' }, // (RMSNorm over a row that is not a whole number of quantiseXWgsl's workgroups)
 ];
-// Q4_K / Q4_1 (q4_1) and the other llama.cpp types (q8_16): codes with a scale and a min per group
-for (const type of ['q4_1', 'q8_16'] as const) {
+// Q4_K / Q4_1 (q4_1) and the other llama.cpp types (q8_16): codes with a scale and a min per group; f16
+// and Q8_0 (the engine's default-model tests on a CPU adapter run the thread-per-row kernel, so the
+// x-stationary kernel that browsers without subgroups run is tested here)
+for (const type of ['q4_1', 'q8_16', 'f16', 'q8_0'] as const) {
   for (const c of cases) {
     test(`WebGPU ${type} decode product (${c.N} × ${c.K}${c.prologue ? `, ${c.prologue}` : ''}) matches float64`, { skip: skipGpu }, async () => {
       const { got, want } = await product(c, false, 17 + c.K, type);
@@ -97,6 +111,18 @@ for (const c of cases) {
       }
     });
   }
+}
+
+// The thread-per-row product (what CPU adapters run for decode steps), every weight type, rows past a
+// workgroup's, K of 8 units and of many
+for (const type of ['f16', 'q8_0', 'q4_0', 'q4_1', 'q8_16'] as const) {
+  test(`WebGPU thread-per-row decode product (${type}) matches float64`, { skip: skipGpu }, async () => {
+    for (const c of [{ N: 70, K: 96 }, { N: 9, K: 2048 }]) {
+      const { got, want } = await product(c, false, 5 + c.K, type, 'thread');
+      let scale = 0; for (const v of want) scale = Math.max(scale, Math.abs(v));
+      want.forEach((w, r) => assert.ok(Math.abs(got[r] - w) <= 1e-5 * scale + 1e-6, `${c.N} x ${c.K} row ${r}: ${got[r]} vs ${w} (scale ${scale})`));
+    }
+  });
 }
 
 // The batched matrix-vector product of batched decode steps (weights read once per 8 tokens), every

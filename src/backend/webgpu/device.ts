@@ -83,6 +83,9 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     // errors that WebGPU reports asynchronously (invalid shaders, out-of-memory) are kept and thrown
     // by the next call that checks (takeDeviceError), instead of only being printed
     if (sub32) subgroup32Devices.add(device);
+    // (browsers: the adapter says whether it is a fallback one; Node: the probe's verdict, or the adapter's name)
+    const info0 = (adapter as { info?: GPUAdapterInfo & { isFallbackAdapter?: boolean } }).info;
+    if (probe?.onCpu || info0?.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i.test(`${info0?.vendor} ${info0?.architecture} ${info0?.device} ${info0?.description}`)) cpuAdapterDevices.add(device);
     if (mma) {
       // the spelling of loads and stores that computes right on this device (a self-test), else no tensor cores
       const syntax = await (await import('./mma-selftest.js')).workingMatrixSyntax(device, mma).catch(() => null);
@@ -120,6 +123,11 @@ const deviceErrors: string[] = [];
 export function throwDeviceError(): void {
   if (deviceErrors.length) { const m = deviceErrors.splice(0); throw new Error(`WebGPU error: ${m[0].split('\n')[0]}${m.length > 1 ? ` (and ${m.length - 1} more)` : ''}`); }
 }
+
+const cpuAdapterDevices = new WeakSet<GPUDevice>();
+/** Whether this device runs on the CPU (SwiftShader, lavapipe, a browser's fallback adapter): kernels
+ *  without barriers suit it better (see linearThreadWgsl). */
+export function onCpuAdapter(device: GPUDevice): boolean { return cpuAdapterDevices.has(device); }
 
 const subgroup32Devices = new WeakSet<GPUDevice>();
 /** Whether kernels may use 32-lane subgroup operations on this device. */

@@ -121,6 +121,28 @@ ${subgroups ? `  acc = subgroupAdd(acc);
   if (lane == 0u && r < N) ${linearOut(s, 'wid.y * N + r', 'r', 'red[lid.x]')}`}
 }`;
 
+/** Output rows per workgroup of linearThreadWgsl. */
+export const THREAD_ROWS = 64;
+
+/** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias), for a few tokens t (wid.y): one thread per output row, walking
+ *  its whole row, with no workgroup memory and no barriers. Slow on a GPU (a warp's loads are 32 rows
+ *  apart), but what a CPU adapter (SwiftShader, lavapipe) runs best: there a workgroup's threads are
+ *  emulated, and a barrier makes the emulation switch between every one of them (about a millisecond for
+ *  a 256-thread workgroup), which made a decode step of the default model take seconds. */
+export const linearThreadWgsl = (s: LinearSpec) => weightAccess(s.type, s.K, 2) + /* wgsl */ `
+const N: u32 = ${s.N}u;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+@compute @workgroup_size(${THREAD_ROWS})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let r = wid.x * ${THREAD_ROWS}u + lid; let xb = wid.y * (K / 4u);
+  if (r >= N) { return; }
+  var acc = 0.0;
+  for (var k = 0u; k < K; k += 8u) { let w = w8(r, k); acc += dot(w.a, x[xb + k / 4u]) + dot(w.b, x[xb + k / 4u + 1u]); }
+  ${linearOut(s, 'wid.y * N + r', 'r', 'acc')}
+}`;
+
 /** Rows per thread set of linearRowsWgsl (Q4_0 with float x: 4; its 32 weights per load hold 32 floats
  *  of x in registers, and more rows per thread set read that x fewer times; with int8 x, 2; measured on
  *  an H100). */

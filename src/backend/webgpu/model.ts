@@ -10,7 +10,7 @@ import { affineGroups, isQuantType, type QuantType } from '../../model/quants.js
 import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
-import { hasIntDot4, hasSubgroups32, matrixConfig, processEnv } from './device.js';
+import { hasIntDot4, hasSubgroups32, matrixConfig, onCpuAdapter, processEnv } from './device.js';
 import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, mmaTilesFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, type MmaTile, type SkinnyTile } from './mma-kernels.js';
 import type { GpuWeightType, LinearSpec } from './kernels.js';
 
@@ -48,8 +48,9 @@ function parseSkinnyTile(env: string | undefined): SkinnyTile[] {
   return [{ WN, SG, CK, stage: stage === 1 }];
 }
 
-function parseMatvec(v: string | undefined): GpuModel['matvec'] {
+function parseMatvec(v: string | undefined, onCpu: boolean): GpuModel['matvec'] {
   if (v === 'warp') return { kind: 'warp' };
+  if (v === 'thread' || (!v && onCpu)) return { kind: 'thread' };
   const m = /^rows(\d+)$/.exec(v ?? '');
   return { kind: 'rows', rows: m ? Number(m[1]) : null }; // null: the kernel's rows per weight type
 }
@@ -73,6 +74,7 @@ export class GpuModel {
   private constructor(readonly device: GPUDevice, readonly config: ModelConfig) {
     checkGpuShape(config);
     this.empty = device.createBuffer({ size: 16, usage: storageUsage() });
+    this.matvec = parseMatvec(processEnv().QUEST_MATVEC, onCpuAdapter(device));
   }
 
   /** Uploads CPU-side weights (any dtype the loader reads). */
@@ -151,12 +153,15 @@ export class GpuModel {
     return p;
   }
 
-  /** Matrix-vector kernel of decode steps: x-stationary with R rows per workgroup (default), or the
-   *  older warp-per-row one (QUEST_MATVEC=warp or rows<R> to compare in benchmarks). */
-  readonly matvec: { kind: 'rows'; rows: number | null } | { kind: 'warp' } = parseMatvec(processEnv().QUEST_MATVEC);
+  /** Matrix-vector kernel of decode steps: x-stationary with R rows per workgroup (default), the older
+   *  warp-per-row one, or on CPU adapters a thread per row (QUEST_MATVEC=warp, thread or rows<R> picks one,
+   *  to compare in benchmarks). */
+  readonly matvec: { kind: 'rows'; rows: number | null } | { kind: 'warp' } | { kind: 'thread' };
 
   /** Output rows per workgroup of the matrix-vector kernel. */
-  vecRowsPerGroup(l: GpuLinear): number { return this.matvec.kind === 'rows' ? K.rowsLayout(l.K, this.rowsOf(l), l.type).rowsPerGroup : 8; }
+  vecRowsPerGroup(l: GpuLinear): number {
+    return this.matvec.kind === 'rows' ? K.rowsLayout(l.K, this.rowsOf(l), l.type).rowsPerGroup : this.matvec.kind === 'thread' ? K.THREAD_ROWS : 8;
+  }
 
   private rowsOf(l: GpuLinear): number { return (this.matvec.kind === 'rows' && this.matvec.rows) || K.linearRowsFor(l.type, this.quantisesX(l)); }
 
@@ -190,7 +195,7 @@ export class GpuModel {
       const sub = hasSubgroups32(this.device), xq = !many && this.quantisesX(l), mv = this.matvec, tile = many ? this.mmaTile(l) : null;
       p = this.pipeline(`lin:${many}:${sub}:${xq}:${JSON.stringify(mv)}:${JSON.stringify(tile)}:${JSON.stringify(spec)}`, () => (tile ? linearMmaWgsl(spec, matrixConfig(this.device)!, tile)
         : many ? K.linearMatWgsl(spec)
-        : mv.kind === 'rows' ? K.linearRowsWgsl(spec, { subgroups: sub, rows: this.rowsOf(l), xq }) : K.linearVecWgsl(spec, sub)));
+        : mv.kind === 'rows' ? K.linearRowsWgsl(spec, { subgroups: sub, rows: this.rowsOf(l), xq }) : mv.kind === 'thread' ? K.linearThreadWgsl(spec) : K.linearVecWgsl(spec, sub)));
       byVariant.set(variant, p);
     }
     return p;
