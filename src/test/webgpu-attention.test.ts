@@ -48,10 +48,11 @@ function refAttention(q: Float32Array, h: number, hd: number, K: Float64Array[],
   return o;
 }
 
-async function runCase(c: Case, seed: number) {
+/** `thread`: kernels 3 and 4 as CPU adapters run them (a thread per head), else as GPUs and browsers do. */
+async function runCase(c: Case, seed: number, thread = false) {
   const { device } = gpu!;
   const shape: AttnShape = { nHeads: c.nH, nKV: c.nKV, headDim: c.hd, pageSize: c.P, maxPages: c.cap ?? Math.ceil(c.seq / c.P) + 3 };
-  const att = new DecodeAttention(device, shape, Math.max(1, c.budgetPages));
+  const att = new DecodeAttention(device, shape, Math.max(1, c.budgetPages), undefined, undefined, thread);
   const d = build(c, seed);
   const mk = (data: Uint16Array) => {
     const b = device.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 4) * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
@@ -142,6 +143,10 @@ CASES.forEach((c, i) => {
   test(`WebGPU decode attention (${label}, ${c.nH}/${c.nKV} heads, head dim ${c.hd}, ${c.seq} tokens) matches float64`, { skip: skipGpu }, async () => {
     await runCase(c, 100 + i);
   });
+});
+// the same cases through the thread-per-head kernels of CPU adapters (the engine's tests on SwiftShader run those)
+test('WebGPU decode attention, thread-per-head kernels (CPU adapters): every case above matches float64', { skip: skipGpu }, async () => {
+  for (const [i, c] of CASES.entries()) await runCase(c, 100 + i, true);
 });
 
 // A batch: several sequences of different lengths and budgets (dense and Quest mixed) in one call per

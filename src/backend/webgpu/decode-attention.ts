@@ -17,7 +17,7 @@
 //   q      : [nH][hd] f32                       out : [nH][hd] f32
 
 import { compiledPipeline } from './pipeline-cache.js';
-import { hasSubgroups32, processEnv } from './device.js';
+import { hasSubgroups32, onCpuAdapter, processEnv } from './device.js';
 import { ropeAppendThreadWgsl, UNPACK8_WGSL, workgroupRowSumWgsl } from './kernels.js';
 
 export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageSize: number; maxPages: number; /** pages Quest may select (default maxPages) */ maxSelected?: number }
@@ -589,6 +589,87 @@ ${combine}
 }`;
 };
 
+/** Kernels 3 and 4 for CPU adapters (SwiftShader, lavapipe): a thread per query vector (head, or a
+ *  shared-prefix group's row and head) walking its chunk's tokens with an online softmax, and a thread
+ *  per 4 channels of a head summing the chunks; no workgroup memory, no barriers. Same bindings,
+ *  parameters and partial results as partialWgsl / reduceWgsl. On a GPU these would be slow (a thread
+ *  reads a whole row); on a CPU adapter, where every barrier makes the emulation switch between all of a
+ *  workgroup's threads, the others made a decode step of the default model spend 0.26 s in attention. */
+const threadHeader = (s: AttnShape) => /* wgsl */ `
+const NH: u32 = ${s.nHeads}u;
+const NKV: u32 = ${s.nKV}u;
+const G: u32 = ${s.nHeads / s.nKV}u;
+const HD: u32 = ${s.headDim}u;
+const V4: u32 = ${s.headDim / 4}u;
+const LG: u32 = ${s.headDim / 8}u; // 16-byte words of a K or V row
+const P: u32 = ${s.pageSize}u;
+const NONE: u32 = 0xffffffffu;
+${PARAMS_WGSL}${scratchWgsl(s)}${UNPACK8_WGSL}`;
+
+export const partialThreadWgsl = (s: AttnShape, sharedRows = 0) => {
+  const GQ = (s.nHeads / s.nKV) * Math.max(1, sharedRows);
+  return threadHeader(s) + /* wgsl */ `
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> vc: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> sel: array<u32>;
+@group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4 + 1] (the last: max, sum)
+@group(0) @binding(6) var<storage, read> table: array<u32>;
+@compute @workgroup_size(${GQ})
+fn main(@builtin(local_invocation_index) j: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let prm = prms[wid.z]; let c = wid.x; let g = wid.y;
+  if (c >= prm.nChunks) { return; }
+${sharedRows ? `  // query vector j: head j % G of the group's row j / G
+  let rj = j / G;
+  if (rj >= prm.count) { return; }
+  let qrow = (prm.rows >> (8u * rj)) & 255u; let slot = (prm.slots >> (8u * rj)) & 255u;` : '  let qrow = prm.row; let slot = wid.z;'}
+  let h = g * G + j % G;
+  var qv: array<vec4<f32>, V4>; var acc: array<vec4<f32>, V4>;
+  for (var d = 0u; d < V4; d++) { qv[d] = q[(qrow * NH + h) * V4 + d] * prm.scale; acc[d] = vec4<f32>(0.0); }
+  var m = -3.0e38; var l = 0.0;
+  let cp = prm.chunkPages;
+  for (var i = 0u; i < cp; i++) {
+    let idx = c * cp + i;
+    if (idx >= prm.k) { break; }
+    var p = idx + prm.first / P;
+    if (prm.sparse == 1u) { p = sel[(slot * NKV + g) * SLOT_SEL + idx]; }
+    if (p == NONE) { continue; }
+    let ph = table[prm.tableAt + p];
+    for (var t = 0u; t < P; t++) {
+      let pos = p * P + t;
+      if (pos >= prm.seqLen || pos < prm.first) { continue; }
+      let b = ((ph * NKV + g) * P + t) * LG;
+      var sc = 0.0;
+      for (var w = 0u; w < LG; w++) { let k8 = unpack8(kc[b + w]); sc += dot(qv[2u * w], k8[0]) + dot(qv[2u * w + 1u], k8[1]); }
+      let mNew = max(m, sc); let corr = exp2(m - mNew); let e = exp2(sc - mNew);
+      l = l * corr + e; m = mNew;
+      for (var w = 0u; w < LG; w++) { let v8 = unpack8(vc[b + w]); acc[2u * w] = acc[2u * w] * corr + e * v8[0]; acc[2u * w + 1u] = acc[2u * w + 1u] * corr + e * v8[1]; }
+    }
+  }
+  let pc = ((slot * NH + h) * SLOT_CHUNKS + prm.chunkBase + c) * (V4 + 1u);
+  for (var d = 0u; d < V4; d++) { part[pc + d] = acc[d]; }
+  part[pc + V4] = vec4<f32>(m, l, 0.0, 0.0);
+}`;
+};
+
+export const reduceThreadWgsl = (s: AttnShape) => threadHeader(s) + /* wgsl */ `
+@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
+@compute @workgroup_size(${s.headDim / 4})
+fn main(@builtin(local_invocation_index) d: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let prm = prms[wid.z]; let h = wid.x;
+  let nc = select(prm.nChunks, prm.chunks, prm.chunks > 0u); let hb = (wid.z * NH + h) * SLOT_CHUNKS;
+  // (a chunk with a sum of 0 attended nothing, whatever its max)
+  var M = -3.0e38;
+  for (var c = 0u; c < nc; c++) { let e = part[(hb + c) * (V4 + 1u) + V4].xy; if (e.y > 0.0) { M = max(M, e.x); } }
+  var L = 0.0; var acc = vec4<f32>(0.0);
+  for (var c = 0u; c < nc; c++) {
+    let e = part[(hb + c) * (V4 + 1u) + V4].xy; let f = select(0.0, exp2(e.x - M), e.y > 0.0);
+    L += e.y * f; acc += f * part[(hb + c) * (V4 + 1u) + d];
+  }
+  out[(prm.row * NH + h) * V4 + d] = acc / L;
+}`;
+
 export type Stage = 'scores' | 'topk' | 'partial' | 'reduce';
 
 /** One layer of one sequence: the family's K, V and metadata pages and the sequence's page table
@@ -651,7 +732,10 @@ export class DecodeAttention {
 
   /** `io`: the q and out buffers to use (the decoder's activations) instead of own ones; `topkThreads`:
    *  the top-k kernel's workgroup size (tests and benchmarks compare them). */
-  constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS) {
+  /** `threadKernels`: kernels 3 and 4 as partialThreadWgsl / reduceThreadWgsl (default: on CPU adapters,
+   *  unless QUEST_ATTN_THREAD=0). */
+  constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS,
+              readonly threadKernels = onCpuAdapter(device) && processEnv().QUEST_ATTN_THREAD !== '0') {
     const s = this.s = { ...shape, maxSelected: Math.max(1, Math.min(shape.maxPages, maxSelectedPages)) };
     if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
     const mk = (code: string, label: string) => this.pipeline(code, label);
@@ -662,9 +746,11 @@ export class DecodeAttention {
     // (QUEST_SHARED_PAGES=0: every row reads its own pages, as separate contexts would; benchmarks compare)
     const rg = Math.min(SHARED_ROWS, Math.floor(16 / G));
     this.sharedRows = rg >= 2 && processEnv().QUEST_SHARED_PAGES !== '0' ? rg : 0;
+    const thread = this.threadKernels;
     this.pipes = {
-      scores: mk(scoresWgsl(s, sub), 'scores'), reduce: mk(reduceWgsl(s, sub), 'reduce'),
-      dense: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense), 'partial dense'), sparse: mk(partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).sparse), 'partial sparse'),
+      scores: mk(scoresWgsl(s, sub), 'scores'), reduce: mk(thread ? reduceThreadWgsl(s) : reduceWgsl(s, sub), 'reduce'),
+      dense: mk(thread ? partialThreadWgsl(s) : partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense), 'partial dense'),
+      sparse: mk(thread ? partialThreadWgsl(s) : partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).sparse), 'partial sparse'),
     };
     this.q = io?.q ?? this.buffer(s.nHeads * s.headDim * 4); this.out = io?.out ?? this.buffer(s.nHeads * s.headDim * 4);
     this.growScratch(1);
@@ -822,7 +908,7 @@ export class DecodeAttention {
     const chunks = Math.max(...plan.map((p) => this.chunking(p.read).nChunks));
     if (want('partial') && subGroups.length) {
       // the shared pages: every KV page read once for a group's rows
-      const pipe = this.sharedPipe ??= this.pipeline(partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows), 'partial shared pages');
+      const pipe = this.sharedPipe ??= this.pipeline(this.threadKernels ? partialThreadWgsl(s, this.sharedRows) : partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows), 'partial shared pages');
       const params = this.groupParamsFor(subGroups, rows, 1 / Math.sqrt(s.headDim));
       pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, 'sh', [this.q, layer.k, layer.v, this.sel, this.part, layer.table], params));
       pass.dispatchWorkgroups(Math.max(...subGroups.map((sg) => this.chunking(sg.pages).nChunks)), s.nKV, subGroups.length);
