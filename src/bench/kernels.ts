@@ -232,7 +232,11 @@ async function benchPrefillAttention(device: GPUDevice, timeIt: TimeIt) {
         const module = device.createShaderModule({ code: v.code });
         const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
         if (errors.length) { cells.push(`compile error: ${errors[0].lineNum}: ${errors[0].message.slice(0, 300)}`); continue; }
+        // (a layout this device cannot run, e.g. more workgroup memory than it has, is reported, not timed)
+        device.pushErrorScope('validation');
         const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+        const invalid = await device.popErrorScope();
+        if (invalid) { cells.push(`invalid: ${invalid.message.split('\n')[0].slice(0, 120)}`); continue; }
         const group = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: ([[0, qkv], [1, kc], [2, vc], [3, out], [4, step], [6, table]] as const).map(([binding, buffer]) => ({ binding, resource: { buffer } })) });
         const t = await timeIt((pass) => { pass.setPipeline(pipe); pass.setBindGroup(0, group); pass.dispatchWorkgroups(Math.ceil(T / v.rows), nH); }, 3, 3);
         cells.push(`${(t * 1e3).toFixed(2)} ms ${(flop / t / 1e12).toFixed(1)}`);

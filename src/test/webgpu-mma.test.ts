@@ -230,7 +230,7 @@ for (const c of attCases) {
 // the other layouts (benchmarks compare them; QUEST_MMA_ATTENTION_TUNE picks one) compute the same
 test('WebGPU tensor-core prefill attention: every layout matches float64', { skip }, async () => {
   const limit = gpu!.device.limits.maxComputeWorkgroupStorageSize;
-  for (const t of ['1,32,0,0', '1,128,0,0', '2,64,0,1', '1,64,1,0', '2,32,1,1', '1,16,0,1', '2,32,1,0,1', '4,32,1,0,1', '1,32,0,1,1', '2,64,1,0,1']) {
+  for (const t of ['1,32,0,0', '1,128,0,0', '2,64,0,1', '1,64,1,0', '2,32,1,1', '1,16,0,1']) {
     const tune = attentionTune(128, limit, t)!;
     for (const c of [{ nH: 4, nKV: 2, hd: 128, start: 300, n: 70, qs: 4 }, { nH: 2, nKV: 1, hd: 64, start: 0, n: 33 }]) {
       const { got, want } = await attention(c, tune);

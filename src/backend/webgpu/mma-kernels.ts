@@ -146,8 +146,6 @@ export const SKINNY_TILES: SkinnyTile[] = [
   { WN: 64, SG: 4, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 32, stage: false },
   // (small models: K = 576 splits into 18 steps of 32)
   { WN: 32, SG: 2, CK: 32, stage: true }, { WN: 32, SG: 1, CK: 32, stage: true }, { WN: 32, SG: 2, CK: 32, stage: false },
-  // (more weight rows a workgroup: fewer reads of x per weight byte; measured against the above by bench:kernels)
-  { WN: 64, SG: 8, CK: 32, stage: true }, { WN: 128, SG: 4, CK: 32, stage: true }, { WN: 64, SG: 8, CK: 32, stage: false }, { WN: 128, SG: 8, CK: 32, stage: false },
 ];
 /** Token blocks per workgroup for a step of `rows` tokens. */
 export const skinnyBlocks = (rows: number, cfg: MatrixConfig) => Math.min(SKINNY_BLOCKS, Math.ceil(rows / cfg.M));
@@ -258,7 +256,7 @@ const PAD = 8;
  *  per tile, and whether a tile's keys and values are staged in workgroup memory (shared by the
  *  subgroups) or read by each subgroup straight from the pages, and whether q is re-read from workgroup
  *  memory each tile instead of held in registers. */
-export interface AttentionTune { sg: number; keys: number; stage: boolean; qShared: boolean; twoPass?: boolean }
+export interface AttentionTune { sg: number; keys: number; stage: boolean; qShared: boolean }
 /** Workgroup memory of a layout: per subgroup f32 rows for S and then O's tile, f16 rows for q and then
  *  P; the staged keys and values. */
 const attWorkgroupBytes = (hd: number, t: AttentionTune) =>
@@ -269,12 +267,12 @@ const tuneFits = (hd: number, t: AttentionTune, maxWorkgroupBytes: number) =>
 /** The layouts in order of preference (H100, `bench:kernels --only prefill-attention`, docs/results.md: two
  *  subgroups sharing staged 32-key tiles ran at 50 TFLOP/s, one subgroup reading the pages itself at 26–29). */
 const ATT_TUNES: AttentionTune[] = [{ sg: 2, keys: 32, stage: true, qShared: false }, { sg: 1, keys: 32, stage: false, qShared: true }];
-/** The layout for a head dim on this device (QUEST_MMA_ATTENTION_TUNE=sg,keys,stage,qShared,twoPass picks one, for
+/** The layout for a head dim on this device (QUEST_MMA_ATTENTION_TUNE=sg,keys,stage,qShared picks one, for
  *  benchmarks), or null where none fits. */
 export function attentionTune(headDim: number, maxWorkgroupBytes: number, env = processEnv().QUEST_MMA_ATTENTION_TUNE): AttentionTune | null {
   if (env) {
-    const [sg, keys, stage, qShared, twoPass] = env.split(',');
-    return { sg: +sg, keys: +keys, stage: stage === '1', qShared: qShared === '1', twoPass: twoPass === '1' };
+    const [sg, keys, stage, qShared] = env.split(',');
+    return { sg: +sg, keys: +keys, stage: stage === '1', qShared: qShared === '1' };
   }
   return ATT_TUNES.find((t) => tuneFits(headDim, t, maxWorkgroupBytes)) ?? null;
 }
@@ -317,93 +315,6 @@ export const prefillAttentionMmaWgsl = (s: { nHeads: number; nKV: number; headDi
     : load(right, '&kc', `kp${(b * SN) / 8} + ${j * SK}u`, true, 'HD'));
   const vMatrix = (b: number, c: number) => (t.stage ? load(right, '&vs', `${b * SK * LDK + c * SN}u`, false, 'LDK')
     : load(right, '&vc', `kp${(b * SK) / 8} + ${c * SN}u`, false, 'HD'));
-  // the WGSL pieces of a key tile, shared by the one-pass and two-pass loops
-  const stageTile = (withV: boolean) => (t.stage ? `    // the tile's keys${withV ? ' and values' : ''}, loaded during the previous tile, into workgroup memory; the next tile's loaded
-${stageUnits.map((u) => `    { let d = (${u * THREADS}u + tid) / (HD / 8u) * LDK + (${u * THREADS}u + tid) % (HD / 8u) * 8u;
-      for (var w = 0u; w < 4u; w++) {
-        let kp = bitcast<vec2<f16>>(kw${u}[w]); ks[d + 2u * w] = kp.x; ks[d + 2u * w + 1u] = kp.y;${withV ? `
-        let vp = bitcast<vec2<f16>>(vw${u}[w]); vs[d + 2u * w] = vp.x; vs[d + 2u * w + 1u] = vp.y;` : ''}
-      } }`).join('\n')}
-    workgroupBarrier();
-    ${withV ? 'prefetch' : 'prefetchK'}(t0 + BKV, g, tid);` : '');
-  const scoreTile = `    // (1) S = Q Kᵀ${t.stage ? '' : `; where each 8 keys of the tile start in the pages
-${range(ATT_KEYS / 8).map((r) => `    let kp${r} = keyAt(t0 + ${8 * r}u, g);`).join('\n')}`}
-${keyBlocks.map((b) => `    var sm${b} = ${res}();`).join('\n')}
-${qSteps.map((j) => `    {${t.qShared ? `
-      let q${j} = ${load(left, '&sh', `hb + ${j * SK}u`, false, 'LDH')};` : ''}
-${keyBlocks.map((b) => `      let k${b} = ${kMatrix(b, j)};`).join('\n')}
-${keyBlocks.map((b) => `      sm${b} = subgroupMatrixMultiplyAccumulate(q${j}, k${b}, sm${b});`).join('\n')}
-    }`).join('\n')}
-${keyBlocks.map((b) => `    ${store('&sf', `fb + ${b * SN}u`, `sm${b}`, 'LDS')};`).join('\n')}
-    workgroupBarrier();
-    // this lane's keys 8j + 4 half .. + 3 of its row, masked past its position
-    let sr = fb + row * LDS + half * 4u;
-    let kt = t0 + half * 4u;
-${sVecs.map((j) => `    let s${j} = select(vec4<f32>(-1.0e30), vec4<f32>(sf[sr + ${8 * j}u], sf[sr + ${8 * j + 1}u], sf[sr + ${8 * j + 2}u], sf[sr + ${8 * j + 3}u]),
-      vec4<u32>(kt + ${8 * j}u, kt + ${8 * j + 1}u, kt + ${8 * j + 2}u, kt + ${8 * j + 3}u) <= vec4<u32>(qpos));`).join('\n')}`;
-  // P = exp2(s - m) as f16 (at most 1), its row sums into l
-  const probTile = `    let pr = pb + row * LDS + half * 4u;
-${sVecs.map((j) => `    { let p = select(vec4<f32>(0.0), exp2(s${j} - vec4<f32>(m)), s${j} > vec4<f32>(-1.0e29)); l += (p.x + p.y) + (p.z + p.w);
-      let ph = vec4<f16>(p); ${P_}[pr + ${8 * j}u] = ph.x; ${P_}[pr + ${8 * j + 1}u] = ph.y; ${P_}[pr + ${8 * j + 2}u] = ph.z; ${P_}[pr + ${8 * j + 3}u] = ph.w; }`).join('\n')}
-    workgroupBarrier();
-${keySteps.map((b) => `    let p${b} = ${load(left, `&${P_}`, `pb + ${b * SK}u`, false, 'LDS')};`).join('\n')}`;
-  const rowMax = sVecs.map((j) => `    mt = max(mt, max(max(s${j}.x, s${j}.y), max(s${j}.z, s${j}.w)));`).join('\n');
-  // the loops over key tiles: one pass with the output rescaled in the lanes' registers each tile, or
-  // two passes (each row's maximum first; then P V accumulated in subgroup matrices carried across the
-  // tiles, which need no rescaling: Q Kᵀ runs twice, but no tile's P V goes through workgroup memory)
-  const onePass = /* wgsl */ `${oVecs.map((j) => `  var o${j} = vec4<f32>(0.0);`).join('\n')}
-  var m = -1.0e30; var l = 0.0;${t.stage ? '\n  prefetch(0u, g, tid);' : ''}
-  for (var t0 = 0u; t0 <= lastPos; t0 += BKV) {
-    workgroupBarrier(); // (the lanes are done with the previous tile's P V in sf${t.stage ? ', and with its keys and values' : ''})
-${stageTile(true)}
-${scoreTile}
-    // (2) the new maximum, P
-    var mt = m;
-${rowMax}
-    mt = max(mt, subgroupShuffleXor(mt, 1u));
-    let alpha = exp2(m - mt); m = mt; l *= alpha;
-${probTile}
-    // (3) the tile's P V, over S's rows in sf (read by now)
-${range(Math.ceil(chanBlocks.length / 4)).map((cg) => {
-    const cs = chanBlocks.slice(cg * 4, cg * 4 + 4); // four channel blocks at a time: independent accumulators
-    return `    {
-${cs.map((c) => `      var a${c} = ${res}();`).join('\n')}
-${keySteps.map((b) => `${cs.map((c) => `      let v${b}_${c} = ${vMatrix(b, c)};`).join('\n')}
-${cs.map((c) => `      a${c} = subgroupMatrixMultiplyAccumulate(p${b}, v${b}_${c}, a${c});`).join('\n')}`).join('\n')}
-${cs.map((c) => `      ${store('&sf', `fb + ${c * SN}u`, `a${c}`, 'LDO')};`).join('\n')}
-    }`;
-  }).join('\n')}
-    workgroupBarrier();
-    // (4) O = O alpha + P V on this lane's channels 8j + 4 half .. + 3
-    let orow = fb + row * LDO + half * 4u;
-${oVecs.map((j) => `    o${j} = o${j} * alpha + vec4<f32>(sf[orow + ${8 * j}u], sf[orow + ${8 * j + 1}u], sf[orow + ${8 * j + 2}u], sf[orow + ${8 * j + 3}u]);`).join('\n')}
-  }`;
-  const twoPass = /* wgsl */ `  // pass 1: each row's maximum score
-  var m = -1.0e30;${t.stage ? '\n  prefetchK(0u, g, tid);' : ''}
-  for (var t0 = 0u; t0 <= lastPos; t0 += BKV) {
-    workgroupBarrier(); // (the lanes are done with the previous tile's S${t.stage ? ', and with its keys' : ''})
-${stageTile(false)}
-${scoreTile}
-    var mt = m;
-${rowMax}
-    m = mt;
-  }
-  m = max(m, subgroupShuffleXor(m, 1u));
-  // pass 2: P = exp2(S - m), O += P V in subgroup matrices
-  var l = 0.0;
-${chanBlocks.map((c) => `  var acc${c} = ${res}();`).join('\n')}${t.stage ? '\n  prefetch(0u, g, tid);' : ''}
-  for (var t0 = 0u; t0 <= lastPos; t0 += BKV) {
-    workgroupBarrier(); // (the subgroups are done with the previous tile's P${t.stage ? ', keys and values' : ''})
-${stageTile(true)}
-${scoreTile}
-${probTile}
-${keySteps.map((b) => chanBlocks.map((c) => `    acc${c} = subgroupMatrixMultiplyAccumulate(p${b}, ${vMatrix(b, c)}, acc${c});`).join('\n')).join('\n')}
-  }
-  // O's rows through workgroup memory (sf: the lanes read this subgroup's last S before the last barrier)
-${chanBlocks.map((c) => `  ${store('&sf', `fb + ${c * SN}u`, `acc${c}`, 'LDO')};`).join('\n')}
-  workgroupBarrier();
-  let orow = fb + row * LDO + half * 4u;
-${oVecs.map((j) => `  let o${j} = vec4<f32>(sf[orow + ${8 * j}u], sf[orow + ${8 * j + 1}u], sf[orow + ${8 * j + 2}u], sf[orow + ${8 * j + 3}u]);`).join('\n')}`;
   return MMA_HEADER + 'enable subgroups;\n' + STEP_WGSL + /* wgsl */ `
 const NH: u32 = ${s.nHeads}u; const NKV: u32 = ${s.nKV}u; const G: u32 = ${s.nHeads / s.nKV}u;
 const HD: u32 = ${HD}u; const P: u32 = ${s.pageSize}u; const QKV: u32 = ${(s.nHeads + 2 * s.nKV) * HD}u;
@@ -426,10 +337,7 @@ ${t.stage ? `// this thread's share of a tile's keys and values (8 channels each
 ${stageUnits.map((u) => `var<private> kw${u}: vec4<u32>; var<private> vw${u}: vec4<u32>;`).join('\n')}
 fn prefetch(t0: u32, g: u32, tid: u32) {
 ${stageUnits.map((u) => `  { let e = ${u * THREADS}u + tid; let src = keyAt(t0 + e / (HD / 8u), g) / 8u + e % (HD / 8u); kw${u} = kc[src]; vw${u} = vc[src]; }`).join('\n')}
-}${t.twoPass ? `
-fn prefetchK(t0: u32, g: u32, tid: u32) {
-${stageUnits.map((u) => `  { let e = ${u * THREADS}u + tid; kw${u} = kc[keyAt(t0 + e / (HD / 8u), g) / 8u + e % (HD / 8u)]; }`).join('\n')}
-}` : ''}` : ''}
+}` : ''}
 @compute @workgroup_size(${THREADS})
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let h = wid.y; let g = h / G; let i0 = wid.x * BQ;
@@ -448,7 +356,57 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
   workgroupBarrier();
 ${t.qShared ? '' : qSteps.map((j) => `  let q${j} = ${load(left, '&sh', `hb + ${j * SK}u`, false, 'LDH')};`).join('\n')}
   let pb = ${t.qShared ? 'sg * 16u * LDS' : 'hb'}; // this subgroup's rows of P
-${t.twoPass ? twoPass : onePass}
+${oVecs.map((j) => `  var o${j} = vec4<f32>(0.0);`).join('\n')}
+  var m = -1.0e30; var l = 0.0;${t.stage ? '\n  prefetch(0u, g, tid);' : ''}
+  for (var t0 = 0u; t0 <= lastPos; t0 += BKV) {
+    workgroupBarrier(); // (the lanes are done with the previous tile's P V in sf${t.stage ? ', and with its keys and values' : ''})
+${t.stage ? `    // the tile's keys and values, loaded during the previous tile, into workgroup memory; the next tile's loaded
+${stageUnits.map((u) => `    { let d = (${u * THREADS}u + tid) / (HD / 8u) * LDK + (${u * THREADS}u + tid) % (HD / 8u) * 8u;
+      for (var w = 0u; w < 4u; w++) {
+        let kp = bitcast<vec2<f16>>(kw${u}[w]); let vp = bitcast<vec2<f16>>(vw${u}[w]);
+        ks[d + 2u * w] = kp.x; ks[d + 2u * w + 1u] = kp.y; vs[d + 2u * w] = vp.x; vs[d + 2u * w + 1u] = vp.y;
+      } }`).join('\n')}
+    workgroupBarrier();
+    prefetch(t0 + BKV, g, tid);` : ''}
+    // (1) S = Q Kᵀ${t.stage ? '' : `; where each 8 keys of the tile start in the pages
+${range(ATT_KEYS / 8).map((r) => `    let kp${r} = keyAt(t0 + ${8 * r}u, g);`).join('\n')}`}
+${keyBlocks.map((b) => `    var sm${b} = ${res}();`).join('\n')}
+${qSteps.map((j) => `    {${t.qShared ? `
+      let q${j} = ${load(left, '&sh', `hb + ${j * SK}u`, false, 'LDH')};` : ''}
+${keyBlocks.map((b) => `      let k${b} = ${kMatrix(b, j)};`).join('\n')}
+${keyBlocks.map((b) => `      sm${b} = subgroupMatrixMultiplyAccumulate(q${j}, k${b}, sm${b});`).join('\n')}
+    }`).join('\n')}
+${keyBlocks.map((b) => `    ${store('&sf', `fb + ${b * SN}u`, `sm${b}`, 'LDS')};`).join('\n')}
+    workgroupBarrier();
+    // (2) this lane's keys 8j + 4 half .. + 3 of its row: masked scores, the new maximum, P
+    let sr = fb + row * LDS + half * 4u;
+    let kt = t0 + half * 4u;
+${sVecs.map((j) => `    let s${j} = select(vec4<f32>(-1.0e30), vec4<f32>(sf[sr + ${8 * j}u], sf[sr + ${8 * j + 1}u], sf[sr + ${8 * j + 2}u], sf[sr + ${8 * j + 3}u]),
+      vec4<u32>(kt + ${8 * j}u, kt + ${8 * j + 1}u, kt + ${8 * j + 2}u, kt + ${8 * j + 3}u) <= vec4<u32>(qpos));`).join('\n')}
+    var mt = m;
+${sVecs.map((j) => `    mt = max(mt, max(max(s${j}.x, s${j}.y), max(s${j}.z, s${j}.w)));`).join('\n')}
+    mt = max(mt, subgroupShuffleXor(mt, 1u));
+    let alpha = exp2(m - mt); m = mt; l *= alpha;
+    let pr = pb + row * LDS + half * 4u;
+${sVecs.map((j) => `    { let p = select(vec4<f32>(0.0), exp2(s${j} - vec4<f32>(m)), s${j} > vec4<f32>(-1.0e29)); l += (p.x + p.y) + (p.z + p.w);
+      let ph = vec4<f16>(p); ${P_}[pr + ${8 * j}u] = ph.x; ${P_}[pr + ${8 * j + 1}u] = ph.y; ${P_}[pr + ${8 * j + 2}u] = ph.z; ${P_}[pr + ${8 * j + 3}u] = ph.w; }`).join('\n')}
+    workgroupBarrier();
+    // (3) the tile's P V, over S's rows in sf (read by now)
+${keySteps.map((b) => `    let p${b} = ${load(left, `&${P_}`, `pb + ${b * SK}u`, false, 'LDS')};`).join('\n')}
+${range(Math.ceil(chanBlocks.length / 4)).map((cg) => {
+    const cs = chanBlocks.slice(cg * 4, cg * 4 + 4); // four channel blocks at a time: independent accumulators
+    return `    {
+${cs.map((c) => `      var a${c} = ${res}();`).join('\n')}
+${keySteps.map((b) => `${cs.map((c) => `      let v${b}_${c} = ${vMatrix(b, c)};`).join('\n')}
+${cs.map((c) => `      a${c} = subgroupMatrixMultiplyAccumulate(p${b}, v${b}_${c}, a${c});`).join('\n')}`).join('\n')}
+${cs.map((c) => `      ${store('&sf', `fb + ${c * SN}u`, `a${c}`, 'LDO')};`).join('\n')}
+    }`;
+  }).join('\n')}
+    workgroupBarrier();
+    // (4) O = O alpha + P V on this lane's channels 8j + 4 half .. + 3
+    let orow = fb + row * LDO + half * 4u;
+${oVecs.map((j) => `    o${j} = o${j} * alpha + vec4<f32>(sf[orow + ${8 * j}u], sf[orow + ${8 * j + 1}u], sf[orow + ${8 * j + 2}u], sf[orow + ${8 * j + 3}u]);`).join('\n')}
+  }
   l += subgroupShuffleXor(l, 1u);
   if (i < step.n) {
     let inv = 1.0 / l; let ob = (i * NH + h) * (HD / 4u) + half;
