@@ -4,14 +4,13 @@
 // them only when asked (--verbose), so a machine without a GPU sees one clear error instead.
 // Prints one JSON line: { "driver": "hardware" | "software" | null, "onCpu": boolean }.
 import { existsSync } from 'node:fs';
-import { SWIFTSHADER_ICD } from './device.js';
+import { isCpuAdapter, SWIFTSHADER_ICD } from './device.js';
 
 const software = process.argv.includes('--software');
 const { create } = await import('webgpu') as unknown as { create: (o: string[]) => GPU };
 const found = async () => (await create([]).requestAdapter({ powerPreference: 'high-performance' }));
 // (onCpu: an adapter found without asking for SwiftShader that is a CPU implementation all the same, Mesa's lavapipe)
-const first = await found(), info = (first as { info?: GPUAdapterInfo & { isFallbackAdapter?: boolean } } | null)?.info;
-const onCpu = !!info && (info.isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader/i.test(`${info.vendor} ${info.architecture} ${info.device} ${info.description}`));
+const first = await found(), onCpu = isCpuAdapter((first as { info?: GPUAdapterInfo } | null)?.info);
 let driver: 'hardware' | 'software' | null = first ? 'hardware' : null;
 if (!driver && software && !process.env.VK_DRIVER_FILES && existsSync(SWIFTSHADER_ICD)) {
   process.env.VK_DRIVER_FILES = SWIFTSHADER_ICD; // read by the Vulkan loader when the next instance is made

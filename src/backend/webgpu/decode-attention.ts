@@ -589,12 +589,7 @@ ${combine}
 }`;
 };
 
-/** Kernels 3 and 4 for CPU adapters (SwiftShader, lavapipe): a thread per query vector (head, or a
- *  shared-prefix group's row and head) walking its chunk's tokens with an online softmax, and a thread
- *  per 4 channels of a head summing the chunks; no workgroup memory, no barriers. Same bindings,
- *  parameters and partial results as partialWgsl / reduceWgsl. On a GPU these would be slow (a thread
- *  reads a whole row); on a CPU adapter, where every barrier makes the emulation switch between all of a
- *  workgroup's threads, the others made a decode step of the default model spend 0.26 s in attention. */
+/** The constants, parameters and scratch layout of the thread-per-head kernels below. */
 const threadHeader = (s: AttnShape) => /* wgsl */ `
 const NH: u32 = ${s.nHeads}u;
 const NKV: u32 = ${s.nKV}u;
@@ -606,6 +601,12 @@ const P: u32 = ${s.pageSize}u;
 const NONE: u32 = 0xffffffffu;
 ${PARAMS_WGSL}${scratchWgsl(s)}${UNPACK8_WGSL}`;
 
+/** Kernel 3 for CPU adapters (SwiftShader, lavapipe): a thread per query vector (a head, or a shared-prefix
+ *  group's row and head) walks its chunk's tokens with an online softmax; no workgroup memory, no barriers.
+ *  Same bindings, parameters and partial results as partialWgsl. On a GPU it would be slow (a thread reads
+ *  whole rows); on a CPU adapter, where every barrier makes the emulation switch between all of a
+ *  workgroup's threads, partialWgsl and reduceWgsl made a decode step of the default model spend 0.26 s in
+ *  attention (this pair: 2.5 ms). */
 export const partialThreadWgsl = (s: AttnShape, sharedRows = 0) => {
   const GQ = (s.nHeads / s.nKV) * Math.max(1, sharedRows);
   return threadHeader(s) + /* wgsl */ `
@@ -652,6 +653,7 @@ ${sharedRows ? `  // query vector j: head j % G of the group's row j / G
 }`;
 };
 
+/** Kernel 4 for CPU adapters: a thread per 4 channels of a head sums the chunks' partial results (as reduceWgsl). */
 export const reduceThreadWgsl = (s: AttnShape) => threadHeader(s) + /* wgsl */ `
 @group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;

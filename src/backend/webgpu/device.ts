@@ -83,9 +83,8 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
     // errors that WebGPU reports asynchronously (invalid shaders, out-of-memory) are kept and thrown
     // by the next call that checks (takeDeviceError), instead of only being printed
     if (sub32) subgroup32Devices.add(device);
-    // (browsers: the adapter says whether it is a fallback one; Node: the probe's verdict, or the adapter's name)
-    const info0 = (adapter as { info?: GPUAdapterInfo & { isFallbackAdapter?: boolean } }).info;
-    if (probe?.onCpu || info0?.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i.test(`${info0?.vendor} ${info0?.architecture} ${info0?.device} ${info0?.description}`)) cpuAdapterDevices.add(device);
+    // (Node: the probe's verdict, which also knows SwiftShader by the driver it chose; browsers: the adapter's info)
+    if (probe?.onCpu || isCpuAdapter((adapter as { info?: GPUAdapterInfo }).info)) cpuAdapterDevices.add(device);
     if (mma) {
       // the spelling of loads and stores that computes right on this device (a self-test), else no tensor cores
       const syntax = await (await import('./mma-selftest.js')).workingMatrixSyntax(device, mma).catch(() => null);
@@ -122,6 +121,11 @@ const deviceErrors: string[] = [];
 /** Throws the first WebGPU error reported since the last call, if any. */
 export function throwDeviceError(): void {
   if (deviceErrors.length) { const m = deviceErrors.splice(0); throw new Error(`WebGPU error: ${m[0].split('\n')[0]}${m.length > 1 ? ` (and ${m.length - 1} more)` : ''}`); }
+}
+
+/** Whether an adapter's info names a CPU implementation (a fallback adapter, SwiftShader, Mesa's lavapipe). */
+export function isCpuAdapter(info: (GPUAdapterInfo & { isFallbackAdapter?: boolean }) | undefined | null): boolean {
+  return !!info && (info.isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader/i.test(`${info.vendor} ${info.architecture} ${info.device} ${info.description}`));
 }
 
 const cpuAdapterDevices = new WeakSet<GPUDevice>();
