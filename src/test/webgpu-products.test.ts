@@ -1,7 +1,7 @@
-// The WebGPU matrix-vector product of decode steps for Q4_0 weights, alone, against float64: the float
-// kernel against the exact product; the int8 path (a kernel quantises x, after the prologue, to int8 per
-// 32-column block as llama.cpp does, then the product by integer dot products) against the product with
-// x quantised the same way in float64. Awkward shapes: K
+// The WebGPU matrix-vector products of decode steps, alone, against float64 (every weight type; the
+// thread-per-row kernel that CPU adapters run too): the float kernel against the exact product; the int8
+// path (a kernel quantises x, after the prologue, to int8 per 32-column block as llama.cpp does, then the
+// product by integer dot products) against the product with x quantised the same way in float64. Awkward shapes: K
 // that does not split evenly over the thread sets (96, 11008 = Llama-2-7B's down projection, two units
 // per thread), rows past a workgroup's, and the RMSNorm / SwiGLU / GeGLU (Gemma's tanh GELU) prologues.
 import { test } from 'node:test';
