@@ -133,17 +133,8 @@ for (const type of ['f16', 'q8_0', 'q4_0', 'q4_1', 'q8_16'] as const) {
     test(`WebGPU batched product (${type}, ${N} × ${Kd}, 11 tokens, += with bias) matches float64`, { skip: skipGpu }, async () => {
       const { device } = gpu!, g = gaussian(N + Kd), u = rng(Kd), T = 11;
       // weights in the GPU layout: f16 pairs; int8 codes and one scale per 32; nibbles (code - 8) and one scale per 32
-      const w = new Float64Array(N * Kd);
-      let data: Uint32Array, scales: Float32Array | null = null;
-      if (type === 'f16') {
-        const h = Uint16Array.from({ length: N * Kd }, () => f32ToF16(g() * 0.1));
-        h.forEach((v, i) => { w[i] = F16_TABLE[v]; });
-        data = new Uint32Array(h.buffer);
-      } else {
-        const q = gpuWeights(type, N * Kd, g, u);
-        data = q.data; scales = q.scales;
-        for (let i = 0; i < N * Kd; i++) w[i] = q.value(i);
-      }
+      const q = weightsOf(type, N * Kd, g, u), data = q.data, scales = type === 'f16' ? null : q.scales;
+      const w = Float64Array.from({ length: N * Kd }, (_, i) => q.value(i));
       const x = Float32Array.from({ length: T * Kd }, () => g()), y0 = Float32Array.from({ length: T * N }, () => g()), bias = Float32Array.from({ length: N }, () => g());
       const buf = (a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE) => {
         const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: usage | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
