@@ -66,6 +66,10 @@ export class WorkerPool {
     }
     if (failed) throw error;
   }
+
+  /** Wakes every worker without handing it an op: what a caller's notify looks like when it comes late
+   *  (preempted between its store and its notify). Workers must sleep on (pool.test checks it). */
+  wakeAll(): void { for (const c of this.ctrl) Atomics.notify(c, SEQ); }
 }
 
 let pool: WorkerPool | null | undefined;

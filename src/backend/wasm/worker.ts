@@ -17,7 +17,10 @@ let seen = 0;
 for (;;) {
   const until = performance.now() + SPIN_MS;
   while (Atomics.load(ctrl, SEQ) === seen && performance.now() < until) { /* spin */ }
-  Atomics.wait(ctrl, SEQ, seen);
+  // (a wake-up alone is no hand-off: the caller's notify can come late, after this worker already ran the
+  // op it announced and went back to sleep, when the OS preempts the caller between its store and its
+  // notify; running that op again corrupted in-place ops such as SwiGLU under CPU load)
+  while (Atomics.load(ctrl, SEQ) === seen) Atomics.wait(ctrl, SEQ, seen);
   seen = Atomics.load(ctrl, SEQ);
   const a = Array.from(ctrl.subarray(ARG, SLOTS - 1));
   try {
