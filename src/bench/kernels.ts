@@ -11,8 +11,7 @@ import { measureBandwidth } from './gpu-bandwidth.js';
 import { hasIntDot4, hasSubgroups32 } from '../backend/webgpu/device.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { matrixConfig } from '../backend/webgpu/device.js';
-import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, toHalfGrid, toHalfWgsl } from '../backend/webgpu/mma-kernels.js';
-import { attentionTune, mmaAttentionRows, prefillAttentionWgslFor } from '../backend/webgpu/mma-attention.js';
+import { attentionTune, linearMmaWgsl, linearSkinnyMmaWgsl, mmaAttentionRows, mmaTileFor, MMA_TILES, prefillAttentionMmaWgsl, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, toHalfGrid, toHalfWgsl } from '../backend/webgpu/mma-kernels.js';
 
 const P = 16;
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
@@ -201,10 +200,10 @@ async function benchPrefillAttention(device: GPUDevice, timeIt: TimeIt) {
   const T = Number(arg('tokens', '2048')), cfg = matrixConfig(device);
   const contexts = arg('contexts', '4096,32768').split(',').map(Number);
   console.log(`\nprefill attention, chunks of ${T} queries (ms, TFLOP/s; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'}; workgroup memory ${device.limits.maxComputeWorkgroupStorageSize} bytes)`);
-  // layouts of the tensor-core kernel to compare (--tunes sg,keys,stage,qShared[,carry];...), else the default one
+  // layouts of the tensor-core kernel to compare (--tunes sg,keys,stage,qShared;...), else the default one
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   const tunes = arg('tunes', '') ? arg('tunes', '').split(';').map((x) => attentionTune(128, limit, x)!) : cfg ? [attentionTune(128, limit)].filter((t) => t !== null) : [];
-  console.log(['| heads | context (chunk at) | fallback |', ...tunes.map((t) => ` tensor cores sg ${t.sg} keys ${t.keys}${t.stage ? ' staged' : ''}${t.qShared ? ' q re-read' : ''}${t.carry !== undefined ? ` carried (gap ${t.carry})` : ''} |`)].join(''));
+  console.log(['| heads | context (chunk at) | fallback |', ...tunes.map((t) => ` tensor cores sg ${t.sg} keys ${t.keys}${t.stage ? ' staged' : ''}${t.qShared ? ' q re-read' : ''} |`)].join(''));
   console.log(['| --- | --- | --- |', ...tunes.map(() => ' --- |')].join(''));
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
   for (const [nH, nKV] of SHAPES) {
@@ -226,7 +225,7 @@ async function benchPrefillAttention(device: GPUDevice, timeIt: TimeIt) {
       let flop = 0; for (let i = 0; i < T; i++) flop += 4 * HD * (start + i + 1) * nH;
       const variants = [
         { code: K.prefillAttentionWgsl(hs, hasSubgroups32(device)), rows: K.prefillLayout(HD).queries },
-        ...(cfg ? tunes.map((t) => ({ code: prefillAttentionWgslFor(hs, cfg, t), rows: mmaAttentionRows(t) })) : []),
+        ...(cfg ? tunes.map((t) => ({ code: prefillAttentionMmaWgsl(hs, cfg, t), rows: mmaAttentionRows(t) })) : []),
       ];
       const cells: string[] = [];
       for (const v of variants) {

@@ -22,7 +22,7 @@ export const matrixStore = (syntax: MatrixSyntax, ptr: string, offset: string, v
 /** The kernels' directives. Offsets of subgroup-matrix loads and stores differ per subgroup (each owns
  *  a block of the tile); Tint's analysis wants them workgroup-uniform, which is stricter than the
  *  hardware needs (subgroup-uniform), so that diagnostic is off, as llama.cpp's WebGPU kernels do. */
-export const MMA_HEADER = 'enable f16;\nenable chromium_experimental_subgroup_matrix;\ndiagnostic(off, chromium.subgroup_matrix_uniformity);\n';
+const MMA_HEADER = 'enable f16;\nenable chromium_experimental_subgroup_matrix;\ndiagnostic(off, chromium.subgroup_matrix_uniformity);\n';
 
 /** Workgroup tile of the product: BM tokens x BN weight rows, split into WM x WN blocks per subgroup;
  *  BK columns of K staged per step. */
@@ -36,8 +36,6 @@ export const MMA_TILES: MmaTile[] = [
   { BM: 128, BN: 128, WM: 64, WN: 32, BK: 64, prefetch: true },
   { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32 }, { BM: 128, BN: 128, WM: 64, WN: 64, BK: 32 }, { BM: 128, BN: 128, WM: 64, WN: 32, BK: 64 },
   { BM: 64, BN: 128, WM: 32, WN: 64, BK: 32 }, { BM: 128, BN: 64, WM: 64, WN: 32, BK: 32 }, { BM: 64, BN: 64, WM: 32, WN: 32, BK: 32 },
-  // (candidates: eight subgroups sharing each staged tile, so each staged element feeds twice the products)
-  { BM: 128, BN: 256, WM: 64, WN: 64, BK: 32, prefetch: true }, { BM: 256, BN: 128, WM: 64, WN: 64, BK: 32, prefetch: true },
 ];
 /** 4-bit weights take longer to decode into the staged tile: there the 64 x 32 blocks ran faster (120 vs 94 TFLOP/s). */
 export const mmaTilesFor = (type: GpuWeightType, tiles: MmaTile[] = MMA_TILES): MmaTile[] =>
@@ -248,3 +246,171 @@ fn main(@builtin(global_invocation_id) g3: vec3<u32>, @builtin(num_workgroups) n
 }`;
 /** Workgroups of toHalfWgsl. */
 export const toHalfGrid = (rows: number, K: number) => grid64((rows * K) / 4);
+
+/** Query rows per subgroup (the config's M). */
+const ATT_ROWS = 16;
+/** Padding of the workgroup-memory rows: 8 elements keeps them 16-byte multiples (matrix loads and stores)
+ *  and puts the rows that the lanes of a quarter-warp read as vec4s on different banks. */
+const PAD = 8;
+/** How the tensor-core prefill attention is laid out: subgroups per workgroup (16 query rows each), keys
+ *  per tile, and whether a tile's keys and values are staged in workgroup memory (shared by the
+ *  subgroups) or read by each subgroup straight from the pages, and whether q is re-read from workgroup
+ *  memory each tile instead of held in registers. */
+export interface AttentionTune { sg: number; keys: number; stage: boolean; qShared: boolean }
+/** Workgroup memory of a layout: per subgroup f32 rows for S and then O's tile, f16 rows for q and then
+ *  P; the staged keys and values. */
+const attWorkgroupBytes = (hd: number, t: AttentionTune) =>
+  t.sg * ATT_ROWS * ((Math.max(t.keys, hd) + PAD) * (4 + 2) + (t.qShared ? (t.keys + PAD) * 2 : 0)) + (t.stage ? 2 * t.keys * (hd + PAD) * 2 : 0);
+/** Whether a layout can run a head dim on a device: its workgroup memory, and staging that splits evenly. */
+const tuneFits = (hd: number, t: AttentionTune, maxWorkgroupBytes: number) =>
+  attWorkgroupBytes(hd, t) <= maxWorkgroupBytes && (!t.stage || ((t.keys * hd) / 8) % (32 * t.sg) === 0);
+/** The layouts in order of preference (H100, `bench:kernels --only prefill-attention`, docs/results.md: two
+ *  subgroups sharing staged 32-key tiles ran at 50 TFLOP/s, one subgroup reading the pages itself at 26–29). */
+const ATT_TUNES: AttentionTune[] = [{ sg: 2, keys: 32, stage: true, qShared: false }, { sg: 1, keys: 32, stage: false, qShared: true }];
+/** The layout for a head dim on this device (QUEST_MMA_ATTENTION_TUNE=sg,keys,stage,qShared picks one, for
+ *  benchmarks), or null where none fits. */
+export function attentionTune(headDim: number, maxWorkgroupBytes: number, env = processEnv().QUEST_MMA_ATTENTION_TUNE): AttentionTune | null {
+  if (env) {
+    const [sg, keys, stage, qShared] = env.split(',');
+    return { sg: +sg, keys: +keys, stage: stage === '1', qShared: qShared === '1' };
+  }
+  return ATT_TUNES.find((t) => tuneFits(headDim, t, maxWorkgroupBytes)) ?? null;
+}
+/** Query rows per workgroup (the grid is ceil(n / rows) x heads). */
+export const mmaAttentionRows = (t: AttentionTune) => ATT_ROWS * t.sg;
+
+/** Whether the tensor-core prefill attention handles this shape on this config and device, and how. */
+export function mmaAttentionFits(s: { headDim: number; pageSize: number }, cfg: MatrixConfig, maxWorkgroupBytes: number): AttentionTune | null {
+  const t = attentionTune(s.headDim, maxWorkgroupBytes);
+  const fits = t && tuneFits(s.headDim, t, maxWorkgroupBytes) && cfg.M === ATT_ROWS && cfg.N <= 16 && cfg.K <= 16
+    && s.headDim % 8 === 0 && s.headDim % cfg.K === 0 && s.headDim % cfg.N === 0 && s.pageSize % 16 === 0 && s.headDim <= 256;
+  return fits ? t : null;
+}
+
+/** Causal prefill attention over the paged f16 cache (which already holds the chunk), flash style, on
+ *  tensor cores, in one pass over the keys. A workgroup takes 16-row query blocks of one head, one per
+ *  subgroup; q (scaled by log2(e)/sqrt(hd), f16) is loaded once into left matrices. Per tile of 64 keys
+ *  each subgroup (1) multiplies S = Q Kᵀ (Kᵀ as column-major right matrices read straight from the
+ *  pages, where 16 keys of a head lie contiguous) and stores S to workgroup memory; (2) its lanes, two per
+ *  query row, mask and read the row's scores, update the row's running maximum m and sum l (online
+ *  softmax) and write P = exp2(s - m) as f16 (at most 1); (3) it multiplies the tile's P V into fresh
+ *  result matrices (V as row-major right matrices from the pages) and stores them; (4) the lanes fold the
+ *  tile into the output rows they hold in registers: O = O · exp2(m_old - m) + P V. Result matrices are
+ *  opaque, so the rescaling happens in the lanes' registers, never on a matrix carried across tiles (on
+ *  the H200 accumulators carried through a loop and assigned inside branches gave wrong results): every
+ *  matrix operation runs unconditionally on fresh values, every loop bound is uniform; keys past a row's
+ *  position are masked in (2). */
+export const prefillAttentionMmaWgsl = (s: { nHeads: number; nKV: number; headDim: number; pageSize: number }, cfg: MatrixConfig, t: AttentionTune) => {
+  const { N: SN, K: SK } = cfg, HD = s.headDim, SG = t.sg, THREADS = 32 * SG, ATT_KEYS = t.keys;
+  const LDF = Math.max(ATT_KEYS, HD) + PAD, LDS = ATT_KEYS + PAD, LDO = HD + PAD, LDH = LDF, LDK = HD + PAD; // row strides (elements)
+  const load = matrixLoad.bind(null, cfg.syntax), store = matrixStore.bind(null, cfg.syntax);
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const qSteps = range(HD / SK), keyBlocks = range(ATT_KEYS / SN), keySteps = range(ATT_KEYS / SK), chanBlocks = range(HD / SN);
+  const sVecs = range(ATT_KEYS / 8), oVecs = range(HD / 8); // the vec4s of scores and of output a lane holds
+  const P_ = t.qShared ? 'sp' : 'sh'; // where P goes
+  const stageUnits = range(t.stage ? (ATT_KEYS * HD) / 8 / THREADS : 0); // 8-channel units of K and of V each thread stages
+  const res = `subgroup_matrix_result<f32, ${SN}, 16>`, left = `subgroup_matrix_left<f16, ${SK}, 16>`, right = `subgroup_matrix_right<f16, ${SN}, ${SK}>`;
+  // Kᵀ's and V's matrices: from the staged tile, or from the pages
+  const kMatrix = (b: number, j: number) => (t.stage ? load(right, '&ks', `${b * SN * LDK + j * SK}u`, true, 'LDK')
+    : load(right, '&kc', `kp${(b * SN) / 8} + ${j * SK}u`, true, 'HD'));
+  const vMatrix = (b: number, c: number) => (t.stage ? load(right, '&vs', `${b * SK * LDK + c * SN}u`, false, 'LDK')
+    : load(right, '&vc', `kp${(b * SK) / 8} + ${c * SN}u`, false, 'HD'));
+  return MMA_HEADER + 'enable subgroups;\n' + STEP_WGSL + /* wgsl */ `
+const NH: u32 = ${s.nHeads}u; const NKV: u32 = ${s.nKV}u; const G: u32 = ${s.nHeads / s.nKV}u;
+const HD: u32 = ${HD}u; const P: u32 = ${s.pageSize}u; const QKV: u32 = ${(s.nHeads + 2 * s.nKV) * HD}u;
+const BQ: u32 = ${ATT_ROWS * SG}u; const BKV: u32 = ${ATT_KEYS}u; const THREADS: u32 = ${THREADS}u;
+const LDS: u32 = ${LDS}u; const LDO: u32 = ${LDO}u; const LDH: u32 = ${LDH}u; const LDK: u32 = ${LDK}u;
+@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> kc: array<${t.stage ? 'vec4<u32>' : 'f16'}>;
+@group(0) @binding(2) var<storage, read> vc: array<${t.stage ? 'vec4<u32>' : 'f16'}>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(6) var<storage, read> table: array<u32>; // physical page of each logical page
+var<workgroup> sf: array<f32, ${SG * 16 * LDF}>; // per subgroup: [16 rows][keys] S, then [16 rows][HD] the tile's P V
+var<workgroup> sh: array<f16, ${SG * 16 * LDH}>; // per subgroup: [16 rows][HD] q${t.qShared ? '' : ', then [16 rows][keys] P'}
+${t.qShared ? `var<workgroup> sp: array<f16, ${SG * 16 * LDS}>; // per subgroup: [16 rows][keys] P` : ''}
+${t.stage ? `var<workgroup> ks: array<f16, ${ATT_KEYS * LDK}>; // the tile's keys [keys][HD]
+var<workgroup> vs: array<f16, ${ATT_KEYS * LDK}>; // and values` : ''}
+// where key t of KV head g starts in the paged cache
+fn keyAt(t: u32, g: u32) -> u32 { return ((table[t / P] * NKV + g) * P + t % P) * HD; }
+${t.stage ? `// this thread's share of a tile's keys and values (8 channels each), held in registers until they are staged
+${stageUnits.map((u) => `var<private> kw${u}: vec4<u32>; var<private> vw${u}: vec4<u32>;`).join('\n')}
+fn prefetch(t0: u32, g: u32, tid: u32) {
+${stageUnits.map((u) => `  { let e = ${u * THREADS}u + tid; let src = keyAt(t0 + e / (HD / 8u), g) / 8u + e % (HD / 8u); kw${u} = kc[src]; vw${u} = vc[src]; }`).join('\n')}
+}` : ''}
+@compute @workgroup_size(${THREADS})
+fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let h = wid.y; let g = h / G; let i0 = wid.x * BQ;
+  let lastPos = step.start + min(step.n, i0 + BQ) - 1u;
+  let sg = tid / 32u; let lane = tid % 32u;
+  let fb = sg * 16u * ${LDF}u; let hb = sg * 16u * LDH; // this subgroup's rows of sf and sh
+  // this lane's query row and which half of each 8 keys / 8 channels it takes (4 consecutive ones)
+  let row = lane / 2u; let half = lane % 2u;
+  let i = i0 + sg * 16u + row; let qpos = step.start + i;
+  let scale = ${(Math.LOG2E / Math.sqrt(HD)).toPrecision(9)};
+  for (var c = half; c < HD / 4u; c += 2u) {
+    let q = vec4<f16>(qkv[(min(i, step.n - 1u) * QKV + h * HD) / 4u + c] * scale);
+    let d = hb + row * LDH + c * 4u;
+    sh[d] = q.x; sh[d + 1u] = q.y; sh[d + 2u] = q.z; sh[d + 3u] = q.w;
+  }
+  workgroupBarrier();
+${t.qShared ? '' : qSteps.map((j) => `  let q${j} = ${load(left, '&sh', `hb + ${j * SK}u`, false, 'LDH')};`).join('\n')}
+  let pb = ${t.qShared ? 'sg * 16u * LDS' : 'hb'}; // this subgroup's rows of P
+${oVecs.map((j) => `  var o${j} = vec4<f32>(0.0);`).join('\n')}
+  var m = -1.0e30; var l = 0.0;${t.stage ? '\n  prefetch(0u, g, tid);' : ''}
+  for (var t0 = 0u; t0 <= lastPos; t0 += BKV) {
+    workgroupBarrier(); // (the lanes are done with the previous tile's P V in sf${t.stage ? ', and with its keys and values' : ''})
+${t.stage ? `    // the tile's keys and values, loaded during the previous tile, into workgroup memory; the next tile's loaded
+${stageUnits.map((u) => `    { let d = (${u * THREADS}u + tid) / (HD / 8u) * LDK + (${u * THREADS}u + tid) % (HD / 8u) * 8u;
+      for (var w = 0u; w < 4u; w++) {
+        let kp = bitcast<vec2<f16>>(kw${u}[w]); let vp = bitcast<vec2<f16>>(vw${u}[w]);
+        ks[d + 2u * w] = kp.x; ks[d + 2u * w + 1u] = kp.y; vs[d + 2u * w] = vp.x; vs[d + 2u * w + 1u] = vp.y;
+      } }`).join('\n')}
+    workgroupBarrier();
+    prefetch(t0 + BKV, g, tid);` : ''}
+    // (1) S = Q Kᵀ${t.stage ? '' : `; where each 8 keys of the tile start in the pages
+${range(ATT_KEYS / 8).map((r) => `    let kp${r} = keyAt(t0 + ${8 * r}u, g);`).join('\n')}`}
+${keyBlocks.map((b) => `    var sm${b} = ${res}();`).join('\n')}
+${qSteps.map((j) => `    {${t.qShared ? `
+      let q${j} = ${load(left, '&sh', `hb + ${j * SK}u`, false, 'LDH')};` : ''}
+${keyBlocks.map((b) => `      let k${b} = ${kMatrix(b, j)};`).join('\n')}
+${keyBlocks.map((b) => `      sm${b} = subgroupMatrixMultiplyAccumulate(q${j}, k${b}, sm${b});`).join('\n')}
+    }`).join('\n')}
+${keyBlocks.map((b) => `    ${store('&sf', `fb + ${b * SN}u`, `sm${b}`, 'LDS')};`).join('\n')}
+    workgroupBarrier();
+    // (2) this lane's keys 8j + 4 half .. + 3 of its row: masked scores, the new maximum, P
+    let sr = fb + row * LDS + half * 4u;
+    let kt = t0 + half * 4u;
+${sVecs.map((j) => `    let s${j} = select(vec4<f32>(-1.0e30), vec4<f32>(sf[sr + ${8 * j}u], sf[sr + ${8 * j + 1}u], sf[sr + ${8 * j + 2}u], sf[sr + ${8 * j + 3}u]),
+      vec4<u32>(kt + ${8 * j}u, kt + ${8 * j + 1}u, kt + ${8 * j + 2}u, kt + ${8 * j + 3}u) <= vec4<u32>(qpos));`).join('\n')}
+    var mt = m;
+${sVecs.map((j) => `    mt = max(mt, max(max(s${j}.x, s${j}.y), max(s${j}.z, s${j}.w)));`).join('\n')}
+    mt = max(mt, subgroupShuffleXor(mt, 1u));
+    let alpha = exp2(m - mt); m = mt; l *= alpha;
+    let pr = pb + row * LDS + half * 4u;
+${sVecs.map((j) => `    { let p = select(vec4<f32>(0.0), exp2(s${j} - vec4<f32>(m)), s${j} > vec4<f32>(-1.0e29)); l += (p.x + p.y) + (p.z + p.w);
+      let ph = vec4<f16>(p); ${P_}[pr + ${8 * j}u] = ph.x; ${P_}[pr + ${8 * j + 1}u] = ph.y; ${P_}[pr + ${8 * j + 2}u] = ph.z; ${P_}[pr + ${8 * j + 3}u] = ph.w; }`).join('\n')}
+    workgroupBarrier();
+    // (3) the tile's P V, over S's rows in sf (read by now)
+${keySteps.map((b) => `    let p${b} = ${load(left, `&${P_}`, `pb + ${b * SK}u`, false, 'LDS')};`).join('\n')}
+${range(Math.ceil(chanBlocks.length / 4)).map((cg) => {
+    const cs = chanBlocks.slice(cg * 4, cg * 4 + 4); // four channel blocks at a time: independent accumulators
+    return `    {
+${cs.map((c) => `      var a${c} = ${res}();`).join('\n')}
+${keySteps.map((b) => `${cs.map((c) => `      let v${b}_${c} = ${vMatrix(b, c)};`).join('\n')}
+${cs.map((c) => `      a${c} = subgroupMatrixMultiplyAccumulate(p${b}, v${b}_${c}, a${c});`).join('\n')}`).join('\n')}
+${cs.map((c) => `      ${store('&sf', `fb + ${c * SN}u`, `a${c}`, 'LDO')};`).join('\n')}
+    }`;
+  }).join('\n')}
+    workgroupBarrier();
+    // (4) O = O alpha + P V on this lane's channels 8j + 4 half .. + 3
+    let orow = fb + row * LDO + half * 4u;
+${oVecs.map((j) => `    o${j} = o${j} * alpha + vec4<f32>(sf[orow + ${8 * j}u], sf[orow + ${8 * j + 1}u], sf[orow + ${8 * j + 2}u], sf[orow + ${8 * j + 3}u]);`).join('\n')}
+  }
+  l += subgroupShuffleXor(l, 1u);
+  if (i < step.n) {
+    let inv = 1.0 / l; let ob = (i * NH + h) * (HD / 4u) + half;
+${oVecs.map((j) => `    out[ob + ${2 * j}u] = o${j} * inv;`).join('\n')}
+  }
+}`;
+};
