@@ -12,7 +12,8 @@ import { GpuPageStore } from '../backend/webgpu/gpu-pages.js';
 import { PageAllocator, PageTable, sharedPrefixGroups } from '../kv/page-table.js';
 import type { PassProfiler } from '../backend/webgpu/pass-profiler.js';
 import { hasSubgroups32, matrixConfig, processEnv, throwDeviceError } from '../backend/webgpu/device.js';
-import { mmaAttentionFits, mmaAttentionRows, prefillAttentionMmaWgsl, toHalfGrid, toHalfWgsl, type AttentionTune } from '../backend/webgpu/mma-kernels.js';
+import { toHalfGrid, toHalfWgsl } from '../backend/webgpu/mma-kernels.js';
+import { mmaAttentionFits, mmaAttentionRows, prefillAttentionWgslFor, type AttentionTune } from '../backend/webgpu/mma-attention.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
 import { checkBatch, checkTokens, type ForwardOptions, type KVLayout } from './session.js';
@@ -483,7 +484,7 @@ export class GpuSession {
     // (sliding-window layers run the fallback kernel, which skips the tiles before the window)
     const mmaAtt = r.mmaAttention;
     const prefillOf = (window: number) => (mmaAtt && !window
-      ? { pipe: m.pipeline('prefill-mma', () => prefillAttentionMmaWgsl(hs, matrixConfig(m.device)!, mmaAtt)), rows: mmaAttentionRows(mmaAtt) }
+      ? { pipe: m.pipeline('prefill-mma', () => prefillAttentionWgslFor(hs, matrixConfig(m.device)!, mmaAtt)), rows: mmaAttentionRows(mmaAtt) }
       : { pipe: m.pipeline(`prefill:${window}`, () => K.prefillAttentionWgsl(hs, hasSubgroups32(m.device), window)), rows: K.prefillLayout(c.headDim).queries });
     const act = c.ffnAct ?? 'silu', glu = m.pipeline('glu', () => K.gluWgsl(c.hiddenDim, act));
     // Gemma 3: a sublayer's output RMS-normalised before it is added to the residual

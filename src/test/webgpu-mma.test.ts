@@ -10,7 +10,8 @@ import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
 import { matrixConfig, throwDeviceError } from '../backend/webgpu/device.js';
 import { readBuffer } from '../backend/webgpu/decode-attention.js';
-import { attentionTune, linearMmaWgsl, linearSkinnyMmaWgsl, mmaAttentionFits, mmaAttentionRows, mmaTileFor, MMA_TILES, prefillAttentionMmaWgsl, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, toHalfGrid, toHalfWgsl, type AttentionTune, type MmaTile, type SkinnyTile } from '../backend/webgpu/mma-kernels.js';
+import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, toHalfGrid, toHalfWgsl, type MmaTile, type SkinnyTile } from '../backend/webgpu/mma-kernels.js';
+import { attentionTune, CARRY_GAP, mmaAttentionFits, mmaAttentionRows, prefillAttentionWgslFor, tuneFits, type AttentionTune } from '../backend/webgpu/mma-attention.js';
 import type { GpuWeightType, LinearSpec } from '../backend/webgpu/kernels.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { gaussian } from './fixtures.js';
@@ -194,7 +195,7 @@ async function attention(o: { nH: number; nKV: number; hd: number; start: number
     for (let t = 0; t <= pos; t++) for (let c = 0; c < o.hd; c++) want[(i * o.nH + h) * o.hd + c] += (e[t] / sum) * F16_TABLE[vh[at(t, kv) + c]];
   }
   const out = buf(new Float32Array(rowsOut * o.nH * o.hd)), step = buf(new Uint32Array([o.start, o.n, total, 0]), GPUBufferUsage.UNIFORM);
-  const pipe = await pipelineOf(prefillAttentionMmaWgsl({ nHeads: o.nH, nKV: o.nKV, headDim: o.hd, pageSize: P }, cfg!, tune));
+  const pipe = await pipelineOf(prefillAttentionWgslFor({ nHeads: o.nH, nKV: o.nKV, headDim: o.hd, pageSize: P }, cfg!, tune));
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
   pass.setPipeline(pipe);
   pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [buf(qkv), buf(kh), buf(vh), out, step, null, buf(Uint32Array.from({ length: pages + Math.ceil(tune.keys / P) + 1 }, (_, i) => i))]
@@ -224,6 +225,28 @@ for (const c of attCases) {
     const tune = mmaAttentionFits({ headDim: c.hd, pageSize: c.P ?? 16 }, cfg!, gpu!.device.limits.maxComputeWorkgroupStorageSize);
     assert.ok(tune);
     const { got, want } = await attention(c, tune);
+    assertClose(got, want, c);
+  });
+}
+// the carried kernel (one reference maximum per subgroup, accumulators in matrices): at its gap, where
+// blocks with rows far below their subgroup's maximum (few keys, wide scores) take the exact pass; with the
+// exact pass forced (gap -1) and never taken (a gap no block reaches, on rows that all see 300+ keys)
+for (const sg of [2, 4]) {
+  test(`WebGPU tensor-core prefill attention, carried (${sg} subgroups): every case matches float64, exact pass forced and never taken too`, { skip }, async () => {
+    const limit = gpu!.device.limits.maxComputeWorkgroupStorageSize;
+    let ran = 0;
+    for (const c of attCases) {
+      const tune: AttentionTune = { sg, keys: 32, stage: true, qShared: false, carry: CARRY_GAP };
+      if (!tuneFits(c.hd, tune, limit) || (c.P ?? 16) % 16 !== 0) continue;
+      for (const carry of [CARRY_GAP, -1]) {
+        const { got, want } = await attention(c, { ...tune, carry });
+        assertClose(got, want, c);
+      }
+      ran++;
+    }
+    assert.ok(ran >= 4, `only ${ran} cases fit`);
+    const c = { nH: 4, nKV: 2, hd: 128, start: 300, n: 70 };
+    const { got, want } = await attention(c, { sg, keys: 32, stage: true, qShared: false, carry: 1e9 });
     assertClose(got, want, c);
   });
 }

@@ -683,6 +683,16 @@ export function prefillLayout(headDim: number): { TQ: number; U: number; queries
   return { TQ, U: units / TQ, queries: 256 / TQ };
 }
 
+/** The bindings every prefill attention kernel takes (this one and the tensor-core ones, mma-attention.ts):
+ *  q/k/v rows of the chunk, the paged keys and values (`kv`: how a kernel reads them), the output, the step,
+ *  the page table. */
+export const prefillAttentionBindings = (kv = 'vec4<u32>') => `@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> kc: array<${kv}>;
+@group(0) @binding(2) var<storage, read> vc: array<${kv}>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(6) var<storage, read> table: array<u32>; // physical page of each logical page`;
+
 /** Causal prefill attention over the paged cache (which already holds the chunk), flash style: a
  *  workgroup takes 256 / TQ query rows of one head; TQ threads share a row, each holding U 8-channel
  *  units of q and of the output in named vec4s (per-thread arrays of a whole head dim spilled to local
@@ -699,12 +709,7 @@ const BK: u32 = 16u;
 const TQ: u32 = ${TQ}u;   // threads per query row
 const QW: u32 = ${QW}u;   // query rows per workgroup
 const UH: u32 = HD / 8u;  // 8-channel units per row
-@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> vc: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
-@group(0) @binding(4) var<uniform> step: Step;
-@group(0) @binding(6) var<storage, read> table: array<u32>; // physical page of each logical page
+${prefillAttentionBindings()}
 var<workgroup> ks: array<vec4<u32>, ${16 * s.headDim / 8}>; // [16 tokens][UH]
 var<workgroup> vs: array<vec4<u32>, ${16 * s.headDim / 8}>;
 ${UNPACK8_WGSL}${shuffle || TQ === 1 ? '' : workgroupRowSumWgsl('TQ', '256')}
