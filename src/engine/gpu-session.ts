@@ -25,6 +25,8 @@ import { windowOf } from '../model/config.js';
  *  the attention kernel more workgroups; the runner takes the largest whose activation buffers each fit
  *  one storage binding (QUEST_PREFILL_CHUNK overrides). Multiples of 128: products read whole tiles. */
 const CHUNKS = [2048, 1024, 512, 256];
+/** QUEST_PREFILL_CHUNK may also ask for larger chunks (benchmarks; not yet measured faster). */
+const FORCED_CHUNKS = [8192, 4096, ...CHUNKS];
 const VEC_ROWS = 4; // chunks of up to this many tokens run matrix-vector products (and fuse prologues)
 /** Rows from which a batched step's f16 products run on tensor cores (H100, 7B f16, GPU ms per step,
  *  matrix-vector / tensor cores: 2 rows 11.3 / 18.2, 4 rows 19.3 / 18.2, 8 rows 37.3 / 20.3). */
@@ -69,7 +71,7 @@ export class GpuRunner {
     const qkvN = (c.nHeads + 2 * c.nKVHeads) * c.headDim;
     const maxBinding = d.limits.maxStorageBufferBindingSize, widest = Math.max(qkvN, 2 * c.hiddenDim, c.dim) * 4;
     const forced = Number(processEnv().QUEST_PREFILL_CHUNK);
-    this.chunk = CHUNKS.includes(forced) ? forced : CHUNKS.find((n) => n * widest <= maxBinding) ?? CHUNKS[CHUNKS.length - 1];
+    this.chunk = FORCED_CHUNKS.includes(forced) && forced * widest <= maxBinding ? forced : CHUNKS.find((n) => n * widest <= maxBinding) ?? CHUNKS[CHUNKS.length - 1];
     this.logitsChunk = CHUNKS.find((n) => n <= this.chunk && n * c.vocabSize * 4 <= maxBinding) ?? 128;
     const ROWS = this.chunk;
     this.x = buf(ROWS * c.dim); this.xb = buf(ROWS * c.dim); this.qkv = buf(ROWS * qkvN);
@@ -82,7 +84,7 @@ export class GpuRunner {
     this.decode = new DecodeAttention(d, { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize, maxPages: this.maxPages },
       this.maxPages, { q: this.qrot, out: this.att });
     this.store = new GpuPageStore(m, pageSize);
-    this.pages = new PageAllocator(this.store);
+    this.pages = new PageAllocator(this.store, true); // (kept between requests: see releaseKV)
     this.batchTable = buf(MAX_BATCH * this.maxPages); this.batchRows = buf(MAX_BATCH * 4);
   }
 
@@ -141,6 +143,10 @@ export class GpuRunner {
     this.logitsAll ??= this.m.device.createBuffer({ size: this.logitsChunk * this.m.config.vocabSize * 4, usage: storageUsage() });
     return this.logitsAll;
   }
+
+  /** Frees the KV cache's GPU memory if no sequence holds it (it is otherwise kept after the last
+   *  sequence ends, so the next request does not create it again); whether it did. */
+  releaseKV(): boolean { return this.pages.releaseStore(); }
 
   dispose(): void {
     for (const b of [this.x, this.xb, this.qkv, this.qrot, this.att, this.gu, this.h, this.xl, this.logits1, this.tokens, this.step, this.best, this.xq, this.xhBuf, this.logitsAll, this.batchTable, this.batchRows, ...this.stagingFree]) b?.destroy();
@@ -401,6 +407,7 @@ export class GpuSession {
     const most = mode === 'all' ? this.runner.logitsChunk : this.runner.chunk;
     const chunk = Math.min(most, Math.max(1, opts.chunk ?? most));
     const parts: Float32Array[] = [];
+    this.table.makeRoom(this.len, tokens.length); // (the store grows once for a long prompt, as on the CPU)
     for (let s = 0; s < tokens.length; s += chunk) {
       const piece = tokens.slice(s, s + chunk), last = s + chunk >= tokens.length;
       const want = mode === 'all' ? 'all' : mode === 'last' && last ? (opts.argmax ? 'argmax' : 'last') : 'none';
@@ -651,13 +658,16 @@ export class GpuSession {
 
   private async runChunk(tokens: number[], want: 'all' | 'last' | 'argmax' | 'none', dense = false): Promise<Float32Array | null> {
     const d = this.model.device, c = this.model.config, n = tokens.length, r = this.runner;
-    await this.drain(); // (a greedy pipeline's steps in flight use the shared buffers)
     const planner = n === 1 && !dense ? this.planner : null, pos = this.len;
+    // (a greedy pipeline's steps in flight use the shared buffers; a prompt's chunk in flight may stay so,
+    // queued before this one, except for a planned step, which reads back as it goes)
+    if (planner) await this.drain(); else await this.lastStep;
     if (planner) { await this.handOverReceived(); planner.beginStep(pos); }
     this.prepareChunk(tokens, n);
+    const slot = planner ? 0 : (this.chunkSlot ^= 1); // (two chunks in flight time into their own read slots)
     let enc = d.createCommandEncoder();
     if (planner?.midStep) enc = await this.recordPlanned(enc, want, planner, pos);
-    else this.recordChunk(enc, n, want, 0, dense);
+    else this.recordChunk(enc, n, want, slot, dense);
     const probBytes = planner?.probBytes() ?? 0;
     const probs = probBytes ? d.createBuffer({ size: probBytes, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ }) : null;
     if (probs) enc.copyBufferToBuffer(planner!.probs, 0, probs, 0, probBytes);
@@ -679,9 +689,18 @@ export class GpuSession {
     }
     d.queue.submit([enc.finish()]);
     this.len += n;
-    if (!staging) { await d.queue.onSubmittedWorkDone(); await this.readTiming(0); await observe(); throwDeviceError(); return null; }
-    const out = await this.readBack(staging, bytes, 0);
+    if (!staging && !probs) {
+      // a prompt's chunk with nothing to read back: the next one is recorded and queued while it runs (no
+      // gap on the GPU between chunks); this waits only for the chunk before it
+      const prev = this.chunkInFlight;
+      this.chunkInFlight = d.queue.onSubmittedWorkDone().then(() => this.readTiming(slot)).then(() => { throwDeviceError(); return null; }, (e: unknown) => e);
+      if (prev) { const e = await prev; if (e) throw e; }
+      return null;
+    }
+    if (!staging) { await d.queue.onSubmittedWorkDone(); await this.readTiming(slot); await observe(); throwDeviceError(); return null; }
+    const out = await this.readBack(staging, bytes, slot);
     await observe();
+    await this.drain(); // (the chunk before this one finished first: only its error, if any, is left)
     return want === 'argmax' ? Float32Array.of(new Uint32Array(out)[0]) : new Float32Array(out);
   }
 
@@ -813,8 +832,17 @@ export class GpuSession {
     return done;
   }
 
-  /** Waits for greedy steps still in flight (the queue runs them in order: the last one is enough). */
-  private async drain(): Promise<void> { await this.lastStep; }
+  /** A prompt's chunk queued and not yet waited for: resolves to its error, if any (rethrown by drain). */
+  private chunkInFlight: Promise<unknown> | null = null;
+  private chunkSlot = 0;
+
+  /** Waits for greedy steps and a prompt's chunk still in flight (the queue runs them in order). */
+  private async drain(): Promise<void> {
+    await this.lastStep;
+    const c = this.chunkInFlight;
+    this.chunkInFlight = null;
+    if (c) { const e = await c; if (e) throw e; }
+  }
 
   /** Drops the last n tokens (greedy steps a consumer did not take). */
   private rollback(n: number): void { this.truncate(this.len - n); }

@@ -223,8 +223,9 @@ export class LLM {
     return { seq, cached };
   }
 
-  /** Forgets the prefix cache's sequences (their KV memory is freed). */
-  clearCache(): void { this.prefixCache.clear(); }
+  /** Forgets the prefix cache's sequences and frees their KV memory (on a GPU also the KV buffers kept
+   *  between requests, where no other sequence holds them). */
+  clearCache(): void { this.prefixCache.clear(); this.gpu?.releaseKV(); }
 
   /** Frees the weights' memory; the model cannot be used afterwards. Sessions free their KV caches
    *  themselves (generate does; a Session from session() on dispose() or when collected). */

@@ -23,10 +23,12 @@ export interface PageStore {
 export class PageAllocator {
   private refs: number[] = [];
   private free: number[] = [];
-  /** sequences (page tables) alive in this family: the store is freed with the last one */
+  /** sequences (page tables) alive in this family: the store is freed with the last one, unless kept */
   tables = 0;
 
-  constructor(readonly store: PageStore) {}
+  /** `keep`: the storage outlives the last sequence (its pages all free) so the next one starts without
+   *  allocating again, until releaseStore() — a GPU's KV buffers take ~40 ms per GB to create (H100) */
+  constructor(readonly store: PageStore, readonly keep = false) {}
 
   /** A physical page with one reference (a freed one, else a new one; the store grows by doubling). */
   alloc(): number {
@@ -59,10 +61,18 @@ export class PageAllocator {
   /** Physical pages held by at least one sequence. */
   get used(): number { return this.refs.length - this.free.length; }
 
-  /** The last sequence is gone: the storage is freed, and a later sequence starts it again. */
+  /** The last sequence is gone: every page is free again, and the storage is freed unless kept. */
   reset(): void {
     this.refs = []; this.free = [];
+    if (!this.keep) this.store.dispose();
+  }
+
+  /** Frees a kept storage while no sequence holds it (a later sequence allocates it again); whether it did. */
+  releaseStore(): boolean {
+    if (this.tables > 0) return false;
+    this.refs = []; this.free = [];
     this.store.dispose();
+    return true;
   }
 }
 

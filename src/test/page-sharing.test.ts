@@ -117,6 +117,27 @@ test('a long prompt grows the page store once, with room for the answer; shared 
   assert.ok(grows[1] >= 323, `grew to ${grows[1]}`);
 });
 
+test('a kept store outlives its last sequence: the next one allocates without growing; releaseStore frees it when idle', () => {
+  const grows: number[] = [];
+  let disposed = 0;
+  const store = { capacity: 0, grow(p: number) { grows.push(p); this.capacity = p; }, copyPage() {}, rebuildMeta() {}, dispose() { disposed++; this.capacity = 0; } };
+  const alloc = new PageAllocator(store, true);
+  const a = new PageTable(alloc, 16);
+  a.reserve(0, 1000); // 63 pages
+  a.dispose();
+  assert.equal(disposed, 0, 'kept');
+  assert.equal(alloc.used, 0, 'every page free');
+  const b = new PageTable(alloc, 16);
+  b.reserve(0, 900);
+  assert.equal(grows.length, 1, 'no second grow');
+  assert.equal(alloc.used, 57);
+  assert.equal(alloc.releaseStore(), false, 'held by a sequence');
+  b.dispose();
+  assert.equal(alloc.releaseStore(), true);
+  assert.equal(disposed, 1);
+  assert.equal(store.capacity, 0);
+});
+
 // Which rows of a batched GPU step read their shared pages together: rows grouped by their first page,
 // the longest prefix common to all of a group's rows, at least minPages and short of each row's last page;
 // rows not eligible (sparse or windowed attention) or too short stay alone. Checked on a hand-made batch

@@ -71,6 +71,40 @@ for (const dtype of ['f16', 'q8_0', 'q4_0', 'f32'] as const) {
   });
 }
 
+// The KV buffers outlive the last sequence (a later request does not create them again): a sequence on
+// buffers an earlier, longer one filled computes exactly what it computes on a fresh runner (dense prefill,
+// then Quest decode steps that read the pages' key min/max), the store neither grows nor is replaced, and
+// releaseKV frees it only while no sequence holds it.
+test('WebGPU KV buffers kept between sequences: a later sequence on reused pages gives a fresh runner\'s logits; releaseKV frees them when idle', { skip: skipGpu }, async () => {
+  const m = loadModelFiles(tempFile('m.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 3, heads: 8, kvHeads: 2, dtype: 'f16', seed: 5 })));
+  const V = m.config.vocabSize, quest = { policy: 'quest' as const, budget: 48 };
+  const run = async (r: GpuRunner) => {
+    const s = new GpuSession(r, quest);
+    const out = [await s.forward(promptOf(130, V, 11))];
+    for (const tok of promptOf(6, V, 12)) out.push(await s.forward([tok]));
+    s.dispose();
+    return out;
+  };
+  const fresh = runnerFor(m), want = await run(fresh);
+  fresh.dispose();
+  const reused = runnerFor(m);
+  const first = new GpuSession(reused);
+  await first.forward(promptOf(300, V, 13), { logits: 'none' });
+  first.dispose();
+  const capacity = reused.store.capacity, generation = reused.store.generation;
+  assert.ok(capacity >= 300 / 16, `kept ${capacity} pages`);
+  const got = await run(reused);
+  assert.equal(reused.store.generation, generation, 'the store was not replaced');
+  got.forEach((g, i) => assert.deepEqual(Array.from(g), Array.from(want[i]), `step ${i}: logits differ from a fresh runner's`));
+  const live = new GpuSession(reused);
+  await live.forward([1, 2, 3], { logits: 'none' });
+  assert.equal(reused.releaseKV(), false, 'a live sequence keeps the buffers');
+  live.dispose();
+  assert.equal(reused.releaseKV(), true);
+  assert.equal(reused.store.capacity, 0);
+  reused.dispose(); reused.m.dispose();
+});
+
 // Model families and the llama.cpp tensor types beyond Q8_0 / Q4_0: Qwen3's per-head query/key RMSNorm
 // (a kernel before RoPE), YaRN, Phi-3, and K-quant / IQ4 files (as q4_1 / q8_16 GPU weights), prefill
 // chunks, decode steps and a batched step against the float64 reference.
