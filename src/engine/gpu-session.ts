@@ -648,7 +648,7 @@ export class GpuSession {
   private recordPass(enc: GPUCommandEncoder, slot: number, encode: (pass: GPUComputePassEncoder) => void): void {
     const prof = this.runner.profiler;
     if (prof) { encode(prof.pass(enc)); prof.finish(enc); return; } // (each dispatch timed on its own)
-    const t = this.runner.timing, tEncode = performance.now();
+    const t = slot >= 0 ? this.runner.timing : null, tEncode = performance.now();
     const pass = enc.beginComputePass(t ? { timestampWrites: { querySet: t.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : undefined);
     encode(pass);
     pass.end();
@@ -664,7 +664,9 @@ export class GpuSession {
     if (planner) await this.drain(); else await this.lastStep;
     if (planner) { await this.handOverReceived(); planner.beginStep(pos); }
     this.prepareChunk(tokens, n);
-    const slot = planner ? 0 : (this.chunkSlot ^= 1); // (two chunks in flight time into their own read slots)
+    // a prompt's chunk with nothing to read back is left in flight while the next one is queued (below);
+    // it writes no timestamps (the runner's read slots would be mapped by two sequences' chunks at once)
+    const pipelined = want === 'none' && !planner && !this.runner.profiler, slot = pipelined ? -1 : 0;
     let enc = d.createCommandEncoder();
     if (planner?.midStep) enc = await this.recordPlanned(enc, want, planner, pos);
     else this.recordChunk(enc, n, want, slot, dense);
@@ -689,11 +691,11 @@ export class GpuSession {
     }
     d.queue.submit([enc.finish()]);
     this.len += n;
-    if (!staging && !probs) {
-      // a prompt's chunk with nothing to read back: the next one is recorded and queued while it runs (no
-      // gap on the GPU between chunks); this waits only for the chunk before it
+    if (pipelined) {
+      // the next chunk is recorded and queued while this one runs (no gap on the GPU between chunks): this
+      // waits only for the chunk before it
       const prev = this.chunkInFlight;
-      this.chunkInFlight = d.queue.onSubmittedWorkDone().then(() => this.readTiming(slot)).then(() => { throwDeviceError(); return null; }, (e: unknown) => e);
+      this.chunkInFlight = d.queue.onSubmittedWorkDone().then(() => { throwDeviceError(); return null; }, (e: unknown) => e);
       if (prev) { const e = await prev; if (e) throw e; }
       return null;
     }
@@ -834,7 +836,6 @@ export class GpuSession {
 
   /** A prompt's chunk queued and not yet waited for: resolves to its error, if any (rethrown by drain). */
   private chunkInFlight: Promise<unknown> | null = null;
-  private chunkSlot = 0;
 
   /** Waits for greedy steps and a prompt's chunk still in flight (the queue runs them in order). */
   private async drain(): Promise<void> {
