@@ -25,7 +25,8 @@ import { windowOf } from '../model/config.js';
  *  the attention kernel more workgroups; the runner takes the largest whose activation buffers each fit
  *  one storage binding (QUEST_PREFILL_CHUNK overrides). Multiples of 128: products read whole tiles. */
 const CHUNKS = [2048, 1024, 512, 256];
-/** QUEST_PREFILL_CHUNK may also ask for larger chunks (benchmarks; not yet measured faster). */
+/** QUEST_PREFILL_CHUNK may also ask for larger chunks (benchmarks: 4096 ran within the spread of 2048 for
+ *  the 7B shape's 32K prompt on an H100, session 28). */
 const FORCED_CHUNKS = [8192, 4096, ...CHUNKS];
 const VEC_ROWS = 4; // chunks of up to this many tokens run matrix-vector products (and fuse prologues)
 /** Rows from which a batched step's f16 products run on tensor cores (H100, 7B f16, GPU ms per step,

@@ -75,17 +75,19 @@ for (const dtype of ['f16', 'q8_0', 'q4_0', 'f32'] as const) {
 // buffers an earlier, longer one filled computes exactly what it computes on a fresh runner (dense prefill,
 // then Quest decode steps that read the pages' key min/max), the store neither grows nor is replaced, and
 // releaseKV frees it only while no sequence holds it.
+// (The prompt also goes in chunks of 32, four of them queued while the one before runs, against one chunk.)
 test('WebGPU KV buffers kept between sequences: a later sequence on reused pages gives a fresh runner\'s logits; releaseKV frees them when idle', { skip: skipGpu }, async () => {
   const m = loadModelFiles(tempFile('m.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 3, heads: 8, kvHeads: 2, dtype: 'f16', seed: 5 })));
   const V = m.config.vocabSize, quest = { policy: 'quest' as const, budget: 48 };
-  const run = async (r: GpuRunner) => {
+  const run = async (r: GpuRunner, chunk?: number) => {
     const s = new GpuSession(r, quest);
-    const out = [await s.forward(promptOf(130, V, 11))];
+    const out = [await s.forward(promptOf(130, V, 11), { chunk })];
     for (const tok of promptOf(6, V, 12)) out.push(await s.forward([tok]));
     s.dispose();
     return out;
   };
-  const fresh = runnerFor(m), want = await run(fresh);
+  const fresh = runnerFor(m), want = await run(fresh, 32), whole = await run(fresh);
+  whole.forEach((w, i) => compare(want[i], [Float64Array.from(w)], V, 1e-4, `step ${i}, chunks of 32 against one chunk`));
   fresh.dispose();
   const reused = runnerFor(m);
   const first = new GpuSession(reused);
@@ -93,7 +95,7 @@ test('WebGPU KV buffers kept between sequences: a later sequence on reused pages
   first.dispose();
   const capacity = reused.store.capacity, generation = reused.store.generation;
   assert.ok(capacity >= 300 / 16, `kept ${capacity} pages`);
-  const got = await run(reused);
+  const got = await run(reused, 32);
   assert.equal(reused.store.generation, generation, 'the store was not replaced');
   got.forEach((g, i) => assert.deepEqual(Array.from(g), Array.from(want[i]), `step ${i}: logits differ from a fresh runner's`));
   const live = new GpuSession(reused);
