@@ -63,6 +63,8 @@ export class GpuRunner {
   readonly mmaAttention: AttentionTune | null;
   /** tokens per prefill submission (activation buffers hold this many rows) */
   readonly chunk: number;
+  /** a prompt's next chunk is queued while one runs (QUEST_PREFILL_AHEAD=0: each is waited for, and timed) */
+  readonly prefillAhead = processEnv().QUEST_PREFILL_AHEAD !== '0';
   /** tokens per submission when every position's logits are wanted (their buffer is chunk x vocabulary) */
   readonly logitsChunk: number;
 
@@ -667,7 +669,7 @@ export class GpuSession {
     this.prepareChunk(tokens, n);
     // a prompt's chunk with nothing to read back is left in flight while the next one is queued (below);
     // it writes no timestamps (the runner's read slots would be mapped by two sequences' chunks at once)
-    const pipelined = want === 'none' && !planner && !this.runner.profiler, slot = pipelined ? -1 : 0;
+    const pipelined = want === 'none' && !planner && !this.runner.profiler && this.runner.prefillAhead, slot = pipelined ? -1 : 0;
     let enc = d.createCommandEncoder();
     if (planner?.midStep) enc = await this.recordPlanned(enc, want, planner, pos);
     else this.recordChunk(enc, n, want, slot, dense);
