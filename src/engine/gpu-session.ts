@@ -664,8 +664,7 @@ export class GpuSession {
     const planner = n === 1 && !dense ? this.planner : null, pos = this.len;
     // (a greedy pipeline's steps in flight use the shared buffers; a prompt's chunk in flight may stay so,
     // queued before this one, except for a planned step, which reads back as it goes)
-    if (planner) await this.drain(); else await this.lastStep;
-    if (planner) { await this.handOverReceived(); planner.beginStep(pos); }
+    if (planner) { await this.drain(); await this.handOverReceived(); planner.beginStep(pos); } else await this.lastStep;
     this.prepareChunk(tokens, n);
     // a prompt's chunk with nothing to read back is left in flight while the next one is queued (below);
     // it writes no timestamps (the runner's read slots would be mapped by two sequences' chunks at once)
