@@ -164,10 +164,10 @@ async function benchPrefillProducts(device: GPUDevice, timeIt: TimeIt) {
   const shapes: [string, K.GpuWeightType, number, number][] = [
     ['7B qkv', 'f16', 12288, 4096], ['7B wo', 'f16', 4096, 4096], ['7B gate+up', 'f16', 22016, 4096], ['7B down', 'f16', 4096, 11008],
     ['8B gate+up', 'f16', 28672, 4096], ['8B down', 'f16', 4096, 14336], ['7B gate+up', 'q8_0', 22016, 4096], ['7B gate+up', 'q4_0', 22016, 4096],
-  ];
+  ].filter(([name, type]) => `${name} ${type}`.includes(arg('matrices', ''))) as [string, K.GpuWeightType, number, number][]; // (--matrices: those whose name and type contain it)
   const variants: { name: string; code: (s: K.LinearSpec) => string | null; tile: { BM: number; BN: number } }[] = [
     { name: 'fallback 64x128', code: (s) => K.linearMatWgsl(s), tile: { BM: K.MAT_TILE.tokens, BN: K.MAT_TILE.rows } },
-    ...(cfg ? MMA_TILES.slice(0, Number(arg('tiles', String(MMA_TILES.length)))).map((t) => ({ name: `mma ${t.BM}x${t.BN} (${t.WM}x${t.WN}) k${t.BK}${t.prefetch ? ' prefetch' : ''}`, tile: t, code: (s: K.LinearSpec) => (mmaTileFor(s.N, s.K, cfg, [t]) ? linearMmaWgsl(s, cfg, t) : null) })) : []),
+    ...(cfg ? MMA_TILES.slice(0, Number(arg('tiles', String(MMA_TILES.length)))).map((t) => ({ name: `mma ${t.BM}x${t.BN} (${t.WM}x${t.WN}) k${t.BK}${t.prefetch ? ' prefetch' : ''}${t.double ? ' double' : ''}`, tile: t, code: (s: K.LinearSpec) => (mmaTileFor(s.N, s.K, cfg, device.limits.maxComputeWorkgroupStorageSize, [t]) ? linearMmaWgsl(s, cfg, t) : null) })) : []),
   ];
   console.log(`\nprefill products, ${T} tokens (TFLOP/s; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'})`);
   console.log(`| matrix | type | N x K | ${variants.map((v) => v.name).join(' | ')} |`);

@@ -448,7 +448,9 @@ export class GpuSession {
     const batched = batch !== null && (n > VEC_ROWS || (n >= MMA_BATCH_ROWS && mmaFor(m.layers[0].gateUp)));
     const skinnyOf = (l: GpuLinear, add: boolean) => (batched && mmaFor(l) ? m.skinnyProduct(l, add, n) : null);
     const vecBatchOf = (l: GpuLinear) => batched && (forced === 'vec' || (forced !== 'batch' && m.quantisesX(l)));
-    const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue) => {
+    // a prefill chunk's tensor-core products take their input as f16 where the kernel before them wrote it so
+    const x16 = (l: GpuLinear) => m.prefillX16 && n > VEC_ROWS && !batched && m.mmaTile(l) !== null;
+    const linear = (l: GpuLinear, x: GPUBuffer, y: GPUBuffer, rows: number, add: boolean, pro?: Prologue, xHalf = false) => {
       const skinny = rows > 1 ? skinnyOf(l, add) : null;
       if (skinny) {
         // (x given as r.xh is f16 already: the RMSNorm or SwiGLU kernel before wrote it so)
@@ -470,7 +472,7 @@ export class GpuSession {
         run(m.linearPipeline(l, add, false), 'linV', [r.xq, y, l.data, l.scales, l.bias], Math.ceil(l.N / m.vecRowsPerGroup(l)), rows);
         return;
       }
-      const pipe = m.linearPipeline(l, add, many, spec), tile = many ? m.mmaTile(l) ?? { BN: K.MAT_TILE.rows, BM: K.MAT_TILE.tokens } : null;
+      const pipe = m.linearPipeline(l, add, many, spec, xHalf), tile = many ? m.mmaTile(l) ?? { BN: K.MAT_TILE.rows, BM: K.MAT_TILE.tokens } : null;
       run(pipe, many ? 'linM' : 'linV', [x, y, l.data, l.type === 'f16' ? null : l.scales, l.bias, nw],
         tile ? Math.ceil(l.N / tile.BN) : Math.ceil(l.N / m.vecRowsPerGroup(l)), tile ? Math.ceil(rows / tile.BM) : rows);
     };
@@ -481,7 +483,8 @@ export class GpuSession {
     /** y = W · rmsnorm(x) for the chunk's rows of x */
     const normed = (weight: GPUBuffer, l: GpuLinear, y: GPUBuffer) => {
       if (fuse) linear(l, r.x, y, n, false, { kind: 'rmsnorm', weight });
-      else if (skinnyOf(l, false)) { run(m.pipeline('rmsh', () => K.rmsnormWgsl(c.dim, c.normEps, false, false, true)), 'rmsh', [r.x, weight, r.xh], n); linear(l, r.xh, y, n, false); }
+      else if (skinnyOf(l, false)) { run(m.pipeline('rmsh', () => K.rmsnormWgsl(c.dim, c.normEps, false, false, 'split')), 'rmsh', [r.x, weight, r.xh], n); linear(l, r.xh, y, n, false); }
+      else if (x16(l)) { run(m.pipeline('rms16', () => K.rmsnormWgsl(c.dim, c.normEps, false, false, 'f16')), 'rms16', [r.x, weight, r.xb], n); linear(l, r.xb, y, n, false, undefined, true); }
       else { run(rms, 'rms', [r.x, weight, r.xb], n); linear(l, r.xb, y, n, false); }
     };
     const hs = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize, ropeDims: c.ropeDims };
@@ -500,9 +503,9 @@ export class GpuSession {
     // Gemma 3: a sublayer's output RMS-normalised before it is added to the residual
     const postNorm = m.pipeline('rmsadd', () => K.rmsnormWgsl(c.dim, c.normEps, false, true));
     /** x += W · input, or x += rmsnorm(W · input) where the layer has a post-norm */
-    const residual = (l: GpuLinear, input: GPUBuffer, post: GPUBuffer | null, pro?: Prologue) => {
-      if (!post) { linear(l, input, r.x, n, true, pro); return; }
-      linear(l, input, r.xb, n, false, pro);
+    const residual = (l: GpuLinear, input: GPUBuffer, post: GPUBuffer | null, pro?: Prologue, xHalf = false) => {
+      if (!post) { linear(l, input, r.x, n, true, pro, xHalf); return; }
+      linear(l, input, r.xb, n, false, pro, xHalf);
       run(postNorm, 'post', [r.xb, post, r.x], n);
     };
     const nPages = Math.ceil(total / r.pageSize), touched = nPages - Math.floor(start / r.pageSize);
@@ -583,7 +586,8 @@ export class GpuSession {
       residual(L.wo, r.att, L.postAttnNorm);
       normed(L.ffnNorm, L.gateUp, r.gu);
       if (fuse) residual(L.down, r.gu, L.postFfnNorm, { kind: 'glu', act });
-      else if (skinnyOf(L.down, true)) { run(m.pipeline('gluh', () => K.gluWgsl(c.hiddenDim, act, true)), 'gluh', [r.gu, r.xh, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.xh, L.postFfnNorm); }
+      else if (skinnyOf(L.down, true)) { run(m.pipeline('gluh', () => K.gluWgsl(c.hiddenDim, act, 'split')), 'gluh', [r.gu, r.xh, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.xh, L.postFfnNorm); }
+      else if (x16(L.down)) { run(m.pipeline('glu16', () => K.gluWgsl(c.hiddenDim, act, 'f16')), 'glu16', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.h, L.postFfnNorm, undefined, true); }
       else { run(glu, 'glu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.h, L.postFfnNorm); }
     }
     if (want === 'all') {

@@ -11,7 +11,7 @@ import { gpu, skipGpu } from './gpu.js';
 import { matrixConfig, throwDeviceError } from '../backend/webgpu/device.js';
 import { readBuffer } from '../backend/webgpu/decode-attention.js';
 import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, toHalfGrid, toHalfWgsl, type MmaTile, type SkinnyTile } from '../backend/webgpu/mma-kernels.js';
-import { attentionTune, CARRY_GAP, mmaAttentionFits, mmaAttentionRows, prefillAttentionWgslFor, tuneFits, type AttentionTune } from '../backend/webgpu/mma-attention.js';
+import { attentionTune, CARRY_GAP, LAZY_RESCALE, mmaAttentionFits, mmaAttentionRows, prefillAttentionWgslFor, tuneFits, type AttentionTune } from '../backend/webgpu/mma-attention.js';
 import type { GpuWeightType, LinearSpec } from '../backend/webgpu/kernels.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { gaussian } from './fixtures.js';
@@ -63,7 +63,7 @@ function weights(type: GpuWeightType, N: number, Kd: number, seed: number) {
   return { values, data, scales };
 }
 
-async function product(type: GpuWeightType, tokens: number, N: number, Kd: number, tile: MmaTile, o: { add?: boolean; bias?: boolean }) {
+async function product(type: GpuWeightType, tokens: number, N: number, Kd: number, tile: MmaTile, o: { add?: boolean; bias?: boolean; xHalf?: boolean }) {
   const { device } = gpu!, g = gaussian(tokens + N + Kd), seed = 3 + N;
   const rows = Math.ceil(tokens / tile.BM) * tile.BM; // activation buffers are padded to the tile
   const w = weights(type, N, Kd, seed);
@@ -76,10 +76,10 @@ async function product(type: GpuWeightType, tokens: number, N: number, Kd: numbe
     for (let k = 0; k < Kd; k++) s += f16(x[t * Kd + k]) * w.values[r * Kd + k];
     want[t * N + r] = s;
   }
-  const spec: LinearSpec = { type, N, K: Kd, add: !!o.add, bias: !!o.bias };
+  const spec: LinearSpec = { type, N, K: Kd, add: !!o.add, bias: !!o.bias, ...(o.xHalf ? { xHalf: true } : {}) };
   const pipe = await pipelineOf(linearMmaWgsl(spec, cfg!, tile));
   const y = buf(y0);
-  const entries: [number, GPUBuffer][] = [[0, buf(x)], [1, y], [2, buf(w.data)]];
+  const entries: [number, GPUBuffer][] = [[0, buf(o.xHalf ? Uint16Array.from(x, f32ToF16) : x)], [1, y], [2, buf(w.data)]];
   if (w.scales) entries.push([3, buf(w.scales)]);
   if (o.bias) entries.push([4, buf(bias)]);
   const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
@@ -106,7 +106,7 @@ const cases: { type: GpuWeightType; tokens: number; N: number; K: number; add?: 
 ];
 for (const c of cases) {
   test(`WebGPU tensor-core product (${c.type}, ${c.tokens} tokens × ${c.N} × ${c.K}${c.add ? ', residual add' : ''}${c.bias ? ', bias' : ''}) matches float64`, { skip }, async () => {
-    const tile = mmaTileFor(c.N, c.K, cfg!);
+    const tile = mmaTileFor(c.N, c.K, cfg!, gpu!.device.limits.maxComputeWorkgroupStorageSize);
     assert.ok(tile, `no tile for ${c.N} x ${c.K}`);
     const { got, want } = await product(c.type, c.tokens, c.N, c.K, tile, c);
     check(got, want, `${c.type} ${JSON.stringify(tile)}`);
@@ -115,9 +115,19 @@ for (const c of cases) {
 
 test('WebGPU tensor-core product: every tile shape gives the same answer', { skip }, async () => {
   for (const tile of MMA_TILES) {
-    if (!mmaTileFor(256, 128, cfg!, [tile])) continue;
+    if (!mmaTileFor(256, 128, cfg!, gpu!.device.limits.maxComputeWorkgroupStorageSize, [tile])) continue;
     const { got, want } = await product('f16', 150, 256, 128, tile, { add: true });
     check(got, want, JSON.stringify(tile));
+  }
+});
+
+// workgroups in grouped order (groups of 2 and 3 token tiles over 5: the last group partial) and x stored as f16
+test('WebGPU tensor-core product: grouped workgroup order and f16 x give the same answer', { skip }, async () => {
+  const base = mmaTileFor(384, 256, cfg!, gpu!.device.limits.maxComputeWorkgroupStorageSize)!;
+  for (const [group, xHalf] of [[2, false], [3, true], [undefined, true]] as const) {
+    const tile = { ...base, ...(group ? { group } : {}) };
+    const { got, want } = await product('q8_0', 5 * tile.BM - 7, 384, 256, tile, { bias: true, xHalf });
+    check(got, want, `${JSON.stringify(tile)} x f16 ${xHalf}`);
   }
 });
 
@@ -231,12 +241,14 @@ for (const c of attCases) {
 // the carried kernel (one reference maximum per subgroup, accumulators in matrices): at its gap, where
 // blocks with rows far below their subgroup's maximum (few keys, wide scores) take the exact pass; with the
 // exact pass forced (gap -1) and never taken (a gap no block reaches, on rows that all see 300+ keys)
-for (const sg of [2, 4]) {
-  test(`WebGPU tensor-core prefill attention, carried (${sg} subgroups): every case matches float64, exact pass forced and never taken too`, { skip }, async () => {
+// (with the reference maximum moved every tile, and lazily: at the default threshold and a small one)
+const carriedOptions: Partial<AttentionTune>[] = [{}, { lazy: LAZY_RESCALE }, { lazy: 1 }];
+for (const sg of [2, 4]) for (const opt of carriedOptions) {
+  test(`WebGPU tensor-core prefill attention, carried (${sg} subgroups${Object.keys(opt).length ? `, ${JSON.stringify(opt)}` : ''}): every case matches float64, exact pass forced and never taken too`, { skip }, async () => {
     const limit = gpu!.device.limits.maxComputeWorkgroupStorageSize;
     let ran = 0;
     for (const c of attCases) {
-      const tune: AttentionTune = { sg, keys: 32, stage: true, qShared: false, carry: CARRY_GAP };
+      const tune: AttentionTune = { sg, keys: 32, stage: true, qShared: false, carry: CARRY_GAP, ...opt };
       if (!tuneFits(c.hd, tune, limit) || (c.P ?? 16) % 16 !== 0) continue;
       for (const carry of [CARRY_GAP, -1]) {
         const { got, want } = await attention(c, { ...tune, carry });
@@ -246,7 +258,7 @@ for (const sg of [2, 4]) {
     }
     assert.ok(ran >= 4, `only ${ran} cases fit`);
     const c = { nH: 4, nKV: 2, hd: 128, start: 300, n: 70 };
-    const { got, want } = await attention(c, { sg, keys: 32, stage: true, qShared: false, carry: 1e9 });
+    const { got, want } = await attention(c, { sg, keys: 32, stage: true, qShared: false, carry: 1e9, ...opt });
     assertClose(got, want, c);
   });
 }

@@ -76,6 +76,8 @@ export interface LinearSpec {
   /** computed on the input as it is loaded (x-stationary kernel only): RMSNorm with weight `nw`
    *  (binding 5) and `eps`, or SwiGLU of a [gate | up] input of 2K values per token */
   prologue?: { kind: 'rmsnorm'; eps: number } | { kind: 'glu'; act: GluAct };
+  /** tensor-core many-token products only: x is stored as f16 (half the bytes each workgroup reads) */
+  xHalf?: boolean;
 }
 
 /** The gate's activation of a gated feed-forward: SiLU (SwiGLU) or GELU in its tanh form (GeGLU, Gemma). */
@@ -480,15 +482,22 @@ fn splitF16(v: f32) -> vec2<f16> {
   return vec2<f16>(f16(h), f16((c - h) * ${X_LO_SCALE}.0));
 }`;
 
+/** How a kernel writes the input of the products after it: f32; as split f16 rows (SPLIT_F16_WGSL: a
+ *  batched step's tensor-core products); as f16 (a prefill chunk's tensor-core products, which round
+ *  their input to f16 anyway: the same values, half the bytes each workgroup reads). */
+export type ProductInput = 'f32' | 'split' | 'f16';
+/** The output line of a kernel that writes `v` (f32) as row `row`'s element `i` of rows of `n` in `out`. */
+const writeInput = (mode: ProductInput, out: string, row: string, n: string, i: string, v: string) => (mode === 'split'
+  ? `let sv = splitF16(${v}); ${out}[${row} * 2u * ${n} + ${i}] = sv.x; ${out}[${row} * 2u * ${n} + ${n} + ${i}] = sv.y;`
+  : `${out}[${row} * ${n} + ${i}] = ${mode === 'f16' ? `f16(${v})` : v};`);
 /** RMSNorm of each row (or, with `last`, of the chunk's last row only, written as row 0); `add`: added
  *  to out instead of written (Gemma 3's post-norms, applied to a sublayer's output before the residual);
- *  `half`: the output as split f16 rows (SPLIT_F16_WGSL), the input of a batched step's tensor-core
- *  products (not with `add`). */
-export const rmsnormWgsl = (dim: number, eps: number, last: boolean, add = false, half = false) => (half ? 'enable f16;\n' : '') + STEP_WGSL + /* wgsl */ `
+ *  `mode`: how the output is stored (ProductInput; not with `add`). */
+export const rmsnormWgsl = (dim: number, eps: number, last: boolean, add = false, mode: ProductInput = 'f32') => (mode !== 'f32' ? 'enable f16;\n' : '') + STEP_WGSL + /* wgsl */ `
 const D: u32 = ${dim}u;
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<${half ? 'f16' : 'f32'}>;
+@group(0) @binding(2) var<storage, read_write> out: array<${mode !== 'f32' ? 'f16' : 'f32'}>;
 ${last ? '@group(0) @binding(3) var<uniform> step: Step;' : ''}
 var<workgroup> red: array<f32, 256>;
 @compute @workgroup_size(256)
@@ -501,9 +510,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
   let inv = inverseSqrt(red[0] / f32(D) + ${eps.toExponential()});
   for (var i = lid.x; i < D; i += 256u) {
-    ${half ? 'let v = splitF16(x[row * D + i] * inv * w[i]); out[orow * 2u * D + i] = v.x; out[orow * 2u * D + D + i] = v.y;' : `out[orow * D + i] = ${add ? 'out[orow * D + i] + ' : ''}x[row * D + i] * inv * w[i];`}
+    ${add ? 'out[orow * D + i] = out[orow * D + i] + x[row * D + i] * inv * w[i];' : writeInput(mode, 'out', 'orow', 'D', 'i', 'x[row * D + i] * inv * w[i]')}
   }
-}${half ? SPLIT_F16_WGSL : ''}`;
+}${mode === 'split' ? SPLIT_F16_WGSL : ''}`;
 
 /** (ropeDims: the channels of a head that RoPE rotates, default all) */
 export interface HeadsSpec { nHeads: number; nKV: number; headDim: number; pageSize: number; ropeDims?: number }
@@ -771,18 +780,18 @@ ${units.map((u) => `    out[ob + ${2 * u}u] = oa${u} * inv; out[ob + ${2 * u + 1
 }`;
 };
 
-/** h = act(gate) * up from the fused [gate | up] rows (`half`: h as split f16 rows, as rmsnormWgsl). */
-export const gluWgsl = (hidden: number, act: GluAct, half = false) => (half ? 'enable f16;\n' : '') + STEP_WGSL + /* wgsl */ `
+/** h = act(gate) * up from the fused [gate | up] rows (`mode`: how h is stored, as rmsnormWgsl). */
+export const gluWgsl = (hidden: number, act: GluAct, mode: ProductInput = 'f32') => (mode !== 'f32' ? 'enable f16;\n' : '') + STEP_WGSL + /* wgsl */ `
 const H: u32 = ${hidden}u;
 @group(0) @binding(0) var<storage, read> gu: array<f32>;
-@group(0) @binding(1) var<storage, read_write> h: array<${half ? 'f16' : 'f32'}>;
+@group(0) @binding(1) var<storage, read_write> h: array<${mode !== 'f32' ? 'f16' : 'f32'}>;
 @group(0) @binding(2) var<uniform> step: Step;
 ${MAIN_1D}
   let i = gid.x / H; let j = gid.x % H;
   if (i >= step.n) { return; }
   let g = gu[i * 2u * H + j];
-  ${half ? `let v = splitF16(${gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')}); h[i * 2u * H + j] = v.x; h[i * 2u * H + H + j] = v.y;` : `h[i * H + j] = ${gluExpr(act, 'g', 'gu[i * 2u * H + H + j]')};`}
-}${half ? SPLIT_F16_WGSL : ''}`;
+  ${writeInput(mode, 'h', 'i', 'H', 'j', gluExpr(act, 'g', 'gu[i * 2u * H + H + j]'))}
+}${mode === 'split' ? SPLIT_F16_WGSL : ''}`;
 
 /** Index of the largest logit (lowest index on ties): greedy sampling without reading the logits back. */
 export const argmaxWgsl = (vocab: number) => /* wgsl */ `

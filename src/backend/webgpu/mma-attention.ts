@@ -18,10 +18,19 @@ const PAD = 8;
  *  memory each tile instead of held in registers. `carry`: the carried kernel (staged, q in registers),
  *  which recomputes a block exactly where a row's maximum lies more than `carry` (log2 units) below its
  *  subgroup's (prefillAttentionCarryWgsl). */
-export interface AttentionTune { sg: number; keys: number; stage: boolean; qShared: boolean; carry?: number }
+export interface AttentionTune {
+  sg: number; keys: number; stage: boolean; qShared: boolean; carry?: number;
+  /** Carried kernel: the subgroup's reference maximum moves only when a score passes it by more than this
+   *  (log2 units), so most tiles skip the subgroup-wide maximum (P = exp2(s - M) stays below 2^lazy). */
+  lazy?: number;
+}
 /** The carried kernel's gap: P = exp2(s - M) then still holds a row's values down to 6 below its maximum as
  *  normal f16 numbers (>= 2^-14), at f16's full precision. */
 export const CARRY_GAP = 8;
+/** The carried kernel's lazy reference maximum: it moves only when a score passes it by more than 8 (P below
+ *  2^8, f16 keeps its precision; the f32 sums do not mind), so most tiles skip the subgroup-wide maximum and
+ *  the rescale (session 29, H100: 32K chunk 9.5 ms against 11.3 with a maximum every tile). */
+export const LAZY_RESCALE = 8;
 /** Workgroup memory of a layout. Per-row kernel: per subgroup f32 rows for S and then O's tile, f16 rows
  *  for q and then P; the staged keys and values. Carried kernel: f32 rows for S only (and a flag). */
 const attWorkgroupBytes = (hd: number, t: AttentionTune) => (t.carry !== undefined
@@ -34,16 +43,18 @@ export const tuneFits = (hd: number, t: AttentionTune, maxWorkgroupBytes: number
   attWorkgroupBytes(hd, t) <= maxWorkgroupBytes && (!t.stage || ((t.keys * hd) / 8) % (32 * t.sg) === 0)
   && (t.carry === undefined || (t.stage && !t.qShared && t.keys % 32 === 0 && t.keys <= hd));
 /** The layouts in order of preference (H100, `bench:kernels --only prefill-attention`, docs/results.md: the
- *  carried kernel with four subgroups sharing staged 32-key tiles ran at 91–92 TFLOP/s at 32K; per-row, two
+ *  carried kernel with four subgroups sharing staged 32-key tiles ran at 91–92 TFLOP/s at 32K, 111–112 with
+ *  its reference maximum moved lazily; per-row, two
  *  subgroups sharing them at 45–50, one subgroup reading the pages itself at 26–29). */
-const ATT_TUNES: AttentionTune[] = [{ sg: 4, keys: 32, stage: true, qShared: false, carry: CARRY_GAP },
+const ATT_TUNES: AttentionTune[] = [{ sg: 4, keys: 32, stage: true, qShared: false, carry: CARRY_GAP, lazy: LAZY_RESCALE },
   { sg: 2, keys: 32, stage: true, qShared: false }, { sg: 1, keys: 32, stage: false, qShared: true }];
-/** The layout for a head dim on this device (QUEST_MMA_ATTENTION_TUNE=sg,keys,stage,qShared[,carry] picks
+/** The layout for a head dim on this device (QUEST_MMA_ATTENTION_TUNE=sg,keys,stage,qShared[,carry[,lazy|-]] picks
  *  one, for benchmarks and tests), or null where none fits. */
 export function attentionTune(headDim: number, maxWorkgroupBytes: number, env = processEnv().QUEST_MMA_ATTENTION_TUNE): AttentionTune | null {
   if (env) {
-    const [sg, keys, stage, qShared, carry] = env.split(',');
-    return { sg: +sg, keys: +keys, stage: stage === '1', qShared: qShared === '1', ...(carry !== undefined ? { carry: +carry } : {}) };
+    const [sg, keys, stage, qShared, carry, lazy] = env.split(',');
+    return { sg: +sg, keys: +keys, stage: stage === '1', qShared: qShared === '1', ...(carry !== undefined ? { carry: +carry } : {}),
+      ...(lazy !== undefined && lazy !== '-' ? { lazy: +lazy } : {}) };
   }
   return ATT_TUNES.find((t) => tuneFits(headDim, t, maxWorkgroupBytes)) ?? null;
 }
@@ -206,7 +217,9 @@ ${oVecs.map((j) => `    out[ob + ${2 * j}u] = o${j} * inv;`).join('\n')}
  *  is one factor exp2(M_old - M) applied to whole matrices (subgroupMatrixScalarMultiply), the tile's P V
  *  accumulates straight into them, and only S goes through workgroup memory — which also frees enough of it
  *  for four subgroups to share each staged tile. Every matrix operation is unconditional, every loop bound
- *  uniform (the accumulators are never assigned inside a branch). P = exp2(s - M) is at most 1, but a row
+ *  uniform (the accumulators are never assigned inside a branch). With `lazy`, M moves only when a lane's
+ *  score passes it by more than `lazy` (a vote; the subgroup-wide maximum and a rescale factor other than 1
+ *  then, in a subgroup-uniform branch of scalar code): P = exp2(s - M) stays below 2^lazy. A row
  *  whose maximum lies far below M would keep its weights as small f16 numbers with fewer bits: where any
  *  row of the workgroup ends more than `carry` below its subgroup's M, the workgroup recomputes its rows
  *  with the per-row loop (exact, slower; a flag per subgroup in workgroup memory, read uniformly, makes that
@@ -227,31 +240,44 @@ export const prefillAttentionCarryWgsl = (s: AttentionShape, cfg: MatrixConfig, 
   const pieces = range(Math.ceil(HD / 32)).map((p) => ({ c0: 32 * p, width: Math.min(32, HD - 32 * p) }))
     .map(({ c0, width }) => ({ c0, width, blocks: range(width / SN).map((b) => c0 / SN + b) }));
   const res = `subgroup_matrix_result<f32, ${SN}, 16>`, left = `subgroup_matrix_left<f16, ${SK}, 16>`, right = `subgroup_matrix_right<f16, ${SN}, ${SK}>`;
-  const kMatrix = (b: number, j: number) => load(right, '&ks', `${b * SN * LDK + j * SK}u`, true, 'LDK');
-  const vMatrix = (b: number, c: number) => load(right, '&vs', `${b * SK * LDK + c * SN}u`, false, 'LDK');
-  // (1) S = Q Kᵀ into sf; (2) this lane's masked scores and the row's maximum with `m0` (mt, both lanes of the row)
-  const scoresAndMax = (m0: string) => `${scoresWgsl(keyBlocks, qSteps, res, kMatrix, () => '', (b) => store('&sf', `fb + ${b * SN}u`, `sm${b}`, 'LDS'))}
+  const kMatrix = (b: number, j: number) => load(right, '&kvs', `${b * SN * LDK + j * SK}u`, true, 'LDK');
+  const vMatrix = (b: number, c: number) => load(right, '&kvs', `${KEYS * LDK + b * SK * LDK + c * SN}u`, false, 'LDK');
+  // (1) S = Q Kᵀ into sf
+  const scores = scoresWgsl(keyBlocks, qSteps, res, kMatrix, () => '', (b) => store('&sf', `fb + ${b * SN}u`, `sm${b}`, 'LDS'));
+  // (2) this lane's masked scores and their maximum with `m0` (mt; `row`: also its partner lane's, so the row's)
+  const scoresAndMax = (m0: string, rowMax: boolean) => `${scores}
     workgroupBarrier();
 ${maskedScores(sVecs)}
     var mt = ${m0};
-${sVecs.map((j) => `    mt = max(mt, max(max(s${j}.x, s${j}.y), max(s${j}.z, s${j}.w)));`).join('\n')}
-    mt = max(mt, subgroupShuffleXor(mt, 1u));`;
+${sVecs.map((j) => `    mt = max(mt, max(max(s${j}.x, s${j}.y), max(s${j}.z, s${j}.w)));`).join('\n')}${rowMax ? `
+    mt = max(mt, subgroupShuffleXor(mt, 1u));` : ''}`;
   // P = exp2(s - ref) as f16 into sh (sum into l), then the tile's P as left matrices
   const pOf = (ref: string) => `    let pr = hb + row * LDS + half * 4u;
 ${sVecs.map((j) => `    { let p = select(vec4<f32>(0.0), exp2(s${j} - vec4<f32>(${ref})), s${j} > vec4<f32>(-1.0e29)); l += (p.x + p.y) + (p.z + p.w);
       let ph = vec4<f16>(p); sh[pr + ${8 * j}u] = ph.x; sh[pr + ${8 * j + 1}u] = ph.y; sh[pr + ${8 * j + 2}u] = ph.z; sh[pr + ${8 * j + 3}u] = ph.w; }`).join('\n')}
     workgroupBarrier();
 ${keySteps.map((b) => `    let p${b} = ${load(left, '&sh', `hb + ${b * SK}u`, false, 'LDS')};`).join('\n')}`;
-  return MMA_HEADER + 'enable subgroups;\n' + STEP_WGSL + /* wgsl */ `
+  // the subgroup's reference maximum: every tile, or (lazy) only when a score passes it by more than t.lazy
+  const newReference = t.lazy === undefined ? `    let Mn = subgroupMax(mt);
+    let alpha = exp2(M - Mn); M = Mn;` : `    var alpha = 1.0;
+    if (subgroupAny(mt > M + ${t.lazy.toFixed(1)})) { let Mn = subgroupMax(mt); alpha = exp2(M - Mn); M = Mn; }`;
+  const stageKV = `    // the tile's keys and values, loaded during the previous tile, into workgroup memory; the next tile's loaded
+${stageUnits.map((u) => `    { let d = (${u * THREADS}u + tid) / (HD / 8u) * LDK + (${u * THREADS}u + tid) % (HD / 8u) * 8u;
+      for (var w = 0u; w < 4u; w++) {
+        let kp = bitcast<vec2<f16>>(kw${u}[w]); let vp = bitcast<vec2<f16>>(vw${u}[w]);
+        kvs[d + 2u * w] = kp.x; kvs[d + 2u * w + 1u] = kp.y; kvs[VS + d + 2u * w] = vp.x; kvs[VS + d + 2u * w + 1u] = vp.y;
+      } }`).join('\n')}
+    workgroupBarrier();
+    prefetch(t0 + BKV, g, tid);`;
+  return MMA_HEADER + 'enable subgroups;\n' + (t.lazy !== undefined ? 'diagnostic(off, subgroup_uniformity);\n' : '') + STEP_WGSL + /* wgsl */ `
 const NH: u32 = ${s.nHeads}u; const NKV: u32 = ${s.nKV}u; const G: u32 = ${s.nHeads / s.nKV}u;
 const HD: u32 = ${HD}u; const P: u32 = ${s.pageSize}u; const QKV: u32 = ${(s.nHeads + 2 * s.nKV) * HD}u;
 const BQ: u32 = ${ATT_ROWS * SG}u; const BKV: u32 = ${KEYS}u; const THREADS: u32 = ${THREADS}u;
-const LDS: u32 = ${LDS}u; const LDH: u32 = ${LDH}u; const LDK: u32 = ${LDK}u;
+const LDS: u32 = ${LDS}u; const LDH: u32 = ${LDH}u; const LDK: u32 = ${LDK}u; const VS: u32 = ${KEYS * LDK}u;
 ${prefillAttentionBindings()}
 var<workgroup> sf: array<f32, ${SG * 16 * LDS}>; // per subgroup: [16 rows][keys] S; pieces of [16 rows][32 channels] of O (P V)
 var<workgroup> sh: array<f16, ${SG * 16 * LDH}>; // per subgroup: [16 rows][HD] q, then [16 rows][keys] P
-var<workgroup> ks: array<f16, ${KEYS * LDK}>; // the tile's keys [keys][HD]
-var<workgroup> vs: array<f16, ${KEYS * LDK}>; // and values
+var<workgroup> kvs: array<f16, ${2 * KEYS * LDK}>; // the tile's keys [keys][HD], then its values
 var<workgroup> far: array<u32, ${FAR}>; // per subgroup: whether a row of it ended more than the gap below its M
 // where key t of KV head g starts in the paged cache
 fn keyAt(t: u32, g: u32) -> u32 { return ((table[t / P] * NKV + g) * P + t % P) * HD; }
@@ -268,22 +294,22 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
 ${qToShared(HD)}
   workgroupBarrier();
 ${qSteps.map((j) => `  let q${j} = ${load(left, '&sh', `hb + ${j * SK}u`, false, 'LDH')};`).join('\n')}
-  // the carried pass: O = sum over tiles of exp2(S - M) V, M the subgroup's running maximum
+  // the carried pass: O = sum over tiles of exp2(S - M) V, M the subgroup's reference maximum
 ${chanBlocks.map((c) => `  var acc${c} = ${res}();`).join('\n')}
-  var M = -1.0e30; var mr = -1.0e30; var l = 0.0;
+  var M = -1.0e30; var mr = -1.0e30; var l = 0.0; // mr: the largest score this lane has seen
   prefetch(0u, g, tid);
   for (var t0 = 0u; t0 <= lastPos; t0 += BKV) {
     workgroupBarrier(); // (the lanes are done with the previous tile's S and P, the subgroups with its keys and values)
-${stageTile(stageUnits, THREADS)}
-${scoresAndMax('mr')}
+${stageKV}
+${scoresAndMax('mr', false)}
     mr = mt;
-    let Mn = subgroupMax(mt);
-    let alpha = exp2(M - Mn); M = Mn; l *= alpha;
+${newReference}
+    l *= alpha;
 ${pOf('M')}
 ${chanBlocks.map((c) => `    acc${c} = subgroupMatrixScalarMultiply(acc${c}, alpha);`).join('\n')}
 ${chanBlocks.map((c) => `${keySteps.map((b) => `    acc${c} = subgroupMatrixMultiplyAccumulate(p${b}, ${vMatrix(b, c)}, acc${c});`).join('\n')}`).join('\n')}
   }
-  l += subgroupShuffleXor(l, 1u);
+  l += subgroupShuffleXor(l, 1u); mr = max(mr, subgroupShuffleXor(mr, 1u));
   // O / l, through sf a piece of channels at a time (this lane: half of the piece's channels of its row)
   let inv = 1.0 / l; let ob = (i * NH + h) * HD;
 ${pieces.map(({ c0, width, blocks }) => `  workgroupBarrier();
@@ -303,8 +329,8 @@ ${oVecs.map((j) => `  var o${j} = vec4<f32>(0.0);`).join('\n')}
   prefetch(0u, g, tid);
   for (var t0 = 0u; t0 <= lastPos; t0 += BKV) {
     workgroupBarrier();
-${stageTile(stageUnits, THREADS)}
-${scoresAndMax('m')}
+${stageKV}
+${scoresAndMax('m', true)}
     let alpha = exp2(m - mt); m = mt; l *= alpha;
 ${pOf('m')}
 ${pieces.map(({ c0, blocks }) => `    {

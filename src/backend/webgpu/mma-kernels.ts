@@ -28,12 +28,22 @@ export const MMA_HEADER = 'enable f16;\nenable chromium_experimental_subgroup_ma
 
 /** Workgroup tile of the product: BM tokens x BN weight rows, split into WM x WN blocks per subgroup;
  *  BK columns of K staged per step. */
-export interface MmaTile { BM: number; BN: number; WM: number; WN: number; BK: number; prefetch?: boolean }
+export interface MmaTile {
+  BM: number; BN: number; WM: number; WN: number; BK: number; prefetch?: boolean;
+  /** Two staged tiles in turn (with prefetch): a K step writes one while the last step's is read, so one
+   *  barrier per step instead of two (the barriers cost a quarter of the 7B gate+up product, session 29). */
+  double?: boolean;
+  /** Workgroups walk the output in groups of this many token tiles, weight tiles slowest within a group
+   *  (as Triton's grouped ordering), so a weight tile is read from memory once per group, not once per
+   *  token tile; undefined: token tiles slowest (each x tile shared by the workgroups in flight). */
+  group?: number;
+}
 /** In order of preference (H100, `bench:kernels --only prefill`, docs/results.md): each thread loads the next
  *  K step's x and weights into registers while the subgroups multiply the current one (prefetch); 64 x 64
  *  blocks per subgroup ran f16 and Q8_0 weights at 131–145 TFLOP/s, 64 x 32 blocks 99–124 (the kernels
  *  without prefetch: 60–69). */
 export const MMA_TILES: MmaTile[] = [
+  { BM: 128, BN: 128, WM: 64, WN: 64, BK: 32, prefetch: true, double: true }, { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32, prefetch: true, double: true },
   { BM: 128, BN: 128, WM: 64, WN: 64, BK: 32, prefetch: true }, { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32, prefetch: true },
   { BM: 128, BN: 128, WM: 64, WN: 32, BK: 64, prefetch: true },
   { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32 }, { BM: 128, BN: 128, WM: 64, WN: 64, BK: 32 }, { BM: 128, BN: 128, WM: 64, WN: 32, BK: 64 },
@@ -45,9 +55,12 @@ export const mmaTilesFor = (type: GpuWeightType, tiles: MmaTile[] = MMA_TILES): 
 
 /** The tile a product of N rows uses on this config (the first whose BN divides N and BK divides K),
  *  or null where none fits (such products keep the fallback kernel). */
-export function mmaTileFor(N: number, K: number, cfg: MatrixConfig, tiles: MmaTile[] = MMA_TILES): MmaTile | null {
-  return tiles.find((t) => N % t.BN === 0 && K % t.BK === 0 && t.BK % cfg.K === 0 && t.WM % cfg.M === 0 && t.WN % cfg.N === 0) ?? null;
+export function mmaTileFor(N: number, K: number, cfg: MatrixConfig, maxWorkgroupBytes: number, tiles: MmaTile[] = MMA_TILES): MmaTile | null {
+  return tiles.find((t) => N % t.BN === 0 && K % t.BK === 0 && t.BK % cfg.K === 0 && t.WM % cfg.M === 0 && t.WN % cfg.N === 0
+    && mmaTileBytes(t, cfg) <= maxWorkgroupBytes) ?? null;
 }
+/** Workgroup memory of a tile's kernel: the staged x and weights (twice where double), the bias rows. */
+export const mmaTileBytes = (t: MmaTile, cfg: MatrixConfig) => (t.double ? 2 : 1) * (t.BM + t.BN) * (t.BK + 8) * 2 + cfg.M * t.BN * 4;
 
 /** `w8h(r, k)`: 8 weights of row r from column k as f16 (over weightAccess's `w8`; f16 weights are
  *  copied as they are stored). */
@@ -64,6 +77,8 @@ const w8h = (type: GpuWeightType) => (type === 'f16'
  *  result is stored straight from the subgroup matrices. */
 export const linearMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: MmaTile) => {
   const { M: SM, N: SN, K: SK } = cfg, BK = t.BK, LDS = BK + 8; // (rows padded against bank conflicts; 16-byte multiples)
+  if (t.double && !t.prefetch) throw new Error('a double-staged product tile needs prefetch');
+  const BUFS = t.double ? 2 : 1;
   const load = matrixLoad.bind(null, cfg.syntax), store = matrixStore.bind(null, cfg.syntax);
   const TM = t.WM / SM, TN = t.WN / SN, SG = (t.BM / t.WM) * (t.BN / t.WN), THREADS = SG * 32;
   const blocks = Array.from({ length: TM * TN }, (_, b) => ({ b, i: Math.floor(b / TN), j: b % TN }));
@@ -73,11 +88,11 @@ export const linearMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: MmaTile) => {
 const N: u32 = ${s.N}u;
 const BM: u32 = ${t.BM}u; const BN: u32 = ${t.BN}u; const BK: u32 = ${BK}u; const LDS: u32 = ${LDS}u;
 const THREADS: u32 = ${THREADS}u;
-@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> x: array<vec4<${s.xHalf ? 'f16' : 'f32'}>>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
-var<workgroup> stageX: array<f16, ${t.BM * LDS}>; // [BM tokens][BK k] (+ padding)
-var<workgroup> stageW: array<f16, ${t.BN * LDS}>; // [BN rows][BK k]
+var<workgroup> stageX: array<f16, ${BUFS * t.BM * LDS}>; // [BM tokens][BK k] (+ padding)${t.double ? ', twice' : ''}
+var<workgroup> stageW: array<f16, ${BUFS * t.BN * LDS}>; // [BN rows][BK k]${t.double ? ', twice' : ''}
 ${s.bias ? `var<workgroup> stageB: array<f32, ${SM * t.BN}>; // the tile's bias, repeated on ${SM} rows` : ''}
 ${t.prefetch ? `// this thread's share of a step's x (4 columns) and weights (8 columns), held in registers until staged
 ${xUnits.map((u) => `var<private> px${u}: vec4<f16>;`).join('\n')}
@@ -87,8 +102,11 @@ ${xUnits.map((u) => `  if (${u * THREADS}u + tid < BM * BK / 4u) { let e = ${u *
 ${wUnits.map((u) => `  if (${u * THREADS}u + tid < BN * BK / 8u) { let e = ${u * THREADS}u + tid; pw${u} = w8h(o0 + e / (BK / 8u), k0 + e % (BK / 8u) * 8u); }`).join('\n')}
 }` : ''}
 @compute @workgroup_size(${THREADS})
-fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  let t0 = wid.y * BM; let o0 = wid.x * BN;
+fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>${t.group ? ', @builtin(num_workgroups) nwg: vec3<u32>' : ''}) {
+${t.group ? `  // grouped order: workgroup f takes token tile f % G + the group's first, weight tile (f / G) within the group
+  let f = wid.y * nwg.x + wid.x; let perGroup = ${t.group}u * nwg.x; let g0 = f / perGroup * ${t.group}u;
+  let G = min(${t.group}u, nwg.y - g0); let r = f - g0 * nwg.x;
+  let t0 = (g0 + r % G) * BM; let o0 = r / G * BN;` : '  let t0 = wid.y * BM; let o0 = wid.x * BN;'}
   let sg = tid / 32u; // this subgroup's block: tokens m0.., weight rows n0..
   let m0 = (sg / ${t.BN / t.WN}u) * ${t.WM}u; let n0 = (sg % ${t.BN / t.WN}u) * ${t.WN}u;
 ${s.bias ? `  for (var e = tid; e < ${SM}u * BN; e += THREADS) { stageB[e] = bias[o0 + e % BN]; }
@@ -98,12 +116,16 @@ ${blocks.map(({ b, i, j }) => `  var acc${b} = ${s.add
     : s.bias ? `${load(res, '&stageB', `n0 + ${j * SN}u`, false, 'BN')};` : `${res}();`}`).join('\n')}
 ${t.prefetch ? `  prefetch(t0, o0, 0u, tid);
   for (var k0 = 0u; k0 < K; k0 += BK) {
-    // the step's x and weights, loaded during the previous step, into workgroup memory; the next step's loaded
-${xUnits.map((u) => `    if (${u * THREADS}u + tid < BM * BK / 4u) { let e = ${u * THREADS}u + tid; let d = e / (BK / 4u) * LDS + e % (BK / 4u) * 4u;
+    // the step's x and weights, loaded during the previous step, into workgroup memory; the next step's loaded${t.double ? `
+    // (steps alternate between the two staged tiles: this one was last read two steps ago, before the last barrier)
+    let xb = (k0 / BK) % 2u * BM * LDS; let wb = (k0 / BK) % 2u * BN * LDS;` : `
+    let xb = 0u; let wb = 0u;`}
+${xUnits.map((u) => `    if (${u * THREADS}u + tid < BM * BK / 4u) { let e = ${u * THREADS}u + tid; let d = xb + e / (BK / 4u) * LDS + e % (BK / 4u) * 4u;
       stageX[d] = px${u}.x; stageX[d + 1u] = px${u}.y; stageX[d + 2u] = px${u}.z; stageX[d + 3u] = px${u}.w; }`).join('\n')}
-${wUnits.map((u) => `    if (${u * THREADS}u + tid < BN * BK / 8u) { let e = ${u * THREADS}u + tid; let d = e / (BK / 8u) * LDS + e % (BK / 8u) * 8u;
+${wUnits.map((u) => `    if (${u * THREADS}u + tid < BN * BK / 8u) { let e = ${u * THREADS}u + tid; let d = wb + e / (BK / 8u) * LDS + e % (BK / 8u) * 8u;
       for (var i = 0u; i < 4u; i++) { stageW[d + 2u * i] = pw${u}[i].x; stageW[d + 2u * i + 1u] = pw${u}[i].y; } }`).join('\n')}
     prefetch(t0, o0, min(k0 + BK, K - BK), tid); // (the last step loads its own again: nobody reads it)` : `  for (var k0 = 0u; k0 < K; k0 += BK) {
+    let xb = 0u; let wb = 0u;
     // stage x (f32 -> f16) and the weights (-> f16)
     for (var e = tid; e < BM * BK / 4u; e += THREADS) {
       let r = e / (BK / 4u); let q = e % (BK / 4u);
@@ -119,11 +141,11 @@ ${wUnits.map((u) => `    if (${u * THREADS}u + tid < BN * BK / 8u) { let e = ${u
     }`}
     workgroupBarrier();
     for (var kk = 0u; kk < BK; kk += ${SK}u) {
-${Array.from({ length: TM }, (_, i) => `      let a${i} = ${load(`subgroup_matrix_left<f16, ${SK}, ${SM}>`, '&stageX', `(m0 + ${i * SM}u) * LDS + kk`, false, 'LDS')};`).join('\n')}
-${Array.from({ length: TN }, (_, j) => `      let b${j} = ${load(`subgroup_matrix_right<f16, ${SN}, ${SK}>`, '&stageW', `(n0 + ${j * SN}u) * LDS + kk`, true, 'LDS')};`).join('\n')}
+${Array.from({ length: TM }, (_, i) => `      let a${i} = ${load(`subgroup_matrix_left<f16, ${SK}, ${SM}>`, '&stageX', `xb + (m0 + ${i * SM}u) * LDS + kk`, false, 'LDS')};`).join('\n')}
+${Array.from({ length: TN }, (_, j) => `      let b${j} = ${load(`subgroup_matrix_right<f16, ${SN}, ${SK}>`, '&stageW', `wb + (n0 + ${j * SN}u) * LDS + kk`, true, 'LDS')};`).join('\n')}
 ${blocks.map(({ b, i, j }) => `      acc${b} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${b});`).join('\n')}
-    }
-    workgroupBarrier();
+    }${t.double ? '' : `
+    workgroupBarrier();`}
   }
 ${blocks.map(({ b, i, j }) => `  ${store('&y', `(t0 + m0 + ${i * SM}u) * N + o0 + n0 + ${j * SN}u`, `acc${b}`, 'N')};`).join('\n')}
 }`;

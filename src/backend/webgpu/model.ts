@@ -37,8 +37,8 @@ export function checkGpuShape(c: ModelConfig): void {
 }
 
 function parseTile(v: string | undefined): MmaTile[] {
-  const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(p?)$/.exec(v ?? '');
-  return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]), prefetch: m[6] === 'p' }] : MMA_TILES;
+  const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(p?)(d?)$/.exec(v ?? '');
+  return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]), prefetch: m[6] === 'p', double: m[7] === 'd' }] : MMA_TILES;
 }
 
 /** QUEST_SKINNY_TILE=WN,SG,CK,stage (stage 1 or 0) as a one-layout list, else every layout. */
@@ -172,27 +172,33 @@ export class GpuModel {
   /** Whether the matrix-vector kernel can compute RMSNorm / SwiGLU on its input (the x-stationary one can). */
   get fusesPrologues(): boolean { return this.matvec.kind === 'rows'; }
 
-  /** Tiles the tensor-core products may use (QUEST_MMA_TILE=BMxBNxWMxWNxBK[p] picks one, p: prefetching; for benchmarks). */
+  /** A prefill chunk's tensor-core products read their input as f16, written so by the RMSNorm / SwiGLU
+   *  kernels before them (QUEST_PREFILL_X16=1; measured in session 29 before it becomes the default). */
+  readonly prefillX16 = processEnv().QUEST_PREFILL_X16 === '1';
+
+  /** Tiles the tensor-core products may use (QUEST_MMA_TILE=BMxBNxWMxWNxBK[p[d]] picks one, p: prefetching, d: two staged tiles in turn; for benchmarks). */
   private readonly mmaTiles: MmaTile[] = parseTile(processEnv().QUEST_MMA_TILE);
 
   /** The tensor-core tile of a many-token product, or null where it runs the fallback tiled kernel
    *  (no subgroup matrices on this adapter, or a shape the tiles do not divide). */
   mmaTile(l: GpuLinear): MmaTile | null {
     const cfg = matrixConfig(this.device);
-    return cfg ? mmaTileFor(l.N, l.K, cfg, mmaTilesFor(l.type, this.mmaTiles)) : null;
+    return cfg ? mmaTileFor(l.N, l.K, cfg, this.device.limits.maxComputeWorkgroupStorageSize, mmaTilesFor(l.type, this.mmaTiles)) : null;
   }
 
   // a product's pipelines by variant, looked up per dispatch without building a key from its shape
   private readonly linearPipes = new WeakMap<GpuLinear, Map<string, GPUComputePipeline>>();
 
-  linearPipeline(l: GpuLinear, add: boolean, many: boolean, prologue?: LinearSpec['prologue']): GPUComputePipeline {
+  /** (`xHalf`: the input is stored as f16 — tensor-core many-token products only) */
+  linearPipeline(l: GpuLinear, add: boolean, many: boolean, prologue?: LinearSpec['prologue'], xHalf = false): GPUComputePipeline {
     let byVariant = this.linearPipes.get(l);
     if (!byVariant) { byVariant = new Map(); this.linearPipes.set(l, byVariant); }
-    const variant = `${many}:${add}:${many ? '' : prologue?.kind ?? ''}`;
+    const variant = `${many}:${add}:${many ? '' : prologue?.kind ?? ''}:${xHalf}`;
     let p = byVariant.get(variant);
     if (!p) {
-      const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null, ...(prologue && !many ? { prologue } : {}) };
+      const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null, ...(prologue && !many ? { prologue } : {}), ...(xHalf ? { xHalf } : {}) };
       const sub = hasSubgroups32(this.device), xq = !many && this.quantisesX(l), mv = this.matvec, tile = many ? this.mmaTile(l) : null;
+      if (xHalf && !tile) throw new Error('an f16 product input needs a tensor-core tile');
       p = this.pipeline(`lin:${many}:${sub}:${xq}:${JSON.stringify(mv)}:${JSON.stringify(tile)}:${JSON.stringify(spec)}`, () => (tile ? linearMmaWgsl(spec, matrixConfig(this.device)!, tile)
         : many ? K.linearMatWgsl(spec)
         : mv.kind === 'rows' ? K.linearRowsWgsl(spec, { subgroups: sub, rows: this.rowsOf(l), xq }) : mv.kind === 'thread' ? K.linearThreadWgsl(spec) : K.linearVecWgsl(spec, sub)));
