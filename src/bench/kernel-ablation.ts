@@ -102,15 +102,15 @@ async function main() {
   }
 
   if (ONLY === 'all' || ONLY === 'products') {
-    const N = 22016, Kd = 4096, tile = MMA_TILES[0], single = { ...tile, double: false };
+    const N = 22016, Kd = 4096, tile = MMA_TILES[0], double = { ...tile, double: true };
     const spec = { type: 'f16' as const, N, K: Kd, add: false, bias: false };
     const base = linearMmaWgsl(spec, cfg, tile), impossible = 'x[0].x == 12345.0';
     const variants: Variant[] = [
       { name: `as it is ${JSON.stringify(tile)}`, code: base, tile },
-      { name: 'one staged tile (two barriers per K step)', code: linearMmaWgsl(spec, cfg, single), tile: single },
-      { name: 'workgroups in groups of 8 token tiles', code: linearMmaWgsl(spec, cfg, { ...tile, group: 8 }), tile },
+      { name: 'two staged tiles in turn (one barrier per K step)', code: linearMmaWgsl(spec, cfg, double), tile: double },
+      ...[4, 8, 16].map((group) => ({ name: `workgroups in groups of ${group} token tiles`, code: linearMmaWgsl(spec, cfg, { ...tile, group }), tile })),
       { name: 'x stored as f16', code: linearMmaWgsl({ ...spec, xHalf: true }, cfg, tile), tile, xHalf: true },
-      { name: 'x stored as f16, groups of 8', code: linearMmaWgsl({ ...spec, xHalf: true }, cfg, { ...tile, group: 8 }), tile, xHalf: true },
+      ...[4, 8, 16].map((group) => ({ name: `x stored as f16, groups of ${group}`, code: linearMmaWgsl({ ...spec, xHalf: true }, cfg, { ...tile, group }), tile, xHalf: true })),
       { name: 'no staging stores', code: cut(cut(base, /(stageX\[d\] = px\d\.x;[^\n]*)/g, never(impossible)), /(for \(var i = 0u; i < 4u; i\+\+\) \{ stageW[^\n]*} )}/g, `${never(impossible)} }`), tile },
       { name: 'no matrix products', code: cut(base, /acc\d+ = subgroupMatrixMultiplyAccumulate\([^;]*;/g, ''), tile },
       { name: 'no barriers', code: cut(base, /\n {4}workgroupBarrier\(\);/g, '\n'), tile },

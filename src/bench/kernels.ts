@@ -167,9 +167,9 @@ async function benchPrefillProducts(device: GPUDevice, timeIt: TimeIt) {
   ].filter(([name, type]) => `${name} ${type}`.includes(arg('matrices', ''))) as [string, K.GpuWeightType, number, number][]; // (--matrices: those whose name and type contain it)
   const variants: { name: string; code: (s: K.LinearSpec) => string | null; tile: { BM: number; BN: number } }[] = [
     { name: 'fallback 64x128', code: (s) => K.linearMatWgsl(s), tile: { BM: K.MAT_TILE.tokens, BN: K.MAT_TILE.rows } },
-    ...(cfg ? MMA_TILES.slice(0, Number(arg('tiles', String(MMA_TILES.length)))).map((t) => ({ name: `mma ${t.BM}x${t.BN} (${t.WM}x${t.WN}) k${t.BK}${t.prefetch ? ' prefetch' : ''}${t.double ? ' double' : ''}`, tile: t, code: (s: K.LinearSpec) => (mmaTileFor(s.N, s.K, cfg, device.limits.maxComputeWorkgroupStorageSize, [t]) ? linearMmaWgsl(s, cfg, t) : null) })) : []),
+    ...(cfg ? MMA_TILES.slice(0, Number(arg('tiles', String(MMA_TILES.length)))).map((t) => ({ name: `mma ${t.BM}x${t.BN} (${t.WM}x${t.WN}) k${t.BK}${t.prefetch ? ' prefetch' : ''}${t.double ? ' double' : ''}${t.group ? ` group ${t.group}` : ''}`, tile: t, code: (s: K.LinearSpec) => (mmaTileFor(s.N, s.K, cfg, device.limits.maxComputeWorkgroupStorageSize, [t]) ? linearMmaWgsl({ ...s, xHalf: true }, cfg, t) : null) })) : []),
   ];
-  console.log(`\nprefill products, ${T} tokens (TFLOP/s; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'})`);
+  console.log(`\nprefill products, ${T} tokens (TFLOP/s; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'}; the tensor-core tiles take x as f16, as a prefill does)`);
   console.log(`| matrix | type | N x K | ${variants.map((v) => v.name).join(' | ')} |`);
   console.log(`| --- | --- | --- | ${variants.map(() => '---').join(' | ')} |`);
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
@@ -204,7 +204,7 @@ async function benchPrefillAttention(device: GPUDevice, timeIt: TimeIt) {
   // layouts of the tensor-core kernel to compare (--tunes sg,keys,stage,qShared[,carry];...), else the default one
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   const tunes = arg('tunes', '') ? arg('tunes', '').split(';').map((x) => attentionTune(128, limit, x)!) : cfg ? [attentionTune(128, limit)].filter((t) => t !== null) : [];
-  console.log(['| heads | context (chunk at) | fallback |', ...tunes.map((t) => ` tensor cores sg ${t.sg} keys ${t.keys}${t.stage ? ' staged' : ''}${t.qShared ? ' q re-read' : ''}${t.carry !== undefined ? ` carried (gap ${t.carry})` : ''} |`)].join(''));
+  console.log(['| heads | context (chunk at) | fallback |', ...tunes.map((t) => ` tensor cores sg ${t.sg} keys ${t.keys}${t.stage ? ' staged' : ''}${t.qShared ? ' q re-read' : ''}${t.carry !== undefined ? ` carried (gap ${t.carry}${t.lazy !== undefined ? `, lazy ${t.lazy}` : ''})` : ''} |`)].join(''));
   console.log(['| --- | --- | --- |', ...tunes.map(() => ' --- |')].join(''));
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
   for (const [nH, nKV] of SHAPES) {

@@ -10,7 +10,7 @@ import { loadModelFiles, type LoadedModel } from '../model/load.js';
 import { GpuModel } from '../backend/webgpu/model.js';
 import { readBuffer } from '../backend/webgpu/decode-attention.js';
 import { PassProfiler } from '../backend/webgpu/pass-profiler.js';
-import { hasIntDot4 } from '../backend/webgpu/device.js';
+import { hasIntDot4, matrixConfig } from '../backend/webgpu/device.js';
 import { GpuRunner, GpuSession } from '../engine/gpu-session.js';
 import { makeModel, Session } from '../engine/session.js';
 import { argmax, rng } from '../engine/sampler.js';
@@ -86,8 +86,12 @@ test('WebGPU KV buffers kept between sequences: a later sequence on reused pages
     s.dispose();
     return out;
   };
+  // (where the prefill runs on tensor cores, the two chunkings group the query rows into different
+  // workgroups, and a workgroup whose rows' maxima lie far apart takes the exact pass: P rounded to f16
+  // differently, within the float64 tests' tolerance; elsewhere both run the same f32 arithmetic)
+  const chunkTol = matrixConfig(gpu!.device) ? 1e-2 : 1e-4;
   const fresh = runnerFor(m), want = await run(fresh, 32), whole = await run(fresh);
-  whole.forEach((w, i) => compare(want[i], [Float64Array.from(w)], V, 1e-4, `step ${i}, chunks of 32 against one chunk`));
+  whole.forEach((w, i) => compare(want[i], [Float64Array.from(w)], V, chunkTol, `step ${i}, chunks of 32 against one chunk`));
   fresh.dispose();
   const reused = runnerFor(m);
   const first = new GpuSession(reused);

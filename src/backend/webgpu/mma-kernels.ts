@@ -31,7 +31,9 @@ export const MMA_HEADER = 'enable f16;\nenable chromium_experimental_subgroup_ma
 export interface MmaTile {
   BM: number; BN: number; WM: number; WN: number; BK: number; prefetch?: boolean;
   /** Two staged tiles in turn (with prefetch): a K step writes one while the last step's is read, so one
-   *  barrier per step instead of two (the barriers cost a quarter of the 7B gate+up product, session 29). */
+   *  barrier per step instead of two. The barriers cost a quarter of the 7B gate+up product, yet this
+   *  ran slower (H100, session 29: 133 against 185 TFLOP/s; twice the workgroup memory), so no default
+   *  tile uses it; `bench/kernel-ablation` compares. */
   double?: boolean;
   /** Workgroups walk the output in groups of this many token tiles, weight tiles slowest within a group
    *  (as Triton's grouped ordering), so a weight tile is read from memory once per group, not once per
@@ -41,10 +43,10 @@ export interface MmaTile {
 /** In order of preference (H100, `bench:kernels --only prefill`, docs/results.md): each thread loads the next
  *  K step's x and weights into registers while the subgroups multiply the current one (prefetch); 64 x 64
  *  blocks per subgroup ran f16 and Q8_0 weights at 131–145 TFLOP/s, 64 x 32 blocks 99–124 (the kernels
- *  without prefetch: 60–69). */
+ *  without prefetch: 60–69). Session 29 (`bench/kernel-ablation`, the 7B gate+up product, f16): 185
+ *  TFLOP/s as before, 198 with workgroups grouped by 8 token tiles, 217 with x stored as f16 too. */
 export const MMA_TILES: MmaTile[] = [
-  { BM: 128, BN: 128, WM: 64, WN: 64, BK: 32, prefetch: true, double: true }, { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32, prefetch: true, double: true },
-  { BM: 128, BN: 128, WM: 64, WN: 64, BK: 32, prefetch: true }, { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32, prefetch: true },
+  { BM: 128, BN: 128, WM: 64, WN: 64, BK: 32, prefetch: true, group: 8 }, { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32, prefetch: true },
   { BM: 128, BN: 128, WM: 64, WN: 32, BK: 64, prefetch: true },
   { BM: 128, BN: 128, WM: 64, WN: 32, BK: 32 }, { BM: 128, BN: 128, WM: 64, WN: 64, BK: 32 }, { BM: 128, BN: 128, WM: 64, WN: 32, BK: 64 },
   { BM: 64, BN: 128, WM: 32, WN: 64, BK: 32 }, { BM: 128, BN: 64, WM: 64, WN: 32, BK: 32 }, { BM: 64, BN: 64, WM: 32, WN: 32, BK: 32 },

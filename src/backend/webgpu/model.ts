@@ -37,8 +37,8 @@ export function checkGpuShape(c: ModelConfig): void {
 }
 
 function parseTile(v: string | undefined): MmaTile[] {
-  const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(p?)(d?)$/.exec(v ?? '');
-  return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]), prefetch: m[6] === 'p', double: m[7] === 'd' }] : MMA_TILES;
+  const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(p?)(d?)(?:g(\d+))?$/.exec(v ?? '');
+  return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]), prefetch: m[6] === 'p', double: m[7] === 'd', ...(m[8] ? { group: Number(m[8]) } : {}) }] : MMA_TILES;
 }
 
 /** QUEST_SKINNY_TILE=WN,SG,CK,stage (stage 1 or 0) as a one-layout list, else every layout. */
@@ -173,8 +173,9 @@ export class GpuModel {
   get fusesPrologues(): boolean { return this.matvec.kind === 'rows'; }
 
   /** A prefill chunk's tensor-core products read their input as f16, written so by the RMSNorm / SwiGLU
-   *  kernels before them (QUEST_PREFILL_X16=1; measured in session 29 before it becomes the default). */
-  readonly prefillX16 = processEnv().QUEST_PREFILL_X16 === '1';
+   *  kernels before them (the products round it to f16 anyway: the same values in half the bytes; H100,
+   *  7B prefill 32K 4.91 against 5.02 s, session 29). QUEST_PREFILL_X16=0: as f32. */
+  readonly prefillX16 = processEnv().QUEST_PREFILL_X16 !== '0';
 
   /** Tiles the tensor-core products may use (QUEST_MMA_TILE=BMxBNxWMxWNxBK[p[d]] picks one, p: prefetching, d: two staged tiles in turn; for benchmarks). */
   private readonly mmaTiles: MmaTile[] = parseTile(processEnv().QUEST_MMA_TILE);
