@@ -121,7 +121,7 @@ test('WebGPU tensor-core product: every tile shape gives the same answer', { ski
   }
 });
 
-// workgroups in grouped order (groups of 2 and 3 token tiles over 5: the last group partial) and x stored as f16
+// workgroups in grouped order (groups of 2, 3 and the default tile's 8 over 5 token tiles: a partial last group) and x stored as f16
 test('WebGPU tensor-core product: grouped workgroup order and f16 x give the same answer', { skip }, async () => {
   const base = mmaTileFor(384, 256, cfg!, gpu!.device.limits.maxComputeWorkgroupStorageSize)!;
   for (const [group, xHalf] of [[2, false], [3, true], [undefined, true]] as const) {

@@ -177,7 +177,7 @@ export class GpuModel {
    *  7B prefill 32K 4.91 against 5.02 s, session 29). QUEST_PREFILL_X16=0: as f32. */
   readonly prefillX16 = processEnv().QUEST_PREFILL_X16 !== '0';
 
-  /** Tiles the tensor-core products may use (QUEST_MMA_TILE=BMxBNxWMxWNxBK[p[d]] picks one, p: prefetching, d: two staged tiles in turn; for benchmarks). */
+  /** Tiles the tensor-core products may use (QUEST_MMA_TILE=BMxBNxWMxWNxBK[p[d]][gG] picks one, p: prefetching, d: two staged tiles in turn, gG: workgroups in groups of G token tiles; for benchmarks). */
   private readonly mmaTiles: MmaTile[] = parseTile(processEnv().QUEST_MMA_TILE);
 
   /** The tensor-core tile of a many-token product, or null where it runs the fallback tiled kernel
