@@ -76,17 +76,18 @@ export const prefillAttentionWgslFor = (s: AttentionShape, cfg: MatrixConfig, t:
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 /** Staging of a tile's keys and values: each thread's share (`units` of 8 channels) is loaded into
- *  registers by prefetch() during the previous tile, then stored into workgroup memory (stageTile). */
+ *  registers by prefetch() during the previous tile, then stored into workgroup memory (stageTile; `k` and
+ *  `v` name the element of each). */
 const stageDecls = (units: number[], THREADS: number) => `// this thread's share of a tile's keys and values (8 channels each), held in registers until they are staged
 ${units.map((u) => `var<private> kw${u}: vec4<u32>; var<private> vw${u}: vec4<u32>;`).join('\n')}
 fn prefetch(t0: u32, g: u32, tid: u32) {
 ${units.map((u) => `  { let e = ${u * THREADS}u + tid; let src = keyAt(t0 + e / (HD / 8u), g) / 8u + e % (HD / 8u); kw${u} = kc[src]; vw${u} = vc[src]; }`).join('\n')}
 }`;
-const stageTile = (units: number[], THREADS: number) => `    // the tile's keys and values, loaded during the previous tile, into workgroup memory; the next tile's loaded
+const stageTile = (units: number[], THREADS: number, k = (i: string) => `ks[${i}]`, v = (i: string) => `vs[${i}]`) => `    // the tile's keys and values, loaded during the previous tile, into workgroup memory; the next tile's loaded
 ${units.map((u) => `    { let d = (${u * THREADS}u + tid) / (HD / 8u) * LDK + (${u * THREADS}u + tid) % (HD / 8u) * 8u;
       for (var w = 0u; w < 4u; w++) {
         let kp = bitcast<vec2<f16>>(kw${u}[w]); let vp = bitcast<vec2<f16>>(vw${u}[w]);
-        ks[d + 2u * w] = kp.x; ks[d + 2u * w + 1u] = kp.y; vs[d + 2u * w] = vp.x; vs[d + 2u * w + 1u] = vp.y;
+        ${k('d + 2u * w')} = kp.x; ${k('d + 2u * w + 1u')} = kp.y; ${v('d + 2u * w')} = vp.x; ${v('d + 2u * w + 1u')} = vp.y;
       } }`).join('\n')}
     workgroupBarrier();
     prefetch(t0 + BKV, g, tid);`;
@@ -261,14 +262,8 @@ ${keySteps.map((b) => `    let p${b} = ${load(left, '&sh', `hb + ${b * SK}u`, fa
   const newReference = t.lazy === undefined ? `    let Mn = subgroupMax(mt);
     let alpha = exp2(M - Mn); M = Mn;` : `    var alpha = 1.0;
     if (subgroupAny(mt > M + ${t.lazy.toFixed(1)})) { let Mn = subgroupMax(mt); alpha = exp2(M - Mn); M = Mn; }`;
-  const stageKV = `    // the tile's keys and values, loaded during the previous tile, into workgroup memory; the next tile's loaded
-${stageUnits.map((u) => `    { let d = (${u * THREADS}u + tid) / (HD / 8u) * LDK + (${u * THREADS}u + tid) % (HD / 8u) * 8u;
-      for (var w = 0u; w < 4u; w++) {
-        let kp = bitcast<vec2<f16>>(kw${u}[w]); let vp = bitcast<vec2<f16>>(vw${u}[w]);
-        kvs[d + 2u * w] = kp.x; kvs[d + 2u * w + 1u] = kp.y; kvs[VS + d + 2u * w] = vp.x; kvs[VS + d + 2u * w + 1u] = vp.y;
-      } }`).join('\n')}
-    workgroupBarrier();
-    prefetch(t0 + BKV, g, tid);`;
+  // (keys and values in one array: the values from VS)
+  const stageKV = stageTile(stageUnits, THREADS, (i) => `kvs[${i}]`, (i) => `kvs[VS + ${i}]`);
   return MMA_HEADER + 'enable subgroups;\n' + (t.lazy !== undefined ? 'diagnostic(off, subgroup_uniformity);\n' : '') + STEP_WGSL + /* wgsl */ `
 const NH: u32 = ${s.nHeads}u; const NKV: u32 = ${s.nKV}u; const G: u32 = ${s.nHeads / s.nKV}u;
 const HD: u32 = ${HD}u; const P: u32 = ${s.pageSize}u; const QKV: u32 = ${(s.nHeads + 2 * s.nKV) * HD}u;
