@@ -9,7 +9,7 @@
 import { getGpu, lastGpuError, matrixConfig } from '../backend/webgpu/device.js';
 import { attentionTune, mmaAttentionRows, prefillAttentionWgslFor } from '../backend/webgpu/mma-attention.js';
 import { linearMmaWgsl, MMA_TILES, type MmaTile } from '../backend/webgpu/mma-kernels.js';
-import { f32ToF16 } from '../model/tensor.js';
+import { prefillAttentionInputs, randomBuffer } from './prefill-inputs.js';
 
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
 const ONLY = arg('only', 'all'), T = Number(arg('tokens', '2048'));
@@ -29,13 +29,7 @@ async function main() {
   const { device } = gpu, cfg = matrixConfig(device);
   if (!cfg) { console.log('this adapter has no f16 subgroup matrices: nothing to ablate'); return; }
   console.log(`device: ${gpu.adapterName}`);
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
-  const fill = (bytes: number, f32: boolean) => {
-    const b = device.createBuffer({ size: bytes, usage });
-    const chunk = f32 ? new Float32Array(1 << 20).map(() => (Math.random() - 0.5) * 2) : new Uint16Array(1 << 20).map(() => f32ToF16((Math.random() - 0.5) * 2));
-    for (let o = 0; o < bytes; o += chunk.byteLength) device.queue.writeBuffer(b, o, chunk, 0, Math.min(chunk.length, (bytes - o) / chunk.BYTES_PER_ELEMENT));
-    return b;
-  };
+  const fill = (bytes: number, f32: boolean) => randomBuffer(device, bytes, f32);
   const time = async (pipe: GPUComputePipeline, group: GPUBindGroup, grid: [number, number], calls = 3, reps = 3) => {
     const times: number[] = [];
     for (let r = 0; r <= reps; r++) {
@@ -72,7 +66,7 @@ async function main() {
 
   if (ONLY === 'all' || ONLY === 'attention') {
     const [nH, nKV] = arg('heads', '32/32').split('/').map(Number), ctx = Number(arg('context', '32768'));
-    const HD = 128, P = 16, start = ctx - T, pages = ctx / P + 8;
+    const HD = 128, P = 16;
     const tune = attentionTune(HD, device.limits.maxComputeWorkgroupStorageSize);
     if (!tune || tune.carry === undefined) { console.log('the default attention layout is not the carried kernel: nothing to ablate'); return; }
     const base = prefillAttentionWgslFor({ nHeads: nH, nKV, headDim: HD, pageSize: P }, cfg, tune);
@@ -89,16 +83,10 @@ async function main() {
       ['no rescale of the accumulators', (c) => cut(c, /acc\d = subgroupMatrixScalarMultiply\(acc\d, alpha\);/g, '')],
     ];
     const variants = parts.map(([name, f]) => ({ name, code: f(base), rows: mmaAttentionRows(tune) }));
-    const kc = fill(pages * nKV * P * HD * 2, false), vc = fill(pages * nKV * P * HD * 2, false);
-    const qkv = fill(T * (nH + 2 * nKV) * HD * 4, true), out = device.createBuffer({ size: T * nH * HD * 4, usage });
-    const step = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-    device.queue.writeBuffer(step, 0, new Uint32Array([start, T, ctx, 0]));
-    const table = device.createBuffer({ size: pages * 4, usage });
-    device.queue.writeBuffer(table, 0, Uint32Array.from({ length: pages }, (_, i) => i));
-    let flop = 0; for (let i = 0; i < T; i++) flop += 4 * HD * (start + i + 1) * nH;
+    const { entries, flop, start, destroy } = prefillAttentionInputs(device, { nH, nKV, headDim: HD, pageSize: P, tokens: T, context: ctx });
     await run(`prefill attention ${nH}/${nKV} heads, ${T} queries after ${start}, layout ${JSON.stringify(tune)}`, flop, variants,
-      () => [[0, qkv], [1, kc], [2, vc], [3, out], [4, step], [6, table]], (v) => [Math.ceil(T / v.rows!), nH]);
-    for (const b of [kc, vc, qkv, out, step, table]) b.destroy();
+      () => entries, (v) => [Math.ceil(T / v.rows!), nH]);
+    destroy();
   }
 
   if (ONLY === 'all' || ONLY === 'products') {
@@ -115,7 +103,7 @@ async function main() {
       { name: 'no matrix products', code: cut(base, /acc\d+ = subgroupMatrixMultiplyAccumulate\([^;]*;/g, ''), tile },
       { name: 'no barriers', code: cut(base, /\n {4}workgroupBarrier\(\);/g, '\n'), tile },
     ];
-    const data = fill(N * Kd * 2, false), x = fill(T * Kd * 4, true), xh = fill(T * Kd * 2, false), y = device.createBuffer({ size: T * N * 4, usage });
+    const data = fill(N * Kd * 2, false), x = fill(T * Kd * 4, true), xh = fill(T * Kd * 2, false), y = device.createBuffer({ size: T * N * 4, usage: GPUBufferUsage.STORAGE });
     await run(`prefill product ${N} x ${Kd} (the 7B shape's gate+up), f16 weights, ${T} tokens`, 2 * T * N * Kd, variants,
       (v) => [[0, v.xHalf ? xh : x], [1, y], [2, data]], (v) => [N / v.tile!.BN, T / v.tile!.BM]);
     for (const b of [data, x, xh, y]) b.destroy();

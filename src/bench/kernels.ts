@@ -13,6 +13,7 @@ import * as K from '../backend/webgpu/kernels.js';
 import { matrixConfig } from '../backend/webgpu/device.js';
 import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, toHalfGrid, toHalfWgsl } from '../backend/webgpu/mma-kernels.js';
 import { attentionTune, mmaAttentionRows, prefillAttentionWgslFor } from '../backend/webgpu/mma-attention.js';
+import { prefillAttentionInputs } from './prefill-inputs.js';
 
 const P = 16;
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
@@ -201,30 +202,15 @@ async function benchPrefillAttention(device: GPUDevice, timeIt: TimeIt) {
   const T = Number(arg('tokens', '2048')), cfg = matrixConfig(device);
   const contexts = arg('contexts', '4096,32768').split(',').map(Number);
   console.log(`\nprefill attention, chunks of ${T} queries (ms, TFLOP/s; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'}; workgroup memory ${device.limits.maxComputeWorkgroupStorageSize} bytes)`);
-  // layouts of the tensor-core kernel to compare (--tunes sg,keys,stage,qShared[,carry];...), else the default one
+  // layouts of the tensor-core kernel to compare (--tunes sg,keys,stage,qShared[,carry[,lazy]];...), else the default one
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   const tunes = arg('tunes', '') ? arg('tunes', '').split(';').map((x) => attentionTune(128, limit, x)!) : cfg ? [attentionTune(128, limit)].filter((t) => t !== null) : [];
   console.log(['| heads | context (chunk at) | fallback |', ...tunes.map((t) => ` tensor cores sg ${t.sg} keys ${t.keys}${t.stage ? ' staged' : ''}${t.qShared ? ' q re-read' : ''}${t.carry !== undefined ? ` carried (gap ${t.carry}${t.lazy !== undefined ? `, lazy ${t.lazy}` : ''})` : ''} |`)].join(''));
   console.log(['| --- | --- | --- |', ...tunes.map(() => ' --- |')].join(''));
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
   for (const [nH, nKV] of SHAPES) {
     for (const ctx of contexts) {
-      const HD = 128, start = ctx - T, pages = ctx / P + 8;
-      const hs = { nHeads: nH, nKV, headDim: HD, pageSize: P, ropeDims: HD };
-      // uniform values in (-1, 1): f16 for the cache, f32 for the chunk's q/k/v rows (scores of std ~0.3)
-      const fill = (bytes: number, f32: boolean) => {
-        const b = device.createBuffer({ size: bytes, usage });
-        const chunk = f32 ? new Float32Array(1 << 20).map(() => (Math.random() - 0.5) * 2) : new Uint16Array(1 << 20).map(() => f32ToF16((Math.random() - 0.5) * 2));
-        for (let o = 0; o < bytes; o += chunk.byteLength) device.queue.writeBuffer(b, o, chunk, 0, Math.min(chunk.length, (bytes - o) / chunk.BYTES_PER_ELEMENT));
-        return b;
-      };
-      const kc = fill(pages * nKV * P * HD * 2, false), vc = fill(pages * nKV * P * HD * 2, false);
-      const qkv = fill(T * (nH + 2 * nKV) * HD * 4, true), out = device.createBuffer({ size: T * nH * HD * 4, usage });
-      const step = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-      device.queue.writeBuffer(step, 0, new Uint32Array([start, T, ctx, 0]));
-      const table = device.createBuffer({ size: pages * 4, usage });
-      device.queue.writeBuffer(table, 0, Uint32Array.from({ length: pages }, (_, i) => i));
-      let flop = 0; for (let i = 0; i < T; i++) flop += 4 * HD * (start + i + 1) * nH;
+      const HD = 128, hs = { nHeads: nH, nKV, headDim: HD, pageSize: P, ropeDims: HD };
+      const { entries, flop, start, destroy } = prefillAttentionInputs(device, { nH, nKV, headDim: HD, pageSize: P, tokens: T, context: ctx });
       const variants = [
         { code: K.prefillAttentionWgsl(hs, hasSubgroups32(device)), rows: K.prefillLayout(HD).queries },
         ...(cfg ? tunes.map((t) => ({ code: prefillAttentionWgslFor(hs, cfg, t), rows: mmaAttentionRows(t) })) : []),
@@ -239,12 +225,12 @@ async function benchPrefillAttention(device: GPUDevice, timeIt: TimeIt) {
         const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
         const invalid = await device.popErrorScope();
         if (invalid) { cells.push(`invalid: ${invalid.message.split('\n')[0].slice(0, 120)}`); continue; }
-        const group = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: ([[0, qkv], [1, kc], [2, vc], [3, out], [4, step], [6, table]] as const).map(([binding, buffer]) => ({ binding, resource: { buffer } })) });
+        const group = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: entries.map(([binding, buffer]) => ({ binding, resource: { buffer } })) });
         const t = await timeIt((pass) => { pass.setPipeline(pipe); pass.setBindGroup(0, group); pass.dispatchWorkgroups(Math.ceil(T / v.rows), nH); }, 3, 3);
         cells.push(`${(t * 1e3).toFixed(2)} ms ${(flop / t / 1e12).toFixed(1)}`);
       }
       console.log(`| ${nH}/${nKV} | ${ctx} (${start}) | ${cells.join(' | ')} |`);
-      for (const b of [kc, vc, qkv, out, step, table]) b.destroy();
+      destroy();
     }
   }
 }
