@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
-import { hasSubgroups32, throwDeviceError } from '../backend/webgpu/device.js';
+import { hasSubgroups32, onCpuAdapter, throwDeviceError } from '../backend/webgpu/device.js';
 import { DecodeAttention, readBuffer, ropeScoresGrid, ropeScoresWgsl, topkWgsl, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
@@ -203,8 +203,11 @@ for (const [nH, nKV, hd] of [[8, 2, 64], [4, 4, 32]]) {
 // pages, beside a dense row and a Quest row that share nothing. Each row must equal the same sequence run
 // alone (itself checked against float64 above); GQA 4 and 8, MHA, head dims 32, 64 and 128, a group
 // larger than one workgroup's rows.
-for (const [nH, nKV, hd] of [[8, 2, 64], [4, 4, 32], [16, 2, 128], [4, 4, 128]]) {
-  test(`WebGPU decode attention of a batch of forks (${nH}/${nKV} heads, head dim ${hd}): shared pages read once for the group = each row alone`, { skip: skipGpu }, async () => {
+// On CPU adapters the workgroup kernels (a GPU's) run too, for two shapes.
+const forkCases = [[8, 2, 64], [4, 4, 32], [16, 2, 128], [4, 4, 128]].flatMap(([nH, nKV, hd], i) =>
+  [false, ...(gpu && onCpuAdapter(gpu.device) && i < 2 ? [true] : [])].map((workgroups) => ({ nH, nKV, hd, workgroups })));
+for (const { nH, nKV, hd, workgroups } of forkCases) {
+  test(`WebGPU decode attention of a batch of forks (${nH}/${nKV} heads, head dim ${hd}${workgroups ? ', workgroup kernels on a CPU adapter' : ''}): shared pages read once for the group = each row alone`, { skip: skipGpu }, async () => {
     const { device } = gpu!, P = 16, S = 20; // shared pages
     const rows = [{ seq: S * P + 37, budget: 0 }, { seq: S * P + 200, budget: 0 }, { seq: S * P + 1, budget: 0 }, { seq: S * P + 16, budget: 0 },
       { seq: S * P + 90, budget: 0 }, { seq: 700, budget: 0 }, { seq: 555, budget: 4 }];
@@ -232,7 +235,7 @@ for (const [nH, nKV, hd] of [[8, 2, 64], [4, 4, 32], [16, 2, 128], [4, 4, 128]])
     };
     const q = mk(Float32Array.from(data.flatMap((d) => Array.from(d.q)))), out = mk(new Float32Array(rows.length * nH * hd));
     const layer = { k: mk(k16), v: mk(v16), meta: mk(meta16), table: mk(tables) };
-    const att = new DecodeAttention(device, shape, maxPages, { q, out });
+    const att = new DecodeAttention(device, shape, maxPages, { q, out }, undefined, workgroups ? false : undefined);
     assert.ok(att.sharedRows >= 2, 'this shape shares no pages');
     const run = async (list: { seqLen: number; budgetPages: number; tableAt: number; row: number }[], shared: { rows: number[]; pages: number }[] = []) => {
       const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
