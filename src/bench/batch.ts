@@ -5,6 +5,7 @@
 // dense rows read the shared pages once per group of rows (a document asked several questions at once);
 // QUEST_SHARED_PAGES=0 makes every sequence read its whole context at every step, as separate contexts
 // would. Three timings per point in one run; the median and the spread are printed, and a plot.
+// --read argmax (default: each row's greedy token computed on the GPU) | logits (every row's logits read back).
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
 import { GpuModel } from '../backend/webgpu/model.js';
@@ -20,6 +21,10 @@ const BUDGET = Number(arg('budget', '2048'));
 const STEPS = Number(arg('steps', '8'));
 const WEIGHTS = arg('weights', 'f16') as GpuWeightType;
 const OUT = arg('out', 'results');
+// what each step reads back: the rows' greedy tokens (argmax on the GPU, as `quest serve` does for greedy
+// requests) or every row's logits (sampling on the CPU)
+const READ = arg('read', 'argmax');
+if (READ !== 'argmax' && READ !== 'logits') throw new Error(`--read is argmax or logits, got ${READ}`);
 
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 
@@ -31,12 +36,12 @@ async function main() {
   if (gpu.hasTimestamps) runner.enableTiming(); // (where a step's time goes: the GPU's, the CPU's encoding)
   const base = new GpuSession(runner);
   await base.fillRandomContext(CONTEXT);
-  console.log(`${gpu.adapterName}: ${name}, random ${WEIGHTS} weights; ${CONTEXT}-token contexts (forks of one: ${runner.decode.sharedRows ? `shared pages read once per ${runner.decode.sharedRows} rows` : 'each reads its own'}); ${STEPS} steps per timing, 3 timings; Quest budget ${BUDGET}`);
+  console.log(`${gpu.adapterName}: ${name}, random ${WEIGHTS} weights; ${CONTEXT}-token contexts (forks of one: ${runner.decode.sharedRows ? `shared pages read once per ${runner.decode.sharedRows} rows` : 'each reads its own'}); ${STEPS} steps per timing, 3 timings; Quest budget ${BUDGET}; each step reads back ${READ === 'argmax' ? 'the rows\' greedy tokens' : 'every row\'s logits'}`);
   const rows: { policy: string; batch: number; tps: number[]; gpuMs: number; encodeMs: number }[] = [];
   for (const policy of ['dense', 'quest'] as const) {
     for (const B of BATCHES) {
       const seqs = Array.from({ length: B }, () => base.fork({ policy, budget: BUDGET }));
-      const step = () => GpuSession.decodeBatch(seqs.map((seq, i) => ({ seq, token: 1 + ((seq.length + i) % 100) })));
+      const step = () => GpuSession.decodeBatch(seqs.map((seq, i) => ({ seq, token: 1 + ((seq.length + i) % 100), argmax: READ === 'argmax' })));
       await step(); await step(); // warm-up: pipelines, bind groups, clocks
       const tps: number[] = [], gpuMs: number[] = [], encodeMs: number[] = [];
       for (let run = 0; run < 3; run++) {

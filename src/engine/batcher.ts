@@ -7,20 +7,24 @@
 const macrotask = (fn: () => void) => (typeof setImmediate === 'function' ? setImmediate(fn) : setTimeout(fn, 0));
 
 export interface BatchStats { batches: number; steps: number; largest: number }
+/** One sequence's part of a batched step: the token it appends, and whether it wants only its greedy
+ *  token (`argmax`: the step resolves to a one-element array holding it) instead of the logits. */
+export interface BatchStep<S> { seq: S; token: number; argmax?: boolean }
 
 export class StepBatcher<S> {
-  private queue: { seq: S; token: number; resolve: (l: Float32Array) => void; reject: (e: unknown) => void }[] = [];
+  private queue: (BatchStep<S> & { resolve: (l: Float32Array) => void; reject: (e: unknown) => void })[] = [];
   private scheduled = false;
   private busy = false;
   readonly stats: BatchStats = { batches: 0, steps: 0, largest: 0 };
 
   /** `run`: one batched decode step (the backend's decodeBatch); `maxBatch`: sequences per batch. */
-  constructor(private readonly run: (steps: { seq: S; token: number }[]) => Float32Array[] | Promise<Float32Array[]>, private readonly maxBatch: number) {}
+  constructor(private readonly run: (steps: BatchStep<S>[]) => Float32Array[] | Promise<Float32Array[]>, private readonly maxBatch: number) {}
 
-  /** The logits after `token` is appended to `seq`, computed in the next batch. */
-  step(seq: S, token: number): Promise<Float32Array> {
+  /** The logits after `token` is appended to `seq` (with `argmax`, a one-element array holding the
+   *  greedy token), computed in the next batch. */
+  step(seq: S, token: number, argmax = false): Promise<Float32Array> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ seq, token, resolve, reject });
+      this.queue.push({ seq, token, argmax, resolve, reject });
       this.schedule();
     });
   }
@@ -40,7 +44,7 @@ export class StepBatcher<S> {
     for (const q of this.queue) (taken.length < this.maxBatch && !seen.has(q.seq) ? (seen.add(q.seq), taken) : rest).push(q);
     this.queue = rest;
     try {
-      const out = await this.run(taken.map(({ seq, token }) => ({ seq, token })));
+      const out = await this.run(taken.map(({ seq, token, argmax }) => ({ seq, token, argmax })));
       this.stats.batches++; this.stats.steps += taken.length; this.stats.largest = Math.max(this.stats.largest, taken.length);
       taken.forEach((q, i) => q.resolve(out[i]));
     } catch (e) {

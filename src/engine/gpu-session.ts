@@ -18,6 +18,7 @@ import * as K from '../backend/webgpu/kernels.js';
 import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
 import { checkBatch, checkTokens, type ForwardOptions, type KVLayout } from './session.js';
 import { saveSession, type SessionFileOptions } from './session-file.js';
+import type { BatchStep } from './batcher.js';
 import { concatF32 } from '../model/tensor.js';
 import { windowOf } from '../model/config.js';
 
@@ -37,6 +38,10 @@ export const MAX_BATCH = 64;
 /** Decode steps that may be in flight at once in greedy decoding (the readback buffers form a ring). */
 export const GREEDY_DEPTH = 3;
 const RING = GREEDY_DEPTH + 1;
+
+/** What a forward leaves to read back: every row's logits, the last row's, its argmax, or nothing
+ *  (encodeChunk also takes 'all+argmax': every row's logits and each row's argmax, a batched step). */
+type Want = 'all' | 'last' | 'argmax' | 'none';
 
 type Prologue = { kind: 'rmsnorm'; weight: GPUBuffer } | { kind: 'glu'; act: K.GluAct };
 
@@ -79,7 +84,7 @@ export class GpuRunner {
     const ROWS = this.chunk;
     this.x = buf(ROWS * c.dim); this.xb = buf(ROWS * c.dim); this.qkv = buf(ROWS * qkvN);
     this.att = buf(ROWS * c.nHeads * c.headDim); this.qrot = buf(Math.min(ROWS, MAX_BATCH) * c.nHeads * c.headDim); this.gu = buf(ROWS * 2 * c.hiddenDim); this.h = buf(ROWS * c.hiddenDim);
-    this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(4);
+    this.xl = buf(c.dim); this.logits1 = buf(c.vocabSize); this.tokens = buf(ROWS); this.best = buf(MAX_BATCH);
     this.mmaAttention = this.usesMmaAttention;
     this.xq = buf(MAX_BATCH * 4 * K.quantisedXWords(Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim)));
     this.step = d.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
@@ -426,7 +431,7 @@ export class GpuSession {
    *  each of these sequences (this one among them). A decode step planned layer by layer (the oracles)
    *  yields after each sparse layer's scores: the caller submits, plans that layer and resumes the
    *  generator with a new pass. */
-  private *encodeChunk(pass: GPUComputePassEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', dense: boolean, batch: GpuSession[] | null = null): Generator<number, void, GPUComputePassEncoder> {
+  private *encodeChunk(pass: GPUComputePassEncoder, n: number, want: Want | 'all+argmax', dense: boolean, batch: GpuSession[] | null = null): Generator<number, void, GPUComputePassEncoder> {
     const m = this.model, c = m.config, r = this.runner;
     const start = this.len, total = start + n;
     let current: GPUComputePipeline | null = null;
@@ -590,9 +595,10 @@ export class GpuSession {
       else if (x16(L.down)) { run(m.pipeline('glu16', () => K.gluWgsl(c.hiddenDim, act, 'f16')), 'glu16', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.h, L.postFfnNorm, undefined, true); }
       else { run(glu, 'glu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.h, L.postFfnNorm); }
     }
-    if (want === 'all') {
+    if (want === 'all' || want === 'all+argmax') {
       run(rms, 'rms', [r.x, m.finalNorm, r.xb], n);
       linear(m.output, r.xb, r.logitsRows(), n, false);
+      if (want === 'all+argmax') run(m.pipeline('argmax', () => K.argmaxWgsl(c.vocabSize)), 'argmax', [r.logitsRows(), r.best], n);
     } else if (want !== 'none') {
       // the last row's logits (one token: its row is x itself, normalised inside the product)
       if (oneStep && fuse) linear(m.output, r.x, r.logits1, 1, false, { kind: 'rmsnorm', weight: m.finalNorm });
@@ -646,7 +652,7 @@ export class GpuSession {
   }
 
   /** Records a chunk's forward pass (and, with timing on, the pass's timestamps into read slot `slot`). */
-  private recordChunk(enc: GPUCommandEncoder, n: number, want: 'all' | 'last' | 'argmax' | 'none', slot: number, dense = false): void {
+  private recordChunk(enc: GPUCommandEncoder, n: number, want: Want, slot: number, dense = false): void {
     this.recordPass(enc, slot, (pass) => only(this.encodeChunk(pass, n, want, dense)));
   }
 
@@ -663,7 +669,7 @@ export class GpuSession {
     if (t) { enc.resolveQuerySet(t.set, 0, 2, t.resolve, 0); enc.copyBufferToBuffer(t.resolve, 0, t.reads[slot], 0, 16); }
   }
 
-  private async runChunk(tokens: number[], want: 'all' | 'last' | 'argmax' | 'none', dense = false): Promise<Float32Array | null> {
+  private async runChunk(tokens: number[], want: Want, dense = false): Promise<Float32Array | null> {
     const d = this.model.device, c = this.model.config, n = tokens.length, r = this.runner;
     const planner = n === 1 && !dense ? this.planner : null, pos = this.len;
     // (a greedy pipeline's steps in flight use the shared buffers; a prompt's chunk in flight may stay so,
@@ -715,7 +721,7 @@ export class GpuSession {
   /** Records a decode step planned layer by layer: at each sparse layer the work so far is submitted,
    *  that layer's exact scores are read back and planned, and recording goes on in a new encoder
    *  (returned, to be finished by the caller). */
-  private async recordPlanned(enc: GPUCommandEncoder, want: 'all' | 'last' | 'argmax' | 'none', planner: GpuStepPlanner, pos: number): Promise<GPUCommandEncoder> {
+  private async recordPlanned(enc: GPUCommandEncoder, want: Want, planner: GpuStepPlanner, pos: number): Promise<GPUCommandEncoder> {
     const d = this.model.device, bytes = planner.scoreBytes(pos);
     const staging = d.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
     try {
@@ -738,8 +744,10 @@ export class GpuSession {
   }
 
   /** One decode step of several sequences of one runner (one token each) in one forward pass: their
-   *  logits. The weight products read the weights once for all rows. */
-  static async decodeBatch(steps: { seq: GpuSession; token: number }[]): Promise<Float32Array[]> {
+   *  logits, or for a step with `argmax` a one-element array holding its greedy token (computed on the
+   *  GPU: 4 bytes read back instead of the vocabulary). The weight products read the weights once for
+   *  all rows. */
+  static async decodeBatch(steps: BatchStep<GpuSession>[]): Promise<Float32Array[]> {
     if (!steps.length) return [];
     const lead = steps[0].seq, r = lead.runner, d = lead.model.device, c = lead.model.config, n = steps.length;
     if (n > Math.min(r.chunk, MAX_BATCH)) throw new Error(`a batch holds at most ${Math.min(r.chunk, MAX_BATCH)} sequences, got ${n}`);
@@ -754,18 +762,23 @@ export class GpuSession {
     d.queue.writeBuffer(r.step, 0, new Uint32Array([0, n, 0, 0]));
     d.queue.writeBuffer(r.tokens, 0, new Uint32Array(steps.map((x) => x.token)));
     const enc = d.createCommandEncoder();
-    lead.recordPass(enc, 0, (pass) => only(lead.encodeChunk(pass, n, 'all', false, batch)));
-    const bytes = n * c.vocabSize * 4;
+    const greedy = steps.map((x) => x.argmax === true), logits = greedy.includes(false), tokensAt = logits ? n * c.vocabSize * 4 : 0; // (bytes)
+    lead.recordPass(enc, 0, (pass) => only(lead.encodeChunk(pass, n, greedy.includes(true) ? 'all+argmax' : 'all', false, batch)));
+    // read back: every row's logits where any row samples on the CPU, then the rows' greedy tokens
+    const bytes = tokensAt + (greedy.includes(true) ? n * 4 : 0);
     const staging = r.takeStaging(bytes);
-    enc.copyBufferToBuffer(r.logitsRows(), 0, staging, 0, bytes);
+    if (logits) enc.copyBufferToBuffer(r.logitsRows(), 0, staging, 0, tokensAt);
+    if (greedy.includes(true)) enc.copyBufferToBuffer(r.best, 0, staging, tokensAt, n * 4);
     d.queue.submit([enc.finish()]);
     for (const { seq, token } of steps) { seq.len += 1; seq.tokens.push(token); }
     await staging.mapAsync(GPUMapMode.READ, 0, bytes);
-    const all = new Float32Array(staging.getMappedRange(0, bytes).slice(0));
+    const all = staging.getMappedRange(0, bytes).slice(0);
     staging.unmap(); r.giveStaging(staging);
     await lead.readTiming(0);
     throwDeviceError();
-    return steps.map((_, b) => all.subarray(b * c.vocabSize, (b + 1) * c.vocabSize)); // (views of one fresh copy)
+    const best = new Uint32Array(all, tokensAt, greedy.includes(true) ? n : 0), rows = new Float32Array(all, 0, tokensAt / 4);
+    // (views of one fresh copy)
+    return steps.map((_, b) => (greedy[b] ? Float32Array.of(best[b]) : rows.subarray(b * c.vocabSize, (b + 1) * c.vocabSize)));
   }
 
   /** The first `bytes` of a staging buffer once the GPU is done (and the timing of read slot `slot`). */
@@ -889,4 +902,4 @@ function only(encoding: Generator<number, void, GPUComputePassEncoder>): void {
 }
 
 /** One decode step of several WebGPU sequences in one forward pass (GpuSession.decodeBatch). */
-export const gpuDecodeBatch = (steps: { seq: GpuSession; token: number }[]) => GpuSession.decodeBatch(steps);
+export const gpuDecodeBatch = (steps: BatchStep<GpuSession>[]) => GpuSession.decodeBatch(steps);

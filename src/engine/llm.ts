@@ -9,11 +9,11 @@ import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy.js';
 import { createPolicy } from '../attention/create.js';
 import { decodeBatch, makeModel, PREFILL_CHUNK, Session, type Model } from './session.js';
-import { StepBatcher, type BatchStats } from './batcher.js';
+import { StepBatcher, type BatchStats, type BatchStep } from './batcher.js';
 import { DEFAULT_PREFIX_CACHE_BYTES, PrefixCache } from './prefix-cache.js';
 import { loadSession, type SessionFileOptions } from './session-file.js';
 import { releaseModelBytes } from '../model/file-bytes.js';
-import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
+import { argmax as argmaxOf, Sampler, validateSampling, type SamplingOptions } from './sampler.js';
 import { GpuRunner, GpuSession, MAX_BATCH } from './gpu-session.js';
 import { getGpu, lastGpuError, matrixConfig } from '../backend/webgpu/device.js';
 import { GpuModel } from '../backend/webgpu/model.js';
@@ -114,9 +114,11 @@ export class LLM {
   /** batched decode steps so far (continuous batching, GenerateOptions.batch) */
   get batchStats(): BatchStats { return this.batcher.stats; }
   private get batcher(): StepBatcher<AnySession> {
+    // (a step that asks for its argmax gets a one-element array holding its greedy token: the GPU
+    // computes it there; the CPU takes it from the logits)
     this.batcherOf ??= new StepBatcher<AnySession>((steps) => (this.gpu
-      ? GpuSession.decodeBatch(steps as { seq: GpuSession; token: number }[])
-      : decodeBatch(steps as { seq: Session; token: number }[])), this.gpu ? Math.min(this.gpu.chunk, MAX_BATCH) : MAX_BATCH);
+      ? GpuSession.decodeBatch(steps as BatchStep<GpuSession>[])
+      : decodeBatch(steps as BatchStep<Session>[]).map((l, i) => (steps[i].argmax ? Float32Array.of(argmaxOf(l)) : l))), this.gpu ? Math.min(this.gpu.chunk, MAX_BATCH) : MAX_BATCH);
     return this.batcherOf;
   }
 
@@ -287,11 +289,14 @@ export class LLM {
     const eos = new Set(this.config.eosIds);
     const t0 = performance.now();
     // greedy decoding on the GPU reads back the argmax instead of the logits (with steps in flight,
-    // unless the steps join batches)
+    // unless the steps join batches: then each batched step reads back the rows' argmax)
     // (a GPU sequence whose policy plans on the CPU runs its steps one by one, each read back)
     const batched = o.batch === true && !(session instanceof GpuSession && session.planned);
-    const argmax = session instanceof GpuSession && (o.temperature ?? 1) === 0 && !batched && !session.planned;
-    const decodeStep = (t: number) => (batched ? this.batcher.step(session, t) : step([t]));
+    const greedyOnGpu = session instanceof GpuSession && (o.temperature ?? 1) === 0 && !session.planned;
+    const argmax = greedyOnGpu && !batched, batchArgmax = greedyOnGpu && batched;
+    const decodeStep = (t: number) => (batched ? this.batcher.step(session, t, batchArgmax) : step([t]));
+    // a step's result: the logits, or (argmax) its greedy token in a one-element array
+    const next = (l: Float32Array, token: boolean) => (token ? l[0] : sampler.sample(l));
     const step = (t: number[], logits: 'last' | 'none' = 'last', dense = false) =>
       session instanceof GpuSession ? session.forward(t, { logits, argmax, dense }) : session.forward(t, { logits, dense });
     // the prompt, a chunk per submission: progress after each, and a turn of the event loop in which a
@@ -313,17 +318,18 @@ export class LLM {
     if (o.signal?.aborted) {
       return { text: '', tokens: [], promptTokens: ids.length, cachedTokens: cached, finishReason: 'abort', prefillMs, decodeMs: 0, prefillTokensPerSecond: 0, decodeTokensPerSecond: 0 };
     }
-    for (const t of ids.slice(ids.length - tail)) logits = await decodeStep(t);
+    let isToken = argmax; // (whether `logits` holds the greedy token: a forward or batched step with argmax)
+    for (const t of ids.slice(ids.length - tail)) { logits = await decodeStep(t); isToken = argmax || batchArgmax; }
 
     const out: number[] = [];
     let text = '', pending = '', finishReason: GenerationResult['finishReason'] = 'length';
     // the tokens: greedy on the GPU keeps steps in flight (the argmax stays on the GPU); otherwise each
     // token is sampled from the logits and its step runs when the next token is asked for
-    const first = argmax ? logits[0] : sampler.sample(logits);
+    const first = next(logits, isToken);
     let lastTok = first, i = 0;
     const tokens = argmax ? (session as GpuSession).greedy(first, maxTokens - 1) : (async function* () {
       yield first;
-      for (let n = 1; n < maxTokens && session.length < ctx; n++) yield sampler.sample(await decodeStep(lastTok));
+      for (let n = 1; n < maxTokens && session.length < ctx; n++) yield next(await decodeStep(lastTok), batchArgmax);
     })();
     for await (const tok of tokens) {
       if (o.signal?.aborted) { finishReason = 'abort'; break; }

@@ -801,9 +801,10 @@ const V: u32 = ${vocab}u;
 var<workgroup> bv: array<f32, 256>;
 var<workgroup> bi: array<u32, 256>;
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let row = wid.x; // (a workgroup per row of logits: a batched step's rows)
   var v = -3.4e38; var idx = 0u;
-  for (var i = lid.x; i < V; i += 256u) { let x = logits[i]; if (x > v) { v = x; idx = i; } }
+  for (var i = lid.x; i < V; i += 256u) { let x = logits[row * V + i]; if (x > v) { v = x; idx = i; } }
   bv[lid.x] = v; bi[lid.x] = idx;
   workgroupBarrier();
   for (var s = 128u; s > 0u; s >>= 1u) {
@@ -813,7 +814,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
     workgroupBarrier();
   }
-  if (lid.x == 0u) { best[0] = bi[0]; }
+  if (lid.x == 0u) { best[row] = bi[0]; }
 }`;
 
 /** Fills a buffer with pseudo-random f16 pairs in [-scale, scale] (benchmarks: random weights and KV). */
