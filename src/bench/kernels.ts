@@ -11,7 +11,7 @@ import { measureBandwidth } from './gpu-bandwidth.js';
 import { hasIntDot4, hasSubgroups32 } from '../backend/webgpu/device.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { matrixConfig } from '../backend/webgpu/device.js';
-import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, toHalfGrid, toHalfWgsl } from '../backend/webgpu/mma-kernels.js';
+import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, parseSkinnyTiles, toHalfGrid, toHalfWgsl } from '../backend/webgpu/mma-kernels.js';
 import { attentionTune, mmaAttentionRows, prefillAttentionWgslFor } from '../backend/webgpu/mma-attention.js';
 import { prefillAttentionInputs } from './prefill-inputs.js';
 
@@ -260,8 +260,8 @@ async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: nu
     ['qkv', 'f16', 12288, 4096], ['wo', 'f16', 4096, 4096], ['gate+up', 'f16', 22016, 4096], ['down', 'f16', 4096, 11008],
     ['gate+up', 'q8_0', 22016, 4096], ['gate+up', 'q4_0', 22016, 4096], ['down', 'q4_0', 4096, 11008], ['gate+up', 'q8_16', 22016, 4096],
   ];
-  const tiles = cfg ? SKINNY_TILES : [];
-  const names = ['batched SIMT', ...tiles.map((t) => `mma ${t.WN} rows sg ${t.SG} k${t.CK}${t.stage ? ' staged' : ''}`)];
+  const tiles = cfg ? parseSkinnyTiles(arg('skinny', '')) ?? SKINNY_TILES : []; // (--skinny 'WN,SG,CK,stage[,xa];...')
+  const names = ['batched SIMT', ...tiles.map((t) => `mma ${t.WN} rows sg ${t.SG} k${t.CK}${t.stage ? ' staged' : ''}${t.xAhead ? ' x ahead' : ''}`)];
   console.log(`\nbatched decode products (µs, share of read bandwidth; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'})`);
   console.log(`| matrix | type | N x K | tokens | ${names.join(' | ')} |`);
   console.log(`| --- | --- | --- | --- | ${names.map(() => '---').join(' | ')} |`);

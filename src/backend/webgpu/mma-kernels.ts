@@ -159,7 +159,12 @@ ${blocks.map(({ b, i, j }) => `  ${store('&y', `(t0 + m0 + ${i * SM}u) * N + o0 
  *  takes every SG-th CK-column step) and summing their partial results in workgroup memory at the end;
  *  `stage`: weights dequantised (or copied) into a per-subgroup tile in workgroup memory, the next step's
  *  held in registers meanwhile, instead of loaded as matrices straight from the weight buffer (f16 only). */
-export interface SkinnyTile { WN: number; SG: number; CK: number; stage: boolean }
+export interface SkinnyTile {
+  WN: number; SG: number; CK: number; stage: boolean;
+  /** x's matrices for the next K step loaded before this step's products (hides their L2 latency behind
+   *  the products, at the cost of holding two steps' x matrices). */
+  xAhead?: boolean;
+}
 /** Token blocks (the config's M rows each) one workgroup multiplies with each weight tile, at most. */
 export const SKINNY_BLOCKS = 4;
 /** In order of preference. With x split into two f16 parts (session 17), eight subgroups on 32-column
@@ -173,6 +178,16 @@ export const SKINNY_TILES: SkinnyTile[] = [
   // (small models: K = 576 splits into 18 steps of 32)
   { WN: 32, SG: 2, CK: 32, stage: true }, { WN: 32, SG: 1, CK: 32, stage: true }, { WN: 32, SG: 2, CK: 32, stage: false },
 ];
+/** Layouts written `WN,SG,CK,stage[,xa]` (stage 1 or 0; xa: xAhead), several joined by `;`; null for none. */
+export function parseSkinnyTiles(spec: string | undefined): SkinnyTile[] | null {
+  if (!spec) return null;
+  return spec.split(';').map((one) => {
+    const f = one.split(','), [WN, SG, CK, stage] = f.slice(0, 4).map(Number);
+    if (![WN, SG, CK].every((v) => Number.isInteger(v) && v > 0) || (stage !== 0 && stage !== 1) || (f[4] !== undefined && f[4] !== 'xa'))
+      throw new Error(`a few-token product layout is WN,SG,CK,stage[,xa] (e.g. 32,8,32,1,xa), got "${one}"`);
+    return { WN, SG, CK, stage: stage === 1, ...(f[4] === 'xa' ? { xAhead: true } : {}) };
+  });
+}
 /** Token blocks per workgroup for a step of `rows` tokens. */
 export const skinnyBlocks = (rows: number, cfg: MatrixConfig) => Math.min(SKINNY_BLOCKS, Math.ceil(rows / cfg.M));
 const skinnyBytes = (t: SkinnyTile, blocks: number, cfg: MatrixConfig) => t.SG * blocks * cfg.M * t.WN * 4 + (t.stage ? t.SG * t.WN * (t.CK + 8) * 2 : 0);
@@ -204,6 +219,10 @@ export const linearSkinnyMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: SkinnyT
   const TN = t.WN / SN, ROWS = blocks * SM, THREADS = t.SG * 32, STEPS = s.K / (t.SG * t.CK), LDS = t.CK + 8;
   const mats = range(blocks).flatMap((i) => range(TN).map((j) => ({ i, j })));
   const units = range((t.WN * t.CK) / 8 / 32); // 8-weight units of a step's tile each lane stages
+  // x's left matrix of token block i at K step k0 + kk * SK: the hi part, or the lo part K further on
+  const xLoad = (i: number, kk: number, k0: string, lo: boolean) => load(left, '&xh', `(t0 + ${i * SM}u) * XS + ${lo ? 'K + ' : ''}${k0} + ${kk * SK}u`, false, 'XS');
+  const xLoads = (hi: (i: number, kk: number) => string, lo: (i: number, kk: number) => string, k0: string) =>
+    range(t.CK / SK).flatMap((kk) => range(blocks).map((i) => `${hi(i, kk)}${xLoad(i, kk, k0, false)}; ${lo(i, kk)}${xLoad(i, kk, k0, true)};`)).join('\n');
   const left = `subgroup_matrix_left<f16, ${SK}, ${SM}>`, right = `subgroup_matrix_right<f16, ${SN}, ${SK}>`, res = `subgroup_matrix_result<f32, ${SN}, ${SM}>`;
   return MMA_HEADER + (t.stage ? weightAccess(s.type, s.K, 2) + w8h(s.type) : `const K: u32 = ${s.K}u;\n@group(0) @binding(2) var<storage, read> wh: array<f16>;`) + STEP_WGSL + /* wgsl */ `
 const N: u32 = ${s.N}u; const WN: u32 = ${t.WN}u; const ROWS: u32 = ${ROWS}u; const CK: u32 = ${t.CK}u;
@@ -226,15 +245,17 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
 ${mats.map(({ i, j }) => `  var acc${i}_${j} = ${res}(); var low${i}_${j} = ${res}();`).join('\n')}
 ${t.stage ? `  let wb = sg * WN * LDS;
   fetch(n0, sg * CK, lane);` : ''}
+${t.xAhead ? xLoads((i, kk) => `  var xa${i}_${kk} = `, (i, kk) => `  var xl${i}_${kk} = `, 'sg * CK') : ''}
   for (var c = 0u; c < ${STEPS}u; c++) {
-    let k0 = (c * SG + sg) * CK;
+    let k0 = (c * SG + sg) * CK;${t.xAhead ? `
+${xLoads((i, kk) => `    let a${i}_${kk} = xa${i}_${kk}; xa${i}_${kk} = `, (i, kk) => `    let l${i}_${kk} = xl${i}_${kk}; xl${i}_${kk} = `, 'min(k0 + SG * CK, K - CK)')}` : ''}
 ${t.stage ? `${units.map((u) => `    { let e = ${u * 32}u + lane; let d = wb + e / (CK / 8u) * LDS + e % (CK / 8u) * 8u;
       for (var w = 0u; w < 4u; w++) { stw[d + 2u * w] = pw${u}[w].x; stw[d + 2u * w + 1u] = pw${u}[w].y; } }`).join('\n')}
     workgroupBarrier();
     fetch(n0, min(k0 + SG * CK, K - CK), lane); // (the last step loads one again: nobody reads it)` : ''}
 ${range(t.CK / SK).map((kk) => `    {
-${range(blocks).map((i) => `      let a${i} = ${load(left, '&xh', `(t0 + ${i * SM}u) * XS + k0 + ${kk * SK}u`, false, 'XS')};
-      let l${i} = ${load(left, '&xh', `(t0 + ${i * SM}u) * XS + K + k0 + ${kk * SK}u`, false, 'XS')};`).join('\n')}
+${range(blocks).map((i) => (t.xAhead ? `      let a${i} = a${i}_${kk}; let l${i} = l${i}_${kk};` : `      let a${i} = ${xLoad(i, kk, 'k0', false)};
+      let l${i} = ${xLoad(i, kk, 'k0', true)};`)).join('\n')}
 ${range(TN).map((j) => `      let b${j} = ${t.stage ? load(right, '&stw', `wb + ${j * SN}u * LDS + ${kk * SK}u`, true, 'LDS') : load(right, '&wh', `(n0 + ${j * SN}u) * K + k0 + ${kk * SK}u`, true, 'K')};`).join('\n')}
 ${mats.map(({ i, j }) => `      acc${i}_${j} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${i}_${j});
       low${i}_${j} = subgroupMatrixMultiplyAccumulate(l${i}, b${j}, low${i}_${j});`).join('\n')}

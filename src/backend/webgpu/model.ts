@@ -11,7 +11,7 @@ import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
 import { hasIntDot4, hasSubgroups32, matrixConfig, onCpuAdapter, processEnv } from './device.js';
-import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, mmaTilesFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, type MmaTile, type SkinnyTile } from './mma-kernels.js';
+import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, mmaTilesFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, parseSkinnyTiles, type MmaTile, type SkinnyTile } from './mma-kernels.js';
 import type { GpuWeightType, LinearSpec } from './kernels.js';
 
 export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
@@ -39,13 +39,6 @@ export function checkGpuShape(c: ModelConfig): void {
 function parseTile(v: string | undefined): MmaTile[] {
   const m = /^(\d+)x(\d+)x(\d+)x(\d+)x(\d+)(p?)(d?)(?:g(\d+))?$/.exec(v ?? '');
   return m ? [{ BM: Number(m[1]), BN: Number(m[2]), WM: Number(m[3]), WN: Number(m[4]), BK: Number(m[5]), prefetch: m[6] === 'p', double: m[7] === 'd', ...(m[8] ? { group: Number(m[8]) } : {}) }] : MMA_TILES;
-}
-
-/** QUEST_SKINNY_TILE=WN,SG,CK,stage (stage 1 or 0) as a one-layout list, else every layout. */
-function parseSkinnyTile(env: string | undefined): SkinnyTile[] {
-  if (!env) return SKINNY_TILES;
-  const [WN, SG, CK, stage] = env.split(',').map(Number);
-  return [{ WN, SG, CK, stage: stage === 1 }];
 }
 
 function parseMatvec(v: string | undefined, onCpu: boolean): GpuModel['matvec'] {
@@ -215,8 +208,8 @@ export class GpuModel {
     return this.pipeline(`linB:${sub}:${JSON.stringify(spec)}`, () => K.linearBatchWgsl(spec, sub));
   }
 
-  /** Few-token layouts the batched products may use (QUEST_SKINNY_TILE=WN,SG,CK,stage picks one; for benchmarks). */
-  private readonly skinnyTiles: SkinnyTile[] = parseSkinnyTile(processEnv().QUEST_SKINNY_TILE);
+  /** Few-token layouts the batched products may use (QUEST_SKINNY_TILE=WN,SG,CK,stage[,xa] picks one: parseSkinnyTiles; for benchmarks). */
+  private readonly skinnyTiles: SkinnyTile[] = parseSkinnyTiles(processEnv().QUEST_SKINNY_TILE) ?? SKINNY_TILES;
 
   /** The tensor-core product of a batched decode step of `rows` tokens (x as f16) and its grid, or null
    *  where it does not run (no subgroup matrices, or no layout fits the shape). */
