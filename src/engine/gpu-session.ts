@@ -474,7 +474,9 @@ export class GpuSession {
         // x (with the prologue) quantised to int8 first, then the product by integer dot products
         const natural = l.type === 'q8_16'; // (int8 weights: x in column order; 4-bit: even / odd columns)
         run(m.pipeline(`quantx:${l.K}:${pro?.kind ?? ''}:${natural}`, () => K.quantiseXWgsl(l.K, spec, natural)), 'quantx', [x, r.xq, nw], K.quantiseXGrid(l.K, rows));
-        run(m.linearPipeline(l, add, false), 'linV', [r.xq, y, l.data, l.scales, l.bias], Math.ceil(l.N / m.vecRowsPerGroup(l)), rows);
+        // (a batch's tokens go fastest in the grid: each weight block is read from memory once for all of them)
+        const blocks = Math.ceil(l.N / m.vecRowsPerGroup(l)), first = rows > 1 && m.tokensFirstGrid;
+        run(m.linearPipeline(l, add, false, undefined, false, first), 'linV', [r.xq, y, l.data, l.scales, l.bias], first ? rows : blocks, first ? blocks : rows);
         return;
       }
       const pipe = m.linearPipeline(l, add, many, spec, xHalf), tile = many ? m.mmaTile(l) ?? { BN: K.MAT_TILE.rows, BM: K.MAT_TILE.tokens } : null;

@@ -160,3 +160,47 @@ for (const type of ['f16', 'q8_0', 'q4_0', 'q4_1', 'q8_16'] as const) {
     });
   }
 }
+
+// A batched step's tokens through the x-stationary kernel on both grids: (row blocks, tokens) and
+// (tokens, row blocks) — the order a batch uses so that the workgroups reading one weight block for
+// different tokens run side by side. Each token's row against float64 (x quantised to int8 where the
+// adapter has integer dot products), and the two grids bit for bit.
+test('WebGPU x-stationary product of a batch of tokens: both grid orders match float64 and each other', { skip: skipGpu }, async () => {
+  const { device } = gpu!, intDot = hasIntDot4(device), type = 'q4_0' as const, N = 70, Kd = 1024, T = 3, g = gaussian(91), u = rng(91);
+  const { data: packed, scales, value } = weightsOf(type, N * Kd, g, u);
+  const x = Float32Array.from({ length: T * Kd }, () => g() * 2);
+  const R = K.linearRowsFor(type, intDot), spec: K.LinearSpec = { type, N, K: Kd, add: false, bias: false };
+  const buf = (a: ArrayBufferView & { byteLength: number }) => {
+    const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
+    return b;
+  };
+  const xBuf = buf(x), xq = buf(new Uint32Array(T * K.quantisedXWords(Kd) * 4)), w = buf(packed), sc = buf(scales);
+  const run = async (tokensFirst: boolean) => {
+    const pipe = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+    const y = buf(new Float32Array(T * N)), enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+    if (intDot) {
+      const q = pipe(K.quantiseXWgsl(Kd, undefined, false));
+      pass.setPipeline(q); pass.setBindGroup(0, device.createBindGroup({ layout: q.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: xBuf } }, { binding: 1, resource: { buffer: xq } }] }));
+      pass.dispatchWorkgroups(...K.quantiseXGrid(Kd, T));
+    }
+    const p = pipe(K.linearRowsWgsl(spec, { subgroups: hasSubgroups32(device), rows: R, xq: intDot, tokensFirst }));
+    pass.setPipeline(p);
+    pass.setBindGroup(0, device.createBindGroup({ layout: p.getBindGroupLayout(0), entries: [[0, intDot ? xq : xBuf], [1, y], [2, w], [3, sc]].map(([binding, buffer]) => ({ binding: binding as number, resource: { buffer: buffer as GPUBuffer } })) }));
+    const blocks = Math.ceil(N / K.rowsLayout(Kd, R, type).rowsPerGroup);
+    if (tokensFirst) pass.dispatchWorkgroups(T, blocks); else pass.dispatchWorkgroups(blocks, T);
+    pass.end(); device.queue.submit([enc.finish()]);
+    const out = new Float32Array(await readBuffer(device, y, T * N * 4));
+    throwDeviceError();
+    return out;
+  };
+  const byBlocks = await run(false), byTokens = await run(true);
+  assert.deepEqual(byTokens, byBlocks, 'the two grid orders differ');
+  for (let t = 0; t < T; t++) {
+    let xin: Float64Array = Float64Array.from(x.subarray(t * Kd, (t + 1) * Kd));
+    if (intDot) xin = refQuantiseX(xin);
+    const want = Float64Array.from({ length: N }, (_, r) => { let s = 0; for (let k = 0; k < Kd; k++) s += value(r * Kd + k) * xin[k]; return s; });
+    let scale = 0; for (const v of want) scale = Math.max(scale, Math.abs(v));
+    want.forEach((wv, r) => assert.ok(Math.abs(byTokens[t * N + r] - wv) <= 1e-5 * scale + 1e-6, `token ${t} row ${r}: ${byTokens[t * N + r]} vs ${wv}`));
+  }
+});

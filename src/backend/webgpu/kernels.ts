@@ -291,6 +291,9 @@ export interface RowsOptions {
   rows?: number;
   /** (Q4_0, q4_1) x comes quantised to int8 (quantiseXWgsl) and blocks are integer dot products */
   xq?: boolean;
+  /** grid (tokens, row blocks) instead of (row blocks, tokens): a batched step's tokens go fastest, so the
+   *  workgroups that read the same weight rows for different tokens run side by side (L2) */
+  tokensFirst?: boolean;
 }
 
 /** The constants of the kernels whose thread sets split K into 16-byte units of R rows. */
@@ -310,7 +313,7 @@ const R: u32 = ${c.R}u;     // rows per set`;
  *  thread, TPR x 16 bytes contiguous per row and step); the R sums are reduced across the set at the
  *  end. 256 / TPR sets per workgroup. */
 export const linearRowsWgsl = (s: LinearSpec, o: RowsOptions = {}) => {
-  const { subgroups = false, rows: R = LINEAR_ROWS, xq = false } = o;
+  const { subgroups = false, rows: R = LINEAR_ROWS, xq = false, tokensFirst = false } = o;
   if (xq && ((s.type !== 'q4_0' && s.type !== 'q4_1' && s.type !== 'q8_16') || s.prologue)) throw new Error('linearRowsWgsl: a quantised x is for q4_0 / q4_1 / q8_16 products without a prologue');
   if (R > 8) throw new Error(`linearRowsWgsl: at most 8 rows per thread set (got ${R})`);
   const { U, TPR, S, UPT } = rowsLayout(s.K, R, s.type), full = U % TPR === 0, pro = s.prologue;
@@ -352,7 +355,8 @@ ${subgroups ? `  ss = subgroupAdd(ss);
   var xs: array<f32, UPT>;
   for (var i = 0u; i < UPT; i++) { for (var j = 0u; j < V; j++) { xs[i] += dot(xr[i * V + j], vec4<f32>(1.0)); } }
 ` : ''}`;
-  return (subgroups ? 'enable subgroups;\n' : '') + rowSetConsts(s, { U, V, TPR, S, UPT, R }) + /* wgsl */ `
+  // (written with wid.x the row block and wid.y the token, then renamed for the grid's order)
+  return (subgroups ? 'enable subgroups;\n' : '') + rowSetConsts(s, { U, V, TPR, S, UPT, R }) + (/* wgsl */ `
 @group(0) @binding(0) var<storage, read> x: array<vec4<${xq ? 'u32' : 'f32'}>>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
@@ -371,7 +375,8 @@ ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
 ${subgroups ? 'var<workgroup> red: array<f32, 8u * R>;' : 'var<workgroup> red: array<f32, 256u * R>;\nvar<workgroup> red2: array<f32, 32u * R>;'}
 ${pro?.kind === 'rmsnorm' ? `@group(0) @binding(5) var<storage, read> nw: array<vec4<f32>>;\nvar<workgroup> nred: array<f32, ${subgroups ? 8 : 256}>;` : ''}
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) g3: vec3<u32>) {
+  let blk = g3.${tokensFirst ? 'y' : 'x'}; let tok = g3.${tokensFirst ? 'x' : 'y'};
   let tid = lid.x; let rs = tid / TPR; let t = tid % TPR;
   let xb = wid.y * (${pro?.kind === 'glu' ? '2u * ' : ''}K / 4u);
   let r0 = (wid.x * S + rs) * R;
@@ -409,7 +414,7 @@ ${subgroups ? `  // warp sums, then the TPR / 32 warps of a set
     for (var i = 0u; i < TPR / 8u; i++) { sum += red2[(r * S + st) * (TPR / 8u) + i]; }
     if (row < N) ${linearOut(s, 'wid.y * N + row', 'row', 'sum')}
   }`}
-}`;
+}`).replaceAll('wid.x', 'blk').replaceAll('wid.y', 'tok');
 };
 
 /** Output tile of the prefill product: tokens x weight rows (the grid is ceil(N / 128) x ceil(rows / 64)). */
