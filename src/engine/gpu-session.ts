@@ -7,7 +7,7 @@ import { createPolicy } from '../attention/create.js';
 import { MIN_PAGES } from '../attention/quest.js';
 import { exactScoresWgsl, listParams, receivedColsWgsl, receivedParams, receivedRowsWgsl, tokenListAttentionWgsl } from '../backend/webgpu/planned-attention.js';
 import { GpuStepPlanner } from './gpu-planner.js';
-import { DecodeAttention, readBuffer, type LayerBuffers, type SharedPages } from '../backend/webgpu/decode-attention.js';
+import { DecodeAttention, readBuffer, type AttnRow, type LayerBuffers, type SharedPages } from '../backend/webgpu/decode-attention.js';
 import { GpuPageStore } from '../backend/webgpu/gpu-pages.js';
 import { PageAllocator, PageTable, sharedPrefixGroups } from '../kv/page-table.js';
 import type { PassProfiler } from '../backend/webgpu/pass-profiler.js';
@@ -179,9 +179,9 @@ export class GpuSession {
   readonly tokens: number[] = [];
   private viewsGeneration = -1;
   private len = 0;
-  private groups = new Map<string, GPUBindGroup>();
-  private ids = new WeakMap<object, number>();
-  private nextId = 0;
+  /** cached bind groups: a tree of maps keyed by the call's label, pipeline and buffers in turn (object
+   *  keys: no key string built per dispatch, a cost the CPU pays ~400 times a batched step) */
+  private groups: BindTree = new Map();
   private staging: GPUBuffer | null = null;
   /** the CPU-planned policies' half of a decode step (null: dense or Quest, which run on the GPU alone) */
   private readonly planner: GpuStepPlanner | null;
@@ -519,6 +519,7 @@ export class GpuSession {
     const a = this.attention, keep = Math.max(MIN_PAGES, Math.ceil(a.budget / r.pageSize));
     r.decode.resetBatch();
     const sharedMemo = new Map<string, SharedPages[]>(); // (a batched step's shared-prefix groups, per set of dense rows)
+    const rowsMemo = new Map<string, AttnRow[]>(), denseUpTo = batch ? Math.max(...batch.map((seq) => seq.attention.denseLayers)) : 0;
     const layers = this.kv;
     const scale = 1 / Math.sqrt(c.headDim), planner = this.planner;
     const ps = { nHeads: c.nHeads, nKV: c.nKVHeads, headDim: c.headDim, pageSize: r.pageSize };
@@ -551,10 +552,17 @@ export class GpuSession {
         const view = r.batchView(l);
         run(m.pipeline('ropeappendB', () => K.ropeAppendWgsl(hs, c.ropeStyle === 'neox', true)), 'ropeAppendB',
           [r.qkv, ropeTable, r.qrot, view.k, view.v, view.meta, r.step, view.table, r.batchRows], K.grid64((batch.length * (c.nHeads + 2 * c.nKVHeads) * c.headDim) / 2));
-        const rows = batch.map((seq, b) => {
-          const sa = seq.attention, pages = Math.ceil((seq.len + 1) / r.pageSize), sk = Math.max(MIN_PAGES, Math.ceil(sa.budget / r.pageSize));
-          return { seqLen: seq.len + 1, budgetPages: sa.policy === 'quest' && !window && l >= sa.denseLayers && sk < pages ? sk : 0, tableAt: b * r.maxPages, row: b, window };
-        });
+        // the rows' attention calls: the same for every layer past the densest sequence's dense layers
+        // (one array per kind of layer, so the attention plans it once a step)
+        const rowsKey = `${window}:${Math.min(l, denseUpTo)}`;
+        let rows = rowsMemo.get(rowsKey);
+        if (!rows) {
+          rows = batch.map((seq, b) => {
+            const sa = seq.attention, pages = Math.ceil((seq.len + 1) / r.pageSize), sk = Math.max(MIN_PAGES, Math.ceil(sa.budget / r.pageSize));
+            return { seqLen: seq.len + 1, budgetPages: sa.policy === 'quest' && !window && l >= sa.denseLayers && sk < pages ? sk : 0, tableAt: b * r.maxPages, row: b, window };
+          });
+          rowsMemo.set(rowsKey, rows);
+        }
         // forks of one context (a document asked several questions) read the pages they share once
         const dense = rows.map((row) => row.budgetPages === 0 && !row.window), key = dense.map(Number).join('');
         let shared = sharedMemo.get(key);
@@ -886,17 +894,26 @@ export class GpuSession {
 
   /** A cached bind group: buffer i at binding i, null for a binding the shader does not declare. */
   private bind(pipe: GPUComputePipeline, key: string, bufs: (GPUBuffer | null)[]): GPUBindGroup {
-    const id = (b: object | null) => { if (!b) return '-'; let i = this.ids.get(b); if (i === undefined) { i = this.nextId++; this.ids.set(b, i); } return i; };
-    const k = `${key}:${id(pipe)}:${bufs.map(id).join(',')}`;
-    let g = this.groups.get(k);
+    let node = this.groups;
+    for (const k of [key, pipe, ...bufs]) {
+      let next = node.get(k) as BindTree | undefined;
+      if (!next) { next = new Map(); node.set(k, next); }
+      node = next;
+    }
+    let g = node.get(GROUP) as GPUBindGroup | undefined;
     if (!g) {
       const entries = bufs.flatMap((buffer, binding) => (buffer ? [{ binding, resource: { buffer } }] : []));
       g = this.model.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries });
-      this.groups.set(k, g);
+      node.set(GROUP, g);
     }
     return g;
   }
 }
+
+/** A tree of cached bind groups (GpuSession.bind): each level keyed by the next part of a call. */
+type BindTree = Map<unknown, BindTree | GPUBindGroup>;
+/** The key under which a BindTree node holds its bind group. */
+const GROUP = Symbol('bind group');
 
 /** Runs an encoding that must not stop for planning (a chunk, a batched step, a step planned up front). */
 function only(encoding: Generator<number, void, GPUComputePassEncoder>): void {

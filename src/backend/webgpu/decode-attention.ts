@@ -27,7 +27,8 @@ const MIN_CHUNK_PAGES = 2;
 const MAX_CHUNKS = 512; // chunks per head, at most (the size of a head's partial results in scratch)
 /** Partial-attention workgroups to aim for: enough to fill a large GPU; half as many for GQA, whose
  *  workgroups merge G heads at the end and gain from longer chunks (QUEST_ATTN_WORKGROUPS to compare). */
-const targetWorkgroups = (G: number) => Number(processEnv().QUEST_ATTN_WORKGROUPS ?? (G > 1 ? 512 : 1024));
+const ATTN_WORKGROUPS = processEnv().QUEST_ATTN_WORKGROUPS; // (read once: an environment read costs µs, and this is asked per row and layer)
+const targetWorkgroups = (G: number) => Number(ATTN_WORKGROUPS ?? (G > 1 ? 512 : 1024));
 const TB = 4; // rows a lane group loads per step in the scores kernel (loads in flight per thread: 2 x TB)
 /** Rows per lane group and step of the partial-attention kernel, dense and sparse (multiples of 4;
  *  QUEST_ATTN_TB sets both, to compare). Measured on an H100: 8 for MHA dense, 4 for GQA dense (with
@@ -44,10 +45,11 @@ const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
  *  `chunkBase`: where its partial results start (after those of the shared pages), `chunks`: how many
  *  it has in all (the reduction's count; 0: nChunks). Scratch (scores, selection, partial results) has
  *  one fixed-size slot per batch row. A group of rows sharing their first pages (partialWgsl's shared
- *  variant) has one set for all: `rows` and `slots` their q rows and scratch slots, 8 bits each, `count` how many. */
+ *  variant) has one set for all: `rows` and `slots` their q rows and scratch slots, 8 bits each, `count` how many;
+ *  `groups`: how many such groups the call has (in every group's set). */
 const PARAMS_WGSL = /* wgsl */ `
 struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32, tableAt: u32, first: u32,
-  chunkBase: u32, chunks: u32, rows: u32, slots: u32, count: u32, pad: u32 }
+  chunkBase: u32, chunks: u32, rows: u32, slots: u32, count: u32, groups: u32 }
 @group(0) @binding(0) var<storage, read> prms: array<Params>;
 `;
 const PARAM_WORDS = 16;
@@ -59,6 +61,10 @@ const SHARED_ROWS = 4;
  *  whose selections (in page order) overlap. With the rows slowest each re-read the layer's cache from
  *  memory (H100, 7B, 16 forks of 8K tokens: 219 µs a layer for the shared pages, four groups of four). */
 const PARTIAL_GRID_WGSL = '  let prm = prms[wid.x]; let c = wid.y; let g = wid.z;';
+/** The shared-pages kernel walks the call's groups of rows in one workgroup per chunk (grid (1, chunks,
+ *  KV heads)), so a chunk's pages are read from memory once for all of them; QUEST_SHARED_LOOP=0 gives
+ *  each group its own workgroups side by side instead (PARTIAL_GRID_WGSL), to compare. */
+const SHARED_LOOP = processEnv().QUEST_SHARED_LOOP !== '0';
 
 /** Chunks per head of the partial-attention kernel, at most, for a shape (a scratch slot's size). */
 const maxChunksOf = (s: AttnShape) => Math.min(MAX_CHUNKS, Math.ceil(s.maxPages / MIN_CHUNK_PAGES));
@@ -470,8 +476,14 @@ fn step(h: Head, k8: array<array<vec4<f32>, 2>, TB>, v8: array<array<vec4<f32>, 
   return r;
 }
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-${PARTIAL_GRID_WGSL} let slot = ${sharedRows ? '0u; // (shared pages are never sparse)\n ' : 'wid.x;'} let tid = lid.x; let lane = tid % LG; let grp = tid / LG;
+${sharedRows && SHARED_LOOP ? `fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  // every group of rows of the call in turn over this chunk: after the first, its pages come from L1 / L2
+  for (var gi = 0u; gi < prms[0].groups; gi++) { group(gi, wid.y, wid.z, lid.x); }
+}
+fn group(gi: u32, c: u32, g: u32, tid: u32) {
+  let prm = prms[gi]; let slot = 0u; // (shared pages are never sparse)
+  let lane = tid % LG; let grp = tid / LG;` : `fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+${PARTIAL_GRID_WGSL} let slot = ${sharedRows ? '0u; // (shared pages are never sparse)\n ' : 'wid.x;'} let tid = lid.x; let lane = tid % LG; let grp = tid / LG;`}
   if (c >= prm.nChunks) { return; } // (a batch row with fewer chunks than the dispatch)
   let cp = prm.chunkPages;
   if (tid < cp) {
@@ -818,11 +830,11 @@ export class DecodeAttention {
     return this.writeParams(key, (i) => {
       const g = groups[i], { chunkPages, nChunks } = this.chunking(g.pages), pack = (f: (j: number) => number) => g.rows.reduce((a, r, j) => a | (f(r) << (8 * j)), 0) >>> 0;
       return { seqLen: g.pages * this.s.pageSize, nPages: g.pages, k: g.pages, sparse: false, nChunks, chunkPages, row: 0, tableAt: rows[g.rows[0]].tableAt, first: 0,
-        chunkBase: 0, chunks: 0, rows: pack((r) => rows[r].row), slots: pack((r) => r), count: g.rows.length };
+        chunkBase: 0, chunks: 0, rows: pack((r) => rows[r].row), slots: pack((r) => r), count: g.rows.length, groups: groups.length };
     }, groups.length, scale);
   }
 
-  private writeParams(key: string, entry: (i: number) => { seqLen: number; nPages: number; k: number; sparse: boolean; nChunks: number; chunkPages: number; row: number; tableAt: number; first: number; chunkBase: number; chunks: number; rows?: number; slots?: number; count?: number }, n: number, scale: number): { buf: GPUBuffer; slot: number } {
+  private writeParams(key: string, entry: (i: number) => { seqLen: number; nPages: number; k: number; sparse: boolean; nChunks: number; chunkPages: number; row: number; tableAt: number; first: number; chunkBase: number; chunks: number; rows?: number; slots?: number; count?: number; groups?: number }, n: number, scale: number): { buf: GPUBuffer; slot: number } {
     this.slots.set(key, this.paramIndex);
     const bytes = n * PARAM_WORDS * 4;
     if (this.paramIndex >= this.params.length || this.params[this.paramIndex].size < bytes) {
@@ -836,7 +848,7 @@ export class DecodeAttention {
       const e = entry(i), o = i * PARAM_WORDS;
       u[o] = e.seqLen; u[o + 1] = e.nPages; u[o + 2] = e.k; u[o + 3] = e.sparse ? 1 : 0;
       f[o + 4] = scale * LOG2E; u[o + 5] = e.nChunks; u[o + 6] = e.chunkPages; u[o + 7] = e.row; u[o + 8] = e.tableAt; u[o + 9] = e.first;
-      u[o + 10] = e.chunkBase; u[o + 11] = e.chunks; u[o + 12] = e.rows ?? 0; u[o + 13] = e.slots ?? 0; u[o + 14] = e.count ?? 0;
+      u[o + 10] = e.chunkBase; u[o + 11] = e.chunks; u[o + 12] = e.rows ?? 0; u[o + 13] = e.slots ?? 0; u[o + 14] = e.count ?? 0; u[o + 15] = e.groups ?? 0;
     }
     this.device.queue.writeBuffer(b, 0, data);
     return { buf: b, slot: this.paramIndex - 1 };
@@ -851,7 +863,7 @@ export class DecodeAttention {
   }
 
   /** Starts a new batch of encodes (parameter buffers are reused from the start). */
-  resetBatch(): void { this.paramIndex = 0; this.slots.clear(); }
+  resetBatch(): void { this.paramIndex = 0; this.slots.clear(); this.plans = new WeakMap(); }
 
   /** Records one decode-attention call of one sequence. budgetPages = 0 (or >= the page count): dense.
    *  `only`: record just that stage (benchmarks time the stages one by one). */
@@ -863,6 +875,56 @@ export class DecodeAttention {
    *  its own page table inside `layer.table` (at `tableAt`) and with its own budget. `scored`: the
    *  page scores are there already (one sequence, after ropeScoresWgsl). */
   encodeRows(pass: GPUComputePassEncoder, layer: LayerBuffers, rowsIn: AttnRow[], only?: Stage, opts: { scored?: boolean; shared?: SharedPages[] } = {}): void {
+    // (the layers of a step pass the same rows: planned once per batch of encodes)
+    let plan = this.plans.get(rowsIn);
+    if (!plan || plan.shared !== opts.shared) { plan = this.plan(rowsIn, opts.shared); this.plans.set(rowsIn, plan); }
+    const s = this.s, { prm, slot, subGroups, groupParams, anySparse, n, mostPages, chunks, sharedChunks } = plan;
+    let groups = this.groups.get(layer);
+    if (!groups) { groups = new Map(); this.groups.set(layer, groups); }
+    const bind = (pipe: GPUComputePipeline, name: string, bufs: GPUBuffer[], params = { buf: prm, slot }) => {
+      const key = `${params.slot}:${name}`;
+      let g = groups.get(key);
+      if (!g) {
+        g = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [params.buf, ...bufs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
+        groups.set(key, g);
+      }
+      return g;
+    };
+    const want = (st: Stage) => only === undefined || only === st;
+    if (anySparse && want('scores') && !opts.scored) { // (scored: ropeScoresWgsl wrote them)
+      pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores, layer.table]));
+      pass.dispatchWorkgroups(Math.ceil(mostPages / (TB * this.lanes.NG)), s.nKV, n);
+    }
+    if (anySparse && want('topk')) {
+      const { pipe, kr } = this.topkPipe(mostPages);
+      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, `t${kr}`, [this.scores, this.sel]));
+      pass.dispatchWorkgroups(s.nKV, 1, n);
+    }
+    if (want('partial') && groupParams) {
+      // the shared pages: every KV page read once for a group's rows
+      const pipe = this.sharedPipe ??= this.pipeline(this.threadKernels ? partialThreadWgsl(s, this.sharedRows) : partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows), 'partial shared pages');
+      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, 'sh', [this.q, layer.k, layer.v, this.sel, this.part, layer.table], groupParams));
+      pass.dispatchWorkgroups(SHARED_LOOP && !this.threadKernels ? 1 : subGroups.length, sharedChunks, s.nKV); // (SHARED_LOOP, PARTIAL_GRID_WGSL)
+      this.sharedCalls++;
+    }
+    if (want('partial')) {
+      // (a batch mixing dense and sparse rows runs the sparse variant: it reads either)
+      const pipe = anySparse ? this.pipes.sparse : this.pipes.dense;
+      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, anySparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, layer.table]));
+      pass.dispatchWorkgroups(n, chunks, s.nKV); // (PARTIAL_GRID_WGSL)
+    }
+    if (want('reduce')) {
+      pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, 'r', [this.part, this.out]));
+      pass.dispatchWorkgroups(s.nHeads, 1, n);
+    }
+  }
+
+  /** Plans of this batch of encodes, by rows array (see encodeRows). */
+  private plans = new WeakMap<AttnRow[], ReturnType<DecodeAttention['plan']>>();
+
+  /** What one call over `rowsIn` reads and dispatches (its parameters written): the same for every layer
+   *  of a step, so encodeRows computes it once per rows array and batch of encodes. */
+  private plan(rowsIn: AttnRow[], shared: SharedPages[] | undefined) {
     const s = this.s;
     const rows = rowsIn.map((r, i) => ({ seqLen: r.seqLen, budgetPages: r.budgetPages, tableAt: r.tableAt ?? 0, row: r.row ?? i, window: r.window ?? 0 }));
     for (const r of rows) {
@@ -872,7 +934,7 @@ export class DecodeAttention {
     }
     // shared-prefix groups, in workgroups of up to sharedRows rows; each row then reads only its own pages
     const skip = rows.map(() => 0), subGroups: SharedPages[] = [];
-    for (const g of this.sharedRows ? opts.shared ?? [] : []) {
+    for (const g of this.sharedRows ? shared ?? [] : []) {
       let fits = true;
       for (const i of g.rows) {
         const r = rows[i], nPages = Math.ceil((r?.seqLen ?? 0) / s.pageSize);
@@ -888,49 +950,13 @@ export class DecodeAttention {
     }
     this.growScratch(rows.length);
     const { buf: prm, slot } = this.paramsFor(rows, 1 / Math.sqrt(s.headDim), skip);
-    let groups = this.groups.get(layer);
-    if (!groups) { groups = new Map(); this.groups.set(layer, groups); }
-    const bind = (pipe: GPUComputePipeline, name: string, bufs: GPUBuffer[], params = { buf: prm, slot }) => {
-      const key = `${params.slot}:${name}`;
-      let g = groups.get(key);
-      if (!g) {
-        g = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [params.buf, ...bufs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
-        groups.set(key, g);
-      }
-      return g;
-    };
-    const want = (st: Stage) => only === undefined || only === st;
+    const groupParams = subGroups.length ? this.groupParamsFor(subGroups, rows, 1 / Math.sqrt(s.headDim)) : null;
     const plan = rows.map((r, i) => rowPages(r, s.pageSize, skip[i])), pages = plan.map((p) => p.nPages);
     const sparse = plan.map((p) => p.sparse), anySparse = sparse.some(Boolean);
     const n = rows.length, mostPages = Math.max(...pages.filter((_, i) => sparse[i]), 1);
-    if (anySparse && want('scores') && !opts.scored) { // (scored: ropeScoresWgsl wrote them)
-      pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores, layer.table]));
-      pass.dispatchWorkgroups(Math.ceil(mostPages / (TB * this.lanes.NG)), s.nKV, n);
-    }
-    if (anySparse && want('topk')) {
-      const { pipe, kr } = this.topkPipe(mostPages);
-      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, `t${kr}`, [this.scores, this.sel]));
-      pass.dispatchWorkgroups(s.nKV, 1, n);
-    }
     const chunks = Math.max(...plan.map((p) => this.chunking(p.read).nChunks));
-    if (want('partial') && subGroups.length) {
-      // the shared pages: every KV page read once for a group's rows
-      const pipe = this.sharedPipe ??= this.pipeline(this.threadKernels ? partialThreadWgsl(s, this.sharedRows) : partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows), 'partial shared pages');
-      const params = this.groupParamsFor(subGroups, rows, 1 / Math.sqrt(s.headDim));
-      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, 'sh', [this.q, layer.k, layer.v, this.sel, this.part, layer.table], params));
-      pass.dispatchWorkgroups(subGroups.length, Math.max(...subGroups.map((sg) => this.chunking(sg.pages).nChunks)), s.nKV); // (PARTIAL_GRID_WGSL)
-      this.sharedCalls++;
-    }
-    if (want('partial')) {
-      // (a batch mixing dense and sparse rows runs the sparse variant: it reads either)
-      const pipe = anySparse ? this.pipes.sparse : this.pipes.dense;
-      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, anySparse ? 'ps' : 'pd', [this.q, layer.k, layer.v, this.sel, this.part, layer.table]));
-      pass.dispatchWorkgroups(n, chunks, s.nKV); // (PARTIAL_GRID_WGSL)
-    }
-    if (want('reduce')) {
-      pass.setPipeline(this.pipes.reduce); pass.setBindGroup(0, bind(this.pipes.reduce, 'r', [this.part, this.out]));
-      pass.dispatchWorkgroups(s.nHeads, 1, n);
-    }
+    const sharedChunks = Math.max(0, ...subGroups.map((sg) => this.chunking(sg.pages).nChunks));
+    return { shared, prm, slot, subGroups, groupParams, anySparse, n, mostPages, chunks, sharedChunks };
   }
 
   /** Whether a decode step of one sequence scores Quest's pages in its RoPE / append dispatch

@@ -68,6 +68,7 @@ export class GpuModel {
     checkGpuShape(config);
     this.empty = device.createBuffer({ size: 16, usage: storageUsage() });
     this.matvec = parseMatvec(processEnv().QUEST_MATVEC, onCpuAdapter(device));
+    this.tokensFirst = this.matvec.kind === 'rows' && processEnv().QUEST_TOKENS_FIRST !== '0';
   }
 
   /** Uploads CPU-side weights (any dtype the loader reads). */
@@ -206,12 +207,25 @@ export class GpuModel {
 
   /** Whether linearPipeline(..., tokensFirst) gives a kernel on the (tokens, row blocks) grid: the rows
    *  kernel only (QUEST_TOKENS_FIRST=0 keeps every grid (row blocks, tokens), to compare). */
-  get tokensFirstGrid(): boolean { return this.matvec.kind === 'rows' && processEnv().QUEST_TOKENS_FIRST !== '0'; }
+  get tokensFirstGrid(): boolean { return this.tokensFirst; }
+  private readonly tokensFirst: boolean;
 
   /** The batched matrix-vector product of a batched decode step (weights read once per BATCH_TOKENS tokens). */
   batchPipeline(l: GpuLinear, add: boolean): GPUComputePipeline {
-    const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null }, sub = hasSubgroups32(this.device);
-    return this.pipeline(`linB:${sub}:${JSON.stringify(spec)}`, () => K.linearBatchWgsl(spec, sub));
+    return this.perLinear(l, `B${add}`, () => {
+      const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null }, sub = hasSubgroups32(this.device);
+      return this.pipeline(`linB:${sub}:${JSON.stringify(spec)}`, () => K.linearBatchWgsl(spec, sub));
+    });
+  }
+
+  /** What a product's kernel choice gives for one variant, computed once (a batched step asks ~8 times per
+   *  layer; building its keys each time cost the CPU milliseconds a step). */
+  private readonly perLinearMemo = new WeakMap<GpuLinear, Map<string, unknown>>();
+  private perLinear<T>(l: GpuLinear, variant: string, make: () => T): T {
+    let byVariant = this.perLinearMemo.get(l);
+    if (!byVariant) { byVariant = new Map(); this.perLinearMemo.set(l, byVariant); }
+    if (!byVariant.has(variant)) byVariant.set(variant, make());
+    return byVariant.get(variant) as T;
   }
 
   /** Few-token layouts the batched products may use (QUEST_SKINNY_TILE=WN,SG,CK,stage[,xa] picks one: parseSkinnyTiles; for benchmarks). */
@@ -220,12 +234,14 @@ export class GpuModel {
   /** The tensor-core product of a batched decode step of `rows` tokens (x as f16) and its grid, or null
    *  where it does not run (no subgroup matrices, or no layout fits the shape). */
   skinnyProduct(l: GpuLinear, add: boolean, rows: number): { pipe: GPUComputePipeline; grid: [number, number] } | null {
-    const cfg = matrixConfig(this.device);
-    const tile = cfg && skinnyTileFor(l.type, l.N, l.K, rows, cfg, this.device.limits.maxComputeWorkgroupStorageSize, this.skinnyTiles);
-    if (!cfg || !tile) return null;
-    const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null }, blocks = skinnyBlocks(rows, cfg);
-    const pipe = this.pipeline(`linS:${blocks}:${JSON.stringify(tile)}:${JSON.stringify(spec)}`, () => linearSkinnyMmaWgsl(spec, cfg, tile, blocks));
-    return { pipe, grid: skinnyGrid(l.N, rows, tile, cfg) };
+    return this.perLinear(l, `S${add}:${rows}`, () => {
+      const cfg = matrixConfig(this.device);
+      const tile = cfg && skinnyTileFor(l.type, l.N, l.K, rows, cfg, this.device.limits.maxComputeWorkgroupStorageSize, this.skinnyTiles);
+      if (!cfg || !tile) return null;
+      const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null }, blocks = skinnyBlocks(rows, cfg);
+      const pipe = this.pipeline(`linS:${blocks}:${JSON.stringify(tile)}:${JSON.stringify(spec)}`, () => linearSkinnyMmaWgsl(spec, cfg, tile, blocks));
+      return { pipe, grid: skinnyGrid(l.N, rows, tile, cfg) };
+    });
   }
 
   fillRandom(buf: GPUBuffer, words: number, seed: number, scale: number, f32s = false): void {
