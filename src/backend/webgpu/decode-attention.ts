@@ -45,11 +45,10 @@ const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
  *  `chunkBase`: where its partial results start (after those of the shared pages), `chunks`: how many
  *  it has in all (the reduction's count; 0: nChunks). Scratch (scores, selection, partial results) has
  *  one fixed-size slot per batch row. A group of rows sharing their first pages (partialWgsl's shared
- *  variant) has one set for all: `rows` and `slots` their q rows and scratch slots, 8 bits each, `count` how many;
- *  `groups`: how many such groups the call has (in every group's set). */
+ *  variant) has one set for all: `rows` and `slots` their q rows and scratch slots, 8 bits each, `count` how many. */
 const PARAMS_WGSL = /* wgsl */ `
 struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32, tableAt: u32, first: u32,
-  chunkBase: u32, chunks: u32, rows: u32, slots: u32, count: u32, groups: u32 }
+  chunkBase: u32, chunks: u32, rows: u32, slots: u32, count: u32, pad: u32 }
 @group(0) @binding(0) var<storage, read> prms: array<Params>;
 `;
 const PARAM_WORDS = 16;
@@ -59,12 +58,9 @@ const SHARED_ROWS = 4;
  *  fastest so that workgroups reading the same chunk of pages for different rows run side by side and all
  *  but the first find those pages in L2: groups of forks over their shared pages, and forks' Quest rows,
  *  whose selections (in page order) overlap. With the rows slowest each re-read the layer's cache from
- *  memory (H100, 7B, 16 forks of 8K tokens: 219 µs a layer for the shared pages, four groups of four). */
+ *  memory (H100, 7B, 16 forks of 8K tokens: 219 -> 155 µs a layer for the shared pages, four groups of
+ *  four; one workgroup walking the four groups over its chunk in turn was slower: 212 µs). */
 const PARTIAL_GRID_WGSL = '  let prm = prms[wid.x]; let c = wid.y; let g = wid.z;';
-/** The shared-pages kernel walks the call's groups of rows in one workgroup per chunk (grid (1, chunks,
- *  KV heads)), so a chunk's pages are read from memory once for all of them; QUEST_SHARED_LOOP=0 gives
- *  each group its own workgroups side by side instead (PARTIAL_GRID_WGSL), to compare. */
-const SHARED_LOOP = processEnv().QUEST_SHARED_LOOP !== '0';
 
 /** Chunks per head of the partial-attention kernel, at most, for a shape (a scratch slot's size). */
 const maxChunksOf = (s: AttnShape) => Math.min(MAX_CHUNKS, Math.ceil(s.maxPages / MIN_CHUNK_PAGES));
@@ -476,14 +472,8 @@ fn step(h: Head, k8: array<array<vec4<f32>, 2>, TB>, v8: array<array<vec4<f32>, 
   return r;
 }
 @compute @workgroup_size(WG)
-${sharedRows && SHARED_LOOP ? `fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  // every group of rows of the call in turn over this chunk: after the first, its pages come from L1 / L2
-  for (var gi = 0u; gi < prms[0].groups; gi++) { group(gi, wid.y, wid.z, lid.x); }
-}
-fn group(gi: u32, c: u32, g: u32, tid: u32) {
-  let prm = prms[gi]; let slot = 0u; // (shared pages are never sparse)
-  let lane = tid % LG; let grp = tid / LG;` : `fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-${PARTIAL_GRID_WGSL} let slot = ${sharedRows ? '0u; // (shared pages are never sparse)\n ' : 'wid.x;'} let tid = lid.x; let lane = tid % LG; let grp = tid / LG;`}
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+${PARTIAL_GRID_WGSL} let slot = ${sharedRows ? '0u; // (shared pages are never sparse)\n ' : 'wid.x;'} let tid = lid.x; let lane = tid % LG; let grp = tid / LG;
   if (c >= prm.nChunks) { return; } // (a batch row with fewer chunks than the dispatch)
   let cp = prm.chunkPages;
   if (tid < cp) {
@@ -830,11 +820,11 @@ export class DecodeAttention {
     return this.writeParams(key, (i) => {
       const g = groups[i], { chunkPages, nChunks } = this.chunking(g.pages), pack = (f: (j: number) => number) => g.rows.reduce((a, r, j) => a | (f(r) << (8 * j)), 0) >>> 0;
       return { seqLen: g.pages * this.s.pageSize, nPages: g.pages, k: g.pages, sparse: false, nChunks, chunkPages, row: 0, tableAt: rows[g.rows[0]].tableAt, first: 0,
-        chunkBase: 0, chunks: 0, rows: pack((r) => rows[r].row), slots: pack((r) => r), count: g.rows.length, groups: groups.length };
+        chunkBase: 0, chunks: 0, rows: pack((r) => rows[r].row), slots: pack((r) => r), count: g.rows.length };
     }, groups.length, scale);
   }
 
-  private writeParams(key: string, entry: (i: number) => { seqLen: number; nPages: number; k: number; sparse: boolean; nChunks: number; chunkPages: number; row: number; tableAt: number; first: number; chunkBase: number; chunks: number; rows?: number; slots?: number; count?: number; groups?: number }, n: number, scale: number): { buf: GPUBuffer; slot: number } {
+  private writeParams(key: string, entry: (i: number) => { seqLen: number; nPages: number; k: number; sparse: boolean; nChunks: number; chunkPages: number; row: number; tableAt: number; first: number; chunkBase: number; chunks: number; rows?: number; slots?: number; count?: number }, n: number, scale: number): { buf: GPUBuffer; slot: number } {
     this.slots.set(key, this.paramIndex);
     const bytes = n * PARAM_WORDS * 4;
     if (this.paramIndex >= this.params.length || this.params[this.paramIndex].size < bytes) {
@@ -848,7 +838,7 @@ export class DecodeAttention {
       const e = entry(i), o = i * PARAM_WORDS;
       u[o] = e.seqLen; u[o + 1] = e.nPages; u[o + 2] = e.k; u[o + 3] = e.sparse ? 1 : 0;
       f[o + 4] = scale * LOG2E; u[o + 5] = e.nChunks; u[o + 6] = e.chunkPages; u[o + 7] = e.row; u[o + 8] = e.tableAt; u[o + 9] = e.first;
-      u[o + 10] = e.chunkBase; u[o + 11] = e.chunks; u[o + 12] = e.rows ?? 0; u[o + 13] = e.slots ?? 0; u[o + 14] = e.count ?? 0; u[o + 15] = e.groups ?? 0;
+      u[o + 10] = e.chunkBase; u[o + 11] = e.chunks; u[o + 12] = e.rows ?? 0; u[o + 13] = e.slots ?? 0; u[o + 14] = e.count ?? 0;
     }
     this.device.queue.writeBuffer(b, 0, data);
     return { buf: b, slot: this.paramIndex - 1 };
@@ -904,7 +894,7 @@ export class DecodeAttention {
       // the shared pages: every KV page read once for a group's rows
       const pipe = this.sharedPipe ??= this.pipeline(this.threadKernels ? partialThreadWgsl(s, this.sharedRows) : partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows), 'partial shared pages');
       pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, 'sh', [this.q, layer.k, layer.v, this.sel, this.part, layer.table], groupParams));
-      pass.dispatchWorkgroups(SHARED_LOOP && !this.threadKernels ? 1 : subGroups.length, sharedChunks, s.nKV); // (SHARED_LOOP, PARTIAL_GRID_WGSL)
+      pass.dispatchWorkgroups(subGroups.length, sharedChunks, s.nKV); // (PARTIAL_GRID_WGSL)
       this.sharedCalls++;
     }
     if (want('partial')) {
