@@ -25,20 +25,33 @@ export interface Bandwidth { copyEngineGBs: number; shaderCopyGBs: number; shade
 
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 
+/** Seconds the GPU takes for the commands `encode` records (median of `reps` submissions after one that
+ *  warms up and zero-fills; the queue is idle before each): the timing of every GPU benchmark. */
+export async function medianSubmitSeconds(device: GPUDevice, encode: (enc: GPUCommandEncoder) => void, reps: number): Promise<number> {
+  const t: number[] = [];
+  for (let r = 0; r < reps + 1; r++) {
+    const enc = device.createCommandEncoder(); encode(enc); const cmd = enc.finish();
+    await device.queue.onSubmittedWorkDone();
+    const t0 = performance.now(); device.queue.submit([cmd]); await device.queue.onSubmittedWorkDone();
+    if (r > 0) t.push((performance.now() - t0) / 1000);
+  }
+  return median(t);
+}
+
+/** The same for `calls` dispatches recorded into one compute pass by `encode`: seconds per call. */
+export async function medianDispatchSeconds(device: GPUDevice, encode: (pass: GPUComputePassEncoder) => void, calls: number, reps: number): Promise<number> {
+  return (await medianSubmitSeconds(device, (enc) => {
+    const pass = enc.beginComputePass();
+    for (let i = 0; i < calls; i++) encode(pass);
+    pass.end();
+  }, reps)) / calls;
+}
+
 export async function measureBandwidth(device: GPUDevice, bytes = 1 << 30): Promise<Bandwidth> {
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
   const a = device.createBuffer({ size: bytes, usage }), b = device.createBuffer({ size: bytes, usage });
   const sink = device.createBuffer({ size: 1 << 22, usage });
-  const time = async (encode: (enc: GPUCommandEncoder) => void, reps = 8): Promise<number> => {
-    const t: number[] = [];
-    for (let r = 0; r < reps + 1; r++) {
-      const enc = device.createCommandEncoder(); encode(enc); const cmd = enc.finish();
-      await device.queue.onSubmittedWorkDone();
-      const t0 = performance.now(); device.queue.submit([cmd]); await device.queue.onSubmittedWorkDone();
-      if (r > 0) t.push((performance.now() - t0) / 1000); // the first one warms up (and zero-fills)
-    }
-    return median(t);
-  };
+  const time = (encode: (enc: GPUCommandEncoder) => void, reps = 8): Promise<number> => medianSubmitSeconds(device, encode, reps);
   const kernel = (code: string, out: GPUBuffer) => {
     const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
     const group = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: a } }, { binding: 1, resource: { buffer: out } }] });

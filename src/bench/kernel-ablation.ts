@@ -10,6 +10,7 @@ import { getGpu, lastGpuError, matrixConfig } from '../backend/webgpu/device.js'
 import { attentionTune, mmaAttentionRows, prefillAttentionWgslFor } from '../backend/webgpu/mma-attention.js';
 import { linearMmaWgsl, MMA_TILES, type MmaTile } from '../backend/webgpu/mma-kernels.js';
 import { prefillAttentionInputs, randomBuffer } from './prefill-inputs.js';
+import { medianDispatchSeconds } from './gpu-bandwidth.js';
 
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
 const ONLY = arg('only', 'all'), T = Number(arg('tokens', '2048'));
@@ -30,21 +31,9 @@ async function main() {
   if (!cfg) { console.log('this adapter has no f16 subgroup matrices: nothing to ablate'); return; }
   console.log(`device: ${gpu.adapterName}`);
   const fill = (bytes: number, f32: boolean) => randomBuffer(device, bytes, f32);
-  const time = async (pipe: GPUComputePipeline, group: GPUBindGroup, grid: [number, number], calls = 3, reps = 3) => {
-    const times: number[] = [];
-    for (let r = 0; r <= reps; r++) {
-      const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
-      for (let i = 0; i < calls; i++) { pass.setPipeline(pipe); pass.setBindGroup(0, group); pass.dispatchWorkgroups(...grid); }
-      pass.end();
-      const cmd = enc.finish();
-      await device.queue.onSubmittedWorkDone();
-      const t0 = performance.now();
-      device.queue.submit([cmd]);
-      await device.queue.onSubmittedWorkDone();
-      if (r > 0) times.push((performance.now() - t0) / calls);
-    }
-    return times.sort((a, b) => a - b)[Math.floor(times.length / 2)];
-  };
+  // ms per call: median of `reps` submissions of `calls` dispatches (after one that warms up)
+  const time = async (pipe: GPUComputePipeline, group: GPUBindGroup, grid: [number, number], calls = 3, reps = 3) =>
+    1000 * await medianDispatchSeconds(device, (pass) => { pass.setPipeline(pipe); pass.setBindGroup(0, group); pass.dispatchWorkgroups(...grid); }, calls, reps);
   const run = async (title: string, flop: number, variants: Variant[], buffers: (v: Variant) => [number, GPUBuffer][], grid: (v: Variant) => [number, number]) => {
     const ready: { v: Variant; pipe: GPUComputePipeline; group: GPUBindGroup; ms: number[] }[] = [];
     for (const v of variants) {

@@ -7,7 +7,7 @@ import { getGpu, lastGpuError } from '../backend/webgpu/device.js';
 import { DecodeAttention, identityPageTable, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { f32ToF16 } from '../model/tensor.js';
 import { lineChart } from '../eval/plot.js';
-import { measureBandwidth } from './gpu-bandwidth.js';
+import { measureBandwidth, medianDispatchSeconds } from './gpu-bandwidth.js';
 import { hasIntDot4, hasSubgroups32 } from '../backend/webgpu/device.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { matrixConfig } from '../backend/webgpu/device.js';
@@ -26,22 +26,8 @@ async function main() {
   const gpu = await getGpu();
   if (!gpu) { console.log(`no WebGPU adapter: ${lastGpuError}`); return; }
   const { device } = gpu;
-  const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
-  const timeIt = async (encode: (pass: GPUComputePassEncoder) => void, calls: number, reps = 5): Promise<number> => {
-    const times: number[] = [];
-    for (let r = 0; r < reps + 1; r++) {
-      const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
-      for (let i = 0; i < calls; i++) encode(pass);
-      pass.end();
-      const cmd = enc.finish();
-      await device.queue.onSubmittedWorkDone();
-      const t0 = performance.now();
-      device.queue.submit([cmd]);
-      await device.queue.onSubmittedWorkDone();
-      if (r > 0) times.push((performance.now() - t0) / calls); // the first batch warms up
-    }
-    return median(times) / 1000;
-  };
+  // (the first submission warms up)
+  const timeIt = (encode: (pass: GPUComputePassEncoder) => void, calls: number, reps = 5): Promise<number> => medianDispatchSeconds(device, encode, calls, reps);
 
   const bw = await measureBandwidth(device);
   const readGBs = bw.shaderReadGBs;
