@@ -181,28 +181,20 @@ export class GpuModel {
     return cfg ? mmaTileFor(l.N, l.K, cfg, this.device.limits.maxComputeWorkgroupStorageSize, mmaTilesFor(l.type, this.mmaTiles)) : null;
   }
 
-  // a product's pipelines by variant, looked up per dispatch without building a key from its shape
-  private readonly linearPipes = new WeakMap<GpuLinear, Map<string, GPUComputePipeline>>();
-
   /** (`xHalf`: the input is stored as f16 — tensor-core many-token products only; `tokensFirst`: the
    *  matrix-vector kernel's grid is (tokens, row blocks) — a batched step's; see tokensFirstGrid) */
   linearPipeline(l: GpuLinear, add: boolean, many: boolean, prologue?: LinearSpec['prologue'], xHalf = false, tokensFirst = false): GPUComputePipeline {
-    let byVariant = this.linearPipes.get(l);
-    if (!byVariant) { byVariant = new Map(); this.linearPipes.set(l, byVariant); }
     tokensFirst &&= this.tokensFirstGrid && !many;
-    const variant = `${many}:${add}:${many ? '' : prologue?.kind ?? ''}:${xHalf}:${tokensFirst}`;
-    let p = byVariant.get(variant);
-    if (!p) {
+    return this.perLinear(l, `L${many}:${add}:${many ? '' : prologue?.kind ?? ''}:${xHalf}:${tokensFirst}`, () => {
       const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null, ...(prologue && !many ? { prologue } : {}), ...(xHalf ? { xHalf } : {}) };
       const sub = hasSubgroups32(this.device), xq = !many && this.quantisesX(l), mv = this.matvec, tile = many ? this.mmaTile(l) : null;
       if (xHalf && !tile) throw new Error('an f16 product input needs a tensor-core tile');
-      p = this.pipeline(`lin:${many}:${sub}:${xq}:${tokensFirst}:${JSON.stringify(mv)}:${JSON.stringify(tile)}:${JSON.stringify(spec)}`, () => (tile ? linearMmaWgsl(spec, matrixConfig(this.device)!, tile)
+      return this.pipeline(`lin:${many}:${sub}:${xq}:${tokensFirst}:${JSON.stringify(mv)}:${JSON.stringify(tile)}:${JSON.stringify(spec)}`, () => (tile ? linearMmaWgsl(spec, matrixConfig(this.device)!, tile)
         : many ? K.linearMatWgsl(spec)
         : mv.kind === 'rows' ? K.linearRowsWgsl(spec, { subgroups: sub, rows: this.rowsOf(l), xq, tokensFirst }) : mv.kind === 'thread' ? K.linearThreadWgsl(spec) : K.linearVecWgsl(spec, sub)));
-      byVariant.set(variant, p);
-    }
-    return p;
+    });
   }
+
 
 
   /** Whether linearPipeline(..., tokensFirst) gives a kernel on the (tokens, row blocks) grid: the rows
