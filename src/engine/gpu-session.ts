@@ -772,13 +772,13 @@ export class GpuSession {
     d.queue.writeBuffer(r.step, 0, new Uint32Array([0, n, 0, 0]));
     d.queue.writeBuffer(r.tokens, 0, new Uint32Array(steps.map((x) => x.token)));
     const enc = d.createCommandEncoder();
-    const greedy = steps.map((x) => x.argmax === true), logits = greedy.includes(false), tokensAt = logits ? n * c.vocabSize * 4 : 0; // (bytes)
-    lead.recordPass(enc, 0, (pass) => only(lead.encodeChunk(pass, n, greedy.includes(true) ? 'all+argmax' : 'all', false, batch)));
+    const greedy = steps.map((x) => x.argmax === true), anyGreedy = greedy.includes(true), anySampled = greedy.includes(false);
+    lead.recordPass(enc, 0, (pass) => only(lead.encodeChunk(pass, n, anyGreedy ? 'all+argmax' : 'all', false, batch)));
     // read back: every row's logits where any row samples on the CPU, then the rows' greedy tokens
-    const bytes = tokensAt + (greedy.includes(true) ? n * 4 : 0);
+    const tokensAt = anySampled ? n * c.vocabSize * 4 : 0, bytes = tokensAt + (anyGreedy ? n * 4 : 0); // (bytes)
     const staging = r.takeStaging(bytes);
-    if (logits) enc.copyBufferToBuffer(r.logitsRows(), 0, staging, 0, tokensAt);
-    if (greedy.includes(true)) enc.copyBufferToBuffer(r.best, 0, staging, tokensAt, n * 4);
+    if (anySampled) enc.copyBufferToBuffer(r.logitsRows(), 0, staging, 0, tokensAt);
+    if (anyGreedy) enc.copyBufferToBuffer(r.best, 0, staging, tokensAt, n * 4);
     d.queue.submit([enc.finish()]);
     for (const { seq, token } of steps) { seq.len += 1; seq.tokens.push(token); }
     await staging.mapAsync(GPUMapMode.READ, 0, bytes);
@@ -786,7 +786,7 @@ export class GpuSession {
     staging.unmap(); r.giveStaging(staging);
     await lead.readTiming(0);
     throwDeviceError();
-    const best = new Uint32Array(all, tokensAt, greedy.includes(true) ? n : 0), rows = new Float32Array(all, 0, tokensAt / 4);
+    const best = new Uint32Array(all, tokensAt, anyGreedy ? n : 0), rows = new Float32Array(all, 0, tokensAt / 4);
     // (views of one fresh copy)
     return steps.map((_, b) => (greedy[b] ? Float32Array.of(best[b]) : rows.subarray(b * c.vocabSize, (b + 1) * c.vocabSize)));
   }
