@@ -14,6 +14,7 @@ import { matrixConfig } from '../backend/webgpu/device.js';
 import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, parseSkinnyTiles, toHalfGrid, toHalfWgsl } from '../backend/webgpu/mma-kernels.js';
 import { attentionTune, mmaAttentionRows, prefillAttentionWgslFor } from '../backend/webgpu/mma-attention.js';
 import { prefillAttentionInputs } from './prefill-inputs.js';
+import { INT8_BATCH, int8BatchGrid, int8BatchTypes, linearBatchInt8Wgsl, parseInt8Batch } from '../backend/webgpu/int8-batch.js';
 
 const P = 16;
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
@@ -244,48 +245,68 @@ async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: nu
   const tokensList = arg('tokens', '8,16,32,64').split(',').map(Number);
   const shapes: [string, K.GpuWeightType, number, number][] = [
     ['qkv', 'f16', 12288, 4096], ['wo', 'f16', 4096, 4096], ['gate+up', 'f16', 22016, 4096], ['down', 'f16', 4096, 11008],
-    ['gate+up', 'q8_0', 22016, 4096], ['gate+up', 'q4_0', 22016, 4096], ['down', 'q4_0', 4096, 11008], ['gate+up', 'q8_16', 22016, 4096],
+    ['gate+up', 'q8_0', 22016, 4096], ['qkv', 'q4_0', 12288, 4096], ['wo', 'q4_0', 4096, 4096], ['gate+up', 'q4_0', 22016, 4096], ['down', 'q4_0', 4096, 11008],
+    ['gate+up', 'q4_1', 22016, 4096], ['gate+up', 'q8_16', 22016, 4096],
   ];
   const tiles = cfg ? parseSkinnyTiles(arg('skinny', '')) ?? SKINNY_TILES : []; // (--skinny 'WN,SG,CK,stage[,xa];...')
-  const names = ['batched SIMT', ...tiles.map((t) => `mma ${t.WN} rows sg ${t.SG} k${t.CK}${t.stage ? ' staged' : ''}${t.xAhead ? ' x ahead' : ''}`)];
+  // 4-bit products with x quantised to int8 (quantiseXWgsl timed with them): the matrix-vector kernel a
+  // workgroup per token, and the batched kernel at each layout (--int8 'R,TB;...')
+  const dot4 = hasIntDot4(device), int8Lays = dot4 ? (arg('int8', '') ? arg('int8', '').split(';').map((v) => parseInt8Batch(v)!) : [INT8_BATCH, { R: 2, TB: 8 }, { R: 2, TB: 16 }, { R: 4, TB: 16 }, { R: 8, TB: 8 }]) : [];
+  const names = ['batched SIMT', ...tiles.map((t) => `mma ${t.WN} rows sg ${t.SG} k${t.CK}${t.stage ? ' staged' : ''}${t.xAhead ? ' x ahead' : ''}`),
+    ...(dot4 ? ['int8 x, a workgroup per token', ...int8Lays.map((l) => `int8 x batched R${l.R} TB${l.TB}`)] : [])];
   console.log(`\nbatched decode products (µs, share of read bandwidth; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'})`);
   console.log(`| matrix | type | N x K | tokens | ${names.join(' | ')} |`);
   console.log(`| --- | --- | --- | --- | ${names.map(() => '---').join(' | ')} |`);
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
   const step = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
   const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
-  for (const [name, type, N, Kd] of shapes) {
+  const shrink = Number(arg('shrink', '1')); // (divides N: a quick run on a software adapter)
+  const types = arg('types', ''); // (e.g. --types q4_0,q4_1: only these weight types)
+  for (const [name, type, N0, Kd] of shapes) {
+    if (types && !types.split(',').includes(type)) continue;
+    const N = Math.ceil(N0 / shrink / 64) * 64;
     const { bytes, copies, mats } = weightCopies(device, type, N, Kd);
     const maxT = Math.max(...tokensList);
     const x = device.createBuffer({ size: maxT * Kd * 4, usage }), y = device.createBuffer({ size: maxT * N * 4, usage });
     const xh = device.createBuffer({ size: (maxT + 64) * Kd * 4, usage }); // (two f16 parts a value; the last token block is read whole)
     device.queue.writeBuffer(x, 0, new Float32Array(maxT * Kd).map(() => Math.random() - 0.5));
-    const half = pipeOf(toHalfWgsl(Kd)), halfGroup = device.createBindGroup({ layout: half.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: x } }, { binding: 1, resource: { buffer: xh } }, { binding: 6, resource: { buffer: step } }] });
+    const xq = device.createBuffer({ size: maxT * K.quantisedXWords(Kd) * 16, usage }), quant = pipeOf(K.quantiseXWgsl(Kd));
+    const quantGroup = device.createBindGroup({ layout: quant.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: x } }, { binding: 1, resource: { buffer: xq } }] });
+    // (f16 x for the tensor-core kernels: only where the adapter has them)
+    const half = cfg ? pipeOf(toHalfWgsl(Kd)) : null;
+    const halfGroup = half && device.createBindGroup({ layout: half.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: x } }, { binding: 1, resource: { buffer: xh } }, { binding: 6, resource: { buffer: step } }] });
     for (const T of tokensList) {
       device.queue.writeBuffer(step, 0, new Uint32Array([0, T, 0, 0]));
       const spec: K.LinearSpec = { type, N, K: Kd, add: false, bias: false };
       const cells: string[] = [];
-      const time = async (pipe: GPUComputePipeline, input: GPUBuffer, grid: [number, number], toHalf: boolean) => {
+      const time = async (pipe: GPUComputePipeline, input: GPUBuffer, grid: [number, number], before: 'half' | 'quantise' | null, usesStep = true) => {
         const groups = mats.map((m) => device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [
           { binding: 0, resource: { buffer: input } }, { binding: 1, resource: { buffer: y } }, { binding: 2, resource: { buffer: m.data } },
-          ...(type === 'f16' ? [] : [{ binding: 3, resource: { buffer: m.scales } }]), { binding: 6, resource: { buffer: step } }] }));
+          ...(type === 'f16' ? [] : [{ binding: 3, resource: { buffer: m.scales } }]), ...(usesStep ? [{ binding: 6, resource: { buffer: step } }] : [])] }));
         let turn = 0;
         const t = await timeIt((pass) => {
-          if (toHalf) { pass.setPipeline(half); pass.setBindGroup(0, halfGroup); pass.dispatchWorkgroups(...toHalfGrid(T, Kd)); }
+          if (before === 'half') { pass.setPipeline(half!); pass.setBindGroup(0, halfGroup!); pass.dispatchWorkgroups(...toHalfGrid(T, Kd)); }
+          if (before === 'quantise') { pass.setPipeline(quant); pass.setBindGroup(0, quantGroup); pass.dispatchWorkgroups(...K.quantiseXGrid(Kd, T)); }
           pass.setPipeline(pipe); pass.setBindGroup(0, groups[turn++ % copies]); pass.dispatchWorkgroups(...grid);
         }, 50);
         return `${(t * 1e6).toFixed(1)} (${((bytes / t / 1e9) / readGBs * 100).toFixed(0)}%)`;
       };
-      cells.push(await time(pipeOf(K.linearBatchWgsl(spec, sub)), x, K.batchGrid(N, Kd, type, T), false));
+      cells.push(await time(pipeOf(K.linearBatchWgsl(spec, sub)), x, K.batchGrid(N, Kd, type, T), null));
       for (const t of tiles) {
         if (!skinnyTileFor(type, N, Kd, T, cfg!, limit, [t])) { cells.push('—'); continue; }
         const pipe = pipeOf(linearSkinnyMmaWgsl(spec, cfg!, t, skinnyBlocks(T, cfg!)));
-        cells.push(await time(pipe, xh, skinnyGrid(N, T, t, cfg!), true));
+        cells.push(await time(pipe, xh, skinnyGrid(N, T, t, cfg!), 'half'));
+      }
+      if (dot4 && !int8BatchTypes(type)) cells.push(...['', ...int8Lays].map(() => '—'));
+      else if (dot4) {
+        const R = K.linearRowsFor(type, true), blocks = Math.ceil(N / K.rowsLayout(Kd, R, type).rowsPerGroup);
+        cells.push(await time(pipeOf(K.linearRowsWgsl(spec, { subgroups: sub, rows: R, xq: true, tokensFirst: true })), xq, [T, blocks], 'quantise', false));
+        for (const l of int8Lays) cells.push(await time(pipeOf(linearBatchInt8Wgsl(spec, l, sub)), xq, int8BatchGrid(N, T, l), 'quantise'));
       }
       console.log(`| ${name} | ${type} | ${N} x ${Kd} | ${T} | ${cells.join(' | ')} |`);
     }
     for (const m of mats) { m.data.destroy(); m.scales.destroy(); }
-    x.destroy(); xh.destroy(); y.destroy();
+    x.destroy(); xh.destroy(); xq.destroy(); y.destroy();
   }
   step.destroy();
 }

@@ -445,9 +445,10 @@ export class GpuSession {
     // sequence keeps (nearly) its solo precision (H100, batch 16 of the 7B shape: GPU time per step 36.6 ->
     // 20.5 ms with x as one f16, which changed 1 of 64 greedy answers of bench:serve against the sequence
     // alone). Otherwise, from VEC_ROWS + 1 sequences, the batched SIMT kernel; products whose x is
-    // quantised to int8 (Q4_0 etc. with integer dot products) keep the matrix-vector kernels, one token
-    // per grid row, which take x exactly as a solo step does (and ran faster than the batched kernel on the
-    // H200 at batch 16-32: 2.2-2.8x). QUEST_BATCH_PRODUCT=mma|batch|vec forces one for every type.
+    // quantised to int8 (Q4_0 etc. with integer dot products) take x exactly as a solo step does: 4-bit
+    // weights through the batched int8 kernel (int8-batch.ts), others through the matrix-vector kernels, a
+    // token per workgroup (which ran faster than the batched float kernel on the H200 at batch 16-32:
+    // 2.2-2.8x). QUEST_BATCH_PRODUCT=mma|batch|vec forces one for every type.
     const forced = processEnv().QUEST_BATCH_PRODUCT, hasMma = matrixConfig(m.device) !== null;
     const mmaFor = (l: GpuLinear) => hasMma && (forced === 'mma' || (!forced && l.type === 'f16'));
     const batched = batch !== null && (n > VEC_ROWS || (n >= MMA_BATCH_ROWS && mmaFor(m.layers[0].gateUp)));
@@ -474,6 +475,9 @@ export class GpuSession {
         // x (with the prologue) quantised to int8 first, then the product by integer dot products
         const natural = l.type === 'q8_16'; // (int8 weights: x in column order; 4-bit: even / odd columns)
         run(m.pipeline(`quantx:${l.K}:${pro?.kind ?? ''}:${natural}`, () => K.quantiseXWgsl(l.K, spec, natural)), 'quantx', [x, r.xq, nw], K.quantiseXGrid(l.K, rows));
+        // 4-bit weights of a batch: each block applied to many tokens in registers (QUEST_BATCH_PRODUCT=vec: not)
+        const int8 = batched && rows > 1 && forced !== 'vec' ? m.int8BatchProduct(l, add, rows) : null;
+        if (int8) { run(int8.pipe, 'linI', [r.xq, y, l.data, l.scales, l.bias, null, r.step], int8.grid); return; }
         // (a batch's tokens go fastest in the grid: each weight block is read from memory once for all of them)
         const blocks = Math.ceil(l.N / m.vecRowsPerGroup(l)), first = rows > 1 && m.tokensFirstGrid;
         run(m.linearPipeline(l, add, false, undefined, false, first), 'linV', [r.xq, y, l.data, l.scales, l.bias], first ? rows : blocks, first ? blocks : rows);

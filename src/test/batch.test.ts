@@ -10,7 +10,7 @@ import { GpuRunner, GpuSession, gpuDecodeBatch } from '../engine/gpu-session.js'
 import { argmax, rng } from '../engine/sampler.js';
 import { randomGGUF, tempFile } from './fixtures.js';
 import { gpu, skipGpu } from './gpu.js';
-import { matrixConfig } from '../backend/webgpu/device.js';
+import { hasIntDot4, matrixConfig, processEnv } from '../backend/webgpu/device.js';
 import type { AttentionOptions } from '../attention/policy.js';
 import { loadModel } from '../engine/llm.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
@@ -26,8 +26,10 @@ interface Backend { session(a: Partial<AttentionOptions>): AnyS; batch(steps: { 
 
 /** Five sequences (prompts of 9..70 tokens) decode greedily for different numbers of steps; they join
  *  the batch at different steps and leave when done. Each must follow its solo run's tokens exactly. */
-async function checkBatch(b: Backend, attention: Partial<AttentionOptions>): Promise<number> {
-  const plans = [{ len: 9, join: 0, steps: 12 }, { len: 70, join: 0, steps: 5 }, { len: 33, join: 2, steps: 9 }, { len: 48, join: 3, steps: 14 }, { len: 17, join: 6, steps: 3 }];
+const FIVE = [{ len: 9, join: 0, steps: 12 }, { len: 70, join: 0, steps: 5 }, { len: 33, join: 2, steps: 9 }, { len: 48, join: 3, steps: 14 }, { len: 17, join: 6, steps: 3 }];
+/** Seven sequences: batches of 2 to 7 rows (past the 4 up to which a batch runs the one-token kernels). */
+const SEVEN = [{ len: 9, join: 0, steps: 12 }, { len: 70, join: 0, steps: 5 }, { len: 33, join: 1, steps: 9 }, { len: 48, join: 1, steps: 14 }, { len: 17, join: 2, steps: 6 }, { len: 25, join: 2, steps: 10 }, { len: 12, join: 4, steps: 3 }];
+async function checkBatch(b: Backend, attention: Partial<AttentionOptions>, plans = FIVE): Promise<number> {
   // alone: each sequence's greedy tokens and logits
   const solo: { toks: number[]; all: Float32Array[] }[] = [];
   for (const [i, p] of plans.entries()) {
@@ -87,6 +89,25 @@ for (const attention of policies) {
       runner.dispose(); runner.m.dispose();
     });
   }
+  // 4-bit weights with x quantised to int8 as GPUs run them (the x-stationary kernels; CPU adapters
+  // otherwise take a thread per row): from 5 rows a batch's products apply each weight block to all its
+  // tokens (int8-batch.ts), where a sequence alone runs the matrix-vector kernel: only the order of the
+  // float sums differs.
+  test(`WebGPU: batched decode of 4-bit weights on int8 x equals each sequence alone (${attention.policy}, up to 7 rows)`, {
+    skip: skipGpu || (!hasIntDot4(gpu!.device) ? 'no packed 4x8 integer dot products on this adapter' : false),
+  }, async (t) => {
+    const env = processEnv(), was = env.QUEST_MATVEC;
+    env.QUEST_MATVEC = 'rows';
+    try {
+      const runner = new GpuRunner(GpuModel.upload(gpu!.device, loadedQ4.config, loadedQ4.weights), 16);
+      assert.ok(runner.m.int8BatchProduct(runner.m.layers[0].gateUp, false, 7), 'the batched int8 kernel is not in use');
+      const d = await checkBatch({ session: (a) => new GpuSession(runner, a), batch: (st) => gpuDecodeBatch(st as { seq: GpuSession; token: number }[]), tol: 1e-4, argmaxRows: true }, attention, SEVEN);
+      t.diagnostic(`max |Δlogit| batched vs alone ${d.toExponential(2)}`);
+      runner.dispose(); runner.m.dispose();
+    } finally {
+      if (was === undefined) delete env.QUEST_MATVEC; else env.QUEST_MATVEC = was;
+    }
+  });
   // (QUEST_BATCH_PRODUCT=mma forces the tensor-core products on quantised weights too: a benchmarking knob,
   // not tested for exactness — their x is split f16, where a sequence alone multiplies x quantised to int8)
 }

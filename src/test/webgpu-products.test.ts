@@ -6,6 +6,7 @@
 // per thread), rows past a workgroup's, and the RMSNorm / SwiGLU / GeGLU (Gemma's tanh GELU) prologues.
 import { test } from 'node:test';
 import { gpuWeights } from './gpu-weights.js';
+import { INT8_BATCH, int8BatchGrid, linearBatchInt8Wgsl } from '../backend/webgpu/int8-batch.js';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
 import { hasIntDot4, hasSubgroups32, throwDeviceError } from '../backend/webgpu/device.js';
@@ -204,3 +205,49 @@ test('WebGPU x-stationary product of a batch of tokens: both grid orders match f
     want.forEach((wv, r) => assert.ok(Math.abs(byTokens[t * N + r] - wv) <= 1e-5 * scale + 1e-6, `token ${t} row ${r}: ${byTokens[t * N + r]} vs ${wv}`));
   }
 });
+
+// The 4-bit products of batched decode steps with int8 x (each weight block applied to a workgroup's
+// tokens in registers) against float64 of the same int8 x: rows past the last row set (N = 70), K whose
+// blocks do not fill the last round of 32 threads (1056 = 33 blocks), tokens past a workgroup's (11 with
+// TB 8, 3 with TB 16), += with a bias; both reductions (subgroup adds where subgroups are 32 wide, and the
+// workgroup-memory one every adapter has).
+for (const type of ['q4_0', 'q4_1'] as const) {
+  test(`WebGPU batched int8-x product (${type}) matches float64`, {
+    skip: skipGpu || (!hasIntDot4(gpu!.device) ? 'no packed 4x8 integer dot products on this adapter' : false),
+  }, async () => {
+    const { device } = gpu!;
+    const buf = (a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE) => {
+      const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: usage | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
+      return b;
+    };
+    const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+    const reductions = hasSubgroups32(device) ? [true, false] : [false];
+    for (const [N, Kd, T, lay] of [[70, 1056, 11, INT8_BATCH], [37, 4096, 3, { R: 3, TB: 16 }], [9, 256, 5, { R: 1, TB: 2 }]] as const) {
+      const g = gaussian(N + Kd), u = rng(Kd), q = gpuWeights(type, N * Kd, g, u);
+      const x = Float32Array.from({ length: T * Kd }, () => g() * 2), y0 = Float32Array.from({ length: T * N }, () => g()), bias = Float32Array.from({ length: N }, () => g());
+      const want = new Float64Array(T * N);
+      for (let t = 0; t < T; t++) {
+        const xin = refQuantiseX(Float64Array.from(x.subarray(t * Kd, (t + 1) * Kd)));
+        for (let r = 0; r < N; r++) { let s = y0[t * N + r] + bias[r]; for (let k = 0; k < Kd; k++) s += q.value(r * Kd + k) * xin[k]; want[t * N + r] = s; }
+      }
+      let scale = 0; for (const v of want) scale = Math.max(scale, Math.abs(v));
+      for (const sub of reductions) {
+        const xBuf = buf(x), xq = buf(new Uint32Array(T * K.quantisedXWords(Kd) * 4)), y = buf(y0), step = buf(new Uint32Array([0, T, 0, 0]), GPUBufferUsage.UNIFORM);
+        const quant = pipeOf(K.quantiseXWgsl(Kd)), prod = pipeOf(linearBatchInt8Wgsl({ type, N, K: Kd, add: true, bias: true }, lay, sub));
+        const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+        const bind = (pipe: GPUComputePipeline, entries: [number, GPUBuffer][]) => {
+          pass.setPipeline(pipe);
+          pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: entries.map(([binding, buffer]) => ({ binding, resource: { buffer } })) }));
+        };
+        bind(quant, [[0, xBuf], [1, xq]]); pass.dispatchWorkgroups(...K.quantiseXGrid(Kd, T));
+        bind(prod, [[0, xq], [1, y], [2, buf(q.data)], [3, buf(q.scales)], [4, buf(bias)], [6, step]]); pass.dispatchWorkgroups(...int8BatchGrid(N, T, lay));
+        pass.end(); device.queue.submit([enc.finish()]);
+        const got = new Float32Array(await readBuffer(device, y, T * N * 4));
+        throwDeviceError();
+        want.forEach((w, i) => assert.ok(Math.abs(got[i] - w) <= 1e-5 * scale + 1e-6,
+          `${N} x ${Kd}, R ${lay.R} TB ${lay.TB}, ${sub ? 'subgroup' : 'workgroup'} sums: token ${Math.floor(i / N)} row ${i % N}: ${got[i]} vs ${w}`));
+      }
+    }
+  });
+}

@@ -15,7 +15,7 @@ export type GpuWeightType = 'f16' | 'q8_0' | 'q4_0' | 'q4_1' | 'q8_16';
 /** Whether a type's scales buffer holds (scale, min) pairs. */
 export const hasMins = (t: GpuWeightType) => t === 'q4_1' || t === 'q8_16';
 /** The declaration of the scales binding for type t. */
-const scalesDecl = (t: GpuWeightType, binding: number) => `@group(0) @binding(${binding}) var<storage, read> ws: array<${hasMins(t) ? 'vec2<f32>' : 'f32'}>;`;
+export const scalesDecl = (t: GpuWeightType, binding: number) => `@group(0) @binding(${binding}) var<storage, read> ws: array<${hasMins(t) ? 'vec2<f32>' : 'f32'}>;`;
 const I8X4_WGSL = 'fn i8x4(u: u32) -> vec4<f32> { return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u << 24u, u << 16u, u << 8u, u)) >> vec4<u32>(24u)); }';
 
 /** Workgroups for `threads` threads of a 64-wide 1-D kernel, as a 2-D grid when over the per-dimension limit. */
@@ -88,7 +88,7 @@ export const gluExpr = (act: GluAct, g: string, u: string) => act === 'gelu'
   ? `${g} / (1.0 + exp(-1.5957691216057308 * (${g} + 0.044715 * ${g} * ${g} * ${g}))) * ${u}`
   : `${g} / (1.0 + exp(-${g})) * ${u}`;
 
-const linearOut = (s: LinearSpec, idx: string, row: string, v: string) =>
+export const linearOut = (s: LinearSpec, idx: string, row: string, v: string) =>
   `{ let o = ${idx}; let val = ${v}${s.bias ? ` + bias[${row}]` : ''}; y[o] = ${s.add ? 'y[o] + val' : 'val'}; }`;
 
 /** y[t][N] (=|+=) W[N][K] · x[t][K] (+ bias), for a few tokens t (wid.y): 8 rows per workgroup, a
