@@ -14,7 +14,7 @@ import { matrixConfig } from '../backend/webgpu/device.js';
 import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, parseSkinnyTiles, toHalfGrid, toHalfWgsl } from '../backend/webgpu/mma-kernels.js';
 import { attentionTune, mmaAttentionRows, prefillAttentionWgslFor } from '../backend/webgpu/mma-attention.js';
 import { prefillAttentionInputs } from './prefill-inputs.js';
-import { INT8_BATCH, int8BatchGrid, int8BatchTypes, linearBatchInt8Wgsl, parseInt8Batch } from '../backend/webgpu/int8-batch.js';
+import { int8BatchGrid, int8BatchTypes, linearBatchInt8Wgsl, parseInt8Batch } from '../backend/webgpu/int8-batch.js';
 
 const P = 16;
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
@@ -251,7 +251,7 @@ async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: nu
   const tiles = cfg ? parseSkinnyTiles(arg('skinny', '')) ?? SKINNY_TILES : []; // (--skinny 'WN,SG,CK,stage[,xa];...')
   // 4-bit products with x quantised to int8 (quantiseXWgsl timed with them): the matrix-vector kernel a
   // workgroup per token, and the batched kernel at each layout (--int8 'R,TB;...')
-  const dot4 = hasIntDot4(device), int8Lays = dot4 ? (arg('int8', '') ? arg('int8', '').split(';').map((v) => parseInt8Batch(v)!) : [INT8_BATCH, { R: 2, TB: 8 }, { R: 2, TB: 16 }, { R: 4, TB: 16 }, { R: 8, TB: 8 }]) : [];
+  const dot4 = hasIntDot4(device), int8Lays = dot4 ? (arg('int8', '') ? arg('int8', '').split(';').map((v) => parseInt8Batch(v)!) : [{ R: 2, TB: 8 }, { R: 4, TB: 8 }, { R: 2, TB: 16 }, { R: 4, TB: 16 }, { R: 8, TB: 8 }, { R: 4, TB: 4 }]) : [];
   const names = ['batched SIMT', ...tiles.map((t) => `mma ${t.WN} rows sg ${t.SG} k${t.CK}${t.stage ? ' staged' : ''}${t.xAhead ? ' x ahead' : ''}`),
     ...(dot4 ? ['int8 x, a workgroup per token', ...int8Lays.map((l) => `int8 x batched R${l.R} TB${l.TB}`)] : [])];
   console.log(`\nbatched decode products (µs, share of read bandwidth; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'})`);

@@ -490,10 +490,12 @@ export class GpuSession {
     // decode steps and short chunks: RMSNorm and SwiGLU run inside the products that read their output,
     // and (one token) RoPE, the KV append and the page min/max are one kernel
     const fuse = n <= VEC_ROWS && m.fusesPrologues && !batched, oneStep = n === 1;
+    // (a batch's products on int8 x take RMSNorm / SwiGLU in the kernel that quantises x, as one token does)
+    const fusedInto = (l: GpuLinear) => fuse || (batched && vecBatchOf(l) && m.fusesPrologues);
     const rms = m.pipeline('rms', () => K.rmsnormWgsl(c.dim, c.normEps, false));
     /** y = W · rmsnorm(x) for the chunk's rows of x */
     const normed = (weight: GPUBuffer, l: GpuLinear, y: GPUBuffer) => {
-      if (fuse) linear(l, r.x, y, n, false, { kind: 'rmsnorm', weight });
+      if (fusedInto(l)) linear(l, r.x, y, n, false, { kind: 'rmsnorm', weight });
       else if (skinnyOf(l, false)) { run(m.pipeline('rmsh', () => K.rmsnormWgsl(c.dim, c.normEps, false, false, 'split')), 'rmsh', [r.x, weight, r.xh], n); linear(l, r.xh, y, n, false); }
       else if (x16(l)) { run(m.pipeline('rms16', () => K.rmsnormWgsl(c.dim, c.normEps, false, false, 'f16')), 'rms16', [r.x, weight, r.xb], n); linear(l, r.xb, y, n, false, undefined, true); }
       else { run(rms, 'rms', [r.x, weight, r.xb], n); linear(l, r.xb, y, n, false); }
@@ -604,7 +606,7 @@ export class GpuSession {
       }
       residual(L.wo, r.att, L.postAttnNorm);
       normed(L.ffnNorm, L.gateUp, r.gu);
-      if (fuse) residual(L.down, r.gu, L.postFfnNorm, { kind: 'glu', act });
+      if (fusedInto(L.down)) residual(L.down, r.gu, L.postFfnNorm, { kind: 'glu', act });
       else if (skinnyOf(L.down, true)) { run(m.pipeline('gluh', () => K.gluWgsl(c.hiddenDim, act, 'split')), 'gluh', [r.gu, r.xh, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.xh, L.postFfnNorm); }
       else if (x16(L.down)) { run(m.pipeline('glu16', () => K.gluWgsl(c.hiddenDim, act, 'f16')), 'glu16', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.h, L.postFfnNorm, undefined, true); }
       else { run(glu, 'glu', [r.gu, r.h, r.step], K.grid64(n * c.hiddenDim)); residual(L.down, r.h, L.postFfnNorm); }

@@ -11,9 +11,11 @@ import { hasMins, linearOut, scalesDecl, STEP_WGSL, type GpuWeightType, type Lin
 /** A layout of linearBatchInt8Wgsl: R weight rows per 32-thread set (one subgroup), TB tokens per workgroup. */
 export interface Int8BatchLayout { R: number; TB: number }
 
-/** The default (R 4 x TB 8: 32 accumulators and 4 rows' unpacked blocks per thread; tuned on an H100 by
- *  `npm run bench:kernels -- --only batch-products`). QUEST_INT8_BATCH=R,TB picks another. */
-export const INT8_BATCH: Int8BatchLayout = { R: 4, TB: 8 };
+/** The default layout for rows of K columns: 8 tokens a workgroup; 2 rows a set, 4 for long rows (whose
+ *  many blocks per thread amortise 4 rows' x loads; H100, 16 tokens, µs: gate+up 22016 x 4096 78.5 (R2)
+ *  vs 86.5 (R4), down 4096 x 11008 58.2 vs 43.0, qkv and wo equal; `npm run bench:kernels -- --only
+ *  batch-products --types q4_0`). QUEST_INT8_BATCH=R,TB picks one for every product. */
+export const int8BatchLayout = (K: number): Int8BatchLayout => ({ R: K > 8192 ? 4 : 2, TB: 8 });
 
 /** Row sets (32 threads each) per workgroup. */
 const SETS = 8;
@@ -37,7 +39,7 @@ export function parseInt8Batch(v: string | undefined): Int8BatchLayout | null {
  *  reduced across the set at the end: subgroup adds where subgroups are 32 wide, else workgroup memory.
  *  Tokens past step.n repeat the last one and rows past N the last row: neither is written.
  *  Grid (tokens fastest, so the workgroups sharing a weight block run side by side): int8BatchGrid. */
-export const linearBatchInt8Wgsl = (s: LinearSpec, lay: Int8BatchLayout = INT8_BATCH, subgroups = false) => {
+export const linearBatchInt8Wgsl = (s: LinearSpec, lay: Int8BatchLayout, subgroups = false) => {
   if (!int8BatchTypes(s.type)) throw new Error(`linearBatchInt8Wgsl: 4-bit weights only (got ${s.type})`);
   if (s.prologue) throw new Error('linearBatchInt8Wgsl: no prologue (quantiseXWgsl applies it)');
   if (s.K % 32 !== 0) throw new Error(`linearBatchInt8Wgsl: K must be a multiple of 32 (got ${s.K})`);
@@ -90,5 +92,5 @@ ${rows.map((r) => toks.map((b) => `  red[tid] = ${acc(r, b)}; workgroupBarrier()
 };
 
 /** Workgroups of linearBatchInt8Wgsl for N rows and `tokens` tokens: (token groups, row blocks). */
-export const int8BatchGrid = (N: number, tokens: number, lay: Int8BatchLayout = INT8_BATCH): [number, number] =>
+export const int8BatchGrid = (N: number, tokens: number, lay: Int8BatchLayout): [number, number] =>
   [Math.ceil(tokens / lay.TB), Math.ceil(N / (SETS * lay.R))];

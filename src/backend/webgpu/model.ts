@@ -13,7 +13,7 @@ import * as K from './kernels.js';
 import { hasIntDot4, hasSubgroups32, matrixConfig, onCpuAdapter, processEnv } from './device.js';
 import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, mmaTilesFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, parseSkinnyTiles, type MmaTile, type SkinnyTile } from './mma-kernels.js';
 import type { GpuWeightType, LinearSpec } from './kernels.js';
-import { INT8_BATCH, int8BatchGrid, int8BatchTypes, linearBatchInt8Wgsl, parseInt8Batch, type Int8BatchLayout } from './int8-batch.js';
+import { int8BatchGrid, int8BatchLayout, int8BatchTypes, linearBatchInt8Wgsl, parseInt8Batch, type Int8BatchLayout } from './int8-batch.js';
 
 export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
 
@@ -221,19 +221,20 @@ export class GpuModel {
     return byVariant.get(variant) as T;
   }
 
-  /** The layout of the batched 4-bit products with int8 x (QUEST_INT8_BATCH=R,TB picks one; for benchmarks). */
-  private readonly int8Batch: Int8BatchLayout = parseInt8Batch(processEnv().QUEST_INT8_BATCH) ?? INT8_BATCH;
+  /** The layout of every batched 4-bit product with int8 x where QUEST_INT8_BATCH=R,TB sets one (benchmarks). */
+  private readonly int8Batch: Int8BatchLayout | null = parseInt8Batch(processEnv().QUEST_INT8_BATCH);
 
   /** The product of a batched decode step whose x is quantised to int8 (quantiseXWgsl) and its grid for
    *  `rows` tokens: each 4-bit weight block applied to many tokens in registers; null for other weight
    *  types (they keep the matrix-vector kernel, a workgroup per token). */
   int8BatchProduct(l: GpuLinear, add: boolean, rows: number): { pipe: GPUComputePipeline; grid: [number, number] } | null {
     if (!this.quantisesX(l) || !int8BatchTypes(l.type)) return null;
+    const lay = this.int8Batch ?? int8BatchLayout(l.K);
     const pipe = this.perLinear(l, `I${add}`, () => {
       const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null }, sub = hasSubgroups32(this.device);
-      return this.pipeline(`linI:${sub}:${JSON.stringify(this.int8Batch)}:${JSON.stringify(spec)}`, () => linearBatchInt8Wgsl(spec, this.int8Batch, sub));
+      return this.pipeline(`linI:${sub}:${JSON.stringify(lay)}:${JSON.stringify(spec)}`, () => linearBatchInt8Wgsl(spec, lay, sub));
     });
-    return { pipe, grid: int8BatchGrid(l.N, rows, this.int8Batch) };
+    return { pipe, grid: int8BatchGrid(l.N, rows, lay) };
   }
 
   /** Few-token layouts the batched products may use (QUEST_SKINNY_TILE=WN,SG,CK,stage[,xa] picks one: parseSkinnyTiles; for benchmarks). */
