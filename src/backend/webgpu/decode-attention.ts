@@ -45,15 +45,17 @@ const TOPK_THREADS = Number(processEnv().QUEST_TOPK_WG ?? 256);
  *  `chunkBase`: where its partial results start (after those of the shared pages), `chunks`: how many
  *  it has in all (the reduction's count; 0: nChunks). Scratch (scores, selection, partial results) has
  *  one fixed-size slot per batch row. A group of rows sharing their first pages (partialWgsl's shared
- *  variant) has one set for all: `rows` and `slots` their q rows and scratch slots, 8 bits each, `count` how many. */
+ *  variant) has one set for all: `rows` and `slots` their q rows and scratch slots, 8 bits each (four to a word), `count` how many. */
 const PARAMS_WGSL = /* wgsl */ `
 struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChunks: u32, chunkPages: u32, row: u32, tableAt: u32, first: u32,
-  chunkBase: u32, chunks: u32, rows: u32, slots: u32, count: u32, pad: u32 }
+  chunkBase: u32, chunks: u32, rows: vec4<u32>, slots: vec4<u32>, count: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(0) var<storage, read> prms: array<Params>;
 `;
-const PARAM_WORDS = 16;
-/** Rows of a shared-prefix group per workgroup (packed 8 bits each in the parameters), at most. */
-const SHARED_ROWS = 4;
+const PARAM_WORDS = 24;
+/** Rows of a shared-prefix group per workgroup (packed 8 bits each in the parameters), at most: 16 query
+ *  vectors in all (MHA: 16 rows, so that 16 forks read their shared pages once; GQA 4: 4 rows).
+ *  QUEST_SHARED_ROWS caps it (benchmarks compare). */
+const SHARED_ROWS = Math.min(16, Number(processEnv().QUEST_SHARED_ROWS ?? 16));
 /** The partial-attention kernels' grid: (batch rows or shared-page groups, chunks, KV heads). The rows go
  *  fastest so that workgroups reading the same chunk of pages for different rows run side by side and all
  *  but the first find those pages in L2: groups of forks over their shared pages, and forks' Quest rows,
@@ -438,8 +440,9 @@ export const partialWgsl = (s: AttnShape, subgroups = false, tb = TB, sharedRows
   const heads = Array.from({ length: G }, (_, j) => j);
   const rowOf = (j: number) => Math.floor(j / G0), headOf = (j: number) => j % G0;
   // a query vector's q row and scratch slot
-  const qRow = (j: number) => (sharedRows ? `((prm.rows >> ${8 * rowOf(j)}u) & 255u)` : 'prm.row');
-  const slotOf = (j: number) => (sharedRows ? `((prm.slots >> ${8 * rowOf(j)}u) & 255u)` : 'slot');
+  const packed = (field: string, j: number) => `((prm.${field}[${rowOf(j) >> 2}] >> ${8 * (rowOf(j) & 3)}u) & 255u)`;
+  const qRow = (j: number) => (sharedRows ? packed('rows', j) : 'prm.row');
+  const slotOf = (j: number) => (sharedRows ? packed('slots', j) : 'slot');
   const each = (f: (j: number) => string) => heads.map(f).join('\n');
   return common(s, subgroups, tb) + /* wgsl */ `
 const GQ: u32 = ${G}u; // query vectors per workgroup
@@ -630,7 +633,7 @@ ${PARTIAL_GRID_WGSL}
 ${sharedRows ? `  // query vector j: head j % G of the group's row j / G
   let rj = j / G;
   if (rj >= prm.count) { return; }
-  let qrow = (prm.rows >> (8u * rj)) & 255u; let slot = (prm.slots >> (8u * rj)) & 255u;` : '  let qrow = prm.row; let slot = wid.x;'}
+  let qrow = (prm.rows[rj / 4u] >> (8u * (rj % 4u))) & 255u; let slot = (prm.slots[rj / 4u] >> (8u * (rj % 4u))) & 255u;` : '  let qrow = prm.row; let slot = wid.x;'}
   let h = g * G + j % G;
   var qv: array<vec4<f32>, V4>; var acc: array<vec4<f32>, V4>;
   for (var d = 0u; d < V4; d++) { qv[d] = q[(qrow * NH + h) * V4 + d] * prm.scale; acc[d] = vec4<f32>(0.0); }
@@ -818,13 +821,15 @@ export class DecodeAttention {
     const key = 'g' + groups.map((g) => `${g.pages}:${g.rows.map((i) => `${rows[i].row}@${i}@${rows[i].tableAt}`).join('/')}`).join(','), known = this.slots.get(key);
     if (known !== undefined) return { buf: this.params[known], slot: known };
     return this.writeParams(key, (i) => {
-      const g = groups[i], { chunkPages, nChunks } = this.chunking(g.pages), pack = (f: (j: number) => number) => g.rows.reduce((a, r, j) => a | (f(r) << (8 * j)), 0) >>> 0;
+      // (four 8-bit fields a word)
+      const g = groups[i], { chunkPages, nChunks } = this.chunking(g.pages);
+      const pack = (f: (j: number) => number) => [0, 1, 2, 3].map((w) => g.rows.slice(4 * w, 4 * w + 4).reduce((a, r, j) => a | (f(r) << (8 * j)), 0) >>> 0);
       return { seqLen: g.pages * this.s.pageSize, nPages: g.pages, k: g.pages, sparse: false, nChunks, chunkPages, row: 0, tableAt: rows[g.rows[0]].tableAt, first: 0,
         chunkBase: 0, chunks: 0, rows: pack((r) => rows[r].row), slots: pack((r) => r), count: g.rows.length };
     }, groups.length, scale);
   }
 
-  private writeParams(key: string, entry: (i: number) => { seqLen: number; nPages: number; k: number; sparse: boolean; nChunks: number; chunkPages: number; row: number; tableAt: number; first: number; chunkBase: number; chunks: number; rows?: number; slots?: number; count?: number }, n: number, scale: number): { buf: GPUBuffer; slot: number } {
+  private writeParams(key: string, entry: (i: number) => { seqLen: number; nPages: number; k: number; sparse: boolean; nChunks: number; chunkPages: number; row: number; tableAt: number; first: number; chunkBase: number; chunks: number; rows?: number[]; slots?: number[]; count?: number }, n: number, scale: number): { buf: GPUBuffer; slot: number } {
     this.slots.set(key, this.paramIndex);
     const bytes = n * PARAM_WORDS * 4;
     if (this.paramIndex >= this.params.length || this.params[this.paramIndex].size < bytes) {
@@ -838,7 +843,7 @@ export class DecodeAttention {
       const e = entry(i), o = i * PARAM_WORDS;
       u[o] = e.seqLen; u[o + 1] = e.nPages; u[o + 2] = e.k; u[o + 3] = e.sparse ? 1 : 0;
       f[o + 4] = scale * LOG2E; u[o + 5] = e.nChunks; u[o + 6] = e.chunkPages; u[o + 7] = e.row; u[o + 8] = e.tableAt; u[o + 9] = e.first;
-      u[o + 10] = e.chunkBase; u[o + 11] = e.chunks; u[o + 12] = e.rows ?? 0; u[o + 13] = e.slots ?? 0; u[o + 14] = e.count ?? 0;
+      u[o + 10] = e.chunkBase; u[o + 11] = e.chunks; u.set(e.rows ?? [0, 0, 0, 0], o + 12); u.set(e.slots ?? [0, 0, 0, 0], o + 16); u[o + 20] = e.count ?? 0;
     }
     this.device.queue.writeBuffer(b, 0, data);
     return { buf: b, slot: this.paramIndex - 1 };
