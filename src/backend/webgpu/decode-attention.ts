@@ -52,10 +52,11 @@ struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChun
 @group(0) @binding(0) var<storage, read> prms: array<Params>;
 `;
 const PARAM_WORDS = 24;
-/** Rows of a shared-prefix group per workgroup (packed 8 bits each in the parameters), at most: 16 query
- *  vectors in all (MHA: 16 rows, so that 16 forks read their shared pages once; GQA 4: 4 rows).
- *  QUEST_SHARED_ROWS caps it (benchmarks compare). */
-const SHARED_ROWS = Math.min(16, Number(processEnv().QUEST_SHARED_ROWS ?? 16));
+/** Rows of a shared-prefix group per workgroup (packed 8 bits each in the parameters), at most; and no
+ *  more than 16 query vectors in all. H100, 7B MHA, 16 forks of 8K tokens, µs a layer: 2 rows 197, 4 rows
+ *  156, 8 rows 179, 16 rows 780 (each page read once, but 16 heads' state per lane spills).
+ *  QUEST_SHARED_ROWS=N (up to 16) sets it, to compare. */
+const SHARED_ROWS = Math.min(16, Number(processEnv().QUEST_SHARED_ROWS ?? 4));
 /** The partial-attention kernels' grid: (batch rows or shared-page groups, chunks, KV heads). The rows go
  *  fastest so that workgroups reading the same chunk of pages for different rows run side by side and all
  *  but the first find those pages in L2: groups of forks over their shared pages, and forks' Quest rows,
