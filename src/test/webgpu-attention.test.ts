@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
 import { hasSubgroups32, onCpuAdapter, throwDeviceError } from '../backend/webgpu/device.js';
-import { DecodeAttention, readBuffer, ropeScoresGrid, ropeScoresWgsl, topkWgsl, type AttnShape } from '../backend/webgpu/decode-attention.js';
+import { DecodeAttention, PARAM_WORDS, readBuffer, ropeScoresGrid, ropeScoresWgsl, topkWgsl, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
 import { gaussian } from './fixtures.js';
@@ -270,8 +270,9 @@ for (const threads of [32, 64, 128, 256]) {
     const scores = new Float32Array(groups * n).map(() => Math.round(rnd() * 3) / 2); // 13 or so distinct values
     for (const k of [3, 100, 517]) {
       const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: topkWgsl({ nHeads: groups, nKV: groups, headDim: 8, pageSize: 16, maxPages: n, maxSelected: k }, hasSubgroups32(device), threads) }), entryPoint: 'main' } });
-      const prm = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
-      device.queue.writeBuffer(prm, 0, new Uint32Array([n * 16, n, k, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])); // (decode-attention's Params: 16 words)
+      const words = new Uint32Array(PARAM_WORDS); words.set([n * 16, n, k, 1]); // (decode-attention's Params: seqLen, nPages, k, sparse, ...)
+      const prm = device.createBuffer({ size: words.byteLength, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(prm, 0, words);
       const sc = device.createBuffer({ size: scores.byteLength, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
       device.queue.writeBuffer(sc, 0, scores);
       const sel = device.createBuffer({ size: groups * k * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC });

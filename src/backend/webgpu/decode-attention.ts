@@ -51,7 +51,8 @@ struct Params { seqLen: u32, nPages: u32, k: u32, sparse: u32, scale: f32, nChun
   chunkBase: u32, chunks: u32, rows: vec4<u32>, slots: vec4<u32>, count: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(0) var<storage, read> prms: array<Params>;
 `;
-const PARAM_WORDS = 24;
+/** Words of one Params entry (tests that call a kernel alone write them). */
+export const PARAM_WORDS = 24;
 /** Rows of a shared-prefix group per workgroup (packed 8 bits each in the parameters), at most; and no
  *  more than 16 query vectors in all. H100, 7B MHA, 16 forks of 8K tokens, µs a layer: 2 rows 197, 4 rows
  *  156, 8 rows 179, 16 rows 780 (each page read once, but 16 heads' state per lane spills).
