@@ -210,8 +210,8 @@ test('WebGPU x-stationary product of a batch of tokens: both grid orders match f
 // tokens in registers) against float64 of the same int8 x: the default layouts (2 and 4 rows a set) and
 // others, rows past the last row set (N = 70), K whose blocks do not fill the last round of 32 threads
 // (1056 = 33 blocks, 11008 = 344), tokens past a workgroup's (11 and 9 with TB 8, 3 with TB 16), += with a
-// bias; both reductions (subgroup adds where subgroups are 32 wide, and the workgroup-memory one every
-// adapter has).
+// bias; the spread layouts (a lane per token); both reductions (subgroup adds where subgroups are 32
+// wide, and the workgroup-memory one every adapter has).
 for (const type of ['q4_0', 'q4_1'] as const) {
   test(`WebGPU batched int8-x product (${type}) matches float64`, {
     skip: skipGpu || (!hasIntDot4(gpu!.device) ? 'no packed 4x8 integer dot products on this adapter' : false),
@@ -224,7 +224,8 @@ for (const type of ['q4_0', 'q4_1'] as const) {
     };
     const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
     const reductions = hasSubgroups32(device) ? [true, false] : [false];
-    for (const [N, Kd, T, lay] of [[70, 1056, 11, int8BatchLayout(1056)], [70, 11008, 9, int8BatchLayout(11008)], [37, 4096, 3, { R: 3, TB: 16 }], [9, 256, 5, { R: 1, TB: 2 }]] as const) {
+    for (const [N, Kd, T, lay] of [[70, 1056, 11, int8BatchLayout(1056)], [70, 11008, 9, int8BatchLayout(11008)], [37, 4096, 3, { R: 3, TB: 16 }], [9, 256, 5, { R: 1, TB: 2 }],
+      [70, 1056, 11, { R: 2, TB: 8, spread: true }], [37, 4096, 19, { R: 3, TB: 16, spread: true }]] as const) {
       const g = gaussian(N + Kd), u = rng(Kd), q = gpuWeights(type, N * Kd, g, u);
       const x = Float32Array.from({ length: T * Kd }, () => g() * 2), y0 = Float32Array.from({ length: T * N }, () => g()), bias = Float32Array.from({ length: N }, () => g());
       const want = new Float64Array(T * N);
@@ -247,7 +248,7 @@ for (const type of ['q4_0', 'q4_1'] as const) {
         const got = new Float32Array(await readBuffer(device, y, T * N * 4));
         throwDeviceError();
         want.forEach((w, i) => assert.ok(Math.abs(got[i] - w) <= 1e-5 * scale + 1e-6,
-          `${N} x ${Kd}, R ${lay.R} TB ${lay.TB}, ${sub ? 'subgroup' : 'workgroup'} sums: token ${Math.floor(i / N)} row ${i % N}: ${got[i]} vs ${w}`));
+          `${N} x ${Kd}, R ${lay.R} TB ${lay.TB}${lay.spread ? ' spread' : ''}, ${sub ? 'subgroup' : 'workgroup'} sums: token ${Math.floor(i / N)} row ${i % N}: ${got[i]} vs ${w}`));
       }
     }
   });

@@ -8,8 +8,10 @@
 // once from memory takes ~17 µs). Here the L2 sees the weights once per TB tokens.
 import { hasMins, linearOut, scalesDecl, STEP_WGSL, type GpuWeightType, type LinearSpec } from './kernels.js';
 
-/** A layout of linearBatchInt8Wgsl: R weight rows per 32-thread set (one subgroup), TB tokens per workgroup. */
-export interface Int8BatchLayout { R: number; TB: number }
+/** A layout of linearBatchInt8Wgsl: R weight rows per 32-thread set (one subgroup), TB tokens per
+ *  workgroup; `spread`: the set's lanes split into TB tokens x 32 / TB block lanes (each lane one token,
+ *  R accumulators) instead of every lane holding all TB tokens' sums (R x TB accumulators). */
+export interface Int8BatchLayout { R: number; TB: number; spread?: boolean }
 
 /** The default layout for rows of K columns: 8 tokens a workgroup; 2 rows a set, 4 for long rows (whose
  *  many blocks per thread amortise 4 rows' x loads; H100, 16 tokens, µs: gate+up 22016 x 4096 78.5 (R2)
@@ -22,11 +24,14 @@ const SETS = 8;
 
 export const int8BatchTypes = (t: GpuWeightType) => t === 'q4_0' || t === 'q4_1';
 
+/** "R,TB[,spread]" (QUEST_INT8_BATCH, bench:kernels --int8). */
 export function parseInt8Batch(v: string | undefined): Int8BatchLayout | null {
   if (!v) return null;
-  const [R, TB] = v.split(',').map(Number);
-  if (!(R >= 1 && R <= 8 && TB >= 1 && TB <= 32 && Number.isInteger(R) && Number.isInteger(TB))) throw new Error(`QUEST_INT8_BATCH: expected "R,TB" (rows 1-8, tokens 1-32), got "${v}"`);
-  return { R, TB };
+  const [r, tb, how] = v.split(','), R = Number(r), TB = Number(tb), spread = how === 'spread';
+  if (!(R >= 1 && R <= 8 && TB >= 1 && TB <= 32 && Number.isInteger(R) && Number.isInteger(TB)) || (how !== undefined && !spread) || (spread && 32 % TB !== 0)) {
+    throw new Error(`QUEST_INT8_BATCH: expected "R,TB[,spread]" (rows 1-8, tokens 1-32, spread: tokens dividing 32), got "${v}"`);
+  }
+  return spread ? { R, TB, spread } : { R, TB };
 }
 
 /** y[t][N] (=|+=) W[N][K] · xq[t] (+ bias) for the step.n tokens of a batched decode step, W in 4-bit
@@ -43,6 +48,7 @@ export const linearBatchInt8Wgsl = (s: LinearSpec, lay: Int8BatchLayout, subgrou
   if (!int8BatchTypes(s.type)) throw new Error(`linearBatchInt8Wgsl: 4-bit weights only (got ${s.type})`);
   if (s.prologue) throw new Error('linearBatchInt8Wgsl: no prologue (quantiseXWgsl applies it)');
   if (s.K % 32 !== 0) throw new Error(`linearBatchInt8Wgsl: K must be a multiple of 32 (got ${s.K})`);
+  if (lay.spread) return spreadWgsl(s, lay, subgroups);
   const { R, TB } = lay, U = s.K / 32, UPT = Math.ceil(U / 32), full = U % 32 === 0;
   const rows = Array.from({ length: R }, (_, r) => r), toks = Array.from({ length: TB }, (_, b) => b);
   const acc = (r: number, b: number) => `a${r}_${b}`;
@@ -88,6 +94,59 @@ ${rows.map((r) => toks.map((b) => `  red[tid] = ${acc(r, b)}; workgroupBarrier()
   for (var w = 16u; w > 0u; w >>= 1u) { if (t < w) { red[tid] += red[tid + w]; } workgroupBarrier(); }
   if (t == 0u) ${out(r, b, 'red[tid]')}
   workgroupBarrier();`).join('\n')).join('\n')}`}
+}`;
+};
+
+/** The `spread` layout: lane = token (lane / BL) x block lane (lane % BL, BL = 32 / TB): each lane takes
+ *  one token's x and R rows' blocks bl, bl + BL, ... (the BL lanes of a token stride over the row; the
+ *  TB lanes that load one weight block load it together, one broadcast), R sums a lane, reduced over
+ *  the token's BL lanes. Fewer registers than the other layout (R accumulators, not R x TB), at the cost
+ *  of unpacking each weight block once per token. */
+const spreadWgsl = (s: LinearSpec, lay: Int8BatchLayout, subgroups: boolean) => {
+  const { R, TB } = lay, U = s.K / 32, BL = 32 / TB, steps = Math.ceil(U / BL), full = U % BL === 0;
+  const rows = Array.from({ length: R }, (_, r) => r);
+  const blockValue = (r: number) => (hasMins(s.type) ? `xd * (s${r}.x * f32(id${r}) + s${r}.y * f32(xs8 / 8))` : `s${r} * xd * f32(id${r} - xs8)`);
+  const out = (r: number, v: string) => `{ let row = r0 + ${r}u; if (row < N && tok < step.n) ${linearOut(s, 'tok * N + row', 'row', v)} }`;
+  return (subgroups ? 'enable subgroups;\n' : '') + STEP_WGSL + /* wgsl */ `
+const N: u32 = ${s.N}u;
+const U: u32 = ${U}u;     // blocks of 32 per row
+const BL: u32 = ${BL}u;   // lanes per token
+@group(0) @binding(0) var<storage, read> x: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
+${scalesDecl(s.type, 3)}
+${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+@group(0) @binding(6) var<uniform> step: Step;
+${subgroups ? '' : `var<workgroup> red: array<f32, ${256 * R}>;`}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let tid = lid.x; let lane = tid % 32u; let bl = lane % BL;
+  let tok = wid.x * ${TB}u + lane / BL; let r0 = (wid.y * ${SETS}u + tid / 32u) * ${R}u;
+  let xb = min(tok, step.n - 1u) * U * 3u;
+${rows.map((r) => `  let wr${r} = min(r0 + ${r}u, N - 1u) * U; var a${r} = 0.0;`).join('\n')}
+  for (var i = 0u; i < ${steps}u; i++) {
+    let u = ${full ? 'bl + i * BL' : 'min(bl + i * BL, U - 1u)'};${full ? '' : ' let ok = bl + i * BL < U;'}
+    let e = x[xb + 3u * u]; let o = x[xb + 3u * u + 1u]; let m = x[xb + 3u * u + 2u];
+    let xd = bitcast<f32>(m.x); let xs8 = bitcast<i32>(m.y);
+${rows.map((r) => `    {
+      let w = wd[wr${r} + u]; let s${r} = ws[wr${r} + u];
+      let lo = w & vec4<u32>(0x0f0f0f0fu); let hi = (w >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+      let id${r} = dot4I8Packed(lo.x, e.x) + dot4I8Packed(hi.x, o.x) + dot4I8Packed(lo.y, e.y) + dot4I8Packed(hi.y, o.y)
+        + dot4I8Packed(lo.z, e.z) + dot4I8Packed(hi.z, o.z) + dot4I8Packed(lo.w, e.w) + dot4I8Packed(hi.w, o.w);
+      a${r} += ${full ? blockValue(r) : `select(0.0, ${blockValue(r)}, ok)`};
+    }`).join('\n')}
+  }
+${subgroups ? `  // sums over the token's BL lanes (adjacent lanes)
+  for (var d = BL / 2u; d > 0u; d >>= 1u) {
+${rows.map((r) => `    a${r} += subgroupShuffleXor(a${r}, d);`).join('\n')}
+  }
+  if (bl == 0u) {
+${rows.map((r) => `    ${out(r, `a${r}`)}`).join('\n')}
+  }` : `${rows.map((r) => `  red[${r}u * 256u + tid] = a${r};`).join('\n')}
+  workgroupBarrier();
+  if (bl == 0u) {
+${rows.map((r) => `    { var v = 0.0; for (var j = 0u; j < BL; j++) { v += red[${r}u * 256u + tid + j]; } ${out(r, 'v')} }`).join('\n')}
+  }`}
 }`;
 };
 
