@@ -34,6 +34,15 @@ export function parseInt8Batch(v: string | undefined): Int8BatchLayout | null {
   return spread ? { R, TB, spread } : { R, TB };
 }
 
+/** The integer dot product of a block's nibbles (as int8 words: low nibbles `lo` = even columns, high
+ *  `hi` = odd) with the token's int8 x (e: even columns, o: odd). */
+const blockDot = (lo: string, hi: string) => `dot4I8Packed(${lo}.x, e.x) + dot4I8Packed(${hi}.x, o.x) + dot4I8Packed(${lo}.y, e.y) + dot4I8Packed(${hi}.y, o.y)
+        + dot4I8Packed(${lo}.z, e.z) + dot4I8Packed(${hi}.z, o.z) + dot4I8Packed(${lo}.w, e.w) + dot4I8Packed(${hi}.w, o.w)`;
+
+/** A block's contribution from that integer dot product id{r}: q4_0 sum (code - 8) x = id - 8 sum(x);
+ *  q4_1 scale * id + min * sum(x) (xs8 is 8 x the int8 sum). */
+const blockValueOf = (t: GpuWeightType, r: number) => (hasMins(t) ? `xd * (s${r}.x * f32(id${r}) + s${r}.y * f32(xs8 / 8))` : `s${r} * xd * f32(id${r} - xs8)`);
+
 /** y[t][N] (=|+=) W[N][K] · xq[t] (+ bias) for the step.n tokens of a batched decode step, W in 4-bit
  *  blocks of 32 (q4_0: (code - 8) * scale; q4_1: code * scale + min) and xq each token's x quantised by
  *  quantiseXWgsl (per block: even-column bytes, odd-column bytes, then scale and 8 x the int8 sum).
@@ -52,10 +61,7 @@ export const linearBatchInt8Wgsl = (s: LinearSpec, lay: Int8BatchLayout, subgrou
   const { R, TB } = lay, U = s.K / 32, UPT = Math.ceil(U / 32), full = U % 32 === 0;
   const rows = Array.from({ length: R }, (_, r) => r), toks = Array.from({ length: TB }, (_, b) => b);
   const acc = (r: number, b: number) => `a${r}_${b}`;
-  const unitDot = (r: number) => `dot4I8Packed(lo${r}.x, e.x) + dot4I8Packed(hi${r}.x, o.x) + dot4I8Packed(lo${r}.y, e.y) + dot4I8Packed(hi${r}.y, o.y)
-        + dot4I8Packed(lo${r}.z, e.z) + dot4I8Packed(hi${r}.z, o.z) + dot4I8Packed(lo${r}.w, e.w) + dot4I8Packed(hi${r}.w, o.w)`;
-  // q4_0: sum (code - 8) x = id - 8 sum(x); q4_1: scale * id + min * sum(x)
-  const blockValue = (r: number) => (hasMins(s.type) ? `xd * (s${r}.x * f32(id${r}) + s${r}.y * f32(xs8 / 8))` : `s${r} * xd * f32(id${r} - xs8)`);
+  const blockValue = (r: number) => blockValueOf(s.type, r);
   const out = (r: number, b: number, v: string) => `{ let row = r0 + ${r}u; let tok = b0 + ${b}u; if (row < N && tok < step.n) ${linearOut(s, 'tok * N + row', 'row', v)} }`;
   return (subgroups ? 'enable subgroups;\n' : '') + STEP_WGSL + /* wgsl */ `
 const N: u32 = ${s.N}u;
@@ -84,7 +90,7 @@ ${rows.map((r) => `    let w${r} = wd[wr${r} + u]; let s${r} = ws[wr${r} + u];
 ${toks.map((b) => `    {
       let e = x[xb${b} + 3u * u]; let o = x[xb${b} + 3u * u + 1u]; let m = x[xb${b} + 3u * u + 2u];
       let xd = bitcast<f32>(m.x); let xs8 = bitcast<i32>(m.y);
-${rows.map((r) => `      let id${r} = ${unitDot(r)};
+${rows.map((r) => `      let id${r} = ${blockDot(`lo${r}`, `hi${r}`)};
       ${acc(r, b)} += ${full ? blockValue(r) : `select(0.0, ${blockValue(r)}, ok)`};`).join('\n')}
     }`).join('\n')}
   }
@@ -105,7 +111,7 @@ ${rows.map((r) => toks.map((b) => `  red[tid] = ${acc(r, b)}; workgroupBarrier()
 const spreadWgsl = (s: LinearSpec, lay: Int8BatchLayout, subgroups: boolean) => {
   const { R, TB } = lay, U = s.K / 32, BL = 32 / TB, steps = Math.ceil(U / BL), full = U % BL === 0;
   const rows = Array.from({ length: R }, (_, r) => r);
-  const blockValue = (r: number) => (hasMins(s.type) ? `xd * (s${r}.x * f32(id${r}) + s${r}.y * f32(xs8 / 8))` : `s${r} * xd * f32(id${r} - xs8)`);
+  const blockValue = (r: number) => blockValueOf(s.type, r);
   const out = (r: number, v: string) => `{ let row = r0 + ${r}u; if (row < N && tok < step.n) ${linearOut(s, 'tok * N + row', 'row', v)} }`;
   return (subgroups ? 'enable subgroups;\n' : '') + STEP_WGSL + /* wgsl */ `
 const N: u32 = ${s.N}u;
@@ -131,8 +137,7 @@ ${rows.map((r) => `  let wr${r} = min(r0 + ${r}u, N - 1u) * U; var a${r} = 0.0;`
 ${rows.map((r) => `    {
       let w = wd[wr${r} + u]; let s${r} = ws[wr${r} + u];
       let lo = w & vec4<u32>(0x0f0f0f0fu); let hi = (w >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
-      let id${r} = dot4I8Packed(lo.x, e.x) + dot4I8Packed(hi.x, o.x) + dot4I8Packed(lo.y, e.y) + dot4I8Packed(hi.y, o.y)
-        + dot4I8Packed(lo.z, e.z) + dot4I8Packed(hi.z, o.z) + dot4I8Packed(lo.w, e.w) + dot4I8Packed(hi.w, o.w);
+      let id${r} = ${blockDot('lo', 'hi')};
       a${r} += ${full ? blockValue(r) : `select(0.0, ${blockValue(r)}, ok)`};
     }`).join('\n')}
   }
