@@ -250,7 +250,7 @@ async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: nu
   ];
   const tiles = cfg ? parseSkinnyTiles(arg('skinny', '')) ?? SKINNY_TILES : []; // (--skinny 'WN,SG,CK,stage[,xa];...')
   // 4-bit products with x quantised to int8 (quantiseXWgsl timed with them): the matrix-vector kernel a
-  // workgroup per token, and the batched kernel at each layout (--int8 'R,TB;...')
+  // workgroup per token, and the batched kernel at each layout (--int8 'R,TB[,spread];...')
   const dot4 = hasIntDot4(device), int8Lays = dot4 ? (arg('int8', '') ? arg('int8', '').split(';').map((v) => parseInt8Batch(v)!) : [{ R: 2, TB: 8 }, { R: 4, TB: 8 }, { R: 2, TB: 16 }, ...[[2, 8], [4, 8], [8, 8], [4, 16], [8, 16]].map(([R, TB]) => ({ R, TB, spread: true }))]) : [];
   const names = ['batched SIMT', ...tiles.map((t) => `mma ${t.WN} rows sg ${t.SG} k${t.CK}${t.stage ? ' staged' : ''}${t.xAhead ? ' x ahead' : ''}`),
     ...(dot4 ? ['int8 x, a workgroup per token', ...int8Lays.map((l) => `int8 x batched R${l.R} TB${l.TB}${l.spread ? ' spread' : ''}`)] : [])];

@@ -34,6 +34,14 @@ export function parseInt8Batch(v: string | undefined): Int8BatchLayout | null {
   return spread ? { R, TB, spread } : { R, TB };
 }
 
+/** Both layouts' bindings: the quantised x, y, the weights' nibbles and scales, the bias, the step (its n). */
+const bindings = (s: LinearSpec) => /* wgsl */ `@group(0) @binding(0) var<storage, read> x: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
+${scalesDecl(s.type, 3)}
+${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+@group(0) @binding(6) var<uniform> step: Step;`;
+
 /** The integer dot product of a block's nibbles (as int8 words: low nibbles `lo` = even columns, high
  *  `hi` = odd) with the token's int8 x (e: even columns, o: odd). */
 const blockDot = (lo: string, hi: string) => `dot4I8Packed(${lo}.x, e.x) + dot4I8Packed(${hi}.x, o.x) + dot4I8Packed(${lo}.y, e.y) + dot4I8Packed(${hi}.y, o.y)
@@ -69,12 +77,7 @@ const U: u32 = ${U}u;     // blocks of 32 per row
 const UPT: u32 = ${UPT}u; // blocks per thread
 const R: u32 = ${R}u;     // rows per set
 const TB: u32 = ${TB}u;   // tokens per workgroup
-@group(0) @binding(0) var<storage, read> x: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
-@group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
-${scalesDecl(s.type, 3)}
-${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
-@group(0) @binding(6) var<uniform> step: Step;
+${bindings(s)}
 ${subgroups ? '' : 'var<workgroup> red: array<f32, 256>;'}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -117,12 +120,7 @@ const spreadWgsl = (s: LinearSpec, lay: Int8BatchLayout, subgroups: boolean) => 
 const N: u32 = ${s.N}u;
 const U: u32 = ${U}u;     // blocks of 32 per row
 const BL: u32 = ${BL}u;   // lanes per token
-@group(0) @binding(0) var<storage, read> x: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
-@group(0) @binding(2) var<storage, read> wd: array<vec4<u32>>;
-${scalesDecl(s.type, 3)}
-${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
-@group(0) @binding(6) var<uniform> step: Step;
+${bindings(s)}
 ${subgroups ? '' : `var<workgroup> red: array<f32, ${256 * R}>;`}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
