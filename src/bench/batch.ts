@@ -60,7 +60,8 @@ async function main() {
     for (const seqs of all) for (const s of seqs) s.dispose();
   }
   console.log('\n| batch | dense tokens/s | quest tokens/s | quest / dense | dense vs batch 1 | quest vs batch 1 |\n| --- | --- | --- | --- | --- | --- |');
-  const at = (p: string, b: number) => median(rows.find((r) => r.policy === p && r.batch === b)!.tps);
+  const rowAt = (p: string, b: number) => rows.find((r) => r.policy === p && r.batch === b)!;
+  const at = (p: string, b: number) => median(rowAt(p, b).tps);
   for (const B of BATCHES) {
     console.log(`| ${B} | ${at('dense', B).toFixed(0)} | ${at('quest', B).toFixed(0)} | ${(at('quest', B) / at('dense', B)).toFixed(2)}x | ${(at('dense', B) / at('dense', BATCHES[0])).toFixed(1)}x | ${(at('quest', B) / at('quest', BATCHES[0])).toFixed(1)}x |`);
   }
@@ -69,8 +70,7 @@ async function main() {
     console.log(`target batch 16 >= 8x batch 1: dense ${g('dense').toFixed(1)}x, quest ${g('quest').toFixed(1)}x (${g('dense') >= 8 && g('quest') >= 8 ? 'met' : 'MISSED'})`);
     // the same ratio on GPU time alone (the wall clock adds the host's CPU time per step, a larger share
     // of a batch of one, and moves with the host)
-    const gpuAt = (p: string, b: number) => rows.find((r) => r.policy === p && r.batch === b)!.gpuMs;
-    const gg = (p: string) => (16 * gpuAt(p, 1)) / gpuAt(p, 16);
+    const gg = (p: string) => (16 * rowAt(p, 1).gpuMs) / rowAt(p, 16).gpuMs;
     if (gpu.hasTimestamps) console.log(`on GPU time alone (tokens per GPU second), batch 16 vs batch 1: dense ${gg('dense').toFixed(1)}x, quest ${gg('quest').toFixed(1)}x`);
   }
   if (!existsSync(OUT)) mkdirSync(OUT, { recursive: true });

@@ -24,8 +24,9 @@ type AnyS = Session | GpuSession;
 /** `argmaxRows`: sequences 1 and 3 ask for their greedy token only (a one-element array) in the batch. */
 interface Backend { session(a: Partial<AttentionOptions>): AnyS; batch(steps: { seq: AnyS; token: number; argmax?: boolean }[]): Promise<Float32Array[]>; tol: number; argmaxRows?: boolean }
 
-/** Five sequences (prompts of 9..70 tokens) decode greedily for different numbers of steps; they join
- *  the batch at different steps and leave when done. Each must follow its solo run's tokens exactly. */
+/** Sequences (prompts of 9..70 tokens) decode greedily for different numbers of steps; they join the
+ *  batch at different steps and leave when done. Each must follow its solo run's tokens exactly. Five
+ *  sequences: batches of up to 4 rows. */
 const FIVE = [{ len: 9, join: 0, steps: 12 }, { len: 70, join: 0, steps: 5 }, { len: 33, join: 2, steps: 9 }, { len: 48, join: 3, steps: 14 }, { len: 17, join: 6, steps: 3 }];
 /** Seven sequences: batches of 2 to 7 rows (past the 4 up to which a batch runs the one-token kernels). */
 const SEVEN = [{ len: 9, join: 0, steps: 12 }, { len: 70, join: 0, steps: 5 }, { len: 33, join: 1, steps: 9 }, { len: 48, join: 1, steps: 14 }, { len: 17, join: 2, steps: 6 }, { len: 25, join: 2, steps: 10 }, { len: 12, join: 4, steps: 3 }];
