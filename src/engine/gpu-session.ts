@@ -569,10 +569,15 @@ export class GpuSession {
           });
           rowsMemo.set(rowsKey, rows);
         }
-        // forks of one context (a document asked several questions) read the pages they share once
-        const dense = rows.map((row) => row.budgetPages === 0 && !row.window), key = dense.map(Number).join('');
+        // forks of one context (a document asked several questions) read the pages they share once: dense
+        // rows, and Quest rows (each attending to the shared pages it selected) in groups of their own
+        const kind = rows.map((row) => (row.window ? 0 : row.budgetPages === 0 ? 1 : 2)), key = kind.join('');
         let shared = sharedMemo.get(key);
-        if (!shared) { shared = sharedPrefixGroups(batch.map((seq) => seq.table.pages), rows.map((row) => Math.ceil(row.seqLen / r.pageSize)), dense); sharedMemo.set(key, shared); }
+        if (!shared) {
+          const tables = batch.map((seq) => seq.table.pages), pages = rows.map((row) => Math.ceil(row.seqLen / r.pageSize));
+          shared = [1, 2].flatMap((k) => sharedPrefixGroups(tables, pages, kind.map((x) => x === k)));
+          sharedMemo.set(key, shared);
+        }
         r.decode.encodeRows(pass, view, rows, undefined, { shared });
         current = null;
       } else if (oneStep) {

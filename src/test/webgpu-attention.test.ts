@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
 import { hasSubgroups32, onCpuAdapter, throwDeviceError } from '../backend/webgpu/device.js';
-import { DecodeAttention, PARAM_WORDS, readBuffer, ropeScoresGrid, ropeScoresWgsl, topkWgsl, type AttnShape } from '../backend/webgpu/decode-attention.js';
+import { DecodeAttention, PARAM_WORDS, readBuffer, ropeScoresGrid, ropeScoresWgsl, selectionUnionFor, topkWgsl, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
 import { gaussian } from './fixtures.js';
@@ -199,30 +199,33 @@ for (const [nH, nKV, hd] of [[8, 2, 64], [4, 4, 32]]) {
 }
 
 // Forks of one context in a batch: rows whose first pages are the same physical pages attend to those
-// pages together (each page read once for up to `sharedRows` rows: sharedPartialWgsl), then to their own
-// pages, beside a dense row and a Quest row that share nothing. Each row must equal the same sequence run
-// alone (itself checked against float64 above); GQA 4 and 8, MHA, head dims 32, 64 and 128, a group
-// larger than one workgroup's rows.
+// pages together (each page read once for up to `sharedRows` rows: partialWgsl's shared variant, or on
+// tensor cores shared-pages-mma.ts), then to their own pages, beside a dense row and a Quest row that share
+// nothing; a second group of Quest forks (budgets of 3 to 12 pages) reads, on tensor cores, the shared pages
+// any of them selected once, each masked to its own selection, then its selected pages past them. Each row must equal the same sequence run alone (itself checked against float64 above; within
+// f16 rounding of q and of the softmax weights on tensor cores); GQA 4 and 8, MHA, head dims 32, 64 and
+// 128, a group larger than one workgroup's rows (18 forks), chunks that end inside a round of key splits.
 // On CPU adapters the workgroup kernels (a GPU's) run too, for two shapes.
 const forkCases = [[8, 2, 64], [4, 4, 32], [16, 2, 128], [4, 4, 128]].flatMap(([nH, nKV, hd], i) =>
   [false, ...(gpu && onCpuAdapter(gpu.device) && i < 2 ? [true] : [])].map((workgroups) => ({ nH, nKV, hd, workgroups })));
 for (const { nH, nKV, hd, workgroups } of forkCases) {
-  test(`WebGPU decode attention of a batch of forks (${nH}/${nKV} heads, head dim ${hd}${workgroups ? ', workgroup kernels on a CPU adapter' : ''}): shared pages read once for the group = each row alone`, { skip: skipGpu }, async () => {
+  test(`WebGPU decode attention of a batch of forks (${nH}/${nKV} heads, head dim ${hd}${workgroups ? ', workgroup kernels on a CPU adapter' : ''}): shared pages read once for the group = each row alone`, { skip: skipGpu }, async (t) => {
     const { device } = gpu!, P = 16, S = 20; // shared pages
-    const rows = [{ seq: S * P + 37, budget: 0 }, { seq: S * P + 200, budget: 0 }, { seq: S * P + 1, budget: 0 }, { seq: S * P + 16, budget: 0 },
-      { seq: S * P + 90, budget: 0 }, { seq: 700, budget: 0 }, { seq: 555, budget: 4 }];
-    const group = [0, 1, 2, 3, 4];
+    const forks = [37, 200, 1, 16, 90, ...Array.from({ length: 13 }, (_, i) => 5 + 23 * i)].map((tail) => ({ seq: S * P + tail, budget: 0 }));
+    const questForks = [3, 5, 8, 12, 4, 6].map((budget, i) => ({ seq: S * P + 40 + 37 * i, budget }));
+    const rows = [...forks, ...questForks, { seq: 700, budget: 0 }, { seq: 555, budget: 4 }];
+    const group = forks.map((_, i) => i), questGroup = questForks.map((_, i) => forks.length + i);
     const maxPages = 64, shape: AttnShape = { nHeads: nH, nKV, headDim: hd, pageSize: P, maxPages };
     const doc = build({ nH, nKV, hd, P, seq: S * P, budgetPages: 0 }, 900);
     const data = rows.map((r, i) => build({ nH, nKV, hd, P, seq: r.seq, budgetPages: r.budget }, 910 + i));
     const kvSlab = nKV * P * hd, metaSlab = nKV * 2 * hd;
-    for (const i of group) {
+    for (const i of [...group, ...questGroup]) {
       data[i].k16.set(doc.k16.subarray(0, S * kvSlab)); data[i].v16.set(doc.v16.subarray(0, S * kvSlab)); data[i].meta16.set(doc.meta16.subarray(0, S * metaSlab));
     }
     // physical pages: the shared ones first, then every row's own pages; tables at i * maxPages
     const tables = new Uint32Array(rows.length * maxPages), phys: number[][] = [];
     let next = S;
-    data.forEach((d, i) => { phys.push(Array.from({ length: d.pages }, (_, p) => (group.includes(i) && p < S ? p : next++))); phys[i].forEach((x, p) => { tables[i * maxPages + p] = x; }); });
+    data.forEach((d, i) => { phys.push(Array.from({ length: d.pages }, (_, p) => ((group.includes(i) || questGroup.includes(i)) && p < S ? p : next++))); phys[i].forEach((x, p) => { tables[i * maxPages + p] = x; }); });
     const k16 = new Uint16Array(next * kvSlab), v16 = new Uint16Array(next * kvSlab), meta16 = new Uint16Array(next * metaSlab);
     data.forEach((d, i) => phys[i].forEach((at, p) => {
       k16.set(d.k16.subarray(p * kvSlab, (p + 1) * kvSlab), at * kvSlab); v16.set(d.v16.subarray(p * kvSlab, (p + 1) * kvSlab), at * kvSlab);
@@ -247,18 +250,77 @@ for (const { nH, nKV, hd, workgroups } of forkCases) {
       return o;
     };
     const list = rows.map((r, i) => ({ seqLen: r.seq, budgetPages: r.budget, tableAt: i * maxPages, row: i }));
-    const batched = await run(list, [{ rows: group, pages: S }]);
+    const before = att.sharedCalls, beforeQuest = att.sharedSparseCalls;
+    const batched = await run(list, [{ rows: group, pages: S }, { rows: questGroup, pages: S }]);
+    assert.equal(att.sharedCalls, before + 1, 'the shared pages were not read together');
+    assert.equal(att.sharedSparseCalls, beforeQuest + (att.sharesSelections ? 1 : 0), 'the Quest forks did not read their selected shared pages together');
+    // (tensor cores: q and the softmax weights as f16, |v| about 1)
+    const tol = att.sharedMma ? 4e-3 : 1e-5;
+    let worst = 0;
     for (let i = 0; i < rows.length; i++) {
       const alone = await run([{ ...list[i] }]);
       for (let j = i * nH * hd; j < (i + 1) * nH * hd; j++) {
-        assert.ok(Math.abs(batched[j] - alone[j]) < 1e-5 * Math.max(1, Math.abs(alone[j])), `row ${i} (${JSON.stringify(rows[i])}) value ${j}: batched ${batched[j]}, alone ${alone[j]}`);
+        worst = Math.max(worst, Math.abs(batched[j] - alone[j]));
+        assert.ok(Math.abs(batched[j] - alone[j]) < tol * Math.max(1, Math.abs(alone[j])), `row ${i} (${JSON.stringify(rows[i])}) value ${j}: batched ${batched[j]}, alone ${alone[j]}`);
       }
     }
+    t.diagnostic(`${att.sharedMma ? `tensor cores (${JSON.stringify(att.sharedMma.layout)})` : 'thread kernel'}, ${att.sharedRows} rows a group: max |Δ| batched vs alone ${worst.toExponential(2)}`);
     // a group that is not a shared prefix is refused with the reason
-    await assert.rejects(run(list, [{ rows: [0, 6], pages: S }]), /not a dense row/);
+    await assert.rejects(run(list, [{ rows: [0, questGroup[0]], pages: S }]), /mixes dense and Quest rows/);
     for (const b of [q, out, ...Object.values(layer)]) b.destroy();
   });
 }
+
+// The selection-union kernel alone (Quest forks on tensor cores read the shared pages any of them selected):
+// three groups of rows (16, 3 and 1 rows, slots out of order) over 700 shared pages and 2 KV heads, random
+// selections with pages past the shared ones; the list must be exactly the selected shared pages in order,
+// each with the bits of the group's rows that selected it.
+test('WebGPU selection union of Quest forks lists each selected shared page once, in order, with its rows', { skip: skipGpu }, async () => {
+  const { device } = gpu!, nKV = 2, maxPages = 900, S = 700, rnd = gaussian(77);
+  const shape: AttnShape = { nHeads: 8, nKV, headDim: 32, pageSize: 16, maxPages, maxSelected: 300 };
+  const groups = [Array.from({ length: 16 }, (_, j) => (j * 7) % 16), [16, 18, 17], [19]], nRows = 20;
+  const budgets = Array.from({ length: nRows }, (_, r) => [300, 5, 64, 1][r % 4]);
+  // selections: distinct pages of 0..maxPages-1 (some past the shared ones), per row and head
+  const sel = new Uint32Array(nRows * nKV * 300);
+  const picked = budgets.map((k, r) => Array.from({ length: nKV }, (_, g) => {
+    const set = new Set<number>();
+    while (set.size < k) set.add(Math.min(maxPages - 1, Math.floor(Math.abs(rnd()) * (r % 2 ? 250 : 400))));
+    const list = [...set]; sel.set(list, (r * nKV + g) * 300);
+    return list;
+  }));
+  const words = new Uint32Array((nRows + groups.length) * PARAM_WORDS);
+  budgets.forEach((k, r) => { words[r * PARAM_WORDS + 2] = k; });
+  groups.forEach((rows, i) => {
+    const o = (nRows + i) * PARAM_WORDS;
+    words[o + 2] = S; words[o + 20] = rows.length;
+    rows.forEach((slot, j) => { words[o + 16 + (j >> 2)] |= slot << (8 * (j & 3)); });
+  });
+  const mk = (a: Uint32Array, extra = 0) => {
+    const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC | extra });
+    device.queue.writeBuffer(b, 0, a);
+    return b;
+  };
+  const rowPrm = mk(words.slice(0, nRows * PARAM_WORDS)), groupPrm = mk(words.slice(nRows * PARAM_WORDS)), selBuf = mk(sel);
+  const ulist = mk(new Uint32Array(groups.length * nKV * maxPages).fill(0xdeadbeef)), ucount = mk(new Uint32Array(groups.length * nKV));
+  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: selectionUnionFor(shape) }), entryPoint: 'main' } });
+  const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+  pass.setPipeline(pipe);
+  pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [groupPrm, rowPrm, selBuf, ulist, ucount].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
+  pass.dispatchWorkgroups(groups.length, nKV); pass.end(); device.queue.submit([enc.finish()]);
+  const list = new Uint32Array(await readBuffer(device, ulist, groups.length * nKV * maxPages * 4));
+  const count = new Uint32Array(await readBuffer(device, ucount, groups.length * nKV * 4));
+  throwDeviceError();
+  groups.forEach((rows, i) => {
+    for (let g = 0; g < nKV; g++) {
+      const bits = new Map<number, number>();
+      rows.forEach((slot, j) => { for (const p of picked[slot][g]) if (p < S) bits.set(p, (bits.get(p) ?? 0) | (1 << j)); });
+      const want = [...bits.keys()].sort((a, b) => a - b).map((p) => (p | (bits.get(p)! << 16)) >>> 0);
+      assert.equal(count[i * nKV + g], want.length, `group ${i}, head ${g}: pages listed`);
+      assert.deepEqual(Array.from(list.subarray((i * nKV + g) * maxPages, (i * nKV + g) * maxPages + want.length)), want, `group ${i}, head ${g}: the list`);
+    }
+  });
+  for (const b of [rowPrm, groupPrm, selBuf, ulist, ucount]) b.destroy();
+});
 
 // The top-k kernel alone, for every workgroup size: scores with many ties (a few distinct values),
 // negative and positive, more pages than threads; the selection must be k distinct pages whose scores

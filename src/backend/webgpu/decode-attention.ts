@@ -17,7 +17,8 @@
 //   q      : [nH][hd] f32                       out : [nH][hd] f32
 
 import { compiledPipeline } from './pipeline-cache.js';
-import { hasSubgroups32, onCpuAdapter, processEnv } from './device.js';
+import { hasSubgroups32, matrixConfig, onCpuAdapter, processEnv, type MatrixConfig } from './device.js';
+import { selectionUnionWgsl, sharedMmaBytes, sharedMmaFits, sharedMmaLayout, sharedMmaRoundTokens, sharedPagesMmaWgsl, type SharedMmaLayout } from './shared-pages-mma.js';
 import { ropeAppendThreadWgsl, UNPACK8_WGSL, workgroupRowSumWgsl } from './kernels.js';
 
 export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageSize: number; maxPages: number; /** pages Quest may select (default maxPages) */ maxSelected?: number }
@@ -58,6 +59,12 @@ export const PARAM_WORDS = 24;
  *  156, 8 rows 179, 16 rows 780 (each page read once, but 16 heads' state per lane spills).
  *  QUEST_SHARED_ROWS=N (up to 16) sets it, to compare. */
 const SHARED_ROWS = Math.min(16, Number(processEnv().QUEST_SHARED_ROWS ?? 4));
+/** The shared pages on tensor cores (shared-pages-mma.ts) where the adapter has subgroup matrices:
+ *  QUEST_SHARED_MMA=0 keeps the thread kernel, =N sets its key splits (to compare). Its workgroups per call,
+ *  about (QUEST_SHARED_MMA_WG): each writes a partial result for each of its rows' query vectors, so fewer,
+ *  longer chunks than the per-row kernel's. */
+const SHARED_MMA = processEnv().QUEST_SHARED_MMA;
+const SHARED_MMA_WG = Number(processEnv().QUEST_SHARED_MMA_WG ?? 256);
 /** The partial-attention kernels' grid: (batch rows or shared-page groups, chunks, KV heads). The rows go
  *  fastest so that workgroups reading the same chunk of pages for different rows run side by side and all
  *  but the first find those pages in L2: groups of forks over their shared pages, and forks' Quest rows,
@@ -73,6 +80,9 @@ const SLOT_PAGES: u32 = ${s.maxPages}u;  // scores per KV head and batch row
 const SLOT_SEL: u32 = ${s.maxSelected ?? s.maxPages}u;  // selected pages per KV head and batch row
 const SLOT_CHUNKS: u32 = ${maxChunksOf(s)}u;  // partial results per head and batch row
 `;
+
+/** The selection-union kernel for a shape (shared-pages-mma.ts) over these parameters and scratch slots. */
+export const selectionUnionFor = (s: AttnShape) => selectionUnionWgsl(s, PARAMS_WGSL + scratchWgsl(s));
 
 /** Lanes per row, lane groups per workgroup, workgroup size, and whether rows reduce by subgroup shuffles. */
 function lanes(s: AttnShape, subgroups: boolean) {
@@ -703,14 +713,15 @@ export function identityPageTable(device: GPUDevice, pages: number): GPUBuffer {
 export interface AttnRow { seqLen: number; budgetPages: number; tableAt?: number; row?: number; window?: number }
 
 /** Rows of a batch whose first `pages` pages are the same physical pages (forks of one context): their
- *  attention over those pages reads each page once for up to SHARED_ROWS rows (indices into the call's rows). */
+ *  attention over those pages reads each page once for a workgroup's rows (indices into the call's rows).
+ *  Dense rows, or (on tensor cores) Quest rows, each attending to the shared pages it selected. */
 export interface SharedPages { rows: number[]; pages: number }
 
-/** The first token and the pages a row reads: its window's, or Quest's selection, or all (after `skip`
- *  pages attended with other rows). */
+/** The first token and the pages a row reads: its window's, or Quest's selection, or all; after `skip`
+ *  pages attended with other rows (a Quest row: its selected pages past those). */
 function rowPages(r: Required<AttnRow>, pageSize: number, skip = 0) {
   const nPages = Math.ceil(r.seqLen / pageSize), first = r.window > 0 ? Math.max(0, r.seqLen - r.window) : skip * pageSize;
-  const sparse = first === 0 && r.budgetPages > 0 && r.budgetPages < nPages;
+  const sparse = (r.window === 0 || first === 0) && r.budgetPages > 0 && r.budgetPages < nPages;
   return { nPages, first, sparse, read: sparse ? r.budgetPages : nPages - Math.floor(first / pageSize) };
 }
 
@@ -720,6 +731,15 @@ function rowPages(r: Required<AttnRow>, pageSize: number, skip = 0) {
 export class DecodeAttention {
   private readonly pipes: Record<'scores' | 'dense' | 'sparse' | 'reduce', GPUComputePipeline>;
   private sharedPipe: GPUComputePipeline | null = null;
+  /** The tensor-core kernel for shared pages, where this device and shape have it (else the thread kernel). */
+  readonly sharedMma: { cfg: MatrixConfig; layout: SharedMmaLayout } | null;
+  /** Whether groups of Quest rows read the shared pages they selected together (tensor cores; the union
+   *  kernel's bit per page in workgroup memory, page numbers in 16 bits; QUEST_SHARED_QUEST=0: each row alone). */
+  readonly sharesSelections: boolean;
+  private sharedSparsePipe: GPUComputePipeline | null = null;
+  private unionPipe: GPUComputePipeline | null = null;
+  /** Dispatches of groups of Quest rows recorded so far (tests and benchmarks). */
+  sharedSparseCalls = 0;
   /** Rows of a shared-prefix group per workgroup for this shape (their heads' query vectors, at most 16,
    *  are what one workgroup carries), or 0 where sharing gains nothing (one row). */
   readonly sharedRows: number;
@@ -732,6 +752,8 @@ export class DecodeAttention {
   private readonly s: AttnShape;
   /** scratch for `rows` batch rows */
   private scores!: GPUBuffer; private sel!: GPUBuffer; private part!: GPUBuffer;
+  /** per group of Quest rows (at most one a row) and KV head: the pages its rows selected, and how many */
+  private ulist!: GPUBuffer; private ucount!: GPUBuffer;
   private rows = 0;
   private readonly params: GPUBuffer[] = [];
   private readonly lanes: ReturnType<typeof lanes>;
@@ -758,9 +780,14 @@ export class DecodeAttention {
     this.sub = sub; this.topkThreads = topkThreads;
     const G = s.nHeads / s.nKV;
     // (QUEST_SHARED_PAGES=0: every row reads its own pages, as separate contexts would; benchmarks compare)
-    const rg = Math.min(SHARED_ROWS, Math.floor(16 / G));
+    const thread = this.threadKernels, cfg = matrixConfig(device);
+    const mma = sharedMmaLayout(G, SHARED_MMA && SHARED_MMA !== '0' ? Number(SHARED_MMA) : undefined);
+    this.sharedMma = !thread && SHARED_MMA !== '0' && sharedMmaFits(s, cfg) && mma.rows >= 2
+      && sharedMmaBytes(s.headDim, mma.layout) <= device.limits.maxComputeWorkgroupStorageSize ? { cfg, layout: mma.layout } : null;
+    const rg = this.sharedMma ? mma.rows : Math.min(SHARED_ROWS, Math.floor(16 / G));
     this.sharedRows = rg >= 2 && processEnv().QUEST_SHARED_PAGES !== '0' ? rg : 0;
-    const thread = this.threadKernels;
+    this.sharesSelections = !!this.sharedMma && this.sharedRows > 0 && processEnv().QUEST_SHARED_QUEST !== '0' && s.maxPages <= 65536
+      && s.maxPages * 4 + 1024 <= device.limits.maxComputeWorkgroupStorageSize;
     this.pipes = {
       scores: mk(scoresWgsl(s, sub), 'scores'), reduce: mk(thread ? reduceThreadWgsl(s) : reduceWgsl(s, sub), 'reduce'),
       dense: mk(thread ? partialThreadWgsl(s) : partialWgsl(s, sub, partialTB(s.nHeads / s.nKV).dense), 'partial dense'),
@@ -778,7 +805,8 @@ export class DecodeAttention {
   private growScratch(rows: number): void {
     if (rows <= this.rows) return;
     const s = this.s, maxChunks = maxChunksOf(s);
-    for (const b of this.rows ? [this.scores, this.sel, this.part] : []) b.destroy();
+    for (const b of this.rows ? [this.scores, this.sel, this.part, this.ulist, this.ucount] : []) b.destroy();
+    this.ulist = this.buffer(this.sharesSelections ? rows * s.nKV * s.maxPages * 4 : 16); this.ucount = this.buffer(rows * s.nKV * 4);
     this.scores = this.buffer(rows * s.nKV * s.maxPages * 4); this.sel = this.buffer(rows * s.nKV * s.maxSelected! * 4);
     this.part = this.buffer(rows * s.nHeads * maxChunks * (s.headDim + 4) * 4); // (each chunk's max and sum after its output)
     this.rows = rows;
@@ -813,7 +841,7 @@ export class DecodeAttention {
     if (known !== undefined) return { buf: this.params[known], slot: known };
     return this.writeParams(key, (i) => {
       const r = rows[i], { nPages, first, sparse, read } = rowPages(r, this.s.pageSize, skip[i]);
-      const { chunkPages, nChunks } = this.chunking(read), base = skip[i] ? this.chunking(skip[i]).nChunks : 0;
+      const { chunkPages, nChunks } = this.chunking(read), base = skip[i] ? this.sharedChunking(skip[i]).parts : 0;
       return { seqLen: r.seqLen, nPages, k: read, sparse, nChunks, chunkPages, row: r.row, tableAt: r.tableAt, first, chunkBase: base, chunks: base ? base + nChunks : 0 };
     }, rows.length, scale);
   }
@@ -824,7 +852,7 @@ export class DecodeAttention {
     if (known !== undefined) return { buf: this.params[known], slot: known };
     return this.writeParams(key, (i) => {
       // (four 8-bit fields a word)
-      const g = groups[i], { chunkPages, nChunks } = this.chunking(g.pages);
+      const g = groups[i], { chunkPages, nChunks } = this.sharedChunking(g.pages);
       const pack = (f: (j: number) => number) => [0, 1, 2, 3].map((w) => g.rows.slice(4 * w, 4 * w + 4).reduce((a, r, j) => a | (f(r) << (8 * j)), 0) >>> 0);
       return { seqLen: g.pages * this.s.pageSize, nPages: g.pages, k: g.pages, sparse: false, nChunks, chunkPages, row: 0, tableAt: rows[g.rows[0]].tableAt, first: 0,
         chunkBase: 0, chunks: 0, rows: pack((r) => rows[r].row), slots: pack((r) => r), count: g.rows.length };
@@ -837,7 +865,7 @@ export class DecodeAttention {
     if (this.paramIndex >= this.params.length || this.params[this.paramIndex].size < bytes) {
       this.params[this.paramIndex]?.destroy();
       this.params[this.paramIndex] = this.device.createBuffer({ size: Math.max(bytes, 4 * PARAM_WORDS * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
-      for (const g of this.groups.values()) for (const k of [...g.keys()]) if (k.startsWith(`${this.paramIndex}:`)) g.delete(k);
+      for (const g of this.groups.values()) for (const k of [...g.keys()]) if (k.startsWith(`${this.paramIndex}:`) || k.endsWith(`@${this.paramIndex}`)) g.delete(k);
     }
     const b = this.params[this.paramIndex++];
     const data = new ArrayBuffer(bytes), u = new Uint32Array(data), f = new Float32Array(data);
@@ -859,6 +887,17 @@ export class DecodeAttention {
     return { chunkPages, nChunks: Math.ceil(pages / chunkPages) };
   }
 
+  /** Chunks of a group's shared pages, and the partial results each of its rows gets from them (the
+   *  tensor-core kernel writes one per key split of a chunk): its chunks are whole rounds of the kernel,
+   *  about SHARED_MMA_WG workgroups over the KV heads, and leave room for the rows' own chunks. */
+  private sharedChunking(pages: number): { chunkPages: number; nChunks: number; parts: number } {
+    if (!this.sharedMma) { const c = this.chunking(pages); return { ...c, parts: c.nChunks }; }
+    const { ks } = this.sharedMma.layout, round = sharedMmaRoundTokens(this.sharedMma.layout) / this.s.pageSize;
+    const want = Math.max(Math.ceil(pages / Math.max(1, Math.round(SHARED_MMA_WG / this.s.nKV))), Math.ceil((pages * ks) / (maxChunksOf(this.s) / 2)));
+    const chunkPages = Math.ceil(Math.max(1, want) / round) * round, nChunks = Math.ceil(pages / chunkPages);
+    return { chunkPages, nChunks, parts: nChunks * ks };
+  }
+
   /** Starts a new batch of encodes (parameter buffers are reused from the start). */
   resetBatch(): void { this.paramIndex = 0; this.slots.clear(); this.plans = new WeakMap(); }
 
@@ -875,7 +914,7 @@ export class DecodeAttention {
     // (the layers of a step pass the same rows: planned once per batch of encodes)
     let plan = this.plans.get(rowsIn);
     if (!plan || plan.shared !== opts.shared) { plan = this.plan(rowsIn, opts.shared); this.plans.set(rowsIn, plan); }
-    const s = this.s, { prm, slot, subGroups, groupParams, anySparse, n, mostPages, chunks, sharedChunks } = plan;
+    const s = this.s, { prm, slot, subGroups, groupParams, questGroups, questParams, anySparse, n, mostPages, chunks, sharedChunks, questChunks } = plan;
     let groups = this.groups.get(layer);
     if (!groups) { groups = new Map(); this.groups.set(layer, groups); }
     const bind = (pipe: GPUComputePipeline, name: string, bufs: GPUBuffer[], params = { buf: prm, slot }) => {
@@ -897,10 +936,25 @@ export class DecodeAttention {
       pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, `t${kr}`, [this.scores, this.sel]));
       pass.dispatchWorkgroups(s.nKV, 1, n);
     }
+    if (want('partial') && questParams) {
+      // groups of Quest rows: the shared pages each group selected (a list per KV head), then those pages
+      // read once for the group, each row masked to its own selection
+      const mma = this.sharedMma!;
+      const union = this.unionPipe ??= this.pipeline(selectionUnionFor(s), 'selection union');
+      pass.setPipeline(union); pass.setBindGroup(0, bind(union, `u@${slot}`, [prm, this.sel, this.ulist, this.ucount], questParams));
+      pass.dispatchWorkgroups(questGroups.length, s.nKV);
+      const pipe = this.sharedSparsePipe ??= this.pipeline(sharedPagesMmaWgsl(s, mma.cfg, mma.layout, PARAMS_WGSL + scratchWgsl(s), true), 'partial selected shared pages');
+      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, 'shq', [this.q, layer.k, layer.v, this.part, layer.table, this.ulist, this.ucount], questParams));
+      pass.dispatchWorkgroups(questGroups.length, questChunks, s.nKV); // (PARTIAL_GRID_WGSL)
+      this.sharedSparseCalls++;
+    }
     if (want('partial') && groupParams) {
       // the shared pages: every KV page read once for a group's rows
-      const pipe = this.sharedPipe ??= this.pipeline(this.threadKernels ? partialThreadWgsl(s, this.sharedRows) : partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows), 'partial shared pages');
-      pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, 'sh', [this.q, layer.k, layer.v, this.sel, this.part, layer.table], groupParams));
+      const mma = this.sharedMma;
+      const pipe = this.sharedPipe ??= this.pipeline(mma ? sharedPagesMmaWgsl(s, mma.cfg, mma.layout, PARAMS_WGSL + scratchWgsl(s))
+        : this.threadKernels ? partialThreadWgsl(s, this.sharedRows) : partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows), 'partial shared pages');
+      pass.setPipeline(pipe);
+      pass.setBindGroup(0, bind(pipe, 'sh', mma ? [this.q, layer.k, layer.v, this.part, layer.table] : [this.q, layer.k, layer.v, this.sel, this.part, layer.table], groupParams));
       pass.dispatchWorkgroups(subGroups.length, sharedChunks, s.nKV); // (PARTIAL_GRID_WGSL)
       this.sharedCalls++;
     }
@@ -930,30 +984,35 @@ export class DecodeAttention {
       if (r.budgetPages > s.maxSelected! && r.budgetPages < pages) throw new Error(`a budget of ${r.budgetPages} pages exceeds the ${s.maxSelected} this attention was made for`);
     }
     // shared-prefix groups, in workgroups of up to sharedRows rows; each row then reads only its own pages
-    const skip = rows.map(() => 0), subGroups: SharedPages[] = [];
+    // (dense rows) or its selected pages past the shared ones (Quest rows, where groups of them are read together)
+    const skip = rows.map(() => 0), subGroups: SharedPages[] = [], questGroups: SharedPages[] = [];
     for (const g of this.sharedRows ? shared ?? [] : []) {
       let fits = true;
-      for (const i of g.rows) {
+      const quest = g.rows.map((i) => rows[i] && rowPages(rows[i], s.pageSize).sparse);
+      for (const [x, i] of g.rows.entries()) {
         const r = rows[i], nPages = Math.ceil((r?.seqLen ?? 0) / s.pageSize);
         if (!r || skip[i] || g.rows.indexOf(i) !== g.rows.lastIndexOf(i)) throw new Error(`shared pages: row ${i} is not in the call or is in two groups`);
-        if (r.window || rowPages(r, s.pageSize).sparse) throw new Error(`shared pages: row ${i} is not a dense row`);
+        if (r.window) throw new Error(`shared pages: row ${i} has a sliding window`);
+        if (quest[x] !== quest[0]) throw new Error(`shared pages: a group mixes dense and Quest rows (rows ${g.rows[0]} and ${i})`);
         if (!(g.pages >= 1 && g.pages < nPages)) throw new Error(`shared pages: ${g.pages} pages for row ${i} of ${nPages} (its last page is its own)`);
         // (a group whose rows' partial results would not fit their scratch slots reads its pages row by row)
-        fits &&= this.chunking(g.pages).nChunks + this.chunking(nPages - g.pages).nChunks <= maxChunksOf(s);
+        fits &&= this.sharedChunking(g.pages).parts + this.chunking(quest[x] ? r.budgetPages : nPages - g.pages).nChunks <= maxChunksOf(s);
       }
-      if (!fits) continue;
+      if (!fits || (quest[0] && !this.sharesSelections)) continue;
       for (const i of g.rows) skip[i] = g.pages;
-      for (let j = 0; j < g.rows.length; j += this.sharedRows) subGroups.push({ rows: g.rows.slice(j, j + this.sharedRows), pages: g.pages });
+      for (let j = 0; j < g.rows.length; j += this.sharedRows) (quest[0] ? questGroups : subGroups).push({ rows: g.rows.slice(j, j + this.sharedRows), pages: g.pages });
     }
     this.growScratch(rows.length);
     const { buf: prm, slot } = this.paramsFor(rows, 1 / Math.sqrt(s.headDim), skip);
     const groupParams = subGroups.length ? this.groupParamsFor(subGroups, rows, 1 / Math.sqrt(s.headDim)) : null;
+    const questParams = questGroups.length ? this.groupParamsFor(questGroups, rows, 1 / Math.sqrt(s.headDim)) : null;
     const plan = rows.map((r, i) => rowPages(r, s.pageSize, skip[i])), pages = plan.map((p) => p.nPages);
     const sparse = plan.map((p) => p.sparse), anySparse = sparse.some(Boolean);
     const n = rows.length, mostPages = Math.max(...pages.filter((_, i) => sparse[i]), 1);
     const chunks = Math.max(...plan.map((p) => this.chunking(p.read).nChunks));
-    const sharedChunks = Math.max(0, ...subGroups.map((sg) => this.chunking(sg.pages).nChunks));
-    return { shared, prm, slot, subGroups, groupParams, anySparse, n, mostPages, chunks, sharedChunks };
+    const sharedChunks = Math.max(0, ...subGroups.map((sg) => this.sharedChunking(sg.pages).nChunks));
+    const questChunks = Math.max(0, ...questGroups.map((sg) => this.sharedChunking(sg.pages).nChunks));
+    return { shared, prm, slot, subGroups, groupParams, questGroups, questParams, anySparse, n, mostPages, chunks, sharedChunks, questChunks };
   }
 
   /** Whether a decode step of one sequence scores Quest's pages in its RoPE / append dispatch
