@@ -2,8 +2,9 @@
 // one forward pass for B sequences, weights read once) at batch 1, 4, 16, 32, dense and Quest, for a
 // 7B-shaped model with random weights (--shape 7b|8b|small, --weights f16|q4_0) and --context tokens per
 // sequence. The sequences are forks of one random context (their pages shared, so 32 x 8K contexts fit):
-// dense rows read the shared pages once per group of rows (a document asked several questions at once);
-// QUEST_SHARED_PAGES=0 makes every sequence read its whole context at every step, as separate contexts
+// dense rows read the shared pages once per group of rows (a document asked several questions at once),
+// and on tensor cores Quest rows read the shared pages any of them selected once (QUEST_SHARED_QUEST=0: each
+// its own; QUEST_SHARED_MMA=0: the thread kernel for dense groups); QUEST_SHARED_PAGES=0 makes every sequence read its whole context at every step, as separate contexts
 // would. Three timings per point in one run; the median and the spread are printed, and a plot.
 // --read argmax (default: each row's greedy token computed on the GPU) | logits (every row's logits read back).
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -36,7 +37,7 @@ async function main() {
   if (gpu.hasTimestamps) runner.enableTiming(); // (where a step's time goes: the GPU's, the CPU's encoding)
   const base = new GpuSession(runner);
   await base.fillRandomContext(CONTEXT);
-  console.log(`${gpu.adapterName}: ${name}, random ${WEIGHTS} weights; ${CONTEXT}-token contexts (forks of one: ${runner.decode.sharedRows ? `shared pages read once per ${runner.decode.sharedRows} rows` : 'each reads its own'}); ${STEPS} steps per timing, 3 timings; Quest budget ${BUDGET}; each step reads back ${READ === 'argmax' ? 'the rows\' greedy tokens' : 'every row\'s logits'}`);
+  console.log(`${gpu.adapterName}: ${name}, random ${WEIGHTS} weights; ${CONTEXT}-token contexts (forks of one: ${runner.decode.sharedRows ? `shared pages read once per ${runner.decode.sharedRows} rows${runner.decode.sharedMma ? ' on tensor cores' : ''}${runner.decode.sharesSelections ? ', Quest rows too' : ''}` : 'each reads its own'}); ${STEPS} steps per timing, 3 timings; Quest budget ${BUDGET}; each step reads back ${READ === 'argmax' ? 'the rows\' greedy tokens' : 'every row\'s logits'}`);
   const rows: { policy: string; batch: number; tps: number[]; gpuMs: number; encodeMs: number }[] = [];
   for (const policy of ['dense', 'quest'] as const) {
     // every batch size's forks made first, then the three timings taken in turn over the batch sizes, so

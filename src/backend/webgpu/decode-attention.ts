@@ -142,15 +142,17 @@ export const scoresWgsl = (s: AttnShape, subgroups = false) => {
 @group(0) @binding(4) var<storage, read> table: array<u32>; // physical page of each logical page
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let prm = prms[wid.z]; let slot = wid.z;
-  if (prm.sparse == 0u || wid.x * TB * NG >= prm.nPages) { return; } // (a dense row of a batch; pages past a shorter row's)
-  let tid = lid.x; let lane = tid % LG; let grp = tid / LG; let g = wid.y;
+  // (grid: rows, page blocks, KV heads; the rows go fastest, so that forks reading the same pages' min /
+  // max run side by side and all but the first find them in L2)
+  let prm = prms[wid.x]; let slot = wid.x; let pb = wid.y;
+  if (prm.sparse == 0u || pb * TB * NG >= prm.nPages) { return; } // (a dense row of a batch; pages past a shorter row's)
+  let tid = lid.x; let lane = tid % LG; let grp = tid / LG; let g = wid.z;
 ${heads.map((j) => `  let b${j} = ((prm.row * NH + g * G + ${j}u) * HD) / 4u + 2u * lane; let qa${j} = q[b${j}]; let qb${j} = q[b${j} + 1u];`).join('\n')}
   // (pages past the end read the last one, without a branch before the row sums; not written)
-${pageScoresWgsl(heads.length, (i) => `min((wid.x * TB + ${i}) * NG + grp, prm.nPages - 1u)`, 'prm.tableAt')}
+${pageScoresWgsl(heads.length, (i) => `min((pb * TB + ${i}) * NG + grp, prm.nPages - 1u)`, 'prm.tableAt')}
   if (lane == 0u) {
     for (var i = 0u; i < TB; i++) {
-      let p = (wid.x * TB + i) * NG + grp;
+      let p = (pb * TB + i) * NG + grp;
       // the page of the current token is always kept
       if (p < prm.nPages) { scores[(slot * NKV + g) * SLOT_PAGES + p] = select(sv[i], 3.0e38, p == prm.nPages - 1u); }
     }
@@ -740,8 +742,9 @@ export class DecodeAttention {
   private unionPipe: GPUComputePipeline | null = null;
   /** Dispatches of groups of Quest rows recorded so far (tests and benchmarks). */
   sharedSparseCalls = 0;
-  /** Rows of a shared-prefix group per workgroup for this shape (their heads' query vectors, at most 16,
-   *  are what one workgroup carries), or 0 where sharing gains nothing (one row). */
+  /** Rows of a shared-prefix group per workgroup for this shape (their heads' query vectors are what one
+   *  workgroup carries: at most 16 on the thread kernel, four blocks of 16 on tensor cores), or 0 where
+   *  sharing gains nothing (one row). */
   readonly sharedRows: number;
   /** Shared-prefix dispatches recorded so far (tests and benchmarks: whether a batch of forks took that path). */
   sharedCalls = 0;
@@ -929,7 +932,7 @@ export class DecodeAttention {
     const want = (st: Stage) => only === undefined || only === st;
     if (anySparse && want('scores') && !opts.scored) { // (scored: ropeScoresWgsl wrote them)
       pass.setPipeline(this.pipes.scores); pass.setBindGroup(0, bind(this.pipes.scores, 's', [this.q, layer.meta, this.scores, layer.table]));
-      pass.dispatchWorkgroups(Math.ceil(mostPages / (TB * this.lanes.NG)), s.nKV, n);
+      pass.dispatchWorkgroups(n, Math.ceil(mostPages / (TB * this.lanes.NG)), s.nKV);
     }
     if (anySparse && want('topk')) {
       const { pipe, kr } = this.topkPipe(mostPages);
