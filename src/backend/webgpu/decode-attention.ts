@@ -60,7 +60,8 @@ export const PARAM_WORDS = 24;
  *  QUEST_SHARED_ROWS=N (up to 16) sets it, to compare. */
 const SHARED_ROWS = Math.min(16, Number(processEnv().QUEST_SHARED_ROWS ?? 4));
 /** The shared pages on tensor cores (shared-pages-mma.ts) where the adapter has subgroup matrices:
- *  QUEST_SHARED_MMA=0 keeps the thread kernel, =N sets its key splits (to compare). Its workgroups per call,
+ *  QUEST_SHARED_MMA=0 keeps the thread kernel, =N sets its key splits, QUEST_SHARED_MMA_EXACT=0 rounds q
+ *  and P to f16 instead of splitting them in two parts (to compare). Its workgroups per call,
  *  about (QUEST_SHARED_MMA_WG): each writes a partial result for each of its rows' query vectors, so fewer,
  *  longer chunks than the per-row kernel's. */
 const SHARED_MMA = processEnv().QUEST_SHARED_MMA;
@@ -784,7 +785,7 @@ export class DecodeAttention {
     const G = s.nHeads / s.nKV;
     // (QUEST_SHARED_PAGES=0: every row reads its own pages, as separate contexts would; benchmarks compare)
     const thread = this.threadKernels, cfg = matrixConfig(device);
-    const mma = sharedMmaLayout(G, SHARED_MMA && SHARED_MMA !== '0' ? Number(SHARED_MMA) : undefined);
+    const mma = sharedMmaLayout(G, SHARED_MMA && SHARED_MMA !== '0' ? Number(SHARED_MMA) : undefined, processEnv().QUEST_SHARED_MMA_EXACT !== '0');
     this.sharedMma = !thread && SHARED_MMA !== '0' && sharedMmaFits(s, cfg) && mma.rows >= 2
       && sharedMmaBytes(s.headDim, mma.layout) <= device.limits.maxComputeWorkgroupStorageSize ? { cfg, layout: mma.layout } : null;
     const rg = this.sharedMma ? mma.rows : Math.min(SHARED_ROWS, Math.floor(16 / G));

@@ -14,6 +14,10 @@
 // update the vector's running maximum and sum and write P = exp2(s - m) as f16; (3) it multiplies P V,
 // 32 channels at a time, into fresh result matrices and (4) the lanes fold them into the output they hold
 // in registers, rescaled by their own row's maximum (exact per row, as mma-attention.ts's per-row kernel).
+// `exact` (the default): q and P each go in as two f16 parts (the value and its remainder), as the batched
+// products split their inputs, so that Q Kᵀ and P V keep f32's precision (K and V are f16 already) and
+// a fork's tokens are those of its run alone; without it, q and P are rounded to f16 (about 1e-3 of a
+// score), for half the matrix products.
 //
 // Quest rows of forks select their pages each with its own query, mostly among the pages they share: the
 // selection-union kernel lists, per group and KV head, the shared pages any row of the group selected (in
@@ -32,8 +36,9 @@ const PIECE = 32;
 /** Padding of the workgroup-memory rows (16-byte multiples, rows on different banks). */
 const PAD = 8;
 
-/** The layout: subgroups with their own query vectors (QS) times key splits (KS). */
-export interface SharedMmaLayout { qs: number; ks: number }
+/** The layout: subgroups with their own query vectors (QS) times key splits (KS); `exact`: q and P as two
+ *  f16 parts each. */
+export interface SharedMmaLayout { qs: number; ks: number; exact: boolean }
 
 /** Whether the kernel handles this shape on this config: 16-row blocks, keys of a page in runs of 16. */
 export const sharedMmaFits = (s: { headDim: number; pageSize: number }, cfg: MatrixConfig | null): cfg is MatrixConfig =>
@@ -42,15 +47,17 @@ export const sharedMmaFits = (s: { headDim: number; pageSize: number }, cfg: Mat
 
 /** Rows of a group and the layout for G query heads per KV head: up to 16 rows, at most four blocks of 16
  *  query vectors; the rest of four subgroups split the keys (`ks` overrides, QUEST_SHARED_MMA=ks). */
-export function sharedMmaLayout(G: number, ks?: number): { rows: number; layout: SharedMmaLayout } {
+export function sharedMmaLayout(G: number, ks?: number, exact = true): { rows: number; layout: SharedMmaLayout } {
   const rows = Math.min(16, Math.floor((4 * ROWS) / G));
   const qs = Math.ceil((rows * G) / ROWS);
-  return { rows, layout: { qs, ks: ks ?? Math.max(1, Math.floor(4 / qs)) } };
+  return { rows, layout: { qs, ks: ks ?? Math.max(1, Math.floor(4 / qs)), exact } };
 }
 
+/** f16 elements of a subgroup's rows of sh: q, then P (both parts of it where exact). */
+const shRows = (headDim: number, t: SharedMmaLayout) => ROWS * Math.max(headDim + PAD, (t.exact ? 2 : 1) * (KEYS + PAD));
 /** Bytes of workgroup memory the kernel declares. */
 export const sharedMmaBytes = (headDim: number, t: SharedMmaLayout) =>
-  t.qs * t.ks * ROWS * ((Math.max(KEYS, PIECE) + PAD) * 4 + (headDim + PAD) * 2);
+  t.qs * t.ks * (ROWS * (Math.max(KEYS, PIECE) + PAD) * 4 + shRows(headDim, t) * 2);
 
 /** Tokens one workgroup round covers (the chunks' pages are best a multiple of it). */
 export const sharedMmaRoundTokens = (t: SharedMmaLayout) => t.ks * KEYS;
@@ -85,25 +92,33 @@ const LDF: u32 = ${LDF}u; const LDS: u32 = ${LDS}u; const LDH: u32 = ${LDH}u;
 ${sparse ? `@group(0) @binding(6) var<storage, read> ulist: array<u32>; // [group][NKV][SLOT_PAGES]: page | rows that selected it << 16
 @group(0) @binding(7) var<storage, read> ucount: array<u32>; // [group][NKV]: pages listed
 ` : ''}var<workgroup> sf: array<f32, ${SG * ROWS * LDF}>; // per subgroup: [16 vectors][keys] S, then [16 vectors][32 channels] of P V
-var<workgroup> sh: array<f16, ${SG * ROWS * LDH}>; // per subgroup: [16 vectors][HD] q, then [16 vectors][keys] P
+var<workgroup> sh: array<f16, ${SG * shRows(HD, t)}>; // per subgroup: [16 vectors][HD] q, then [16 vectors][keys] P${t.exact ? ' (and its remainder after it)' : ''}
 @compute @workgroup_size(${THREADS})
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let prm = prms[wid.x]; let c = wid.y; let g = wid.z;
   if (c >= prm.nChunks) { return; } // (a group with fewer chunks than the dispatch)
   let sg = tid / 32u; let lane = tid % 32u; let split = sg % KS;
-  let fb = sg * ${ROWS}u * LDF; let hb = sg * ${ROWS}u * LDH; // this subgroup's rows of sf and sh
+  let fb = sg * ${ROWS}u * LDF; let hb = sg * ${shRows(HD, t)}u; // this subgroup's rows of sf and sh
   // this lane's query vector (two lanes each, half of every 8 keys / channels): head g G + v % G of the
   // group's row v / G (a block past the group's rows repeats its first row and writes nothing)
   let vrow = lane / 2u; let half = lane % 2u;
   let v = (sg / KS) * ${ROWS}u + vrow; let j = v / G; let live = j < prm.count; let jc = select(0u, j, live);
   let qRow = (prm.rows[jc / 4u] >> (8u * (jc % 4u))) & 255u; let slot = (prm.slots[jc / 4u] >> (8u * (jc % 4u))) & 255u;
   let h = g * G + v % G;
+  // q (scaled so that exp2 gives the softmax) as f16 into sh, then into left matrices${t.exact ? '; then its remainder' : ''}
   for (var cc = half; cc < HD / 4u; cc += 2u) {
     let x = vec4<f16>(q[(qRow * NH + h) * (HD / 4u) + cc] * prm.scale); let d = hb + vrow * LDH + cc * 4u;
     sh[d] = x.x; sh[d + 1u] = x.y; sh[d + 2u] = x.z; sh[d + 3u] = x.w;
   }
   workgroupBarrier();
-${qSteps.map((k) => `  let q${k} = ${load(left, '&sh', `hb + ${k * SK}u`, false, 'LDH')};`).join('\n')}
+${qSteps.map((k) => `  let q${k} = ${load(left, '&sh', `hb + ${k * SK}u`, false, 'LDH')};`).join('\n')}${t.exact ? `
+  workgroupBarrier();
+  for (var cc = half; cc < HD / 4u; cc += 2u) {
+    let x = q[(qRow * NH + h) * (HD / 4u) + cc] * prm.scale; let r = vec4<f16>(x - vec4<f32>(vec4<f16>(x))); let d = hb + vrow * LDH + cc * 4u;
+    sh[d] = r.x; sh[d + 1u] = r.y; sh[d + 2u] = r.z; sh[d + 3u] = r.w;
+  }
+  workgroupBarrier();
+${qSteps.map((k) => `  let ql${k} = ${load(left, '&sh', `hb + ${k * SK}u`, false, 'LDH')};`).join('\n')}` : ''}
 ${oVecs.map((k) => `  var o${k} = vec4<f32>(0.0);`).join('\n')}
   var m = -1.0e30; var l = 0.0;
   // the chunk's first page and its tokens (${sparse ? 'of the pages the group selected; none where the list is shorter' : 'of the shared pages'})
@@ -119,7 +134,7 @@ ${range(KEYS / 8).map((k) => sparse
     workgroupBarrier(); // (the lanes are done with the previous tile's P V in sf and its P in sh)
     // (1) S = Q Kᵀ
 ${keyBlocks.map((b) => `    var sm${b} = ${res}();`).join('\n')}
-${qSteps.map((k) => keyBlocks.map((b) => `    sm${b} = subgroupMatrixMultiplyAccumulate(q${k}, ${load(right, '&kc', `${kp(b * SN)} + ${k * SK}u`, true, 'HD')}, sm${b});`).join('\n')).join('\n')}
+${qSteps.map((k) => keyBlocks.map((b) => `    { let km = ${load(right, '&kc', `${kp(b * SN)} + ${k * SK}u`, true, 'HD')}; sm${b} = subgroupMatrixMultiplyAccumulate(q${k}, km, sm${b});${t.exact ? ` sm${b} = subgroupMatrixMultiplyAccumulate(ql${k}, km, sm${b});` : ''} }`).join('\n')).join('\n')}
 ${keyBlocks.map((b) => `    ${store('&sf', `fb + ${b * SN}u`, `sm${b}`, 'LDF')};`).join('\n')}
     workgroupBarrier();
     // (2) this lane's scores (keys 8k + 4 half .. + 3), masked past the chunk${sparse ? ' and on pages its row did not select' : ''}; the new maximum; P
@@ -132,13 +147,14 @@ ${sVecs.map((k) => `    mt = max(mt, max(max(s${k}.x, s${k}.y), max(s${k}.z, s${
     let alpha = exp2(m - mt); m = mt; l *= alpha;
     let pr = hb + vrow * LDS + half * 4u;
 ${sVecs.map((k) => `    { let p = select(vec4<f32>(0.0), exp2(s${k} - vec4<f32>(m)), s${k} > vec4<f32>(-1.0e29)); l += (p.x + p.y) + (p.z + p.w);
-      let ph = vec4<f16>(p); sh[pr + ${8 * k}u] = ph.x; sh[pr + ${8 * k + 1}u] = ph.y; sh[pr + ${8 * k + 2}u] = ph.z; sh[pr + ${8 * k + 3}u] = ph.w; }`).join('\n')}
+      let ph = vec4<f16>(p); sh[pr + ${8 * k}u] = ph.x; sh[pr + ${8 * k + 1}u] = ph.y; sh[pr + ${8 * k + 2}u] = ph.z; sh[pr + ${8 * k + 3}u] = ph.w;${t.exact ? `
+      let pl = vec4<f16>(p - vec4<f32>(ph)); sh[pr + ${ROWS * LDS + 8 * k}u] = pl.x; sh[pr + ${ROWS * LDS + 8 * k + 1}u] = pl.y; sh[pr + ${ROWS * LDS + 8 * k + 2}u] = pl.z; sh[pr + ${ROWS * LDS + 8 * k + 3}u] = pl.w;` : ''} }`).join('\n')}
     workgroupBarrier();
     // (3) P V a piece of channels at a time, (4) folded into this lane's output
-${keySteps.map((b) => `    let p${b} = ${load(left, '&sh', `hb + ${b * SK}u`, false, 'LDS')};`).join('\n')}
+${keySteps.map((b) => `    let p${b} = ${load(left, '&sh', `hb + ${b * SK}u`, false, 'LDS')};${t.exact ? ` let pl${b} = ${load(left, '&sh', `hb + ${ROWS * LDS + b * SK}u`, false, 'LDS')};` : ''}`).join('\n')}
 ${pieces.map(({ c0, blocks }) => `    {
 ${blocks.map((cb) => `      var a${cb} = ${res}();`).join('\n')}
-${keySteps.map((b) => blocks.map((cb) => `      a${cb} = subgroupMatrixMultiplyAccumulate(p${b}, ${load(right, '&vc', `${kp(b * SK)} + ${cb * SN}u`, false, 'HD')}, a${cb});`).join('\n')).join('\n')}
+${keySteps.map((b) => blocks.map((cb) => `      { let vm = ${load(right, '&vc', `${kp(b * SK)} + ${cb * SN}u`, false, 'HD')}; a${cb} = subgroupMatrixMultiplyAccumulate(p${b}, vm, a${cb});${t.exact ? ` a${cb} = subgroupMatrixMultiplyAccumulate(pl${b}, vm, a${cb});` : ''} }`).join('\n')).join('\n')}
 ${blocks.map((cb, k) => `      ${store('&sf', `fb + ${k * SN}u`, `a${cb}`, 'LDF')};`).join('\n')}
     }
     workgroupBarrier();
