@@ -275,11 +275,12 @@ for (const { nH, nKV, hd, workgroups } of forkCases) {
 // The selection-union kernel alone (Quest forks on tensor cores read the shared pages any of them selected):
 // three groups of rows (16, 3 and 1 rows, slots out of order) over 700 shared pages and 2 KV heads, random
 // selections with pages past the shared ones; the list must be exactly the selected shared pages in order,
-// each with the bits of the group's rows that selected it.
+// each with the bits of the group's rows that selected it, and the grouped rows' selections must keep only
+// their own pages (the shared ones NONE); a row in no group keeps all.
 test('WebGPU selection union of Quest forks lists each selected shared page once, in order, with its rows', { skip: skipGpu }, async () => {
   const { device } = gpu!, nKV = 2, maxPages = 900, S = 700, rnd = gaussian(77);
   const shape: AttnShape = { nHeads: 8, nKV, headDim: 32, pageSize: 16, maxPages, maxSelected: 300 };
-  const groups = [Array.from({ length: 16 }, (_, j) => (j * 7) % 16), [16, 18, 17], [19]], nRows = 20;
+  const groups = [Array.from({ length: 16 }, (_, j) => (j * 7) % 16), [16, 18, 17], [19]], nRows = 21; // (row 20: in no group)
   const budgets = Array.from({ length: nRows }, (_, r) => [300, 5, 64, 1][r % 4]);
   // selections: distinct pages of 0..maxPages-1 (some past the shared ones), per row and head
   const sel = new Uint32Array(nRows * nKV * 300);
@@ -309,6 +310,7 @@ test('WebGPU selection union of Quest forks lists each selected shared page once
   pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [groupPrm, rowPrm, selBuf, ulist, ucount].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
   pass.dispatchWorkgroups(groups.length, nKV); pass.end(); device.queue.submit([enc.finish()]);
   const list = new Uint32Array(await readBuffer(device, ulist, groups.length * nKV * maxPages * 4));
+  const selAfter = new Uint32Array(await readBuffer(device, selBuf, sel.byteLength));
   const count = new Uint32Array(await readBuffer(device, ucount, groups.length * nKV * 4));
   throwDeviceError();
   groups.forEach((rows, i) => {
@@ -320,6 +322,12 @@ test('WebGPU selection union of Quest forks lists each selected shared page once
       assert.deepEqual(Array.from(list.subarray((i * nKV + g) * maxPages, (i * nKV + g) * maxPages + want.length)), want, `group ${i}, head ${g}: the list`);
     }
   });
+  for (let r = 0; r < nRows; r++) {
+    for (let g = 0; g < nKV; g++) {
+      const at = (r * nKV + g) * 300, grouped = r < 20;
+      assert.deepEqual(Array.from(selAfter.subarray(at, at + budgets[r])), picked[r][g].map((p) => (grouped && p < S ? 0xffffffff : p)), `row ${r}, head ${g}: the selection left`);
+    }
+  }
   for (const b of [rowPrm, groupPrm, selBuf, ulist, ucount]) b.destroy();
 });
 

@@ -471,6 +471,8 @@ const MAXCP: u32 = ${Math.max(MAX_CHUNK_PAGES, Math.ceil(s.maxPages / MAX_CHUNKS
 var<workgroup> pages: array<u32, MAXCP>;
 var<workgroup> phys: array<u32, MAXCP>; // their physical pages
 var<workgroup> gm: array<f32, ${NG * G}>; // [group][head] maxima, then sums
+var<workgroup> anyPage: atomic<u32>; // whether the chunk has a page to read (a grouped Quest row's shared pages are NONE)
+var<workgroup> anyPageU: u32;
 var<workgroup> gacc: array<vec4<f32>, ${NG * s.headDim / 4}>; // [group][HD / 4]
 // one head's online softmax over TB rows: scores summed across the lane group, new max, rescale, add V
 struct Head { qa: vec4<f32>, qb: vec4<f32>, m: f32, l: f32, accA: vec4<f32>, accB: vec4<f32> }
@@ -500,12 +502,14 @@ ${PARTIAL_GRID_WGSL} let slot = ${sharedRows ? '0u; // (shared pages are never s
     if (prm.sparse == 1u) { if (idx < prm.k) { p = sel[(slot * NKV + g) * SLOT_SEL + idx]; } }
     else if (idx < prm.k) { p = idx + prm.first / P; }
     pages[tid] = p; phys[tid] = select(0u, table[prm.tableAt + p], p != NONE);
+    if (p != NONE) { atomicOr(&anyPage, 1u); }
   }
   // this lane's 8 channels of q for every head of the group, scaled so that exp2 gives the softmax
 ${each((j) => `  let b${j} = ((${qRow(j)} * NH + g * G + ${headOf(j)}u) * HD) / 4u + 2u * lane;
   var h${j} = Head(q[b${j}] * prm.scale, q[b${j} + 1u] * prm.scale, -3.0e38, 0.0, vec4<f32>(0.0), vec4<f32>(0.0));`)}
   workgroupBarrier();
-  let rows = cp * P;
+  if (tid == 0u) { anyPageU = atomicLoad(&anyPage); }
+  let rows = select(0u, cp * P, workgroupUniformLoad(&anyPageU) != 0u);
   for (var t0 = 0u; t0 < rows; t0 += NG * TB) {
     // TB rows per lane group, consecutive groups on consecutive tokens (a warp reads contiguous rows)
     var k8: array<array<vec4<f32>, 2>, TB>; var v8: array<array<vec4<f32>, 2>, TB>; var ok: array<vec4<bool>, TB4>;

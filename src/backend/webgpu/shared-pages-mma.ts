@@ -24,7 +24,8 @@
 // page order, each with a mask of the rows that did), and the sparse variant of the kernel reads the list
 // instead of all pages, masking for each row the pages it did not select. Each page is then read once for
 // the group instead of once per row that selected it; the rows' own pages (past the shared ones) stay with
-// the per-row kernel.
+// the per-row kernel: the union kernel leaves only those in each row's selection (the shared ones become
+// NONE, and the per-row kernel skips a chunk with no page left).
 import { type MatrixConfig } from './device.js';
 import { matrixLoad, matrixStore, MMA_HEADER } from './mma-kernels.js';
 
@@ -173,12 +174,13 @@ ${oVecs.map((k) => `    part[pc + ${2 * k}u + half] = o${k};`).join('\n')}
 /** The selection-union kernel: per group of Quest rows sharing their first pages (prms: the group's
  *  parameters, k = the shared pages) and KV head (grid: groups x KV heads), the shared pages that any row
  *  selected (sel, k of row slot j from rprms[j]), in page order, each with the bits of the rows that did
- *  (bit j: the group's row j): ulist[group][head][SLOT_PAGES], and how many, ucount[group][head]. A bit per
- *  row and page in workgroup memory, then a scan over 256 threads' runs of pages. */
+ *  (bit j: the group's row j): ulist[group][head][SLOT_PAGES], and how many, ucount[group][head]; those
+ *  pages become NONE in the rows' selections (the per-row kernel then reads only the rows' own pages). A bit
+ *  per row and page in workgroup memory, then a scan over 256 threads' runs of pages. */
 export const selectionUnionWgsl = (s: { nKV: number; maxPages: number }, header: string) => /* wgsl */ `${header}
 const NKV: u32 = ${s.nKV}u;
 @group(0) @binding(1) var<storage, read> rprms: array<Params>;
-@group(0) @binding(2) var<storage, read> sel: array<u32>;
+@group(0) @binding(2) var<storage, read_write> sel: array<u32>;
 @group(0) @binding(3) var<storage, read_write> ulist: array<u32>;
 @group(0) @binding(4) var<storage, read_write> ucount: array<u32>;
 var<workgroup> bits: array<atomic<u32>, ${s.maxPages}>;
@@ -191,8 +193,8 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
   for (var j = 0u; j < prm.count; j++) {
     let slot = (prm.slots[j / 4u] >> (8u * (j % 4u))) & 255u; let k = rprms[slot].k;
     for (var i = tid; i < k; i += 256u) {
-      let p = sel[(slot * NKV + g) * SLOT_SEL + i];
-      if (p < S) { atomicOr(&bits[p], 1u << j); }
+      let at = (slot * NKV + g) * SLOT_SEL + i; let p = sel[at];
+      if (p < S) { atomicOr(&bits[p], 1u << j); sel[at] = 0xffffffffu; }
     }
   }
   workgroupBarrier();
