@@ -115,7 +115,8 @@ for (const attention of policies) {
 
 // Forks of one context decoded together (a document asked several questions): the pages they share are
 // read once for the group (DecodeAttention's shared-prefix path), each fork must still get its tokens and
-// logits alone, dense and Quest (whose dense first layer shares; its sparse layers select per fork).
+// logits alone, dense and Quest (whose dense first layer shares; in its sparse layers each fork selects its
+// own pages, and the group reads the shared pages any of them selected once, where the attention does that).
 test('WebGPU: a batch of forks of one context (shared pages read once) equals each fork alone', { skip: skipGpu }, async (t) => {
   const runner = new GpuRunner(GpuModel.upload(gpu!.device, loaded.config, loaded.weights), 16);
   const mma = matrixConfig(gpu!.device) !== null, tol = mma ? 1e-4 : 2e-2;
@@ -134,7 +135,7 @@ test('WebGPU: a batch of forks of one context (shared pages read once) equals ea
     }
     const forks = tails.map(() => base.fork());
     const next = await Promise.all(forks.map(async (f, j) => argmax(await f.forward(tails[j], { dense: true }))));
-    const before = runner.decode.sharedCalls;
+    const before = runner.decode.sharedCalls, beforeQuest = runner.decode.sharedSparseCalls;
     let worst = 0;
     for (let k = 0; k < 6; k++) {
       const out = await gpuDecodeBatch(forks.map((seq, j) => ({ seq, token: next[j] })));
@@ -145,6 +146,7 @@ test('WebGPU: a batch of forks of one context (shared pages read once) equals ea
       });
     }
     assert.ok(runner.decode.sharedCalls > before, `${attention.policy}: the batch did not read its shared pages together`);
+    if (attention.policy === 'quest' && runner.decode.sharesSelections) assert.ok(runner.decode.sharedSparseCalls > beforeQuest, 'the Quest forks did not read their selected shared pages together');
     assert.ok(worst <= tol, `${attention.policy}: max |Δlogit| between batched and alone ${worst} over ${tol}`);
     t.diagnostic(`${attention.policy}: max |Δlogit| batched forks vs alone ${worst.toExponential(2)}`);
     for (const f of [...forks, base]) f.dispose();

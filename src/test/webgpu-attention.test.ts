@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
-import { hasSubgroups32, onCpuAdapter, throwDeviceError } from '../backend/webgpu/device.js';
+import { hasSubgroups32, matrixConfig, onCpuAdapter, throwDeviceError } from '../backend/webgpu/device.js';
 import { DecodeAttention, PARAM_WORDS, readBuffer, ropeScoresGrid, ropeScoresWgsl, selectionUnionFor, topkWgsl, type AttnShape } from '../backend/webgpu/decode-attention.js';
 import { F16_TABLE, f32ToF16 } from '../model/tensor.js';
 import { topKIndices } from '../attention/attend.js';
@@ -205,11 +205,13 @@ for (const [nH, nKV, hd] of [[8, 2, 64], [4, 4, 32]]) {
 // any of them selected once, each masked to its own selection, then its selected pages past them. Each row must equal the same sequence run alone (itself checked against float64 above; within
 // f16 rounding of q and of the softmax weights on tensor cores); GQA 4 and 8, MHA, head dims 32, 64 and
 // 128, a group larger than one workgroup's rows (18 forks), chunks that end inside a round of key splits.
-// On CPU adapters the workgroup kernels (a GPU's) run too, for two shapes.
+// On CPU adapters the workgroup kernels (a GPU's) run too, for two shapes; on adapters with subgroup
+// matrices, the tensor-core kernels as well (opt-in in the engine until measured: QUEST_SHARED_MMA).
 const forkCases = [[8, 2, 64], [4, 4, 32], [16, 2, 128], [4, 4, 128]].flatMap(([nH, nKV, hd], i) =>
-  [false, ...(gpu && onCpuAdapter(gpu.device) && i < 2 ? [true] : [])].map((workgroups) => ({ nH, nKV, hd, workgroups })));
-for (const { nH, nKV, hd, workgroups } of forkCases) {
-  test(`WebGPU decode attention of a batch of forks (${nH}/${nKV} heads, head dim ${hd}${workgroups ? ', workgroup kernels on a CPU adapter' : ''}): shared pages read once for the group = each row alone`, { skip: skipGpu }, async (t) => {
+  [false, ...(gpu && onCpuAdapter(gpu.device) && i < 2 ? [true] : [])].map((workgroups) => ({ nH, nKV, hd, workgroups, mma: false })))
+  .concat(gpu && matrixConfig(gpu.device) ? [[8, 2, 64], [4, 4, 32], [16, 2, 128], [4, 4, 128]].map(([nH, nKV, hd]) => ({ nH, nKV, hd, workgroups: false, mma: true })) : []);
+for (const { nH, nKV, hd, workgroups, mma } of forkCases) {
+  test(`WebGPU decode attention of a batch of forks (${nH}/${nKV} heads, head dim ${hd}${workgroups ? ', workgroup kernels on a CPU adapter' : ''}${mma ? ', tensor cores' : ''}): shared pages read once for the group = each row alone`, { skip: skipGpu }, async (t) => {
     const { device } = gpu!, P = 16, S = 20; // shared pages
     const forks = [37, 200, 1, 16, 90, ...Array.from({ length: 13 }, (_, i) => 5 + 23 * i)].map((tail) => ({ seq: S * P + tail, budget: 0 }));
     const questForks = [3, 5, 8, 12, 4, 6].map((budget, i) => ({ seq: S * P + 40 + 37 * i, budget }));
@@ -238,8 +240,9 @@ for (const { nH, nKV, hd, workgroups } of forkCases) {
     };
     const q = mk(Float32Array.from(data.flatMap((d) => Array.from(d.q)))), out = mk(new Float32Array(rows.length * nH * hd));
     const layer = { k: mk(k16), v: mk(v16), meta: mk(meta16), table: mk(tables) };
-    const att = new DecodeAttention(device, shape, maxPages, { q, out }, undefined, workgroups ? false : undefined);
+    const att = new DecodeAttention(device, shape, maxPages, { q, out }, undefined, workgroups ? false : undefined, mma);
     assert.ok(att.sharedRows >= 2, 'this shape shares no pages');
+    assert.equal(!!att.sharedMma, mma, 'the tensor-core kernel was not chosen as asked');
     const run = async (list: { seqLen: number; budgetPages: number; tableAt: number; row: number }[], shared: { rows: number[]; pages: number }[] = []) => {
       const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
       att.resetBatch();

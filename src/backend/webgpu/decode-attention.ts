@@ -59,11 +59,13 @@ export const PARAM_WORDS = 24;
  *  156, 8 rows 179, 16 rows 780 (each page read once, but 16 heads' state per lane spills).
  *  QUEST_SHARED_ROWS=N (up to 16) sets it, to compare. */
 const SHARED_ROWS = Math.min(16, Number(processEnv().QUEST_SHARED_ROWS ?? 4));
-/** The shared pages on tensor cores (shared-pages-mma.ts) where the adapter has subgroup matrices:
- *  QUEST_SHARED_MMA=0 keeps the thread kernel, =N sets its key splits, QUEST_SHARED_MMA_EXACT=0 rounds q
- *  and P to f16 instead of splitting them in two parts (to compare). Its workgroups per call,
- *  about (QUEST_SHARED_MMA_WG): each writes a partial result for each of its rows' query vectors, so fewer,
- *  longer chunks than the per-row kernel's. */
+/** The shared pages on tensor cores (shared-pages-mma.ts) where the adapter has subgroup matrices, and
+ *  with them groups of Quest forks: opt-in for now (QUEST_SHARED_MMA=1, or =N key splits; the
+ *  DecodeAttention option `sharedMma`), as no GPU has run them yet (session 32 was lent none); the thread
+ *  kernel stays the default until they are measured. QUEST_SHARED_MMA_EXACT=0 rounds q and P to f16 instead
+ *  of splitting them in two parts (to compare). Its workgroups per call, about (QUEST_SHARED_MMA_WG): each
+ *  writes a partial result for each of its rows' query vectors, so fewer, longer chunks than the per-row
+ *  kernel's. */
 const SHARED_MMA = processEnv().QUEST_SHARED_MMA;
 const SHARED_MMA_WG = Number(processEnv().QUEST_SHARED_MMA_WG ?? 256);
 /** The partial-attention kernels' grid: (batch rows or shared-page groups, chunks, KV heads). The rows go
@@ -635,16 +637,21 @@ ${PARAMS_WGSL}${scratchWgsl(s)}${UNPACK8_WGSL}`;
  *  Same bindings, parameters and partial results as partialWgsl. On a GPU it would be slow (a thread reads
  *  whole rows); on a CPU adapter, where every barrier makes the emulation switch between all of a
  *  workgroup's threads, partialWgsl and reduceWgsl made a decode step of the default model spend 0.26 s in
- *  attention (this pair: 2.5 ms). */
-export const partialThreadWgsl = (s: AttnShape, sharedRows = 0) => {
+ *  attention (this pair: 2.5 ms). `selected`: the variant for a group of Quest forks (sharedRows > 0), over
+ *  the shared pages any of them selected (the selection-union kernel's list, shared-pages-mma.ts), each row
+ *  masked to its own; its bindings are those of the tensor-core kernel's sparse variant. */
+export const partialThreadWgsl = (s: AttnShape, sharedRows = 0, selected = false) => {
   const GQ = (s.nHeads / s.nKV) * Math.max(1, sharedRows);
   return threadHeader(s) + /* wgsl */ `
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> vc: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> sel: array<u32>;
+${selected ? `@group(0) @binding(4) var<storage, read_write> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4 + 1] (the last: max, sum)
+@group(0) @binding(5) var<storage, read> table: array<u32>;
+@group(0) @binding(6) var<storage, read> ulist: array<u32>; // [group][NKV][SLOT_PAGES]: page | rows that selected it << 16
+@group(0) @binding(7) var<storage, read> ucount: array<u32>; // [group][NKV]: pages listed` : `@group(0) @binding(4) var<storage, read> sel: array<u32>;
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>; // [row][nH][SLOT_CHUNKS][HD / 4 + 1] (the last: max, sum)
-@group(0) @binding(6) var<storage, read> table: array<u32>;
+@group(0) @binding(6) var<storage, read> table: array<u32>;`}
 @compute @workgroup_size(${GQ})
 fn main(@builtin(local_invocation_index) j: u32, @builtin(workgroup_id) wid: vec3<u32>) {
 ${PARTIAL_GRID_WGSL}
@@ -657,13 +664,16 @@ ${sharedRows ? `  // query vector j: head j % G of the group's row j / G
   var qv: array<vec4<f32>, V4>; var acc: array<vec4<f32>, V4>;
   for (var d = 0u; d < V4; d++) { qv[d] = q[(qrow * NH + h) * V4 + d] * prm.scale; acc[d] = vec4<f32>(0.0); }
   var m = -3.0e38; var l = 0.0;
-  let cp = prm.chunkPages;
+  let cp = prm.chunkPages;${selected ? ' let listed = ucount[wid.x * NKV + g];' : ''}
   for (var i = 0u; i < cp; i++) {
     let idx = c * cp + i;
-    if (idx >= prm.k) { break; }
+${selected ? `    if (idx >= listed) { break; }
+    let e = ulist[(wid.x * NKV + g) * SLOT_PAGES + idx];
+    if (((e >> (16u + rj)) & 1u) == 0u) { continue; } // (a page this row did not select)
+    let p = e & 0xffffu;` : `    if (idx >= prm.k) { break; }
     var p = idx + prm.first / P;
     if (prm.sparse == 1u) { p = sel[(slot * NKV + g) * SLOT_SEL + idx]; }
-    if (p == NONE) { continue; }
+    if (p == NONE) { continue; }`}
     let ph = table[prm.tableAt + p];
     for (var t = 0u; t < P; t++) {
       let pos = p * P + t;
@@ -740,8 +750,9 @@ export class DecodeAttention {
   private sharedPipe: GPUComputePipeline | null = null;
   /** The tensor-core kernel for shared pages, where this device and shape have it (else the thread kernel). */
   readonly sharedMma: { cfg: MatrixConfig; layout: SharedMmaLayout } | null;
-  /** Whether groups of Quest rows read the shared pages they selected together (tensor cores; the union
-   *  kernel's bit per page in workgroup memory, page numbers in 16 bits; QUEST_SHARED_QUEST=0: each row alone). */
+  /** Whether groups of Quest rows read the shared pages they selected together (tensor cores, or the thread
+   *  kernels of CPU adapters; the union kernel's bit per page in workgroup memory, page numbers in 16 bits;
+   *  QUEST_SHARED_QUEST=0: each row alone). */
   readonly sharesSelections: boolean;
   private sharedSparsePipe: GPUComputePipeline | null = null;
   private unionPipe: GPUComputePipeline | null = null;
@@ -778,8 +789,9 @@ export class DecodeAttention {
    *  the top-k kernel's workgroup size (tests and benchmarks compare them). */
   /** `threadKernels`: kernels 3 and 4 as partialThreadWgsl / reduceThreadWgsl (default: on CPU adapters,
    *  unless QUEST_ATTN_THREAD=0). */
+  /** `useSharedMma`: the tensor-core kernel for shared pages where the device has it (default: QUEST_SHARED_MMA set and not 0). */
   constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS,
-              readonly threadKernels = onCpuAdapter(device) && processEnv().QUEST_ATTN_THREAD !== '0') {
+              readonly threadKernels = onCpuAdapter(device) && processEnv().QUEST_ATTN_THREAD !== '0', useSharedMma = !!SHARED_MMA && SHARED_MMA !== '0') {
     const s = this.s = { ...shape, maxSelected: Math.max(1, Math.min(shape.maxPages, maxSelectedPages)) };
     if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
     const mk = (code: string, label: string) => this.pipeline(code, label);
@@ -789,12 +801,13 @@ export class DecodeAttention {
     const G = s.nHeads / s.nKV;
     // (QUEST_SHARED_PAGES=0: every row reads its own pages, as separate contexts would; benchmarks compare)
     const thread = this.threadKernels, cfg = matrixConfig(device);
-    const mma = sharedMmaLayout(G, SHARED_MMA && SHARED_MMA !== '0' ? Number(SHARED_MMA) : undefined, processEnv().QUEST_SHARED_MMA_EXACT !== '0');
-    this.sharedMma = !thread && SHARED_MMA !== '0' && sharedMmaFits(s, cfg) && mma.rows >= 2
+    const ks = Number(SHARED_MMA) > 1 ? Number(SHARED_MMA) : undefined;
+    const mma = sharedMmaLayout(G, ks, processEnv().QUEST_SHARED_MMA_EXACT !== '0');
+    this.sharedMma = !thread && useSharedMma && sharedMmaFits(s, cfg) && mma.rows >= 2
       && sharedMmaBytes(s.headDim, mma.layout) <= device.limits.maxComputeWorkgroupStorageSize ? { cfg, layout: mma.layout } : null;
     const rg = this.sharedMma ? mma.rows : Math.min(SHARED_ROWS, Math.floor(16 / G));
     this.sharedRows = rg >= 2 && processEnv().QUEST_SHARED_PAGES !== '0' ? rg : 0;
-    this.sharesSelections = !!this.sharedMma && this.sharedRows > 0 && processEnv().QUEST_SHARED_QUEST !== '0' && s.maxPages <= 65536
+    this.sharesSelections = (!!this.sharedMma || thread) && this.sharedRows > 0 && processEnv().QUEST_SHARED_QUEST !== '0' && s.maxPages <= 65536
       && s.maxPages * 4 + 1024 <= device.limits.maxComputeWorkgroupStorageSize;
     this.pipes = {
       scores: mk(scoresWgsl(s, sub), 'scores'), reduce: mk(thread ? reduceThreadWgsl(s) : reduceWgsl(s, sub), 'reduce'),
@@ -947,11 +960,12 @@ export class DecodeAttention {
     if (want('partial') && questParams) {
       // groups of Quest rows: the shared pages each group selected (a list per KV head), then those pages
       // read once for the group, each row masked to its own selection
-      const mma = this.sharedMma!;
+      const mma = this.sharedMma;
       const union = this.unionPipe ??= this.pipeline(selectionUnionFor(s), 'selection union');
       pass.setPipeline(union); pass.setBindGroup(0, bind(union, `u@${slot}`, [prm, this.sel, this.ulist, this.ucount], questParams));
       pass.dispatchWorkgroups(questGroups.length, s.nKV);
-      const pipe = this.sharedSparsePipe ??= this.pipeline(sharedPagesMmaWgsl(s, mma.cfg, mma.layout, PARAMS_WGSL + scratchWgsl(s), true), 'partial selected shared pages');
+      const pipe = this.sharedSparsePipe ??= this.pipeline(mma ? sharedPagesMmaWgsl(s, mma.cfg, mma.layout, PARAMS_WGSL + scratchWgsl(s), true)
+        : partialThreadWgsl(s, this.sharedRows, true), 'partial selected shared pages');
       pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, 'shq', [this.q, layer.k, layer.v, this.part, layer.table, this.ulist, this.ucount], questParams));
       pass.dispatchWorkgroups(questGroups.length, questChunks, s.nKV); // (PARTIAL_GRID_WGSL)
       this.sharedSparseCalls++;
