@@ -61,7 +61,7 @@ export const PARAM_WORDS = 24;
 const SHARED_ROWS = Math.min(16, Number(processEnv().QUEST_SHARED_ROWS ?? 4));
 /** The shared pages on tensor cores (shared-pages-mma.ts) where the adapter has subgroup matrices, and
  *  with them groups of Quest forks: opt-in for now (QUEST_SHARED_MMA=1, or =N key splits; the
- *  DecodeAttention option `sharedMma`), as no GPU has run them yet (session 32 was lent none); the thread
+ *  DecodeAttention argument `useSharedMma`), as no GPU has run them yet (session 32 was lent none); the thread
  *  kernel stays the default until they are measured. QUEST_SHARED_MMA_EXACT=0 rounds q and P to f16 instead
  *  of splitting them in two parts (to compare). Its workgroups per call, about (QUEST_SHARED_MMA_WG): each
  *  writes a partial result for each of its rows' query vectors, so fewer, longer chunks than the per-row
@@ -731,7 +731,8 @@ export interface AttnRow { seqLen: number; budgetPages: number; tableAt?: number
 
 /** Rows of a batch whose first `pages` pages are the same physical pages (forks of one context): their
  *  attention over those pages reads each page once for a workgroup's rows (indices into the call's rows).
- *  Dense rows, or (on tensor cores) Quest rows, each attending to the shared pages it selected. */
+ *  Dense rows, or Quest rows (on tensor cores, or the thread kernels of CPU adapters), each attending to the
+ *  shared pages it selected. */
 export interface SharedPages { rows: number[]; pages: number }
 
 /** The first token and the pages a row reads: its window's, or Quest's selection, or all; after `skip`
