@@ -84,8 +84,11 @@ const SLOT_SEL: u32 = ${s.maxSelected ?? s.maxPages}u;  // selected pages per KV
 const SLOT_CHUNKS: u32 = ${maxChunksOf(s)}u;  // partial results per head and batch row
 `;
 
-/** The selection-union kernel for a shape (shared-pages-mma.ts) over these parameters and scratch slots. */
+/** The selection-union kernel and the tensor-core shared-pages kernel (shared-pages-mma.ts) for a shape, over
+ *  these parameters and scratch slots. */
 export const selectionUnionFor = (s: AttnShape) => selectionUnionWgsl(s, PARAMS_WGSL + scratchWgsl(s));
+const sharedPagesMmaFor = (s: AttnShape, mma: { cfg: MatrixConfig; layout: SharedMmaLayout }, selected: boolean) =>
+  sharedPagesMmaWgsl(s, mma.cfg, mma.layout, PARAMS_WGSL + scratchWgsl(s), selected);
 
 /** Lanes per row, lane groups per workgroup, workgroup size, and whether rows reduce by subgroup shuffles. */
 function lanes(s: AttnShape, subgroups: boolean) {
@@ -965,7 +968,7 @@ export class DecodeAttention {
       const union = this.unionPipe ??= this.pipeline(selectionUnionFor(s), 'selection union');
       pass.setPipeline(union); pass.setBindGroup(0, bind(union, `u@${slot}`, [prm, this.sel, this.ulist, this.ucount], questParams));
       pass.dispatchWorkgroups(questGroups.length, s.nKV);
-      const pipe = this.sharedSparsePipe ??= this.pipeline(mma ? sharedPagesMmaWgsl(s, mma.cfg, mma.layout, PARAMS_WGSL + scratchWgsl(s), true)
+      const pipe = this.sharedSparsePipe ??= this.pipeline(mma ? sharedPagesMmaFor(s, mma, true)
         : partialThreadWgsl(s, this.sharedRows, true), 'partial selected shared pages');
       pass.setPipeline(pipe); pass.setBindGroup(0, bind(pipe, 'shq', [this.q, layer.k, layer.v, this.part, layer.table, this.ulist, this.ucount], questParams));
       pass.dispatchWorkgroups(questGroups.length, questChunks, s.nKV); // (PARTIAL_GRID_WGSL)
@@ -974,7 +977,7 @@ export class DecodeAttention {
     if (want('partial') && groupParams) {
       // the shared pages: every KV page read once for a group's rows
       const mma = this.sharedMma;
-      const pipe = this.sharedPipe ??= this.pipeline(mma ? sharedPagesMmaWgsl(s, mma.cfg, mma.layout, PARAMS_WGSL + scratchWgsl(s))
+      const pipe = this.sharedPipe ??= this.pipeline(mma ? sharedPagesMmaFor(s, mma, false)
         : this.threadKernels ? partialThreadWgsl(s, this.sharedRows) : partialWgsl(s, this.sub, partialTB(s.nHeads / s.nKV).sparse, this.sharedRows), 'partial shared pages');
       pass.setPipeline(pipe);
       pass.setBindGroup(0, bind(pipe, 'sh', mma ? [this.q, layer.k, layer.v, this.part, layer.table] : [this.q, layer.k, layer.v, this.sel, this.part, layer.table], groupParams));
