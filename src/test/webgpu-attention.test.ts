@@ -201,15 +201,16 @@ for (const [nH, nKV, hd] of [[8, 2, 64], [4, 4, 32]]) {
 // Forks of one context in a batch: rows whose first pages are the same physical pages attend to those
 // pages together (each page read once for up to `sharedRows` rows: partialWgsl's shared variant, or on
 // tensor cores shared-pages-mma.ts), then to their own pages, beside a dense row and a Quest row that share
-// nothing; a second group of Quest forks (budgets of 3 to 12 pages) reads, on tensor cores, the shared pages
-// any of them selected once, each masked to its own selection, then its selected pages past them. Each row must equal the same sequence run alone (itself checked against float64 above; within
-// f16 rounding of q and of the softmax weights on tensor cores); GQA 4 and 8, MHA, head dims 32, 64 and
-// 128, a group larger than one workgroup's rows (18 forks), chunks that end inside a round of key splits.
-// On CPU adapters the workgroup kernels (a GPU's) run too, for two shapes; on adapters with subgroup
-// matrices, the tensor-core kernels as well (opt-in in the engine until measured: QUEST_SHARED_MMA).
+// nothing; a second group of Quest forks (budgets of 3 to 12 pages) reads (thread kernels, and tensor cores
+// where the engine has it opt-in) the shared pages any of them selected once, each masked to its own
+// selection, then its selected pages past them. Each row must equal the same sequence run alone (itself
+// checked against float64 above; on tensor cores q and the softmax weights go in as two f16 parts); GQA 4
+// and 8, MHA, head dims 32, 64 and 128, a group larger than one workgroup's rows (18 forks), chunks that end
+// inside a sub-chunk (QUEST_SHARED_MMA_WG=8: chunks of several sub-chunks). On CPU adapters the workgroup
+// kernels (a GPU's) run too, for two shapes; on adapters with subgroup matrices, the tensor-core kernels.
 const forkCases = [[8, 2, 64], [4, 4, 32], [16, 2, 128], [4, 4, 128]].flatMap(([nH, nKV, hd], i) =>
   [false, ...(gpu && onCpuAdapter(gpu.device) && i < 2 ? [true] : [])].map((workgroups) => ({ nH, nKV, hd, workgroups, mma: false })))
-  .concat(gpu && matrixConfig(gpu.device) ? [[8, 2, 64], [4, 4, 32], [16, 2, 128], [4, 4, 128]].map(([nH, nKV, hd]) => ({ nH, nKV, hd, workgroups: false, mma: true })) : []);
+  .concat(gpu && matrixConfig(gpu.device) ? [[8, 2, 64], [4, 4, 64], [16, 2, 128], [4, 4, 128]].map(([nH, nKV, hd]) => ({ nH, nKV, hd, workgroups: false, mma: true })) : []);
 for (const { nH, nKV, hd, workgroups, mma } of forkCases) {
   test(`WebGPU decode attention of a batch of forks (${nH}/${nKV} heads, head dim ${hd}${workgroups ? ', workgroup kernels on a CPU adapter' : ''}${mma ? ', tensor cores' : ''}): shared pages read once for the group = each row alone`, { skip: skipGpu }, async (t) => {
     const { device } = gpu!, P = 16, S = 20; // shared pages
@@ -240,7 +241,12 @@ for (const { nH, nKV, hd, workgroups, mma } of forkCases) {
     };
     const q = mk(Float32Array.from(data.flatMap((d) => Array.from(d.q)))), out = mk(new Float32Array(rows.length * nH * hd));
     const layer = { k: mk(k16), v: mk(v16), meta: mk(meta16), table: mk(tables) };
+    // (on tensor cores the Quest forks' groups are opt-in, QUEST_SHARED_QUEST=1: tested here all the same)
+    const questGroupsWas = process.env.QUEST_SHARED_QUEST;
+    if (mma) process.env.QUEST_SHARED_QUEST = '1';
     const att = new DecodeAttention(device, shape, maxPages, { q, out }, undefined, workgroups ? false : undefined, mma);
+    if (questGroupsWas === undefined) delete process.env.QUEST_SHARED_QUEST; else process.env.QUEST_SHARED_QUEST = questGroupsWas;
+    assert.equal(att.sharesSelections, mma || att.threadKernels, 'the Quest forks were not grouped where they should be');
     assert.ok(att.sharedRows >= 2, 'this shape shares no pages');
     assert.equal(!!att.sharedMma, mma, 'the tensor-core kernel was not chosen as asked');
     const run = async (list: { seqLen: number; budgetPages: number; tableAt: number; row: number }[], shared: { rows: number[]; pages: number }[] = []) => {

@@ -18,7 +18,7 @@
 
 import { compiledPipeline } from './pipeline-cache.js';
 import { hasSubgroups32, matrixConfig, onCpuAdapter, processEnv, type MatrixConfig } from './device.js';
-import { selectionUnionWgsl, sharedMmaBytes, sharedMmaFits, sharedMmaLayout, sharedMmaRoundTokens, sharedPagesMmaWgsl, type SharedMmaLayout } from './shared-pages-mma.js';
+import { selectionUnionWgsl, sharedMmaBytes, sharedMmaFits, sharedMmaLayout, sharedMmaSubPages, sharedPagesMmaWgsl, type SharedMmaLayout } from './shared-pages-mma.js';
 import { ropeAppendThreadWgsl, UNPACK8_WGSL, workgroupRowSumWgsl } from './kernels.js';
 
 export interface AttnShape { nHeads: number; nKV: number; headDim: number; pageSize: number; maxPages: number; /** pages Quest may select (default maxPages) */ maxSelected?: number }
@@ -59,15 +59,14 @@ export const PARAM_WORDS = 24;
  *  156, 8 rows 179, 16 rows 780 (each page read once, but 16 heads' state per lane spills).
  *  QUEST_SHARED_ROWS=N (up to 16) sets it, to compare. */
 const SHARED_ROWS = Math.min(16, Number(processEnv().QUEST_SHARED_ROWS ?? 4));
-/** The shared pages on tensor cores (shared-pages-mma.ts) where the adapter has subgroup matrices, and
- *  with them groups of Quest forks: opt-in for now (QUEST_SHARED_MMA=1, or =N key splits; the
- *  DecodeAttention argument `useSharedMma`), as no GPU has run them yet (session 32 was lent none); the thread
- *  kernel stays the default until they are measured. QUEST_SHARED_MMA_EXACT=0 rounds q and P to f16 instead
- *  of splitting them in two parts (to compare). Its workgroups per call, about (QUEST_SHARED_MMA_WG): each
- *  writes a partial result for each of its rows' query vectors, so fewer, longer chunks than the per-row
- *  kernel's. */
+/** The shared pages on tensor cores (shared-pages-mma.ts) where the adapter has subgroup matrices
+ *  (QUEST_SHARED_MMA=0, or the DecodeAttention argument `useSharedMma`, turns them off; H100, 7B, 16
+ *  forks of 8K tokens: 126 against 151 µs a layer for the thread kernel's four groups of four, session 33).
+ *  QUEST_SHARED_MMA_EXACT=0 rounds q and P to f16 instead of splitting them in two parts (to compare).
+ *  Its workgroups per call, at most about QUEST_SHARED_MMA_WG (chunks are whole sub-chunks of the kernel;
+ *  each writes a partial result for each of its rows' query vectors). */
 const SHARED_MMA = processEnv().QUEST_SHARED_MMA;
-const SHARED_MMA_WG = Number(processEnv().QUEST_SHARED_MMA_WG ?? 256);
+const SHARED_MMA_WG = Number(processEnv().QUEST_SHARED_MMA_WG ?? 1024);
 /** The partial-attention kernels' grid: (batch rows or shared-page groups, chunks, KV heads). The rows go
  *  fastest so that workgroups reading the same chunk of pages for different rows run side by side and all
  *  but the first find those pages in L2: groups of forks over their shared pages, and forks' Quest rows,
@@ -795,7 +794,7 @@ export class DecodeAttention {
    *  unless QUEST_ATTN_THREAD=0). */
   /** `useSharedMma`: the tensor-core kernel for shared pages where the device has it (default: QUEST_SHARED_MMA set and not 0). */
   constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS,
-              readonly threadKernels = onCpuAdapter(device) && processEnv().QUEST_ATTN_THREAD !== '0', useSharedMma = !!SHARED_MMA && SHARED_MMA !== '0') {
+              readonly threadKernels = onCpuAdapter(device) && processEnv().QUEST_ATTN_THREAD !== '0', useSharedMma = SHARED_MMA !== '0') {
     const s = this.s = { ...shape, maxSelected: Math.max(1, Math.min(shape.maxPages, maxSelectedPages)) };
     if (s.nHeads % s.nKV !== 0 || s.headDim % 8 !== 0) throw new Error(`decode attention needs query heads a multiple of KV heads and a head dim that is a multiple of 8 (got ${s.nHeads}/${s.nKV}, ${s.headDim})`);
     const mk = (code: string, label: string) => this.pipeline(code, label);
@@ -805,13 +804,16 @@ export class DecodeAttention {
     const G = s.nHeads / s.nKV;
     // (QUEST_SHARED_PAGES=0: every row reads its own pages, as separate contexts would; benchmarks compare)
     const thread = this.threadKernels, cfg = matrixConfig(device);
-    const ks = Number(SHARED_MMA) > 1 ? Number(SHARED_MMA) : undefined;
-    const mma = sharedMmaLayout(G, ks, processEnv().QUEST_SHARED_MMA_EXACT !== '0');
-    this.sharedMma = !thread && useSharedMma && sharedMmaFits(s, cfg) && mma.rows >= 2
+    const mma = sharedMmaLayout(G, processEnv().QUEST_SHARED_MMA_EXACT !== '0');
+    this.sharedMma = !thread && useSharedMma && sharedMmaFits(s, cfg, mma.layout) && mma.rows >= 2
       && sharedMmaBytes(s.headDim, mma.layout) <= device.limits.maxComputeWorkgroupStorageSize ? { cfg, layout: mma.layout } : null;
     const rg = this.sharedMma ? mma.rows : Math.min(SHARED_ROWS, Math.floor(16 / G));
     this.sharedRows = rg >= 2 && processEnv().QUEST_SHARED_PAGES !== '0' ? rg : 0;
-    this.sharesSelections = (!!this.sharedMma || thread) && this.sharedRows > 0 && processEnv().QUEST_SHARED_QUEST !== '0' && s.maxPages <= 65536
+    // Quest forks in groups: by default only with the thread kernels (CPU adapters); on tensor cores the
+    // group reads the union of its rows' selections, which for forks whose selections differ is most of the
+    // shared pages (H100, 16 random forks: 207 against 96 µs a layer for each row's own pass, session 33)
+    const questGroups = processEnv().QUEST_SHARED_QUEST;
+    this.sharesSelections = (thread ? questGroups !== '0' : !!this.sharedMma && questGroups === '1') && this.sharedRows > 0 && s.maxPages <= 65536
       && s.maxPages * 4 + 1024 <= device.limits.maxComputeWorkgroupStorageSize;
     this.pipes = {
       scores: mk(scoresWgsl(s, sub), 'scores'), reduce: mk(thread ? reduceThreadWgsl(s) : reduceWgsl(s, sub), 'reduce'),
@@ -912,15 +914,15 @@ export class DecodeAttention {
     return { chunkPages, nChunks: Math.ceil(pages / chunkPages) };
   }
 
-  /** Chunks of a group's shared pages, and the partial results each of its rows gets from them (the
-   *  tensor-core kernel writes one per key split of a chunk): its chunks are whole rounds of the kernel,
-   *  about SHARED_MMA_WG workgroups over the KV heads, and leave room for the rows' own chunks. */
+  /** Chunks of a group's shared pages, and the partial results each of its rows gets from them (one per
+   *  chunk): the tensor-core kernel's chunks are whole sub-chunks of it, at most about SHARED_MMA_WG
+   *  workgroups over the KV heads, and leave room for the rows' own chunks. */
   private sharedChunking(pages: number): { chunkPages: number; nChunks: number; parts: number } {
     if (!this.sharedMma) { const c = this.chunking(pages); return { ...c, parts: c.nChunks }; }
-    const { ks } = this.sharedMma.layout, round = sharedMmaRoundTokens(this.sharedMma.layout) / this.s.pageSize;
-    const want = Math.max(Math.ceil(pages / Math.max(1, Math.round(SHARED_MMA_WG / this.s.nKV))), Math.ceil((pages * ks) / (maxChunksOf(this.s) / 2)));
-    const chunkPages = Math.ceil(Math.max(1, want) / round) * round, nChunks = Math.ceil(pages / chunkPages);
-    return { chunkPages, nChunks, parts: nChunks * ks };
+    const sub = sharedMmaSubPages(this.sharedMma.layout, this.s.pageSize);
+    const want = Math.max(Math.ceil(pages / Math.max(1, Math.round(SHARED_MMA_WG / this.s.nKV))), Math.ceil(pages / (maxChunksOf(this.s) / 2)));
+    const chunkPages = Math.ceil(Math.max(1, want) / sub) * sub, nChunks = Math.ceil(pages / chunkPages);
+    return { chunkPages, nChunks, parts: nChunks };
   }
 
   /** Starts a new batch of encodes (parameter buffers are reused from the start). */

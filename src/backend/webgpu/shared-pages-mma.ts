@@ -1,23 +1,22 @@
 // Decode attention of forks over the pages they share, on tensor cores (WGSL subgroup matrices): the
-// query vectors of up to 16 rows (every head of a KV group for each row) are the 16-row blocks of a small
+// query vectors of up to 16 rows (every head of a KV group for each row) are the rows of a small
 // flash-attention, so a page is read once for the whole group and Q·Kᵀ and P·V run as matrix products.
 // The thread kernel (decode-attention.ts, partialWgsl's shared variant) holds every query vector's state
 // in each lane's registers, which spilled past 4 rows (H100, 7B: 16 rows 780 µs a layer against 156 for
 // four groups of four rows, each of which reads the pages again).
 //
-// A workgroup takes one chunk of the shared pages of one KV head for one group of rows: QS subgroups, each
-// with its own block of 16 query vectors, times KS key splits, each taking every KS-th tile of 32 keys of
-// the chunk and writing its own partial result (max, sum, unnormalised output: the same entries as
-// partialWgsl's, in its own chunk slot c KS + split), which the reduction kernel folds with the rest.
-// Per tile a subgroup (1) multiplies S = Q Kᵀ (Kᵀ as column-major matrices straight from the pages, where
-// 16 keys of a head lie contiguous), stores S to workgroup memory; (2) its lanes, two per query vector,
-// update the vector's running maximum and sum and write P = exp2(s - m) as f16; (3) it multiplies P V,
-// 32 channels at a time, into fresh result matrices and (4) the lanes fold them into the output they hold
-// in registers, rescaled by their own row's maximum (exact per row, as mma-attention.ts's per-row kernel).
-// `exact` (the default): q and P each go in as two f16 parts (the value and its remainder), as the batched
-// products split their inputs, so that Q Kᵀ and P V keep f32's precision (K and V are f16 already) and
-// a fork's tokens are those of its run alone; without it, q and P are rounded to f16 (about 1e-3 of a
-// score), for half the matrix products.
+// A workgroup (four subgroups) takes one chunk of the shared pages of one KV head for one group of rows,
+// C keys at a time (a sub-chunk): (1) S = Q Kᵀ for all C keys, a tile of K staged in workgroup memory at a
+// time (16-byte loads: matrix loads straight from storage are 16-bit loads, and ran at a third of the
+// thread kernel's speed, session 33), each subgroup one 16 x 16 block of S per tile; (2) the lanes, a few
+// per query vector, take the sub-chunk's maximum, so P = exp2(s - m) needs no rescale inside the
+// sub-chunk, and write P; (3) P V accumulates in result matrices over the sub-chunk's V tiles, each
+// subgroup a part of the channels; (4) the lanes fold it into the output they hold, rescaled per row (a
+// row's maximum moves only between sub-chunks). Each chunk writes a partial result per query vector (max,
+// sum, unnormalised output: partialWgsl's entries, in its own chunk slot), which the reduction kernel folds.
+// `exact` (the default): q and P go in as two f16 parts (x rounded to f16, and the remainder x 2^11,
+// SPLIT_F16_WGSL, each into its own accumulators), so Q Kᵀ and P V keep f32's precision (K and V are f16
+// already) and a fork's tokens are those of its run alone; without it q and P are rounded to f16.
 //
 // Quest rows of forks select their pages each with its own query, mostly among the pages they share: the
 // selection-union kernel lists, per group and KV head, the shared pages any row of the group selected (in
@@ -27,146 +26,162 @@
 // the per-row kernel: the union kernel leaves only those in each row's selection (the shared ones become
 // NONE, and the per-row kernel skips a chunk with no page left).
 import { type MatrixConfig } from './device.js';
+import { SPLIT_F16_WGSL, X_LO_SCALE } from './kernels.js';
 import { matrixLoad, matrixStore, MMA_HEADER } from './mma-kernels.js';
 
-/** Query vectors per subgroup (the config's M) and keys per tile. */
+/** Query vectors per block (the config's M), subgroups per workgroup. */
 const ROWS = 16;
-const KEYS = 32;
-/** Channels of the output that one product of P V sends through workgroup memory at a time. */
-const PIECE = 32;
+const SUBGROUPS = 4;
 /** Padding of the workgroup-memory rows (16-byte multiples, rows on different banks). */
 const PAD = 8;
 
-/** The layout: subgroups with their own query vectors (QS) times key splits (KS); `exact`: q and P as two
- *  f16 parts each. */
-export interface SharedMmaLayout { qs: number; ks: number; exact: boolean }
+/** The layout: `qs` blocks of 16 query vectors (1 or 2); `exact`: q and P as two f16 parts each. */
+export interface SharedMmaLayout { qs: number; exact: boolean }
 
-/** Whether the kernel handles this shape on this config: 16-row blocks, keys of a page in runs of 16. */
-export const sharedMmaFits = (s: { headDim: number; pageSize: number }, cfg: MatrixConfig | null): cfg is MatrixConfig =>
+/** Keys of a staged tile (one 16-key block of S per subgroup) and of a sub-chunk (the keys whose scores
+ *  are held at once; a chunk is a whole number of them). */
+const tileKeys = (t: SharedMmaLayout) => (SUBGROUPS * 16) / t.qs;
+const subKeys = (t: SharedMmaLayout) => 2 * tileKeys(t);
+
+/** Whether the kernel handles this shape on this config: 16-row blocks, each subgroup's part of the
+ *  channels whole result matrices, pages that split the sub-chunks evenly. */
+export const sharedMmaFits = (s: { headDim: number; pageSize: number }, cfg: MatrixConfig | null, t: SharedMmaLayout): cfg is MatrixConfig =>
   !!cfg && cfg.M === ROWS && (cfg.N === 8 || cfg.N === 16) && (cfg.K === 8 || cfg.K === 16)
-  && s.headDim % PIECE === 0 && s.headDim <= 256 && s.pageSize % 16 === 0;
+  && s.headDim % cfg.K === 0 && ((s.headDim * t.qs) / SUBGROUPS) % cfg.N === 0 && s.headDim <= 256
+  && subKeys(t) % s.pageSize === 0;
 
-/** Rows of a group and the layout for G query heads per KV head: up to 16 rows, at most four blocks of 16
- *  query vectors; the rest of four subgroups split the keys (`ks` overrides, QUEST_SHARED_MMA=ks). */
-export function sharedMmaLayout(G: number, ks?: number, exact = true): { rows: number; layout: SharedMmaLayout } {
-  const rows = Math.min(16, Math.floor((4 * ROWS) / G));
-  const qs = Math.ceil((rows * G) / ROWS);
-  return { rows, layout: { qs, ks: ks ?? Math.max(1, Math.floor(4 / qs)), exact } };
+/** Rows of a group and the layout for G query heads per KV head: up to 16 rows, at most two blocks of 16
+ *  query vectors. */
+export function sharedMmaLayout(G: number, exact = true): { rows: number; layout: SharedMmaLayout } {
+  const rows = Math.min(16, Math.floor((2 * ROWS) / G));
+  return { rows, layout: { qs: Math.ceil((rows * G) / ROWS), exact } };
 }
 
-/** f16 elements of a subgroup's rows of sh: q, then P (both parts of it where exact). */
-const shRows = (headDim: number, t: SharedMmaLayout) => ROWS * Math.max(headDim + PAD, (t.exact ? 2 : 1) * (KEYS + PAD));
-/** Bytes of workgroup memory the kernel declares. */
-export const sharedMmaBytes = (headDim: number, t: SharedMmaLayout) =>
-  t.qs * t.ks * (ROWS * (Math.max(KEYS, PIECE) + PAD) * 4 + shRows(headDim, t) * 2);
+/** Pages of a sub-chunk (a chunk's pages are a multiple of it). */
+export const sharedMmaSubPages = (t: SharedMmaLayout, pageSize: number) => subKeys(t) / pageSize;
 
-/** Tokens one workgroup round covers (the chunks' pages are best a multiple of it). */
-export const sharedMmaRoundTokens = (t: SharedMmaLayout) => t.ks * KEYS;
+/** Workgroup memory: the staged tile (f16), S or an output piece (f32), the S remainders (f32, a block
+ *  per subgroup), P (f16, both parts). */
+const wgSizes = (headDim: number, t: SharedMmaLayout) => {
+  const R = ROWS * t.qs, LDH = headDim + PAD, LDC = subKeys(t) + PAD;
+  return { stg: tileKeys(t) * LDH, sf: R * Math.max(LDC, LDH), slo: SUBGROUPS * ROWS * (16 + PAD), sp: (t.exact ? 2 : 1) * R * LDC };
+};
+/** Bytes of workgroup memory the kernel declares. */
+export const sharedMmaBytes = (headDim: number, t: SharedMmaLayout) => {
+  const w = wgSizes(headDim, t);
+  return 2 * w.stg + 4 * w.sf + (t.exact ? 4 * w.slo : 0) + 2 * w.sp;
+};
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /** The kernel. `header`: the attention's parameters (`prms`, one entry per group: rows and slots packed 8
  *  bits each, count, chunkPages, nChunks, k = the shared pages, tableAt, chunkBase, scale) and scratch
  *  constants (SLOT_CHUNKS), as decode-attention.ts declares them. Bindings: 1 q [row][nH][hd] f32, 2 / 3 the
- *  K / V pages as f16, 4 the partial results [slot][nH][SLOT_CHUNKS][hd / 4 + 1] vec4, 5 the page table.
- *  Grid: (groups, chunks, KV heads). */
+ *  K / V pages (read 8 channels at a time), 4 the partial results [slot][nH][SLOT_CHUNKS][hd / 4 + 1] vec4,
+ *  5 the page table; the sparse variant 6 / 7 the union's list and counts. Grid: (groups, chunks, KV heads). */
 export const sharedPagesMmaWgsl = (s: { nHeads: number; nKV: number; headDim: number; pageSize: number }, cfg: MatrixConfig, t: SharedMmaLayout, header: string, sparse = false) => {
-  const { N: SN, K: SK } = cfg, HD = s.headDim, SG = t.qs * t.ks, THREADS = 32 * SG;
-  const LDF = Math.max(KEYS, PIECE) + PAD, LDS = KEYS + PAD, LDH = HD + PAD;
+  const { N: SN, K: SK } = cfg, HD = s.headDim, QS = t.qs, R = ROWS * QS, THREADS = 32 * SUBGROUPS;
+  const T = tileKeys(t), C = subKeys(t), TPR = THREADS / R, CH = (HD * QS) / SUBGROUPS, LDH = HD + PAD, LDC = C + PAD, LDT = 16 + PAD;
+  const w = wgSizes(HD, t), X = t.exact;
   const load = matrixLoad.bind(null, cfg.syntax), store = matrixStore.bind(null, cfg.syntax);
-  const qSteps = range(HD / SK), keyBlocks = range(KEYS / SN), keySteps = range(KEYS / SK);
-  const sVecs = range(KEYS / 8), oVecs = range(HD / 8); // the vec4s of scores and of output a lane holds
-  const pieces = range(HD / PIECE).map((p) => ({ c0: PIECE * p, blocks: range(PIECE / SN).map((b) => (PIECE * p) / SN + b) }));
+  const qSteps = range(HD / SK), keyBlocks = range(16 / SN), pvSteps = range(T / SK), chBlocks = range(CH / SN);
+  const units = range((T * HD) / 8 / THREADS); // 8-channel units of a tile per thread
   const res = `subgroup_matrix_result<f32, ${SN}, 16>`, left = `subgroup_matrix_left<f16, ${SK}, 16>`, right = `subgroup_matrix_right<f16, ${SN}, ${SK}>`;
-  // where keys 8r.. of the tile start (runs of 8 or 16 keys, as N and K are, lie inside one page)
-  const kp = (key: number) => `kp${Math.floor(key / 8)}`;
-  return MMA_HEADER + 'enable subgroups;\n' + header + /* wgsl */ `
+  const lo = (v: string) => (X ? v : '');
+  // where token kt of the chunk lies in the pages (its page entry; past the chunk's tokens: page 0, masked)
+  const pageOf = (kt: string) => (sparse
+    ? `table[prm.tableAt + (ulist[lb + pg0 + select(0u, (${kt}) / P, (${kt}) < tokens)] & 0xffffu)]`
+    : `table[prm.tableAt + pg0 + select(0u, (${kt}) / P, (${kt}) < tokens)]`);
+  // tile `tile` of sub-chunk sc (keys or values) into stg, 8 channels per load
+  const stage = (buf: string) => `${units.map((u) => `    { let e = ${u * THREADS}u + tid; let key = e / (HD / 8u); let cu = e % (HD / 8u); let kt = sc * C + tile * T + key;
+      let src = ((${pageOf('kt')} * NKV + g) * P + kt % P) * (HD / 8u) + cu; let x = ${buf}[src]; let d = key * LDH + cu * 8u;
+      for (var i = 0u; i < 4u; i++) { let h2 = bitcast<vec2<f16>>(x[i]); stg[d + 2u * i] = h2.x; stg[d + 2u * i + 1u] = h2.y; } }`).join('\n')}
+    workgroupBarrier();`;
+  return MMA_HEADER + 'enable subgroups;\n' + header + (X ? SPLIT_F16_WGSL : '') + /* wgsl */ `
 const NH: u32 = ${s.nHeads}u; const NKV: u32 = ${s.nKV}u; const G: u32 = ${s.nHeads / s.nKV}u;
-const HD: u32 = ${HD}u; const P: u32 = ${s.pageSize}u;
-const KS: u32 = ${t.ks}u; const KEYS: u32 = ${KEYS}u;
-const LDF: u32 = ${LDF}u; const LDS: u32 = ${LDS}u; const LDH: u32 = ${LDH}u;
+const HD: u32 = ${HD}u; const P: u32 = ${s.pageSize}u; const T: u32 = ${T}u; const C: u32 = ${C}u;
+const LDH: u32 = ${LDH}u; const LDC: u32 = ${LDC}u; const LDT: u32 = ${LDT}u; const TPR: u32 = ${TPR}u; const R: u32 = ${R}u;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> kc: array<f16>;
-@group(0) @binding(3) var<storage, read> vc: array<f16>;
+@group(0) @binding(2) var<storage, read> kc: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> vc: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> part: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> table: array<u32>;
 ${sparse ? `@group(0) @binding(6) var<storage, read> ulist: array<u32>; // [group][NKV][SLOT_PAGES]: page | rows that selected it << 16
 @group(0) @binding(7) var<storage, read> ucount: array<u32>; // [group][NKV]: pages listed
-` : ''}var<workgroup> sf: array<f32, ${SG * ROWS * LDF}>; // per subgroup: [16 vectors][keys] S, then [16 vectors][32 channels] of P V
-var<workgroup> sh: array<f16, ${SG * shRows(HD, t)}>; // per subgroup: [16 vectors][HD] q, then [16 vectors][keys] P${t.exact ? ' (and its remainder after it)' : ''}
+` : ''}var<workgroup> stg: array<f16, ${w.stg}>; // a tile of keys or values [key][channel] (first q)
+var<workgroup> sf: array<f32, ${w.sf}>; // S [vector][key of the sub-chunk], then a piece of P V [vector][channel]
+${X ? `var<workgroup> slo: array<f32, ${w.slo}>; // per subgroup: its block of S from q's remainder\n` : ''}var<workgroup> sp: array<f16, ${w.sp}>; // P [vector][key]${X ? ' (then its remainder)' : ''}
 @compute @workgroup_size(${THREADS})
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let prm = prms[wid.x]; let c = wid.y; let g = wid.z;
   if (c >= prm.nChunks) { return; } // (a group with fewer chunks than the dispatch)
-  let sg = tid / 32u; let lane = tid % 32u; let split = sg % KS;
-  let fb = sg * ${ROWS}u * LDF; let hb = sg * ${shRows(HD, t)}u; // this subgroup's rows of sf and sh
-  // this lane's query vector (two lanes each, half of every 8 keys / channels): head g G + v % G of the
-  // group's row v / G (a block past the group's rows repeats its first row and writes nothing)
-  let vrow = lane / 2u; let half = lane % 2u;
-  let v = (sg / KS) * ${ROWS}u + vrow; let j = v / G; let live = j < prm.count; let jc = select(0u, j, live);
+  let sg = tid / 32u; let lane = tid % 32u;
+  let b = sg % ${QS}u; // this subgroup's block of query vectors; its 16-key block of S and part of the channels:
+  let kb = sg / ${QS}u; let cp = sg / ${QS}u;
+  // this thread's query vector (TPR threads each): head g G + v % G of the group's row v / G (past the
+  // group's rows: its first row, writing nothing)
+  let v = tid / TPR; let u = tid % TPR; let j = v / G; let live = j < prm.count; let jc = select(0u, j, live);
   let qRow = (prm.rows[jc / 4u] >> (8u * (jc % 4u))) & 255u; let slot = (prm.slots[jc / 4u] >> (8u * (jc % 4u))) & 255u;
   let h = g * G + v % G;
-  // q (scaled so that exp2 gives the softmax) as f16 into sh, then into left matrices${t.exact ? '; then its remainder' : ''}
-  for (var cc = half; cc < HD / 4u; cc += 2u) {
-    let x = vec4<f16>(q[(qRow * NH + h) * (HD / 4u) + cc] * prm.scale); let d = hb + vrow * LDH + cc * 4u;
-    sh[d] = x.x; sh[d + 1u] = x.y; sh[d + 2u] = x.z; sh[d + 3u] = x.w;
+  // q (scaled so that exp2 gives the softmax) through stg into left matrices${X ? ', its f16 part, then its remainder' : ''}
+${(X ? [0, 1] : [0]).map((part) => `  for (var cc = u; cc < HD / 4u; cc += TPR) {
+    let x = q[(qRow * NH + h) * (HD / 4u) + cc] * prm.scale; let d = v * LDH + cc * 4u;
+    ${X ? `for (var i = 0u; i < 4u; i++) { stg[d + i] = splitF16(x[i])[${part}]; }` : 'let y = vec4<f16>(x); stg[d] = y.x; stg[d + 1u] = y.y; stg[d + 2u] = y.z; stg[d + 3u] = y.w;'}
   }
   workgroupBarrier();
-${qSteps.map((k) => `  let q${k} = ${load(left, '&sh', `hb + ${k * SK}u`, false, 'LDH')};`).join('\n')}${t.exact ? `
-  workgroupBarrier();
-  for (var cc = half; cc < HD / 4u; cc += 2u) {
-    let x = q[(qRow * NH + h) * (HD / 4u) + cc] * prm.scale; let r = vec4<f16>(x - vec4<f32>(vec4<f16>(x))); let d = hb + vrow * LDH + cc * 4u;
-    sh[d] = r.x; sh[d + 1u] = r.y; sh[d + 2u] = r.z; sh[d + 3u] = r.w;
-  }
-  workgroupBarrier();
-${qSteps.map((k) => `  let ql${k} = ${load(left, '&sh', `hb + ${k * SK}u`, false, 'LDH')};`).join('\n')}` : ''}
-${oVecs.map((k) => `  var o${k} = vec4<f32>(0.0);`).join('\n')}
+${qSteps.map((k) => `  let q${part ? 'l' : ''}${k} = ${load(left, '&stg', `b * 16u * LDH + ${k * SK}u`, false, 'LDH')};`).join('\n')}
+  workgroupBarrier();`).join('\n')}
+  // this thread's output channels (vec4s u, u + TPR, ..), running maximum (log2 units) and its part of the sum
+${range(HD / 4 / TPR).map((i) => `  var o${i} = vec4<f32>(0.0);`).join('\n')}
   var m = -1.0e30; var l = 0.0;
-  // the chunk's first page and its tokens (${sparse ? 'of the pages the group selected; none where the list is shorter' : 'of the shared pages'})
   let pg0 = c * prm.chunkPages;${sparse ? ` let lb = (wid.x * NKV + g) * SLOT_PAGES; let listed = ucount[wid.x * NKV + g];
   let tokens = select(0u, min(prm.chunkPages, listed - pg0) * P, pg0 < listed);` : ' let tokens = min(prm.chunkPages, prm.k - pg0) * P;'}
-  let rounds = (tokens + KS * KEYS - 1u) / (KS * KEYS);
-  for (var r = 0u; r < rounds; r++) {
-    let t0 = (r * KS + split) * KEYS; // this subgroup's tile (tokens of the chunk)
-    // where each run of 8 keys starts in the pages (past the chunk: page 0, masked below)
-${range(KEYS / 8).map((k) => sparse
-    ? `    let e${k} = select(0u, ulist[lb + pg0 + (t0 + ${8 * k}u) / P], t0 + ${8 * k}u < tokens); let kp${k} = ((table[prm.tableAt + (e${k} & 0xffffu)] * NKV + g) * P + (t0 + ${8 * k}u) % P) * HD;`
-    : `    let kp${k} = ((select(0u, table[prm.tableAt + pg0 + (t0 + ${8 * k}u) / P], t0 + ${8 * k}u < tokens) * NKV + g) * P + (t0 + ${8 * k}u) % P) * HD;`).join('\n')}
-    workgroupBarrier(); // (the lanes are done with the previous tile's P V in sf and its P in sh)
-    // (1) S = Q Kᵀ
-${keyBlocks.map((b) => `    var sm${b} = ${res}();`).join('\n')}
-${qSteps.map((k) => keyBlocks.map((b) => `    { let km = ${load(right, '&kc', `${kp(b * SN)} + ${k * SK}u`, true, 'HD')}; sm${b} = subgroupMatrixMultiplyAccumulate(q${k}, km, sm${b});${t.exact ? ` sm${b} = subgroupMatrixMultiplyAccumulate(ql${k}, km, sm${b});` : ''} }`).join('\n')).join('\n')}
-${keyBlocks.map((b) => `    ${store('&sf', `fb + ${b * SN}u`, `sm${b}`, 'LDF')};`).join('\n')}
-    workgroupBarrier();
-    // (2) this lane's scores (keys 8k + 4 half .. + 3), masked past the chunk${sparse ? ' and on pages its row did not select' : ''}; the new maximum; P
-    let sr = fb + vrow * LDF + half * 4u; let kt = t0 + half * 4u;
-${sVecs.map((k) => `    let s${k} = select(vec4<f32>(-1.0e30), vec4<f32>(sf[sr + ${8 * k}u], sf[sr + ${8 * k + 1}u], sf[sr + ${8 * k + 2}u], sf[sr + ${8 * k + 3}u]),
-      ${sparse ? '(' : ''}vec4<u32>(kt + ${8 * k}u, kt + ${8 * k + 1}u, kt + ${8 * k + 2}u, kt + ${8 * k + 3}u) < vec4<u32>(tokens)${sparse ? `) & vec4<bool>(((e${k} >> (16u + j)) & 1u) != 0u)` : ''});`).join('\n')}
-    var mt = m;
-${sVecs.map((k) => `    mt = max(mt, max(max(s${k}.x, s${k}.y), max(s${k}.z, s${k}.w)));`).join('\n')}
-    mt = max(mt, subgroupShuffleXor(mt, 1u));
-    let alpha = exp2(m - mt); m = mt; l *= alpha;
-    let pr = hb + vrow * LDS + half * 4u;
-${sVecs.map((k) => `    { let p = select(vec4<f32>(0.0), exp2(s${k} - vec4<f32>(m)), s${k} > vec4<f32>(-1.0e29)); l += (p.x + p.y) + (p.z + p.w);
-      let ph = vec4<f16>(p); sh[pr + ${8 * k}u] = ph.x; sh[pr + ${8 * k + 1}u] = ph.y; sh[pr + ${8 * k + 2}u] = ph.z; sh[pr + ${8 * k + 3}u] = ph.w;${t.exact ? `
-      let pl = vec4<f16>(p - vec4<f32>(ph)); sh[pr + ${ROWS * LDS + 8 * k}u] = pl.x; sh[pr + ${ROWS * LDS + 8 * k + 1}u] = pl.y; sh[pr + ${ROWS * LDS + 8 * k + 2}u] = pl.z; sh[pr + ${ROWS * LDS + 8 * k + 3}u] = pl.w;` : ''} }`).join('\n')}
-    workgroupBarrier();
-    // (3) P V a piece of channels at a time, (4) folded into this lane's output
-${keySteps.map((b) => `    let p${b} = ${load(left, '&sh', `hb + ${b * SK}u`, false, 'LDS')};${t.exact ? ` let pl${b} = ${load(left, '&sh', `hb + ${ROWS * LDS + b * SK}u`, false, 'LDS')};` : ''}`).join('\n')}
-${pieces.map(({ c0, blocks }) => `    {
-${blocks.map((cb) => `      var a${cb} = ${res}();`).join('\n')}
-${keySteps.map((b) => blocks.map((cb) => `      { let vm = ${load(right, '&vc', `${kp(b * SK)} + ${cb * SN}u`, false, 'HD')}; a${cb} = subgroupMatrixMultiplyAccumulate(p${b}, vm, a${cb});${t.exact ? ` a${cb} = subgroupMatrixMultiplyAccumulate(pl${b}, vm, a${cb});` : ''} }`).join('\n')).join('\n')}
-${blocks.map((cb, k) => `      ${store('&sf', `fb + ${k * SN}u`, `a${cb}`, 'LDF')};`).join('\n')}
+  for (var sc = 0u; sc * C < tokens; sc++) {
+    // (1) S = Q Kᵀ over the sub-chunk, a tile at a time
+    for (var tile = 0u; tile < C / T; tile++) {
+${stage('kc')}
+${keyBlocks.map((nb) => `      var s${nb} = ${res}();${lo(` var sl${nb} = ${res}();`)}`).join('\n')}
+${qSteps.map((k) => keyBlocks.map((nb) => `      { let km = ${load(right, '&stg', `(kb * 16u + ${nb * SN}u) * LDH + ${k * SK}u`, true, 'LDH')}; s${nb} = subgroupMatrixMultiplyAccumulate(q${k}, km, s${nb});${lo(` sl${nb} = subgroupMatrixMultiplyAccumulate(ql${k}, km, sl${nb});`)} }`).join('\n')).join('\n')}
+${keyBlocks.map((nb) => `      ${store('&sf', `b * 16u * LDC + tile * T + kb * 16u + ${nb * SN}u`, `s${nb}`, 'LDC')};${lo(` ${store('&slo', `sg * 16u * LDT + ${nb * SN}u`, `sl${nb}`, 'LDT')};`)}`).join('\n')}
+      workgroupBarrier();${X ? `
+      // (the remainder's part of the subgroup's block, scaled back)
+      { let r = lane / 2u; let e = (b * 16u + r) * LDC + tile * T + kb * 16u + (lane % 2u) * 8u; let f = sg * 16u * LDT + r * LDT + (lane % 2u) * 8u;
+        for (var i = 0u; i < 8u; i++) { sf[e + i] += slo[f + i] * ${1 / X_LO_SCALE}; } }` : ''}
     }
     workgroupBarrier();
-${oVecs.filter((k) => 8 * k >= c0 && 8 * k < c0 + PIECE).map((k) => `    { let e = fb + vrow * LDF + ${8 * k - c0}u + half * 4u; o${k} = o${k} * alpha + vec4<f32>(sf[e], sf[e + 1u], sf[e + 2u], sf[e + 3u]); }`).join('\n')}
+    // (2) this thread's keys (u, u + TPR, ..), masked past the chunk${sparse ? ' and on pages its row did not select' : ''}; the sub-chunk's maximum; P
+    var mt = m;
+    for (var k = u; k < C; k += TPR) {
+      let kt = sc * C + k;${sparse ? ' let sel = ((ulist[lb + pg0 + select(0u, kt / P, kt < tokens)] >> (16u + j)) & 1u) != 0u;' : ''}
+      if (kt < tokens${sparse ? ' && sel' : ''}) { mt = max(mt, sf[v * LDC + k]); }
+    }
+${range(Math.log2(TPR)).map((i) => `    mt = max(mt, subgroupShuffleXor(mt, ${1 << i}u));`).join('\n')}
+    let alpha = exp2(m - mt); m = mt; l *= alpha;
+    for (var k = u; k < C; k += TPR) {
+      let kt = sc * C + k;${sparse ? ' let sel = ((ulist[lb + pg0 + select(0u, kt / P, kt < tokens)] >> (16u + j)) & 1u) != 0u;' : ''}
+      let p = select(0.0, exp2(sf[v * LDC + k] - m), kt < tokens${sparse ? ' && sel' : ''}); l += p;
+      ${X ? 'let ph = splitF16(p); sp[v * LDC + k] = ph.x; sp[R * LDC + v * LDC + k] = ph.y;' : 'sp[v * LDC + k] = f16(p);'}
+    }
+    // (3) P V over the sub-chunk, a tile of values at a time, into this subgroup's part of the channels
+${chBlocks.map((cb) => `    var a${cb} = ${res}();${lo(` var al${cb} = ${res}();`)}`).join('\n')}
+    for (var tile = 0u; tile < C / T; tile++) {
+${stage('vc')}
+${pvSteps.map((kk) => `      { let pm = ${load(left, '&sp', `b * 16u * LDC + tile * T + ${kk * SK}u`, false, 'LDC')};${lo(` let plm = ${load(left, '&sp', `R * LDC + b * 16u * LDC + tile * T + ${kk * SK}u`, false, 'LDC')};`)}
+${chBlocks.map((cb) => `        { let vm = ${load(right, '&stg', `${kk * SK}u * LDH + cp * ${CH}u + ${cb * SN}u`, false, 'LDH')}; a${cb} = subgroupMatrixMultiplyAccumulate(pm, vm, a${cb});${lo(` al${cb} = subgroupMatrixMultiplyAccumulate(plm, vm, al${cb});`)} }`).join('\n')}
+      }`).join('\n')}
+      workgroupBarrier();
+    }
+    // (4) folded into this thread's output, rescaled by its row's factor${X ? ' (the remainder part after)' : ''}
+${(X ? ['a', 'al'] : ['a']).map((acc, pass) => `${chBlocks.map((cb) => `    ${store('&sf', `b * 16u * LDH + cp * ${CH}u + ${cb * SN}u`, `${acc}${cb}`, 'LDH')};`).join('\n')}
+    workgroupBarrier();
+${range(HD / 4 / TPR).map((i) => `    { let e = v * LDH + (u + ${i * TPR}u) * 4u; let y = vec4<f32>(sf[e], sf[e + 1u], sf[e + 2u], sf[e + 3u]); o${i} = ${pass ? `o${i} + y * ${1 / X_LO_SCALE}` : `o${i} * alpha + y`}; }`).join('\n')}
     workgroupBarrier();`).join('\n')}
   }
-  l += subgroupShuffleXor(l, 1u);
+${range(Math.log2(TPR)).map((i) => `  l += subgroupShuffleXor(l, ${1 << i}u);`).join('\n')}
   if (live) {
-    let pc = ((slot * NH + h) * SLOT_CHUNKS + prm.chunkBase + c * KS + split) * (HD / 4u + 1u);
-${oVecs.map((k) => `    part[pc + ${2 * k}u + half] = o${k};`).join('\n')}
-    if (half == 0u) { part[pc + HD / 4u] = vec4<f32>(m, l, 0.0, 0.0); }
+    let pc = ((slot * NH + h) * SLOT_CHUNKS + prm.chunkBase + c) * (HD / 4u + 1u);
+${range(HD / 4 / TPR).map((i) => `    part[pc + u + ${i * TPR}u] = o${i};`).join('\n')}
+    if (u == 0u) { part[pc + HD / 4u] = vec4<f32>(m, l, 0.0, 0.0); }
   }
 }`;
 };
