@@ -2,9 +2,9 @@
 // one forward pass for B sequences, weights read once) at batch 1, 4, 16, 32, dense and Quest, for a
 // 7B-shaped model with random weights (--shape 7b|8b|small, --weights f16|q4_0) and --context tokens per
 // sequence. The sequences are forks of one random context (their pages shared, so 32 x 8K contexts fit):
-// dense rows read the shared pages once per group of rows (a document asked several questions at once);
-// with QUEST_SHARED_MMA=1 (tensor cores, opt-in until measured) in groups of 16 rows, and Quest rows read the
-// shared pages any of them selected once (QUEST_SHARED_QUEST=0: each its own); QUEST_SHARED_PAGES=0 makes
+// dense rows read the shared pages once per group of rows (a document asked several questions at once):
+// 16 rows on tensor cores where the adapter has them (QUEST_SHARED_MMA=0: the thread kernel's four), and
+// with QUEST_SHARED_QUEST=1 Quest rows read the shared pages any of them selected once; QUEST_SHARED_PAGES=0 makes
 // every sequence read its whole context at every step, as separate contexts would. Three timings per point in one run; the median and the spread are printed, and a plot.
 // --read argmax (default: each row's greedy token computed on the GPU) | logits (every row's logits read back).
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';

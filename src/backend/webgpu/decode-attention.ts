@@ -753,9 +753,9 @@ export class DecodeAttention {
   private sharedPipe: GPUComputePipeline | null = null;
   /** The tensor-core kernel for shared pages, where this device and shape have it (else the thread kernel). */
   readonly sharedMma: { cfg: MatrixConfig; layout: SharedMmaLayout } | null;
-  /** Whether groups of Quest rows read the shared pages they selected together (tensor cores, or the thread
-   *  kernels of CPU adapters; the union kernel's bit per page in workgroup memory, page numbers in 16 bits;
-   *  QUEST_SHARED_QUEST=0: each row alone). */
+  /** Whether groups of Quest rows read the shared pages they selected together (the thread kernels of CPU
+   *  adapters unless QUEST_SHARED_QUEST=0; tensor cores with QUEST_SHARED_QUEST=1; the union kernel's bit per
+   *  page in workgroup memory, page numbers in 16 bits). */
   readonly sharesSelections: boolean;
   private sharedSparsePipe: GPUComputePipeline | null = null;
   private unionPipe: GPUComputePipeline | null = null;
@@ -792,7 +792,7 @@ export class DecodeAttention {
    *  the top-k kernel's workgroup size (tests and benchmarks compare them). */
   /** `threadKernels`: kernels 3 and 4 as partialThreadWgsl / reduceThreadWgsl (default: on CPU adapters,
    *  unless QUEST_ATTN_THREAD=0). */
-  /** `useSharedMma`: the tensor-core kernel for shared pages where the device has it (default: QUEST_SHARED_MMA set and not 0). */
+  /** `useSharedMma`: the tensor-core kernel for shared pages where the device has it (default: unless QUEST_SHARED_MMA=0). */
   constructor(readonly device: GPUDevice, shape: AttnShape, maxSelectedPages: number, io?: { q: GPUBuffer; out: GPUBuffer }, topkThreads = TOPK_THREADS,
               readonly threadKernels = onCpuAdapter(device) && processEnv().QUEST_ATTN_THREAD !== '0', useSharedMma = SHARED_MMA !== '0') {
     const s = this.s = { ...shape, maxSelected: Math.max(1, Math.min(shape.maxPages, maxSelectedPages)) };
