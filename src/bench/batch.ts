@@ -32,7 +32,8 @@ const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length
 async function main() {
   const gpu = await getGpu();
   if (!gpu) { console.log(`no WebGPU adapter: ${lastGpuError}`); return; }
-  const { config, name } = gpuShape(arg('shape', '7b'), CONTEXT + 64);
+  // (room for each fork's steps: two warm-up steps, then four timings of STEPS)
+  const { config, name } = gpuShape(arg('shape', '7b'), CONTEXT + Math.ceil((2 + 4 * STEPS) / 64) * 64);
   const m = GpuModel.random(gpu.device, config, 1, WEIGHTS), runner = new GpuRunner(m, 16);
   if (gpu.hasTimestamps) runner.enableTiming(); // (where a step's time goes: the GPU's, the CPU's encoding)
   const base = new GpuSession(runner);
