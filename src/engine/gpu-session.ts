@@ -776,11 +776,7 @@ export class GpuSession {
     for (const { seq } of steps) if (seq.planned || seq.received) throw new Error(`a ${seq.attention.policy} sequence${seq.recording ? ' that records prefill scores' : ''} runs its decode steps alone on WebGPU, not in a batch`);
     for (const { seq } of steps) await seq.drain();
     const batch = steps.map((x) => x.seq);
-    for (const seq of batch) { seq.table.reserve(seq.len, 1); seq.syncTable(); }
-    // the rows' page tables side by side, and each row's position, row and table offset
-    batch.forEach((seq, b) => d.queue.writeBuffer(r.batchTable, b * r.maxPages * 4, new Uint32Array(seq.table.pages)));
-    d.queue.writeBuffer(r.batchRows, 0, Uint32Array.from(batch.flatMap((seq, b) => [seq.len, b, b * r.maxPages, 0])));
-    d.queue.writeBuffer(r.step, 0, new Uint32Array([0, n, 0, 0]));
+    GpuSession.writeBatchRows(batch);
     d.queue.writeBuffer(r.tokens, 0, new Uint32Array(steps.map((x) => x.token)));
     const enc = d.createCommandEncoder();
     const greedy = steps.map((x) => x.argmax === true), anyGreedy = greedy.includes(true), anySampled = greedy.includes(false);
@@ -799,6 +795,79 @@ export class GpuSession {
     const best = new Uint32Array(all, tokensAt, anyGreedy ? n : 0), rows = new Float32Array(all, 0, tokensAt / 4);
     // (views of one fresh copy)
     return steps.map((_, b) => (greedy[b] ? Float32Array.of(best[b]) : rows.subarray(b * c.vocabSize, (b + 1) * c.vocabSize)));
+  }
+
+  /** A batched step's rows for the GPU (queued writes, so steps still in flight keep theirs): each row's
+   *  page for the new token, the rows' page tables side by side, each row's position, row and table offset. */
+  private static writeBatchRows(batch: GpuSession[]): void {
+    const r = batch[0].runner, d = batch[0].model.device;
+    for (const seq of batch) { seq.table.reserve(seq.len, 1); seq.syncTable(); }
+    batch.forEach((seq, b) => d.queue.writeBuffer(r.batchTable, b * r.maxPages * 4, new Uint32Array(seq.table.pages)));
+    d.queue.writeBuffer(r.batchRows, 0, Uint32Array.from(batch.flatMap((seq, b) => [seq.len, b, b * r.maxPages, 0])));
+    d.queue.writeBuffer(r.step, 0, new Uint32Array([0, batch.length, 0, 0]));
+  }
+
+  /** Greedy decoding of a batch with up to `depth` steps in flight, as greedy() does for one sequence: each
+   *  row's input token at step t + 1 is its argmax of step t, copied on the GPU, so the CPU records and
+   *  submits step t + 1 while the GPU runs step t instead of waiting for step t's readback (a batched step
+   *  otherwise costs the GPU's time plus the host's). Row b starts from `first[b]` (a token already known);
+   *  yields each step's tokens in row order, at most `maxSteps` steps, fewer where a row reaches the context
+   *  length. A consumer that stops early (break) gets the steps it did not take undone in every row. */
+  static async *greedyBatch(seqs: GpuSession[], first: number[], maxSteps: number, depth = GREEDY_DEPTH): AsyncGenerator<number[]> {
+    if (!seqs.length) return;
+    if (first.length !== seqs.length) throw new Error(`greedyBatch needs one first token per sequence (${seqs.length}), got ${first.length}`);
+    if (depth < 1 || depth > GREEDY_DEPTH) throw new Error(`greedy depth must be 1..${GREEDY_DEPTH}, got ${depth}`);
+    const lead = seqs[0], r = lead.runner, d = lead.model.device, c = lead.model.config, n = seqs.length;
+    if (n > Math.min(r.chunk, MAX_BATCH)) throw new Error(`a batch holds at most ${Math.min(r.chunk, MAX_BATCH)} sequences, got ${n}`);
+    checkBatch(seqs.map((seq, b) => ({ seq, token: first[b] })), (s) => s.runner, c);
+    for (const seq of seqs) if (seq.planned || seq.received) throw new Error(`a ${seq.attention.policy} sequence${seq.recording ? ' that records prefill scores' : ''} runs its decode steps alone on WebGPU, not in a batch`);
+    for (const seq of seqs) await seq.drain();
+    // the batch's chain of tokens: each step's argmax, the next step's input (a buffer of its own, as other
+    // forwards may use the runner's token buffers between two steps)
+    const chain = d.createBuffer({ size: Math.max(16, n * 4), usage: storageUsage() });
+    const steps: Promise<number[]>[] = [];
+    let submitted = 0;
+    const more = () => submitted < maxSteps && seqs.every((seq) => seq.len < c.maxSeqLen);
+    const submit = () => { steps.push(GpuSession.submitBatchStep(seqs, submitted === 0 ? first : null, chain, steps.at(-1) ?? null)); submitted++; };
+    try {
+      while (steps.length < depth && more()) submit();
+      while (steps.length) {
+        const toks = await steps.shift()!;
+        if (more()) submit(); // keep the GPU busy while the consumer handles toks
+        yield toks;
+      }
+    } finally {
+      if (steps.length) {
+        await Promise.allSettled(steps);
+        for (const seq of seqs) seq.rollback(steps.length);
+      }
+      chain.destroy();
+    }
+  }
+
+  /** Submits one greedy step of a batch (greedyBatch): its tokens given, or the chain's (the argmax of the
+   *  step before, `prev`, whose tokens then fill in the rows' token lists once read back). */
+  private static submitBatchStep(seqs: GpuSession[], tokens: number[] | null, chain: GPUBuffer, prev: Promise<number[]> | null): Promise<number[]> {
+    const lead = seqs[0], r = lead.runner, d = lead.model.device, n = seqs.length;
+    GpuSession.writeBatchRows(seqs);
+    if (tokens) d.queue.writeBuffer(r.tokens, 0, Uint32Array.from(tokens));
+    const enc = d.createCommandEncoder();
+    if (!tokens) enc.copyBufferToBuffer(chain, 0, r.tokens, 0, n * 4);
+    const slot = lead.ringNext++ % RING;
+    lead.recordPass(enc, slot, (pass) => only(lead.encodeChunk(pass, n, 'all+argmax', false, seqs)));
+    const staging = r.takeStaging(n * 4);
+    enc.copyBufferToBuffer(r.best, 0, chain, 0, n * 4);
+    enc.copyBufferToBuffer(r.best, 0, staging, 0, n * 4);
+    d.queue.submit([enc.finish()]);
+    seqs.forEach((seq, b) => {
+      const at = seq.tokens.length;
+      seq.tokens.push(tokens ? tokens[b] : -1);
+      if (!tokens) void prev?.then((t) => { if (seq.tokens.length > at) seq.tokens[at] = t[b]; }, () => undefined);
+      seq.len += 1;
+    });
+    const done = lead.readBack(staging, n * 4, slot).then((b) => { r.giveStaging(staging); return Array.from(new Uint32Array(b)); });
+    for (const seq of seqs) seq.lastStep = done.catch(() => undefined); // (a failed step rejects for whoever awaits it, once)
+    return done;
   }
 
   /** The first `bytes` of a staging buffer once the GPU is done (and the timing of read slot `slot`). */

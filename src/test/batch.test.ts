@@ -116,7 +116,8 @@ for (const attention of policies) {
 // Forks of one context decoded together (a document asked several questions): the pages they share are
 // read once for the group (DecodeAttention's shared-prefix path), each fork must still get its tokens and
 // logits alone, dense and Quest (whose dense first layer shares; in its sparse layers each fork selects its
-// own pages, and the group reads the shared pages any of them selected once, where the attention does that).
+// own pages, and the group reads the shared pages any of them selected once, where the attention does that);
+// also with steps in flight (greedyBatch).
 test('WebGPU: a batch of forks of one context (shared pages read once) equals each fork alone', { skip: skipGpu }, async (t) => {
   const runner = new GpuRunner(GpuModel.upload(gpu!.device, loaded.config, loaded.weights), 16);
   const mma = matrixConfig(gpu!.device) !== null, tol = mma ? 1e-4 : 2e-2;
@@ -145,6 +146,24 @@ test('WebGPU: a batch of forks of one context (shared pages read once) equals ea
         next[j] = argmax(out[j]);
       });
     }
+    // the same forks decoded greedily with steps in flight (greedyBatch: each step's input tokens are the
+    // argmax of the step before, on the GPU): the same tokens; a consumer stopping after two steps leaves each
+    // fork two tokens on, its token list filled in, and the next step continues as the fork alone would
+    const piped = tails.map(() => base.fork());
+    const first = await Promise.all(piped.map(async (f, j) => argmax(await f.forward(tails[j], { dense: true }))));
+    const start = piped.map((f) => f.length);
+    let k = 0;
+    for await (const toks of GpuSession.greedyBatch(piped, first, 6)) {
+      toks.forEach((tok, j) => assert.equal(tok, argmax(solo[j].all[k]), `${attention.policy}: fork ${j}, step ${k} in flight: token`));
+      if (++k === 2) break;
+    }
+    piped.forEach((f, j) => {
+      assert.equal(f.length, start[j] + 2, `${attention.policy}: fork ${j} kept steps it did not yield`);
+      assert.deepEqual(f.tokens.slice(-2), solo[j].toks.slice(0, 2), `${attention.policy}: fork ${j}'s token list`);
+    });
+    const after = await gpuDecodeBatch(piped.map((seq, j) => ({ seq, token: solo[j].toks[2], argmax: true })));
+    after.forEach((o, j) => assert.equal(o[0], argmax(solo[j].all[2]), `${attention.policy}: fork ${j} after the early stop`));
+    for (const f of piped) f.dispose();
     assert.ok(runner.decode.sharedCalls > before, `${attention.policy}: the batch did not read its shared pages together`);
     if (attention.policy === 'quest' && runner.decode.sharesSelections) assert.ok(runner.decode.sharedSparseCalls > beforeQuest, 'the Quest forks did not read their selected shared pages together');
     assert.ok(worst <= tol, `${attention.policy}: max |Δlogit| between batched and alone ${worst} over ${tol}`);
