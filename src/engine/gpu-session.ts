@@ -39,6 +39,26 @@ export const MAX_BATCH = 64;
 export const GREEDY_DEPTH = 3;
 const RING = GREEDY_DEPTH + 1;
 
+/** Steps with up to `depth` in flight (greedy decoding: the GPU runs step t while the host records step
+ *  t + 1): yields each step's result in order, submitting the next one first; where the consumer stops
+ *  early, the steps it did not take are waited for and undone (`undo(n)`). */
+async function* stepsInFlight<T>(depth: number, more: () => boolean, submit: () => Promise<T>, undo: (n: number) => void): AsyncGenerator<T> {
+  const steps: Promise<T>[] = [];
+  try {
+    while (steps.length < depth && more()) steps.push(submit());
+    while (steps.length) {
+      const x = await steps.shift()!;
+      if (more()) steps.push(submit()); // keep the GPU busy while the consumer handles x
+      yield x;
+    }
+  } finally {
+    if (steps.length) {
+      await Promise.allSettled(steps);
+      undo(steps.length);
+    }
+  }
+}
+
 /** What a forward leaves to read back: every row's logits, the last row's, its argmax, or nothing
  *  (encodeChunk also takes 'all+argmax': every row's logits and each row's argmax, a batched step). */
 type Want = 'all' | 'last' | 'argmax' | 'none';
@@ -825,22 +845,11 @@ export class GpuSession {
     // the batch's chain of tokens: each step's argmax, the next step's input (a buffer of its own, as other
     // forwards may use the runner's token buffers between two steps)
     const chain = d.createBuffer({ size: Math.max(16, n * 4), usage: storageUsage() });
-    const steps: Promise<number[]>[] = [];
-    let submitted = 0;
-    const more = () => submitted < maxSteps && seqs.every((seq) => seq.len < c.maxSeqLen);
-    const submit = () => { steps.push(GpuSession.submitBatchStep(seqs, submitted === 0 ? first : null, chain, steps.at(-1) ?? null)); submitted++; };
+    let submitted = 0, last: Promise<number[]> | null = null;
     try {
-      while (steps.length < depth && more()) submit();
-      while (steps.length) {
-        const toks = await steps.shift()!;
-        if (more()) submit(); // keep the GPU busy while the consumer handles toks
-        yield toks;
-      }
+      yield* stepsInFlight(depth, () => submitted < maxSteps && seqs.every((seq) => seq.len < c.maxSeqLen),
+        () => (last = GpuSession.submitBatchStep(seqs, submitted++ === 0 ? first : null, chain, last)), (k) => { for (const seq of seqs) seq.rollback(k); });
     } finally {
-      if (steps.length) {
-        await Promise.allSettled(steps);
-        for (const seq of seqs) seq.rollback(steps.length);
-      }
       chain.destroy();
     }
   }
@@ -898,23 +907,9 @@ export class GpuSession {
     if (depth < 1 || depth > GREEDY_DEPTH) throw new Error(`greedy depth must be 1..${GREEDY_DEPTH}, got ${depth}`);
     await this.drain();
     yield first;
-    const steps: Promise<number>[] = [];
     let submitted = 0;
-    const more = () => submitted < maxSteps && this.len < c.maxSeqLen;
-    const submit = () => { steps.push(this.submitGreedyStep(submitted === 0 ? first : null)); submitted++; };
-    try {
-      while (steps.length < depth && more()) submit();
-      while (steps.length) {
-        const tok = await steps.shift()!;
-        if (more()) submit(); // keep the GPU busy while the consumer handles tok
-        yield tok;
-      }
-    } finally {
-      if (steps.length) {
-        await Promise.allSettled(steps);
-        this.rollback(steps.length);
-      }
-    }
+    yield* stepsInFlight(depth, () => submitted < maxSteps && this.len < c.maxSeqLen,
+      () => this.submitGreedyStep(submitted++ === 0 ? first : null), (n) => this.rollback(n));
   }
 
   /** Submits one decode step whose token is `token`, or the argmax the previous step left on the GPU. */
