@@ -791,10 +791,7 @@ export class GpuSession {
   static async decodeBatch(steps: BatchStep<GpuSession>[]): Promise<Float32Array[]> {
     if (!steps.length) return [];
     const lead = steps[0].seq, r = lead.runner, d = lead.model.device, c = lead.model.config, n = steps.length;
-    if (n > Math.min(r.chunk, MAX_BATCH)) throw new Error(`a batch holds at most ${Math.min(r.chunk, MAX_BATCH)} sequences, got ${n}`);
-    checkBatch(steps, (s) => s.runner, c);
-    for (const { seq } of steps) if (seq.planned || seq.received) throw new Error(`a ${seq.attention.policy} sequence${seq.recording ? ' that records prefill scores' : ''} runs its decode steps alone on WebGPU, not in a batch`);
-    for (const { seq } of steps) await seq.drain();
+    await GpuSession.admitBatch(steps);
     const batch = steps.map((x) => x.seq);
     GpuSession.writeBatchRows(batch);
     d.queue.writeBuffer(r.tokens, 0, new Uint32Array(steps.map((x) => x.token)));
@@ -808,13 +805,21 @@ export class GpuSession {
     if (anyGreedy) enc.copyBufferToBuffer(r.best, 0, staging, tokensAt, n * 4);
     d.queue.submit([enc.finish()]);
     for (const { seq, token } of steps) { seq.len += 1; seq.tokens.push(token); }
-    await Promise.all([staging.mapAsync(GPUMapMode.READ, 0, bytes), lead.readTiming(0)]);
-    const all = staging.getMappedRange(0, bytes).slice(0);
-    staging.unmap(); r.giveStaging(staging);
-    throwDeviceError();
+    const all = await lead.readBack(staging, bytes, 0);
+    r.giveStaging(staging);
     const best = new Uint32Array(all, tokensAt, anyGreedy ? n : 0), rows = new Float32Array(all, 0, tokensAt / 4);
     // (views of one fresh copy)
     return steps.map((_, b) => (greedy[b] ? Float32Array.of(best[b]) : rows.subarray(b * c.vocabSize, (b + 1) * c.vocabSize)));
+  }
+
+  /** The checks before a batched step (size, one model, no sequence twice, tokens in the vocabulary, no
+   *  sequence that runs alone), then waits for the rows' work still in flight. */
+  private static async admitBatch(steps: BatchStep<GpuSession>[]): Promise<void> {
+    const r = steps[0].seq.runner, n = steps.length;
+    if (n > Math.min(r.chunk, MAX_BATCH)) throw new Error(`a batch holds at most ${Math.min(r.chunk, MAX_BATCH)} sequences, got ${n}`);
+    checkBatch(steps, (s) => s.runner, steps[0].seq.model.config);
+    for (const { seq } of steps) if (seq.planned || seq.received) throw new Error(`a ${seq.attention.policy} sequence${seq.recording ? ' that records prefill scores' : ''} runs its decode steps alone on WebGPU, not in a batch`);
+    for (const { seq } of steps) await seq.drain();
   }
 
   /** A batched step's rows for the GPU (queued writes, so steps still in flight keep theirs): each row's
@@ -837,11 +842,8 @@ export class GpuSession {
     if (!seqs.length) return;
     if (first.length !== seqs.length) throw new Error(`greedyBatch needs one first token per sequence (${seqs.length}), got ${first.length}`);
     if (depth < 1 || depth > GREEDY_DEPTH) throw new Error(`greedy depth must be 1..${GREEDY_DEPTH}, got ${depth}`);
-    const lead = seqs[0], r = lead.runner, d = lead.model.device, c = lead.model.config, n = seqs.length;
-    if (n > Math.min(r.chunk, MAX_BATCH)) throw new Error(`a batch holds at most ${Math.min(r.chunk, MAX_BATCH)} sequences, got ${n}`);
-    checkBatch(seqs.map((seq, b) => ({ seq, token: first[b] })), (s) => s.runner, c);
-    for (const seq of seqs) if (seq.planned || seq.received) throw new Error(`a ${seq.attention.policy} sequence${seq.recording ? ' that records prefill scores' : ''} runs its decode steps alone on WebGPU, not in a batch`);
-    for (const seq of seqs) await seq.drain();
+    const d = seqs[0].model.device, c = seqs[0].model.config, n = seqs.length;
+    await GpuSession.admitBatch(seqs.map((seq, b) => ({ seq, token: first[b] })));
     // the batch's chain of tokens: each step's argmax, the next step's input (a buffer of its own, as other
     // forwards may use the runner's token buffers between two steps)
     const chain = d.createBuffer({ size: Math.max(16, n * 4), usage: storageUsage() });
