@@ -8,13 +8,14 @@ import { DecodeAttention, identityPageTable, type AttnShape } from '../backend/w
 import { f32ToF16 } from '../model/tensor.js';
 import { lineChart } from '../eval/plot.js';
 import { measureBandwidth, medianDispatchSeconds } from './gpu-bandwidth.js';
-import { hasIntDot4, hasSubgroups32 } from '../backend/webgpu/device.js';
+import { hasIntDot4, hasSubgroups32, int8MatrixConfig } from '../backend/webgpu/device.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { matrixConfig } from '../backend/webgpu/device.js';
 import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, parseSkinnyTiles, toHalfGrid, toHalfWgsl } from '../backend/webgpu/mma-kernels.js';
 import { attentionTune, mmaAttentionRows, prefillAttentionWgslFor } from '../backend/webgpu/mma-attention.js';
 import { prefillAttentionInputs } from './prefill-inputs.js';
 import { int8BatchGrid, int8BatchTypes, linearBatchInt8Wgsl, parseInt8Batch } from '../backend/webgpu/int8-batch.js';
+import { INT8_MMA_LAYOUT, int8MmaFits, int8MmaGrid, linearInt8MmaWgsl, parseInt8MmaLayout } from '../backend/webgpu/int8-mma-batch.js';
 
 const P = 16;
 const arg = (name: string, def: string) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : def; };
@@ -252,8 +253,11 @@ async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: nu
   // 4-bit products with x quantised to int8 (quantiseXWgsl timed with them): the matrix-vector kernel a
   // workgroup per token, and the batched kernel at each layout (--int8 'R,TB[,spread];...')
   const dot4 = hasIntDot4(device), int8Lays = dot4 ? (arg('int8', '') ? arg('int8', '').split(';').map((v) => parseInt8Batch(v)!) : [{ R: 2, TB: 8 }, { R: 4, TB: 8 }, { R: 2, TB: 16 }, ...[[2, 8], [4, 8], [8, 8], [4, 16], [8, 16]].map(([R, TB]) => ({ R, TB, spread: true }))]) : [];
-  const names = ['batched SIMT', ...tiles.map((t) => `mma ${t.WN} rows sg ${t.SG} k${t.CK}${t.stage ? ' staged' : ''}${t.xAhead ? ' x ahead' : ''}`),
-    ...(dot4 ? ['int8 x, a workgroup per token', ...int8Lays.map((l) => `int8 x batched R${l.R} TB${l.TB}${l.spread ? ' spread' : ''}`)] : [])];
+  // the same on 8-bit tensor cores where the adapter has them (--int8-mma 'SG,BPI,WN;...')
+  const i8cfg = int8MatrixConfig(device), i8Lays = i8cfg ? (arg('int8-mma', '') ? arg('int8-mma', '').split(';').map((v) => parseInt8MmaLayout(v)!) : [INT8_MMA_LAYOUT, { SG: 2, BPI: 4, WN: 32 }, { SG: 8, BPI: 1, WN: 32 }, { SG: 4, BPI: 1, WN: 32 }]) : [];
+  const names = ['batched SIMT', ...tiles.map((t) => `mma ${t.WN} rows sg ${t.SG} k${t.CK}${t.stage ? ' staged' : ''}${t.xAhead ? ' x ahead' : ''}${t.xStage ? ' x staged' : ''}`),
+    ...(dot4 ? ['int8 x, a workgroup per token', ...int8Lays.map((l) => `int8 x batched R${l.R} TB${l.TB}${l.spread ? ' spread' : ''}`)] : []),
+    ...i8Lays.map((l) => `int8 tensor cores SG${l.SG} BPI${l.BPI}`)];
   console.log(`\nbatched decode products (µs, share of read bandwidth; subgroup matrices: ${cfg ? `f16 ${cfg.M}x${cfg.N}x${cfg.K}` : 'none on this adapter'})`);
   console.log(`| matrix | type | N x K | tokens | ${names.join(' | ')} |`);
   console.log(`| --- | --- | --- | --- | ${names.map(() => '---').join(' | ')} |`);
@@ -303,6 +307,7 @@ async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: nu
         cells.push(await time(pipeOf(K.linearRowsWgsl(spec, { subgroups: sub, rows: R, xq: true, tokensFirst: true })), xq, [T, blocks], 'quantise', false));
         for (const l of int8Lays) cells.push(await time(pipeOf(linearBatchInt8Wgsl(spec, l, sub)), xq, int8BatchGrid(N, T, l), 'quantise'));
       }
+      for (const l of i8Lays) cells.push(int8MmaFits(spec, l, limit) ? await time(pipeOf(linearInt8MmaWgsl(spec, i8cfg!, l)), xq, int8MmaGrid(N, T, l), 'quantise') : '—');
       console.log(`| ${name} | ${type} | ${N} x ${Kd} | ${T} | ${cells.join(' | ')} |`);
     }
     for (const m of mats) { m.data.destroy(); m.scales.destroy(); }

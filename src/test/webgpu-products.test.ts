@@ -7,9 +7,10 @@
 import { test } from 'node:test';
 import { gpuWeights } from './gpu-weights.js';
 import { int8BatchGrid, int8BatchLayout, linearBatchInt8Wgsl } from '../backend/webgpu/int8-batch.js';
+import { INT8_MMA_LAYOUT, int8MmaFits, int8MmaGrid, linearInt8MmaWgsl } from '../backend/webgpu/int8-mma-batch.js';
 import assert from 'node:assert/strict';
 import { gpu, skipGpu } from './gpu.js';
-import { hasIntDot4, hasSubgroups32, throwDeviceError } from '../backend/webgpu/device.js';
+import { hasIntDot4, hasSubgroups32, int8MatrixConfig, throwDeviceError } from '../backend/webgpu/device.js';
 import { readBuffer } from '../backend/webgpu/decode-attention.js';
 import * as K from '../backend/webgpu/kernels.js';
 import { refQuantiseX } from './reference.js';
@@ -253,3 +254,57 @@ for (const type of ['q4_0', 'q4_1'] as const) {
     }
   });
 }
+
+// The same Q4_0 products on 8-bit tensor cores (int8-mma-batch.ts), where the adapter has i8 subgroup
+// matrices: against float64 of the same int8 x, and against the integer-dot-product kernel (the same integer
+// sums, so equal up to the order of the f32 sums); tokens within one block of 16 and past it (a second
+// row of workgroups), rows of two and more tiles, K of one iteration and many (11008 = 344 blocks), =
+// and += with a bias, every layout the kernel takes here.
+test('WebGPU batched int8-x product on 8-bit tensor cores (q4_0) matches float64 and the integer-dot kernel', {
+  skip: skipGpu || (!int8MatrixConfig(gpu!.device) ? 'no 8-bit subgroup matrices on this adapter' : false),
+}, async () => {
+  const { device } = gpu!, cfg = int8MatrixConfig(device)!;
+  const buf = (a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE) => {
+    const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: usage | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
+    return b;
+  };
+  const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+  let ran = 0;
+  for (const [N, Kd, T, add] of [[64, 256, 16, false], [96, 4096, 5, true], [32, 11008, 19, true], [128, 1024, 32, false]] as const) {
+    const g = gaussian(N + Kd + T), u = rng(Kd + 1), q = gpuWeights('q4_0', N * Kd, g, u);
+    const x = Float32Array.from({ length: T * Kd }, () => g() * 2), y0 = Float32Array.from({ length: T * N }, () => g()), bias = Float32Array.from({ length: N }, () => g());
+    const want = new Float64Array(T * N);
+    for (let t = 0; t < T; t++) {
+      const xin = refQuantiseX(Float64Array.from(x.subarray(t * Kd, (t + 1) * Kd)));
+      for (let r = 0; r < N; r++) { let s = (add ? y0[t * N + r] : 0) + bias[r]; for (let k = 0; k < Kd; k++) s += q.value(r * Kd + k) * xin[k]; want[t * N + r] = s; }
+    }
+    let scale = 0; for (const v of want) scale = Math.max(scale, Math.abs(v));
+    const spec = { type: 'q4_0' as const, N, K: Kd, add, bias: true };
+    const run = async (prod: GPUComputePipeline, grid: [number, number]) => {
+      const xq = buf(new Uint32Array(T * K.quantisedXWords(Kd) * 4)), y = buf(y0), step = buf(new Uint32Array([0, T, 0, 0]), GPUBufferUsage.UNIFORM);
+      const enc = device.createCommandEncoder(), pass = enc.beginComputePass();
+      const bind = (pipe: GPUComputePipeline, entries: [number, GPUBuffer][]) => {
+        pass.setPipeline(pipe);
+        pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: entries.map(([binding, buffer]) => ({ binding, resource: { buffer } })) }));
+      };
+      bind(pipeOf(K.quantiseXWgsl(Kd)), [[0, buf(x)], [1, xq]]); pass.dispatchWorkgroups(...K.quantiseXGrid(Kd, T));
+      bind(prod, [[0, xq], [1, y], [2, buf(q.data)], [3, buf(q.scales)], [4, buf(bias)], [6, step]]); pass.dispatchWorkgroups(...grid);
+      pass.end(); device.queue.submit([enc.finish()]);
+      const got = new Float32Array(await readBuffer(device, y, T * N * 4));
+      throwDeviceError();
+      return got;
+    };
+    const lay = int8BatchLayout(Kd);
+    const simt = await run(pipeOf(linearBatchInt8Wgsl(spec, lay, hasSubgroups32(device))), int8BatchGrid(N, T, lay));
+    for (const m of [INT8_MMA_LAYOUT, { SG: 2, BPI: 4, WN: 32 }, { SG: 8, BPI: 1, WN: 32 }]) {
+      if (!int8MmaFits(spec, m, device.limits.maxComputeWorkgroupStorageSize)) continue;
+      const got = await run(pipeOf(linearInt8MmaWgsl(spec, cfg, m)), int8MmaGrid(N, T, m));
+      const what = `${N} x ${Kd}, ${T} tokens, SG ${m.SG} BPI ${m.BPI}`;
+      want.forEach((w, i) => assert.ok(Math.abs(got[i] - w) <= 1e-5 * scale + 1e-6, `${what}: token ${Math.floor(i / N)} row ${i % N}: ${got[i]} vs ${w}`));
+      simt.forEach((v, i) => assert.ok(Math.abs(got[i] - v) <= 2e-6 * scale, `${what} against the integer-dot kernel: token ${Math.floor(i / N)} row ${i % N}: ${got[i]} vs ${v}`));
+      ran++;
+    }
+  }
+  assert.ok(ran >= 4, `the kernel fitted only ${ran} cases`);
+});

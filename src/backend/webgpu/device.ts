@@ -89,6 +89,10 @@ export function getGpu(options: GpuOptions = {}): Promise<GpuContext | null> {
       // the spelling of loads and stores that computes right on this device (a self-test), else no tensor cores
       const syntax = await (await import('./mma-selftest.js')).workingMatrixSyntax(device, mma).catch(() => null);
       if (syntax) matrixConfigs.set(device, { ...mma, syntax });
+      // 8-bit matrices (i8 -> i32) where listed: how their packed loads count offsets, by a self-test too
+      const i8 = syntax && env.QUEST_NO_INT8_MATRIX !== '1' ? int8MatrixShape(adapter) : null;
+      const units = i8 && await (await import('./mma-selftest.js')).workingInt8Units(device, syntax!).catch(() => null);
+      if (i8 && units) int8Configs.set(device, { ...i8, syntax: syntax!, units });
     }
     // int8 4-way dot products in WGSL (dot4I8Packed; DP4A on GPUs that have it): Q4_0 products use them
     const langs = (gpuObj as GPU | null)?.wgslLanguageFeatures as ReadonlySet<string> | undefined;
@@ -156,6 +160,20 @@ function f16MatrixConfig(adapter: GPUAdapter): Omit<MatrixConfig, 'syntax'> | nu
 
 /** The f16 subgroup-matrix config where kernels may use tensor cores (and shader-f16); else null. */
 export function matrixConfig(device: GPUDevice): MatrixConfig | null { return matrixConfigs.get(device) ?? null; }
+
+/** The 8-bit subgroup-matrix config (i8 operands packed four to an i32, i32 results): its shape, and
+ *  whether this Dawn counts the packed loads' offsets and strides in words or in 8-bit elements (the
+ *  proposal changed from one to the other in 2026; a self-test decides, mma-selftest.ts). */
+export interface Int8MatrixConfig { M: number; N: number; K: number; syntax: MatrixConfig['syntax']; units: 'words' | 'elems' }
+const int8Configs = new WeakMap<GPUDevice, Int8MatrixConfig>();
+/** The adapter's i8 -> i32 config of 16 x 16 x 32 (the one the int8 kernels are written for), or null. */
+function int8MatrixShape(adapter: GPUAdapter): { M: number; N: number; K: number } | null {
+  type Cfg = { M: number; N: number; K: number; componentType: string; resultComponentType: string };
+  const cfgs = (adapter as { info?: { subgroupMatrixConfigs?: Cfg[] } }).info?.subgroupMatrixConfigs ?? [];
+  return cfgs.some((c) => c.componentType === 'i8' && c.resultComponentType === 'i32' && c.M === 16 && c.N === 16 && c.K === 32) ? { M: 16, N: 16, K: 32 } : null;
+}
+/** The 8-bit subgroup-matrix config where int8 kernels may use tensor cores; else null. */
+export function int8MatrixConfig(device: GPUDevice): Int8MatrixConfig | null { return int8Configs.get(device) ?? null; }
 
 const intDot4Devices = new WeakSet<GPUDevice>();
 /** Whether kernels may use WGSL's packed 4x8-bit integer dot products on this device. */

@@ -164,6 +164,10 @@ export interface SkinnyTile {
   /** x's matrices for the next K step loaded before this step's products (hides their L2 latency behind
    *  the products, at the cost of holding two steps' x matrices). */
   xAhead?: boolean;
+  /** x's tiles staged in workgroup memory beside the weights' (16-byte loads from x, then matrix loads
+   *  from workgroup memory), instead of loaded as matrices straight from x: Dawn compiles matrix loads
+   *  from storage to 16-bit loads (session 33), which left these kernels at 45% of the read bandwidth. */
+  xStage?: boolean;
 }
 /** Token blocks (the config's M rows each) one workgroup multiplies with each weight tile, at most. */
 export const SKINNY_BLOCKS = 4;
@@ -177,26 +181,30 @@ export const SKINNY_TILES: SkinnyTile[] = [
   { WN: 64, SG: 4, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 32, stage: true }, { WN: 32, SG: 4, CK: 32, stage: false },
   // (small models: K = 576 splits into 18 steps of 32)
   { WN: 32, SG: 2, CK: 32, stage: true }, { WN: 32, SG: 1, CK: 32, stage: true }, { WN: 32, SG: 2, CK: 32, stage: false },
+  // x staged too (session 34; not yet measured, so last)
+  { WN: 32, SG: 4, CK: 32, stage: true, xStage: true }, { WN: 64, SG: 4, CK: 32, stage: true, xStage: true },
+  { WN: 32, SG: 8, CK: 16, stage: true, xStage: true }, { WN: 32, SG: 4, CK: 64, stage: true, xStage: true },
 ];
-/** Layouts written `WN,SG,CK,stage[,xa]` (stage 1 or 0; xa: xAhead), several joined by `;`; null for none. */
+/** Layouts written `WN,SG,CK,stage[,xa|xs]` (stage 1 or 0; xa: xAhead, xs: xStage), several joined by `;`; null for none. */
 export function parseSkinnyTiles(spec: string | undefined): SkinnyTile[] | null {
   if (!spec) return null;
   return spec.split(';').map((one) => {
     const f = one.split(','), [WN, SG, CK, stage] = f.slice(0, 4).map(Number);
-    if (![WN, SG, CK].every((v) => Number.isInteger(v) && v > 0) || (stage !== 0 && stage !== 1) || (f[4] !== undefined && f[4] !== 'xa'))
-      throw new Error(`a few-token product layout is WN,SG,CK,stage[,xa] (e.g. 32,8,32,1,xa), got "${one}"`);
-    return { WN, SG, CK, stage: stage === 1, ...(f[4] === 'xa' ? { xAhead: true } : {}) };
+    if (![WN, SG, CK].every((v) => Number.isInteger(v) && v > 0) || (stage !== 0 && stage !== 1) || (f[4] !== undefined && f[4] !== 'xa' && f[4] !== 'xs') || (f[4] === 'xs' && stage !== 1))
+      throw new Error(`a few-token product layout is WN,SG,CK,stage[,xa|xs] (e.g. 32,8,32,1,xa; xs needs stage 1), got "${one}"`);
+    return { WN, SG, CK, stage: stage === 1, ...(f[4] === 'xa' ? { xAhead: true } : f[4] === 'xs' ? { xStage: true } : {}) };
   });
 }
 /** Token blocks per workgroup for a step of `rows` tokens. */
 export const skinnyBlocks = (rows: number, cfg: MatrixConfig) => Math.min(SKINNY_BLOCKS, Math.ceil(rows / cfg.M));
-const skinnyBytes = (t: SkinnyTile, blocks: number, cfg: MatrixConfig) => t.SG * blocks * cfg.M * t.WN * 4 + (t.stage ? t.SG * t.WN * (t.CK + 8) * 2 : 0);
+const skinnyBytes = (t: SkinnyTile, blocks: number, cfg: MatrixConfig) => t.SG * blocks * cfg.M * t.WN * 4 + (t.stage ? t.SG * t.WN * (t.CK + 8) * 2 : 0)
+  + (t.xStage ? t.SG * 2 * blocks * cfg.M * (t.CK + 8) * 2 : 0);
 /** The first tile that fits a product (N rows, K columns, weight type) of `rows` tokens on this config
  *  and workgroup-memory limit, or null (then the batched matrix-vector kernel runs). Weights other than
  *  f16 are always staged (dequantised on the way). */
 export function skinnyTileFor(type: GpuWeightType, N: number, K: number, rows: number, cfg: MatrixConfig, maxWorkgroupBytes: number, tiles = SKINNY_TILES): SkinnyTile | null {
   const blocks = skinnyBlocks(rows, cfg);
-  return tiles.find((t) => (t.stage || type === 'f16') && N % t.WN === 0 && t.WN % cfg.N === 0 && t.CK % cfg.K === 0 && t.CK % 8 === 0
+  return tiles.find((t) => (t.stage || type === 'f16') && (!t.xStage || (t.stage && (2 * blocks * cfg.M * t.CK) % (8 * 32) === 0)) && N % t.WN === 0 && t.WN % cfg.N === 0 && t.CK % cfg.K === 0 && t.CK % 8 === 0
     && K % (t.SG * t.CK) === 0 && (t.WN * t.CK) % (8 * 32) === 0 && skinnyBytes(t, blocks, cfg) <= maxWorkgroupBytes) ?? null;
 }
 /** Workgroups of linearSkinnyMmaWgsl. */
@@ -220,7 +228,10 @@ export const linearSkinnyMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: SkinnyT
   const mats = range(blocks).flatMap((i) => range(TN).map((j) => ({ i, j })));
   const units = range((t.WN * t.CK) / 8 / 32); // 8-weight units of a step's tile each lane stages
   // x's left matrix of token block i at K step k0 + kk * SK: the hi part, or the lo part K further on
-  const xLoad = (i: number, kk: number, k0: string, lo: boolean) => load(left, '&xh', `(t0 + ${i * SM}u) * XS + ${lo ? 'K + ' : ''}${k0} + ${kk * SK}u`, false, 'XS');
+  const xLoad = (i: number, kk: number, k0: string, lo: boolean) => (t.xStage
+    ? load(left, '&stx', `xb + ${(lo ? ROWS : 0) + i * SM}u * LDS + ${kk * SK}u`, false, 'LDS')
+    : load(left, '&xh', `(t0 + ${i * SM}u) * XS + ${lo ? 'K + ' : ''}${k0} + ${kk * SK}u`, false, 'XS'));
+  const xUnits = t.xStage ? range((2 * ROWS * t.CK) / 8 / 32) : []; // 8-value units of a step's x tile (hi, then lo) each lane stages
   const xLoads = (hi: (i: number, kk: number) => string, lo: (i: number, kk: number) => string, k0: string) =>
     range(t.CK / SK).flatMap((kk) => range(blocks).map((i) => `${hi(i, kk)}${xLoad(i, kk, k0, false)}; ${lo(i, kk)}${xLoad(i, kk, k0, true)};`)).join('\n');
   const left = `subgroup_matrix_left<f16, ${SK}, ${SM}>`, right = `subgroup_matrix_right<f16, ${SN}, ${SK}>`, res = `subgroup_matrix_result<f32, ${SN}, ${SM}>`;
@@ -228,31 +239,36 @@ export const linearSkinnyMmaWgsl = (s: LinearSpec, cfg: MatrixConfig, t: SkinnyT
 const N: u32 = ${s.N}u; const WN: u32 = ${t.WN}u; const ROWS: u32 = ${ROWS}u; const CK: u32 = ${t.CK}u;
 const SG: u32 = ${t.SG}u; const THREADS: u32 = ${THREADS}u; const LDS: u32 = ${LDS}u;
 const XS: u32 = ${2 * s.K}u; // a row of x: [K hi][K lo]
-@group(0) @binding(0) var<storage, read> xh: array<f16>;
+${t.xStage ? '@group(0) @binding(0) var<storage, read> xv: array<vec4<u32>>; // (8 f16 a unit)' : '@group(0) @binding(0) var<storage, read> xh: array<f16>;'}
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
 @group(0) @binding(6) var<uniform> step: Step;
 var<workgroup> red: array<f32, ${t.SG * ROWS * t.WN}>; // each subgroup's partial sums [ROWS][WN] (hi, then lo)
 ${t.stage ? `var<workgroup> stw: array<f16, ${t.SG * t.WN * LDS}>; // each subgroup's weight tile [WN][CK] (+ padding)
+${t.xStage ? `var<workgroup> stx: array<f16, ${t.SG * 2 * ROWS * LDS}>; // each subgroup's x tile [hi, lo][ROWS][CK] (+ padding)
+${xUnits.map((u) => `var<private> px${u}: vec4<u32>;`).join('\n')}` : ''}
 ${units.map((u) => `var<private> pw${u}: array<vec2<f16>, 4>;`).join('\n')}
-fn fetch(n0: u32, k0: u32, lane: u32) {
+fn fetch(n0: u32, t0: u32, k0: u32, lane: u32) {
 ${units.map((u) => `  { let e = ${u * 32}u + lane; pw${u} = w8h(n0 + e / (CK / 8u), k0 + e % (CK / 8u) * 8u); }`).join('\n')}
+${xUnits.map((u) => `  { let e = ${u * 32}u + lane; let r = e / (CK / 8u); px${u} = xv[((t0 + r % ROWS) * XS + r / ROWS * K + k0 + e % (CK / 8u) * 8u) / 8u]; }`).join('\n')}
 }` : ''}
 @compute @workgroup_size(${THREADS})
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let n0 = wid.x * WN; let t0 = wid.y * ROWS;
   let sg = tid / 32u; let lane = tid % 32u;
 ${mats.map(({ i, j }) => `  var acc${i}_${j} = ${res}(); var low${i}_${j} = ${res}();`).join('\n')}
-${t.stage ? `  let wb = sg * WN * LDS;
-  fetch(n0, sg * CK, lane);` : ''}
+${t.stage ? `  let wb = sg * WN * LDS;${t.xStage ? ' let xb = sg * 2u * ROWS * LDS;' : ''}
+  fetch(n0, t0, sg * CK, lane);` : ''}
 ${t.xAhead ? xLoads((i, kk) => `  var xa${i}_${kk} = `, (i, kk) => `  var xl${i}_${kk} = `, 'sg * CK') : ''}
   for (var c = 0u; c < ${STEPS}u; c++) {
     let k0 = (c * SG + sg) * CK;${t.xAhead ? `
 ${xLoads((i, kk) => `    let a${i}_${kk} = xa${i}_${kk}; xa${i}_${kk} = `, (i, kk) => `    let l${i}_${kk} = xl${i}_${kk}; xl${i}_${kk} = `, 'min(k0 + SG * CK, K - CK)')}` : ''}
 ${t.stage ? `${units.map((u) => `    { let e = ${u * 32}u + lane; let d = wb + e / (CK / 8u) * LDS + e % (CK / 8u) * 8u;
       for (var w = 0u; w < 4u; w++) { stw[d + 2u * w] = pw${u}[w].x; stw[d + 2u * w + 1u] = pw${u}[w].y; } }`).join('\n')}
+${xUnits.map((u) => `    { let e = ${u * 32}u + lane; let d = xb + e / (CK / 8u) * LDS + e % (CK / 8u) * 8u;
+      for (var w = 0u; w < 4u; w++) { let h2 = bitcast<vec2<f16>>(px${u}[w]); stx[d + 2u * w] = h2.x; stx[d + 2u * w + 1u] = h2.y; } }`).join('\n')}
     workgroupBarrier();
-    fetch(n0, min(k0 + SG * CK, K - CK), lane); // (the last step loads one again: nobody reads it)` : ''}
+    fetch(n0, t0, min(k0 + SG * CK, K - CK), lane); // (the last step loads one again: nobody reads it)` : ''}
 ${range(t.CK / SK).map((kk) => `    {
 ${range(blocks).map((i) => (t.xAhead ? `      let a${i} = a${i}_${kk}; let l${i} = l${i}_${kk};` : `      let a${i} = ${xLoad(i, kk, 'k0', false)};
       let l${i} = ${xLoad(i, kk, 'k0', true)};`)).join('\n')}

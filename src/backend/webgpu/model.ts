@@ -10,10 +10,11 @@ import { affineGroups, isQuantType, type QuantType } from '../../model/quants.js
 import { Rope } from '../../model/rope.js';
 import { F16_TABLE } from '../../model/tensor.js';
 import * as K from './kernels.js';
-import { hasIntDot4, hasSubgroups32, matrixConfig, onCpuAdapter, processEnv } from './device.js';
+import { hasIntDot4, hasSubgroups32, int8MatrixConfig, matrixConfig, onCpuAdapter, processEnv } from './device.js';
 import { linearMmaWgsl, linearSkinnyMmaWgsl, mmaTileFor, mmaTilesFor, MMA_TILES, skinnyBlocks, skinnyGrid, skinnyTileFor, SKINNY_TILES, parseSkinnyTiles, type MmaTile, type SkinnyTile } from './mma-kernels.js';
 import type { GpuWeightType, LinearSpec } from './kernels.js';
 import { int8BatchGrid, int8BatchLayout, int8BatchTypes, linearBatchInt8Wgsl, parseInt8Batch, type Int8BatchLayout } from './int8-batch.js';
+import { INT8_MMA_LAYOUT, int8MmaFits, int8MmaGrid, linearInt8MmaWgsl, parseInt8MmaLayout, type Int8MmaLayout } from './int8-mma-batch.js';
 
 export interface GpuLinear { type: GpuWeightType; N: number; K: number; data: GPUBuffer; scales: GPUBuffer; bias: GPUBuffer | null }
 
@@ -229,6 +230,8 @@ export class GpuModel {
    *  types (they keep the matrix-vector kernel, a workgroup per token). */
   int8BatchProduct(l: GpuLinear, add: boolean, rows: number): { pipe: GPUComputePipeline; grid: [number, number] } | null {
     if (!this.quantisesX(l) || !int8BatchTypes(l.type)) return null;
+    const mma = this.int8Mma(l, add, rows);
+    if (mma) return mma;
     const lay = this.int8Batch ?? int8BatchLayout(l.K);
     const pipe = this.perLinear(l, `I${add}`, () => {
       const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null }, sub = hasSubgroups32(this.device);
@@ -236,6 +239,19 @@ export class GpuModel {
     });
     return { pipe, grid: int8BatchGrid(l.N, rows, lay) };
   }
+
+  /** The same product on 8-bit tensor cores (int8-mma-batch.ts: the same integer sums) where the device
+   *  has them, the shape fits and QUEST_INT8_MMA=1 (opt-in: not yet measured on a GPU); else null. */
+  private int8Mma(l: GpuLinear, add: boolean, rows: number): { pipe: GPUComputePipeline; grid: [number, number] } | null {
+    const cfg = int8MatrixConfig(this.device), lay = this.int8MmaLayout;
+    if (!cfg || processEnv().QUEST_INT8_MMA !== '1' || !int8MmaFits(l, lay, this.device.limits.maxComputeWorkgroupStorageSize)) return null;
+    const pipe = this.perLinear(l, `J${add}`, () => {
+      const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null };
+      return this.pipeline(`linJ:${JSON.stringify(lay)}:${JSON.stringify(spec)}`, () => linearInt8MmaWgsl(spec, cfg, lay));
+    });
+    return { pipe, grid: int8MmaGrid(l.N, rows, lay) };
+  }
+  private readonly int8MmaLayout: Int8MmaLayout = parseInt8MmaLayout(processEnv().QUEST_INT8_MMA_LAYOUT) ?? INT8_MMA_LAYOUT;
 
   /** Few-token layouts the batched products may use (QUEST_SKINNY_TILE=WN,SG,CK,stage[,xa] picks one: parseSkinnyTiles; for benchmarks). */
   private readonly skinnyTiles: SkinnyTile[] = parseSkinnyTiles(processEnv().QUEST_SKINNY_TILE) ?? SKINNY_TILES;
