@@ -261,7 +261,7 @@ for (const type of ['q4_0', 'q4_1'] as const) {
 // row of workgroups), rows of two and more tiles, K of one iteration and many (11008 = 344 blocks), =
 // and += with a bias, every layout the kernel takes here.
 test('WebGPU batched int8-x product on 8-bit tensor cores (q4_0) matches float64 and the integer-dot kernel', {
-  skip: skipGpu || (!int8MatrixConfig(gpu!.device) ? 'no 8-bit subgroup matrices on this adapter' : false),
+  skip: skipGpu || (!int8MatrixConfig(gpu!.device) ? 'no 8-bit subgroup matrices in use (QUEST_INT8_MMA=1, on an adapter that has them)' : false),
 }, async () => {
   const { device } = gpu!, cfg = int8MatrixConfig(device)!;
   const buf = (a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE) => {

@@ -241,10 +241,11 @@ export class GpuModel {
   }
 
   /** The same product on 8-bit tensor cores (int8-mma-batch.ts: the same integer sums) where the device
-   *  has them, the shape fits and QUEST_INT8_MMA=1 (opt-in: not yet measured on a GPU); else null. */
+   *  has them and the shape fits; else null. (The device has them only with QUEST_INT8_MMA=1: opt-in, not
+   *  yet measured on a GPU; see device.ts.) */
   private int8Mma(l: GpuLinear, add: boolean, rows: number): { pipe: GPUComputePipeline; grid: [number, number] } | null {
     const cfg = int8MatrixConfig(this.device), lay = this.int8MmaLayout;
-    if (!cfg || processEnv().QUEST_INT8_MMA !== '1' || !int8MmaFits(l, lay, this.device.limits.maxComputeWorkgroupStorageSize)) return null;
+    if (!cfg || !int8MmaFits(l, lay, this.device.limits.maxComputeWorkgroupStorageSize)) return null;
     const pipe = this.perLinear(l, `J${add}`, () => {
       const spec: LinearSpec = { type: l.type, N: l.N, K: l.K, add, bias: l.bias !== null };
       return this.pipeline(`linJ:${JSON.stringify(lay)}:${JSON.stringify(spec)}`, () => linearInt8MmaWgsl(spec, cfg, lay));
