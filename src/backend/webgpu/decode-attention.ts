@@ -62,7 +62,8 @@ const SHARED_ROWS = Math.min(16, Number(processEnv().QUEST_SHARED_ROWS ?? 4));
 /** The shared pages on tensor cores (shared-pages-mma.ts) where the adapter has subgroup matrices
  *  (QUEST_SHARED_MMA=0, or the DecodeAttention argument `useSharedMma`, turns them off; H100, 7B, 16
  *  forks of 8K tokens: 126 against 151 µs a layer for the thread kernel's four groups of four, session 33).
- *  QUEST_SHARED_MMA_EXACT=0 rounds q and P to f16 instead of splitting them in two parts (to compare).
+ *  QUEST_SHARED_MMA_EXACT=0 rounds q and P to f16 instead of splitting them in two parts (to compare);
+ *  QUEST_SHARED_MMA_PREFETCH=1 loads each next tile into registers during the current one's products.
  *  Its workgroups per call, at most about QUEST_SHARED_MMA_WG (chunks are whole sub-chunks of the kernel;
  *  each writes a partial result for each of its rows' query vectors). */
 const SHARED_MMA = processEnv().QUEST_SHARED_MMA;
@@ -804,7 +805,7 @@ export class DecodeAttention {
     const G = s.nHeads / s.nKV;
     // (QUEST_SHARED_PAGES=0: every row reads its own pages, as separate contexts would; benchmarks compare)
     const thread = this.threadKernels, cfg = matrixConfig(device);
-    const mma = sharedMmaLayout(G, processEnv().QUEST_SHARED_MMA_EXACT !== '0');
+    const mma = sharedMmaLayout(G, processEnv().QUEST_SHARED_MMA_EXACT !== '0', processEnv().QUEST_SHARED_MMA_PREFETCH === '1');
     this.sharedMma = !thread && useSharedMma && sharedMmaFits(s, cfg, mma.layout) && mma.rows >= 2
       && sharedMmaBytes(s.headDim, mma.layout) <= device.limits.maxComputeWorkgroupStorageSize ? { cfg, layout: mma.layout } : null;
     const rg = this.sharedMma ? mma.rows : Math.min(SHARED_ROWS, Math.floor(16 / G));

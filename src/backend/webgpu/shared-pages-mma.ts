@@ -35,8 +35,10 @@ const SUBGROUPS = 4;
 /** Padding of the workgroup-memory rows (16-byte multiples, rows on different banks). */
 const PAD = 8;
 
-/** The layout: `qs` blocks of 16 query vectors (1 or 2); `exact`: q and P as two f16 parts each. */
-export interface SharedMmaLayout { qs: number; exact: boolean }
+/** The layout: `qs` blocks of 16 query vectors (1 or 2); `exact`: q and P as two f16 parts each;
+ *  `prefetch`: each thread loads its share of the next tile into registers while the current one is
+ *  multiplied (not yet measured on a GPU: QUEST_SHARED_MMA_PREFETCH=1). */
+export interface SharedMmaLayout { qs: number; exact: boolean; prefetch?: boolean }
 
 /** Keys of a staged tile (one 16-key block of S per subgroup) and of a sub-chunk (the keys whose scores
  *  are held at once; a chunk is a whole number of them). */
@@ -52,9 +54,9 @@ export const sharedMmaFits = (s: { headDim: number; pageSize: number }, cfg: Mat
 
 /** Rows of a group and the layout for G query heads per KV head: up to 16 rows, at most two blocks of 16
  *  query vectors. */
-export function sharedMmaLayout(G: number, exact = true): { rows: number; layout: SharedMmaLayout } {
+export function sharedMmaLayout(G: number, exact = true, prefetch = false): { rows: number; layout: SharedMmaLayout } {
   const rows = Math.min(16, Math.floor((2 * ROWS) / G));
-  return { rows, layout: { qs: Math.ceil((rows * G) / ROWS), exact } };
+  return { rows, layout: { qs: Math.ceil((rows * G) / ROWS), exact, ...(prefetch ? { prefetch } : {}) } };
 }
 
 /** Pages of a sub-chunk (a chunk's pages are a multiple of it). */
@@ -97,6 +99,17 @@ export const sharedPagesMmaWgsl = (s: { nHeads: number; nKV: number; headDim: nu
       let src = ((${pageOf('kt')} * NKV + g) * P + kt % P) * (HD / 8u) + cu; let x = ${buf}[src]; let d = key * LDH + cu * 8u;
       for (var i = 0u; i < 4u; i++) { let h2 = bitcast<vec2<f16>>(x[i]); stg[d + 2u * i] = h2.x; stg[d + 2u * i + 1u] = h2.y; } }`).join('\n')}
     workgroupBarrier();`;
+  // (prefetch) the tiles a chunk reads, in turn: per sub-chunk C / T = 2 of keys, then 2 of values; tile i
+  // goes into this thread's registers while the one before is multiplied, then into stg
+  const fetch = (i: string) => `{ let i = ${i}; let kv = (i / 2u) % 2u;
+${units.map((u) => `      { let e = ${u * THREADS}u + tid; let kt = (i / 4u) * C + (i % 2u) * T + e / (HD / 8u);
+        let src = ((${pageOf('kt')} * NKV + g) * P + kt % P) * (HD / 8u) + e % (HD / 8u);
+        if (kv == 0u) { pf${u} = kc[src]; } else { pf${u} = vc[src]; } }`).join('\n')} }`;
+  const storeTile = (next: string) => `${units.map((u) => `      { let e = ${u * THREADS}u + tid; let d = e / (HD / 8u) * LDH + e % (HD / 8u) * 8u;
+        for (var i = 0u; i < 4u; i++) { let h2 = bitcast<vec2<f16>>(pf${u}[i]); stg[d + 2u * i] = h2.x; stg[d + 2u * i + 1u] = h2.y; } }`).join('\n')}
+      ${fetch(next)}
+      workgroupBarrier();`;
+  if (t.prefetch && C / T !== 2) throw new Error('sharedPagesMmaWgsl: prefetch wants two tiles a sub-chunk');
   return MMA_HEADER + 'enable subgroups;\n' + header + (X ? SPLIT_F16_WGSL : '') + /* wgsl */ `
 const NH: u32 = ${s.nHeads}u; const NKV: u32 = ${s.nKV}u; const G: u32 = ${s.nHeads / s.nKV}u;
 const HD: u32 = ${HD}u; const P: u32 = ${s.pageSize}u; const T: u32 = ${T}u; const C: u32 = ${C}u;
@@ -108,7 +121,7 @@ const LDH: u32 = ${LDH}u; const LDC: u32 = ${LDC}u; const LDT: u32 = ${LDT}u; co
 @group(0) @binding(5) var<storage, read> table: array<u32>;
 ${sparse ? `@group(0) @binding(6) var<storage, read> ulist: array<u32>; // [group][NKV][SLOT_PAGES]: page | rows that selected it << 16
 @group(0) @binding(7) var<storage, read> ucount: array<u32>; // [group][NKV]: pages listed
-` : ''}var<workgroup> stg: array<f16, ${w.stg}>; // a tile of keys or values [key][channel] (first q)
+` : ''}${t.prefetch ? `${units.map((u) => `var<private> pf${u}: vec4<u32>;`).join(' ')} // (prefetch) this thread's share of the next tile\n` : ''}var<workgroup> stg: array<f16, ${w.stg}>; // a tile of keys or values [key][channel] (first q)
 var<workgroup> sf: array<f32, ${w.sf}>; // S [vector][key of the sub-chunk], then a piece of P V [vector][channel]
 ${X ? `var<workgroup> slo: array<f32, ${w.slo}>; // per subgroup: its block of S from q's remainder\n` : ''}var<workgroup> sp: array<f16, ${w.sp}>; // P [vector][key]${X ? ' (then its remainder)' : ''}
 @compute @workgroup_size(${THREADS})
@@ -136,10 +149,10 @@ ${range(HD / 4 / TPR).map((i) => `  var o${i} = vec4<f32>(0.0);`).join('\n')}
   var m = -1.0e30; var l = 0.0;
   let pg0 = c * prm.chunkPages;${sparse ? ` let lb = (wid.x * NKV + g) * SLOT_PAGES; let listed = ucount[wid.x * NKV + g];
   let tokens = select(0u, min(prm.chunkPages, listed - pg0) * P, pg0 < listed);` : ' let tokens = min(prm.chunkPages, prm.k - pg0) * P;'}
-  for (var sc = 0u; sc * C < tokens; sc++) {
+${t.prefetch ? `  ${fetch('0u')}\n` : ''}  for (var sc = 0u; sc * C < tokens; sc++) {
     // (1) S = Q Kᵀ over the sub-chunk, a tile at a time
     for (var tile = 0u; tile < C / T; tile++) {
-${stage('kc')}
+${t.prefetch ? storeTile('sc * 4u + tile + 1u') : stage('kc')}
 ${keyBlocks.map((nb) => `      var s${nb} = ${res}();${lo(` var sl${nb} = ${res}();`)}`).join('\n')}
 ${qSteps.map((k) => keyBlocks.map((nb) => `      { let km = ${load(right, '&stg', `(kb * 16u + ${nb * SN}u) * LDH + ${k * SK}u`, true, 'LDH')}; s${nb} = subgroupMatrixMultiplyAccumulate(q${k}, km, s${nb});${lo(` sl${nb} = subgroupMatrixMultiplyAccumulate(ql${k}, km, sl${nb});`)} }`).join('\n')).join('\n')}
 ${keyBlocks.map((nb) => `      ${store('&sf', `b * 16u * LDC + tile * T + kb * 16u + ${nb * SN}u`, `s${nb}`, 'LDC')};${lo(` ${store('&slo', `sg * 16u * LDT + ${nb * SN}u`, `sl${nb}`, 'LDT')};`)}`).join('\n')}
@@ -165,7 +178,7 @@ ${range(Math.log2(TPR)).map((i) => `    mt = max(mt, subgroupShuffleXor(mt, ${1 
     // (3) P V over the sub-chunk, a tile of values at a time, into this subgroup's part of the channels
 ${chBlocks.map((cb) => `    var a${cb} = ${res}();${lo(` var al${cb} = ${res}();`)}`).join('\n')}
     for (var tile = 0u; tile < C / T; tile++) {
-${stage('vc')}
+${t.prefetch ? storeTile('sc * 4u + 2u + tile + 1u') : stage('vc')}
 ${pvSteps.map((kk) => `      { let pm = ${load(left, '&sp', `b * 16u * LDC + tile * T + ${kk * SK}u`, false, 'LDC')};${lo(` let plm = ${load(left, '&sp', `R * LDC + b * 16u * LDC + tile * T + ${kk * SK}u`, false, 'LDC')};`)}
 ${chBlocks.map((cb) => `        { let vm = ${load(right, '&stg', `${kk * SK}u * LDH + cp * ${CH}u + ${cb * SN}u`, false, 'LDH')}; a${cb} = subgroupMatrixMultiplyAccumulate(pm, vm, a${cb});${lo(` al${cb} = subgroupMatrixMultiplyAccumulate(plm, vm, al${cb});`)} }`).join('\n')}
       }`).join('\n')}
