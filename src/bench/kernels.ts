@@ -254,7 +254,7 @@ async function benchBatchProducts(device: GPUDevice, timeIt: TimeIt, readGBs: nu
   // workgroup per token, and the batched kernel at each layout (--int8 'R,TB[,spread];...')
   const dot4 = hasIntDot4(device), int8Lays = dot4 ? (arg('int8', '') ? arg('int8', '').split(';').map((v) => parseInt8Batch(v)!) : [{ R: 2, TB: 8 }, { R: 4, TB: 8 }, { R: 2, TB: 16 }, ...[[2, 8], [4, 8], [8, 8], [4, 16], [8, 16]].map(([R, TB]) => ({ R, TB, spread: true }))]) : [];
   // the same on 8-bit tensor cores where the adapter has them (--int8-mma 'SG,BPI,WN;...')
-  const i8cfg = int8MatrixConfig(device), i8Lays = i8cfg ? (arg('int8-mma', '') ? arg('int8-mma', '').split(';').map((v) => parseInt8MmaLayout(v)!) : [INT8_MMA_LAYOUT, { SG: 2, BPI: 4, WN: 32 }, { SG: 8, BPI: 1, WN: 32 }, { SG: 4, BPI: 1, WN: 32 }]) : [];
+  const i8cfg = int8MatrixConfig(device), i8Lays = i8cfg ? (arg('int8-mma', '') ? arg('int8-mma', '').split(';').map((v) => parseInt8MmaLayout(v)!) : [INT8_MMA_LAYOUT, { SG: 2, BPI: 4, WN: 32 }, { SG: 2, BPI: 2, WN: 32 }, { SG: 1, BPI: 4, WN: 32 }]) : [];
   const names = ['batched SIMT', ...tiles.map((t) => `mma ${t.WN} rows sg ${t.SG} k${t.CK}${t.stage ? ' staged' : ''}${t.xAhead ? ' x ahead' : ''}${t.xStage ? ' x staged' : ''}`),
     ...(dot4 ? ['int8 x, a workgroup per token', ...int8Lays.map((l) => `int8 x batched R${l.R} TB${l.TB}${l.spread ? ' spread' : ''}`)] : []),
     ...i8Lays.map((l) => `int8 tensor cores SG${l.SG} BPI${l.BPI}`)];

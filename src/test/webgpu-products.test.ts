@@ -297,7 +297,7 @@ test('WebGPU batched int8-x product on 8-bit tensor cores (q4_0) matches float64
     };
     const lay = int8BatchLayout(Kd);
     const simt = await run(pipeOf(linearBatchInt8Wgsl(spec, lay, hasSubgroups32(device))), int8BatchGrid(N, T, lay));
-    for (const m of [INT8_MMA_LAYOUT, { SG: 2, BPI: 4, WN: 32 }, { SG: 8, BPI: 1, WN: 32 }]) {
+    for (const m of [INT8_MMA_LAYOUT, { SG: 2, BPI: 4, WN: 32 }, { SG: 2, BPI: 2, WN: 32 }]) {
       if (!int8MmaFits(spec, m, device.limits.maxComputeWorkgroupStorageSize)) continue;
       const got = await run(pipeOf(linearInt8MmaWgsl(spec, cfg, m)), int8MmaGrid(N, T, m));
       const what = `${N} x ${Kd}, ${T} tokens, SG ${m.SG} BPI ${m.BPI}`;
@@ -306,5 +306,5 @@ test('WebGPU batched int8-x product on 8-bit tensor cores (q4_0) matches float64
       ran++;
     }
   }
-  assert.ok(ran >= 4, `the kernel fitted only ${ran} cases`);
+  assert.ok(ran >= 12, `the kernel fitted only ${ran} of 12 cases`);
 });

@@ -23,8 +23,8 @@ export const INT8_MMA_LAYOUT: Int8MmaLayout = { SG: 4, BPI: 2, WN: 32 };
 export function parseInt8MmaLayout(v: string | undefined): Int8MmaLayout | null {
   if (!v) return null;
   const [SG, BPI, WN] = v.split(',').map(Number);
-  if (![SG, BPI, WN].every((x) => Number.isInteger(x) && x > 0) || WN !== 32 || SG > 8 || BPI > 8)
-    throw new Error(`an int8 tensor-core layout is SG,BPI,WN with WN = 32 (one row a lane), SG and BPI 1-8, got "${v}"`);
+  if (![SG, BPI, WN].every((x) => Number.isInteger(x) && x > 0) || WN !== 32 || SG > 8 || BPI > 8 || BPI % 2 !== 0)
+    throw new Error(`an int8 tensor-core layout is SG,BPI,WN with WN = 32 (one row a lane), SG 1-8, BPI 2, 4, 6 or 8, got "${v}"`);
   return { SG, BPI, WN };
 }
 
@@ -33,9 +33,11 @@ const LA = 12;
 const TOKENS = 16;
 
 /** Whether the kernel handles a product: 4-bit Q4_0 weights, rows a whole number of WN, blocks a whole
- *  number of iterations; workgroup memory within the limit. */
+ *  number of iterations, an iteration's loads a whole number per lane (BPI even); workgroup memory
+ *  within the limit. */
 export function int8MmaFits(s: { type: string; N: number; K: number }, lay: Int8MmaLayout, maxWorkgroupBytes: number): boolean {
-  return s.type === 'q4_0' && s.N % lay.WN === 0 && s.K % (32 * lay.SG * lay.BPI) === 0 && int8MmaBytes(lay) <= maxWorkgroupBytes;
+  return s.type === 'q4_0' && s.N % lay.WN === 0 && s.K % (32 * lay.SG * lay.BPI) === 0 && (lay.BPI * TOKENS * 3) % 32 === 0
+    && (lay.BPI * lay.WN) % 32 === 0 && int8MmaBytes(lay) <= maxWorkgroupBytes;
 }
 
 const wgWords = (lay: Int8MmaLayout) => {
