@@ -18,7 +18,7 @@ import * as K from '../backend/webgpu/kernels.js';
 import { storageUsage, type GpuLinear, type GpuModel } from '../backend/webgpu/model.js';
 import { checkBatch, checkTokens, type ForwardOptions, type KVLayout } from './session.js';
 import { saveSession, type SessionFileOptions } from './session-file.js';
-import type { BatchStep } from './batcher.js';
+import type { AheadSteps, BatchStep } from './batcher.js';
 import { concatF32 } from '../model/tensor.js';
 import { windowOf } from '../model/config.js';
 
@@ -855,6 +855,23 @@ export class GpuSession {
       chain.destroy();
     }
   }
+
+  /** Chained greedy steps for continuous batching (StepBatcher): a batch of known tokens, then steps whose
+   *  input tokens are the step before's argmax, copied on the GPU into the next step's tokens (as
+   *  greedyBatch does), each chain with a buffer of its own. */
+  static readonly ahead: AheadSteps<GpuSession> = {
+    fits: (seqs, steps) => seqs.every((seq) => seq.len + steps <= seq.model.config.maxSeqLen),
+    start: async (steps) => {
+      await GpuSession.admitBatch(steps);
+      const seqs = steps.map((x) => x.seq), d = seqs[0].model.device;
+      const buffer = d.createBuffer({ size: Math.max(16, seqs.length * 4), usage: storageUsage() });
+      const first = GpuSession.submitBatchStep(seqs, steps.map((x) => x.token), buffer, null);
+      return { first, chained: { rows: seqs, inputs: first, tokens: GpuSession.submitBatchStep(seqs, null, buffer, first), handle: buffer } };
+    },
+    extend: (from) => ({ rows: from.rows, inputs: from.tokens, tokens: GpuSession.submitBatchStep(from.rows, null, from.handle as GPUBuffer, from.tokens), handle: from.handle }),
+    undo: (seq) => seq.rollback(1),
+    end: (last) => { void last.tokens.catch(() => undefined).then(() => (last.handle as GPUBuffer).destroy()); },
+  };
 
   /** Submits one greedy step of a batch (greedyBatch): its tokens given, or the chain's (the argmax of the
    *  step before, `prev`, whose tokens then fill in the rows' token lists once read back). */

@@ -9,13 +9,13 @@ import type { AttentionOptions } from '../attention/policy.js';
 import { DEFAULT_ATTENTION, validateAttentionOptions } from '../attention/policy.js';
 import { createPolicy } from '../attention/create.js';
 import { decodeBatch, makeModel, PREFILL_CHUNK, Session, type Model } from './session.js';
-import { StepBatcher, type BatchStats, type BatchStep } from './batcher.js';
+import { StepBatcher, type AheadSteps, type BatchStats, type BatchStep } from './batcher.js';
 import { DEFAULT_PREFIX_CACHE_BYTES, PrefixCache } from './prefix-cache.js';
 import { loadSession, type SessionFileOptions } from './session-file.js';
 import { releaseModelBytes } from '../model/file-bytes.js';
 import { argmax as argmaxOf, Sampler, validateSampling, type SamplingOptions } from './sampler.js';
 import { GpuRunner, GpuSession, MAX_BATCH } from './gpu-session.js';
-import { getGpu, lastGpuError, matrixConfig } from '../backend/webgpu/device.js';
+import { getGpu, lastGpuError, matrixConfig, processEnv } from '../backend/webgpu/device.js';
 import { GpuModel } from '../backend/webgpu/model.js';
 import { KV_TYPES, type KVType } from '../kv/paged-cache.js';
 
@@ -116,9 +116,11 @@ export class LLM {
   private get batcher(): StepBatcher<AnySession> {
     // (a step that asks for its argmax gets a one-element array holding its greedy token: the GPU
     // computes it there; the CPU takes it from the logits)
+    // (greedy batches on the GPU keep a chained step in flight: QUEST_BATCH_AHEAD=0 turns it off, to compare)
     this.batcherOf ??= new StepBatcher<AnySession>((steps) => (this.gpu
       ? GpuSession.decodeBatch(steps as BatchStep<GpuSession>[])
-      : decodeBatch(steps as BatchStep<Session>[]).map((l, i) => (steps[i].argmax ? Float32Array.of(argmaxOf(l)) : l))), this.gpu ? Math.min(this.gpu.chunk, MAX_BATCH) : MAX_BATCH);
+      : decodeBatch(steps as BatchStep<Session>[]).map((l, i) => (steps[i].argmax ? Float32Array.of(argmaxOf(l)) : l))), this.gpu ? Math.min(this.gpu.chunk, MAX_BATCH) : MAX_BATCH,
+    this.gpu && processEnv().QUEST_BATCH_AHEAD !== '0' ? GpuSession.ahead as AheadSteps<AnySession> : null);
     return this.batcherOf;
   }
 
@@ -269,6 +271,7 @@ export class LLM {
     let kept = false;
     try {
       const r = await this.decodeLoop(session, ids, hit?.cached ?? 0, tail, o, sampler, emit, ctx);
+      await this.batcherOf?.release(session); // (a batched step in flight past the answer is undone first)
       // keep the sequence's densely computed tokens: the prompt's prefill (all of it under dense attention)
       const held = session.tokens.slice();
       if (reuse && held.every((t) => t >= 0)) {
@@ -277,7 +280,7 @@ export class LLM {
       }
       return r;
     } finally {
-      if (!kept) session.dispose();
+      if (!kept) { await this.batcherOf?.release(session); session.dispose(); }
     }
   }
 

@@ -13,6 +13,7 @@ import { gpu, skipGpu } from './gpu.js';
 import { hasIntDot4, matrixConfig, processEnv } from '../backend/webgpu/device.js';
 import type { AttentionOptions } from '../attention/policy.js';
 import { loadModel } from '../engine/llm.js';
+import { StepBatcher } from '../engine/batcher.js';
 import { DEFAULT_MODEL } from '../cli/default-model.js';
 
 const loaded = loadModelFiles(tempFile('batch.gguf', randomGGUF({ vocab: 100, dim: 64, hidden: 128, layers: 3, heads: 8, kvHeads: 2, dtype: 'f16', seed: 31 })));
@@ -200,4 +201,59 @@ test('WebGPU: concurrent questions about one cached document share its pages in 
   assert.ok(llm.gpu!.decode.sharedCalls > before, 'the batched steps did not read the shared pages together');
   assert.ok(llm.batchStats.largest > 1, 'the requests never decoded in one batch');
   llm.dispose(); cpu.dispose();
+});
+
+// Continuous batching of greedy generations on WebGPU keeps a chained step in flight (StepBatcher with
+// GpuSession.ahead). Generations of different lengths, one joining late and one asking slowly (after a
+// timer, so the chained step completes unclaimed and is undone), each follow their solo tokens; after
+// release() each sequence holds exactly its prompt and the tokens it stepped on (no step past its end), and
+// a next step continues as alone. Then the same through the LLM: greedy generations batched = alone.
+test('WebGPU: greedy batched steps with a chained step in flight equal each alone, and no step past a generation stays', { skip: skipGpu }, async (t) => {
+  const runner = new GpuRunner(GpuModel.upload(gpu!.device, loaded.config, loaded.weights), 16);
+  const plans = [{ len: 9, steps: 7, join: 0 }, { len: 40, steps: 3, join: 0 }, { len: 21, steps: 10, join: 0 }, { len: 30, steps: 5, join: 25, slow: true }];
+  const solo: { toks: number[]; tokens: number[] }[] = [];
+  for (const [i, p] of plans.entries()) {
+    const s = new GpuSession(runner, { policy: 'dense' });
+    let logits = await s.forward(promptOf(p.len, 50 + i), { dense: true });
+    const toks: number[] = [];
+    for (let k = 0; k <= p.steps; k++) { const t = argmax(logits); toks.push(t); logits = await s.forward([t]); }
+    solo.push({ toks, tokens: s.tokens.slice(0, p.len + p.steps) });
+    s.dispose();
+  }
+  const batcher = new StepBatcher<GpuSession>(gpuDecodeBatch, 16, GpuSession.ahead);
+  const seqs = plans.map(() => new GpuSession(runner, { policy: 'dense' }));
+  await Promise.all(plans.map(async (p, i) => {
+    await new Promise((r) => setTimeout(r, p.join));
+    let tok = argmax(await seqs[i].forward(promptOf(p.len, 50 + i), { dense: true }));
+    for (let k = 0; k < p.steps; k++) {
+      assert.equal(tok, solo[i].toks[k], `sequence ${i}, step ${k}: token`);
+      if (p.slow && k === 2) await new Promise((r) => setTimeout(r, 40));
+      tok = (await batcher.step(seqs[i], tok, true))[0];
+    }
+    assert.equal(tok, solo[i].toks[p.steps], `sequence ${i}: last token`);
+    await batcher.release(seqs[i]);
+    assert.equal(seqs[i].length, p.len + p.steps, `sequence ${i} kept a step it did not take`);
+    assert.deepEqual(seqs[i].tokens, solo[i].tokens, `sequence ${i}: its token list`);
+  }));
+  assert.ok(batcher.stats.chained > 0, 'no step ran chained');
+  t.diagnostic(`batched steps ${batcher.stats.batches}, of which chained ${batcher.stats.chained}`);
+  const after = await gpuDecodeBatch(seqs.map((seq, i) => ({ seq, token: solo[i].toks[plans[i].steps], argmax: true })));
+  for (const [i, p] of plans.entries()) {
+    const s = new GpuSession(runner, { policy: 'dense' });
+    await s.forward(solo[i].tokens, { dense: true, logits: 'none' });
+    assert.equal(after[i][0], argmax(await s.forward([solo[i].toks[p.steps]])), `sequence ${i}: the step after continues as alone`);
+    s.dispose();
+  }
+  for (const s of seqs) s.dispose();
+  runner.dispose(); runner.m.dispose();
+  // the same through the LLM: greedy generations (one cut by a stop string) batched equal each alone
+  const llm = await loadModel(DEFAULT_MODEL, { device: 'webgpu' });
+  const prompts = [' Once upon a time', ' The little dog', ' She looked at the sky and'];
+  const opts = (i: number) => ({ temperature: 0, maxTokens: [9, 4, 14][i], cache: false, ...(i === 1 ? { stop: [' the'] } : {}) });
+  const alone: Awaited<ReturnType<typeof llm.complete>>[] = [];
+  for (const [i, p] of prompts.entries()) alone.push(await llm.complete(p, { ...opts(i), batch: false }));
+  const together = await Promise.all(prompts.map((p, i) => llm.complete(p, { ...opts(i), batch: true })));
+  together.forEach((r, i) => { assert.deepEqual(r.tokens, alone[i].tokens, `generation ${i}`); assert.equal(r.finishReason, alone[i].finishReason, `generation ${i}`); });
+  assert.ok(llm.batchStats.chained > 0, 'no generation step ran chained');
+  llm.dispose();
 });
