@@ -99,13 +99,14 @@ export class StepBatcher<S> {
   private async claim(a: Ahead<S>, taken: Entry<S>[]): Promise<void> {
     let inputs: number[] | null = null;
     try { inputs = await a.step.inputs; } catch { /* (the step before failed: its generations were told; this one fails too) */ }
+    // (requests that came while the step before was still running, its rows' among them, are looked at too)
     const others: Entry<S>[] = [];
-    for (const q of taken) {
+    for (const q of [...taken, ...this.queue.splice(0)]) {
       const b = a.step.rows.indexOf(q.seq);
-      if (a.open && inputs && b >= 0 && q.argmax && q.token === inputs[b]) a.claims.set(q.seq, q);
+      if (a.open && inputs && b >= 0 && q.argmax && q.token === inputs[b] && !a.claims.has(q.seq)) a.claims.set(q.seq, q);
       else others.push(q);
     }
-    const all = a.open && a.claims.size === a.step.rows.length && !others.length && !this.queue.length;
+    const all = a.open && a.claims.size === a.step.rows.length && !others.length;
     if (all && this.chain!.fits(a.step.rows, 1)) {
       a.open = false; a.extended = true;
       this.ahead = this.follow(this.chain!.extend(a.step));
