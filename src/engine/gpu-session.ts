@@ -846,7 +846,7 @@ export class GpuSession {
     await GpuSession.admitBatch(seqs.map((seq, b) => ({ seq, token: first[b] })));
     // the batch's chain of tokens: each step's argmax, the next step's input (a buffer of its own, as other
     // forwards may use the runner's token buffers between two steps)
-    const chain = d.createBuffer({ size: Math.max(16, n * 4), usage: storageUsage() });
+    const chain = GpuSession.chainBuffer(d, n);
     let submitted = 0, last: Promise<number[]> | null = null;
     try {
       yield* stepsInFlight(depth, () => submitted < maxSteps && seqs.every((seq) => seq.len < c.maxSeqLen),
@@ -856,6 +856,9 @@ export class GpuSession {
     }
   }
 
+  /** A chain's token buffer (greedyBatch, ahead): each row's argmax, the next step's input. */
+  private static chainBuffer(d: GPUDevice, rows: number): GPUBuffer { return d.createBuffer({ size: Math.max(16, rows * 4), usage: storageUsage() }); }
+
   /** Chained greedy steps for continuous batching (StepBatcher): a batch of known tokens, then steps whose
    *  input tokens are the step before's argmax, copied on the GPU into the next step's tokens (as
    *  greedyBatch does), each chain with a buffer of its own. */
@@ -864,7 +867,7 @@ export class GpuSession {
     start: async (steps) => {
       await GpuSession.admitBatch(steps);
       const seqs = steps.map((x) => x.seq), d = seqs[0].model.device;
-      const buffer = d.createBuffer({ size: Math.max(16, seqs.length * 4), usage: storageUsage() });
+      const buffer = GpuSession.chainBuffer(d, seqs.length);
       const first = GpuSession.submitBatchStep(seqs, steps.map((x) => x.token), buffer, null);
       return { first, chained: { rows: seqs, inputs: first, tokens: GpuSession.submitBatchStep(seqs, null, buffer, first), handle: buffer } };
     },

@@ -207,6 +207,14 @@ test('WebGPU x-stationary product of a batch of tokens: both grid orders match f
   }
 });
 
+/** The int8-x product tests' buffers (storage unless `usage` says; copied to and from) and pipelines. */
+const int8Buf = (a: ArrayBufferView & { byteLength: number }, usage: number = GPUBufferUsage.STORAGE) => {
+  const { device } = gpu!, b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: usage | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
+  return b;
+};
+const int8Pipe = (code: string) => gpu!.device.createComputePipeline({ layout: 'auto', compute: { module: gpu!.device.createShaderModule({ code }), entryPoint: 'main' } });
+
 // The 4-bit products of batched decode steps with int8 x (each weight block applied to a workgroup's
 // tokens in registers) against float64 of the same int8 x: the default layouts (2 and 4 rows a set) and
 // others, rows past the last row set (N = 70), K whose blocks do not fill the last round of 32 threads
@@ -218,12 +226,7 @@ for (const type of ['q4_0', 'q4_1'] as const) {
     skip: skipGpu || (!hasIntDot4(gpu!.device) ? 'no packed 4x8 integer dot products on this adapter' : false),
   }, async () => {
     const { device } = gpu!;
-    const buf = (a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE) => {
-      const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: usage | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-      device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
-      return b;
-    };
-    const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+    const buf = int8Buf, pipeOf = int8Pipe;
     const reductions = hasSubgroups32(device) ? [true, false] : [false];
     for (const [N, Kd, T, lay] of [[70, 1056, 11, int8BatchLayout(1056)], [70, 11008, 9, int8BatchLayout(11008)], [37, 4096, 3, { R: 3, TB: 16 }], [9, 256, 5, { R: 1, TB: 2 }],
       [70, 1056, 11, { R: 2, TB: 8, spread: true }], [37, 4096, 19, { R: 3, TB: 16, spread: true }]] as const) {
@@ -264,12 +267,7 @@ test('WebGPU batched int8-x product on 8-bit tensor cores (q4_0) matches float64
   skip: skipGpu || (!int8MatrixConfig(gpu!.device) ? 'no 8-bit subgroup matrices in use (QUEST_INT8_MMA=1, on an adapter that has them)' : false),
 }, async () => {
   const { device } = gpu!, cfg = int8MatrixConfig(device)!;
-  const buf = (a: ArrayBufferView & { byteLength: number }, usage = GPUBufferUsage.STORAGE) => {
-    const b = device.createBuffer({ size: Math.max(16, a.byteLength), usage: usage | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-    device.queue.writeBuffer(b, 0, a.buffer, a.byteOffset, a.byteLength);
-    return b;
-  };
-  const pipeOf = (code: string) => device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+  const buf = int8Buf, pipeOf = int8Pipe;
   let ran = 0;
   for (const [N, Kd, T, add] of [[64, 256, 16, false], [96, 4096, 5, true], [32, 11008, 19, true], [128, 1024, 32, false]] as const) {
     const g = gaussian(N + Kd + T), u = rng(Kd + 1), q = gpuWeights('q4_0', N * Kd, g, u);
